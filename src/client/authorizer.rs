@@ -1,0 +1,361 @@
+//! The [`Authorizer`] trait and the simple authorizers: [`StaticToken`], [`Basic`],
+//! [`ApiKey`] and [`NoAuth`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use futures_util::future::BoxFuture;
+use http::header::{HeaderName, AUTHORIZATION};
+use http::HeaderValue;
+
+use crate::token::bearer_header;
+use crate::Error;
+
+/// A header to put on an outgoing request: usually `Authorization`, but an
+/// [`ApiKey`] may use any header name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The header name.
+    pub name: HeaderName,
+    /// The header value, marked sensitive.
+    pub value: HeaderValue,
+}
+
+impl Credential {
+    /// An `Authorization` credential.
+    pub fn authorization(value: HeaderValue) -> Self {
+        Credential {
+            name: AUTHORIZATION,
+            value,
+        }
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Produces the credential for each outgoing request, and hears when the server
+/// rejected one.
+///
+/// This is the seam between [`AuthorizeLayer`](super::AuthorizeLayer) (and the other
+/// integrations) and where credentials come from. Implement it to plug in your own.
+///
+/// ```
+/// use tower_bearer::client::{Authorizer, Credential, CredentialFuture};
+/// use http::HeaderValue;
+///
+/// /// Signs every request with a header computed on the spot.
+/// struct Stamp;
+///
+/// impl Authorizer for Stamp {
+///     fn credential(&self) -> CredentialFuture {
+///         let value = HeaderValue::from_static("Bearer stamped");
+///         CredentialFuture::ready(Ok(Some(Credential::authorization(value))))
+///     }
+/// }
+/// ```
+pub trait Authorizer: Send + Sync + 'static {
+    /// The credential for the next request: `Ok(None)` sends the request without one.
+    ///
+    /// Return [`CredentialFuture::ready`] when the answer is at hand (no allocation),
+    /// and [`CredentialFuture::pending`] only when it must be waited for.
+    fn credential(&self) -> CredentialFuture;
+
+    /// The server answered `401` (or gRPC `UNAUTHENTICATED`) to a request that carried
+    /// `sent`. An authorizer that caches should drop that value, and only that value:
+    /// another request may already carry a newer one.
+    fn on_unauthorized(&self, sent: &HeaderValue) {
+        let _ = sent;
+    }
+}
+
+impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
+    fn credential(&self) -> CredentialFuture {
+        (**self).credential()
+    }
+    fn on_unauthorized(&self, sent: &HeaderValue) {
+        (**self).on_unauthorized(sent)
+    }
+}
+
+impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
+    fn credential(&self) -> CredentialFuture {
+        (**self).credential()
+    }
+    fn on_unauthorized(&self, sent: &HeaderValue) {
+        (**self).on_unauthorized(sent)
+    }
+}
+
+type CredentialResult = Result<Option<Credential>, Error>;
+
+/// The credential for one request: ready at once (the common case, no allocation) or
+/// a boxed future while a token is fetched.
+#[must_use = "futures do nothing unless polled"]
+pub struct CredentialFuture {
+    state: CredentialState,
+}
+
+enum CredentialState {
+    Ready(Option<CredentialResult>),
+    Pending(BoxFuture<'static, CredentialResult>),
+}
+
+impl CredentialFuture {
+    /// A credential that is known now.
+    pub fn ready(result: CredentialResult) -> Self {
+        CredentialFuture {
+            state: CredentialState::Ready(Some(result)),
+        }
+    }
+
+    /// A credential that must be waited for.
+    pub fn pending(future: impl Future<Output = CredentialResult> + Send + 'static) -> Self {
+        CredentialFuture {
+            state: CredentialState::Pending(Box::pin(future)),
+        }
+    }
+
+    /// The credential, if it is known without waiting; otherwise the future back.
+    pub fn now_or_pending(self) -> Result<CredentialResult, Self> {
+        match self.state {
+            CredentialState::Ready(Some(r)) => Ok(r),
+            state => Err(CredentialFuture { state }),
+        }
+    }
+
+    /// Whether the credential must be waited for.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.state, CredentialState::Pending(_))
+    }
+}
+
+impl Future for CredentialFuture {
+    type Output = CredentialResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            CredentialState::Ready(r) => Poll::Ready(
+                r.take()
+                    .expect("CredentialFuture polled after it completed"),
+            ),
+            CredentialState::Pending(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for CredentialFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialFuture")
+            .field("pending", &self.is_pending())
+            .finish()
+    }
+}
+
+/// A fixed bearer token (the Globus SDK's `AccessTokenAuthorizer`).
+#[derive(Clone)]
+pub struct StaticToken {
+    credential: Credential,
+}
+
+impl StaticToken {
+    /// `Authorization: Bearer <token>`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the token is empty or cannot go in a header.
+    pub fn bearer(token: impl AsRef<str>) -> Result<Self, Error> {
+        Ok(StaticToken {
+            credential: Credential::authorization(bearer_header(token.as_ref())?),
+        })
+    }
+}
+
+impl Authorizer for StaticToken {
+    fn credential(&self) -> CredentialFuture {
+        CredentialFuture::ready(Ok(Some(self.credential.clone())))
+    }
+}
+
+impl fmt::Debug for StaticToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StaticToken([redacted])")
+    }
+}
+
+/// HTTP Basic authentication (RFC 7617), e.g. a confidential client's id and secret.
+#[derive(Clone)]
+pub struct Basic {
+    credential: Credential,
+}
+
+impl Basic {
+    /// `Authorization: Basic base64(user:password)`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the user name contains `:`, which RFC 7617 forbids.
+    pub fn new(user: impl AsRef<str>, password: impl AsRef<str>) -> Result<Self, Error> {
+        let user = user.as_ref();
+        if user.contains(':') {
+            return Err(Error::Configuration(
+                "a Basic user name cannot contain ':'".into(),
+            ));
+        }
+        Ok(Basic {
+            credential: Credential::authorization(basic_header(user, password.as_ref())),
+        })
+    }
+}
+
+/// `Basic base64(user:password)`, sensitive.
+pub(crate) fn basic_header(user: &str, password: &str) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
+        .expect("base64 is always a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+impl Authorizer for Basic {
+    fn credential(&self) -> CredentialFuture {
+        CredentialFuture::ready(Ok(Some(self.credential.clone())))
+    }
+}
+
+impl fmt::Debug for Basic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Basic([redacted])")
+    }
+}
+
+/// An API key in a header of the API's choosing (`X-Api-Key: …`,
+/// `Authorization: ApiKey …`).
+#[derive(Clone)]
+pub struct ApiKey {
+    credential: Credential,
+}
+
+impl ApiKey {
+    /// Sends `value` in the header `name`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the name or the value is not valid in a header.
+    pub fn new(name: impl AsRef<str>, value: impl AsRef<str>) -> Result<Self, Error> {
+        let name = HeaderName::try_from(name.as_ref()).map_err(|_| {
+            Error::Configuration(format!("invalid header name {:?}", name.as_ref()))
+        })?;
+        let mut value = HeaderValue::try_from(value.as_ref()).map_err(|_| {
+            Error::Configuration("the API key has characters that cannot go in a header".into())
+        })?;
+        if value.is_empty() {
+            return Err(Error::Configuration("the API key is empty".into()));
+        }
+        value.set_sensitive(true);
+        Ok(ApiKey {
+            credential: Credential { name, value },
+        })
+    }
+}
+
+impl Authorizer for ApiKey {
+    fn credential(&self) -> CredentialFuture {
+        CredentialFuture::ready(Ok(Some(self.credential.clone())))
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("header", &self.credential.name)
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Sends requests as they are, with no credential.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoAuth;
+
+impl Authorizer for NoAuth {
+    fn credential(&self) -> CredentialFuture {
+        CredentialFuture::ready(Ok(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now(a: &dyn Authorizer) -> Option<Credential> {
+        a.credential()
+            .now_or_pending()
+            .expect("simple authorizers answer at once")
+            .unwrap()
+    }
+
+    #[test]
+    fn simple_authorizers_build_the_right_headers() {
+        let c = now(&StaticToken::bearer("t0k").unwrap()).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.value.to_str().unwrap()),
+            ("authorization", "Bearer t0k")
+        );
+        assert!(c.value.is_sensitive());
+
+        let c = now(&Basic::new("Aladdin", "open sesame").unwrap()).unwrap();
+        assert_eq!(c.value, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert!(c.value.is_sensitive());
+
+        let c = now(&ApiKey::new("X-Api-Key", "k-123").unwrap()).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.value.to_str().unwrap()),
+            ("x-api-key", "k-123")
+        );
+        assert!(c.value.is_sensitive());
+
+        assert!(now(&NoAuth).is_none());
+    }
+
+    #[test]
+    fn bad_input_is_a_configuration_error() {
+        assert!(matches!(
+            StaticToken::bearer(""),
+            Err(Error::Configuration(_))
+        ));
+        assert!(matches!(
+            Basic::new("a:b", "p"),
+            Err(Error::Configuration(_))
+        ));
+        assert!(matches!(
+            ApiKey::new("bad header", "v"),
+            Err(Error::Configuration(_))
+        ));
+        assert!(matches!(
+            ApiKey::new("x-key", "line\nbreak"),
+            Err(Error::Configuration(_))
+        ));
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let printed = format!(
+            "{:?} {:?} {:?} {:?}",
+            StaticToken::bearer("sekrit-1").unwrap(),
+            Basic::new("user", "sekrit-2").unwrap(),
+            ApiKey::new("x-key", "sekrit-3").unwrap(),
+            Credential::authorization(HeaderValue::from_static("Bearer sekrit-4")),
+        );
+        assert!(!printed.contains("sekrit"), "{printed}");
+        // Basic's base64 must not leak either.
+        assert!(!printed.contains("dXNlcjpzZWtyaXQtMg"), "{printed}");
+    }
+}

@@ -1,0 +1,463 @@
+//! A token endpoint (RFC 6749 §3.2): the form request, client authentication, and
+//! the parsing of its answers, successful (§5.1) or not (§5.2).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::authorizer::basic_header;
+use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
+use crate::transport::{check_url, parse_url, HttpClient};
+use crate::{EndpointError, Error, Token};
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3,
+/// OAuth 2.0 client authentication methods).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `client_secret_basic`: id and secret in an `Authorization: Basic` header.
+    /// The default when a secret is set.
+    #[default]
+    Basic,
+    /// `client_secret_post`: id and secret as form fields.
+    Post,
+    /// A public client: `client_id` as a form field, no secret.
+    None,
+}
+
+/// A token endpoint and the client's registration with it.
+///
+/// ```no_run
+/// use tower_bearer::client::{ClientAuth, TokenEndpoint};
+/// # fn run() -> Result<(), tower_bearer::Error> {
+/// let endpoint = TokenEndpoint::new("https://idp.example.com/oauth2/token")?
+///     .client_id("my-app")
+///     .client_secret("s3cret")
+///     .auth_method(ClientAuth::Post)
+///     .param("audience", "https://api.example.com");
+/// let grant = endpoint.client_credentials().scope("read write");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TokenEndpoint {
+    url: Uri,
+    client_id: Option<String>,
+    client_secret: Option<Arc<SecretString>>,
+    auth: ClientAuth,
+    params: Vec<(String, String)>,
+    http: HttpClient,
+}
+
+impl TokenEndpoint {
+    /// A token endpoint at `url`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a URL that does not parse, or an `http://` URL to a
+    /// host other than loopback: credentials would travel in clear text. Use
+    /// [`TokenEndpoint::insecure_http`] if that is really meant.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        Self::build(url, false)
+    }
+
+    /// Like [`TokenEndpoint::new`], but accepts `http://` to any host.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a URL that does not parse.
+    pub fn insecure_http(url: &str) -> Result<Self, Error> {
+        Self::build(url, true)
+    }
+
+    fn build(url: &str, allow_insecure_http: bool) -> Result<Self, Error> {
+        let url = parse_url(url)?;
+        check_url(&url, allow_insecure_http)?;
+        Ok(TokenEndpoint {
+            url,
+            client_id: None,
+            client_secret: None,
+            auth: ClientAuth::Basic,
+            params: Vec::new(),
+            http: HttpClient::new(),
+        })
+    }
+
+    /// The client identifier.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The client secret of a confidential client.
+    pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
+        self.client_secret = Some(Arc::new(SecretString::from(secret.into())));
+        self
+    }
+
+    /// How the client authenticates. Default [`ClientAuth::Basic`] when a secret is
+    /// set, a public client otherwise.
+    pub fn auth_method(mut self, auth: ClientAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// An extra form parameter sent with every request (`audience`, `resource`, …).
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// The HTTP client to use (timeout, body cap, a custom tower service).
+    pub fn http_client(mut self, http: HttpClient) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// The endpoint's URL.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// The refresh-token grant (RFC 6749 §6), starting from `refresh_token`.
+    pub fn refresh_token(&self, refresh_token: impl Into<String>) -> RefreshTokenGrant {
+        RefreshTokenGrant::new(self.clone(), refresh_token.into())
+    }
+
+    /// The client-credentials grant (RFC 6749 §4.4).
+    pub fn client_credentials(&self) -> ClientCredentials {
+        ClientCredentials::new(self.clone())
+    }
+
+    /// The resource-owner password grant (RFC 6749 §4.3): the form fields
+    /// `username` and `password`. Later refreshes use the refresh token when the
+    /// endpoint issues one.
+    pub fn password(
+        &self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> PasswordGrant {
+        PasswordGrant::new(self.clone(), username.into(), password.into())
+    }
+
+    /// Posts a grant's form fields to the endpoint (with the client authentication
+    /// and the extra parameters) and parses the answer into a [`Token`].
+    ///
+    /// This is the building block of every grant; use it for one this crate lacks.
+    ///
+    /// # Errors
+    /// [`Error::InvalidGrant`] for `invalid_grant`; [`Error::TokenEndpoint`] for other
+    /// error answers; [`Error::InvalidResponse`] for an answer that is not a bearer
+    /// token; [`Error::Transport`] and [`Error::Timeout`] from the HTTP client.
+    pub async fn request(&self, form: &[(&str, &str)]) -> Result<Token, Error> {
+        let res = self.post(form).await?;
+        parse_token_response(res.status(), res.headers(), res.body())
+    }
+
+    /// Posts form fields with client authentication; returns the raw answer.
+    pub(crate) async fn post(&self, form: &[(&str, &str)]) -> Result<http::Response<Bytes>, Error> {
+        let mut fields: Vec<(&str, &str)> = form.to_vec();
+        fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
+        let mut basic = None;
+        match (self.auth, &self.client_id, secret) {
+            (ClientAuth::Basic, Some(id), Some(secret)) => {
+                // RFC 6749 §2.3.1: form-encode both before Basic encoding.
+                basic = Some(basic_header(&form_encode(id), &form_encode(secret)));
+            }
+            (ClientAuth::Post, Some(id), secret) => {
+                fields.push(("client_id", id));
+                if let Some(secret) = secret {
+                    fields.push(("client_secret", secret));
+                }
+            }
+            (_, Some(id), _) => fields.push(("client_id", id)),
+            (_, None, Some(_)) => {
+                return Err(Error::Configuration(
+                    "a client secret is set but no client id".into(),
+                ))
+            }
+            (_, None, None) => {}
+        }
+        let body = serde_urlencoded::to_string(&fields)
+            .map_err(|e| Error::Configuration(format!("cannot encode the token request: {e}")))?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(self.url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| Error::Configuration(format!("cannot build the token request: {e}")))?;
+        if let Some(basic) = basic {
+            req.headers_mut().insert(AUTHORIZATION, basic);
+        }
+        let res = self.http.send(req).await?;
+        tracing::debug!(status = res.status().as_u16(), url = %self.url, "token endpoint answered");
+        Ok(res)
+    }
+}
+
+impl fmt::Debug for TokenEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenEndpoint")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("auth", &self.auth)
+            .field(
+                "params",
+                &self.params.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// application/x-www-form-urlencoded of one value.
+fn form_encode(s: &str) -> String {
+    let encoded = serde_urlencoded::to_string([("", s)]).unwrap_or_default();
+    encoded.trim_start_matches('=').to_owned()
+}
+
+/// The fields of a token endpoint answer, successful or not.
+#[derive(Deserialize)]
+pub(crate) struct TokenAnswer {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+    #[serde(flatten)]
+    error: ErrorAnswer,
+}
+
+/// An RFC 6749 §5.2 error object.
+#[derive(Deserialize)]
+pub(crate) struct ErrorAnswer {
+    pub(crate) error: Option<String>,
+    pub(crate) error_description: Option<String>,
+    pub(crate) error_uri: Option<String>,
+}
+
+const MAX_DESCRIPTION: usize = 256;
+
+/// Turns an error answer into a typed error (`invalid_grant` gets its own variant).
+pub(crate) fn endpoint_error(
+    status: StatusCode,
+    headers: &HeaderMap,
+    answer: Option<ErrorAnswer>,
+) -> Error {
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut err = EndpointError::status(status);
+    err.retry_after = retry_after;
+    if let Some(answer) = answer {
+        err.code = answer.error.map(|c| truncate(c, 64));
+        err.description = answer
+            .error_description
+            .map(|d| truncate(d, MAX_DESCRIPTION));
+        err.uri = answer.error_uri.map(|u| truncate(u, MAX_DESCRIPTION));
+    }
+    if err.code.as_deref() == Some("invalid_grant") {
+        Error::InvalidGrant(err)
+    } else {
+        Error::TokenEndpoint(err)
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Parses a token endpoint answer into a [`Token`] or a typed error.
+pub(crate) fn parse_token_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Token, Error> {
+    let answer: Option<TokenAnswer> = serde_json::from_slice(body).ok();
+    let answer = match answer {
+        Some(a) if a.error.error.is_some() && a.access_token.is_none() => {
+            return Err(endpoint_error(status, headers, Some(a.error)))
+        }
+        Some(a) if status.is_success() => a,
+        _ if !status.is_success() => return Err(endpoint_error(status, headers, None)),
+        Some(_) => unreachable!("a success was matched above"),
+        None => {
+            return Err(Error::InvalidResponse(format!(
+                "HTTP {} with a body that is not a JSON object",
+                status.as_u16()
+            )))
+        }
+    };
+    let access = answer
+        .access_token
+        .ok_or_else(|| Error::InvalidResponse("no access_token in the answer".into()))?;
+    let token_type = answer
+        .token_type
+        .ok_or_else(|| Error::InvalidResponse("no token_type in the answer".into()))?;
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(Error::InvalidResponse(format!(
+            "token_type {:?} is not bearer",
+            truncate(token_type, 32)
+        )));
+    }
+    let mut token = Token::bearer(access).map_err(|_| {
+        Error::InvalidResponse("access_token is empty or not a valid header value".into())
+    })?;
+    token.set_token_type(token_type);
+    if let Some(lifetime) = answer.expires_in {
+        token = token.with_expires_in(parse_expires_in(&lifetime)?);
+    }
+    if let Some(refresh) = answer.refresh_token.filter(|r| !r.is_empty()) {
+        token = token.with_refresh_token(refresh);
+    }
+    if let Some(scope) = answer.scope {
+        token = token.with_scope(scope);
+    }
+    Ok(token)
+}
+
+/// `expires_in` is a number of seconds (RFC 6749 §5.1); some providers send it as a
+/// string of digits, which is accepted. Zero, negative or non-numeric values are not.
+fn parse_expires_in(value: &serde_json::Value) -> Result<Duration, Error> {
+    let secs = match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match secs {
+        Some(s) if s.is_finite() && s >= 1.0 => {
+            Ok(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))
+        }
+        Some(s) if s.is_infinite() && s > 0.0 => Ok(Duration::MAX),
+        _ => Err(Error::InvalidResponse(
+            "expires_in must be a positive number of seconds".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn parse(status: u16, body: &str) -> Result<Token, Error> {
+        parse_token_response(
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            &Bytes::from(body.to_owned()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parses_a_bearer_token() {
+        let t = parse(
+            200,
+            r#"{"access_token":"a1","token_type":"BEARER","expires_in":3600,"refresh_token":"r1","scope":"x y"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.access_token().expose_secret(), "a1");
+        assert_eq!(t.refresh_token().unwrap().expose_secret(), "r1");
+        assert_eq!(t.expires_in(), Some(Duration::from_secs(3600)));
+        assert_eq!(t.scope(), Some("x y"));
+        let t = parse(
+            200,
+            r#"{"access_token":"a1","token_type":"bearer","expires_in":"60"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.expires_in(), Some(Duration::from_secs(60)));
+        let t = parse(200, r#"{"access_token":"a1","token_type":"bearer"}"#).unwrap();
+        assert_eq!(t.expires_at(), None);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        let cases = [
+            (200, "not json"),
+            (200, r#"{"token_type":"bearer"}"#),
+            (200, r#"{"access_token":"a","token_type":"mac"}"#),
+            (200, r#"{"access_token":"a"}"#),
+            (200, r#"{"access_token":"","token_type":"bearer"}"#),
+            (200, r#"{"access_token":"a\nb","token_type":"bearer"}"#),
+            (
+                200,
+                r#"{"access_token":"a","token_type":"bearer","expires_in":0}"#,
+            ),
+            (
+                200,
+                r#"{"access_token":"a","token_type":"bearer","expires_in":-5}"#,
+            ),
+            (
+                200,
+                r#"{"access_token":"a","token_type":"bearer","expires_in":"soon"}"#,
+            ),
+            (200, r#"[1,2,3]"#),
+        ];
+        for (status, body) in cases {
+            assert!(
+                matches!(parse(status, body), Err(Error::InvalidResponse(_))),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_answers_are_typed() {
+        let e = parse(
+            400,
+            r#"{"error":"invalid_grant","error_description":"refresh token used"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidGrant(d) if d.description.as_deref() == Some("refresh token used"))
+        );
+        let e = parse(401, r#"{"error":"invalid_client"}"#).unwrap_err();
+        assert_eq!(e.oauth_code(), Some("invalid_client"));
+        let e = parse(502, "<html>bad gateway</html>").unwrap_err();
+        assert!(
+            matches!(&e, Error::TokenEndpoint(d) if d.status == StatusCode::BAD_GATEWAY && d.code.is_none())
+        );
+        assert!(e.is_retryable());
+        // Some providers answer 200 with an error object (device flow polling).
+        let e = parse(200, r#"{"error":"authorization_pending"}"#).unwrap_err();
+        assert_eq!(e.oauth_code(), Some("authorization_pending"));
+    }
+
+    #[test]
+    fn huge_expiry_means_no_expiry_not_a_panic() {
+        let t = parse(
+            200,
+            r#"{"access_token":"a","token_type":"bearer","expires_in":1e300}"#,
+        )
+        .unwrap();
+        assert!(t.expires_at().is_none() || !t.is_expired());
+    }
+
+    #[test]
+    fn secret_is_redacted_and_form_encoded() {
+        let e = TokenEndpoint::new("https://idp.example.com/token")
+            .unwrap()
+            .client_id("id")
+            .client_secret("p@ss word");
+        assert!(!format!("{e:?}").contains("p@ss"));
+        assert_eq!(form_encode("p@ss word&x"), "p%40ss+word%26x");
+    }
+}

@@ -1,0 +1,347 @@
+//! [`AuthorizeLayer`] and [`Authorize`]: put the authorizer's credential on every
+//! request; on `401` tell the authorizer and, where the request can be replayed,
+//! retry it once with a fresh credential.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::header::WWW_AUTHENTICATE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::authorizer::{Authorizer, Credential, CredentialFuture};
+use crate::BoxError;
+
+/// Decides whether a request can be sent a second time after a `401`, and makes
+/// the copy to send.
+pub trait Replay<B> {
+    /// A copy of `req` to send again if the first answer is `401`, or `None`.
+    /// Called before the request is sent.
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>>;
+}
+
+/// Never replays: a `401` still invalidates the credential, and is returned; the
+/// next request carries a fresh one. Works with every body type and costs nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoReplay;
+
+impl<B> Replay<B> for NoReplay {
+    fn replay(&self, _req: &Request<B>) -> Option<Request<B>> {
+        None
+    }
+}
+
+/// Replays requests whose body is `Clone` (`Full<Bytes>`, `Empty`, `String`, …).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayClone;
+
+impl<B: Clone> Replay<B> for ReplayClone {
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+        let mut copy = Request::new(req.body().clone());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}
+
+impl<B, F: Fn(&Request<B>) -> Option<Request<B>>> Replay<B> for F {
+    fn replay(&self, req: &Request<B>) -> Option<Request<B>> {
+        self(req)
+    }
+}
+
+/// Adds a credential from an [`Authorizer`] to every request.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_bearer::client::{AuthorizeLayer, StaticToken};
+///
+/// # fn run() -> Result<(), tower_bearer::Error> {
+/// let layer = AuthorizeLayer::new(StaticToken::bearer("t0ken")?)
+///     // retry once after a 401, for requests with a cloneable body
+///     .retry_unauthorized();
+/// # let _ = ServiceBuilder::new().layer(layer);
+/// # Ok(()) }
+/// ```
+///
+/// A `401` with a `Bearer` challenge (or none), or an answer with `grpc-status: 16`,
+/// calls [`Authorizer::on_unauthorized`] with the credential that was sent. By default
+/// the `401` is then returned and the next request carries a fresh credential; with
+/// [`retry_unauthorized`](Self::retry_unauthorized) (bodies that are `Clone`) or
+/// [`replay_with`](Self::replay_with) the request is sent once more with a fresh one.
+///
+/// Errors: the service's error type is [`BoxError`]; a failure to get a credential
+/// is a [`crate::Error`] inside it (`err.downcast_ref::<tower_bearer::Error>()`).
+#[derive(Clone, Debug)]
+pub struct AuthorizeLayer<A, R = NoReplay> {
+    authorizer: A,
+    replay: R,
+}
+
+impl<A: Authorizer + Clone> AuthorizeLayer<A> {
+    /// A layer that authorizes requests with `authorizer`.
+    pub fn new(authorizer: A) -> Self {
+        AuthorizeLayer {
+            authorizer,
+            replay: NoReplay,
+        }
+    }
+}
+
+impl<A, R> AuthorizeLayer<A, R> {
+    /// After a `401`, sends the request again once with a fresh credential; the
+    /// request body must be `Clone`.
+    pub fn retry_unauthorized(self) -> AuthorizeLayer<A, ReplayClone> {
+        self.replay_with(ReplayClone)
+    }
+
+    /// After a `401`, sends again the copy that `replay` made, if it made one.
+    pub fn replay_with<R2>(self, replay: R2) -> AuthorizeLayer<A, R2> {
+        AuthorizeLayer {
+            authorizer: self.authorizer,
+            replay,
+        }
+    }
+}
+
+impl<S, A: Clone, R: Clone> Layer<S> for AuthorizeLayer<A, R> {
+    type Service = Authorize<S, A, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorize {
+            inner,
+            authorizer: self.authorizer.clone(),
+            replay: self.replay.clone(),
+        }
+    }
+}
+
+/// The service made by [`AuthorizeLayer`].
+#[derive(Clone, Debug)]
+pub struct Authorize<S, A, R = NoReplay> {
+    inner: S,
+    authorizer: A,
+    replay: R,
+}
+
+impl<S, A: Authorizer + Clone> Authorize<S, A> {
+    /// Wraps `inner`; the same as `AuthorizeLayer::new(authorizer).layer(inner)`.
+    pub fn new(inner: S, authorizer: A) -> Self {
+        Authorize {
+            inner,
+            authorizer,
+            replay: NoReplay,
+        }
+    }
+}
+
+impl<S, A, R> Authorize<S, A, R> {
+    /// The authorizer.
+    pub fn authorizer(&self) -> &A {
+        &self.authorizer
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, A, R, B, ResBody> Service<Request<B>> for Authorize<S, A, R>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    A: Authorizer + Clone,
+    R: Replay<B>,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, A, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let replay = self
+            .replay
+            .replay(&req)
+            .map(|copy| (self.inner.clone(), copy));
+        match self.authorizer.credential().now_or_pending() {
+            Ok(Ok(credential)) => {
+                let sent = set(&mut req, credential);
+                ResponseFuture {
+                    state: State::Calling {
+                        future: self.inner.call(req),
+                    },
+                    authorizer: self.authorizer.clone(),
+                    sent,
+                    waiting: None,
+                    replay,
+                }
+            }
+            Ok(Err(error)) => ResponseFuture {
+                state: State::Failed {
+                    error: Some(error.into()),
+                },
+                authorizer: self.authorizer.clone(),
+                sent: None,
+                waiting: None,
+                replay: None,
+            },
+            Err(pending) => {
+                // The service was made ready for this request: take that instance
+                // along, and leave a clone in its place.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Authorizing {
+                        credential: pending,
+                        service_ready: true,
+                    },
+                    authorizer: self.authorizer.clone(),
+                    sent: None,
+                    waiting: Some((ready, req)),
+                    replay,
+                }
+            }
+        }
+    }
+}
+
+/// Puts the credential on the request; returns the value sent.
+fn set<B>(req: &mut Request<B>, credential: Option<Credential>) -> Option<HeaderValue> {
+    let credential = credential?;
+    req.headers_mut()
+        .insert(credential.name, credential.value.clone());
+    Some(credential.value)
+}
+
+/// Whether the answer says the credential was refused: `401` with a `Bearer`
+/// challenge or no challenge at all, or gRPC `UNAUTHENTICATED` in the headers
+/// (a trailers-only answer).
+fn is_unauthorized<B>(res: &Response<B>) -> bool {
+    if res.status() == StatusCode::UNAUTHORIZED {
+        let mut challenges = res.headers().get_all(WWW_AUTHENTICATE).iter().peekable();
+        if challenges.peek().is_none() {
+            return true;
+        }
+        return challenges.any(|c| {
+            c.as_bytes()
+                .split(|b| *b == b',' || *b == b' ')
+                .any(|word| word.eq_ignore_ascii_case(b"bearer"))
+        });
+    }
+    res.headers()
+        .get("grpc-status")
+        .is_some_and(|s| s.as_bytes() == b"16")
+}
+
+pin_project! {
+    /// The response future of [`Authorize`].
+    pub struct ResponseFuture<S, A, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        authorizer: A,
+        // The credential on the request in flight.
+        sent: Option<HeaderValue>,
+        // A request waiting for its credential, with the service to send it.
+        waiting: Option<(S, Request<B>)>,
+        // A copy to send once more after a 401, with a service to send it.
+        replay: Option<(S, Request<B>)>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Authorizing { credential: CredentialFuture, service_ready: bool },
+        Calling { #[pin] future: F },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<S, A, B, ResBody> Future for ResponseFuture<S, A, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    A: Authorizer,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Authorizing {
+                    credential,
+                    service_ready,
+                } => {
+                    let credential = match ready!(Pin::new(credential).poll(cx)) {
+                        Ok(c) => c,
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    };
+                    let (service, _) = this.waiting.as_mut().expect("a waiting request");
+                    if !*service_ready {
+                        ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    }
+                    let (mut service, mut req) = this.waiting.take().expect("a waiting request");
+                    *this.sent = set(&mut req, credential);
+                    this.state.set(State::Calling {
+                        future: service.call(req),
+                    });
+                }
+                StateProj::Calling { future } => {
+                    let res = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if !is_unauthorized(&res) {
+                        return Poll::Ready(Ok(res));
+                    }
+                    let Some(sent) = this.sent.take() else {
+                        return Poll::Ready(Ok(res));
+                    };
+                    this.authorizer.on_unauthorized(&sent);
+                    let Some(copy) = this.replay.take() else {
+                        return Poll::Ready(Ok(res));
+                    };
+                    let credential = match this.authorizer.credential().now_or_pending() {
+                        // Replaying with the credential just refused, with none, or
+                        // after failing to get one cannot help: the 401 stands.
+                        Ok(Ok(Some(fresh))) if fresh.value != sent => {
+                            CredentialFuture::ready(Ok(Some(fresh)))
+                        }
+                        Ok(_) => return Poll::Ready(Ok(res)),
+                        Err(pending) => pending,
+                    };
+                    tracing::debug!("401 answered; retrying once with a fresh credential");
+                    *this.waiting = Some(copy);
+                    this.state.set(State::Authorizing {
+                        credential,
+                        service_ready: false,
+                    });
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
+                }
+            }
+        }
+    }
+}
+
+impl<S, A, B> fmt::Debug for ResponseFuture<S, A, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,25 @@
+//! The outgoing side: add a credential to every request, refresh tokens before they
+//! expire, and retry once after a `401`.
+//!
+//! - [`Authorizer`]: the credential for the next request. [`StaticToken`], [`Basic`],
+//!   [`ApiKey`], [`NoAuth`] and [`Refreshing`].
+//! - [`Refreshing`]: a lock-free token cache with a single-flight refresh, in front of a
+//!   [`TokenSource`](source::TokenSource).
+//! - [`source`]: the token sources: closures and the OAuth 2.0 grants.
+//! - [`TokenEndpoint`]: the token endpoint and the client's registration with it.
+//! - [`AuthorizeLayer`]: the tower layer.
+
+mod authorizer;
+mod cache;
+mod endpoint;
+mod layer;
+pub mod source;
+
+pub use crate::transport::HttpClient;
+pub use authorizer::{
+    ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken,
+};
+pub use cache::{RefreshStats, Refreshing, RefreshingBuilder};
+pub use endpoint::{ClientAuth, TokenEndpoint};
+pub use layer::{Authorize, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture};
+pub use source::TokenSource;

@@ -1,0 +1,76 @@
+//! Where tokens come from: the [`TokenSource`] trait, closures, and the OAuth 2.0
+//! grants over a [`TokenEndpoint`](super::TokenEndpoint).
+
+use std::fmt;
+use std::future::Future;
+
+use futures_util::future::{BoxFuture, FutureExt};
+
+use crate::{Error, Token};
+
+mod grants;
+
+pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
+
+/// Fetches a new token, given the one it replaces.
+///
+/// [`Refreshing`](super::Refreshing) calls it once per refresh, whatever the number
+/// of callers waiting. `previous` is the token being replaced (expired, near expiry,
+/// or rejected by the server), so a grant can use its refresh token.
+pub trait TokenSource: Send + Sync + 'static {
+    /// Fetches a token.
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>>;
+}
+
+impl<S: TokenSource + ?Sized> TokenSource for std::sync::Arc<S> {
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        (**self).fetch(previous)
+    }
+}
+
+impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        (**self).fetch(previous)
+    }
+}
+
+/// A token source from a closure; see [`from_fn`].
+#[derive(Clone)]
+pub struct FnSource<F> {
+    f: F,
+}
+
+/// A token source from a closure that receives (a copy of) the previous token.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_bearer::{client::source, Token};
+///
+/// let source = source::from_fn(|_previous: Option<Token>| async {
+///     Token::bearer("from-my-vault").map(|t| t.with_expires_in(Duration::from_secs(300)))
+/// });
+/// # let _ = tower_bearer::Refreshing::new(source);
+/// ```
+pub fn from_fn<F, Fut>(f: F) -> FnSource<F>
+where
+    F: Fn(Option<Token>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Token, Error>> + Send + 'static,
+{
+    FnSource { f }
+}
+
+impl<F, Fut> TokenSource for FnSource<F>
+where
+    F: Fn(Option<Token>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Token, Error>> + Send + 'static,
+{
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        (self.f)(previous.cloned()).boxed()
+    }
+}
+
+impl<F> fmt::Debug for FnSource<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnSource")
+    }
+}

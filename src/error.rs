@@ -1,0 +1,163 @@
+//! The one error type of the client side.
+//!
+//! [`Error`] is `Clone` because a single token refresh is shared by every caller
+//! that waited for it: each of them receives the same failure.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A boxed error from a transport or a user-supplied component.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a token could not be obtained or used.
+///
+/// Match on the variant to decide what to do: [`Error::InvalidGrant`] means a person
+/// (or an operator) must log in again; [`Error::Transport`], [`Error::Timeout`] and
+/// most [`Error::TokenEndpoint`] answers are worth retrying later.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The token endpoint could not be reached: connection refused or reset, TLS, DNS.
+    #[error("token endpoint unreachable: {0}")]
+    Transport(#[source] SharedError),
+    /// The token endpoint did not answer within the configured timeout.
+    #[error("token endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The token endpoint answered with an error (RFC 6749 §5.2), other than `invalid_grant`.
+    #[error("token endpoint refused the request: {0}")]
+    TokenEndpoint(EndpointError),
+    /// The grant (refresh token, password, device code) is no longer valid:
+    /// the refresh token was revoked, expired or already used. Log in again;
+    /// retrying cannot help.
+    #[error("the refresh token or credentials are no longer valid; log in again ({0})")]
+    InvalidGrant(EndpointError),
+    /// The token endpoint answered something this crate cannot use (not JSON, no
+    /// `access_token`, a `token_type` other than bearer, a body over the size cap).
+    #[error("invalid token endpoint response: {0}")]
+    InvalidResponse(String),
+    /// The client is configured in a way that cannot work (bad URL, credentials
+    /// over plain `http://` to a remote host, a header value that is not valid).
+    #[error("configuration error: {0}")]
+    Configuration(String),
+    /// No token is available and no source can provide one.
+    #[error("no token available: {0}")]
+    NoToken(String),
+    /// The refresh task stopped before it produced a token (it panicked or its
+    /// runtime shut down).
+    #[error("token refresh was aborted: {0}")]
+    Aborted(String),
+}
+
+impl Error {
+    /// Whether waiting and trying again may succeed (transport failures, timeouts,
+    /// server-side `5xx` answers and `429`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Transport(_) | Error::Timeout(_) | Error::Aborted(_) => true,
+            Error::TokenEndpoint(e) => {
+                e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+
+    /// The RFC 6749 error code (`invalid_client`, `invalid_grant`, …) when the token
+    /// endpoint sent one.
+    pub fn oauth_code(&self) -> Option<&str> {
+        match self {
+            Error::TokenEndpoint(e) | Error::InvalidGrant(e) => e.code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How long the token endpoint asked us to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::TokenEndpoint(e) => e.retry_after,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn transport(e: BoxError) -> Self {
+        Error::Transport(SharedError(Arc::from(e)))
+    }
+}
+
+/// An error answer from a token endpoint, as RFC 6749 §5.2 describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointError {
+    /// The HTTP status of the answer.
+    pub status: StatusCode,
+    /// The `error` code, when the body was an RFC 6749 error object.
+    pub code: Option<String>,
+    /// The `error_description`, when given.
+    pub description: Option<String>,
+    /// The `error_uri`, when given.
+    pub uri: Option<String>,
+    /// The `Retry-After` delay, when given in seconds.
+    pub retry_after: Option<Duration>,
+}
+
+impl EndpointError {
+    /// An error answer with only a status.
+    pub fn status(status: StatusCode) -> Self {
+        EndpointError {
+            status,
+            code: None,
+            description: None,
+            uri: None,
+            retry_after: None,
+        }
+    }
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {}", self.status.as_u16())?;
+        if let Some(code) = &self.code {
+            write!(f, ", error={code}")?;
+        }
+        if let Some(d) = &self.description {
+            write!(f, ", description={d:?}")?;
+        }
+        if let Some(d) = self.retry_after {
+            write!(f, ", retry after {}s", d.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+/// A transport error shared between every waiter of one refresh.
+#[derive(Clone)]
+pub struct SharedError(pub Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)?;
+        // hyper and hyper-util hide the interesting part in the source chain.
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SharedError {}
+
+impl From<crate::flight::Aborted> for Error {
+    fn from(a: crate::flight::Aborted) -> Self {
+        Error::Aborted(a.0)
+    }
+}

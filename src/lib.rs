@@ -1,0 +1,53 @@
+//! OAuth 2.0 bearer authentication for [tower] stacks, on both ends of the wire.
+//!
+//! - **Client side** ([`client`]): [`AuthorizeLayer`] adds `Authorization` to every
+//!   outgoing request from an [`Authorizer`]: a static token, Basic, an API key, or
+//!   [`Refreshing`], a lock-free token cache that refreshes a token once for all
+//!   concurrent callers, before it expires.
+//! - **Server side** ([`server`]): validates `Authorization: Bearer`, puts the verified
+//!   claims in the request extensions and answers failures as RFC 6750 says.
+//!
+//! # Client quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
+//!
+//! # async fn run() -> Result<(), tower_bearer::Error> {
+//! let endpoint = TokenEndpoint::new("https://idp.example.com/oauth/token")?
+//!     .client_id("my-service")
+//!     .client_secret("s3cret");
+//! let authorizer = Refreshing::builder(endpoint.client_credentials().scope("read"))
+//!     .refresh_before(Duration::from_secs(60))
+//!     .build();
+//! let layer = AuthorizeLayer::new(authorizer);
+//! // let client = ServiceBuilder::new().layer(layer).service(hyper_util_client);
+//! # let _ = ServiceBuilder::new().layer(layer);
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `rustls` (default): https to token endpoints (hyper-rustls, ring, the platform's roots).
+//! - `jwt`: JWT validation with jsonwebtoken.
+//! - `jwks`: JWKS and OIDC discovery with key rotation (implies `jwt`).
+//! - `introspection`: RFC 7662 token introspection.
+//! - `axum`: extractors for the verified claims.
+//! - `reqwest`: a reqwest-middleware middleware.
+//! - `redis`: share tokens, refresh locks and revocations across replicas.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod client;
+mod error;
+pub(crate) mod flight;
+pub mod server;
+mod token;
+mod transport;
+
+pub use client::{AuthorizeLayer, Authorizer, Refreshing};
+pub use error::{BoxError, EndpointError, Error, SharedError};
+pub use token::Token;
+pub use transport::HttpClient;
