@@ -1,0 +1,262 @@
+//! AuthorizeLayer over a real hyper-util client, against a real API on 127.0.0.1.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_bearer::client::{ApiKey, AuthorizeLayer, Refreshing, StaticToken, TokenEndpoint};
+use tower_bearer::{Error, Token};
+
+fn cache(s: &common::Servers) -> Refreshing<tower_bearer::client::source::ClientCredentials> {
+    let endpoint = TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret");
+    Refreshing::new(endpoint.client_credentials())
+}
+
+fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url).body(Full::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_hyper_share_one_token_request() {
+    let s = common::start().await;
+    let client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(cache(&s)).retry_unauthorized())
+        .service(common::http_client::<Full<Bytes>>());
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let client = client.clone();
+        let url = s.api_url();
+        tasks.push(tokio::spawn(async move {
+            let res = client.oneshot(get(&url)).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "hello");
+    }
+    assert_eq!(s.idp.tokens(), 1);
+    assert_eq!(s.idp.api(), 300);
+}
+
+#[tokio::test]
+async fn a_401_invalidates_once_and_the_request_is_retried_once() {
+    let s = common::start().await;
+    let authorizer = cache(&s);
+    let mut client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(authorizer.clone()).retry_unauthorized())
+        .service(common::http_client::<Full<Bytes>>());
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&s.api_url()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!((s.idp.tokens(), s.idp.api()), (1, 1));
+
+    // The API forgets every token: the next request is refused once, the token is
+    // dropped, a new one fetched, and the request sent again.
+    s.idp.revoke_all_access();
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&s.api_url()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(s.idp.tokens(), 2, "one refresh after the 401");
+    assert_eq!(s.idp.api(), 3, "one retry");
+    assert_eq!(s.idp.api_unauthorized.load(Ordering::SeqCst), 1);
+
+    // An API that refuses everything: exactly one retry, then the 401 is returned.
+    s.idp.api_rejects_all.store(true, Ordering::SeqCst);
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&s.api_url()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(s.idp.api(), 5);
+    assert_eq!(s.idp.tokens(), 3);
+}
+
+#[tokio::test]
+async fn without_replay_the_401_is_returned_and_the_next_request_refreshes() {
+    let s = common::start().await;
+    let mut client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(cache(&s)))
+        .service(common::http_client::<Full<Bytes>>());
+    assert_eq!(
+        client
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&s.api_url()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.idp.revoke_all_access();
+    assert_eq!(
+        client
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&s.api_url()))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .ready()
+            .await
+            .unwrap()
+            .call(get(&s.api_url()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(s.idp.tokens(), 2);
+    assert_eq!(s.idp.api(), 3);
+}
+
+#[tokio::test]
+async fn a_static_token_that_is_refused_is_not_retried() {
+    let s = common::start().await;
+    let client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(StaticToken::bearer("bogus").unwrap()).retry_unauthorized())
+        .service(common::http_client::<Full<Bytes>>());
+    let res = client.oneshot(get(&s.api_url())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(s.idp.api(), 1, "retrying the same credential cannot help");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_credential_failure_is_the_service_error_and_the_request_is_not_sent() {
+    let s = common::start().await;
+    s.idp.set_mode(common::Mode::Fail(500, "down", None));
+    let client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(cache(&s)))
+        .service(common::http_client::<Full<Bytes>>());
+    let err = client.oneshot(get(&s.api_url())).await.unwrap_err();
+    let err = err.downcast_ref::<Error>().expect("a tower_bearer::Error");
+    assert!(matches!(err, Error::TokenEndpoint(e) if e.status == 500));
+    assert_eq!(s.idp.api(), 0);
+}
+
+type Seen = Arc<Mutex<Vec<http::HeaderMap>>>;
+
+/// An inner service that records the headers it was given and answers with `answer`.
+fn recorder(
+    answer: fn(usize) -> Response<Full<Bytes>>,
+) -> (
+    Seen,
+    impl Service<
+            Request<Full<Bytes>>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+            Future = impl Send,
+        > + Clone,
+) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let svc = service_fn(move |req: Request<Full<Bytes>>| {
+        let mut seen = s.lock().unwrap();
+        seen.push(req.headers().clone());
+        let n = seen.len();
+        async move { Ok::<_, Infallible>(answer(n)) }
+    });
+    (seen, svc)
+}
+
+#[tokio::test]
+async fn headers_are_sensitive_and_api_keys_use_their_header() {
+    let (seen, svc) = recorder(|_| Response::new(Full::default()));
+    let client = AuthorizeLayer::new(ApiKey::new("x-api-key", "k-1").unwrap()).layer(svc.clone());
+    client.oneshot(get("http://api.test/")).await.unwrap();
+    let token = Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
+        Token::bearer("t-1")
+    }))
+    .build();
+    AuthorizeLayer::new(token)
+        .layer(svc)
+        .oneshot(get("http://api.test/"))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0]["x-api-key"], "k-1");
+    assert!(seen[0]["x-api-key"].is_sensitive());
+    assert!(seen[0].get("authorization").is_none());
+    assert_eq!(seen[1]["authorization"], "Bearer t-1");
+    assert!(seen[1]["authorization"].is_sensitive());
+}
+
+#[tokio::test]
+async fn grpc_unauthenticated_invalidates_the_token() {
+    let (seen, svc) = recorder(|n| {
+        let mut res = Response::new(Full::default());
+        if n == 1 {
+            res.headers_mut()
+                .insert("grpc-status", "16".parse().unwrap());
+        }
+        res
+    });
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = counter.clone();
+    let token = Refreshing::new(tower_bearer::client::source::from_fn(move |_| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move { Token::bearer(format!("t-{n}")) }
+    }));
+    let client = AuthorizeLayer::new(token).retry_unauthorized().layer(svc);
+    let res = client.oneshot(get("http://grpc.test/")).await.unwrap();
+    assert!(
+        res.headers().get("grpc-status").is_none(),
+        "the retry succeeded"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0]["authorization"], "Bearer t-0");
+    assert_eq!(seen[1]["authorization"], "Bearer t-1");
+}
+
+#[tokio::test]
+async fn a_401_with_another_scheme_is_not_a_token_problem() {
+    let (seen, svc) = recorder(|_| {
+        let mut res = Response::new(Full::default());
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        res.headers_mut()
+            .insert("www-authenticate", r#"Basic realm="x""#.parse().unwrap());
+        res
+    });
+    let token = Refreshing::new(tower_bearer::client::source::from_fn(|_| async {
+        Token::bearer("t")
+    }));
+    let client = AuthorizeLayer::new(token.clone())
+        .retry_unauthorized()
+        .layer(svc);
+    let res = client.oneshot(get("http://api.test/")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(token.stats().refreshes, 1, "the token was kept");
+}

@@ -1,0 +1,366 @@
+//! The refreshing token cache against a real token endpoint on 127.0.0.1.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Mode;
+use tower_bearer::client::{Authorizer, HttpClient, Refreshing, TokenEndpoint, TokenSource};
+use tower_bearer::{Error, Token};
+
+fn endpoint(s: &common::Servers) -> TokenEndpoint {
+    TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret")
+}
+
+/// The credential a caller would get now, without waiting.
+fn now(a: &impl Authorizer) -> Option<Result<String, Error>> {
+    a.credential()
+        .now_or_pending()
+        .ok()
+        .map(|r| r.map(|c| c.unwrap().value.to_str().unwrap().to_owned()))
+}
+
+async fn get(a: &impl Authorizer) -> Result<String, Error> {
+    a.credential()
+        .await
+        .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
+}
+
+/// Waits, without sleeping on the wall clock, until `cond` holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("condition never held");
+}
+
+fn expired_token(rt: &str) -> Token {
+    Token::bearer("old-access")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(1))
+        .with_refresh_token(rt)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_callers_on_an_expired_token_make_one_token_request() {
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.set_mode(Mode::Delay(Duration::from_millis(50)));
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .initial_token(expired_token("rt-0").with_expires_at(tokio::time::Instant::now()))
+        .build();
+    let mut tasks = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move { get(&cache).await }));
+    }
+    let mut values = std::collections::HashSet::new();
+    for t in tasks {
+        values.insert(t.await.unwrap().expect("every caller gets the token"));
+    }
+    assert_eq!(s.idp.tokens(), 1, "exactly one token request");
+    assert_eq!(values.len(), 1, "every caller got the same token");
+    assert!(values.iter().next().unwrap().starts_with("Bearer at-"));
+    assert_eq!(cache.stats().refreshes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn near_expiry_one_background_refresh_and_nobody_waits() {
+    let s = common::start().await;
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .refresh_before(Duration::from_secs(60))
+        .jitter(Duration::ZERO)
+        .initial_token(
+            Token::bearer("first")
+                .unwrap()
+                .with_expires_in(Duration::from_secs(300)),
+        )
+        .build();
+    // Fresh: served, nothing fetched.
+    assert_eq!(now(&cache).unwrap().unwrap(), "Bearer first");
+    tokio::time::advance(Duration::from_secs(250)).await;
+    // Stale: every caller is served at once while one refresh runs behind.
+    for _ in 0..1_000 {
+        assert_eq!(now(&cache).expect("nobody waits").unwrap(), "Bearer first");
+    }
+    until(|| now(&cache).is_some_and(|c| c.unwrap() != "Bearer first")).await;
+    assert_eq!(s.idp.tokens(), 1, "one background refresh");
+    assert_eq!(cache.stats().refreshes, 1);
+    assert_eq!(cache.stats().waits, 0, "no caller waited");
+    assert!(now(&cache).unwrap().unwrap().starts_with("Bearer at-"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_caller_does_not_cancel_the_refresh() {
+    let s = common::start().await;
+    s.idp.set_mode(Mode::Delay(Duration::from_secs(2)));
+    let cache = Refreshing::new(endpoint(&s).client_credentials());
+    // The first caller starts the refresh and gives up after 100 ms.
+    let first = tokio::time::timeout(Duration::from_millis(100), get(&cache)).await;
+    assert!(first.is_err(), "the first caller was cancelled");
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { get(&cache).await })
+        })
+        .collect();
+    for w in waiters {
+        assert!(w.await.unwrap().unwrap().starts_with("Bearer at-"));
+    }
+    assert_eq!(s.idp.tokens(), 1, "the refresh carried on, once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_are_typed_and_backoff_is_honoured() {
+    let cases: Vec<(Mode, fn(&Error) -> bool)> = vec![
+        (
+            Mode::Fail(500, "oops", None),
+            |e| matches!(e, Error::TokenEndpoint(d) if d.status == 500),
+        ),
+        (
+            Mode::Fail(503, r#"{"error":"temporarily_unavailable"}"#, None),
+            |e| e.oauth_code() == Some("temporarily_unavailable"),
+        ),
+        (Mode::Delay(Duration::from_secs(120)), |e| {
+            matches!(e, Error::Timeout(_))
+        }),
+        (Mode::BadJson, |e| matches!(e, Error::InvalidResponse(_))),
+        (
+            Mode::WrongType,
+            |e| matches!(e, Error::InvalidResponse(m) if m.contains("mac")),
+        ),
+    ];
+    for (mode, expected) in cases {
+        let s = common::start().await;
+        s.idp.set_mode(mode.clone());
+        let cache = Refreshing::builder(
+            endpoint(&s)
+                .http_client(HttpClient::new().timeout(Duration::from_secs(5)))
+                .client_credentials(),
+        )
+        .backoff(Duration::from_secs(10), Duration::from_secs(40))
+        .build();
+        let err = get(&cache).await.unwrap_err();
+        assert!(expected(&err), "{mode:?}: {err:?}");
+        assert_eq!(s.idp.tokens(), 1);
+        // During the backoff: the last error at once, no new request.
+        for _ in 0..100 {
+            let again = now(&cache)
+                .expect("an error at once during backoff")
+                .unwrap_err();
+            assert_eq!(again.to_string(), err.to_string());
+        }
+        assert_eq!(s.idp.tokens(), 1, "{mode:?}: backoff honoured");
+        // After the backoff (at most 10 s with jitter): one new attempt, which succeeds.
+        s.idp.set_mode(Mode::Normal);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            get(&cache).await.unwrap().starts_with("Bearer at-"),
+            "{mode:?}"
+        );
+        assert_eq!(s.idp.tokens(), 2, "{mode:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_and_honours_retry_after() {
+    let s = common::start().await;
+    s.idp.set_mode(Mode::Fail(503, "busy", Some(30)));
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .backoff(Duration::from_secs(1), Duration::from_secs(60))
+        .build();
+    let err = get(&cache).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    // Retry-After 30 s outweighs the 1 s backoff.
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(now(&cache).unwrap().is_err());
+    assert_eq!(s.idp.tokens(), 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(get(&cache).await.is_err());
+    assert_eq!(s.idp.tokens(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_valid_token_is_served_while_refreshes_fail() {
+    let s = common::start().await;
+    s.idp.set_mode(Mode::Fail(502, "bad gateway", None));
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .refresh_before(Duration::from_secs(60))
+        .jitter(Duration::ZERO)
+        .backoff(Duration::from_secs(4), Duration::from_secs(8))
+        .initial_token(
+            Token::bearer("still-good")
+                .unwrap()
+                .with_expires_in(Duration::from_secs(100)),
+        )
+        .build();
+    tokio::time::advance(Duration::from_secs(50)).await;
+    // 50 s of stale life, a caller every 100 ms: all served the valid token; refreshes
+    // are attempted only as the backoff allows (at most one per 2 s to 8 s).
+    for _ in 0..400 {
+        assert_eq!(
+            now(&cache).expect("served at once").unwrap(),
+            "Bearer still-good"
+        );
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let attempts = s.idp.tokens();
+    assert!(
+        (2..=25).contains(&attempts),
+        "attempts bounded by backoff: {attempts}"
+    );
+    // Expired now, and still failing: an error, not the old token.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert!(matches!(get(&cache).await, Err(Error::TokenEndpoint(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_grant_is_terminal_until_a_new_token_is_set() {
+    let s = common::start().await;
+    // rt-dead is not registered: the endpoint answers invalid_grant.
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-dead"))
+        .backoff(Duration::from_secs(1), Duration::from_secs(2))
+        .build();
+    let err = get(&cache).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err:?}");
+    assert!(err.to_string().contains("log in again"), "{err}");
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    for _ in 0..10 {
+        assert!(matches!(get(&cache).await, Err(Error::InvalidGrant(_))));
+    }
+    assert_eq!(s.idp.tokens(), 1, "no retry loop after invalid_grant");
+    // Reconfigured with a new token, it works again.
+    s.idp.add_refresh_token("rt-new");
+    cache.set_token(expired_token("rt-new").with_expires_at(tokio::time::Instant::now()));
+    assert!(get(&cache).await.unwrap().starts_with("Bearer at-"));
+    assert_eq!(s.idp.refresh_seen.lock().unwrap().last().unwrap(), "rt-new");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotated_refresh_tokens_are_used_for_the_next_refresh() {
+    let s = common::start().await;
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.add_refresh_token("rt-0");
+    s.idp.set_lifetime(Some(100));
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .jitter(Duration::ZERO)
+        .build();
+    for _ in 0..4 {
+        assert!(get(&cache).await.unwrap().starts_with("Bearer at-"));
+        tokio::time::advance(Duration::from_secs(101)).await;
+    }
+    let seen = s.idp.refresh_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[0], "rt-0");
+    // Each refresh presented the token the previous one issued; none was refused.
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "{seen:?}");
+    assert!(seen
+        .iter()
+        .skip(1)
+        .all(|rt| rt.starts_with("rt-") && rt != "rt-0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_without_expiry_is_used_until_rejected() {
+    let s = common::start().await;
+    s.idp.set_lifetime(None);
+    let cache = Refreshing::new(endpoint(&s).client_credentials());
+    let first = get(&cache).await.unwrap();
+    tokio::time::advance(Duration::from_secs(86_400 * 30)).await;
+    assert_eq!(now(&cache).unwrap().unwrap(), first);
+    assert_eq!(s.idp.tokens(), 1);
+    cache.on_unauthorized(&http::HeaderValue::from_str(&first).unwrap());
+    let second = get(&cache).await.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(s.idp.tokens(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_lifetime_applies_to_tokens_without_expiry() {
+    let s = common::start().await;
+    s.idp.set_lifetime(None);
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .default_lifetime(Duration::from_secs(600))
+        .refresh_before(Duration::from_secs(60))
+        .jitter(Duration::ZERO)
+        .build();
+    let first = get(&cache).await.unwrap();
+    tokio::time::advance(Duration::from_secs(601)).await;
+    let second = get(&cache).await.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(s.idp.tokens(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_for_an_old_token_does_not_invalidate_the_new_one() {
+    let s = common::start().await;
+    let cache = Refreshing::new(endpoint(&s).client_credentials());
+    let old = get(&cache).await.unwrap();
+    cache.invalidate();
+    let new = get(&cache).await.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(s.idp.tokens(), 2);
+    // A slow request that carried the old token comes back 401 now.
+    cache.on_unauthorized(&http::HeaderValue::from_str(&old).unwrap());
+    assert_eq!(now(&cache).unwrap().unwrap(), new, "the new token stays");
+    // A 401 for the current token invalidates it, once.
+    cache.on_unauthorized(&http::HeaderValue::from_str(&new).unwrap());
+    cache.on_unauthorized(&http::HeaderValue::from_str(&new).unwrap());
+    let third = get(&cache).await.unwrap();
+    assert_ne!(third, new);
+    assert_eq!(s.idp.tokens(), 3);
+}
+
+#[tokio::test]
+async fn closures_are_token_sources() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let source = tower_bearer::client::source::from_fn(move |previous: Option<Token>| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            assert_eq!(previous.is_some(), n > 0);
+            Token::bearer(format!("closure-{n}"))
+        }
+    });
+    let cache = Refreshing::new(source);
+    assert_eq!(get(&cache).await.unwrap(), "Bearer closure-0");
+    cache.invalidate();
+    assert_eq!(get(&cache).await.unwrap(), "Bearer closure-1");
+    // Boxed sources work too (for choosing a source at run time).
+    let boxed: Box<dyn TokenSource> = Box::new(tower_bearer::client::source::from_fn(|_| async {
+        Token::bearer("boxed")
+    }));
+    assert_eq!(get(&Refreshing::new(boxed)).await.unwrap(), "Bearer boxed");
+}
+
+#[test]
+fn debug_prints_no_secret() {
+    let endpoint = TokenEndpoint::new("https://idp.example.com/token")
+        .unwrap()
+        .client_id("id")
+        .client_secret("client-secret-zz");
+    let cache = Refreshing::builder(endpoint.refresh_token("refresh-secret-zz"))
+        .initial_token(
+            Token::bearer("access-secret-zz")
+                .unwrap()
+                .with_refresh_token("refresh-secret-zz"),
+        )
+        .build();
+    let printed = format!(
+        "{cache:?} {:?} {:?} {:?}",
+        endpoint.refresh_token("refresh-secret-zz"),
+        endpoint.password("alice", "password-zz"),
+        endpoint.client_credentials()
+    );
+    assert!(!printed.contains("-zz"), "{printed}");
+    assert!(printed.contains("alice"));
+}

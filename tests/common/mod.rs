@@ -1,0 +1,280 @@
+//! A test identity provider and a protected API, both real axum servers on
+//! 127.0.0.1, with knobs to make the token endpoint fail, hang, lie or rotate.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use tokio::time::Instant;
+
+/// How the token endpoint answers.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Issues tokens.
+    Normal,
+    /// Answers this status with this body (and an optional Retry-After).
+    Fail(u16, &'static str, Option<u64>),
+    /// Sleeps this long, then answers normally.
+    Delay(Duration),
+    /// Answers a token with `token_type: mac`.
+    WrongType,
+    /// Answers 200 with a body that is not JSON.
+    BadJson,
+}
+
+pub struct Idp {
+    pub token_requests: AtomicUsize,
+    pub api_requests: AtomicUsize,
+    pub api_unauthorized: AtomicUsize,
+    /// When set, the API refuses every token.
+    pub api_rejects_all: AtomicBool,
+    pub mode: Mutex<Mode>,
+    /// `expires_in` of issued tokens, seconds; None: no `expires_in`.
+    pub lifetime: Mutex<Option<u64>>,
+    /// Whether refresh tokens are single use (each refresh issues a new one).
+    pub rotate: AtomicBool,
+    /// Access token -> expiry.
+    pub access: Mutex<HashMap<String, Instant>>,
+    /// Refresh tokens that are valid now.
+    pub refresh: Mutex<HashMap<String, ()>>,
+    /// The refresh tokens presented, in order.
+    pub refresh_seen: Mutex<Vec<String>>,
+    /// The grant types requested, in order.
+    pub grants: Mutex<Vec<String>>,
+    /// The Authorization header of the last token request.
+    pub last_client_auth: Mutex<Option<String>>,
+    /// The form of the last token request.
+    pub last_form: Mutex<HashMap<String, String>>,
+    next: AtomicU64,
+}
+
+impl Idp {
+    fn new() -> Self {
+        Idp {
+            token_requests: AtomicUsize::new(0),
+            api_requests: AtomicUsize::new(0),
+            api_unauthorized: AtomicUsize::new(0),
+            api_rejects_all: AtomicBool::new(false),
+            mode: Mutex::new(Mode::Normal),
+            lifetime: Mutex::new(Some(3600)),
+            rotate: AtomicBool::new(false),
+            access: Mutex::new(HashMap::new()),
+            refresh: Mutex::new(HashMap::new()),
+            refresh_seen: Mutex::new(Vec::new()),
+            grants: Mutex::new(Vec::new()),
+            last_client_auth: Mutex::new(None),
+            last_form: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn set_lifetime(&self, secs: Option<u64>) {
+        *self.lifetime.lock().unwrap() = secs;
+    }
+
+    /// Registers a refresh token as valid.
+    pub fn add_refresh_token(&self, rt: &str) {
+        self.refresh.lock().unwrap().insert(rt.to_owned(), ());
+    }
+
+    /// Issues an access token directly, valid for `secs`.
+    pub fn issue_access(&self, secs: u64) -> String {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let at = format!("at-{n}");
+        self.access
+            .lock()
+            .unwrap()
+            .insert(at.clone(), Instant::now() + Duration::from_secs(secs));
+        at
+    }
+
+    /// Revokes every access token (the API answers 401 to them).
+    pub fn revoke_all_access(&self) {
+        self.access.lock().unwrap().clear();
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.token_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn api(&self) -> usize {
+        self.api_requests.load(Ordering::SeqCst)
+    }
+}
+
+pub struct Servers {
+    pub addr: SocketAddr,
+    pub idp: Arc<Idp>,
+}
+
+impl Servers {
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+}
+
+/// Starts the identity provider and the API on one ephemeral port.
+pub async fn start() -> Servers {
+    let idp = Arc::new(Idp::new());
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/api", get(api).post(api))
+        .with_state(idp.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Servers { addr, idp }
+}
+
+fn oauth_error(status: StatusCode, code: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": code, "error_description": format!("test says {code}")})),
+    )
+        .into_response()
+}
+
+async fn token(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    idp.token_requests.fetch_add(1, Ordering::SeqCst);
+    *idp.last_client_auth.lock().unwrap() = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    *idp.last_form.lock().unwrap() = form.clone();
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    idp.grants.lock().unwrap().push(grant.clone());
+    let mode = idp.mode.lock().unwrap().clone();
+    match mode {
+        Mode::Normal => {}
+        Mode::Fail(status, body, retry_after) => {
+            let mut res = (
+                StatusCode::from_u16(status).unwrap(),
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+            if let Some(s) = retry_after {
+                res.headers_mut().insert(header::RETRY_AFTER, s.into());
+            }
+            return res;
+        }
+        Mode::Delay(d) => tokio::time::sleep(d).await,
+        Mode::WrongType => {
+            return Json(serde_json::json!({"access_token": "x", "token_type": "mac"}))
+                .into_response()
+        }
+        Mode::BadJson => return (StatusCode::OK, "{not json").into_response(),
+    }
+    let mut new_refresh = None;
+    match grant.as_str() {
+        "refresh_token" => {
+            let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            idp.refresh_seen.lock().unwrap().push(rt.clone());
+            let mut valid = idp.refresh.lock().unwrap();
+            if !valid.contains_key(&rt) {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            if idp.rotate.load(Ordering::SeqCst) {
+                valid.remove(&rt);
+                let n = idp.next.fetch_add(1, Ordering::SeqCst);
+                let fresh = format!("rt-{n}");
+                valid.insert(fresh.clone(), ());
+                new_refresh = Some(fresh);
+            }
+        }
+        "client_credentials" => {
+            // Basic "id:secret" or the form fields.
+            let basic_ok = headers
+                .get(header::AUTHORIZATION)
+                .is_some_and(|v| v == "Basic aWQ6c2VjcmV0");
+            let post_ok = form.get("client_id").map(String::as_str) == Some("id")
+                && form.get("client_secret").map(String::as_str) == Some("secret");
+            if !basic_ok && !post_ok {
+                return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+            }
+        }
+        "password" => {
+            if form.get("username").map(String::as_str) != Some("alice")
+                || form.get("password").map(String::as_str) != Some("wonderland")
+            {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            let n = idp.next.fetch_add(1, Ordering::SeqCst);
+            let fresh = format!("rt-{n}");
+            idp.refresh.lock().unwrap().insert(fresh.clone(), ());
+            new_refresh = Some(fresh);
+        }
+        _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    }
+    let lifetime = *idp.lifetime.lock().unwrap();
+    let at = idp.issue_access(lifetime.unwrap_or(86_400 * 365));
+    let mut body = serde_json::json!({"access_token": at, "token_type": "Bearer"});
+    if let Some(l) = lifetime {
+        body["expires_in"] = l.into();
+    }
+    if let Some(rt) = new_refresh {
+        body["refresh_token"] = rt.into();
+    }
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+async fn api(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
+    idp.api_requests.fetch_add(1, Ordering::SeqCst);
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let valid = !idp.api_rejects_all.load(Ordering::SeqCst)
+        && presented.as_ref().is_some_and(|t| {
+            idp.access
+                .lock()
+                .unwrap()
+                .get(t)
+                .is_some_and(|exp| Instant::now() < *exp)
+        });
+    if valid {
+        (StatusCode::OK, "hello").into_response()
+    } else {
+        idp.api_unauthorized.fetch_add(1, Ordering::SeqCst);
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                r#"Bearer realm="api", error="invalid_token""#,
+            )],
+        )
+            .into_response()
+    }
+}
+
+/// A hyper-util client for plain http.
+pub fn http_client<B>(
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
