@@ -28,12 +28,12 @@ pub enum Error {
     Timeout(Duration),
     /// The token endpoint answered with an error (RFC 6749 §5.2), other than `invalid_grant`.
     #[error("token endpoint refused the request: {0}")]
-    TokenEndpoint(EndpointError),
+    TokenEndpoint(Box<EndpointError>),
     /// The grant (refresh token, password, device code) is no longer valid:
     /// the refresh token was revoked, expired or already used. Log in again;
     /// retrying cannot help.
     #[error("the refresh token or credentials are no longer valid; log in again ({0})")]
-    InvalidGrant(EndpointError),
+    InvalidGrant(Box<EndpointError>),
     /// The token endpoint answered something this crate cannot use (not JSON, no
     /// `access_token`, a `token_type` other than bearer, a body over the size cap).
     #[error("invalid token endpoint response: {0}")]

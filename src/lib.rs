@@ -48,6 +48,11 @@ mod token;
 mod transport;
 
 pub use client::{AuthorizeLayer, Authorizer, Refreshing};
+
+// The README's examples are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use error::{BoxError, EndpointError, Error, SharedError};
 pub use token::Token;
 pub use transport::HttpClient;

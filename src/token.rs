@@ -159,11 +159,15 @@ pub(crate) fn bearer_header(token: &str) -> Result<HeaderValue, Error> {
     if token.is_empty() {
         return Err(Error::Configuration("the access token is empty".into()));
     }
-    let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
-        Error::Configuration(
-            "the access token has characters that cannot go in an HTTP header".into(),
-        )
-    })?;
+    // RFC 6750 tokens are visible ASCII with no spaces; anything else would be
+    // mangled or refused by servers, or split the header.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Configuration(
+            "the access token has characters that cannot go in a bearer header".into(),
+        ));
+    }
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| Error::Configuration("the access token is not a valid header value".into()))?;
     value.set_sensitive(true);
     Ok(value)
 }

@@ -121,7 +121,8 @@ async fn a_cancelled_caller_does_not_cancel_the_refresh() {
 
 #[tokio::test(start_paused = true)]
 async fn failures_are_typed_and_backoff_is_honoured() {
-    let cases: Vec<(Mode, fn(&Error) -> bool)> = vec![
+    type Expect = fn(&Error) -> bool;
+    let cases: Vec<(Mode, Expect)> = vec![
         (
             Mode::Fail(500, "oops", None),
             |e| matches!(e, Error::TokenEndpoint(d) if d.status == 500),

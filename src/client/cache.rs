@@ -1,26 +1,5 @@
 //! [`Refreshing`]: a token cache that reads without locks and refreshes once for
 //! every concurrent caller.
-//!
-//! # States of the cached token
-//!
-//! | state | when | a caller |
-//! |---|---|---|
-//! | fresh | before `refresh_at` | gets it: one atomic load and a clock compare |
-//! | stale | between `refresh_at` and expiry | gets it, and starts one background refresh if none runs and no backoff holds |
-//! | expired / none | after expiry, after a `401`, or before the first fetch | waits for the one refresh in flight (or starts it); during backoff gets the last error at once |
-//!
-//! `refresh_at` is the expiry minus `refresh_before` (plus jitter, so replicas do not
-//! refresh in step), but never earlier than half the token's lifetime: a short-lived
-//! token is not refreshed all the time.
-//!
-//! # Failures
-//!
-//! A failed refresh is reported to every caller that waited for it. The next attempt
-//! waits an exponential backoff with jitter (or the endpoint's `Retry-After`, when
-//! longer); meanwhile callers with no valid token get the last error at once and a
-//! still-valid token keeps being served. `invalid_grant` is terminal: the refresh token
-//! is dead and retrying cannot help, so every caller without a valid token gets
-//! [`Error::InvalidGrant`] until [`Refreshing::set_token`] gives a new one.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,8 +114,28 @@ struct Shared<S> {
 
 /// A token cache in front of a [`TokenSource`]; an [`Authorizer`].
 ///
-/// Cloning is cheap and every clone shares the one cache. See the
-/// [module documentation](self) for how it behaves.
+/// Cloning is cheap and every clone shares the one cache.
+///
+/// # States of the cached token
+///
+/// | state | when | a caller |
+/// |---|---|---|
+/// | fresh | before `refresh_at` | gets it: one atomic load and a clock compare |
+/// | stale | between `refresh_at` and expiry | gets it, and starts one background refresh if none runs and no backoff holds |
+/// | expired / none | after expiry, after a `401`, or before the first fetch | waits for the one refresh in flight (or starts it); during backoff gets the last error at once |
+///
+/// `refresh_at` is the expiry minus `refresh_before` (plus jitter, so replicas do not
+/// refresh in step), but never earlier than half the token's lifetime: a short-lived
+/// token is not refreshed all the time.
+///
+/// # Failures
+///
+/// A failed refresh is reported to every caller that waited for it. The next attempt
+/// waits an exponential backoff with jitter (or the endpoint's `Retry-After`, when
+/// longer); meanwhile callers with no valid token get the last error at once and a
+/// still-valid token keeps being served. `invalid_grant` is terminal: the refresh token
+/// is dead and retrying cannot help, so every caller without a valid token gets
+/// [`Error::InvalidGrant`] until [`Refreshing::set_token`] gives a new one.
 ///
 /// ```no_run
 /// use std::time::Duration;

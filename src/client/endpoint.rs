@@ -268,9 +268,9 @@ pub(crate) fn endpoint_error(
         err.uri = answer.error_uri.map(|u| truncate(u, MAX_DESCRIPTION));
     }
     if err.code.as_deref() == Some("invalid_grant") {
-        Error::InvalidGrant(err)
+        Error::InvalidGrant(Box::new(err))
     } else {
-        Error::TokenEndpoint(err)
+        Error::TokenEndpoint(Box::new(err))
     }
 }
 

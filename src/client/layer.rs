@@ -173,7 +173,7 @@ where
         let replay = self
             .replay
             .replay(&req)
-            .map(|copy| (self.inner.clone(), copy));
+            .map(|copy| Box::new((self.inner.clone(), copy)));
         match self.authorizer.credential().now_or_pending() {
             Ok(Ok(credential)) => {
                 let sent = set(&mut req, credential);
@@ -208,7 +208,7 @@ where
                     },
                     authorizer: self.authorizer.clone(),
                     sent: None,
-                    waiting: Some((ready, req)),
+                    waiting: Some(Box::new((ready, req))),
                     replay,
                 }
             }
@@ -256,9 +256,9 @@ pin_project! {
         // The credential on the request in flight.
         sent: Option<HeaderValue>,
         // A request waiting for its credential, with the service to send it.
-        waiting: Option<(S, Request<B>)>,
+        waiting: Option<Box<(S, Request<B>)>>,
         // A copy to send once more after a 401, with a service to send it.
-        replay: Option<(S, Request<B>)>,
+        replay: Option<Box<(S, Request<B>)>>,
     }
 }
 
@@ -291,11 +291,11 @@ where
                         Ok(c) => c,
                         Err(e) => return Poll::Ready(Err(e.into())),
                     };
-                    let (service, _) = this.waiting.as_mut().expect("a waiting request");
+                    let (service, _) = &mut **this.waiting.as_mut().expect("a waiting request");
                     if !*service_ready {
                         ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     }
-                    let (mut service, mut req) = this.waiting.take().expect("a waiting request");
+                    let (mut service, mut req) = *this.waiting.take().expect("a waiting request");
                     *this.sent = set(&mut req, credential);
                     this.state.set(State::Calling {
                         future: service.call(req),

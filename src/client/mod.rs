@@ -4,7 +4,7 @@
 //! - [`Authorizer`]: the credential for the next request. [`StaticToken`], [`Basic`],
 //!   [`ApiKey`], [`NoAuth`] and [`Refreshing`].
 //! - [`Refreshing`]: a lock-free token cache with a single-flight refresh, in front of a
-//!   [`TokenSource`](source::TokenSource).
+//!   [`source::TokenSource`].
 //! - [`source`]: the token sources: closures and the OAuth 2.0 grants.
 //! - [`TokenEndpoint`]: the token endpoint and the client's registration with it.
 //! - [`AuthorizeLayer`]: the tower layer.

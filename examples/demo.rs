@@ -1,0 +1,248 @@
+//! The main demo: a token server, a protected API and a client, in one process on
+//! loopback.
+//!
+//! The token server issues short-lived tokens (2 s by default) through the
+//! client-credentials grant. 64 client tasks call the API without pause through a
+//! hyper-util client wrapped in `AuthorizeLayer` + `Refreshing`, across several token
+//! lifetimes. The cache refreshes each token once, in the background, shortly before
+//! it expires; no caller waits and no burst of token requests happens.
+//!
+//! ```text
+//! cargo run --example demo -- --tasks 64 --duration 7 --lifetime 2
+//! ```
+//!
+//! The last line is `summary: requests=N ok=N failed=0 token_requests=K expiries=E`,
+//! where E is the number of times the token's life (less the refresh margin) ran out
+//! during the run: single flight means K is at most E + 1. The process exits non-zero
+//! if a request failed or single flight did not hold.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
+
+#[derive(Parser, Debug)]
+#[command(about = "tower-bearer demo: token server, protected API and client on loopback")]
+struct Args {
+    /// Concurrent client tasks.
+    #[arg(long, default_value_t = 64)]
+    tasks: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 7.0)]
+    duration: f64,
+    /// Lifetime of the issued access tokens, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    lifetime: f64,
+}
+
+/// The token server's and the API's shared state: issued tokens and counters.
+#[derive(Default)]
+struct Issuer {
+    lifetime: Duration,
+    tokens: Mutex<HashMap<String, Instant>>,
+    token_requests: AtomicU64,
+    next: AtomicU64,
+}
+
+async fn token(
+    State(issuer): State<Arc<Issuer>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    issuer.token_requests.fetch_add(1, Ordering::SeqCst);
+    // client_secret_basic for "demo-client:demo-secret"
+    let client_ok = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v == "Basic ZGVtby1jbGllbnQ6ZGVtby1zZWNyZXQ=");
+    if !client_ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "unsupported_grant_type"})),
+        )
+            .into_response();
+    }
+    let n = issuer.next.fetch_add(1, Ordering::SeqCst);
+    let access = format!("demo-{n}-{:016x}", fastrand::u64(..));
+    issuer
+        .tokens
+        .lock()
+        .unwrap()
+        .insert(access.clone(), Instant::now() + issuer.lifetime);
+    let body = serde_json::json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": issuer.lifetime.as_secs_f64(),
+    });
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+async fn api(State(issuer): State<Arc<Issuer>>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let valid = token.is_some_and(|t| {
+        issuer
+            .tokens
+            .lock()
+            .unwrap()
+            .get(t)
+            .is_some_and(|exp| Instant::now() < *exp)
+    });
+    if valid {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        let challenge = if token.is_some() {
+            r#"Bearer realm="demo", error="invalid_token""#
+        } else {
+            r#"Bearer realm="demo""#
+        };
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, challenge)],
+        )
+            .into_response()
+    }
+}
+
+async fn serve(issuer: Arc<Issuer>) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/api", get(api))
+        .with_state(issuer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    if !(args.lifetime >= 1.0 && args.duration > 0.0 && args.tasks > 0) {
+        return Err("--lifetime must be at least 1 s, --duration and --tasks positive".into());
+    }
+    let lifetime = Duration::from_secs_f64(args.lifetime);
+    let margin = lifetime / 4;
+    let issuer = Arc::new(Issuer {
+        lifetime,
+        ..Issuer::default()
+    });
+    let addr = serve(issuer.clone()).await?;
+    println!("token server and API on http://{addr}; tokens live {lifetime:?}, refreshed {margin:?} before expiry");
+
+    let endpoint = TokenEndpoint::new(&format!("http://{addr}/token"))?
+        .client_id("demo-client")
+        .client_secret("demo-secret");
+    let authorizer = Refreshing::builder(endpoint.client_credentials())
+        .refresh_before(margin)
+        .jitter(Duration::ZERO)
+        .build();
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(authorizer.clone()).retry_unauthorized())
+        .service(hyper);
+
+    let requests = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let url: http::Uri = format!("http://{addr}/api").parse()?;
+
+    let mut tasks = Vec::new();
+    for _ in 0..args.tasks {
+        let (client, url) = (client.clone(), url.clone());
+        let (requests, ok, failed) = (requests.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let req = http::Request::get(url.clone())
+                    .body(Full::default())
+                    .unwrap();
+                requests.fetch_add(1, Ordering::Relaxed);
+                match client.clone().oneshot(req).await {
+                    Ok(res) if res.status() == StatusCode::OK => {
+                        let _ = res.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(res) => {
+                        eprintln!("request failed: HTTP {}", res.status());
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    let progress = {
+        let (requests, ok, failed, issuer) =
+            (requests.clone(), ok.clone(), failed.clone(), issuer.clone());
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                println!(
+                    "[{:>4.1}s] requests={} ok={} failed={} token_requests={}",
+                    started.elapsed().as_secs_f64(),
+                    requests.load(Ordering::Relaxed),
+                    ok.load(Ordering::Relaxed),
+                    failed.load(Ordering::Relaxed),
+                    issuer.token_requests.load(Ordering::SeqCst),
+                );
+            }
+        })
+    };
+    for t in tasks {
+        t.await?;
+    }
+    progress.abort();
+
+    let elapsed = started.elapsed();
+    let usable = lifetime - margin;
+    let expiries = (elapsed.as_secs_f64() / usable.as_secs_f64()).floor() as u64;
+    let token_requests = issuer.token_requests.load(Ordering::SeqCst);
+    let stats = authorizer.stats();
+    let (requests, ok, failed) = (
+        requests.load(Ordering::SeqCst),
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+    );
+    println!(
+        "ran {:.1}s with {} tasks; {} callers waited for a token (the first fetch), {} refreshes",
+        elapsed.as_secs_f64(),
+        args.tasks,
+        stats.waits,
+        stats.refreshes
+    );
+    println!("summary: requests={requests} ok={ok} failed={failed} token_requests={token_requests} expiries={expiries}");
+    if failed > 0 || token_requests > expiries + 1 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
