@@ -365,3 +365,66 @@ fn debug_prints_no_secret() {
     assert!(!printed.contains("-zz"), "{printed}");
     assert!(printed.contains("alice"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_new_token_is_saved_before_it_is_served() {
+    use tower_bearer::client::{MemoryStore, TokenStore};
+    let s = common::start().await;
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.add_refresh_token("rt-0");
+    s.idp.set_lifetime(Some(100));
+    let store = MemoryStore::new();
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .store(store.clone())
+        .build();
+    for _ in 0..3 {
+        let served = get(&cache).await.unwrap();
+        let stored = store.load().await.unwrap().expect("saved");
+        assert_eq!(
+            format!(
+                "Bearer {}",
+                secrecy::ExposeSecret::expose_secret(stored.access_token())
+            ),
+            served
+        );
+        // The stored refresh token is the one the endpoint accepts now.
+        let rt = secrecy::ExposeSecret::expose_secret(stored.refresh_token().unwrap()).to_owned();
+        assert!(
+            s.idp.refresh.lock().unwrap().contains_key(&rt),
+            "{rt} is live"
+        );
+        tokio::time::advance(Duration::from_secs(101)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_another_process_saved_is_adopted_and_its_refresh_token_used() {
+    use tower_bearer::client::{MemoryStore, TokenStore};
+    let s = common::start().await;
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.add_refresh_token("rt-0");
+    s.idp.set_lifetime(Some(100));
+    let store = MemoryStore::new();
+    let a = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .store(store.clone())
+        .build();
+    let b = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .store(store.clone())
+        .build();
+    let from_a = get(&a).await.unwrap();
+    // B starts later: it adopts A's token instead of spending rt-0 again.
+    assert_eq!(get(&b).await.unwrap(), from_a);
+    assert_eq!(s.idp.tokens(), 1);
+    // After expiry B refreshes with the rotated refresh token A saved, and A adopts B's.
+    tokio::time::advance(Duration::from_secs(101)).await;
+    let from_b = get(&b).await.unwrap();
+    assert_eq!(get(&a).await.unwrap(), from_b);
+    assert_eq!(s.idp.tokens(), 2);
+    let seen = s.idp.refresh_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(
+        seen[0], seen[1],
+        "the second refresh used the rotated token"
+    );
+    assert!(store.load().await.unwrap().is_some());
+}

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::authorizer::{Authorizer, Credential, CredentialFuture};
 use super::source::TokenSource;
+use super::store::TokenStore;
 use crate::flight::{Joined, SingleFlight};
 use crate::{Error, Token};
 
@@ -101,6 +102,7 @@ struct Failure {
 struct Shared<S> {
     current: ArcSwapOption<Cached>,
     source: S,
+    store: Option<Arc<dyn TokenStore>>,
     config: Config,
     flight: SingleFlight<Arc<Cached>, Error>,
     failure: Mutex<Failure>,
@@ -164,6 +166,7 @@ impl<S> Clone for Refreshing<S> {
 #[must_use]
 pub struct RefreshingBuilder<S> {
     source: S,
+    store: Option<Arc<dyn TokenStore>>,
     config: Config,
     initial: Option<Token>,
 }
@@ -205,6 +208,14 @@ impl<S: TokenSource> RefreshingBuilder<S> {
         self
     }
 
+    /// Keeps tokens in `store`: read before each refresh (a newer token saved by
+    /// another process is adopted, and its refresh token used), and every new token
+    /// saved before it is served, so a rotated refresh token is never lost.
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Refreshing<S> {
         let current = self.initial.map(|t| Arc::new(Cached::new(t, &self.config)));
@@ -212,6 +223,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
             shared: Arc::new(Shared {
                 current: ArcSwapOption::new(current),
                 source: self.source,
+                store: self.store,
                 config: self.config,
                 flight: SingleFlight::default(),
                 failure: Mutex::new(Failure::default()),
@@ -244,6 +256,7 @@ impl<S: TokenSource> Refreshing<S> {
     pub fn builder(source: S) -> RefreshingBuilder<S> {
         RefreshingBuilder {
             source,
+            store: None,
             config: Config::default(),
             initial: None,
         }
@@ -331,17 +344,34 @@ impl<S: TokenSource> Shared<S> {
         async move {
             let _guard = guard;
             let started = Instant::now();
-            let previous = shared.current.load_full();
-            let result = shared
-                .source
-                .fetch(previous.as_ref().map(|c| &c.token))
-                .await;
+            let mut previous = shared.current.load_full().map(|c| c.token.clone());
+            if let Some(store) = &shared.store {
+                match adopt_stored(store.as_ref(), previous.as_ref()).await {
+                    Stored::Fresh(token) => {
+                        let cached = shared.publish(token);
+                        tracing::debug!(attempt, "adopted a newer token from the store");
+                        return Ok(cached);
+                    }
+                    Stored::Previous(token) => previous = Some(token),
+                    Stored::Nothing => {}
+                }
+            }
+            let result = shared.source.fetch(previous.as_ref()).await;
+            let result = match (result, &shared.store) {
+                (Ok(token), Some(store)) => {
+                    // Saved before it is served: with rotation, the old refresh token
+                    // is dead now and this one must not be lost.
+                    if let Err(error) = store.save(&token).await {
+                        tracing::error!(%error, "could not save the new token; serving it anyway");
+                    }
+                    Ok(token)
+                }
+                (result, _) => result,
+            };
             let elapsed_ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok(token) => {
-                    let cached = Arc::new(Cached::new(token, &shared.config));
-                    shared.current.store(Some(Arc::clone(&cached)));
-                    shared.reset_failures();
+                    let cached = shared.publish(token);
                     tracing::debug!(
                         attempt,
                         elapsed_ms,
@@ -358,6 +388,14 @@ impl<S: TokenSource> Shared<S> {
             }
         }
         .instrument(tracing::debug_span!("token_refresh", attempt))
+    }
+
+    /// Makes `token` the current one and ends any backoff.
+    fn publish(&self, token: Token) -> Arc<Cached> {
+        let cached = Arc::new(Cached::new(token, &self.config));
+        self.current.store(Some(Arc::clone(&cached)));
+        self.reset_failures();
+        cached
     }
 
     fn record_failure(&self, error: &Error) {
@@ -428,6 +466,37 @@ impl<S: TokenSource> Shared<S> {
                 flight.boxed()
             }
         }
+    }
+}
+
+enum Stored {
+    /// A newer, valid token: use it, fetch nothing.
+    Fresh(Token),
+    /// A newer but expired token: refresh from it (its refresh token is the newest).
+    Previous(Token),
+    Nothing,
+}
+
+/// What the store holds that is newer than `ours`.
+async fn adopt_stored(store: &dyn TokenStore, ours: Option<&Token>) -> Stored {
+    use secrecy::ExposeSecret;
+    let stored = match store.load().await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Stored::Nothing,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the token store; asking the token endpoint");
+            return Stored::Nothing;
+        }
+    };
+    let same = ours.is_some_and(|ours| {
+        ours.access_token().expose_secret() == stored.access_token().expose_secret()
+    });
+    if same {
+        Stored::Nothing
+    } else if stored.is_expired() {
+        Stored::Previous(stored)
+    } else {
+        Stored::Fresh(stored)
     }
 }
 

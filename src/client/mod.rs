@@ -7,6 +7,7 @@
 //!   [`source::TokenSource`].
 //! - [`source`]: the token sources: closures and the OAuth 2.0 grants.
 //! - [`TokenEndpoint`]: the token endpoint and the client's registration with it.
+//! - [`TokenStore`]: keeps tokens between runs and shares them between processes.
 //! - [`AuthorizeLayer`]: the tower layer.
 
 mod authorizer;
@@ -14,6 +15,7 @@ mod cache;
 mod endpoint;
 mod layer;
 pub mod source;
+mod store;
 
 pub use crate::transport::HttpClient;
 pub use authorizer::{
@@ -23,3 +25,4 @@ pub use cache::{RefreshStats, Refreshing, RefreshingBuilder};
 pub use endpoint::{ClientAuth, TokenEndpoint};
 pub use layer::{Authorize, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture};
 pub use source::TokenSource;
+pub use store::{MemoryStore, StoredToken, TokenStore};
