@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -218,18 +218,26 @@ where
 
 /// Puts the credential on the request; returns the value sent.
 fn set<B>(req: &mut Request<B>, credential: Option<Credential>) -> Option<HeaderValue> {
+    set_header(req.headers_mut(), credential)
+}
+
+/// Puts the credential in `headers`; returns the value sent.
+pub(crate) fn set_header(
+    headers: &mut HeaderMap,
+    credential: Option<Credential>,
+) -> Option<HeaderValue> {
     let credential = credential?;
-    req.headers_mut()
-        .insert(credential.name, credential.value.clone());
+    headers.insert(credential.name, credential.value.clone());
     Some(credential.value)
 }
 
-/// Whether the answer says the credential was refused: `401` with a `Bearer`
-/// challenge or no challenge at all, or gRPC `UNAUTHENTICATED` in the headers
-/// (a trailers-only answer).
-fn is_unauthorized<B>(res: &Response<B>) -> bool {
-    if res.status() == StatusCode::UNAUTHORIZED {
-        let mut challenges = res.headers().get_all(WWW_AUTHENTICATE).iter().peekable();
+/// Whether an answer says the credential was refused: `401` with a `Bearer`
+/// challenge or no challenge at all (another scheme means this credential was not
+/// the kind wanted, and a fresh one cannot help), or gRPC `UNAUTHENTICATED` in the
+/// headers (a trailers-only answer).
+pub(crate) fn refuses_credential(status: StatusCode, headers: &HeaderMap) -> bool {
+    if status == StatusCode::UNAUTHORIZED {
+        let mut challenges = headers.get_all(WWW_AUTHENTICATE).iter().peekable();
         if challenges.peek().is_none() {
             return true;
         }
@@ -239,7 +247,7 @@ fn is_unauthorized<B>(res: &Response<B>) -> bool {
                 .any(|word| word.eq_ignore_ascii_case(b"bearer"))
         });
     }
-    res.headers()
+    headers
         .get("grpc-status")
         .is_some_and(|s| s.as_bytes() == b"16")
 }
@@ -303,7 +311,7 @@ where
                 }
                 StateProj::Calling { future } => {
                     let res = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if !is_unauthorized(&res) {
+                    if !refuses_credential(res.status(), res.headers()) {
                         return Poll::Ready(Ok(res));
                     }
                     let Some(sent) = this.sent.take() else {

@@ -14,9 +14,13 @@ mod authorizer;
 mod cache;
 mod endpoint;
 mod layer;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 pub mod source;
 mod store;
 
+#[cfg(feature = "reqwest")]
+pub use self::reqwest::AuthorizeMiddleware;
 pub use crate::transport::HttpClient;
 pub use authorizer::{
     ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken,

@@ -1,0 +1,86 @@
+//! [`AuthorizeMiddleware`]: the authorizer as a reqwest-middleware middleware.
+
+use std::fmt;
+
+use http::Extensions;
+use reqwest_middleware::{Middleware, Next};
+
+use super::authorizer::Authorizer;
+use super::layer::{refuses_credential, set_header};
+
+/// Adds the credential from an [`Authorizer`] to every request of a
+/// `reqwest_middleware::ClientWithMiddleware`; after a `401` it tells the authorizer
+/// and, when the request can be cloned (`Request::try_clone`: any body but a stream),
+/// sends it once more with a fresh credential.
+///
+/// A failure to get a credential is a `reqwest_middleware::Error::Middleware` that
+/// holds a [`crate::Error`] (`err.downcast_ref::<tower_bearer::Error>()` on the inner
+/// `anyhow::Error`).
+///
+/// ```no_run
+/// use tower_bearer::client::{AuthorizeMiddleware, Refreshing, TokenEndpoint};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let endpoint = TokenEndpoint::new("https://idp.example.com/token")?
+///     .client_id("my-service")
+///     .client_secret("s3cret");
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(AuthorizeMiddleware::new(Refreshing::new(endpoint.client_credentials())))
+///     .build();
+/// let res = client.get("https://api.example.com/items").send().await?;
+/// # Ok(()) }
+/// ```
+pub struct AuthorizeMiddleware<A> {
+    authorizer: A,
+}
+
+impl<A: Authorizer> AuthorizeMiddleware<A> {
+    /// A middleware that authorizes requests with `authorizer`.
+    pub fn new(authorizer: A) -> Self {
+        AuthorizeMiddleware { authorizer }
+    }
+}
+
+impl<A: fmt::Debug> fmt::Debug for AuthorizeMiddleware<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizeMiddleware")
+            .field("authorizer", &self.authorizer)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
+    async fn handle(
+        &self,
+        mut req: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let replay = req.try_clone();
+        let credential = self
+            .authorizer
+            .credential()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let sent = set_header(req.headers_mut(), credential);
+        let res = next.clone().run(req, extensions).await?;
+        let Some(sent) = sent else { return Ok(res) };
+        if !refuses_credential(res.status(), res.headers()) {
+            return Ok(res);
+        }
+        self.authorizer.on_unauthorized(&sent);
+        let Some(mut copy) = replay else {
+            return Ok(res);
+        };
+        match self.authorizer.credential().await {
+            // Only a different credential is worth a second try.
+            Ok(Some(fresh)) if fresh.value != sent => {
+                tracing::debug!("401 answered; retrying once with a fresh credential");
+                set_header(copy.headers_mut(), Some(fresh));
+                next.run(copy, extensions).await
+            }
+            _ => Ok(res),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! AuthorizeMiddleware in a reqwest-middleware client against a real API on 127.0.0.1.
+#![cfg(feature = "reqwest")]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use tower_bearer::client::{AuthorizeMiddleware, Refreshing, StaticToken, TokenEndpoint};
+
+fn client(s: &common::Servers) -> ClientWithMiddleware {
+    let endpoint = TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret");
+    ClientBuilder::new(reqwest::Client::new())
+        .with(AuthorizeMiddleware::new(Refreshing::new(
+            endpoint.client_credentials(),
+        )))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_token_request() {
+    let s = common::start().await;
+    let client = client(&s);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (client, url) = (client.clone(), s.api_url());
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(s.idp.tokens(), 1);
+}
+
+#[tokio::test]
+async fn a_401_invalidates_and_a_clonable_request_is_retried_once() {
+    let s = common::start().await;
+    let client = client(&s);
+    assert_eq!(
+        client
+            .post(s.api_url())
+            .body("payload")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.idp.revoke_all_access();
+    let res = client
+        .post(s.api_url())
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(s.idp.tokens(), 2);
+    assert_eq!(s.idp.api(), 3);
+    // Refused whatever the token: one retry, then the 401.
+    s.idp.api_rejects_all.store(true, Ordering::SeqCst);
+    assert_eq!(client.get(s.api_url()).send().await.unwrap().status(), 401);
+    assert_eq!(s.idp.api(), 5);
+}
+
+#[tokio::test]
+async fn a_streaming_body_is_not_replayed_but_the_next_request_refreshes() {
+    let s = common::start().await;
+    let client = client(&s);
+    assert_eq!(client.get(s.api_url()).send().await.unwrap().status(), 200);
+    s.idp.revoke_all_access();
+    let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>("chunk")]);
+    let res = client
+        .post(s.api_url())
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "a stream cannot be sent twice");
+    assert_eq!(client.get(s.api_url()).send().await.unwrap().status(), 200);
+    assert_eq!(s.idp.tokens(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_credential_failure_is_a_middleware_error_holding_the_crate_error() {
+    let s = common::start().await;
+    s.idp.set_mode(common::Mode::Fail(
+        400,
+        r#"{"error":"invalid_client"}"#,
+        None,
+    ));
+    let err = client(&s).get(s.api_url()).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(inner) = err else {
+        panic!("expected a middleware error, got {err:?}")
+    };
+    let ours = inner
+        .downcast_ref::<tower_bearer::Error>()
+        .expect("a tower_bearer::Error");
+    assert_eq!(ours.oauth_code(), Some("invalid_client"));
+    assert_eq!(s.idp.api(), 0, "nothing sent without a credential");
+}
+
+#[tokio::test]
+async fn static_authorizers_work_too() {
+    let s = common::start().await;
+    let token = s.idp.issue_access(60);
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(AuthorizeMiddleware::new(
+            StaticToken::bearer(&token).unwrap(),
+        ))
+        .build();
+    assert_eq!(client.get(s.api_url()).send().await.unwrap().status(), 200);
+}
