@@ -165,7 +165,7 @@ impl fmt::Debug for CredentialFuture {
 /// A fixed bearer token (the Globus SDK's `AccessTokenAuthorizer`).
 #[derive(Clone)]
 pub struct StaticToken {
-    credential: Credential,
+    credential: Arc<Credential>,
 }
 
 impl StaticToken {
@@ -175,14 +175,14 @@ impl StaticToken {
     /// [`Error::Configuration`] when the token is empty or cannot go in a header.
     pub fn bearer(token: impl AsRef<str>) -> Result<Self, Error> {
         Ok(StaticToken {
-            credential: Credential::authorization(bearer_header(token.as_ref())?),
+            credential: Arc::new(Credential::authorization(bearer_header(token.as_ref())?)),
         })
     }
 }
 
 impl Authorizer for StaticToken {
     fn credential(&self) -> CredentialFuture {
-        CredentialFuture::ready(Ok(Some(self.credential.clone())))
+        CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
     }
 }
 
@@ -195,7 +195,7 @@ impl fmt::Debug for StaticToken {
 /// HTTP Basic authentication (RFC 7617), e.g. a confidential client's id and secret.
 #[derive(Clone)]
 pub struct Basic {
-    credential: Credential,
+    credential: Arc<Credential>,
 }
 
 impl Basic {
@@ -211,7 +211,10 @@ impl Basic {
             ));
         }
         Ok(Basic {
-            credential: Credential::authorization(basic_header(user, password.as_ref())),
+            credential: Arc::new(Credential::authorization(basic_header(
+                user,
+                password.as_ref(),
+            ))),
         })
     }
 }
@@ -227,7 +230,7 @@ pub(crate) fn basic_header(user: &str, password: &str) -> HeaderValue {
 
 impl Authorizer for Basic {
     fn credential(&self) -> CredentialFuture {
-        CredentialFuture::ready(Ok(Some(self.credential.clone())))
+        CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
     }
 }
 
@@ -241,7 +244,7 @@ impl fmt::Debug for Basic {
 /// `Authorization: ApiKey …`).
 #[derive(Clone)]
 pub struct ApiKey {
-    credential: Credential,
+    credential: Arc<Credential>,
 }
 
 impl ApiKey {
@@ -261,14 +264,14 @@ impl ApiKey {
         }
         value.set_sensitive(true);
         Ok(ApiKey {
-            credential: Credential { name, value },
+            credential: Arc::new(Credential { name, value }),
         })
     }
 }
 
 impl Authorizer for ApiKey {
     fn credential(&self) -> CredentialFuture {
-        CredentialFuture::ready(Ok(Some(self.credential.clone())))
+        CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
     }
 }
 

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -203,7 +203,7 @@ where
                 let ready = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture {
                     state: State::Authorizing {
-                        credential: pending,
+                        credential: Box::new(pending),
                         service_ready: true,
                     },
                     authorizer: self.authorizer.clone(),
@@ -231,6 +231,8 @@ pub(crate) fn set_header(
     Some(credential.value)
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// Whether an answer says the credential was refused: `401` with a `Bearer`
 /// challenge or no challenge at all (another scheme means this credential was not
 /// the kind wanted, and a fresh one cannot help), or gRPC `UNAUTHENTICATED` in the
@@ -248,7 +250,7 @@ pub(crate) fn refuses_credential(status: StatusCode, headers: &HeaderMap) -> boo
         });
     }
     headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .is_some_and(|s| s.as_bytes() == b"16")
 }
 
@@ -273,7 +275,9 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Authorizing { credential: CredentialFuture, service_ready: bool },
+        // Boxed: only the slow path and the retry come here, and a small state keeps
+        // the common future small.
+        Authorizing { credential: Box<CredentialFuture>, service_ready: bool },
         Calling { #[pin] future: F },
         Failed { error: Option<BoxError> },
     }
@@ -333,7 +337,7 @@ where
                     tracing::debug!("401 answered; retrying once with a fresh credential");
                     *this.waiting = Some(copy);
                     this.state.set(State::Authorizing {
-                        credential,
+                        credential: Box::new(credential),
                         service_ready: false,
                     });
                 }
