@@ -91,5 +91,241 @@ fn client_hot_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, client_hot_path);
+/// The classic design users would write instead: a token behind a
+/// `tokio::sync::Mutex`, locked on every request.
+#[derive(Clone)]
+struct MutexCache {
+    token: std::sync::Arc<tokio::sync::Mutex<Option<(http::HeaderValue, tokio::time::Instant)>>>,
+}
+
+impl tower_bearer::client::Authorizer for MutexCache {
+    fn credential(&self) -> tower_bearer::client::CredentialFuture {
+        let token = self.token.clone();
+        tower_bearer::client::CredentialFuture::pending(async move {
+            let guard = token.lock().await;
+            let (value, expires) = guard.as_ref().expect("a token");
+            if tokio::time::Instant::now() >= *expires {
+                unreachable!("the benchmark token does not expire");
+            }
+            Ok(Some(tower_bearer::client::Credential::authorization(
+                value.clone(),
+            )))
+        })
+    }
+}
+
+/// Many tasks sending through one shared layer on the multi-thread runtime: the
+/// cost per request as tasks grow, `Refreshing` against the mutex-guarded cache.
+fn client_scaling(c: &mut Criterion) {
+    use std::time::Instant as StdInstant;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("client_scaling");
+    const PER_TASK: u64 = 1_000;
+    let valid = || {
+        Token::bearer(TOKEN)
+            .unwrap()
+            .with_expires_in(Duration::from_secs(3600))
+    };
+    for tasks in [1u64, 8, 64] {
+        group.throughput(criterion::Throughput::Elements(tasks * PER_TASK));
+        let refreshing = rt.block_on(async {
+            Refreshing::builder(tower_bearer::client::source::from_fn(move |_| async move {
+                Ok(valid())
+            }))
+            .initial_token(valid())
+            .build()
+        });
+        let mutex = MutexCache {
+            token: std::sync::Arc::new(tokio::sync::Mutex::new(Some((
+                valid().authorization().clone(),
+                tokio::time::Instant::now() + Duration::from_secs(3600),
+            )))),
+        };
+        macro_rules! scale {
+            ($name:expr, $authorizer:expr) => {{
+                let svc = AuthorizeLayer::new($authorizer).layer(inner());
+                group.bench_function(criterion::BenchmarkId::new($name, tasks), |b| {
+                    b.iter_custom(|iters| {
+                        let svc = svc.clone();
+                        rt.block_on(async move {
+                            let start = StdInstant::now();
+                            for _ in 0..iters {
+                                let handles: Vec<_> = (0..tasks)
+                                    .map(|_| {
+                                        let mut svc = svc.clone();
+                                        tokio::spawn(async move {
+                                            for _ in 0..PER_TASK {
+                                                one(&mut svc).await;
+                                            }
+                                        })
+                                    })
+                                    .collect();
+                                for h in handles {
+                                    h.await.unwrap();
+                                }
+                            }
+                            start.elapsed()
+                        })
+                    })
+                });
+            }};
+        }
+        scale!("refreshing", refreshing);
+        scale!("mutex_cache", mutex.clone());
+    }
+    group.finish();
+}
+
+/// N callers on an expired token, against a token source with a fixed 5 ms latency:
+/// wall time for all of them, with single flight (`Refreshing`) and without (each
+/// caller that finds the token expired fetches its own: check, then fetch). The token
+/// request counts are printed; the test suite asserts them.
+fn refresh_storm(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("refresh_storm");
+    group.sample_size(10);
+    const LATENCY: Duration = Duration::from_millis(5);
+    for callers in [100u64, 1_000, 10_000] {
+        let fetches = Arc::new(AtomicU64::new(0));
+        let source = {
+            let fetches = fetches.clone();
+            tower_bearer::client::source::from_fn(move |_| {
+                fetches.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    tokio::time::sleep(LATENCY).await;
+                    Ok(Token::bearer(TOKEN)?.with_expires_in(Duration::from_secs(3600)))
+                }
+            })
+        };
+        group.bench_function(criterion::BenchmarkId::new("single_flight", callers), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut waits = Vec::new();
+                for _ in 0..iters {
+                    let cache = rt.block_on(async {
+                        Refreshing::builder(source.clone())
+                            .initial_token(
+                                Token::bearer(TOKEN)
+                                    .unwrap()
+                                    .with_expires_at(tokio::time::Instant::now()),
+                            )
+                            .build()
+                    });
+                    let before = fetches.load(Ordering::Relaxed);
+                    let (elapsed, mut w) = rt.block_on(storm(callers, move || {
+                        let cache = cache.clone();
+                        async move {
+                            tower_bearer::client::Authorizer::credential(&cache)
+                                .await
+                                .unwrap()
+                        }
+                    }));
+                    total += elapsed;
+                    waits.append(&mut w);
+                    assert_eq!(fetches.load(Ordering::Relaxed) - before, 1, "single flight");
+                }
+                report("single_flight", callers, 1, &mut waits);
+                total
+            })
+        });
+        group.bench_function(
+            criterion::BenchmarkId::new("naive_check_then_fetch", callers),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    let mut waits = Vec::new();
+                    let mut requests = 0;
+                    for _ in 0..iters {
+                        // The naive cache: read the token; if it is expired, fetch one and store it.
+                        let slot: Arc<std::sync::Mutex<Option<Token>>> =
+                            Arc::new(std::sync::Mutex::new(Some(
+                                Token::bearer(TOKEN)
+                                    .unwrap()
+                                    .with_expires_at(tokio::time::Instant::now()),
+                            )));
+                        let count = Arc::new(AtomicU64::new(0));
+                        let (elapsed, mut w) = rt.block_on(storm(callers, {
+                            let (slot, count) = (slot.clone(), count.clone());
+                            move || {
+                                let (slot, count) = (slot.clone(), count.clone());
+                                async move {
+                                    let cached =
+                                        slot.lock().unwrap().clone().filter(|t| !t.is_expired());
+                                    match cached {
+                                        Some(t) => t,
+                                        None => {
+                                            count.fetch_add(1, Ordering::Relaxed);
+                                            tokio::time::sleep(LATENCY).await;
+                                            let t = Token::bearer(TOKEN)
+                                                .unwrap()
+                                                .with_expires_in(Duration::from_secs(3600));
+                                            *slot.lock().unwrap() = Some(t.clone());
+                                            t
+                                        }
+                                    }
+                                }
+                            }
+                        }));
+                        total += elapsed;
+                        waits.append(&mut w);
+                        requests = count.load(Ordering::Relaxed);
+                    }
+                    report("naive_check_then_fetch", callers, requests, &mut waits);
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+/// Starts `callers` tasks at once; returns the wall time and each caller's wait.
+async fn storm<F, Fut, T>(callers: u64, call: F) -> (Duration, Vec<Duration>)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let start = std::time::Instant::now();
+    let handles: Vec<_> = (0..callers)
+        .map(|_| {
+            let fut = call();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                std::hint::black_box(fut.await);
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut waits = Vec::with_capacity(handles.len());
+    for h in handles {
+        waits.push(h.await.unwrap());
+    }
+    (start.elapsed(), waits)
+}
+
+fn report(name: &str, callers: u64, requests: u64, waits: &mut [Duration]) {
+    if waits.is_empty() {
+        return;
+    }
+    waits.sort();
+    let p = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "refresh_storm/{name}/{callers}: token requests per storm={requests} wait p50={:?} p99={:?}",
+        p(0.5),
+        p(0.99)
+    );
+}
+
+criterion_group!(benches, client_hot_path, client_scaling, refresh_storm);
 criterion_main!(benches);

@@ -257,7 +257,7 @@ async fn a_flaky_endpoint_under_load_loses_nobody() {
             let n = f.fetch_add(1, Ordering::SeqCst);
             let idp = idp.clone();
             async move {
-                idp.set_mode(if n % 2 == 0 {
+                idp.set_mode(if n.is_multiple_of(2) {
                     common::Mode::Fail(503, "flaky", None)
                 } else {
                     common::Mode::Normal
