@@ -10,10 +10,12 @@ use tower_bearer::Token;
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst);
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -66,5 +68,44 @@ fn one_refreshing_authorizer_holds_under_a_kilobyte_beyond_its_token() {
         full - token_bytes < 1024,
         "overhead beyond the token: {} B",
         full - token_bytes
+    );
+}
+
+#[test]
+fn the_fast_path_allocates_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let token = Token::bearer("t".repeat(500))
+        .unwrap()
+        .with_expires_in(Duration::from_secs(3600));
+    let cache = Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
+        Token::bearer("unused")
+    }))
+    .initial_token(token)
+    .build();
+    // The first clone of a header value shares its buffer once; later ones only count.
+    let first = cache
+        .credential()
+        .now_or_pending()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for _ in 0..1_000 {
+        let credential = cache
+            .credential()
+            .now_or_pending()
+            .expect("ready")
+            .unwrap()
+            .unwrap();
+        assert_eq!(credential.value, first.value);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations in 1,000 fast-path calls"
     );
 }
