@@ -16,17 +16,13 @@
 //! during the run: single flight means K is at most E + 1. The process exits non-zero
 //! if a request failed or single flight did not hold.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -48,94 +44,6 @@ struct Args {
     lifetime: f64,
 }
 
-/// The token server's and the API's shared state: issued tokens and counters.
-#[derive(Default)]
-struct Issuer {
-    lifetime: Duration,
-    tokens: Mutex<HashMap<String, Instant>>,
-    token_requests: AtomicU64,
-    next: AtomicU64,
-}
-
-async fn token(
-    State(issuer): State<Arc<Issuer>>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    issuer.token_requests.fetch_add(1, Ordering::SeqCst);
-    // client_secret_basic for "demo-client:demo-secret"
-    let client_ok = headers
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| v == "Basic ZGVtby1jbGllbnQ6ZGVtby1zZWNyZXQ=");
-    if !client_ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "invalid_client"})),
-        )
-            .into_response();
-    }
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({"error": "unsupported_grant_type"})),
-        )
-            .into_response();
-    }
-    let n = issuer.next.fetch_add(1, Ordering::SeqCst);
-    let access = format!("demo-{n}-{:016x}", fastrand::u64(..));
-    issuer
-        .tokens
-        .lock()
-        .unwrap()
-        .insert(access.clone(), Instant::now() + issuer.lifetime);
-    let body = serde_json::json!({
-        "access_token": access,
-        "token_type": "Bearer",
-        "expires_in": issuer.lifetime.as_secs_f64(),
-    });
-    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
-}
-
-async fn api(State(issuer): State<Arc<Issuer>>, headers: HeaderMap) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let valid = token.is_some_and(|t| {
-        issuer
-            .tokens
-            .lock()
-            .unwrap()
-            .get(t)
-            .is_some_and(|exp| Instant::now() < *exp)
-    });
-    if valid {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        let challenge = if token.is_some() {
-            r#"Bearer realm="demo", error="invalid_token""#
-        } else {
-            r#"Bearer realm="demo""#
-        };
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, challenge)],
-        )
-            .into_response()
-    }
-}
-
-async fn serve(issuer: Arc<Issuer>) -> std::io::Result<SocketAddr> {
-    let app = Router::new()
-        .route("/token", post(token))
-        .route("/api", get(api))
-        .with_state(issuer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -144,16 +52,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let lifetime = Duration::from_secs_f64(args.lifetime);
     let margin = lifetime / 4;
-    let issuer = Arc::new(Issuer {
-        lifetime,
-        ..Issuer::default()
-    });
-    let addr = serve(issuer.clone()).await?;
-    println!("token server and API on http://{addr}; tokens live {lifetime:?}, refreshed {margin:?} before expiry");
+    let servers = support::start(lifetime).await?;
+    let issuer = servers.issuer.clone();
+    println!(
+        "token server and API on http://{}; tokens live {lifetime:?}, refreshed {margin:?} before expiry",
+        servers.addr
+    );
 
-    let endpoint = TokenEndpoint::new(&format!("http://{addr}/token"))?
-        .client_id("demo-client")
-        .client_secret("demo-secret");
+    let endpoint = TokenEndpoint::new(&servers.token_url())?
+        .client_id(support::CLIENT_ID)
+        .client_secret(support::CLIENT_SECRET);
     let authorizer = Refreshing::builder(endpoint.client_credentials())
         .refresh_before(margin)
         .jitter(Duration::ZERO)
@@ -169,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
-    let url: http::Uri = format!("http://{addr}/api").parse()?;
+    let url: http::Uri = servers.api_url().parse()?;
 
     let mut tasks = Vec::new();
     for _ in 0..args.tasks {
@@ -182,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .unwrap();
                 requests.fetch_add(1, Ordering::Relaxed);
                 match client.clone().oneshot(req).await {
-                    Ok(res) if res.status() == StatusCode::OK => {
+                    Ok(res) if res.status() == http::StatusCode::OK => {
                         let _ = res.into_body().collect().await;
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
@@ -213,7 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     requests.load(Ordering::Relaxed),
                     ok.load(Ordering::Relaxed),
                     failed.load(Ordering::Relaxed),
-                    issuer.token_requests.load(Ordering::SeqCst),
+                    issuer.token_requests(),
                 );
             }
         })
@@ -226,7 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed();
     let usable = lifetime - margin;
     let expiries = (elapsed.as_secs_f64() / usable.as_secs_f64()).floor() as u64;
-    let token_requests = issuer.token_requests.load(Ordering::SeqCst);
+    let token_requests = issuer.token_requests();
     let stats = authorizer.stats();
     let (requests, ok, failed) = (
         requests.load(Ordering::SeqCst),
