@@ -17,7 +17,9 @@
 //! it never starts a second job for the same need.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
+
+use crate::sync::{Mutex, MutexGuard};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
@@ -114,7 +116,7 @@ where
         Joined::Flight(flight)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot<T, E>> {
+    fn lock(&self) -> MutexGuard<'_, Slot<T, E>> {
         // The lock guards only a few assignments; a panic cannot leave it torn.
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -44,6 +44,7 @@ pub mod client;
 mod error;
 pub(crate) mod flight;
 pub mod server;
+mod sync;
 mod token;
 mod transport;
 

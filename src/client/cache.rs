@@ -2,11 +2,9 @@
 //! every concurrent caller.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use http::HeaderValue;
 use tokio::time::Instant;
@@ -16,6 +14,7 @@ use super::authorizer::{Authorizer, Credential, CredentialFuture};
 use super::source::TokenSource;
 use super::store::TokenStore;
 use crate::flight::{Joined, SingleFlight};
+use crate::sync::{AtomicU64, Mutex, Ordering, SwapOption};
 use crate::{Error, Token};
 
 /// A token as the cache holds it: the token, its header, and when to refresh it.
@@ -100,7 +99,7 @@ struct Failure {
 }
 
 struct Shared<S> {
-    current: ArcSwapOption<Cached>,
+    current: SwapOption<Cached>,
     source: S,
     store: Option<Arc<dyn TokenStore>>,
     config: Config,
@@ -221,7 +220,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
         let current = self.initial.map(|t| Arc::new(Cached::new(t, &self.config)));
         Refreshing {
             shared: Arc::new(Shared {
-                current: ArcSwapOption::new(current),
+                current: SwapOption::new(current),
                 source: self.source,
                 store: self.store,
                 config: self.config,
