@@ -25,6 +25,16 @@ fn get(url: &str) -> Request<Full<Bytes>> {
     Request::get(url).body(Full::default()).unwrap()
 }
 
+/// Sends a GET to the API through `client`; the answer's status.
+async fn send<S>(client: &mut S, s: &common::Servers) -> StatusCode
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>>,
+    S::Error: std::fmt::Debug,
+{
+    let svc = client.ready().await.unwrap();
+    svc.call(get(&s.api_url())).await.unwrap().status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_through_hyper_share_one_token_request() {
     let s = common::start().await;
@@ -58,41 +68,20 @@ async fn a_401_invalidates_once_and_the_request_is_retried_once() {
     let mut client = ServiceBuilder::new()
         .layer(AuthorizeLayer::new(authorizer.clone()).retry_unauthorized())
         .service(common::http_client::<Full<Bytes>>());
-    let res = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get(&s.api_url()))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(send(&mut client, &s).await, StatusCode::OK);
     assert_eq!((s.idp.tokens(), s.idp.api()), (1, 1));
 
     // The API forgets every token: the next request is refused once, the token is
     // dropped, a new one fetched, and the request sent again.
     s.idp.revoke_all_access();
-    let res = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get(&s.api_url()))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(send(&mut client, &s).await, StatusCode::OK);
     assert_eq!(s.idp.tokens(), 2, "one refresh after the 401");
     assert_eq!(s.idp.api(), 3, "one retry");
     assert_eq!(s.idp.api_unauthorized.load(Ordering::SeqCst), 1);
 
     // An API that refuses everything: exactly one retry, then the 401 is returned.
     s.idp.api_rejects_all.store(true, Ordering::SeqCst);
-    let res = client
-        .ready()
-        .await
-        .unwrap()
-        .call(get(&s.api_url()))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&mut client, &s).await, StatusCode::UNAUTHORIZED);
     assert_eq!(s.idp.api(), 5);
     assert_eq!(s.idp.tokens(), 3);
 }
@@ -103,40 +92,10 @@ async fn without_replay_the_401_is_returned_and_the_next_request_refreshes() {
     let mut client = ServiceBuilder::new()
         .layer(AuthorizeLayer::new(cache(&s)))
         .service(common::http_client::<Full<Bytes>>());
-    assert_eq!(
-        client
-            .ready()
-            .await
-            .unwrap()
-            .call(get(&s.api_url()))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(send(&mut client, &s).await, 200);
     s.idp.revoke_all_access();
-    assert_eq!(
-        client
-            .ready()
-            .await
-            .unwrap()
-            .call(get(&s.api_url()))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        client
-            .ready()
-            .await
-            .unwrap()
-            .call(get(&s.api_url()))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(send(&mut client, &s).await, 401);
+    assert_eq!(send(&mut client, &s).await, 200);
     assert_eq!(s.idp.tokens(), 2);
     assert_eq!(s.idp.api(), 3);
 }

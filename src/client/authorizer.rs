@@ -180,11 +180,20 @@ impl StaticToken {
     }
 }
 
-impl Authorizer for StaticToken {
-    fn credential(&self) -> CredentialFuture {
-        CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
-    }
+/// The `Authorizer` impl of an authorizer whose credential never changes.
+macro_rules! fixed_credential {
+    ($name:ident) => {
+        impl Authorizer for $name {
+            fn credential(&self) -> CredentialFuture {
+                CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
+            }
+        }
+    };
 }
+
+fixed_credential!(StaticToken);
+fixed_credential!(Basic);
+fixed_credential!(ApiKey);
 
 impl fmt::Debug for StaticToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -228,12 +237,6 @@ pub(crate) fn basic_header(user: &str, password: &str) -> HeaderValue {
     value
 }
 
-impl Authorizer for Basic {
-    fn credential(&self) -> CredentialFuture {
-        CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
-    }
-}
-
 impl fmt::Debug for Basic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Basic([redacted])")
@@ -266,12 +269,6 @@ impl ApiKey {
         Ok(ApiKey {
             credential: Arc::new(Credential { name, value }),
         })
-    }
-}
-
-impl Authorizer for ApiKey {
-    fn credential(&self) -> CredentialFuture {
-        CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
     }
 }
 
