@@ -1,0 +1,125 @@
+//! Secret hygiene on the client side: all tracing output of full refresh cycles, at
+//! TRACE level, and every `Debug` and error message, hold no token, refresh token,
+//! client secret or password.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bearer::client::{AuthorizeLayer, Authorizer, MemoryStore, Refreshing, TokenEndpoint};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const CLIENT_SECRET: &str = "cs-Zq81x";
+const PASSWORD: &str = "wonderland";
+
+// One thread: the subscriber is set for this thread, and the refresh tasks run here too.
+#[tokio::test]
+async fn no_secret_reaches_logs_debug_or_errors() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = common::start().await;
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.set_lifetime(Some(2));
+    let endpoint = TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret(CLIENT_SECRET);
+    let store = MemoryStore::new();
+    let cache = Refreshing::builder(endpoint.password("alice", PASSWORD))
+        .refresh_before(Duration::from_millis(500))
+        .jitter(Duration::ZERO)
+        .store(store.clone())
+        .build();
+    let client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(cache.clone()).retry_unauthorized())
+        .service(common::http_client::<Full<Bytes>>());
+    let mut debug_prints = Vec::new();
+    let mut secrets: Vec<String> = Vec::new();
+
+    // Login, use, a 401 with retry, rotation through refreshes, and a failure.
+    for round in 0..4 {
+        let req = http::Request::get(s.api_url())
+            .body(Full::default())
+            .unwrap();
+        assert_eq!(client.clone().oneshot(req).await.unwrap().status(), 200);
+        if round == 1 {
+            s.idp.revoke_all_access();
+        }
+        let token = cache.token().await.unwrap();
+        secrets.push(secrecy::ExposeSecret::expose_secret(token.access_token()).to_owned());
+        let refresh = token
+            .refresh_token()
+            .expect("the password grant issues refresh tokens");
+        secrets.push(secrecy::ExposeSecret::expose_secret(refresh).to_owned());
+        debug_prints.push(format!("{cache:?} {store:?} {endpoint:?} {token:?}"));
+        cache.invalidate();
+    }
+    s.idp.refresh.lock().unwrap().clear();
+    s.idp.set_mode(common::Mode::Fail(
+        400,
+        r#"{"error":"invalid_grant","error_description":"nope"}"#,
+        None,
+    ));
+    cache.invalidate();
+    let err = cache.credential().await.unwrap_err();
+    debug_prints.push(format!("{err} {err:?}"));
+
+    secrets.extend(s.idp.refresh_seen.lock().unwrap().iter().cloned());
+    secrets.sort();
+    secrets.dedup();
+    assert!(
+        secrets.len() >= 8,
+        "tokens were issued and refreshed: {secrets:?}"
+    );
+    secrets.push(CLIENT_SECRET.to_owned());
+    secrets.push(PASSWORD.to_owned());
+    // The Basic header's base64 of "id:<secret>".
+    secrets.push(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("id:{CLIENT_SECRET}"),
+    ));
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("token refreshed"),
+        "refreshes were traced:\n{logs}"
+    );
+    for secret in &secrets {
+        // Token names like "at-1" are prefixes of "at-10": match whole words.
+        let leaked = |text: &str| {
+            text.match_indices(secret.as_str()).any(|(i, _)| {
+                let after = text[i + secret.len()..].chars().next();
+                !after.is_some_and(|c| c.is_ascii_alphanumeric())
+            })
+        };
+        assert!(!leaked(&logs), "{secret} in the logs:\n{logs}");
+        for printed in &debug_prints {
+            assert!(!leaked(printed), "{secret} in {printed}");
+        }
+    }
+}
