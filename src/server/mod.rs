@@ -1,1 +1,52 @@
 //! The incoming side: validate `Authorization: Bearer` and answer as RFC 6750 says.
+//!
+//! [`RequireBearerLayer`] takes any [`Validator`]: [`StaticTokens`], a closure
+//! ([`validator::from_fn`]), `JwtValidator` (feature `jwt`) or
+//! `JwksValidator` (feature `jwks`). Good tokens reach the service with their claims
+//! in the request extensions as [`Verified`]; every other request is answered
+//! without reaching it.
+//!
+//! # Quick start (axum)
+//!
+//! ```
+//! use axum::{routing::get, Extension, Router};
+//! use tower_bearer::server::{RequireBearerLayer, StaticTokens, Verified};
+//!
+//! async fn whoami(Extension(Verified(who)): Extension<Verified<&'static str>>) -> String {
+//!     format!("hello, {who}")
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/whoami", get(whoami))
+//!     .layer(RequireBearerLayer::new(StaticTokens::new([("s3cret", "ci")])).realm("example"));
+//! # let _ = app;
+//! ```
+//!
+//! # Answers
+//!
+//! | case | HTTP | gRPC |
+//! |---|---|---|
+//! | no bearer credentials | `401`, `WWW-Authenticate: Bearer realm="…"` | `UNAUTHENTICATED` |
+//! | malformed header | `400`, `error="invalid_request"` | `UNAUTHENTICATED` |
+//! | bad or expired token | `401`, `error="invalid_token"` | `UNAUTHENTICATED` |
+//! | missing scope | `403`, `error="insufficient_scope"`, `scope="…"` | `PERMISSION_DENIED` |
+//! | validator unavailable | `503` | `UNAVAILABLE` |
+
+#[cfg(feature = "axum")]
+mod axum;
+mod challenge;
+pub mod header;
+mod layer;
+pub mod validator;
+
+#[cfg(feature = "axum")]
+pub use self::axum::MissingClaims;
+pub use challenge::{is_grpc, Rejection};
+pub use layer::{
+    RequireBearer, RequireBearerLayer, RequireScope, RequireScopeLayer, ResponseFuture,
+    ScopeFuture, Verified,
+};
+pub use validator::{
+    from_async_fn, from_fn, Audience, Claims, ScopedClaims, Scopes, StaticTokens, ValidationFuture,
+    Validator,
+};

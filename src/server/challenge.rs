@@ -1,0 +1,220 @@
+//! Why a request is refused, and the answer RFC 6750 §3 (or gRPC) gives for it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+/// Why a request was refused. Descriptions are fixed, safe texts: never the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// No bearer credentials (no `Authorization`, or another scheme): `401` with a
+    /// bare challenge (RFC 6750 §3.1: no error code).
+    Missing,
+    /// A malformed request (two `Authorization` headers, a token that is not
+    /// `token68`, a header over the size cap): `400` `invalid_request`.
+    InvalidRequest(&'static str),
+    /// The token is expired, revoked, malformed or not for us: `401` `invalid_token`.
+    InvalidToken(Cow<'static, str>),
+    /// The token lacks a scope this resource needs: `403` `insufficient_scope`, with
+    /// the scope needed.
+    InsufficientScope(String),
+    /// The validator cannot decide now (keys or introspection endpoint
+    /// unreachable): `503`, since the token may well be good.
+    Unavailable(Cow<'static, str>),
+}
+
+impl Rejection {
+    /// An invalid token, with a description safe to show the client.
+    pub fn invalid_token(description: impl Into<Cow<'static, str>>) -> Self {
+        Rejection::InvalidToken(description.into())
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Missing | Rejection::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Rejection::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The RFC 6750 error code, if the answer carries one.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            Rejection::Missing | Rejection::Unavailable(_) => None,
+            Rejection::InvalidRequest(_) => Some("invalid_request"),
+            Rejection::InvalidToken(_) => Some("invalid_token"),
+            Rejection::InsufficientScope(_) => Some("insufficient_scope"),
+        }
+    }
+
+    fn description(&self) -> Option<&str> {
+        match self {
+            Rejection::Missing => None,
+            Rejection::InvalidRequest(d) => Some(d),
+            Rejection::InvalidToken(d) | Rejection::Unavailable(d) => Some(d),
+            Rejection::InsufficientScope(_) => Some("the token lacks a required scope"),
+        }
+    }
+
+    /// The `WWW-Authenticate` value: `Bearer realm="…"`, plus `error`,
+    /// `error_description` and `scope` as the case needs.
+    pub fn challenge(&self, realm: &str) -> HeaderValue {
+        let mut value = format!("Bearer realm=\"{}\"", quote(realm));
+        if let Some(code) = self.error_code() {
+            value.push_str(&format!(", error=\"{code}\""));
+            if let Some(description) = self.description() {
+                value.push_str(&format!(", error_description=\"{}\"", quote(description)));
+            }
+        }
+        if let Rejection::InsufficientScope(scope) = self {
+            value.push_str(&format!(", scope=\"{}\"", quote(scope)));
+        }
+        HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+    }
+
+    /// The answer to an HTTP request: status, `WWW-Authenticate` (not for `503`), and
+    /// an empty body.
+    pub fn http_response<B: Default>(&self, realm: &str) -> Response<B> {
+        let mut res = Response::new(B::default());
+        *res.status_mut() = self.status();
+        if !matches!(self, Rejection::Unavailable(_)) {
+            res.headers_mut()
+                .insert(WWW_AUTHENTICATE, self.challenge(realm));
+        }
+        res
+    }
+
+    /// The gRPC status code: `UNAUTHENTICATED` (16), `PERMISSION_DENIED` (7) or
+    /// `UNAVAILABLE` (14).
+    pub fn grpc_status(&self) -> u16 {
+        match self {
+            Rejection::Missing | Rejection::InvalidRequest(_) | Rejection::InvalidToken(_) => 16,
+            Rejection::InsufficientScope(_) => 7,
+            Rejection::Unavailable(_) => 14,
+        }
+    }
+
+    /// The answer to a gRPC request: a trailers-only response (HTTP 200,
+    /// `grpc-status` and `grpc-message` in the headers) that every gRPC client
+    /// understands, with the `WWW-Authenticate` challenge alongside.
+    pub fn grpc_response<B: Default>(&self, realm: &str) -> Response<B> {
+        let mut res = Response::new(B::default());
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+        let message = self.description().unwrap_or("missing bearer token");
+        if let Ok(message) = HeaderValue::try_from(percent_encode(message)) {
+            headers.insert("grpc-message", message);
+        }
+        if !matches!(self, Rejection::Unavailable(_)) {
+            headers.insert(WWW_AUTHENTICATE, self.challenge(realm));
+        }
+        res
+    }
+
+    /// The answer for a request with these headers: gRPC if its content type says
+    /// so, HTTP otherwise.
+    pub fn response_for<B: Default>(
+        &self,
+        request_headers: &HeaderMap,
+        realm: &str,
+    ) -> Response<B> {
+        if is_grpc(request_headers) {
+            self.grpc_response(realm)
+        } else {
+            self.http_response(realm)
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Missing => f.write_str("no bearer token"),
+            Rejection::InsufficientScope(scope) => write!(f, "insufficient scope: {scope} needed"),
+            other => write!(
+                f,
+                "{}: {}",
+                other.error_code().unwrap_or("unavailable"),
+                other.description().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A quoted-string body (RFC 7230): backslash-escape `"` and `\`, drop control
+/// characters.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_control() || !c.is_ascii() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        assert_eq!(Rejection::Missing.challenge("api"), r#"Bearer realm="api""#);
+        assert_eq!(
+            Rejection::invalid_token("the token has expired").challenge("api"),
+            r#"Bearer realm="api", error="invalid_token", error_description="the token has expired""#
+        );
+        assert_eq!(
+            Rejection::InsufficientScope("admin write".into()).challenge("a\"b"),
+            r#"Bearer realm="a\"b", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin write""#
+        );
+        let res: Response<()> =
+            Rejection::Unavailable("keys unavailable".into()).http_response("api");
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn grpc_answers_are_trailers_only() {
+        let res: Response<()> = Rejection::InsufficientScope("admin".into()).grpc_response("api");
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "7");
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        let res: Response<()> = Rejection::invalid_token("100% bad").grpc_response("api");
+        assert_eq!(res.headers()["grpc-status"], "16");
+        assert_eq!(res.headers()["grpc-message"], "100%25 bad");
+    }
+}

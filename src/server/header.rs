@@ -1,0 +1,132 @@
+//! Strict parsing of `Authorization: Bearer <token>` (RFC 6750 §2.1).
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use super::Rejection;
+
+/// The default cap on the `Authorization` header, in bytes.
+pub const DEFAULT_MAX_LEN: usize = 8 * 1024;
+
+/// The bearer token of a request, or why there is none.
+///
+/// - no `Authorization` header, or one with another scheme (`Basic …`): no bearer
+///   credentials ([`Rejection::Missing`], answered with a bare challenge);
+/// - two headers, a header longer than `max_len`, no token, or a token that is not
+///   `token68` (RFC 7235: letters, digits, `-._~+/`, then `=` padding):
+///   [`Rejection::InvalidRequest`].
+///
+/// The scheme is case-insensitive and may be followed by one or more spaces.
+/// Nothing here panics, whatever the bytes.
+pub fn bearer_token(headers: &HeaderMap, max_len: usize) -> Result<&str, Rejection> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Rejection::Missing);
+    };
+    if values.next().is_some() {
+        return Err(Rejection::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    let bytes = value.as_bytes();
+    if bytes.len() > max_len {
+        return Err(Rejection::InvalidRequest(
+            "the Authorization header is too long",
+        ));
+    }
+    let scheme_end = bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len());
+    if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        // "Bearer" then a tab or other separator: a bearer header gone wrong, not
+        // another scheme.
+        let mangled_bearer = bytes.len() > 6
+            && bytes[..6].eq_ignore_ascii_case(b"bearer")
+            && !bytes[6].is_ascii_alphanumeric();
+        return Err(if mangled_bearer {
+            Rejection::InvalidRequest("the Authorization header is malformed")
+        } else {
+            Rejection::Missing
+        });
+    }
+    let rest = &bytes[scheme_end..];
+    let token = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+    if token.is_empty() {
+        return Err(Rejection::InvalidRequest("the bearer token is empty"));
+    }
+    if !is_token68(token) {
+        return Err(Rejection::InvalidRequest("the bearer token is malformed"));
+    }
+    // token68 is ASCII, so this cannot fail; no unwrap on input all the same.
+    std::str::from_utf8(token)
+        .map_err(|_| Rejection::InvalidRequest("the bearer token is malformed"))
+}
+
+/// `token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+fn is_token68(token: &[u8]) -> bool {
+    let body_len = token.iter().rposition(|b| *b != b'=').map_or(0, |i| i + 1);
+    body_len > 0
+        && token[..body_len].iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn parse(values: &[&[u8]]) -> Result<String, Rejection> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        bearer_token(&headers, 64).map(str::to_owned)
+    }
+
+    #[test]
+    fn accepts_bearer_tokens() {
+        assert_eq!(
+            parse(&[b"Bearer abc.DEF-_~+/=="]).unwrap(),
+            "abc.DEF-_~+/=="
+        );
+        assert_eq!(parse(&[b"bearer abc"]).unwrap(), "abc");
+        assert_eq!(parse(&[b"BEARER   abc"]).unwrap(), "abc");
+    }
+
+    #[test]
+    fn no_bearer_credentials_is_missing() {
+        assert_eq!(parse(&[]), Err(Rejection::Missing));
+        assert_eq!(parse(&[b"Basic dXNlcjpwYXNz"]), Err(Rejection::Missing));
+        assert_eq!(parse(&[b"Bearerabc"]), Err(Rejection::Missing));
+    }
+
+    #[test]
+    fn malformed_is_invalid_request() {
+        for bad in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Bearer a b",
+            b"Bearer abc ",
+            b"Bearer\tabc",
+            b"Bearer ab\tc",
+            b"Bearer ===",
+            b"Bearer a=b",
+            b"Bearer caf\xc3\xa9",
+            b"Bearer \"abc\"",
+        ] {
+            assert!(
+                matches!(parse(&[bad]), Err(Rejection::InvalidRequest(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            parse(&[b"Bearer a", b"Bearer b"]),
+            Err(Rejection::InvalidRequest(_))
+        ));
+        let long = format!("Bearer {}", "a".repeat(64));
+        assert!(matches!(
+            parse(&[long.as_bytes()]),
+            Err(Rejection::InvalidRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,466 @@
+//! [`RequireBearerLayer`]: only requests with a valid bearer token reach the
+//! service, with their verified claims; [`RequireScopeLayer`]: a route-level scope
+//! requirement that composes after it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::header::{bearer_token, DEFAULT_MAX_LEN};
+use super::validator::{ScopedClaims, ValidationFuture, Validator};
+use super::Rejection;
+
+/// The verified claims of a request, in its extensions.
+///
+/// Read them in a handler with `req.extensions().get::<Verified<C>>()` (hyper,
+/// tonic's `Request::extensions()`), or with the axum extractor of the same name
+/// (feature `axum`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verified<C>(pub C);
+
+#[derive(Clone, Debug)]
+struct Config {
+    realm: String,
+    max_len: usize,
+    anonymous: bool,
+}
+
+/// Requires `Authorization: Bearer` with a token the [`Validator`] accepts.
+///
+/// On success the claims go into the request extensions as [`Verified`] and the
+/// inner service is called. On failure it answers without calling it, as RFC 6750
+/// §3 says: `401` with a bare `WWW-Authenticate: Bearer realm="…"` challenge when
+/// there are no bearer credentials, `400` `invalid_request` for a malformed header,
+/// `401` `invalid_token` for a bad or expired token, `403` `insufficient_scope`, and
+/// `503` when the validator cannot decide. gRPC requests (`content-type:
+/// application/grpc…`) get `UNAUTHENTICATED`, `PERMISSION_DENIED` or `UNAVAILABLE`
+/// instead.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower_bearer::server::{RequireBearerLayer, StaticTokens};
+///
+/// let app: Router = Router::new()
+///     .route("/items", get(|| async { "items" }))
+///     .layer(RequireBearerLayer::new(StaticTokens::new([("s3cret", "ci")])).realm("items"));
+/// ```
+pub struct RequireBearerLayer<V> {
+    validator: Arc<V>,
+    config: Arc<Config>,
+}
+
+impl<V> Clone for RequireBearerLayer<V> {
+    fn clone(&self) -> Self {
+        RequireBearerLayer {
+            validator: Arc::clone(&self.validator),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for RequireBearerLayer<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireBearerLayer")
+            .field("validator", &self.validator)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<V: Validator> RequireBearerLayer<V> {
+    /// Validates tokens with `validator`; realm `"api"`, an 8 KiB header cap.
+    pub fn new(validator: V) -> Self {
+        RequireBearerLayer {
+            validator: Arc::new(validator),
+            config: Arc::new(Config {
+                realm: "api".to_owned(),
+                max_len: DEFAULT_MAX_LEN,
+                anonymous: false,
+            }),
+        }
+    }
+
+    fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The realm named in challenges.
+    pub fn realm(self, realm: impl Into<String>) -> Self {
+        let realm = realm.into();
+        self.config(|c| c.realm = realm)
+    }
+
+    /// The largest `Authorization` header accepted, in bytes (default 8 KiB).
+    pub fn max_header_len(self, bytes: usize) -> Self {
+        self.config(|c| c.max_len = bytes)
+    }
+
+    /// Lets requests without bearer credentials through, with no claims (a bad
+    /// token is still refused). Handlers tell them apart by the absence of
+    /// [`Verified`] (or with the optional axum extractor).
+    pub fn allow_anonymous(self) -> Self {
+        self.config(|c| c.anonymous = true)
+    }
+}
+
+impl<S, V> Layer<S> for RequireBearerLayer<V> {
+    type Service = RequireBearer<S, V>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireBearer {
+            inner,
+            validator: Arc::clone(&self.validator),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service made by [`RequireBearerLayer`].
+pub struct RequireBearer<S, V> {
+    inner: S,
+    validator: Arc<V>,
+    config: Arc<Config>,
+}
+
+impl<S: Clone, V> Clone for RequireBearer<S, V> {
+    fn clone(&self) -> Self {
+        RequireBearer {
+            inner: self.inner.clone(),
+            validator: Arc::clone(&self.validator),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S: fmt::Debug, V: fmt::Debug> fmt::Debug for RequireBearer<S, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireBearer")
+            .field("inner", &self.inner)
+            .field("validator", &self.validator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, V: Validator> RequireBearer<S, V> {
+    /// Wraps `inner`; the same as `RequireBearerLayer::new(validator).layer(inner)`.
+    pub fn new(inner: S, validator: V) -> Self {
+        RequireBearerLayer::new(validator).layer(inner)
+    }
+}
+
+impl<S, V, B, ResBody> Service<Request<B>> for RequireBearer<S, V>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    V: Validator,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, V::Claims>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let config = &self.config;
+        let validation = match bearer_token(req.headers(), config.max_len) {
+            Ok(token) => self.validator.validate(token),
+            Err(Rejection::Missing) if config.anonymous => {
+                return ResponseFuture::calling(self.inner.call(req));
+            }
+            Err(rejection) => return ResponseFuture::rejected(&rejection, &req, &config.realm),
+        };
+        match validation.now_or_pending() {
+            Ok(Ok(claims)) => {
+                req.extensions_mut().insert(Verified(claims));
+                ResponseFuture::calling(self.inner.call(req))
+            }
+            Ok(Err(rejection)) => ResponseFuture::rejected(&rejection, &req, &config.realm),
+            Err(pending) => {
+                // The service was made ready for this request: take that one along
+                // and leave a clone in its place.
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture {
+                    state: State::Validating {
+                        validation: pending,
+                        waiting: Some(Box::new((service, req, Arc::clone(config)))),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequireBearer`].
+    pub struct ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B, C>,
+    }
+}
+
+type Waiting<S, B> = Option<Box<(S, Request<B>, Arc<Config>)>>;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, C>
+    where
+        S: Service<Request<B>>,
+    {
+        Validating { validation: ValidationFuture<C>, waiting: Waiting<S, B> },
+        Calling { #[pin] future: S::Future },
+        Rejected { response: Option<S::Response> },
+    }
+}
+
+impl<S, B, C, ResBody> ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    fn calling(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+        }
+    }
+
+    fn rejected(rejection: &Rejection, req: &Request<B>, realm: &str) -> Self {
+        tracing::debug!(%rejection, "bearer authentication refused");
+        ResponseFuture {
+            state: State::Rejected {
+                response: Some(rejection.response_for(req.headers(), realm)),
+            },
+        }
+    }
+}
+
+impl<S, B, C, ResBody> Future for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+    C: Clone + Send + Sync + 'static,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Validating {
+                    validation,
+                    waiting,
+                } => {
+                    let outcome = ready!(Pin::new(validation).poll(cx));
+                    let (mut service, mut req, config) =
+                        *waiting.take().expect("polled after completion");
+                    let next = match outcome {
+                        Ok(claims) => {
+                            req.extensions_mut().insert(Verified(claims));
+                            State::Calling {
+                                future: service.call(req),
+                            }
+                        }
+                        Err(rejection) => {
+                            tracing::debug!(%rejection, "bearer authentication refused");
+                            State::Rejected {
+                                response: Some(
+                                    rejection.response_for(req.headers(), &config.realm),
+                                ),
+                            }
+                        }
+                    };
+                    this.state.set(next);
+                }
+                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Rejected { response } => {
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                }
+            }
+        }
+    }
+}
+
+impl<S, B, C> fmt::Debug for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Requires the verified claims (of type `C`) to grant every one of `scopes`;
+/// compose it after [`RequireBearerLayer`], on the routes that need it.
+///
+/// Missing scopes: `403` `insufficient_scope` with `scope="…"` (gRPC
+/// `PERMISSION_DENIED`). No verified claims at all (an anonymous request): `401`.
+pub struct RequireScopeLayer<C> {
+    scopes: Arc<[String]>,
+    realm: Arc<str>,
+    _claims: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for RequireScopeLayer<C> {
+    fn clone(&self) -> Self {
+        RequireScopeLayer {
+            scopes: Arc::clone(&self.scopes),
+            realm: Arc::clone(&self.realm),
+            _claims: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C> fmt::Debug for RequireScopeLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireScopeLayer")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+impl<C: ScopedClaims + Send + Sync + 'static> RequireScopeLayer<C> {
+    /// Requires every one of `scopes`.
+    pub fn new<T: Into<String>>(scopes: impl IntoIterator<Item = T>) -> Self {
+        RequireScopeLayer {
+            scopes: scopes.into_iter().map(Into::into).collect(),
+            realm: Arc::from("api"),
+            _claims: std::marker::PhantomData,
+        }
+    }
+
+    /// The realm named in challenges (default `"api"`).
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = Arc::from(realm.into());
+        self
+    }
+}
+
+impl<S, C> Layer<S> for RequireScopeLayer<C> {
+    type Service = RequireScope<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireScope {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`RequireScopeLayer`].
+pub struct RequireScope<S, C> {
+    inner: S,
+    layer: RequireScopeLayer<C>,
+}
+
+impl<S: Clone, C> Clone for RequireScope<S, C> {
+    fn clone(&self) -> Self {
+        RequireScope {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for RequireScope<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireScope")
+            .field("inner", &self.inner)
+            .field("scopes", &self.layer.scopes)
+            .finish()
+    }
+}
+
+impl<S, C, B, ResBody> Service<Request<B>> for RequireScope<S, C>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    C: ScopedClaims + Send + Sync + 'static,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ScopeFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let rejection = match req.extensions().get::<Verified<C>>() {
+            None => Some(Rejection::Missing),
+            Some(Verified(claims)) => {
+                let missing: Vec<&str> = self
+                    .layer
+                    .scopes
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| !claims.has_scope(s))
+                    .collect();
+                (!missing.is_empty())
+                    .then(|| Rejection::InsufficientScope(self.layer.scopes.join(" ")))
+            }
+        };
+        match rejection {
+            None => ScopeFuture {
+                state: ScopeState::Calling {
+                    future: self.inner.call(req),
+                },
+            },
+            Some(rejection) => ScopeFuture {
+                state: ScopeState::Rejected {
+                    response: Some(rejection.response_for(req.headers(), &self.layer.realm)),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequireScope`].
+    pub struct ScopeFuture<F, ResBody> {
+        #[pin]
+        state: ScopeState<F, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = ScopeProj]
+    enum ScopeState<F, ResBody> {
+        Calling { #[pin] future: F },
+        Rejected { response: Option<Response<ResBody>> },
+    }
+}
+
+impl<F, ResBody> fmt::Debug for ScopeFuture<F, ResBody> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopeFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E, ResBody> Future for ScopeFuture<F, ResBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            ScopeProj::Calling { future } => future.poll(cx),
+            ScopeProj::Rejected { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
+    }
+}
