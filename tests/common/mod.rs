@@ -278,3 +278,52 @@ where
 {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
+
+/// What a raw request got back.
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The `WWW-Authenticate` value, or "".
+    pub fn challenge(&self) -> &str {
+        self.headers
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends `GET path` to `addr` with exactly these header lines (raw bytes, repeated
+/// names kept), over a real connection.
+pub async fn send_raw(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Answer {
+    use http_body_util::BodyExt;
+    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, http::HeaderValue::from_bytes(value).unwrap());
+    }
+    let req = req
+        .body(http_body_util::Full::<bytes::Bytes>::default())
+        .unwrap();
+    let res = http_client().request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Serves `app` on an ephemeral loopback port.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
