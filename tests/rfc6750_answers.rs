@@ -37,7 +37,8 @@ async fn app(anonymous: bool) -> std::net::SocketAddr {
 #[tokio::test]
 async fn every_case_gets_its_rfc_6750_answer() {
     let addr = app(false).await;
-    let cases: Vec<(&str, Vec<(&str, &[u8])>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a [u8])>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no credentials", vec![], 401, r#"Bearer realm="test""#),
         (
             "another scheme",
