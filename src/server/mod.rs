@@ -36,12 +36,20 @@
 mod axum;
 mod challenge;
 pub mod header;
+#[cfg(feature = "jwks")]
+pub mod jwks;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 mod layer;
 pub mod validator;
 
 #[cfg(feature = "axum")]
 pub use self::axum::MissingClaims;
 pub use challenge::{is_grpc, Rejection};
+#[cfg(feature = "jwks")]
+pub use jwks::{JwksValidator, JwksValidatorBuilder};
+#[cfg(feature = "jwt")]
+pub use jwt::{JwtValidator, KeyError};
 pub use layer::{
     RequireBearer, RequireBearerLayer, RequireScope, RequireScopeLayer, ResponseFuture,
     ScopeFuture, Verified,
