@@ -41,6 +41,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod client;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod error;
 pub(crate) mod flight;
 pub mod server;
@@ -51,7 +54,7 @@ mod transport;
 pub use client::{AuthorizeLayer, Authorizer, Refreshing};
 
 // The README's examples are compiled as doc tests (they use every integration).
-#[cfg(all(doctest, feature = "reqwest"))]
+#[cfg(all(doctest, feature = "reqwest", feature = "axum", feature = "jwt"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 pub use error::{BoxError, EndpointError, Error, SharedError};
