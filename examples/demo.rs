@@ -1,8 +1,9 @@
 //! The main demo: a token server, a protected API and a client, in one process on
 //! loopback.
 //!
-//! The token server issues short-lived tokens (2 s by default) through the
-//! client-credentials grant. 64 client tasks call the API without pause through a
+//! The token server issues short-lived HS256 JWTs (2 s by default) through the
+//! client-credentials grant; the API checks them with this crate's
+//! `RequireBearerLayer` and `JwtValidator`, with no leeway. 64 client tasks call the API without pause through a
 //! hyper-util client wrapped in `AuthorizeLayer` + `Refreshing`, across several token
 //! lifetimes. The cache refreshes each token once, in the background, shortly before
 //! it expires; no caller waits and no burst of token requests happens.

@@ -30,7 +30,7 @@
 //! # Feature flags
 //!
 //! - `rustls` (default): https to token endpoints (hyper-rustls, ring, the platform's roots).
-//! - `jwt`: JWT validation with jsonwebtoken.
+//! - `jwt` (default): JWT validation with jsonwebtoken.
 //! - `jwks`: JWKS and OIDC discovery with key rotation (implies `jwt`).
 //! - `introspection`: RFC 7662 token introspection.
 //! - `axum`: extractors for the verified claims.
@@ -41,11 +41,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod client;
+mod error;
+pub(crate) mod flight;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-mod error;
-pub(crate) mod flight;
 pub mod server;
 mod sync;
 mod token;

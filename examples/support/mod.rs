@@ -1,32 +1,32 @@
 //! An in-process identity provider and protected API for the examples: a
-//! client-credentials token endpoint issuing short-lived opaque tokens, and an API
-//! that accepts only those tokens while they are valid. Real axum servers on
-//! loopback, so the examples run with no setup.
+//! client-credentials token endpoint issuing short-lived HS256 JWTs, and an API
+//! behind this crate's `RequireBearerLayer` with a `JwtValidator`. Real axum servers
+//! on loopback, so the examples run with no setup.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
-use tokio::time::Instant;
+use axum::{Extension, Form, Json, Router};
+use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, Verified};
 
 /// The client registration the examples use.
 pub const CLIENT_ID: &str = "demo-client";
 /// Its secret.
 pub const CLIENT_SECRET: &str = "demo-secret";
 
-/// Issued tokens and counters, shared by the token endpoint and the API.
-#[derive(Default)]
+/// The signing key, the token lifetime and counters, shared by the token endpoint
+/// and the API.
 pub struct Issuer {
     lifetime: Duration,
-    tokens: Mutex<HashMap<String, Instant>>,
+    key: jsonwebtoken::EncodingKey,
     token_requests: AtomicU64,
     api_requests: AtomicU64,
     next: AtomicU64,
@@ -67,13 +67,25 @@ impl Servers {
 /// Starts the token endpoint (`POST /token`) and the API (`GET /api`) on an
 /// ephemeral loopback port; tokens live `lifetime`.
 pub async fn start(lifetime: Duration) -> std::io::Result<Servers> {
+    let secret: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
     let issuer = Arc::new(Issuer {
         lifetime,
-        ..Issuer::default()
+        key: jsonwebtoken::EncodingKey::from_secret(&secret),
+        token_requests: AtomicU64::new(0),
+        api_requests: AtomicU64::new(0),
+        next: AtomicU64::new(0),
     });
+    // The API checks its tokens with no leeway: an expired token is refused at once.
+    let validator: JwtValidator<Claims> = JwtValidator::hmac(&secret)
+        .issuer("demo-idp")
+        .audience("demo-api")
+        .leeway(Duration::ZERO);
+    let api_routes = Router::new()
+        .route("/api", get(api))
+        .layer(RequireBearerLayer::new(validator).realm("demo"));
     let app = Router::new()
         .route("/token", post(token))
-        .route("/api", get(api))
+        .merge(api_routes)
         .with_state(issuer.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -102,12 +114,21 @@ async fn token(
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
     let n = issuer.next.fetch_add(1, Ordering::SeqCst);
-    let access = format!("demo-{n}-{:016x}", fastrand::u64(..));
-    issuer
-        .tokens
-        .lock()
-        .unwrap()
-        .insert(access.clone(), Instant::now() + issuer.lifetime);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "sub": CLIENT_ID,
+        "iss": "demo-idp",
+        "aud": "demo-api",
+        "iat": now,
+        "exp": now + issuer.lifetime.as_secs_f64().ceil() as u64,
+        "jti": n.to_string(),
+    });
+    let Ok(access) = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &issuer.key)
+    else {
+        return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error");
+    };
     let body = serde_json::json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -116,32 +137,14 @@ async fn token(
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
-async fn api(State(issuer): State<Arc<Issuer>>, headers: HeaderMap) -> Response {
+async fn api(
+    State(issuer): State<Arc<Issuer>>,
+    Extension(Verified(claims)): Extension<Verified<Claims>>,
+) -> Response {
     issuer.api_requests.fetch_add(1, Ordering::SeqCst);
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let valid = token.is_some_and(|t| {
-        issuer
-            .tokens
-            .lock()
-            .unwrap()
-            .get(t)
-            .is_some_and(|exp| Instant::now() < *exp)
-    });
-    if valid {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        let challenge = if token.is_some() {
-            r#"Bearer realm="demo", error="invalid_token""#
-        } else {
-            r#"Bearer realm="demo""#
-        };
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, challenge)],
-        )
-            .into_response()
-    }
+    (
+        StatusCode::OK,
+        format!("ok {}", claims.sub.unwrap_or_default()),
+    )
+        .into_response()
 }
