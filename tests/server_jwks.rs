@@ -1,0 +1,426 @@
+//! JwksValidator against a real identity provider on 127.0.0.1 that counts its
+//! fetches: discovery, rotation, unknown and garbage kids, an endpoint that goes
+//! down, keys that must be skipped, and token headers that must not be followed.
+#![cfg(feature = "jwks")]
+
+mod common_server;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use common_server::{get as send, key, now_plus, serve, Answer};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tower_bearer::server::{Claims, JwksValidator, RequireBearerLayer, Verified};
+
+const REALM: &str = "jwks-test";
+
+#[derive(Default)]
+struct IdpState {
+    issuer: Mutex<String>,
+    /// When set, the discovery document names this issuer instead.
+    claimed_issuer: Mutex<Option<String>>,
+    keys: Mutex<Value>,
+    cache_control: Mutex<Option<String>>,
+    down: AtomicBool,
+    jwks_fetches: AtomicUsize,
+    discoveries: AtomicUsize,
+    attacker_fetches: AtomicUsize,
+    /// While false, the JWKS answer is held back.
+    gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+}
+
+struct Idp {
+    state: Arc<IdpState>,
+    issuer: String,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl Idp {
+    async fn start(keys: Vec<Value>) -> Idp {
+        let state = Arc::new(IdpState::default());
+        *state.keys.lock().unwrap() = json!({ "keys": keys });
+        let (gate, rx) = tokio::sync::watch::channel(true);
+        *state.gate.lock().unwrap() = Some(rx);
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/attacker-jwks", get(attacker_jwks))
+            .with_state(Arc::clone(&state));
+        let addr = serve(app).await;
+        let issuer = format!("http://{addr}");
+        *state.issuer.lock().unwrap() = issuer.clone();
+        Idp {
+            state,
+            issuer,
+            gate,
+        }
+    }
+
+    fn jwks_url(&self) -> String {
+        format!("{}/jwks", self.issuer)
+    }
+
+    fn set_keys(&self, keys: Vec<Value>) {
+        *self.state.keys.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    fn fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+}
+
+async fn discovery(State(s): State<Arc<IdpState>>) -> impl IntoResponse {
+    s.discoveries.fetch_add(1, Ordering::SeqCst);
+    let issuer = s.issuer.lock().unwrap().clone();
+    let claimed = s.claimed_issuer.lock().unwrap().clone();
+    Json(json!({
+        "issuer": claimed.unwrap_or_else(|| issuer.clone()),
+        "jwks_uri": format!("{issuer}/jwks"),
+    }))
+}
+
+async fn jwks(State(s): State<Arc<IdpState>>) -> axum::response::Response {
+    s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    let gate = s.gate.lock().unwrap().clone();
+    if let Some(mut gate) = gate {
+        let _ = gate.wait_for(|open| *open).await;
+    }
+    if s.down.load(Ordering::SeqCst) {
+        return (http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+    }
+    let body = s.keys.lock().unwrap().clone();
+    let mut res = Json(body).into_response();
+    if let Some(cc) = s.cache_control.lock().unwrap().clone() {
+        res.headers_mut()
+            .insert("cache-control", cc.parse().unwrap());
+    }
+    res
+}
+
+async fn attacker_jwks(State(s): State<Arc<IdpState>>) -> Json<Value> {
+    s.attacker_fetches.fetch_add(1, Ordering::SeqCst);
+    Json(json!({ "keys": [public_jwk(&rsa2(), "k9")] }))
+}
+
+fn rsa1() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&key("rsa.key")).unwrap()
+}
+
+fn rsa2() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&key("rsa2.key")).unwrap()
+}
+
+fn public_jwk(key: &EncodingKey, kid: &str) -> Value {
+    let mut jwk = Jwk::from_encoding_key(key, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    serde_json::to_value(jwk).unwrap()
+}
+
+fn mint(key: &EncodingKey, header: Header, iss: &str, sub: &str) -> String {
+    let claims = json!({ "sub": sub, "iss": iss, "aud": "api", "exp": now_plus(600) });
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// A token with this header and a fake signature.
+fn unsigned(header: &Header) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = json!({ "sub": "mallory", "exp": now_plus(600) });
+    format!(
+        "{}.{}.c2ln",
+        b64(&serde_json::to_value(header).unwrap()),
+        b64(&claims)
+    )
+}
+
+fn rs256(kid: &str) -> Header {
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(kid.to_owned());
+    h
+}
+
+struct Api {
+    addr: std::net::SocketAddr,
+    /// Requests that reached the bearer layer.
+    arrivals: Arc<AtomicUsize>,
+}
+
+async fn start_api(validator: JwksValidator<Claims>) -> Api {
+    async fn me(Extension(Verified(claims)): Extension<Verified<Claims>>) -> String {
+        claims.sub.unwrap_or_default()
+    }
+    let arrivals = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&arrivals);
+    let app = Router::new()
+        .route("/me", get(me))
+        .layer(RequireBearerLayer::new(validator).realm(REALM))
+        .layer(tower::util::MapRequestLayer::new(
+            move |req: http::Request<axum::body::Body>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                req
+            },
+        ));
+    Api {
+        addr: serve(app).await,
+        arrivals,
+    }
+}
+
+/// Moves the tokio clock past the fetch cool-down (30 s) and lets it run on; the
+/// servers keep using real sockets.
+async fn skip(secs: u64) {
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(secs)).await;
+    tokio::time::resume();
+}
+
+/// Waits (yielding, never sleeping a guessed time) until `cond` holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("condition not reached");
+}
+
+fn invalid_token(description: &str) -> String {
+    format!(r#"Bearer realm="{REALM}", error="invalid_token", error_description="{description}""#)
+}
+
+fn assert_ok(answer: &Answer, sub: &str) {
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, sub),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn discovery_then_a_rotated_key_costs_one_fetch() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::discover(&idp.issuer)
+        .unwrap()
+        .rules(|v| v.audience("api"))
+        .build();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_eq!(
+        (idp.state.discoveries.load(Ordering::SeqCst), idp.fetches()),
+        (1, 1)
+    );
+
+    // The IdP rotates to k2 only.
+    idp.set_keys(vec![public_jwk(&rsa2(), "k2")]);
+    skip(31).await;
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2, "one fetch for the rotation");
+    assert_eq!(
+        idp.state.discoveries.load(Ordering::SeqCst),
+        1,
+        "jwks_uri is remembered"
+    );
+
+    // k1 is gone; within the cool-down no new fetch is made for it.
+    let answer = send(api.addr, "/me", Some(&t1)).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer.challenge,
+        invalid_token("the token's signing key is unknown")
+    );
+    assert_eq!(idp.fetches(), 2);
+
+    // A token of the right key but another issuer: discovery made iss mandatory.
+    let foreign = mint(&rsa2(), rs256("k2"), "https://other.example", "mallory");
+    let answer = send(api.addr, "/me", Some(&foreign)).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(
+        answer.challenge,
+        invalid_token("the token has the wrong issuer")
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_requests_with_a_new_kid_make_one_fetch() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_eq!(idp.fetches(), 1);
+
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    skip(31).await;
+    // Hold the JWKS answer until every request is inside the layer.
+    idp.gate.send_replace(false);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            let t2 = t2.clone();
+            tokio::spawn(async move { send(api.addr, "/me", Some(&t2)).await })
+        })
+        .collect();
+    until(|| api.arrivals.load(Ordering::SeqCst) == 1001).await;
+    until(|| idp.fetches() == 2).await;
+    idp.gate.send_replace(true);
+    for request in requests {
+        assert_ok(&request.await.unwrap(), "bob");
+    }
+    assert_eq!(idp.fetches(), 2, "1,000 waiters, one fetch");
+}
+
+#[tokio::test]
+async fn a_thousand_garbage_kids_within_the_cooldown_make_one_fetch() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    skip(31).await;
+
+    let requests: Vec<_> = (0..1000)
+        .map(|i| {
+            // The key is looked up before any signature check: a fake one will do
+            // (and signing 1,000 tokens with RSA would dominate the test).
+            let token = unsigned(&rs256(&format!("garbage-{i}")));
+            tokio::spawn(async move { send(api.addr, "/me", Some(&token)).await })
+        })
+        .collect();
+    for request in requests {
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, 401);
+        assert_eq!(
+            answer.challenge,
+            invalid_token("the token's signing key is unknown")
+        );
+    }
+    assert_eq!(
+        idp.fetches(),
+        2,
+        "the first load, then one fetch for 1,000 garbage kids"
+    );
+    // The known key still works, with no further fetch.
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_eq!(idp.fetches(), 2);
+}
+
+#[tokio::test]
+async fn when_the_jwks_endpoint_is_down_the_last_keys_keep_working() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    idp.state.down.store(true, Ordering::SeqCst);
+    // Past max-age: the next request starts a background refresh, which fails.
+    skip(121).await;
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    until(|| idp.fetches() == 2).await;
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    // An unknown kid is still a bad token, not an outage.
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_eq!(send(api.addr, "/me", Some(&t2)).await.status, 401);
+    assert_eq!(idp.fetches(), 2, "failures are retried once per cool-down");
+
+    // With no keys ever fetched, the answer is 503 without a challenge.
+    let fresh = start_api(
+        JwksValidator::<Claims>::builder(&idp.jwks_url())
+            .unwrap()
+            .build(),
+    )
+    .await;
+    let answer = send(fresh.addr, "/me", Some(&t1)).await;
+    assert_eq!((answer.status, answer.challenge.as_str()), (503, ""));
+}
+
+#[tokio::test]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.claimed_issuer.lock().unwrap() = Some("https://evil.example".into());
+    let validator = JwksValidator::<Claims>::discover(&idp.issuer)
+        .unwrap()
+        .build();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_eq!(send(api.addr, "/me", Some(&t1)).await.status, 503);
+    assert_eq!(
+        idp.fetches(),
+        0,
+        "no keys fetched from an unverified document"
+    );
+}
+
+#[tokio::test]
+async fn unusable_keys_are_skipped_and_token_headers_never_choose_the_key() {
+    use base64::Engine;
+    let secret = b"a published secret is no secret";
+    let oct = json!({
+        "kty": "oct", "kid": "sym", "alg": "HS256",
+        "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+    });
+    let mut enc = public_jwk(&rsa2(), "enc");
+    enc["use"] = json!("enc");
+    let idp = Idp::start(vec![
+        oct,
+        json!({ "kty": "weird", "kid": "w" }),
+        enc,
+        public_jwk(&rsa1(), "k1"),
+    ])
+    .await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("sym".into());
+    let with_oct = mint(
+        &EncodingKey::from_secret(secret),
+        hs,
+        &idp.issuer,
+        "mallory",
+    );
+    let with_enc = mint(&rsa2(), rs256("enc"), &idp.issuer, "mallory");
+    let mut jku = rs256("k9");
+    jku.jku = Some(format!("{}/attacker-jwks", idp.issuer));
+    let with_jku = mint(&rsa2(), jku, &idp.issuer, "mallory");
+    let mut embedded = rs256("k1");
+    embedded.jwk = Some(serde_json::from_value(public_jwk(&rsa2(), "k1")).unwrap());
+    let with_jwk = mint(&rsa2(), embedded, &idp.issuer, "mallory");
+    for (case, token) in [
+        ("symmetric key", with_oct),
+        ("encryption key", with_enc),
+        ("jku header", with_jku),
+        ("embedded jwk", with_jwk),
+    ] {
+        let answer = send(api.addr, "/me", Some(&token)).await;
+        assert_eq!(answer.status, 401, "{case}");
+        assert!(
+            answer.challenge.contains(r#"error="invalid_token""#),
+            "{case}"
+        );
+    }
+    assert_eq!(idp.state.attacker_fetches.load(Ordering::SeqCst), 0);
+}
