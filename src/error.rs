@@ -49,6 +49,18 @@ pub enum Error {
     /// runtime shut down).
     #[error("token refresh was aborted: {0}")]
     Aborted(String),
+    /// A token file cannot be used: it belongs to another user or issuer, it is
+    /// corrupt (it was kept, renamed `.corrupt`), or it cannot be read or written.
+    /// The message names the file and what to do; retrying cannot help.
+    #[error("token file: {0}")]
+    TokenFile(String),
+    /// The person declined the device authorization request (RFC 8628 `access_denied`).
+    #[error("the login was declined ({0})")]
+    AccessDenied(Box<EndpointError>),
+    /// The device code expired before the person approved it (RFC 8628
+    /// `expired_token`, or its `expires_in` ran out while polling). Start again.
+    #[error("the device code expired before the login was approved; start again")]
+    DeviceCodeExpired,
 }
 
 impl Error {
@@ -68,7 +80,10 @@ impl Error {
     /// endpoint sent one.
     pub fn oauth_code(&self) -> Option<&str> {
         match self {
-            Error::TokenEndpoint(e) | Error::InvalidGrant(e) => e.code.as_deref(),
+            Error::TokenEndpoint(e) | Error::InvalidGrant(e) | Error::AccessDenied(e) => {
+                e.code.as_deref()
+            }
+            Error::DeviceCodeExpired => Some("expired_token"),
             _ => None,
         }
     }

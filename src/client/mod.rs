@@ -18,6 +18,7 @@ mod layer;
 mod reqwest;
 pub mod source;
 mod store;
+mod store_file;
 
 #[cfg(feature = "reqwest")]
 pub use self::reqwest::AuthorizeMiddleware;
@@ -30,3 +31,4 @@ pub use endpoint::{ClientAuth, TokenEndpoint};
 pub use layer::{Authorize, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture};
 pub use source::TokenSource;
 pub use store::{MemoryStore, StoredToken, TokenStore};
+pub use store_file::FileStore;

@@ -1,0 +1,402 @@
+//! [`FileStore`]: a token file per profile (user and issuer), written atomically with
+//! mode 0600.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use serde::{Deserialize, Serialize};
+
+use super::store::{StoredToken, TokenStore};
+use crate::{Error, Token};
+
+/// The version of the file format this crate writes.
+const FORMAT: u32 = 1;
+
+/// Keeps one profile's token in a JSON file, for a command-line tool that logs a
+/// person in once and reuses the token on every later run.
+///
+/// - One file per profile: by default `<config dir>/tower-bearer/<user>@<issuer>.json`,
+///   where the config dir is `$XDG_CONFIG_HOME`, else `$HOME/.config` (on Windows
+///   `%APPDATA%`). [`FileStore::at`] puts it anywhere.
+/// - Written atomically: a temporary file in the same directory is written, flushed to
+///   disk and renamed over the old one, and the directory is flushed. A crash leaves the
+///   old file or the new one, never half of either; a stray temporary file is ignored.
+/// - Created with mode 0600 on Unix (the directory 0700), never readable by others, not
+///   even for an instant.
+/// - The file records its user name and issuer: a file of another user or issuer is
+///   refused with [`Error::TokenFile`], never silently used or overwritten.
+/// - A file that cannot be parsed gives [`Error::TokenFile`] once and is kept, renamed
+///   `<name>.corrupt`; the next load finds no token and the person logs in again.
+///
+/// ```no_run
+/// use tower_bearer::client::{FileStore, Refreshing, TokenEndpoint};
+/// # fn run() -> Result<(), tower_bearer::Error> {
+/// let endpoint = TokenEndpoint::new("https://idp.example.com/token")?;
+/// let store = FileStore::new("alice", "https://idp.example.com")?;
+/// # let source = endpoint.refresh_token("x");
+/// let authorizer = Refreshing::builder(source).store(store).build();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    username: String,
+    issuer: String,
+}
+
+/// The file's content.
+#[derive(Serialize, Deserialize)]
+struct TokenFile {
+    version: u32,
+    username: String,
+    issuer: String,
+    token: StoredToken,
+}
+
+impl FileStore {
+    /// The token file of `username` at `issuer` in the default directory.
+    ///
+    /// # Errors
+    /// [`Error::TokenFile`] when neither `$XDG_CONFIG_HOME` nor `$HOME` (`%APPDATA%` on
+    /// Windows) is set.
+    pub fn new(username: impl Into<String>, issuer: impl Into<String>) -> Result<Self, Error> {
+        let username = username.into();
+        let issuer = issuer.into();
+        let path = Self::default_dir()?.join(Self::file_name(&username, &issuer));
+        Ok(Self::at(path, username, issuer))
+    }
+
+    /// The token file of `username` at `issuer` at this path.
+    pub fn at(
+        path: impl Into<PathBuf>,
+        username: impl Into<String>,
+        issuer: impl Into<String>,
+    ) -> Self {
+        FileStore {
+            inner: Arc::new(Inner {
+                path: path.into(),
+                username: username.into(),
+                issuer: issuer.into(),
+            }),
+        }
+    }
+
+    /// The directory of the token files: `$XDG_CONFIG_HOME/tower-bearer`, else
+    /// `$HOME/.config/tower-bearer` (`%APPDATA%\tower-bearer` on Windows).
+    ///
+    /// # Errors
+    /// [`Error::TokenFile`] when none of these variables is set.
+    pub fn default_dir() -> Result<PathBuf, Error> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let base = if cfg!(windows) {
+            var("APPDATA").map(PathBuf::from)
+        } else {
+            var("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".config")))
+        };
+        base.map(|b| b.join("tower-bearer")).ok_or_else(|| {
+            Error::TokenFile(
+                "no config directory: set XDG_CONFIG_HOME or HOME, or give the file's path".into(),
+            )
+        })
+    }
+
+    /// The file name of a profile: `<user>@<issuer host and path>.json`, with every
+    /// character other than letters, digits, `-`, `_` and `.` replaced by `_`.
+    pub fn file_name(username: &str, issuer: &str) -> String {
+        let issuer = issuer
+            .split_once("://")
+            .map_or(issuer, |(_, rest)| rest)
+            .trim_end_matches('/');
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        // A leading dot would hide the file; "." and ".." are not names.
+        let user = clean(username).trim_start_matches('.').to_owned();
+        format!("{user}@{}.json", clean(issuer))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The user name the file belongs to.
+    pub fn username(&self) -> &str {
+        &self.inner.username
+    }
+}
+
+impl Inner {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn load(&self) -> Result<Option<Token>, Error> {
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::TokenFile(format!(
+                    "cannot read {}: {e}",
+                    self.describe()
+                )))
+            }
+        };
+        let parsed: Result<TokenFile, String> =
+            serde_json::from_slice(&bytes).map_err(|e| e.to_string());
+        let file = match parsed {
+            Ok(f) if f.version == FORMAT => f,
+            Ok(f) => return Err(self.corrupt(&format!("unknown format version {}", f.version))),
+            Err(e) => return Err(self.corrupt(&e)),
+        };
+        if file.username != self.username || file.issuer != self.issuer {
+            return Err(Error::TokenFile(format!(
+                "{} holds the token of user {:?} at {:?}, not of {:?} at {:?}; \
+                 refusing to use it (give another path or profile, or delete the file)",
+                self.describe(),
+                file.username,
+                file.issuer,
+                self.username,
+                self.issuer
+            )));
+        }
+        match file.token.to_token() {
+            Ok(t) => Ok(Some(t)),
+            Err(_) => Err(self.corrupt("the stored access token is not a valid bearer token")),
+        }
+    }
+
+    /// Moves a corrupt file aside (never deletes it) and says so.
+    fn corrupt(&self, why: &str) -> Error {
+        let mut aside = self.path.clone().into_os_string();
+        aside.push(".corrupt");
+        let mut aside = PathBuf::from(aside);
+        if aside.exists() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut name = aside.into_os_string();
+            name.push(format!(".{secs}"));
+            aside = PathBuf::from(name);
+        }
+        let kept = match fs::rename(&self.path, &aside) {
+            Ok(()) => format!("kept as {}", aside.display()),
+            Err(e) => format!("could not rename it: {e}"),
+        };
+        tracing::warn!(path = %self.describe(), %kept, "corrupt token file");
+        Error::TokenFile(format!(
+            "{} is not a valid token file ({why}); {kept}; log in again",
+            self.describe()
+        ))
+    }
+
+    fn save(&self, token: &Token) -> Result<(), Error> {
+        let file = TokenFile {
+            version: FORMAT,
+            username: self.username.clone(),
+            issuer: self.issuer.clone(),
+            token: StoredToken::from_token(token),
+        };
+        // Never overwrite another user's file.
+        if let Ok(bytes) = fs::read(&self.path) {
+            if let Ok(other) = serde_json::from_slice::<TokenFile>(&bytes) {
+                if other.username != self.username || other.issuer != self.issuer {
+                    return Err(Error::TokenFile(format!(
+                        "{} holds the token of user {:?} at {:?}; refusing to overwrite it",
+                        self.describe(),
+                        other.username,
+                        other.issuer
+                    )));
+                }
+            }
+        }
+        let mut json = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::TokenFile(format!("cannot encode the token: {e}")))?;
+        json.push(b'\n');
+        let result = self.write_atomically(&json);
+        zeroize::Zeroize::zeroize(&mut json);
+        result.map_err(|e| Error::TokenFile(format!("cannot write {}: {e}", self.describe())))
+    }
+
+    fn write_atomically(&self, bytes: &[u8]) -> io::Result<()> {
+        let temp = self.write_temp(bytes)?;
+        if let Err(e) = fs::rename(&temp, &self.path) {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        sync_dir(self.dir())
+    }
+
+    fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    /// Writes and flushes the temporary file, the first half of an atomic write.
+    fn write_temp(&self, bytes: &[u8]) -> io::Result<PathBuf> {
+        let dir = self.dir();
+        create_private_dir(dir)?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "token".into());
+        let temp = dir.join(format!(
+            ".{name}.{}.{:08x}.tmp",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let mut file = private_options().open(&temp)?;
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        Ok(temp)
+    }
+
+    fn clear(&self) -> Result<(), Error> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::TokenFile(format!(
+                "cannot remove {}: {e}",
+                self.describe()
+            ))),
+        }
+    }
+}
+
+/// A new file, readable and writable by its owner only from the moment it exists.
+fn private_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Makes the rename durable (Unix; elsewhere the rename is what the OS offers).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = (dir, File::open);
+    Ok(())
+}
+
+/// Runs blocking file work off the async runtime when there is one.
+async fn blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    f: impl FnOnce(&Inner) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let inner = Arc::clone(inner);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::Aborted(format!("token file task: {e}")))?,
+        Err(_) => f(&inner),
+    }
+}
+
+impl TokenStore for FileStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<Token>, Error>> {
+        blocking(&self.inner, Inner::load).boxed()
+    }
+
+    fn save<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<(), Error>> {
+        let token = token.clone();
+        blocking(&self.inner, move |inner| inner.save(&token)).boxed()
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<(), Error>> {
+        blocking(&self.inner, Inner::clear).boxed()
+    }
+}
+
+impl fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileStore")
+            .field("path", &self.inner.path)
+            .field("username", &self.inner.username)
+            .field("issuer", &self.inner.issuer)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tower-bearer-unit-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_crash_between_write_and_rename_keeps_the_old_file() {
+        let dir = temp_dir("crash");
+        let store = FileStore::at(dir.join("t.json"), "alice", "https://idp");
+        store
+            .inner
+            .save(&Token::bearer("old-access").unwrap())
+            .unwrap();
+        // The first half of a save of a new token, then the "crash": no rename.
+        let temp = store.inner.write_temp(b"{\"half\": ").unwrap();
+        assert!(temp.exists());
+        let loaded = store.inner.load().unwrap().unwrap();
+        assert_eq!(loaded.access_token().expose_secret(), "old-access");
+        // The next save works and leaves the stray temporary file alone.
+        store
+            .inner
+            .save(&Token::bearer("new-access").unwrap())
+            .unwrap();
+        let loaded = store.inner.load().unwrap().unwrap();
+        assert_eq!(loaded.access_token().expose_secret(), "new-access");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn file_names_are_plain() {
+        assert_eq!(
+            FileStore::file_name("alice", "https://idp.example.com/realms/x/"),
+            "alice@idp.example.com_realms_x.json"
+        );
+        assert_eq!(FileStore::file_name("../evil", "http://h"), "_evil@h.json");
+    }
+}
