@@ -1,5 +1,7 @@
 //! Where tokens come from: the [`TokenSource`] trait, closures, and the OAuth 2.0
-//! grants over a [`TokenEndpoint`](super::TokenEndpoint).
+//! grants over a [`TokenEndpoint`](super::TokenEndpoint); the environment
+//! ([`EnvSource`]), interactive logins ([`PasswordPrompt`]), and a [`Chain`] that
+//! tries them in order.
 
 use std::fmt;
 use std::future::Future;
@@ -8,9 +10,15 @@ use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::{Error, Token};
 
+mod chain;
+mod env;
 mod grants;
+mod prompt;
 
+pub use chain::Chain;
+pub use env::{EnvSource, EnvVar};
 pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
+pub use prompt::PasswordPrompt;
 
 /// Fetches a new token, given the one it replaces.
 ///
