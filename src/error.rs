@@ -49,6 +49,11 @@ pub enum Error {
     /// runtime shut down).
     #[error("token refresh was aborted: {0}")]
     Aborted(String),
+    /// The shared token store (Redis for a fleet) failed or did not answer in time:
+    /// connection lost, timeout, or a replica holding the refresh lock never finished.
+    /// Worth retrying: the store reconnects by itself.
+    #[error("token store failed: {0}")]
+    Store(String),
     /// A token file cannot be used: it belongs to another user or issuer, it is
     /// corrupt (it was kept, renamed `.corrupt`), or it cannot be read or written.
     /// The message names the file and what to do; retrying cannot help.
@@ -68,7 +73,7 @@ impl Error {
     /// server-side `5xx` answers and `429`).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Timeout(_) | Error::Aborted(_) => true,
+            Error::Transport(_) | Error::Timeout(_) | Error::Aborted(_) | Error::Store(_) => true,
             Error::TokenEndpoint(e) => {
                 e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS
             }

@@ -1,0 +1,624 @@
+//! Running as a fleet: replicas that share one client registration share its
+//! tokens through Redis, and refresh them once for the whole fleet.
+//!
+//! When the identity provider rotates refresh tokens (each works once), replicas
+//! that refresh on their own invalidate each other. [`FleetSource`] wraps any
+//! [`TokenSource`] so that, across every replica using the same Redis key:
+//!
+//! - a token another replica already obtained is taken from Redis, and the token
+//!   endpoint is not called;
+//! - otherwise one replica takes a lock (`SET lock owner NX PX ttl`, renewed while the
+//!   refresh runs, released by compare-and-delete), refreshes with the newest refresh
+//!   token (the one in Redis), and writes the new token to Redis *before* serving it;
+//!   the others poll Redis with a short bounded backoff and take the new token;
+//! - the write is fenced by a version: a replica whose lock lapsed and was taken over
+//!   cannot overwrite a newer token;
+//! - a lock holder that dies lets the lock expire, and another replica takes over.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_bearer::client::{Refreshing, TokenEndpoint};
+//! use tower_bearer::redis::RedisStore;
+//!
+//! # async fn run() -> Result<(), tower_bearer::Error> {
+//! let store = RedisStore::connect("redis://127.0.0.1:6379/", "billing-api").await?;
+//! let endpoint = TokenEndpoint::new("https://idp.example.com/token")?.client_id("svc");
+//! let authorizer = Refreshing::builder(store.fleet(endpoint.refresh_token("seed-rt")))
+//!     .refresh_before(Duration::from_secs(60))
+//!     .build();
+//! # let _ = authorizer;
+//! # Ok(()) }
+//! ```
+//!
+//! Give the [`FleetSource`] to [`Refreshing`](crate::Refreshing) as its source; do not
+//! also pass the store to [`RefreshingBuilder::store`](crate::client::RefreshingBuilder::store)
+//! (it is harmless, since [`RedisStore::save`](TokenStore::save) never replaces a token
+//! that lives longer, but it costs a round trip per refresh).
+//!
+//! When Redis is unreachable a replica keeps serving the token it holds; a refresh then
+//! fails with [`Error::Store`] (retried with the cache's backoff) rather than refreshing
+//! alone, which with rotating refresh tokens would log the rest of the fleet out.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{self, BoxFuture, Either, FutureExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::client::{StoredToken, TokenSource, TokenStore};
+use crate::{Error, Token};
+
+/// Writes the token only if the version is still the one read under the lock.
+const WRITE_FENCED: &str = r"
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if v ~= tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'version', v + 1)
+return v + 1
+";
+
+/// Saves the token unless it is already there or the stored one lives longer.
+const SAVE: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'fp', 'exp', 'version')
+local v = tonumber(cur[3] or '0')
+if cur[1] == ARGV[3] then return v end
+local e = tonumber(cur[2] or '0')
+local n = tonumber(ARGV[2])
+if e > 0 and n > 0 and e > n then return -1 end
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'version', v + 1)
+return v + 1
+";
+
+/// Deletes the lock only if this owner holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Extends the lock only if this owner holds it.
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// The JSON kept in Redis: the portable [`StoredToken`] plus the expiry in
+/// milliseconds (seconds are too coarse for short-lived tokens).
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    token: StoredToken,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A short digest of the access token: tells tokens apart without storing a second
+/// copy of the secret in the clear.
+fn fingerprint(token: &Token) -> String {
+    let digest = Sha256::digest(token.access_token().expose_secret().as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A token ready to be written: its JSON, expiry (ms, 0 for none) and fingerprint.
+struct Encoded {
+    json: String,
+    exp: u64,
+    fp: String,
+}
+
+fn encode(token: &Token) -> Result<Encoded, Error> {
+    let expires_at_ms = token
+        .expires_in()
+        .map(|left| unix_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)));
+    let entry = Entry {
+        token: StoredToken::from_token(token),
+        expires_at_ms,
+    };
+    let json = serde_json::to_string(&entry)
+        .map_err(|e| Error::Store(format!("could not encode the token: {e}")))?;
+    Ok(Encoded {
+        json,
+        exp: expires_at_ms.unwrap_or(0),
+        fp: fingerprint(token),
+    })
+}
+
+fn decode(json: &str) -> Result<Token, Error> {
+    let entry: Entry = serde_json::from_str(json)
+        .map_err(|e| Error::Store(format!("the token in Redis is not valid JSON: {e}")))?;
+    let mut token = entry.token.to_token()?;
+    if let Some(at) = entry.expires_at_ms {
+        token = token.with_expires_in(Duration::from_millis(at.saturating_sub(unix_ms())));
+    }
+    Ok(token)
+}
+
+fn redis_error(what: &str, e: redis::RedisError) -> Error {
+    Error::Store(format!("redis {what}: {e}"))
+}
+
+/// What Redis holds for a profile.
+struct Snapshot {
+    token: Option<Token>,
+    version: u64,
+}
+
+impl Snapshot {
+    /// The stored token, if it is valid and not the one the caller wants replaced.
+    fn adoptable(&self, previous: Option<&Token>) -> Option<Token> {
+        let token = self.token.as_ref().filter(|t| !t.is_expired())?;
+        match previous {
+            Some(p) if fingerprint(p) == fingerprint(token) => None,
+            _ => Some(token.clone()),
+        }
+    }
+}
+
+/// Tokens of one profile kept in Redis, shared by every replica that uses the same
+/// key; a [`TokenStore`]. Cloning is cheap (one multiplexed, reconnecting connection).
+///
+/// Keys: `{prefix}{{profile}}:token` (a hash: the token as JSON, its expiry, a
+/// fingerprint and a version) and `{prefix}{{profile}}:lock`. The default prefix is
+/// `tower-bearer:`.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    token_key: Arc<str>,
+    lock_key: Arc<str>,
+}
+
+impl RedisStore {
+    /// Connects to Redis at `url` (`redis://host:port/db`) for `profile`.
+    ///
+    /// The connection reconnects by itself after a failure; commands time out after
+    /// 2 s (a command that fails returns [`Error::Store`], the next one reconnects).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
+    /// reached now.
+    pub async fn connect(url: &str, profile: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| redis_error("connect", e))?;
+        Ok(Self::with_connection(conn, "tower-bearer:", profile))
+    }
+
+    /// A store over a connection you configured, with your key prefix.
+    pub fn with_connection(conn: ConnectionManager, prefix: &str, profile: &str) -> Self {
+        RedisStore {
+            conn,
+            token_key: format!("{prefix}{{{profile}}}:token").into(),
+            lock_key: format!("{prefix}{{{profile}}}:lock").into(),
+        }
+    }
+
+    /// The Redis key of the token hash.
+    pub fn token_key(&self) -> &str {
+        &self.token_key
+    }
+
+    /// The Redis key of the refresh lock.
+    pub fn lock_key(&self) -> &str {
+        &self.lock_key
+    }
+
+    /// `source` behind a fleet-wide single flight through this store.
+    pub fn fleet<S: TokenSource>(&self, source: S) -> FleetSource<S> {
+        FleetSource::new(self.clone(), source)
+    }
+
+    /// The version of the stored token: it grows by one with every write, and is 0
+    /// when nothing was ever written.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when Redis fails.
+    pub async fn version(&self) -> Result<u64, Error> {
+        Ok(self.read().await?.version)
+    }
+
+    async fn read(&self) -> Result<Snapshot, Error> {
+        let (json, version): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&*self.token_key)
+            .arg("token")
+            .arg("version")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| redis_error("read", e))?;
+        let token = match json {
+            Some(json) => Some(decode(&json)?),
+            None => None,
+        };
+        Ok(Snapshot {
+            token,
+            version: version.unwrap_or(0),
+        })
+    }
+
+    /// Writes `token` if the version is still `expected`; the new version, or None
+    /// when another writer came first.
+    async fn write_fenced(&self, expected: u64, token: &Token) -> Result<Option<u64>, Error> {
+        let enc = encode(token)?;
+        let written: i64 = redis::Script::new(WRITE_FENCED)
+            .key(&*self.token_key)
+            .arg(expected)
+            .arg(&enc.json)
+            .arg(enc.exp)
+            .arg(&enc.fp)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| redis_error("write", e))?;
+        Ok(u64::try_from(written).ok())
+    }
+
+    async fn try_lock(&self, owner: &str, ttl: Duration) -> Result<bool, Error> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&*self.lock_key)
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| redis_error("lock", e))?;
+        Ok(set.is_some())
+    }
+
+    async fn extend_lock(&self, owner: &str, ttl: Duration) -> Result<bool, Error> {
+        let extended: i64 = redis::Script::new(EXTEND)
+            .key(&*self.lock_key)
+            .arg(owner)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| redis_error("extend lock", e))?;
+        Ok(extended == 1)
+    }
+
+    async fn release(&self, owner: &str) {
+        let released: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(&*self.lock_key)
+            .arg(owner)
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        match released {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!(lock = %self.lock_key, "the refresh lock had expired before release")
+            }
+            Err(error) => {
+                tracing::warn!(%error, lock = %self.lock_key, "could not release the refresh lock; it expires by itself")
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl TokenStore for RedisStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<Token>, Error>> {
+        async move { Ok(self.read().await?.token) }.boxed()
+    }
+
+    /// Saves `token`, unless it is already stored or the stored token expires later
+    /// (a newer token from another replica is never replaced by an older one).
+    fn save<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<(), Error>> {
+        async move {
+            let enc = encode(token)?;
+            let version: i64 = redis::Script::new(SAVE)
+                .key(&*self.token_key)
+                .arg(&enc.json)
+                .arg(enc.exp)
+                .arg(&enc.fp)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| redis_error("save", e))?;
+            if version < 0 {
+                tracing::debug!(key = %self.token_key, "kept the newer token already in Redis");
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<(), Error>> {
+        async move {
+            redis::cmd("DEL")
+                .arg(&*self.token_key)
+                .query_async::<()>(&mut self.conn.clone())
+                .await
+                .map_err(|e| redis_error("clear", e))
+        }
+        .boxed()
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("token_key", &self.token_key)
+            .field("lock_key", &self.lock_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`TokenSource`] that refreshes once for a whole fleet: made by
+/// [`RedisStore::fleet`]; see the [module docs](self).
+pub struct FleetSource<S> {
+    store: RedisStore,
+    source: S,
+    owner: String,
+    lock_ttl: Duration,
+    wait_timeout: Duration,
+    poll: (Duration, Duration),
+    /// A token obtained from the token endpoint whose write to Redis failed: written
+    /// (fenced by the version it was refreshed from) before anything else is tried.
+    unsaved: Mutex<Option<(u64, Token)>>,
+}
+
+impl<S: TokenSource> FleetSource<S> {
+    /// `source` behind a fleet-wide single flight through `store`.
+    pub fn new(store: RedisStore, source: S) -> Self {
+        FleetSource {
+            store,
+            source,
+            owner: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+            lock_ttl: Duration::from_secs(30),
+            wait_timeout: Duration::from_secs(60),
+            poll: (Duration::from_millis(10), Duration::from_millis(200)),
+            unsaved: Mutex::new(None),
+        }
+    }
+
+    /// How long the refresh lock lives without renewal. The holder renews it every
+    /// third of this while its refresh runs; a holder that dies frees it after at most
+    /// this long. Default 30 s.
+    #[must_use]
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How long a replica waits for another one's refresh before it gives up with
+    /// [`Error::Store`]. Default 60 s.
+    #[must_use]
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// The polling interval while another replica refreshes: `min`, doubling up to
+    /// `max`. Default 10 ms to 200 ms.
+    #[must_use]
+    pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
+        self.poll = (min, max.max(min));
+        self
+    }
+
+    /// The store this source shares tokens through.
+    pub fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    fn take_unsaved(&self) -> Option<(u64, Token)> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn keep_unsaved(&self, version: u64, token: Token) {
+        *self.unsaved.lock().unwrap_or_else(PoisonError::into_inner) = Some((version, token));
+    }
+
+    async fn fetch_shared(&self, previous: Option<&Token>) -> Result<Token, Error> {
+        if let Some((version, token)) = self.take_unsaved() {
+            match self.store.write_fenced(version, &token).await {
+                Ok(Some(_)) => {
+                    tracing::info!(key = %self.store.token_key, "saved the token whose write had failed");
+                    return Ok(token);
+                }
+                // Someone wrote after us: what Redis holds is newer; go on below.
+                Ok(None) => {}
+                Err(error) => {
+                    self.keep_unsaved(version, token);
+                    return Err(error);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.wait_timeout;
+        let mut delay = self.poll.0;
+        loop {
+            let snapshot = self.store.read().await?;
+            if let Some(token) = snapshot.adoptable(previous) {
+                tracing::debug!(
+                    version = snapshot.version,
+                    "took the token another replica refreshed"
+                );
+                return Ok(token);
+            }
+            if self.store.try_lock(&self.owner, self.lock_ttl).await? {
+                let result = self.refresh_locked(previous).await;
+                self.store.release(&self.owner).await;
+                return result;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Store(format!(
+                    "waited {:?} for another replica to refresh the token (lock {})",
+                    self.wait_timeout, self.store.lock_key
+                )));
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(self.poll.1);
+        }
+    }
+
+    /// Refreshes while holding the lock.
+    async fn refresh_locked(&self, previous: Option<&Token>) -> Result<Token, Error> {
+        // Read again: the token may have been written between our read and the lock.
+        let snapshot = self.store.read().await?;
+        if let Some(token) = snapshot.adoptable(previous) {
+            return Ok(token);
+        }
+        // The stored token has the newest refresh token; ours only seeds an empty store.
+        let base = snapshot.token.as_ref().or(previous);
+        let fetched = self.fetch_renewing(base).await;
+        match fetched {
+            Ok(token) => self.save_fetched(snapshot.version, token).await,
+            Err(error) => {
+                // A replica whose lock lapsed may have refreshed meanwhile (and used
+                // the refresh token we were given): its token is as good.
+                if let Ok(now) = self.store.read().await {
+                    if now.version != snapshot.version {
+                        if let Some(token) = now.adoptable(previous) {
+                            tracing::debug!(%error, "refresh failed but another replica's token is there");
+                            return Ok(token);
+                        }
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The inner fetch, renewing the lock every third of its TTL while it runs.
+    async fn fetch_renewing(&self, base: Option<&Token>) -> Result<Token, Error> {
+        let fetch = self.source.fetch(base);
+        let renew = async {
+            loop {
+                tokio::time::sleep(self.lock_ttl / 3).await;
+                match self.store.extend_lock(&self.owner, self.lock_ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            "lost the refresh lock while refreshing; the write is fenced"
+                        );
+                        future::pending::<()>().await;
+                    }
+                    Err(error) => tracing::warn!(%error, "could not renew the refresh lock"),
+                }
+            }
+        };
+        match future::select(fetch, Box::pin(renew)).await {
+            Either::Left((result, _)) => result,
+            Either::Right(((), _)) => unreachable_renewal(),
+        }
+    }
+
+    /// Writes a token just obtained, fenced by the version it was refreshed from.
+    async fn save_fetched(&self, version: u64, token: Token) -> Result<Token, Error> {
+        // A rotated refresh token exists only here until it is in Redis: retry a few
+        // times (the connection reconnects), then keep it for the next attempt.
+        let mut last = None;
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50) * (1 << attempt)).await;
+            }
+            match self.store.write_fenced(version, &token).await {
+                Ok(Some(new_version)) => {
+                    tracing::debug!(version = new_version, "shared the refreshed token");
+                    return Ok(token);
+                }
+                Ok(None) => {
+                    tracing::warn!("another replica wrote a token during our refresh; using it");
+                    let now = self.store.read().await?;
+                    return match now.token.filter(|t| !t.is_expired()) {
+                        Some(theirs) => Ok(theirs),
+                        None => Ok(token),
+                    };
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        self.keep_unsaved(version, token);
+        let error = last.unwrap_or_else(|| Error::Store("write failed".into()));
+        tracing::error!(%error, "could not share the refreshed token; it is kept and written on the next attempt");
+        Err(error)
+    }
+}
+
+/// The renewal loop never ends; its future only exists to run beside the fetch.
+fn unreachable_renewal() -> Result<Token, Error> {
+    Err(Error::Aborted("the lock renewal ended".into()))
+}
+
+impl<S: TokenSource> TokenSource for FleetSource<S> {
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        self.fetch_shared(previous).boxed()
+    }
+}
+
+impl<S> fmt::Debug for FleetSource<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetSource")
+            .field("store", &self.store)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn entries_round_trip_with_millisecond_expiry() {
+        let token = Token::bearer("a-1")
+            .unwrap()
+            .with_expires_in(Duration::from_millis(1500))
+            .with_refresh_token("r-1");
+        let enc = encode(&token).unwrap();
+        let back = decode(&enc.json).unwrap();
+        assert_eq!(back.access_token().expose_secret(), "a-1");
+        assert_eq!(back.refresh_token().unwrap().expose_secret(), "r-1");
+        let left = back.expires_in().unwrap().as_millis();
+        assert!((1400..=1500).contains(&left), "{left}");
+        assert_eq!(enc.fp, fingerprint(&back));
+        assert!(!enc.fp.contains("a-1"));
+    }
+
+    #[tokio::test]
+    async fn the_token_being_replaced_is_not_adopted() {
+        let token = Token::bearer("a-1")
+            .unwrap()
+            .with_expires_in(Duration::from_secs(60));
+        let snap = Snapshot {
+            token: Some(token.clone()),
+            version: 3,
+        };
+        assert!(snap.adoptable(Some(&token)).is_none());
+        assert!(snap.adoptable(None).is_some());
+        let other = Token::bearer("a-0").unwrap();
+        assert!(snap.adoptable(Some(&other)).is_some());
+        let expired = Snapshot {
+            token: Some(token.with_expires_in(Duration::ZERO)),
+            version: 3,
+        };
+        assert!(expired.adoptable(None).is_none());
+    }
+
+    #[test]
+    fn bad_json_is_a_store_error() {
+        assert!(matches!(decode("{nope"), Err(Error::Store(_))));
+    }
+}

@@ -1,0 +1,474 @@
+//! A fleet of replicas sharing one rotating refresh token through a real Redis.
+//!
+//! Needs `REDIS_URL` (`.ci/run` starts a redis-server and sets it). Without it the
+//! tests skip with a loud message, except under `CI`, where they fail.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+use tower_bearer::client::{source, Refreshing, TokenEndpoint, TokenSource, TokenStore};
+use tower_bearer::redis::{FleetSource, RedisStore};
+use tower_bearer::{Error, Token};
+
+/// The Redis to test against, or None (after a loud message) when there is none
+/// outside CI.
+async fn redis_url() -> Option<String> {
+    let ci = std::env::var_os("CI").is_some();
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        assert!(
+            !ci,
+            "CI is set but REDIS_URL is not: the fleet tests must run in CI"
+        );
+        loud("REDIS_URL is not set; the fleet tests need a Redis");
+        return None;
+    };
+    match RedisStore::connect(&url, "probe").await {
+        Ok(_) => Some(url),
+        Err(e) if ci => panic!("CI: Redis at {url} is unreachable: {e}"),
+        Err(e) => {
+            loud(&format!("Redis at {url} is unreachable ({e})"));
+            None
+        }
+    }
+}
+
+/// Straight to stderr, past the test harness's output capture.
+fn loud(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED fleet test: {why} !!!\n");
+}
+
+/// A profile no other test (or earlier run) uses.
+fn profile(name: &str) -> String {
+    format!("{name}-{}-{:x}", std::process::id(), fastrand::u64(..))
+}
+
+fn endpoint(s: &common::Servers) -> TokenEndpoint {
+    TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret")
+}
+
+async fn fleet_source(
+    url: &str,
+    profile: &str,
+    s: &common::Servers,
+) -> FleetSource<impl TokenSource> {
+    RedisStore::connect(url, profile)
+        .await
+        .unwrap()
+        .fleet(endpoint(s).refresh_token("rt-0"))
+        .poll_interval(Duration::from_millis(5), Duration::from_millis(50))
+}
+
+/// Whether the IdP issued `token` and it has not expired.
+fn valid_at_api(idp: &common::Idp, token: &str) -> bool {
+    idp.access
+        .lock()
+        .unwrap()
+        .get(token)
+        .is_some_and(|exp| Instant::now() < *exp)
+}
+
+/// Polls `cond` every 10 ms until it holds, for at most `limit`.
+async fn until<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn lock_held(url: &str, key: &str) -> bool {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap()
+        == 1
+}
+
+async fn redis_del(url: &str, key: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("DEL")
+        .arg(key)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_of_eight_replicas_makes_one_token_request_per_expiry() {
+    let Some(url) = redis_url().await else { return };
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.set_lifetime(Some(1));
+    let profile = profile("eight");
+
+    // The API accepts a request whose token the IdP issued and that has not expired.
+    let idp = s.idp.clone();
+    let api = tower::service_fn(move |req: http::Request<()>| {
+        let token = req.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let ok = valid_at_api(&idp, &token);
+        async move { Ok::<_, std::convert::Infallible>(http::Response::new(ok)) }
+    });
+    let mut replicas = Vec::new();
+    for _ in 0..8 {
+        let source = fleet_source(&url, &profile, &s).await;
+        let cache = Refreshing::builder(source)
+            .refresh_before(Duration::from_millis(300))
+            .jitter(Duration::ZERO)
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .build();
+        replicas.push(tower_bearer::AuthorizeLayer::new(cache).layer(api.clone()));
+    }
+
+    // Bursts of concurrent requests on every replica until 2,000 were sent and the
+    // token expired (was refreshed) at least five times.
+    let started = Instant::now();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    let mut sent = 0;
+    while sent < 2_000 || s.idp.tokens() < 6 {
+        assert!(started.elapsed() < Duration::from_secs(30), "too slow");
+        for replica in &replicas {
+            let replica = replica.clone();
+            let failures = failures.clone();
+            tasks.push(tokio::spawn(async move {
+                match replica.oneshot(http::Request::new(())).await {
+                    Ok(res) if *res.body() => {}
+                    Ok(_) => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "every request succeeded"
+    );
+    let seen = s.idp.refresh_seen.lock().unwrap().clone();
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert!(
+        seen.len() >= 6,
+        "five expiries after the first token: {seen:?}"
+    );
+    assert_eq!(
+        distinct.len(),
+        seen.len(),
+        "each refresh token was presented once: one token request per expiry, 0 invalid_grant"
+    );
+    assert_eq!(s.idp.tokens(), seen.len(), "only refresh-token requests");
+    let store = RedisStore::connect(&url, &profile).await.unwrap();
+    assert_eq!(
+        store.version().await.unwrap(),
+        seen.len() as u64,
+        "every token was written to Redis once"
+    );
+    eprintln!(
+        "fleet: {sent} requests, {} token requests in {:?}",
+        seen.len(),
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_ttl() {
+    let Some(url) = redis_url().await else { return };
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    let profile = profile("killed");
+    let ttl = Duration::from_millis(1_000);
+
+    // The holder's token endpoint never answers; it dies while waiting.
+    let hanging = source::from_fn(|_previous: Option<Token>| std::future::pending());
+    let holder = Arc::new(
+        RedisStore::connect(&url, &profile)
+            .await
+            .unwrap()
+            .fleet(hanging)
+            .lock_ttl(ttl),
+    );
+    let lock_key = holder.store().lock_key().to_owned();
+    let task = {
+        let holder = holder.clone();
+        tokio::spawn(async move { holder.fetch(None).await })
+    };
+    until(Duration::from_secs(5), "the holder took the lock", || {
+        lock_held(&url, &lock_key)
+    })
+    .await;
+    task.abort();
+    let killed = Instant::now();
+
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        let source = fleet_source(&url, &profile, &s).await.lock_ttl(ttl);
+        replicas.push(Refreshing::new(source));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let replica = replicas[i % replicas.len()].clone();
+        tasks.push(tokio::spawn(async move { replica.token().await }));
+    }
+    let mut tokens = HashSet::new();
+    for t in tasks {
+        let token = tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("no request waits for ever")
+            .unwrap()
+            .expect("no request is lost");
+        tokens.insert(token.access_token().expose_secret().to_owned());
+    }
+    let waited = killed.elapsed();
+    assert!(
+        waited >= ttl / 2,
+        "the others waited for the dead holder's lock to expire ({waited:?})"
+    );
+    assert_eq!(tokens.len(), 1, "one token for everybody");
+    assert_eq!(
+        s.idp.tokens(),
+        1,
+        "one token request, by the replica that took over"
+    );
+    assert!(valid_at_api(&s.idp, tokens.iter().next().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_write_of_a_stale_lock_holder_is_refused() {
+    let Some(url) = redis_url().await else { return };
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    let profile = profile("fenced");
+
+    // A's token endpoint answers only when the test lets it.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = {
+        let gate = gate.clone();
+        source::from_fn(move |_previous: Option<Token>| {
+            let gate = gate.clone();
+            async move {
+                let _permit = gate.acquire().await.unwrap();
+                Ok(Token::bearer("from-stale-holder")
+                    .unwrap()
+                    .with_expires_in(Duration::from_secs(600))
+                    .with_refresh_token("rt-stale"))
+            }
+        })
+    };
+    let a = Arc::new(
+        RedisStore::connect(&url, &profile)
+            .await
+            .unwrap()
+            .fleet(slow),
+    );
+    let lock_key = a.store().lock_key().to_owned();
+    let a_task = {
+        let a = a.clone();
+        tokio::spawn(async move { a.fetch(None).await })
+    };
+    until(Duration::from_secs(5), "A took the lock", || {
+        lock_held(&url, &lock_key)
+    })
+    .await;
+    // A's lock lapses (as if A stalled past its TTL); B takes over and refreshes.
+    redis_del(&url, &lock_key).await;
+    let b = fleet_source(&url, &profile, &s).await;
+    let b_token = b.fetch(None).await.unwrap();
+    assert_eq!(s.idp.tokens(), 1);
+    let store = RedisStore::connect(&url, &profile).await.unwrap();
+    assert_eq!(store.version().await.unwrap(), 1);
+
+    // A finishes late: its write is refused and it answers the fleet's token.
+    gate.add_permits(1);
+    let a_token = tokio::time::timeout(Duration::from_secs(10), a_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let b_access = b_token.access_token().expose_secret();
+    assert_eq!(a_token.access_token().expose_secret(), b_access);
+    let stored = store.load().await.unwrap().unwrap();
+    assert_eq!(stored.access_token().expose_secret(), b_access);
+    assert_eq!(
+        stored.refresh_token().unwrap().expose_secret(),
+        b_token.refresh_token().unwrap().expose_secret(),
+        "the rotated refresh token in Redis is B's"
+    );
+    assert_eq!(store.version().await.unwrap(), 1, "A wrote nothing");
+}
+
+/// A redis-server of our own, killed on drop.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        OwnRedis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn ready(&self) {
+        let url = self.url();
+        until(Duration::from_secs(10), "redis-server answers", || {
+            let url = url.clone();
+            async move {
+                match redis::Client::open(url.as_str()) {
+                    Ok(c) => c.get_multiplexed_async_connection().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_clients_recover_after_redis_restarts() {
+    // Only to honour the skip rule: this test runs its own redis-server.
+    if redis_url().await.is_none() {
+        return;
+    }
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.set_lifetime(Some(1));
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.ready().await;
+    let url = redis.url();
+    let profile = profile("restart");
+
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let source = fleet_source(&url, &profile, &s).await;
+        replicas.push(
+            Refreshing::builder(source)
+                .refresh_before(Duration::from_millis(300))
+                .jitter(Duration::ZERO)
+                .backoff(Duration::from_millis(20), Duration::from_millis(100))
+                .build(),
+        );
+    }
+    for r in &replicas {
+        let t = r.token().await.unwrap();
+        assert!(valid_at_api(&s.idp, t.access_token().expose_secret()));
+    }
+
+    // Redis goes away: once the token expires, refreshes fail with a clear error.
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        assert!(
+            Instant::now() < deadline,
+            "a refresh never failed without Redis"
+        );
+        if let Err(e) = replicas[0].token().await {
+            break e;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let errors = [error];
+    assert!(
+        matches!(errors[0], Error::Store(_)),
+        "a store error, not {:?}",
+        errors[0]
+    );
+    assert!(errors[0].is_retryable());
+
+    // Redis comes back empty (no persistence): the replicas still hold the newest
+    // refresh token, and recover without a login.
+    let redis = OwnRedis::start(port);
+    redis.ready().await;
+    for r in &replicas {
+        let r = r.clone();
+        let idp = s.idp.clone();
+        until(
+            Duration::from_secs(10),
+            "the replica recovered",
+            move || {
+                let r = r.clone();
+                let idp = idp.clone();
+                async move {
+                    match r.token().await {
+                        Ok(t) => valid_at_api(&idp, t.access_token().expose_secret()),
+                        Err(Error::InvalidGrant(e)) => panic!("the refresh token was lost: {e}"),
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let seen = s.idp.refresh_seen.lock().unwrap().clone();
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "no refresh token used twice");
+    drop(redis);
+}
