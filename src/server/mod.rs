@@ -36,6 +36,8 @@
 mod axum;
 mod challenge;
 pub mod header;
+#[cfg(feature = "introspection")]
+pub mod introspect;
 #[cfg(feature = "jwks")]
 pub mod jwks;
 #[cfg(feature = "jwt")]
@@ -46,6 +48,8 @@ pub mod validator;
 #[cfg(feature = "axum")]
 pub use self::axum::MissingClaims;
 pub use challenge::{is_grpc, Rejection};
+#[cfg(feature = "introspection")]
+pub use introspect::{ClientAuth, Introspection};
 #[cfg(feature = "jwks")]
 pub use jwks::{JwksValidator, JwksValidatorBuilder};
 #[cfg(feature = "jwt")]
