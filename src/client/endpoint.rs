@@ -118,6 +118,18 @@ impl TokenEndpoint {
         self
     }
 
+    /// The same client registration at another endpoint of the same provider (the
+    /// device authorization endpoint). `http://` to a remote host is accepted only
+    /// when this endpoint already uses it (the caller opted in).
+    pub(crate) fn with_url(&self, url: &str) -> Result<Self, Error> {
+        let url = parse_url(url)?;
+        check_url(&url, self.url.scheme_str() == Some("http"))?;
+        Ok(TokenEndpoint {
+            url,
+            ..self.clone()
+        })
+    }
+
     /// The endpoint's URL.
     pub fn url(&self) -> &Uri {
         &self.url

@@ -54,6 +54,17 @@ pub struct Idp {
     /// The form of the last token request.
     pub last_form: Mutex<HashMap<String, String>>,
     next: AtomicU64,
+    /// Device flow: what the next device-code polls answer, in order ("ok" or an
+    /// RFC 8628 error code); once empty, polls succeed.
+    pub device_script: Mutex<std::collections::VecDeque<&'static str>>,
+    /// Device flow: when each device-code poll arrived (tokio clock).
+    pub device_polls: Mutex<Vec<Instant>>,
+    /// Device flow: `expires_in` and `interval` of the device authorization answer
+    /// (`None`: the field is left out).
+    pub device_expires_in: Mutex<u64>,
+    pub device_interval: Mutex<Option<u64>>,
+    /// Device flow: the forms of the device authorization requests.
+    pub device_requests: Mutex<Vec<HashMap<String, String>>>,
 }
 
 impl Idp {
@@ -73,6 +84,11 @@ impl Idp {
             last_client_auth: Mutex::new(None),
             last_form: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            device_script: Mutex::new(std::collections::VecDeque::new()),
+            device_polls: Mutex::new(Vec::new()),
+            device_expires_in: Mutex::new(600),
+            device_interval: Mutex::new(None),
+            device_requests: Mutex::new(Vec::new()),
         }
     }
 
@@ -126,6 +142,9 @@ impl Servers {
     pub fn api_url(&self) -> String {
         format!("http://{}/api", self.addr)
     }
+    pub fn device_url(&self) -> String {
+        format!("http://{}/device", self.addr)
+    }
 }
 
 /// Starts the identity provider and the API on one ephemeral port.
@@ -134,6 +153,7 @@ pub async fn start() -> Servers {
     let app = Router::new()
         .route("/token", post(token))
         .route("/api", get(api).post(api))
+        .route("/device", post(device_authorization))
         .with_state(idp.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -224,6 +244,25 @@ async fn token(
             let fresh = format!("rt-{n}");
             idp.refresh.lock().unwrap().insert(fresh.clone(), ());
             new_refresh = Some(fresh);
+        }
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            idp.device_polls.lock().unwrap().push(Instant::now());
+            if !form
+                .get("device_code")
+                .is_some_and(|c| c.starts_with("dc-"))
+            {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            let next = idp.device_script.lock().unwrap().pop_front();
+            match next {
+                None | Some("ok") => {
+                    let n = idp.next.fetch_add(1, Ordering::SeqCst);
+                    let fresh = format!("rt-{n}");
+                    idp.refresh.lock().unwrap().insert(fresh.clone(), ());
+                    new_refresh = Some(fresh);
+                }
+                Some(code) => return oauth_error(StatusCode::BAD_REQUEST, code),
+            }
         }
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
@@ -326,4 +365,27 @@ pub async fn serve(app: Router) -> SocketAddr {
         axum::serve(listener, app).await.unwrap();
     });
     addr
+}
+
+/// RFC 8628 §3.1: the device authorization endpoint.
+async fn device_authorization(
+    State(idp): State<Arc<Idp>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if form.get("client_id").map(String::as_str) != Some("cli") {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    idp.device_requests.lock().unwrap().push(form);
+    let n = idp.next.fetch_add(1, Ordering::SeqCst);
+    let mut body = serde_json::json!({
+        "device_code": format!("dc-{n}"),
+        "user_code": "WDJB-MJHT",
+        "verification_uri": "https://idp.example/device",
+        "verification_uri_complete": "https://idp.example/device?user_code=WDJB-MJHT",
+        "expires_in": *idp.device_expires_in.lock().unwrap(),
+    });
+    if let Some(i) = *idp.device_interval.lock().unwrap() {
+        body["interval"] = i.into();
+    }
+    Json(body).into_response()
 }

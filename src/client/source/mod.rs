@@ -1,6 +1,6 @@
 //! Where tokens come from: the [`TokenSource`] trait, closures, and the OAuth 2.0
 //! grants over a [`TokenEndpoint`](super::TokenEndpoint); the environment
-//! ([`EnvSource`]), interactive logins ([`PasswordPrompt`]), and a [`Chain`] that
+//! ([`EnvSource`]), interactive logins ([`PasswordPrompt`], [`DeviceCode`]), and a [`Chain`] that
 //! tries them in order.
 
 use std::fmt;
@@ -11,11 +11,13 @@ use futures_util::future::{BoxFuture, FutureExt};
 use crate::{Error, Token};
 
 mod chain;
+mod device;
 mod env;
 mod grants;
 mod prompt;
 
 pub use chain::Chain;
+pub use device::{DeviceAuthorization, DeviceCode, DEVICE_CODE_GRANT};
 pub use env::{EnvSource, EnvVar};
 pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 pub use prompt::PasswordPrompt;

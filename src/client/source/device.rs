@@ -1,0 +1,262 @@
+//! [`DeviceCode`]: the device authorization grant (RFC 8628) for tools without a
+//! browser: the person approves the login on another device.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::TokenSource;
+use crate::client::endpoint::{endpoint_error, parse_token_response, ErrorAnswer};
+use crate::client::TokenEndpoint;
+use crate::{Error, Token};
+
+/// The grant type of the device code polls (RFC 8628 §3.4).
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// The polling interval when the server does not give one (RFC 8628 §3.2).
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a device code lives when the server does not say (it must, but).
+const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
+/// Added to the interval on each `slow_down` (RFC 8628 §3.5).
+const SLOW_DOWN: Duration = Duration::from_secs(5);
+/// No server gets to make us wait longer than this between polls.
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the person must see to approve the login: where to go and what to type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceAuthorization {
+    /// The code the person types (`user_code`).
+    pub user_code: String,
+    /// Where to type it (`verification_uri`).
+    pub verification_uri: String,
+    /// A URI with the code already in it (`verification_uri_complete`), for a link or
+    /// a QR code.
+    pub verification_uri_complete: Option<String>,
+    /// How long the code is valid.
+    pub expires_in: Duration,
+    /// The polling interval the server asked for.
+    pub interval: Duration,
+}
+
+impl fmt::Display for DeviceAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "To log in, open {} and enter the code {}",
+            self.verification_uri, self.user_code
+        )?;
+        if let Some(complete) = &self.verification_uri_complete {
+            write!(f, "\n(or open {complete})")?;
+        }
+        write!(
+            f,
+            "\nThe code expires in {} minutes.",
+            self.expires_in.as_secs().div_ceil(60)
+        )
+    }
+}
+
+type Show = Arc<dyn Fn(&DeviceAuthorization) + Send + Sync>;
+
+/// The device authorization grant (RFC 8628), for a command-line tool or a device
+/// without a browser.
+///
+/// Each fetch asks the device authorization endpoint for a code, shows the person
+/// where to enter it (through [`show`](DeviceCode::show); by default on stderr), and
+/// polls the token endpoint until they approve:
+/// - every `interval` seconds (5 by default), 5 seconds more after each `slow_down`;
+/// - `authorization_pending` keeps polling;
+/// - `access_denied` is [`Error::AccessDenied`]; `expired_token`, or the code's own
+///   `expires_in` running out, is [`Error::DeviceCodeExpired`];
+/// - any other error (endpoint down, `invalid_client`) is returned as is.
+///
+/// Polling runs in the returned future on the tokio clock: dropping the future (a
+/// timeout, Ctrl-C through `tokio::select!`) stops it. A refresh token in the answer
+/// is used by the [`Chain`](super::Chain)'s `refresh_with` on later refreshes.
+///
+/// ```no_run
+/// use tower_bearer::client::{source::DeviceCode, TokenEndpoint};
+/// # fn run() -> Result<(), tower_bearer::Error> {
+/// let endpoint = TokenEndpoint::new("https://idp.example.com/oauth/token")?.client_id("my-cli");
+/// let login = DeviceCode::new(endpoint, "https://idp.example.com/oauth/device/code")?
+///     .scope("openid offline_access")
+///     .show(|auth| eprintln!("{auth}"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DeviceCode {
+    token: TokenEndpoint,
+    device: TokenEndpoint,
+    scope: Option<String>,
+    show: Show,
+}
+
+#[derive(Deserialize)]
+struct DeviceAnswer {
+    device_code: Option<String>,
+    user_code: Option<String>,
+    verification_uri: Option<String>,
+    /// Google's spelling.
+    verification_url: Option<String>,
+    verification_uri_complete: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    interval: Option<serde_json::Value>,
+    #[serde(flatten)]
+    error: ErrorAnswer,
+}
+
+impl DeviceCode {
+    /// The grant with the client registration of `token_endpoint` and its device
+    /// authorization endpoint at `device_authorization_url`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a URL that does not parse or would send the client
+    /// credentials in clear text (see [`TokenEndpoint::new`]).
+    pub fn new(
+        token_endpoint: TokenEndpoint,
+        device_authorization_url: &str,
+    ) -> Result<Self, Error> {
+        let device = token_endpoint.with_url(device_authorization_url)?;
+        Ok(DeviceCode {
+            token: token_endpoint,
+            device,
+            scope: None,
+            show: Arc::new(|auth| eprintln!("{auth}")),
+        })
+    }
+
+    /// Asks for this scope (space-separated).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Shows the person where to log in (default: printed to stderr). Called once per
+    /// login, before polling starts.
+    pub fn show(mut self, show: impl Fn(&DeviceAuthorization) + Send + Sync + 'static) -> Self {
+        self.show = Arc::new(show);
+        self
+    }
+
+    /// Runs one login: asks for a code, shows it, polls until approved.
+    ///
+    /// # Errors
+    /// [`Error::AccessDenied`], [`Error::DeviceCodeExpired`], and what
+    /// [`TokenEndpoint::request`] returns.
+    pub async fn login(&self) -> Result<Token, Error> {
+        let (device_code, auth) = self.authorize().await?;
+        (self.show)(&auth);
+        let deadline = Instant::now() + auth.expires_in;
+        let mut interval = auth.interval;
+        loop {
+            let wake = Instant::now() + interval;
+            if wake > deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Err(Error::DeviceCodeExpired);
+            }
+            tokio::time::sleep_until(wake).await;
+            let form = [
+                ("grant_type", DEVICE_CODE_GRANT),
+                ("device_code", device_code.as_str()),
+            ];
+            let res = self.token.post(&form).await?;
+            let err = match parse_token_response(res.status(), res.headers(), res.body()) {
+                Ok(token) => return Ok(token),
+                Err(e) => e,
+            };
+            match err.oauth_code() {
+                Some("authorization_pending") => {}
+                Some("slow_down") => {
+                    interval = (interval + SLOW_DOWN).min(MAX_INTERVAL);
+                    tracing::debug!(interval_secs = interval.as_secs(), "device flow: slow_down");
+                }
+                Some("expired_token") => return Err(Error::DeviceCodeExpired),
+                Some("access_denied") => {
+                    return Err(match err {
+                        Error::TokenEndpoint(e) | Error::InvalidGrant(e) => Error::AccessDenied(e),
+                        other => other,
+                    })
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// The device authorization request (RFC 8628 §3.1–3.2).
+    async fn authorize(&self) -> Result<(String, DeviceAuthorization), Error> {
+        let mut form = Vec::new();
+        if let Some(scope) = &self.scope {
+            form.push(("scope", scope.as_str()));
+        }
+        let res = self.device.post(&form).await?;
+        let answer: Option<DeviceAnswer> = serde_json::from_slice(res.body()).ok();
+        if !res.status().is_success() {
+            return Err(endpoint_error(
+                res.status(),
+                res.headers(),
+                answer.map(|a| a.error),
+            ));
+        }
+        let a = answer.ok_or_else(|| {
+            Error::InvalidResponse("the device authorization answer is not a JSON object".into())
+        })?;
+        if a.error.error.is_some() {
+            return Err(endpoint_error(res.status(), res.headers(), Some(a.error)));
+        }
+        let missing = |field: &str| {
+            Error::InvalidResponse(format!("no {field} in the device authorization answer"))
+        };
+        let device_code = a
+            .device_code
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| missing("device_code"))?;
+        let user_code = a.user_code.ok_or_else(|| missing("user_code"))?;
+        let verification_uri = a
+            .verification_uri
+            .or(a.verification_url)
+            .ok_or_else(|| missing("verification_uri"))?;
+        let expires_in = seconds(a.expires_in.as_ref()).unwrap_or(DEFAULT_EXPIRY);
+        let interval = seconds(a.interval.as_ref())
+            .unwrap_or(DEFAULT_INTERVAL)
+            .min(MAX_INTERVAL);
+        let auth = DeviceAuthorization {
+            user_code,
+            verification_uri,
+            verification_uri_complete: a.verification_uri_complete,
+            expires_in,
+            interval,
+        };
+        Ok((device_code, auth))
+    }
+}
+
+/// A positive whole number of seconds, as a number or a string of digits.
+fn seconds(v: Option<&serde_json::Value>) -> Option<Duration> {
+    let secs = match v? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }?;
+    (secs > 0).then(|| Duration::from_secs(secs.min(86_400)))
+}
+
+impl TokenSource for DeviceCode {
+    fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        self.login().boxed()
+    }
+}
+
+impl fmt::Debug for DeviceCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceCode")
+            .field("token_endpoint", &self.token)
+            .field("device_endpoint", &self.device.url())
+            .field("scope", &self.scope)
+            .finish()
+    }
+}

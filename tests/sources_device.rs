@@ -1,0 +1,181 @@
+//! The device authorization grant (RFC 8628) against a real token server on
+//! 127.0.0.1, on tokio's paused clock.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tower_bearer::client::source::{Chain, DeviceAuthorization, DeviceCode, EnvSource};
+use tower_bearer::client::{TokenEndpoint, TokenSource};
+use tower_bearer::Error;
+
+fn device(s: &common::Servers) -> (DeviceCode, Arc<Mutex<Vec<DeviceAuthorization>>>) {
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let seen = shown.clone();
+    let endpoint = TokenEndpoint::new(&s.token_url()).unwrap().client_id("cli");
+    let d = DeviceCode::new(endpoint, &s.device_url())
+        .unwrap()
+        .scope("openid offline_access")
+        .show(move |auth| seen.lock().unwrap().push(auth.clone()));
+    (d, shown)
+}
+
+fn script(s: &common::Servers, answers: &[&'static str]) {
+    s.idp.device_script.lock().unwrap().extend(answers);
+}
+
+/// Seconds between the device-code polls the server saw, the first counted from `start`.
+fn gaps(s: &common::Servers, start: tokio::time::Instant) -> Vec<u64> {
+    let polls = s.idp.device_polls.lock().unwrap();
+    let mut last = start;
+    polls
+        .iter()
+        .map(|t| {
+            let gap = t.duration_since(last).as_secs_f64().round() as u64;
+            last = *t;
+            gap
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_then_slow_down_then_success() {
+    let s = common::start().await;
+    let (d, shown) = device(&s);
+    script(
+        &s,
+        &[
+            "authorization_pending",
+            "slow_down",
+            "authorization_pending",
+            "ok",
+        ],
+    );
+    let start = tokio::time::Instant::now();
+    let token = d.fetch(None).await.unwrap();
+    assert!(token.access_token().expose_secret().starts_with("at-"));
+    assert!(token.refresh_token().is_some());
+
+    // The person was shown where to go, once.
+    let shown = shown.lock().unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].user_code, "WDJB-MJHT");
+    assert_eq!(shown[0].verification_uri, "https://idp.example/device");
+    assert_eq!(
+        shown[0].verification_uri_complete.as_deref(),
+        Some("https://idp.example/device?user_code=WDJB-MJHT")
+    );
+    assert_eq!(shown[0].interval, Duration::from_secs(5));
+    let text = shown[0].to_string();
+    assert!(text.contains("WDJB-MJHT") && text.contains("https://idp.example/device"));
+    assert!(
+        !text.contains("dc-"),
+        "the device code is not shown: {text}"
+    );
+
+    // 5 s default interval; slow_down adds 5 s for the rest of the flow.
+    assert_eq!(gaps(&s, start), [5, 5, 10, 10]);
+    let req = &s.idp.device_requests.lock().unwrap()[0];
+    assert_eq!(
+        req.get("scope").map(String::as_str),
+        Some("openid offline_access")
+    );
+    let form = s.idp.last_form.lock().unwrap();
+    assert_eq!(
+        form.get("grant_type").map(String::as_str),
+        Some("urn:ietf:params:oauth:grant-type:device_code")
+    );
+    assert_eq!(form.get("client_id").map(String::as_str), Some("cli"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_servers_interval_is_honoured() {
+    let s = common::start().await;
+    *s.idp.device_interval.lock().unwrap() = Some(2);
+    let (d, _) = device(&s);
+    script(
+        &s,
+        &["authorization_pending", "authorization_pending", "ok"],
+    );
+    let start = tokio::time::Instant::now();
+    d.login().await.unwrap();
+    assert_eq!(gaps(&s, start), [2, 2, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_is_a_typed_error() {
+    let s = common::start().await;
+    let (d, _) = device(&s);
+    script(&s, &["authorization_pending", "expired_token"]);
+    let err = d.login().await.unwrap_err();
+    assert!(matches!(err, Error::DeviceCodeExpired), "{err:?}");
+    assert_eq!(err.oauth_code(), Some("expired_token"));
+    assert_eq!(s.idp.device_polls.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_codes_own_expiry_stops_polling() {
+    let s = common::start().await;
+    *s.idp.device_expires_in.lock().unwrap() = 12;
+    let (d, _) = device(&s);
+    script(&s, &["authorization_pending"; 10]);
+    let start = tokio::time::Instant::now();
+    let err = d.login().await.unwrap_err();
+    assert!(matches!(err, Error::DeviceCodeExpired), "{err:?}");
+    // Polls at 5 s and 10 s; the code dies at 12 s, before a poll at 15 s.
+    assert_eq!(s.idp.device_polls.lock().unwrap().len(), 2);
+    assert_eq!(start.elapsed().as_secs(), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn access_denied_is_a_typed_error_and_stops_the_chain() {
+    let s = common::start().await;
+    let (d, _) = device(&s);
+    script(&s, &["authorization_pending", "access_denied"]);
+    let chain = Chain::new()
+        .env(EnvSource::new("APP").lookup(|_| None))
+        .login("device code", d);
+    let err = chain.fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::AccessDenied(_)), "{err:?}");
+    assert_eq!(err.oauth_code(), Some("access_denied"));
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_login_stops_polling() {
+    let s = common::start().await;
+    let (d, shown) = device(&s);
+    script(&s, &["authorization_pending"; 100]);
+    let gave_up = tokio::time::timeout(Duration::from_secs(21), d.login()).await;
+    assert!(gave_up.is_err(), "still pending");
+    let polls = s.idp.device_polls.lock().unwrap().len();
+    assert_eq!(polls, 4);
+    assert_eq!(shown.lock().unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        s.idp.device_polls.lock().unwrap().len(),
+        polls,
+        "no poll after the drop"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_client_is_an_endpoint_error() {
+    let s = common::start().await;
+    let endpoint = TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("stranger");
+    let d = DeviceCode::new(endpoint, &s.device_url())
+        .unwrap()
+        .show(|_| {});
+    let err = d.login().await.unwrap_err();
+    assert_eq!(err.oauth_code(), Some("invalid_client"), "{err:?}");
+    // Credentials never go in clear text to a remote host.
+    let remote = TokenEndpoint::new("https://idp.example.com/token").unwrap();
+    assert!(matches!(
+        DeviceCode::new(remote, "http://idp.example.com/device"),
+        Err(Error::Configuration(_))
+    ));
+}
