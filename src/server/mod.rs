@@ -34,6 +34,7 @@
 
 #[cfg(feature = "axum")]
 mod axum;
+mod cache;
 mod challenge;
 pub mod header;
 #[cfg(feature = "introspection")]
@@ -47,6 +48,7 @@ pub mod validator;
 
 #[cfg(feature = "axum")]
 pub use self::axum::MissingClaims;
+pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
 #[cfg(feature = "introspection")]
 pub use introspect::{ClientAuth, Introspection};

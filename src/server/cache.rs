@@ -1,0 +1,268 @@
+//! [`VerifiedCache`]: a repeated token costs a hash and a lookup instead of a
+//! signature check or a network call.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::validator::{Claims, ValidationFuture, Validator};
+
+/// The default number of cached tokens.
+pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
+/// The default longest time a verified token is reused (never past its `exp`).
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Claims that say when their token expires.
+pub trait Expiring {
+    /// The token's `exp`, in seconds since the Unix epoch, if it has one.
+    fn expires_at(&self) -> Option<u64>;
+}
+
+impl Expiring for Claims {
+    fn expires_at(&self) -> Option<u64> {
+        self.exp
+    }
+}
+
+/// Remembers the tokens a validator accepted, keyed by their SHA-256, until the
+/// token's `exp` (or at most [`max_ttl`](Self::max_ttl), default 5 min): a token is
+/// never served past its expiry. Refusals are not cached (each is validated again),
+/// so a flood of bad tokens cannot evict the good ones beyond the size bound.
+///
+/// Works with any validator whose claims implement [`Expiring`] (the provided
+/// [`Claims`] does).
+///
+/// ```
+/// use tower_bearer::server::{Claims, RequireBearerLayer, VerifiedCache};
+/// # use tower_bearer::server::{from_fn, Rejection};
+/// # let jwt = from_fn(|_: &str| Err::<Claims, _>(Rejection::invalid_token("no")));
+///
+/// let layer = RequireBearerLayer::new(VerifiedCache::new(jwt).max_entries(50_000));
+/// ```
+pub struct VerifiedCache<V: Validator> {
+    inner: Arc<V>,
+    state: Arc<State<V::Claims>>,
+}
+
+struct State<C> {
+    entries: Mutex<HashMap<[u8; 32], (C, Instant)>>,
+    max_entries: usize,
+    max_ttl: Duration,
+}
+
+impl<V: Validator> Clone for VerifiedCache<V> {
+    fn clone(&self) -> Self {
+        VerifiedCache {
+            inner: Arc::clone(&self.inner),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<V: Validator + fmt::Debug> fmt::Debug for VerifiedCache<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedCache")
+            .field("inner", &self.inner)
+            .field("entries", &self.len())
+            .field("max_entries", &self.state.max_entries)
+            .field("max_ttl", &self.state.max_ttl)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each lock guards one map operation: a panic cannot leave it torn.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<V: Validator> VerifiedCache<V>
+where
+    V::Claims: Expiring,
+{
+    /// Caches what `inner` accepts (10,000 tokens, at most 5 min each).
+    pub fn new(inner: V) -> Self {
+        Self::with_limits(inner, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TTL)
+    }
+
+    fn with_limits(inner: V, max_entries: usize, max_ttl: Duration) -> Self {
+        VerifiedCache {
+            inner: Arc::new(inner),
+            state: Arc::new(State {
+                entries: Mutex::new(HashMap::new()),
+                max_entries: max_entries.max(1),
+                max_ttl,
+            }),
+        }
+    }
+
+    /// The most tokens kept (default 10,000). Call before use: it starts an empty cache.
+    pub fn max_entries(self, n: usize) -> Self {
+        let ttl = self.state.max_ttl;
+        VerifiedCache {
+            inner: self.inner,
+            state: Arc::new(State {
+                entries: Mutex::new(HashMap::new()),
+                max_entries: n.max(1),
+                max_ttl: ttl,
+            }),
+        }
+    }
+
+    /// The longest a token is reused, even when its `exp` is later or absent
+    /// (default 5 min). Call before use: it starts an empty cache.
+    pub fn max_ttl(self, ttl: Duration) -> Self {
+        let n = self.state.max_entries;
+        VerifiedCache {
+            inner: self.inner,
+            state: Arc::new(State {
+                entries: Mutex::new(HashMap::new()),
+                max_entries: n,
+                max_ttl: ttl,
+            }),
+        }
+    }
+}
+
+impl<V: Validator> VerifiedCache<V> {
+    /// How many tokens are cached (live or not yet purged).
+    pub fn len(&self) -> usize {
+        lock(&self.state.entries).len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<C: Expiring> State<C> {
+    fn insert(&self, digest: [u8; 32], claims: C) {
+        let now = Instant::now();
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let lifetime = match claims.expires_at() {
+            // Already expired by our clock (within the validator's leeway): do not
+            // cache, so the validator decides again next time.
+            Some(exp) if exp <= unix_now => return,
+            Some(exp) => Duration::from_secs(exp - unix_now).min(self.max_ttl),
+            None => self.max_ttl,
+        };
+        let mut entries = lock(&self.entries);
+        if entries.len() >= self.max_entries && !entries.contains_key(&digest) {
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= self.max_entries {
+                if let Some(victim) = entries.keys().next().copied() {
+                    entries.remove(&victim);
+                }
+            }
+        }
+        entries.insert(digest, (claims, now + lifetime));
+    }
+}
+
+impl<V: Validator> Validator for VerifiedCache<V>
+where
+    V::Claims: Expiring,
+{
+    type Claims = V::Claims;
+
+    fn validate(&self, token: &str) -> ValidationFuture<V::Claims> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        {
+            let mut entries = lock(&self.state.entries);
+            if let Some((claims, until)) = entries.get(&digest) {
+                if Instant::now() < *until {
+                    return ValidationFuture::ready(Ok(claims.clone()));
+                }
+                entries.remove(&digest);
+            }
+        }
+        match self.inner.validate(token).now_or_pending() {
+            Ok(outcome) => {
+                if let Ok(claims) = &outcome {
+                    self.state.insert(digest, claims.clone());
+                }
+                ValidationFuture::ready(outcome)
+            }
+            Err(pending) => {
+                let state = Arc::clone(&self.state);
+                ValidationFuture::pending(async move {
+                    let outcome = pending.await;
+                    if let Ok(claims) = &outcome {
+                        state.insert(digest, claims.clone());
+                    }
+                    outcome
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{from_fn, Rejection};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counting(exp_in: i64) -> (Arc<AtomicUsize>, impl Validator<Claims = Claims>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let v = from_fn(move |token: &str| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            if token == "good" {
+                Ok(Claims {
+                    exp: Some((now + exp_in) as u64),
+                    ..Claims::default()
+                })
+            } else {
+                Err(Rejection::invalid_token("bad"))
+            }
+        });
+        (calls, v)
+    }
+
+    fn check(v: &impl Validator<Claims = Claims>, token: &str) -> bool {
+        v.validate(token).now_or_pending().ok().unwrap().is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hits_until_exp_and_never_after() {
+        let (calls, inner) = counting(30);
+        let cache = VerifiedCache::new(inner);
+        assert!(check(&cache, "good"));
+        assert!(check(&cache, "good"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(check(&cache, "good"));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "expired entry not served");
+        // Refusals are not cached.
+        assert!(!check(&cache, "bad"));
+        assert!(!check(&cache, "bad"));
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_size_is_bounded() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let cache = VerifiedCache::new(from_fn(move |_: &str| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(Claims::default())
+        }))
+        .max_entries(10);
+        for i in 0..100 {
+            assert!(check(&cache, &format!("t{i}")));
+        }
+        assert_eq!(cache.len(), 10);
+        assert_eq!(calls.load(Ordering::SeqCst), 100);
+    }
+}
