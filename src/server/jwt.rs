@@ -98,7 +98,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// # Errors
     /// [`KeyError`] when the PEM is not an RSA public key.
     pub fn rsa_pem(pem: &[u8]) -> Result<Self, KeyError> {
-        DecodingKey::from_rsa_pem(pem).map(Self::new).map_err(key_error)
+        DecodingKey::from_rsa_pem(pem)
+            .map(Self::new)
+            .map_err(key_error)
     }
 
     /// An EC public key (P-256 or P-384) in PEM: ES256, ES384.
@@ -106,7 +108,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// # Errors
     /// [`KeyError`] when the PEM is not an EC public key.
     pub fn ec_pem(pem: &[u8]) -> Result<Self, KeyError> {
-        DecodingKey::from_ec_pem(pem).map(Self::new).map_err(key_error)
+        DecodingKey::from_ec_pem(pem)
+            .map(Self::new)
+            .map_err(key_error)
     }
 
     /// An Ed25519 public key in PEM: EdDSA.
@@ -114,7 +118,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// # Errors
     /// [`KeyError`] when the PEM is not an Ed25519 public key.
     pub fn ed_pem(pem: &[u8]) -> Result<Self, KeyError> {
-        DecodingKey::from_ed_pem(pem).map(Self::new).map_err(key_error)
+        DecodingKey::from_ed_pem(pem)
+            .map(Self::new)
+            .map_err(key_error)
     }
 
     /// An RSA public key in DER (PKCS#1).
@@ -139,7 +145,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     pub fn from_jwk(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Self, KeyError> {
         let key = DecodingKey::from_jwk(jwk).map_err(key_error)?;
         let validator = Self::new(key);
-        match jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok()) {
+        match jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+        {
             Some(alg) => validator.algorithms(&[alg]),
             None => Ok(validator),
         }
@@ -154,7 +164,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
             return Err(KeyError("no algorithm allowed".into()));
         }
         if let Some(bad) = algorithms.iter().find(|a| a.family() != self.family) {
-            return Err(KeyError(format!("{bad:?} cannot be verified with a {:?} key", self.family)));
+            return Err(KeyError(format!(
+                "{bad:?} cannot be verified with a {:?} key",
+                self.family
+            )));
         }
         self.validation.algorithms = algorithms.to_vec();
         Ok(self)
@@ -192,7 +205,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// `nbf`).
     pub fn require_claims<T: ToString>(mut self, claims: impl IntoIterator<Item = T>) -> Self {
         for claim in claims {
-            self.validation.required_spec_claims.insert(claim.to_string());
+            self.validation
+                .required_spec_claims
+                .insert(claim.to_string());
         }
         self
     }
@@ -207,7 +222,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// the `scp` claim (an array); a token without them gets `403`
     /// `insufficient_scope`.
     pub fn require_scopes<T: Into<String>>(mut self, scopes: impl IntoIterator<Item = T>) -> Self {
-        self.required_scopes.extend(scopes.into_iter().map(Into::into));
+        self.required_scopes
+            .extend(scopes.into_iter().map(Into::into));
         self
     }
 
@@ -223,7 +239,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
             // The signature is verified: reading the payload again is safe.
             let granted: Claims = jsonwebtoken::dangerous::insecure_decode_claims(token)
                 .map_err(|_| Rejection::invalid_token("the token is malformed"))?;
-            if !self.required_scopes.iter().all(|s| super::ScopedClaims::has_scope(&granted, s)) {
+            if !self
+                .required_scopes
+                .iter()
+                .all(|s| super::ScopedClaims::has_scope(&granted, s))
+            {
                 return Err(Rejection::InsufficientScope(self.required_scopes.join(" ")));
             }
         }
@@ -239,12 +259,16 @@ fn describe(kind: &ErrorKind) -> std::borrow::Cow<'static, str> {
         ErrorKind::InvalidAudience => "the token is not for this audience".into(),
         ErrorKind::InvalidSubject => "the token has the wrong subject".into(),
         ErrorKind::InvalidSignature => "the token signature is invalid".into(),
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
-            "the token algorithm is not allowed".into()
-        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm => "the token algorithm is not allowed".into(),
         // The claim names come from our own list of required claims, not the token.
-        ErrorKind::MissingRequiredClaim(claim) => format!("the token lacks the {} claim", safe_name(claim)).into(),
-        ErrorKind::InvalidClaimFormat(claim) => format!("the token's {} claim is malformed", safe_name(claim)).into(),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            format!("the token lacks the {} claim", safe_name(claim)).into()
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            format!("the token's {} claim is malformed", safe_name(claim)).into()
+        }
         _ => "the token is malformed".into(),
     }
 }
