@@ -472,3 +472,75 @@ async fn fleet_clients_recover_after_redis_restarts() {
     assert_eq!(distinct.len(), seen.len(), "no refresh token used twice");
     drop(redis);
 }
+
+/// `target/<profile>/examples/fleet_replica`, built if a filtered run did not.
+fn replica_binary() -> std::path::PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join("fleet_replica");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--all-features", "--example", "fleet_replica"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build the fleet_replica example");
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_of_separate_processes_makes_one_token_request_per_expiry() {
+    let Some(url) = redis_url().await else { return };
+    let binary = tokio::task::spawn_blocking(replica_binary).await.unwrap();
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.set_lifetime(Some(1));
+    let profile = profile("processes");
+
+    let mut children = Vec::new();
+    for _ in 0..4 {
+        let child = tokio::process::Command::new(&binary)
+            .args(["--redis", &url, "--profile", &profile])
+            .args(["--token-url", &s.token_url(), "--api-url", &s.api_url()])
+            .args([
+                "--refresh-token",
+                "rt-0",
+                "--duration",
+                "3.5",
+                "--tasks",
+                "4",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        children.push(child);
+    }
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("the replica finishes")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let summary = stdout.lines().last().unwrap_or("");
+        assert!(
+            summary.contains(" failed=0 invalid_grant=0"),
+            "{summary}\n{stderr}"
+        );
+        assert!(!summary.contains("requests=0 "), "{summary}");
+    }
+    let seen = s.idp.refresh_seen.lock().unwrap().clone();
+    let distinct: HashSet<_> = seen.iter().collect();
+    assert!(seen.len() >= 4, "several expiries: {seen:?}");
+    assert_eq!(distinct.len(), seen.len(), "one token request per expiry");
+    assert_eq!(s.idp.tokens(), seen.len());
+    assert_eq!(s.idp.api_unauthorized.load(Ordering::SeqCst), 0);
+}
