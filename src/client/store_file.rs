@@ -89,6 +89,21 @@ impl FileStore {
         }
     }
 
+    /// The token file of a named profile, `<default dir>/<name>.json`, for
+    /// `username` at `issuer` (characters other than letters, digits, `-`, `_` and `.`
+    /// in `name` become `_`).
+    ///
+    /// # Errors
+    /// As [`FileStore::new`].
+    pub fn profile(
+        name: &str,
+        username: impl Into<String>,
+        issuer: impl Into<String>,
+    ) -> Result<Self, Error> {
+        let file = format!("{}.json", clean(name).trim_start_matches('.'));
+        Ok(Self::at(Self::default_dir()?.join(file), username, issuer))
+    }
+
     /// The directory of the token files: `$XDG_CONFIG_HOME/tower-bearer`, else
     /// `$HOME/.config/tower-bearer` (`%APPDATA%\tower-bearer` on Windows).
     ///
@@ -117,17 +132,6 @@ impl FileStore {
             .split_once("://")
             .map_or(issuer, |(_, rest)| rest)
             .trim_end_matches('/');
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        };
         // A leading dot would hide the file; "." and ".." are not names.
         let user = clean(username).trim_start_matches('.').to_owned();
         format!("{user}@{}.json", clean(issuer))
@@ -142,6 +146,19 @@ impl FileStore {
     pub fn username(&self) -> &str {
         &self.inner.username
     }
+}
+
+/// A file name part: letters, digits, `-`, `_` and `.`; anything else becomes `_`.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl Inner {

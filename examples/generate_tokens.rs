@@ -1,0 +1,218 @@
+//! Log in once: get tokens with a password or a device code, save them to the token
+//! file, and print `export` lines for a shell profile.
+//!
+//! ```text
+//! generate_tokens -u alice --token-url https://idp.example.com/token
+//! Password for alice: ········
+//! export APP_ACCESS_TOKEN='…'
+//! export APP_REFRESH_TOKEN='…'
+//! ```
+//!
+//! `--password-stdin` reads the password from the first line of stdin (scripts, CI);
+//! `--device` runs the device authorization grant instead. On a wrong password, an
+//! unreachable server or a bad URL it prints one line to stderr and exits non-zero.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
+use tower_bearer::client::source::DeviceCode;
+use tower_bearer::client::{FileStore, TokenEndpoint, TokenStore};
+use tower_bearer::{Error, Token};
+
+/// Log in once and print the tokens for a shell profile.
+#[derive(Parser)]
+#[command(name = "generate_tokens", version)]
+struct Args {
+    /// The user name.
+    #[arg(short, long)]
+    user: String,
+    /// The token endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8000/token")]
+    token_url: String,
+    /// Log in with the device authorization grant instead of a password.
+    #[arg(long)]
+    device: bool,
+    /// The device authorization endpoint (default: the token URL with its last path
+    /// segment replaced by `device`).
+    #[arg(long)]
+    device_url: Option<String>,
+    /// The client id registered with the identity provider.
+    #[arg(long, default_value = "cli")]
+    client_id: String,
+    /// Scope to ask for.
+    #[arg(long)]
+    scope: Option<String>,
+    /// The profile name: the token file is `<config dir>/tower-bearer/<NAME>.json`
+    /// (default: `<user>@<issuer>`).
+    #[arg(long)]
+    profile: Option<String>,
+    /// The token file, anywhere (overrides --profile).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Read the password from the first line of stdin.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Do not save the tokens to the token file.
+    #[arg(long)]
+    no_save: bool,
+    /// The prefix of the printed variables: `<PREFIX>_ACCESS_TOKEN`, `<PREFIX>_REFRESH_TOKEN`.
+    #[arg(long, default_value = "APP")]
+    env_prefix: String,
+}
+
+/// One line for stderr, and the exit code.
+struct Failure(String, u8);
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(line, code)) => {
+            // One line, whatever the error carries.
+            eprintln!("error: {}", line.replace(['\n', '\r'], " "));
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), Failure> {
+    if !is_shell_name(&args.env_prefix) {
+        return Err(Failure(
+            format!(
+                "--env-prefix {:?} is not a valid shell variable name",
+                args.env_prefix
+            ),
+            2,
+        ));
+    }
+    let endpoint = TokenEndpoint::new(&args.token_url)
+        .map_err(|e| Failure(format!("bad --token-url {:?}: {e}", args.token_url), 2))?
+        .client_id(args.client_id.as_str());
+    let store = if args.no_save {
+        None
+    } else {
+        Some(token_file(args)?)
+    };
+
+    let token = if args.device {
+        let url = match &args.device_url {
+            Some(u) => u.clone(),
+            None => sibling_url(&args.token_url, "device"),
+        };
+        let mut device = DeviceCode::new(endpoint, &url)
+            .map_err(|e| Failure(format!("bad --device-url {url:?}: {e}"), 2))?;
+        if let Some(scope) = &args.scope {
+            device = device.scope(scope.as_str());
+        }
+        device.login().await
+    } else {
+        let password = read_password(args)?;
+        let mut grant = endpoint.password(args.user.as_str(), password.expose_secret());
+        drop(password);
+        if let Some(scope) = &args.scope {
+            grant = grant.scope(scope.as_str());
+        }
+        grant.login().await
+    }
+    .map_err(|e| explain(&e, args))?;
+
+    if let Some(store) = store {
+        store
+            .save(&token)
+            .await
+            .map_err(|e| Failure(e.to_string(), 1))?;
+        eprintln!("Saved the tokens to {}", store.path().display());
+    }
+    print_exports(&token, &args.env_prefix);
+    Ok(())
+}
+
+fn token_file(args: &Args) -> Result<FileStore, Failure> {
+    let user = args.user.as_str();
+    let issuer = args.token_url.as_str();
+    if let Some(path) = &args.token_file {
+        return Ok(FileStore::at(path, user, issuer));
+    }
+    match &args.profile {
+        Some(name) => FileStore::profile(name, user, issuer),
+        None => FileStore::new(user, issuer),
+    }
+    .map_err(|e| Failure(e.to_string(), 2))
+}
+
+fn read_password(args: &Args) -> Result<SecretString, Failure> {
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure(format!("cannot read the password from stdin: {e}"), 2))?;
+        let password = SecretString::from(line.trim_end_matches(['\n', '\r']).to_owned());
+        zeroize::Zeroize::zeroize(&mut line);
+        if password.expose_secret().is_empty() {
+            return Err(Failure("no password on stdin".into(), 2));
+        }
+        return Ok(password);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure(
+            "no terminal to ask for the password: use --password-stdin or --device".into(),
+            2,
+        ));
+    }
+    rpassword::prompt_password(format!("Password for {}: ", args.user))
+        .map(SecretString::from)
+        .map_err(|e| Failure(format!("cannot read the password: {e}"), 2))
+}
+
+/// What went wrong, in the user's words.
+fn explain(e: &Error, args: &Args) -> Failure {
+    let url = &args.token_url;
+    let line = match e {
+        Error::InvalidGrant(_) if !args.device => format!(
+            "wrong user name or password for {} at {url} (invalid_grant)",
+            args.user
+        ),
+        Error::Transport(_) => format!("cannot reach the token endpoint {url}: {e}"),
+        Error::Timeout(_) => format!("{url}: {e}"),
+        Error::AccessDenied(_) => "the login was declined".into(),
+        _ => e.to_string(),
+    };
+    Failure(line, 1)
+}
+
+/// `https://idp/oauth/token` → `https://idp/oauth/<name>`.
+fn sibling_url(url: &str, name: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) if base.contains("://") => format!("{base}/{name}"),
+        _ => format!("{}/{name}", url.trim_end_matches('/')),
+    }
+}
+
+fn is_shell_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Single-quoted for a POSIX shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn print_exports(token: &Token, prefix: &str) {
+    println!(
+        "export {prefix}_ACCESS_TOKEN={}",
+        quote(token.access_token().expose_secret())
+    );
+    if let Some(rt) = token.refresh_token() {
+        println!(
+            "export {prefix}_REFRESH_TOKEN={}",
+            quote(rt.expose_secret())
+        );
+    }
+}

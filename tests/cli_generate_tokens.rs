@@ -1,0 +1,304 @@
+//! `generate_tokens` end to end, as a person runs it: the built example binary,
+//! the password on stdin, against a real token server on 127.0.0.1.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// `target/<profile>/examples/generate_tokens`, next to this test's own binary.
+fn binary() -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join("generate_tokens");
+    if !path.exists() {
+        // `cargo test` builds every example; a filtered run (`--test cli_…`) does not.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--all-features", "--example", "generate_tokens"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build generate_tokens");
+    }
+    path
+}
+
+struct Run {
+    out: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    /// A failure: non-zero, exactly one line on stderr, nothing on stdout.
+    fn one_line_failure(&self) -> String {
+        let err = self.stderr();
+        assert!(!self.out.status.success(), "succeeded: {err}");
+        assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+        assert!(err.starts_with("error: "), "{err:?}");
+        assert!(!err.contains("panicked"), "{err:?}");
+        assert_eq!(self.stdout(), "");
+        err
+    }
+}
+
+/// Runs the CLI with `args`, `stdin` written to it, and its config dir in `home`.
+async fn run(args: &[&str], stdin: Option<&str>, home: &Path) -> Run {
+    let mut child = Command::new(binary())
+        .args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    Run { out }
+}
+
+fn home(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-cli-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = walk(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn password_on_stdin_saves_the_tokens_and_prints_exports() {
+    let s = common::start().await;
+    let home = home("ok");
+    let url = s.token_url();
+    let r = run(
+        &["-u", "alice", "--token-url", &url, "--password-stdin"],
+        Some("wonderland\n"),
+        &home,
+    )
+    .await;
+    assert!(r.out.status.success(), "{}", r.stderr());
+    let stdout = r.stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("export APP_ACCESS_TOKEN='at-"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("export APP_REFRESH_TOKEN='rt-"),
+        "{stdout}"
+    );
+    assert!(!r.stderr().contains("wonderland"));
+    assert_eq!(*s.idp.grants.lock().unwrap(), ["password"]);
+    assert_eq!(
+        s.idp
+            .last_form
+            .lock()
+            .unwrap()
+            .get("client_id")
+            .map(String::as_str),
+        Some("cli")
+    );
+
+    // The token file is in the config dir, per user and issuer, and holds what was printed.
+    let expected = format!(
+        "tower-bearer/{}",
+        tower_bearer::client::FileStore::file_name("alice", &url)
+    );
+    assert_eq!(files_in(&home), [expected.clone()]);
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join(&expected)).unwrap()).unwrap();
+    assert_eq!(file["username"], "alice");
+    let at = file["token"]["access_token"].as_str().unwrap();
+    assert!(lines[0].contains(at));
+    let _ = std::fs::remove_dir_all(home);
+}
+
+#[tokio::test]
+async fn names_profile_and_no_save_are_honoured() {
+    let s = common::start().await;
+    let home = home("names");
+    let url = s.token_url();
+    let r = run(
+        &[
+            "-u",
+            "alice",
+            "--token-url",
+            &url,
+            "--password-stdin",
+            "--env-prefix",
+            "CHIME_FRB",
+            "--profile",
+            "work",
+        ],
+        Some("wonderland\r\n"),
+        &home,
+    )
+    .await;
+    assert!(r.out.status.success(), "{}", r.stderr());
+    assert!(r.stdout().contains("export CHIME_FRB_ACCESS_TOKEN='at-"));
+    assert!(r.stdout().contains("export CHIME_FRB_REFRESH_TOKEN='rt-"));
+    assert_eq!(files_in(&home), ["tower-bearer/work.json"]);
+
+    let home2 = self::home("no-save");
+    let r = run(
+        &[
+            "-u",
+            "alice",
+            "--token-url",
+            &url,
+            "--password-stdin",
+            "--no-save",
+        ],
+        Some("wonderland"),
+        &home2,
+    )
+    .await;
+    assert!(r.out.status.success(), "{}", r.stderr());
+    assert!(r.stdout().contains("export APP_ACCESS_TOKEN="));
+    assert!(files_in(&home2).is_empty());
+    let _ = std::fs::remove_dir_all(home);
+    let _ = std::fs::remove_dir_all(home2);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_one_clear_line_without_the_password() {
+    let s = common::start().await;
+    let home = home("wrong");
+    let r = run(
+        &[
+            "-u",
+            "alice",
+            "--token-url",
+            &s.token_url(),
+            "--password-stdin",
+        ],
+        Some("hunter2-not-it\n"),
+        &home,
+    )
+    .await;
+    let err = r.one_line_failure();
+    assert!(
+        err.contains("wrong user name or password for alice"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert_eq!(r.out.status.code(), Some(1));
+    assert!(files_in(&home).is_empty(), "nothing saved");
+    let _ = std::fs::remove_dir_all(home);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_or_a_bad_url_is_one_clear_line() {
+    let home = home("unreachable");
+    // A port nobody listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/token", listener.local_addr().unwrap());
+    drop(listener);
+    let r = run(
+        &["-u", "alice", "--token-url", &dead, "--password-stdin"],
+        Some("s3cret-pw\n"),
+        &home,
+    )
+    .await;
+    let err = r.one_line_failure();
+    assert!(err.contains("cannot reach the token endpoint"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "{err}");
+
+    for bad in [
+        "not a url",
+        "ftp://idp.example.com/token",
+        "http://idp.example.com/token",
+    ] {
+        let r = run(
+            &["-u", "alice", "--token-url", bad, "--password-stdin"],
+            Some("s3cret-pw\n"),
+            &home,
+        )
+        .await;
+        let err = r.one_line_failure();
+        assert!(err.contains("bad --token-url"), "{err}");
+        assert!(!err.contains("s3cret-pw"), "{err}");
+        assert_eq!(r.out.status.code(), Some(2));
+    }
+
+    // No terminal and no --password-stdin: it says what to do instead of hanging.
+    let r = run(&["-u", "alice", "--token-url", &dead], None, &home).await;
+    let err = r.one_line_failure();
+    assert!(err.contains("--password-stdin"), "{err}");
+    assert!(files_in(&home).is_empty());
+    let _ = std::fs::remove_dir_all(home);
+}
+
+#[tokio::test]
+async fn the_device_flow_from_the_command_line() {
+    let s = common::start().await;
+    *s.idp.device_interval.lock().unwrap() = Some(1);
+    s.idp
+        .device_script
+        .lock()
+        .unwrap()
+        .push_back("authorization_pending");
+    let home = home("device");
+    let r = run(
+        &[
+            "-u",
+            "alice",
+            "--token-url",
+            &s.token_url(),
+            "--device",
+            "--no-save",
+        ],
+        None,
+        &home,
+    )
+    .await;
+    assert!(r.out.status.success(), "{}", r.stderr());
+    assert!(r.stderr().contains("WDJB-MJHT"), "{}", r.stderr());
+    assert!(r.stderr().contains("https://idp.example/device"));
+    assert!(r.stdout().contains("export APP_ACCESS_TOKEN='at-"));
+    assert_eq!(s.idp.device_polls.lock().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(home);
+}
