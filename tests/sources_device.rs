@@ -178,4 +178,10 @@ async fn a_refused_client_is_an_endpoint_error() {
         DeviceCode::new(remote, "http://idp.example.com/device"),
         Err(Error::Configuration(_))
     ));
+    // Not even when the token endpoint is plain http on loopback.
+    let local = TokenEndpoint::new(&s.token_url()).unwrap();
+    assert!(matches!(
+        DeviceCode::new(local, "http://idp.example.com/device"),
+        Err(Error::Configuration(_))
+    ));
 }

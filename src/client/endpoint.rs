@@ -120,10 +120,12 @@ impl TokenEndpoint {
 
     /// The same client registration at another endpoint of the same provider (the
     /// device authorization endpoint). `http://` to a remote host is accepted only
-    /// when this endpoint already uses it (the caller opted in).
+    /// when this endpoint was made with [`TokenEndpoint::insecure_http`] for one.
     pub(crate) fn with_url(&self, url: &str) -> Result<Self, Error> {
         let url = parse_url(url)?;
-        check_url(&url, self.url.scheme_str() == Some("http"))?;
+        // This endpoint fails the strict check only if it was built with insecure_http.
+        let opted_in = check_url(&self.url, false).is_err();
+        check_url(&url, opted_in)?;
         Ok(TokenEndpoint {
             url,
             ..self.clone()
