@@ -387,3 +387,42 @@ fn a_refresh_token_in_the_environment_needs_an_endpoint() {
     assert!(matches!(err, Error::Configuration(_)), "{err:?}");
     assert!(!err.to_string().contains("rt\""), "{err}");
 }
+
+// --- API keys: arguments, then the environment ---
+
+#[tokio::test]
+async fn an_api_key_comes_from_arguments_then_the_environment() {
+    use tower_bearer::client::ApiKey;
+    let var = EnvVar::new("APP_API_KEY").alias("OLD_APP_API_KEY");
+    let header = |k: &ApiKey| {
+        let c = futures_util::FutureExt::now_or_never(k.credential())
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        (c.name.to_string(), c.value.to_str().unwrap().to_owned())
+    };
+    let env = env_of(&[("APP_API_KEY", "from-env")]);
+    let k = ApiKey::from_arg_or_lookup("x-api-key", Some("from-args"), &var, &env).unwrap();
+    assert_eq!(header(&k), ("x-api-key".into(), "from-args".into()));
+    let k = ApiKey::from_arg_or_lookup("x-api-key", None, &var, &env).unwrap();
+    assert_eq!(header(&k), ("x-api-key".into(), "from-env".into()));
+
+    let old = env_of(&[("OLD_APP_API_KEY", "from-old-name")]);
+    let (k, logs) = capture(tracing::Level::WARN, || {
+        ApiKey::from_arg_or_lookup("x-api-key", None, &var, &old)
+    });
+    assert_eq!(header(&k.unwrap()).1, "from-old-name");
+    assert!(
+        logs.contains("OLD_APP_API_KEY") && logs.contains("set APP_API_KEY"),
+        "{logs}"
+    );
+    assert!(!logs.contains("from-old-name"), "{logs}");
+
+    let err = ApiKey::from_arg_or_lookup("x-api-key", None, &var, &env_of(&[])).unwrap_err();
+    assert!(matches!(err, Error::NoToken(_)), "{err:?}");
+    assert!(err.to_string().contains("APP_API_KEY"), "{err}");
+    let bad = env_of(&[("APP_API_KEY", "line\nbreak-secret")]);
+    let err = ApiKey::from_arg_or_lookup("x-api-key", None, &var, &bad).unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err:?}");
+    assert!(!err.to_string().contains("secret"), "{err}");
+}

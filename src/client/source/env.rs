@@ -8,7 +8,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use secrecy::ExposeSecret;
 
 use super::TokenSource;
-use crate::client::TokenEndpoint;
+use crate::client::{ApiKey, TokenEndpoint};
 use crate::{Error, Token};
 
 /// One setting read from the environment: a canonical variable name and deprecated
@@ -245,5 +245,62 @@ impl fmt::Debug for EnvSource {
             .field("password", &self.password)
             .field("endpoint", &self.endpoint)
             .finish()
+    }
+}
+
+/// An API key found the way tokens are: passed in code first, then the environment.
+impl ApiKey {
+    /// The key from the environment variable `var` (its canonical name, then its
+    /// deprecated aliases with a warning), sent in the header `header`.
+    ///
+    /// ```
+    /// use tower_bearer::client::{source::EnvVar, ApiKey};
+    /// let var = EnvVar::new("APP_API_KEY").alias("OLD_APP_API_KEY");
+    /// // Passed in code, it wins over the environment.
+    /// let key = ApiKey::from_arg_or_env("x-api-key", Some("k-123"), &var).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NoToken`] when the variable is not set; [`Error::Configuration`] when
+    /// its value cannot go in a header (the message names the variable, not the value).
+    pub fn from_env(header: &str, var: &EnvVar) -> Result<Self, Error> {
+        Self::from_arg_or_env(header, None, var)
+    }
+
+    /// `key` when it is given, else the environment as in [`ApiKey::from_env`].
+    ///
+    /// # Errors
+    /// As [`ApiKey::from_env`].
+    pub fn from_arg_or_env(header: &str, key: Option<&str>, var: &EnvVar) -> Result<Self, Error> {
+        Self::from_arg_or_lookup(header, key, var, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`ApiKey::from_arg_or_env`], reading variables with `lookup`.
+    ///
+    /// # Errors
+    /// As [`ApiKey::from_env`].
+    pub fn from_arg_or_lookup(
+        header: &str,
+        key: Option<&str>,
+        var: &EnvVar,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        if let Some(key) = key.filter(|k| !k.is_empty()) {
+            tracing::debug!(source = "arguments", "API key found");
+            return ApiKey::new(header, key);
+        }
+        let Some(value) = var.read(lookup) else {
+            return Err(Error::NoToken(format!(
+                "no API key: pass one or set {}",
+                var.canonical()
+            )));
+        };
+        tracing::debug!(source = "environment", "API key found");
+        ApiKey::new(header, &value).map_err(|_| {
+            Error::Configuration(format!(
+                "{} is not a valid header value (or {header:?} is not a header name)",
+                var.canonical()
+            ))
+        })
     }
 }
