@@ -54,7 +54,13 @@ mod transport;
 pub use client::{AuthorizeLayer, Authorizer, Refreshing};
 
 // The README's examples are compiled as doc tests (they use every integration).
-#[cfg(all(doctest, feature = "reqwest", feature = "axum", feature = "jwt"))]
+#[cfg(all(
+    doctest,
+    feature = "reqwest",
+    feature = "axum",
+    feature = "jwt",
+    feature = "redis"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 pub use error::{BoxError, EndpointError, Error, SharedError};
