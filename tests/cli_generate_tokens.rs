@@ -147,7 +147,7 @@ async fn password_on_stdin_saves_the_tokens_and_prints_exports() {
         "tower-bearer/{}",
         tower_bearer::client::FileStore::file_name("alice", &url)
     );
-    assert_eq!(files_in(&home), [expected.clone()]);
+    assert_eq!(files_in(&home), std::slice::from_ref(&expected));
     let file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(home.join(&expected)).unwrap()).unwrap();
     assert_eq!(file["username"], "alice");
