@@ -15,6 +15,9 @@
 //!   cannot overwrite a newer token;
 //! - a lock holder that dies lets the lock expire, and another replica takes over.
 //!
+//! On the server side, [`RedisDenylist`] revokes tokens (by `jti` or token hash) for
+//! every replica at once.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use tower_bearer::client::{Refreshing, TokenEndpoint};
@@ -52,6 +55,10 @@ use tokio::time::Instant;
 
 use crate::client::{StoredToken, TokenSource, TokenStore};
 use crate::{Error, Token};
+
+mod denylist;
+
+pub use denylist::{Denylisted, RedisDenylist};
 
 /// Writes the token only if the version is still the one read under the lock.
 const WRITE_FENCED: &str = r"

@@ -1,0 +1,317 @@
+//! [`RedisDenylist`]: revoked tokens, refused by every server replica at once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::{millis, redis_error};
+use crate::server::{Rejection, ValidationFuture, Validator};
+use crate::Error;
+
+/// Local answers kept at most this many; past it the cache starts over.
+const CACHE_CAP: usize = 100_000;
+
+/// Revoked tokens in Redis, by `jti` or by token hash, each until the token's own
+/// expiry (after which the token is refused anyway and the entry is dropped).
+///
+/// Servers consult it through [`RedisDenylist::guard`], which wraps a [`Validator`]:
+/// a token the inner validator accepts is then refused (`401 invalid_token`) if it is
+/// revoked. Answers are cached locally for at most [`staleness`](Self::staleness)
+/// (1 s by default), so a revocation reaches every replica within that time. When
+/// Redis cannot be reached the guard fails closed (`503`) unless
+/// [`fail_open`](Self::fail_open) was set; either way it logs.
+///
+/// ```no_run
+/// use std::time::{Duration, SystemTime};
+/// use tower_bearer::redis::RedisDenylist;
+/// use tower_bearer::server::{RequireBearerLayer, StaticTokens};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let denylist = RedisDenylist::connect("redis://127.0.0.1:6379/").await?;
+/// // Any validator; here each token's claims are just its jti.
+/// let validator = StaticTokens::new([("token-1", "a1b2c3".to_owned())]);
+/// let layer = RequireBearerLayer::new(
+///     denylist.guard(validator).jti(|jti: &String| Some(jti.clone())),
+/// );
+/// // Elsewhere, when a token is revoked:
+/// denylist
+///     .revoke_jti("a1b2c3", SystemTime::now() + Duration::from_secs(3600))
+///     .await?;
+/// # let _ = layer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisDenylist {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    staleness: Duration,
+    fail_open: bool,
+    cache: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
+}
+
+impl RedisDenylist {
+    /// Connects to Redis at `url`, with the key prefix `tower-bearer:denied:`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
+    /// reached now.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let store = super::RedisStore::connect(url, "denylist").await?;
+        Ok(Self::with_connection(store.conn, "tower-bearer:denied:"))
+    }
+
+    /// A denylist over a connection you configured, with your key prefix.
+    pub fn with_connection(conn: ConnectionManager, prefix: &str) -> Self {
+        RedisDenylist {
+            conn,
+            prefix: prefix.into(),
+            staleness: Duration::from_secs(1),
+            fail_open: false,
+            cache: Arc::default(),
+        }
+    }
+
+    /// How long a local answer is trusted: a revocation reaches this replica within
+    /// this time. Default 1 s; zero asks Redis for every token.
+    #[must_use]
+    pub fn staleness(mut self, staleness: Duration) -> Self {
+        self.staleness = staleness;
+        self
+    }
+
+    /// Accepts tokens (with a warning in the log) when Redis cannot be reached,
+    /// instead of answering `503`. Off by default: a revoked token could get through.
+    #[must_use]
+    pub fn fail_open(mut self, open: bool) -> Self {
+        self.fail_open = open;
+        self
+    }
+
+    fn jti_key(&self, jti: &str) -> String {
+        format!("{}jti:{jti}", self.prefix)
+    }
+
+    fn token_key(&self, token: &str) -> String {
+        let digest = Sha256::digest(token.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}sha256:{hex}", self.prefix)
+    }
+
+    /// Revokes the token whose `jti` claim is `jti`, until `expires` (its `exp`).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when Redis fails.
+    pub async fn revoke_jti(&self, jti: &str, expires: SystemTime) -> Result<(), Error> {
+        self.deny(self.jti_key(jti), expires).await
+    }
+
+    /// Revokes `token` itself (by its SHA-256, the token is not stored), until
+    /// `expires` (its expiry).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when Redis fails.
+    pub async fn revoke_token(&self, token: &str, expires: SystemTime) -> Result<(), Error> {
+        self.deny(self.token_key(token), expires).await
+    }
+
+    async fn deny(&self, key: String, expires: SystemTime) -> Result<(), Error> {
+        let Ok(ttl) = expires.duration_since(SystemTime::now()) else {
+            return Ok(()); // Already expired: refused without us.
+        };
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(|e| redis_error("revoke", e))?;
+        self.remember(key, true, Instant::now());
+        Ok(())
+    }
+
+    /// Whether `token`, or its `jti`, is revoked.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when Redis fails.
+    pub async fn is_revoked(&self, token: &str, jti: Option<&str>) -> Result<bool, Error> {
+        let keys = self.keys(token, jti);
+        if let Some(answer) = self.cached(&keys, Instant::now()) {
+            return Ok(answer);
+        }
+        self.ask(keys).await
+    }
+
+    fn keys(&self, token: &str, jti: Option<&str>) -> Vec<String> {
+        self.keys_hashed(self.token_key(token), jti)
+    }
+
+    fn keys_hashed(&self, token_key: String, jti: Option<&str>) -> Vec<String> {
+        let mut keys = vec![token_key];
+        keys.extend(jti.map(|j| self.jti_key(j)));
+        keys
+    }
+
+    /// The local answer, when every key has one younger than the staleness.
+    fn cached(&self, keys: &[String], now: Instant) -> Option<bool> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut revoked = false;
+        for key in keys {
+            let (denied, at) = cache.get(key)?;
+            if now.saturating_duration_since(*at) >= self.staleness {
+                return None;
+            }
+            revoked |= denied;
+        }
+        Some(revoked)
+    }
+
+    fn remember(&self, key: String, denied: bool, at: Instant) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_CAP {
+            cache.clear();
+        }
+        cache.insert(key, (denied, at));
+    }
+
+    async fn ask(&self, keys: Vec<String>) -> Result<bool, Error> {
+        let asked = Instant::now();
+        let mut cmd = redis::cmd("MGET");
+        for key in &keys {
+            cmd.arg(key);
+        }
+        let values: Vec<Option<String>> = cmd
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| redis_error("denylist lookup", e))?;
+        let mut revoked = false;
+        for (key, value) in keys.into_iter().zip(values) {
+            revoked |= value.is_some();
+            self.remember(key, value.is_some(), asked);
+        }
+        Ok(revoked)
+    }
+
+    /// `inner` with revoked tokens refused.
+    pub fn guard<V: Validator>(&self, inner: V) -> Denylisted<V> {
+        Denylisted {
+            inner: Arc::new(inner),
+            denylist: self.clone(),
+            jti: None,
+        }
+    }
+}
+
+impl fmt::Debug for RedisDenylist {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisDenylist")
+            .field("prefix", &self.prefix)
+            .field("staleness", &self.staleness)
+            .field("fail_open", &self.fail_open)
+            .finish_non_exhaustive()
+    }
+}
+
+type JtiFn<C> = Arc<dyn Fn(&C) -> Option<String> + Send + Sync>;
+
+/// A [`Validator`] that refuses tokens revoked in a [`RedisDenylist`]; made by
+/// [`RedisDenylist::guard`].
+pub struct Denylisted<V: Validator> {
+    inner: Arc<V>,
+    denylist: RedisDenylist,
+    jti: Option<JtiFn<V::Claims>>,
+}
+
+impl<V: Validator> Clone for Denylisted<V> {
+    fn clone(&self) -> Self {
+        Denylisted {
+            inner: Arc::clone(&self.inner),
+            denylist: self.denylist.clone(),
+            jti: self.jti.clone(),
+        }
+    }
+}
+
+impl<V: Validator> Denylisted<V> {
+    /// Also refuses tokens whose `jti` (read from the verified claims by `f`) is
+    /// revoked. Without it, only revocations by token hash apply.
+    #[must_use]
+    pub fn jti(mut self, f: impl Fn(&V::Claims) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.jti = Some(Arc::new(f));
+        self
+    }
+}
+
+fn decide<C>(
+    denylist: &RedisDenylist,
+    claims: C,
+    revoked: Result<bool, Error>,
+) -> Result<C, Rejection> {
+    match revoked {
+        Ok(false) => Ok(claims),
+        Ok(true) => Err(Rejection::invalid_token("the token was revoked")),
+        Err(error) if denylist.fail_open => {
+            tracing::warn!(%error, "denylist unreachable; accepting the token (fail open)");
+            Ok(claims)
+        }
+        Err(error) => {
+            tracing::error!(%error, "denylist unreachable; refusing the token (fail closed)");
+            Err(Rejection::Unavailable(
+                "the revocation list is unreachable".into(),
+            ))
+        }
+    }
+}
+
+impl<V: Validator> Validator for Denylisted<V> {
+    type Claims = V::Claims;
+
+    fn validate(&self, token: &str) -> ValidationFuture<Self::Claims> {
+        let inner = self.inner.validate(token);
+        // Fast path: the inner answer is at hand and the local answer is fresh.
+        let inner = match inner.now_or_pending() {
+            Ok(Err(rejection)) => return ValidationFuture::ready(Err(rejection)),
+            Ok(Ok(claims)) => {
+                let jti = self.jti.as_ref().and_then(|f| f(&claims));
+                let keys = self.denylist.keys(token, jti.as_deref());
+                if let Some(revoked) = self.denylist.cached(&keys, Instant::now()) {
+                    return ValidationFuture::ready(decide(&self.denylist, claims, Ok(revoked)));
+                }
+                let denylist = self.denylist.clone();
+                return ValidationFuture::pending(async move {
+                    let revoked = denylist.ask(keys).await;
+                    decide(&denylist, claims, revoked)
+                });
+            }
+            Err(pending) => pending,
+        };
+        let denylist = self.denylist.clone();
+        let jti = self.jti.clone();
+        // Only the hash outlives this call: the token is not copied.
+        let token_key = denylist.token_key(token);
+        ValidationFuture::pending(async move {
+            let claims = inner.await?;
+            let jti = jti.as_ref().and_then(|f| f(&claims));
+            let keys = denylist.keys_hashed(token_key, jti.as_deref());
+            let revoked = match denylist.cached(&keys, Instant::now()) {
+                Some(revoked) => Ok(revoked),
+                None => denylist.ask(keys).await,
+            };
+            decide(&denylist, claims, revoked)
+        })
+    }
+}
+
+impl<V: Validator> fmt::Debug for Denylisted<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Denylisted")
+            .field("denylist", &self.denylist)
+            .field("jti", &self.jti.is_some())
+            .finish_non_exhaustive()
+    }
+}
