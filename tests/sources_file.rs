@@ -192,6 +192,18 @@ async fn a_corrupt_file_is_reported_and_kept() {
         })
         .count();
     assert_eq!(kept_files, 2);
+
+    // Saving over a corrupt file keeps it aside too.
+    let dir = TempDir::new("corrupt-save");
+    let path = dir.0.join("profile.json");
+    fs::write(&path, b"not json at all").unwrap();
+    let store = FileStore::at(&path, "alice", "https://idp");
+    store.save(&token("a", "r")).await.unwrap();
+    assert_eq!(
+        fs::read(dir.0.join("profile.json.corrupt")).unwrap(),
+        b"not json at all"
+    );
+    assert!(store.load().await.unwrap().is_some());
 }
 
 #[test]

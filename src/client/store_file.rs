@@ -232,16 +232,20 @@ impl Inner {
             issuer: self.issuer.clone(),
             token: StoredToken::from_token(token),
         };
-        // Never overwrite another user's file.
+        // Never overwrite another user's file, nor a corrupt one (it is kept aside).
         if let Ok(bytes) = fs::read(&self.path) {
-            if let Ok(other) = serde_json::from_slice::<TokenFile>(&bytes) {
-                if other.username != self.username || other.issuer != self.issuer {
+            match serde_json::from_slice::<TokenFile>(&bytes) {
+                Ok(other) if other.username != self.username || other.issuer != self.issuer => {
                     return Err(Error::TokenFile(format!(
                         "{} holds the token of user {:?} at {:?}; refusing to overwrite it",
                         self.describe(),
                         other.username,
                         other.issuer
                     )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _kept = self.corrupt(&e.to_string());
                 }
             }
         }
