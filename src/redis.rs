@@ -193,16 +193,7 @@ impl RedisStore {
     /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
     /// reached now.
     pub async fn connect(url: &str, profile: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| redis_error("connect", e))?;
+        let conn = connect(url).await?;
         Ok(Self::with_connection(conn, "tower-bearer:", profile))
     }
 
@@ -313,6 +304,20 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// A reconnecting connection with 2 s timeouts and a short reconnection backoff.
+async fn connect(url: &str) -> Result<ConnectionManager, Error> {
+    let client = redis::Client::open(url)
+        .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|e| redis_error("connect", e))
 }
 
 fn millis(d: Duration) -> u64 {

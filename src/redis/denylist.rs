@@ -61,8 +61,8 @@ impl RedisDenylist {
     /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
     /// reached now.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let store = super::RedisStore::connect(url, "denylist").await?;
-        Ok(Self::with_connection(store.conn, "tower-bearer:denied:"))
+        let conn = super::connect(url).await?;
+        Ok(Self::with_connection(conn, "tower-bearer:denied:"))
     }
 
     /// A denylist over a connection you configured, with your key prefix.
