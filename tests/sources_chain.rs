@@ -181,6 +181,23 @@ async fn later_refreshes_use_the_refresh_token_not_the_sources() {
 }
 
 #[tokio::test]
+async fn a_refresh_token_passed_in_code_is_exchanged() {
+    let s = common::start().await;
+    s.idp.add_refresh_token("arg-rt");
+    let c = Chain::new()
+        .refresh_with(endpoint(&s))
+        .tokens(None, Some("arg-rt"))
+        .unwrap();
+    let t = c.fetch(None).await.unwrap();
+    assert!(access(&t).starts_with("at-"));
+    assert_eq!(t.refresh_token().unwrap().expose_secret(), "arg-rt");
+    assert_eq!(*s.idp.refresh_seen.lock().unwrap(), ["arg-rt"]);
+    // Nothing passed: the chain has no "arguments" source at all.
+    let c = Chain::new().tokens(None, None).unwrap();
+    assert_eq!(c.names().count(), 0);
+}
+
+#[tokio::test]
 async fn a_dead_refresh_token_falls_back_to_logging_in() {
     let s = common::start().await;
     let (c, asked) = chain(&s, None, &[], MemoryStore::new());

@@ -105,6 +105,16 @@ async fn the_servers_interval_is_honoured() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_passing_outage_slows_polling_down_but_keeps_the_login() {
+    let s = common::start().await;
+    let (d, _) = device(&s);
+    script(&s, &["authorization_pending", "503", "ok"]);
+    let start = tokio::time::Instant::now();
+    d.login().await.unwrap();
+    assert_eq!(gaps(&s, start), [5, 5, 10]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn expired_token_is_a_typed_error() {
     let s = common::start().await;
     let (d, _) = device(&s);

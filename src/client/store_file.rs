@@ -2,7 +2,7 @@
 //! mode 0600.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -325,12 +325,15 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
-/// Makes the rename durable (Unix; elsewhere the rename is what the OS offers).
+/// Makes the rename durable.
+#[cfg(unix)]
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = (dir, File::open);
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be opened for a sync here; the rename is what the OS offers.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 

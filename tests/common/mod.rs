@@ -54,8 +54,8 @@ pub struct Idp {
     /// The form of the last token request.
     pub last_form: Mutex<HashMap<String, String>>,
     next: AtomicU64,
-    /// Device flow: what the next device-code polls answer, in order ("ok" or an
-    /// RFC 8628 error code); once empty, polls succeed.
+    /// Device flow: what the next device-code polls answer, in order ("ok", "503"
+    /// for a plain 503, or an RFC 8628 error code); once empty, polls succeed.
     pub device_script: Mutex<std::collections::VecDeque<&'static str>>,
     /// Device flow: when each device-code poll arrived (tokio clock).
     pub device_polls: Mutex<Vec<Instant>>,
@@ -260,6 +260,9 @@ async fn token(
                     let fresh = format!("rt-{n}");
                     idp.refresh.lock().unwrap().insert(fresh.clone(), ());
                     new_refresh = Some(fresh);
+                }
+                Some("503") => {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "busy, try later").into_response()
                 }
                 Some(code) => return oauth_error(StatusCode::BAD_REQUEST, code),
             }

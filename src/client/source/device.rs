@@ -73,7 +73,9 @@ type Show = Arc<dyn Fn(&DeviceAuthorization) + Send + Sync>;
 /// - `authorization_pending` keeps polling;
 /// - `access_denied` is [`Error::AccessDenied`]; `expired_token`, or the code's own
 ///   `expires_in` running out, is [`Error::DeviceCodeExpired`];
-/// - any other error (endpoint down, `invalid_client`) is returned as is.
+/// - a passing failure (connection refused, timeout, `5xx`, `429`) polls again, 5
+///   seconds slower, until the code expires: the person may be half-way through;
+/// - any other error (`invalid_client`, `invalid_grant`) is returned as is.
 ///
 /// Polling runs in the returned future on the tokio clock: dropping the future (a
 /// timeout, Ctrl-C through `tokio::select!`) stops it. A refresh token in the answer
@@ -164,12 +166,22 @@ impl DeviceCode {
                 ("grant_type", DEVICE_CODE_GRANT),
                 ("device_code", device_code.as_str()),
             ];
-            let res = self.token.post(&form).await?;
-            let err = match parse_token_response(res.status(), res.headers(), res.body()) {
+            let answer = match self.token.post(&form).await {
+                Ok(res) => parse_token_response(res.status(), res.headers(), res.body()),
+                Err(e) => Err(e),
+            };
+            let err = match answer {
                 Ok(token) => return Ok(token),
                 Err(e) => e,
             };
             match err.oauth_code() {
+                // The person may be half-way through approving: a passing outage
+                // (connection refused, timeout, 5xx) must not lose the login. Poll
+                // less often, as RFC 8628 §3.5 asks, until the code expires.
+                _ if err.is_retryable() => {
+                    interval = (interval + SLOW_DOWN).min(MAX_INTERVAL);
+                    tracing::debug!(error = %err, interval_secs = interval.as_secs(), "device flow: poll failed; retrying");
+                }
                 Some("authorization_pending") => {}
                 Some("slow_down") => {
                     interval = (interval + SLOW_DOWN).min(MAX_INTERVAL);
