@@ -1,0 +1,179 @@
+//! Server-side validation costs, group `server_validation`, all in one run so the
+//! ratios are meaningful:
+//!
+//! - per algorithm (HS256, RS256, ES256, EdDSA): a request through
+//!   `RequireBearer<JwtValidator>` vs a raw `jsonwebtoken::decode` of the same token;
+//! - a repeated RS256 token through `VerifiedCache` vs RS256 verification;
+//! - `Authorization` header parsing alone.
+//!
+//! `cargo bench --bench server --features jwt`
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use futures_util::FutureExt;
+use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, Request, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::json;
+use tower::{Service, ServiceExt};
+use tower_bearer::server::{
+    header::bearer_token, Claims, JwtValidator, RequireBearerLayer, Validator, VerifiedCache,
+};
+use tower_layer::Layer;
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+struct Case {
+    name: &'static str,
+    token: String,
+    validator: JwtValidator<Claims>,
+    raw_key: DecodingKey,
+    raw_validation: Validation,
+}
+
+fn cases() -> Vec<Case> {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims =
+        json!({ "sub": "bench", "iss": "https://idp.example.com", "exp": exp, "scope": "read" });
+    let secret = b"a-benchmark-secret-of-32-bytes!!";
+    let mint =
+        |alg, key: &EncodingKey| jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap();
+    let raw_validation = |alg| {
+        // The same checks JwtValidator makes by default.
+        let mut v = Validation::new(alg);
+        v.validate_aud = false;
+        v.validate_nbf = true;
+        v
+    };
+    vec![
+        Case {
+            name: "HS256",
+            token: mint(Algorithm::HS256, &EncodingKey::from_secret(secret)),
+            validator: JwtValidator::hmac(secret),
+            raw_key: DecodingKey::from_secret(secret),
+            raw_validation: raw_validation(Algorithm::HS256),
+        },
+        Case {
+            name: "RS256",
+            token: mint(
+                Algorithm::RS256,
+                &EncodingKey::from_rsa_pem(&key("rsa.key")).unwrap(),
+            ),
+            validator: JwtValidator::rsa_pem(&key("rsa.pub.pem")).unwrap(),
+            raw_key: DecodingKey::from_rsa_pem(&key("rsa.pub.pem")).unwrap(),
+            raw_validation: raw_validation(Algorithm::RS256),
+        },
+        Case {
+            name: "ES256",
+            token: mint(
+                Algorithm::ES256,
+                &EncodingKey::from_ec_pem(&key("ec256.key")).unwrap(),
+            ),
+            validator: JwtValidator::ec_pem(&key("ec256.pub.pem")).unwrap(),
+            raw_key: DecodingKey::from_ec_pem(&key("ec256.pub.pem")).unwrap(),
+            raw_validation: raw_validation(Algorithm::ES256),
+        },
+        Case {
+            name: "EdDSA",
+            token: mint(
+                Algorithm::EdDSA,
+                &EncodingKey::from_ed_pem(&key("ed25519.key")).unwrap(),
+            ),
+            validator: JwtValidator::ed_pem(&key("ed25519.pub.pem")).unwrap(),
+            raw_key: DecodingKey::from_ed_pem(&key("ed25519.pub.pem")).unwrap(),
+            raw_validation: raw_validation(Algorithm::EdDSA),
+        },
+    ]
+}
+
+fn request(token: &str) -> Request<()> {
+    Request::get("/")
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .body(())
+        .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("server_validation");
+    let mut rs256 = None;
+    for case in cases() {
+        // Sanity: both paths accept the token.
+        jsonwebtoken::decode::<Claims>(&case.token, &case.raw_key, &case.raw_validation).unwrap();
+        let inner =
+            tower::service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+        let mut service = RequireBearerLayer::new(case.validator.clone()).layer(inner);
+        let ok = service
+            .ready()
+            .now_or_never()
+            .unwrap()
+            .unwrap()
+            .call(request(&case.token));
+        assert_eq!(ok.now_or_never().unwrap().unwrap().status(), 200);
+
+        group.bench_function(format!("raw_decode/{}", case.name), |b| {
+            b.iter(|| {
+                jsonwebtoken::decode::<Claims>(
+                    std::hint::black_box(&case.token),
+                    &case.raw_key,
+                    &case.raw_validation,
+                )
+                .unwrap()
+            })
+        });
+        group.bench_function(format!("layer/{}", case.name), |b| {
+            b.iter_batched(
+                || request(&case.token),
+                |req| service.call(req).now_or_never().unwrap().unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        if case.name == "RS256" {
+            rs256 = Some(case);
+        }
+    }
+
+    let rs256 = rs256.unwrap();
+    let cached = VerifiedCache::new(rs256.validator.clone());
+    group.bench_function("jwt_verify/RS256", |b| {
+        b.iter(|| {
+            rs256
+                .validator
+                .check(std::hint::black_box(&rs256.token))
+                .unwrap()
+        })
+    });
+    group.bench_function("verified_cache_hit/RS256", |b| {
+        b.iter(|| {
+            cached
+                .validate(std::hint::black_box(&rs256.token))
+                .now_or_pending()
+                .ok()
+                .unwrap()
+                .unwrap()
+        })
+    });
+
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::try_from(format!("Bearer {}", rs256.token)).unwrap(),
+    );
+    group.bench_function("header_parse", |b| {
+        b.iter(|| {
+            bearer_token(std::hint::black_box(&headers), 8 * 1024)
+                .unwrap()
+                .len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
