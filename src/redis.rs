@@ -443,13 +443,12 @@ impl<S: TokenSource> FleetSource<S> {
 
     async fn fetch_shared(&self, previous: Option<&Token>) -> Result<Token, Error> {
         if let Some((version, token)) = self.take_unsaved() {
-            match self.store.write_fenced(version, &token).await {
-                Ok(Some(_)) => {
+            match self.share(version, &token).await {
+                Ok(None) => {
                     tracing::info!(key = %self.store.token_key, "saved the token whose write had failed");
                     return Ok(token);
                 }
-                // Someone wrote after us: what Redis holds is newer; go on below.
-                Ok(None) => {}
+                Ok(Some(theirs)) => return Ok(theirs),
                 Err(error) => {
                     self.keep_unsaved(version, token);
                     return Err(error);
@@ -536,6 +535,32 @@ impl<S: TokenSource> FleetSource<S> {
         }
     }
 
+    /// Writes `token`, refreshed from `version`; `Some` is the token to use instead.
+    ///
+    /// When another write came first, the valid token in Redis is the fleet's. When
+    /// Redis holds none (it lost its data: a restart without persistence) or only an
+    /// expired one, ours is the newest and is written over it.
+    async fn share(&self, version: u64, token: &Token) -> Result<Option<Token>, Error> {
+        let mut expected = version;
+        for _ in 0..3 {
+            if let Some(written) = self.store.write_fenced(expected, token).await? {
+                tracing::debug!(version = written, "shared the refreshed token");
+                return Ok(None);
+            }
+            let now = self.store.read().await?;
+            match now.token {
+                Some(theirs) if !theirs.is_expired() => {
+                    tracing::warn!("another replica wrote a token during our refresh; using it");
+                    return Ok(Some(theirs));
+                }
+                _ => expected = now.version,
+            }
+        }
+        Err(Error::Store(
+            "the token in Redis kept changing while we wrote ours".into(),
+        ))
+    }
+
     /// Writes a token just obtained, fenced by the version it was refreshed from.
     async fn save_fetched(&self, version: u64, token: Token) -> Result<Token, Error> {
         // A rotated refresh token exists only here until it is in Redis: retry a few
@@ -545,19 +570,9 @@ impl<S: TokenSource> FleetSource<S> {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50) * (1 << attempt)).await;
             }
-            match self.store.write_fenced(version, &token).await {
-                Ok(Some(new_version)) => {
-                    tracing::debug!(version = new_version, "shared the refreshed token");
-                    return Ok(token);
-                }
-                Ok(None) => {
-                    tracing::warn!("another replica wrote a token during our refresh; using it");
-                    let now = self.store.read().await?;
-                    return match now.token.filter(|t| !t.is_expired()) {
-                        Some(theirs) => Ok(theirs),
-                        None => Ok(token),
-                    };
-                }
+            match self.share(version, &token).await {
+                Ok(None) => return Ok(token),
+                Ok(Some(theirs)) => return Ok(theirs),
                 Err(error) => last = Some(error),
             }
         }

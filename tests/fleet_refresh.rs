@@ -544,3 +544,93 @@ async fn fleet_of_separate_processes_makes_one_token_request_per_expiry() {
     assert_eq!(s.idp.tokens(), seen.len());
     assert_eq!(s.idp.api_unauthorized.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() {
+    if redis_url().await.is_none() {
+        return;
+    }
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    let port = free_port();
+    let mut redis = OwnRedis::start(port);
+    redis.ready().await;
+    let url = redis.url();
+    let profile = profile("lost-write");
+    // Redis holds an expired token (version 1) whose refresh token is the live one.
+    let seed = Token::bearer("at-seed")
+        .unwrap()
+        .with_expires_in(Duration::ZERO)
+        .with_refresh_token("rt-0");
+    let store = RedisStore::connect(&url, &profile).await.unwrap();
+    store.save(&seed).await.unwrap();
+    assert_eq!(store.version().await.unwrap(), 1);
+
+    // The token endpoint is reached only when the test opens the gate.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    // Its own refresh token is not valid: the one from Redis must be used.
+    let grant = Arc::new(endpoint(&s).refresh_token("rt-not-valid"));
+    let gated = {
+        let gate = gate.clone();
+        source::from_fn(move |previous: Option<Token>| {
+            let (gate, grant) = (gate.clone(), grant.clone());
+            async move {
+                let _permit = gate.acquire().await.unwrap();
+                grant.fetch(previous.as_ref()).await
+            }
+        })
+    };
+    let holder = Arc::new(
+        RedisStore::connect(&url, &profile)
+            .await
+            .unwrap()
+            .fleet(gated),
+    );
+    let lock_key = holder.store().lock_key().to_owned();
+    let task = {
+        let holder = holder.clone();
+        tokio::spawn(async move { holder.fetch(None).await })
+    };
+    until(Duration::from_secs(5), "the holder took the lock", || {
+        lock_held(&url, &lock_key)
+    })
+    .await;
+    // Redis dies while the token endpoint rotates the refresh token.
+    redis.kill();
+    gate.add_permits(1);
+    let first = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(first, Err(Error::Store(_))),
+        "not served before it is in Redis: {first:?}"
+    );
+    assert_eq!(s.idp.tokens(), 1, "rt-0 was used, and is dead now");
+
+    // Redis returns empty (version 0, not the 1 the token was refreshed from): the
+    // kept token is written first, not refreshed again.
+    let _redis = OwnRedis::start(port);
+    _redis.ready().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let token = loop {
+        match holder.fetch(None).await {
+            Ok(t) => break t,
+            Err(Error::Store(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the token was lost: {e}"),
+        }
+    };
+    assert_eq!(s.idp.tokens(), 1, "no second token request");
+    let other = fleet_source(&url, &profile, &s).await;
+    let adopted = other.fetch(None).await.unwrap();
+    assert_eq!(
+        adopted.refresh_token().unwrap().expose_secret(),
+        token.refresh_token().unwrap().expose_secret(),
+        "the rotated refresh token is in Redis for the fleet"
+    );
+    assert_eq!(s.idp.tokens(), 1);
+    assert!(valid_at_api(&s.idp, adopted.access_token().expose_secret()));
+}
