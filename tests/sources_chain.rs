@@ -443,3 +443,42 @@ async fn an_api_key_comes_from_arguments_then_the_environment() {
     assert!(matches!(err, Error::Configuration(_)), "{err:?}");
     assert!(!err.to_string().contains("secret"), "{err}");
 }
+
+/// A rotated refresh token lands in the token file: the next run uses the new one.
+#[tokio::test]
+async fn a_rotated_refresh_token_is_saved_to_the_token_file() {
+    let s = common::start().await;
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.add_refresh_token("rt-first");
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-rotate-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    ));
+    let store = FileStore::at(dir.join("alice.json"), "alice", s.token_url());
+    let expired = Token::bearer("old")
+        .unwrap()
+        .with_expires_at(tokio::time::Instant::now())
+        .with_refresh_token("rt-first");
+    store.save(&expired).await.unwrap();
+
+    let (login, asked) = prompt(&s, "wrong");
+    let chain = Chain::new()
+        .refresh_with(endpoint(&s))
+        .store(store.clone())
+        .login("password prompt", login);
+    let authorizer = Refreshing::builder(chain).store(store.clone()).build();
+    let cred = authorizer.credential().await.unwrap().unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
+    assert_eq!(*s.idp.refresh_seen.lock().unwrap(), ["rt-first"]);
+
+    let saved = store.load().await.unwrap().unwrap();
+    let new_rt = saved.refresh_token().unwrap().expose_secret().to_owned();
+    assert_ne!(new_rt, "rt-first", "the rotated refresh token was saved");
+    assert!(s.idp.refresh.lock().unwrap().contains_key(&new_rt));
+    assert_eq!(
+        format!("Bearer {}", access(&saved)),
+        cred.value.to_str().unwrap()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
