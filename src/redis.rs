@@ -140,8 +140,15 @@ fn encode(token: &Token) -> Result<Encoded, Error> {
 }
 
 fn decode(json: &str) -> Result<Token, Error> {
-    let entry: Entry = serde_json::from_str(json)
-        .map_err(|e| Error::Store(format!("the token in Redis is not valid JSON: {e}")))?;
+    // The position only: serde's message can quote a piece of the (secret) value.
+    let entry: Entry = serde_json::from_str(json).map_err(|e| {
+        Error::Store(format!(
+            "the token in Redis is not a token (JSON {:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     let mut token = entry.token.to_token()?;
     if let Some(at) = entry.expires_at_ms {
         token = token.with_expires_in(Duration::from_millis(at.saturating_sub(unix_ms())));
@@ -645,7 +652,16 @@ mod tests {
     }
 
     #[test]
-    fn bad_json_is_a_store_error() {
+    fn bad_json_is_a_store_error_that_quotes_nothing() {
         assert!(matches!(decode("{nope"), Err(Error::Store(_))));
+        for wrong in [
+            r#"{"access_token": 1, "token_type": "s3cret-value"}"#,
+            r#"{"access_token": "x", "token_type": "Bearer", "expires_at_ms": "s3cret"}"#,
+        ] {
+            let Err(error) = decode(wrong) else {
+                panic!("decoded {wrong}")
+            };
+            assert!(!error.to_string().contains("s3cret"), "{error}");
+        }
     }
 }

@@ -99,30 +99,36 @@ async fn fleet_revoked_jti_is_refused_by_four_replicas_within_a_second() {
         .await
         .unwrap();
     let revoked = Instant::now();
+    // Until every replica refused it: a request that starts 1 s (the staleness) after
+    // the revocation is refused, however slow the machine is.
     let mut refused = [false; 4];
+    let mut last_accepted = Duration::ZERO;
     while !refused.iter().all(|r| *r) {
         assert!(
-            revoked.elapsed() < Duration::from_secs(3),
+            revoked.elapsed() < Duration::from_secs(5),
             "not refused everywhere: {refused:?}"
         );
         for (i, &addr) in replicas.iter().enumerate() {
-            if !refused[i] {
-                let (code, challenge) = status(addr, "tok-1").await;
-                if code == 401 {
-                    assert!(challenge.contains("invalid_token"), "{challenge}");
-                    refused[i] = true;
-                } else {
-                    assert_eq!(code, 200);
-                }
+            let started = revoked.elapsed();
+            let (code, challenge) = status(addr, "tok-1").await;
+            if code == 401 {
+                assert!(challenge.contains("invalid_token"), "{challenge}");
+                refused[i] = true;
+            } else {
+                assert_eq!(code, 200);
+                assert!(!refused[i], "replica {i} accepted a token it had refused");
+                last_accepted = last_accepted.max(started);
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let took = revoked.elapsed();
-    // The staleness bound, plus one polling round and its requests.
     assert!(
-        took <= Duration::from_millis(1_100),
-        "every replica refused the token within 1 s (took {took:?})"
+        last_accepted < Duration::from_secs(1),
+        "a replica accepted the revoked token {last_accepted:?} after the revocation"
+    );
+    eprintln!(
+        "denylist: last accepted {last_accepted:?}, all refused after {:?}",
+        revoked.elapsed()
     );
     for &addr in &replicas {
         assert_eq!(
