@@ -20,12 +20,15 @@ use tower_bearer::server::{Claims, ClientAuth, Introspection, RequireBearerLayer
 
 const REALM: &str = "introspect-test";
 
+/// The credentials of a call: from Basic, and from the form.
+type SeenAuth = (Option<String>, Option<(String, String)>);
+
 #[derive(Default)]
 struct Endpoint {
     calls: AtomicUsize,
     down: AtomicBool,
     /// The credentials of the last call: (from Basic, from the form).
-    last_auth: Mutex<(Option<String>, Option<(String, String)>)>,
+    last_auth: Mutex<SeenAuth>,
     /// Tokens whose `exp` is this many seconds from now (default 600).
     exp_in: Mutex<i64>,
     gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
