@@ -634,3 +634,44 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
     assert_eq!(s.idp.tokens(), 1);
     assert!(valid_at_api(&s.idp, adopted.access_token().expose_secret()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_store_saves_loads_and_never_replaces_a_longer_lived_token() {
+    let Some(url) = redis_url().await else { return };
+    let store = RedisStore::connect(&url, &profile("store")).await.unwrap();
+    assert!(store.load().await.unwrap().is_none());
+    assert_eq!(store.version().await.unwrap(), 0);
+    let newer = Token::bearer("at-new")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(600))
+        .with_refresh_token("rt-new");
+    let older = Token::bearer("at-old")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(60))
+        .with_refresh_token("rt-old");
+    store.save(&newer).await.unwrap();
+    store.save(&newer).await.unwrap();
+    assert_eq!(
+        store.version().await.unwrap(),
+        1,
+        "the same token is written once"
+    );
+    store.save(&older).await.unwrap();
+    let loaded = store.load().await.unwrap().unwrap();
+    assert_eq!(loaded.access_token().expose_secret(), "at-new");
+    assert_eq!(loaded.refresh_token().unwrap().expose_secret(), "rt-new");
+    let left = loaded.expires_in().unwrap();
+    assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
+    let debug = format!(
+        "{store:?} {:?}",
+        store.fleet(source::from_fn(|_: Option<Token>| async {
+            Token::bearer("x")
+        }))
+    );
+    assert!(
+        !debug.contains("at-new") && !debug.contains("rt-new"),
+        "{debug}"
+    );
+    store.clear().await.unwrap();
+    assert!(store.load().await.unwrap().is_none());
+}
