@@ -27,6 +27,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Server quick start
+//!
+//! ```
+//! # #[cfg(all(feature = "jwt", feature = "axum"))]
+//! # mod example {
+//! use axum::{routing::get, Router};
+//! use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, Verified};
+//!
+//! async fn whoami(Verified(claims): Verified<Claims>) -> String {
+//!     claims.sub.unwrap_or_default()
+//! }
+//!
+//! pub fn app() -> Router {
+//!     let validator = JwtValidator::<Claims>::hmac(b"a-secret-of-at-least-32-bytes!!!")
+//!         .issuer("https://idp.example.com/")
+//!         .audience("my-api");
+//!     Router::new()
+//!         .route("/whoami", get(whoami))
+//!         .layer(RequireBearerLayer::new(validator).realm("my-api"))
+//! }
+//! # }
+//! ```
+//!
+//! Keys from the identity provider: `JwksValidator::discover(issuer)` (feature
+//! `jwks`); opaque tokens: `Introspection` (feature `introspection`); a repeated
+//! token for the price of a hash: [`server::VerifiedCache`].
+//!
 //! # Feature flags
 //!
 //! - `rustls` (default): https to token endpoints (hyper-rustls, ring, the platform's roots).

@@ -1,10 +1,13 @@
 //! The incoming side: validate `Authorization: Bearer` and answer as RFC 6750 says.
 //!
 //! [`RequireBearerLayer`] takes any [`Validator`]: [`StaticTokens`], a closure
-//! ([`validator::from_fn`]), `JwtValidator` (feature `jwt`) or
-//! `JwksValidator` (feature `jwks`). Good tokens reach the service with their claims
-//! in the request extensions as [`Verified`]; every other request is answered
-//! without reaching it.
+//! ([`validator::from_fn`], [`from_async_fn`]), `JwtValidator` (feature `jwt`),
+//! `JwksValidator` (feature `jwks`: keys from a JWKS URL or OIDC discovery, with
+//! rotation) or `Introspection` (feature `introspection`, RFC 7662). Wrap any of
+//! them in [`VerifiedCache`] so that a repeated token costs a hash lookup. Good
+//! tokens reach the service with their claims in the request extensions as
+//! [`Verified`] (readable from `tonic::Request::extensions()` too); every other
+//! request is answered without reaching it.
 //!
 //! # Quick start (axum)
 //!
