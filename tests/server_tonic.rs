@@ -190,3 +190,53 @@ async fn a_malformed_header_is_unauthenticated_not_a_transport_error() {
     let status = hello(addr, Some("a b")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 }
+
+/// The client side over a tonic `Channel`: `AuthorizeLayer` with a refreshing
+/// authorizer puts the token in the call's metadata, and an `UNAUTHENTICATED` answer
+/// drops that token so the next call carries a fresh one.
+#[tokio::test]
+async fn a_tonic_client_with_authorize_layer_recovers_from_unauthenticated() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower::Layer;
+    use tower_bearer::client::{source, AuthorizeLayer, Refreshing};
+    use tower_bearer::Token;
+
+    let addr = start().await;
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let f = fetched.clone();
+    // The first token is refused by the server; the second is good.
+    let cache = Refreshing::new(source::from_fn(move |_| {
+        let n = f.fetch_add(1, Ordering::SeqCst);
+        async move { Token::bearer(if n == 0 { "mallory" } else { "alice" }) }
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = tonic::client::Grpc::new(AuthorizeLayer::new(cache.clone()).layer(channel));
+    let call = || {
+        let mut client = client.clone();
+        async move {
+            client.ready().await.unwrap();
+            let request = tonic::Request::new(HelloRequest {
+                name: "grpc".into(),
+            });
+            let codec = ProstCodec::<HelloRequest, HelloReply>::default();
+            client
+                .unary(request, PathAndQuery::from_static(PATH), codec)
+                .await
+                .map(|r| r.into_inner().message)
+        }
+    };
+    let first = call().await.unwrap_err();
+    assert_eq!(first.code(), Code::Unauthenticated);
+    assert_eq!(call().await.unwrap(), "hello grpc, you are alice");
+    assert_eq!(call().await.unwrap(), "hello grpc, you are alice");
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        2,
+        "one invalidation, one refresh"
+    );
+}
