@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,26 +13,13 @@ use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::client::{AuthorizeLayer, Authorizer, MemoryStore, Refreshing, TokenEndpoint};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 const CLIENT_SECRET: &str = "cs-Zq81x";
 const PASSWORD: &str = "wonderland";
 
 // One thread: the subscriber is set for this thread, and the refresh tasks run here too.
 #[tokio::test]
 async fn no_secret_reaches_logs_debug_or_errors() {
-    let captured = Captured::default();
+    let captured = common::LogCapture::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -104,7 +90,7 @@ async fn no_secret_reaches_logs_debug_or_errors() {
         format!("id:{CLIENT_SECRET}"),
     ));
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("token refreshed"),
         "refreshes were traced:\n{logs}"

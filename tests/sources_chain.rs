@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -312,27 +311,8 @@ async fn log_in_once_then_reuse_the_token_file() {
 // --- environment variables and deprecated aliases ---
 
 /// Captures what tracing prints while `f` runs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 fn capture<T>(level: tracing::Level, f: impl FnOnce() -> T) -> (T, String) {
-    let out = Captured::default();
+    let out = common::LogCapture::default();
     let writer = out.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(level)
