@@ -1,7 +1,10 @@
 //! The heap one `Refreshing` authorizer holds, measured with a counting allocator.
+//!
+//! The counts are per thread: the tests of this binary run in parallel, and each
+//! measures only what its own thread allocates.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::cell::Cell;
 use std::time::Duration;
 
 use tower_bearer::client::{Authorizer, Refreshing};
@@ -9,17 +12,34 @@ use tower_bearer::Token;
 
 struct Counting;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCATIONS: AtomicIsize = AtomicIsize::new(0);
+thread_local! {
+    /// Bytes allocated and not freed by this thread.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    /// Allocations made by this thread.
+    static ALLOCATIONS: Cell<isize> = const { Cell::new(0) };
+}
+
+fn add(counter: &'static std::thread::LocalKey<Cell<isize>>, n: isize) {
+    // try_with: the thread may be tearing its locals down.
+    let _ = counter.try_with(|c| c.set(c.get() + n));
+}
+
+fn live() -> isize {
+    LIVE.with(Cell::get)
+}
+
+fn allocations() -> isize {
+    ALLOCATIONS.with(Cell::get)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst);
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        add(&LIVE, layout.size() as isize);
+        add(&ALLOCATIONS, 1);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
+        add(&LIVE, -(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -36,7 +56,7 @@ fn one_refreshing_authorizer_holds_under_a_kilobyte_beyond_its_token() {
     let _guard = rt.enter();
     let access = "x".repeat(900); // a typical JWT size
     let measure = |with_token: bool| {
-        let before = LIVE.load(Ordering::SeqCst);
+        let before = live();
         let mut builder = Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
             Token::bearer("unused")
         }));
@@ -52,7 +72,7 @@ fn one_refreshing_authorizer_holds_under_a_kilobyte_beyond_its_token() {
             // Served from the cache: nothing more is allocated to stay.
             let _ = cache.credential().now_or_pending();
         }
-        let held = LIVE.load(Ordering::SeqCst) - before;
+        let held = live() - before;
         (cache, held)
     };
     // arc-swap sets up a thread-local debt list on the first load of the thread: a
@@ -93,7 +113,7 @@ fn the_fast_path_allocates_nothing() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocations();
     for _ in 0..1_000 {
         let credential = cache
             .credential()
@@ -103,7 +123,7 @@ fn the_fast_path_allocates_nothing() {
             .unwrap();
         assert_eq!(credential.value, first.value);
     }
-    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    let allocations = allocations() - before;
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in 1,000 fast-path calls"
