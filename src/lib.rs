@@ -58,7 +58,7 @@
 //!
 //! - `rustls` (default): https to token endpoints (hyper-rustls, ring, the platform's roots).
 //! - `jwt` (default): JWT validation with jsonwebtoken.
-//! - `jwks`: JWKS and OIDC discovery with key rotation (implies `jwt`).
+//! - `jwks` (default): JWKS and OIDC discovery with key rotation (implies `jwt`; no extra dependencies).
 //! - `introspection`: RFC 7662 token introspection.
 //! - `axum`: extractors for the verified claims.
 //! - `reqwest`: a reqwest-middleware middleware.
