@@ -1,5 +1,5 @@
-//! JwtValidator behind RequireBearerLayer in a real axum server: every algorithm,
-//! and the hostile tokens it must refuse, each with its RFC 6750 answer.
+//! JwtValidator behind RequireBearerLayer in a real axum server: every algorithm
+//! and per-route scopes. The hostile tokens are in tests/hostile_jwt.rs.
 #![cfg(feature = "jwt")]
 
 mod common;
@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::routing::get;
 use axum::Router;
-use base64::Engine as _;
 use common::send_raw;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -100,153 +99,6 @@ async fn every_algorithm_validates_and_puts_the_claims_in_the_request() {
             "{alg:?}"
         );
     }
-}
-
-fn b64(v: &serde_json::Value) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-}
-
-fn invalid(description: &str) -> String {
-    format!(r#"Bearer realm="test", error="invalid_token", error_description="{description}""#)
-}
-
-#[tokio::test]
-async fn hostile_tokens_are_refused_with_the_right_answer() {
-    let rsa = app(validator(Algorithm::RS256)).await;
-    let hmac = app(validator(Algorithm::HS256)).await;
-    let good = mint(Algorithm::RS256, &claims());
-    let parts: Vec<&str> = good.split('.').collect();
-
-    // alg none, with and without a signature.
-    let none = format!(
-        "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
-        parts[1]
-    );
-    // Algorithm confusion: HS256 signed with the RSA public key PEM as the secret.
-    let confused = encode(
-        &Header::new(Algorithm::HS256),
-        &claims(),
-        &EncodingKey::from_secret(include_bytes!("keys/rsa.pub.pem")),
-    )
-    .unwrap();
-    // The payload changed after signing.
-    let mut tampered_claims = claims();
-    tampered_claims["sub"] = json!("mallory");
-    let tampered = format!("{}.{}.{}", parts[0], b64(&tampered_claims), parts[2]);
-    let with = |f: &dyn Fn(&mut serde_json::Value)| {
-        let mut c = claims();
-        f(&mut c);
-        mint(Algorithm::RS256, &c)
-    };
-
-    type Case<'a> = (&'a str, String, u16, String);
-    let cases: Vec<Case> = vec![
-        (
-            "alg none",
-            none.clone(),
-            401,
-            invalid("the token is malformed"),
-        ),
-        (
-            "alg none, no dot",
-            none.trim_end_matches('.').to_owned(),
-            401,
-            invalid("the token is malformed"),
-        ),
-        (
-            "HS256 with the RSA public key",
-            confused,
-            401,
-            invalid("the token algorithm is not allowed"),
-        ),
-        (
-            "expired beyond the leeway",
-            with(&|c| c["exp"] = json!(now() - 120)),
-            401,
-            invalid("the token has expired"),
-        ),
-        (
-            "nbf in the future",
-            with(&|c| c["nbf"] = json!(now() + 3600)),
-            401,
-            invalid("the token is not valid yet"),
-        ),
-        (
-            "wrong iss",
-            with(&|c| c["iss"] = json!("https://evil.test/")),
-            401,
-            invalid("the token has the wrong issuer"),
-        ),
-        (
-            "wrong aud",
-            with(&|c| c["aud"] = json!("other-api")),
-            401,
-            invalid("the token is not for this audience"),
-        ),
-        (
-            "aud array without ours",
-            with(&|c| c["aud"] = json!(["a", "b"])),
-            401,
-            invalid("the token is not for this audience"),
-        ),
-        (
-            "missing exp",
-            with(&|c| {
-                c.as_object_mut().unwrap().remove("exp");
-            }),
-            401,
-            invalid("the token lacks the exp claim"),
-        ),
-        (
-            "tampered payload",
-            tampered,
-            401,
-            invalid("the token signature is invalid"),
-        ),
-        (
-            "truncated",
-            good[..good.len() - 10].to_owned(),
-            401,
-            invalid("the token signature is invalid"),
-        ),
-        (
-            "signature stripped",
-            format!("{}.{}.", parts[0], parts[1]),
-            401,
-            invalid("the token signature is invalid"),
-        ),
-        (
-            "two parts",
-            format!("{}.{}", parts[0], parts[1]),
-            401,
-            invalid("the token is malformed"),
-        ),
-        (
-            "garbage",
-            "not-a-jwt".to_owned(),
-            401,
-            invalid("the token is malformed"),
-        ),
-    ];
-    for (name, token, status, challenge) in cases {
-        let answer = get_with(rsa, "/me", &token).await;
-        assert_eq!(answer.status, status, "{name}");
-        assert_eq!(answer.challenge(), challenge, "{name}");
-        assert!(
-            !answer.challenge().contains(&token[..20.min(token.len())]),
-            "{name}: token echoed"
-        );
-    }
-    // The HMAC app refuses an RS256 token (wrong key type) the same way.
-    let answer = get_with(hmac, "/me", &good).await;
-    assert_eq!(
-        answer.challenge(),
-        invalid("the token algorithm is not allowed")
-    );
-    // A 100 KB token is refused before any decoding.
-    let huge = format!("{}.{}.{}", parts[0], "A".repeat(100 * 1024), parts[2]);
-    assert_eq!(get_with(rsa, "/me", &huge).await.status, 400);
 }
 
 #[tokio::test]

@@ -497,13 +497,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksVali
         }
         // Only `alg` and `kid` are read from the header: `jku`, `x5u` and `jwk` would
         // let the token choose its own key.
-        let kid = match jsonwebtoken::decode_header(token) {
-            Ok(header) => header.kid,
-            Err(_) => {
-                return ValidationFuture::ready(Err(Rejection::invalid_token(
-                    "the token is malformed",
-                )))
-            }
+        let kid = match super::jwt::header_kid(token) {
+            Ok(kid) => kid,
+            Err(rejection) => return ValidationFuture::ready(Err(rejection)),
         };
         let shared = &self.shared;
         if let Some(keys) = &*shared.keys.load() {

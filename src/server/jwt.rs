@@ -1,19 +1,33 @@
 //! [`JwtValidator`]: JWTs signed with a known key (HS, RS, PS, ES, EdDSA), with an
 //! algorithm allow-list bound to the key's type.
+//!
+//! The token is taken apart here rather than by `jsonwebtoken::decode`, so every
+//! rule is ours and each part is decoded once: the header is read for `alg` and
+//! `crit` only (never `jku`, `x5u`, `jwk` or `x5c`), the signature is checked by
+//! `jsonwebtoken::crypto::verify`, and the payload is decoded once, then read for
+//! the registered claims and for the caller's claims type.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
-use serde::de::DeserializeOwned;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde::de::{self, DeserializeOwned, IgnoredAny, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::validator::{Claims, ValidationFuture, Validator};
 use super::Rejection;
 
-/// The largest leeway accepted for `exp` and `nbf`.
+/// The largest leeway accepted for `exp`, `nbf` and `iat`.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// The latest NumericDate accepted: 9999-12-31T23:59:59Z. A later date is not a
+/// date any issuer means; it is refused as malformed.
+const LATEST_DATE: u64 = 253_402_300_799;
 
 /// A key that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +36,15 @@ pub struct KeyError(String);
 
 /// Validates JWTs signed with one key.
 ///
-/// Secure by default: the allowed algorithms are those of the key's type (so
-/// `alg: none` and an HMAC token signed with a public key are always refused), `exp`
-/// is required, `exp` and `nbf` are checked with a 60 s leeway (at most 5 minutes),
-/// and the `jku`, `x5u` and `jwk` headers are never followed.
+/// Secure by default:
+/// - the allowed algorithms are those of the key's type, so `alg: none` and an HMAC
+///   token signed with a public key are always refused;
+/// - a `crit` header is refused (no extension is understood, RFC 7515 §4.1.11), and
+///   the `jku`, `x5u`, `jwk` and `x5c` headers are never read, let alone followed;
+/// - `exp` is required; `exp`, `nbf` and `iat` are checked with a 60 s leeway (at
+///   most 5 minutes): a token issued in the future is refused; dates may be
+///   integers or decimals (RFC 7519 NumericDate), anything else is malformed;
+/// - `iss` and `aud` are checked when configured, and then required.
 ///
 /// ```
 /// use tower_bearer::server::{Claims, JwtValidator};
@@ -38,9 +57,24 @@ pub struct KeyError(String);
 pub struct JwtValidator<C = Claims> {
     key: DecodingKey,
     family: AlgorithmFamily,
-    validation: Validation,
+    algorithms: Vec<Algorithm>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: u64,
+    required: Required,
     required_scopes: Vec<String>,
     _claims: PhantomData<fn() -> C>,
+}
+
+/// Which claims must be present.
+#[derive(Clone, Debug, Default)]
+struct Required {
+    exp: bool,
+    nbf: bool,
+    iat: bool,
+    sub: bool,
+    /// Any other claim names: checked by reading the payload as a map.
+    others: Vec<String>,
 }
 
 impl<C> Clone for JwtValidator<C> {
@@ -48,7 +82,11 @@ impl<C> Clone for JwtValidator<C> {
         JwtValidator {
             key: self.key.clone(),
             family: self.family,
-            validation: self.validation.clone(),
+            algorithms: self.algorithms.clone(),
+            issuers: self.issuers.clone(),
+            audiences: self.audiences.clone(),
+            leeway: self.leeway,
+            required: self.required.clone(),
             required_scopes: self.required_scopes.clone(),
             _claims: PhantomData,
         }
@@ -58,10 +96,11 @@ impl<C> Clone for JwtValidator<C> {
 impl<C> fmt::Debug for JwtValidator<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtValidator")
-            .field("algorithms", &self.validation.algorithms)
-            .field("iss", &self.validation.iss)
-            .field("aud", &self.validation.aud)
-            .field("leeway_s", &self.validation.leeway)
+            .field("algorithms", &self.algorithms)
+            .field("iss", &self.issuers)
+            .field("aud", &self.audiences)
+            .field("leeway_s", &self.leeway)
+            .field("required", &self.required)
             .field("required_scopes", &self.required_scopes)
             .finish_non_exhaustive()
     }
@@ -75,14 +114,17 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// Validates with `key`, allowing every algorithm of its type.
     pub fn new(key: DecodingKey) -> Self {
         let family = key.family();
-        let mut validation = Validation::new_for_family(family);
-        validation.validate_aud = false;
-        // A token that is not valid yet is not valid: nbf is checked whenever present.
-        validation.validate_nbf = true;
         JwtValidator {
             key,
             family,
-            validation,
+            algorithms: family.algorithms().to_vec(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: 60,
+            required: Required {
+                exp: true,
+                ..Required::default()
+            },
             required_scopes: Vec::new(),
             _claims: PhantomData,
         }
@@ -169,14 +211,18 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
                 self.family
             )));
         }
-        self.validation.algorithms = algorithms.to_vec();
+        self.algorithms = algorithms.to_vec();
         Ok(self)
     }
 
     /// Requires `iss` to be `issuer`.
-    pub fn issuer(mut self, issuer: impl ToString) -> Self {
-        self.validation.set_issuer(&[issuer]);
-        self.validation.required_spec_claims.insert("iss".into());
+    pub fn issuer(self, issuer: impl ToString) -> Self {
+        self.issuers([issuer])
+    }
+
+    /// Requires `iss` to be one of `issuers`.
+    pub fn issuers<T: ToString>(mut self, issuers: impl IntoIterator<Item = T>) -> Self {
+        self.issuers = issuers.into_iter().map(|i| i.to_string()).collect();
         self
     }
 
@@ -187,34 +233,38 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
 
     /// Requires `aud` to be (or contain) one of `audiences`.
     pub fn audiences<T: ToString>(mut self, audiences: impl IntoIterator<Item = T>) -> Self {
-        let audiences: Vec<String> = audiences.into_iter().map(|a| a.to_string()).collect();
-        self.validation.set_audience(&audiences);
-        self.validation.validate_aud = true;
-        self.validation.required_spec_claims.insert("aud".into());
+        self.audiences = audiences.into_iter().map(|a| a.to_string()).collect();
         self
     }
 
-    /// The clock skew allowed on `exp` and `nbf` (default 60 s, at most
+    /// The clock skew allowed on `exp`, `nbf` and `iat` (default 60 s, at most
     /// [`MAX_LEEWAY`]).
     pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.validation.leeway = leeway.min(MAX_LEEWAY).as_secs();
+        self.leeway = leeway.min(MAX_LEEWAY).as_secs();
         self
     }
 
-    /// Requires these registered claims to be present (`sub`, `iss`, `aud`, `exp`,
-    /// `nbf`).
+    /// Requires these claims to be present (for example `sub`, `nbf`, `iat` or
+    /// `jti`; `iss` and `aud` are required by [`issuer`](Self::issuer) and
+    /// [`audience`](Self::audience)). Any claim name may be given.
     pub fn require_claims<T: ToString>(mut self, claims: impl IntoIterator<Item = T>) -> Self {
         for claim in claims {
-            self.validation
-                .required_spec_claims
-                .insert(claim.to_string());
+            let claim = claim.to_string();
+            match claim.as_str() {
+                "exp" => self.required.exp = true,
+                "nbf" => self.required.nbf = true,
+                "iat" => self.required.iat = true,
+                "sub" => self.required.sub = true,
+                _ if !self.required.others.contains(&claim) => self.required.others.push(claim),
+                _ => {}
+            }
         }
         self
     }
 
     /// Accepts tokens without `exp` (not recommended: such a token never expires).
     pub fn allow_missing_exp(mut self) -> Self {
-        self.validation.required_spec_claims.remove("exp");
+        self.required.exp = false;
         self
     }
 
@@ -230,15 +280,47 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// Validates `token` now.
     ///
     /// # Errors
-    /// [`Rejection::InvalidToken`] with a safe description, or
-    /// [`Rejection::InsufficientScope`].
+    /// [`Rejection::InvalidToken`] with a safe description (it never quotes the
+    /// token), or [`Rejection::InsufficientScope`].
     pub fn check(&self, token: &str) -> Result<C, Rejection> {
-        let data = jsonwebtoken::decode::<C>(token, &self.key, &self.validation)
-            .map_err(|e| Rejection::invalid_token(describe(e.kind())))?;
+        let (header, payload, signature) = split(token)?;
+        let (alg, critical) = read_header(header)?;
+        let alg = alg
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or_else(not_allowed)?;
+        if critical {
+            return Err(Rejection::invalid_token(
+                "the token has a critical header this server does not understand",
+            ));
+        }
+        let message = &token[..header.len() + 1 + payload.len()];
+        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &self.key, alg) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Rejection::invalid_token("the token signature is invalid"));
+            }
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::Base64(_)) => {
+                return Err(malformed());
+            }
+            // The key cannot check this signature (an ES384 token on a P-256 key).
+            Err(_) => {
+                return Err(Rejection::invalid_token("the token signature is invalid"));
+            }
+        }
+        // Authentic from here on: the payload is decoded once and read twice.
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| malformed())?;
+        let registered: Registered<'_> =
+            serde_json::from_slice(json_object(&payload)?).map_err(|_| malformed())?;
+        self.check_registered(&registered, unix_now())?;
+        if !self.required.others.is_empty() {
+            let all: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&payload).map_err(|_| malformed())?;
+            if self.required.others.iter().any(|c| !all.contains_key(c)) {
+                return Err(Rejection::invalid_token("the token lacks a required claim"));
+            }
+        }
         if !self.required_scopes.is_empty() {
-            // The signature is verified: reading the payload again is safe.
-            let granted: Claims = jsonwebtoken::dangerous::insecure_decode_claims(token)
-                .map_err(|_| Rejection::invalid_token("the token is malformed"))?;
+            let granted: Claims = serde_json::from_slice(&payload).map_err(|_| malformed())?;
             if !self
                 .required_scopes
                 .iter()
@@ -247,36 +329,337 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
                 return Err(Rejection::InsufficientScope(self.required_scopes.join(" ")));
             }
         }
-        Ok(data.claims)
+        serde_json::from_slice(&payload).map_err(|_| malformed())
+    }
+
+    fn check_registered(&self, claims: &Registered<'_>, now: u64) -> Result<(), Rejection> {
+        let leeway = self.leeway;
+        match date(&claims.exp, "exp", self.required.exp)? {
+            Some(exp) if now >= exp.saturating_add(leeway) => {
+                return Err(Rejection::invalid_token("the token has expired"));
+            }
+            _ => {}
+        }
+        if let Some(nbf) = date(&claims.nbf, "nbf", self.required.nbf)? {
+            if nbf > now.saturating_add(leeway) {
+                return Err(Rejection::invalid_token("the token is not valid yet"));
+            }
+        }
+        if let Some(iat) = date(&claims.iat, "iat", self.required.iat)? {
+            if iat > now.saturating_add(leeway) {
+                return Err(Rejection::invalid_token(
+                    "the token was issued in the future",
+                ));
+            }
+        }
+        if self.required.sub {
+            match &claims.sub {
+                None => return Err(Rejection::invalid_token("the token lacks the sub claim")),
+                Some(Text::Invalid) => return Err(malformed_claim("sub")),
+                Some(Text::Valid(_)) => {}
+            }
+        }
+        if !self.issuers.is_empty() {
+            match &claims.iss {
+                None => return Err(Rejection::invalid_token("the token lacks the iss claim")),
+                Some(Text::Invalid) => return Err(malformed_claim("iss")),
+                Some(Text::Valid(iss)) if !self.issuers.iter().any(|i| i == iss) => {
+                    return Err(Rejection::invalid_token("the token has the wrong issuer"));
+                }
+                Some(Text::Valid(_)) => {}
+            }
+        }
+        if !self.audiences.is_empty() {
+            let ours = |a: &str| self.audiences.iter().any(|o| o == a);
+            let accepted = match &claims.aud {
+                None => return Err(Rejection::invalid_token("the token lacks the aud claim")),
+                Some(Aud::Invalid) => return Err(malformed_claim("aud")),
+                Some(Aud::One(a)) => ours(a),
+                Some(Aud::Many(list)) => list.iter().any(|a| ours(a)),
+            };
+            if !accepted {
+                return Err(Rejection::invalid_token(
+                    "the token is not for this audience",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-fn describe(kind: &ErrorKind) -> std::borrow::Cow<'static, str> {
-    match kind {
-        ErrorKind::ExpiredSignature => "the token has expired".into(),
-        ErrorKind::ImmatureSignature => "the token is not valid yet".into(),
-        ErrorKind::InvalidIssuer => "the token has the wrong issuer".into(),
-        ErrorKind::InvalidAudience => "the token is not for this audience".into(),
-        ErrorKind::InvalidSubject => "the token has the wrong subject".into(),
-        ErrorKind::InvalidSignature => "the token signature is invalid".into(),
-        ErrorKind::InvalidAlgorithm
-        | ErrorKind::InvalidAlgorithmName
-        | ErrorKind::UnsupportedAlgorithm => "the token algorithm is not allowed".into(),
-        // The claim names come from our own list of required claims, not the token.
-        ErrorKind::MissingRequiredClaim(claim) => {
-            format!("the token lacks the {} claim", safe_name(claim)).into()
-        }
-        ErrorKind::InvalidClaimFormat(claim) => {
-            format!("the token's {} claim is malformed", safe_name(claim)).into()
-        }
-        _ => "the token is malformed".into(),
-    }
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-fn safe_name(claim: &str) -> &str {
+fn malformed() -> Rejection {
+    Rejection::invalid_token("the token is malformed")
+}
+
+fn not_allowed() -> Rejection {
+    Rejection::invalid_token("the token algorithm is not allowed")
+}
+
+fn malformed_claim(name: &'static str) -> Rejection {
+    Rejection::invalid_token(format!("the token's {name} claim is malformed"))
+}
+
+/// A date claim: absent (and not required), or its value.
+fn date(
+    claim: &Option<Date>,
+    name: &'static str,
+    required: bool,
+) -> Result<Option<u64>, Rejection> {
     match claim {
-        "exp" | "nbf" | "iat" | "iss" | "aud" | "sub" => claim,
-        _ => "a required",
+        None if required => Err(Rejection::invalid_token(format!(
+            "the token lacks the {name} claim"
+        ))),
+        None => Ok(None),
+        Some(Date::Invalid) => Err(malformed_claim(name)),
+        Some(Date::Valid(at)) => Ok(Some(*at)),
+    }
+}
+
+/// `header.payload.signature`: exactly three parts, the first two not empty.
+fn split(token: &str) -> Result<(&str, &str, &str), Rejection> {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(header), Some(payload), Some(signature), None)
+            if !header.is_empty() && !payload.is_empty() =>
+        {
+            Ok((header, payload, signature))
+        }
+        _ => Err(malformed()),
+    }
+}
+
+/// The header's `alg` (`None` when unknown, `none` included) and whether it has a
+/// `crit` member. Nothing else in the header is read.
+fn read_header(part: &str) -> Result<(Option<Algorithm>, bool), Rejection> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| malformed())?;
+    let header: JoseHeader<'_> =
+        serde_json::from_slice(json_object(&bytes)?).map_err(|_| malformed())?;
+    Ok((Algorithm::from_str(&header.alg).ok(), header.crit.is_some()))
+}
+
+/// `bytes` when they hold a JSON object: serde would also read a struct from an
+/// array (`[1, 2]` as `exp` and `nbf`), which neither a header nor claims may be.
+fn json_object(bytes: &[u8]) -> Result<&[u8], Rejection> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(bytes),
+        _ => Err(malformed()),
+    }
+}
+
+/// The `kid` of a token's header (for picking a key from a JWKS): nothing else is
+/// read from it.
+pub(crate) fn header_kid(token: &str) -> Result<Option<String>, Rejection> {
+    #[derive(Deserialize)]
+    struct KidHeader {
+        #[serde(default)]
+        kid: Option<String>,
+    }
+    let (header, _, _) = split(token)?;
+    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| malformed())?;
+    let header: KidHeader =
+        serde_json::from_slice(json_object(&bytes)?).map_err(|_| malformed())?;
+    Ok(header.kid)
+}
+
+/// The two members of a JOSE header that matter here; the rest are skipped.
+#[derive(Deserialize)]
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+}
+
+/// The registered claims, each read leniently so a claim of the wrong type gets
+/// its own answer instead of failing the whole payload.
+#[derive(Deserialize)]
+struct Registered<'a> {
+    #[serde(default)]
+    exp: Option<Date>,
+    #[serde(default)]
+    nbf: Option<Date>,
+    #[serde(default)]
+    iat: Option<Date>,
+    #[serde(default, borrow)]
+    iss: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    sub: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    aud: Option<Aud<'a>>,
+}
+
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, an integer or a decimal,
+/// not negative and not after year 9999.
+enum Date {
+    Valid(u64),
+    Invalid,
+}
+
+/// A string claim, or something else.
+enum Text<'a> {
+    Valid(Cow<'a, str>),
+    Invalid,
+}
+
+/// `aud`: a string, an array of strings, or something else.
+enum Aud<'a> {
+    One(Cow<'a, str>),
+    Many(Vec<Cow<'a, str>>),
+    Invalid,
+}
+
+/// Skips whatever a map or array holds, so a wrongly typed claim does not fail the
+/// payload.
+fn skip_map<'de, A: de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_seq<'de, A: de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Every JSON value other than the ones a visitor wants is `Invalid`: a macro for
+/// the visitor methods they share.
+macro_rules! invalid_otherwise {
+    ($invalid:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($invalid)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($invalid)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            skip_map(map)?;
+            Ok($invalid)
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for Date {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DateVisitor;
+        impl<'de> Visitor<'de> for DateVisitor {
+            type Value = Date;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a NumericDate")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Date, E> {
+                Ok(if v <= LATEST_DATE {
+                    Date::Valid(v)
+                } else {
+                    Date::Invalid
+                })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Date, E> {
+                Ok(u64::try_from(v).map_or(Date::Invalid, |v| {
+                    if v <= LATEST_DATE {
+                        Date::Valid(v)
+                    } else {
+                        Date::Invalid
+                    }
+                }))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Date, E> {
+                // Finite, not negative, not past year 9999: then it fits a u64.
+                Ok(if v.is_finite() && v >= 0.0 && v <= LATEST_DATE as f64 {
+                    Date::Valid(v as u64)
+                } else {
+                    Date::Invalid
+                })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Date, E> {
+                Ok(Date::Invalid)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Date, A::Error> {
+                skip_seq(seq)?;
+                Ok(Date::Invalid)
+            }
+            invalid_otherwise!(Date::Invalid);
+        }
+        deserializer.deserialize_any(DateVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text::Valid(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+        Ok(Text::Valid(Cow::Owned(v.to_owned())))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'de>, E> {
+        Ok(Text::Invalid)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'de>, E> {
+        Ok(Text::Invalid)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'de>, E> {
+        Ok(Text::Invalid)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Text<'de>, A::Error> {
+        skip_seq(seq)?;
+        Ok(Text::Invalid)
+    }
+    invalid_otherwise!(Text::Invalid);
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Aud<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AudVisitor;
+        impl<'de> Visitor<'de> for AudVisitor {
+            type Value = Aud<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Aud<'de>, E> {
+                Ok(Aud::One(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Aud<'de>, E> {
+                Ok(Aud::One(Cow::Owned(v.to_owned())))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Aud<'de>, E> {
+                Ok(Aud::Invalid)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Aud<'de>, E> {
+                Ok(Aud::Invalid)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Aud<'de>, E> {
+                Ok(Aud::Invalid)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Aud<'de>, A::Error> {
+                let mut list = Vec::new();
+                let mut valid = true;
+                while let Some(item) = seq.next_element::<Text<'de>>()? {
+                    match item {
+                        Text::Valid(a) if valid => list.push(a),
+                        _ => valid = false,
+                    }
+                }
+                Ok(if valid { Aud::Many(list) } else { Aud::Invalid })
+            }
+            invalid_otherwise!(Aud::Invalid);
+        }
+        deserializer.deserialize_any(AudVisitor)
     }
 }
 

@@ -246,17 +246,33 @@ pub struct Claims {
     /// Audience: one or several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
-    /// Expiry, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Expiry, seconds since the Unix epoch (a decimal NumericDate is truncated).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub exp: Option<u64>,
-    /// Not before, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not before, seconds since the Unix epoch (a decimal NumericDate is truncated).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub nbf: Option<u64>,
-    /// Issued at, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Issued at, seconds since the Unix epoch (a decimal NumericDate is truncated).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub iat: Option<u64>,
-    /// Token id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Token id (a number, as some issuers send it, is kept as its decimal text).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
     pub jti: Option<String>,
     /// Space-separated scopes (OAuth 2.0, RFC 8693 `scope`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +283,37 @@ pub struct Claims {
     /// Every other claim.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A NumericDate: an integer or a decimal number of seconds, not negative.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error as _;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(secs), _) => Ok(Some(secs)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
+                Ok(Some(f as u64))
+            }
+            _ => Err(D::Error::custom(
+                "a NumericDate must be a non-negative number",
+            )),
+        },
+    }
+}
+
+/// A string, or a number kept as its text.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    Ok(Option::<Id>::deserialize(d)?.map(|id| match id {
+        Id::Text(s) => s,
+        Id::Number(n) => n.to_string(),
+    }))
 }
 
 /// `aud`: a string or an array of strings.
@@ -333,5 +380,24 @@ mod tests {
         assert_eq!(c.extra["x"], 1);
         let c: Claims = serde_json::from_str(r#"{"scp":"a b"}"#).unwrap();
         assert!(c.has_scope("b"));
+    }
+
+    #[test]
+    fn dates_may_be_decimal_and_jti_numeric() {
+        let c: Claims =
+            serde_json::from_str(r#"{"exp":1700000000.75,"iat":1600000000,"jti":42}"#).unwrap();
+        assert_eq!(
+            (c.exp, c.iat, c.jti.as_deref()),
+            (Some(1700000000), Some(1600000000), Some("42"))
+        );
+        let c: Claims = serde_json::from_str(r#"{"exp":null}"#).unwrap();
+        assert_eq!(c.exp, None);
+        for bad in [
+            r#"{"exp":-1}"#,
+            r#"{"exp":"1700000000"}"#,
+            r#"{"nbf":1e400}"#,
+        ] {
+            assert!(serde_json::from_str::<Claims>(bad).is_err(), "{bad}");
+        }
     }
 }
