@@ -93,6 +93,21 @@ async fn every_case_gets_its_rfc_6750_answer() {
     assert_eq!((ok.status, ok.body.as_str()), (200, "you are ci"));
     let lower = send_raw(addr, "/whoami", &[("authorization", b"bearer good-token")]).await;
     assert_eq!(lower.status, 200, "the scheme is case-insensitive");
+    let upper = send_raw(addr, "/whoami", &[("authorization", b"BEARER good-token")]).await;
+    assert_eq!(upper.status, 200, "the scheme is case-insensitive");
+    // RFC 7235: one or more spaces after the scheme; HTTP strips the spaces around
+    // a header value before the layer sees it.
+    for spaced in [&b"Bearer   good-token"[..], b"Bearer good-token   "] {
+        let answer = send_raw(addr, "/whoami", &[("authorization", spaced)]).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, "you are ci"),
+            "{:?}",
+            String::from_utf8_lossy(spaced)
+        );
+    }
+    let answer = send_raw(addr, "/whoami", &[("authorization", b"Bearer good-token x")]).await;
+    assert_eq!(answer.status, 400, "a second word after the token");
 }
 
 #[tokio::test]
