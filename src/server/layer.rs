@@ -171,6 +171,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Layers inside this one that log requests print the credentials as
+        // `Sensitive`, not the token.
+        if let Some(value) = req.headers_mut().get_mut(http::header::AUTHORIZATION) {
+            value.set_sensitive(true);
+        }
         let config = &self.config;
         let validation = match bearer_token(req.headers(), config.max_len) {
             Ok(token) => self.validator.validate(token),
