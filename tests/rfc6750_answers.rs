@@ -106,7 +106,12 @@ async fn every_case_gets_its_rfc_6750_answer() {
             String::from_utf8_lossy(spaced)
         );
     }
-    let answer = send_raw(addr, "/whoami", &[("authorization", b"Bearer good-token x")]).await;
+    let answer = send_raw(
+        addr,
+        "/whoami",
+        &[("authorization", b"Bearer good-token x")],
+    )
+    .await;
     assert_eq!(answer.status, 400, "a second word after the token");
 }
 
