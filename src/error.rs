@@ -45,6 +45,11 @@ pub enum Error {
     /// No token is available and no source can provide one.
     #[error("no token available: {0}")]
     NoToken(String),
+    /// The server rejected this many new tokens in a row (with `401` or gRPC
+    /// `UNAUTHENTICATED`): the next one is fetched only after a backoff, so an API
+    /// that refuses every token cannot turn each request into a token request.
+    #[error("the server rejected {0} new tokens in a row; the next is fetched after a backoff")]
+    Rejected(u32),
     /// The refresh task stopped before it produced a token (it panicked or its
     /// runtime shut down).
     #[error("token refresh was aborted: {0}")]
@@ -73,7 +78,11 @@ impl Error {
     /// server-side `5xx` answers and `429`).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::Timeout(_) | Error::Aborted(_) | Error::Store(_) => true,
+            Error::Transport(_)
+            | Error::Timeout(_)
+            | Error::Aborted(_)
+            | Error::Store(_)
+            | Error::Rejected(_) => true,
             Error::TokenEndpoint(e) => {
                 e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS
             }

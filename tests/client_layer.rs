@@ -5,6 +5,7 @@ mod common;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -79,11 +80,109 @@ async fn a_401_invalidates_once_and_the_request_is_retried_once() {
     assert_eq!(s.idp.api(), 3, "one retry");
     assert_eq!(s.idp.api_unauthorized.load(Ordering::SeqCst), 1);
 
-    // An API that refuses everything: exactly one retry, then the 401 is returned.
+    // An API that refuses everything: the token just fetched is refused too. That is
+    // a second rejection in a row, so no new token is fetched for the retry (it would
+    // only be refused again) and the 401 is returned.
     s.idp.api_rejects_all.store(true, Ordering::SeqCst);
     assert_eq!(send(&mut client, &s).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(s.idp.api(), 5);
+    assert_eq!(s.idp.api(), 4);
+    assert_eq!(s.idp.tokens(), 2);
+}
+
+#[tokio::test]
+async fn an_api_that_refuses_every_token_does_not_turn_requests_into_token_requests() {
+    let s = common::start().await;
+    let endpoint = TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret");
+    // A long backoff, so that no hold runs out while the test runs in real time.
+    let authorizer = Refreshing::builder(endpoint.client_credentials())
+        .backoff(Duration::from_secs(30), Duration::from_secs(120))
+        .build();
+    let mut client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(authorizer.clone()))
+        .service(common::http_client::<Full<Bytes>>());
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::OK
+    );
+    s.idp.api_rejects_all.store(true, Ordering::SeqCst);
+
+    // The first rejection may be a revocation: the next request refreshes at once.
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(s.idp.tokens(), 2);
+    // The new token was refused too: from now on requests fail at once with a typed
+    // error, and neither the API nor the token endpoint hears of them.
+    let api_before = s.idp.api();
+    for _ in 0..50 {
+        let error = send_or_error(&mut client, &s).await.unwrap_err();
+        assert!(matches!(error, Error::Rejected(2)), "{error:?}");
+        assert!(error.is_retryable());
+    }
+    assert_eq!((s.idp.tokens(), s.idp.api()), (2, api_before));
+
+    // After the backoff one token is fetched; refused again, the hold doubles.
+    skip(Duration::from_secs(31)).await;
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(s.idp.tokens(), 3);
+    let error = send_or_error(&mut client, &s).await.unwrap_err();
+    assert!(matches!(error, Error::Rejected(3)), "{error:?}");
+    // The second hold is 60 s with jitter down to half: at least 30 s.
+    skip(Duration::from_secs(29)).await;
+    assert!(
+        send_or_error(&mut client, &s).await.is_err(),
+        "still held after 29 s"
+    );
+    assert_eq!(s.idp.tokens(), 3);
+
+    // The API takes tokens again: the first request after the hold fetches one and
+    // succeeds, and the streak no longer holds anything back.
+    s.idp.api_rejects_all.store(false, Ordering::SeqCst);
+    skip(Duration::from_secs(32)).await;
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::OK
+    );
+    assert_eq!(s.idp.tokens(), 4);
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::OK
+    );
+    assert_eq!(s.idp.tokens(), 4);
+}
+
+/// Moves the tokio clock forward while the servers keep using real sockets.
+async fn skip(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// Sends a GET through `client`: the answer's status, or the authorizer's error.
+async fn send_or_error<S>(client: &mut S, s: &common::Servers) -> Result<StatusCode, Error>
+where
+    S: Service<
+        Request<Full<Bytes>>,
+        Response = Response<hyper::body::Incoming>,
+        Error = tower::BoxError,
+    >,
+{
+    let svc = client.ready().await.unwrap();
+    match svc.call(get(&s.api_url())).await {
+        Ok(res) => Ok(res.status()),
+        Err(e) => Err(*e.downcast::<Error>().expect("an authorizer error")),
+    }
 }
 
 #[tokio::test]

@@ -60,10 +60,12 @@ async fn a_401_invalidates_and_a_clonable_request_is_retried_once() {
     assert_eq!(res.status(), 200);
     assert_eq!(s.idp.tokens(), 2);
     assert_eq!(s.idp.api(), 3);
-    // Refused whatever the token: one retry, then the 401.
+    // Refused whatever the token: the token just fetched is refused again, a second
+    // rejection in a row, so the retry fetches no new token and the 401 is returned.
     s.idp.api_rejects_all.store(true, Ordering::SeqCst);
     assert_eq!(client.get(s.api_url()).send().await.unwrap().status(), 401);
-    assert_eq!(s.idp.api(), 5);
+    assert_eq!(s.idp.api(), 4);
+    assert_eq!(s.idp.tokens(), 2);
 }
 
 #[tokio::test]

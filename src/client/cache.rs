@@ -94,8 +94,13 @@ const TERMINAL: u64 = u64::MAX - 1;
 
 #[derive(Default)]
 struct Failure {
+    /// Refreshes that failed in a row, and the last error.
     consecutive: u32,
     last: Option<Error>,
+    /// Tokens the server rejected in a row (each within twice `backoff_max` of the
+    /// one before), and when the last was. Kept across refreshes.
+    rejections: u32,
+    last_rejection: Option<Instant>,
 }
 
 struct Shared<S> {
@@ -137,6 +142,12 @@ struct Shared<S> {
 /// still-valid token keeps being served. `invalid_grant` is terminal: the refresh token
 /// is dead and retrying cannot help, so every caller without a valid token gets
 /// [`Error::InvalidGrant`] until [`Refreshing::set_token`] gives a new one.
+///
+/// A server that rejects the token (`401`) gets it dropped, and the next caller
+/// fetches a new one at once: it may have been revoked. When the new token is rejected
+/// too, the next fetch waits the same backoff, and callers get [`Error::Rejected`]
+/// meanwhile: an API that refuses every token (a wrong audience, say) costs the token
+/// endpoint one request per backoff, not one per API request.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -323,7 +334,8 @@ impl<S: TokenSource> Shared<S> {
 
     fn reset_failures(&self) {
         let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        *failure = Failure::default();
+        failure.consecutive = 0;
+        failure.last = None;
         if self.hold_until.load(Ordering::Acquire) != RUNNING {
             self.hold_until.store(0, Ordering::Release);
         }
@@ -404,14 +416,7 @@ impl<S: TokenSource> Shared<S> {
         let hold = if matches!(error, Error::InvalidGrant(_)) {
             TERMINAL
         } else {
-            let exp = failure.consecutive.saturating_sub(1).min(20);
-            let base = self
-                .config
-                .backoff_initial
-                .saturating_mul(1 << exp)
-                .min(self.config.backoff_max);
-            // Jitter in [base/2, base], so that replicas spread out.
-            let delay = base / 2 + random_up_to(base / 2);
+            let delay = self.backoff(failure.consecutive);
             let delay = match error.retry_after() {
                 Some(asked) => delay.max(asked.min(self.config.backoff_max)),
                 None => delay,
@@ -419,6 +424,50 @@ impl<S: TokenSource> Shared<S> {
             self.nanos(Instant::now() + delay)
         };
         self.hold_until.store(hold, Ordering::Release);
+    }
+
+    /// The wait before attempt `n + 1` after `n` failures: exponential, capped, with
+    /// jitter in `[base/2, base]` so that replicas spread out.
+    fn backoff(&self, n: u32) -> Duration {
+        let exp = n.saturating_sub(1).min(20);
+        let base = self
+            .config
+            .backoff_initial
+            .saturating_mul(1 << exp)
+            .min(self.config.backoff_max);
+        base / 2 + random_up_to(base / 2)
+    }
+
+    /// The server rejected the current token. The first rejection (a revocation) is
+    /// refreshed at once; each further one in a row holds the next refresh back by
+    /// the backoff, and callers without a token get [`Error::Rejected`] meanwhile.
+    fn record_rejection(&self, now: Instant) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = self.config.backoff_max.saturating_mul(2);
+        let in_a_row = failure
+            .last_rejection
+            .is_some_and(|at| now.saturating_duration_since(at) < window);
+        failure.rejections = if in_a_row {
+            failure.rejections.saturating_add(1)
+        } else {
+            1
+        };
+        failure.last_rejection = Some(now);
+        if failure.rejections < 2 {
+            return;
+        }
+        failure.last = Some(Error::Rejected(failure.rejections));
+        let hold = self.nanos(now + self.backoff(failure.rejections - 1));
+        // A refresh that runs now publishes its token and ends the hold itself.
+        let _ = self
+            .hold_until
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h != RUNNING && h != TERMINAL && h < hold).then_some(hold)
+            });
+        tracing::warn!(
+            in_a_row = failure.rejections,
+            "the server rejected a new token again; backing off before the next refresh"
+        );
     }
 
     /// Starts a refresh that no caller waits for, unless one runs or a backoff holds.
@@ -560,6 +609,7 @@ impl<S: TokenSource> Authorizer for Refreshing<S> {
             .compare_and_swap(&*current, Some(rejected));
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, cached)) {
             tracing::debug!("the server rejected the token; the next request refreshes it");
+            self.shared.record_rejection(now);
         }
     }
 }
