@@ -48,10 +48,56 @@ pub struct VerifiedCache<V: Validator> {
     state: Arc<State<V::Claims>>,
 }
 
+/// Caches of at least this many entries are split into [`SHARDS`] maps, each with
+/// its own lock, so that concurrent requests rarely wait for one another.
+const SHARDED_FROM: usize = 1024;
+const SHARDS: usize = 16;
+/// The least time between two sweeps of expired entries in a full shard.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
 struct State<C> {
-    entries: Mutex<HashMap<[u8; 32], (C, Instant)>>,
+    shards: Box<[Mutex<Shard<C>>]>,
+    /// Entries per shard: the shards together hold at most `max_entries`.
+    per_shard: usize,
     max_entries: usize,
     max_ttl: Duration,
+}
+
+struct Shard<C> {
+    /// Token digest → the claims (shared, so a hit clones them outside the lock) and
+    /// the instant they stop being served.
+    entries: HashMap<[u8; 32], (Arc<C>, Instant)>,
+    /// Before this instant a full shard evicts without sweeping expired entries.
+    next_purge: Option<Instant>,
+}
+
+impl<C> State<C> {
+    fn new(max_entries: usize, max_ttl: Duration) -> Self {
+        let max_entries = max_entries.max(1);
+        let shards = if max_entries >= SHARDED_FROM {
+            SHARDS
+        } else {
+            1
+        };
+        State {
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: HashMap::new(),
+                        next_purge: None,
+                    })
+                })
+                .collect(),
+            per_shard: max_entries / shards,
+            max_entries,
+            max_ttl,
+        }
+    }
+
+    fn shard(&self, digest: &[u8; 32]) -> &Mutex<Shard<C>> {
+        // The digest is uniform: its first byte spreads tokens evenly.
+        &self.shards[usize::from(digest[0]) % self.shards.len()]
+    }
 }
 
 impl<V: Validator> Clone for VerifiedCache<V> {
@@ -85,44 +131,26 @@ where
 {
     /// Caches what `inner` accepts (10,000 tokens, at most 5 min each).
     pub fn new(inner: V) -> Self {
-        Self::with_limits(inner, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TTL)
-    }
-
-    fn with_limits(inner: V, max_entries: usize, max_ttl: Duration) -> Self {
         VerifiedCache {
             inner: Arc::new(inner),
-            state: Arc::new(State {
-                entries: Mutex::new(HashMap::new()),
-                max_entries: max_entries.max(1),
-                max_ttl,
-            }),
+            state: Arc::new(State::new(DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TTL)),
         }
     }
 
     /// The most tokens kept (default 10,000). Call before use: it starts an empty cache.
     pub fn max_entries(self, n: usize) -> Self {
-        let ttl = self.state.max_ttl;
         VerifiedCache {
             inner: self.inner,
-            state: Arc::new(State {
-                entries: Mutex::new(HashMap::new()),
-                max_entries: n.max(1),
-                max_ttl: ttl,
-            }),
+            state: Arc::new(State::new(n, self.state.max_ttl)),
         }
     }
 
     /// The longest a token is reused, even when its `exp` is later or absent
     /// (default 5 min). Call before use: it starts an empty cache.
     pub fn max_ttl(self, ttl: Duration) -> Self {
-        let n = self.state.max_entries;
         VerifiedCache {
             inner: self.inner,
-            state: Arc::new(State {
-                entries: Mutex::new(HashMap::new()),
-                max_entries: n,
-                max_ttl: ttl,
-            }),
+            state: Arc::new(State::new(self.state.max_entries, ttl)),
         }
     }
 }
@@ -130,7 +158,11 @@ where
 impl<V: Validator> VerifiedCache<V> {
     /// How many tokens are cached (live or not yet purged).
     pub fn len(&self) -> usize {
-        lock(&self.state.entries).len()
+        self.state
+            .shards
+            .iter()
+            .map(|s| lock(s).entries.len())
+            .sum()
     }
 
     /// Whether nothing is cached.
@@ -140,6 +172,16 @@ impl<V: Validator> VerifiedCache<V> {
 }
 
 impl<C: Expiring> State<C> {
+    fn get(&self, digest: &[u8; 32]) -> Option<Arc<C>> {
+        let mut shard = lock(self.shard(digest));
+        let (claims, until) = shard.entries.get(digest)?;
+        if Instant::now() < *until {
+            return Some(Arc::clone(claims));
+        }
+        shard.entries.remove(digest);
+        None
+    }
+
     fn insert(&self, digest: [u8; 32], claims: C) {
         let now = Instant::now();
         let unix_now = SystemTime::now()
@@ -152,16 +194,23 @@ impl<C: Expiring> State<C> {
             Some(exp) => Duration::from_secs(exp - unix_now).min(self.max_ttl),
             None => self.max_ttl,
         };
-        let mut entries = lock(&self.entries);
-        if entries.len() >= self.max_entries && !entries.contains_key(&digest) {
-            entries.retain(|_, (_, until)| *until > now);
-            if entries.len() >= self.max_entries {
-                if let Some(victim) = entries.keys().next().copied() {
-                    entries.remove(&victim);
+        let claims = Arc::new(claims);
+        let mut guard = lock(self.shard(&digest));
+        let shard = &mut *guard;
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&digest) {
+            // Full: sweep the expired entries (at most once a second, so a shard full
+            // of live tokens is not scanned on every insert), then evict any one.
+            if shard.next_purge.is_none_or(|at| now >= at) {
+                shard.entries.retain(|_, (_, until)| *until > now);
+                shard.next_purge = Some(now + PURGE_EVERY);
+            }
+            if shard.entries.len() >= self.per_shard {
+                if let Some(victim) = shard.entries.keys().next().copied() {
+                    shard.entries.remove(&victim);
                 }
             }
         }
-        entries.insert(digest, (claims, now + lifetime));
+        shard.entries.insert(digest, (claims, now + lifetime));
     }
 }
 
@@ -173,14 +222,8 @@ where
 
     fn validate(&self, token: &str) -> ValidationFuture<V::Claims> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        {
-            let mut entries = lock(&self.state.entries);
-            if let Some((claims, until)) = entries.get(&digest) {
-                if Instant::now() < *until {
-                    return ValidationFuture::ready(Ok(claims.clone()));
-                }
-                entries.remove(&digest);
-            }
+        if let Some(claims) = self.state.get(&digest) {
+            return ValidationFuture::ready(Ok(V::Claims::clone(&claims)));
         }
         match self.inner.validate(token).now_or_pending() {
             Ok(outcome) => {
@@ -264,5 +307,22 @@ mod tests {
         }
         assert_eq!(cache.len(), 10);
         assert_eq!(calls.load(Ordering::SeqCst), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_cache_is_sharded_and_still_bounded() {
+        let cache = VerifiedCache::new(from_fn(|_: &str| Ok(Claims::default()))).max_entries(4096);
+        assert_eq!(cache.state.shards.len(), SHARDS);
+        for i in 0..20_000 {
+            assert!(check(&cache, &format!("t{i}")));
+        }
+        assert!(cache.len() <= 4096, "{}", cache.len());
+        // Every shard filled up: no shard stays empty while others evict.
+        assert!(cache.len() > 4096 - SHARDS, "{}", cache.len());
+        // A full shard sweeps expired entries before evicting live ones.
+        tokio::time::advance(DEFAULT_MAX_TTL + Duration::from_secs(1)).await;
+        assert!(check(&cache, "fresh"));
+        let fresh_shard = cache.state.shard(&Sha256::digest(b"fresh").into());
+        assert_eq!(lock(fresh_shard).entries.len(), 1);
     }
 }
