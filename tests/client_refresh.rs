@@ -442,3 +442,48 @@ async fn a_token_another_process_saved_is_adopted_and_its_refresh_token_used() {
     );
     assert!(store.load().await.unwrap().is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_set_during_a_failing_refresh_wins_and_holds_nothing_back() {
+    let s = common::start().await;
+    // The refresh token is dead, and the endpoint takes 10 s to say so.
+    s.idp.set_mode(Mode::Delay(Duration::from_secs(10)));
+    let cache = Refreshing::new(endpoint(&s).refresh_token("rt-dead"));
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.token().await }
+    });
+    while s.idp.tokens() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Meanwhile the user logs in again.
+    s.idp.add_refresh_token("rt-new");
+    cache.set_token(
+        Token::bearer("from-login")
+            .unwrap()
+            .with_expires_in(Duration::from_secs(3600))
+            .with_refresh_token("rt-new"),
+    );
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(got.access_token()),
+        "from-login"
+    );
+    assert_eq!(s.idp.tokens(), 1, "the dead refresh token was tried once");
+    // The invalid_grant of the old refresh holds nothing back: the new token is
+    // served, and refreshing it (from its own refresh token) works.
+    s.idp.set_mode(Mode::Normal);
+    assert_eq!(get(&cache).await.unwrap(), "Bearer from-login");
+    cache.invalidate();
+    assert!(get(&cache).await.unwrap().starts_with("Bearer at-"));
+    assert_eq!(s.idp.tokens(), 2);
+    assert_eq!(
+        s.idp
+            .refresh_seen
+            .lock()
+            .unwrap()
+            .last()
+            .map(String::as_str),
+        Some("rt-new")
+    );
+}

@@ -115,6 +115,9 @@ struct Shared<S> {
     hold_until: AtomicU64,
     epoch: Instant,
     refreshes: AtomicU64,
+    /// Bumped by `set_token`: a refresh that started before sees that its outcome,
+    /// a failure included, no longer matters.
+    generation: AtomicU64,
     waits: AtomicU64,
 }
 
@@ -240,6 +243,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 hold_until: AtomicU64::new(0),
                 epoch: Instant::now(),
                 refreshes: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
                 waits: AtomicU64::new(0),
             }),
         }
@@ -292,8 +296,12 @@ impl<S: TokenSource> Refreshing<S> {
 
     /// Replaces the cached token, for example after the user logged in again, and
     /// clears any backoff or `invalid_grant` state.
+    ///
+    /// A refresh that is running meanwhile does not replace this token, and its
+    /// failure (even `invalid_grant`) holds nothing back.
     pub fn set_token(&self, token: Token) {
         let cached = Arc::new(Cached::new(token, &self.shared.config));
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
         self.shared.current.store(Some(cached));
         self.shared.reset_failures();
     }
@@ -352,6 +360,7 @@ impl<S: TokenSource> Shared<S> {
             let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
             failure.consecutive + 1
         };
+        let generation = self.generation.load(Ordering::Acquire);
         async move {
             let _guard = guard;
             let started = Instant::now();
@@ -380,6 +389,19 @@ impl<S: TokenSource> Shared<S> {
                 (result, _) => result,
             };
             let elapsed_ms = started.elapsed().as_millis() as u64;
+            if shared.generation.load(Ordering::Acquire) != generation {
+                // The application set a token meanwhile (a new login): it wins over
+                // this refresh's outcome, whatever that was.
+                let now = Instant::now();
+                if let Some(set) = shared.current.load_full().filter(|c| c.usable(now)) {
+                    tracing::debug!(
+                        attempt,
+                        elapsed_ms,
+                        "a token was set during the refresh; keeping it"
+                    );
+                    return Ok(set);
+                }
+            }
             match result {
                 Ok(token) => {
                     let cached = shared.publish(token);
