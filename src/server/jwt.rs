@@ -454,6 +454,7 @@ fn json_object(bytes: &[u8]) -> Result<&[u8], Rejection> {
 
 /// The `kid` of a token's header (for picking a key from a JWKS): nothing else is
 /// read from it.
+#[cfg(feature = "jwks")]
 pub(crate) fn header_kid(token: &str) -> Result<Option<String>, Rejection> {
     #[derive(Deserialize)]
     struct KidHeader {
