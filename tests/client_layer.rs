@@ -80,13 +80,20 @@ async fn a_401_invalidates_once_and_the_request_is_retried_once() {
     assert_eq!(s.idp.api(), 3, "one retry");
     assert_eq!(s.idp.api_unauthorized.load(Ordering::SeqCst), 1);
 
-    // An API that refuses everything: the token just fetched is refused too. That is
-    // a second rejection in a row, so no new token is fetched for the retry (it would
-    // only be refused again) and the 401 is returned.
+    // An API that refuses everything: exactly one retry, then the 401 is returned.
     s.idp.api_rejects_all.store(true, Ordering::SeqCst);
     assert_eq!(send(&mut client, &s).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(s.idp.api(), 4);
-    assert_eq!(s.idp.tokens(), 2);
+    assert_eq!(s.idp.api(), 5);
+    assert_eq!(s.idp.tokens(), 3);
+    // That was a second rejection with nothing accepted in between: the next request
+    // fails at once, without asking the API or the token endpoint.
+    let svc = client.ready().await.unwrap();
+    let error = svc.call(get(&s.api_url())).await.unwrap_err();
+    assert!(
+        matches!(error.downcast_ref::<Error>(), Some(Error::Rejected(2))),
+        "{error}"
+    );
+    assert_eq!((s.idp.api(), s.idp.tokens()), (5, 3));
 }
 
 #[tokio::test]
@@ -160,6 +167,17 @@ async fn an_api_that_refuses_every_token_does_not_turn_requests_into_token_reque
         StatusCode::OK
     );
     assert_eq!(s.idp.tokens(), 4);
+    // An accepted answer ended the streak: a later revocation is refreshed at once.
+    s.idp.revoke_all_access();
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send_or_error(&mut client, &s).await.unwrap(),
+        StatusCode::OK
+    );
+    assert_eq!(s.idp.tokens(), 5);
 }
 
 /// Moves the tokio clock forward while the servers keep using real sockets.

@@ -116,13 +116,15 @@ async fn token(
     let n = issuer.next.fetch_add(1, Ordering::SeqCst);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .map_or(0.0, |d| d.as_secs_f64());
+    // `exp` is rounded up: the token lives at least the `expires_in` it is sold with
+    // (rounded down, a 1 s token issued at x.9 s would be dead at x+1 s).
     let claims = serde_json::json!({
         "sub": CLIENT_ID,
         "iss": "demo-idp",
         "aud": "demo-api",
-        "iat": now,
-        "exp": now + issuer.lifetime.as_secs_f64().ceil() as u64,
+        "iat": now.floor() as u64,
+        "exp": (now + issuer.lifetime.as_secs_f64()).ceil() as u64,
         "jti": n.to_string(),
     });
     let Ok(access) = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &issuer.key)

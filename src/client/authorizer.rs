@@ -77,6 +77,13 @@ pub trait Authorizer: Send + Sync + 'static {
     fn on_unauthorized(&self, sent: &HeaderValue) {
         let _ = sent;
     }
+
+    /// The server answered a request that carried `sent` without rejecting it (any
+    /// status but `401` and `5xx`). [`Refreshing`](super::Refreshing) uses it to tell
+    /// an API that refuses every token from one that revoked a single token.
+    fn on_accepted(&self, sent: &HeaderValue) {
+        let _ = sent;
+    }
 }
 
 impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
@@ -86,6 +93,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
     fn on_unauthorized(&self, sent: &HeaderValue) {
         (**self).on_unauthorized(sent)
     }
+    fn on_accepted(&self, sent: &HeaderValue) {
+        (**self).on_accepted(sent)
+    }
 }
 
 impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
@@ -94,6 +104,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
     }
     fn on_unauthorized(&self, sent: &HeaderValue) {
         (**self).on_unauthorized(sent)
+    }
+    fn on_accepted(&self, sent: &HeaderValue) {
+        (**self).on_accepted(sent)
     }
 }
 

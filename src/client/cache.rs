@@ -14,7 +14,7 @@ use super::authorizer::{Authorizer, Credential, CredentialFuture};
 use super::source::TokenSource;
 use super::store::TokenStore;
 use crate::flight::{Joined, SingleFlight};
-use crate::sync::{AtomicU64, Mutex, Ordering, SwapOption};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, SwapOption};
 use crate::{Error, Token};
 
 /// A token as the cache holds it: the token, its header, and when to refresh it.
@@ -97,9 +97,7 @@ struct Failure {
     /// Refreshes that failed in a row, and the last error.
     consecutive: u32,
     last: Option<Error>,
-    /// Tokens the server rejected in a row (each within twice `backoff_max` of the
-    /// one before), and when the last was. Kept across refreshes.
-    rejections: u32,
+    /// When the server last rejected a token. Kept across refreshes.
     last_rejection: Option<Instant>,
 }
 
@@ -118,6 +116,9 @@ struct Shared<S> {
     /// Bumped by `set_token`: a refresh that started before sees that its outcome,
     /// a failure included, no longer matters.
     generation: AtomicU64,
+    /// Tokens the server rejected in a row: with no answer accepted in between, and
+    /// each within twice `backoff_max` of the one before.
+    rejections: AtomicU32,
     waits: AtomicU64,
 }
 
@@ -244,6 +245,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 epoch: Instant::now(),
                 refreshes: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
+                rejections: AtomicU32::new(0),
                 waits: AtomicU64::new(0),
             }),
         }
@@ -461,25 +463,27 @@ impl<S: TokenSource> Shared<S> {
     }
 
     /// The server rejected the current token. The first rejection (a revocation) is
-    /// refreshed at once; each further one in a row holds the next refresh back by
-    /// the backoff, and callers without a token get [`Error::Rejected`] meanwhile.
+    /// refreshed at once; each further one in a row (no answer accepted in between)
+    /// holds the next refresh back by the backoff, and callers without a token get
+    /// [`Error::Rejected`] meanwhile.
     fn record_rejection(&self, now: Instant) {
         let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
         let window = self.config.backoff_max.saturating_mul(2);
         let in_a_row = failure
             .last_rejection
             .is_some_and(|at| now.saturating_duration_since(at) < window);
-        failure.rejections = if in_a_row {
-            failure.rejections.saturating_add(1)
+        failure.last_rejection = Some(now);
+        let rejections = if in_a_row {
+            self.rejections.load(Ordering::Relaxed).saturating_add(1)
         } else {
             1
         };
-        failure.last_rejection = Some(now);
-        if failure.rejections < 2 {
+        self.rejections.store(rejections, Ordering::Relaxed);
+        if rejections < 2 {
             return;
         }
-        failure.last = Some(Error::Rejected(failure.rejections));
-        let hold = self.nanos(now + self.backoff(failure.rejections - 1));
+        failure.last = Some(Error::Rejected(rejections));
+        let hold = self.nanos(now + self.backoff(rejections - 1));
         // A refresh that runs now publishes its token and ends the hold itself.
         let _ = self
             .hold_until
@@ -487,9 +491,24 @@ impl<S: TokenSource> Shared<S> {
                 (h != RUNNING && h != TERMINAL && h < hold).then_some(hold)
             });
         tracing::warn!(
-            in_a_row = failure.rejections,
+            in_a_row = rejections,
             "the server rejected a new token again; backing off before the next refresh"
         );
+    }
+
+    /// The server accepted a request: tokens are not refused wholesale, so the
+    /// rejection streak and any hold it caused end.
+    fn record_acceptance(&self) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        self.rejections.store(0, Ordering::Relaxed);
+        if matches!(failure.last, Some(Error::Rejected(_))) {
+            failure.last = None;
+            let _ = self
+                .hold_until
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                    (h != RUNNING && h != TERMINAL).then_some(0)
+                });
+        }
     }
 
     /// Starts a refresh that no caller waits for, unless one runs or a backoff holds.
@@ -632,6 +651,13 @@ impl<S: TokenSource> Authorizer for Refreshing<S> {
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, cached)) {
             tracing::debug!("the server rejected the token; the next request refreshes it");
             self.shared.record_rejection(now);
+        }
+    }
+
+    fn on_accepted(&self, _sent: &HeaderValue) {
+        // One relaxed load on every answer; the lock only after a rejection.
+        if self.shared.rejections.load(Ordering::Relaxed) != 0 {
+            self.shared.record_acceptance();
         }
     }
 }

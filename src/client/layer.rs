@@ -316,6 +316,11 @@ where
                 StateProj::Calling { future } => {
                     let res = ready!(future.poll(cx)).map_err(Into::into)?;
                     if !refuses_credential(res.status(), res.headers()) {
+                        if let Some(sent) = this.sent.as_ref() {
+                            if !res.status().is_server_error() {
+                                this.authorizer.on_accepted(sent);
+                            }
+                        }
                         return Poll::Ready(Ok(res));
                     }
                     let Some(sent) = this.sent.take() else {

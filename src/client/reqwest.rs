@@ -67,6 +67,9 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         let res = next.clone().run(req, extensions).await?;
         let Some(sent) = sent else { return Ok(res) };
         if !refuses_credential(res.status(), res.headers()) {
+            if !res.status().is_server_error() {
+                self.authorizer.on_accepted(&sent);
+            }
             return Ok(res);
         }
         self.authorizer.on_unauthorized(&sent);
