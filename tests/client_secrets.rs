@@ -19,14 +19,7 @@ const PASSWORD: &str = "wonderland";
 // One thread: the subscriber is set for this thread, and the refresh tasks run here too.
 #[tokio::test]
 async fn no_secret_reaches_logs_debug_or_errors() {
-    let captured = common::LogCapture::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = common::LogCapture::trace();
 
     let s = common::start().await;
     s.idp.rotate.store(true, Ordering::SeqCst);

@@ -83,14 +83,7 @@ fn mint_hs(secret: &str, exp: i64) -> String {
 // One thread: the subscriber is set for this thread, and the servers run here too.
 #[tokio::test]
 async fn no_secret_reaches_logs_answers_or_debug() {
-    let captured = common::LogCapture::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = common::LogCapture::trace();
 
     let mut jwk = Jwk::from_encoding_key(&rsa(), Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("k1".into());

@@ -527,6 +527,21 @@ fn skip_seq<'de, A: de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
     Ok(())
 }
 
+/// Numbers are `Invalid` where a string is wanted.
+macro_rules! invalid_numbers {
+    ($invalid:expr) => {
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($invalid)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($invalid)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($invalid)
+        }
+    };
+}
+
 /// Every JSON value other than the ones a visitor wants is `Invalid`: a macro for
 /// the visitor methods they share.
 macro_rules! invalid_otherwise {
@@ -602,19 +617,11 @@ impl<'de> Visitor<'de> for TextVisitor {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
         Ok(Text::Valid(Cow::Owned(v.to_owned())))
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'de>, E> {
-        Ok(Text::Invalid)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'de>, E> {
-        Ok(Text::Invalid)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'de>, E> {
-        Ok(Text::Invalid)
-    }
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Text<'de>, A::Error> {
         skip_seq(seq)?;
         Ok(Text::Invalid)
     }
+    invalid_numbers!(Text::Invalid);
     invalid_otherwise!(Text::Invalid);
 }
 
@@ -638,15 +645,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Aud<'a> {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Aud<'de>, E> {
                 Ok(Aud::One(Cow::Owned(v.to_owned())))
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Aud<'de>, E> {
-                Ok(Aud::Invalid)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Aud<'de>, E> {
-                Ok(Aud::Invalid)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Aud<'de>, E> {
-                Ok(Aud::Invalid)
-            }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Aud<'de>, A::Error> {
                 let mut list = Vec::new();
                 let mut valid = true;
@@ -658,6 +656,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Aud<'a> {
                 }
                 Ok(if valid { Aud::Many(list) } else { Aud::Invalid })
             }
+            invalid_numbers!(Aud::Invalid);
             invalid_otherwise!(Aud::Invalid);
         }
         deserializer.deserialize_any(AudVisitor)

@@ -409,6 +409,18 @@ impl std::io::Write for LogCapture {
 }
 
 impl LogCapture {
+    /// Captures everything this thread logs at TRACE level until the guard drops.
+    pub fn trace() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+        let captured = LogCapture::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
     /// Everything captured so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
