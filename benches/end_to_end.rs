@@ -3,6 +3,8 @@
 //! requests per second:
 //!
 //! - `no_auth`: the route alone;
+//! - `passthrough_layer`: behind a tower layer that does nothing (`MapRequestLayer`
+//!   with the identity): what axum's `Router::layer` costs any middleware;
 //! - `tower_bearer`: behind `RequireBearerLayer` + `JwtValidator` (HS256);
 //! - `tower_bearer_cached`: the same wrapped in `VerifiedCache` (every request
 //!   repeats one token, so every request after the first is a cache hit);
@@ -35,6 +37,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use jwt_authorizer::{AuthError, IntoLayer, JwtAuthorizer, RegisteredClaims};
+use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
 use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, VerifiedCache};
 
@@ -183,6 +186,10 @@ fn setup(rt: &tokio::runtime::Runtime) -> Vec<Target> {
         let apps = [
             ("no_auth", router()),
             (
+                "passthrough_layer",
+                router().layer(MapRequestLayer::new(|req: Request<Body>| req)),
+            ),
+            (
                 "tower_bearer",
                 router().layer(RequireBearerLayer::new(tower_bearer())),
             ),
@@ -227,7 +234,7 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, targets: &mut [Ta
 /// The cases in alternating rounds; the median requests per second of each and their
 /// ratios to `no_auth`.
 fn interleaved(rt: &tokio::runtime::Runtime, targets: &mut [Target]) {
-    const ROUNDS: usize = 9;
+    const ROUNDS: usize = 15;
     const REQUESTS: u64 = 20_000;
     let authorization = HeaderValue::try_from(format!("Bearer {}", token())).unwrap();
     let mut rates = vec![Vec::new(); targets.len()];

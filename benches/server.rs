@@ -7,11 +7,19 @@
 //! - `Authorization` header parsing alone.
 //!
 //! `cargo bench --bench server --features jwt`
+//!
+//! Instruction counts instead of times (steady on a loaded machine): with
+//! `SERVER_CALLGRIND=<case>:<n>` the binary runs one case `n` times inside
+//! `measured`, and nothing else, for
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured*'`;
+//! instructions per iteration are the collected total over `n`. Cases: the names
+//! above (`raw_decode/HS256`, `layer/HS256`, …, `jwt_verify/RS256`,
+//! `verified_cache_hit/RS256`, `header_parse`).
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use futures_util::FutureExt;
 use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, Request, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -175,5 +183,87 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Calls `f` `n` times; the only code collected in a callgrind run.
+#[inline(never)]
+fn measured<T>(n: usize, mut f: impl FnMut() -> T) {
+    for _ in 0..n {
+        std::hint::black_box(f());
+    }
+}
+
+/// One case, `n` times, for callgrind (see the module documentation).
+fn callgrind(case_name: &str, n: usize) {
+    let (kind, alg) = case_name.split_once('/').unwrap_or((case_name, ""));
+    let mut all = cases();
+    let rs256 = all.iter().position(|c| c.name == "RS256").unwrap();
+    match kind {
+        "raw_decode" | "layer" | "jwt_verify" => {
+            let case = all
+                .iter()
+                .find(|c| c.name == alg)
+                .expect("unknown algorithm");
+            match kind {
+                "raw_decode" => measured(n, || {
+                    jsonwebtoken::decode::<Claims>(&case.token, &case.raw_key, &case.raw_validation)
+                        .unwrap()
+                }),
+                "jwt_verify" => measured(n, || case.validator.check(&case.token).unwrap()),
+                _ => {
+                    let inner = tower::service_fn(|_req: Request<()>| async {
+                        Ok::<_, Infallible>(Response::new(()))
+                    });
+                    let mut service = RequireBearerLayer::new(case.validator.clone()).layer(inner);
+                    let mut requests: Vec<_> = (0..n).map(|_| request(&case.token)).collect();
+                    measured(n, || {
+                        let response = service
+                            .call(requests.pop().unwrap())
+                            .now_or_never()
+                            .unwrap()
+                            .unwrap();
+                        assert_eq!(response.status(), 200);
+                        response
+                    });
+                }
+            }
+        }
+        "verified_cache_hit" => {
+            let case = all.swap_remove(rs256);
+            let cached = VerifiedCache::new(case.validator);
+            cached
+                .validate(&case.token)
+                .now_or_pending()
+                .ok()
+                .unwrap()
+                .unwrap();
+            measured(n, || {
+                cached
+                    .validate(&case.token)
+                    .now_or_pending()
+                    .ok()
+                    .unwrap()
+                    .unwrap()
+            });
+        }
+        "header_parse" => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                AUTHORIZATION,
+                HeaderValue::try_from(format!("Bearer {}", all[rs256].token)).unwrap(),
+            );
+            measured(n, || bearer_token(&headers, 8 * 1024).unwrap().len());
+        }
+        _ => panic!("unknown case {case_name}"),
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("SERVER_CALLGRIND") {
+        let (case, n) = spec.rsplit_once(':').expect("SERVER_CALLGRIND=<case>:<n>");
+        callgrind(case, n.parse().expect("a number of iterations"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
