@@ -244,22 +244,21 @@ fn interleaved(rt: &tokio::runtime::Runtime, targets: &mut [Target]) {
             rates.push(REQUESTS as f64 / elapsed.as_secs_f64());
         }
     }
-    let medians: Vec<f64> = rates
-        .iter_mut()
-        .map(|r| {
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
-        })
-        .collect();
+    for r in &mut rates {
+        r.sort_by(f64::total_cmp);
+    }
+    let medians: Vec<f64> = rates.iter().map(|r| r[r.len() / 2]).collect();
     println!(
         "\nend_to_end interleaved: {ROUNDS} rounds of {REQUESTS} requests per case, \
-         {CONCURRENCY} in flight; median requests/s"
+         {CONCURRENCY} in flight; median requests/s (lowest, highest round)"
     );
-    for (target, median) in targets.iter().zip(&medians) {
+    for ((target, median), r) in targets.iter().zip(&medians).zip(&rates) {
         println!(
-            "  {:<20} {:>9.0}/s  {:.3}x no_auth",
+            "  {:<20} {:>7.0}/s ({:.0}, {:.0})  {:.3}x no_auth",
             target.name,
             median,
+            r[0],
+            r[r.len() - 1],
             median / medians[0]
         );
     }
