@@ -13,7 +13,8 @@
 //!
 //! Every case gets the same request (with the same `Authorization` header, which
 //! `no_auth` ignores), the same handler and the same server code; both validators
-//! check the HS256 signature, `exp` (required, 60 s leeway), `nbf`, `iss` and `aud`.
+//! check the HS256 signature, `exp` (required, 60 s leeway), `nbf`, `iss` and `aud`,
+//! and the setup checks that each refuses a token that fails any one of them.
 //!
 //! After the criterion group, unless a filter excludes it, the cases are also run in
 //! alternating rounds and the median ratios printed: on a shared machine whose load
@@ -30,7 +31,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
-use criterion::{Criterion, Throughput};
+use criterion::{Criterion, SamplingMode, Throughput};
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -48,12 +49,26 @@ const SECRET: &str = "an-end-to-end-secret-of-32-bytes";
 const ISSUER: &str = "https://idp.example.com";
 const AUDIENCE: &str = "bench-api";
 
-fn token() -> String {
-    let now = SystemTime::now()
+fn now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({
+        .as_secs()
+}
+
+/// A token with these claims, signed with `secret`.
+fn sign(claims: &serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn good_claims() -> serde_json::Value {
+    let now = now();
+    serde_json::json!({
         "sub": "bench",
         "iss": ISSUER,
         "aud": AUDIENCE,
@@ -61,13 +76,39 @@ fn token() -> String {
         "nbf": now,
         "exp": now + 3600,
         "scope": "items:read",
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    })
+}
+
+/// The token every request carries.
+fn token() -> String {
+    sign(&good_claims(), SECRET)
+}
+
+/// Tokens that every validating case must refuse: proof that both validators check
+/// the same things.
+fn bad_tokens() -> Vec<(&'static str, String)> {
+    let now = now();
+    let with = |name: &str, value: serde_json::Value| {
+        let mut claims = good_claims();
+        claims[name] = value;
+        sign(&claims, SECRET)
+    };
+    let mut no_exp = good_claims();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    vec![
+        (
+            "another secret",
+            sign(&good_claims(), "another-secret-of-at-least-32-b!"),
+        ),
+        ("expired", with("exp", (now - 3600).into())),
+        ("no exp", sign(&no_exp, SECRET)),
+        ("not valid yet", with("nbf", (now + 3600).into())),
+        (
+            "wrong issuer",
+            with("iss", "https://other.example.com".into()),
+        ),
+        ("wrong audience", with("aud", "other-api".into())),
+    ]
 }
 
 /// The one route every case serves.
@@ -206,14 +247,40 @@ fn setup(rt: &tokio::runtime::Runtime) -> Vec<Target> {
             for _ in 0..CONCURRENCY {
                 connections.push(connect(addr).await);
             }
-            targets.push(Target {
+            let mut target = Target {
                 name,
                 addr,
                 connections,
-            });
+            };
+            if name.starts_with("tower_bearer") || name == "jwt_authorizer" {
+                for (why, bad) in bad_tokens() {
+                    let authorization = HeaderValue::try_from(format!("Bearer {bad}")).unwrap();
+                    let status = send(&mut target.connections[0], addr, &authorization).await;
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {why}");
+                }
+            }
+            targets.push(target);
         }
         targets
     })
+}
+
+/// One request on `sender`; its status (the body is read and dropped).
+async fn send(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    authorization: &HeaderValue,
+) -> StatusCode {
+    sender.ready().await.unwrap();
+    let req = Request::get("/items")
+        .header(HOST, addr.to_string())
+        .header(AUTHORIZATION, authorization)
+        .body(Empty::new())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status();
+    res.into_body().collect().await.unwrap();
+    status
 }
 
 fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, targets: &mut [Target]) {
@@ -221,6 +288,7 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, targets: &mut [Ta
     let mut group = c.benchmark_group("end_to_end");
     group
         .throughput(Throughput::Elements(1))
+        .sampling_mode(SamplingMode::Flat)
         .sample_size(30)
         .measurement_time(Duration::from_secs(10));
     for target in targets.iter_mut() {
