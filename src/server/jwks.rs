@@ -115,7 +115,7 @@ struct Shared<C> {
     flight: SingleFlight<(), Error>,
 }
 
-struct KeySet<C> {
+pub(crate) struct KeySet<C> {
     by_kid: HashMap<String, JwtValidator<C>>,
     /// Keys without a `kid`: used for tokens without one, when there is exactly one.
     unnamed: Vec<JwtValidator<C>>,
@@ -377,17 +377,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
             return Ok(known);
         }
         let res = self.get(document).await?;
-        let found: Discovery = serde_json::from_slice(res.body())
-            .map_err(|e| Error::InvalidResponse(format!("discovery document: {e}")))?;
-        // OpenID Connect Discovery §4.3: the document must be the issuer's own.
-        if found.issuer != *issuer {
-            return Err(Error::InvalidResponse(format!(
-                "discovery document names issuer {:?}, expected {issuer:?}",
-                found.issuer
-            )));
-        }
-        let uri = parse_url(&found.jwks_uri)?;
-        check_url(&uri, self.allow_insecure_http)?;
+        let uri = discovery_jwks_uri(res.body(), issuer, self.allow_insecure_http)?;
         *lock(&self.jwks_uri) = Some(uri.clone());
         Ok(uri)
     }
@@ -398,69 +388,108 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         let lifetime = max_age(res.headers())
             .map(|age| age.clamp(self.refresh_bounds.0, self.refresh_bounds.1))
             .unwrap_or(self.default_refresh);
-        let raw: RawKeySet = serde_json::from_slice(res.body())
-            .map_err(|e| Error::InvalidResponse(format!("JWKS: {e}")))?;
-        let mut set = KeySet {
-            by_kid: HashMap::new(),
-            unnamed: Vec::new(),
-            stale_at: Instant::now() + lifetime,
+        let issuer = match &self.source {
+            Source::Discovery { issuer, .. } => Some(issuer.as_str()),
+            Source::Jwks(_) => None,
         };
-        for (index, value) in raw.keys.into_iter().enumerate() {
-            let Some(validator) = self.usable_key(index, value) else {
-                continue;
-            };
-            match validator {
-                (Some(kid), v) => {
-                    set.by_kid.insert(kid, v);
-                }
-                (None, v) => set.unnamed.push(v),
-            }
-        }
-        if set.by_kid.is_empty() && set.unnamed.is_empty() {
-            return Err(Error::InvalidResponse(
-                "the JWKS holds no usable signing key".into(),
-            ));
-        }
-        Ok(set)
+        parse_key_set(res.body(), &*self.rules, issuer, Instant::now() + lifetime)
     }
+}
 
-    /// A validator for one JWK of the set, or `None` (with a warning) when the key
-    /// cannot or must not verify tokens.
-    fn usable_key(
-        &self,
-        index: usize,
-        value: serde_json::Value,
-    ) -> Option<(Option<String>, JwtValidator<C>)> {
-        let jwk: Jwk = match serde_json::from_value(value) {
-            Ok(jwk) => jwk,
-            Err(e) => {
-                tracing::warn!(index, error = %e, "skipping a JWK that does not parse");
-                return None;
-            }
-        };
-        let kid = jwk.common.key_id.clone();
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-            tracing::warn!(index, ?kid, "skipping an encryption key in the JWKS");
-            return None;
-        }
-        // A published shared secret is no secret: never verify with it.
-        if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
-            tracing::warn!(index, ?kid, "skipping a symmetric key in the JWKS");
-            return None;
-        }
-        let validator = match JwtValidator::<C>::from_jwk(&jwk) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(index, ?kid, error = %e, "skipping an unsupported JWK");
-                return None;
-            }
-        };
-        let mut validator = (self.rules)(validator);
-        if let Source::Discovery { issuer, .. } = &self.source {
-            validator = validator.issuer(issuer);
-        }
-        Some((kid, validator))
+/// The `jwks_uri` of an OIDC discovery document, once the document is found to be
+/// `issuer`'s own (OpenID Connect Discovery §4.3) and the URI fit for fetching keys.
+pub(crate) fn discovery_jwks_uri(
+    body: &[u8],
+    issuer: &str,
+    allow_insecure_http: bool,
+) -> Result<Uri, Error> {
+    let found: Discovery = serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidResponse(format!("discovery document: {e}")))?;
+    if found.issuer != issuer {
+        return Err(Error::InvalidResponse(format!(
+            "discovery document names issuer {:?}, expected {issuer:?}",
+            found.issuer
+        )));
     }
+    let uri = parse_url(&found.jwks_uri)?;
+    check_url(&uri, allow_insecure_http)?;
+    Ok(uri)
+}
+
+/// The usable signing keys of a JWKS document, each a validator with `rules` applied
+/// (and `issuer`, when the keys were found through discovery), stale at `stale_at`.
+///
+/// # Errors
+/// [`Error::InvalidResponse`] when the document does not parse or holds no usable key.
+pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>(
+    body: &[u8],
+    rules: &(dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync),
+    issuer: Option<&str>,
+    stale_at: Instant,
+) -> Result<KeySet<C>, Error> {
+    let raw: RawKeySet =
+        serde_json::from_slice(body).map_err(|e| Error::InvalidResponse(format!("JWKS: {e}")))?;
+    let mut set = KeySet {
+        by_kid: HashMap::new(),
+        unnamed: Vec::new(),
+        stale_at,
+    };
+    for (index, value) in raw.keys.into_iter().enumerate() {
+        let Some(validator) = usable_key(index, value, rules, issuer) else {
+            continue;
+        };
+        match validator {
+            (Some(kid), v) => {
+                set.by_kid.insert(kid, v);
+            }
+            (None, v) => set.unnamed.push(v),
+        }
+    }
+    if set.by_kid.is_empty() && set.unnamed.is_empty() {
+        return Err(Error::InvalidResponse(
+            "the JWKS holds no usable signing key".into(),
+        ));
+    }
+    Ok(set)
+}
+
+/// A validator for one JWK of the set, or `None` (with a warning) when the key
+/// cannot or must not verify tokens.
+fn usable_key<C: DeserializeOwned + Clone + Send + Sync + 'static>(
+    index: usize,
+    value: serde_json::Value,
+    rules: &(dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync),
+    issuer: Option<&str>,
+) -> Option<(Option<String>, JwtValidator<C>)> {
+    let jwk: Jwk = match serde_json::from_value(value) {
+        Ok(jwk) => jwk,
+        Err(e) => {
+            tracing::warn!(index, error = %e, "skipping a JWK that does not parse");
+            return None;
+        }
+    };
+    let kid = jwk.common.key_id.clone();
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        tracing::warn!(index, ?kid, "skipping an encryption key in the JWKS");
+        return None;
+    }
+    // A published shared secret is no secret: never verify with it.
+    if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+        tracing::warn!(index, ?kid, "skipping a symmetric key in the JWKS");
+        return None;
+    }
+    let validator = match JwtValidator::<C>::from_jwk(&jwk) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(index, ?kid, error = %e, "skipping an unsupported JWK");
+            return None;
+        }
+    };
+    let mut validator = rules(validator);
+    if let Some(issuer) = issuer {
+        validator = validator.issuer(issuer);
+    }
+    Some((kid, validator))
 }
 
 /// `Cache-Control: max-age=N`, if given.
