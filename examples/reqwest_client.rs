@@ -36,8 +36,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     println!(
         "3 requests, {} token request(s), {} API request(s)",
-        servers.issuer.token_requests(),
-        servers.issuer.api_requests()
+        servers.token_requests(),
+        servers.api_requests()
     );
     Ok(())
 }
