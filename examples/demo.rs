@@ -1,12 +1,16 @@
 //! The main demo: a token server, a protected API and a client, in one process on
 //! loopback.
 //!
-//! The token server issues short-lived HS256 JWTs (2 s by default) through the
-//! client-credentials grant; the API checks them with this crate's
-//! `RequireBearerLayer` and `JwtValidator`, with no leeway. 64 client tasks call the API without pause through a
-//! hyper-util client wrapped in `AuthorizeLayer` + `Refreshing`, across several token
-//! lifetimes. The cache refreshes each token once, in the background, shortly before
-//! it expires; no caller waits and no burst of token requests happens.
+//! The token server (`examples/token_server.rs`) issues short-lived EdDSA JWTs
+//! (2 s by default) and rotating refresh tokens; the API (`examples/axum_api.rs`)
+//! finds its keys through OIDC discovery and checks tokens with this crate's
+//! `RequireBearerLayer` and `JwksValidator`, with no leeway. The client registers a
+//! user, logs in with the password grant, and 64 tasks call `GET /me` and
+//! `GET /admin` without pause through a hyper-util client wrapped in
+//! `AuthorizeLayer` + `Refreshing`, across several token lifetimes. The cache
+//! refreshes each token once (with the refresh token, which the server rotates), in
+//! the background, shortly before it expires; no caller waits and no burst of token
+//! requests happens.
 //!
 //! ```text
 //! cargo run --example demo -- --tasks 64 --duration 7 --lifetime 2
@@ -53,22 +57,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let lifetime = Duration::from_secs_f64(args.lifetime);
     let margin = lifetime / 4;
-    let servers = support::start(lifetime).await?;
-    let issuer = servers.issuer.clone();
+    let servers = Arc::new(support::start_with(lifetime, &[USER]).await?);
     println!(
-        "token server and API on http://{}; tokens live {lifetime:?}, refreshed {margin:?} before expiry",
-        servers.addr
+        "token server on {}, API on http://{}; tokens live {lifetime:?}, refreshed {margin:?} before expiry",
+        servers.idp.issuer(),
+        servers.api_addr
     );
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    introduce(&hyper, &servers).await?;
 
-    let endpoint = TokenEndpoint::new(&servers.token_url())?
-        .client_id(support::CLIENT_ID)
-        .client_secret(support::CLIENT_SECRET);
-    let authorizer = Refreshing::builder(endpoint.client_credentials())
+    let endpoint = TokenEndpoint::new(&servers.token_url())?;
+    let authorizer = Refreshing::builder(endpoint.password(USER, PASSWORD))
         .refresh_before(margin)
         .jitter(Duration::ZERO)
         .build();
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
     let client = ServiceBuilder::new()
         .layer(AuthorizeLayer::new(authorizer.clone()).retry_unauthorized())
         .service(hyper);
@@ -78,11 +81,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
-    let url: http::Uri = servers.api_url().parse()?;
+    let me: http::Uri = servers.api_url().parse()?;
+    let admin: http::Uri = format!("http://{}/admin", servers.api_addr).parse()?;
 
     let mut tasks = Vec::new();
-    for _ in 0..args.tasks {
-        let (client, url) = (client.clone(), url.clone());
+    for task in 0..args.tasks {
+        // Half the tasks read their claims, half use the admin scope.
+        let url = if task % 2 == 0 {
+            me.clone()
+        } else {
+            admin.clone()
+        };
+        let client = client.clone();
         let (requests, ok, failed) = (requests.clone(), ok.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -109,8 +119,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let progress = {
-        let (requests, ok, failed, issuer) =
-            (requests.clone(), ok.clone(), failed.clone(), issuer.clone());
+        let (requests, ok, failed, servers) = (
+            requests.clone(),
+            ok.clone(),
+            failed.clone(),
+            servers.clone(),
+        );
         tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
@@ -122,7 +136,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     requests.load(Ordering::Relaxed),
                     ok.load(Ordering::Relaxed),
                     failed.load(Ordering::Relaxed),
-                    issuer.token_requests(),
+                    servers.token_requests(),
                 );
             }
         })
@@ -135,7 +149,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed();
     let usable = lifetime - margin;
     let expiries = (elapsed.as_secs_f64() / usable.as_secs_f64()).floor() as u64;
-    let token_requests = issuer.token_requests();
+    // The first login and every refresh: each is one `POST /token`.
+    let token_requests = servers.token_requests();
     let stats = authorizer.stats();
     let (requests, ok, failed) = (
         requests.load(Ordering::SeqCst),
@@ -143,7 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         failed.load(Ordering::SeqCst),
     );
     println!(
-        "ran {:.1}s with {} tasks; {} callers waited for a token (the first fetch), {} refreshes",
+        "ran {:.1}s with {} tasks; {} callers waited for a token (the first login), {} refreshes",
         elapsed.as_secs_f64(),
         args.tasks,
         stats.waits,
@@ -152,6 +167,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("summary: requests={requests} ok={ok} failed={failed} token_requests={token_requests} expiries={expiries}");
     if failed > 0 || token_requests > expiries + 1 {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+const USER: &str = "demo@example.com";
+const PASSWORD: &str = "correct horse battery staple";
+
+type Plain = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// Registers the demo user as the Zebbra guide does, and shows what the API answers
+/// without a token.
+async fn introduce(
+    hyper: &Plain,
+    servers: &support::Servers,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let registration = serde_json::json!({
+        "username": USER,
+        "first_name": "Demo",
+        "last_name": "User",
+        "new_workspace_name": "Demo workspace",
+        "password": PASSWORD,
+    });
+    let req = http::Request::post(format!("{}/register", servers.idp.issuer()))
+        .body(Full::from(registration.to_string()))?;
+    let res = hyper.request(req).await?;
+    if !res.status().is_success() {
+        return Err(format!("registration failed: HTTP {}", res.status()).into());
+    }
+    println!("registered {USER}");
+    for path in ["/public", "/me"] {
+        let req = http::Request::get(format!("http://{}{path}", servers.api_addr))
+            .body(Full::default())?;
+        let res = hyper.request(req).await?;
+        let challenge = res
+            .headers()
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        println!("GET {path} with no token: {}{challenge}", res.status());
     }
     Ok(())
 }
