@@ -82,51 +82,115 @@ fn reqwest_client_runs() {
     assert!(out.contains("1 token request(s)"), "{out}");
 }
 
+/// A child process killed when the test ends, however it ends.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server example and waits for its `… listening on http://ADDR` line;
+/// answers the running child and its base URL.
+fn listening(cmd: &mut Command) -> (Spawned, String) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Spawned(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some((_, addr)) = line.split_once("listening on ") {
+            assert!(addr.starts_with("http://127.0.0.1:"), "{line}");
+            // Keep reading: a server whose stdout is closed dies at its next line.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (child, addr.trim().to_owned());
+        }
+    }
+    panic!("the example ended before it listened");
+}
+
+type Plain = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn plain_client() -> Plain {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// Sends `req`; answers the status, the headers and the body as JSON (`Null` when
+/// it is not JSON).
+async fn send(
+    client: &Plain,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> (u16, serde_json::Value) {
+    let (status, _, body) = send_full(client, req).await;
+    (status, body)
+}
+
+async fn send_full(
+    client: &Plain,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> (u16, http::HeaderMap, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let res = client.request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or_default(),
+    )
+}
+
+fn get(url: &str, token: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut req = http::Request::get(url);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    req.body(Default::default()).unwrap()
+}
+
+/// Registers `username` (password `secret`) and logs in with the form the guide
+/// uses; answers the token response.
+async fn register_and_login(client: &Plain, base: &str, username: &str) -> serde_json::Value {
+    let registration = serde_json::json!({
+        "username": username,
+        "first_name": "A",
+        "last_name": "User",
+        "new_workspace_name": "W",
+        "password": "secret"
+    });
+    let req = http::Request::post(format!("{base}/register"))
+        .body(registration.to_string().into())
+        .unwrap();
+    assert_eq!(send(client, req).await.0, 200, "register {username}");
+    let req = http::Request::post(format!("{base}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("username={username}&password=secret").into())
+        .unwrap();
+    let (status, token) = send(client, req).await;
+    assert_eq!(status, 200, "log in {username}: {token}");
+    token
+}
+
 /// The token server example, driven with the Zebbra guide's requests as written,
 /// then by this crate's own client (password grant, refresh with rotation).
 #[tokio::test]
 async fn token_server_answers_the_guides_requests() {
-    use std::io::BufRead;
     use std::time::Duration;
 
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
     use tower::ServiceExt;
 
-    let mut child = example("token_server")
-        .args(["--addr", "127.0.0.1:0", "--token-ttl", "1s"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let _child = Kill(child);
-    let base = first.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(base.starts_with("http://127.0.0.1:"), "{first}");
-
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    let send = |req: http::Request<Full<Bytes>>| {
-        let client = client.clone();
-        async move {
-            let res = client.request(req).await.unwrap();
-            let status = res.status().as_u16();
-            let body = res.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
-            )
-        }
-    };
+    let (_server, base) =
+        listening(example("token_server").args(["--addr", "127.0.0.1:0", "--token-ttl", "1s"]));
+    let client = plain_client();
+    let send = |req| send(&client, req);
 
     // requests.post(url, data=json.dumps(form_data)): a JSON body with no content type.
     let form_data = serde_json::json!({
@@ -226,4 +290,179 @@ async fn token_server_answers_the_guides_requests() {
         cache.stats().refreshes >= 2,
         "refreshed with the rotated refresh token"
     );
+}
+
+/// Bad input to the token server gets a clear 4xx, and it publishes its keys the
+/// way OIDC providers do.
+#[tokio::test]
+async fn token_server_refuses_bad_input_and_publishes_its_keys() {
+    let (_server, base) = listening(example("token_server").args(["--addr", "127.0.0.1:0"]));
+    let client = plain_client();
+    let post = |path: &str, content_type: Option<&str>, body: Vec<u8>| {
+        let mut req = http::Request::post(format!("{base}{path}"));
+        if let Some(content_type) = content_type {
+            req = req.header("content-type", content_type);
+        }
+        req.body(body.into()).unwrap()
+    };
+    let form = Some("application/x-www-form-urlencoded");
+    for (case, req, want) in [
+        ("malformed JSON", post("/register", None, b"{\"username\":".to_vec()), 422),
+        ("missing fields", post("/register", None, br#"{"username":"x"}"#.to_vec()), 422),
+        ("JSON of the wrong shape", post("/register", None, b"[1,2]".to_vec()), 422),
+        (
+            "empty password",
+            post(
+                "/register",
+                None,
+                br#"{"username":"x","first_name":"","last_name":"","new_workspace_name":"","password":""}"#.to_vec(),
+            ),
+            422,
+        ),
+        ("a body over 64 KiB", post("/register", None, vec![b' '; 80 * 1024]), 413),
+        ("no form fields", post("/token", form, Vec::new()), 400),
+        ("unknown user", post("/token", form, b"username=nobody&password=x".to_vec()), 400),
+        ("unknown grant", post("/token", form, b"grant_type=mac".to_vec()), 400),
+        ("stale refresh token", post("/token", form, b"grant_type=refresh_token&refresh_token=abc".to_vec()), 400),
+        ("client credentials without a secret", post("/token", form, b"grant_type=client_credentials".to_vec()), 401),
+        ("a form over 64 KiB", post("/token", form, vec![b'a'; 80 * 1024]), 413),
+    ] {
+        let (status, body) = send(&client, req).await;
+        assert_eq!(status, want, "{case}: {body}");
+    }
+    // 8 MiB: the server answers 413 as soon as it sees the length and closes the
+    // connection, which may cut the upload short before the answer is read.
+    let huge = post("/register", None, vec![b' '; 8 << 20]);
+    if let Ok(res) = client.request(huge).await {
+        assert_eq!(res.status(), 413);
+    }
+    let (status, body) = send(
+        &client,
+        post("/token", form, b"username=nobody&password=x".to_vec()),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    let (status, discovery) = send(
+        &client,
+        get(&format!("{base}/.well-known/openid-configuration"), None),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(discovery["issuer"], base.as_str());
+    let (status, jwks) = send(&client, get(discovery["jwks_uri"].as_str().unwrap(), None)).await;
+    assert_eq!(status, 200);
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+    assert!(jwks["keys"][0].get("d").is_none(), "never the private key");
+
+    // The server still works after all that.
+    let token = register_and_login(&client, &base, "after-garbage").await;
+    let (status, me) = send(
+        &client,
+        get(&format!("{base}/user"), token["access_token"].as_str()),
+    )
+    .await;
+    assert_eq!(
+        (status, me["username"].as_str()),
+        (200, Some("after-garbage"))
+    );
+}
+
+/// The axum API example with the token server: keys through OIDC discovery (or a
+/// JWKS URL), `/public` open, `/me` answering the claims, `/admin` only for the
+/// admin scope, failures answered as RFC 6750 says.
+#[tokio::test]
+async fn axum_api_checks_the_token_servers_tokens() {
+    let (_idp, idp) =
+        listening(example("token_server").args(["--addr", "127.0.0.1:0", "--admin", "alice"]));
+    let (_api, api) = listening(example("axum_api").args([
+        "--addr",
+        "127.0.0.1:0",
+        "--oidc",
+        &idp,
+        "--audience",
+        "api",
+    ]));
+    let client = plain_client();
+    let alice = register_and_login(&client, &idp, "alice").await;
+    let alice = alice["access_token"].as_str().unwrap();
+    let bob = register_and_login(&client, &idp, "bob").await;
+    let bob = bob["access_token"].as_str().unwrap();
+
+    let (status, body) = send(&client, get(&format!("{api}/public"), None)).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, headers, _) = send_full(&client, get(&format!("{api}/me"), None)).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"api\"");
+
+    let (status, claims) = send(&client, get(&format!("{api}/me"), Some(alice))).await;
+    assert_eq!(status, 200);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["iss"], idp.as_str());
+    assert_eq!(claims["aud"], "api");
+    assert_eq!(claims["scope"], "read admin");
+
+    let (status, body) = send(&client, get(&format!("{api}/admin"), Some(alice))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, headers, _) = send_full(&client, get(&format!("{api}/admin"), Some(bob))).await;
+    assert_eq!(status, 403);
+    let challenge = headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"admin\""),
+        "{challenge}"
+    );
+
+    let forged = format!("{}x", &alice[..alice.len() - 1]);
+    let (status, headers, _) = send_full(&client, get(&format!("{api}/me"), Some(&forged))).await;
+    assert_eq!(status, 401);
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+
+    // The same API given the JWKS directly: it checks the issuer and audience it is
+    // told, so a token for another audience is refused.
+    let (_other, other) = listening(example("axum_api").args([
+        "--addr",
+        "127.0.0.1:0",
+        "--jwks-url",
+        &format!("{idp}/.well-known/jwks.json"),
+        "--issuer",
+        &idp,
+        "--audience",
+        "another-api",
+    ]));
+    let (status, headers, _) = send_full(&client, get(&format!("{other}/me"), Some(alice))).await;
+    assert_eq!(status, 401);
+    assert!(headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+}
+
+#[test]
+fn axum_api_needs_a_key_source() {
+    let out = example("axum_api").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--jwks-url") && stderr.contains("--oidc"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn grpc_example_runs() {
+    let out = run(example("grpc"));
+    assert!(out.contains("without a token: Unauthenticated"), "{out}");
+    assert!(
+        out.contains("call 3: Hello grpc! (token subject: demo-client)"),
+        "{out}"
+    );
+    assert!(out.contains("3 calls, 1 token request(s)"), "{out}");
 }
