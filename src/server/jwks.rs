@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{ACCEPT, CACHE_CONTROL};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Full;
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -123,7 +125,7 @@ pub(crate) struct KeySet<C> {
 }
 
 impl<C> KeySet<C> {
-    fn find(&self, kid: Option<&str>) -> Option<&JwtValidator<C>> {
+    pub(crate) fn find(&self, kid: Option<&str>) -> Option<&JwtValidator<C>> {
         match kid {
             Some(kid) => self.by_kid.get(kid),
             None if self.unnamed.len() == 1 => self.unnamed.first(),
@@ -478,6 +480,20 @@ fn usable_key<C: DeserializeOwned + Clone + Send + Sync + 'static>(
         tracing::warn!(index, ?kid, "skipping a symmetric key in the JWKS");
         return None;
     }
+    // jsonwebtoken takes an Ed25519 key's first 32 bytes when it verifies: a shorter
+    // `x` would panic there (a JWKS must not be able to crash the server), a longer
+    // one would be cut. Only Ed25519 is an OKP signing curve here.
+    if let AlgorithmParameters::OctetKeyPair(okp) = &jwk.algorithm {
+        let len = URL_SAFE_NO_PAD.decode(&okp.x).map_or(0, |x| x.len());
+        if okp.curve != EllipticCurve::Ed25519 || len != ED25519_KEY_LEN {
+            tracing::warn!(
+                index,
+                ?kid,
+                "skipping an OKP key that is not a 32-byte Ed25519 key"
+            );
+            return None;
+        }
+    }
     let validator = match JwtValidator::<C>::from_jwk(&jwk) {
         Ok(v) => v,
         Err(e) => {
@@ -513,6 +529,9 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
             }
         })
 }
+
+/// The length of an Ed25519 public key (RFC 8037 §2: `x`).
+const ED25519_KEY_LEN: usize = 32;
 
 const UNKNOWN_KEY: &str = "the token's signing key is unknown";
 const NO_KEYS: &str = "the signing keys are unavailable";
