@@ -70,6 +70,10 @@
 pub mod client;
 mod error;
 pub(crate) mod flight;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

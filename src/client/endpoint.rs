@@ -215,6 +215,19 @@ impl TokenEndpoint {
     }
 }
 
+// The token-answer parser for the fuzz entry points (`crate::__fuzz`): an associated
+// function, because this module is private to `client`.
+#[cfg(any(fuzzing, test))]
+impl TokenEndpoint {
+    pub(crate) fn parse_response_for_fuzzing(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Token, Error> {
+        parse_token_response(status, headers, body)
+    }
+}
+
 impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenEndpoint")
