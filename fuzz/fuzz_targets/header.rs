@@ -1,0 +1,6 @@
+//! Authorization header parsing: one or two values, a length cap.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| tower_bearer::__fuzz::header(data));

@@ -1,0 +1,6 @@
+//! JWKS documents: the usable keys then check genuine tokens.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| tower_bearer::__fuzz::jwks(data));
