@@ -235,50 +235,37 @@ pub trait ScopedClaims {
 }
 
 /// The registered claims of a JWT or an introspection answer, and the rest in a map.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Read in one pass (no buffering of the other claims): `exp`, `nbf` and `iat` may be
+/// decimal NumericDates, `jti` may be a number, a claim named twice is refused.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Claims {
     /// Subject: who the token is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     /// Issuer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// Audience: one or several.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
     /// Expiry, seconds since the Unix epoch (a decimal NumericDate is truncated).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "numeric_date"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
     /// Not before, seconds since the Unix epoch (a decimal NumericDate is truncated).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "numeric_date"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
     /// Issued at, seconds since the Unix epoch (a decimal NumericDate is truncated).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "numeric_date"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
     /// Token id (a number, as some issuers send it, is kept as its decimal text).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "string_or_number"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
     /// Space-separated scopes (OAuth 2.0, RFC 8693 `scope`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// Scopes as an array (`scp`, as Entra ID and Okta send them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scp: Option<Scopes>,
     /// Every other claim.
     #[serde(flatten)]
@@ -317,7 +304,7 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
 }
 
 /// `aud`: a string or an array of strings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Audience {
     /// One audience.
@@ -328,13 +315,166 @@ pub enum Audience {
 
 /// `scp`: an array of scopes, or (as some providers send it) one space-separated
 /// string.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Scopes {
     /// An array.
     List(Vec<String>),
     /// A space-separated string.
     Spaced(String),
+}
+
+/// A string, or an array of strings: `Ok(Err(one))` or `Ok(Ok(many))`, read without
+/// buffering (serde's untagged enums buffer the value first).
+struct OneOrMany(Result<Vec<String>, String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(Err(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(Err(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                while let Some(one) = seq.next_element()? {
+                    all.push(one);
+                }
+                Ok(OneOrMany(Ok(all)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match OneOrMany::deserialize(d)?.0 {
+            Err(one) => Audience::One(one),
+            Ok(many) => Audience::Many(many),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Scopes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match OneOrMany::deserialize(d)?.0 {
+            Err(spaced) => Scopes::Spaced(spaced),
+            Ok(list) => Scopes::List(list),
+        })
+    }
+}
+
+/// The claims `Claims` names, and any other.
+enum Field {
+    Sub,
+    Iss,
+    Aud,
+    Exp,
+    Nbf,
+    Iat,
+    Jti,
+    Scope,
+    Scp,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a claim name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "sub" => Field::Sub,
+                    "iss" => Field::Iss,
+                    "aud" => Field::Aud,
+                    "exp" => Field::Exp,
+                    "nbf" => Field::Nbf,
+                    "iat" => Field::Iat,
+                    "jti" => Field::Jti,
+                    "scope" => Field::Scope,
+                    "scp" => Field::Scp,
+                    other => Field::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Claims;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Claims, A::Error> {
+                #[derive(Deserialize)]
+                struct Date(#[serde(deserialize_with = "numeric_date")] Option<u64>);
+                #[derive(Deserialize)]
+                struct Id(#[serde(deserialize_with = "string_or_number")] Option<String>);
+
+                let mut c = Claims::default();
+                let mut seen = 0u16;
+                while let Some(field) = map.next_key::<Field>()? {
+                    let (bit, name) = match &field {
+                        Field::Sub => (1, "sub"),
+                        Field::Iss => (2, "iss"),
+                        Field::Aud => (4, "aud"),
+                        Field::Exp => (8, "exp"),
+                        Field::Nbf => (16, "nbf"),
+                        Field::Iat => (32, "iat"),
+                        Field::Jti => (64, "jti"),
+                        Field::Scope => (128, "scope"),
+                        Field::Scp => (256, "scp"),
+                        Field::Other(_) => (0, ""),
+                    };
+                    if seen & bit != 0 {
+                        return Err(serde::de::Error::duplicate_field(name));
+                    }
+                    seen |= bit;
+                    match field {
+                        Field::Sub => c.sub = map.next_value()?,
+                        Field::Iss => c.iss = map.next_value()?,
+                        Field::Aud => c.aud = map.next_value()?,
+                        Field::Exp => c.exp = map.next_value::<Date>()?.0,
+                        Field::Nbf => c.nbf = map.next_value::<Date>()?.0,
+                        Field::Iat => c.iat = map.next_value::<Date>()?.0,
+                        Field::Jti => c.jti = map.next_value::<Id>()?.0,
+                        Field::Scope => c.scope = map.next_value()?,
+                        Field::Scp => c.scp = map.next_value()?,
+                        Field::Other(name) => {
+                            let value = map.next_value()?;
+                            if c.extra.insert(name, value).is_some() {
+                                return Err(serde::de::Error::custom("a claim is named twice"));
+                            }
+                        }
+                    }
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl Claims {
@@ -380,6 +520,36 @@ mod tests {
         assert_eq!(c.extra["x"], 1);
         let c: Claims = serde_json::from_str(r#"{"scp":"a b"}"#).unwrap();
         assert!(c.has_scope("b"));
+    }
+
+    #[test]
+    fn claims_are_read_in_one_pass_and_a_repeated_claim_is_refused() {
+        let c: Claims = serde_json::from_str(
+            r#"{"sub":"u","aud":["a","b"],"scp":"x y","tenant":{"id":7},"sub2":null}"#,
+        )
+        .unwrap();
+        assert_eq!(c.sub.as_deref(), Some("u"));
+        assert_eq!(c.aud, Some(Audience::Many(vec!["a".into(), "b".into()])));
+        assert_eq!(c.scp, Some(Scopes::Spaced("x y".into())));
+        assert_eq!(c.extra["tenant"]["id"], 7);
+        assert!(c.extra["sub2"].is_null());
+        let c: Claims = serde_json::from_str(r#"{"aud":"one","scp":["s"]}"#).unwrap();
+        assert_eq!(c.aud, Some(Audience::One("one".into())));
+        assert_eq!(c.scp, Some(Scopes::List(vec!["s".into()])));
+        // Written back as read.
+        let round: Claims = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+        for bad in [
+            r#"{"sub":"a","sub":"b"}"#,
+            r#"{"exp":1,"exp":2}"#,
+            r#"{"x":1,"x":2}"#,
+            r#"{"aud":1}"#,
+            r#"{"aud":["a",1]}"#,
+            r#"{"scp":{"a":1}}"#,
+            r#"[1,2]"#,
+        ] {
+            assert!(serde_json::from_str::<Claims>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
