@@ -140,3 +140,23 @@ fn algorithms_outside_the_key_type_are_refused_at_configuration() {
     assert!(JwtValidator::<Claims>::rsa_pem(b"not a pem").is_err());
     assert!(JwtValidator::<Claims>::ec_pem(include_bytes!("keys/rsa.pub.pem")).is_err());
 }
+
+/// An Ed25519 key of the wrong size (a truncated or padded configuration value)
+/// refuses every token instead of panicking inside the signature check.
+#[test]
+fn an_ed25519_key_of_the_wrong_size_refuses_tokens_without_panicking() {
+    let token = mint(Algorithm::EdDSA, &claims());
+    for len in [0, 1, 16, 31, 33, 64] {
+        let v: JwtValidator<Claims> = JwtValidator::ed_der(&vec![7u8; len]);
+        let refused = v.check(&token).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            tower_bearer::server::Rejection::invalid_token("the token signature is invalid")
+                .to_string(),
+            "{len}-byte key"
+        );
+    }
+    // The right size but the wrong key: refused the same way.
+    let v: JwtValidator<Claims> = JwtValidator::ed_der(&[7u8; 32]);
+    assert!(v.check(&token).is_err());
+}

@@ -358,6 +358,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
                 "the token has a critical header this server does not understand",
             ));
         }
+        // jsonwebtoken slices an Ed25519 key to 32 bytes and panics on a shorter one
+        // (found by fuzzing through a JWKS): a key of the wrong size verifies nothing.
+        if alg == Algorithm::EdDSA && !self.key.try_get_as_bytes().is_ok_and(|k| k.len() == 32) {
+            return Err(Rejection::invalid_token("the token signature is invalid"));
+        }
         let message = &token[..header.len() + 1 + payload.len()];
         let authentic = match self
             .hmac
