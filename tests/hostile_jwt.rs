@@ -280,6 +280,26 @@ fn rs256_cases() -> Vec<Case> {
             rs256_with(r#"{"alg":"RS256","crit":[]}"#, &claims),
             "the token has a critical header this server does not understand",
         ),
+        refused(
+            "crit null",
+            rs256_with(r#"{"alg":"RS256","crit":null}"#, &claims),
+            "the token has a critical header this server does not understand",
+        ),
+        // Found by fuzzing: bytes that are not UTF-8 in a header member that is
+        // otherwise skipped (JSON is UTF-8; the token is still properly signed).
+        refused(
+            "header member not UTF-8",
+            {
+                let mut header = br#"{"alg":"RS256","typ":"JWT"#.to_vec();
+                header.extend_from_slice(&[0xff, 0xfe, b'"', b'}']);
+                let message = format!("{}.{}", b64(&header), b64(claims.to_string()));
+                let signature =
+                    jsonwebtoken::crypto::sign(message.as_bytes(), &rsa(), Algorithm::RS256)
+                        .unwrap();
+                format!("{message}.{signature}")
+            },
+            "the token is malformed",
+        ),
         // Time claims (leeway 60 s).
         refused(
             "expired just beyond the leeway",

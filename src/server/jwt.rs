@@ -515,9 +515,10 @@ fn split(token: &str) -> Result<(&str, &str, &str), Rejection> {
 /// `crit` member. Nothing else in the header is read.
 fn read_header(part: &str) -> Result<(Option<Algorithm>, bool), Rejection> {
     let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| malformed())?;
-    let header: JoseHeader<'_> =
-        serde_json::from_slice(json_object(&bytes)?).map_err(|_| malformed())?;
-    Ok((Algorithm::from_str(&header.alg).ok(), header.crit.is_some()))
+    // JSON is UTF-8 (RFC 8259 §8.1), in the members skipped below too.
+    let text = std::str::from_utf8(json_object(&bytes)?).map_err(|_| malformed())?;
+    let header: JoseHeader<'_> = serde_json::from_str(text).map_err(|_| malformed())?;
+    Ok((Algorithm::from_str(&header.alg).ok(), header.crit))
 }
 
 /// `bytes` when they hold a JSON object: serde would also read a struct from an
@@ -550,8 +551,14 @@ pub(crate) fn header_kid(token: &str) -> Result<Option<String>, Rejection> {
 struct JoseHeader<'a> {
     #[serde(borrow)]
     alg: Cow<'a, str>,
-    #[serde(default)]
-    crit: Option<IgnoredAny>,
+    /// Present at all, whatever its value (`"crit": null` included).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+/// `true` for a member that is there: its value is skipped.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// The registered claims, each read leniently so a claim of the wrong type gets
