@@ -67,13 +67,13 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod client;
-mod error;
-pub(crate) mod flight;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+pub mod client;
+mod error;
+pub(crate) mod flight;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
