@@ -2,85 +2,17 @@
 //! client: the client sees UNAUTHENTICATED, PERMISSION_DENIED and UNAVAILABLE, and
 //! the service reads the verified claims from `tonic::Request::extensions()`.
 //!
-//! The service is written by hand (`tonic::server::Grpc` with a prost codec), so no
-//! protoc is needed.
+//! The service is the gRPC example's (`examples/support/greeter.rs`, written by hand
+//! over `tonic::server::Grpc` with a prost codec, so no protoc is needed).
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
+#[path = "../examples/support/greeter.rs"]
+mod greeter;
 
-use futures_util::future::BoxFuture;
-use http::uri::PathAndQuery;
-use tonic::body::Body;
-use tonic::codegen::Service;
-use tonic::server::{NamedService, UnaryService};
+use greeter::{hello as hello_request, say_hello, Greeter};
 use tonic::{Code, Status};
-use tonic_prost::ProstCodec;
 use tower_bearer::server::{
-    from_async_fn, Claims, Rejection, RequireBearerLayer, RequireScopeLayer, Verified,
+    from_async_fn, Claims, Rejection, RequireBearerLayer, RequireScopeLayer,
 };
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-const PATH: &str = "/test.Greeter/Hello";
-
-/// The gRPC service `test.Greeter` with one unary method, `Hello`.
-#[derive(Clone)]
-struct Greeter;
-
-impl NamedService for Greeter {
-    const NAME: &'static str = "test.Greeter";
-}
-
-struct Hello;
-
-impl UnaryService<HelloRequest> for Hello {
-    type Response = HelloReply;
-    type Future = Ready<Result<tonic::Response<HelloReply>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<HelloRequest>) -> Self::Future {
-        let subject = request
-            .extensions()
-            .get::<Verified<Claims>>()
-            .and_then(|Verified(claims)| claims.sub.clone())
-            .unwrap_or_else(|| "nobody".into());
-        let name = request.into_inner().name;
-        ready(Ok(tonic::Response::new(HelloReply {
-            message: format!("hello {name}, you are {subject}"),
-        })))
-    }
-}
-
-impl Service<http::Request<Body>> for Greeter {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        Box::pin(async move {
-            if req.uri().path() != PATH {
-                return Ok(Status::unimplemented("no such method").into_http());
-            }
-            let mut grpc =
-                tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
-            Ok(grpc.unary(Hello, req).await)
-        })
-    }
-}
 
 /// Tokens: "alice" (scope greet), "bob" (no scope), "down" (validator
 /// unavailable); anything else is invalid.
@@ -123,20 +55,13 @@ async fn hello(addr: std::net::SocketAddr, token: Option<&str>) -> Result<String
         .await
         .unwrap();
     let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
-    let mut request = tonic::Request::new(HelloRequest {
-        name: "grpc".into(),
-    });
+    let mut request = hello_request("grpc");
     if let Some(token) = token {
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
-    let codec = ProstCodec::<HelloRequest, HelloReply>::default();
-    let reply = client
-        .unary(request, PathAndQuery::from_static(PATH), codec)
-        .await?;
-    Ok(reply.into_inner().message)
+    say_hello(&mut client, request).await
 }
 
 #[tokio::test]
@@ -144,7 +69,7 @@ async fn a_valid_token_with_the_scope_reaches_the_service_with_its_claims() {
     let addr = start().await;
     assert_eq!(
         hello(addr, Some("alice")).await.unwrap(),
-        "hello grpc, you are alice"
+        "Hello grpc! (token subject: alice)"
     );
 }
 
@@ -218,22 +143,12 @@ async fn a_tonic_client_with_authorize_layer_recovers_from_unauthenticated() {
     let client = tonic::client::Grpc::new(AuthorizeLayer::new(cache.clone()).layer(channel));
     let call = || {
         let mut client = client.clone();
-        async move {
-            client.ready().await.unwrap();
-            let request = tonic::Request::new(HelloRequest {
-                name: "grpc".into(),
-            });
-            let codec = ProstCodec::<HelloRequest, HelloReply>::default();
-            client
-                .unary(request, PathAndQuery::from_static(PATH), codec)
-                .await
-                .map(|r| r.into_inner().message)
-        }
+        async move { say_hello(&mut client, hello_request("grpc")).await }
     };
     let first = call().await.unwrap_err();
     assert_eq!(first.code(), Code::Unauthenticated);
-    assert_eq!(call().await.unwrap(), "hello grpc, you are alice");
-    assert_eq!(call().await.unwrap(), "hello grpc, you are alice");
+    assert_eq!(call().await.unwrap(), "Hello grpc! (token subject: alice)");
+    assert_eq!(call().await.unwrap(), "Hello grpc! (token subject: alice)");
     assert_eq!(
         fetched.load(Ordering::SeqCst),
         2,
