@@ -114,8 +114,18 @@ pub fn start(listener: tokio::net::TcpListener, config: Config) -> std::io::Resu
     let der = signing.to_pkcs8_der().map_err(std::io::Error::other)?;
     let public = signing.verifying_key().to_bytes();
     let issuer = config.issuer.unwrap_or_else(|| format!("http://{addr}"));
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(std::io::Error::other)?;
+    let decoy_hash = SaltString::encode_b64(&salt)
+        .and_then(|salt| {
+            Argon2::default()
+                .hash_password(random_hex(16).as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let state = Arc::new(ServerState {
         accounts: Mutex::new(HashMap::new()),
+        decoy_hash,
         refresh_tokens: Mutex::new(HashMap::new()),
         encoding: EncodingKey::from_ed_der(der.as_bytes()),
         decoding: DecodingKey::from_ed_der(&public),
@@ -158,6 +168,8 @@ struct Account {
 
 struct ServerState {
     accounts: Mutex<HashMap<String, Account>>,
+    /// The hash of a random password, checked for unknown usernames.
+    decoy_hash: String,
     /// Refresh token → username; each is removed when used (rotation).
     refresh_tokens: Mutex<HashMap<String, String>>,
     encoding: EncodingKey,
@@ -211,7 +223,7 @@ struct Registration {
 
 /// `POST /register`: the body is JSON whatever the content type says.
 async fn register(State(server): State<Arc<ServerState>>, body: Bytes) -> Response {
-    let form: Registration = match serde_json::from_slice(&body) {
+    let mut form: Registration = match serde_json::from_slice(&body) {
         Ok(form) => form,
         Err(e) => {
             return detail(
@@ -233,12 +245,17 @@ async fn register(State(server): State<Arc<ServerState>>, body: Bytes) -> Respon
             "no randomness for a salt",
         );
     }
-    let hash = SaltString::encode_b64(&salt).and_then(|salt| {
-        Argon2::default()
-            .hash_password(form.password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    });
-    let Ok(hash) = hash else {
+    // Argon2 takes tens of milliseconds of CPU on purpose: off the async workers.
+    let password = std::mem::take(&mut form.password);
+    let hash = tokio::task::spawn_blocking(move || {
+        SaltString::encode_b64(&salt).and_then(|salt| {
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+    })
+    .await;
+    let Ok(Ok(hash)) = hash else {
         return detail(
             StatusCode::INTERNAL_SERVER_ERROR,
             "could not store the password",
@@ -301,7 +318,7 @@ async fn token(
 ) -> Response {
     server.token_requests.fetch_add(1, Ordering::SeqCst);
     let grant = match form.get("grant_type").map(String::as_str) {
-        None | Some("password") => password_grant(&server, &form),
+        None | Some("password") => password_grant(&server, &form).await,
         Some("refresh_token") => {
             let presented = form.get("refresh_token").map_or("", String::as_str);
             match lock(&server.refresh_tokens).remove(presented) {
@@ -329,7 +346,10 @@ async fn token(
     }
 }
 
-fn password_grant(server: &ServerState, form: &HashMap<String, String>) -> Result<Grant, Refusal> {
+async fn password_grant(
+    server: &ServerState,
+    form: &HashMap<String, String>,
+) -> Result<Grant, Refusal> {
     let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
@@ -340,13 +360,21 @@ fn password_grant(server: &ServerState, form: &HashMap<String, String>) -> Resul
     let hash = lock(&server.accounts)
         .get(username)
         .map(|account| account.password_hash.clone());
-    let verified = hash.is_some_and(|hash| {
+    // An unknown user costs the same argon2 check as a wrong password, so the time
+    // of the answer does not tell which usernames exist.
+    let known = hash.is_some();
+    let hash = hash.unwrap_or_else(|| server.decoy_hash.clone());
+    let password = password.clone();
+    let matches = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash).is_ok_and(|hash| {
             Argon2::default()
                 .verify_password(password.as_bytes(), &hash)
                 .is_ok()
         })
-    });
+    })
+    .await
+    .unwrap_or(false);
+    let verified = known && matches;
     if !verified {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
