@@ -44,6 +44,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tower_bearer::server::{Claims, JwtValidator, Rejection, RequireBearerLayer, Verified};
 
 /// The client registered for the client-credentials grant.
@@ -116,10 +117,12 @@ pub fn start(listener: tokio::net::TcpListener, config: Config) -> std::io::Resu
     let issuer = config.issuer.unwrap_or_else(|| format!("http://{addr}"));
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).map_err(std::io::Error::other)?;
+    let decoy_password = random_hex(16).ok_or_else(no_randomness)?;
+    let kid = format!("ed-{}", random_hex(4).ok_or_else(no_randomness)?);
     let decoy_hash = SaltString::encode_b64(&salt)
         .and_then(|salt| {
             Argon2::default()
-                .hash_password(random_hex(16).as_bytes(), &salt)
+                .hash_password(decoy_password.as_bytes(), &salt)
                 .map(|hash| hash.to_string())
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -129,7 +132,7 @@ pub fn start(listener: tokio::net::TcpListener, config: Config) -> std::io::Resu
         refresh_tokens: Mutex::new(HashMap::new()),
         encoding: EncodingKey::from_ed_der(der.as_bytes()),
         decoding: DecodingKey::from_ed_der(&public),
-        kid: format!("ed-{}", random_hex(4)),
+        kid,
         public,
         issuer,
         audience: config.audience,
@@ -195,12 +198,16 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` bytes of the operating system's randomness, in hex; `None` when it has
+/// none to give (never a weaker fallback: refresh tokens are made here).
+fn random_hex(bytes: usize) -> Option<String> {
     let mut buf = vec![0u8; bytes];
-    if getrandom::getrandom(&mut buf).is_err() {
-        buf.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::getrandom(&mut buf).ok()?;
+    Some(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn no_randomness() -> std::io::Error {
+    std::io::Error::other("the operating system gave no randomness")
 }
 
 fn detail(status: StatusCode, message: &str) -> Response {
@@ -261,17 +268,20 @@ async fn register(State(server): State<Arc<ServerState>>, body: Bytes) -> Respon
             "could not store the password",
         );
     };
+    let (Some(user_id), Some(workspace_id)) = (random_hex(12), random_hex(12)) else {
+        return detail(StatusCode::INTERNAL_SERVER_ERROR, "no randomness for ids");
+    };
     let mut accounts = lock(&server.accounts);
     if accounts.contains_key(&form.username) {
         return detail(StatusCode::CONFLICT, "this username is already registered");
     }
     let user = User {
-        id: random_hex(12),
+        id: user_id,
         username: form.username.clone(),
         first_name: form.first_name,
         last_name: form.last_name,
         workspaces: vec![Workspace {
-            id: random_hex(12),
+            id: workspace_id,
             name: form.new_workspace_name,
         }],
         models: Vec::new(),
@@ -394,15 +404,11 @@ fn client_credentials(headers: &HeaderMap) -> Result<Grant, Refusal> {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
     );
-    let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    // Constant time: the secret is compared without leaking where it differs.
-    let ok = presented.is_some_and(|p| {
-        p.len() == expected.len()
-            && p.iter()
-                .zip(expected.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    // Constant time (subtle, as `StaticTokens` compares): the secret is compared
+    // without leaking where it differs.
+    let ok = headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())));
     if !ok {
         return Err(Refusal(
             StatusCode::UNAUTHORIZED,
@@ -457,7 +463,13 @@ fn issue(server: &ServerState, grant: Grant) -> Response {
         "scope": scope,
     });
     if grant.refreshable {
-        let refresh_token = random_hex(32);
+        let Some(refresh_token) = random_hex(32) else {
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "no randomness for a refresh token",
+            );
+        };
         lock(&server.refresh_tokens).insert(refresh_token.clone(), grant.subject);
         body["refresh_token"] = json!(refresh_token);
     }
