@@ -324,7 +324,7 @@ pub enum Scopes {
     Spaced(String),
 }
 
-/// A string, or an array of strings: `Ok(Err(one))` or `Ok(Ok(many))`, read without
+/// A string (`Err(one)`) or an array of strings (`Ok(many)`), read without
 /// buffering (serde's untagged enums buffer the value first).
 struct OneOrMany(Result<Vec<String>, String>);
 
