@@ -95,5 +95,5 @@ pub use client::{AuthorizeLayer, Authorizer, Refreshing};
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 pub use error::{BoxError, EndpointError, Error, SharedError};
-pub use token::Token;
+pub use token::{Lineage, Token};
 pub use transport::HttpClient;

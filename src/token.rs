@@ -1,7 +1,8 @@
 //! [`Token`]: an access token with its type, expiry, refresh token and scope.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
@@ -24,6 +25,7 @@ pub struct Token {
     refresh: Option<SecretString>,
     scope: Option<String>,
     header: HeaderValue,
+    lineage: Lineage,
 }
 
 impl Token {
@@ -42,6 +44,7 @@ impl Token {
             refresh: None,
             scope: None,
             header,
+            lineage: Lineage::next(),
         })
     }
 
@@ -118,6 +121,26 @@ impl Token {
         &self.header
     }
 
+    /// Where this token stands among the tokens this crate has seen: see [`Lineage`].
+    pub fn lineage(&self) -> Lineage {
+        self.lineage
+    }
+
+    /// Sets the lineage, for a [`TokenStore`](crate::client::TokenStore) that kept it.
+    /// The process's clock of lineages moves past it, so that every token made
+    /// afterwards is newer.
+    pub fn with_lineage(mut self, lineage: Lineage) -> Self {
+        lineage.observe();
+        self.lineage = lineage;
+        self
+    }
+
+    /// Whether this token is strictly newer than `other`: the one rule by which a
+    /// cache, a store or a fleet replaces a token.
+    pub fn is_newer_than(&self, other: &Token) -> bool {
+        self.lineage > other.lineage
+    }
+
     pub(crate) fn set_token_type(&mut self, token_type: String) {
         self.token_type = token_type;
     }
@@ -135,6 +158,7 @@ impl Clone for Token {
                 .map(|r| SecretString::from(r.expose_secret())),
             scope: self.scope.clone(),
             header: self.header.clone(),
+            lineage: self.lineage,
         }
     }
 }
@@ -150,7 +174,63 @@ impl fmt::Debug for Token {
                 &self.refresh.as_ref().map(|_| "[redacted]"),
             )
             .field("scope", &self.scope)
+            .field("lineage", &self.lineage)
             .finish()
+    }
+}
+
+/// The order in which tokens came to be: a token is replaced only by a newer one.
+///
+/// Every token gets one when it is made (a token endpoint's answer, a token the
+/// application gives with [`Token::bearer`]), and keeps it wherever it is stored
+/// (memory, a token file, Redis): a cache adopts a stored token only when it is
+/// strictly newer than its own, and a store never replaces a newer token with an
+/// older one. "Differs" never means "newer".
+///
+/// A lineage is a hybrid logical clock in microseconds since the Unix epoch: the
+/// wall clock, but never less than one past the largest lineage this process has
+/// made or read (so tokens made here are ordered even if the clock stands still or
+/// steps back, and a token made after reading another's is newer than it, even if
+/// that came from a machine whose clock runs ahead). Tokens stored by versions of
+/// this crate that had no lineage read as [`Lineage::UNKNOWN`], older than any other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lineage(u64);
+
+/// The largest lineage made or read in this process.
+static CLOCK: AtomicU64 = AtomicU64::new(0);
+
+impl Lineage {
+    /// The lineage of a token stored without one: older than every other.
+    pub const UNKNOWN: Lineage = Lineage(0);
+
+    /// A new lineage, newer than every one this process has made or read.
+    pub fn next() -> Lineage {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1));
+        let mut last = CLOCK.load(Ordering::Relaxed);
+        loop {
+            let next = wall.max(last.saturating_add(1));
+            match CLOCK.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Lineage(next),
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// Moves this process's clock of lineages to at least `self`.
+    pub fn observe(self) {
+        CLOCK.fetch_max(self.0, Ordering::AcqRel);
+    }
+
+    /// The lineage as a number, for a store to keep.
+    pub fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// A lineage a store kept ([`Lineage::as_micros`]).
+    pub fn from_micros(micros: u64) -> Lineage {
+        Lineage(micros)
     }
 }
 
@@ -200,6 +280,21 @@ mod tests {
         assert!(Token::bearer("").is_err());
         assert!(Token::bearer("a\nb").is_err());
         assert!(Token::bearer("caf\u{e9}").is_err());
+    }
+
+    #[test]
+    fn lineages_only_grow_and_a_read_one_is_passed() {
+        let a = Token::bearer("a").unwrap();
+        let b = Token::bearer("b").unwrap();
+        assert!(b.is_newer_than(&a) && !a.is_newer_than(&b));
+        assert!(!a.clone().is_newer_than(&a), "a copy is not newer");
+        // A token from a machine whose clock runs an hour ahead: the next token made
+        // here is newer still.
+        let ahead = Lineage::from_micros(Lineage::next().as_micros() + 3_600_000_000);
+        let theirs = Token::bearer("c").unwrap().with_lineage(ahead);
+        let ours = Token::bearer("d").unwrap();
+        assert!(ours.is_newer_than(&theirs));
+        assert!(Lineage::UNKNOWN < a.lineage());
     }
 
     #[tokio::test(start_paused = true)]

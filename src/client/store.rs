@@ -16,13 +16,17 @@ use crate::{Error, Token};
 /// Keeps a token between runs, or shares it between processes.
 ///
 /// [`Refreshing`](super::Refreshing) with a store reads it before each refresh (a
-/// token another process saved is adopted instead of fetching one, and its refresh
-/// token is the one used) and saves every new token *before* serving it, so a
-/// rotated refresh token is never lost.
+/// token another process saved is adopted instead of fetching one when it is
+/// [newer](Token::is_newer_than), and its refresh token is the one used) and saves
+/// every new token *before* serving it, so a rotated refresh token is never lost.
+///
+/// A store keeps each token's [`Lineage`](crate::Lineage) (loading gives it back
+/// with [`Token::with_lineage`]), and `save` replaces the stored token only with a
+/// [strictly newer](Token::is_newer_than) one.
 pub trait TokenStore: Send + Sync + 'static {
-    /// The stored token, if there is one.
+    /// The stored token, if there is one, with its lineage.
     fn load(&self) -> BoxFuture<'_, Result<Option<Token>, Error>>;
-    /// Replaces the stored token.
+    /// Stores `token`, unless the stored token is as new or newer.
     fn save<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<(), Error>>;
     /// Forgets the stored token.
     fn clear(&self) -> BoxFuture<'_, Result<(), Error>>;
@@ -38,6 +42,12 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     fn clear(&self) -> BoxFuture<'_, Result<(), Error>> {
         (**self).clear()
     }
+}
+
+/// Whether `new` may replace `stored`: when nothing is stored, or `new` is strictly
+/// newer. The one rule of every store (the same token saved again changes nothing).
+pub(crate) fn replaces(new: &Token, stored: Option<&Token>) -> bool {
+    stored.is_none_or(|stored| new.is_newer_than(stored))
 }
 
 /// A store in memory, shared by its clones.
@@ -62,7 +72,10 @@ impl TokenStore for MemoryStore {
         future::ready(Ok(self.slot().clone())).boxed()
     }
     fn save<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<(), Error>> {
-        *self.slot() = Some(token.clone());
+        let mut slot = self.slot();
+        if replaces(token, slot.as_ref()) {
+            *slot = Some(token.clone());
+        }
         future::ready(Ok(())).boxed()
     }
     fn clear(&self) -> BoxFuture<'_, Result<(), Error>> {
@@ -98,6 +111,14 @@ pub struct StoredToken {
     /// The granted scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The token's [`Lineage`](crate::Lineage) ([`Lineage::as_micros`](crate::Lineage::as_micros));
+    /// 0 (unknown, older than any other) in what earlier versions wrote.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lineage: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StoredToken {
@@ -114,6 +135,7 @@ impl StoredToken {
             expires_at,
             refresh_token: token.refresh_token().map(|r| r.expose_secret().to_owned()),
             scope: token.scope().map(str::to_owned),
+            lineage: token.lineage().as_micros(),
         }
     }
 
@@ -137,7 +159,7 @@ impl StoredToken {
         if let Some(scope) = &self.scope {
             token = token.with_scope(scope.as_str());
         }
-        Ok(token)
+        Ok(token.with_lineage(crate::Lineage::from_micros(self.lineage)))
     }
 }
 
@@ -159,6 +181,7 @@ impl fmt::Debug for StoredToken {
                 &self.refresh_token.as_ref().map(|_| "[redacted]"),
             )
             .field("scope", &self.scope)
+            .field("lineage", &self.lineage)
             .finish()
     }
 }
@@ -195,6 +218,7 @@ mod tests {
             expires_at: Some(1),
             refresh_token: Some("r".into()),
             scope: None,
+            lineage: 0,
         };
         let token = stored.to_token().unwrap();
         assert!(token.is_expired());
@@ -219,5 +243,23 @@ mod tests {
         );
         store.clear().await.unwrap();
         assert!(clone.load().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn stores_keep_the_lineage_and_never_go_back() {
+        let old = Token::bearer("old").unwrap();
+        let new = Token::bearer("new").unwrap();
+        let store = MemoryStore::new();
+        store.save(&new).await.unwrap();
+        store.save(&old).await.unwrap();
+        let kept = store.load().await.unwrap().unwrap();
+        assert_eq!(kept.access_token().expose_secret(), "new");
+        assert_eq!(kept.lineage(), new.lineage());
+        // Through the portable form, and from a file of a version with no lineage.
+        let back = StoredToken::from_token(&new).to_token().unwrap();
+        assert_eq!(back.lineage(), new.lineage());
+        let legacy: StoredToken =
+            serde_json::from_str(r#"{"access_token":"a","token_type":"Bearer"}"#).unwrap();
+        assert_eq!(legacy.to_token().unwrap().lineage(), crate::Lineage::UNKNOWN);
     }
 }

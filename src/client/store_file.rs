@@ -27,6 +27,9 @@ const FORMAT: u32 = 1;
 ///   old file or the new one, never half of either; a stray temporary file is ignored.
 /// - Created with mode 0600 on Unix (the directory 0700), never readable by others, not
 ///   even for an instant.
+/// - Newer only: a save never replaces the file's token with an older one (by
+///   [`Lineage`](crate::Lineage), kept in the file); files written before lineages
+///   existed read as older than any new token.
 /// - The file records its user name and issuer: a file of another user or issuer is
 ///   refused with [`Error::TokenFile`], never silently used or overwritten.
 /// - A file that cannot be parsed gives [`Error::TokenFile`] once and is kept, renamed
@@ -243,7 +246,14 @@ impl Inner {
                         other.issuer
                     )));
                 }
-                Ok(_) => {}
+                Ok(ours) => {
+                    // Newer only: another process may have saved a newer token.
+                    let stored = ours.token.to_token().ok();
+                    if !super::store::replaces(token, stored.as_ref()) {
+                        tracing::debug!(path = %self.describe(), "kept the newer token already in the file");
+                        return Ok(());
+                    }
+                }
                 Err(e) => {
                     let _kept = self.corrupt(&e.to_string());
                 }
