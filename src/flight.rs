@@ -15,20 +15,98 @@
 //! again under the slot lock through its `recheck` argument. So a caller either
 //! sees the published result, or joins the flight that is about to publish it;
 //! it never starts a second job for the same need.
+//!
+//! Nobody waits on a flight that nobody drives: a spawned job beats a heartbeat on
+//! its runtime's timer. A waiter that sees no beat for [`STALL`] (the job's runtime
+//! sits idle, as a current-thread runtime behind a blocking wrapper does between
+//! calls) abandons the flight: the slot is freed and the waiter starts another on
+//! its own runtime. The abandoned job may still finish later; its owner must treat
+//! that outcome as stale (the cache publishes only newer tokens).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use crate::sync::{Mutex, MutexGuard};
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{self, BoxFuture, Either, FutureExt, Shared};
+
+/// How often a spawned job beats.
+const BEAT: Duration = Duration::from_secs(1);
+/// A flight whose job has not beaten for this long is not driven by anyone.
+pub(crate) const STALL: Duration = Duration::from_secs(5);
 
 /// A job stopped without an outcome: it panicked or its runtime shut down.
 #[derive(Clone, Debug)]
 pub struct Aborted(pub String);
 
-/// A handle on a running flight. Cloneable; awaiting it yields the shared outcome.
-pub(crate) type Flight<T, E> = Shared<BoxFuture<'static, Result<T, E>>>;
+type Outcome<T, E> = Shared<BoxFuture<'static, Result<T, E>>>;
+
+/// A handle on a running flight. Cloneable; [`Flight::wait`] yields the shared
+/// outcome, or tells that the flight was abandoned.
+pub(crate) struct Flight<T, E> {
+    outcome: Outcome<T, E>,
+    generation: u64,
+    /// Beats of a job spawned on a runtime; `None` for a job its waiters drive.
+    beats: Option<Arc<AtomicU64>>,
+    slot: Arc<Mutex<Slot<T, E>>>,
+}
+
+impl<T, E> Clone for Flight<T, E> {
+    fn clone(&self) -> Self {
+        Flight {
+            outcome: self.outcome.clone(),
+            generation: self.generation,
+            beats: self.beats.clone(),
+            slot: Arc::clone(&self.slot),
+        }
+    }
+}
+
+impl<T, E> Flight<T, E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+{
+    /// The outcome; `None` when the job went [`STALL`] without a beat and this
+    /// waiter abandoned the flight (the slot is free for another).
+    pub(crate) async fn wait(self) -> Option<Result<T, E>> {
+        let Some(beats) = self.beats.filter(|_| tokio::runtime::Handle::try_current().is_ok())
+        else {
+            return Some(self.outcome.await);
+        };
+        let mut outcome = self.outcome;
+        loop {
+            let before = beats.load(Ordering::Acquire);
+            let stall = Box::pin(tokio::time::sleep(STALL));
+            match future::select(outcome, stall).await {
+                Either::Left((out, _)) => return Some(out),
+                Either::Right(((), pending)) => outcome = pending,
+            }
+            if beats.load(Ordering::Acquire) == before {
+                let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+                if slot.generation == self.generation {
+                    slot.running = None;
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// Awaiting a flight directly waits for its outcome however long it takes (for jobs
+/// that bound their own time, such as a key fetch with a timeout).
+impl<T: Clone, E: Clone> Future for Flight<T, E> {
+    type Output = Result<T, E>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.outcome.poll_unpin(cx)
+    }
+}
 
 struct Slot<T, E> {
     generation: u64,
@@ -91,26 +169,51 @@ where
             generation: slot.generation,
         };
         let job = job();
-        let task = async move {
-            let out = job.await;
-            drop(guard);
-            out
-        };
-        let flight: Flight<T, E> = match tokio::runtime::Handle::try_current() {
+        let (outcome, beats): (Outcome<T, E>, _) = match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let beats = Arc::new(AtomicU64::new(0));
+                let beating = Arc::clone(&beats);
+                let heartbeat = Box::pin(async move {
+                    let mut interval = tokio::time::interval(BEAT);
+                    loop {
+                        interval.tick().await;
+                        beating.fetch_add(1, Ordering::AcqRel);
+                    }
+                });
+                let task = async move {
+                    let out = match future::select(Box::pin(job), heartbeat).await {
+                        Either::Left((out, _)) => out,
+                        // The heartbeat never ends; it only runs beside the job.
+                        Either::Right((_, job)) => job.await,
+                    };
+                    drop(guard);
+                    out
+                };
                 let handle = handle.spawn(task);
-                async move {
+                let outcome = async move {
                     match handle.await {
                         Ok(out) => out,
                         Err(e) if e.is_panic() => Err(E::from(Aborted("the job panicked".into()))),
                         Err(_) => Err(E::from(Aborted("the runtime shut down".into()))),
                     }
-                }
-                .boxed()
-                .shared()
+                };
+                (outcome.boxed().shared(), Some(beats))
             }
             // Outside a runtime the waiters drive the job themselves.
-            Err(_) => task.boxed().shared(),
+            Err(_) => {
+                let task = async move {
+                    let out = job.await;
+                    drop(guard);
+                    out
+                };
+                (task.boxed().shared(), None)
+            }
+        };
+        let flight = Flight {
+            outcome,
+            generation: slot.generation,
+            beats,
+            slot: Arc::clone(&self.slot),
         };
         slot.running = Some(flight.clone());
         Joined::Flight(flight)
@@ -168,7 +271,7 @@ mod tests {
                         Ok(7)
                     },
                 ));
-                f.await
+                f.wait().await.unwrap()
             }));
         }
         for h in handles {
@@ -209,11 +312,11 @@ mod tests {
                 Ok(1)
             },
         ));
-        assert!(matches!(f.await, Err(crate::Error::Aborted(_))));
+        assert!(matches!(f.wait().await.unwrap(), Err(crate::Error::Aborted(_))));
         assert!(!sf.is_running());
         // The next caller starts a fresh job.
         let f = flight(sf.join_or_start(|| None, || async { Ok(2) }));
-        assert_eq!(f.await.unwrap(), 2);
+        assert_eq!(f.wait().await.unwrap().unwrap(), 2);
     }
 
     #[tokio::test]
