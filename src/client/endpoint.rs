@@ -274,6 +274,20 @@ pub(crate) struct ErrorAnswer {
 
 const MAX_DESCRIPTION: usize = 256;
 
+/// `Retry-After` (RFC 9110 §10.2.3): seconds, or an HTTP-date (a date in the past
+/// is zero). Anything else is ignored.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 /// Turns an error answer into a typed error (`invalid_grant` gets its own variant).
 pub(crate) fn endpoint_error(
     status: StatusCode,
@@ -283,8 +297,7 @@ pub(crate) fn endpoint_error(
     let retry_after = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(parse_retry_after);
     let mut err = EndpointError::status(status);
     err.retry_after = retry_after;
     if let Some(answer) = answer {
