@@ -45,11 +45,6 @@ pub enum Error {
     /// No token is available and no source can provide one.
     #[error("no token available: {0}")]
     NoToken(String),
-    /// The server rejected this many new tokens in a row (with `401` or gRPC
-    /// `UNAUTHENTICATED`): the next one is fetched only after a backoff, so an API
-    /// that refuses every token cannot turn each request into a token request.
-    #[error("the server rejected {0} new tokens in a row; the next is fetched after a backoff")]
-    Rejected(u32),
     /// The refresh task stopped before it produced a token (it panicked or its
     /// runtime shut down).
     #[error("token refresh was aborted: {0}")]
@@ -67,6 +62,13 @@ pub enum Error {
     /// The person declined the device authorization request (RFC 8628 `access_denied`).
     #[error("the login was declined ({0})")]
     AccessDenied(Box<EndpointError>),
+    /// The refresh token this process held was spent elsewhere (another replica of a
+    /// fleet, or another process sharing the store, refreshed with it), and the newer
+    /// token it got has not reached this process yet. Not a logout: it is retried
+    /// after a backoff, reading the shared store each time, and the dead refresh
+    /// token is never presented again.
+    #[error("the refresh token was spent elsewhere; waiting for the newer token ({0})")]
+    Superseded(String),
     /// The device code expired before the person approved it (RFC 8628
     /// `expired_token`, or its `expires_in` ran out while polling). Start again.
     #[error("the device code expired before the login was approved; start again")]
@@ -82,7 +84,7 @@ impl Error {
             | Error::Timeout(_)
             | Error::Aborted(_)
             | Error::Store(_)
-            | Error::Rejected(_) => true,
+            | Error::Superseded(_) => true,
             Error::TokenEndpoint(e) => {
                 e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -127,7 +129,7 @@ pub struct EndpointError {
     pub description: Option<String>,
     /// The `error_uri`, when given.
     pub uri: Option<String>,
-    /// The `Retry-After` delay, when given in seconds.
+    /// The `Retry-After` delay (given in seconds or as an HTTP-date).
     pub retry_after: Option<Duration>,
 }
 

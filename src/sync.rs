@@ -5,7 +5,7 @@
 
 #[cfg(not(tower_bearer_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicU32, AtomicU64, Ordering},
+    atomic::{AtomicU64, Ordering},
     Mutex, MutexGuard,
 };
 
@@ -14,7 +14,7 @@ pub(crate) type SwapOption<T> = arc_swap::ArcSwapOption<T>;
 
 #[cfg(tower_bearer_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicU32, AtomicU64, Ordering},
+    atomic::{AtomicU64, Ordering},
     Mutex, MutexGuard,
 };
 

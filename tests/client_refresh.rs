@@ -255,7 +255,10 @@ async fn invalid_grant_is_terminal_until_a_new_token_is_set() {
     assert_eq!(s.idp.tokens(), 1, "no retry loop after invalid_grant");
     // Reconfigured with a new token, it works again.
     s.idp.add_refresh_token("rt-new");
-    cache.set_token(expired_token("rt-new").with_expires_at(tokio::time::Instant::now()));
+    cache
+        .set_token(expired_token("rt-new").with_expires_at(tokio::time::Instant::now()))
+        .await
+        .unwrap();
     assert!(get(&cache).await.unwrap().starts_with("Bearer at-"));
     assert_eq!(s.idp.refresh_seen.lock().unwrap().last().unwrap(), "rt-new");
 }
@@ -458,12 +461,15 @@ async fn a_token_set_during_a_failing_refresh_wins_and_holds_nothing_back() {
     }
     // Meanwhile the user logs in again.
     s.idp.add_refresh_token("rt-new");
-    cache.set_token(
-        Token::bearer("from-login")
-            .unwrap()
-            .with_expires_in(Duration::from_secs(3600))
-            .with_refresh_token("rt-new"),
-    );
+    cache
+        .set_token(
+            Token::bearer("from-login")
+                .unwrap()
+                .with_expires_in(Duration::from_secs(3600))
+                .with_refresh_token("rt-new"),
+        )
+        .await
+        .unwrap();
     let got = waiter.await.unwrap().unwrap();
     assert_eq!(
         secrecy::ExposeSecret::expose_secret(got.access_token()),

@@ -13,9 +13,9 @@ use tracing::Instrument;
 use super::authorizer::{Authorizer, Credential, CredentialFuture};
 use super::source::TokenSource;
 use super::store::TokenStore;
-use crate::flight::{Joined, SingleFlight};
-use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, SwapOption};
-use crate::{Error, Token};
+use crate::flight::{Joined, SingleFlight, STALL};
+use crate::sync::{AtomicU64, Mutex, Ordering, SwapOption};
+use crate::{Error, Lineage, Token};
 
 /// A token as the cache holds it: the token, its header, and when to refresh it.
 struct Cached {
@@ -57,6 +57,17 @@ impl Cached {
         }
     }
 
+    /// A copy still served, refreshed at `at` at the latest: a `401` while
+    /// 401-triggered refreshes are throttled.
+    fn retry_at(&self, at: Instant) -> Self {
+        Cached {
+            token: self.token.clone(),
+            credential: self.credential.clone(),
+            refresh_at: Some(self.refresh_at.map_or(at, |r| r.min(at))),
+            usable_until: self.usable_until,
+        }
+    }
+
     fn usable(&self, now: Instant) -> bool {
         self.usable_until.is_none_or(|until| now < until)
     }
@@ -87,9 +98,14 @@ impl Default for Config {
     }
 }
 
+/// The longest `Retry-After` honoured: a token endpoint asking for more is asked
+/// again after an hour.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
 /// `hold_until` while a refresh runs: stale callers need not try to start one.
 const RUNNING: u64 = u64::MAX;
-/// `hold_until` after `invalid_grant`: nothing is tried until a new token is set.
+/// `hold_until` after `invalid_grant` with nothing shared: nothing is tried until a
+/// new token is set.
 const TERMINAL: u64 = u64::MAX - 1;
 
 #[derive(Default)]
@@ -97,8 +113,15 @@ struct Failure {
     /// Refreshes that failed in a row, and the last error.
     consecutive: u32,
     last: Option<Error>,
-    /// When the server last rejected a token. Kept across refreshes.
+    /// The token whose refresh token the endpoint refused (`invalid_grant`), and the
+    /// refusal: that refresh token is never presented again.
+    dead: Option<(Lineage, Error)>,
+    /// When the server last rejected a token (`401`).
     last_rejection: Option<Instant>,
+    /// 401-triggered refreshes while rejections go on, and the earliest instant the
+    /// next one may start.
+    rejection_refreshes: u32,
+    next_rejection_refresh: Option<Instant>,
 }
 
 struct Shared<S> {
@@ -116,10 +139,14 @@ struct Shared<S> {
     /// Bumped by `set_token`: a refresh that started before sees that its outcome,
     /// a failure included, no longer matters.
     generation: AtomicU64,
-    /// Tokens the server rejected in a row: with no answer accepted in between, and
-    /// each within twice `backoff_max` of the one before.
-    rejections: AtomicU32,
+    /// Refresh flights started. A flight whose number is no longer the latest was
+    /// abandoned (nobody drove it): its late outcome is published only if newer.
+    runs: AtomicU64,
     waits: AtomicU64,
+    save_failures: AtomicU64,
+    /// A token served but not yet in the store (its save failed, or it was set or
+    /// given at start-up): written before the next refresh reads the store.
+    unsaved: Mutex<Option<Token>>,
 }
 
 /// A token cache in front of a [`TokenSource`]; an [`Authorizer`].
@@ -138,20 +165,48 @@ struct Shared<S> {
 /// refresh in step), but never earlier than half the token's lifetime: a short-lived
 /// token is not refreshed all the time.
 ///
+/// # Lineage: newer only
+///
+/// Every token carries a [`Lineage`]: the cache replaces its token only with a
+/// strictly newer one. A store is read before each refresh and its token adopted
+/// only when it is newer than the one in memory (another process refreshed); a
+/// token given with [`initial_token`](RefreshingBuilder::initial_token) or
+/// [`set_token`](Refreshing::set_token) is the newest there is, and is written to the
+/// store. A failed save is counted ([`RefreshStats::save_failures`]), logged, and
+/// retried before the next refresh; the cache keeps serving the newer token, and
+/// never goes back to the store's older one.
+///
 /// # Failures
 ///
 /// A failed refresh is reported to every caller that waited for it. The next attempt
-/// waits an exponential backoff with jitter (or the endpoint's `Retry-After`, when
-/// longer); meanwhile callers with no valid token get the last error at once and a
-/// still-valid token keeps being served. `invalid_grant` is terminal: the refresh token
-/// is dead and retrying cannot help, so every caller without a valid token gets
-/// [`Error::InvalidGrant`] until [`Refreshing::set_token`] gives a new one.
+/// waits an exponential backoff with jitter, or the endpoint's `Retry-After`
+/// (seconds or an HTTP-date) when longer, up to [`RETRY_AFTER_CAP`]; meanwhile
+/// callers with no valid token get the last error at once and a still-valid token
+/// keeps being served.
+///
+/// `invalid_grant` means the refresh token that was presented is dead, and only its
+/// owner may declare the session over: before giving up, the cache reads its store
+/// again and adopts a newer token that another process saved (it may have spent the
+/// same refresh token first). Without a store, and with a source that shares
+/// nothing, `invalid_grant` is terminal: every caller without a valid token gets
+/// [`Error::InvalidGrant`] until [`Refreshing::set_token`] gives a new one. With a
+/// store, or a source that [shares tokens](TokenSource::shares_tokens) (a fleet),
+/// callers get [`Error::InvalidGrant`] too, but the cache keeps looking for a newer
+/// token after each backoff, and never presents the dead refresh token again.
 ///
 /// A server that rejects the token (`401`) gets it dropped, and the next caller
-/// fetches a new one at once: it may have been revoked. When the new token is rejected
-/// too, the next fetch waits the same backoff, and callers get [`Error::Rejected`]
-/// meanwhile: an API that refuses every token (a wrong audience, say) costs the token
-/// endpoint one request per backoff, not one per API request.
+/// fetches a new one at once: it may have been revoked. 401-triggered refreshes are
+/// throttled by time: at least the initial backoff apart, the gap doubling (up to
+/// the maximum backoff) while rejections go on, whatever other servers accept. A
+/// token rejected while the throttle holds keeps being served (another API may
+/// accept it; one that refuses every token answers `401` itself) and is refreshed
+/// when the throttle ends. An API that refuses every token costs the token endpoint
+/// one request per backoff, not one per API request.
+///
+/// Nobody waits on a refresh that nobody drives: a refresh runs on the runtime of
+/// the caller that started it, and if that runtime stops driving it (a
+/// current-thread runtime behind a blocking wrapper, idle between calls) for five
+/// seconds, a waiter abandons it and starts another on its own runtime.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -216,15 +271,18 @@ impl<S: TokenSource> RefreshingBuilder<S> {
     }
 
     /// A token to start with (for example one read from the environment), used
-    /// until it is due for refresh.
+    /// until it is due for refresh. It is the newest token there is: with a
+    /// [store](Self::store) it is written there (at once when the cache is built
+    /// inside a runtime, else before the first refresh), and never replaced by an
+    /// older stored one.
     pub fn initial_token(mut self, token: Token) -> Self {
         self.initial = Some(token);
         self
     }
 
-    /// Keeps tokens in `store`: read before each refresh (a newer token saved by
-    /// another process is adopted, and its refresh token used), and every new token
-    /// saved before it is served, so a rotated refresh token is never lost.
+    /// Keeps tokens in `store`: read before each refresh (a strictly newer token
+    /// saved by another process is adopted, and its refresh token used), and every
+    /// new token saved before it is served, so a rotated refresh token is never lost.
     pub fn store(mut self, store: impl TokenStore) -> Self {
         self.store = Some(Arc::new(store));
         self
@@ -232,8 +290,14 @@ impl<S: TokenSource> RefreshingBuilder<S> {
 
     /// Builds the cache.
     pub fn build(self) -> Refreshing<S> {
-        let current = self.initial.map(|t| Arc::new(Cached::new(t, &self.config)));
-        Refreshing {
+        // Given now: newer than anything stored before.
+        let initial = self.initial.map(|t| t.with_lineage(Lineage::next()));
+        let current = initial
+            .as_ref()
+            .map(|t| Arc::new(Cached::new(t.clone(), &self.config)));
+        let unsaved = initial.filter(|_| self.store.is_some());
+        let flush = unsaved.is_some();
+        let cache = Refreshing {
             shared: Arc::new(Shared {
                 current: SwapOption::new(current),
                 source: self.source,
@@ -245,10 +309,19 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 epoch: Instant::now(),
                 refreshes: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
-                rejections: AtomicU32::new(0),
+                runs: AtomicU64::new(0),
                 waits: AtomicU64::new(0),
+                save_failures: AtomicU64::new(0),
+                unsaved: Mutex::new(unsaved),
             }),
+        };
+        if let (true, Ok(handle)) = (flush, tokio::runtime::Handle::try_current()) {
+            let shared = Arc::clone(&cache.shared);
+            handle.spawn(async move {
+                let _ = shared.flush_unsaved().await;
+            });
         }
+        cache
     }
 }
 
@@ -260,6 +333,8 @@ pub struct RefreshStats {
     pub refreshes: u64,
     /// Callers that had to wait for a refresh (no valid token at hand).
     pub waits: u64,
+    /// Tokens the store failed to save (each is saved again before the next refresh).
+    pub save_failures: u64,
 }
 
 impl<S: TokenSource> Refreshing<S> {
@@ -297,15 +372,34 @@ impl<S: TokenSource> Refreshing<S> {
     }
 
     /// Replaces the cached token, for example after the user logged in again, and
-    /// clears any backoff or `invalid_grant` state.
+    /// clears any backoff or `invalid_grant` state. The token is served at once,
+    /// even before this future is awaited to its end.
     ///
-    /// A refresh that is running meanwhile does not replace this token, and its
-    /// failure (even `invalid_grant`) holds nothing back.
-    pub fn set_token(&self, token: Token) {
-        let cached = Arc::new(Cached::new(token, &self.shared.config));
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
-        self.shared.current.store(Some(cached));
-        self.shared.reset_failures();
+    /// The token is the newest there is (its [`Lineage`] is set now): a refresh that
+    /// is running meanwhile does not replace it, its failure (even `invalid_grant`)
+    /// holds nothing back, and an older token in the store is never adopted over it.
+    ///
+    /// # Errors
+    /// With a [store](RefreshingBuilder::store), the store's error when it could not
+    /// save the token: the token is in use anyway, and saved again before the next
+    /// refresh.
+    pub fn set_token(
+        &self,
+        token: Token,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        // The generation moves first, then the lineage is taken: a refresh that still
+        // sees the old generation made its token before this one.
+        shared.generation.fetch_add(1, Ordering::AcqRel);
+        let token = token.with_lineage(Lineage::next());
+        shared
+            .current
+            .store(Some(Arc::new(Cached::new(token.clone(), &shared.config))));
+        shared.reset_failures();
+        if shared.store.is_some() {
+            shared.keep_unsaved(token);
+        }
+        async move { shared.flush_unsaved().await }
     }
 
     /// Forgets that the current token is valid: the next caller waits for a refresh
@@ -322,6 +416,7 @@ impl<S: TokenSource> Refreshing<S> {
         RefreshStats {
             refreshes: self.shared.refreshes.load(Ordering::Relaxed),
             waits: self.shared.waits.load(Ordering::Relaxed),
+            save_failures: self.shared.save_failures.load(Ordering::Relaxed),
         }
     }
 }
@@ -346,6 +441,7 @@ impl<S: TokenSource> Shared<S> {
         let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
         failure.consecutive = 0;
         failure.last = None;
+        failure.dead = None;
         if self.hold_until.load(Ordering::Acquire) != RUNNING {
             self.hold_until.store(0, Ordering::Release);
         }
@@ -356,6 +452,7 @@ impl<S: TokenSource> Shared<S> {
     ) -> impl std::future::Future<Output = Result<Arc<Cached>, Error>> + Send + 'static {
         self.hold_until.store(RUNNING, Ordering::Release);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
+        let run = self.runs.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
         let guard = RunningGuard(Arc::clone(self));
         let shared = Arc::clone(self);
         let attempt = {
@@ -366,30 +463,7 @@ impl<S: TokenSource> Shared<S> {
         async move {
             let _guard = guard;
             let started = Instant::now();
-            let mut previous = shared.current.load_full().map(|c| c.token.clone());
-            if let Some(store) = &shared.store {
-                match adopt_stored(store.as_ref(), previous.as_ref()).await {
-                    Stored::Fresh(token) => {
-                        let cached = shared.publish(token);
-                        tracing::debug!(attempt, "adopted a newer token from the store");
-                        return Ok(cached);
-                    }
-                    Stored::Previous(token) => previous = Some(token),
-                    Stored::Nothing => {}
-                }
-            }
-            let result = shared.source.fetch(previous.as_ref()).await;
-            let result = match (result, &shared.store) {
-                (Ok(token), Some(store)) => {
-                    // Saved before it is served: with rotation, the old refresh token
-                    // is dead now and this one must not be lost.
-                    if let Err(error) = store.save(&token).await {
-                        tracing::error!(%error, "could not save the new token; serving it anyway");
-                    }
-                    Ok(token)
-                }
-                (result, _) => result,
-            };
+            let result = shared.obtain(generation).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
             if shared.generation.load(Ordering::Acquire) != generation {
                 // The application set a token meanwhile (a new login): it wins over
@@ -403,6 +477,12 @@ impl<S: TokenSource> Shared<S> {
                     );
                     return Ok(set);
                 }
+            }
+            if shared.runs.load(Ordering::Acquire) != run {
+                // Abandoned (its runtime stopped driving it) and replaced: a late
+                // token is published only if newer, a late failure holds nothing.
+                tracing::debug!(attempt, elapsed_ms, "an abandoned refresh finished");
+                return result.map(|token| shared.publish(token));
             }
             match result {
                 Ok(token) => {
@@ -425,24 +505,139 @@ impl<S: TokenSource> Shared<S> {
         .instrument(tracing::debug_span!("token_refresh", attempt))
     }
 
-    /// Makes `token` the current one and ends any backoff.
+    /// The next token: a newer one from the store, or one from the source (saved
+    /// before it is served).
+    async fn obtain(&self, generation: u64) -> Result<Token, Error> {
+        let _ = self.flush_unsaved().await;
+        let mut previous = self.current.load_full().map(|c| c.token.clone());
+        if let Some(stored) = self.newer_stored(previous.as_ref()).await {
+            if !stored.is_expired() {
+                tracing::debug!("adopted a newer token from the store");
+                return Ok(stored);
+            }
+            // Expired, but its refresh token is the newest.
+            previous = Some(stored);
+        }
+        let dead = {
+            let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            failure.dead.clone()
+        };
+        if let (Some((lineage, error)), Some(p)) = (dead, previous.as_ref()) {
+            if p.lineage() == lineage && !self.source.shares_tokens() {
+                return Err(error);
+            }
+        }
+        match self.source.fetch(previous.as_ref()).await {
+            Ok(token) => {
+                // Saved before it is served: with rotation, the old refresh token is
+                // dead now and this one must not be lost. Not if a token was set
+                // meanwhile: that one is the newest.
+                if self.generation.load(Ordering::Acquire) == generation {
+                    self.save(&token).await;
+                }
+                Ok(token)
+            }
+            Err(error @ Error::InvalidGrant(_)) => {
+                if let Some(p) = &previous {
+                    let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                    failure.dead = Some((p.lineage(), error.clone()));
+                }
+                // Dead is declared by the owner: another process sharing the store
+                // may have refreshed with the same refresh token first.
+                match self.newer_stored(previous.as_ref()).await {
+                    Some(stored) if !stored.is_expired() => {
+                        tracing::info!(
+                            "the refresh token was spent by another process; adopted its newer token"
+                        );
+                        Ok(stored)
+                    }
+                    _ => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The store's token, if it is strictly newer than `ours`.
+    async fn newer_stored(&self, ours: Option<&Token>) -> Option<Token> {
+        let store = self.store.as_ref()?;
+        match store.load().await {
+            Ok(Some(stored)) if ours.is_none_or(|ours| stored.is_newer_than(ours)) => Some(stored),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the token store");
+                None
+            }
+        }
+    }
+
+    /// Saves a new token; when that fails, keeps it to save before the next refresh.
+    async fn save(&self, token: &Token) {
+        let Some(store) = &self.store else { return };
+        if let Err(error) = store.save(token).await {
+            self.save_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, "could not save the new token; serving it, and saving it again before the next refresh");
+            self.keep_unsaved(token.clone());
+        }
+    }
+
+    /// Remembers `token` as not yet saved, unless a newer one waits already.
+    fn keep_unsaved(&self, token: Token) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(PoisonError::into_inner);
+        if unsaved.as_ref().is_none_or(|u| !u.is_newer_than(&token)) {
+            *unsaved = Some(token);
+        }
+    }
+
+    /// Writes the token that is not yet in the store, if any.
+    async fn flush_unsaved(&self) -> Result<(), Error> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let pending = self
+            .unsaved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(token) = pending else { return Ok(()) };
+        match store.save(&token).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.save_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "could not save the token to the store; it is in use, and saved again before the next refresh");
+                self.keep_unsaved(token);
+                Err(error)
+            }
+        }
+    }
+
+    /// Makes `token` the current one, unless the current one is newer and still
+    /// usable (a late, abandoned refresh), and ends any backoff.
     fn publish(&self, token: Token) -> Arc<Cached> {
         let cached = Arc::new(Cached::new(token, &self.config));
-        self.current.store(Some(Arc::clone(&cached)));
+        let now = Instant::now();
+        self.current.rcu(|current| match current {
+            Some(c) if c.usable(now) && c.token.is_newer_than(&cached.token) => Some(Arc::clone(c)),
+            _ => Some(Arc::clone(&cached)),
+        });
         self.reset_failures();
-        cached
+        self.current.load_full().unwrap_or(cached)
     }
 
     fn record_failure(&self, error: &Error) {
         let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
         failure.consecutive = failure.consecutive.saturating_add(1);
         failure.last = Some(error.clone());
-        let hold = if matches!(error, Error::InvalidGrant(_)) {
+        // Terminal only when nothing else can hold a newer token.
+        let terminal = matches!(error, Error::InvalidGrant(_))
+            && self.store.is_none()
+            && !self.source.shares_tokens();
+        let hold = if terminal {
             TERMINAL
         } else {
             let delay = self.backoff(failure.consecutive);
             let delay = match error.retry_after() {
-                Some(asked) => delay.max(asked.min(self.config.backoff_max)),
+                Some(asked) => delay.max(asked.min(RETRY_AFTER_CAP)),
                 None => delay,
             };
             self.nanos(Instant::now() + delay)
@@ -453,62 +648,17 @@ impl<S: TokenSource> Shared<S> {
     /// The wait before attempt `n + 1` after `n` failures: exponential, capped, with
     /// jitter in `[base/2, base]` so that replicas spread out.
     fn backoff(&self, n: u32) -> Duration {
-        let exp = n.saturating_sub(1).min(20);
-        let base = self
-            .config
-            .backoff_initial
-            .saturating_mul(1 << exp)
-            .min(self.config.backoff_max);
+        let base = self.backoff_base(n);
         base / 2 + random_up_to(base / 2)
     }
 
-    /// The server rejected the current token. The first rejection (a revocation) is
-    /// refreshed at once; each further one in a row (no answer accepted in between)
-    /// holds the next refresh back by the backoff, and callers without a token get
-    /// [`Error::Rejected`] meanwhile.
-    fn record_rejection(&self, now: Instant) {
-        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        let window = self.config.backoff_max.saturating_mul(2);
-        let in_a_row = failure
-            .last_rejection
-            .is_some_and(|at| now.saturating_duration_since(at) < window);
-        failure.last_rejection = Some(now);
-        let rejections = if in_a_row {
-            self.rejections.load(Ordering::Relaxed).saturating_add(1)
-        } else {
-            1
-        };
-        self.rejections.store(rejections, Ordering::Relaxed);
-        if rejections < 2 {
-            return;
-        }
-        failure.last = Some(Error::Rejected(rejections));
-        let hold = self.nanos(now + self.backoff(rejections - 1));
-        // A refresh that runs now publishes its token and ends the hold itself.
-        let _ = self
-            .hold_until
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                (h != RUNNING && h != TERMINAL && h < hold).then_some(hold)
-            });
-        tracing::warn!(
-            in_a_row = rejections,
-            "the server rejected a new token again; backing off before the next refresh"
-        );
-    }
-
-    /// The server accepted a request: tokens are not refused wholesale, so the
-    /// rejection streak and any hold it caused end.
-    fn record_acceptance(&self) {
-        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        self.rejections.store(0, Ordering::Relaxed);
-        if matches!(failure.last, Some(Error::Rejected(_))) {
-            failure.last = None;
-            let _ = self
-                .hold_until
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                    (h != RUNNING && h != TERMINAL).then_some(0)
-                });
-        }
+    /// `backoff_initial` doubled `n - 1` times, capped at `backoff_max`.
+    fn backoff_base(&self, n: u32) -> Duration {
+        let exp = n.saturating_sub(1).min(20);
+        self.config
+            .backoff_initial
+            .saturating_mul(1 << exp)
+            .min(self.config.backoff_max)
     }
 
     /// Starts a refresh that no caller waits for, unless one runs or a backoff holds.
@@ -530,15 +680,9 @@ impl<S: TokenSource> Shared<S> {
         );
     }
 
-    /// Joins (or starts) the refresh for a caller that has no valid token.
-    fn wait_for_refresh(
-        self: &Arc<Self>,
-        now: Instant,
-    ) -> futures_util::future::BoxFuture<'static, Result<Arc<Cached>, Error>> {
-        if let Some(error) = self.held_error(now) {
-            return futures_util::future::ready(Err(error)).boxed();
-        }
-        let joined = self.flight.join_or_start(
+    /// Joins the refresh in flight, or starts one, for a caller with no valid token.
+    fn join(self: &Arc<Self>) -> Joined<Arc<Cached>, Error> {
+        self.flight.join_or_start(
             || {
                 let now = Instant::now();
                 if let Some(c) = self.current.load_full().filter(|c| c.usable(now)) {
@@ -547,45 +691,81 @@ impl<S: TokenSource> Shared<S> {
                 self.held_error(now).map(Err)
             },
             || self.start(),
-        );
-        match joined {
-            Joined::Ready(result) => futures_util::future::ready(result).boxed(),
-            Joined::Flight(flight) => {
-                self.waits.fetch_add(1, Ordering::Relaxed);
-                flight.boxed()
+        )
+    }
+
+    /// Waits for the refresh (joined or started) for a caller that has no valid
+    /// token. A flight nobody drives is abandoned and another started.
+    fn wait_for_refresh(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> futures_util::future::BoxFuture<'static, Result<Arc<Cached>, Error>> {
+        if let Some(error) = self.held_error(now) {
+            return futures_util::future::ready(Err(error)).boxed();
+        }
+        let mut flight = match self.join() {
+            Joined::Ready(result) => return futures_util::future::ready(result).boxed(),
+            Joined::Flight(flight) => flight,
+        };
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(self);
+        async move {
+            loop {
+                if let Some(result) = flight.wait().await {
+                    return result;
+                }
+                tracing::warn!(
+                    stalled_s = STALL.as_secs(),
+                    "the token refresh is not driven (its runtime is idle or gone); starting another"
+                );
+                flight = match shared.join() {
+                    Joined::Ready(result) => return result,
+                    Joined::Flight(flight) => flight,
+                };
             }
         }
+        .boxed()
     }
-}
 
-enum Stored {
-    /// A newer, valid token: use it, fetch nothing.
-    Fresh(Token),
-    /// A newer but expired token: refresh from it (its refresh token is the newest).
-    Previous(Token),
-    Nothing,
-}
-
-/// What the store holds that is newer than `ours`.
-async fn adopt_stored(store: &dyn TokenStore, ours: Option<&Token>) -> Stored {
-    use secrecy::ExposeSecret;
-    let stored = match store.load().await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return Stored::Nothing,
-        Err(error) => {
-            tracing::warn!(%error, "could not read the token store; asking the token endpoint");
-            return Stored::Nothing;
+    /// The server rejected `cached`, the current token: drop it now, or, while
+    /// 401-triggered refreshes are throttled, keep serving it and refresh it when the
+    /// throttle ends.
+    fn reject(&self, current: &Option<Arc<Cached>>, cached: &Arc<Cached>, now: Instant) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        let quiet = self.config.backoff_max.saturating_mul(2);
+        if failure
+            .last_rejection
+            .is_none_or(|at| now.saturating_duration_since(at) >= quiet)
+        {
+            // Rejections stopped long enough ago: a new one is a first rejection.
+            failure.rejection_refreshes = 0;
+            failure.next_rejection_refresh = None;
         }
-    };
-    let same = ours.is_some_and(|ours| {
-        ours.access_token().expose_secret() == stored.access_token().expose_secret()
-    });
-    if same {
-        Stored::Nothing
-    } else if stored.is_expired() {
-        Stored::Previous(stored)
-    } else {
-        Stored::Fresh(stored)
+        failure.last_rejection = Some(now);
+        let throttled_until = failure.next_rejection_refresh.filter(|at| now < *at);
+        let replacement = match throttled_until {
+            None => cached.rejected(now),
+            // Its refresh is due by then already.
+            Some(at) if cached.refresh_at.is_some_and(|r| r <= at) => return,
+            Some(at) => cached.retry_at(at),
+        };
+        let previous = self
+            .current
+            .compare_and_swap(current, Some(Arc::new(replacement)));
+        if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, cached)) {
+            return;
+        }
+        failure.rejection_refreshes = failure.rejection_refreshes.saturating_add(1);
+        let refresh_at = throttled_until.unwrap_or(now);
+        let gap = self.backoff_base(failure.rejection_refreshes);
+        failure.next_rejection_refresh = Some(refresh_at + gap + random_up_to(gap / 10));
+        match throttled_until {
+            None => tracing::debug!("the server rejected the token; the next request refreshes it"),
+            Some(at) => tracing::warn!(
+                in_s = at.saturating_duration_since(now).as_secs_f64(),
+                "the server rejected the token again soon after a refresh; still serving it, refreshed when the throttle ends"
+            ),
+        }
     }
 }
 
@@ -643,22 +823,7 @@ impl<S: TokenSource> Authorizer for Refreshing<S> {
         if cached.credential.value != *sent || !cached.usable(now) {
             return;
         }
-        let rejected = Arc::new(cached.rejected(now));
-        let previous = self
-            .shared
-            .current
-            .compare_and_swap(&*current, Some(rejected));
-        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, cached)) {
-            tracing::debug!("the server rejected the token; the next request refreshes it");
-            self.shared.record_rejection(now);
-        }
-    }
-
-    fn on_accepted(&self, _sent: &HeaderValue) {
-        // One relaxed load on every answer; the lock only after a rejection.
-        if self.shared.rejections.load(Ordering::Relaxed) != 0 {
-            self.shared.record_acceptance();
-        }
+        self.shared.reject(&*current, cached, now);
     }
 }
 

@@ -30,17 +30,32 @@ pub use prompt::PasswordPrompt;
 pub trait TokenSource: Send + Sync + 'static {
     /// Fetches a token.
     fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>>;
+
+    /// Whether this source shares tokens with other processes, so that after
+    /// [`Error::InvalidGrant`] a later fetch may still find a newer token that another
+    /// process obtained (as [`FleetSource`](crate::redis::FleetSource) does through
+    /// Redis). [`Refreshing`](super::Refreshing) then retries such a source after a
+    /// backoff instead of declaring itself logged out. Default `false`.
+    fn shares_tokens(&self) -> bool {
+        false
+    }
 }
 
 impl<S: TokenSource + ?Sized> TokenSource for std::sync::Arc<S> {
     fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         (**self).fetch(previous)
     }
+    fn shares_tokens(&self) -> bool {
+        (**self).shares_tokens()
+    }
 }
 
 impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
     fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         (**self).fetch(previous)
+    }
+    fn shares_tokens(&self) -> bool {
+        (**self).shares_tokens()
     }
 }
 
