@@ -24,6 +24,9 @@ pub enum Mode {
     Fail(u16, &'static str, Option<u64>),
     /// Sleeps this long, then answers normally.
     Delay(Duration),
+    /// Answers normally (a refresh token rotates at once), but sends the answer
+    /// only after this long: a provider whose answer is slow to arrive.
+    DelayAnswer(Duration),
     /// Answers a token with `token_type: mac`.
     WrongType,
     /// Answers 200 with a body that is not JSON.
@@ -49,6 +52,8 @@ pub struct Idp {
     pub refresh_seen: Mutex<Vec<String>>,
     /// The grant types requested, in order.
     pub grants: Mutex<Vec<String>>,
+    /// When each token request arrived (tokio clock).
+    pub token_times: Mutex<Vec<Instant>>,
     /// The Authorization header of the last token request.
     pub last_client_auth: Mutex<Option<String>>,
     /// The form of the last token request.
@@ -81,6 +86,7 @@ impl Idp {
             refresh: Mutex::new(HashMap::new()),
             refresh_seen: Mutex::new(Vec::new()),
             grants: Mutex::new(Vec::new()),
+            token_times: Mutex::new(Vec::new()),
             last_client_auth: Mutex::new(None),
             last_form: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
@@ -177,6 +183,7 @@ async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     idp.token_requests.fetch_add(1, Ordering::SeqCst);
+    idp.token_times.lock().unwrap().push(Instant::now());
     *idp.last_client_auth.lock().unwrap() = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -200,6 +207,7 @@ async fn token(
             return res;
         }
         Mode::Delay(d) => tokio::time::sleep(d).await,
+        Mode::DelayAnswer(_) => {}
         Mode::WrongType => {
             return Json(serde_json::json!({"access_token": "x", "token_type": "mac"}))
                 .into_response()
@@ -277,6 +285,9 @@ async fn token(
     }
     if let Some(rt) = new_refresh {
         body["refresh_token"] = rt.into();
+    }
+    if let Mode::DelayAnswer(d) = mode {
+        tokio::time::sleep(d).await;
     }
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
