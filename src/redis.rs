@@ -64,19 +64,18 @@ pub use denylist::{Denylisted, RedisDenylist};
 const WRITE_FENCED: &str = r"
 local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'version', v + 1)
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'lin', ARGV[5], 'version', v + 1)
 return v + 1
 ";
 
-/// Saves the token unless it is already there or the stored one lives longer.
+/// Saves the token unless it is already there or the stored one is as new or newer
+/// (its lineage; entries written before lineages existed have none: 0, the oldest).
 const SAVE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'fp', 'exp', 'version')
+local cur = redis.call('HMGET', KEYS[1], 'fp', 'lin', 'version', 'token')
 local v = tonumber(cur[3] or '0')
 if cur[1] == ARGV[3] then return v end
-local e = tonumber(cur[2] or '0')
-local n = tonumber(ARGV[2])
-if e > 0 and n > 0 and e > n then return -1 end
-redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'version', v + 1)
+if cur[4] and tonumber(cur[2] or '0') >= tonumber(ARGV[4]) then return -1 end
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'lin', ARGV[4], 'version', v + 1)
 return v + 1
 ";
 
@@ -115,11 +114,13 @@ fn fingerprint(token: &Token) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A token ready to be written: its JSON, expiry (ms, 0 for none) and fingerprint.
+/// A token ready to be written: its JSON, expiry (ms, 0 for none), fingerprint and
+/// lineage.
 struct Encoded {
     json: String,
     exp: u64,
     fp: String,
+    lineage: u64,
 }
 
 fn encode(token: &Token) -> Result<Encoded, Error> {
@@ -136,6 +137,7 @@ fn encode(token: &Token) -> Result<Encoded, Error> {
         json,
         exp: expires_at_ms.unwrap_or(0),
         fp: fingerprint(token),
+        lineage: token.lineage().as_micros(),
     })
 }
 
@@ -167,13 +169,12 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    /// The stored token, if it is valid and not the one the caller wants replaced.
+    /// The stored token, if it is valid and strictly newer than the caller's.
     fn adoptable(&self, previous: Option<&Token>) -> Option<Token> {
         let token = self.token.as_ref().filter(|t| !t.is_expired())?;
-        match previous {
-            Some(p) if fingerprint(p) == fingerprint(token) => None,
-            _ => Some(token.clone()),
-        }
+        previous
+            .is_none_or(|p| token.is_newer_than(p))
+            .then(|| token.clone())
     }
 }
 
@@ -265,6 +266,7 @@ impl RedisStore {
             .arg(&enc.json)
             .arg(enc.exp)
             .arg(&enc.fp)
+            .arg(enc.lineage)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| redis_error("write", e))?;
@@ -336,8 +338,9 @@ impl TokenStore for RedisStore {
         async move { Ok(self.read().await?.token) }.boxed()
     }
 
-    /// Saves `token`, unless it is already stored or the stored token expires later
-    /// (a newer token from another replica is never replaced by an older one).
+    /// Saves `token`, unless it is already stored or the stored token is as new or
+    /// newer (by [`Lineage`](crate::Lineage)): a newer token from another replica is
+    /// never replaced by an older one.
     fn save<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<(), Error>> {
         async move {
             let enc = encode(token)?;
@@ -346,6 +349,7 @@ impl TokenStore for RedisStore {
                 .arg(&enc.json)
                 .arg(enc.exp)
                 .arg(&enc.fp)
+                .arg(enc.lineage)
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| redis_error("save", e))?;
@@ -390,6 +394,21 @@ pub struct FleetSource<S> {
     /// A token obtained from the token endpoint whose write to Redis failed: written
     /// (fenced by the version it was refreshed from) before anything else is tried.
     unsaved: Mutex<Option<(u64, Token)>>,
+    /// The token whose refresh token the endpoint refused, and the refusal: that
+    /// refresh token is never presented again.
+    dead: Mutex<Option<(crate::Lineage, Error)>>,
+}
+
+/// What a refresh under the lock gave.
+enum Locked {
+    Done(Result<Token, Error>),
+    /// `invalid_grant` for the refresh token of `base`; `owned` when `base` was the
+    /// fleet's token (the one in Redis), not this replica's own.
+    Refused {
+        base: Option<Token>,
+        owned: bool,
+        error: Error,
+    },
 }
 
 impl<S: TokenSource> FleetSource<S> {
@@ -403,12 +422,15 @@ impl<S: TokenSource> FleetSource<S> {
             wait_timeout: Duration::from_secs(60),
             poll: (Duration::from_millis(10), Duration::from_millis(200)),
             unsaved: Mutex::new(None),
+            dead: Mutex::new(None),
         }
     }
 
     /// How long the refresh lock lives without renewal. The holder renews it every
     /// third of this while its refresh runs; a holder that dies frees it after at most
-    /// this long. Default 30 s.
+    /// this long. A replica whose refresh token is refused (`invalid_grant`) waits
+    /// this long for another replica (one whose lock lapsed) to publish the token it
+    /// got with the same refresh token. Default 30 s.
     #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl.max(Duration::from_millis(30));
@@ -474,9 +496,14 @@ impl<S: TokenSource> FleetSource<S> {
                 return Ok(token);
             }
             if self.store.try_lock(&self.owner, self.lock_ttl).await? {
-                let result = self.refresh_locked(previous).await;
+                let locked = self.refresh_locked(previous).await;
                 self.store.release(&self.owner).await;
-                return result;
+                return match locked {
+                    Locked::Done(result) => result,
+                    Locked::Refused { base, owned, error } => {
+                        self.await_publication(base.as_ref(), owned, error).await
+                    }
+                };
             }
             let now = Instant::now();
             if now >= deadline {
@@ -491,30 +518,103 @@ impl<S: TokenSource> FleetSource<S> {
     }
 
     /// Refreshes while holding the lock.
-    async fn refresh_locked(&self, previous: Option<&Token>) -> Result<Token, Error> {
+    async fn refresh_locked(&self, previous: Option<&Token>) -> Locked {
         // Read again: the token may have been written between our read and the lock.
-        let snapshot = self.store.read().await?;
+        let snapshot = match self.store.read().await {
+            Ok(snapshot) => snapshot,
+            Err(error) => return Locked::Done(Err(error)),
+        };
         if let Some(token) = snapshot.adoptable(previous) {
-            return Ok(token);
+            return Locked::Done(Ok(token));
         }
-        // The stored token has the newest refresh token; ours only seeds an empty store.
-        let base = snapshot.token.as_ref().or(previous);
-        let fetched = self.fetch_renewing(base).await;
-        match fetched {
-            Ok(token) => self.save_fetched(snapshot.version, token).await,
+        // The newest refresh token: Redis's, unless ours is newer (Redis lost data).
+        let owned = match (&snapshot.token, previous) {
+            (Some(stored), Some(ours)) => !ours.is_newer_than(stored),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let base = if owned {
+            snapshot.token.clone()
+        } else {
+            previous.cloned()
+        };
+        let dead = self
+            .dead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let (Some((lineage, error)), Some(b)) = (dead, base.as_ref()) {
+            if b.lineage() == lineage {
+                // Refused before: presenting it again would only be a reuse.
+                return Locked::Done(Err(self.refusal(owned, error)));
+            }
+        }
+        match self.fetch_renewing(base.as_ref()).await {
+            Ok(token) => Locked::Done(self.save_fetched(snapshot.version, token).await),
+            Err(error @ Error::InvalidGrant(_)) => {
+                if let Some(b) = &base {
+                    *self.dead.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some((b.lineage(), error.clone()));
+                }
+                Locked::Refused { base, owned, error }
+            }
             Err(error) => {
-                // A replica whose lock lapsed may have refreshed meanwhile (and used
-                // the refresh token we were given): its token is as good.
+                // A replica whose lock lapsed may have refreshed meanwhile: its token
+                // is as good.
                 if let Ok(now) = self.store.read().await {
                     if now.version != snapshot.version {
                         if let Some(token) = now.adoptable(previous) {
                             tracing::debug!(%error, "refresh failed but another replica's token is there");
-                            return Ok(token);
+                            return Locked::Done(Ok(token));
                         }
                     }
                 }
-                Err(error)
+                Locked::Done(Err(error))
             }
+        }
+    }
+
+    /// After `invalid_grant`: another replica (one whose lock lapsed while its answer
+    /// was slow) may have spent the same refresh token first, and publishes its token
+    /// soon. Waits up to one lock TTL for a token newer than `base`.
+    async fn await_publication(
+        &self,
+        base: Option<&Token>,
+        owned: bool,
+        error: Error,
+    ) -> Result<Token, Error> {
+        let deadline = Instant::now() + self.lock_ttl;
+        let mut delay = self.poll.0;
+        loop {
+            if let Ok(snapshot) = self.store.read().await {
+                if let Some(token) = snapshot.adoptable(base) {
+                    tracing::info!(
+                        version = snapshot.version,
+                        "our refresh token had been spent by another replica; took the token it published"
+                    );
+                    return Ok(token);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.refusal(owned, error));
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(self.poll.1);
+        }
+    }
+
+    /// What a replica says when its refresh token was refused and no newer token was
+    /// published: the fleet's token is dead (`invalid_grant`, only when it was the one
+    /// in Redis), or only this replica's own, older one was (retried, reading Redis).
+    fn refusal(&self, owned: bool, error: Error) -> Error {
+        if owned {
+            error
+        } else {
+            Error::Superseded(format!(
+                "this replica's refresh token was refused and Redis ({}) holds no newer token yet",
+                self.store.token_key
+            ))
         }
     }
 
@@ -599,6 +699,12 @@ impl<S: TokenSource> TokenSource for FleetSource<S> {
     fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         self.fetch_shared(previous).boxed()
     }
+
+    /// Every replica shares the token in Redis: after `invalid_grant` a later fetch
+    /// may still find the fleet's newer token.
+    fn shares_tokens(&self) -> bool {
+        true
+    }
 }
 
 impl<S> fmt::Debug for FleetSource<S> {
@@ -632,7 +738,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_token_being_replaced_is_not_adopted() {
+    async fn only_a_newer_valid_token_is_adopted() {
+        let older = Token::bearer("a-0").unwrap();
         let token = Token::bearer("a-1")
             .unwrap()
             .with_expires_in(Duration::from_secs(60));
@@ -642,8 +749,12 @@ mod tests {
         };
         assert!(snap.adoptable(Some(&token)).is_none());
         assert!(snap.adoptable(None).is_some());
-        let other = Token::bearer("a-0").unwrap();
-        assert!(snap.adoptable(Some(&other)).is_some());
+        assert!(snap.adoptable(Some(&older)).is_some());
+        let newer = Token::bearer("a-2").unwrap();
+        assert!(
+            snap.adoptable(Some(&newer)).is_none(),
+            "an older token is never adopted, even a different one"
+        );
         let expired = Snapshot {
             token: Some(token.with_expires_in(Duration::ZERO)),
             version: 3,
