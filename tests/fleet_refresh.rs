@@ -636,19 +636,20 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_store_saves_loads_and_never_replaces_a_longer_lived_token() {
+async fn fleet_store_saves_loads_and_never_replaces_a_newer_token() {
     let Some(url) = redis_url().await else { return };
     let store = RedisStore::connect(&url, &profile("store")).await.unwrap();
     assert!(store.load().await.unwrap().is_none());
     assert_eq!(store.version().await.unwrap(), 0);
+    // Made first, so older, though it lives longer: lineage decides, not expiry.
+    let older = Token::bearer("at-old")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(6000))
+        .with_refresh_token("rt-old");
     let newer = Token::bearer("at-new")
         .unwrap()
         .with_expires_in(Duration::from_secs(600))
         .with_refresh_token("rt-new");
-    let older = Token::bearer("at-old")
-        .unwrap()
-        .with_expires_in(Duration::from_secs(60))
-        .with_refresh_token("rt-old");
     store.save(&newer).await.unwrap();
     store.save(&newer).await.unwrap();
     assert_eq!(
@@ -660,6 +661,7 @@ async fn fleet_store_saves_loads_and_never_replaces_a_longer_lived_token() {
     let loaded = store.load().await.unwrap().unwrap();
     assert_eq!(loaded.access_token().expose_secret(), "at-new");
     assert_eq!(loaded.refresh_token().unwrap().expose_secret(), "rt-new");
+    assert_eq!(loaded.lineage(), newer.lineage(), "the lineage is kept");
     let left = loaded.expires_in().unwrap();
     assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
     let debug = format!(
@@ -674,4 +676,124 @@ async fn fleet_store_saves_loads_and_never_replaces_a_longer_lived_token() {
     );
     store.clear().await.unwrap();
     assert!(store.load().await.unwrap().is_none());
+}
+
+/// Issue 13, sequence 2: replica A presents the refresh token, the provider rotates
+/// it, A's answer is slow and A's lock lapses (a paused process, a failed renewal);
+/// B takes the lock and presents the same refresh token: `invalid_grant`. Before,
+/// B re-read Redis once, saw the version unchanged and turned terminal, and never
+/// looked again when A wrote the fleet's new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_a_lock_race_takes_the_token_the_winner_publishes() {
+    let Some(url) = redis_url().await else { return };
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    let profile = profile("lock-race");
+    let store = RedisStore::connect(&url, &profile).await.unwrap();
+    let fleet_token = Token::bearer("at-0")
+        .unwrap()
+        .with_expires_in(Duration::ZERO)
+        .with_refresh_token("rt-0");
+    store.save(&fleet_token).await.unwrap();
+    let a = Arc::new(
+        fleet_source(&url, &profile, &s)
+            .await
+            .lock_ttl(Duration::from_secs(3)),
+    );
+    let b = fleet_source(&url, &profile, &s)
+        .await
+        .lock_ttl(Duration::from_secs(3));
+
+    s.idp
+        .set_mode(common::Mode::DelayAnswer(Duration::from_millis(1500)));
+    let a_task = tokio::spawn({
+        let a = a.clone();
+        async move { a.fetch(None).await }
+    });
+    until(Duration::from_secs(10), "A presented rt-0", || async {
+        s.idp.tokens() == 1
+    })
+    .await;
+    // A's lock lapses while its answer is on the way.
+    redis_del(&url, store.lock_key()).await;
+    s.idp.set_mode(common::Mode::Normal);
+
+    let from_b = b.fetch(None).await;
+    let from_a = a_task.await.unwrap().unwrap();
+    let from_b = from_b.expect("B is not logged out: it takes A's token");
+    assert_eq!(
+        from_b.access_token().expose_secret(),
+        from_a.access_token().expose_secret()
+    );
+    assert_eq!(
+        s.idp.tokens(),
+        2,
+        "one reuse of rt-0, which the lapsed lock made unavoidable"
+    );
+}
+
+/// Issue 13, sequence 2 after a Redis restart: Redis comes back empty while replica
+/// B holds an older token (its refresh token rotated away by A). Before, B's refresh
+/// got `invalid_grant` and B was logged out for good, while A held the live token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_an_older_token_after_redis_lost_its_data_is_not_logged_out() {
+    let Some(url) = redis_url().await else { return };
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.set_lifetime(Some(3600));
+    let profile = profile("restart");
+    let a = fleet_source(&url, &profile, &s)
+        .await
+        .lock_ttl(Duration::from_millis(300));
+    let b = Arc::new(
+        fleet_source(&url, &profile, &s)
+            .await
+            .lock_ttl(Duration::from_millis(300)),
+    );
+    let t1 = a.fetch(None).await.unwrap();
+    let b_holds = b.fetch(None).await.unwrap();
+    assert_eq!(
+        b_holds.access_token().expose_secret(),
+        t1.access_token().expose_secret()
+    );
+    let t2 = a.fetch(Some(&t1)).await.unwrap();
+    assert_eq!(s.idp.tokens(), 2);
+
+    // Redis restarts without its data.
+    let store = RedisStore::connect(&url, &profile).await.unwrap();
+    redis_del(&url, store.token_key()).await;
+
+    // B's own token is older and its refresh token dead: not the fleet's to declare
+    // dead. B says so, and the error is worth retrying.
+    let refused = b.fetch(Some(&b_holds)).await.unwrap_err();
+    assert!(matches!(refused, Error::Superseded(_)), "{refused:?}");
+    assert!(refused.is_retryable());
+    // It does not present that refresh token again.
+    let again = b.fetch(Some(&b_holds)).await.unwrap_err();
+    assert!(matches!(again, Error::Superseded(_)), "{again:?}");
+    assert_eq!(s.idp.tokens(), 3, "B presented its dead refresh token once");
+
+    // A cache over B keeps looking: when A refreshes (seeding the empty Redis with
+    // the live token), B takes the fleet's token.
+    let cache_b = Refreshing::builder(b.clone())
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .build();
+    let waiting = cache_b.token().await;
+    assert!(matches!(waiting, Err(Error::Superseded(_))), "{waiting:?}");
+    let t3 = a.fetch(Some(&t2)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let adopted = loop {
+        if let Ok(token) = cache_b.token().await {
+            break token;
+        }
+        assert!(Instant::now() < deadline, "B never took the fleet's token");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        adopted.access_token().expose_secret(),
+        t3.access_token().expose_secret()
+    );
+    assert!(valid_at_api(&s.idp, t3.access_token().expose_secret()));
 }
