@@ -453,11 +453,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         }
     }
 
-    /// Whether `kid` is known to be absent: a skipped key of the current set,
-    /// retired, or found missing within the cool-down.
+    /// Whether `kid`, not in the current keys, is known to be absent: a skipped key
+    /// of the current set, retired, or found missing within the cool-down.
     fn known_absent(&self, kid: &Option<String>) -> bool {
         if let (Some(keys), Some(kid)) = (&*self.keys.load(), kid) {
-            if keys.skipped.contains(kid) && !keys.by_kid.contains_key(kid) {
+            if keys.skipped.contains(kid) {
                 return true;
             }
         }
