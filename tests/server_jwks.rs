@@ -283,6 +283,8 @@ async fn a_thousand_concurrent_requests_with_a_new_kid_make_one_fetch() {
     assert_eq!(idp.fetches(), 2, "1,000 waiters, one fetch");
 }
 
+/// The first garbage kids are looked up and refused; the rest, which the spent
+/// cool-down leaves unchecked, get a `503` (see the flood test below).
 #[tokio::test]
 async fn a_thousand_garbage_kids_within_the_cooldown_make_one_fetch() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
@@ -302,14 +304,17 @@ async fn a_thousand_garbage_kids_within_the_cooldown_make_one_fetch() {
             tokio::spawn(async move { send(api.addr, "/me", Some(&token)).await })
         })
         .collect();
+    let mut refused = 0;
     for request in requests {
         let answer = request.await.unwrap();
-        assert_eq!(answer.status, 401);
-        assert_eq!(
-            answer.challenge,
-            invalid_token("the token's signing key is unknown")
-        );
+        if answer.status == 401 {
+            assert_unknown_key(&answer);
+            refused += 1;
+        } else {
+            assert_unavailable(&answer);
+        }
     }
+    assert!(refused >= 1, "the kid that caused the fetch is refused");
     assert_eq!(
         idp.fetches(),
         2,
@@ -337,10 +342,14 @@ async fn when_the_jwks_endpoint_is_down_the_last_keys_keep_working() {
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
     until(|| idp.fetches() == 2).await;
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
-    // An unknown kid is still a bad token, not an outage.
+    // An unknown kid is looked up (its own budget), and the failed look-up is no
+    // verdict on the token: 503.
     let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
-    assert_eq!(send(api.addr, "/me", Some(&t2)).await.status, 401);
-    assert_eq!(idp.fetches(), 2, "failures are retried once per cool-down");
+    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    assert_eq!(idp.fetches(), 3);
+    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_eq!(idp.fetches(), 3, "failures are retried once per cool-down");
 
     // With no keys ever fetched, the answer is 503 without a challenge.
     let fresh = start_api(
@@ -423,4 +432,184 @@ async fn unusable_keys_are_skipped_and_token_headers_never_choose_the_key() {
         );
     }
     assert_eq!(idp.state.attacker_fetches.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        idp.fetches(),
+        2,
+        "skipped keys are known to the set: only k9 was looked up"
+    );
+}
+
+const UNKNOWN_KEY: &str = "the token's signing key is unknown";
+
+/// A `503` without a challenge: no verdict on the token, try again later.
+fn assert_unavailable(answer: &Answer) {
+    assert_eq!(
+        (answer.status, answer.challenge.as_str()),
+        (503, ""),
+        "{answer:?}"
+    );
+}
+
+fn assert_unknown_key(answer: &Answer) {
+    assert_eq!(
+        (answer.status, answer.challenge.clone()),
+        (401, invalid_token(UNKNOWN_KEY)),
+        "{answer:?}"
+    );
+}
+
+/// Issue 13 item 8, "a key rotation is an outage": the API fetches the keys at
+/// start-up; 12 s later the provider restarts with a new key and signs with it at
+/// once. The clients' first requests with the new kid are accepted, for one fetch.
+#[tokio::test]
+async fn issue_13_item_8_a_key_published_12_s_after_start_up_is_accepted_at_first_use() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    validator.load().await.unwrap();
+    assert_eq!(idp.fetches(), 1);
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    skip(12).await;
+    // The provider restarts with only a new key.
+    idp.set_keys(vec![public_jwk(&rsa2(), "k2")]);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    // A hundred clients use it at once; the answer is held until all have arrived.
+    idp.gate.send_replace(false);
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let t2 = t2.clone();
+            tokio::spawn(async move { send(api.addr, "/me", Some(&t2)).await })
+        })
+        .collect();
+    until(|| api.arrivals.load(Ordering::SeqCst) == 101).await;
+    idp.gate.send_replace(true);
+    for request in requests {
+        assert_ok(&request.await.unwrap(), "bob");
+    }
+    assert_eq!(idp.fetches(), 2, "one fetch for the new key");
+
+    // The retired key is refused at once, and nothing fetches again.
+    assert_unknown_key(&send(api.addr, "/me", Some(&t1)).await);
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2);
+}
+
+/// Many distinct unknown kids within one cool-down (and within the cool-down of the
+/// start-up fetch): one fetch. The kid that fetch was made for is refused; the
+/// others, which could be good tokens signed by a key newer than that fetch, get a
+/// `503` (retry later) rather than `invalid_token`.
+#[tokio::test]
+async fn a_flood_of_unknown_kids_costs_one_fetch_and_calls_no_unchecked_token_invalid() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let kid = |i: usize| unsigned(&rs256(&format!("flood-{i}")));
+
+    // The first unknown kid is looked up; its answer is held while the flood arrives.
+    idp.gate.send_replace(false);
+    let first = {
+        let token = kid(0);
+        tokio::spawn(async move { send(api.addr, "/me", Some(&token)).await })
+    };
+    until(|| idp.fetches() == 2).await;
+    let flood: Vec<_> = (1..=200)
+        .map(|i| {
+            let token = kid(i);
+            tokio::spawn(async move { send(api.addr, "/me", Some(&token)).await })
+        })
+        .collect();
+    until(|| api.arrivals.load(Ordering::SeqCst) == 201).await;
+    idp.gate.send_replace(true);
+    assert_unknown_key(&first.await.unwrap());
+    for request in flood {
+        assert_unavailable(&request.await.unwrap());
+    }
+    assert_eq!(idp.fetches(), 2, "201 unknown kids, one fetch");
+
+    // For the rest of the cool-down: the looked-up kid is refused at once, the
+    // others still wait for their look-up, the known key works, nothing is fetched.
+    assert_unknown_key(&send(api.addr, "/me", Some(&kid(0))).await);
+    assert_unavailable(&send(api.addr, "/me", Some(&kid(7))).await);
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    // A key published now is not called invalid either.
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    assert_eq!(idp.fetches(), 2);
+
+    // After the cool-down the retried token gets its look-up.
+    skip(31).await;
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 3);
+}
+
+/// A bogus kid sent again and again: looked up once, then refused at once without
+/// a fetch until the cool-down ends; then looked up once more.
+#[tokio::test]
+async fn a_bogus_kid_repeated_is_refused_without_a_refetch_within_the_cooldown() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let bogus = unsigned(&rs256("bogus"));
+
+    for _ in 0..20 {
+        assert_unknown_key(&send(api.addr, "/me", Some(&bogus)).await);
+    }
+    assert_eq!(idp.fetches(), 2, "the start-up fetch and one look-up");
+    skip(29).await;
+    assert_unknown_key(&send(api.addr, "/me", Some(&bogus)).await);
+    assert_eq!(idp.fetches(), 2, "no refetch within the cool-down");
+    skip(2).await;
+    assert_unknown_key(&send(api.addr, "/me", Some(&bogus)).await);
+    assert_eq!(idp.fetches(), 3, "one look-up per cool-down");
+}
+
+/// The provider rotates while its JWKS endpoint fails: the old key keeps working, the
+/// new one cannot be checked (`503`, never `invalid_token`), each look-up retried
+/// once per cool-down; when the endpoint is back, the new key is accepted.
+#[tokio::test]
+async fn a_rotation_while_the_jwks_endpoint_is_down_keeps_the_old_keys() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+
+    idp.state.down.store(true, Ordering::SeqCst);
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    skip(5).await;
+    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    assert_eq!(idp.fetches(), 2, "the new kid was looked up");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    assert_eq!(
+        idp.fetches(),
+        2,
+        "a failed look-up is retried after the cool-down"
+    );
+
+    skip(31).await;
+    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    assert_eq!(idp.fetches(), 3);
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    idp.state.down.store(false, Ordering::SeqCst);
+    skip(31).await;
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_eq!(idp.fetches(), 4);
 }

@@ -1,7 +1,8 @@
 //! [`JwksValidator`]: JWTs checked against the identity provider's published keys
 //! (a JWKS URL, or OIDC discovery), picked by `kid`, with key rotation.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,8 +26,8 @@ use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
 use crate::{Error, HttpClient};
 
-/// The default least time between two fetches of the keys: an unknown `kid` (or a
-/// failing endpoint) causes at most one fetch per cool-down.
+/// The default cool-down: unknown `kid`s cause at most one fetch per cool-down, and
+/// so do scheduled refreshes and retries after a failure.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 /// The default key lifetime when the JWKS answer has no `Cache-Control: max-age`.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15 * 60);
@@ -49,13 +50,26 @@ type Rules<C> = Arc<dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync>;
 /// - The keys are fetched on first use and again when they are older than the
 ///   answer's `Cache-Control: max-age` (bounded, default 1 min to 24 h; 15 min
 ///   without one), in the background: requests keep using the current keys.
-/// - An unknown `kid` (a rotation) causes one fetch, shared by every request that
-///   waits for it, and at most one per cool-down (default 30 s) whatever the number
-///   of unknown kids: garbage kids cannot turn requests into fetches.
+/// - **First sight**: an unknown `kid` is looked up when it is first used, however
+///   recent the last fetch. A key the provider publishes (and signs with) after our
+///   last fetch is accepted on its first request, which waits for one fetch shared
+///   by every request that waits for it.
+/// - Unknown kids have their own budget: at most one fetch per cool-down (default
+///   30 s) is made for them, whatever their number, so garbage kids cannot turn
+///   requests into fetches. The start-up fetch ([`load`](JwksValidator::load) or the
+///   first request), scheduled refreshes and retries after a failure do not spend it
+///   (they are throttled on their own: one per cool-down).
+/// - A kid that a fetch made after its request arrived did not bring is answered
+///   `401 invalid_token` at once, without a fetch, until the cool-down ends; so is a
+///   kid that a newer key set dropped (a retired key), until a key set brings it back.
+/// - An unknown kid that cannot be looked up now (this cool-down's fetch is spent,
+///   or the fetch failed) is answered `503` (gRPC `UNAVAILABLE`) with no challenge:
+///   the token may be good, signed by a key newer than our keys, and a client must
+///   not throw it away; retried after the cool-down, it gets its look-up.
 /// - When the endpoint fails, the last good keys stay in use; with no keys at all
 ///   requests are answered `503` (the token may well be good).
 /// - Keys of an unsupported type, HMAC secrets and encryption keys in the set are
-///   skipped with a warning.
+///   skipped with a warning; a token naming one is refused without a fetch.
 ///
 /// ```no_run
 /// use tower_bearer::server::{Claims, JwksValidator, RequireBearerLayer};
@@ -112,15 +126,61 @@ struct Shared<C> {
     keys: ArcSwapOption<KeySet<C>>,
     /// The `jwks_uri` found by discovery.
     jwks_uri: Mutex<Option<Uri>>,
-    /// When the last fetch started: the cool-down counts from there.
-    last_attempt: Mutex<Option<Instant>>,
-    flight: SingleFlight<(), Error>,
+    schedule: Mutex<Schedule>,
+    unknown: Mutex<UnknownKids>,
+    /// A flight yields the number of its fetch (see [`Schedule::started`]).
+    flight: SingleFlight<u64, Error>,
 }
+
+/// Why a fetch is wanted: each cause has its own throttle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// [`JwksValidator::load`]: not throttled.
+    Forced,
+    /// No keys yet, or the keys are stale: one per cool-down from the last fetch of
+    /// any cause (so a failing endpoint is retried once per cool-down).
+    Schedule,
+    /// A `kid` not in the keys: one per cool-down from the last fetch of this cause.
+    Miss,
+}
+
+/// What the cool-downs count from.
+#[derive(Default)]
+struct Schedule {
+    /// When the last fetch of any cause started.
+    last_attempt: Option<Instant>,
+    /// When the last fetch caused by an unknown `kid` started: the kid-miss budget.
+    last_miss: Option<Instant>,
+    /// How many fetches have started: a request that saw `n` knows that fetch `n + 1`
+    /// and later started after it arrived, and so after any key its token needs was
+    /// published.
+    started: u64,
+}
+
+/// Kids known to be absent, answered `invalid_token` without a fetch.
+#[derive(Default)]
+struct UnknownKids {
+    /// Kids (or `None`: no kid) that a fetch started after their request arrived did
+    /// not bring, with when that was learnt: remembered for one cool-down.
+    missing: HashMap<Option<String>, Instant>,
+    /// Kids a newer key set dropped, oldest first: remembered until a key set brings
+    /// them back, or more keys retire.
+    retired: VecDeque<String>,
+}
+
+/// At most this many missing kids are remembered (the kids of 8 KiB tokens: a few
+/// MB at worst); beyond it they are answered as not looked up.
+const MAX_MISSING: usize = 256;
+/// At most this many retired kids are remembered.
+const MAX_RETIRED: usize = 64;
 
 pub(crate) struct KeySet<C> {
     by_kid: HashMap<String, JwtValidator<C>>,
     /// Keys without a `kid`: used for tokens without one, when there is exactly one.
     unnamed: Vec<JwtValidator<C>>,
+    /// The kids of the keys skipped (unusable or not for signing): tokens naming
+    /// them are refused without a fetch.
+    skipped: HashSet<String>,
     stale_at: Instant,
 }
 
@@ -184,13 +244,15 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidator<C> {
     }
 
     /// Fetches the keys now, whatever the cool-down (for example at start-up, to
-    /// fail early). Concurrent calls and requests share one fetch.
+    /// fail early). Concurrent calls and requests share one fetch. It does not spend
+    /// the unknown-kid budget: a key published just after it is still looked up at
+    /// its first use.
     ///
     /// # Errors
     /// Why the keys could not be fetched; the last good keys stay in use.
     pub async fn load(&self) -> Result<(), Error> {
-        match Shared::fetch_once(&self.shared, true) {
-            Some(flight) => flight.await,
+        match Shared::fetch_once(&self.shared, Cause::Forced) {
+            Some(flight) => flight.await.map(drop),
             None => Ok(()),
         }
     }
@@ -243,8 +305,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
         self
     }
 
-    /// The least time between two fetches caused by unknown `kid`s or failures
-    /// (default 30 s).
+    /// The least time between two fetches caused by unknown `kid`s (default 30 s),
+    /// and between two scheduled fetches or retries after a failure. A fetch of one
+    /// kind does not delay the other: a key published just after a scheduled fetch
+    /// is still looked up at its first use.
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
         self.cooldown = cooldown;
         self
@@ -283,7 +347,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
                 refresh_bounds: self.refresh_bounds,
                 keys: ArcSwapOption::empty(),
                 jwks_uri: Mutex::new(None),
-                last_attempt: Mutex::new(None),
+                schedule: Mutex::new(Schedule::default()),
+                unknown: Mutex::new(UnknownKids::default()),
                 flight: SingleFlight::default(),
             }),
         })
@@ -319,23 +384,34 @@ struct RawKeySet {
 }
 
 impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
-    /// Joins the running fetch, or starts one unless one started within the
-    /// cool-down (`force` skips that check). `None`: no fetch to wait for.
-    fn fetch_once(this: &Arc<Self>, force: bool) -> Option<crate::flight::Flight<(), Error>> {
+    /// Joins the running fetch, or starts one unless `cause`'s cool-down forbids it.
+    /// `None`: no fetch to wait for. A flight yields the number of its fetch.
+    fn fetch_once(this: &Arc<Self>, cause: Cause) -> Option<crate::flight::Flight<u64, Error>> {
+        let number = Cell::new(0);
         let recheck = || {
-            let mut last = lock(&this.last_attempt);
+            let mut schedule = lock(&this.schedule);
             let now = Instant::now();
-            if !force && last.is_some_and(|t| now.saturating_duration_since(t) < this.cooldown) {
-                return Some(Ok(()));
+            let cooling = |t: Option<Instant>| {
+                t.is_some_and(|t| now.saturating_duration_since(t) < this.cooldown)
+            };
+            match cause {
+                Cause::Forced => {}
+                Cause::Schedule if cooling(schedule.last_attempt) => return Some(Ok(0)),
+                Cause::Schedule => {}
+                Cause::Miss if cooling(schedule.last_miss) => return Some(Ok(0)),
+                Cause::Miss => schedule.last_miss = Some(now),
             }
-            *last = Some(now);
+            schedule.last_attempt = Some(now);
+            schedule.started += 1;
+            number.set(schedule.started);
             None
         };
         let shared = Arc::clone(this);
-        match this
-            .flight
-            .join_or_start(recheck, move || async move { shared.fetch().await })
-        {
+        let job = || {
+            let number = number.get();
+            async move { shared.fetch().await.map(|()| number) }
+        };
+        match this.flight.join_or_start(recheck, job) {
             Joined::Ready(_) => None,
             Joined::Flight(flight) => Some(flight),
         }
@@ -345,6 +421,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         match self.fetch_keys().await {
             Ok(set) => {
                 tracing::debug!(keys = set.by_kid.len() + set.unnamed.len(), "JWKS fetched");
+                // Retired kids are noted before the new set is seen: a request finds
+                // its kid in the old set, or learns that it retired.
+                if let Some(old) = &*self.keys.load() {
+                    self.retire(old, &set);
+                }
                 self.keys.store(Some(Arc::new(set)));
                 Ok(())
             }
@@ -353,6 +434,116 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 Err(e)
             }
         }
+    }
+
+    /// Notes the kids of `old` that `new` drops, and forgets those it brings.
+    fn retire(&self, old: &KeySet<C>, new: &KeySet<C>) {
+        let mut unknown = lock(&self.unknown);
+        unknown.retired.retain(|kid| !new.by_kid.contains_key(kid));
+        unknown
+            .missing
+            .retain(|kid, _| kid.as_ref().is_none_or(|kid| !new.by_kid.contains_key(kid)));
+        for kid in old.by_kid.keys() {
+            if !new.by_kid.contains_key(kid) && !unknown.retired.contains(kid) {
+                if unknown.retired.len() == MAX_RETIRED {
+                    unknown.retired.pop_front();
+                }
+                unknown.retired.push_back(kid.clone());
+            }
+        }
+    }
+
+    /// Whether `kid`, not in the current keys, is known to be absent: a skipped key
+    /// of the current set, retired, or found missing within the cool-down.
+    fn known_absent(&self, kid: &Option<String>) -> bool {
+        if let (Some(keys), Some(kid)) = (&*self.keys.load(), kid) {
+            if keys.skipped.contains(kid) {
+                return true;
+            }
+        }
+        let unknown = lock(&self.unknown);
+        if let Some(kid) = kid {
+            if unknown.retired.contains(kid) {
+                return true;
+            }
+        }
+        unknown
+            .missing
+            .get(kid)
+            .is_some_and(|at| Instant::now().saturating_duration_since(*at) < self.cooldown)
+    }
+
+    /// Remembers that a fetch made after `kid` was asked for did not bring it.
+    fn remember_missing(&self, kid: Option<String>) {
+        let mut unknown = lock(&self.unknown);
+        let now = Instant::now();
+        if unknown.missing.len() >= MAX_MISSING {
+            unknown
+                .missing
+                .retain(|_, at| now.saturating_duration_since(*at) < self.cooldown);
+        }
+        if unknown.missing.len() < MAX_MISSING || unknown.missing.contains_key(&kid) {
+            unknown.missing.insert(kid, now);
+        }
+    }
+
+    /// The number of the last fetch started.
+    fn started(&self) -> u64 {
+        lock(&self.schedule).started
+    }
+
+    /// The check of `token` by the key `kid` names, if the current keys hold it.
+    fn check_with_current(&self, kid: Option<&str>, token: &str) -> Option<Result<C, Rejection>> {
+        let keys = self.keys.load();
+        let validator = keys.as_ref()?.find(kid)?;
+        Some(validator.check(token))
+    }
+
+    /// The answer for a token whose key is not in the keys: one shared fetch when
+    /// the cool-downs allow it, then the final answer if that fetch started after
+    /// the request arrived (numbered above `seen`, read once it had arrived); `503`
+    /// while the kid cannot be looked up.
+    async fn resolve(
+        this: Arc<Self>,
+        kid: Option<String>,
+        token: String,
+        seen: u64,
+    ) -> Result<C, Rejection> {
+        // A fetch already running may have started before the key was published:
+        // then one more is wanted, at most.
+        for _ in 0..2 {
+            if let Some(checked) = this.check_with_current(kid.as_deref(), &token) {
+                return checked;
+            }
+            let have_keys = this.keys.load().is_some();
+            let cause = if have_keys {
+                Cause::Miss
+            } else {
+                Cause::Schedule
+            };
+            let Some(flight) = Shared::fetch_once(&this, cause) else {
+                break;
+            };
+            match flight.await {
+                Ok(number) if number > seen => {
+                    if let Some(checked) = this.check_with_current(kid.as_deref(), &token) {
+                        return checked;
+                    }
+                    this.remember_missing(kid);
+                    return Err(Rejection::invalid_token(UNKNOWN_KEY));
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        // No look-up possible now: maybe another request's fetch just brought the key.
+        if let Some(checked) = this.check_with_current(kid.as_deref(), &token) {
+            return checked;
+        }
+        if this.known_absent(&kid) {
+            return Err(Rejection::invalid_token(UNKNOWN_KEY));
+        }
+        Err(Rejection::Unavailable(NO_KEYS.into()))
     }
 
     async fn get(&self, url: &Uri) -> Result<http::Response<Bytes>, Error> {
@@ -434,10 +625,14 @@ pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>
     let mut set = KeySet {
         by_kid: HashMap::new(),
         unnamed: Vec::new(),
+        skipped: HashSet::new(),
         stale_at,
     };
     for (index, value) in raw.keys.into_iter().enumerate() {
+        let kid = value.get("kid").and_then(serde_json::Value::as_str);
+        let kid = kid.map(str::to_owned);
         let Some(validator) = usable_key(index, value, rules, issuer) else {
+            set.skipped.extend(kid);
             continue;
         };
         match validator {
@@ -534,6 +729,7 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
 const ED25519_KEY_LEN: usize = 32;
 
 const UNKNOWN_KEY: &str = "the token's signing key is unknown";
+/// Also for an unknown kid that cannot be looked up now: the key may exist.
 const NO_KEYS: &str = "the signing keys are unavailable";
 
 impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksValidator<C> {
@@ -553,29 +749,23 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksVali
         if let Some(keys) = &*shared.keys.load() {
             if keys.stale_at <= Instant::now() {
                 // Refresh in the background; this request uses the current keys.
-                drop(Shared::fetch_once(shared, false));
+                drop(Shared::fetch_once(shared, Cause::Schedule));
             }
             if let Some(validator) = keys.find(kid.as_deref()) {
                 return ValidationFuture::ready(validator.check(token));
             }
-        }
-        // An unknown kid or no keys yet: wait for one (shared, rate-limited) fetch.
-        let flight = Shared::fetch_once(shared, false);
-        let shared = Arc::clone(shared);
-        let token = token.to_owned();
-        ValidationFuture::pending(async move {
-            let fetched = match flight {
-                Some(flight) => flight.await,
-                None => Ok(()),
-            };
-            match (&*shared.keys.load(), fetched) {
-                (Some(keys), _) => match keys.find(kid.as_deref()) {
-                    Some(validator) => validator.check(&token),
-                    None => Err(Rejection::invalid_token(UNKNOWN_KEY)),
-                },
-                (None, _) => Err(Rejection::Unavailable(NO_KEYS.into())),
+            if shared.known_absent(&kid) {
+                return ValidationFuture::ready(Err(Rejection::invalid_token(UNKNOWN_KEY)));
             }
-        })
+        }
+        // An unknown kid or no keys yet: look it up (first sight).
+        let seen = shared.started();
+        ValidationFuture::pending(Shared::resolve(
+            Arc::clone(shared),
+            kid,
+            token.to_owned(),
+            seen,
+        ))
     }
 }
 
@@ -595,5 +785,64 @@ mod tests {
         assert_eq!(max_age(&h), None);
         h.insert(CACHE_CONTROL, "max-age=abc".parse().unwrap());
         assert_eq!(max_age(&h), None);
+    }
+
+    fn unfetched() -> JwksValidator<Claims> {
+        // Nothing listens there; these tests never fetch.
+        JwksValidator::<Claims>::builder("http://127.0.0.1:9/jwks")
+            .unwrap()
+            .build()
+    }
+
+    fn set(kids: impl IntoIterator<Item = String>) -> KeySet<Claims> {
+        KeySet {
+            by_kid: kids
+                .into_iter()
+                .map(|kid| (kid, JwtValidator::hmac(b"0123456789abcdef0123456789abcdef")))
+                .collect(),
+            unnamed: Vec::new(),
+            skipped: HashSet::new(),
+            stale_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_kids_are_remembered_for_one_cooldown_and_boundedly() {
+        let v = unfetched();
+        let shared = &v.shared;
+        for i in 0..1000 {
+            shared.remember_missing(Some(format!("k{i}")));
+        }
+        assert_eq!(lock(&shared.unknown).missing.len(), MAX_MISSING);
+        assert!(shared.known_absent(&Some("k0".into())));
+        assert!(!shared.known_absent(&Some("k999".into())), "past the bound");
+        shared.remember_missing(None);
+        assert!(!shared.known_absent(&None), "past the bound");
+
+        tokio::time::advance(DEFAULT_COOLDOWN).await;
+        assert!(!shared.known_absent(&Some("k0".into())), "expired");
+        // Expired kids make room.
+        shared.remember_missing(None);
+        assert!(shared.known_absent(&None));
+        assert_eq!(lock(&shared.unknown).missing.len(), 1);
+    }
+
+    #[test]
+    fn retired_kids_are_remembered_until_a_key_set_brings_them_back() {
+        let v = unfetched();
+        let shared = &v.shared;
+        let old = set((0..100).map(|i| format!("k{i}")));
+        shared.retire(&old, &set(["k0".to_owned()]));
+        let retired: Vec<String> = lock(&shared.unknown).retired.iter().cloned().collect();
+        assert_eq!(retired.len(), MAX_RETIRED);
+        assert!(!retired.contains(&"k0".to_owned()), "k0 is still published");
+        let back = retired[0].clone();
+        assert!(shared.known_absent(&Some(back.clone())));
+
+        shared.retire(&set(["k0".to_owned()]), &set([back.clone()]));
+        let unknown = lock(&shared.unknown);
+        assert!(!unknown.retired.contains(&back), "published again");
+        assert!(unknown.retired.contains(&"k0".to_owned()));
+        assert_eq!(unknown.retired.len(), MAX_RETIRED);
     }
 }
