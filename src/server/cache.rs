@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::validator::{Claims, ValidationFuture, Validator};
+use super::Rejection;
 
 /// The default number of cached tokens.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -35,6 +36,14 @@ impl Expiring for Claims {
 ///
 /// Works with any validator whose claims implement [`Expiring`] (the provided
 /// [`Claims`] does).
+///
+/// **Revocation holds in either order.** Every hit is checked again by the inner
+/// validator's [`Validator::recheck`] before it is served, and a token it now refuses
+/// is dropped. So `VerifiedCache::new(denylist.guard(v))` refuses a revoked token on
+/// its next request exactly as `denylist.guard(VerifiedCache::new(v))` does (a
+/// `RedisDenylist` answers from its local copy, at most `staleness` old, else from
+/// Redis). A validator of your own that wraps another must forward `recheck` for this
+/// to reach the validator it wraps.
 ///
 /// ```
 /// use tower_bearer::server::{Claims, RequireBearerLayer, VerifiedCache};
@@ -182,6 +191,14 @@ impl<C: Expiring> State<C> {
         None
     }
 
+    /// Drops the entry of a token that is now refused (revoked); an unavailable
+    /// check (`503`) says nothing about the token and keeps it.
+    fn forget_if_refused(&self, digest: &[u8; 32], outcome: &Result<C, Rejection>) {
+        if matches!(outcome, Err(r) if !matches!(r, Rejection::Unavailable(_))) {
+            lock(self.shard(digest)).entries.remove(digest);
+        }
+    }
+
     fn insert(&self, digest: [u8; 32], claims: C) {
         let now = Instant::now();
         let unix_now = SystemTime::now()
@@ -214,16 +231,51 @@ impl<C: Expiring> State<C> {
     }
 }
 
+impl<V: Validator> VerifiedCache<V>
+where
+    V::Claims: Expiring,
+{
+    /// A hit, checked again by the inner validator (a denylist inside it is
+    /// consulted); a token it now refuses is dropped from the cache.
+    fn recheck_hit(
+        &self,
+        token: &str,
+        digest: [u8; 32],
+        claims: V::Claims,
+    ) -> ValidationFuture<V::Claims> {
+        match self.inner.recheck(token, claims).now_or_pending() {
+            Ok(outcome) => {
+                self.state.forget_if_refused(&digest, &outcome);
+                ValidationFuture::ready(outcome)
+            }
+            Err(pending) => {
+                let state = Arc::clone(&self.state);
+                ValidationFuture::pending(async move {
+                    let outcome = pending.await;
+                    state.forget_if_refused(&digest, &outcome);
+                    outcome
+                })
+            }
+        }
+    }
+}
+
 impl<V: Validator> Validator for VerifiedCache<V>
 where
     V::Claims: Expiring,
 {
     type Claims = V::Claims;
 
+    /// The inner validator's recheck: a cache in front of this one also sees a
+    /// revocation.
+    fn recheck(&self, token: &str, claims: V::Claims) -> ValidationFuture<V::Claims> {
+        self.inner.recheck(token, claims)
+    }
+
     fn validate(&self, token: &str) -> ValidationFuture<V::Claims> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.state.get(&digest) {
-            return ValidationFuture::ready(Ok(V::Claims::clone(&claims)));
+            return self.recheck_hit(token, digest, V::Claims::clone(&claims));
         }
         match self.inner.validate(token).now_or_pending() {
             Ok(outcome) => {
@@ -291,6 +343,44 @@ mod tests {
         assert!(!check(&cache, "bad"));
         assert!(!check(&cache, "bad"));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hit_is_rechecked_and_a_refused_token_dropped() {
+        use std::sync::atomic::AtomicBool;
+
+        /// Accepts every token; `revoked` makes its recheck refuse.
+        struct Revocable(Arc<AtomicBool>);
+        impl Validator for Revocable {
+            type Claims = Claims;
+            fn validate(&self, _: &str) -> ValidationFuture<Claims> {
+                ValidationFuture::ready(Ok(Claims::default()))
+            }
+            fn recheck(&self, _: &str, claims: Claims) -> ValidationFuture<Claims> {
+                ValidationFuture::ready(if self.0.load(Ordering::SeqCst) {
+                    Err(Rejection::invalid_token("the token was revoked"))
+                } else {
+                    Ok(claims)
+                })
+            }
+        }
+        let revoked = Arc::new(AtomicBool::new(false));
+        let cache = VerifiedCache::new(Revocable(Arc::clone(&revoked)));
+        assert!(check(&cache, "t"));
+        assert!(check(&cache, "t"));
+        assert_eq!(cache.len(), 1);
+        revoked.store(true, Ordering::SeqCst);
+        assert!(
+            !check(&cache, "t"),
+            "a cached token is refused once revoked"
+        );
+        assert_eq!(cache.len(), 0, "and dropped from the cache");
+        // A cache over a cache forwards the recheck to the validator inside.
+        revoked.store(false, Ordering::SeqCst);
+        let outer = VerifiedCache::new(cache.clone());
+        assert!(check(&outer, "t"));
+        revoked.store(true, Ordering::SeqCst);
+        assert!(!check(&outer, "t"));
     }
 
     #[tokio::test(start_paused = true)]
