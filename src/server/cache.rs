@@ -1,11 +1,11 @@
 //! [`VerifiedCache`]: a repeated token costs a hash and a lookup instead of a
 //! signature check or a network call.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -32,7 +32,9 @@ impl Expiring for Claims {
 /// Remembers the tokens a validator accepted, keyed by their SHA-256, until the
 /// token's `exp` (or at most [`max_ttl`](Self::max_ttl), default 5 min): a token is
 /// never served past its expiry. Refusals are not cached (each is validated again),
-/// so a flood of bad tokens cannot evict the good ones beyond the size bound.
+/// so a flood of bad tokens cannot evict the good ones. When full, the cache evicts
+/// scan-resistantly (S3-FIFO, the `quick_cache` crate): a token seen once goes before
+/// the tokens that keep coming back, and no eviction scans the cache.
 ///
 /// Works with any validator whose claims implement [`Expiring`] (the provided
 /// [`Claims`] does).
@@ -57,55 +59,22 @@ pub struct VerifiedCache<V: Validator> {
     state: Arc<State<V::Claims>>,
 }
 
-/// Caches of at least this many entries are split into [`SHARDS`] maps, each with
-/// its own lock, so that concurrent requests rarely wait for one another.
-const SHARDED_FROM: usize = 1024;
-const SHARDS: usize = 16;
-/// The least time between two sweeps of expired entries in a full shard.
-const PURGE_EVERY: Duration = Duration::from_secs(1);
-
 struct State<C> {
-    shards: Box<[Mutex<Shard<C>>]>,
-    /// Entries per shard: the shards together hold at most `max_entries`.
-    per_shard: usize,
+    /// Token digest → the claims (shared, so a hit clones them outside the cache's
+    /// lock) and the instant they stop being served.
+    entries: Cache<[u8; 32], (Arc<C>, Instant)>,
     max_entries: usize,
     max_ttl: Duration,
-}
-
-struct Shard<C> {
-    /// Token digest → the claims (shared, so a hit clones them outside the lock) and
-    /// the instant they stop being served.
-    entries: HashMap<[u8; 32], (Arc<C>, Instant)>,
-    /// Before this instant a full shard evicts without sweeping expired entries.
-    next_purge: Option<Instant>,
 }
 
 impl<C> State<C> {
     fn new(max_entries: usize, max_ttl: Duration) -> Self {
         let max_entries = max_entries.max(1);
-        let shards = if max_entries >= SHARDED_FROM {
-            SHARDS
-        } else {
-            1
-        };
         State {
-            shards: (0..shards)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        entries: HashMap::new(),
-                        next_purge: None,
-                    })
-                })
-                .collect(),
-            per_shard: max_entries / shards,
+            entries: Cache::new(max_entries),
             max_entries,
             max_ttl,
         }
-    }
-
-    fn shard(&self, digest: &[u8; 32]) -> &Mutex<Shard<C>> {
-        // The digest is uniform: its first byte spreads tokens evenly.
-        &self.shards[usize::from(digest[0]) % self.shards.len()]
     }
 }
 
@@ -127,11 +96,6 @@ impl<V: Validator + fmt::Debug> fmt::Debug for VerifiedCache<V> {
             .field("max_ttl", &self.state.max_ttl)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each lock guards one map operation: a panic cannot leave it torn.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<V: Validator> VerifiedCache<V>
@@ -167,11 +131,7 @@ where
 impl<V: Validator> VerifiedCache<V> {
     /// How many tokens are cached (live or not yet purged).
     pub fn len(&self) -> usize {
-        self.state
-            .shards
-            .iter()
-            .map(|s| lock(s).entries.len())
-            .sum()
+        self.state.entries.len()
     }
 
     /// Whether nothing is cached.
@@ -182,12 +142,12 @@ impl<V: Validator> VerifiedCache<V> {
 
 impl<C: Expiring> State<C> {
     fn get(&self, digest: &[u8; 32]) -> Option<Arc<C>> {
-        let mut shard = lock(self.shard(digest));
-        let (claims, until) = shard.entries.get(digest)?;
-        if Instant::now() < *until {
-            return Some(Arc::clone(claims));
+        let (claims, until) = self.entries.get(digest)?;
+        if Instant::now() < until {
+            return Some(claims);
         }
-        shard.entries.remove(digest);
+        // Expired: dropped, unless a newer entry took its place meanwhile.
+        self.entries.remove_if(digest, |(_, u)| *u == until);
         None
     }
 
@@ -195,7 +155,7 @@ impl<C: Expiring> State<C> {
     /// check (`503`) says nothing about the token and keeps it.
     fn forget_if_refused(&self, digest: &[u8; 32], outcome: &Result<C, Rejection>) {
         if matches!(outcome, Err(r) if !matches!(r, Rejection::Unavailable(_))) {
-            lock(self.shard(digest)).entries.remove(digest);
+            self.entries.remove(digest);
         }
     }
 
@@ -211,23 +171,8 @@ impl<C: Expiring> State<C> {
             Some(exp) => Duration::from_secs(exp - unix_now).min(self.max_ttl),
             None => self.max_ttl,
         };
-        let claims = Arc::new(claims);
-        let mut guard = lock(self.shard(&digest));
-        let shard = &mut *guard;
-        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&digest) {
-            // Full: sweep the expired entries (at most once a second, so a shard full
-            // of live tokens is not scanned on every insert), then evict any one.
-            if shard.next_purge.is_none_or(|at| now >= at) {
-                shard.entries.retain(|_, (_, until)| *until > now);
-                shard.next_purge = Some(now + PURGE_EVERY);
-            }
-            if shard.entries.len() >= self.per_shard {
-                if let Some(victim) = shard.entries.keys().next().copied() {
-                    shard.entries.remove(&victim);
-                }
-            }
-        }
-        shard.entries.insert(digest, (claims, now + lifetime));
+        self.entries
+            .insert(digest, (Arc::new(claims), now + lifetime));
     }
 }
 
@@ -400,19 +345,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_large_cache_is_sharded_and_still_bounded() {
-        let cache = VerifiedCache::new(from_fn(|_: &str| Ok(Claims::default()))).max_entries(4096);
-        assert_eq!(cache.state.shards.len(), SHARDS);
-        for i in 0..20_000 {
-            assert!(check(&cache, &format!("t{i}")));
+    async fn a_scan_of_one_time_tokens_does_not_push_out_the_tokens_in_use() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let cache = VerifiedCache::new(from_fn(move |token: &str| {
+            if token.starts_with("user-") {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Claims::default())
+        }))
+        .max_entries(2_000);
+        // 1,000 users, each seen twice, then 20,000 tokens seen once each, with a
+        // user's request after every 10 of them.
+        for _ in 0..2 {
+            for u in 0..1_000 {
+                assert!(check(&cache, &format!("user-{u}")));
+            }
         }
-        assert!(cache.len() <= 4096, "{}", cache.len());
-        // Every shard filled up: no shard stays empty while others evict.
-        assert!(cache.len() > 4096 - SHARDS, "{}", cache.len());
-        // A full shard sweeps expired entries before evicting live ones.
+        assert_eq!(calls.load(Ordering::SeqCst), 1_000);
+        for i in 0..20_000 {
+            assert!(check(&cache, &format!("once-{i}")));
+            if i % 10 == 0 {
+                assert!(check(&cache, &format!("user-{}", (i / 10) % 1_000)));
+            }
+        }
+        assert!(cache.len() <= 2_000, "{}", cache.len());
+        // A cache that evicted regardless of use would validate about half of the
+        // users' 2,000 requests again (BENCHMARKS.md).
+        let misses = calls.load(Ordering::SeqCst) - 1_000;
+        assert!(misses < 100, "{misses} of 2,000 users' requests missed");
+        // Expired entries are never served.
         tokio::time::advance(DEFAULT_MAX_TTL + Duration::from_secs(1)).await;
-        assert!(check(&cache, "fresh"));
-        let fresh_shard = cache.state.shard(&Sha256::digest(b"fresh").into());
-        assert_eq!(lock(fresh_shard).entries.len(), 1);
+        assert!(check(&cache, "user-1"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1_000 + misses + 1);
     }
 }
