@@ -212,3 +212,94 @@ async fn fleet_denylist_fails_closed_without_redis_and_open_when_configured() {
         "bad tokens stay bad"
     );
 }
+
+/// Issue 13 item 6: whatever order the denylist and the caches are stacked in, a
+/// token revoked in Redis is refused on its next request, also when a cache had
+/// accepted it before the revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_a_revoked_token_is_refused_by_every_composition_even_once_cached() {
+    use std::sync::Arc;
+    use tower_bearer::server::{Claims, VerifiedCache};
+
+    let Some(url) = redis_url().await else { return };
+    let prefix = prefix();
+    let claims = |jti: &str| Claims {
+        jti: Some(jti.to_owned()),
+        exp: Some(common_exp()),
+        ..Claims::default()
+    };
+    let tokens = || {
+        StaticTokens::new([
+            ("tok-by-jti", claims("jti-a")),
+            ("tok-by-hash", claims("jti-b")),
+            ("tok-kept", claims("jti-c")),
+        ])
+    };
+    let jti = |c: &Claims| c.jti.clone();
+    async fn serve_with(v: impl tower_bearer::server::Validator<Claims = Claims>) -> SocketAddr {
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(RequireBearerLayer::new(v));
+        common::serve(app).await
+    }
+    // Staleness zero: every check that reaches the denylist asks Redis, so the
+    // revocation must be seen on the very next request.
+    let mut compositions = Vec::new();
+    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
+    compositions.push(("guard(v)", serve_with(d.guard(tokens()).jti(jti)).await));
+    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
+    compositions.push((
+        "guard(cache(v))",
+        serve_with(d.guard(VerifiedCache::new(tokens())).jti(jti)).await,
+    ));
+    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
+    compositions.push((
+        "cache(guard(v))",
+        serve_with(VerifiedCache::new(d.guard(tokens()).jti(jti))).await,
+    ));
+    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
+    compositions.push((
+        "cache(Arc(guard(v)))",
+        serve_with(VerifiedCache::new(Arc::new(d.guard(tokens()).jti(jti)))).await,
+    ));
+    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
+    compositions.push((
+        "cache(cache(guard(v)))",
+        serve_with(VerifiedCache::new(VerifiedCache::new(
+            d.guard(tokens()).jti(jti),
+        )))
+        .await,
+    ));
+
+    // Accepted (and so cached) everywhere before the revocation.
+    for (name, addr) in &compositions {
+        for token in ["tok-by-jti", "tok-by-hash", "tok-kept"] {
+            for _ in 0..2 {
+                assert_eq!(status(*addr, token).await.0, 200, "{name}: {token}");
+            }
+        }
+    }
+    let admin = denylist(&url, &prefix).await;
+    let until = SystemTime::now() + Duration::from_secs(600);
+    admin.revoke_jti("jti-a", until).await.unwrap();
+    admin.revoke_token("tok-by-hash", until).await.unwrap();
+    for (name, addr) in &compositions {
+        for token in ["tok-by-jti", "tok-by-hash"] {
+            // Twice: the refusal also holds on the request after it.
+            for _ in 0..2 {
+                let (code, challenge) = status(*addr, token).await;
+                assert_eq!(code, 401, "{name} served the revoked {token}");
+                assert!(challenge.contains("invalid_token"), "{name}: {challenge}");
+            }
+        }
+        assert_eq!(status(*addr, "tok-kept").await.0, 200, "{name}: tok-kept");
+    }
+}
+
+/// Ten minutes from now, in seconds since the Unix epoch.
+fn common_exp() -> u64 {
+    (SystemTime::now() + Duration::from_secs(600))
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

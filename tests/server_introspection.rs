@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
 use common_server::{get as send, now_plus, serve};
 use serde_json::json;
-use tower_bearer::server::{Claims, ClientAuth, Introspection, RequireBearerLayer, Verified};
+use tower_bearer::server::{
+    Claims, ClientAuth, Introspection, RequireBearerLayer, Validator, Verified,
+};
 
 const REALM: &str = "introspect-test";
 
@@ -56,9 +58,28 @@ async fn introspect(
         .map(|(i, s)| (i.clone(), s.clone()));
     *e.last_auth.lock().unwrap() = (basic, posted);
     let exp = now_plus(*e.exp_in.lock().unwrap());
+    let iss = "https://idp.example";
     let answer = match form.get("token").map(String::as_str) {
-        Some("good") => json!({"active": true, "sub": "alice", "scope": "read write", "exp": exp}),
-        Some("reader") => json!({"active": true, "sub": "bob", "scope": "read", "exp": exp}),
+        Some("good") => json!({
+            "active": true, "sub": "alice", "scope": "read write", "exp": exp,
+            "iss": iss, "aud": ["my-api", "billing-api"],
+        }),
+        Some("reader") => json!({
+            "active": true, "sub": "bob", "scope": "read", "exp": exp, "iss": iss, "aud": "my-api",
+        }),
+        // Issued by the same provider for another resource server.
+        Some("for-another-api") => json!({
+            "active": true, "sub": "carol", "scope": "read write", "exp": exp,
+            "iss": iss, "aud": "billing-api",
+        }),
+        Some("from-another-issuer") => json!({
+            "active": true, "sub": "dave", "scope": "read write", "exp": exp,
+            "iss": "https://other-idp.example", "aud": "my-api",
+        }),
+        Some("without-aud-or-iss") => json!({"active": true, "sub": "erin", "exp": exp}),
+        Some(user) if user.starts_with("user-") => {
+            json!({"active": true, "sub": user, "scope": "read", "exp": exp, "aud": "my-api"})
+        }
         _ => json!({"active": false}),
     };
     Json(answer).into_response()
@@ -68,6 +89,8 @@ struct Setup {
     endpoint: Arc<Endpoint>,
     api: std::net::SocketAddr,
     gate: tokio::sync::watch::Sender<bool>,
+    /// A clone of the API's validator (they share their caches).
+    validator: Introspection<Claims>,
 }
 
 impl Setup {
@@ -76,7 +99,8 @@ impl Setup {
     }
 }
 
-async fn setup(configure: impl FnOnce(Introspection<Claims>) -> Introspection<Claims>) -> Setup {
+/// The introspection endpoint on 127.0.0.1, its gate open, and its URL.
+async fn start_endpoint() -> (Arc<Endpoint>, tokio::sync::watch::Sender<bool>, String) {
     let endpoint = Arc::new(Endpoint::default());
     *endpoint.exp_in.lock().unwrap() = 600;
     let (gate, rx) = tokio::sync::watch::channel(true);
@@ -87,8 +111,13 @@ async fn setup(configure: impl FnOnce(Introspection<Claims>) -> Introspection<Cl
             .with_state(Arc::clone(&endpoint)),
     )
     .await;
+    (endpoint, gate, format!("http://{idp}/introspect"))
+}
+
+async fn setup(configure: impl FnOnce(Introspection<Claims>) -> Introspection<Claims>) -> Setup {
+    let (endpoint, gate, url) = start_endpoint().await;
     let validator = configure(
-        Introspection::<Claims>::new(&format!("http://{idp}/introspect"))
+        Introspection::<Claims>::new(&url)
             .unwrap()
             .client("my-api", "s3cret:&"),
     );
@@ -98,13 +127,14 @@ async fn setup(configure: impl FnOnce(Introspection<Claims>) -> Introspection<Cl
     let api = serve(
         Router::new()
             .route("/me", get(me))
-            .layer(RequireBearerLayer::new(validator).realm(REALM)),
+            .layer(RequireBearerLayer::new(validator.clone()).realm(REALM)),
     )
     .await;
     Setup {
         endpoint,
         api,
         gate,
+        validator,
     }
 }
 
@@ -215,4 +245,129 @@ async fn concurrent_requests_for_one_token_make_one_call() {
         assert_eq!(request.await.unwrap().status, 200);
     }
     assert_eq!(s.calls(), 1);
+}
+
+/// Issue 13 item 7: refusals are cached apart from accepted answers, so a flood of
+/// junk tokens (each refused, each a new entry) cannot evict the answers of the
+/// users whose tokens are good.
+#[tokio::test]
+async fn a_flood_of_junk_tokens_does_not_evict_accepted_answers() {
+    let s = setup(|v| v.max_entries(10).max_refusals(50)).await;
+    for i in 0..10 {
+        let answer = send(s.api, "/me", Some(&format!("user-{i}"))).await;
+        assert_eq!((answer.status, answer.body), (200, format!("user-{i}")));
+    }
+    assert_eq!(s.calls(), 10);
+    for i in 0..300 {
+        assert_eq!(
+            send(s.api, "/me", Some(&format!("junk-{i}"))).await.status,
+            401
+        );
+    }
+    assert_eq!(s.calls(), 310);
+    for i in 0..10 {
+        assert_eq!(
+            send(s.api, "/me", Some(&format!("user-{i}"))).await.status,
+            200
+        );
+    }
+    assert_eq!(s.calls(), 310, "every accepted answer outlived the flood");
+    let stats = s.validator.stats();
+    assert_eq!(stats.accepted, 10);
+    assert!(stats.refused <= 50, "the refusals stay bounded: {stats:?}");
+}
+
+/// Issue 13 item 7: against a provider that serves several resource servers, a
+/// token it issued for another one (another `aud`), or a token of another issuer, is
+/// refused once `audience` and `issuer` are set (RFC 7662 §4, RFC 8707).
+#[tokio::test]
+async fn a_token_for_another_resource_server_or_issuer_is_refused() {
+    let s = setup(|v| v.audience("my-api").issuer("https://idp.example")).await;
+    let refused = |what: &str| {
+        format!(r#"Bearer realm="{REALM}", error="invalid_token", error_description="{what}""#)
+    };
+    // aud an array containing ours, or ours alone.
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
+    assert_eq!(send(s.api, "/me", Some("reader")).await.status, 200);
+    for _ in 0..2 {
+        let answer = send(s.api, "/me", Some("for-another-api")).await;
+        assert_eq!(answer.status, 401);
+        assert_eq!(
+            answer.challenge,
+            refused("the token is not for this audience")
+        );
+    }
+    let answer = send(s.api, "/me", Some("from-another-issuer")).await;
+    assert_eq!(answer.challenge, refused("the token has the wrong issuer"));
+    let answer = send(s.api, "/me", Some("without-aud-or-iss")).await;
+    assert_eq!(answer.challenge, refused("the token lacks the iss claim"));
+    // Each answer was asked once: the refusal of for-another-api was cached.
+    assert_eq!(s.calls(), 5);
+    assert_eq!(s.validator.stats().refused, 3);
+
+    // The audience alone, and a token that has no aud.
+    let s = setup(|v| v.audiences(["other", "my-api"])).await;
+    assert_eq!(
+        send(s.api, "/me", Some("from-another-issuer")).await.status,
+        200
+    );
+    let answer = send(s.api, "/me", Some("without-aud-or-iss")).await;
+    assert_eq!(answer.challenge, refused("the token lacks the aud claim"));
+    // Without either, as before: any active token.
+    let s = setup(|v| v).await;
+    assert_eq!(
+        send(s.api, "/me", Some("for-another-api")).await.status,
+        200
+    );
+}
+
+/// Issue 13 item 7: a request that finds the answer stored by a flight that just
+/// ended leaves no flight behind. Six threads ask for each new token over and over
+/// without waiting (more threads than cores, so they are preempted anywhere), so
+/// that some asks fall between a flight storing its answer and forgetting itself.
+#[test]
+fn no_flight_is_left_behind() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_endpoint, _gate, url) = rt.block_on(start_endpoint());
+    let validator = Introspection::<Claims>::new(&url)
+        .unwrap()
+        .client("my-api", "s3cret:&");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    std::thread::scope(|threads| {
+        for _ in 0..6 {
+            threads.spawn(|| {
+                let _runtime = rt.enter();
+                for round in 0..300 {
+                    let token = format!("user-{round}");
+                    loop {
+                        match validator.validate(&token).now_or_pending() {
+                            Ok(outcome) => {
+                                assert_eq!(outcome.unwrap().sub.as_deref(), Some(token.as_str()));
+                                break;
+                            }
+                            // Dropped: the call goes on in its own task.
+                            Err(_pending) => {
+                                assert!(std::time::Instant::now() < deadline, "round {round}")
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    // The last flight forgets itself right after storing its answer.
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while validator.stats().in_flight > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    })
+    .unwrap_or_else(|_| panic!("flights left behind: {:?}", validator.stats()));
+    assert_eq!(validator.stats().accepted, 300);
 }

@@ -21,7 +21,9 @@ const CACHE_CAP: usize = 100_000;
 ///
 /// Servers consult it through [`RedisDenylist::guard`], which wraps a [`Validator`]:
 /// a token the inner validator accepts is then refused (`401 invalid_token`) if it is
-/// revoked. Answers are cached locally for at most [`staleness`](Self::staleness)
+/// revoked. The guard and a [`VerifiedCache`](crate::server::VerifiedCache) may be
+/// stacked in either order: a cached token is checked against the denylist on every
+/// hit (see [`Denylisted`]). Answers are cached locally for at most [`staleness`](Self::staleness)
 /// (1 s by default), so a revocation reaches every replica within that time. When
 /// Redis cannot be reached the guard fails closed (`503`) unless
 /// [`fail_open`](Self::fail_open) was set; either way it logs.
@@ -221,6 +223,14 @@ type JtiFn<C> = Arc<dyn Fn(&C) -> Option<String> + Send + Sync>;
 
 /// A [`Validator`] that refuses tokens revoked in a [`RedisDenylist`]; made by
 /// [`RedisDenylist::guard`].
+///
+/// **Any order of composition is safe.** Stacked with a
+/// [`VerifiedCache`](crate::server::VerifiedCache) either way round
+/// (`VerifiedCache::new(denylist.guard(v))` or `denylist.guard(VerifiedCache::new(v))`),
+/// a revoked token is refused on its next request, even one the cache had accepted:
+/// the cache asks this guard's [`Validator::recheck`] on every hit, which consults the
+/// denylist. If you wrap this guard in a validator of your own and put a cache in
+/// front, forward `recheck` to it.
 pub struct Denylisted<V: Validator> {
     inner: Arc<V>,
     denylist: RedisDenylist,
@@ -268,11 +278,13 @@ fn decide<C>(
     }
 }
 
-impl<V: Validator> Validator for Denylisted<V> {
-    type Claims = V::Claims;
-
-    fn validate(&self, token: &str) -> ValidationFuture<Self::Claims> {
-        let inner = self.inner.validate(token);
+impl<V: Validator> Denylisted<V> {
+    /// `inner`'s answer for `token`, refused if the token is revoked.
+    fn guarded(
+        &self,
+        token: &str,
+        inner: ValidationFuture<V::Claims>,
+    ) -> ValidationFuture<V::Claims> {
         // Fast path: the inner answer is at hand and the local answer is fresh.
         let inner = match inner.now_or_pending() {
             Ok(Err(rejection)) => return ValidationFuture::ready(Err(rejection)),
@@ -304,6 +316,21 @@ impl<V: Validator> Validator for Denylisted<V> {
             };
             decide(&denylist, claims, revoked)
         })
+    }
+}
+
+impl<V: Validator> Validator for Denylisted<V> {
+    type Claims = V::Claims;
+
+    fn validate(&self, token: &str) -> ValidationFuture<Self::Claims> {
+        self.guarded(token, self.inner.validate(token))
+    }
+
+    /// A cache in front of this guard asks here on every hit: the denylist is
+    /// consulted (its local answer while younger than the staleness, else Redis),
+    /// so a cached token is refused once revoked.
+    fn recheck(&self, token: &str, claims: Self::Claims) -> ValidationFuture<Self::Claims> {
+        self.guarded(token, self.inner.recheck(token, claims))
     }
 }
 

@@ -1,15 +1,16 @@
 //! [`VerifiedCache`]: a repeated token costs a hash and a lookup instead of a
 //! signature check or a network call.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::validator::{Claims, ValidationFuture, Validator};
+use super::Rejection;
 
 /// The default number of cached tokens.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -31,10 +32,20 @@ impl Expiring for Claims {
 /// Remembers the tokens a validator accepted, keyed by their SHA-256, until the
 /// token's `exp` (or at most [`max_ttl`](Self::max_ttl), default 5 min): a token is
 /// never served past its expiry. Refusals are not cached (each is validated again),
-/// so a flood of bad tokens cannot evict the good ones beyond the size bound.
+/// so a flood of bad tokens cannot evict the good ones. When full, the cache evicts
+/// scan-resistantly (S3-FIFO, the `quick_cache` crate): a token seen once goes before
+/// the tokens that keep coming back, and no eviction scans the cache.
 ///
 /// Works with any validator whose claims implement [`Expiring`] (the provided
 /// [`Claims`] does).
+///
+/// **Revocation holds in either order.** Every hit is checked again by the inner
+/// validator's [`Validator::recheck`] before it is served, and a token it now refuses
+/// is dropped. So `VerifiedCache::new(denylist.guard(v))` refuses a revoked token on
+/// its next request exactly as `denylist.guard(VerifiedCache::new(v))` does (a
+/// `RedisDenylist` answers from its local copy, at most `staleness` old, else from
+/// Redis). A validator of your own that wraps another must forward `recheck` for this
+/// to reach the validator it wraps.
 ///
 /// ```
 /// use tower_bearer::server::{Claims, RequireBearerLayer, VerifiedCache};
@@ -48,55 +59,22 @@ pub struct VerifiedCache<V: Validator> {
     state: Arc<State<V::Claims>>,
 }
 
-/// Caches of at least this many entries are split into [`SHARDS`] maps, each with
-/// its own lock, so that concurrent requests rarely wait for one another.
-const SHARDED_FROM: usize = 1024;
-const SHARDS: usize = 16;
-/// The least time between two sweeps of expired entries in a full shard.
-const PURGE_EVERY: Duration = Duration::from_secs(1);
-
 struct State<C> {
-    shards: Box<[Mutex<Shard<C>>]>,
-    /// Entries per shard: the shards together hold at most `max_entries`.
-    per_shard: usize,
+    /// Token digest → the claims (shared, so a hit clones them outside the cache's
+    /// lock) and the instant they stop being served.
+    entries: Cache<[u8; 32], (Arc<C>, Instant)>,
     max_entries: usize,
     max_ttl: Duration,
-}
-
-struct Shard<C> {
-    /// Token digest → the claims (shared, so a hit clones them outside the lock) and
-    /// the instant they stop being served.
-    entries: HashMap<[u8; 32], (Arc<C>, Instant)>,
-    /// Before this instant a full shard evicts without sweeping expired entries.
-    next_purge: Option<Instant>,
 }
 
 impl<C> State<C> {
     fn new(max_entries: usize, max_ttl: Duration) -> Self {
         let max_entries = max_entries.max(1);
-        let shards = if max_entries >= SHARDED_FROM {
-            SHARDS
-        } else {
-            1
-        };
         State {
-            shards: (0..shards)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        entries: HashMap::new(),
-                        next_purge: None,
-                    })
-                })
-                .collect(),
-            per_shard: max_entries / shards,
+            entries: Cache::new(max_entries),
             max_entries,
             max_ttl,
         }
-    }
-
-    fn shard(&self, digest: &[u8; 32]) -> &Mutex<Shard<C>> {
-        // The digest is uniform: its first byte spreads tokens evenly.
-        &self.shards[usize::from(digest[0]) % self.shards.len()]
     }
 }
 
@@ -118,11 +96,6 @@ impl<V: Validator + fmt::Debug> fmt::Debug for VerifiedCache<V> {
             .field("max_ttl", &self.state.max_ttl)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each lock guards one map operation: a panic cannot leave it torn.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<V: Validator> VerifiedCache<V>
@@ -158,11 +131,7 @@ where
 impl<V: Validator> VerifiedCache<V> {
     /// How many tokens are cached (live or not yet purged).
     pub fn len(&self) -> usize {
-        self.state
-            .shards
-            .iter()
-            .map(|s| lock(s).entries.len())
-            .sum()
+        self.state.entries.len()
     }
 
     /// Whether nothing is cached.
@@ -173,13 +142,21 @@ impl<V: Validator> VerifiedCache<V> {
 
 impl<C: Expiring> State<C> {
     fn get(&self, digest: &[u8; 32]) -> Option<Arc<C>> {
-        let mut shard = lock(self.shard(digest));
-        let (claims, until) = shard.entries.get(digest)?;
-        if Instant::now() < *until {
-            return Some(Arc::clone(claims));
+        let (claims, until) = self.entries.get(digest)?;
+        if Instant::now() < until {
+            return Some(claims);
         }
-        shard.entries.remove(digest);
+        // Expired: dropped, unless a newer entry took its place meanwhile.
+        self.entries.remove_if(digest, |(_, u)| *u == until);
         None
+    }
+
+    /// Drops the entry of a token that is now refused (revoked); an unavailable
+    /// check (`503`) says nothing about the token and keeps it.
+    fn forget_if_refused(&self, digest: &[u8; 32], outcome: &Result<C, Rejection>) {
+        if matches!(outcome, Err(r) if !matches!(r, Rejection::Unavailable(_))) {
+            self.entries.remove(digest);
+        }
     }
 
     fn insert(&self, digest: [u8; 32], claims: C) {
@@ -194,23 +171,37 @@ impl<C: Expiring> State<C> {
             Some(exp) => Duration::from_secs(exp - unix_now).min(self.max_ttl),
             None => self.max_ttl,
         };
-        let claims = Arc::new(claims);
-        let mut guard = lock(self.shard(&digest));
-        let shard = &mut *guard;
-        if shard.entries.len() >= self.per_shard && !shard.entries.contains_key(&digest) {
-            // Full: sweep the expired entries (at most once a second, so a shard full
-            // of live tokens is not scanned on every insert), then evict any one.
-            if shard.next_purge.is_none_or(|at| now >= at) {
-                shard.entries.retain(|_, (_, until)| *until > now);
-                shard.next_purge = Some(now + PURGE_EVERY);
+        self.entries
+            .insert(digest, (Arc::new(claims), now + lifetime));
+    }
+}
+
+impl<V: Validator> VerifiedCache<V>
+where
+    V::Claims: Expiring,
+{
+    /// A hit, checked again by the inner validator (a denylist inside it is
+    /// consulted); a token it now refuses is dropped from the cache.
+    fn recheck_hit(
+        &self,
+        token: &str,
+        digest: [u8; 32],
+        claims: V::Claims,
+    ) -> ValidationFuture<V::Claims> {
+        match self.inner.recheck(token, claims).now_or_pending() {
+            Ok(outcome) => {
+                self.state.forget_if_refused(&digest, &outcome);
+                ValidationFuture::ready(outcome)
             }
-            if shard.entries.len() >= self.per_shard {
-                if let Some(victim) = shard.entries.keys().next().copied() {
-                    shard.entries.remove(&victim);
-                }
+            Err(pending) => {
+                let state = Arc::clone(&self.state);
+                ValidationFuture::pending(async move {
+                    let outcome = pending.await;
+                    state.forget_if_refused(&digest, &outcome);
+                    outcome
+                })
             }
         }
-        shard.entries.insert(digest, (claims, now + lifetime));
     }
 }
 
@@ -220,10 +211,16 @@ where
 {
     type Claims = V::Claims;
 
+    /// The inner validator's recheck: a cache in front of this one also sees a
+    /// revocation.
+    fn recheck(&self, token: &str, claims: V::Claims) -> ValidationFuture<V::Claims> {
+        self.inner.recheck(token, claims)
+    }
+
     fn validate(&self, token: &str) -> ValidationFuture<V::Claims> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.state.get(&digest) {
-            return ValidationFuture::ready(Ok(V::Claims::clone(&claims)));
+            return self.recheck_hit(token, digest, V::Claims::clone(&claims));
         }
         match self.inner.validate(token).now_or_pending() {
             Ok(outcome) => {
@@ -294,6 +291,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_hit_is_rechecked_and_a_refused_token_dropped() {
+        use std::sync::atomic::AtomicBool;
+
+        /// Accepts every token; `revoked` makes its recheck refuse.
+        struct Revocable(Arc<AtomicBool>);
+        impl Validator for Revocable {
+            type Claims = Claims;
+            fn validate(&self, _: &str) -> ValidationFuture<Claims> {
+                ValidationFuture::ready(Ok(Claims::default()))
+            }
+            fn recheck(&self, _: &str, claims: Claims) -> ValidationFuture<Claims> {
+                ValidationFuture::ready(if self.0.load(Ordering::SeqCst) {
+                    Err(Rejection::invalid_token("the token was revoked"))
+                } else {
+                    Ok(claims)
+                })
+            }
+        }
+        let revoked = Arc::new(AtomicBool::new(false));
+        let cache = VerifiedCache::new(Revocable(Arc::clone(&revoked)));
+        assert!(check(&cache, "t"));
+        assert!(check(&cache, "t"));
+        assert_eq!(cache.len(), 1);
+        revoked.store(true, Ordering::SeqCst);
+        assert!(
+            !check(&cache, "t"),
+            "a cached token is refused once revoked"
+        );
+        assert_eq!(cache.len(), 0, "and dropped from the cache");
+        // A cache over a cache forwards the recheck to the validator inside.
+        revoked.store(false, Ordering::SeqCst);
+        let outer = VerifiedCache::new(cache.clone());
+        assert!(check(&outer, "t"));
+        revoked.store(true, Ordering::SeqCst);
+        assert!(!check(&outer, "t"));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_size_is_bounded() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
@@ -310,19 +345,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_large_cache_is_sharded_and_still_bounded() {
-        let cache = VerifiedCache::new(from_fn(|_: &str| Ok(Claims::default()))).max_entries(4096);
-        assert_eq!(cache.state.shards.len(), SHARDS);
-        for i in 0..20_000 {
-            assert!(check(&cache, &format!("t{i}")));
+    async fn a_scan_of_one_time_tokens_does_not_push_out_the_tokens_in_use() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let cache = VerifiedCache::new(from_fn(move |token: &str| {
+            if token.starts_with("user-") {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Claims::default())
+        }))
+        .max_entries(2_000);
+        // 1,000 users, each seen twice, then 20,000 tokens seen once each, with a
+        // user's request after every 10 of them.
+        for _ in 0..2 {
+            for u in 0..1_000 {
+                assert!(check(&cache, &format!("user-{u}")));
+            }
         }
-        assert!(cache.len() <= 4096, "{}", cache.len());
-        // Every shard filled up: no shard stays empty while others evict.
-        assert!(cache.len() > 4096 - SHARDS, "{}", cache.len());
-        // A full shard sweeps expired entries before evicting live ones.
+        assert_eq!(calls.load(Ordering::SeqCst), 1_000);
+        for i in 0..20_000 {
+            assert!(check(&cache, &format!("once-{i}")));
+            if i % 10 == 0 {
+                assert!(check(&cache, &format!("user-{}", (i / 10) % 1_000)));
+            }
+        }
+        assert!(cache.len() <= 2_000, "{}", cache.len());
+        // A cache that evicted regardless of use would validate about half of the
+        // users' 2,000 requests again (BENCHMARKS.md).
+        let misses = calls.load(Ordering::SeqCst) - 1_000;
+        assert!(misses < 100, "{misses} of 2,000 users' requests missed");
+        // Expired entries are never served.
         tokio::time::advance(DEFAULT_MAX_TTL + Duration::from_secs(1)).await;
-        assert!(check(&cache, "fresh"));
-        let fresh_shard = cache.state.shard(&Sha256::digest(b"fresh").into());
-        assert_eq!(lock(fresh_shard).entries.len(), 1);
+        assert!(check(&cache, "user-1"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1_000 + misses + 1);
     }
 }

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -12,6 +11,7 @@ use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Full;
+use quick_cache::sync::Cache;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -28,8 +28,10 @@ use crate::{Error, HttpClient};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
 /// The default time an `active: false` answer is reused.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
-/// The default number of cached answers.
+/// The default number of cached accepted answers.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
+/// The default number of cached refusals (kept apart from the accepted answers).
+pub const DEFAULT_MAX_REFUSALS: usize = 1_000;
 
 /// How the resource server authenticates to the introspection endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,9 +47,18 @@ pub enum ClientAuth {
 ///
 /// - The token is POSTed with the resource server's client credentials;
 ///   `active: false` is an invalid token, a failing endpoint `503`.
-/// - Answers are cached by the SHA-256 of the token: active ones until the
-///   token's `exp` or the TTL (default 5 min), whichever comes first; inactive ones
-///   briefly (default 10 s), so a flood of one bad token is one call.
+/// - An active token must also be for this resource server when
+///   [`audience`](Self::audience) or [`issuer`](Self::issuer) is set (RFC 7662 §4,
+///   RFC 8707): its `aud` must name one of the audiences and its `iss` be one of the
+///   issuers, else `401 invalid_token`. An authorization server serves many resource
+///   servers, and without them a token it issued for another one is accepted here.
+/// - Answers are cached by the SHA-256 of the token: accepted ones until the
+///   token's `exp` or the TTL (default 5 min), whichever comes first, at most
+///   [`max_entries`](Self::max_entries); refusals in a separate, smaller cache
+///   ([`max_refusals`](Self::max_refusals)), inactive tokens briefly (default 10 s),
+///   so a flood of one bad token is one call and a flood of many bad tokens cannot
+///   evict the accepted answers. Both caches evict scan-resistantly (S3-FIFO, the
+///   `quick_cache` crate): tokens seen once go before tokens in use.
 /// - Concurrent requests for one uncached token make one call, shared through the
 ///   crate's single flight.
 ///
@@ -60,6 +71,8 @@ pub enum ClientAuth {
 /// # fn run() -> Result<(), tower_bearer::Error> {
 /// let validator = Introspection::<Claims>::new("https://idp.example.com/oauth/introspect")?
 ///     .client("my-api", "s3cret")
+///     .issuer("https://idp.example.com")
+///     .audience("https://api.example.com/items")
 ///     .require_scopes(["items:read"]);
 /// let layer = RequireBearerLayer::new(validator);
 /// # Ok(()) }
@@ -78,23 +91,65 @@ struct Config {
     ttl: Duration,
     negative_ttl: Duration,
     max_entries: usize,
+    max_refusals: usize,
     required_scopes: Vec<String>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
 }
 
 type Digest32 = [u8; 32];
+type Flight<C> = SingleFlight<Result<C, Rejection>, Error>;
 
 struct State<C> {
-    cache: Mutex<HashMap<Digest32, Entry<C>>>,
-    /// One flight per token being introspected; removed by the job once its answer
-    /// is in the cache.
-    flights: Mutex<HashMap<Digest32, Arc<SingleFlight<(), Error>>>>,
-    _claims: PhantomData<fn() -> C>,
+    /// Accepted answers, and the instant each stops being served.
+    accepted: Cache<Digest32, (Arc<C>, Instant)>,
+    /// Refusals, apart: bad tokens churn this cache and never the one above.
+    refused: Cache<Digest32, (Rejection, Instant)>,
+    /// One flight per token being introspected. The job stores its answer, then
+    /// removes its own entry (also when it fails, panics or is dropped).
+    flights: Mutex<HashMap<Digest32, Arc<Flight<C>>>>,
 }
 
-#[derive(Clone)]
-struct Entry<C> {
-    outcome: Result<C, Rejection>,
-    until: Instant,
+impl<C> State<C> {
+    fn new(config: &Config) -> Self {
+        State {
+            accepted: Cache::new(config.max_entries),
+            refused: Cache::new(config.max_refusals),
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What [`Introspection::stats`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IntrospectionStats {
+    /// Accepted answers cached (live or not yet evicted).
+    pub accepted: usize,
+    /// Refusals cached (inactive tokens, a missing scope, audience or issuer).
+    pub refused: usize,
+    /// Tokens whose introspection call is running now.
+    pub in_flight: usize,
+}
+
+/// Removes a job's flight from the map when the job ends, however it ends; only
+/// that flight (a newer one for the same token stays).
+struct ForgetFlight<C> {
+    state: Arc<State<C>>,
+    digest: Digest32,
+    flight: Weak<Flight<C>>,
+}
+
+impl<C> Drop for ForgetFlight<C> {
+    fn drop(&mut self) {
+        let mut flights = lock(&self.state.flights);
+        if flights
+            .get(&self.digest)
+            .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), self.flight.as_ptr()))
+        {
+            flights.remove(&self.digest);
+        }
+    }
 }
 
 impl<C> Clone for Introspection<C> {
@@ -115,6 +170,10 @@ impl<C> fmt::Debug for Introspection<C> {
             .field("auth", &self.config.auth)
             .field("ttl", &self.config.ttl)
             .field("negative_ttl", &self.config.negative_ttl)
+            .field("max_entries", &self.config.max_entries)
+            .field("max_refusals", &self.config.max_refusals)
+            .field("iss", &self.config.issuers)
+            .field("aud", &self.config.audiences)
             .field("required_scopes", &self.config.required_scopes)
             .finish_non_exhaustive()
     }
@@ -135,23 +194,23 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
     pub fn new(endpoint: &str) -> Result<Self, Error> {
         let endpoint = parse_url(endpoint)?;
         check_url(&endpoint, false)?;
+        let config = Config {
+            endpoint,
+            client_id: String::new(),
+            client_secret: None,
+            auth: ClientAuth::Basic,
+            http: HttpClient::new(),
+            ttl: DEFAULT_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_refusals: DEFAULT_MAX_REFUSALS,
+            required_scopes: Vec::new(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+        };
         Ok(Introspection {
-            config: Arc::new(Config {
-                endpoint,
-                client_id: String::new(),
-                client_secret: None,
-                auth: ClientAuth::Basic,
-                http: HttpClient::new(),
-                ttl: DEFAULT_TTL,
-                negative_ttl: DEFAULT_NEGATIVE_TTL,
-                max_entries: DEFAULT_MAX_ENTRIES,
-                required_scopes: Vec::new(),
-            }),
-            state: Arc::new(State {
-                cache: Mutex::new(HashMap::new()),
-                flights: Mutex::new(HashMap::new()),
-                _claims: PhantomData,
-            }),
+            state: Arc::new(State::new(&config)),
+            config: Arc::new(config),
         })
     }
 
@@ -167,7 +226,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             ttl: old.ttl,
             negative_ttl: old.negative_ttl,
             max_entries: old.max_entries,
+            max_refusals: old.max_refusals,
             required_scopes: old.required_scopes.clone(),
+            issuers: old.issuers.clone(),
+            audiences: old.audiences.clone(),
         };
         f(&mut config);
         self.config = Arc::new(config);
@@ -203,9 +265,22 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         self.config(|c| c.negative_ttl = ttl)
     }
 
-    /// The most answers kept (default 10,000).
+    /// The most accepted answers kept (default 10,000). Call before use: it starts
+    /// empty caches.
     pub fn max_entries(self, n: usize) -> Self {
-        self.config(|c| c.max_entries = n.max(1))
+        self.config(|c| c.max_entries = n.max(1)).fresh_caches()
+    }
+
+    /// The most refusals kept (default 1,000), apart from the accepted answers so
+    /// that a flood of bad tokens cannot evict those. Call before use: it starts empty
+    /// caches.
+    pub fn max_refusals(self, n: usize) -> Self {
+        self.config(|c| c.max_refusals = n.max(1)).fresh_caches()
+    }
+
+    fn fresh_caches(mut self) -> Self {
+        self.state = Arc::new(State::new(&self.config));
+        self
     }
 
     /// Requires every one of `scopes` in the answer's `scope`; otherwise `403`.
@@ -214,63 +289,140 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         self.config(|c| c.required_scopes.extend(scopes))
     }
 
-    fn cached(&self, digest: &Digest32) -> Option<Result<C, Rejection>> {
-        let cache = lock(&self.state.cache);
-        let entry = cache.get(digest)?;
-        (Instant::now() < entry.until).then(|| entry.outcome.clone())
+    /// Requires the answer's `iss` to be `issuer`.
+    pub fn issuer(self, issuer: impl ToString) -> Self {
+        self.issuers([issuer])
     }
 
-    fn store(&self, digest: Digest32, outcome: Result<C, Rejection>, until: Instant) {
-        let mut cache = lock(&self.state.cache);
-        if cache.len() >= self.config.max_entries && !cache.contains_key(&digest) {
-            let now = Instant::now();
-            cache.retain(|_, e| e.until > now);
-            if cache.len() >= self.config.max_entries {
-                // Still full of live answers: make room; the dropped one is asked again.
-                if let Some(victim) = cache.keys().next().copied() {
-                    cache.remove(&victim);
-                }
+    /// Requires the answer's `iss` to be one of `issuers`.
+    pub fn issuers<T: ToString>(self, issuers: impl IntoIterator<Item = T>) -> Self {
+        let issuers: Vec<String> = issuers.into_iter().map(|i| i.to_string()).collect();
+        self.config(|c| c.issuers = issuers)
+    }
+
+    /// Requires the answer's `aud` to be (or contain) `audience`: this resource
+    /// server's identifier (RFC 8707 resource indicator, or the name the
+    /// authorization server knows it by).
+    pub fn audience(self, audience: impl ToString) -> Self {
+        self.audiences([audience])
+    }
+
+    /// Requires the answer's `aud` to be (or contain) one of `audiences`.
+    pub fn audiences<T: ToString>(self, audiences: impl IntoIterator<Item = T>) -> Self {
+        let audiences: Vec<String> = audiences.into_iter().map(|a| a.to_string()).collect();
+        self.config(|c| c.audiences = audiences)
+    }
+
+    /// How many answers are cached, and how many introspection calls are running.
+    pub fn stats(&self) -> IntrospectionStats {
+        IntrospectionStats {
+            accepted: self.state.accepted.len(),
+            refused: self.state.refused.len(),
+            in_flight: lock(&self.state.flights).len(),
+        }
+    }
+
+    /// The cached answer for a token, if one is still live.
+    fn cached(&self, digest: &Digest32) -> Option<Result<C, Rejection>> {
+        let now = Instant::now();
+        if let Some((claims, until)) = self.state.accepted.get(digest) {
+            if now < until {
+                return Some(Ok(C::clone(&claims)));
+            }
+            self.state.accepted.remove_if(digest, |(_, u)| *u == until);
+        }
+        if let Some((rejection, until)) = self.state.refused.get(digest) {
+            if now < until {
+                return Some(Err(rejection));
+            }
+            self.state.refused.remove_if(digest, |(_, u)| *u == until);
+        }
+        None
+    }
+
+    /// Caches a new answer in place of any older one for the token.
+    fn store(&self, digest: Digest32, outcome: &Result<C, Rejection>, until: Instant) {
+        match outcome {
+            Ok(claims) => {
+                self.state.refused.remove(&digest);
+                self.state
+                    .accepted
+                    .insert(digest, (Arc::new(claims.clone()), until));
+            }
+            Err(rejection) => {
+                self.state.accepted.remove(&digest);
+                self.state
+                    .refused
+                    .insert(digest, (rejection.clone(), until));
             }
         }
-        cache.insert(digest, Entry { outcome, until });
     }
 
-    /// Asks the endpoint, caches the answer (not failures to get one), and returns
-    /// nothing: callers read the cache.
-    async fn introspect(&self, digest: Digest32, token: String) -> Result<(), Error> {
+    /// Asks the endpoint and caches the answer (not failures to get one).
+    async fn introspect(
+        &self,
+        digest: Digest32,
+        token: String,
+    ) -> Result<Result<C, Rejection>, Error> {
         let result = self.call_endpoint(&token).await;
         drop(token);
         let now = Instant::now();
         match result {
-            Ok(Answer::Active(claims, lifetime)) => {
-                let outcome = self.check_scopes(claims);
-                self.store(digest, outcome, now + lifetime.min(self.config.ttl));
+            Ok(Answer::Active(active)) => {
+                let until = now + active.lifetime.min(self.config.ttl);
+                let outcome = self.check(active);
+                self.store(digest, &outcome, until);
+                Ok(outcome)
             }
-            Ok(Answer::Inactive) => self.store(
-                digest,
-                Err(Rejection::invalid_token("the token is not active")),
-                now + self.config.negative_ttl,
-            ),
+            Ok(Answer::Inactive) => {
+                let outcome = Err(Rejection::invalid_token("the token is not active"));
+                self.store(digest, &outcome, now + self.config.negative_ttl);
+                Ok(outcome)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "token introspection failed");
-                lock(&self.state.flights).remove(&digest);
-                return Err(e);
+                Err(e)
             }
         }
-        lock(&self.state.flights).remove(&digest);
-        Ok(())
     }
 
-    fn check_scopes(&self, (claims, scope): (C, Option<String>)) -> Result<C, Rejection> {
-        let required = &self.config.required_scopes;
-        let granted = scope.unwrap_or_default();
-        if required
+    /// The issuer, the audience and the scopes of an active token.
+    fn check(&self, active: Active<C>) -> Result<C, Rejection> {
+        let config = &*self.config;
+        if !config.issuers.is_empty() {
+            match &active.iss {
+                None => return Err(Rejection::invalid_token("the token lacks the iss claim")),
+                Some(serde_json::Value::String(iss)) if config.issuers.contains(iss) => {}
+                Some(_) => return Err(Rejection::invalid_token("the token has the wrong issuer")),
+            }
+        }
+        if !config.audiences.is_empty() {
+            let ours = |a: &serde_json::Value| {
+                a.as_str()
+                    .is_some_and(|a| config.audiences.iter().any(|o| o == a))
+            };
+            let accepted = match &active.aud {
+                None => return Err(Rejection::invalid_token("the token lacks the aud claim")),
+                Some(serde_json::Value::Array(list)) => list.iter().any(ours),
+                Some(one) => ours(one),
+            };
+            if !accepted {
+                return Err(Rejection::invalid_token(
+                    "the token is not for this audience",
+                ));
+            }
+        }
+        let granted = active.scope.unwrap_or_default();
+        if config
+            .required_scopes
             .iter()
             .all(|s| granted.split_ascii_whitespace().any(|g| g == s))
         {
-            Ok(claims)
+            Ok(active.claims)
         } else {
-            Err(Rejection::InsufficientScope(required.join(" ")))
+            Err(Rejection::InsufficientScope(
+                config.required_scopes.join(" "),
+            ))
         }
     }
 
@@ -326,9 +478,20 @@ fn form_encode(s: &str) -> String {
 }
 
 enum Answer<C> {
-    /// The claims, the `scope`, and how long the token stays valid.
-    Active((C, Option<String>), Duration),
+    Active(Active<C>),
     Inactive,
+}
+
+/// An active token: its claims, what is checked here, and how long it stays valid.
+struct Active<C> {
+    claims: C,
+    scope: Option<String>,
+    /// As sent (a string is expected); checked only when issuers are required.
+    iss: Option<serde_json::Value>,
+    /// As sent (a string or an array of strings); checked only when audiences are
+    /// required.
+    aud: Option<serde_json::Value>,
+    lifetime: Duration,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +501,10 @@ struct Head {
     exp: Option<u64>,
     #[serde(default)]
     scope: Option<String>,
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
 }
 
 fn parse_answer<C: DeserializeOwned>(body: &[u8]) -> Result<Answer<C>, Error> {
@@ -357,7 +524,13 @@ fn parse_answer<C: DeserializeOwned>(body: &[u8]) -> Result<Answer<C>, Error> {
         None => Duration::MAX,
     };
     let claims = serde_json::from_value(value).map_err(bad)?;
-    Ok(Answer::Active((claims, head.scope), lifetime))
+    Ok(Answer::Active(Active {
+        claims,
+        scope: head.scope,
+        iss: head.iss,
+        aud: head.aud,
+        lifetime,
+    }))
 }
 
 impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspection<C> {
@@ -368,31 +541,39 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
         if let Some(hit) = self.cached(&digest) {
             return ValidationFuture::ready(hit);
         }
-        let flight = Arc::clone(
-            lock(&self.state.flights)
-                .entry(digest)
-                .or_insert_with(|| Arc::new(SingleFlight::default())),
-        );
-        let this = self.clone();
-        let token = token.to_owned();
+        let flight = {
+            let mut flights = lock(&self.state.flights);
+            // A job stores its answer before it removes its flight, under this lock:
+            // here either the answer is cached or the flight is still in the map, and
+            // no entry is added that no job would remove.
+            if let Some(hit) = self.cached(&digest) {
+                return ValidationFuture::ready(hit);
+            }
+            Arc::clone(flights.entry(digest).or_default())
+        };
         let joined = flight.join_or_start(
-            || this.cached(&digest).map(|_| Ok(())),
+            || self.cached(&digest).map(Ok),
             || {
-                let this = this.clone();
-                async move { this.introspect(digest, token).await }
+                let this = self.clone();
+                let token = token.to_owned();
+                let forget = ForgetFlight {
+                    state: Arc::clone(&self.state),
+                    digest,
+                    flight: Arc::downgrade(&flight),
+                };
+                async move {
+                    let _forget = forget;
+                    this.introspect(digest, token).await
+                }
             },
         );
-        let this = self.clone();
         match joined {
-            Joined::Ready(_) => match this.cached(&digest) {
-                Some(hit) => ValidationFuture::ready(hit),
-                None => ValidationFuture::ready(Err(unavailable())),
-            },
+            Joined::Ready(Ok(outcome)) => ValidationFuture::ready(outcome),
+            Joined::Ready(Err(_)) => ValidationFuture::ready(Err(unavailable())),
+            // The flight hands its answer to every waiter: none depends on it still
+            // being in the cache (a flood may have evicted a refusal meanwhile).
             Joined::Flight(flight) => ValidationFuture::pending(async move {
-                match flight.await {
-                    Ok(()) => this.cached(&digest).unwrap_or_else(|| Err(unavailable())),
-                    Err(_) => Err(unavailable()),
-                }
+                flight.await.unwrap_or_else(|_| Err(unavailable()))
             }),
         }
     }
@@ -411,7 +592,7 @@ mod tests {
         let a: Answer<Claims> =
             parse_answer(br#"{"active":true,"sub":"u","scope":"a b","exp":99999999999}"#).unwrap();
         assert!(
-            matches!(a, Answer::Active((ref c, Some(ref s)), _) if c.sub.as_deref() == Some("u") && s == "a b")
+            matches!(a, Answer::Active(Active { ref claims, scope: Some(ref s), .. }) if claims.sub.as_deref() == Some("u") && s == "a b")
         );
         assert!(matches!(
             parse_answer::<Claims>(br#"{"active":false}"#).unwrap(),

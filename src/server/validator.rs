@@ -27,12 +27,32 @@ pub trait Validator: Send + Sync + 'static {
 
     /// Validates `token` (already checked to be `token68` and under the size cap).
     fn validate(&self, token: &str) -> ValidationFuture<Self::Claims>;
+
+    /// Checks again an answer that a cache remembers: `claims` are what this
+    /// validator answered for `token` earlier.
+    ///
+    /// [`VerifiedCache`](super::VerifiedCache) calls it on every hit, so that what can
+    /// change after a token was accepted (a revocation, see `RedisDenylist`) is seen
+    /// whatever order the validators and caches are stacked in. The default answers
+    /// `Ok(claims)` at once: nothing a signature check or a lookup decided changes
+    /// before the token's `exp`, which the cache honours itself.
+    ///
+    /// A validator that wraps another must forward it (`inner.recheck(token, claims)`,
+    /// then its own check), as every wrapper of this crate does; otherwise a check of
+    /// the inner validator is skipped on cache hits.
+    fn recheck(&self, token: &str, claims: Self::Claims) -> ValidationFuture<Self::Claims> {
+        let _ = token;
+        ValidationFuture::ready(Ok(claims))
+    }
 }
 
 impl<V: Validator + ?Sized> Validator for std::sync::Arc<V> {
     type Claims = V::Claims;
     fn validate(&self, token: &str) -> ValidationFuture<Self::Claims> {
         (**self).validate(token)
+    }
+    fn recheck(&self, token: &str, claims: Self::Claims) -> ValidationFuture<Self::Claims> {
+        (**self).recheck(token, claims)
     }
 }
 
