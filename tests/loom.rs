@@ -136,3 +136,55 @@ fn a_failure_is_shared_and_the_backoff_holds_for_a_late_caller() {
         );
     });
 }
+
+/// Issue 13, the lineage rule: a refresh (which reads the store, fetches and saves)
+/// racing `set_token` (a new login, written through to the store). Whatever the
+/// interleaving, the cache and the store end on the login or a token refreshed from
+/// it, never on one refreshed from an older token, and the store's older token is
+/// never served.
+#[test]
+fn a_refresh_racing_set_token_and_a_store_load_never_goes_back() {
+    use secrecy::ExposeSecret;
+    use tower_bearer::client::{MemoryStore, TokenStore};
+    model(|| {
+        let store = MemoryStore::new();
+        let expired = |name: &str| {
+            Token::bearer(name)
+                .unwrap()
+                .with_expires_in(std::time::Duration::ZERO)
+                .with_refresh_token("rt")
+        };
+        // What an earlier run stored: older than anything this run makes.
+        block_on(store.save(&expired("stored"))).unwrap();
+        // Each token is named after the one it was refreshed from.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let src = source::from_fn(move |prev: Option<Token>| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let from = prev.map_or("none".to_owned(), |p| {
+                p.access_token().expose_secret().to_owned()
+            });
+            async move { Token::bearer(format!("t{n}-from-{from}")) }
+        });
+        let cache = Refreshing::builder(src)
+            .store(store.clone())
+            .initial_token(expired("given"))
+            .build();
+        let other = cache.clone();
+        let t = thread::spawn(move || value(block_on(other.credential())));
+        block_on(cache.set_token(Token::bearer("login").unwrap())).unwrap();
+        let concurrent = t.join().unwrap().unwrap();
+        assert!(!concurrent.contains("stored"), "{concurrent}");
+        let last = value(block_on(cache.credential())).unwrap();
+        assert!(
+            last == "Bearer login" || last.ends_with("-from-login"),
+            "the login or its refresh: {last}"
+        );
+        let stored = block_on(store.load()).unwrap().unwrap();
+        assert_eq!(
+            format!("Bearer {}", stored.access_token().expose_secret()),
+            last,
+            "the store holds what the cache serves"
+        );
+    });
+}

@@ -388,14 +388,27 @@ impl<S: TokenSource> Refreshing<S> {
         token: Token,
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        // The generation moves first, then the lineage is taken: a refresh that still
-        // sees the old generation made its token before this one.
-        shared.generation.fetch_add(1, Ordering::AcqRel);
-        let token = token.with_lineage(Lineage::next());
-        shared
-            .current
-            .store(Some(Arc::new(Cached::new(token.clone(), &shared.config))));
-        shared.reset_failures();
+        let token = {
+            // One step for a refresh starting meanwhile (it reads the generation under
+            // this lock): either it sees the old generation, and any token it makes
+            // after this is older than the set one or finds the generation moved; or
+            // it sees the new one, and the set token as the one to refresh from.
+            let mut failure = shared.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.generation.fetch_add(1, Ordering::AcqRel);
+            let token = token.with_lineage(Lineage::next());
+            shared
+                .current
+                .store(Some(Arc::new(Cached::new(token.clone(), &shared.config))));
+            failure.consecutive = 0;
+            failure.last = None;
+            failure.dead = None;
+            let _ = shared
+                .hold_until
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                    (h != RUNNING).then_some(0)
+                });
+            token
+        };
         if shared.store.is_some() {
             shared.keep_unsaved(token);
         }
@@ -455,11 +468,14 @@ impl<S: TokenSource> Shared<S> {
         let run = self.runs.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
         let guard = RunningGuard(Arc::clone(self));
         let shared = Arc::clone(self);
-        let attempt = {
+        let (attempt, generation) = {
             let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-            failure.consecutive + 1
+            // Under the lock: see `set_token`.
+            (
+                failure.consecutive + 1,
+                self.generation.load(Ordering::Acquire),
+            )
         };
-        let generation = self.generation.load(Ordering::Acquire);
         async move {
             let _guard = guard;
             let started = Instant::now();
