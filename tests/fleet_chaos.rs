@@ -39,7 +39,6 @@
 #![cfg(all(feature = "redis", unix))]
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
