@@ -1194,6 +1194,8 @@ async fn fleet_survives_chaos() {
                     // One armed fault at a time: one not yet fired stays.
                     if st.armed.is_none() {
                         st.armed = Some((identity, fault));
+                        let note = format!("armed {fault:?} for {identity}'s next token request");
+                        st.timeline.push((Instant::now(), note));
                     }
                 }
                 None => {
