@@ -1302,6 +1302,9 @@ async fn fleet_survives_chaos() {
             )
         })
         .collect();
+    // The refreshes each login needed: its first token, then one per refresh period
+    // (a token is refreshed `REFRESH_BEFORE` before it expires, never earlier) while
+    // its lineage was alive. A fleet that refreshes once per expiry stays below.
     let step = LIFETIME - REFRESH_BEFORE;
     let expiries: u64 = st
         .families
@@ -1313,6 +1316,7 @@ async fn fleet_survives_chaos() {
         })
         .sum();
     let fault_budget: u64 = st.fired.iter().map(|f| f.budget).sum();
+    // A refresh per identity may be under way when its lineage's time is counted.
     let slack = IDENTITIES.len() as u64;
     let c = &st.counts;
     let logins = st.families.len();
