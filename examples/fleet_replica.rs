@@ -10,15 +10,25 @@
 //!     --refresh-token rt-0 --duration 5
 //! ```
 //!
+//! Every request to the API carries `x-fleet-profile` (the profile) and
+//! `x-fleet-replica` (`--replica`); every token request carries the form field
+//! `fleet_replica`, so a test server can tell who asked. With `--status-every` it
+//! prints, that often, a machine-readable line:
+//! `status: replica=ID ok=N failed=N invalid_grant=N last=ok|err:KIND`, where KIND is
+//! `invalid_grant`, `store`, `rejected`, `transport`, `timeout`, `token_endpoint`,
+//! `no_token`, `aborted`, `status-NNN` (the API's answer) or `other`.
+//!
 //! The last line is a summary: `summary: requests=N ok=N failed=N invalid_grant=N`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
+use tokio::io::AsyncReadExt;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
 use tower_bearer::redis::RedisStore;
@@ -46,9 +56,105 @@ struct Args {
     /// Concurrent callers.
     #[arg(long, default_value_t = 8)]
     tasks: usize,
+    /// Milliseconds each caller waits between two requests.
+    #[arg(long, default_value_t = 10)]
+    pause_ms: u64,
     /// Seconds before expiry to refresh.
     #[arg(long, default_value_t = 0.3)]
     refresh_before: f64,
+    /// This replica's name in status lines, API requests and token requests.
+    #[arg(long, default_value = "replica")]
+    replica: String,
+    /// Seconds the fleet's refresh lock lives without renewal (the library's
+    /// default when not given).
+    #[arg(long)]
+    lock_ttl: Option<f64>,
+    /// Seconds to wait for another replica's refresh before giving up (the
+    /// library's default when not given).
+    #[arg(long)]
+    wait_timeout: Option<f64>,
+    /// Polling interval while another replica refreshes: first, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    poll_min_ms: u64,
+    /// Polling interval while another replica refreshes: at most, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    poll_max_ms: u64,
+    /// Print a `status:` line this often, in seconds (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    status_every: f64,
+    /// Stop (with the summary) when standard input closes, so a replica started by
+    /// a test does not outlive it.
+    #[arg(long)]
+    until_stdin_closes: bool,
+}
+
+/// What the last request got, for the status line.
+#[derive(Default)]
+struct Counters {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    invalid_grant: AtomicU64,
+    /// 0: no request yet, 1: ok, 2: an error (its kind in `last_error`).
+    last: AtomicU8,
+    last_error: Mutex<String>,
+}
+
+impl Counters {
+    fn success(&self) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        self.last.store(1, Ordering::Relaxed);
+    }
+
+    fn failure(&self, kind: String) {
+        if kind == "invalid_grant" {
+            self.invalid_grant.fetch_add(1, Ordering::Relaxed);
+        }
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kind;
+        self.last.store(2, Ordering::Relaxed);
+    }
+
+    fn status(&self, replica: &str) -> String {
+        let last = match self.last.load(Ordering::Relaxed) {
+            0 => "none".to_owned(),
+            1 => "ok".to_owned(),
+            _ => format!(
+                "err:{}",
+                self.last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            ),
+        };
+        format!(
+            "status: replica={replica} ok={} failed={} invalid_grant={} last={last}",
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.invalid_grant.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The kind of a failed request, one word for the status line.
+fn error_kind(e: &(dyn std::error::Error + 'static)) -> String {
+    use tower_bearer::Error;
+    let Some(e) = e.downcast_ref::<Error>() else {
+        return "other".into();
+    };
+    match e {
+        Error::InvalidGrant(_) => "invalid_grant",
+        Error::Store(_) => "store",
+        Error::Rejected(_) => "rejected",
+        Error::Transport(_) => "transport",
+        Error::Timeout(_) => "timeout",
+        Error::TokenEndpoint(_) => "token_endpoint",
+        Error::NoToken(_) => "no_token",
+        Error::Aborted(_) => "aborted",
+        _ => "other",
+    }
+    .into()
 }
 
 #[tokio::main]
@@ -57,10 +163,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let store = RedisStore::connect(&args.redis, &args.profile).await?;
     let endpoint = TokenEndpoint::new(&args.token_url)?
         .client_id("id")
-        .client_secret("secret");
-    let source = store
+        .client_secret("secret")
+        .param("fleet_replica", args.replica.as_str());
+    let mut source = store
         .fleet(endpoint.refresh_token(args.refresh_token.as_str()))
-        .poll_interval(Duration::from_millis(5), Duration::from_millis(50));
+        .poll_interval(
+            Duration::from_millis(args.poll_min_ms),
+            Duration::from_millis(args.poll_max_ms),
+        );
+    if let Some(ttl) = args.lock_ttl {
+        source = source.lock_ttl(Duration::from_secs_f64(ttl));
+    }
+    if let Some(timeout) = args.wait_timeout {
+        source = source.wait_timeout(Duration::from_secs_f64(timeout));
+    }
     let authorizer = Refreshing::builder(source)
         .refresh_before(Duration::from_secs_f64(args.refresh_before))
         .jitter(Duration::ZERO)
@@ -72,50 +188,76 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .layer(AuthorizeLayer::new(authorizer))
         .service(hyper);
 
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let invalid_grant = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
     let until = tokio::time::Instant::now() + Duration::from_secs_f64(args.duration);
     let mut tasks = Vec::new();
     for _ in 0..args.tasks {
         let (client, url) = (client.clone(), args.api_url.clone());
-        let (ok, failed, invalid_grant) = (ok.clone(), failed.clone(), invalid_grant.clone());
+        let (profile, replica) = (args.profile.clone(), args.replica.clone());
+        let counters = counters.clone();
+        let pause = Duration::from_millis(args.pause_ms);
         tasks.push(tokio::spawn(async move {
             while tokio::time::Instant::now() < until {
-                let req = http::Request::get(url.as_str()).body(Full::default());
+                let req = http::Request::get(url.as_str())
+                    .header("x-fleet-profile", profile.as_str())
+                    .header("x-fleet-replica", replica.as_str())
+                    .body(Full::default());
                 let res = match req {
                     Ok(req) => client.clone().oneshot(req).await,
                     Err(e) => Err(e.into()),
                 };
                 match res {
-                    Ok(res) if res.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(res) if res.status().is_success() => counters.success(),
                     Ok(res) => {
                         eprintln!("API answered {}", res.status());
-                        failed.fetch_add(1, Ordering::Relaxed)
+                        counters.failure(format!("status-{}", res.status().as_u16()));
                     }
                     Err(e) => {
-                        let grant = e
-                            .downcast_ref::<tower_bearer::Error>()
-                            .is_some_and(|e| matches!(e, tower_bearer::Error::InvalidGrant(_)));
-                        if grant {
-                            invalid_grant.fetch_add(1, Ordering::Relaxed);
-                        }
                         eprintln!("request failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
+                        counters.failure(error_kind(e.as_ref()));
                     }
-                };
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tokio::time::sleep(pause).await;
             }
         }));
     }
-    for t in tasks {
-        t.await?;
+    let all_done = futures_util::future::join_all(tasks);
+    let stdin_closed = async {
+        if !args.until_stdin_closes {
+            return std::future::pending().await;
+        }
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let status = async {
+        if args.status_every <= 0.0 {
+            return std::future::pending().await;
+        }
+        let mut every = tokio::time::interval(Duration::from_secs_f64(args.status_every));
+        loop {
+            every.tick().await;
+            let line = counters.status(&args.replica);
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    };
+    tokio::select! {
+        results = all_done => {
+            for r in results {
+                r?;
+            }
+        }
+        () = stdin_closed => {}
+        () = status => {}
     }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let ok = counters.ok.load(Ordering::Relaxed);
+    let failed = counters.failed.load(Ordering::Relaxed);
     println!(
         "summary: requests={} ok={ok} failed={failed} invalid_grant={}",
         ok + failed,
-        invalid_grant.load(Ordering::Relaxed)
+        counters.invalid_grant.load(Ordering::Relaxed)
     );
     Ok(())
 }
