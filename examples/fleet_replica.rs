@@ -146,7 +146,7 @@ fn error_kind(e: &(dyn std::error::Error + 'static)) -> String {
     match e {
         Error::InvalidGrant(_) => "invalid_grant",
         Error::Store(_) => "store",
-        Error::Rejected(_) => "rejected",
+        Error::Superseded(_) => "superseded",
         Error::Transport(_) => "transport",
         Error::Timeout(_) => "timeout",
         Error::TokenEndpoint(_) => "token_endpoint",
