@@ -13,7 +13,17 @@
 //!   the others poll Redis with a short bounded backoff and take the new token;
 //! - the write is fenced by a version: a replica whose lock lapsed and was taken over
 //!   cannot overwrite a newer token;
-//! - a lock holder that dies lets the lock expire, and another replica takes over.
+//! - a lock holder that dies lets the lock expire, and another replica takes over;
+//! - newer only: a token in Redis is adopted only when its [`Lineage`](crate::Lineage)
+//!   is newer than the replica's, and [`RedisStore::save`] never replaces a newer one;
+//! - a refresh token is presented once: the holder claims it in Redis before
+//!   presenting it, and a replica that takes over a lapsed lock waits for the holder's
+//!   answer (up to twice the lock TTL) instead of presenting it again; a refresh token
+//!   refused (`invalid_grant`) is recorded, and no replica presents it again;
+//! - dead is declared by the owner: `invalid_grant` for the fleet's token is the
+//!   fleet's logout, after waiting one lock TTL for a replica that spent it first to
+//!   publish; for a replica's own older token (Redis lost its data) it is
+//!   [`Error::Superseded`], retried.
 //!
 //! On the server side, [`RedisDenylist`] revokes tokens (by `jti` or token hash) for
 //! every replica at once.
@@ -65,7 +75,40 @@ const WRITE_FENCED: &str = r"
 local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'lin', ARGV[5], 'version', v + 1)
+redis.call('HDEL', KEYS[1], 'presenting')
 return v + 1
+";
+
+/// Claims the presentation of the refresh token of lineage ARGV[2] for owner ARGV[1],
+/// under the lock: -1 when a replica was refused it (`invalid_grant`) before; the
+/// milliseconds to wait when another replica started presenting it less than ARGV[3]
+/// ms ago (its lock lapsed mid-refresh: its answer may still come); else 0, claimed.
+/// Redis's clock, so replicas' clocks need not agree.
+const CLAIM: &str = r"
+if redis.call('HGET', KEYS[1], 'refused') == ARGV[2] then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local p = redis.call('HGET', KEYS[1], 'presenting')
+if p then
+  local owner, lin, at = string.match(p, '^(.*)|(%d+)|(%d+)$')
+  if owner and owner ~= ARGV[1] and lin == ARGV[2] then
+    local left = tonumber(ARGV[3]) - (now - tonumber(at))
+    if left > 0 then return left end
+  end
+end
+redis.call('HSET', KEYS[1], 'presenting', ARGV[1] .. '|' .. ARGV[2] .. '|' .. now)
+return 0
+";
+
+/// Ends owner ARGV[1]'s claim; with ARGV[2] set, records that lineage's refresh
+/// token as refused for every replica.
+const UNCLAIM: &str = r"
+local p = redis.call('HGET', KEYS[1], 'presenting')
+if p and string.sub(p, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|' then
+  redis.call('HDEL', KEYS[1], 'presenting')
+end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'refused', ARGV[2]) end
+return 1
 ";
 
 /// Saves the token unless it is already there or the stored one is as new or newer
@@ -178,6 +221,17 @@ impl Snapshot {
     }
 }
 
+/// What [`RedisStore::claim`] found.
+enum Claim {
+    /// This replica presents the refresh token.
+    Present,
+    /// Another replica started presenting it and its lock lapsed: wait this long
+    /// for its answer before presenting it again.
+    Wait(Duration),
+    /// A replica was refused it before.
+    Refused,
+}
+
 /// Tokens of one profile kept in Redis, shared by every replica that uses the same
 /// key; a [`TokenStore`]. Cloning is cheap (one multiplexed, reconnecting connection).
 ///
@@ -271,6 +325,36 @@ impl RedisStore {
             .await
             .map_err(|e| redis_error("write", e))?;
         Ok(u64::try_from(written).ok())
+    }
+
+    /// Claims the presentation of the refresh token of `lineage` (see [`CLAIM`]).
+    async fn claim(&self, owner: &str, lineage: u64, patience: Duration) -> Result<Claim, Error> {
+        let answer: i64 = redis::Script::new(CLAIM)
+            .key(&*self.token_key)
+            .arg(owner)
+            .arg(lineage)
+            .arg(millis(patience))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| redis_error("claim", e))?;
+        Ok(match answer {
+            0 => Claim::Present,
+            n if n < 0 => Claim::Refused,
+            n => Claim::Wait(Duration::from_millis(n.unsigned_abs())),
+        })
+    }
+
+    /// Ends `owner`'s claim; `refused`: the lineage whose refresh token was refused.
+    async fn unclaim(&self, owner: &str, refused: Option<u64>) {
+        let result: Result<i64, _> = redis::Script::new(UNCLAIM)
+            .key(&*self.token_key)
+            .arg(owner)
+            .arg(refused.map_or(String::new(), |l| l.to_string()))
+            .invoke_async(&mut self.conn.clone())
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, key = %self.token_key, "could not end the refresh claim");
+        }
     }
 
     async fn try_lock(&self, owner: &str, ttl: Duration) -> Result<bool, Error> {
@@ -409,6 +493,12 @@ enum Locked {
         owned: bool,
         error: Error,
     },
+    /// Another replica is presenting the refresh token of `base` (its lock lapsed):
+    /// wait up to `wait` for its token instead of reusing the refresh token.
+    Lapsed {
+        base: Option<Token>,
+        wait: Duration,
+    },
 }
 
 impl<S: TokenSource> FleetSource<S> {
@@ -428,9 +518,11 @@ impl<S: TokenSource> FleetSource<S> {
 
     /// How long the refresh lock lives without renewal. The holder renews it every
     /// third of this while its refresh runs; a holder that dies frees it after at most
-    /// this long. A replica whose refresh token is refused (`invalid_grant`) waits
-    /// this long for another replica (one whose lock lapsed) to publish the token it
-    /// got with the same refresh token. Default 30 s.
+    /// this long. A replica whose lock lapsed while it presented the refresh token (a
+    /// paused process, a slow answer) is given until twice this long after it
+    /// presented to publish its token, before another replica presents the same
+    /// refresh token again; a replica refused the refresh token (`invalid_grant`)
+    /// waits this long for such a token. Default 30 s.
     #[must_use]
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl.max(Duration::from_millis(30));
@@ -498,12 +590,23 @@ impl<S: TokenSource> FleetSource<S> {
             if self.store.try_lock(&self.owner, self.lock_ttl).await? {
                 let locked = self.refresh_locked(previous).await;
                 self.store.release(&self.owner).await;
-                return match locked {
-                    Locked::Done(result) => result,
+                match locked {
+                    Locked::Done(result) => return result,
                     Locked::Refused { base, owned, error } => {
-                        self.await_publication(base.as_ref(), owned, error).await
+                        return self.await_publication(base.as_ref(), owned, error).await
                     }
-                };
+                    Locked::Lapsed { base, wait } => {
+                        tracing::info!(
+                            wait_ms = wait.as_millis() as u64,
+                            "another replica is presenting the refresh token; waiting for its answer"
+                        );
+                        if let Some(token) = self.watch(base.as_ref(), wait).await {
+                            return Ok(token);
+                        }
+                        // No answer: that replica died; the next turn presents it.
+                        continue;
+                    }
+                }
             }
             let now = Instant::now();
             if now >= deadline {
@@ -549,16 +652,37 @@ impl<S: TokenSource> FleetSource<S> {
                 return Locked::Done(Err(self.refusal(owned, error)));
             }
         }
+        let lineage = base.as_ref().map_or(0, |b| b.lineage().as_micros());
+        match self
+            .store
+            .claim(&self.owner, lineage, self.lock_ttl.saturating_mul(2))
+            .await
+        {
+            Err(error) => return Locked::Done(Err(error)),
+            Ok(Claim::Wait(wait)) => return Locked::Lapsed { base, wait },
+            Ok(Claim::Refused) => {
+                let error = refused_elsewhere();
+                self.remember_dead(base.as_ref(), &error);
+                return Locked::Refused { base, owned, error };
+            }
+            Ok(Claim::Present) => {}
+        }
         match self.fetch_renewing(base.as_ref()).await {
             Ok(token) => Locked::Done(self.save_fetched(snapshot.version, token).await),
             Err(error @ Error::InvalidGrant(_)) => {
-                if let Some(b) = &base {
-                    *self.dead.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some((b.lineage(), error.clone()));
-                }
+                self.remember_dead(base.as_ref(), &error);
+                self.store.unclaim(&self.owner, Some(lineage)).await;
                 Locked::Refused { base, owned, error }
             }
             Err(error) => {
+                // An answer leaves the refresh token as it was; a lost connection
+                // may not have, so the claim stays for the next holder to heed.
+                if !matches!(
+                    error,
+                    Error::Transport(_) | Error::Timeout(_) | Error::Aborted(_)
+                ) {
+                    self.store.unclaim(&self.owner, None).await;
+                }
                 // A replica whose lock lapsed may have refreshed meanwhile: its token
                 // is as good.
                 if let Ok(now) = self.store.read().await {
@@ -583,24 +707,41 @@ impl<S: TokenSource> FleetSource<S> {
         owned: bool,
         error: Error,
     ) -> Result<Token, Error> {
-        let deadline = Instant::now() + self.lock_ttl;
+        match self.watch(base, self.lock_ttl).await {
+            Some(token) => {
+                tracing::info!(
+                    "our refresh token had been spent by another replica; took the token it published"
+                );
+                Ok(token)
+            }
+            None => Err(self.refusal(owned, error)),
+        }
+    }
+
+    /// Polls Redis for up to `limit` for a valid token newer than `base`.
+    async fn watch(&self, base: Option<&Token>, limit: Duration) -> Option<Token> {
+        let deadline = Instant::now() + limit;
         let mut delay = self.poll.0;
         loop {
             if let Ok(snapshot) = self.store.read().await {
                 if let Some(token) = snapshot.adoptable(base) {
-                    tracing::info!(
-                        version = snapshot.version,
-                        "our refresh token had been spent by another replica; took the token it published"
-                    );
-                    return Ok(token);
+                    return Some(token);
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(self.refusal(owned, error));
+                return None;
             }
             tokio::time::sleep(delay.min(deadline - now)).await;
             delay = (delay * 2).min(self.poll.1);
+        }
+    }
+
+    /// Never presents `base`'s refresh token again.
+    fn remember_dead(&self, base: Option<&Token>, error: &Error) {
+        if let Some(b) = base {
+            *self.dead.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((b.lineage(), error.clone()));
         }
     }
 
@@ -688,6 +829,15 @@ impl<S: TokenSource> FleetSource<S> {
         tracing::error!(%error, "could not share the refreshed token; it is kept and written on the next attempt");
         Err(error)
     }
+}
+
+/// `invalid_grant` that another replica received for the same refresh token.
+fn refused_elsewhere() -> Error {
+    let mut answer = crate::EndpointError::status(http::StatusCode::BAD_REQUEST);
+    answer.code = Some("invalid_grant".into());
+    answer.description =
+        Some("another replica was refused this refresh token; it is not presented again".into());
+    Error::InvalidGrant(Box::new(answer))
 }
 
 /// The renewal loop never ends; its future only exists to run beside the fetch.

@@ -104,6 +104,19 @@ async fn lock_held(url: &str, key: &str) -> bool {
         == 1
 }
 
+/// Whether a replica claimed the presentation of the refresh token (under the lock).
+async fn claimed(url: &str, token_key: &str) -> bool {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HEXISTS")
+        .arg(token_key)
+        .arg("presenting")
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap()
+        == 1
+}
+
 async fn redis_del(url: &str, key: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -224,14 +237,16 @@ async fn fleet_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_ttl()
             .fleet(hanging)
             .lock_ttl(ttl),
     );
-    let lock_key = holder.store().lock_key().to_owned();
+    let token_key = holder.store().token_key().to_owned();
     let task = {
         let holder = holder.clone();
         tokio::spawn(async move { holder.fetch(None).await })
     };
-    until(Duration::from_secs(5), "the holder took the lock", || {
-        lock_held(&url, &lock_key)
-    })
+    until(
+        Duration::from_secs(5),
+        "the holder took the lock and claimed rt-0",
+        || claimed(&url, &token_key),
+    )
     .await;
     task.abort();
     let killed = Instant::now();
@@ -307,9 +322,12 @@ async fn fleet_write_of_a_stale_lock_holder_is_refused() {
         lock_held(&url, &lock_key)
     })
     .await;
-    // A's lock lapses (as if A stalled past its TTL); B takes over and refreshes.
+    // A's lock lapses (as if A stalled past its TTL); B takes over and, once its
+    // patience with A's claim (twice its lock TTL) is over, refreshes.
     redis_del(&url, &lock_key).await;
-    let b = fleet_source(&url, &profile, &s).await;
+    let b = fleet_source(&url, &profile, &s)
+        .await
+        .lock_ttl(Duration::from_millis(200));
     let b_token = b.fetch(None).await.unwrap();
     assert_eq!(s.idp.tokens(), 1);
     let store = RedisStore::connect(&url, &profile).await.unwrap();
@@ -587,14 +605,16 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
             .unwrap()
             .fleet(gated),
     );
-    let lock_key = holder.store().lock_key().to_owned();
+    let token_key = holder.store().token_key().to_owned();
     let task = {
         let holder = holder.clone();
         tokio::spawn(async move { holder.fetch(None).await })
     };
-    until(Duration::from_secs(5), "the holder took the lock", || {
-        lock_held(&url, &lock_key)
-    })
+    until(
+        Duration::from_secs(5),
+        "the holder took the lock and claimed rt-0",
+        || claimed(&url, &token_key),
+    )
     .await;
     // Redis dies while the token endpoint rotates the refresh token.
     redis.kill();
@@ -678,47 +698,52 @@ async fn fleet_store_saves_loads_and_never_replaces_a_newer_token() {
     assert!(store.load().await.unwrap().is_none());
 }
 
-/// Issue 13, sequence 2: replica A presents the refresh token, the provider rotates
-/// it, A's answer is slow and A's lock lapses (a paused process, a failed renewal);
-/// B takes the lock and presents the same refresh token: `invalid_grant`. Before,
-/// B re-read Redis once, saw the version unchanged and turned terminal, and never
-/// looked again when A wrote the fleet's new token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_loses_a_lock_race_takes_the_token_the_winner_publishes() {
-    let Some(url) = redis_url().await else { return };
-    let s = common::start().await;
+/// Starts the lock race of issue 13, sequence 2: replica A presents the fleet's
+/// refresh token, the provider rotates it at once but A's answer takes `answer`, and
+/// A's lock lapses meanwhile (a paused process, a failed renewal). Returns A's task.
+async fn a_lapses_while_presenting(
+    url: &str,
+    profile: &str,
+    s: &common::Servers,
+    answer: Duration,
+) -> tokio::task::JoinHandle<Result<Token, Error>> {
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);
-    let profile = profile("lock-race");
-    let store = RedisStore::connect(&url, &profile).await.unwrap();
+    let store = RedisStore::connect(url, profile).await.unwrap();
     let fleet_token = Token::bearer("at-0")
         .unwrap()
         .with_expires_in(Duration::ZERO)
         .with_refresh_token("rt-0");
     store.save(&fleet_token).await.unwrap();
-    let a = Arc::new(
-        fleet_source(&url, &profile, &s)
-            .await
-            .lock_ttl(Duration::from_secs(3)),
-    );
-    let b = fleet_source(&url, &profile, &s)
+    let a = fleet_source(url, profile, s)
         .await
         .lock_ttl(Duration::from_secs(3));
-
-    s.idp
-        .set_mode(common::Mode::DelayAnswer(Duration::from_millis(1500)));
-    let a_task = tokio::spawn({
-        let a = a.clone();
-        async move { a.fetch(None).await }
-    });
+    s.idp.set_mode(common::Mode::DelayAnswer(answer));
+    let a_task = tokio::spawn(async move { a.fetch(None).await });
     until(Duration::from_secs(10), "A presented rt-0", || async {
         s.idp.tokens() == 1
     })
     .await;
-    // A's lock lapses while its answer is on the way.
-    redis_del(&url, store.lock_key()).await;
+    redis_del(url, store.lock_key()).await;
     s.idp.set_mode(common::Mode::Normal);
+    a_task
+}
 
+/// Issue 13, sequence 2. Before, B took the lapsed lock, presented the same refresh
+/// token (`invalid_grant`), re-read Redis once, saw the version unchanged and turned
+/// terminal, and never looked again when A wrote the fleet's new token. Now B sees
+/// that A is presenting that refresh token and waits for A's answer: no reuse at all
+/// (with a provider that revokes the token family on reuse, a reuse logs the whole
+/// fleet out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_a_lock_race_takes_the_token_the_winner_publishes() {
+    let Some(url) = redis_url().await else { return };
+    let s = common::start().await;
+    let profile = profile("lock-race");
+    let a_task = a_lapses_while_presenting(&url, &profile, &s, Duration::from_millis(1500)).await;
+    let b = fleet_source(&url, &profile, &s)
+        .await
+        .lock_ttl(Duration::from_secs(3));
     let from_b = b.fetch(None).await;
     let from_a = a_task.await.unwrap().unwrap();
     let from_b = from_b.expect("B is not logged out: it takes A's token");
@@ -726,11 +751,54 @@ async fn a_replica_that_loses_a_lock_race_takes_the_token_the_winner_publishes()
         from_b.access_token().expose_secret(),
         from_a.access_token().expose_secret()
     );
-    assert_eq!(
-        s.idp.tokens(),
-        2,
-        "one reuse of rt-0, which the lapsed lock made unavoidable"
+    assert_eq!(s.idp.tokens(), 1, "B did not present rt-0 again");
+}
+
+/// The same race when A takes longer than B's patience (twice B's lock TTL): B
+/// presents the refresh token again (unavoidable: A may have died), is refused, and
+/// records it in Redis so that no other replica presents it; the cache over B keeps
+/// looking and takes A's token when it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refused_after_a_lapse_is_not_logged_out_and_no_replica_reuses_again() {
+    let Some(url) = redis_url().await else { return };
+    let s = common::start().await;
+    let profile = profile("lock-race-late");
+    let a_task = a_lapses_while_presenting(&url, &profile, &s, Duration::from_millis(2500)).await;
+    let short = |source: FleetSource<_>| source.lock_ttl(Duration::from_millis(200));
+    let b = short(fleet_source(&url, &profile, &s).await);
+    let c = short(fleet_source(&url, &profile, &s).await);
+    let cache_b = Refreshing::builder(b)
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .build();
+    let refused = cache_b.token().await;
+    assert!(
+        matches!(refused, Err(Error::InvalidGrant(_))),
+        "{refused:?}"
     );
+    assert_eq!(s.idp.tokens(), 2, "B presented rt-0 once more");
+    // C never presents it: a replica was refused it.
+    let from_c = c.fetch(None).await;
+    assert!(matches!(from_c, Err(Error::InvalidGrant(_))), "{from_c:?}");
+    assert_eq!(s.idp.tokens(), 2, "C did not present rt-0");
+
+    let from_a = a_task.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let adopted = loop {
+        if let Ok(token) = cache_b.token().await {
+            break token;
+        }
+        assert!(Instant::now() < deadline, "B never took A's token");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        adopted.access_token().expose_secret(),
+        from_a.access_token().expose_secret()
+    );
+    assert_eq!(
+        c.fetch(None).await.unwrap().access_token().expose_secret(),
+        from_a.access_token().expose_secret()
+    );
+    assert_eq!(s.idp.tokens(), 2);
 }
 
 /// Issue 13, sequence 2 after a Redis restart: Redis comes back empty while replica
