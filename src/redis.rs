@@ -236,8 +236,9 @@ enum Claim {
 /// key; a [`TokenStore`]. Cloning is cheap (one multiplexed, reconnecting connection).
 ///
 /// Keys: `{prefix}{{profile}}:token` (a hash: the token as JSON, its expiry, a
-/// fingerprint and a version) and `{prefix}{{profile}}:lock`. The default prefix is
-/// `tower-bearer:`.
+/// fingerprint, its lineage and a version; while a refresh runs, who presents which
+/// refresh token, and the last refresh token refused) and `{prefix}{{profile}}:lock`.
+/// The default prefix is `tower-bearer:`.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,

@@ -426,6 +426,32 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_an_earlier_version_reads_and_a_newer_file_is_never_overwritten() {
+        let dir = temp_dir("lineage");
+        let path = dir.join("t.json");
+        // Written by a version with no lineage.
+        fs::write(
+            &path,
+            r#"{"version":1,"username":"alice","issuer":"https://idp",
+                "token":{"access_token":"legacy","token_type":"Bearer","refresh_token":"r"}}"#,
+        )
+        .unwrap();
+        let store = FileStore::at(&path, "alice", "https://idp");
+        let legacy = store.inner.load().unwrap().unwrap();
+        assert_eq!(legacy.access_token().expose_secret(), "legacy");
+        assert_eq!(legacy.lineage(), crate::Lineage::UNKNOWN);
+        // Any token made now is newer, and replaces it; an older one does not.
+        let older = Token::bearer("older").unwrap();
+        let newer = Token::bearer("newer").unwrap();
+        store.inner.save(&newer).unwrap();
+        store.inner.save(&older).unwrap();
+        let kept = store.inner.load().unwrap().unwrap();
+        assert_eq!(kept.access_token().expose_secret(), "newer");
+        assert_eq!(kept.lineage(), newer.lineage());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn file_names_are_plain() {
         assert_eq!(
             FileStore::file_name("alice", "https://idp.example.com/realms/x/"),
