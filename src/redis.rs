@@ -10,7 +10,9 @@
 //! - otherwise one replica takes a lock (`SET lock owner NX PX ttl`, renewed while the
 //!   refresh runs, released by compare-and-delete), refreshes with the newest refresh
 //!   token (the one in Redis), and writes the new token to Redis *before* serving it;
-//!   the others poll Redis with a short bounded backoff and take the new token;
+//!   the others wait, woken by the write (every write is published on the profile's
+//!   channel; each replica subscribes) or, failing that, by polling Redis with a short
+//!   bounded backoff, and take the new token;
 //! - the write is fenced by a version: a replica whose lock lapsed and was taken over
 //!   cannot overwrite a newer token;
 //! - a lock holder that dies lets the lock expire, and another replica takes over;
@@ -61,6 +63,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client::{StoredToken, TokenSource, TokenStore};
@@ -76,6 +79,7 @@ local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'lin', ARGV[5], 'version', v + 1)
 redis.call('HDEL', KEYS[1], 'presenting')
+redis.call('PUBLISH', ARGV[6], v + 1)
 return v + 1
 ";
 
@@ -119,6 +123,7 @@ local v = tonumber(cur[3] or '0')
 if cur[1] == ARGV[3] then return v end
 if cur[4] and tonumber(cur[2] or '0') >= tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'lin', ARGV[4], 'version', v + 1)
+redis.call('PUBLISH', ARGV[5], v + 1)
 return v + 1
 ";
 
@@ -244,6 +249,11 @@ pub struct RedisStore {
     conn: ConnectionManager,
     token_key: Arc<str>,
     lock_key: Arc<str>,
+    /// The channel every write is published on.
+    events: Arc<str>,
+    /// For the subscription that wakes waiting replicas; `None` when made from a
+    /// connection ([`RedisStore::with_connection`]): waiters then only poll.
+    client: Option<redis::Client>,
 }
 
 impl RedisStore {
@@ -256,16 +266,24 @@ impl RedisStore {
     /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
     /// reached now.
     pub async fn connect(url: &str, profile: &str) -> Result<Self, Error> {
-        let conn = connect(url).await?;
-        Ok(Self::with_connection(conn, "tower-bearer:", profile))
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
+        let conn = connect(client.clone()).await?;
+        let mut store = Self::with_connection(conn, "tower-bearer:", profile);
+        store.client = Some(client);
+        Ok(store)
     }
 
-    /// A store over a connection you configured, with your key prefix.
+    /// A store over a connection you configured, with your key prefix. Replicas
+    /// waiting for another one's refresh poll Redis (they are not woken by its write:
+    /// that needs a connection of its own, which [`RedisStore::connect`] makes).
     pub fn with_connection(conn: ConnectionManager, prefix: &str, profile: &str) -> Self {
         RedisStore {
             conn,
             token_key: format!("{prefix}{{{profile}}}:token").into(),
             lock_key: format!("{prefix}{{{profile}}}:lock").into(),
+            events: format!("{prefix}{{{profile}}}:events").into(),
+            client: None,
         }
     }
 
@@ -322,6 +340,7 @@ impl RedisStore {
             .arg(enc.exp)
             .arg(&enc.fp)
             .arg(enc.lineage)
+            .arg(&*self.events)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| redis_error("write", e))?;
@@ -401,9 +420,7 @@ impl RedisStore {
 }
 
 /// A reconnecting connection with 2 s timeouts and a short reconnection backoff.
-async fn connect(url: &str) -> Result<ConnectionManager, Error> {
-    let client = redis::Client::open(url)
-        .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
+async fn connect(client: redis::Client) -> Result<ConnectionManager, Error> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
@@ -435,6 +452,7 @@ impl TokenStore for RedisStore {
                 .arg(enc.exp)
                 .arg(&enc.fp)
                 .arg(enc.lineage)
+                .arg(&*self.events)
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| redis_error("save", e))?;
@@ -482,6 +500,9 @@ pub struct FleetSource<S> {
     /// The token whose refresh token the endpoint refused, and the refusal: that
     /// refresh token is never presented again.
     dead: Mutex<Option<(crate::Lineage, Error)>>,
+    /// Bumped by a subscription to the store's channel whenever a replica writes a
+    /// token: waiters wake at once instead of at their next poll.
+    wakeups: std::sync::OnceLock<Option<watch::Receiver<u64>>>,
 }
 
 /// What a refresh under the lock gave.
@@ -514,6 +535,7 @@ impl<S: TokenSource> FleetSource<S> {
             poll: (Duration::from_millis(10), Duration::from_millis(200)),
             unsaved: Mutex::new(None),
             dead: Mutex::new(None),
+            wakeups: std::sync::OnceLock::new(),
         }
     }
 
@@ -579,7 +601,9 @@ impl<S: TokenSource> FleetSource<S> {
         }
         let deadline = Instant::now() + self.wait_timeout;
         let mut delay = self.poll.0;
+        let mut wake = self.wakeups();
         loop {
+            mark_seen(&mut wake);
             let snapshot = self.store.read().await?;
             if let Some(token) = snapshot.adoptable(previous) {
                 tracing::debug!(
@@ -616,9 +640,24 @@ impl<S: TokenSource> FleetSource<S> {
                     self.wait_timeout, self.store.lock_key
                 )));
             }
-            tokio::time::sleep(delay.min(deadline - now)).await;
+            sleep_or_wake(delay.min(deadline - now), &mut wake).await;
             delay = (delay * 2).min(self.poll.1);
         }
+    }
+
+    /// A receiver woken by every token written to the store, if a subscription can
+    /// be made (a store made by [`RedisStore::connect`], inside a runtime). The
+    /// subscription runs on its own task while this source lives, and reconnects.
+    fn wakeups(&self) -> Option<watch::Receiver<u64>> {
+        self.wakeups
+            .get_or_init(|| {
+                let client = self.store.client.clone()?;
+                let handle = tokio::runtime::Handle::try_current().ok()?;
+                let (tx, rx) = watch::channel(0);
+                handle.spawn(listen(client, Arc::clone(&self.store.events), tx));
+                Some(rx)
+            })
+            .clone()
     }
 
     /// Refreshes while holding the lock.
@@ -723,7 +762,9 @@ impl<S: TokenSource> FleetSource<S> {
     async fn watch(&self, base: Option<&Token>, limit: Duration) -> Option<Token> {
         let deadline = Instant::now() + limit;
         let mut delay = self.poll.0;
+        let mut wake = self.wakeups();
         loop {
+            mark_seen(&mut wake);
             if let Ok(snapshot) = self.store.read().await {
                 if let Some(token) = snapshot.adoptable(base) {
                     return Some(token);
@@ -733,7 +774,7 @@ impl<S: TokenSource> FleetSource<S> {
             if now >= deadline {
                 return None;
             }
-            tokio::time::sleep(delay.min(deadline - now)).await;
+            sleep_or_wake(delay.min(deadline - now), &mut wake).await;
             delay = (delay * 2).min(self.poll.1);
         }
     }
@@ -829,6 +870,74 @@ impl<S: TokenSource> FleetSource<S> {
         let error = last.unwrap_or_else(|| Error::Store("write failed".into()));
         tracing::error!(%error, "could not share the refreshed token; it is kept and written on the next attempt");
         Err(error)
+    }
+}
+
+/// Marks every write so far as seen: a write after this (and after the read that
+/// follows) wakes the next [`sleep_or_wake`].
+fn mark_seen(wake: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = wake {
+        rx.borrow_and_update();
+    }
+}
+
+/// Sleeps `delay`, or less when a replica writes a token meanwhile.
+async fn sleep_or_wake(delay: Duration, wake: &mut Option<watch::Receiver<u64>>) {
+    let mut sleep = std::pin::pin!(tokio::time::sleep(delay));
+    let ended = match wake {
+        Some(rx) => {
+            let changed = std::pin::pin!(rx.changed());
+            matches!(
+                future::select(sleep.as_mut(), changed).await,
+                Either::Right((Err(_), _))
+            )
+        }
+        None => {
+            sleep.await;
+            return;
+        }
+    };
+    if ended {
+        // The subscription ended: poll.
+        *wake = None;
+        sleep.await;
+    }
+}
+
+/// Subscribes to `channel` and bumps `tx` on every message, reconnecting with a
+/// backoff, until every receiver is gone.
+async fn listen(client: redis::Client, channel: Arc<str>, tx: watch::Sender<u64>) {
+    use futures_util::StreamExt;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&*channel).await {
+                Ok(()) => {
+                    delay = Duration::from_millis(100);
+                    // Writes while we were away: wake whoever waits to read again.
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        let closed = std::pin::pin!(tx.closed());
+                        match future::select(messages.next(), closed).await {
+                            Either::Left((Some(_), _)) => {
+                                tx.send_modify(|n| *n = n.wrapping_add(1));
+                            }
+                            Either::Left((None, _)) => break,
+                            Either::Right(_) => return,
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "could not subscribe to token writes"),
+            },
+            Err(error) => tracing::debug!(%error, "could not connect for token writes"),
+        }
+        let closed = std::pin::pin!(tx.closed());
+        let pause = std::pin::pin!(tokio::time::sleep(delay));
+        if let Either::Left(_) = future::select(closed, pause).await {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -865,3 +865,96 @@ async fn a_replica_with_an_older_token_after_redis_lost_its_data_is_not_logged_o
     );
     assert!(valid_at_api(&s.idp, t3.access_token().expose_secret()));
 }
+
+/// How many `SET` commands (lock attempts) the Redis at `url` has run.
+async fn set_calls(url: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 18, fleet waiters woken at once: a replica waiting for another's refresh is
+/// woken by the write (published on the profile's channel), not by its next poll.
+/// Its poll interval here is a minute; it takes the token long before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_replica_is_woken_by_the_write_not_by_its_next_poll() {
+    if redis_url().await.is_none() {
+        return;
+    }
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
+    // A Redis of this test's own: its command counts are this test's.
+    let port = free_port();
+    let redis = OwnRedis::start(port);
+    redis.ready().await;
+    let url = redis.url();
+    let profile = profile("woken");
+
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let grant = Arc::new(endpoint(&s).refresh_token("rt-0"));
+    let gated = {
+        let gate = gate.clone();
+        source::from_fn(move |previous: Option<Token>| {
+            let (gate, grant) = (gate.clone(), grant.clone());
+            async move {
+                let _permit = gate.acquire().await.unwrap();
+                grant.fetch(previous.as_ref()).await
+            }
+        })
+    };
+    let a = Arc::new(
+        RedisStore::connect(&url, &profile)
+            .await
+            .unwrap()
+            .fleet(gated),
+    );
+    let token_key = a.store().token_key().to_owned();
+    let a_task = {
+        let a = a.clone();
+        tokio::spawn(async move { a.fetch(None).await })
+    };
+    until(Duration::from_secs(5), "A claimed the refresh", || {
+        claimed(&url, &token_key)
+    })
+    .await;
+    let sets = set_calls(&url).await;
+
+    let b = Arc::new(
+        RedisStore::connect(&url, &profile)
+            .await
+            .unwrap()
+            .fleet(endpoint(&s).refresh_token("rt-0"))
+            .poll_interval(Duration::from_secs(60), Duration::from_secs(60)),
+    );
+    let b_task = {
+        let b = b.clone();
+        tokio::spawn(async move { b.fetch(None).await })
+    };
+    // B read Redis, found nothing to take, and tried the lock: it now waits.
+    until(Duration::from_secs(5), "B tried the lock", || {
+        let url = url.clone();
+        async move { set_calls(&url).await > sets }
+    })
+    .await;
+    gate.add_permits(1);
+    let from_a = a_task.await.unwrap().unwrap();
+    let from_b = tokio::time::timeout(Duration::from_secs(30), b_task)
+        .await
+        .expect("B was woken by A's write: its next poll is a minute away")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        from_b.access_token().expose_secret(),
+        from_a.access_token().expose_secret()
+    );
+    assert_eq!(s.idp.tokens(), 1);
+}

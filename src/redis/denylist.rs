@@ -63,7 +63,9 @@ impl RedisDenylist {
     /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
     /// reached now.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let conn = super::connect(url).await?;
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
+        let conn = super::connect(client).await?;
         Ok(Self::with_connection(conn, "tower-bearer:denied:"))
     }
 
