@@ -10,7 +10,6 @@
 //! # Client quick start
 //!
 //! ```no_run
-//! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
 //!
@@ -18,9 +17,8 @@
 //! let endpoint = TokenEndpoint::new("https://idp.example.com/oauth/token")?
 //!     .client_id("my-service")
 //!     .client_secret("s3cret");
-//! let authorizer = Refreshing::builder(endpoint.client_credentials().scope("read"))
-//!     .refresh_before(Duration::from_secs(60))
-//!     .build();
+//! // Refreshed 60 s before expiry (in the last tenth of a short token's life).
+//! let authorizer = Refreshing::new(endpoint.client_credentials().scope("read"));
 //! let layer = AuthorizeLayer::new(authorizer);
 //! // let client = ServiceBuilder::new().layer(layer).service(hyper_util_client);
 //! # let _ = ServiceBuilder::new().layer(layer);

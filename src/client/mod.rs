@@ -26,7 +26,9 @@ pub use crate::transport::HttpClient;
 pub use authorizer::{
     ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken,
 };
-pub use cache::{RefreshStats, Refreshing, RefreshingBuilder, RETRY_AFTER_CAP};
+pub use cache::{
+    RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
+};
 pub use endpoint::{ClientAuth, TokenEndpoint};
 pub use layer::{Authorize, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture};
 pub use source::TokenSource;
