@@ -94,4 +94,9 @@ pub use client::{AuthorizeLayer, Authorizer, Refreshing};
 struct ReadmeDoctests;
 pub use error::{BoxError, EndpointError, Error, SharedError};
 pub use token::{Lineage, Token};
+
+/// The [`secrecy`](https://docs.rs/secrecy) trait and type of [`Token::access_token`]
+/// and [`Token::refresh_token`], re-exported so that reading a secret needs no
+/// dependency of your own (or use [`Token::expose_access_token`]).
+pub use secrecy::{ExposeSecret, SecretString};
 pub use transport::HttpClient;
