@@ -17,7 +17,7 @@ use axum::{Extension, Form, Json, Router};
 use common_server::{get as send, now_plus, serve};
 use serde_json::json;
 use tower_bearer::server::{
-    Claims, ClientAuth, Introspection, RequireBearerLayer, Validator, Verified,
+    Claims, Introspection, IntrospectionAuth, RequireBearerLayer, Validator, Verified,
 };
 
 const REALM: &str = "introspect-test";
@@ -176,7 +176,7 @@ async fn a_cached_answer_is_never_served_past_the_tokens_exp() {
 
 #[tokio::test]
 async fn an_inactive_token_is_refused_and_the_refusal_cached_briefly() {
-    let s = setup(|v| v.client_auth(ClientAuth::Post)).await;
+    let s = setup(|v| v.client_auth(IntrospectionAuth::Post)).await;
     for _ in 0..3 {
         let answer = send(s.api, "/me", Some("revoked")).await;
         assert_eq!(answer.status, 401);

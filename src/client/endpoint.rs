@@ -17,11 +17,14 @@ use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 use crate::transport::{check_url, parse_url, HttpClient};
 use crate::{EndpointError, Error, Token};
 
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3,
-/// OAuth 2.0 client authentication methods).
+/// How this client authenticates to the token endpoint (RFC 6749 §2.3: the
+/// `token_endpoint_auth_method` of its registration).
+///
+/// The server side's counterpart, how a resource server authenticates to the
+/// introspection endpoint, is `server::IntrospectionAuth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum ClientAuth {
+pub enum TokenEndpointAuth {
     /// `client_secret_basic`: id and secret in an `Authorization: Basic` header.
     /// The default when a secret is set.
     #[default]
@@ -35,12 +38,12 @@ pub enum ClientAuth {
 /// A token endpoint and the client's registration with it.
 ///
 /// ```no_run
-/// use tower_bearer::client::{ClientAuth, TokenEndpoint};
+/// use tower_bearer::client::{TokenEndpoint, TokenEndpointAuth};
 /// # fn run() -> Result<(), tower_bearer::Error> {
 /// let endpoint = TokenEndpoint::new("https://idp.example.com/oauth2/token")?
 ///     .client_id("my-app")
 ///     .client_secret("s3cret")
-///     .auth_method(ClientAuth::Post)
+///     .auth_method(TokenEndpointAuth::Post)
 ///     .param("audience", "https://api.example.com");
 /// let grant = endpoint.client_credentials().scope("read write");
 /// # Ok(()) }
@@ -50,7 +53,7 @@ pub struct TokenEndpoint {
     url: Uri,
     client_id: Option<String>,
     client_secret: Option<Arc<SecretString>>,
-    auth: ClientAuth,
+    auth: TokenEndpointAuth,
     params: Vec<(String, String)>,
     http: HttpClient,
 }
@@ -81,7 +84,7 @@ impl TokenEndpoint {
             url,
             client_id: None,
             client_secret: None,
-            auth: ClientAuth::Basic,
+            auth: TokenEndpointAuth::Basic,
             params: Vec::new(),
             http: HttpClient::new(),
         })
@@ -99,9 +102,9 @@ impl TokenEndpoint {
         self
     }
 
-    /// How the client authenticates. Default [`ClientAuth::Basic`] when a secret is
-    /// set, a public client otherwise.
-    pub fn auth_method(mut self, auth: ClientAuth) -> Self {
+    /// How the client authenticates. Default [`TokenEndpointAuth::Basic`] when a
+    /// secret is set, a public client otherwise.
+    pub fn auth_method(mut self, auth: TokenEndpointAuth) -> Self {
         self.auth = auth;
         self
     }
@@ -179,11 +182,11 @@ impl TokenEndpoint {
         let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
         let mut basic = None;
         match (self.auth, &self.client_id, secret) {
-            (ClientAuth::Basic, Some(id), Some(secret)) => {
+            (TokenEndpointAuth::Basic, Some(id), Some(secret)) => {
                 // RFC 6749 §2.3.1: form-encode both before Basic encoding.
                 basic = Some(basic_header(&form_encode(id), &form_encode(secret)));
             }
-            (ClientAuth::Post, Some(id), secret) => {
+            (TokenEndpointAuth::Post, Some(id), secret) => {
                 fields.push(("client_id", id));
                 if let Some(secret) = secret {
                     fields.push(("client_secret", secret));

@@ -29,7 +29,7 @@ pub use authorizer::{
 pub use cache::{
     RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
 };
-pub use endpoint::{ClientAuth, TokenEndpoint};
+pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
 pub use layer::{Authorize, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture};
 pub use source::TokenSource;
 pub use store::{MemoryStore, StoredToken, TokenStore};

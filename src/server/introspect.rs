@@ -33,10 +33,15 @@ pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 /// The default number of cached refusals (kept apart from the accepted answers).
 pub const DEFAULT_MAX_REFUSALS: usize = 1_000;
 
-/// How the resource server authenticates to the introspection endpoint.
+/// How the resource server authenticates to the introspection endpoint (RFC 7662 §2.1:
+/// the `introspection_endpoint_auth_method`).
+///
+/// Not to be confused with the client side's
+/// [`TokenEndpointAuth`](crate::client::TokenEndpointAuth), how a client authenticates
+/// to the token endpoint; both can be imported side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ClientAuth {
+pub enum IntrospectionAuth {
     /// HTTP Basic with the client id and secret (`client_secret_basic`, the default).
     Basic,
     /// `client_id` and `client_secret` in the form body (`client_secret_post`).
@@ -66,11 +71,12 @@ pub enum ClientAuth {
 /// own serde type).
 ///
 /// ```no_run
-/// use tower_bearer::server::{Claims, Introspection, RequireBearerLayer};
+/// use tower_bearer::server::{Claims, Introspection, IntrospectionAuth, RequireBearerLayer};
 ///
 /// # fn run() -> Result<(), tower_bearer::Error> {
 /// let validator = Introspection::<Claims>::new("https://idp.example.com/oauth/introspect")?
 ///     .client("my-api", "s3cret")
+///     .client_auth(IntrospectionAuth::Basic)
 ///     .issuer("https://idp.example.com")
 ///     .audience("https://api.example.com/items")
 ///     .require_scopes(["items:read"]);
@@ -86,7 +92,7 @@ struct Config {
     endpoint: Uri,
     client_id: String,
     client_secret: Option<SecretString>,
-    auth: ClientAuth,
+    auth: IntrospectionAuth,
     http: HttpClient,
     ttl: Duration,
     negative_ttl: Duration,
@@ -198,7 +204,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             endpoint,
             client_id: String::new(),
             client_secret: None,
-            auth: ClientAuth::Basic,
+            auth: IntrospectionAuth::Basic,
             http: HttpClient::new(),
             ttl: DEFAULT_TTL,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
@@ -245,8 +251,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         })
     }
 
-    /// How the credentials are sent (default [`ClientAuth::Basic`]).
-    pub fn client_auth(self, auth: ClientAuth) -> Self {
+    /// How the credentials are sent (default [`IntrospectionAuth::Basic`]).
+    pub fn client_auth(self, auth: IntrospectionAuth) -> Self {
         self.config(|c| c.auth = auth)
     }
 
@@ -434,7 +440,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
         match (config.auth, secret) {
-            (ClientAuth::Basic, Some(secret)) => {
+            (IntrospectionAuth::Basic, Some(secret)) => {
                 // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
                 let pair = format!("{}:{}", form_encode(&config.client_id), form_encode(secret));
                 let value = format!(
