@@ -420,7 +420,10 @@ impl<S: TokenSource> Refreshing<S> {
             // this lock): either it sees the old generation, and any token it makes
             // after this is older than the set one or finds the generation moved; or
             // it sees the new one, and the set token as the one to refresh from.
-            let mut failure = shared.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut failure = shared
+                .failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             shared.generation.fetch_add(1, Ordering::AcqRel);
             let token = token.with_lineage(Lineage::next());
             shared
