@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tower_bearer::client::source::DeviceCode;
 use tower_bearer::client::{FileStore, TokenEndpoint, TokenStore};
-use tower_bearer::{Error, ExposeSecret, SecretString, Token};
+use tower_bearer::{Endpoint, Error, ExposeSecret, SecretString, Token};
 
 /// Log in once and print the tokens for a shell profile.
 #[derive(Parser)]
@@ -176,8 +176,10 @@ fn explain(e: &Error, args: &Args) -> Failure {
             "wrong user name or password for {} at {url} (invalid_grant)",
             args.user
         ),
-        Error::Transport(_) => format!("cannot reach the token endpoint {url}: {e}"),
-        Error::Timeout(_) => format!("{url}: {e}"),
+        Error::Transport(Endpoint::Token, why) => {
+            format!("cannot reach the token endpoint {url}: {why}")
+        }
+        Error::Timeout(Endpoint::Token, _) => format!("{url}: {e}"),
         Error::AccessDenied(_) => "the login was declined".into(),
         _ => e.to_string(),
     };

@@ -92,7 +92,7 @@ pub use client::{AuthorizeLayer, Authorizer, Refreshing};
 ))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-pub use error::{BoxError, EndpointError, Error, SharedError};
+pub use error::{BoxError, Endpoint, EndpointError, Error, SharedError};
 pub use token::{Lineage, Token};
 
 /// The [`secrecy`](https://docs.rs/secrecy) trait and type of [`Token::access_token`]

@@ -146,12 +146,12 @@ async fn failures_are_typed_and_backoff_is_honoured() {
             |e| e.oauth_code() == Some("temporarily_unavailable"),
         ),
         (Mode::Delay(Duration::from_secs(120)), |e| {
-            matches!(e, Error::Timeout(_))
+            matches!(e, Error::Timeout(..))
         }),
-        (Mode::BadJson, |e| matches!(e, Error::InvalidResponse(_))),
+        (Mode::BadJson, |e| matches!(e, Error::InvalidResponse(..))),
         (
             Mode::WrongType,
-            |e| matches!(e, Error::InvalidResponse(m) if m.contains("mac")),
+            |e| matches!(e, Error::InvalidResponse(_, m) if m.contains("mac")),
         ),
     ];
     for (mode, expected) in cases {

@@ -371,3 +371,56 @@ fn no_flight_is_left_behind() {
     .unwrap_or_else(|_| panic!("flights left behind: {:?}", validator.stats()));
     assert_eq!(validator.stats().accepted, 300);
 }
+
+/// What tracing prints on this thread, captured.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A failing introspection endpoint is named as such in the log (and the `503`),
+/// never as a "token endpoint".
+#[tokio::test]
+async fn failures_name_the_introspection_endpoint() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = setup(|v| v).await;
+    s.endpoint.down.store(true, Ordering::SeqCst);
+    let rejection = s.validator.validate("good").await.unwrap_err();
+    assert!(
+        rejection.to_string().contains("introspection endpoint"),
+        "{rejection}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unreachable = Introspection::<Claims>::new(&format!("http://{closed}/introspect"))
+        .unwrap()
+        .client("my-api", "s3cret");
+    unreachable.validate("good").await.unwrap_err();
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("invalid introspection endpoint response: HTTP 502"),
+        "{text}"
+    );
+    assert!(
+        text.contains("introspection endpoint unreachable: "),
+        "{text}"
+    );
+    assert!(!text.contains("token endpoint"), "{text}");
+}

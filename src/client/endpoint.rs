@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::authorizer::basic_header;
 use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 use crate::transport::{check_url, parse_url, HttpClient};
-use crate::{EndpointError, Error, Token};
+use crate::{Endpoint, EndpointError, Error, Token};
 
 /// How this client authenticates to the token endpoint (RFC 6749 §2.3: the
 /// `token_endpoint_auth_method` of its registration).
@@ -56,6 +56,9 @@ pub struct TokenEndpoint {
     auth: TokenEndpointAuth,
     params: Vec<(String, String)>,
     http: HttpClient,
+    /// What this endpoint is, for errors: the token endpoint, or another endpoint of
+    /// the same provider made with `with_url`.
+    kind: Endpoint,
 }
 
 impl TokenEndpoint {
@@ -87,6 +90,7 @@ impl TokenEndpoint {
             auth: TokenEndpointAuth::Basic,
             params: Vec::new(),
             http: HttpClient::new(),
+            kind: Endpoint::Token,
         })
     }
 
@@ -124,13 +128,14 @@ impl TokenEndpoint {
     /// The same client registration at another endpoint of the same provider (the
     /// device authorization endpoint). `http://` to a remote host is accepted only
     /// when this endpoint was made with [`TokenEndpoint::insecure_http`] for one.
-    pub(crate) fn with_url(&self, url: &str) -> Result<Self, Error> {
+    pub(crate) fn with_url(&self, url: &str, kind: Endpoint) -> Result<Self, Error> {
         let url = parse_url(url)?;
         // This endpoint fails the strict check only if it was built with insecure_http.
         let opted_in = check_url(&self.url, false).is_err();
         check_url(&url, opted_in)?;
         Ok(TokenEndpoint {
             url,
+            kind,
             ..self.clone()
         })
     }
@@ -212,8 +217,8 @@ impl TokenEndpoint {
         if let Some(basic) = basic {
             req.headers_mut().insert(AUTHORIZATION, basic);
         }
-        let res = self.http.send(req).await?;
-        tracing::debug!(status = res.status().as_u16(), url = %self.url, "token endpoint answered");
+        let res = self.http.send(self.kind, req).await?;
+        tracing::debug!(status = res.status().as_u16(), url = %self.url, endpoint = %self.kind, "answered");
         Ok(res)
     }
 }
@@ -344,26 +349,32 @@ pub(crate) fn parse_token_response(
         _ if !status.is_success() => return Err(endpoint_error(status, headers, None)),
         Some(_) => unreachable!("a success was matched above"),
         None => {
-            return Err(Error::InvalidResponse(format!(
-                "HTTP {} with a body that is not a JSON object",
-                status.as_u16()
-            )))
+            return Err(Error::InvalidResponse(
+                Endpoint::Token,
+                format!(
+                    "HTTP {} with a body that is not a JSON object",
+                    status.as_u16()
+                ),
+            ))
         }
     };
-    let access = answer
-        .access_token
-        .ok_or_else(|| Error::InvalidResponse("no access_token in the answer".into()))?;
-    let token_type = answer
-        .token_type
-        .ok_or_else(|| Error::InvalidResponse("no token_type in the answer".into()))?;
+    let access = answer.access_token.ok_or_else(|| {
+        Error::InvalidResponse(Endpoint::Token, "no access_token in the answer".into())
+    })?;
+    let token_type = answer.token_type.ok_or_else(|| {
+        Error::InvalidResponse(Endpoint::Token, "no token_type in the answer".into())
+    })?;
     if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(Error::InvalidResponse(format!(
-            "token_type {:?} is not bearer",
-            truncate(token_type, 32)
-        )));
+        return Err(Error::InvalidResponse(
+            Endpoint::Token,
+            format!("token_type {:?} is not bearer", truncate(token_type, 32)),
+        ));
     }
     let mut token = Token::bearer(access).map_err(|_| {
-        Error::InvalidResponse("access_token is empty or not a valid header value".into())
+        Error::InvalidResponse(
+            Endpoint::Token,
+            "access_token is empty or not a valid header value".into(),
+        )
     })?;
     token.set_token_type(token_type);
     if let Some(lifetime) = answer.expires_in {
@@ -392,6 +403,7 @@ fn parse_expires_in(value: &serde_json::Value) -> Result<Duration, Error> {
         }
         Some(s) if s.is_infinite() && s > 0.0 => Ok(Duration::MAX),
         _ => Err(Error::InvalidResponse(
+            Endpoint::Token,
             "expires_in must be a positive number of seconds".into(),
         )),
     }
@@ -456,7 +468,10 @@ mod tests {
         ];
         for (status, body) in cases {
             assert!(
-                matches!(parse(status, body), Err(Error::InvalidResponse(_))),
+                matches!(
+                    parse(status, body),
+                    Err(Error::InvalidResponse(Endpoint::Token, _))
+                ),
                 "{body}"
             );
         }

@@ -22,7 +22,7 @@ use super::validator::{Claims, ValidationFuture, Validator};
 use super::Rejection;
 use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
-use crate::{Error, HttpClient};
+use crate::{Endpoint, Error, HttpClient};
 
 /// The default longest time an active answer is reused (never past the token's `exp`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
@@ -466,12 +466,12 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Error::Configuration(e.to_string()))?;
-        let res = config.http.send(req).await?;
+        let res = config.http.send(Endpoint::Introspection, req).await?;
         if res.status() != StatusCode::OK {
-            return Err(Error::InvalidResponse(format!(
-                "the introspection endpoint answered HTTP {}",
-                res.status().as_u16()
-            )));
+            return Err(Error::InvalidResponse(
+                Endpoint::Introspection,
+                format!("HTTP {}", res.status().as_u16()),
+            ));
         }
         parse_answer(res.body())
     }
@@ -514,7 +514,7 @@ struct Head {
 }
 
 fn parse_answer<C: DeserializeOwned>(body: &[u8]) -> Result<Answer<C>, Error> {
-    let bad = |e: serde_json::Error| Error::InvalidResponse(format!("introspection answer: {e}"));
+    let bad = |e: serde_json::Error| Error::InvalidResponse(Endpoint::Introspection, e.to_string());
     let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
     let head: Head = serde_json::from_value(value.clone()).map_err(bad)?;
     if !head.active {

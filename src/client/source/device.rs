@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::TokenSource;
 use crate::client::endpoint::{endpoint_error, parse_token_response, ErrorAnswer};
 use crate::client::TokenEndpoint;
-use crate::{Error, Token};
+use crate::{Endpoint, Error, Token};
 
 /// The grant type of the device code polls (RFC 8628 §3.4).
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -132,7 +132,8 @@ impl DeviceCode {
         token_endpoint: TokenEndpoint,
         device_authorization_url: &str,
     ) -> Result<Self, Error> {
-        let device = token_endpoint.with_url(device_authorization_url)?;
+        let device =
+            token_endpoint.with_url(device_authorization_url, Endpoint::DeviceAuthorization)?;
         Ok(DeviceCode {
             token: token_endpoint,
             device,
@@ -261,13 +262,19 @@ impl DeviceCode {
             ));
         }
         let a = answer.ok_or_else(|| {
-            Error::InvalidResponse("the device authorization answer is not a JSON object".into())
+            Error::InvalidResponse(
+                Endpoint::DeviceAuthorization,
+                "the answer is not a JSON object".into(),
+            )
         })?;
         if a.error.error.is_some() {
             return Err(endpoint_error(res.status(), res.headers(), Some(a.error)));
         }
         let missing = |field: &str| {
-            Error::InvalidResponse(format!("no {field} in the device authorization answer"))
+            Error::InvalidResponse(
+                Endpoint::DeviceAuthorization,
+                format!("no {field} in the answer"),
+            )
         };
         let device_code = a
             .device_code
