@@ -34,6 +34,8 @@ struct Endpoint {
     /// Tokens whose `exp` is this many seconds from now (default 600).
     exp_in: Mutex<i64>,
     gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+    /// Tokens revoked at the provider: answered `active: false`.
+    revoked: Mutex<std::collections::HashSet<String>>,
 }
 
 async fn introspect(
@@ -59,7 +61,10 @@ async fn introspect(
     *e.last_auth.lock().unwrap() = (basic, posted);
     let exp = now_plus(*e.exp_in.lock().unwrap());
     let iss = "https://idp.example";
-    let answer = match form.get("token").map(String::as_str) {
+    let token = form.get("token").map(String::as_str);
+    let revoked = token.is_some_and(|t| e.revoked.lock().unwrap().contains(t));
+    let answer = match token {
+        _ if revoked => json!({"active": false}),
         Some("good") => json!({
             "active": true, "sub": "alice", "scope": "read write", "exp": exp,
             "iss": iss, "aud": ["my-api", "billing-api"],
@@ -156,8 +161,8 @@ async fn an_active_token_is_asked_once_then_served_from_the_cache() {
     let (basic, posted) = s.endpoint.last_auth.lock().unwrap().clone();
     assert_eq!(basic.as_deref(), Some("Basic bXktYXBpOnMzY3JldCUzQSUyNg=="));
     assert_eq!(posted, None);
-    // Past the TTL (5 min) the endpoint is asked again.
-    skip(301).await;
+    // Past the TTL (30 s) the endpoint is asked again.
+    skip(31).await;
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
     assert_eq!(s.calls(), 2);
 }
@@ -165,13 +170,13 @@ async fn an_active_token_is_asked_once_then_served_from_the_cache() {
 #[tokio::test]
 async fn a_cached_answer_is_never_served_past_the_tokens_exp() {
     let s = setup(|v| v).await;
-    *s.endpoint.exp_in.lock().unwrap() = 40;
+    *s.endpoint.exp_in.lock().unwrap() = 20;
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
     assert_eq!(s.calls(), 1);
-    skip(41).await;
+    skip(21).await;
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
-    assert_eq!(s.calls(), 2, "exp (40 s) came before the TTL (5 min)");
+    assert_eq!(s.calls(), 2, "exp (20 s) came before the TTL (30 s)");
 }
 
 #[tokio::test]
@@ -423,4 +428,38 @@ async fn failures_name_the_introspection_endpoint() {
         "{text}"
     );
     assert!(!text.contains("token endpoint"), "{text}");
+}
+
+/// With the default settings a token revoked at the provider is refused within
+/// 30 s (the TTL of an accepted answer), and no sooner: the cache's staleness is
+/// the documented price of one call per token per TTL.
+#[tokio::test]
+async fn a_revoked_token_is_refused_within_the_default_ttl_of_30_s() {
+    assert_eq!(
+        tower_bearer::server::introspect::DEFAULT_TTL,
+        Duration::from_secs(30)
+    );
+    let s = setup(|v| v).await;
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
+    s.endpoint.revoked.lock().unwrap().insert("good".into());
+    skip(29).await;
+    assert_eq!(
+        send(s.api, "/me", Some("good")).await.status,
+        200,
+        "the cached answer, until the TTL ends"
+    );
+    assert_eq!(s.calls(), 1);
+    skip(2).await;
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 401);
+    assert_eq!(s.calls(), 2);
+}
+
+/// A TTL of zero asks the endpoint on every request: a revocation counts at once.
+#[tokio::test]
+async fn a_zero_ttl_sees_a_revocation_at_once() {
+    let s = setup(|v| v.ttl(Duration::ZERO)).await;
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
+    s.endpoint.revoked.lock().unwrap().insert("good".into());
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 401);
+    assert_eq!(s.calls(), 2);
 }

@@ -24,8 +24,9 @@ use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
 use crate::{Endpoint, Error, HttpClient};
 
-/// The default longest time an active answer is reused (never past the token's `exp`).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
+/// The default longest time an active answer is reused (never past the token's `exp`):
+/// also how long a token revoked at the provider may still be accepted.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The default time an `active: false` answer is reused.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// The default number of cached accepted answers.
@@ -50,6 +51,12 @@ pub enum IntrospectionAuth {
 
 /// Validates opaque tokens by asking the authorization server (RFC 7662).
 ///
+/// **Revocation takes up to [`ttl`](Self::ttl), 30 s by default.** An accepted
+/// answer is cached: a token revoked at the provider is still accepted until its
+/// cached answer ends. Shorten the TTL (`ttl(Duration::ZERO)` asks on every
+/// request), or refuse revoked tokens at once with a denylist
+/// (`RedisDenylist::guard`, feature `redis`); lengthen it to spare the provider.
+///
 /// - The token is POSTed with the resource server's client credentials;
 ///   `active: false` is an invalid token, a failing endpoint `503`.
 /// - An active token must also be for this resource server when
@@ -58,7 +65,7 @@ pub enum IntrospectionAuth {
 ///   issuers, else `401 invalid_token`. An authorization server serves many resource
 ///   servers, and without them a token it issued for another one is accepted here.
 /// - Answers are cached by the SHA-256 of the token: accepted ones until the
-///   token's `exp` or the TTL (default 5 min), whichever comes first, at most
+///   token's `exp` or the TTL (default 30 s), whichever comes first, at most
 ///   [`max_entries`](Self::max_entries); refusals in a separate, smaller cache
 ///   ([`max_refusals`](Self::max_refusals)), inactive tokens briefly (default 10 s),
 ///   so a flood of one bad token is one call and a flood of many bad tokens cannot
@@ -261,7 +268,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         self.config(|c| c.http = http)
     }
 
-    /// The longest time an active answer is reused (default 5 min; never past `exp`).
+    /// The longest time an active answer is reused (default 30 s; never past `exp`),
+    /// and so the longest a token revoked at the provider is still accepted. Zero asks
+    /// the endpoint on every request.
     pub fn ttl(self, ttl: Duration) -> Self {
         self.config(|c| c.ttl = ttl)
     }
