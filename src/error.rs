@@ -131,6 +131,48 @@ impl Error {
         }
     }
 
+    /// The authorizer's error in `err`'s chain, if there is one: `err` itself, an
+    /// [`AuthorizeError`](crate::client::AuthorizeError) that holds one, or a source of
+    /// either. For a boxed [`AuthorizeError`](crate::client::AuthorizeError) and for a
+    /// tonic `Status` from a client behind [`AuthorizeLayer`](crate::AuthorizeLayer)
+    /// (the error is its source).
+    ///
+    /// ```
+    /// use tower_bearer::client::AuthorizeError;
+    /// use tower_bearer::{BoxError, Error};
+    ///
+    /// let boxed: BoxError = AuthorizeError::Credential(Error::NoToken("none".into())).into();
+    /// assert!(matches!(Error::find(&*boxed), Some(Error::NoToken(_))));
+    /// ```
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<Error>() {
+                return Some(found);
+            }
+            if let Some(found) = e
+                .downcast_ref::<crate::client::AuthorizeError>()
+                .and_then(crate::client::AuthorizeError::credential_error)
+            {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    /// The authorizer's error in an error of a reqwest-middleware client with
+    /// [`AuthorizeMiddleware`](crate::client::AuthorizeMiddleware) (feature `reqwest`),
+    /// if the request failed for want of a credential.
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn find_in_reqwest(err: &reqwest_middleware::Error) -> Option<&Error> {
+        match err {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref::<Error>(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn transport(endpoint: Endpoint, e: BoxError) -> Self {
         Error::Transport(endpoint, SharedError(Arc::from(e)))
     }

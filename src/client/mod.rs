@@ -30,7 +30,9 @@ pub use cache::{
     RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
 };
 pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
-pub use layer::{Authorize, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture};
+pub use layer::{
+    Authorize, AuthorizeError, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture,
+};
 pub use source::TokenSource;
 pub use store::{MemoryStore, StoredToken, TokenStore};
 pub use store_file::FileStore;
