@@ -77,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             v.leeway(leeway)
         })
-        .try_build()?;
+        .build()?;
     // Fail at start-up, not at the first request, when the keys cannot be found.
     validator.load().await?;
     println!("keys: {}", validator.key_ids().join(", "));

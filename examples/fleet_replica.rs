@@ -30,7 +30,7 @@ use clap::Parser;
 use http_body_util::Full;
 use tokio::io::AsyncReadExt;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
+use tower_bearer::client::{AuthorizeError, AuthorizeLayer, Refreshing, TokenEndpoint};
 use tower_bearer::redis::RedisStore;
 
 #[derive(Parser)]
@@ -140,15 +140,15 @@ impl Counters {
 /// The kind of a failed request, one word for the status line.
 fn error_kind(e: &(dyn std::error::Error + 'static)) -> String {
     use tower_bearer::Error;
-    let Some(e) = e.downcast_ref::<Error>() else {
+    let Some(e) = Error::find(e) else {
         return "other".into();
     };
     match e {
         Error::InvalidGrant(_) => "invalid_grant",
         Error::Store(_) => "store",
         Error::Superseded(_) => "superseded",
-        Error::Transport(_) => "transport",
-        Error::Timeout(_) => "timeout",
+        Error::Transport(..) => "transport",
+        Error::Timeout(..) => "timeout",
         Error::TokenEndpoint(_) => "token_endpoint",
         Error::NoToken(_) => "no_token",
         Error::Aborted(_) => "aborted",
@@ -204,7 +204,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     .body(Full::default());
                 let res = match req {
                     Ok(req) => client.clone().oneshot(req).await,
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(AuthorizeError::Service(e.into())),
                 };
                 match res {
                     Ok(res) if res.status().is_success() => counters.success(),
@@ -214,7 +214,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     }
                     Err(e) => {
                         eprintln!("request failed: {e}");
-                        counters.failure(error_kind(e.as_ref()));
+                        counters.failure(error_kind(&e));
                     }
                 }
                 tokio::time::sleep(pause).await;

@@ -17,10 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use secrecy::{ExposeSecret, SecretString};
 use tower_bearer::client::source::DeviceCode;
 use tower_bearer::client::{FileStore, TokenEndpoint, TokenStore};
-use tower_bearer::{Error, Token};
+use tower_bearer::{Endpoint, Error, ExposeSecret, SecretString, Token};
 
 /// Log in once and print the tokens for a shell profile.
 #[derive(Parser)]
@@ -177,8 +176,10 @@ fn explain(e: &Error, args: &Args) -> Failure {
             "wrong user name or password for {} at {url} (invalid_grant)",
             args.user
         ),
-        Error::Transport(_) => format!("cannot reach the token endpoint {url}: {e}"),
-        Error::Timeout(_) => format!("{url}: {e}"),
+        Error::Transport(Endpoint::Token, why) => {
+            format!("cannot reach the token endpoint {url}: {why}")
+        }
+        Error::Timeout(Endpoint::Token, _) => format!("{url}: {e}"),
         Error::AccessDenied(_) => "the login was declined".into(),
         _ => e.to_string(),
     };
@@ -207,12 +208,9 @@ fn quote(s: &str) -> String {
 fn print_exports(token: &Token, prefix: &str) {
     println!(
         "export {prefix}_ACCESS_TOKEN={}",
-        quote(token.access_token().expose_secret())
+        quote(token.expose_access_token())
     );
-    if let Some(rt) = token.refresh_token() {
-        println!(
-            "export {prefix}_REFRESH_TOKEN={}",
-            quote(rt.expose_secret())
-        );
+    if let Some(rt) = token.expose_refresh_token() {
+        println!("export {prefix}_REFRESH_TOKEN={}", quote(rt));
     }
 }

@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Server: every call needs a valid token with the scope `read`.
     let validator = JwksValidator::<Claims>::discover(idp.issuer())?
         .rules(|v| v.audience("api"))
-        .build();
+        .build()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener);

@@ -16,16 +16,21 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Match on the variant to decide what to do: [`Error::InvalidGrant`] means a person
 /// (or an operator) must log in again; [`Error::Transport`], [`Error::Timeout`] and
-/// most [`Error::TokenEndpoint`] answers are worth retrying later.
+/// most [`Error::TokenEndpoint`] answers are worth retrying later. Failures to reach
+/// or read an endpoint name it ([`Error::endpoint`]): the client's token endpoint, or
+/// the JWKS, discovery and introspection endpoints of the server side.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The token endpoint could not be reached: connection refused or reset, TLS, DNS.
-    #[error("token endpoint unreachable: {0}")]
-    Transport(#[source] SharedError),
-    /// The token endpoint did not answer within the configured timeout.
-    #[error("token endpoint did not answer within {0:?}")]
-    Timeout(Duration),
+    /// An endpoint of the identity provider (named by the [`Endpoint`]: the token
+    /// endpoint, a JWKS, the discovery document, the introspection endpoint) could not
+    /// be reached: connection refused or reset, TLS, DNS.
+    #[error("{0} unreachable: {1}")]
+    Transport(Endpoint, #[source] SharedError),
+    /// An endpoint of the identity provider did not answer within the configured
+    /// timeout.
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(Endpoint, Duration),
     /// The token endpoint answered with an error (RFC 6749 §5.2), other than `invalid_grant`.
     #[error("token endpoint refused the request: {0}")]
     TokenEndpoint(Box<EndpointError>),
@@ -34,10 +39,13 @@ pub enum Error {
     /// retrying cannot help.
     #[error("the refresh token or credentials are no longer valid; log in again ({0})")]
     InvalidGrant(Box<EndpointError>),
-    /// The token endpoint answered something this crate cannot use (not JSON, no
-    /// `access_token`, a `token_type` other than bearer, a body over the size cap).
-    #[error("invalid token endpoint response: {0}")]
-    InvalidResponse(String),
+    /// An endpoint of the identity provider answered something this crate cannot use:
+    /// from the token endpoint not JSON, no `access_token`, a `token_type` other than
+    /// bearer; a JWKS with no usable key, a discovery document for another issuer, an
+    /// introspection answer that does not parse; an unexpected status; a body over
+    /// the size cap.
+    #[error("invalid {0} response: {1}")]
+    InvalidResponse(Endpoint, String),
     /// The client is configured in a way that cannot work (bad URL, credentials
     /// over plain `http://` to a remote host, a header value that is not valid).
     #[error("configuration error: {0}")]
@@ -80,8 +88,8 @@ impl Error {
     /// server-side `5xx` answers and `429`).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transport(_)
-            | Error::Timeout(_)
+            Error::Transport(..)
+            | Error::Timeout(..)
             | Error::Aborted(_)
             | Error::Store(_)
             | Error::Superseded(_) => true,
@@ -112,8 +120,90 @@ impl Error {
         }
     }
 
-    pub(crate) fn transport(e: BoxError) -> Self {
-        Error::Transport(SharedError(Arc::from(e)))
+    /// The endpoint that could not be reached or answered something unusable
+    /// ([`Error::Transport`], [`Error::Timeout`], [`Error::InvalidResponse`]).
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        match self {
+            Error::Transport(endpoint, _)
+            | Error::Timeout(endpoint, _)
+            | Error::InvalidResponse(endpoint, _) => Some(*endpoint),
+            _ => None,
+        }
+    }
+
+    /// The authorizer's error in `err`'s chain, if there is one: `err` itself, an
+    /// [`AuthorizeError`](crate::client::AuthorizeError) that holds one, or a source of
+    /// either. For a boxed [`AuthorizeError`](crate::client::AuthorizeError) and for a
+    /// tonic `Status` from a client behind [`AuthorizeLayer`](crate::AuthorizeLayer)
+    /// (the error is its source).
+    ///
+    /// ```
+    /// use tower_bearer::client::AuthorizeError;
+    /// use tower_bearer::{BoxError, Error};
+    ///
+    /// let boxed: BoxError = AuthorizeError::Credential(Error::NoToken("none".into())).into();
+    /// assert!(matches!(Error::find(&*boxed), Some(Error::NoToken(_))));
+    /// ```
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<Error>() {
+                return Some(found);
+            }
+            if let Some(found) = e
+                .downcast_ref::<crate::client::AuthorizeError>()
+                .and_then(crate::client::AuthorizeError::credential_error)
+            {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    /// The authorizer's error in an error of a reqwest-middleware client with
+    /// [`AuthorizeMiddleware`](crate::client::AuthorizeMiddleware) (feature `reqwest`),
+    /// if the request failed for want of a credential.
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn find_in_reqwest(err: &reqwest_middleware::Error) -> Option<&Error> {
+        match err {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref::<Error>(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn transport(endpoint: Endpoint, e: BoxError) -> Self {
+        Error::Transport(endpoint, SharedError(Arc::from(e)))
+    }
+}
+
+/// Which endpoint of the identity provider an [`Error`] is about: its message names it
+/// ("JWKS endpoint unreachable: …").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// The token endpoint (RFC 6749 §3.2).
+    Token,
+    /// The device authorization endpoint (RFC 8628 §3.1).
+    DeviceAuthorization,
+    /// The JWKS URL the validator takes its keys from.
+    Jwks,
+    /// The OpenID Connect discovery document (`/.well-known/openid-configuration`).
+    Discovery,
+    /// The token introspection endpoint (RFC 7662).
+    Introspection,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Endpoint::Token => "token endpoint",
+            Endpoint::DeviceAuthorization => "device authorization endpoint",
+            Endpoint::Jwks => "JWKS endpoint",
+            Endpoint::Discovery => "discovery document",
+            Endpoint::Introspection => "introspection endpoint",
+        })
     }
 }
 

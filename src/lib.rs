@@ -10,7 +10,6 @@
 //! # Client quick start
 //!
 //! ```no_run
-//! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
 //!
@@ -18,9 +17,8 @@
 //! let endpoint = TokenEndpoint::new("https://idp.example.com/oauth/token")?
 //!     .client_id("my-service")
 //!     .client_secret("s3cret");
-//! let authorizer = Refreshing::builder(endpoint.client_credentials().scope("read"))
-//!     .refresh_before(Duration::from_secs(60))
-//!     .build();
+//! // Refreshed 60 s before expiry (in the last tenth of a short token's life).
+//! let authorizer = Refreshing::new(endpoint.client_credentials().scope("read"));
 //! let layer = AuthorizeLayer::new(authorizer);
 //! // let client = ServiceBuilder::new().layer(layer).service(hyper_util_client);
 //! # let _ = ServiceBuilder::new().layer(layer);
@@ -94,6 +92,11 @@ pub use client::{AuthorizeLayer, Authorizer, Refreshing};
 ))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-pub use error::{BoxError, EndpointError, Error, SharedError};
+pub use error::{BoxError, Endpoint, EndpointError, Error, SharedError};
 pub use token::{Lineage, Token};
+
+/// The [`secrecy`](https://docs.rs/secrecy) trait and type of [`Token::access_token`]
+/// and [`Token::refresh_token`], re-exported so that reading a secret needs no
+/// dependency of your own (or use [`Token::expose_access_token`]).
+pub use secrecy::{ExposeSecret, SecretString};
 pub use transport::HttpClient;

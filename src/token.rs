@@ -80,14 +80,43 @@ impl Token {
         self
     }
 
-    /// The access token. Read it with [`ExposeSecret::expose_secret`].
+    /// The access token, as a secret: read it with [`expose_access_token`]
+    /// (or [`ExposeSecret::expose_secret`], re-exported as
+    /// [`tower_bearer::ExposeSecret`](crate::ExposeSecret)).
+    ///
+    /// [`expose_access_token`]: Token::expose_access_token
     pub fn access_token(&self) -> &SecretString {
         &self.access
     }
 
-    /// The refresh token, when the token endpoint issued one.
+    /// The access token as text, to hand to something that is not an HTTP request
+    /// (a command-line tool prints it; requests get [`authorization`]). Never log it.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), tower_bearer::Error> {
+    /// let token = tower_bearer::Token::bearer("eyJ0.e30.sig")?.with_refresh_token("8xL");
+    /// assert_eq!(token.expose_access_token(), "eyJ0.e30.sig");
+    /// assert_eq!(token.expose_refresh_token(), Some("8xL"));
+    /// // The same through the re-exported trait, without a `secrecy` dependency:
+    /// use tower_bearer::ExposeSecret;
+    /// assert_eq!(token.access_token().expose_secret(), "eyJ0.e30.sig");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`authorization`]: Token::authorization
+    pub fn expose_access_token(&self) -> &str {
+        self.access.expose_secret()
+    }
+
+    /// The refresh token, when the token endpoint issued one, as a secret: read it
+    /// with [`expose_refresh_token`](Token::expose_refresh_token).
     pub fn refresh_token(&self) -> Option<&SecretString> {
         self.refresh.as_ref()
+    }
+
+    /// The refresh token as text, when the token endpoint issued one. Never log it.
+    pub fn expose_refresh_token(&self) -> Option<&str> {
+        self.refresh.as_ref().map(|r| r.expose_secret())
     }
 
     /// The token type as the endpoint sent it (always a spelling of `Bearer`).

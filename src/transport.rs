@@ -12,7 +12,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use crate::{BoxError, Error};
+use crate::{BoxError, Endpoint, Error};
 
 type Inner =
     BoxCloneSyncService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>;
@@ -104,13 +104,18 @@ impl HttpClient {
         self
     }
 
-    /// Sends `req` and reads the whole response body, within the timeout and cap.
+    /// Sends `req` to `endpoint` and reads the whole response body, within the timeout
+    /// and cap. Errors name `endpoint`.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the exchange takes longer than the timeout,
     /// [`Error::Transport`] when the service fails, [`Error::InvalidResponse`] when the
     /// body is over the cap or breaks off.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, Error> {
+    pub async fn send(
+        &self,
+        endpoint: Endpoint,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, Error> {
         #[cfg(not(feature = "rustls"))]
         if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
             return Err(Error::Configuration(
@@ -125,9 +130,13 @@ impl HttpClient {
                 .clone()
                 .oneshot(req)
                 .await
-                .map_err(Error::transport)?;
-            let too_big =
-                || Error::InvalidResponse(format!("response body is larger than {max} bytes"));
+                .map_err(|e| Error::transport(endpoint, e))?;
+            let too_big = || {
+                Error::InvalidResponse(
+                    endpoint,
+                    format!("response body is larger than {max} bytes"),
+                )
+            };
             if let Some(len) = res.body().size_hint().exact() {
                 if len > max as u64 {
                     return Err(too_big());
@@ -136,7 +145,7 @@ impl HttpClient {
             let (parts, mut body) = res.into_parts();
             let mut collected = bytes::BytesMut::new();
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(Error::transport)?;
+                let frame = frame.map_err(|e| Error::transport(endpoint, e))?;
                 if let Ok(data) = frame.into_data() {
                     if collected.len() + data.len() > max {
                         return Err(too_big());
@@ -148,7 +157,7 @@ impl HttpClient {
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(self.timeout)),
+            Err(_) => Err(Error::Timeout(endpoint, self.timeout)),
         }
     }
 }

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
-use tower_bearer::client::{ApiKey, AuthorizeLayer, Refreshing, StaticToken, TokenEndpoint};
+use tower_bearer::client::{
+    ApiKey, AuthorizeError, AuthorizeLayer, Refreshing, StaticToken, TokenEndpoint,
+};
 use tower_bearer::{Error, Token};
 
 fn cache(s: &common::Servers) -> Refreshing<tower_bearer::client::source::ClientCredentials> {
@@ -196,13 +198,14 @@ where
     S: Service<
         Request<Full<Bytes>>,
         Response = Response<hyper::body::Incoming>,
-        Error = tower::BoxError,
+        Error = AuthorizeError,
     >,
 {
     let svc = client.ready().await.unwrap();
     match svc.call(get(&s.api_url())).await {
         Ok(res) => Ok(res.status()),
-        Err(e) => Err(*e.downcast::<Error>().expect("an authorizer error")),
+        Err(AuthorizeError::Credential(e)) => Err(e),
+        Err(e) => panic!("not an authorizer error: {e:?}"),
     }
 }
 
@@ -239,9 +242,52 @@ async fn a_credential_failure_is_the_service_error_and_the_request_is_not_sent()
         .layer(AuthorizeLayer::new(cache(&s)))
         .service(common::http_client::<Full<Bytes>>());
     let err = client.oneshot(get(&s.api_url())).await.unwrap_err();
-    let err = err.downcast_ref::<Error>().expect("a tower_bearer::Error");
-    assert!(matches!(err, Error::TokenEndpoint(e) if e.status == 500));
+    // Typed: no downcast.
+    let AuthorizeError::Credential(ours) = &err else {
+        panic!("not an authorizer error: {err:?}")
+    };
+    assert!(matches!(ours, Error::TokenEndpoint(e) if e.status == 500));
+    assert_eq!(err.credential_error().map(Error::oauth_code), Some(None));
+    assert_eq!(
+        err.to_string(),
+        ours.to_string(),
+        "its message is the cause's"
+    );
+    // Boxed, as a stack that wants a BoxError boxes it: still found.
+    let boxed: tower::BoxError = err.into();
+    assert!(matches!(
+        Error::find(&*boxed),
+        Some(Error::TokenEndpoint(e)) if e.status == 500
+    ));
     assert_eq!(s.idp.api(), 0);
+}
+
+#[tokio::test]
+async fn an_inner_service_failure_is_the_service_variant_with_its_own_error() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(StaticToken::bearer("t0ken").unwrap()))
+        .service(common::http_client::<Full<Bytes>>());
+    let err = client
+        .oneshot(get(&format!("http://{closed}/api")))
+        .await
+        .unwrap_err();
+    assert!(err.credential_error().is_none(), "{err:?}");
+    assert!(
+        err.service_error()
+            .is_some_and(|e| e.is::<hyper_util::client::legacy::Error>()),
+        "{err:?}"
+    );
+    assert!(Error::find(&err).is_none());
+    // The inner error itself, to downcast as without the layer.
+    assert!(err
+        .into_inner()
+        .downcast::<hyper_util::client::legacy::Error>()
+        .is_ok());
 }
 
 type Seen = Arc<Mutex<Vec<http::HeaderMap>>>;

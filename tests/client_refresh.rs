@@ -146,12 +146,12 @@ async fn failures_are_typed_and_backoff_is_honoured() {
             |e| e.oauth_code() == Some("temporarily_unavailable"),
         ),
         (Mode::Delay(Duration::from_secs(120)), |e| {
-            matches!(e, Error::Timeout(_))
+            matches!(e, Error::Timeout(..))
         }),
-        (Mode::BadJson, |e| matches!(e, Error::InvalidResponse(_))),
+        (Mode::BadJson, |e| matches!(e, Error::InvalidResponse(..))),
         (
             Mode::WrongType,
-            |e| matches!(e, Error::InvalidResponse(m) if m.contains("mac")),
+            |e| matches!(e, Error::InvalidResponse(_, m) if m.contains("mac")),
         ),
     ];
     for (mode, expected) in cases {
@@ -492,4 +492,41 @@ async fn a_token_set_during_a_failing_refresh_wins_and_holds_nothing_back() {
             .map(String::as_str),
         Some("rt-new")
     );
+}
+
+/// Default settings, 3 s tokens, a caller every 50 ms for ten lifetimes: each token
+/// is refreshed once, ahead of its expiry (nobody waits but the first caller), and
+/// is used for most of its life: one token request per lifetime, not two.
+#[tokio::test(start_paused = true)]
+async fn a_short_token_costs_one_token_request_per_lifetime_with_defaults() {
+    let s = common::start().await;
+    s.idp.set_lifetime(Some(3));
+    let cache = Refreshing::new(endpoint(&s).client_credentials());
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        assert!(get(&cache).await.unwrap().starts_with("Bearer at-"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests = s.idp.tokens();
+    // The first token, then one refresh in the last tenth of each 3 s lifetime:
+    // 1 + 30 / 2.7 = 12.1.
+    assert!(
+        requests <= 12,
+        "{requests} token requests in ten lifetimes of 3 s"
+    );
+    assert_eq!(cache.stats().waits, 1, "every refresh ran ahead of expiry");
+    // A long-lived token is still refreshed a minute (plus jitter) ahead.
+    s.idp.set_lifetime(Some(3600));
+    let long = Refreshing::new(endpoint(&s).client_credentials());
+    get(&long).await.unwrap();
+    let before = s.idp.tokens();
+    tokio::time::advance(Duration::from_secs(3600 - 70 - 1)).await;
+    get(&long).await.unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(s.idp.tokens(), before, "fresh until 70 s before expiry");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let first = get(&long).await.unwrap();
+    until(|| now(&long).is_some_and(|c| c.unwrap() != first)).await;
+    assert_eq!(s.idp.tokens(), before + 1, "refreshed 60 s ahead of expiry");
+    assert_eq!(long.stats().waits, 1, "only the first caller waited");
 }

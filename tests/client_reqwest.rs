@@ -95,12 +95,8 @@ async fn a_credential_failure_is_a_middleware_error_holding_the_crate_error() {
         None,
     ));
     let err = client(&s).get(s.api_url()).send().await.unwrap_err();
-    let reqwest_middleware::Error::Middleware(inner) = err else {
-        panic!("expected a middleware error, got {err:?}")
-    };
-    let ours = inner
-        .downcast_ref::<tower_bearer::Error>()
-        .expect("a tower_bearer::Error");
+    assert!(matches!(err, reqwest_middleware::Error::Middleware(_)));
+    let ours = tower_bearer::Error::find_in_reqwest(&err).expect("a tower_bearer::Error");
     assert_eq!(ours.oauth_code(), Some("invalid_client"));
     assert_eq!(s.idp.api(), 0, "nothing sent without a credential");
 }

@@ -633,7 +633,8 @@ async fn headers_naming_keys_or_urls_are_never_followed() {
         .unwrap()
         .allow_insecure_http(true)
         .rules(|v| v.issuer(ISS).audience(AUD))
-        .build();
+        .build()
+        .unwrap();
     let jwks_app = app(jwks).await;
     let single_key_app = app(rs_validator()).await;
     let claims = claims_with(|_| {});

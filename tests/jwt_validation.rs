@@ -58,7 +58,8 @@ async fn me(Verified(claims): Verified<Claims>) -> String {
 async fn app(validator: JwtValidator<Claims>) -> std::net::SocketAddr {
     let admin = Router::new()
         .route("/admin", get(|| async { "admin area" }))
-        .layer(RequireScopeLayer::<Claims>::new(["admin"]).realm("test"));
+        // No realm of its own: it names the one of the RequireBearerLayer in front.
+        .layer(RequireScopeLayer::<Claims>::new(["admin"]));
     common::serve(
         Router::new()
             .route("/me", get(me))
@@ -159,4 +160,26 @@ fn an_ed25519_key_of_the_wrong_size_refuses_tokens_without_panicking() {
     // The right size but the wrong key: refused the same way.
     let v: JwtValidator<Claims> = JwtValidator::ed_der(&[7u8; 32]);
     assert!(v.check(&token).is_err());
+}
+
+#[tokio::test]
+async fn a_scope_layer_with_a_realm_of_its_own_names_it() {
+    let admin = Router::new()
+        .route("/admin", get(|| async { "admin area" }))
+        .layer(RequireScopeLayer::<Claims>::new(["admin"]).realm("admin-area"));
+    let addr = common::serve(
+        Router::new()
+            .merge(admin)
+            .layer(RequireBearerLayer::new(validator(Algorithm::HS256)).realm("test")),
+    )
+    .await;
+    let answer = get_with(addr, "/admin", &mint(Algorithm::HS256, &claims())).await;
+    assert_eq!(answer.status, 403);
+    assert!(
+        answer
+            .challenge()
+            .starts_with(r#"Bearer realm="admin-area", error="insufficient_scope""#),
+        "{}",
+        answer.challenge()
+    );
 }

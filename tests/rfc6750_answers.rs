@@ -157,10 +157,14 @@ async fn anonymous_mode_lets_requests_without_credentials_through() {
     // A bad token is still refused.
     let bad = send_raw(addr, "/hello", &[("authorization", b"Bearer nope")]).await;
     assert_eq!(bad.status, 401);
-    // A handler that needs claims answers an anonymous request with the challenge.
+    // A handler that needs claims answers an anonymous request with the challenge,
+    // in the layer's realm (gRPC too).
     let needs = send_raw(addr, "/whoami", &[]).await;
     assert_eq!(needs.status, 401);
-    assert_eq!(needs.challenge(), r#"Bearer realm="api""#);
+    assert_eq!(needs.challenge(), r#"Bearer realm="test""#);
+    let grpc = send_raw(addr, "/whoami", &[("content-type", b"application/grpc")]).await;
+    assert_eq!(grpc.headers["grpc-status"], "16");
+    assert_eq!(grpc.challenge(), r#"Bearer realm="test""#);
 }
 
 #[tokio::test]

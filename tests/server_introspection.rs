@@ -17,7 +17,7 @@ use axum::{Extension, Form, Json, Router};
 use common_server::{get as send, now_plus, serve};
 use serde_json::json;
 use tower_bearer::server::{
-    Claims, ClientAuth, Introspection, RequireBearerLayer, Validator, Verified,
+    Claims, Introspection, IntrospectionAuth, RequireBearerLayer, Validator, Verified,
 };
 
 const REALM: &str = "introspect-test";
@@ -34,6 +34,8 @@ struct Endpoint {
     /// Tokens whose `exp` is this many seconds from now (default 600).
     exp_in: Mutex<i64>,
     gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+    /// Tokens revoked at the provider: answered `active: false`.
+    revoked: Mutex<std::collections::HashSet<String>>,
 }
 
 async fn introspect(
@@ -59,7 +61,10 @@ async fn introspect(
     *e.last_auth.lock().unwrap() = (basic, posted);
     let exp = now_plus(*e.exp_in.lock().unwrap());
     let iss = "https://idp.example";
-    let answer = match form.get("token").map(String::as_str) {
+    let token = form.get("token").map(String::as_str);
+    let revoked = token.is_some_and(|t| e.revoked.lock().unwrap().contains(t));
+    let answer = match token {
+        _ if revoked => json!({"active": false}),
         Some("good") => json!({
             "active": true, "sub": "alice", "scope": "read write", "exp": exp,
             "iss": iss, "aud": ["my-api", "billing-api"],
@@ -156,8 +161,8 @@ async fn an_active_token_is_asked_once_then_served_from_the_cache() {
     let (basic, posted) = s.endpoint.last_auth.lock().unwrap().clone();
     assert_eq!(basic.as_deref(), Some("Basic bXktYXBpOnMzY3JldCUzQSUyNg=="));
     assert_eq!(posted, None);
-    // Past the TTL (5 min) the endpoint is asked again.
-    skip(301).await;
+    // Past the TTL (30 s) the endpoint is asked again.
+    skip(31).await;
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
     assert_eq!(s.calls(), 2);
 }
@@ -165,18 +170,18 @@ async fn an_active_token_is_asked_once_then_served_from_the_cache() {
 #[tokio::test]
 async fn a_cached_answer_is_never_served_past_the_tokens_exp() {
     let s = setup(|v| v).await;
-    *s.endpoint.exp_in.lock().unwrap() = 40;
+    *s.endpoint.exp_in.lock().unwrap() = 20;
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
     assert_eq!(s.calls(), 1);
-    skip(41).await;
+    skip(21).await;
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
-    assert_eq!(s.calls(), 2, "exp (40 s) came before the TTL (5 min)");
+    assert_eq!(s.calls(), 2, "exp (20 s) came before the TTL (30 s)");
 }
 
 #[tokio::test]
 async fn an_inactive_token_is_refused_and_the_refusal_cached_briefly() {
-    let s = setup(|v| v.client_auth(ClientAuth::Post)).await;
+    let s = setup(|v| v.client_auth(IntrospectionAuth::Post)).await;
     for _ in 0..3 {
         let answer = send(s.api, "/me", Some("revoked")).await;
         assert_eq!(answer.status, 401);
@@ -370,4 +375,91 @@ fn no_flight_is_left_behind() {
     })
     .unwrap_or_else(|_| panic!("flights left behind: {:?}", validator.stats()));
     assert_eq!(validator.stats().accepted, 300);
+}
+
+/// What tracing prints on this thread, captured.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A failing introspection endpoint is named as such in the log (and the `503`),
+/// never as a "token endpoint".
+#[tokio::test]
+async fn failures_name_the_introspection_endpoint() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = setup(|v| v).await;
+    s.endpoint.down.store(true, Ordering::SeqCst);
+    let rejection = s.validator.validate("good").await.unwrap_err();
+    assert!(
+        rejection.to_string().contains("introspection endpoint"),
+        "{rejection}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unreachable = Introspection::<Claims>::new(&format!("http://{closed}/introspect"))
+        .unwrap()
+        .client("my-api", "s3cret");
+    unreachable.validate("good").await.unwrap_err();
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("invalid introspection endpoint response: HTTP 502"),
+        "{text}"
+    );
+    assert!(
+        text.contains("introspection endpoint unreachable: "),
+        "{text}"
+    );
+    assert!(!text.contains("token endpoint"), "{text}");
+}
+
+/// With the default settings a token revoked at the provider is refused within
+/// 30 s (the TTL of an accepted answer), and no sooner: the cache's staleness is
+/// the documented price of one call per token per TTL.
+#[tokio::test]
+async fn a_revoked_token_is_refused_within_the_default_ttl_of_30_s() {
+    assert_eq!(
+        tower_bearer::server::introspect::DEFAULT_TTL,
+        Duration::from_secs(30)
+    );
+    let s = setup(|v| v).await;
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
+    s.endpoint.revoked.lock().unwrap().insert("good".into());
+    skip(29).await;
+    assert_eq!(
+        send(s.api, "/me", Some("good")).await.status,
+        200,
+        "the cached answer, until the TTL ends"
+    );
+    assert_eq!(s.calls(), 1);
+    skip(2).await;
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 401);
+    assert_eq!(s.calls(), 2);
+}
+
+/// A TTL of zero asks the endpoint on every request: a revocation counts at once.
+#[tokio::test]
+async fn a_zero_ttl_sees_a_revocation_at_once() {
+    let s = setup(|v| v.ttl(Duration::ZERO)).await;
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
+    s.endpoint.revoked.lock().unwrap().insert("good".into());
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 401);
+    assert_eq!(s.calls(), 2);
 }

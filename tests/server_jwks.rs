@@ -210,7 +210,8 @@ async fn discovery_then_a_rotated_key_costs_one_fetch() {
     let validator = JwksValidator::<Claims>::discover(&idp.issuer)
         .unwrap()
         .rules(|v| v.audience("api"))
-        .build();
+        .build()
+        .unwrap();
     let api = start_api(validator).await;
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
 
@@ -257,7 +258,8 @@ async fn a_thousand_concurrent_requests_with_a_new_kid_make_one_fetch() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let api = start_api(validator).await;
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
@@ -290,7 +292,8 @@ async fn a_thousand_garbage_kids_within_the_cooldown_make_one_fetch() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let api = start_api(validator).await;
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
@@ -331,7 +334,8 @@ async fn when_the_jwks_endpoint_is_down_the_last_keys_keep_working() {
     *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let api = start_api(validator).await;
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
@@ -355,7 +359,8 @@ async fn when_the_jwks_endpoint_is_down_the_last_keys_keep_working() {
     let fresh = start_api(
         JwksValidator::<Claims>::builder(&idp.jwks_url())
             .unwrap()
-            .build(),
+            .build()
+            .unwrap(),
     )
     .await;
     let answer = send(fresh.addr, "/me", Some(&t1)).await;
@@ -368,7 +373,8 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
     *idp.state.claimed_issuer.lock().unwrap() = Some("https://evil.example".into());
     let validator = JwksValidator::<Claims>::discover(&idp.issuer)
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let api = start_api(validator).await;
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
     assert_eq!(send(api.addr, "/me", Some(&t1)).await.status, 503);
@@ -398,7 +404,8 @@ async fn unusable_keys_are_skipped_and_token_headers_never_choose_the_key() {
     .await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     let api = start_api(validator).await;
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
@@ -466,7 +473,8 @@ async fn issue_13_item_8_a_key_published_12_s_after_start_up_is_accepted_at_firs
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     validator.load().await.unwrap();
     assert_eq!(idp.fetches(), 1);
     let api = start_api(validator).await;
@@ -507,7 +515,8 @@ async fn a_flood_of_unknown_kids_costs_one_fetch_and_calls_no_unchecked_token_in
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     validator.load().await.unwrap();
     let api = start_api(validator).await;
     let kid = |i: usize| unsigned(&rs256(&format!("flood-{i}")));
@@ -558,7 +567,8 @@ async fn a_bogus_kid_repeated_is_refused_without_a_refetch_within_the_cooldown()
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     validator.load().await.unwrap();
     let api = start_api(validator).await;
     let bogus = unsigned(&rs256("bogus"));
@@ -583,7 +593,8 @@ async fn a_rotation_while_the_jwks_endpoint_is_down_keeps_the_old_keys() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .build();
+        .build()
+        .unwrap();
     validator.load().await.unwrap();
     let api = start_api(validator).await;
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
@@ -612,4 +623,86 @@ async fn a_rotation_while_the_jwks_endpoint_is_down_keeps_the_old_keys() {
     assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
     assert_eq!(idp.fetches(), 4);
+}
+
+/// Every failure names what failed: the JWKS endpoint or the discovery document,
+/// never "token endpoint".
+#[tokio::test]
+async fn failures_name_the_endpoint_that_failed() {
+    use tower_bearer::Endpoint;
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let jwks = JwksValidator::<Claims>::builder(&format!("http://{closed}/jwks"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let err = jwks.load().await.unwrap_err();
+    assert_eq!(err.endpoint(), Some(Endpoint::Jwks), "{err:?}");
+    assert!(
+        err.to_string().starts_with("JWKS endpoint unreachable: "),
+        "{err}"
+    );
+    let discovery = JwksValidator::<Claims>::discover(&format!("http://{closed}"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let err = discovery.load().await.unwrap_err();
+    assert_eq!(err.endpoint(), Some(Endpoint::Discovery), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("discovery document unreachable: "),
+        "{err}"
+    );
+
+    // Answers that cannot be used.
+    let idp = Idp::start(vec![]).await;
+    let jwks = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    let err = jwks.load().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid JWKS endpoint response: the key set holds no usable signing key"
+    );
+    idp.state.down.store(true, Ordering::SeqCst);
+    let err = jwks.load().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid JWKS endpoint response: ")
+            && err.to_string().contains("answered HTTP 5"),
+        "{err}"
+    );
+    *idp.state.claimed_issuer.lock().unwrap() = Some("https://evil.example".into());
+    let discovery = JwksValidator::<Claims>::discover(&idp.issuer)
+        .unwrap()
+        .build()
+        .unwrap();
+    let err = discovery.load().await.unwrap_err();
+    assert_eq!(err.endpoint(), Some(Endpoint::Discovery), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("invalid discovery document response: the document names issuer"),
+        "{err}"
+    );
+}
+
+/// `build()` reports a bad configuration as an error; it never panics.
+#[test]
+fn build_refuses_clear_text_to_a_remote_host_without_panicking() {
+    let refused = JwksValidator::<Claims>::builder("http://idp.example.com/jwks")
+        .unwrap()
+        .build();
+    assert!(
+        matches!(refused, Err(tower_bearer::Error::Configuration(_))),
+        "{refused:?}"
+    );
+    let allowed = JwksValidator::<Claims>::builder("http://idp.example.com/jwks")
+        .unwrap()
+        .allow_insecure_http(true)
+        .build();
+    assert!(allowed.is_ok());
 }

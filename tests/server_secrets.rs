@@ -100,7 +100,8 @@ async fn no_secret_reaches_logs_answers_or_debug() {
     let jwks = JwksValidator::<Claims>::builder(&format!("http://{idp}/jwks"))
         .unwrap()
         .allow_insecure_http(true)
-        .build();
+        .build()
+        .unwrap();
     let introspection = Introspection::<Claims>::new(&format!("http://{idp}/introspect"))
         .unwrap()
         .client("api", CLIENT_SECRET);

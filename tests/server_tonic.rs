@@ -155,3 +155,31 @@ async fn a_tonic_client_with_authorize_layer_recovers_from_unauthenticated() {
         "one invalidation, one refresh"
     );
 }
+
+/// A tonic client behind `AuthorizeLayer` whose authorizer fails: the call's
+/// `Status` holds the typed error as its source, and `Error::find` gives it back.
+#[tokio::test]
+async fn a_credential_failure_reaches_the_tonic_caller_typed() {
+    use tower::Layer;
+    use tower_bearer::client::{source, AuthorizeLayer, Refreshing};
+    use tower_bearer::Error;
+
+    let addr = start().await;
+    let cache = Refreshing::new(source::from_fn(|_| async {
+        Err::<tower_bearer::Token, _>(Error::NoToken("nobody logged in".into()))
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(AuthorizeLayer::new(cache).layer(channel));
+    let status = say_hello(&mut client, hello_request("grpc"))
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("nobody logged in"), "{status:?}");
+    assert!(
+        matches!(Error::find(&status), Some(Error::NoToken(_))),
+        "{status:?}"
+    );
+}

@@ -195,3 +195,108 @@ async fn a_refused_client_is_an_endpoint_error() {
         Err(Error::Configuration(_))
     ));
 }
+
+/// `DeviceCode` alone behind `Refreshing`: the person is asked once; every later
+/// refresh uses the refresh token, and only a refused one asks again.
+#[tokio::test(start_paused = true)]
+async fn device_code_alone_logs_in_once_then_refreshes() {
+    use tower_bearer::client::Refreshing;
+    let s = common::start().await;
+    s.idp.set_lifetime(Some(60));
+    s.idp
+        .rotate
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (d, shown) = device(&s);
+    let cache = Refreshing::new(d);
+    let first = cache.token().await.unwrap();
+    assert_eq!(shown.lock().unwrap().len(), 1, "one login");
+    let mut last = first.expose_access_token().to_owned();
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let t = cache.token().await.unwrap();
+        assert_ne!(t.expose_access_token(), last, "a new token");
+        last = t.expose_access_token().to_owned();
+    }
+    assert_eq!(shown.lock().unwrap().len(), 1, "nobody was asked again");
+    assert_eq!(s.idp.device_requests.lock().unwrap().len(), 1);
+    let grants = s.idp.grants.lock().unwrap().clone();
+    assert_eq!(
+        grants,
+        [
+            "urn:ietf:params:oauth:grant-type:device_code",
+            "refresh_token",
+            "refresh_token",
+            "refresh_token"
+        ]
+    );
+
+    // The refresh token is revoked: the next refresh is refused, and logs in again.
+    s.idp.refresh.lock().unwrap().clear();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let t = cache.token().await.unwrap();
+    assert_ne!(t.expose_access_token(), last);
+    assert_eq!(
+        shown.lock().unwrap().len(),
+        2,
+        "asked again after invalid_grant"
+    );
+    assert_eq!(s.idp.device_requests.lock().unwrap().len(), 2);
+}
+
+/// A refresh that fails for another reason (the endpoint is down) is an error to
+/// retry later, not a new login.
+#[tokio::test(start_paused = true)]
+async fn device_code_does_not_log_in_again_when_the_endpoint_is_down() {
+    let s = common::start().await;
+    let (d, shown) = device(&s);
+    let token = d.fetch(None).await.unwrap();
+    assert_eq!(shown.lock().unwrap().len(), 1);
+    s.idp.set_mode(common::Mode::Fail(503, "busy", None));
+    let err = d.fetch(Some(&token)).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(shown.lock().unwrap().len(), 1, "nobody was asked");
+    assert_eq!(s.idp.device_requests.lock().unwrap().len(), 1);
+}
+
+/// In a chain that refreshes first, a refused refresh token is not presented a
+/// second time by the device login behind it.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_refused_refresh_token_is_presented_once() {
+    let s = common::start().await;
+    let (d, shown) = device(&s);
+    let endpoint = TokenEndpoint::new(&s.token_url()).unwrap().client_id("cli");
+    let chain = Chain::new().refresh_with(endpoint).login("device code", d);
+    let dead = tower_bearer::Token::bearer("old")
+        .unwrap()
+        .with_refresh_token("rt-dead");
+    let token = chain.fetch(Some(&dead)).await.unwrap();
+    assert!(token.expose_access_token().starts_with("at-"));
+    assert_eq!(shown.lock().unwrap().len(), 1);
+    assert_eq!(*s.idp.refresh_seen.lock().unwrap(), ["rt-dead"]);
+}
+
+/// `show_async`: the authorization goes to async code (a UI task here), and polling
+/// starts once it has been handed over.
+#[tokio::test(start_paused = true)]
+async fn show_async_hands_the_code_to_async_code() {
+    let s = common::start().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<DeviceAuthorization>(1);
+    let endpoint = TokenEndpoint::new(&s.token_url()).unwrap().client_id("cli");
+    let d = DeviceCode::new(endpoint, &s.device_url())
+        .unwrap()
+        .show_async(move |auth| {
+            let tx = tx.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tx.send(auth).await.unwrap();
+            }
+        });
+    let ui = tokio::spawn(async move { rx.recv().await.unwrap() });
+    script(&s, &["authorization_pending", "ok"]);
+    let start = tokio::time::Instant::now();
+    d.login().await.unwrap();
+    let auth = ui.await.unwrap();
+    assert_eq!(auth.user_code, "WDJB-MJHT");
+    // Shown after 1 s, then polled every 5 s.
+    assert_eq!(gaps(&s, start), [6, 5]);
+}

@@ -61,7 +61,8 @@ pub async fn start_with(lifetime: Duration, admins: &[&str]) -> std::io::Result<
     let validator = JwksValidator::<Claims>::discover(idp.issuer())
         .map_err(std::io::Error::other)?
         .rules(|v| v.audience("api").leeway(Duration::ZERO))
-        .build();
+        .build()
+        .map_err(std::io::Error::other)?;
     // Fail early if the keys cannot be found.
     validator.load().await.map_err(std::io::Error::other)?;
     let counters = Arc::new(api::Counters::default());

@@ -36,8 +36,7 @@ impl Cached {
         let refresh_at = usable_until.map(|until| {
             let lifetime = until.saturating_duration_since(now);
             let jitter = random_up_to(config.jitter);
-            let margin = (config.refresh_before + jitter).min(lifetime / 2);
-            until - margin
+            until - config.margin(lifetime, jitter)
         });
         Cached {
             credential: Credential::authorization(token.authorization().clone()),
@@ -79,7 +78,9 @@ impl Cached {
 
 #[derive(Clone, Debug)]
 struct Config {
-    refresh_before: Duration,
+    /// `None`: the default margin, [`DEFAULT_REFRESH_BEFORE`] capped at a tenth of the
+    /// lifetime; `Some`: the margin set, capped at half the lifetime.
+    refresh_before: Option<Duration>,
     jitter: Duration,
     default_lifetime: Option<Duration>,
     backoff_initial: Duration,
@@ -89,7 +90,7 @@ struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            refresh_before: Duration::from_secs(60),
+            refresh_before: None,
             jitter: Duration::from_secs(10),
             default_lifetime: None,
             backoff_initial: Duration::from_secs(1),
@@ -97,6 +98,26 @@ impl Default for Config {
         }
     }
 }
+
+impl Config {
+    /// How long before the end of a token's `lifetime` its refresh starts.
+    ///
+    /// With the default settings a token is refreshed 60 s (plus jitter) before it
+    /// expires, but never before the last tenth of its life: a 3 s token is used for
+    /// 2.7 s, one token request per lifetime. Half the lifetime, the cap of an explicit
+    /// [`refresh_before`](RefreshingBuilder::refresh_before), would cost two.
+    fn margin(&self, lifetime: Duration, jitter: Duration) -> Duration {
+        match self.refresh_before {
+            None => (DEFAULT_REFRESH_BEFORE + jitter).min(lifetime / 10),
+            Some(margin) => (margin + jitter).min(lifetime / 2),
+        }
+    }
+}
+
+/// The default refresh margin of [`Refreshing`]: a token is refreshed this long
+/// (plus jitter) before it expires, or in the last tenth of its lifetime when that is
+/// shorter.
+pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(60);
 
 /// The longest `Retry-After` honoured: a token endpoint asking for more is asked
 /// again after an hour.
@@ -161,9 +182,11 @@ struct Shared<S> {
 /// | stale | between `refresh_at` and expiry | gets it, and starts one background refresh if none runs and no backoff holds |
 /// | expired / none | after expiry, after a `401`, or before the first fetch | waits for the one refresh in flight (or starts it); during backoff gets the last error at once |
 ///
-/// `refresh_at` is the expiry minus `refresh_before` (plus jitter, so replicas do not
-/// refresh in step), but never earlier than half the token's lifetime: a short-lived
-/// token is not refreshed all the time.
+/// `refresh_at` is the expiry minus 60 s (plus jitter, so replicas do not refresh in
+/// step), but never earlier than the last tenth of the token's lifetime: a short-lived
+/// token costs one token request per lifetime too (a 3 s token is refreshed after
+/// 2.7 s). An explicit [`refresh_before`](RefreshingBuilder::refresh_before) margin is
+/// honoured up to half the token's lifetime.
 ///
 /// # Lineage: newer only
 ///
@@ -241,10 +264,14 @@ pub struct RefreshingBuilder<S> {
 }
 
 impl<S: TokenSource> RefreshingBuilder<S> {
-    /// How long before expiry a refresh starts in the background. Default 60 s.
-    /// Capped at half of each token's lifetime.
+    /// How long before expiry a refresh starts in the background, capped at half of
+    /// each token's lifetime.
+    ///
+    /// By default 60 s ([`DEFAULT_REFRESH_BEFORE`]) capped at a tenth of each token's
+    /// lifetime, so that a short-lived token is refreshed once per lifetime: set a
+    /// margin only when the token endpoint needs longer to answer.
     pub fn refresh_before(mut self, margin: Duration) -> Self {
-        self.config.refresh_before = margin;
+        self.config.refresh_before = Some(margin);
         self
     }
 
@@ -851,7 +878,14 @@ impl<S> fmt::Debug for Refreshing<S> {
         let current = self.shared.current.load();
         f.debug_struct("Refreshing")
             .field("token", &current.as_ref().map(|c| &c.token))
-            .field("refresh_before", &self.shared.config.refresh_before)
+            .field(
+                "refresh_before",
+                &self
+                    .shared
+                    .config
+                    .refresh_before
+                    .unwrap_or(DEFAULT_REFRESH_BEFORE),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -15,13 +15,16 @@ use serde::Deserialize;
 use super::authorizer::basic_header;
 use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 use crate::transport::{check_url, parse_url, HttpClient};
-use crate::{EndpointError, Error, Token};
+use crate::{Endpoint, EndpointError, Error, Token};
 
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3,
-/// OAuth 2.0 client authentication methods).
+/// How this client authenticates to the token endpoint (RFC 6749 §2.3: the
+/// `token_endpoint_auth_method` of its registration).
+///
+/// The server side's counterpart, how a resource server authenticates to the
+/// introspection endpoint, is `server::IntrospectionAuth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum ClientAuth {
+pub enum TokenEndpointAuth {
     /// `client_secret_basic`: id and secret in an `Authorization: Basic` header.
     /// The default when a secret is set.
     #[default]
@@ -35,12 +38,12 @@ pub enum ClientAuth {
 /// A token endpoint and the client's registration with it.
 ///
 /// ```no_run
-/// use tower_bearer::client::{ClientAuth, TokenEndpoint};
+/// use tower_bearer::client::{TokenEndpoint, TokenEndpointAuth};
 /// # fn run() -> Result<(), tower_bearer::Error> {
 /// let endpoint = TokenEndpoint::new("https://idp.example.com/oauth2/token")?
 ///     .client_id("my-app")
 ///     .client_secret("s3cret")
-///     .auth_method(ClientAuth::Post)
+///     .auth_method(TokenEndpointAuth::Post)
 ///     .param("audience", "https://api.example.com");
 /// let grant = endpoint.client_credentials().scope("read write");
 /// # Ok(()) }
@@ -50,9 +53,12 @@ pub struct TokenEndpoint {
     url: Uri,
     client_id: Option<String>,
     client_secret: Option<Arc<SecretString>>,
-    auth: ClientAuth,
+    auth: TokenEndpointAuth,
     params: Vec<(String, String)>,
     http: HttpClient,
+    /// What this endpoint is, for errors: the token endpoint, or another endpoint of
+    /// the same provider made with `with_url`.
+    kind: Endpoint,
 }
 
 impl TokenEndpoint {
@@ -81,9 +87,10 @@ impl TokenEndpoint {
             url,
             client_id: None,
             client_secret: None,
-            auth: ClientAuth::Basic,
+            auth: TokenEndpointAuth::Basic,
             params: Vec::new(),
             http: HttpClient::new(),
+            kind: Endpoint::Token,
         })
     }
 
@@ -99,9 +106,9 @@ impl TokenEndpoint {
         self
     }
 
-    /// How the client authenticates. Default [`ClientAuth::Basic`] when a secret is
-    /// set, a public client otherwise.
-    pub fn auth_method(mut self, auth: ClientAuth) -> Self {
+    /// How the client authenticates. Default [`TokenEndpointAuth::Basic`] when a
+    /// secret is set, a public client otherwise.
+    pub fn auth_method(mut self, auth: TokenEndpointAuth) -> Self {
         self.auth = auth;
         self
     }
@@ -121,13 +128,14 @@ impl TokenEndpoint {
     /// The same client registration at another endpoint of the same provider (the
     /// device authorization endpoint). `http://` to a remote host is accepted only
     /// when this endpoint was made with [`TokenEndpoint::insecure_http`] for one.
-    pub(crate) fn with_url(&self, url: &str) -> Result<Self, Error> {
+    pub(crate) fn with_url(&self, url: &str, kind: Endpoint) -> Result<Self, Error> {
         let url = parse_url(url)?;
         // This endpoint fails the strict check only if it was built with insecure_http.
         let opted_in = check_url(&self.url, false).is_err();
         check_url(&url, opted_in)?;
         Ok(TokenEndpoint {
             url,
+            kind,
             ..self.clone()
         })
     }
@@ -179,11 +187,11 @@ impl TokenEndpoint {
         let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
         let mut basic = None;
         match (self.auth, &self.client_id, secret) {
-            (ClientAuth::Basic, Some(id), Some(secret)) => {
+            (TokenEndpointAuth::Basic, Some(id), Some(secret)) => {
                 // RFC 6749 §2.3.1: form-encode both before Basic encoding.
                 basic = Some(basic_header(&form_encode(id), &form_encode(secret)));
             }
-            (ClientAuth::Post, Some(id), secret) => {
+            (TokenEndpointAuth::Post, Some(id), secret) => {
                 fields.push(("client_id", id));
                 if let Some(secret) = secret {
                     fields.push(("client_secret", secret));
@@ -209,8 +217,8 @@ impl TokenEndpoint {
         if let Some(basic) = basic {
             req.headers_mut().insert(AUTHORIZATION, basic);
         }
-        let res = self.http.send(req).await?;
-        tracing::debug!(status = res.status().as_u16(), url = %self.url, "token endpoint answered");
+        let res = self.http.send(self.kind, req).await?;
+        tracing::debug!(status = res.status().as_u16(), url = %self.url, endpoint = %self.kind, "answered");
         Ok(res)
     }
 }
@@ -341,26 +349,32 @@ pub(crate) fn parse_token_response(
         _ if !status.is_success() => return Err(endpoint_error(status, headers, None)),
         Some(_) => unreachable!("a success was matched above"),
         None => {
-            return Err(Error::InvalidResponse(format!(
-                "HTTP {} with a body that is not a JSON object",
-                status.as_u16()
-            )))
+            return Err(Error::InvalidResponse(
+                Endpoint::Token,
+                format!(
+                    "HTTP {} with a body that is not a JSON object",
+                    status.as_u16()
+                ),
+            ))
         }
     };
-    let access = answer
-        .access_token
-        .ok_or_else(|| Error::InvalidResponse("no access_token in the answer".into()))?;
-    let token_type = answer
-        .token_type
-        .ok_or_else(|| Error::InvalidResponse("no token_type in the answer".into()))?;
+    let access = answer.access_token.ok_or_else(|| {
+        Error::InvalidResponse(Endpoint::Token, "no access_token in the answer".into())
+    })?;
+    let token_type = answer.token_type.ok_or_else(|| {
+        Error::InvalidResponse(Endpoint::Token, "no token_type in the answer".into())
+    })?;
     if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(Error::InvalidResponse(format!(
-            "token_type {:?} is not bearer",
-            truncate(token_type, 32)
-        )));
+        return Err(Error::InvalidResponse(
+            Endpoint::Token,
+            format!("token_type {:?} is not bearer", truncate(token_type, 32)),
+        ));
     }
     let mut token = Token::bearer(access).map_err(|_| {
-        Error::InvalidResponse("access_token is empty or not a valid header value".into())
+        Error::InvalidResponse(
+            Endpoint::Token,
+            "access_token is empty or not a valid header value".into(),
+        )
     })?;
     token.set_token_type(token_type);
     if let Some(lifetime) = answer.expires_in {
@@ -389,6 +403,7 @@ fn parse_expires_in(value: &serde_json::Value) -> Result<Duration, Error> {
         }
         Some(s) if s.is_infinite() && s > 0.0 => Ok(Duration::MAX),
         _ => Err(Error::InvalidResponse(
+            Endpoint::Token,
             "expires_in must be a positive number of seconds".into(),
         )),
     }
@@ -453,7 +468,10 @@ mod tests {
         ];
         for (status, body) in cases {
             assert!(
-                matches!(parse(status, body), Err(Error::InvalidResponse(_))),
+                matches!(
+                    parse(status, body),
+                    Err(Error::InvalidResponse(Endpoint::Token, _))
+                ),
                 "{body}"
             );
         }

@@ -14,7 +14,97 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::authorizer::{Authorizer, Credential, CredentialFuture};
-use crate::BoxError;
+use crate::{BoxError, Error};
+
+/// The error of an [`Authorize`] service: no credential could be had, or the inner
+/// service failed.
+///
+/// Match on it, or ask [`credential_error`](Self::credential_error):
+///
+/// ```no_run
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_bearer::client::{AuthorizeError, AuthorizeLayer, Refreshing, TokenEndpoint};
+///
+/// # async fn run(hyper: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Full<bytes::Bytes>>) -> Result<(), tower_bearer::Error> {
+/// let endpoint = TokenEndpoint::new("https://idp.example.com/token")?.client_id("svc");
+/// let client = ServiceBuilder::new()
+///     .layer(AuthorizeLayer::new(Refreshing::new(endpoint.client_credentials())))
+///     .service(hyper);
+/// let req = http::Request::get("https://api.example.com/items").body(Default::default()).unwrap();
+/// match client.oneshot(req).await {
+///     Ok(res) => println!("{}", res.status()),
+///     // The request was not sent: log in again, or retry later.
+///     Err(AuthorizeError::Credential(tower_bearer::Error::InvalidGrant(_))) => println!("log in again"),
+///     Err(AuthorizeError::Credential(e)) => println!("no token: {e}"),
+///     Err(e) => println!("the request failed: {e}"),
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// It is an `std::error::Error + Send + Sync`, so it converts into a [`BoxError`]
+/// where a stack wants one (tonic's `Channel`, `?` in a function returning a boxed
+/// error). Its `Display` and `source` are those of the error it holds. Once boxed,
+/// [`Error::find`] digs the authorizer's error back out (from a tonic `Status` too).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AuthorizeError {
+    /// The authorizer could not give a credential (the token endpoint is down, the
+    /// refresh token was refused, …): the request was not sent.
+    Credential(Error),
+    /// The inner service failed (connection refused, timeout, …).
+    Service(BoxError),
+}
+
+impl AuthorizeError {
+    /// The authorizer's error, when no credential could be had.
+    pub fn credential_error(&self) -> Option<&Error> {
+        match self {
+            AuthorizeError::Credential(e) => Some(e),
+            AuthorizeError::Service(_) => None,
+        }
+    }
+
+    /// The inner service's error, when it failed.
+    pub fn service_error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match self {
+            AuthorizeError::Service(e) => Some(&**e),
+            AuthorizeError::Credential(_) => None,
+        }
+    }
+
+    /// The error it holds, boxed: the authorizer's [`Error`] or the inner service's
+    /// own error (to downcast to its type, as before the layer was added).
+    pub fn into_inner(self) -> BoxError {
+        match self {
+            AuthorizeError::Credential(e) => Box::new(e),
+            AuthorizeError::Service(e) => e,
+        }
+    }
+}
+
+impl From<Error> for AuthorizeError {
+    fn from(e: Error) -> Self {
+        AuthorizeError::Credential(e)
+    }
+}
+
+impl fmt::Display for AuthorizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthorizeError::Credential(e) => fmt::Display::fmt(e, f),
+            AuthorizeError::Service(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl std::error::Error for AuthorizeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthorizeError::Credential(e) => e.source(),
+            AuthorizeError::Service(e) => e.source(),
+        }
+    }
+}
 
 /// Decides whether a request can be sent a second time after a `401`, and makes
 /// the copy to send.
@@ -77,8 +167,9 @@ impl<B, F: Fn(&Request<B>) -> Option<Request<B>>> Replay<B> for F {
 /// [`retry_unauthorized`](Self::retry_unauthorized) (bodies that are `Clone`) or
 /// [`replay_with`](Self::replay_with) the request is sent once more with a fresh one.
 ///
-/// Errors: the service's error type is [`BoxError`]; a failure to get a credential
-/// is a [`crate::Error`] inside it (`err.downcast_ref::<tower_bearer::Error>()`).
+/// Errors: the service's error type is [`AuthorizeError`]: the authorizer's typed
+/// [`Error`] when no credential could be had (the request is not sent), or the inner
+/// service's error.
 #[derive(Clone, Debug)]
 pub struct AuthorizeLayer<A, R = NoReplay> {
     authorizer: A,
@@ -162,11 +253,13 @@ where
     R: Replay<B>,
 {
     type Response = Response<ResBody>;
-    type Error = BoxError;
+    type Error = AuthorizeError;
     type Future = ResponseFuture<S, A, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| AuthorizeError::Service(e.into()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
@@ -189,7 +282,7 @@ where
             }
             Ok(Err(error)) => ResponseFuture {
                 state: State::Failed {
-                    error: Some(error.into()),
+                    error: Some(AuthorizeError::Credential(error)),
                 },
                 authorizer: self.authorizer.clone(),
                 sent: None,
@@ -279,7 +372,7 @@ pin_project! {
         // the common future small.
         Authorizing { credential: Box<CredentialFuture>, service_ready: bool },
         Calling { #[pin] future: F },
-        Failed { error: Option<BoxError> },
+        Failed { error: Option<AuthorizeError> },
     }
 }
 
@@ -289,7 +382,7 @@ where
     S::Error: Into<BoxError>,
     A: Authorizer,
 {
-    type Output = Result<Response<ResBody>, BoxError>;
+    type Output = Result<Response<ResBody>, AuthorizeError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -301,11 +394,12 @@ where
                 } => {
                     let credential = match ready!(Pin::new(credential).poll(cx)) {
                         Ok(c) => c,
-                        Err(e) => return Poll::Ready(Err(e.into())),
+                        Err(e) => return Poll::Ready(Err(AuthorizeError::Credential(e))),
                     };
                     let (service, _) = &mut **this.waiting.as_mut().expect("a waiting request");
                     if !*service_ready {
-                        ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                        ready!(service.poll_ready(cx))
+                            .map_err(|e| AuthorizeError::Service(e.into()))?;
                     }
                     let (mut service, mut req) = *this.waiting.take().expect("a waiting request");
                     *this.sent = set(&mut req, credential);
@@ -314,7 +408,8 @@ where
                     });
                 }
                 StateProj::Calling { future } => {
-                    let res = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let res =
+                        ready!(future.poll(cx)).map_err(|e| AuthorizeError::Service(e.into()))?;
                     if !refuses_credential(res.status(), res.headers()) {
                         if let Some(sent) = this.sent.as_ref() {
                             if !res.status().is_server_error() {

@@ -26,9 +26,13 @@ pub use crate::transport::HttpClient;
 pub use authorizer::{
     ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken,
 };
-pub use cache::{RefreshStats, Refreshing, RefreshingBuilder, RETRY_AFTER_CAP};
-pub use endpoint::{ClientAuth, TokenEndpoint};
-pub use layer::{Authorize, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture};
+pub use cache::{
+    RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
+};
+pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
+pub use layer::{
+    Authorize, AuthorizeError, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture,
+};
 pub use source::TokenSource;
 pub use store::{MemoryStore, StoredToken, TokenStore};
 pub use store_file::FileStore;

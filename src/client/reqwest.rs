@@ -14,8 +14,8 @@ use super::layer::{refuses_credential, set_header};
 /// sends it once more with a fresh credential.
 ///
 /// A failure to get a credential is a `reqwest_middleware::Error::Middleware` that
-/// holds a [`crate::Error`] (`err.downcast_ref::<tower_bearer::Error>()` on the inner
-/// `anyhow::Error`).
+/// holds a [`crate::Error`]: [`Error::find_in_reqwest`](crate::Error::find_in_reqwest)
+/// gives it back.
 ///
 /// ```no_run
 /// use tower_bearer::client::{AuthorizeMiddleware, Refreshing, TokenEndpoint};

@@ -27,25 +27,38 @@
 //! ```
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
+use super::layer::realm_of;
 use super::{Rejection, Verified};
 
-/// The answer when a handler needs verified claims and the request has none.
+/// The answer when a handler needs verified claims and the request has none: `401`
+/// with a challenge naming the realm of the
+/// [`RequireBearerLayer`](super::RequireBearerLayer) the request went through (`"api"`
+/// without one).
 #[derive(Debug)]
 pub struct MissingClaims {
     grpc: bool,
+    realm: Arc<str>,
+}
+
+impl MissingClaims {
+    /// The realm the challenge names.
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
 }
 
 impl IntoResponse for MissingClaims {
     fn into_response(self) -> Response {
         if self.grpc {
-            Rejection::Missing.grpc_response("api")
+            Rejection::Missing.grpc_response(&self.realm)
         } else {
-            Rejection::Missing.http_response("api")
+            Rejection::Missing.http_response(&self.realm)
         }
     }
 }
@@ -64,6 +77,7 @@ where
             .cloned()
             .ok_or_else(|| MissingClaims {
                 grpc: super::is_grpc(&parts.headers),
+                realm: realm_of(&parts.extensions),
             })
     }
 }

@@ -22,10 +22,11 @@ use super::validator::{Claims, ValidationFuture, Validator};
 use super::Rejection;
 use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
-use crate::{Error, HttpClient};
+use crate::{Endpoint, Error, HttpClient};
 
-/// The default longest time an active answer is reused (never past the token's `exp`).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(5 * 60);
+/// The default longest time an active answer is reused (never past the token's `exp`):
+/// also how long a token revoked at the provider may still be accepted.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The default time an `active: false` answer is reused.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// The default number of cached accepted answers.
@@ -33,10 +34,15 @@ pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 /// The default number of cached refusals (kept apart from the accepted answers).
 pub const DEFAULT_MAX_REFUSALS: usize = 1_000;
 
-/// How the resource server authenticates to the introspection endpoint.
+/// How the resource server authenticates to the introspection endpoint (RFC 7662 §2.1:
+/// the `introspection_endpoint_auth_method`).
+///
+/// Not to be confused with the client side's
+/// [`TokenEndpointAuth`](crate::client::TokenEndpointAuth), how a client authenticates
+/// to the token endpoint; both can be imported side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ClientAuth {
+pub enum IntrospectionAuth {
     /// HTTP Basic with the client id and secret (`client_secret_basic`, the default).
     Basic,
     /// `client_id` and `client_secret` in the form body (`client_secret_post`).
@@ -44,6 +50,12 @@ pub enum ClientAuth {
 }
 
 /// Validates opaque tokens by asking the authorization server (RFC 7662).
+///
+/// **Revocation takes up to [`ttl`](Self::ttl), 30 s by default.** An accepted
+/// answer is cached: a token revoked at the provider is still accepted until its
+/// cached answer ends. Shorten the TTL (`ttl(Duration::ZERO)` asks on every
+/// request), or refuse revoked tokens at once with a denylist
+/// (`RedisDenylist::guard`, feature `redis`); lengthen it to spare the provider.
 ///
 /// - The token is POSTed with the resource server's client credentials;
 ///   `active: false` is an invalid token, a failing endpoint `503`.
@@ -53,7 +65,7 @@ pub enum ClientAuth {
 ///   issuers, else `401 invalid_token`. An authorization server serves many resource
 ///   servers, and without them a token it issued for another one is accepted here.
 /// - Answers are cached by the SHA-256 of the token: accepted ones until the
-///   token's `exp` or the TTL (default 5 min), whichever comes first, at most
+///   token's `exp` or the TTL (default 30 s), whichever comes first, at most
 ///   [`max_entries`](Self::max_entries); refusals in a separate, smaller cache
 ///   ([`max_refusals`](Self::max_refusals)), inactive tokens briefly (default 10 s),
 ///   so a flood of one bad token is one call and a flood of many bad tokens cannot
@@ -66,11 +78,12 @@ pub enum ClientAuth {
 /// own serde type).
 ///
 /// ```no_run
-/// use tower_bearer::server::{Claims, Introspection, RequireBearerLayer};
+/// use tower_bearer::server::{Claims, Introspection, IntrospectionAuth, RequireBearerLayer};
 ///
 /// # fn run() -> Result<(), tower_bearer::Error> {
 /// let validator = Introspection::<Claims>::new("https://idp.example.com/oauth/introspect")?
 ///     .client("my-api", "s3cret")
+///     .client_auth(IntrospectionAuth::Basic)
 ///     .issuer("https://idp.example.com")
 ///     .audience("https://api.example.com/items")
 ///     .require_scopes(["items:read"]);
@@ -86,7 +99,7 @@ struct Config {
     endpoint: Uri,
     client_id: String,
     client_secret: Option<SecretString>,
-    auth: ClientAuth,
+    auth: IntrospectionAuth,
     http: HttpClient,
     ttl: Duration,
     negative_ttl: Duration,
@@ -198,7 +211,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             endpoint,
             client_id: String::new(),
             client_secret: None,
-            auth: ClientAuth::Basic,
+            auth: IntrospectionAuth::Basic,
             http: HttpClient::new(),
             ttl: DEFAULT_TTL,
             negative_ttl: DEFAULT_NEGATIVE_TTL,
@@ -245,8 +258,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         })
     }
 
-    /// How the credentials are sent (default [`ClientAuth::Basic`]).
-    pub fn client_auth(self, auth: ClientAuth) -> Self {
+    /// How the credentials are sent (default [`IntrospectionAuth::Basic`]).
+    pub fn client_auth(self, auth: IntrospectionAuth) -> Self {
         self.config(|c| c.auth = auth)
     }
 
@@ -255,7 +268,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         self.config(|c| c.http = http)
     }
 
-    /// The longest time an active answer is reused (default 5 min; never past `exp`).
+    /// The longest time an active answer is reused (default 30 s; never past `exp`),
+    /// and so the longest a token revoked at the provider is still accepted. Zero asks
+    /// the endpoint on every request.
     pub fn ttl(self, ttl: Duration) -> Self {
         self.config(|c| c.ttl = ttl)
     }
@@ -434,7 +449,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json");
         match (config.auth, secret) {
-            (ClientAuth::Basic, Some(secret)) => {
+            (IntrospectionAuth::Basic, Some(secret)) => {
                 // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
                 let pair = format!("{}:{}", form_encode(&config.client_id), form_encode(secret));
                 let value = format!(
@@ -460,12 +475,12 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Error::Configuration(e.to_string()))?;
-        let res = config.http.send(req).await?;
+        let res = config.http.send(Endpoint::Introspection, req).await?;
         if res.status() != StatusCode::OK {
-            return Err(Error::InvalidResponse(format!(
-                "the introspection endpoint answered HTTP {}",
-                res.status().as_u16()
-            )));
+            return Err(Error::InvalidResponse(
+                Endpoint::Introspection,
+                format!("HTTP {}", res.status().as_u16()),
+            ));
         }
         parse_answer(res.body())
     }
@@ -508,7 +523,7 @@ struct Head {
 }
 
 fn parse_answer<C: DeserializeOwned>(body: &[u8]) -> Result<Answer<C>, Error> {
-    let bad = |e: serde_json::Error| Error::InvalidResponse(format!("introspection answer: {e}"));
+    let bad = |e: serde_json::Error| Error::InvalidResponse(Endpoint::Introspection, e.to_string());
     let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
     let head: Head = serde_json::from_value(value.clone()).map_err(bad)?;
     if !head.active {

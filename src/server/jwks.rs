@@ -24,7 +24,7 @@ use super::validator::{Claims, ValidationFuture, Validator};
 use super::Rejection;
 use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
-use crate::{Error, HttpClient};
+use crate::{Endpoint, Error, HttpClient};
 
 /// The default cool-down: unknown `kid`s cause at most one fetch per cool-down, and
 /// so do scheduled refreshes and retries after a failure.
@@ -77,7 +77,7 @@ type Rules<C> = Arc<dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync>;
 /// # fn run() -> Result<(), tower_bearer::Error> {
 /// let validator = JwksValidator::<Claims>::discover("https://idp.example.com/realms/main")?
 ///     .rules(|v| v.audience("my-api").require_scopes(["items:read"]))
-///     .build();
+///     .build()?;
 /// let layer = RequireBearerLayer::new(validator);
 /// # Ok(()) }
 /// ```
@@ -331,7 +331,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
     /// # Errors
     /// [`Error::Configuration`] when a URL is plain `http://` to a host other than
     /// loopback and [`allow_insecure_http`](Self::allow_insecure_http) was not set.
-    pub fn try_build(self) -> Result<JwksValidator<C>, Error> {
+    pub fn build(self) -> Result<JwksValidator<C>, Error> {
         let url = match &self.source {
             Source::Jwks(url) | Source::Discovery { document: url, .. } => url,
         };
@@ -352,18 +352,6 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
                 flight: SingleFlight::default(),
             }),
         })
-    }
-
-    /// The validator.
-    ///
-    /// # Panics
-    /// When [`try_build`](Self::try_build) fails: a plain `http://` URL to a host
-    /// other than loopback without [`allow_insecure_http`](Self::allow_insecure_http).
-    pub fn build(self) -> JwksValidator<C> {
-        match self.try_build() {
-            Ok(v) => v,
-            Err(e) => panic!("{e}"),
-        }
     }
 }
 
@@ -546,17 +534,17 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         Err(Rejection::Unavailable(NO_KEYS.into()))
     }
 
-    async fn get(&self, url: &Uri) -> Result<http::Response<Bytes>, Error> {
+    async fn get(&self, endpoint: Endpoint, url: &Uri) -> Result<http::Response<Bytes>, Error> {
         let req = Request::get(url.clone())
             .header(ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| Error::Configuration(e.to_string()))?;
-        let res = self.http.send(req).await?;
+        let res = self.http.send(endpoint, req).await?;
         if res.status() != StatusCode::OK {
-            return Err(Error::InvalidResponse(format!(
-                "{url} answered HTTP {}",
-                res.status().as_u16()
-            )));
+            return Err(Error::InvalidResponse(
+                endpoint,
+                format!("{url} answered HTTP {}", res.status().as_u16()),
+            ));
         }
         Ok(res)
     }
@@ -569,7 +557,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         if let Some(known) = lock(&self.jwks_uri).clone() {
             return Ok(known);
         }
-        let res = self.get(document).await?;
+        let res = self.get(Endpoint::Discovery, document).await?;
         let uri = discovery_jwks_uri(res.body(), issuer, self.allow_insecure_http)?;
         *lock(&self.jwks_uri) = Some(uri.clone());
         Ok(uri)
@@ -577,7 +565,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
 
     async fn fetch_keys(&self) -> Result<KeySet<C>, Error> {
         let url = self.jwks_uri().await?;
-        let res = self.get(&url).await?;
+        let res = self.get(Endpoint::Jwks, &url).await?;
         let lifetime = max_age(res.headers())
             .map(|age| age.clamp(self.refresh_bounds.0, self.refresh_bounds.1))
             .unwrap_or(self.default_refresh);
@@ -597,12 +585,15 @@ pub(crate) fn discovery_jwks_uri(
     allow_insecure_http: bool,
 ) -> Result<Uri, Error> {
     let found: Discovery = serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidResponse(format!("discovery document: {e}")))?;
+        .map_err(|e| Error::InvalidResponse(Endpoint::Discovery, e.to_string()))?;
     if found.issuer != issuer {
-        return Err(Error::InvalidResponse(format!(
-            "discovery document names issuer {:?}, expected {issuer:?}",
-            found.issuer
-        )));
+        return Err(Error::InvalidResponse(
+            Endpoint::Discovery,
+            format!(
+                "the document names issuer {:?}, expected {issuer:?}",
+                found.issuer
+            ),
+        ));
     }
     let uri = parse_url(&found.jwks_uri)?;
     check_url(&uri, allow_insecure_http)?;
@@ -620,8 +611,8 @@ pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>
     issuer: Option<&str>,
     stale_at: Instant,
 ) -> Result<KeySet<C>, Error> {
-    let raw: RawKeySet =
-        serde_json::from_slice(body).map_err(|e| Error::InvalidResponse(format!("JWKS: {e}")))?;
+    let raw: RawKeySet = serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidResponse(Endpoint::Jwks, e.to_string()))?;
     let mut set = KeySet {
         by_kid: HashMap::new(),
         unnamed: Vec::new(),
@@ -644,7 +635,8 @@ pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>
     }
     if set.by_kid.is_empty() && set.unnamed.is_empty() {
         return Err(Error::InvalidResponse(
-            "the JWKS holds no usable signing key".into(),
+            Endpoint::Jwks,
+            "the key set holds no usable signing key".into(),
         ));
     }
     Ok(set)
@@ -792,6 +784,7 @@ mod tests {
         JwksValidator::<Claims>::builder("http://127.0.0.1:9/jwks")
             .unwrap()
             .build()
+            .unwrap()
     }
 
     fn set(kids: impl IntoIterator<Item = String>) -> KeySet<Claims> {

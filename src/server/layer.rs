@@ -25,9 +25,25 @@ use super::Rejection;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verified<C>(pub C);
 
+/// The realm of the [`RequireBearerLayer`] a request went through, in its extensions:
+/// the answers given further in (a [`RequireScopeLayer`], the axum extractors) name
+/// the same realm.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerRealm(pub(crate) Arc<str>);
+
+/// The realm named when no layer set one.
+pub(crate) const DEFAULT_REALM: &str = "api";
+
+/// The realm of the layer `extensions` went through, or the default.
+pub(crate) fn realm_of(extensions: &http::Extensions) -> Arc<str> {
+    extensions
+        .get::<LayerRealm>()
+        .map_or_else(|| Arc::from(DEFAULT_REALM), |r| Arc::clone(&r.0))
+}
+
 #[derive(Clone, Debug)]
 struct Config {
-    realm: String,
+    realm: Arc<str>,
     max_len: usize,
     anonymous: bool,
 }
@@ -80,7 +96,7 @@ impl<V: Validator> RequireBearerLayer<V> {
         RequireBearerLayer {
             validator: Arc::new(validator),
             config: Arc::new(Config {
-                realm: "api".to_owned(),
+                realm: Arc::from(DEFAULT_REALM),
                 max_len: DEFAULT_MAX_LEN,
                 anonymous: false,
             }),
@@ -92,9 +108,11 @@ impl<V: Validator> RequireBearerLayer<V> {
         self
     }
 
-    /// The realm named in challenges.
+    /// The realm named in challenges (default `"api"`): in this layer's answers and in
+    /// those given further in, by a [`RequireScopeLayer`] without a realm of its own
+    /// and by the axum extractors.
     pub fn realm(self, realm: impl Into<String>) -> Self {
-        let realm = realm.into();
+        let realm = Arc::from(realm.into());
         self.config(|c| c.realm = realm)
     }
 
@@ -180,6 +198,8 @@ where
         let validation = match bearer_token(req.headers(), config.max_len) {
             Ok(token) => self.validator.validate(token),
             Err(Rejection::Missing) if config.anonymous => {
+                req.extensions_mut()
+                    .insert(LayerRealm(Arc::clone(&config.realm)));
                 return ResponseFuture::calling(self.inner.call(req));
             }
             Err(rejection) => return ResponseFuture::rejected(&rejection, &req, &config.realm),
@@ -187,6 +207,8 @@ where
         match validation.now_or_pending() {
             Ok(Ok(claims)) => {
                 req.extensions_mut().insert(Verified(claims));
+                req.extensions_mut()
+                    .insert(LayerRealm(Arc::clone(&config.realm)));
                 ResponseFuture::calling(self.inner.call(req))
             }
             Ok(Err(rejection)) => ResponseFuture::rejected(&rejection, &req, &config.realm),
@@ -274,6 +296,8 @@ where
                     let next = match outcome {
                         Ok(claims) => {
                             req.extensions_mut().insert(Verified(claims));
+                            req.extensions_mut()
+                                .insert(LayerRealm(Arc::clone(&config.realm)));
                             State::Calling {
                                 future: service.call(req),
                             }
@@ -314,7 +338,8 @@ where
 /// `PERMISSION_DENIED`). No verified claims at all (an anonymous request): `401`.
 pub struct RequireScopeLayer<C> {
     scopes: Arc<[String]>,
-    realm: Arc<str>,
+    /// `None`: the realm of the `RequireBearerLayer` in front.
+    realm: Option<Arc<str>>,
     _claims: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -322,7 +347,7 @@ impl<C> Clone for RequireScopeLayer<C> {
     fn clone(&self) -> Self {
         RequireScopeLayer {
             scopes: Arc::clone(&self.scopes),
-            realm: Arc::clone(&self.realm),
+            realm: self.realm.clone(),
             _claims: std::marker::PhantomData,
         }
     }
@@ -341,14 +366,15 @@ impl<C: ScopedClaims + Send + Sync + 'static> RequireScopeLayer<C> {
     pub fn new<T: Into<String>>(scopes: impl IntoIterator<Item = T>) -> Self {
         RequireScopeLayer {
             scopes: scopes.into_iter().map(Into::into).collect(),
-            realm: Arc::from("api"),
+            realm: None,
             _claims: std::marker::PhantomData,
         }
     }
 
-    /// The realm named in challenges (default `"api"`).
+    /// The realm named in challenges. By default the realm of the
+    /// [`RequireBearerLayer`] the request went through (`"api"` without one).
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
-        self.realm = Arc::from(realm.into());
+        self.realm = Some(Arc::from(realm.into()));
         self
     }
 }
@@ -423,11 +449,17 @@ where
                     future: self.inner.call(req),
                 },
             },
-            Some(rejection) => ScopeFuture {
-                state: ScopeState::Rejected {
-                    response: Some(rejection.response_for(req.headers(), &self.layer.realm)),
-                },
-            },
+            Some(rejection) => {
+                let realm = match &self.layer.realm {
+                    Some(realm) => Arc::clone(realm),
+                    None => realm_of(req.extensions()),
+                };
+                ScopeFuture {
+                    state: ScopeState::Rejected {
+                        response: Some(rejection.response_for(req.headers(), &realm)),
+                    },
+                }
+            }
         }
     }
 }

@@ -54,7 +54,7 @@ pub use self::axum::MissingClaims;
 pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
 #[cfg(feature = "introspection")]
-pub use introspect::{ClientAuth, Introspection, IntrospectionStats};
+pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]
 pub use jwks::{JwksValidator, JwksValidatorBuilder};
 #[cfg(feature = "jwt")]

@@ -151,12 +151,19 @@ impl Chain {
     }
 
     async fn fetch_now(&self, previous: Option<&Token>) -> Result<Token, Error> {
+        let mut refused = None;
         if let Some(rt) = previous.and_then(Token::refresh_token) {
             if let Some(token) = self.refresh(rt.expose_secret()).await? {
                 tracing::debug!(source = "refresh token", "token source served");
                 return Ok(token);
             }
+            if self.endpoint.is_some() {
+                // The sources get the token without its refused refresh token: a
+                // `DeviceCode` does not present it again before it logs in.
+                refused = previous.map(|p| p.clone().without_refresh_token());
+            }
         }
+        let previous = refused.as_ref().or(previous);
         for step in &self.steps {
             match step.source.fetch(previous).await {
                 Ok(token) if token.is_expired() => {

@@ -2,6 +2,7 @@
 //! browser: the person approves the login on another device.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use super::TokenSource;
 use crate::client::endpoint::{endpoint_error, parse_token_response, ErrorAnswer};
 use crate::client::TokenEndpoint;
-use crate::{Error, Token};
+use crate::{Endpoint, Error, Token};
 
 /// The grant type of the device code polls (RFC 8628 §3.4).
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -61,7 +62,7 @@ impl fmt::Display for DeviceAuthorization {
     }
 }
 
-type Show = Arc<dyn Fn(&DeviceAuthorization) + Send + Sync>;
+type Show = Arc<dyn Fn(DeviceAuthorization) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// The device authorization grant (RFC 8628), for a command-line tool or a device
 /// without a browser.
@@ -78,16 +79,24 @@ type Show = Arc<dyn Fn(&DeviceAuthorization) + Send + Sync>;
 /// - any other error (`invalid_client`, `invalid_grant`) is returned as is.
 ///
 /// Polling runs in the returned future on the tokio clock: dropping the future (a
-/// timeout, Ctrl-C through `tokio::select!`) stops it. A refresh token in the answer
-/// is used by the [`Chain`](super::Chain)'s `refresh_with` on later refreshes.
+/// timeout, Ctrl-C through `tokio::select!`) stops it.
+///
+/// As a [`TokenSource`], it logs in only when it must: when the token being replaced
+/// has a refresh token, a fetch first exchanges it at the token endpoint (RFC 6749
+/// §6), and only a refused one (`invalid_grant`) or none starts a new login. Any other
+/// failure of the refresh (the endpoint is down) is returned, and retried later
+/// without asking the person again. So `Refreshing::new(device_code)` alone asks the
+/// person once, and refreshes from then on.
 ///
 /// ```no_run
-/// use tower_bearer::client::{source::DeviceCode, TokenEndpoint};
+/// use tower_bearer::client::{source::DeviceCode, Refreshing, TokenEndpoint};
 /// # fn run() -> Result<(), tower_bearer::Error> {
 /// let endpoint = TokenEndpoint::new("https://idp.example.com/oauth/token")?.client_id("my-cli");
 /// let login = DeviceCode::new(endpoint, "https://idp.example.com/oauth/device/code")?
 ///     .scope("openid offline_access")
 ///     .show(|auth| eprintln!("{auth}"));
+/// // One login; later refreshes use its refresh token.
+/// let authorizer = Refreshing::new(login);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -123,12 +132,16 @@ impl DeviceCode {
         token_endpoint: TokenEndpoint,
         device_authorization_url: &str,
     ) -> Result<Self, Error> {
-        let device = token_endpoint.with_url(device_authorization_url)?;
+        let device =
+            token_endpoint.with_url(device_authorization_url, Endpoint::DeviceAuthorization)?;
         Ok(DeviceCode {
             token: token_endpoint,
             device,
             scope: None,
-            show: Arc::new(|auth| eprintln!("{auth}")),
+            show: Arc::new(|auth| {
+                eprintln!("{auth}");
+                futures_util::future::ready(()).boxed()
+            }),
         })
     }
 
@@ -139,9 +152,43 @@ impl DeviceCode {
     }
 
     /// Shows the person where to log in (default: printed to stderr). Called once per
-    /// login, before polling starts.
+    /// login, before polling starts. From async code, use
+    /// [`show_async`](Self::show_async).
     pub fn show(mut self, show: impl Fn(&DeviceAuthorization) + Send + Sync + 'static) -> Self {
-        self.show = Arc::new(show);
+        self.show = Arc::new(move |auth| {
+            show(&auth);
+            futures_util::future::ready(()).boxed()
+        });
+        self
+    }
+
+    /// Shows the person where to log in with an async function: a message to a UI
+    /// task, a chat bot, a notification. Its future is awaited once per login, before
+    /// polling starts (it runs inside the login, so it should not wait for the person:
+    /// the code expires meanwhile).
+    ///
+    /// ```no_run
+    /// use tower_bearer::client::{source::DeviceCode, TokenEndpoint};
+    /// # fn run() -> Result<(), tower_bearer::Error> {
+    /// let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    /// let endpoint = TokenEndpoint::new("https://idp.example.com/oauth/token")?.client_id("my-cli");
+    /// let login = DeviceCode::new(endpoint, "https://idp.example.com/oauth/device/code")?
+    ///     .show_async(move |auth| {
+    ///         let tx = tx.clone();
+    ///         async move {
+    ///             let _ = tx.send(auth).await;
+    ///         }
+    ///     });
+    /// // Elsewhere, the UI: `while let Some(auth) = rx.recv().await { … }`
+    /// # let _ = (login, rx.try_recv());
+    /// # Ok(()) }
+    /// ```
+    pub fn show_async<F, Fut>(mut self, show: F) -> Self
+    where
+        F: Fn(DeviceAuthorization) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.show = Arc::new(move |auth| show(auth).boxed());
         self
     }
 
@@ -152,7 +199,7 @@ impl DeviceCode {
     /// [`TokenEndpoint::request`] returns.
     pub async fn login(&self) -> Result<Token, Error> {
         let (device_code, auth) = self.authorize().await?;
-        (self.show)(&auth);
+        (self.show)(auth.clone()).await;
         let deadline = Instant::now() + auth.expires_in;
         let mut interval = auth.interval;
         loop {
@@ -215,13 +262,19 @@ impl DeviceCode {
             ));
         }
         let a = answer.ok_or_else(|| {
-            Error::InvalidResponse("the device authorization answer is not a JSON object".into())
+            Error::InvalidResponse(
+                Endpoint::DeviceAuthorization,
+                "the answer is not a JSON object".into(),
+            )
         })?;
         if a.error.error.is_some() {
             return Err(endpoint_error(res.status(), res.headers(), Some(a.error)));
         }
         let missing = |field: &str| {
-            Error::InvalidResponse(format!("no {field} in the device authorization answer"))
+            Error::InvalidResponse(
+                Endpoint::DeviceAuthorization,
+                format!("no {field} in the answer"),
+            )
         };
         let device_code = a
             .device_code
@@ -257,9 +310,26 @@ fn seconds(v: Option<&serde_json::Value>) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs.min(86_400)))
 }
 
+impl DeviceCode {
+    /// Refreshes with the refresh token of `previous` when it has one; logs in when
+    /// it has none or the endpoint refuses it.
+    async fn refresh_or_login(&self, previous: Option<&Token>) -> Result<Token, Error> {
+        if let Some(refresh_token) = previous.and_then(Token::expose_refresh_token) {
+            match self.token.refresh_token(refresh_token).fetch(None).await {
+                Ok(token) => return Ok(token),
+                Err(Error::InvalidGrant(e)) => {
+                    tracing::debug!(error = %e, "device flow: the refresh token was refused; logging in again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.login().await
+    }
+}
+
 impl TokenSource for DeviceCode {
-    fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
-        self.login().boxed()
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        self.refresh_or_login(previous).boxed()
     }
 }
 
