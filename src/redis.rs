@@ -719,7 +719,7 @@ impl<S: TokenSource> FleetSource<S> {
                 // may not have, so the claim stays for the next holder to heed.
                 if !matches!(
                     error,
-                    Error::Transport(_) | Error::Timeout(_) | Error::Aborted(_)
+                    Error::Transport(..) | Error::Timeout(..) | Error::Aborted(_)
                 ) {
                     self.store.unclaim(&self.owner, None).await;
                 }
