@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::authorizer::basic_header;
+use super::discovery::ProviderMetadata;
 use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 use crate::transport::{check_url, parse_url, HttpClient};
 use crate::{EndpointError, Error, Token};
@@ -53,6 +54,8 @@ pub struct TokenEndpoint {
     auth: ClientAuth,
     params: Vec<(String, String)>,
     http: HttpClient,
+    /// The provider metadata this endpoint was discovered from.
+    metadata: Option<Arc<ProviderMetadata>>,
 }
 
 impl TokenEndpoint {
@@ -84,6 +87,7 @@ impl TokenEndpoint {
             auth: ClientAuth::Basic,
             params: Vec::new(),
             http: HttpClient::new(),
+            metadata: None,
         })
     }
 
@@ -135,6 +139,22 @@ impl TokenEndpoint {
     /// The endpoint's URL.
     pub fn url(&self) -> &Uri {
         &self.url
+    }
+
+    /// The provider metadata this endpoint was [discovered](Self::discover) from.
+    pub fn metadata(&self) -> Option<&ProviderMetadata> {
+        self.metadata.as_deref()
+    }
+
+    pub(crate) fn with_metadata(mut self, metadata: Arc<ProviderMetadata>) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// The same endpoint without the extra form parameters (for revocation).
+    pub(crate) fn without_params(mut self) -> Self {
+        self.params.clear();
+        self
     }
 
     /// The refresh-token grant (RFC 6749 §6), starting from `refresh_token`.
