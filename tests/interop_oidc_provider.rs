@@ -474,7 +474,7 @@ async fn cli_logout_revokes_the_saved_tokens() {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("alice.json");
-    let store = FileStore::at(&file, "alice", &endpoint.url().to_string());
+    let store = FileStore::at(&file, "alice", endpoint.url().to_string());
     store
         .save(&token.clone().with_lineage(tower_bearer::Lineage::next()))
         .await
@@ -612,7 +612,7 @@ async fn key_rotation_across_a_restart() {
     };
     let old = jwt(discover(&provider).await).await;
     validator.validate(&old).await.expect("the first key");
-    assert_eq!(validator.key_ids(), [provider.kid.clone()]);
+    assert_eq!(validator.key_ids(), vec![provider.kid.clone()]);
     let old_kid = provider.kid.clone();
 
     let port = provider.stop().await;
@@ -623,7 +623,7 @@ async fn key_rotation_across_a_restart() {
         .validate(&new)
         .await
         .expect("the new key is fetched");
-    assert_eq!(validator.key_ids(), [provider.kid.clone()]);
+    assert_eq!(validator.key_ids(), vec![provider.kid.clone()]);
     assert!(
         validator.validate(&old).await.is_err(),
         "the old key is gone"
