@@ -72,7 +72,9 @@ where
     /// The outcome; `None` when the job went [`STALL`] without a beat and this
     /// waiter abandoned the flight (the slot is free for another).
     pub(crate) async fn wait(self) -> Option<Result<T, E>> {
-        let Some(beats) = self.beats.filter(|_| tokio::runtime::Handle::try_current().is_ok())
+        let Some(beats) = self
+            .beats
+            .filter(|_| tokio::runtime::Handle::try_current().is_ok())
         else {
             return Some(self.outcome.await);
         };
@@ -312,7 +314,10 @@ mod tests {
                 Ok(1)
             },
         ));
-        assert!(matches!(f.wait().await.unwrap(), Err(crate::Error::Aborted(_))));
+        assert!(matches!(
+            f.wait().await.unwrap(),
+            Err(crate::Error::Aborted(_))
+        ));
         assert!(!sf.is_running());
         // The next caller starts a fresh job.
         let f = flight(sf.join_or_start(|| None, || async { Ok(2) }));

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use secrecy::ExposeSecret;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_bearer::client::{
-    Authorizer, AuthorizeLayer, MemoryStore, Refreshing, TokenEndpoint, TokenStore,
+    AuthorizeLayer, Authorizer, MemoryStore, Refreshing, TokenEndpoint, TokenStore,
 };
 use tower_bearer::{Error, Token};
 
@@ -231,8 +231,7 @@ async fn invalid_grant_is_not_terminal_while_the_store_holds_a_newer_token() {
         .build();
     assert_eq!(get(&b).await.unwrap(), get(&a).await.unwrap());
     tokio::time::advance(Duration::from_secs(101)).await;
-    s.idp
-        .set_mode(Mode::DelayAnswer(Duration::from_secs(5)));
+    s.idp.set_mode(Mode::DelayAnswer(Duration::from_secs(5)));
     let slow = tokio::spawn({
         let b = b.clone();
         async move { get(&b).await }
@@ -244,7 +243,10 @@ async fn invalid_grant_is_not_terminal_while_the_store_holds_a_newer_token() {
     // A presents the same (now rotated) refresh token: invalid_grant, and the store
     // holds nothing newer yet. With a store that is not the end of A's session.
     let refused = get(&a).await;
-    assert!(matches!(refused, Err(Error::InvalidGrant(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::InvalidGrant(_))),
+        "{refused:?}"
+    );
     let from_b = slow.await.unwrap().unwrap();
     // After the backoff A reads the store again and adopts B's token, without
     // presenting the dead refresh token again.
@@ -341,8 +343,7 @@ fn a_flight_nobody_drives_is_abandoned_and_another_starts() {
         .build()
         .unwrap();
     let s = main.block_on(common::start());
-    s.idp
-        .set_mode(Mode::Delay(Duration::from_millis(200)));
+    s.idp.set_mode(Mode::Delay(Duration::from_millis(200)));
     let cache = Refreshing::new(endpoint(&s).client_credentials());
 
     // A blocking wrapper: a current-thread runtime driven only inside `block_on`.
@@ -358,9 +359,8 @@ fn a_flight_nobody_drives_is_abandoned_and_another_starts() {
     });
 
     // Callers on the driven runtime get a token in bounded time.
-    let got = main.block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), get(&cache)).await
-    });
+    let got =
+        main.block_on(async { tokio::time::timeout(Duration::from_secs(30), get(&cache)).await });
     let got = got.expect("a caller waited for a flight nobody drives");
     assert!(got.unwrap().starts_with("Bearer at-"));
     drop(idle);

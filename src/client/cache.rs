@@ -960,7 +960,7 @@ impl<S: TokenSource> Authorizer for Refreshing<S> {
         if cached.credential.value != *sent || !cached.usable(now) {
             return;
         }
-        self.shared.reject(&*current, cached, now);
+        self.shared.reject(&current, cached, now);
     }
 }
 

@@ -260,6 +260,9 @@ mod tests {
         assert_eq!(back.lineage(), new.lineage());
         let legacy: StoredToken =
             serde_json::from_str(r#"{"access_token":"a","token_type":"Bearer"}"#).unwrap();
-        assert_eq!(legacy.to_token().unwrap().lineage(), crate::Lineage::UNKNOWN);
+        assert_eq!(
+            legacy.to_token().unwrap().lineage(),
+            crate::Lineage::UNKNOWN
+        );
     }
 }
