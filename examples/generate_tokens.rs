@@ -9,16 +9,18 @@
 //! ```
 //!
 //! `--password-stdin` reads the password from the first line of stdin (scripts, CI);
-//! `--device` runs the device authorization grant instead. On a wrong password, an
-//! unreachable server or a bad URL it prints one line to stderr and exits non-zero.
+//! `--device` runs the device authorization grant instead. `--issuer` finds the token,
+//! device and revocation endpoints through discovery. `--logout` revokes the saved
+//! tokens (RFC 7009) and removes the token file. On a wrong password, an unreachable
+//! server or a bad URL it prints one line to stderr and exits non-zero.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tower_bearer::client::source::DeviceCode;
-use tower_bearer::client::{FileStore, TokenEndpoint, TokenStore};
+use tower_bearer::client::source::{self, DeviceCode};
+use tower_bearer::client::{FileStore, Refreshing, Revocation, TokenEndpoint, TokenStore};
 use tower_bearer::{Endpoint, Error, ExposeSecret, SecretString, Token};
 
 /// Log in once and print the tokens for a shell profile.
@@ -31,6 +33,18 @@ struct Args {
     /// The token endpoint.
     #[arg(long, default_value = "http://127.0.0.1:8000/token")]
     token_url: String,
+    /// The provider's issuer URL: its token, device and revocation endpoints are
+    /// found through discovery (instead of --token-url and --device-url).
+    #[arg(long, conflicts_with_all = ["token_url", "device_url"])]
+    issuer: Option<String>,
+    /// Log out: revoke the saved tokens at the revocation endpoint and remove the
+    /// token file.
+    #[arg(long, conflicts_with_all = ["device", "password_stdin", "no_save"])]
+    logout: bool,
+    /// The revocation endpoint for --logout (default: from --issuer, else the token
+    /// URL with its last path segment replaced by `revoke`).
+    #[arg(long)]
+    revocation_url: Option<String>,
     /// Log in with the device authorization grant instead of a password.
     #[arg(long)]
     device: bool,
@@ -88,22 +102,43 @@ async fn run(args: &Args) -> Result<(), Failure> {
             2,
         ));
     }
-    let endpoint = TokenEndpoint::new(&args.token_url)
-        .map_err(|e| Failure(format!("bad --token-url {:?}: {e}", args.token_url), 2))?
-        .client_id(args.client_id.as_str());
+    let endpoint = match &args.issuer {
+        Some(issuer) => TokenEndpoint::discover(issuer)
+            .await
+            .map_err(|e| Failure(format!("discovery of --issuer {issuer:?}: {e}"), 1))?,
+        None => TokenEndpoint::new(&args.token_url)
+            .map_err(|e| Failure(format!("bad --token-url {:?}: {e}", args.token_url), 2))?,
+    }
+    .client_id(args.client_id.as_str());
+    // The token file belongs to the token endpoint actually used.
+    let token_url = match &args.issuer {
+        Some(_) => endpoint.url().to_string(),
+        None => args.token_url.clone(),
+    };
+    if args.logout {
+        return logout(args, &endpoint, token_file(args, &token_url)?).await;
+    }
     let store = if args.no_save {
         None
     } else {
-        Some(token_file(args)?)
+        Some(token_file(args, &token_url)?)
     };
 
     let token = if args.device {
-        let url = match &args.device_url {
-            Some(u) => u.clone(),
-            None => sibling_url(&args.token_url, "device"),
+        let device = match (&args.device_url, &args.issuer) {
+            (None, Some(_)) => endpoint
+                .device_code()
+                .map_err(|e| Failure(e.to_string(), 1))?,
+            _ => {
+                let url = match &args.device_url {
+                    Some(u) => u.clone(),
+                    None => sibling_url(&token_url, "device"),
+                };
+                DeviceCode::new(endpoint, &url)
+                    .map_err(|e| Failure(format!("bad --device-url {url:?}: {e}"), 2))?
+            }
         };
-        let mut device = DeviceCode::new(endpoint, &url)
-            .map_err(|e| Failure(format!("bad --device-url {url:?}: {e}"), 2))?;
+        let mut device = device;
         if let Some(scope) = &args.scope {
             device = device.scope(scope.as_str());
         }
@@ -130,9 +165,50 @@ async fn run(args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
-fn token_file(args: &Args) -> Result<FileStore, Failure> {
+/// Revokes the tokens of the token file and removes it, through `Refreshing::logout`.
+async fn logout(args: &Args, endpoint: &TokenEndpoint, store: FileStore) -> Result<(), Failure> {
+    let revocation = match (&args.revocation_url, &args.issuer) {
+        (Some(url), _) => Revocation::new(endpoint, url)
+            .map_err(|e| Failure(format!("bad --revocation-url {url:?}: {e}"), 2))?,
+        (None, Some(_)) => endpoint
+            .revocation()
+            .map_err(|e| Failure(e.to_string(), 1))?,
+        (None, None) => {
+            let url = sibling_url(&endpoint.url().to_string(), "revoke");
+            Revocation::new(endpoint, &url)
+                .map_err(|e| Failure(format!("bad revocation URL {url:?}: {e}"), 2))?
+        }
+    };
+    let saved = store.load().await.map_err(|e| Failure(e.to_string(), 1))?;
+    if saved.is_none() {
+        eprintln!("Not logged in: no token file at {}", store.path().display());
+        return Ok(());
+    }
+    // Nothing is fetched: the cache only revokes what the file holds, then clears it.
+    let nothing = source::from_fn(|_| async { Err(Error::NoToken("logging out".into())) });
+    let cache = Refreshing::builder(nothing)
+        .store(store.clone())
+        .revocation(revocation.clone())
+        .build();
+    cache.logout().await.map_err(|e| {
+        Failure(
+            format!(
+                "logout at {}: {e} (the token file was removed)",
+                revocation.url()
+            ),
+            1,
+        )
+    })?;
+    eprintln!(
+        "Logged out: revoked the tokens at {} and removed {}",
+        revocation.url(),
+        store.path().display()
+    );
+    Ok(())
+}
+
+fn token_file(args: &Args, issuer: &str) -> Result<FileStore, Failure> {
     let user = args.user.as_str();
-    let issuer = args.token_url.as_str();
     if let Some(path) = &args.token_file {
         return Ok(FileStore::at(path, user, issuer));
     }
@@ -170,7 +246,7 @@ fn read_password(args: &Args) -> Result<SecretString, Failure> {
 
 /// What went wrong, in the user's words.
 fn explain(e: &Error, args: &Args) -> Failure {
-    let url = &args.token_url;
+    let url = args.issuer.as_ref().unwrap_or(&args.token_url);
     let line = match e {
         Error::InvalidGrant(_) if !args.device => format!(
             "wrong user name or password for {} at {url} (invalid_grant)",

@@ -193,6 +193,8 @@ pub enum Endpoint {
     Discovery,
     /// The token introspection endpoint (RFC 7662).
     Introspection,
+    /// The token revocation endpoint (RFC 7009).
+    Revocation,
 }
 
 impl fmt::Display for Endpoint {
@@ -203,6 +205,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Jwks => "JWKS endpoint",
             Endpoint::Discovery => "discovery document",
             Endpoint::Introspection => "introspection endpoint",
+            Endpoint::Revocation => "revocation endpoint",
         })
     }
 }

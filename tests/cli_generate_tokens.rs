@@ -307,3 +307,45 @@ async fn the_device_flow_from_the_command_line() {
     assert_eq!(s.idp.device_polls.lock().unwrap().len(), 2);
     let _ = std::fs::remove_dir_all(home);
 }
+
+#[tokio::test]
+async fn logout_without_a_revocation_endpoint_fails_in_one_line_and_still_removes_the_file() {
+    let s = common::start().await;
+    let home = home("logout");
+    let url = s.token_url();
+    let login = run(
+        &["-u", "alice", "--token-url", &url, "--password-stdin"],
+        Some("wonderland\n"),
+        &home,
+    )
+    .await;
+    assert!(login.out.status.success(), "{}", login.stderr());
+    assert_eq!(files_in(&home).len(), 1, "{:?}", files_in(&home));
+
+    // The example token server has no revocation endpoint: `<token url>/../revoke` is a 404.
+    let logout = run(
+        &["-u", "alice", "--token-url", &url, "--logout"],
+        None,
+        &home,
+    )
+    .await;
+    let err = logout.one_line_failure();
+    assert!(err.contains("/revoke"), "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains("the token file was removed"), "{err}");
+    assert!(files_in(&home).is_empty(), "{:?}", files_in(&home));
+
+    // Logged out already: nothing to do.
+    let again = run(
+        &["-u", "alice", "--token-url", &url, "--logout"],
+        None,
+        &home,
+    )
+    .await;
+    assert!(again.out.status.success(), "{}", again.stderr());
+    assert!(
+        again.stderr().contains("Not logged in"),
+        "{}",
+        again.stderr()
+    );
+}

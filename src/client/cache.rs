@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use http::HeaderValue;
+use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::authorizer::{Authorizer, Credential, CredentialFuture};
+use super::revoke::Revocation;
 use super::source::TokenSource;
 use super::store::TokenStore;
 use crate::flight::{Joined, SingleFlight, STALL};
@@ -143,12 +145,15 @@ struct Failure {
     /// next one may start.
     rejection_refreshes: u32,
     next_rejection_refresh: Option<Instant>,
+    /// Set by `logout`, cleared by `set_token`: nothing is fetched meanwhile.
+    logged_out: bool,
 }
 
 struct Shared<S> {
     current: SwapOption<Cached>,
     source: S,
     store: Option<Arc<dyn TokenStore>>,
+    revocation: Option<Box<Revocation>>,
     config: Config,
     flight: SingleFlight<Arc<Cached>, Error>,
     failure: Mutex<Failure>,
@@ -259,6 +264,7 @@ impl<S> Clone for Refreshing<S> {
 pub struct RefreshingBuilder<S> {
     source: S,
     store: Option<Arc<dyn TokenStore>>,
+    revocation: Option<Revocation>,
     config: Config,
     initial: Option<Token>,
 }
@@ -315,6 +321,14 @@ impl<S: TokenSource> RefreshingBuilder<S> {
         self
     }
 
+    /// The revocation endpoint (RFC 7009) that [`Refreshing::logout`] revokes the
+    /// tokens at: [`TokenEndpoint::revocation`](super::TokenEndpoint::revocation) of a
+    /// discovered provider, or [`Revocation::new`].
+    pub fn revocation(mut self, revocation: Revocation) -> Self {
+        self.revocation = Some(revocation);
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Refreshing<S> {
         // Given now: newer than anything stored before.
@@ -329,6 +343,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 current: SwapOption::new(current),
                 source: self.source,
                 store: self.store,
+                revocation: self.revocation.map(Box::new),
                 config: self.config,
                 flight: SingleFlight::default(),
                 failure: Mutex::new(Failure::default()),
@@ -375,6 +390,7 @@ impl<S: TokenSource> Refreshing<S> {
         RefreshingBuilder {
             source,
             store: None,
+            revocation: None,
             config: Config::default(),
             initial: None,
         }
@@ -432,6 +448,7 @@ impl<S: TokenSource> Refreshing<S> {
             failure.consecutive = 0;
             failure.last = None;
             failure.dead = None;
+            failure.logged_out = false;
             let _ = shared
                 .hold_until
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
@@ -443,6 +460,93 @@ impl<S: TokenSource> Refreshing<S> {
             shared.keep_unsaved(token);
         }
         async move { shared.flush_unsaved().await }
+    }
+
+    /// Logs out: revokes the session's tokens at the
+    /// [revocation endpoint](RefreshingBuilder::revocation) (RFC 7009: the refresh
+    /// token first, which on most providers ends the grant, then the access token),
+    /// and forgets them here and in the [store](RefreshingBuilder::store).
+    ///
+    /// The tokens revoked are the one in memory and the one in the store (another
+    /// process, or an earlier run, may have saved a newer one). They stop being
+    /// served at once, even before this future is awaited; from then on callers get
+    /// [`Error::NoToken`] (nothing is fetched, not even by a refresh that was running)
+    /// until [`set_token`](Refreshing::set_token) gives a token from a new login.
+    ///
+    /// # Errors
+    /// The first failure, once everything else was done: a revocation the server
+    /// refused or did not answer (the tokens are forgotten here all the same, and may
+    /// stay valid at the provider until they expire), a store that could not be
+    /// read or cleared, or [`Error::Configuration`] when no revocation endpoint is
+    /// configured (the tokens were forgotten but not revoked).
+    pub fn logout(&self) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        let current = {
+            let mut failure = shared
+                .failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A refresh running meanwhile sees the generation move and drops its result.
+            shared.generation.fetch_add(1, Ordering::AcqRel);
+            failure.logged_out = true;
+            failure.consecutive = 0;
+            failure.dead = None;
+            failure.last = Some(logged_out());
+            shared.hold_until.store(TERMINAL, Ordering::Release);
+            shared
+                .unsaved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let current = shared.current.load_full().map(|c| c.token.clone());
+            shared.current.store(None);
+            current
+        };
+        tracing::info!("logging out");
+        async move {
+            let mut first_error = None;
+            let mut tokens: Vec<Token> = current.into_iter().collect();
+            if let Some(store) = &shared.store {
+                match store.load().await {
+                    Ok(Some(stored)) => tokens.push(stored),
+                    Ok(None) => {}
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            match &shared.revocation {
+                Some(revocation) => {
+                    let mut revoked: Vec<(String, Option<String>)> = Vec::new();
+                    for token in tokens {
+                        let key = (
+                            token.access_token().expose_secret().to_owned(),
+                            token.refresh_token().map(|r| r.expose_secret().to_owned()),
+                        );
+                        if revoked.contains(&key) {
+                            continue;
+                        }
+                        if let Err(error) = revocation.revoke_token(&token).await {
+                            tracing::warn!(%error, "could not revoke a token at logout");
+                            first_error.get_or_insert(error);
+                        }
+                        revoked.push(key);
+                    }
+                }
+                None if tokens.is_empty() => {}
+                None => {
+                    first_error.get_or_insert(Error::Configuration(
+                        "logged out without revoking the tokens: no revocation endpoint is configured (RefreshingBuilder::revocation)".into(),
+                    ));
+                }
+            }
+            if let Some(store) = &shared.store {
+                if let Err(error) = store.clear().await {
+                    first_error.get_or_insert(error);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        }
     }
 
     /// Forgets that the current token is valid: the next caller waits for a refresh
@@ -512,6 +616,20 @@ impl<S: TokenSource> Shared<S> {
             let result = shared.obtain(generation).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
             if shared.generation.load(Ordering::Acquire) != generation {
+                let was_logged_out = shared
+                    .failure
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .logged_out;
+                if was_logged_out {
+                    // Logged out meanwhile: this outcome is nobody's, and a token it
+                    // brought is revoked like the others.
+                    if let (Ok(token), Some(revocation)) = (&result, &shared.revocation) {
+                        let _ = revocation.revoke_token(token).await;
+                    }
+                    tracing::debug!(attempt, elapsed_ms, "logged out during the refresh");
+                    return Err(logged_out());
+                }
                 // The application set a token meanwhile (a new login): it wins over
                 // this refresh's outcome, whatever that was.
                 let now = Instant::now();
@@ -888,6 +1006,11 @@ impl<S> fmt::Debug for Refreshing<S> {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// What callers get after [`Refreshing::logout`].
+fn logged_out() -> Error {
+    Error::NoToken("logged out; log in again".into())
 }
 
 /// A uniformly random duration in `[0, max]`.

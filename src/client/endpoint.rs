@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::authorizer::basic_header;
+use super::discovery::ProviderMetadata;
 use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 use crate::transport::{check_url, parse_url, HttpClient};
 use crate::{Endpoint, EndpointError, Error, Token};
@@ -59,6 +60,8 @@ pub struct TokenEndpoint {
     /// What this endpoint is, for errors: the token endpoint, or another endpoint of
     /// the same provider made with `with_url`.
     kind: Endpoint,
+    /// The provider metadata this endpoint was discovered from.
+    metadata: Option<Arc<ProviderMetadata>>,
 }
 
 impl TokenEndpoint {
@@ -91,6 +94,7 @@ impl TokenEndpoint {
             params: Vec::new(),
             http: HttpClient::new(),
             kind: Endpoint::Token,
+            metadata: None,
         })
     }
 
@@ -143,6 +147,22 @@ impl TokenEndpoint {
     /// The endpoint's URL.
     pub fn url(&self) -> &Uri {
         &self.url
+    }
+
+    /// The provider metadata this endpoint was [discovered](Self::discover) from.
+    pub fn metadata(&self) -> Option<&ProviderMetadata> {
+        self.metadata.as_deref()
+    }
+
+    pub(crate) fn with_metadata(mut self, metadata: Arc<ProviderMetadata>) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// The same endpoint without the extra form parameters (for revocation).
+    pub(crate) fn without_params(mut self) -> Self {
+        self.params.clear();
+        self
     }
 
     /// The refresh-token grant (RFC 6749 §6), starting from `refresh_token`.

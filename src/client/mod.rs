@@ -6,16 +6,20 @@
 //! - [`Refreshing`]: a lock-free token cache with a single-flight refresh, in front of a
 //!   [`source::TokenSource`].
 //! - [`source`]: the token sources: closures and the OAuth 2.0 grants.
-//! - [`TokenEndpoint`]: the token endpoint and the client's registration with it.
+//! - [`TokenEndpoint`]: the token endpoint and the client's registration with it;
+//!   [`TokenEndpoint::discover`] finds it from an issuer URL ([`ProviderMetadata`]).
+//! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes.
 //! - [`AuthorizeLayer`]: the tower layer.
 
 mod authorizer;
 mod cache;
+mod discovery;
 mod endpoint;
 mod layer;
 #[cfg(feature = "reqwest")]
 mod reqwest;
+mod revoke;
 pub mod source;
 mod store;
 mod store_file;
@@ -29,10 +33,12 @@ pub use authorizer::{
 pub use cache::{
     RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
 };
+pub use discovery::{ProviderMetadata, DISCOVERY_TTL};
 pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
 pub use layer::{
     Authorize, AuthorizeError, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture,
 };
+pub use revoke::{Revocation, TokenTypeHint};
 pub use source::TokenSource;
 pub use store::{MemoryStore, StoredToken, TokenStore};
 pub use store_file::FileStore;

@@ -1,0 +1,260 @@
+// The OpenID provider of the interop tests (tests/interop_*.rs): panva's certified
+// `oidc-provider`, configured for what the tests need, on 127.0.0.1 only.
+//
+//   node interop/provider.mjs --port 9000 [--ttl 4]
+//
+// Prints one line `ready <issuer> <kid>` on stdout once it listens. Every start signs
+// with a fresh RSA key, so a restart on the same port is a key rotation.
+//
+// Test-only routes, next to the provider's own (not part of any standard):
+//   GET  /_test/counts          requests per endpoint and grant type, as JSON
+//   POST /_test/fail?status=503 the token endpoint answers that status (0: stops)
+//   POST /_test/approve         body `user_code=…`: a person approves a device login
+//                               through the provider's own pages (dev interactions)
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import Provider from 'oidc-provider';
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : fallback;
+}
+
+// The issuer names the port, so it is chosen by the caller.
+const port = Number(arg('port', ''));
+if (!Number.isInteger(port) || port <= 0) {
+  console.error('usage: node provider.mjs --port <port> [--ttl <seconds>]');
+  process.exit(2);
+}
+// The lifetime of every access token, in seconds.
+const ttl = Number(arg('ttl', '4'));
+
+// The resource servers a client may ask tokens for (RFC 8707 resource indicators).
+const RESOURCES = {
+  'https://api.jwt.test': { format: 'jwt', scope: 'read write' },
+  'https://api.opaque.test': { format: 'opaque', scope: 'read write' },
+  'https://other.opaque.test': { format: 'opaque', scope: 'read write' },
+};
+
+const kid = randomBytes(8).toString('hex');
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const jwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' };
+
+const counts = {};
+function count(key) {
+  counts[key] = (counts[key] || 0) + 1;
+}
+let failStatus = 0;
+
+const clients = [
+  {
+    client_id: 'svc-basic',
+    client_secret: 'basic-secret-0123456789',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
+  {
+    client_id: 'svc-post',
+    client_secret: 'post-secret-0123456789',
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
+  {
+    // A command-line tool: a public client logging people in with the device flow.
+    client_id: 'cli',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'openid offline_access read write',
+  },
+  {
+    // The protected API: introspects the opaque tokens it is sent.
+    client_id: 'api',
+    client_secret: 'api-secret-0123456789',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+  },
+];
+
+const configuration = {
+  clients,
+  jwks: { keys: [jwk] },
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  // Every refresh spends the refresh token and answers a new one.
+  rotateRefreshToken: true,
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  scopes: ['openid', 'offline_access', 'read', 'write'],
+  ttl: {
+    AccessToken: ttl,
+    ClientCredentials: ttl,
+    DeviceCode: 120,
+    Grant: 3600,
+    IdToken: 3600,
+    Interaction: 300,
+    RefreshToken: 3600,
+    Session: 3600,
+  },
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    deviceFlow: { enabled: true },
+    introspection: {
+      enabled: true,
+      // The API may introspect any token (the default lets confidential clients).
+      allowedPolicy: async () => true,
+    },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async (_ctx, _client, oneOf) => oneOf,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, resource) => {
+        const known = RESOURCES[resource];
+        if (!known) {
+          throw new Provider.errors.InvalidTarget();
+        }
+        return {
+          audience: resource,
+          scope: known.scope,
+          accessTokenTTL: ttl,
+          accessTokenFormat: known.format,
+          ...(known.format === 'jwt' ? { jwt: { sign: { alg: 'RS256' } } } : {}),
+        };
+      },
+    },
+  },
+};
+
+const issuer = `http://127.0.0.1:${port}`;
+const provider = new Provider(issuer, configuration);
+
+// Counts and failure injection, around the provider's own routes.
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/_test/counts' && ctx.method === 'GET') {
+    ctx.body = counts;
+    return;
+  }
+  if (ctx.path === '/_test/fail' && ctx.method === 'POST') {
+    failStatus = Number(ctx.query.status || 0);
+    ctx.body = { fail: failStatus };
+    return;
+  }
+  if (ctx.path === '/_test/approve' && ctx.method === 'POST') {
+    const body = await readBody(ctx.req);
+    const userCode = new URLSearchParams(body).get('user_code');
+    try {
+      await approve(userCode);
+      ctx.body = { approved: userCode };
+    } catch (e) {
+      ctx.status = 500;
+      ctx.body = { error: String(e && e.message) };
+    }
+    return;
+  }
+  if (ctx.path === '/token' && failStatus) {
+    count('token:failed');
+    ctx.status = failStatus;
+    ctx.body = { error: 'temporarily_unavailable', error_description: 'injected by the test' };
+    return;
+  }
+  await next();
+  const route = ctx.oidc && ctx.oidc.route;
+  if (route === 'token') {
+    const grant = (ctx.oidc.params && ctx.oidc.params.grant_type) || 'unknown';
+    count(`token:${grant}`);
+    if (ctx.status >= 400) count(`token:${grant}:error`);
+  } else if (route === 'introspection' || route === 'revocation' || route === 'device_authorization') {
+    count(route);
+  } else if (route === 'discovery' || route === 'jwks') {
+    count(route);
+  }
+});
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    let data = '';
+    req.setEncoding('utf8');
+    req.on('data', (chunk) => { data += chunk; });
+    req.on('end', () => resolve(data));
+    req.on('error', reject);
+  });
+}
+
+// A person at a browser: enters the user code, logs in and consents on the
+// provider's dev interaction pages. Cookies are kept as a browser keeps them.
+async function approve(userCode) {
+  const jar = new Map();
+  const cookieHeader = () => [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
+  async function go(method, url, form) {
+    const res = await fetch(new URL(url, issuer), {
+      method,
+      redirect: 'manual',
+      headers: {
+        cookie: cookieHeader(),
+        ...(form ? { 'content-type': 'application/x-www-form-urlencoded' } : {}),
+      },
+      body: form ? new URLSearchParams(form).toString() : undefined,
+    });
+    for (const c of res.headers.getSetCookie()) {
+      const [pair] = c.split(';');
+      const eq = pair.indexOf('=');
+      jar.set(pair.slice(0, eq), pair.slice(eq + 1));
+    }
+    return { res, text: await res.text() };
+  }
+  const hidden = (html, name) => {
+    const m = html.match(new RegExp(`name="${name}" value="([^"]*)"`));
+    return m && m[1];
+  };
+  const formAction = (html) => {
+    const m = html.match(/<form[^>]*action="([^"]+)"/);
+    return m && m[1];
+  };
+
+  // The code input page, then the confirmation page.
+  let { text } = await go('GET', '/device');
+  let page = await go('POST', formAction(text) || '/device', { xsrf: hidden(text, 'xsrf'), user_code: userCode });
+  page = await go('POST', formAction(page.text) || '/device', {
+    xsrf: hidden(page.text, 'xsrf'),
+    user_code: hidden(page.text, 'user_code') || userCode,
+    confirm: 'yes',
+  });
+  // Redirects through the interactions: login, then consent, then back to /device.
+  for (let step = 0; step < 10; step += 1) {
+    const location = page.res.headers.get('location');
+    if (location) {
+      page = await go('GET', location);
+      continue;
+    }
+    const action = formAction(page.text);
+    if (page.text.includes('Sign-in Success')) return;
+    if (!action) throw new Error(`approve: stuck at HTTP ${page.res.status}: ${page.text.slice(0, 300)}`);
+    if (page.text.includes('name="login"')) {
+      page = await go('POST', action, { prompt: 'login', login: 'alice', password: 'any' });
+    } else {
+      page = await go('POST', action, { prompt: 'consent' });
+    }
+  }
+  throw new Error('approve: too many steps');
+}
+
+const server = provider.listen(port, '127.0.0.1', () => {
+  console.log(`ready ${issuer} ${kid}`);
+});
+server.on('error', (e) => {
+  console.error(`cannot listen: ${e.message}`);
+  process.exit(1);
+});
+process.on('SIGTERM', () => process.exit(0));
+// The test may stop reading: the provider keeps serving.
+process.stdout.on('error', () => {});
+process.stderr.on('error', () => {});

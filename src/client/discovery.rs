@@ -1,0 +1,428 @@
+//! Client-side discovery: a provider's endpoints from its issuer URL (OpenID
+//! Connect Discovery 1.0, else RFC 8414 authorization server metadata).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CACHE_CONTROL};
+use http::{Request, StatusCode, Uri};
+use http_body_util::Full;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::endpoint::{TokenEndpoint, TokenEndpointAuth};
+use super::revoke::Revocation;
+use super::source::DeviceCode;
+use crate::transport::{check_url, parse_url, HttpClient};
+use crate::Endpoint;
+use crate::Error;
+
+/// How long a discovered document is reused when its answer names no `max-age`.
+pub const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// The bounds of a `max-age` honoured for a discovered document.
+const TTL_BOUNDS: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(86_400));
+
+/// A provider's metadata, found from its issuer URL.
+///
+/// [`ProviderMetadata::discover`] fetches `{issuer}/.well-known/openid-configuration`
+/// (OpenID Connect Discovery 1.0), and when that is not found the RFC 8414 document
+/// (`/.well-known/oauth-authorization-server` inserted before the issuer's path). The
+/// document must name exactly the issuer it was fetched for (OpenID Connect
+/// Discovery §4.3, RFC 8414 §3.3): a document naming another issuer is refused, so a
+/// compromised or misconfigured host cannot send the client's credentials elsewhere
+/// under a trusted name. Every endpoint URL in it must be `https://` (plain `http://`
+/// only on loopback), like the URLs given to [`TokenEndpoint::new`].
+///
+/// Documents are cached per issuer for the `max-age` of the answer (between one
+/// minute and one day), else [`DISCOVERY_TTL`]: building many endpoints from one
+/// issuer fetches the document once.
+///
+/// Most users go through [`TokenEndpoint::discover`]:
+///
+/// ```no_run
+/// use tower_bearer::client::{Refreshing, TokenEndpoint};
+/// # async fn run() -> Result<(), tower_bearer::Error> {
+/// let endpoint = TokenEndpoint::discover("https://idp.example.com").await?.client_id("svc").client_secret("s3cret");
+/// let authorizer = Refreshing::builder(endpoint.client_credentials()).revocation(endpoint.revocation()?).build();
+/// # let _ = authorizer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[non_exhaustive]
+pub struct ProviderMetadata {
+    /// The issuer identifier: the URL the document was discovered from.
+    pub issuer: String,
+    /// The token endpoint (RFC 6749 §3.2).
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// The device authorization endpoint (RFC 8628).
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
+    /// The revocation endpoint (RFC 7009).
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+    /// The introspection endpoint (RFC 7662), for a resource server's
+    /// [`Introspection`](crate::server::Introspection).
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    /// The provider's signing keys (see [`JwksValidator::discover`](crate::server::JwksValidator::discover)).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The client authentication methods of the token endpoint; absent means
+    /// `client_secret_basic` only (RFC 8414 §2).
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    /// The client authentication methods of the revocation endpoint; absent means
+    /// `client_secret_basic` only.
+    #[serde(default)]
+    pub revocation_endpoint_auth_methods_supported: Option<Vec<String>>,
+    /// The grant types the provider supports; absent means `authorization_code`
+    /// and `implicit` (RFC 8414 §2).
+    #[serde(default)]
+    pub grant_types_supported: Option<Vec<String>>,
+}
+
+type Cache = Mutex<HashMap<String, (Instant, Arc<ProviderMetadata>)>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Cache::default)
+}
+
+impl ProviderMetadata {
+    /// The metadata of the provider at `issuer`, from the cache or fetched with
+    /// the default [`HttpClient`].
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for an issuer that is not an `https://` URL (or
+    /// `http://` on loopback); [`Error::InvalidResponse`] when no document is found,
+    /// it does not parse, or it names another issuer; the transport's errors.
+    pub async fn discover(issuer: &str) -> Result<Arc<Self>, Error> {
+        Self::discover_with(issuer, &HttpClient::new()).await
+    }
+
+    /// Like [`discover`](Self::discover), fetching through `http` on a cache miss.
+    ///
+    /// # Errors
+    /// As [`discover`](Self::discover).
+    pub async fn discover_with(issuer: &str, http: &HttpClient) -> Result<Arc<Self>, Error> {
+        let now = Instant::now();
+        if let Some((until, found)) = lock(cache()).get(issuer) {
+            if now < *until {
+                return Ok(Arc::clone(found));
+            }
+        }
+        let (found, ttl) = fetch(issuer, http).await?;
+        let found = Arc::new(found);
+        lock(cache()).insert(issuer.to_owned(), (now + ttl, Arc::clone(&found)));
+        Ok(found)
+    }
+
+    /// The client authentication method to use at the token endpoint:
+    /// `client_secret_basic` when the provider supports it, else
+    /// `client_secret_post` when it does, else `client_secret_basic` (the method
+    /// every provider must support, RFC 6749 §2.3.1).
+    pub fn client_auth(&self) -> TokenEndpointAuth {
+        choose_auth(self.token_endpoint_auth_methods_supported.as_deref())
+    }
+
+    /// Whether the provider says it supports `grant_type` (when it says nothing, it
+    /// may still).
+    pub fn supports_grant(&self, grant_type: &str) -> Option<bool> {
+        self.grant_types_supported
+            .as_ref()
+            .map(|g| g.iter().any(|t| t == grant_type))
+    }
+
+    /// The token endpoint, with the client authentication method the provider
+    /// supports ([`client_auth`](Self::client_auth)); set the client id and secret
+    /// on it. The endpoint remembers this metadata, for
+    /// [`TokenEndpoint::revocation`] and [`TokenEndpoint::device_code`].
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the document names no token endpoint, or one
+    /// that is not `https://` (or loopback `http://`).
+    pub fn token_endpoint(self: &Arc<Self>) -> Result<TokenEndpoint, Error> {
+        let url = self.token_endpoint.as_deref().ok_or_else(|| {
+            Error::Configuration(format!(
+                "the provider metadata of {} names no token_endpoint",
+                self.issuer
+            ))
+        })?;
+        Ok(TokenEndpoint::new(url)?
+            .auth_method(self.client_auth())
+            .with_metadata(Arc::clone(self)))
+    }
+}
+
+fn choose_auth(supported: Option<&[String]>) -> TokenEndpointAuth {
+    let Some(supported) = supported else {
+        return TokenEndpointAuth::Basic;
+    };
+    let has = |m: &str| supported.iter().any(|s| s == m);
+    if !has("client_secret_basic") && has("client_secret_post") {
+        TokenEndpointAuth::Post
+    } else {
+        TokenEndpointAuth::Basic
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The two places a document may be (OpenID Connect first).
+fn document_urls(issuer: &Uri) -> Vec<String> {
+    let origin = format!(
+        "{}://{}",
+        issuer.scheme_str().unwrap_or("https"),
+        issuer.authority().map(|a| a.as_str()).unwrap_or_default()
+    );
+    let path = issuer.path().trim_end_matches('/');
+    vec![
+        format!("{origin}{path}/.well-known/openid-configuration"),
+        // RFC 8414 §3.1: the well-known segment goes before the issuer's path.
+        format!("{origin}/.well-known/oauth-authorization-server{path}"),
+    ]
+}
+
+async fn fetch(issuer: &str, http: &HttpClient) -> Result<(ProviderMetadata, Duration), Error> {
+    let issuer_uri = parse_url(issuer)?;
+    check_url(&issuer_uri, false)?;
+    if issuer_uri.query().is_some() {
+        return Err(Error::Configuration(format!(
+            "issuer {issuer:?} has a query: an issuer identifier cannot"
+        )));
+    }
+    let mut tried = Vec::new();
+    for url in document_urls(&issuer_uri) {
+        let req = Request::get(url.as_str())
+            .header(ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Configuration(format!("discovery request {url}: {e}")))?;
+        let res = http.send(Endpoint::Discovery, req).await?;
+        if res.status() == StatusCode::NOT_FOUND {
+            tried.push(url);
+            continue;
+        }
+        if res.status() != StatusCode::OK {
+            return Err(Error::InvalidResponse(
+                Endpoint::Discovery,
+                format!("{url} answered HTTP {}", res.status().as_u16()),
+            ));
+        }
+        let found = parse_metadata(res.body(), issuer)
+            .map_err(|e| Error::InvalidResponse(Endpoint::Discovery, format!("{url}: {e}")))?;
+        let ttl = res
+            .headers()
+            .get(CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age)
+            .map(|age| age.clamp(TTL_BOUNDS.0, TTL_BOUNDS.1))
+            .unwrap_or(DISCOVERY_TTL);
+        return Ok((found, ttl));
+    }
+    Err(Error::InvalidResponse(
+        Endpoint::Discovery,
+        format!(
+            "no provider metadata for issuer {issuer}: {} answered 404",
+            tried.join(" and ")
+        ),
+    ))
+}
+
+/// Parses a document and checks it is `issuer`'s own, with usable endpoint URLs.
+pub(crate) fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetadata, String> {
+    let found: ProviderMetadata = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if found.issuer != issuer {
+        return Err(format!(
+            "it names issuer {:?}, expected {issuer:?}",
+            found.issuer
+        ));
+    }
+    for (name, url) in [
+        ("token_endpoint", &found.token_endpoint),
+        (
+            "device_authorization_endpoint",
+            &found.device_authorization_endpoint,
+        ),
+        ("revocation_endpoint", &found.revocation_endpoint),
+        ("introspection_endpoint", &found.introspection_endpoint),
+        ("jwks_uri", &found.jwks_uri),
+    ] {
+        if let Some(url) = url {
+            let uri = parse_url(url).map_err(|e| format!("{name}: {e}"))?;
+            check_url(&uri, false).map_err(|e| format!("{name}: {e}"))?;
+        }
+    }
+    Ok(found)
+}
+
+fn max_age(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|d| {
+        let (k, v) = d.trim().split_once('=')?;
+        (k.eq_ignore_ascii_case("max-age"))
+            .then(|| v.trim().parse().ok().map(Duration::from_secs))
+            .flatten()
+    })
+}
+
+impl TokenEndpoint {
+    /// The token endpoint of the provider at `issuer`, found through discovery
+    /// ([`ProviderMetadata::discover`]: checked issuer, cached document), with a client
+    /// authentication method the provider supports. Set the client id and secret
+    /// on it, then use its grants; [`revocation`](Self::revocation) and
+    /// [`device_code`](Self::device_code) come from the same document.
+    ///
+    /// From an issuer URL to a refreshing client:
+    ///
+    /// ```
+    /// # use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
+    /// # async fn run(issuer: &str) -> Result<(), tower_bearer::Error> {
+    /// let endpoint = TokenEndpoint::discover(issuer).await?.client_id("svc").client_secret("s3cret");
+    /// let authorizer = Refreshing::builder(endpoint.client_credentials()).revocation(endpoint.revocation()?).build();
+    /// let layer = AuthorizeLayer::new(authorizer.clone()); // any tower HTTP client
+    /// # let _ = layer;
+    /// # authorizer.token().await?; // the provider's token endpoint answers
+    /// # Ok(()) }
+    /// # let issuer = serve();
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run(&issuer)).unwrap();
+    /// # fn serve() -> String {
+    /// #     // A provider on loopback: its discovery document and a token endpoint.
+    /// #     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// #     let issuer = format!("http://{}", listener.local_addr().unwrap());
+    /// #     let doc = format!(r#"{{"issuer":"{issuer}","token_endpoint":"{issuer}/token","revocation_endpoint":"{issuer}/revoke"}}"#);
+    /// #     std::thread::spawn(move || {
+    /// #         use std::io::{Read, Write};
+    /// #         for stream in listener.incoming() {
+    /// #             let mut stream = stream.unwrap();
+    /// #             let mut buf = [0u8; 4096];
+    /// #             let n = stream.read(&mut buf).unwrap_or(0);
+    /// #             let body = if buf[..n].starts_with(b"POST /token") {
+    /// #                 r#"{"access_token":"a1","token_type":"Bearer","expires_in":3600}"#.to_owned()
+    /// #             } else {
+    /// #                 doc.clone()
+    /// #             };
+    /// #             let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    /// #         }
+    /// #     });
+    /// #     issuer
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// What [`ProviderMetadata::discover`] and
+    /// [`ProviderMetadata::token_endpoint`] return.
+    pub async fn discover(issuer: &str) -> Result<Self, Error> {
+        ProviderMetadata::discover(issuer).await?.token_endpoint()
+    }
+
+    /// The revocation endpoint (RFC 7009) of the discovered provider, with this
+    /// client registration.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when this endpoint was not
+    /// [discovered](Self::discover), or the provider names no revocation endpoint
+    /// (use [`Revocation::new`] with its URL).
+    pub fn revocation(&self) -> Result<Revocation, Error> {
+        let url = self.discovered("revocation_endpoint", |m| &m.revocation_endpoint)?;
+        Revocation::new(self, &url)
+    }
+
+    /// The device authorization grant (RFC 8628) at the discovered provider's
+    /// device authorization endpoint, with this client registration.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when this endpoint was not
+    /// [discovered](Self::discover), or the provider names no device authorization
+    /// endpoint (use [`DeviceCode::new`] with its URL).
+    pub fn device_code(&self) -> Result<DeviceCode, Error> {
+        let url = self.discovered("device_authorization_endpoint", |m| {
+            &m.device_authorization_endpoint
+        })?;
+        DeviceCode::new(self.clone(), &url)
+    }
+
+    fn discovered(
+        &self,
+        name: &str,
+        field: impl Fn(&ProviderMetadata) -> &Option<String>,
+    ) -> Result<String, Error> {
+        let metadata = self.metadata().ok_or_else(|| {
+            Error::Configuration(format!(
+                "the {name} is known only for a discovered provider (TokenEndpoint::discover)"
+            ))
+        })?;
+        field(metadata).clone().ok_or_else(|| {
+            Error::Configuration(format!(
+                "the provider metadata of {} names no {name}",
+                metadata.issuer
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_places() {
+        let at = |s: &str| document_urls(&parse_url(s).unwrap());
+        assert_eq!(
+            at("https://idp.example.com"),
+            [
+                "https://idp.example.com/.well-known/openid-configuration",
+                "https://idp.example.com/.well-known/oauth-authorization-server"
+            ]
+        );
+        assert_eq!(
+            at("https://idp.example.com/realms/main/"),
+            [
+                "https://idp.example.com/realms/main/.well-known/openid-configuration",
+                "https://idp.example.com/.well-known/oauth-authorization-server/realms/main"
+            ]
+        );
+    }
+
+    #[test]
+    fn auth_method_is_one_the_provider_supports() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(choose_auth(None), TokenEndpointAuth::Basic);
+        assert_eq!(
+            choose_auth(Some(&v(&["client_secret_post", "client_secret_basic"]))),
+            TokenEndpointAuth::Basic
+        );
+        assert_eq!(
+            choose_auth(Some(&v(&["private_key_jwt", "client_secret_post"]))),
+            TokenEndpointAuth::Post
+        );
+    }
+
+    #[test]
+    fn documents_of_another_issuer_or_with_clear_text_urls_are_refused() {
+        let issuer = "https://idp.example.com";
+        let ok = br#"{"issuer":"https://idp.example.com","token_endpoint":"https://idp.example.com/token"}"#;
+        assert!(parse_metadata(ok, issuer).is_ok());
+        let other = br#"{"issuer":"https://evil.example.com","token_endpoint":"https://evil.example.com/token"}"#;
+        assert!(parse_metadata(other, issuer)
+            .unwrap_err()
+            .contains("evil.example.com"));
+        let clear = br#"{"issuer":"https://idp.example.com","token_endpoint":"http://idp.example.com/token"}"#;
+        assert!(parse_metadata(clear, issuer)
+            .unwrap_err()
+            .contains("token_endpoint"));
+        assert!(parse_metadata(b"[]", issuer).is_err());
+    }
+
+    #[test]
+    fn max_age_is_read() {
+        assert_eq!(
+            max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(max_age("no-store"), None);
+    }
+}

@@ -1,0 +1,733 @@
+//! Interop against a certified OpenID provider: panva's `oidc-provider` (npm, the
+//! version pinned in `interop/package-lock.json`), started on 127.0.0.1 by
+//! `interop/provider.mjs` with the clients and features each test needs.
+//!
+//! Needs `node` and `interop/node_modules` (`cd interop && npm ci`; `.ci/run` does
+//! both). Without them the tests skip with a loud message, except under `CI`, where
+//! they fail.
+//!
+//! The provider counts the requests it serves per endpoint and grant type
+//! (`/_test/counts`, a route of the script): the tests assert one token request
+//! per token lifetime, whatever the number of tasks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{sleep, timeout, Instant};
+use tower_bearer::client::{
+    FileStore, MemoryStore, ProviderMetadata, Refreshing, TokenEndpoint, TokenEndpointAuth,
+    TokenSource, TokenStore, TokenTypeHint,
+};
+use tower_bearer::server::{Claims, Introspection, JwksValidator, Validator};
+use tower_bearer::{Error, Token};
+
+/// Access tokens live this long at the provider (whole seconds, as it counts them).
+const TTL: u64 = 4;
+const JWT_API: &str = "https://api.jwt.test";
+const OPAQUE_API: &str = "https://api.opaque.test";
+const OTHER_API: &str = "https://other.opaque.test";
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// Whether the provider can run here; false (after a loud message) when it cannot,
+/// outside CI; a failure under CI.
+fn provider_available() -> bool {
+    let ci = std::env::var_os("CI").is_some();
+    // oidc-provider 9 needs Node.js 20.18 or later (`.ci/run` installs one).
+    let node = std::process::Command::new("node")
+        .args([
+            "-e",
+            "const [a, b] = process.versions.node.split('.').map(Number); \
+             process.exit(a > 20 || (a === 20 && b >= 18) ? 0 : 1)",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    let installed = interop_dir()
+        .join("node_modules/oidc-provider/package.json")
+        .exists();
+    let why = match (node, installed) {
+        (true, true) => return true,
+        (false, _) => "node 20.18 or later is not installed",
+        (true, false) => "oidc-provider is not installed (cd interop && npm ci)",
+    };
+    assert!(!ci, "CI: the interop tests must run, but {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED interop test: {why} !!!\n");
+    false
+}
+
+/// One running `oidc-provider`.
+struct Provider {
+    child: Child,
+    port: u16,
+    issuer: String,
+    kid: String,
+    http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Provider {
+    /// Starts a provider on a free port, or None when it cannot run here.
+    async fn start() -> Option<Provider> {
+        if !provider_available() {
+            return None;
+        }
+        Some(Self::start_on(free_port()).await)
+    }
+
+    /// Starts a provider on `port`, with a fresh signing key; fails the test when it
+    /// does not come up within 20 s.
+    async fn start_on(port: u16) -> Provider {
+        let mut child = Command::new("node")
+            .arg(interop_dir().join("provider.mjs"))
+            .args(["--port", &port.to_string(), "--ttl", &TTL.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot run node");
+        // Its output goes to the test's (shown when a test fails), to the end.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("provider:{port}: {line}");
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("oidc-provider did not start within 20 s")
+            .unwrap()
+            .expect("oidc-provider exited before it was ready");
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("provider:{port}: {line}");
+            }
+        });
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("ready"), "{line}");
+        let issuer = words.next().unwrap().to_owned();
+        let kid = words.next().unwrap().to_owned();
+        assert_eq!(issuer, format!("http://127.0.0.1:{port}"));
+        Provider {
+            child,
+            port,
+            issuer,
+            kid,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn stop(mut self) -> u16 {
+        self.child.kill().await.unwrap();
+        self.port
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    /// Requests served, per endpoint and grant type.
+    async fn counts(&self) -> HashMap<String, u64> {
+        self.http
+            .get(self.url("/_test/counts"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap()
+    }
+
+    async fn count(&self, key: &str) -> u64 {
+        self.counts().await.get(key).copied().unwrap_or(0)
+    }
+
+    /// The token endpoint answers `status` from now on (0: answers again).
+    async fn fail_tokens(&self, status: u16) {
+        let res = self
+            .http
+            .post(self.url(&format!("/_test/fail?status={status}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+
+    /// A person approves the device login `user_code` on the provider's pages.
+    async fn approve(&self, user_code: &str) {
+        let res = self
+            .http
+            .post(self.url("/_test/approve"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("user_code={user_code}"))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        assert!(
+            status.is_success(),
+            "approve: {}",
+            res.text().await.unwrap()
+        );
+    }
+
+    /// What the provider's introspection endpoint says of `token`, asked as the API.
+    async fn introspect(&self, token: &str) -> serde_json::Value {
+        self.http
+            .post(self.url("/token/introspection"))
+            .basic_auth("api", Some("api-secret-0123456789"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap()
+    }
+}
+
+async fn discover(provider: &Provider) -> TokenEndpoint {
+    TokenEndpoint::discover(&provider.issuer).await.unwrap()
+}
+
+/// Many tasks use `authorizer` for `duration`, each token checked by `check`;
+/// returns the number of uses.
+async fn hammer<S, F, Fut>(authorizer: &Refreshing<S>, duration: Duration, check: F) -> u64
+where
+    S: tower_bearer::client::TokenSource,
+    F: Fn(Token) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let uses = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let authorizer = authorizer.clone();
+        let check = check.clone();
+        let uses = Arc::clone(&uses);
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let token = authorizer.token().await.expect("a token");
+                check(token).await;
+                uses.fetch_add(1, Ordering::Relaxed);
+                sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    uses.load(Ordering::Relaxed)
+}
+
+/// The most token requests a cache may make in `duration` with `TTL` tokens: one
+/// at start, then one per half lifetime (a token is refreshed at half its life).
+fn at_most_per_lifetime(duration: Duration) -> u64 {
+    1 + (duration.as_secs_f64() / (TTL as f64 / 2.0)).ceil() as u64
+}
+
+/// Client credentials with `client_secret_basic` (chosen by discovery) and
+/// `client_secret_post`, JWT access tokens for a resource indicator, checked by
+/// `JwksValidator::discover` with issuer and audience; one token request per
+/// lifetime for 16 tasks; the discovery document fetched once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_jwt_validated_by_discovery() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let metadata = ProviderMetadata::discover(&provider.issuer).await.unwrap();
+    assert_eq!(metadata.issuer, provider.issuer);
+    assert_eq!(metadata.client_auth(), TokenEndpointAuth::Basic);
+    assert_eq!(
+        metadata.revocation_endpoint.as_deref(),
+        Some(provider.url("/token/revocation").as_str())
+    );
+    let discovered = provider.count("discovery").await;
+    assert_eq!(discovered, 1);
+
+    let validator = JwksValidator::<Claims>::discover(&provider.issuer)
+        .unwrap()
+        .rules(|v| v.audience(JWT_API))
+        .build()
+        .unwrap();
+    let wrong_audience = JwksValidator::<Claims>::discover(&provider.issuer)
+        .unwrap()
+        .rules(|v| v.audience(OPAQUE_API))
+        .build()
+        .unwrap();
+
+    for (client, secret, auth) in [
+        ("svc-basic", "basic-secret-0123456789", None),
+        (
+            "svc-post",
+            "post-secret-0123456789",
+            Some(TokenEndpointAuth::Post),
+        ),
+    ] {
+        let mut endpoint = discover(&provider)
+            .await
+            .client_id(client)
+            .client_secret(secret)
+            .param("resource", JWT_API);
+        if let Some(auth) = auth {
+            endpoint = endpoint.auth_method(auth);
+        }
+        let before = provider.count("token:client_credentials").await;
+        let authorizer = Refreshing::new(endpoint.client_credentials().scope("read"));
+        let duration = Duration::from_secs(5);
+        let v = validator.clone();
+        let uses = hammer(&authorizer, duration, move |token| {
+            let v = v.clone();
+            async move {
+                let claims = v
+                    .validate(token.access_token().expose_secret())
+                    .await
+                    .expect("the provider's JWT is valid for its audience");
+                assert_eq!(claims.sub.as_deref(), Some(client));
+            }
+        })
+        .await;
+        // A refresh the last callers started ends.
+        sleep(Duration::from_millis(300)).await;
+        let requests = provider.count("token:client_credentials").await - before;
+        let refreshes = authorizer.stats().refreshes;
+        eprintln!("{client}: {uses} uses, {requests} token requests");
+        assert_eq!(requests, refreshes, "{client}");
+        assert!(
+            (2..=at_most_per_lifetime(duration)).contains(&requests),
+            "{client}: {requests} token requests in {duration:?} of {TTL} s tokens"
+        );
+        assert!(uses > 10 * requests, "{client}: {uses} uses");
+        assert_eq!(provider.count("token:client_credentials:error").await, 0);
+
+        let token = authorizer.token().await.unwrap();
+        assert!(wrong_audience
+            .validate(token.access_token().expose_secret())
+            .await
+            .is_err());
+    }
+    // The provider checks the secret, sent either way.
+    for auth in [TokenEndpointAuth::Basic, TokenEndpointAuth::Post] {
+        let wrong = discover(&provider)
+            .await
+            .client_id("svc-post")
+            .client_secret("not-the-secret")
+            .auth_method(auth)
+            .param("resource", JWT_API);
+        let err = wrong.client_credentials().fetch(None).await.unwrap_err();
+        assert_eq!(err.oauth_code(), Some("invalid_client"), "{err}");
+    }
+    // Every TokenEndpoint::discover above reused the first document.
+    assert_eq!(
+        provider.count("discovery").await,
+        discovered + 2,
+        "the two validators fetch their own"
+    );
+}
+
+/// A device login completed at the provider by a person (the test, through the
+/// provider's dev interaction pages). The provider's device answer has no
+/// `interval`: the default 5 s applies.
+async fn device_login(provider: &Provider, endpoint: &TokenEndpoint) -> Token {
+    let (codes, mut code) = tokio::sync::mpsc::unbounded_channel();
+    let login = endpoint
+        .device_code()
+        .unwrap()
+        .scope("openid offline_access")
+        .show(move |auth| {
+            let _ = codes.send(auth.user_code.clone());
+        });
+    let login = tokio::spawn(async move { login.login().await });
+    let user_code = code.recv().await.unwrap();
+    provider.approve(&user_code).await;
+    let token = timeout(Duration::from_secs(20), login)
+        .await
+        .expect("the device login did not end")
+        .unwrap()
+        .unwrap();
+    assert!(token.refresh_token().is_some(), "no refresh token");
+    token
+}
+
+/// The device flow with a refresh token rotated on every refresh: 16 tasks for 6 s
+/// cost one refresh per lifetime, each with the newest refresh token (a spent one
+/// would be refused, and the provider would then revoke the whole grant). Logout
+/// revokes the refresh and access tokens (RFC 7009) and clears the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_flow_rotation_and_logout() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let endpoint = discover(&provider).await.client_id("cli");
+    let first = device_login(&provider, &endpoint).await;
+    assert_eq!(
+        provider
+            .count("token:urn:ietf:params:oauth:grant-type:device_code")
+            .await,
+        1,
+        "one poll: the first comes after the default 5 s interval, once approved"
+    );
+    let first_refresh = first.refresh_token().unwrap().expose_secret().to_owned();
+
+    let store = MemoryStore::new();
+    let authorizer = Refreshing::builder(endpoint.refresh_token(first_refresh.clone()))
+        .initial_token(first.clone())
+        .store(store.clone())
+        .revocation(endpoint.revocation().unwrap())
+        .build();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Refreshed in the last tenth of each 4 s lifetime: two lifetimes and more.
+    let duration = Duration::from_secs(8);
+    let recorded = Arc::clone(&seen);
+    hammer(&authorizer, duration, move |token| {
+        let recorded = Arc::clone(&recorded);
+        async move {
+            let refresh = token.refresh_token().unwrap().expose_secret().to_owned();
+            let mut seen = recorded.lock().unwrap();
+            if seen.last() != Some(&refresh) {
+                seen.push(refresh);
+            }
+        }
+    })
+    .await;
+    // A refresh the last callers started ends.
+    sleep(Duration::from_millis(300)).await;
+    let refreshes = provider.count("token:refresh_token").await;
+    assert_eq!(refreshes, authorizer.stats().refreshes);
+    assert!(
+        (2..at_most_per_lifetime(duration)).contains(&refreshes),
+        "{refreshes} refreshes in {duration:?} of {TTL} s tokens"
+    );
+    assert_eq!(provider.count("token:refresh_token:error").await, 0);
+    let seen = seen.lock().unwrap().clone();
+    eprintln!(
+        "device: {refreshes} refreshes, {} refresh tokens seen",
+        seen.len()
+    );
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "a refresh token came back");
+    assert!(
+        seen.len() as u64 >= refreshes,
+        "every refresh rotated the refresh token"
+    );
+
+    // A fresh token, so that no refresh starts before the logout: the one revoked
+    // is the one checked.
+    authorizer.invalidate();
+    let last = authorizer.token().await.unwrap();
+    assert_eq!(provider.count("token:refresh_token").await, refreshes + 1);
+    assert_eq!(
+        store
+            .load()
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token()
+            .unwrap()
+            .expose_secret(),
+        last.refresh_token().unwrap().expose_secret(),
+        "the newest refresh token is in the store"
+    );
+    let access = last.access_token().expose_secret().to_owned();
+    assert_eq!(provider.introspect(&access).await["active"], true);
+
+    authorizer.logout().await.unwrap();
+    let fetched = authorizer.stats().refreshes;
+    assert_eq!(
+        provider.count("revocation").await,
+        2,
+        "refresh token, then access token"
+    );
+    assert!(
+        store.load().await.unwrap().is_none(),
+        "the store is cleared"
+    );
+    assert!(matches!(authorizer.token().await, Err(Error::NoToken(_))));
+    assert_eq!(provider.introspect(&access).await["active"], false);
+    // The provider refuses the last refresh token: it was revoked.
+    let err = endpoint
+        .refresh_token(last.refresh_token().unwrap().expose_secret())
+        .fetch(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
+    assert!(matches!(authorizer.token().await, Err(Error::NoToken(_))));
+    assert_eq!(
+        authorizer.stats().refreshes,
+        fetched,
+        "nothing fetched after logout"
+    );
+    assert_eq!(
+        provider.count("token:refresh_token").await,
+        refreshes + 2,
+        "the test's own refresh above, refused"
+    );
+}
+
+/// `generate_tokens --issuer … --logout` revokes the tokens of the token file
+/// and removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_logout_revokes_the_saved_tokens() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let endpoint = discover(&provider).await.client_id("cli");
+    let token = device_login(&provider, &endpoint).await;
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-interop-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("alice.json");
+    let store = FileStore::at(&file, "alice", endpoint.url().to_string());
+    store
+        .save(&token.clone().with_lineage(tower_bearer::Lineage::next()))
+        .await
+        .unwrap();
+    assert!(file.exists());
+
+    let out = Command::new(generate_tokens())
+        .args([
+            "-u",
+            "alice",
+            "--issuer",
+            &provider.issuer,
+            "--client-id",
+            "cli",
+        ])
+        .arg("--token-file")
+        .arg(&file)
+        .arg("--logout")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Logged out"), "{stderr}");
+    assert!(!file.exists(), "the token file is removed");
+    assert_eq!(provider.count("revocation").await, 2);
+    let err = endpoint
+        .refresh_token(token.refresh_token().unwrap().expose_secret())
+        .fetch(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `target/<profile>/examples/generate_tokens`, built if a filtered run did not.
+fn generate_tokens() -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join("generate_tokens");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--all-features", "--example", "generate_tokens"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot build generate_tokens");
+    }
+    path
+}
+
+/// Opaque tokens checked by `Introspection` at the discovered endpoint, with the
+/// audience rule: a token for another resource is refused, a revoked one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_through_introspection() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let metadata = ProviderMetadata::discover(&provider.issuer).await.unwrap();
+    let introspection_url = metadata.introspection_endpoint.clone().unwrap();
+    let api = || {
+        Introspection::<Claims>::new(&introspection_url)
+            .unwrap()
+            .client("api", "api-secret-0123456789")
+            .issuer(&provider.issuer)
+            .audience(OPAQUE_API)
+    };
+    let endpoint = metadata
+        .token_endpoint()
+        .unwrap()
+        .client_id("svc-basic")
+        .client_secret("basic-secret-0123456789");
+    let ours = endpoint
+        .clone()
+        .param("resource", OPAQUE_API)
+        .client_credentials()
+        .scope("read")
+        .fetch(None)
+        .await
+        .unwrap();
+    let theirs = endpoint
+        .clone()
+        .param("resource", OTHER_API)
+        .client_credentials()
+        .scope("read")
+        .fetch(None)
+        .await
+        .unwrap();
+    let ours = ours.access_token().expose_secret().to_owned();
+    let theirs = theirs.access_token().expose_secret().to_owned();
+    assert_eq!(ours.split('.').count(), 1, "opaque, not a JWT");
+
+    let claims = api().validate(&ours).await.expect("our audience");
+    assert_eq!(claims.iss.as_deref(), Some(provider.issuer.as_str()));
+    assert!(api().validate(&theirs).await.is_err(), "another audience");
+    assert_eq!(provider.count("introspection").await, 2);
+
+    endpoint
+        .revocation()
+        .unwrap()
+        .revoke(&ours, Some(TokenTypeHint::AccessToken))
+        .await
+        .unwrap();
+    assert!(api().validate(&ours).await.is_err(), "revoked");
+    assert_eq!(provider.count("revocation").await, 1);
+    assert_eq!(provider.count("token:client_credentials").await, 2);
+}
+
+/// The provider restarted with a new signing key: `JwksValidator::discover` takes
+/// the new key at its first token and refuses tokens of the key that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_across_a_restart() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let validator = JwksValidator::<Claims>::discover(&provider.issuer)
+        .unwrap()
+        .rules(|v| v.audience(JWT_API))
+        .build()
+        .unwrap();
+    let jwt = |endpoint: TokenEndpoint| async move {
+        endpoint
+            .client_id("svc-basic")
+            .client_secret("basic-secret-0123456789")
+            .param("resource", JWT_API)
+            .client_credentials()
+            .fetch(None)
+            .await
+            .unwrap()
+            .access_token()
+            .expose_secret()
+            .to_owned()
+    };
+    let old = jwt(discover(&provider).await).await;
+    validator.validate(&old).await.expect("the first key");
+    assert_eq!(validator.key_ids(), vec![provider.kid.clone()]);
+    let old_kid = provider.kid.clone();
+
+    let port = provider.stop().await;
+    let provider = Provider::start_on(port).await;
+    assert_ne!(provider.kid, old_kid, "a new key");
+    let new = jwt(discover(&provider).await).await;
+    validator
+        .validate(&new)
+        .await
+        .expect("the new key is fetched");
+    assert_eq!(validator.key_ids(), vec![provider.kid.clone()]);
+    assert!(
+        validator.validate(&old).await.is_err(),
+        "the old key is gone"
+    );
+    assert_eq!(
+        provider.count("jwks").await,
+        1,
+        "one fetch of the new key set"
+    );
+}
+
+/// The provider answering errors, then down: callers get typed, retryable errors,
+/// the cache backs off (a few requests, not one per caller), and recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_errors_and_outage() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let endpoint = discover(&provider)
+        .await
+        .client_id("svc-basic")
+        .client_secret("basic-secret-0123456789")
+        .param("resource", JWT_API);
+    let authorizer = Refreshing::builder(endpoint.client_credentials())
+        .backoff(Duration::from_millis(200), Duration::from_millis(400))
+        .build();
+
+    provider.fail_tokens(503).await;
+    let mut failures = 0;
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            let a = authorizer.clone();
+            calls.push(tokio::spawn(async move { a.token().await }));
+        }
+        for c in calls {
+            let err = c.await.unwrap().unwrap_err();
+            assert!(
+                matches!(&err, Error::TokenEndpoint(e) if e.status == 503),
+                "{err}"
+            );
+            assert!(err.is_retryable());
+            failures += 1;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "errors: {} token requests for {failures} callers",
+        provider.count("token:failed").await
+    );
+    // Attempts are a backoff apart: 100-200 ms after the first failure, then
+    // 200-400 ms; at most about 11 in 2 s, whatever the number of callers.
+    let failed = provider.count("token:failed").await;
+    assert!(
+        (2..=14).contains(&failed),
+        "{failed} token requests for {failures} callers in 2 s of 200-400 ms backoff"
+    );
+    assert!(
+        failures > 10 * failed,
+        "{failures} callers, {failed} requests"
+    );
+
+    provider.fail_tokens(0).await;
+    sleep(Duration::from_millis(500)).await;
+    authorizer.token().await.expect("answers again");
+    assert_eq!(provider.count("token:client_credentials").await, 1);
+
+    let port = provider.stop().await;
+    authorizer.invalidate();
+    sleep(Duration::from_millis(500)).await;
+    let err = authorizer.token().await.unwrap_err();
+    assert!(matches!(err, Error::Transport(..)), "{err}");
+    assert!(err.is_retryable());
+
+    let provider = Provider::start_on(port).await;
+    sleep(Duration::from_millis(500)).await;
+    authorizer.token().await.expect("the provider is back");
+    assert_eq!(provider.count("token:client_credentials").await, 1);
+}
