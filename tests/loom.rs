@@ -188,3 +188,26 @@ fn a_refresh_racing_set_token_and_a_store_load_never_goes_back() {
         );
     });
 }
+
+/// A logout racing a refresh: whatever the interleaving, no token is served after
+/// the logout (the refresh's token is dropped, not published).
+#[test]
+fn a_refresh_racing_logout_never_brings_a_token_back() {
+    model(|| {
+        let (_calls, src) = counting(false);
+        let cache = Refreshing::builder(src)
+            .initial_token(
+                Token::bearer("expired")
+                    .unwrap()
+                    .with_expires_in(std::time::Duration::ZERO),
+            )
+            .build();
+        let other = cache.clone();
+        let t = thread::spawn(move || value(block_on(other.credential())));
+        // No revocation endpoint: the tokens are forgotten, and it says so.
+        assert!(block_on(cache.logout()).is_err());
+        let _ = t.join().unwrap();
+        let after = value(block_on(cache.credential()));
+        assert!(after.is_err(), "served after the logout: {after:?}");
+    });
+}

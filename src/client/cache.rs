@@ -584,16 +584,6 @@ impl<S: TokenSource> Shared<S> {
         failure.last.clone()
     }
 
-    fn reset_failures(&self) {
-        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        failure.consecutive = 0;
-        failure.last = None;
-        failure.dead = None;
-        if self.hold_until.load(Ordering::Acquire) != RUNNING {
-            self.hold_until.store(0, Ordering::Release);
-        }
-    }
-
     fn start(
         self: &Arc<Self>,
     ) -> impl std::future::Future<Output = Result<Arc<Cached>, Error>> + Send + 'static {
@@ -615,54 +605,33 @@ impl<S: TokenSource> Shared<S> {
             let started = Instant::now();
             let result = shared.obtain(generation).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            if shared.generation.load(Ordering::Acquire) != generation {
-                let was_logged_out = shared
-                    .failure
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .logged_out;
-                if was_logged_out {
-                    // Logged out meanwhile: this outcome is nobody's, and a token it
-                    // brought is revoked like the others.
-                    if let (Ok(token), Some(revocation)) = (&result, &shared.revocation) {
-                        let _ = revocation.revoke_token(token).await;
-                    }
-                    tracing::debug!(attempt, elapsed_ms, "logged out during the refresh");
-                    return Err(logged_out());
-                }
-                // The application set a token meanwhile (a new login): it wins over
-                // this refresh's outcome, whatever that was.
-                let now = Instant::now();
-                if let Some(set) = shared.current.load_full().filter(|c| c.usable(now)) {
-                    tracing::debug!(
-                        attempt,
-                        elapsed_ms,
-                        "a token was set during the refresh; keeping it"
-                    );
-                    return Ok(set);
-                }
-            }
-            if shared.runs.load(Ordering::Acquire) != run {
-                // Abandoned (its runtime stopped driving it) and replaced: a late
-                // token is published only if newer, a late failure holds nothing.
-                tracing::debug!(attempt, elapsed_ms, "an abandoned refresh finished");
-                return result.map(|token| shared.publish(token));
-            }
+            // Abandoned (its runtime stopped driving it) and replaced by another.
+            let abandoned = shared.runs.load(Ordering::Acquire) != run;
             match result {
-                Ok(token) => {
-                    let cached = shared.publish(token);
-                    tracing::debug!(
-                        attempt,
-                        elapsed_ms,
-                        expires_in_s = cached.token.expires_in().map(|d| d.as_secs()),
-                        "token refreshed"
-                    );
-                    Ok(cached)
-                }
+                Ok(token) => match shared.publish(token.clone(), generation) {
+                    Ok(cached) => {
+                        tracing::debug!(
+                            attempt,
+                            elapsed_ms,
+                            abandoned,
+                            expires_in_s = cached.token.expires_in().map(|d| d.as_secs()),
+                            "token refreshed"
+                        );
+                        Ok(cached)
+                    }
+                    Err(error) => {
+                        // Logged out meanwhile: this token is nobody's, and is revoked
+                        // like the others.
+                        if let Some(revocation) = &shared.revocation {
+                            let _ = revocation.revoke_token(&token).await;
+                        }
+                        tracing::debug!(attempt, elapsed_ms, "logged out during the refresh");
+                        Err(error)
+                    }
+                },
                 Err(error) => {
-                    shared.record_failure(&error);
                     tracing::warn!(attempt, elapsed_ms, %error, "token refresh failed");
-                    Err(error)
+                    shared.fail(error, generation, abandoned)
                 }
             }
         }
@@ -775,21 +744,60 @@ impl<S: TokenSource> Shared<S> {
         }
     }
 
-    /// Makes `token` the current one, unless the current one is newer and still
-    /// usable (a late, abandoned refresh), and ends any backoff.
-    fn publish(&self, token: Token) -> Arc<Cached> {
-        let cached = Arc::new(Cached::new(token, &self.config));
+    /// Makes `token` the current one and ends any backoff, unless the current one is
+    /// newer and still usable (a late, abandoned refresh), or a token was set (a new
+    /// login) since the refresh started, or the cache was logged out: all decided
+    /// under the lock `set_token` and `logout` take, so neither can slip in between.
+    fn publish(&self, token: Token, generation: u64) -> Result<Arc<Cached>, Error> {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if failure.logged_out {
+            return Err(logged_out());
+        }
         let now = Instant::now();
+        if self.generation.load(Ordering::Acquire) != generation {
+            if let Some(set) = self.current.load_full().filter(|c| c.usable(now)) {
+                tracing::debug!("a token was set during the refresh; keeping it");
+                return Ok(set);
+            }
+        }
+        let cached = Arc::new(Cached::new(token, &self.config));
         self.current.rcu(|current| match current {
             Some(c) if c.usable(now) && c.token.is_newer_than(&cached.token) => Some(Arc::clone(c)),
             _ => Some(Arc::clone(&cached)),
         });
-        self.reset_failures();
-        self.current.load_full().unwrap_or(cached)
+        failure.consecutive = 0;
+        failure.last = None;
+        failure.dead = None;
+        let _ = self
+            .hold_until
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h != RUNNING).then_some(0)
+            });
+        Ok(self.current.load_full().unwrap_or(cached))
     }
 
-    fn record_failure(&self, error: &Error) {
+    /// A refresh failed: the backoff starts, unless its outcome no longer matters (a
+    /// token was set since it started, which is served; a logout; or it was
+    /// abandoned and another runs).
+    fn fail(&self, error: Error, generation: u64, abandoned: bool) -> Result<Arc<Cached>, Error> {
         let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        if failure.logged_out {
+            return Err(logged_out());
+        }
+        if self.generation.load(Ordering::Acquire) != generation {
+            let now = Instant::now();
+            if let Some(set) = self.current.load_full().filter(|c| c.usable(now)) {
+                return Ok(set);
+            }
+            return Err(error);
+        }
+        if !abandoned {
+            self.record_failure(&mut failure, &error);
+        }
+        Err(error)
+    }
+
+    fn record_failure(&self, failure: &mut Failure, error: &Error) {
         failure.consecutive = failure.consecutive.saturating_add(1);
         failure.last = Some(error.clone());
         // Terminal only when nothing else can hold a newer token.
