@@ -445,15 +445,8 @@ impl<S: TokenSource> Refreshing<S> {
             shared
                 .current
                 .store(Some(Arc::new(Cached::new(token.clone(), &shared.config))));
-            failure.consecutive = 0;
-            failure.last = None;
-            failure.dead = None;
             failure.logged_out = false;
-            let _ = shared
-                .hold_until
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                    (h != RUNNING).then_some(0)
-                });
+            shared.clear_failures(&mut failure);
             token
         };
         if shared.store.is_some() {
@@ -582,6 +575,18 @@ impl<S: TokenSource> Shared<S> {
         }
         let failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
         failure.last.clone()
+    }
+
+    /// A usable token is in place: no backoff, no failure, no dead refresh token.
+    fn clear_failures(&self, failure: &mut Failure) {
+        failure.consecutive = 0;
+        failure.last = None;
+        failure.dead = None;
+        let _ = self
+            .hold_until
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h != RUNNING).then_some(0)
+            });
     }
 
     fn start(
@@ -765,14 +770,7 @@ impl<S: TokenSource> Shared<S> {
             Some(c) if c.usable(now) && c.token.is_newer_than(&cached.token) => Some(Arc::clone(c)),
             _ => Some(Arc::clone(&cached)),
         });
-        failure.consecutive = 0;
-        failure.last = None;
-        failure.dead = None;
-        let _ = self
-            .hold_until
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
-                (h != RUNNING).then_some(0)
-            });
+        self.clear_failures(&mut failure);
         Ok(self.current.load_full().unwrap_or(cached))
     }
 
