@@ -2,8 +2,8 @@
 //! version pinned in `interop/package-lock.json`), started on 127.0.0.1 by
 //! `interop/provider.mjs` with the clients and features each test needs.
 //!
-//! Needs `node` and `interop/node_modules` (`cd interop && npm ci`; `.ci/run` does
-//! both). Without them the tests skip with a loud message, except under `CI`, where
+//! Needs `node` (20.18 or later); the pinned provider is installed into
+//! `interop/node_modules` with `npm ci` when it is not there (`.ci/run` does both). Without them the tests skip with a loud message, except under `CI`, where
 //! they fail.
 //!
 //! The provider counts the requests it serves per endpoint and grant type
@@ -51,18 +51,38 @@ fn provider_available() -> bool {
         ])
         .status()
         .is_ok_and(|s| s.success());
-    let installed = interop_dir()
-        .join("node_modules/oidc-provider/package.json")
-        .exists();
+    let installed = node && install_provider();
     let why = match (node, installed) {
         (true, true) => return true,
         (false, _) => "node 20.18 or later is not installed",
-        (true, false) => "oidc-provider is not installed (cd interop && npm ci)",
+        (true, false) => "oidc-provider could not be installed (cd interop && npm ci)",
     };
     assert!(!ci, "CI: the interop tests must run, but {why}");
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED interop test: {why} !!!\n");
     false
+}
+
+/// Whether `interop/node_modules` holds the pinned provider, after `npm ci` (from
+/// the lockfile) if it did not: `cargo test` sets up what it needs. Once per run.
+fn install_provider() -> bool {
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        let present = || {
+            interop_dir()
+                .join("node_modules/oidc-provider/package.json")
+                .exists()
+        };
+        if present() {
+            return true;
+        }
+        let _ = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(interop_dir())
+            .stdout(Stdio::null())
+            .status();
+        present()
+    })
 }
 
 /// One running `oidc-provider`.
