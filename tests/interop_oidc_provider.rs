@@ -3,8 +3,9 @@
 //! `interop/provider.mjs` with the clients and features each test needs.
 //!
 //! Needs `node` (20.18 or later); the pinned provider is installed into
-//! `interop/node_modules` with `npm ci` when it is not there (`.ci/run` does both). Without them the tests skip with a loud message, except under `CI`, where
-//! they fail.
+//! `interop/node_modules` with `npm ci` when it is not there (`.ci/run` does both).
+//! Without them the tests skip with a loud message, except under `CI`, where they
+//! fail.
 //!
 //! The provider counts the requests it serves per endpoint and grant type
 //! (`/_test/counts`, a route of the script): the tests assert one token request
