@@ -241,11 +241,14 @@ impl ProtectedResourceMetadata {
     }
 
     /// Fetches the document at `url` (the `resource_metadata` of a challenge, see
-    /// [`resource_metadata_url`]) for `resource`, the resource the client asked (the
-    /// URL it sent its request to, or that URL's resource identifier), and checks
-    /// that its `resource` is exactly that one (RFC 9728 §3.3): a document naming
-    /// another resource is refused, so a server cannot send a client to an
-    /// authorization server of its choosing for someone else's resource. The
+    /// [`resource_metadata_url`]) for `resource`, and checks that the document's
+    /// `resource` is exactly that string: a document naming another resource is
+    /// refused, so a server cannot send a client to an authorization server of its
+    /// choosing for someone else's resource. RFC 9728 §3.3 has `resource` be the URL
+    /// the client sent its request to (pass that for the strict rule);
+    /// draft-mcguinness-oauth-rfc9728bis also allows the resource identifier that URL
+    /// falls under (`https://api.example.com/v1` for `…/v1/items`), which is what a
+    /// resource serving one document for many paths publishes. The
     /// authorization servers are then
     /// [`authorization_servers`](Self::authorization_servers); give one to
     /// [`TokenEndpoint::discover`](crate::client::TokenEndpoint::discover).

@@ -293,3 +293,37 @@ async fn missing_or_broken_documents_give_clear_errors() {
         .unwrap_err();
     assert!(matches!(clear, Error::Configuration(_)), "{clear}");
 }
+
+/// The axum extractor (behind a layer that lets anonymous requests through) and the
+/// gRPC answers name the metadata as the layer's HTTP answers do.
+#[tokio::test]
+async fn the_extractor_and_grpc_answers_name_it_too() {
+    let url = "https://api.example.com/.well-known/oauth-protected-resource";
+    let layer =
+        RequireBearerLayer::new(JwtValidator::<Claims>::hmac(SECRET)).resource_metadata(url);
+    let app = Router::new()
+        .route(
+            "/me",
+            get(|Verified(c): Verified<Claims>| async move { c.sub.unwrap_or_default() }),
+        )
+        .layer(layer.clone().allow_anonymous());
+    let addr = common::serve(app).await;
+    let anonymous = send_raw(addr, "/me", &[]).await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(
+        anonymous.challenge(),
+        format!(r#"Bearer realm="api", resource_metadata="{url}""#)
+    );
+    let grpc = common::serve(
+        Router::new()
+            .route("/g", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await;
+    let answer = send_raw(grpc, "/g", &[("content-type", b"application/grpc")]).await;
+    assert_eq!(answer.headers["grpc-status"], "16");
+    assert_eq!(
+        answer.challenge(),
+        format!(r#"Bearer realm="api", resource_metadata="{url}""#)
+    );
+}
