@@ -457,6 +457,30 @@ mod tests {
     }
 
     #[test]
+    fn hostile_challenges_give_nothing_and_never_panic() {
+        for value in [
+            "Bearer",
+            "Bearer ",
+            "Bearer resource_metadata",
+            "Bearer resource_metadata=\"unterminated",
+            "Bearer resource_metadata=\"a\\",
+            "Bearer ,,,=,=\"\",",
+            "Bearer realm=\"x\"resource_metadata",
+            "Bearerresource_metadata=\"x\"",
+        ] {
+            assert_eq!(bearer_param(value, "resource_metadata"), None, "{value}");
+        }
+        assert_eq!(
+            bearer_param(
+                "Bearer  ,resource_metadata = \"a\\\"b\"",
+                "resource_metadata"
+            )
+            .as_deref(),
+            Some("a\"b")
+        );
+    }
+
+    #[test]
     fn extra_fields_round_trip() {
         let m = ProtectedResourceMetadata::new("https://api.example.com")
             .authorization_servers(["https://idp.example.com"])
