@@ -195,6 +195,8 @@ pub enum Endpoint {
     Introspection,
     /// The token revocation endpoint (RFC 7009).
     Revocation,
+    /// A protected resource's metadata document (RFC 9728).
+    ResourceMetadata,
 }
 
 impl fmt::Display for Endpoint {
@@ -206,6 +208,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Discovery => "discovery document",
             Endpoint::Introspection => "introspection endpoint",
             Endpoint::Revocation => "revocation endpoint",
+            Endpoint::ResourceMetadata => "protected resource metadata",
         })
     }
 }

@@ -72,6 +72,7 @@ pub mod __fuzz;
 pub mod client;
 mod error;
 pub(crate) mod flight;
+mod metadata;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

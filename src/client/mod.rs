@@ -8,6 +8,8 @@
 //! - [`source`]: the token sources: closures and the OAuth 2.0 grants.
 //! - [`TokenEndpoint`]: the token endpoint and the client's registration with it;
 //!   [`TokenEndpoint::discover`] finds it from an issuer URL ([`ProviderMetadata`]).
+//! - [`ProtectedResourceMetadata::fetch`]: after a `401` whose challenge names a
+//!   [`resource_metadata_url`], the resource's authorization servers (RFC 9728).
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes.
 //! - [`AuthorizeLayer`]: the tower layer.
@@ -26,6 +28,7 @@ mod store_file;
 
 #[cfg(feature = "reqwest")]
 pub use self::reqwest::AuthorizeMiddleware;
+pub use crate::metadata::{resource_metadata_url, ProtectedResourceMetadata};
 pub use crate::transport::HttpClient;
 pub use authorizer::{
     ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken,

@@ -33,7 +33,7 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use super::layer::realm_of;
+use super::layer::{realm_of, ChallengeParams};
 use super::{Rejection, Verified};
 
 /// The answer when a handler needs verified claims and the request has none: `401`
@@ -43,22 +43,23 @@ use super::{Rejection, Verified};
 #[derive(Debug)]
 pub struct MissingClaims {
     grpc: bool,
-    realm: Arc<str>,
+    challenge: Arc<ChallengeParams>,
 }
 
 impl MissingClaims {
     /// The realm the challenge names.
     pub fn realm(&self) -> &str {
-        &self.realm
+        &self.challenge.realm
     }
 }
 
 impl IntoResponse for MissingClaims {
     fn into_response(self) -> Response {
+        let metadata = self.challenge.resource_metadata.as_deref();
         if self.grpc {
-            Rejection::Missing.grpc_response(&self.realm)
+            Rejection::Missing.grpc_response_with(&self.challenge.realm, metadata)
         } else {
-            Rejection::Missing.http_response(&self.realm)
+            Rejection::Missing.http_response_with(&self.challenge.realm, metadata)
         }
     }
 }
@@ -77,7 +78,7 @@ where
             .cloned()
             .ok_or_else(|| MissingClaims {
                 grpc: super::is_grpc(&parts.headers),
-                realm: realm_of(&parts.extensions),
+                challenge: realm_of(&parts.extensions),
             })
     }
 }

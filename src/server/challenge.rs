@@ -64,6 +64,13 @@ impl Rejection {
     /// The `WWW-Authenticate` value: `Bearer realm="…"`, plus `error`,
     /// `error_description` and `scope` as the case needs.
     pub fn challenge(&self, realm: &str) -> HeaderValue {
+        self.challenge_with(realm, None)
+    }
+
+    /// The `WWW-Authenticate` value of [`challenge`](Self::challenge), with the
+    /// `resource_metadata` parameter of RFC 9728 §5.1 when `resource_metadata` (the
+    /// URL of the resource's metadata document) is given.
+    pub fn challenge_with(&self, realm: &str, resource_metadata: Option<&str>) -> HeaderValue {
         let mut value = format!("Bearer realm=\"{}\"", quote(realm));
         if let Some(code) = self.error_code() {
             value.push_str(&format!(", error=\"{code}\""));
@@ -74,17 +81,30 @@ impl Rejection {
         if let Rejection::InsufficientScope(scope) = self {
             value.push_str(&format!(", scope=\"{}\"", quote(scope)));
         }
+        if let Some(url) = resource_metadata {
+            value.push_str(&format!(", resource_metadata=\"{}\"", quote(url)));
+        }
         HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
     }
 
     /// The answer to an HTTP request: status, `WWW-Authenticate` (not for `503`), and
     /// an empty body.
     pub fn http_response<B: Default>(&self, realm: &str) -> Response<B> {
+        self.http_response_with(realm, None)
+    }
+
+    pub(crate) fn http_response_with<B: Default>(
+        &self,
+        realm: &str,
+        resource_metadata: Option<&str>,
+    ) -> Response<B> {
         let mut res = Response::new(B::default());
         *res.status_mut() = self.status();
         if !matches!(self, Rejection::Unavailable(_)) {
-            res.headers_mut()
-                .insert(WWW_AUTHENTICATE, self.challenge(realm));
+            res.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                self.challenge_with(realm, resource_metadata),
+            );
         }
         res
     }
@@ -103,6 +123,14 @@ impl Rejection {
     /// `grpc-status` and `grpc-message` in the headers) that every gRPC client
     /// understands, with the `WWW-Authenticate` challenge alongside.
     pub fn grpc_response<B: Default>(&self, realm: &str) -> Response<B> {
+        self.grpc_response_with(realm, None)
+    }
+
+    pub(crate) fn grpc_response_with<B: Default>(
+        &self,
+        realm: &str,
+        resource_metadata: Option<&str>,
+    ) -> Response<B> {
         let mut res = Response::new(B::default());
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -112,7 +140,10 @@ impl Rejection {
             headers.insert("grpc-message", message);
         }
         if !matches!(self, Rejection::Unavailable(_)) {
-            headers.insert(WWW_AUTHENTICATE, self.challenge(realm));
+            headers.insert(
+                WWW_AUTHENTICATE,
+                self.challenge_with(realm, resource_metadata),
+            );
         }
         res
     }
@@ -124,10 +155,21 @@ impl Rejection {
         request_headers: &HeaderMap,
         realm: &str,
     ) -> Response<B> {
+        self.response_for_with(request_headers, realm, None)
+    }
+
+    /// The answer of [`response_for`](Self::response_for), whose challenge (HTTP or
+    /// gRPC) carries `resource_metadata` (RFC 9728 §5.1) when given.
+    pub fn response_for_with<B: Default>(
+        &self,
+        request_headers: &HeaderMap,
+        realm: &str,
+        resource_metadata: Option<&str>,
+    ) -> Response<B> {
         if is_grpc(request_headers) {
-            self.grpc_response(realm)
+            self.grpc_response_with(realm, resource_metadata)
         } else {
-            self.http_response(realm)
+            self.http_response_with(realm, resource_metadata)
         }
     }
 }
@@ -205,6 +247,21 @@ mod tests {
             Rejection::Unavailable("keys unavailable".into()).http_response("api");
         assert_eq!(res.status(), 503);
         assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn resource_metadata_comes_last_and_quoted() {
+        let url = Some("https://api.example.com/.well-known/oauth-protected-resource");
+        assert_eq!(
+            Rejection::Missing.challenge_with("api", url),
+            r#"Bearer realm="api", resource_metadata="https://api.example.com/.well-known/oauth-protected-resource""#
+        );
+        let res: Response<()> =
+            Rejection::InsufficientScope("admin".into()).grpc_response_with("api", url);
+        assert!(res.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .ends_with(r#", scope="admin", resource_metadata="https://api.example.com/.well-known/oauth-protected-resource""#));
     }
 
     #[test]

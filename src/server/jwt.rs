@@ -66,6 +66,8 @@ pub struct JwtValidator<C = Claims> {
     leeway: u64,
     required: Required,
     required_scopes: Vec<String>,
+    /// RFC 9068: `typ` must be `at+jwt` (or `application/at+jwt`).
+    access_token_typ: bool,
     /// For a shared secret: the HMAC states keyed once, cloned per token.
     hmac: Option<Arc<HmacKeys>>,
     _claims: PhantomData<fn() -> C>,
@@ -143,6 +145,7 @@ impl<C> Clone for JwtValidator<C> {
             leeway: self.leeway,
             required: self.required.clone(),
             required_scopes: self.required_scopes.clone(),
+            access_token_typ: self.access_token_typ,
             hmac: self.hmac.clone(),
             _claims: PhantomData,
         }
@@ -158,6 +161,7 @@ impl<C> fmt::Debug for JwtValidator<C> {
             .field("leeway_s", &self.leeway)
             .field("required", &self.required)
             .field("required_scopes", &self.required_scopes)
+            .field("access_token_typ", &self.access_token_typ)
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +195,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
                 ..Required::default()
             },
             required_scopes: Vec::new(),
+            access_token_typ: false,
             _claims: PhantomData,
         }
     }
@@ -342,6 +347,16 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
         self
     }
 
+    /// Requires the header `typ` of an RFC 9068 access token: `at+jwt`, or
+    /// `application/at+jwt` (compared case-insensitively, RFC 9068 §4). A token with
+    /// another `typ` or none, an ID token (`typ: JWT`) for one, gets `401`
+    /// `invalid_token`: an ID token cannot be used as an access token. On a
+    /// `JwksValidator`, set it in the rules (`.rules(|v| v.require_access_token_typ())`).
+    pub fn require_access_token_typ(mut self) -> Self {
+        self.access_token_typ = true;
+        self
+    }
+
     /// Validates `token` now.
     ///
     /// # Errors
@@ -349,7 +364,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// token), or [`Rejection::InsufficientScope`].
     pub fn check(&self, token: &str) -> Result<C, Rejection> {
         let (header, payload, signature) = split(token)?;
-        let (alg, critical) = read_header(header)?;
+        let (alg, critical, access_typ) = read_header(header)?;
         let alg = alg
             .filter(|a| self.algorithms.contains(a))
             .ok_or_else(not_allowed)?;
@@ -383,6 +398,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
         };
         if !authentic {
             return Err(Rejection::invalid_token("the token signature is invalid"));
+        }
+        if self.access_token_typ && !access_typ {
+            return Err(Rejection::invalid_token(
+                "the token is not an access token (typ at+jwt)",
+            ));
         }
         // Authentic from here on: the payload is decoded once and read twice.
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| malformed())?;
@@ -511,14 +531,25 @@ fn split(token: &str) -> Result<(&str, &str, &str), Rejection> {
     }
 }
 
-/// The header's `alg` (`None` when unknown, `none` included) and whether it has a
-/// `crit` member. Nothing else in the header is read.
-fn read_header(part: &str) -> Result<(Option<Algorithm>, bool), Rejection> {
+/// The header's `alg` (`None` when unknown, `none` included), whether it has a
+/// `crit` member, and whether its `typ` is an access token's (RFC 9068). Nothing
+/// else in the header is read.
+fn read_header(part: &str) -> Result<(Option<Algorithm>, bool, bool), Rejection> {
     let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| malformed())?;
     // JSON is UTF-8 (RFC 8259 §8.1), in the members skipped below too.
     let text = std::str::from_utf8(json_object(&bytes)?).map_err(|_| malformed())?;
     let header: JoseHeader<'_> = serde_json::from_str(text).map_err(|_| malformed())?;
-    Ok((Algorithm::from_str(&header.alg).ok(), header.crit))
+    let access_typ = matches!(&header.typ, Some(Text::Valid(typ)) if is_access_token_typ(typ));
+    Ok((
+        Algorithm::from_str(&header.alg).ok(),
+        header.crit,
+        access_typ,
+    ))
+}
+
+/// RFC 9068 §4: `at+jwt`, or the full media type `application/at+jwt`, in any case.
+fn is_access_token_typ(typ: &str) -> bool {
+    typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
 }
 
 /// `bytes` when they hold a JSON object: serde would also read a struct from an
@@ -546,7 +577,7 @@ pub(crate) fn header_kid(token: &str) -> Result<Option<String>, Rejection> {
     Ok(header.kid)
 }
 
-/// The two members of a JOSE header that matter here; the rest are skipped.
+/// The members of a JOSE header that matter here; the rest are skipped.
 #[derive(Deserialize)]
 struct JoseHeader<'a> {
     #[serde(borrow)]
@@ -554,6 +585,10 @@ struct JoseHeader<'a> {
     /// Present at all, whatever its value (`"crit": null` included).
     #[serde(default, deserialize_with = "present")]
     crit: bool,
+    /// Read leniently: a `typ` that is not a string is no access token's `typ`,
+    /// and fails nothing when no `typ` is required.
+    #[serde(default, borrow)]
+    typ: Option<Text<'a>>,
 }
 
 /// `true` for a member that is there: its value is skipped.

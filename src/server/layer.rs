@@ -25,25 +25,49 @@ use super::Rejection;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verified<C>(pub C);
 
-/// The realm of the [`RequireBearerLayer`] a request went through, in its extensions:
-/// the answers given further in (a [`RequireScopeLayer`], the axum extractors) name
-/// the same realm.
+/// What the challenges of a [`RequireBearerLayer`] name: its realm and, when set, the
+/// URL of the resource's metadata (RFC 9728).
+#[derive(Debug)]
+pub(crate) struct ChallengeParams {
+    pub(crate) realm: Arc<str>,
+    pub(crate) resource_metadata: Option<Arc<str>>,
+}
+
+impl ChallengeParams {
+    pub(crate) fn respond<B: Default>(
+        &self,
+        rejection: &Rejection,
+        headers: &http::HeaderMap,
+    ) -> Response<B> {
+        rejection.response_for_with(headers, &self.realm, self.resource_metadata.as_deref())
+    }
+}
+
+/// The challenge parameters of the [`RequireBearerLayer`] a request went through, in
+/// its extensions: the answers given further in (a [`RequireScopeLayer`], the axum
+/// extractors) name the same realm and metadata.
 #[derive(Clone, Debug)]
-pub(crate) struct LayerRealm(pub(crate) Arc<str>);
+pub(crate) struct LayerRealm(pub(crate) Arc<ChallengeParams>);
 
 /// The realm named when no layer set one.
 pub(crate) const DEFAULT_REALM: &str = "api";
 
-/// The realm of the layer `extensions` went through, or the default.
-pub(crate) fn realm_of(extensions: &http::Extensions) -> Arc<str> {
-    extensions
-        .get::<LayerRealm>()
-        .map_or_else(|| Arc::from(DEFAULT_REALM), |r| Arc::clone(&r.0))
+/// The challenge parameters of the layer `extensions` went through, or the default.
+pub(crate) fn realm_of(extensions: &http::Extensions) -> Arc<ChallengeParams> {
+    extensions.get::<LayerRealm>().map_or_else(
+        || {
+            Arc::new(ChallengeParams {
+                realm: Arc::from(DEFAULT_REALM),
+                resource_metadata: None,
+            })
+        },
+        |r| Arc::clone(&r.0),
+    )
 }
 
 #[derive(Clone, Debug)]
 struct Config {
-    realm: Arc<str>,
+    challenge: Arc<ChallengeParams>,
     max_len: usize,
     anonymous: bool,
 }
@@ -96,7 +120,10 @@ impl<V: Validator> RequireBearerLayer<V> {
         RequireBearerLayer {
             validator: Arc::new(validator),
             config: Arc::new(Config {
-                realm: Arc::from(DEFAULT_REALM),
+                challenge: Arc::new(ChallengeParams {
+                    realm: Arc::from(DEFAULT_REALM),
+                    resource_metadata: None,
+                }),
                 max_len: DEFAULT_MAX_LEN,
                 anonymous: false,
             }),
@@ -112,8 +139,31 @@ impl<V: Validator> RequireBearerLayer<V> {
     /// those given further in, by a [`RequireScopeLayer`] without a realm of its own
     /// and by the axum extractors.
     pub fn realm(self, realm: impl Into<String>) -> Self {
-        let realm = Arc::from(realm.into());
-        self.config(|c| c.realm = realm)
+        let realm: Arc<str> = Arc::from(realm.into());
+        self.config(|c| {
+            c.challenge = Arc::new(ChallengeParams {
+                realm,
+                resource_metadata: c.challenge.resource_metadata.clone(),
+            })
+        })
+    }
+
+    /// The URL of this resource's metadata document (RFC 9728), named in the
+    /// `resource_metadata` parameter of every challenge: this layer's (`401` with or
+    /// without an error, `400`, `403`; gRPC answers' `www-authenticate` too) and
+    /// those given further in by a [`RequireScopeLayer`] and the axum extractors. A
+    /// client that gets one finds there the authorization servers to ask for a
+    /// token. Serve the document itself with
+    /// [`ProtectedResourceMetadata`](super::ProtectedResourceMetadata), and give
+    /// here its [`url`](super::ProtectedResourceMetadata::url).
+    pub fn resource_metadata(self, url: impl Into<String>) -> Self {
+        let url: Arc<str> = Arc::from(url.into());
+        self.config(|c| {
+            c.challenge = Arc::new(ChallengeParams {
+                realm: Arc::clone(&c.challenge.realm),
+                resource_metadata: Some(url),
+            })
+        })
     }
 
     /// The largest `Authorization` header accepted, in bytes (default 8 KiB).
@@ -199,19 +249,19 @@ where
             Ok(token) => self.validator.validate(token),
             Err(Rejection::Missing) if config.anonymous => {
                 req.extensions_mut()
-                    .insert(LayerRealm(Arc::clone(&config.realm)));
+                    .insert(LayerRealm(Arc::clone(&config.challenge)));
                 return ResponseFuture::calling(self.inner.call(req));
             }
-            Err(rejection) => return ResponseFuture::rejected(&rejection, &req, &config.realm),
+            Err(rejection) => return ResponseFuture::rejected(&rejection, &req, &config.challenge),
         };
         match validation.now_or_pending() {
             Ok(Ok(claims)) => {
                 req.extensions_mut().insert(Verified(claims));
                 req.extensions_mut()
-                    .insert(LayerRealm(Arc::clone(&config.realm)));
+                    .insert(LayerRealm(Arc::clone(&config.challenge)));
                 ResponseFuture::calling(self.inner.call(req))
             }
-            Ok(Err(rejection)) => ResponseFuture::rejected(&rejection, &req, &config.realm),
+            Ok(Err(rejection)) => ResponseFuture::rejected(&rejection, &req, &config.challenge),
             Err(pending) => {
                 // The service was made ready for this request: take that one along
                 // and leave a clone in its place.
@@ -264,11 +314,11 @@ where
         }
     }
 
-    fn rejected(rejection: &Rejection, req: &Request<B>, realm: &str) -> Self {
+    fn rejected(rejection: &Rejection, req: &Request<B>, challenge: &ChallengeParams) -> Self {
         tracing::debug!(%rejection, "bearer authentication refused");
         ResponseFuture {
             state: State::Rejected {
-                response: Some(rejection.response_for(req.headers(), realm)),
+                response: Some(challenge.respond(rejection, req.headers())),
             },
         }
     }
@@ -297,7 +347,7 @@ where
                         Ok(claims) => {
                             req.extensions_mut().insert(Verified(claims));
                             req.extensions_mut()
-                                .insert(LayerRealm(Arc::clone(&config.realm)));
+                                .insert(LayerRealm(Arc::clone(&config.challenge)));
                             State::Calling {
                                 future: service.call(req),
                             }
@@ -305,9 +355,7 @@ where
                         Err(rejection) => {
                             tracing::debug!(%rejection, "bearer authentication refused");
                             State::Rejected {
-                                response: Some(
-                                    rejection.response_for(req.headers(), &config.realm),
-                                ),
+                                response: Some(config.challenge.respond(&rejection, req.headers())),
                             }
                         }
                     };
@@ -450,13 +498,18 @@ where
                 },
             },
             Some(rejection) => {
-                let realm = match &self.layer.realm {
-                    Some(realm) => Arc::clone(realm),
-                    None => realm_of(req.extensions()),
+                let params = realm_of(req.extensions());
+                let response = match &self.layer.realm {
+                    Some(realm) => rejection.response_for_with(
+                        req.headers(),
+                        realm,
+                        params.resource_metadata.as_deref(),
+                    ),
+                    None => params.respond(&rejection, req.headers()),
                 };
                 ScopeFuture {
                     state: ScopeState::Rejected {
-                        response: Some(rejection.response_for(req.headers(), &realm)),
+                        response: Some(response),
                     },
                 }
             }

@@ -51,6 +51,7 @@ pub mod validator;
 
 #[cfg(feature = "axum")]
 pub use self::axum::MissingClaims;
+pub use crate::metadata::{MetadataService, ProtectedResourceMetadata};
 pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
 #[cfg(feature = "introspection")]
