@@ -288,7 +288,7 @@ async fn client_credentials_jwt_validated_by_discovery() {
 
     let validator = JwksValidator::<Claims>::discover(&provider.issuer)
         .unwrap()
-        .rules(|v| v.audience(JWT_API))
+        .rules(|v| v.audience(JWT_API).require_access_token_typ())
         .build()
         .unwrap();
     let wrong_audience = JwksValidator::<Claims>::discover(&provider.issuer)
@@ -642,7 +642,7 @@ async fn key_rotation_across_a_restart() {
     };
     let validator = JwksValidator::<Claims>::discover(&provider.issuer)
         .unwrap()
-        .rules(|v| v.audience(JWT_API))
+        .rules(|v| v.audience(JWT_API).require_access_token_typ())
         .build()
         .unwrap();
     let jwt = |endpoint: TokenEndpoint| async move {
