@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::redis::redis_url;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -15,31 +17,6 @@ use axum::Router;
 use tokio::time::Instant;
 use tower_bearer::redis::RedisDenylist;
 use tower_bearer::server::{RequireBearerLayer, StaticTokens};
-
-fn loud(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED fleet test: {why} !!!\n");
-}
-
-async fn redis_url() -> Option<String> {
-    let ci = std::env::var_os("CI").is_some();
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        assert!(
-            !ci,
-            "CI is set but REDIS_URL is not: the fleet tests must run in CI"
-        );
-        loud("REDIS_URL is not set; the fleet tests need a Redis");
-        return None;
-    };
-    match RedisDenylist::connect(&url).await {
-        Ok(_) => Some(url),
-        Err(e) if ci => panic!("CI: Redis at {url} is unreachable: {e}"),
-        Err(e) => {
-            loud(&format!("Redis at {url} is unreachable ({e})"));
-            None
-        }
-    }
-}
 
 /// A server replica: `GET /` behind a bearer check with two tokens, whose claims
 /// are their `jti`s, and the denylist.

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::redis::redis_url;
+
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,34 +20,6 @@ use tower::{Layer, ServiceExt};
 use tower_bearer::client::{source, Refreshing, TokenEndpoint, TokenSource, TokenStore};
 use tower_bearer::redis::{FleetSource, RedisStore};
 use tower_bearer::{Error, Token};
-
-/// The Redis to test against, or None (after a loud message) when there is none
-/// outside CI.
-async fn redis_url() -> Option<String> {
-    let ci = std::env::var_os("CI").is_some();
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        assert!(
-            !ci,
-            "CI is set but REDIS_URL is not: the fleet tests must run in CI"
-        );
-        loud("REDIS_URL is not set; the fleet tests need a Redis");
-        return None;
-    };
-    match RedisStore::connect(&url, "probe").await {
-        Ok(_) => Some(url),
-        Err(e) if ci => panic!("CI: Redis at {url} is unreachable: {e}"),
-        Err(e) => {
-            loud(&format!("Redis at {url} is unreachable ({e})"));
-            None
-        }
-    }
-}
-
-/// Straight to stderr, past the test harness's output capture.
-fn loud(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED fleet test: {why} !!!\n");
-}
 
 /// A profile no other test (or earlier run) uses.
 fn profile(name: &str) -> String {
@@ -491,29 +465,12 @@ async fn fleet_clients_recover_after_redis_restarts() {
     drop(redis);
 }
 
-/// `target/<profile>/examples/fleet_replica`, built if a filtered run did not.
-fn replica_binary() -> std::path::PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join("fleet_replica");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--all-features", "--example", "fleet_replica"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build the fleet_replica example");
-    }
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_of_separate_processes_makes_one_token_request_per_expiry() {
     let Some(url) = redis_url().await else { return };
-    let binary = tokio::task::spawn_blocking(replica_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(|| common::bins::example_binary("fleet_replica"))
+        .await
+        .unwrap();
     let s = common::start().await;
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);

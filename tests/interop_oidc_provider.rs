@@ -10,6 +10,8 @@
 //! (`/_test/counts`, a route of the script): the tests assert one token request
 //! per token lifetime, whatever the number of tasks.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -507,7 +509,7 @@ async fn cli_logout_revokes_the_saved_tokens() {
         .unwrap();
     assert!(file.exists());
 
-    let out = Command::new(generate_tokens())
+    let out = Command::new(common::bins::example_binary("generate_tokens"))
         .args([
             "-u",
             "alice",
@@ -534,25 +536,6 @@ async fn cli_logout_revokes_the_saved_tokens() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `target/<profile>/examples/generate_tokens`, built if a filtered run did not.
-fn generate_tokens() -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join("generate_tokens");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--all-features", "--example", "generate_tokens"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build generate_tokens");
-    }
-    path
 }
 
 /// Opaque tokens checked by `Introspection` at the discovered endpoint, with the
