@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::{credential as get, endpoint};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,25 +11,12 @@ use common::Mode;
 use tower_bearer::client::{Authorizer, HttpClient, Refreshing, TokenEndpoint, TokenSource};
 use tower_bearer::{Error, Token};
 
-fn endpoint(s: &common::Servers) -> TokenEndpoint {
-    TokenEndpoint::new(&s.token_url())
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
-}
-
 /// The credential a caller would get now, without waiting.
 fn now(a: &impl Authorizer) -> Option<Result<String, Error>> {
     a.credential()
         .now_or_pending()
         .ok()
         .map(|r| r.map(|c| c.unwrap().value.to_str().unwrap().to_owned()))
-}
-
-async fn get(a: &impl Authorizer) -> Result<String, Error> {
-    a.credential()
-        .await
-        .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
 }
 
 /// Waits, without sleeping on the wall clock, until `cond` holds.

@@ -731,14 +731,6 @@ impl Drop for OwnRedis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Whether this machine can run the test: `redis-server` is installed. Outside CI
 /// its absence skips loudly; under `CI` it fails.
 fn redis_server_installed() -> bool {
@@ -1110,7 +1102,7 @@ async fn fleet_survives_chaos() {
         .await
         .unwrap();
 
-    let mut redis = OwnRedis::start(free_port());
+    let mut redis = OwnRedis::start(common::server::free_port());
     redis.ready().await;
     let chaos = Arc::new(Chaos::new(redis.url()));
     let addr = serve(chaos.clone()).await;

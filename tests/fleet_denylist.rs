@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::redis::redis_url;
+use common::redis::{redis_url, OwnRedis};
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use axum::routing::get;
@@ -130,34 +129,13 @@ async fn fleet_revoked_jti_is_refused_by_four_replicas_within_a_second() {
     assert!(!admin.is_revoked("x", Some("jti-old")).await.unwrap());
 }
 
-struct OwnRedis(Child);
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_denylist_fails_closed_without_redis_and_open_when_configured() {
     if redis_url().await.is_none() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
-    let redis = OwnRedis(child);
-    let url = format!("redis://127.0.0.1:{port}/");
+    let redis = OwnRedis::start(common::server::free_port());
+    let url = redis.url();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (closed, open) = loop {
         if let Ok(closed) = RedisDenylist::connect(&url).await {

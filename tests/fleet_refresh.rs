@@ -6,10 +6,11 @@
 
 mod common;
 
-use common::redis::redis_url;
+use common::endpoint;
+use common::redis::{redis_url, OwnRedis};
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,20 +18,13 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
-use tower_bearer::client::{source, Refreshing, TokenEndpoint, TokenSource, TokenStore};
+use tower_bearer::client::{source, Refreshing, TokenSource, TokenStore};
 use tower_bearer::redis::{FleetSource, RedisStore};
 use tower_bearer::{Error, Token};
 
 /// A profile no other test (or earlier run) uses.
 fn profile(name: &str) -> String {
     format!("{name}-{}-{:x}", std::process::id(), fastrand::u64(..))
-}
-
-fn endpoint(s: &common::Servers) -> TokenEndpoint {
-    TokenEndpoint::new(&s.token_url())
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
 }
 
 async fn fleet_source(
@@ -326,28 +320,7 @@ async fn fleet_write_of_a_stale_lock_holder_is_refused() {
     assert_eq!(store.version().await.unwrap(), 1, "A wrote nothing");
 }
 
-/// A redis-server of our own, killed on drop.
-struct OwnRedis {
-    child: Child,
-    port: u16,
-}
-
 impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        OwnRedis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
     async fn ready(&self) {
         let url = self.url();
         until(Duration::from_secs(10), "redis-server answers", || {
@@ -361,25 +334,6 @@ impl OwnRedis {
         })
         .await;
     }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,7 +346,7 @@ async fn fleet_clients_recover_after_redis_restarts() {
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);
     s.idp.set_lifetime(Some(1));
-    let port = free_port();
+    let port = common::server::free_port();
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
     let url = redis.url();
@@ -528,7 +482,7 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
     let s = common::start().await;
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);
-    let port = free_port();
+    let port = common::server::free_port();
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
     let url = redis.url();
@@ -850,7 +804,7 @@ async fn a_waiting_replica_is_woken_by_the_write_not_by_its_next_poll() {
     let s = common::start().await;
     s.idp.add_refresh_token("rt-0");
     // A Redis of this test's own: its command counts are this test's.
-    let port = free_port();
+    let port = common::server::free_port();
     let redis = OwnRedis::start(port);
     redis.ready().await;
     let url = redis.url();

@@ -76,21 +76,13 @@ struct Provider {
     http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Provider {
     /// Starts a provider on a free port, or None when it cannot run here.
     async fn start() -> Option<Provider> {
         if !provider_available() {
             return None;
         }
-        Some(Self::start_on(free_port()).await)
+        Some(Self::start_on(common::server::free_port()).await)
     }
 
     /// Starts a provider on `port`, with a fresh signing key; fails the test when it

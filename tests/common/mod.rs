@@ -330,6 +330,24 @@ async fn api(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The token endpoint of `s`, for the client registered as "id" / "secret".
+pub fn endpoint(s: &Servers) -> tower_bearer::client::TokenEndpoint {
+    tower_bearer::client::TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret")
+}
+
+/// The credential `a` gives a caller now (waiting for a refresh if it must), as
+/// the header's text.
+pub async fn credential(
+    a: &impl tower_bearer::client::Authorizer,
+) -> Result<String, tower_bearer::Error> {
+    a.credential()
+        .await
+        .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
+}
+
 /// RFC 8628 §3.1: the device authorization endpoint.
 async fn device_authorization(
     State(idp): State<Arc<Idp>>,

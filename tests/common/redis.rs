@@ -1,6 +1,8 @@
 //! The Redis the fleet tests run against (`REDIS_URL`; `.ci/run` starts one).
 //! Without it they skip with a loud message, except under `CI`, where they fail.
 
+use std::process::{Child, Command, Stdio};
+
 use tower_bearer::redis::RedisStore;
 
 /// The Redis to test against, or None (after a loud message) when there is none
@@ -29,4 +31,38 @@ pub async fn redis_url() -> Option<String> {
 pub fn loud(why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED fleet test: {why} !!!\n");
+}
+
+/// A redis-server of our own on `port`, killed on drop.
+pub struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    pub fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        OwnRedis { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -91,3 +91,12 @@ pub fn now_plus(offset: i64) -> i64 {
         .as_secs() as i64;
     now + offset
 }
+
+/// A loopback port nobody listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
