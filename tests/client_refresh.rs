@@ -51,11 +51,7 @@ async fn ten_thousand_requests_on_an_expired_token_make_one_token_request() {
     // process: 10,000 sockets at once would test the OS, not the cache).
     let idp = s.idp.clone();
     let api = tower::service_fn(move |req: http::Request<()>| {
-        let token = req.headers()["authorization"]
-            .to_str()
-            .unwrap()
-            .trim_start_matches("Bearer ")
-            .to_owned();
+        let token = common::bearer(req.headers());
         let valid = idp.access.lock().unwrap().contains_key(&token);
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(valid)) }
     });

@@ -107,11 +107,7 @@ async fn fleet_of_eight_replicas_makes_one_token_request_per_expiry() {
     // The API accepts a request whose token the IdP issued and that has not expired.
     let idp = s.idp.clone();
     let api = tower::service_fn(move |req: http::Request<()>| {
-        let token = req.headers()["authorization"]
-            .to_str()
-            .unwrap()
-            .trim_start_matches("Bearer ")
-            .to_owned();
+        let token = common::bearer(req.headers());
         let ok = valid_at_api(&idp, &token);
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(ok)) }
     });

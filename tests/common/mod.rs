@@ -348,6 +348,15 @@ pub async fn credential(
         .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
 }
 
+/// The token a request's `Authorization: Bearer` header carries (panics without one).
+pub fn bearer(headers: &http::HeaderMap) -> String {
+    headers["authorization"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned()
+}
+
 /// RFC 8628 §3.1: the device authorization endpoint.
 async fn device_authorization(
     State(idp): State<Arc<Idp>>,
