@@ -26,11 +26,12 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The `WWW-Authenticate` value, or "".
+    /// The `WWW-Authenticate` value, or "" when there is none (panics when it is
+    /// not visible ASCII, so that an unreadable challenge never passes for none).
     pub fn challenge(&self) -> &str {
         self.headers
             .get(header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
+            .map(|v| v.to_str().unwrap())
             .unwrap_or("")
     }
 }
