@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use greeter::{hello, say_hello, Greeter};
 use tower::Layer;
-use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
+use tower_bearer::client::{AuthorizeLayer, Refreshing};
 use tower_bearer::server::{Claims, JwksValidator, RequireBearerLayer, RequireScopeLayer};
 
 #[tokio::main]
@@ -63,9 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
 
     // The same channel wrapped in AuthorizeLayer: every call carries the token.
-    let endpoint = TokenEndpoint::new(&idp.token_url())?
-        .client_id(support::CLIENT_ID)
-        .client_secret(support::CLIENT_SECRET);
+    let endpoint = idp.endpoint()?;
     let authorizer = Refreshing::new(endpoint.client_credentials().scope("read"));
     let mut client = tonic::client::Grpc::new(AuthorizeLayer::new(authorizer).layer(channel));
     for i in 1..=3 {

@@ -13,16 +13,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::client::{AuthorizeLayer, Refreshing, TokenEndpoint};
+use tower_bearer::client::{AuthorizeLayer, Refreshing};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), support::BoxError> {
     let servers = support::start(Duration::from_secs(3600)).await?;
-
-    let endpoint = TokenEndpoint::new(&servers.token_url())?
-        .client_id(support::CLIENT_ID)
-        .client_secret(support::CLIENT_SECRET);
-    let authorizer = Refreshing::new(endpoint.client_credentials());
+    let authorizer = Refreshing::new(servers.endpoint()?.client_credentials());
 
     let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -30,20 +26,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .layer(AuthorizeLayer::new(authorizer.clone()).retry_unauthorized())
         .service(hyper);
 
-    for i in 1..=3 {
-        let req = http::Request::get(servers.api_url()).body(Full::default())?;
-        let res = client.clone().oneshot(req).await?;
-        let status = res.status();
-        let body = res.into_body().collect().await?.to_bytes();
-        println!("request {i}: {status} {}", String::from_utf8_lossy(&body));
-        if !status.is_success() {
-            return Err(format!("request {i} failed: {status}").into());
+    support::run_requests(&servers, 3, |url| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::get(url).body(Full::default())?;
+            let res = client.oneshot(req).await?;
+            let status = res.status();
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
         }
-    }
-    println!(
-        "3 requests, {} token request(s), {} API request(s)",
-        servers.token_requests(),
-        servers.api_requests()
-    );
-    Ok(())
+    })
+    .await
 }

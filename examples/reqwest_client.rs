@@ -11,33 +11,24 @@ mod support;
 
 use std::time::Duration;
 
-use tower_bearer::client::{AuthorizeMiddleware, Refreshing, TokenEndpoint};
+use tower_bearer::client::{AuthorizeMiddleware, Refreshing};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), support::BoxError> {
     let servers = support::start(Duration::from_secs(3600)).await?;
-
-    let endpoint = TokenEndpoint::new(&servers.token_url())?
-        .client_id(support::CLIENT_ID)
-        .client_secret(support::CLIENT_SECRET);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthorizeMiddleware::new(Refreshing::new(
-            endpoint.client_credentials(),
+            servers.endpoint()?.client_credentials(),
         )))
         .build();
 
-    for i in 1..=3 {
-        let res = client.get(servers.api_url()).send().await?;
-        let status = res.status();
-        println!("request {i}: {status} {}", res.text().await?);
-        if !status.is_success() {
-            return Err(format!("request {i} failed: {status}").into());
+    support::run_requests(&servers, 3, |url| {
+        let request = client.get(url);
+        async move {
+            let res = request.send().await?;
+            let status = res.status();
+            Ok((status, res.text().await?))
         }
-    }
-    println!(
-        "3 requests, {} token request(s), {} API request(s)",
-        servers.token_requests(),
-        servers.api_requests()
-    );
-    Ok(())
+    })
+    .await
 }

@@ -9,26 +9,6 @@ use std::process::{Output, Stdio};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-/// `target/<profile>/examples/generate_tokens`, next to this test's own binary.
-fn binary() -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join("generate_tokens");
-    if !path.exists() {
-        // `cargo test` builds every example; a filtered run (`--test cli_…`) does not.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--all-features", "--example", "generate_tokens"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build generate_tokens");
-    }
-    path
-}
-
 struct Run {
     out: Output,
 }
@@ -54,7 +34,7 @@ impl Run {
 
 /// Runs the CLI with `args`, `stdin` written to it, and its config dir in `home`.
 async fn run(args: &[&str], stdin: Option<&str>, home: &Path) -> Run {
-    let mut child = Command::new(binary())
+    let mut child = Command::new(common::bins::example_binary("generate_tokens"))
         .args(args)
         .env("XDG_CONFIG_HOME", home)
         .env_remove("RUST_LOG")

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::{credential as get, endpoint};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,25 +11,12 @@ use common::Mode;
 use tower_bearer::client::{Authorizer, HttpClient, Refreshing, TokenEndpoint, TokenSource};
 use tower_bearer::{Error, Token};
 
-fn endpoint(s: &common::Servers) -> TokenEndpoint {
-    TokenEndpoint::new(&s.token_url())
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
-}
-
 /// The credential a caller would get now, without waiting.
 fn now(a: &impl Authorizer) -> Option<Result<String, Error>> {
     a.credential()
         .now_or_pending()
         .ok()
         .map(|r| r.map(|c| c.unwrap().value.to_str().unwrap().to_owned()))
-}
-
-async fn get(a: &impl Authorizer) -> Result<String, Error> {
-    a.credential()
-        .await
-        .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
 }
 
 /// Waits, without sleeping on the wall clock, until `cond` holds.
@@ -63,11 +51,7 @@ async fn ten_thousand_requests_on_an_expired_token_make_one_token_request() {
     // process: 10,000 sockets at once would test the OS, not the cache).
     let idp = s.idp.clone();
     let api = tower::service_fn(move |req: http::Request<()>| {
-        let token = req.headers()["authorization"]
-            .to_str()
-            .unwrap()
-            .trim_start_matches("Bearer ")
-            .to_owned();
+        let token = common::bearer(req.headers());
         let valid = idp.access.lock().unwrap().contains_key(&token);
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(valid)) }
     });

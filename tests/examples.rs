@@ -1,29 +1,14 @@
 //! Every example runs, as a person would run it: the built binary, with short
 //! settings, checked for its exit status and its output.
 
-use std::path::PathBuf;
+mod common;
 
 use std::process::Command;
 use tower::Layer;
 
-/// `target/<profile>/examples/<name>`, next to this test's own binary.
+/// The example `name`'s built binary, as a command.
 fn example(name: &str) -> Command {
-    let mut dir: PathBuf = std::env::current_exe().unwrap();
-    dir.pop(); // the test binary
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join(name);
-    if !path.exists() {
-        // `cargo test` builds every example; a filtered run (`--test examples`) does not.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--all-features", "--example", name])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build example {name}");
-    }
-    Command::new(path)
+    Command::new(common::bins::example_binary(name))
 }
 
 fn run(mut cmd: Command) -> String {

@@ -41,6 +41,8 @@
 //! except under `CI`, where it fails.
 #![cfg(all(feature = "redis", unix))]
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -729,14 +731,6 @@ impl Drop for OwnRedis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Whether this machine can run the test: `redis-server` is installed. Outside CI
 /// its absence skips loudly; under `CI` it fails.
 fn redis_server_installed() -> bool {
@@ -754,25 +748,6 @@ fn redis_server_installed() -> bool {
         say("\n!!! SKIPPED fleet chaos test: redis-server is not installed !!!\n");
     }
     found
-}
-
-/// `target/<profile>/examples/fleet_replica`, built if a filtered run did not.
-fn replica_binary() -> std::path::PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join("fleet_replica");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--all-features", "--example", "fleet_replica"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build the fleet_replica example");
-    }
-    path
 }
 
 // ---------------------------------------------------------------------------
@@ -1123,9 +1098,11 @@ async fn fleet_survives_chaos() {
     ));
     let mut rng = fastrand::Rng::with_seed(seed);
     let allowed = allowed_faults();
-    let binary = tokio::task::spawn_blocking(replica_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(|| common::bins::example_binary("fleet_replica"))
+        .await
+        .unwrap();
 
-    let mut redis = OwnRedis::start(free_port());
+    let mut redis = OwnRedis::start(common::server::free_port());
     redis.ready().await;
     let chaos = Arc::new(Chaos::new(redis.url()));
     let addr = serve(chaos.clone()).await;

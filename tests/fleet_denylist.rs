@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::redis::{redis_url, OwnRedis};
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use axum::routing::get;
@@ -15,31 +16,6 @@ use axum::Router;
 use tokio::time::Instant;
 use tower_bearer::redis::RedisDenylist;
 use tower_bearer::server::{RequireBearerLayer, StaticTokens};
-
-fn loud(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED fleet test: {why} !!!\n");
-}
-
-async fn redis_url() -> Option<String> {
-    let ci = std::env::var_os("CI").is_some();
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        assert!(
-            !ci,
-            "CI is set but REDIS_URL is not: the fleet tests must run in CI"
-        );
-        loud("REDIS_URL is not set; the fleet tests need a Redis");
-        return None;
-    };
-    match RedisDenylist::connect(&url).await {
-        Ok(_) => Some(url),
-        Err(e) if ci => panic!("CI: Redis at {url} is unreachable: {e}"),
-        Err(e) => {
-            loud(&format!("Redis at {url} is unreachable ({e})"));
-            None
-        }
-    }
-}
 
 /// A server replica: `GET /` behind a bearer check with two tokens, whose claims
 /// are their `jti`s, and the denylist.
@@ -153,34 +129,13 @@ async fn fleet_revoked_jti_is_refused_by_four_replicas_within_a_second() {
     assert!(!admin.is_revoked("x", Some("jti-old")).await.unwrap());
 }
 
-struct OwnRedis(Child);
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_denylist_fails_closed_without_redis_and_open_when_configured() {
     if redis_url().await.is_none() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
-    let redis = OwnRedis(child);
-    let url = format!("redis://127.0.0.1:{port}/");
+    let redis = OwnRedis::start(common::server::free_port());
+    let url = redis.url();
     let deadline = Instant::now() + Duration::from_secs(10);
     let (closed, open) = loop {
         if let Ok(closed) = RedisDenylist::connect(&url).await {

@@ -6,8 +6,11 @@
 
 mod common;
 
+use common::endpoint;
+use common::redis::{redis_url, OwnRedis};
+
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,48 +18,13 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
-use tower_bearer::client::{source, Refreshing, TokenEndpoint, TokenSource, TokenStore};
+use tower_bearer::client::{source, Refreshing, TokenSource, TokenStore};
 use tower_bearer::redis::{FleetSource, RedisStore};
 use tower_bearer::{Error, Token};
-
-/// The Redis to test against, or None (after a loud message) when there is none
-/// outside CI.
-async fn redis_url() -> Option<String> {
-    let ci = std::env::var_os("CI").is_some();
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        assert!(
-            !ci,
-            "CI is set but REDIS_URL is not: the fleet tests must run in CI"
-        );
-        loud("REDIS_URL is not set; the fleet tests need a Redis");
-        return None;
-    };
-    match RedisStore::connect(&url, "probe").await {
-        Ok(_) => Some(url),
-        Err(e) if ci => panic!("CI: Redis at {url} is unreachable: {e}"),
-        Err(e) => {
-            loud(&format!("Redis at {url} is unreachable ({e})"));
-            None
-        }
-    }
-}
-
-/// Straight to stderr, past the test harness's output capture.
-fn loud(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED fleet test: {why} !!!\n");
-}
 
 /// A profile no other test (or earlier run) uses.
 fn profile(name: &str) -> String {
     format!("{name}-{}-{:x}", std::process::id(), fastrand::u64(..))
-}
-
-fn endpoint(s: &common::Servers) -> TokenEndpoint {
-    TokenEndpoint::new(&s.token_url())
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
 }
 
 async fn fleet_source(
@@ -139,11 +107,7 @@ async fn fleet_of_eight_replicas_makes_one_token_request_per_expiry() {
     // The API accepts a request whose token the IdP issued and that has not expired.
     let idp = s.idp.clone();
     let api = tower::service_fn(move |req: http::Request<()>| {
-        let token = req.headers()["authorization"]
-            .to_str()
-            .unwrap()
-            .trim_start_matches("Bearer ")
-            .to_owned();
+        let token = common::bearer(req.headers());
         let ok = valid_at_api(&idp, &token);
         async move { Ok::<_, std::convert::Infallible>(http::Response::new(ok)) }
     });
@@ -352,28 +316,7 @@ async fn fleet_write_of_a_stale_lock_holder_is_refused() {
     assert_eq!(store.version().await.unwrap(), 1, "A wrote nothing");
 }
 
-/// A redis-server of our own, killed on drop.
-struct OwnRedis {
-    child: Child,
-    port: u16,
-}
-
 impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        OwnRedis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
     async fn ready(&self) {
         let url = self.url();
         until(Duration::from_secs(10), "redis-server answers", || {
@@ -387,25 +330,6 @@ impl OwnRedis {
         })
         .await;
     }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,7 +342,7 @@ async fn fleet_clients_recover_after_redis_restarts() {
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);
     s.idp.set_lifetime(Some(1));
-    let port = free_port();
+    let port = common::server::free_port();
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
     let url = redis.url();
@@ -491,29 +415,12 @@ async fn fleet_clients_recover_after_redis_restarts() {
     drop(redis);
 }
 
-/// `target/<profile>/examples/fleet_replica`, built if a filtered run did not.
-fn replica_binary() -> std::path::PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join("fleet_replica");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--all-features", "--example", "fleet_replica"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build the fleet_replica example");
-    }
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_of_separate_processes_makes_one_token_request_per_expiry() {
     let Some(url) = redis_url().await else { return };
-    let binary = tokio::task::spawn_blocking(replica_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(|| common::bins::example_binary("fleet_replica"))
+        .await
+        .unwrap();
     let s = common::start().await;
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);
@@ -571,7 +478,7 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
     let s = common::start().await;
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);
-    let port = free_port();
+    let port = common::server::free_port();
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
     let url = redis.url();
@@ -893,7 +800,7 @@ async fn a_waiting_replica_is_woken_by_the_write_not_by_its_next_poll() {
     let s = common::start().await;
     s.idp.add_refresh_token("rt-0");
     // A Redis of this test's own: its command counts are this test's.
-    let port = free_port();
+    let port = common::server::free_port();
     let redis = OwnRedis::start(port);
     redis.ready().await;
     let url = redis.url();

@@ -11,6 +11,8 @@
 //! (`/_test/counts`, a route of the script): the tests assert one token request
 //! per token lifetime, whatever the number of tasks.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -95,21 +97,13 @@ struct Provider {
     http: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Provider {
     /// Starts a provider on a free port, or None when it cannot run here.
     async fn start() -> Option<Provider> {
         if !provider_available() {
             return None;
         }
-        Some(Self::start_on(free_port()).await)
+        Some(Self::start_on(common::server::free_port()).await)
     }
 
     /// Starts a provider on `port`, with a fresh signing key; fails the test when it
@@ -528,7 +522,7 @@ async fn cli_logout_revokes_the_saved_tokens() {
         .unwrap();
     assert!(file.exists());
 
-    let out = Command::new(generate_tokens())
+    let out = Command::new(common::bins::example_binary("generate_tokens"))
         .args([
             "-u",
             "alice",
@@ -555,25 +549,6 @@ async fn cli_logout_revokes_the_saved_tokens() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `target/<profile>/examples/generate_tokens`, built if a filtered run did not.
-fn generate_tokens() -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join("examples").join("generate_tokens");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--all-features", "--example", "generate_tokens"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build generate_tokens");
-    }
-    path
 }
 
 /// Opaque tokens checked by `Introspection` at the discovered endpoint, with the

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::{credential as get, endpoint};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,19 +21,6 @@ use tower_bearer::client::{
     AuthorizeLayer, Authorizer, MemoryStore, Refreshing, TokenEndpoint, TokenStore,
 };
 use tower_bearer::{Error, Token};
-
-fn endpoint(s: &common::Servers) -> TokenEndpoint {
-    TokenEndpoint::new(&s.token_url())
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
-}
-
-async fn get(a: &impl Authorizer) -> Result<String, Error> {
-    a.credential()
-        .await
-        .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
-}
 
 fn last_refresh_token_seen(s: &common::Servers) -> Option<String> {
     s.idp.refresh_seen.lock().unwrap().last().cloned()

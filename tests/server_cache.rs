@@ -3,7 +3,7 @@
 //! from the cache past its `exp`.
 #![cfg(feature = "jwt")]
 
-mod common_server;
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Extension, Router};
-use common_server::{get as send, now_plus, serve};
+use common::server::{get as send, now_plus, serve};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 use tower_bearer::server::{

@@ -3,7 +3,7 @@
 //! one call for many concurrent requests.
 #![cfg(feature = "introspection")]
 
-mod common_server;
+mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
-use common_server::{get as send, now_plus, serve};
+use common::server::{get as send, now_plus, serve};
 use serde_json::json;
 use tower_bearer::server::{
     Claims, Introspection, IntrospectionAuth, RequireBearerLayer, Validator, Verified,
@@ -186,7 +186,7 @@ async fn an_inactive_token_is_refused_and_the_refusal_cached_briefly() {
         let answer = send(s.api, "/me", Some("revoked")).await;
         assert_eq!(answer.status, 401);
         assert_eq!(
-            answer.challenge,
+            answer.challenge(),
             format!(
                 r#"Bearer realm="{REALM}", error="invalid_token", error_description="the token is not active""#
             )
@@ -207,7 +207,7 @@ async fn a_missing_scope_is_403_with_the_scope_needed() {
     let answer = send(s.api, "/me", Some("reader")).await;
     assert_eq!(answer.status, 403);
     assert_eq!(
-        answer.challenge,
+        answer.challenge(),
         format!(
             r#"Bearer realm="{REALM}", error="insufficient_scope", error_description="the token lacks a required scope", scope="write""#
         )
@@ -220,7 +220,7 @@ async fn an_endpoint_that_is_down_gives_503_and_is_asked_again_next_time() {
     let s = setup(|v| v).await;
     s.endpoint.down.store(true, Ordering::SeqCst);
     let answer = send(s.api, "/me", Some("good")).await;
-    assert_eq!((answer.status, answer.challenge.as_str()), (503, ""));
+    assert_eq!((answer.status, answer.challenge()), (503, ""));
     // Failures are not cached: once it is back, the token is accepted.
     s.endpoint.down.store(false, Ordering::SeqCst);
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
@@ -298,14 +298,17 @@ async fn a_token_for_another_resource_server_or_issuer_is_refused() {
         let answer = send(s.api, "/me", Some("for-another-api")).await;
         assert_eq!(answer.status, 401);
         assert_eq!(
-            answer.challenge,
+            answer.challenge(),
             refused("the token is not for this audience")
         );
     }
     let answer = send(s.api, "/me", Some("from-another-issuer")).await;
-    assert_eq!(answer.challenge, refused("the token has the wrong issuer"));
+    assert_eq!(
+        answer.challenge(),
+        refused("the token has the wrong issuer")
+    );
     let answer = send(s.api, "/me", Some("without-aud-or-iss")).await;
-    assert_eq!(answer.challenge, refused("the token lacks the iss claim"));
+    assert_eq!(answer.challenge(), refused("the token lacks the iss claim"));
     // Each answer was asked once: the refusal of for-another-api was cached.
     assert_eq!(s.calls(), 5);
     assert_eq!(s.validator.stats().refused, 3);
@@ -317,7 +320,7 @@ async fn a_token_for_another_resource_server_or_issuer_is_refused() {
         200
     );
     let answer = send(s.api, "/me", Some("without-aud-or-iss")).await;
-    assert_eq!(answer.challenge, refused("the token lacks the aud claim"));
+    assert_eq!(answer.challenge(), refused("the token lacks the aud claim"));
     // Without either, as before: any active token.
     let s = setup(|v| v).await;
     assert_eq!(

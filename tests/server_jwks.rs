@@ -3,7 +3,7 @@
 //! down, keys that must be skipped, and token headers that must not be followed.
 #![cfg(feature = "jwks")]
 
-mod common_server;
+mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use common_server::{get as send, key, now_plus, serve, Answer};
+use common::server::{get as send, key, now_plus, serve, Answer};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -238,7 +238,7 @@ async fn discovery_then_a_rotated_key_costs_one_fetch() {
     let answer = send(api.addr, "/me", Some(&t1)).await;
     assert_eq!(answer.status, 401);
     assert_eq!(
-        answer.challenge,
+        answer.challenge(),
         invalid_token("the token's signing key is unknown")
     );
     assert_eq!(idp.fetches(), 2);
@@ -248,7 +248,7 @@ async fn discovery_then_a_rotated_key_costs_one_fetch() {
     let answer = send(api.addr, "/me", Some(&foreign)).await;
     assert_eq!(answer.status, 401);
     assert_eq!(
-        answer.challenge,
+        answer.challenge(),
         invalid_token("the token has the wrong issuer")
     );
 }
@@ -364,7 +364,7 @@ async fn when_the_jwks_endpoint_is_down_the_last_keys_keep_working() {
     )
     .await;
     let answer = send(fresh.addr, "/me", Some(&t1)).await;
-    assert_eq!((answer.status, answer.challenge.as_str()), (503, ""));
+    assert_eq!((answer.status, answer.challenge()), (503, ""));
 }
 
 #[tokio::test]
@@ -434,7 +434,7 @@ async fn unusable_keys_are_skipped_and_token_headers_never_choose_the_key() {
         let answer = send(api.addr, "/me", Some(&token)).await;
         assert_eq!(answer.status, 401, "{case}");
         assert!(
-            answer.challenge.contains(r#"error="invalid_token""#),
+            answer.challenge().contains(r#"error="invalid_token""#),
             "{case}"
         );
     }
@@ -450,16 +450,12 @@ const UNKNOWN_KEY: &str = "the token's signing key is unknown";
 
 /// A `503` without a challenge: no verdict on the token, try again later.
 fn assert_unavailable(answer: &Answer) {
-    assert_eq!(
-        (answer.status, answer.challenge.as_str()),
-        (503, ""),
-        "{answer:?}"
-    );
+    assert_eq!((answer.status, answer.challenge()), (503, ""), "{answer:?}");
 }
 
 fn assert_unknown_key(answer: &Answer) {
     assert_eq!(
-        (answer.status, answer.challenge.clone()),
+        (answer.status, answer.challenge().to_owned()),
         (401, invalid_token(UNKNOWN_KEY)),
         "{answer:?}"
     );

@@ -95,6 +95,14 @@ impl TokenServer {
         format!("http://{}/token", self.addr)
     }
 
+    /// The token endpoint, for the examples' registered client ([`CLIENT_ID`],
+    /// [`CLIENT_SECRET`]).
+    pub fn endpoint(&self) -> Result<tower_bearer::client::TokenEndpoint, tower_bearer::Error> {
+        Ok(tower_bearer::client::TokenEndpoint::new(&self.token_url())?
+            .client_id(CLIENT_ID)
+            .client_secret(CLIENT_SECRET))
+    }
+
     /// `POST /token` requests answered so far, successful or not.
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::SeqCst)

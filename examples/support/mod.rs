@@ -37,6 +37,11 @@ impl Servers {
         format!("http://{}/me", self.api_addr)
     }
 
+    /// The token endpoint, for the examples' registered client.
+    pub fn endpoint(&self) -> Result<tower_bearer::client::TokenEndpoint, tower_bearer::Error> {
+        self.idp.endpoint()
+    }
+
     /// Token requests the token server answered so far.
     pub fn token_requests(&self) -> u64 {
         self.idp.token_requests()
@@ -47,6 +52,36 @@ impl Servers {
         self.api.served()
     }
 }
+
+/// The client examples' loop: `requests` requests to the API through `get` (which
+/// sends one and returns its status and body), each printed and required to
+/// succeed, then how many token and API requests the servers saw.
+pub async fn run_requests<F, Fut>(
+    servers: &Servers,
+    requests: usize,
+    mut get: F,
+) -> Result<(), BoxError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(http::StatusCode, String), BoxError>>,
+{
+    for i in 1..=requests {
+        let (status, body) = get(servers.api_url()).await?;
+        println!("request {i}: {status} {body}");
+        if !status.is_success() {
+            return Err(format!("request {i} failed: {status}").into());
+        }
+    }
+    println!(
+        "{requests} requests, {} token request(s), {} API request(s)",
+        servers.token_requests(),
+        servers.api_requests()
+    );
+    Ok(())
+}
+
+/// What the examples' `main` returns on failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Starts the token server (tokens live `lifetime`, audience `api`, `admins` get
 /// the `admin` scope) and the API, each on an ephemeral loopback port. The API

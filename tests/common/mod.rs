@@ -2,6 +2,14 @@
 //! 127.0.0.1, with knobs to make the token endpoint fail, hang, lie or rotate.
 #![allow(dead_code)]
 
+pub mod bins;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod server;
+
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use server::{http_client, send_raw, serve, Answer};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -322,63 +330,31 @@ async fn api(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
     }
 }
 
-/// A hyper-util client for plain http.
-pub fn http_client<B>(
-) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-{
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+/// The token endpoint of `s`, for the client registered as "id" / "secret".
+pub fn endpoint(s: &Servers) -> tower_bearer::client::TokenEndpoint {
+    tower_bearer::client::TokenEndpoint::new(&s.token_url())
+        .unwrap()
+        .client_id("id")
+        .client_secret("secret")
 }
 
-/// What a raw request got back.
-pub struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: String,
+/// The credential `a` gives a caller now (waiting for a refresh if it must), as
+/// the header's text.
+pub async fn credential(
+    a: &impl tower_bearer::client::Authorizer,
+) -> Result<String, tower_bearer::Error> {
+    a.credential()
+        .await
+        .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
 }
 
-impl Answer {
-    /// The `WWW-Authenticate` value, or "".
-    pub fn challenge(&self) -> &str {
-        self.headers
-            .get(header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-/// Sends `GET path` to `addr` with exactly these header lines (raw bytes, repeated
-/// names kept), over a real connection.
-pub async fn send_raw(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Answer {
-    use http_body_util::BodyExt;
-    let mut req = http::Request::get(format!("http://{addr}{path}"));
-    for (name, value) in headers {
-        req = req.header(*name, http::HeaderValue::from_bytes(value).unwrap());
-    }
-    let req = req
-        .body(http_body_util::Full::<bytes::Bytes>::default())
-        .unwrap();
-    let res = http_client().request(req).await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
-
-/// Serves `app` on an ephemeral loopback port.
-pub async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    addr
+/// The token a request's `Authorization: Bearer` header carries (panics without one).
+pub fn bearer(headers: &http::HeaderMap) -> String {
+    headers["authorization"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned()
 }
 
 /// RFC 8628 §3.1: the device authorization endpoint.
