@@ -75,23 +75,7 @@ async fn resource(metadata: bool) -> (SocketAddr, String) {
 }
 
 async fn request(addr: SocketAddr, method: &str, path: &str) -> Answer {
-    use http_body_util::BodyExt;
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .body(http_body_util::Full::<bytes::Bytes>::default())
-        .unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let res = client.request(req).await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    common::server::send_method(addr, method, path, &[]).await
 }
 
 #[tokio::test]

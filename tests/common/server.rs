@@ -39,8 +39,21 @@ impl Answer {
 /// Sends `GET path` to `addr` with exactly these header lines (raw bytes, repeated
 /// names kept), over a real connection.
 pub async fn send_raw(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Answer {
+    send_method(addr, "GET", path, headers).await
+}
+
+/// Sends `method path` to `addr` with exactly these header lines, over a real
+/// connection.
+pub async fn send_method(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Answer {
     use http_body_util::BodyExt;
-    let mut req = http::Request::get(format!("http://{addr}{path}"));
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (name, value) in headers {
         req = req.header(*name, http::HeaderValue::from_bytes(value).unwrap());
     }
