@@ -6,11 +6,18 @@
 //! the same run: no auth at all, tower-http's `AddAuthorizationLayer::bearer` (a
 //! static header: the floor), `AuthorizeLayer` with a static token, and
 //! `AuthorizeLayer` with a `Refreshing` cache holding a valid, expiring token.
+//!
+//! Instruction counts instead of times (steady on a loaded machine): with
+//! `CLIENT_CALLGRIND=client_hot_path/<case>:<n>` the binary sends `n` requests through
+//! one `client_hot_path` case inside `measured`, and nothing else, for
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured*'`
+//! (`benches/callgrind.sh`).
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http::{Request, Response};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_bearer::client::{AuthorizeLayer, Refreshing, StaticToken};
@@ -25,6 +32,20 @@ fn inner(
     service_fn(|req: Request<()>| async move {
         std::hint::black_box(req);
         Ok::<_, Infallible>(Response::new(()))
+    })
+}
+
+fn refreshing(rt: &tokio::runtime::Runtime) -> impl tower_bearer::client::Authorizer + Clone {
+    rt.block_on(async {
+        Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
+            Token::bearer(TOKEN).map(|t| t.with_expires_in(Duration::from_secs(3600)))
+        }))
+        .initial_token(
+            Token::bearer(TOKEN)
+                .unwrap()
+                .with_expires_in(Duration::from_secs(3600)),
+        )
+        .build()
     })
 }
 
@@ -71,18 +92,7 @@ fn client_hot_path(c: &mut Criterion) {
     });
 
     group.bench_function("authorize_refreshing", |b| {
-        let cache = rt.block_on(async {
-            Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
-                Token::bearer(TOKEN).map(|t| t.with_expires_in(Duration::from_secs(3600)))
-            }))
-            .initial_token(
-                Token::bearer(TOKEN)
-                    .unwrap()
-                    .with_expires_in(Duration::from_secs(3600)),
-            )
-            .build()
-        });
-        let svc = AuthorizeLayer::new(cache).layer(inner());
+        let svc = AuthorizeLayer::new(refreshing(&rt)).layer(inner());
         b.to_async(&rt).iter(|| {
             let mut svc = svc.clone();
             async move { one(&mut svc).await }
@@ -363,5 +373,65 @@ where
     (start.elapsed(), waits)
 }
 
+/// Calls `f` `n` times; the only code collected in a callgrind run.
+#[inline(never)]
+fn measured(n: usize, mut f: impl FnMut()) {
+    for _ in 0..n {
+        f();
+    }
+}
+
+/// `n` requests through one `client_hot_path` case, each driven to completion on a
+/// current-thread runtime (see the module documentation).
+fn callgrind(case: &str, n: usize) {
+    fn run<S>(rt: &tokio::runtime::Runtime, n: usize, mut svc: S)
+    where
+        S: Service<Request<()>, Response = Response<()>>,
+        S::Error: std::fmt::Debug,
+    {
+        rt.block_on(async {
+            // One request outside the count: lazy set-up is not the hot path.
+            one(&mut svc).await;
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            measured(n, || {
+                let mut fut = std::pin::pin!(one(&mut svc));
+                assert!(
+                    fut.as_mut().poll(&mut cx).is_ready(),
+                    "the hot path is ready at once"
+                );
+            });
+        });
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match case.strip_prefix("client_hot_path/").unwrap_or(case) {
+        "no_auth" => run(&rt, n, inner()),
+        "tower_http_add_authorization" => run(
+            &rt,
+            n,
+            tower_http::auth::AddAuthorizationLayer::bearer(TOKEN).layer(inner()),
+        ),
+        "authorize_static" => run(
+            &rt,
+            n,
+            AuthorizeLayer::new(StaticToken::bearer(TOKEN).unwrap()).layer(inner()),
+        ),
+        "authorize_refreshing" => run(&rt, n, AuthorizeLayer::new(refreshing(&rt)).layer(inner())),
+        other => panic!("unknown case {other}"),
+    }
+}
+
 criterion_group!(benches, client_hot_path, client_scaling, refresh_storm);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("CLIENT_CALLGRIND") {
+        let (case, n) = spec.rsplit_once(':').expect("CLIENT_CALLGRIND=<case>:<n>");
+        callgrind(case, n.parse().expect("a number of iterations"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

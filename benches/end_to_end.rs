@@ -9,7 +9,11 @@
 //! - `tower_bearer_cached`: the same wrapped in `VerifiedCache` (every request
 //!   repeats one token, so every request after the first is a cache hit);
 //! - `jwt_authorizer`: behind the `jwt-authorizer` crate's layer with the same key,
-//!   the peer users would pick.
+//!   the peer users would pick;
+//! - `tower_bearer_rs256` / `jwt_authorizer_rs256`, `tower_bearer_es256` /
+//!   `jwt_authorizer_es256`: the same with a public key from a JWKS, as an identity
+//!   provider publishes it (one key with its `kid`; `JwksValidator` fetches it from a
+//!   loopback route at set-up, jwt-authorizer reads the same JSON).
 //!
 //! Every case gets the same request (with the same `Authorization` header, which
 //! `no_auth` ignores), the same handler and the same server code; both validators
@@ -40,7 +44,9 @@ use hyper_util::rt::TokioIo;
 use jwt_authorizer::{AuthError, IntoLayer, JwtAuthorizer, RegisteredClaims};
 use tower::util::MapRequestLayer;
 use tower::ServiceBuilder;
-use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, VerifiedCache};
+use tower_bearer::server::{
+    Claims, JwksValidator, JwtValidator, RequireBearerLayer, VerifiedCache,
+};
 
 /// Requests in flight at any time: HTTP/1.1 has no multiplexing, so this is also the
 /// number of keep-alive connections, each carrying one request after another.
@@ -54,6 +60,32 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A public-key algorithm of the JWKS cases: its token and its JWKS (key id `k1`).
+struct Asymmetric {
+    token: String,
+    jwks: String,
+}
+
+fn asymmetric(alg: jsonwebtoken::Algorithm) -> Asymmetric {
+    let key = match alg {
+        jsonwebtoken::Algorithm::RS256 => {
+            jsonwebtoken::EncodingKey::from_rsa_pem(&key("rsa.key")).unwrap()
+        }
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(&key("ec256.key")).unwrap(),
+    };
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&header, &good_claims(), &key).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+    Asymmetric { token, jwks }
 }
 
 /// A token with these claims, signed with `secret`.
@@ -135,8 +167,12 @@ impl From<AuthError> for Peer {
     }
 }
 
-async fn jwt_authorizer_router() -> Router {
-    let authorizer = JwtAuthorizer::<RegisteredClaims>::from_secret(SECRET)
+async fn jwt_authorizer_router(jwks: Option<&str>) -> Router {
+    let builder = match jwks {
+        Some(jwks) => JwtAuthorizer::<RegisteredClaims>::from_jwks_text(jwks),
+        None => JwtAuthorizer::<RegisteredClaims>::from_secret(SECRET),
+    };
+    let authorizer = builder
         .validation(
             jwt_authorizer::Validation::new()
                 .iss(&[ISSUER])
@@ -154,6 +190,19 @@ async fn jwt_authorizer_router() -> Router {
     )
 }
 
+/// `RequireBearerLayer` + `JwksValidator` with the keys of `jwks` (served on loopback,
+/// fetched once here) and the same rules as `tower_bearer()`.
+async fn tower_bearer_jwks_router(jwks: String) -> Router {
+    let idp = serve(Router::new().route("/jwks", get(move || async move { jwks }))).await;
+    let validator = JwksValidator::<Claims>::builder(&format!("http://{idp}/jwks"))
+        .unwrap()
+        .rules(|v| v.issuer(ISSUER).audience(AUDIENCE))
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    router().layer(RequireBearerLayer::new(validator))
+}
+
 async fn serve(app: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -168,6 +217,8 @@ struct Target {
     name: &'static str,
     addr: SocketAddr,
     connections: Vec<SendRequest<Empty<Bytes>>>,
+    /// The `Authorization` header of its requests.
+    authorization: HeaderValue,
 }
 
 async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
@@ -203,7 +254,8 @@ async fn drive(
 }
 
 /// `total` requests spread over the target's connections; the wall time.
-async fn run(target: &mut Target, total: u64, authorization: &HeaderValue) -> Duration {
+async fn run(target: &mut Target, total: u64) -> Duration {
+    let authorization = target.authorization.clone();
     let host = HeaderValue::try_from(target.addr.to_string()).unwrap();
     let connections = std::mem::take(&mut target.connections);
     let n = connections.len() as u64;
@@ -223,25 +275,51 @@ async fn run(target: &mut Target, total: u64, authorization: &HeaderValue) -> Du
 }
 
 fn setup(rt: &tokio::runtime::Runtime) -> Vec<Target> {
+    let hs256 = token();
+    let rs256 = asymmetric(jsonwebtoken::Algorithm::RS256);
+    let es256 = asymmetric(jsonwebtoken::Algorithm::ES256);
     rt.block_on(async {
         let apps = [
-            ("no_auth", router()),
+            ("no_auth", router(), &hs256),
             (
                 "passthrough_layer",
                 router().layer(MapRequestLayer::new(|req: Request<Body>| req)),
+                &hs256,
             ),
             (
                 "tower_bearer",
                 router().layer(RequireBearerLayer::new(tower_bearer())),
+                &hs256,
             ),
             (
                 "tower_bearer_cached",
                 router().layer(RequireBearerLayer::new(VerifiedCache::new(tower_bearer()))),
+                &hs256,
             ),
-            ("jwt_authorizer", jwt_authorizer_router().await),
+            ("jwt_authorizer", jwt_authorizer_router(None).await, &hs256),
+            (
+                "tower_bearer_rs256",
+                tower_bearer_jwks_router(rs256.jwks.clone()).await,
+                &rs256.token,
+            ),
+            (
+                "jwt_authorizer_rs256",
+                jwt_authorizer_router(Some(&rs256.jwks)).await,
+                &rs256.token,
+            ),
+            (
+                "tower_bearer_es256",
+                tower_bearer_jwks_router(es256.jwks.clone()).await,
+                &es256.token,
+            ),
+            (
+                "jwt_authorizer_es256",
+                jwt_authorizer_router(Some(&es256.jwks)).await,
+                &es256.token,
+            ),
         ];
         let mut targets = Vec::new();
-        for (name, app) in apps {
+        for (name, app, token) in apps {
             let addr = serve(app).await;
             let mut connections = Vec::new();
             for _ in 0..CONCURRENCY {
@@ -251,13 +329,25 @@ fn setup(rt: &tokio::runtime::Runtime) -> Vec<Target> {
                 name,
                 addr,
                 connections,
+                authorization: HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
             };
-            if name.starts_with("tower_bearer") || name == "jwt_authorizer" {
+            if name == "tower_bearer" || name == "tower_bearer_cached" || name == "jwt_authorizer" {
                 for (why, bad) in bad_tokens() {
                     let authorization = HeaderValue::try_from(format!("Bearer {bad}")).unwrap();
                     let status = send(&mut target.connections[0], addr, &authorization).await;
                     assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {why}");
                 }
+            }
+            if name.ends_with("256") {
+                // The other algorithm's token (its kid is known, its key is not this one).
+                let other = if name.ends_with("rs256") {
+                    &es256.token
+                } else {
+                    &rs256.token
+                };
+                let authorization = HeaderValue::try_from(format!("Bearer {other}")).unwrap();
+                let status = send(&mut target.connections[0], addr, &authorization).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: another key");
             }
             targets.push(target);
         }
@@ -284,7 +374,6 @@ async fn send(
 }
 
 fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, targets: &mut [Target]) {
-    let authorization = HeaderValue::try_from(format!("Bearer {}", token())).unwrap();
     let mut group = c.benchmark_group("end_to_end");
     group
         .throughput(Throughput::Elements(1))
@@ -293,7 +382,7 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, targets: &mut [Ta
         .measurement_time(Duration::from_secs(10));
     for target in targets.iter_mut() {
         group.bench_function(target.name, |b| {
-            b.iter_custom(|iters| rt.block_on(run(target, iters, &authorization)))
+            b.iter_custom(|iters| rt.block_on(run(target, iters)))
         });
     }
     group.finish();
@@ -304,11 +393,10 @@ fn end_to_end(c: &mut Criterion, rt: &tokio::runtime::Runtime, targets: &mut [Ta
 fn interleaved(rt: &tokio::runtime::Runtime, targets: &mut [Target]) {
     const ROUNDS: usize = 15;
     const REQUESTS: u64 = 20_000;
-    let authorization = HeaderValue::try_from(format!("Bearer {}", token())).unwrap();
     let mut rates = vec![Vec::new(); targets.len()];
     for _ in 0..ROUNDS {
         for (target, rates) in targets.iter_mut().zip(&mut rates) {
-            let elapsed = rt.block_on(run(target, REQUESTS, &authorization));
+            let elapsed = rt.block_on(run(target, REQUESTS));
             rates.push(REQUESTS as f64 / elapsed.as_secs_f64());
         }
     }
@@ -330,11 +418,53 @@ fn interleaved(rt: &tokio::runtime::Runtime, targets: &mut [Target]) {
             median / medians[0]
         );
     }
-    let rate = |name: &str| medians[targets.iter().position(|t| t.name == name).unwrap()];
+    // Paired per round (the cases of one round ran back to back, under the same load):
+    // each round's ratio, their median, and a distribution-free confidence interval of
+    // that median from the order statistics (binomial, p = 1/2).
+    let (lo, hi, confidence) = median_interval(ROUNDS);
+    let ratios = |a: usize, b: usize| {
+        let mut r: Vec<f64> = rates[a].iter().zip(&rates[b]).map(|(x, y)| x / y).collect();
+        r.sort_by(f64::total_cmp);
+        (r[r.len() / 2], r[lo], r[hi])
+    };
     println!(
-        "  tower_bearer / jwt_authorizer: {:.3}x",
-        rate("tower_bearer") / rate("jwt_authorizer")
+        "paired per-round ratios: median [{:.1} % confidence interval of the median]",
+        confidence * 100.0
     );
+    let index = |name: &str| targets.iter().position(|t| t.name == name).unwrap();
+    let pairs = [
+        ("tower_bearer", "no_auth"),
+        ("tower_bearer_cached", "no_auth"),
+        ("jwt_authorizer", "no_auth"),
+        ("tower_bearer", "jwt_authorizer"),
+        ("tower_bearer_rs256", "jwt_authorizer_rs256"),
+        ("tower_bearer_es256", "jwt_authorizer_es256"),
+    ];
+    for (a, b) in pairs {
+        let (median, low, high) = ratios(index(a), index(b));
+        println!("  {a} / {b}: {median:.3}x [{low:.3}, {high:.3}]");
+    }
+}
+
+/// Indices (in the sorted sample of `n`) of a confidence interval for the median,
+/// and its confidence: the widest symmetric pair of order statistics whose
+/// coverage is at least 95 %: [x(k), x(n-1-k)] (from 0) covers it with probability
+/// 1 - 2 P(Binomial(n, 1/2) <= k).
+fn median_interval(n: usize) -> (usize, usize, f64) {
+    let total = 2f64.powi(n as i32);
+    let mut below = 0.0; // P(X <= k)
+    let mut choose = 1.0; // C(n, k)
+    let mut best = (0, n - 1, 1.0 - 2.0 / total);
+    for k in 0..n / 2 {
+        below += choose / total;
+        let coverage = 1.0 - 2.0 * below;
+        if coverage < 0.95 {
+            break;
+        }
+        best = (k, n - 1 - k, coverage);
+        choose = choose * (n - k) as f64 / (k + 1) as f64;
+    }
+    best
 }
 
 fn main() {

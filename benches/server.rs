@@ -2,7 +2,10 @@
 //! ratios are meaningful:
 //!
 //! - per algorithm (HS256, RS256, ES256, EdDSA): a request through
-//!   `RequireBearer<JwtValidator>` vs a raw `jsonwebtoken::decode` of the same token;
+//!   `RequireBearer<JwtValidator>` vs a raw `jsonwebtoken::decode` of the same token
+//!   (with the backend this build selected: aws-lc-rs, or RustCrypto under
+//!   `--cfg tower_bearer_rust_crypto`) vs `jwt-authorizer`'s check (`check_auth`: its
+//!   jsonwebtoken 9 on ring);
 //! - a repeated RS256 token through `VerifiedCache` vs RS256 verification;
 //! - `Authorization` header parsing alone.
 //!
@@ -13,7 +16,7 @@
 //! `measured`, and nothing else, for
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured*'`;
 //! instructions per iteration are the collected total over `n`. Cases: the names
-//! above (`raw_decode/HS256`, `layer/HS256`, …, `jwt_verify/RS256`,
+//! above (`raw_decode/HS256`, `layer/HS256`, `jwt_authorizer/HS256`, …, `jwt_verify/RS256`,
 //! `verified_cache_hit/RS256`, `header_parse`).
 
 use std::convert::Infallible;
@@ -40,6 +43,30 @@ struct Case {
     validator: JwtValidator<Claims>,
     raw_key: DecodingKey,
     raw_validation: Validation,
+    peer: jwt_authorizer::Authorizer<jwt_authorizer::RegisteredClaims>,
+}
+
+/// jwt-authorizer with the same key and the same checks (`exp` required, `nbf`).
+fn peer(
+    builder: jwt_authorizer::AuthorizerBuilder<jwt_authorizer::RegisteredClaims>,
+) -> jwt_authorizer::Authorizer<jwt_authorizer::RegisteredClaims> {
+    let builder = builder.validation(jwt_authorizer::Validation::new().nbf(true));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(builder.build())
+        .unwrap()
+}
+
+/// One check through jwt-authorizer (no I/O for a static key: ready at once).
+fn peer_check(case: &Case) -> jwt_authorizer::RegisteredClaims {
+    case.peer
+        .check_auth(&case.token)
+        .now_or_never()
+        .expect("a static key needs no I/O")
+        .unwrap()
+        .claims
 }
 
 fn cases() -> Vec<Case> {
@@ -67,6 +94,9 @@ fn cases() -> Vec<Case> {
             validator: JwtValidator::hmac(secret),
             raw_key: DecodingKey::from_secret(secret),
             raw_validation: raw_validation(Algorithm::HS256),
+            peer: peer(jwt_authorizer::JwtAuthorizer::from_secret(
+                std::str::from_utf8(secret).unwrap(),
+            )),
         },
         Case {
             name: "RS256",
@@ -77,6 +107,9 @@ fn cases() -> Vec<Case> {
             validator: JwtValidator::rsa_pem(&key("rsa.pub.pem")).unwrap(),
             raw_key: DecodingKey::from_rsa_pem(&key("rsa.pub.pem")).unwrap(),
             raw_validation: raw_validation(Algorithm::RS256),
+            peer: peer(jwt_authorizer::JwtAuthorizer::from_rsa_pem_text(
+                &String::from_utf8(key("rsa.pub.pem")).unwrap(),
+            )),
         },
         Case {
             name: "ES256",
@@ -87,6 +120,9 @@ fn cases() -> Vec<Case> {
             validator: JwtValidator::ec_pem(&key("ec256.pub.pem")).unwrap(),
             raw_key: DecodingKey::from_ec_pem(&key("ec256.pub.pem")).unwrap(),
             raw_validation: raw_validation(Algorithm::ES256),
+            peer: peer(jwt_authorizer::JwtAuthorizer::from_ec_pem_text(
+                &String::from_utf8(key("ec256.pub.pem")).unwrap(),
+            )),
         },
         Case {
             name: "EdDSA",
@@ -97,6 +133,9 @@ fn cases() -> Vec<Case> {
             validator: JwtValidator::ed_pem(&key("ed25519.pub.pem")).unwrap(),
             raw_key: DecodingKey::from_ed_pem(&key("ed25519.pub.pem")).unwrap(),
             raw_validation: raw_validation(Algorithm::EdDSA),
+            peer: peer(jwt_authorizer::JwtAuthorizer::from_ed_pem_text(
+                &String::from_utf8(key("ed25519.pub.pem")).unwrap(),
+            )),
         },
     ]
 }
@@ -134,6 +173,10 @@ fn bench(c: &mut Criterion) {
                 )
                 .unwrap()
             })
+        });
+        peer_check(&case);
+        group.bench_function(format!("jwt_authorizer/{}", case.name), |b| {
+            b.iter(|| peer_check(std::hint::black_box(&case)))
         });
         group.bench_function(format!("layer/{}", case.name), |b| {
             b.iter_batched(
@@ -197,7 +240,7 @@ fn callgrind(case_name: &str, n: usize) {
     let mut all = cases();
     let rs256 = all.iter().position(|c| c.name == "RS256").unwrap();
     match kind {
-        "raw_decode" | "layer" | "jwt_verify" => {
+        "raw_decode" | "layer" | "jwt_verify" | "jwt_authorizer" => {
             let case = all
                 .iter()
                 .find(|c| c.name == alg)
@@ -208,6 +251,10 @@ fn callgrind(case_name: &str, n: usize) {
                         .unwrap()
                 }),
                 "jwt_verify" => measured(n, || case.validator.check(&case.token).unwrap()),
+                "jwt_authorizer" => {
+                    peer_check(case);
+                    measured(n, || peer_check(case))
+                }
                 _ => {
                     let inner = tower::service_fn(|_req: Request<()>| async {
                         Ok::<_, Infallible>(Response::new(()))
