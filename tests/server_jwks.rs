@@ -702,3 +702,104 @@ fn build_refuses_clear_text_to_a_remote_host_without_panicking() {
         .build();
     assert!(allowed.is_ok());
 }
+
+/// Keys are refreshed ahead of time: with no request at all, the key set is fetched
+/// again before its `max-age` ends, so the first request after the lifetime is
+/// checked against the new keys (a key the provider withdrew is refused) and no
+/// fetch lies in its path.
+#[tokio::test]
+async fn keys_are_refetched_before_their_lifetime_ends_without_any_request() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator.clone()).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    // The provider withdraws k1 (compromised, say) and publishes k2.
+    idp.set_keys(vec![public_jwk(&rsa2(), "k2")]);
+    // 90 % of the lifetime passes, nobody calls: the refresh is made all the same.
+    skip(108).await;
+    until(|| validator.key_ids() == ["k2"]).await;
+    assert_eq!(idp.fetches(), 2);
+
+    // Past the lifetime: both answers come from keys already in place.
+    skip(13).await;
+    assert_unknown_key(&send(api.addr, "/me", Some(&t1)).await);
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2, "no fetch in any request's path");
+}
+
+/// A scheduled refresh the provider is slow to answer holds up no request: the
+/// answer comes from the current keys while the fetch hangs, and the new keys are
+/// in use once it lands.
+#[tokio::test]
+async fn a_request_never_waits_for_a_scheduled_refresh() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator.clone()).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    idp.gate.send_replace(false);
+    // Past the whole lifetime; the refresh started and its answer is held.
+    skip(121).await;
+    until(|| idp.fetches() == 2).await;
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_eq!(validator.key_ids(), ["k1"], "the refresh is still held");
+
+    idp.gate.send_replace(true);
+    until(|| validator.key_ids().len() == 2).await;
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2);
+}
+
+/// A failing endpoint is retried by time, without requests, keeping the last good
+/// keys meanwhile; the retry after the endpoint's return brings the new keys.
+#[tokio::test]
+async fn a_failed_refresh_is_retried_by_time_keeping_the_last_keys() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator.clone()).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+
+    idp.state.down.store(true, Ordering::SeqCst);
+    idp.gate.send_replace(false);
+    skip(108).await;
+    until(|| idp.fetches() == 2).await;
+    // `load` joins the held refresh: once it returns, the failure is recorded.
+    let joined = tokio::spawn({
+        let validator = validator.clone();
+        async move { validator.load().await }
+    });
+    tokio::task::yield_now().await;
+    idp.gate.send_replace(true);
+    assert!(joined.await.unwrap().is_err());
+    assert_eq!(idp.fetches(), 2);
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    // The retry comes 30–33 s after the failure, with no request to start it.
+    idp.state.down.store(false, Ordering::SeqCst);
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    skip(34).await;
+    until(|| validator.key_ids().len() == 2).await;
+    assert_eq!(idp.fetches(), 3);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+}
