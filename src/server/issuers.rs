@@ -319,14 +319,17 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         if let Some(running) = lookups.running.get(issuer) {
             return Begin::Wait(running.clone());
         }
-        if this.resolved.load().len() >= this.max_issuers {
+        let added = this.resolved.load().len();
+        if added >= this.max_issuers {
             tracing::debug!("unknown issuer refused: the resolver's bound is reached");
             return Begin::Refused;
         }
         let now = Instant::now();
-        if lookups
-            .last_start
-            .is_some_and(|t| now.saturating_duration_since(t) < this.lookup_interval)
+        // Look-ups under way count towards the bound: they may all succeed.
+        if added + lookups.running.len() >= this.max_issuers
+            || lookups
+                .last_start
+                .is_some_and(|t| now.saturating_duration_since(t) < this.lookup_interval)
         {
             return Begin::Busy;
         }
