@@ -531,10 +531,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         }
         let ticking = Ticking(Arc::downgrade(this));
         runtime.spawn(async move {
-            loop {
-                let Some(due) = ticking.0.upgrade().and_then(|s| s.next_scheduled()) else {
-                    break;
-                };
+            while let Some(due) = ticking.0.upgrade().and_then(|s| s.next_scheduled()) {
                 tokio::time::sleep_until(due).await;
                 let Some(shared) = ticking.0.upgrade() else {
                     break;
