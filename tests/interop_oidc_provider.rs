@@ -28,7 +28,9 @@ use tower_bearer::client::{
     FileStore, MemoryStore, ProviderMetadata, Refreshing, TokenEndpoint, TokenEndpointAuth,
     TokenSource, TokenStore, TokenTypeHint,
 };
-use tower_bearer::server::{Claims, Introspection, JwksValidator, Validator};
+use tower_bearer::server::{
+    Claims, Introspection, JwksValidator, MultiIssuer, Rejection, Validator,
+};
 use tower_bearer::{Error, Token};
 
 /// Access tokens live this long at the provider (whole seconds, as it counts them).
@@ -358,6 +360,89 @@ async fn client_credentials_jwt_validated_by_discovery() {
         discovered + 2,
         "the two validators fetch their own"
     );
+}
+
+/// Two providers, two issuers with their own keys, one `MultiIssuer`: the JWT
+/// access tokens of each are accepted (routed by `iss`, RFC 9068 `at+jwt`
+/// required); a token of one re-labelled with the other's `iss`, under its own kid
+/// or the other's, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_issuers_behind_one_multi_issuer_validator() {
+    let (Some(a), Some(b)) = tokio::join!(Provider::start(), Provider::start()) else {
+        return;
+    };
+    assert_ne!(a.issuer, b.issuer);
+    let tenant = |p: &Provider| {
+        JwksValidator::<Claims>::discover(&p.issuer)
+            .unwrap()
+            .rules(|v| v.audience(JWT_API).require_access_token_typ())
+            .build()
+            .unwrap()
+    };
+    let validator = MultiIssuer::builder()
+        .issuer(tenant(&a))
+        .issuer(tenant(&b))
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+
+    let token_of = |issuer: String| async move {
+        let token = TokenEndpoint::discover(&issuer)
+            .await
+            .unwrap()
+            .client_id("svc-basic")
+            .client_secret("basic-secret-0123456789")
+            .param("resource", JWT_API)
+            .client_credentials()
+            .scope("read")
+            .fetch(None)
+            .await
+            .unwrap();
+        token.access_token().expose_secret().to_owned()
+    };
+    let (from_a, from_b) = tokio::join!(token_of(a.issuer.clone()), token_of(b.issuer.clone()));
+    for (token, provider) in [(&from_a, &a), (&from_b, &b)] {
+        let claims = validator.validate(token).await.unwrap();
+        assert_eq!(claims.iss.as_deref(), Some(provider.issuer.as_str()));
+        assert_eq!(claims.sub.as_deref(), Some("svc-basic"));
+    }
+
+    // A's token re-labelled with B's iss (A's signature kept): B's keys refuse it,
+    // under A's kid and under B's.
+    let relabel = |token: &str, iss: &str, kid: &str| {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = token.split('.');
+        let (header, payload, signature) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&b64.decode(header).unwrap()).unwrap();
+        header["kid"] = kid.into();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(payload).unwrap()).unwrap();
+        claims["iss"] = iss.into();
+        format!(
+            "{}.{}.{signature}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        )
+    };
+    let forged = relabel(&from_a, &b.issuer, &a.kid);
+    assert_eq!(
+        validator.validate(&forged).await.unwrap_err(),
+        Rejection::invalid_token("the token's signing key is unknown")
+    );
+    let forged = relabel(&from_a, &b.issuer, &b.kid);
+    assert_eq!(
+        validator.validate(&forged).await.unwrap_err(),
+        Rejection::invalid_token("the token signature is invalid")
+    );
+    // The untouched tokens are still good.
+    assert!(validator.validate(&from_a).await.is_ok());
+    assert!(validator.validate(&from_b).await.is_ok());
 }
 
 /// A device login completed at the provider by a person (the test, through the

@@ -5,146 +5,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use axum::extract::State;
-use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Extension, Json, Router};
-use common::server::{get as send, key, now_plus, serve, Answer};
-use jsonwebtoken::jwk::Jwk;
+use axum::{Extension, Router};
+use common::jwks::{mint, public_jwk, rs256, rsa1, rsa2, skip, unsigned, until, Idp};
+use common::server::{get as send, serve, Answer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::json;
 use tower_bearer::server::{Claims, JwksValidator, RequireBearerLayer, Verified};
 
 const REALM: &str = "jwks-test";
-
-#[derive(Default)]
-struct IdpState {
-    issuer: Mutex<String>,
-    /// When set, the discovery document names this issuer instead.
-    claimed_issuer: Mutex<Option<String>>,
-    keys: Mutex<Value>,
-    cache_control: Mutex<Option<String>>,
-    down: AtomicBool,
-    jwks_fetches: AtomicUsize,
-    discoveries: AtomicUsize,
-    attacker_fetches: AtomicUsize,
-    /// While false, the JWKS answer is held back.
-    gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
-}
-
-struct Idp {
-    state: Arc<IdpState>,
-    issuer: String,
-    gate: tokio::sync::watch::Sender<bool>,
-}
-
-impl Idp {
-    async fn start(keys: Vec<Value>) -> Idp {
-        let state = Arc::new(IdpState::default());
-        *state.keys.lock().unwrap() = json!({ "keys": keys });
-        let (gate, rx) = tokio::sync::watch::channel(true);
-        *state.gate.lock().unwrap() = Some(rx);
-        let app = Router::new()
-            .route("/.well-known/openid-configuration", get(discovery))
-            .route("/jwks", get(jwks))
-            .route("/attacker-jwks", get(attacker_jwks))
-            .with_state(Arc::clone(&state));
-        let addr = serve(app).await;
-        let issuer = format!("http://{addr}");
-        *state.issuer.lock().unwrap() = issuer.clone();
-        Idp {
-            state,
-            issuer,
-            gate,
-        }
-    }
-
-    fn jwks_url(&self) -> String {
-        format!("{}/jwks", self.issuer)
-    }
-
-    fn set_keys(&self, keys: Vec<Value>) {
-        *self.state.keys.lock().unwrap() = json!({ "keys": keys });
-    }
-
-    fn fetches(&self) -> usize {
-        self.state.jwks_fetches.load(Ordering::SeqCst)
-    }
-}
-
-async fn discovery(State(s): State<Arc<IdpState>>) -> impl IntoResponse {
-    s.discoveries.fetch_add(1, Ordering::SeqCst);
-    let issuer = s.issuer.lock().unwrap().clone();
-    let claimed = s.claimed_issuer.lock().unwrap().clone();
-    Json(json!({
-        "issuer": claimed.unwrap_or_else(|| issuer.clone()),
-        "jwks_uri": format!("{issuer}/jwks"),
-    }))
-}
-
-async fn jwks(State(s): State<Arc<IdpState>>) -> axum::response::Response {
-    s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    let gate = s.gate.lock().unwrap().clone();
-    if let Some(mut gate) = gate {
-        let _ = gate.wait_for(|open| *open).await;
-    }
-    if s.down.load(Ordering::SeqCst) {
-        return (http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
-    }
-    let body = s.keys.lock().unwrap().clone();
-    let mut res = Json(body).into_response();
-    if let Some(cc) = s.cache_control.lock().unwrap().clone() {
-        res.headers_mut()
-            .insert("cache-control", cc.parse().unwrap());
-    }
-    res
-}
-
-async fn attacker_jwks(State(s): State<Arc<IdpState>>) -> Json<Value> {
-    s.attacker_fetches.fetch_add(1, Ordering::SeqCst);
-    Json(json!({ "keys": [public_jwk(&rsa2(), "k9")] }))
-}
-
-fn rsa1() -> EncodingKey {
-    EncodingKey::from_rsa_pem(&key("rsa.key")).unwrap()
-}
-
-fn rsa2() -> EncodingKey {
-    EncodingKey::from_rsa_pem(&key("rsa2.key")).unwrap()
-}
-
-fn public_jwk(key: &EncodingKey, kid: &str) -> Value {
-    let mut jwk = Jwk::from_encoding_key(key, Algorithm::RS256).unwrap();
-    jwk.common.key_id = Some(kid.to_owned());
-    serde_json::to_value(jwk).unwrap()
-}
-
-fn mint(key: &EncodingKey, header: Header, iss: &str, sub: &str) -> String {
-    let claims = json!({ "sub": sub, "iss": iss, "aud": "api", "exp": now_plus(600) });
-    jsonwebtoken::encode(&header, &claims, key).unwrap()
-}
-
-/// A token with this header and a fake signature.
-fn unsigned(header: &Header) -> String {
-    use base64::Engine;
-    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    let claims = json!({ "sub": "mallory", "exp": now_plus(600) });
-    format!(
-        "{}.{}.c2ln",
-        b64(&serde_json::to_value(header).unwrap()),
-        b64(&claims)
-    )
-}
-
-fn rs256(kid: &str) -> Header {
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some(kid.to_owned());
-    h
-}
 
 struct Api {
     addr: std::net::SocketAddr,
@@ -171,25 +43,6 @@ async fn start_api(validator: JwksValidator<Claims>) -> Api {
         addr: serve(app).await,
         arrivals,
     }
-}
-
-/// Moves the tokio clock past the fetch cool-down (30 s) and lets it run on; the
-/// servers keep using real sockets.
-async fn skip(secs: u64) {
-    tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(secs)).await;
-    tokio::time::resume();
-}
-
-/// Waits (yielding, never sleeping a guessed time) until `cond` holds.
-async fn until(mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !cond() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("condition not reached");
 }
 
 fn invalid_token(description: &str) -> String {
@@ -701,4 +554,105 @@ fn build_refuses_clear_text_to_a_remote_host_without_panicking() {
         .allow_insecure_http(true)
         .build();
     assert!(allowed.is_ok());
+}
+
+/// Keys are refreshed ahead of time: with no request at all, the key set is fetched
+/// again before its `max-age` ends, so the first request after the lifetime is
+/// checked against the new keys (a key the provider withdrew is refused) and no
+/// fetch lies in its path.
+#[tokio::test]
+async fn keys_are_refetched_before_their_lifetime_ends_without_any_request() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator.clone()).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    // The provider withdraws k1 (compromised, say) and publishes k2.
+    idp.set_keys(vec![public_jwk(&rsa2(), "k2")]);
+    // 90 % of the lifetime passes, nobody calls: the refresh is made all the same.
+    skip(108).await;
+    until(|| validator.key_ids() == ["k2"]).await;
+    assert_eq!(idp.fetches(), 2);
+
+    // Past the lifetime: both answers come from keys already in place.
+    skip(13).await;
+    assert_unknown_key(&send(api.addr, "/me", Some(&t1)).await);
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2, "no fetch in any request's path");
+}
+
+/// A scheduled refresh the provider is slow to answer holds up no request: the
+/// answer comes from the current keys while the fetch hangs, and the new keys are
+/// in use once it lands.
+#[tokio::test]
+async fn a_request_never_waits_for_a_scheduled_refresh() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator.clone()).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    idp.gate.send_replace(false);
+    // Past the whole lifetime; the refresh started and its answer is held.
+    skip(121).await;
+    until(|| idp.fetches() == 2).await;
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+    assert_eq!(validator.key_ids(), ["k1"], "the refresh is still held");
+
+    idp.gate.send_replace(true);
+    until(|| validator.key_ids().len() == 2).await;
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2);
+}
+
+/// A failing endpoint is retried by time, without requests, keeping the last good
+/// keys meanwhile; the retry after the endpoint's return brings the new keys.
+#[tokio::test]
+async fn a_failed_refresh_is_retried_by_time_keeping_the_last_keys() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    *idp.state.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator.clone()).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+
+    idp.state.down.store(true, Ordering::SeqCst);
+    idp.gate.send_replace(false);
+    skip(108).await;
+    until(|| idp.fetches() == 2).await;
+    // `load` joins the held refresh: once it returns, the failure is recorded.
+    let joined = tokio::spawn({
+        let validator = validator.clone();
+        async move { validator.load().await }
+    });
+    tokio::task::yield_now().await;
+    idp.gate.send_replace(true);
+    assert!(joined.await.unwrap().is_err());
+    assert_eq!(idp.fetches(), 2);
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    // The retry comes 30–33 s after the failure, with no request to start it.
+    idp.state.down.store(false, Ordering::SeqCst);
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    skip(34).await;
+    until(|| validator.key_ids().len() == 2).await;
+    assert_eq!(idp.fetches(), 3);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
 }

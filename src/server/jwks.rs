@@ -4,7 +4,8 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -47,9 +48,12 @@ type Rules<C> = Arc<dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync>;
 /// - A token's key is picked by its `kid`; each key verifies only the algorithms
 ///   of its type (or the one its JWK names). The `jku`, `x5u` and `jwk` token
 ///   headers are never followed.
-/// - The keys are fetched on first use and again when they are older than the
-///   answer's `Cache-Control: max-age` (bounded, default 1 min to 24 h; 15 min
-///   without one), in the background: requests keep using the current keys.
+/// - The keys are fetched on first use and then **ahead of time**: a background task
+///   fetches them again at a random point between 80 % and 90 % of the answer's
+///   `Cache-Control: max-age` (bounded, default 1 min to 24 h; 15 min without one),
+///   so new keys are in place before the old ones go stale and no request ever waits
+///   for a scheduled fetch. A failed fetch keeps the last good keys and is retried
+///   after the cool-down, doubled per failure in a row up to 5 minutes (plus jitter).
 /// - **First sight**: an unknown `kid` is looked up when it is first used, however
 ///   recent the last fetch. A key the provider publishes (and signs with) after our
 ///   last fetch is accepted on its first request, which waits for one fetch shared
@@ -117,6 +121,9 @@ enum Source {
 
 struct Shared<C> {
     source: Source,
+    /// The `iss` every token must carry: the discovered issuer, or the one given to
+    /// [`JwksValidatorBuilder::issuer`].
+    issuer: Option<String>,
     http: HttpClient,
     allow_insecure_http: bool,
     rules: Rules<C>,
@@ -130,6 +137,8 @@ struct Shared<C> {
     unknown: Mutex<UnknownKids>,
     /// A flight yields the number of its fetch (see [`Schedule::started`]).
     flight: SingleFlight<u64, Error>,
+    /// Whether a task runs [`Shared::keep_fresh`].
+    ticking: AtomicBool,
 }
 
 /// Why a fetch is wanted: each cause has its own throttle.
@@ -155,6 +164,29 @@ struct Schedule {
     /// and later started after it arrived, and so after any key its token needs was
     /// published.
     started: u64,
+    /// Fetches failed in a row (of any cause): the retry backoff grows with them.
+    failures: u32,
+    /// After a failure, no scheduled fetch before this (backoff by time).
+    retry_at: Option<Instant>,
+}
+
+/// Scheduled retries after failures wait at most this long (plus jitter).
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5 * 60);
+
+/// When keys that live `lifetime` are fetched again: at a random point between 80 %
+/// and 90 % of it, so the new keys are in place before the old ones go stale and
+/// replicas do not fetch in step.
+fn ahead_of(lifetime: Duration) -> Duration {
+    lifetime.mul_f64(0.8 + 0.1 * fastrand::f64())
+}
+
+/// The wait before retrying after `failures` failures in a row: the cool-down,
+/// doubled per further failure up to [`MAX_RETRY_BACKOFF`] (never below the
+/// cool-down), plus up to 10 % jitter.
+fn retry_backoff(cooldown: Duration, failures: u32) -> Duration {
+    let doubled = cooldown.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let base = doubled.min(MAX_RETRY_BACKOFF.max(cooldown));
+    base + base.mul_f64(0.1 * fastrand::f64())
 }
 
 /// Kids known to be absent, answered `invalid_token` without a fetch.
@@ -181,7 +213,8 @@ pub(crate) struct KeySet<C> {
     /// The kids of the keys skipped (unusable or not for signing): tokens naming
     /// them are refused without a fetch.
     skipped: HashSet<String>,
-    stale_at: Instant,
+    /// When to fetch again: 80–90 % into the answer's lifetime (see [`ahead_of`]).
+    refresh_at: Instant,
 }
 
 impl<C> KeySet<C> {
@@ -200,6 +233,7 @@ impl<C> KeySet<C> {
 /// Configures a [`JwksValidator`].
 pub struct JwksValidatorBuilder<C> {
     source: Source,
+    issuer: Option<String>,
     http: Option<HttpClient>,
     allow_insecure_http: bool,
     rules: Rules<C>,
@@ -257,6 +291,13 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidator<C> {
         }
     }
 
+    /// The issuer every token must name in `iss`: the one found by
+    /// [`discover`](JwksValidator::discover) or given to
+    /// [`JwksValidatorBuilder::issuer`]; `None` when `iss` is left to the rules.
+    pub fn issuer(&self) -> Option<&str> {
+        self.shared.issuer.as_deref()
+    }
+
     /// The `kid`s of the keys in use.
     pub fn key_ids(&self) -> Vec<String> {
         self.shared
@@ -270,8 +311,13 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidator<C> {
 
 impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C> {
     fn new(source: Source) -> Self {
+        let issuer = match &source {
+            Source::Discovery { issuer, .. } => Some(issuer.clone()),
+            Source::Jwks(_) => None,
+        };
         JwksValidatorBuilder {
             source,
+            issuer,
             http: None,
             allow_insecure_http: false,
             rules: Arc::new(|v| v),
@@ -281,13 +327,22 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
         }
     }
 
-    /// The claim rules every key applies: issuer, audience, leeway, required
-    /// claims and scopes, as on [`JwtValidator`].
+    /// The claim rules every key applies: issuer, audience, algorithms, leeway,
+    /// required claims and scopes, as on [`JwtValidator`]. An issuer set by
+    /// discovery or [`issuer`](Self::issuer) is applied after them and wins.
     pub fn rules(
         mut self,
         rules: impl Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync + 'static,
     ) -> Self {
         self.rules = Arc::new(rules);
+        self
+    }
+
+    /// Requires every token's `iss` to be `issuer`, whatever the
+    /// [`rules`](Self::rules) say (discovery sets it to the discovered issuer, and
+    /// [`build`](Self::build) refuses another one there).
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
         self
     }
 
@@ -336,9 +391,18 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
             Source::Jwks(url) | Source::Discovery { document: url, .. } => url,
         };
         check_url(url, self.allow_insecure_http)?;
+        if let Source::Discovery { issuer, .. } = &self.source {
+            if self.issuer.as_ref() != Some(issuer) {
+                return Err(Error::Configuration(format!(
+                    "the issuer {:?} is not the discovered issuer {issuer:?}",
+                    self.issuer
+                )));
+            }
+        }
         Ok(JwksValidator {
             shared: Arc::new(Shared {
                 source: self.source,
+                issuer: self.issuer,
                 http: self.http.unwrap_or_default(),
                 allow_insecure_http: self.allow_insecure_http,
                 rules: self.rules,
@@ -350,6 +414,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
                 schedule: Mutex::new(Schedule::default()),
                 unknown: Mutex::new(UnknownKids::default()),
                 flight: SingleFlight::default(),
+                ticking: AtomicBool::new(false),
             }),
         })
     }
@@ -384,7 +449,12 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
             };
             match cause {
                 Cause::Forced => {}
-                Cause::Schedule if cooling(schedule.last_attempt) => return Some(Ok(0)),
+                Cause::Schedule
+                    if cooling(schedule.last_attempt)
+                        || schedule.retry_at.is_some_and(|at| now < at) =>
+                {
+                    return Some(Ok(0))
+                }
                 Cause::Schedule => {}
                 Cause::Miss if cooling(schedule.last_miss) => return Some(Ok(0)),
                 Cause::Miss => schedule.last_miss = Some(now),
@@ -397,7 +467,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         let shared = Arc::clone(this);
         let job = || {
             let number = number.get();
-            async move { shared.fetch().await.map(|()| number) }
+            async move { Shared::fetch(&shared).await.map(|()| number) }
         };
         match this.flight.join_or_start(recheck, job) {
             Joined::Ready(_) => None,
@@ -405,23 +475,90 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         }
     }
 
-    async fn fetch(&self) -> Result<(), Error> {
-        match self.fetch_keys().await {
+    async fn fetch(this: &Arc<Self>) -> Result<(), Error> {
+        match this.fetch_keys().await {
             Ok(set) => {
                 tracing::debug!(keys = set.by_kid.len() + set.unnamed.len(), "JWKS fetched");
                 // Retired kids are noted before the new set is seen: a request finds
                 // its kid in the old set, or learns that it retired.
-                if let Some(old) = &*self.keys.load() {
-                    self.retire(old, &set);
+                if let Some(old) = &*this.keys.load() {
+                    this.retire(old, &set);
                 }
-                self.keys.store(Some(Arc::new(set)));
+                this.keys.store(Some(Arc::new(set)));
+                {
+                    let mut schedule = lock(&this.schedule);
+                    schedule.failures = 0;
+                    schedule.retry_at = None;
+                }
+                Shared::keep_fresh(this);
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, "JWKS fetch failed; keeping the last good keys");
+                let mut schedule = lock(&this.schedule);
+                schedule.failures = schedule.failures.saturating_add(1);
+                let wait = retry_backoff(this.cooldown, schedule.failures);
+                schedule.retry_at = Some(Instant::now() + wait);
+                tracing::warn!(
+                    error = %e,
+                    retry_in_s = wait.as_secs(),
+                    "JWKS fetch failed; keeping the last good keys"
+                );
                 Err(e)
             }
         }
+    }
+
+    /// Starts, unless one runs, the task that fetches the keys when they are due
+    /// ([`KeySet::refresh_at`]) or a retry is (after a failure), whether requests
+    /// come or not: requests never wait for a scheduled fetch, and keys are renewed
+    /// before their lifetime ends. It holds the validator weakly: it ends at its next
+    /// wake-up once the validator is dropped, or with its runtime.
+    fn keep_fresh(this: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if this.ticking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        /// Lets another task start when this one ends, however it ends.
+        struct Ticking<C>(Weak<Shared<C>>);
+        impl<C> Drop for Ticking<C> {
+            fn drop(&mut self) {
+                if let Some(shared) = self.0.upgrade() {
+                    shared.ticking.store(false, Ordering::Release);
+                }
+            }
+        }
+        let ticking = Ticking(Arc::downgrade(this));
+        runtime.spawn(async move {
+            while let Some(due) = ticking.0.upgrade().and_then(|s| s.next_scheduled()) {
+                tokio::time::sleep_until(due).await;
+                let Some(shared) = ticking.0.upgrade() else {
+                    break;
+                };
+                let flight = Shared::fetch_once(&shared, Cause::Schedule);
+                drop(shared);
+                if let Some(flight) = flight {
+                    // The outcome is recorded by the fetch; the next due time follows.
+                    let _ = flight.await;
+                }
+            }
+            drop(ticking);
+        });
+    }
+
+    /// When a scheduled fetch is next allowed and wanted; `None` with no keys.
+    fn next_scheduled(&self) -> Option<Instant> {
+        let refresh_at = self.keys.load().as_ref()?.refresh_at;
+        let schedule = lock(&self.schedule);
+        let cooled = schedule.last_attempt.map(|t| t + self.cooldown);
+        Some(
+            [Some(refresh_at), cooled, schedule.retry_at]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(refresh_at),
+        )
     }
 
     /// Notes the kids of `old` that `new` drops, and forgets those it brings.
@@ -569,11 +706,12 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         let lifetime = max_age(res.headers())
             .map(|age| age.clamp(self.refresh_bounds.0, self.refresh_bounds.1))
             .unwrap_or(self.default_refresh);
-        let issuer = match &self.source {
-            Source::Discovery { issuer, .. } => Some(issuer.as_str()),
-            Source::Jwks(_) => None,
-        };
-        parse_key_set(res.body(), &*self.rules, issuer, Instant::now() + lifetime)
+        parse_key_set(
+            res.body(),
+            &*self.rules,
+            self.issuer.as_deref(),
+            Instant::now() + ahead_of(lifetime),
+        )
     }
 }
 
@@ -601,7 +739,7 @@ pub(crate) fn discovery_jwks_uri(
 }
 
 /// The usable signing keys of a JWKS document, each a validator with `rules` applied
-/// (and `issuer`, when the keys were found through discovery), stale at `stale_at`.
+/// (and `issuer`, when one is required), to be refreshed at `refresh_at`.
 ///
 /// # Errors
 /// [`Error::InvalidResponse`] when the document does not parse or holds no usable key.
@@ -609,7 +747,7 @@ pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>
     body: &[u8],
     rules: &(dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync),
     issuer: Option<&str>,
-    stale_at: Instant,
+    refresh_at: Instant,
 ) -> Result<KeySet<C>, Error> {
     let raw: RawKeySet = serde_json::from_slice(body)
         .map_err(|e| Error::InvalidResponse(Endpoint::Jwks, e.to_string()))?;
@@ -617,7 +755,7 @@ pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>
         by_kid: HashMap::new(),
         unnamed: Vec::new(),
         skipped: HashSet::new(),
-        stale_at,
+        refresh_at,
     };
     for (index, value) in raw.keys.into_iter().enumerate() {
         let kid = value.get("kid").and_then(serde_json::Value::as_str);
@@ -739,8 +877,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksVali
         };
         let shared = &self.shared;
         if let Some(keys) = &*shared.keys.load() {
-            if keys.stale_at <= Instant::now() {
-                // Refresh in the background; this request uses the current keys.
+            if keys.refresh_at <= Instant::now() {
+                // Due (the refresh task is late, or its runtime idles): refresh in
+                // the background; this request uses the current keys.
                 drop(Shared::fetch_once(shared, Cause::Schedule));
             }
             if let Some(validator) = keys.find(kid.as_deref()) {
@@ -795,7 +934,7 @@ mod tests {
                 .collect(),
             unnamed: Vec::new(),
             skipped: HashSet::new(),
-            stale_at: Instant::now(),
+            refresh_at: Instant::now(),
         }
     }
 
@@ -818,6 +957,60 @@ mod tests {
         shared.remember_missing(None);
         assert!(shared.known_absent(&None));
         assert_eq!(lock(&shared.unknown).missing.len(), 1);
+    }
+
+    /// Retries after failures wait the cool-down, then twice it, up to the cap;
+    /// a scheduled fetch is refused before the retry time and allowed after it.
+    #[tokio::test(start_paused = true)]
+    async fn failed_fetches_back_off_by_time() {
+        let v = unfetched();
+        let shared = &v.shared;
+        let after_failure = || {
+            let schedule = lock(&shared.schedule);
+            let at = schedule.retry_at.expect("a failure sets a retry time");
+            (schedule.failures, at)
+        };
+        assert!(v.load().await.is_err());
+        let (failures, retry_at) = after_failure();
+        let wait = retry_at - Instant::now();
+        assert_eq!(failures, 1);
+        assert!(
+            wait > Duration::from_secs(29) && wait <= Duration::from_secs(33),
+            "{wait:?}"
+        );
+
+        // Before the retry time, even past the cool-down, no scheduled fetch starts.
+        tokio::time::advance(wait - Duration::from_millis(1)).await;
+        assert!(Shared::fetch_once(shared, Cause::Schedule).is_none());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let flight = Shared::fetch_once(shared, Cause::Schedule).expect("the retry is due");
+        assert!(flight.await.is_err());
+        let (failures, retry_at) = after_failure();
+        let wait = retry_at - Instant::now();
+        assert_eq!(failures, 2);
+        assert!(
+            wait > Duration::from_secs(59) && wait <= Duration::from_secs(66),
+            "{wait:?}"
+        );
+
+        let first = retry_backoff(DEFAULT_COOLDOWN, 1);
+        assert!(first >= DEFAULT_COOLDOWN && first <= DEFAULT_COOLDOWN.mul_f64(1.1));
+        assert!(retry_backoff(DEFAULT_COOLDOWN, 40) <= MAX_RETRY_BACKOFF.mul_f64(1.1));
+        assert!(retry_backoff(DEFAULT_COOLDOWN, 40) >= MAX_RETRY_BACKOFF);
+        // A cool-down above the cap is never shortened.
+        let long = Duration::from_secs(600);
+        assert!(retry_backoff(long, 3) >= long);
+    }
+
+    #[test]
+    fn keys_are_due_between_80_and_90_percent_of_their_lifetime() {
+        for _ in 0..1000 {
+            let at = ahead_of(Duration::from_secs(100));
+            assert!(
+                at >= Duration::from_secs(80) && at <= Duration::from_secs(90),
+                "{at:?}"
+            );
+        }
     }
 
     #[test]

@@ -490,7 +490,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn malformed() -> Rejection {
+pub(crate) fn malformed() -> Rejection {
     Rejection::invalid_token("the token is malformed")
 }
 
@@ -554,7 +554,7 @@ fn is_access_token_typ(typ: &str) -> bool {
 
 /// `bytes` when they hold a JSON object: serde would also read a struct from an
 /// array (`[1, 2]` as `exp` and `nbf`), which neither a header nor claims may be.
-fn json_object(bytes: &[u8]) -> Result<&[u8], Rejection> {
+pub(crate) fn json_object(bytes: &[u8]) -> Result<&[u8], Rejection> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Ok(bytes),
         _ => Err(malformed()),

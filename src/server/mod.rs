@@ -3,7 +3,7 @@
 //! [`RequireBearerLayer`] takes any [`Validator`]: [`StaticTokens`], a closure
 //! ([`validator::from_fn`], [`from_async_fn`]), `JwtValidator` (feature `jwt`),
 //! `JwksValidator` (feature `jwks`: keys from a JWKS URL or OIDC discovery, with
-//! rotation) or `Introspection` (feature `introspection`, RFC 7662). Wrap any of
+//! rotation), `MultiIssuer` (feature `jwks`: several issuers, picked by `iss`) or `Introspection` (feature `introspection`, RFC 7662). Wrap any of
 //! them in [`VerifiedCache`] so that a repeated token costs a hash lookup. Good
 //! tokens reach the service with their claims in the request extensions as
 //! [`Verified`] (readable from `tonic::Request::extensions()` too); every other
@@ -43,6 +43,8 @@ pub mod header;
 #[cfg(feature = "introspection")]
 pub mod introspect;
 #[cfg(feature = "jwks")]
+pub mod issuers;
+#[cfg(feature = "jwks")]
 pub mod jwks;
 #[cfg(feature = "jwt")]
 pub mod jwt;
@@ -56,6 +58,8 @@ pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
 #[cfg(feature = "introspection")]
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
+#[cfg(feature = "jwks")]
+pub use issuers::{MultiIssuer, MultiIssuerBuilder};
 #[cfg(feature = "jwks")]
 pub use jwks::{JwksValidator, JwksValidatorBuilder};
 #[cfg(feature = "jwt")]

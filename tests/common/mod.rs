@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bins;
+pub mod jwks;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;
