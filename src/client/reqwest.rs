@@ -67,10 +67,7 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let sent = set_header(req.headers_mut(), credential);
-        let mut res = next.clone().run(req, extensions).await?;
-        if let Some(step_up) = step_up_of(res.status(), res.headers()) {
-            res.extensions_mut().insert(step_up);
-        }
+        let res = marked(next.clone().run(req, extensions).await?);
         let Some(sent) = sent else { return Ok(res) };
         if !refuses_credential(res.status(), res.headers()) {
             if !res.status().is_server_error() {
@@ -87,9 +84,18 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             Ok(Some(fresh)) if fresh.value != sent => {
                 tracing::debug!("401 answered; retrying once with a fresh credential");
                 set_header(copy.headers_mut(), Some(fresh));
-                next.run(copy, extensions).await
+                next.run(copy, extensions).await.map(marked)
             }
             _ => Ok(res),
         }
     }
+}
+
+/// `res`, with its [`StepUpChallenge`](super::StepUpChallenge) in its extensions if
+/// it carries one.
+fn marked(mut res: reqwest::Response) -> reqwest::Response {
+    if let Some(step_up) = step_up_of(res.status(), res.headers()) {
+        res.extensions_mut().insert(step_up);
+    }
+    res
 }
