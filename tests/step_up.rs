@@ -21,8 +21,7 @@ use serde_json::json;
 use tower::{Layer, ServiceExt};
 use tower_bearer::client::{AuthorizeLayer, Refreshing, StepUpChallenge};
 use tower_bearer::server::{
-    from_fn, Claims, Introspection, JwtValidator, Rejection, RequireBearerLayer,
-    RequireStepUpLayer,
+    from_fn, Claims, Introspection, JwtValidator, Rejection, RequireBearerLayer, RequireStepUpLayer,
 };
 
 const SECRET: &[u8] = b"step-up-test-secret-of-32-bytes!!!!";
@@ -73,18 +72,30 @@ async fn a_weak_or_stale_login_is_answered_with_the_rfc_9470_challenge() {
     assert_eq!((answer.status, answer.body.as_str()), (200, "sent"));
 
     for (case, claims) in [
-        ("a password-only login", json!({"acr": "pwd", "auth_time": now_plus(-10)})),
-        ("a login an hour ago", json!({"acr": "mfa", "auth_time": now_plus(-3600)})),
+        (
+            "a password-only login",
+            json!({"acr": "pwd", "auth_time": now_plus(-10)}),
+        ),
+        (
+            "a login an hour ago",
+            json!({"acr": "mfa", "auth_time": now_plus(-3600)}),
+        ),
         ("no auth_time", json!({"acr": "mfa"})),
         ("no acr", json!({"auth_time": now_plus(-10)})),
-        ("acr of the wrong type", json!({"acr": ["mfa"], "auth_time": now_plus(-10)})),
+        (
+            "acr of the wrong type",
+            json!({"acr": ["mfa"], "auth_time": now_plus(-10)}),
+        ),
     ] {
         let token = jwt(claims);
         let answer = get_with(addr, "/transfer", Some(&token)).await;
         assert_eq!(answer.status, 401, "{case}");
         assert_eq!(answer.challenge(), STEP_UP, "{case}");
         let weak_but_valid = get_with(addr, "/balance", Some(&token)).await;
-        assert_eq!(weak_but_valid.status, 200, "{case}: the token itself is good");
+        assert_eq!(
+            weak_but_valid.status, 200,
+            "{case}: the token itself is good"
+        );
     }
 
     // Bad tokens are still the bearer layer's business.
@@ -198,7 +209,10 @@ async fn a_step_up_answer_neither_drops_the_token_nor_retries() {
             .expect("the challenge, typed, in the answer's extensions");
         assert_eq!(step_up.acr_values, ["mfa", "hwk"]);
         assert_eq!(step_up.max_age, Some(300));
-        assert_eq!(StepUpChallenge::from_headers(res.headers()).as_ref(), Some(step_up));
+        assert_eq!(
+            StepUpChallenge::from_headers(res.headers()).as_ref(),
+            Some(step_up)
+        );
     }
     assert_eq!(
         servers.idp.token_requests.load(Ordering::SeqCst),

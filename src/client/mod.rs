@@ -27,8 +27,8 @@ mod layer;
 mod reqwest;
 mod resource;
 mod revoke;
-mod step_up;
 pub mod source;
+mod step_up;
 mod store;
 mod store_file;
 

@@ -130,7 +130,11 @@ mod tests {
             r#"Bearer error="insufficient_user_authentication_x""#,
             "Bearer error=\"insufficient_user_authentication",
         ] {
-            assert_eq!(StepUpChallenge::from_headers(&headers(&[not])), None, "{not}");
+            assert_eq!(
+                StepUpChallenge::from_headers(&headers(&[not])),
+                None,
+                "{not}"
+            );
             assert!(!asks_step_up(&headers(&[not])), "{not}");
         }
         let found = StepUpChallenge::from_headers(&headers(&[
@@ -151,6 +155,9 @@ mod tests {
             r#"Bearer error="insufficient_user_authentication", max_age="-1", acr_values="  a   b ""#,
         ]))
         .unwrap();
-        assert_eq!((odd.acr_values_param().as_deref(), odd.max_age), (Some("a b"), None));
+        assert_eq!(
+            (odd.acr_values_param().as_deref(), odd.max_age),
+            (Some("a b"), None)
+        );
     }
 }
