@@ -81,6 +81,18 @@ pub enum Error {
     /// `expired_token`, or its `expires_in` ran out while polling). Start again.
     #[error("the device code expired before the login was approved; start again")]
     DeviceCodeExpired,
+    /// The resource accepted the token but wants a stronger or more recent login
+    /// (RFC 9470 `insufficient_user_authentication`): log the user in again with the
+    /// challenge's `acr_values` and `max_age`; refreshing cannot help. Made from a
+    /// [`StepUpChallenge`](crate::client::StepUpChallenge) read off an answer.
+    #[error("the resource requires a stronger or more recent login: {0}")]
+    StepUpRequired(Box<crate::client::StepUpChallenge>),
+}
+
+impl From<crate::client::StepUpChallenge> for Error {
+    fn from(challenge: crate::client::StepUpChallenge) -> Self {
+        Error::StepUpRequired(Box::new(challenge))
+    }
 }
 
 impl Error {

@@ -319,7 +319,7 @@ pub fn resource_metadata_url(headers: &HeaderMap) -> Option<String> {
 
 /// The value of parameter `name` of the `Bearer` challenge in `value` (quoted-string
 /// or token), scanning `name=` pairs after the scheme.
-fn bearer_param(value: &str, name: &str) -> Option<String> {
+pub(crate) fn bearer_param(value: &str, name: &str) -> Option<String> {
     let rest = value.trim_start();
     let (scheme, mut rest) = rest.split_once(' ').unwrap_or((rest, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {

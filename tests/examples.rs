@@ -451,3 +451,53 @@ fn grpc_example_runs() {
     );
     assert!(out.contains("3 calls, 1 token request(s)"), "{out}");
 }
+
+/// The MCP-style example: the server publishes its RFC 9728 metadata and names it
+/// in its 401; the client, given only the endpoint's URL, finds the token server
+/// from that 401, gets a token, lists the tools, calls the one its scope allows
+/// and is refused the other with 403 `insufficient_scope`.
+#[tokio::test]
+async fn mcp_client_finds_the_token_server_from_the_401_and_calls_a_tool() {
+    let (_idp, idp) = listening(example("token_server").args(["--addr", "127.0.0.1:0"]));
+    let (_mcp, mcp) =
+        listening(example("mcp_server").args(["--addr", "127.0.0.1:0", "--oidc", &idp]));
+    let client = plain_client();
+
+    // The document, public, at the path-suffixed well-known URL.
+    let (status, doc) = send(
+        &client,
+        get(
+            &format!("{mcp}/.well-known/oauth-protected-resource/mcp"),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["resource"], format!("{mcp}/mcp"));
+    assert_eq!(doc["authorization_servers"], serde_json::json!([idp]));
+    assert_eq!(
+        doc["scopes_supported"],
+        serde_json::json!(["read", "admin"])
+    );
+
+    let mut cmd = example("mcp_client");
+    cmd.args(["--url", &format!("{mcp}/mcp")]);
+    let out = run(cmd);
+    let metadata = format!("{mcp}/.well-known/oauth-protected-resource/mcp");
+    for line in [
+        format!("unauthenticated: 401, resource metadata at {metadata}"),
+        format!("authorization server: {idp}"),
+        "initialize: tower-bearer-mcp-example".to_owned(),
+        "tools: echo, server_stats".to_owned(),
+        "echo: hello from mcp_client".to_owned(),
+        format!(
+            r#"server_stats: 403 Bearer realm="mcp", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin", resource_metadata="{metadata}""#
+        ),
+        "1 token request(s)".to_owned(),
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+}

@@ -13,7 +13,10 @@ use axum::Router;
 use common::{send_raw, Answer};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tower_bearer::client::{resource_metadata_url, HttpClient, ProtectedResourceMetadata};
+use tower_bearer::client::{
+    discover_from_challenge, resource_metadata_url, HttpClient, ProtectedResourceMetadata,
+    TokenEndpoint,
+};
 use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, RequireScopeLayer, Verified};
 use tower_bearer::{Endpoint, Error};
 
@@ -39,11 +42,16 @@ fn token(scope: &str) -> String {
 /// `/v1/admin` (needs `admin`, checked by a `RequireScopeLayer`) behind it.
 /// `metadata`: whether the layer names the document in its challenges.
 async fn resource(metadata: bool) -> (SocketAddr, String) {
+    resource_of(metadata, IDP).await
+}
+
+/// [`resource`], whose tokens come from the authorization server `issuer`.
+async fn resource_of(metadata: bool, issuer: &str) -> (SocketAddr, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let resource = format!("http://{addr}/v1");
     let doc = ProtectedResourceMetadata::new(&resource)
-        .authorization_servers([IDP])
+        .authorization_servers([issuer])
         .scopes_supported(["read", "admin"])
         .bearer_methods_supported(["header"])
         .resource_signing_alg_values_supported(["RS256"])
@@ -309,5 +317,145 @@ async fn the_extractor_and_grpc_answers_name_it_too() {
     assert_eq!(
         answer.challenge(),
         format!(r#"Bearer realm="api", resource_metadata="{url}""#)
+    );
+}
+
+/// An authorization server on 127.0.0.1: its OpenID Connect discovery document
+/// (naming `claimed_issuer`, or its own URL) and a token endpoint that gives the
+/// client `c` / `s` a token with the scope `read`. Answers its issuer URL.
+async fn authorization_server(claimed_issuer: Option<&'static str>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let document = json!({
+        "issuer": claimed_issuer.map_or(issuer.clone(), str::to_owned),
+        "token_endpoint": format!("{issuer}/token"),
+        "grant_types_supported": ["client_credentials"],
+    });
+    let app = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { axum::Json(document) }),
+        )
+        .route(
+            "/token",
+            axum::routing::post(|headers: http::HeaderMap| async move {
+                // HTTP Basic c:s
+                if headers["authorization"] != "Basic Yzpz" {
+                    return (http::StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"})));
+                }
+                let body = json!({"access_token": token("read"), "token_type": "Bearer", "expires_in": 600});
+                (http::StatusCode::OK, axum::Json(body))
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    issuer
+}
+
+#[tokio::test]
+async fn one_call_leads_from_a_401_to_a_token_endpoint_that_works() {
+    use tower::{Layer, ServiceExt};
+
+    let issuer = authorization_server(None).await;
+    let (addr, resource) = resource_of(true, &issuer).await;
+    let answer = send_raw(addr, "/v1/items", &[]).await;
+    assert_eq!(answer.status, 401);
+    let http = HttpClient::new();
+    let (metadata, provider) = discover_from_challenge(&answer.headers, &resource, &http)
+        .await
+        .unwrap();
+    assert_eq!(metadata.resource, resource);
+    assert_eq!(provider.issuer, issuer);
+
+    let endpoint = TokenEndpoint::from_challenge(&answer.headers, &resource, &http)
+        .await
+        .unwrap()
+        .client_id("c")
+        .client_secret("s");
+    let api = tower_bearer::client::AuthorizeLayer::new(tower_bearer::client::Refreshing::new(
+        endpoint.client_credentials(),
+    ))
+    .layer(common::http_client::<http_body_util::Full<bytes::Bytes>>());
+    let req = http::Request::get(format!("http://{addr}/v1/items"))
+        .body(Default::default())
+        .unwrap();
+    let res = api.oneshot(req).await.unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the discovered token endpoint's token works"
+    );
+
+    // A challenge without resource_metadata: the resource's well-known URL.
+    let (_, provider) = discover_from_challenge(&http::HeaderMap::new(), &resource, &http)
+        .await
+        .unwrap();
+    assert_eq!(provider.issuer, issuer);
+}
+
+#[tokio::test]
+async fn a_challenge_pointing_to_another_resources_document_is_refused() {
+    let (victim, _) = resource(true).await;
+    let victims_document = format!("http://{victim}/.well-known/oauth-protected-resource/v1");
+    // A server whose 401 sends clients to the victim's document (and so to the
+    // victim's authorization server, for a token to present here).
+    let hostile = common::serve(Router::new().route(
+        "/api",
+        get(move || async move {
+            (
+                http::StatusCode::UNAUTHORIZED,
+                [(
+                    "www-authenticate",
+                    format!(r#"Bearer resource_metadata="{victims_document}""#),
+                )],
+            )
+        }),
+    ))
+    .await;
+    let answer = send_raw(hostile, "/api", &[]).await;
+    assert_eq!(answer.status, 401);
+    let err = discover_from_challenge(
+        &answer.headers,
+        &format!("http://{hostile}/api"),
+        &HttpClient::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidResponse(Endpoint::ResourceMetadata, why) if why.contains("describes resource")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_authorization_server_claiming_another_issuer_is_refused() {
+    let impostor = authorization_server(Some(IDP)).await;
+    let (addr, resource) = resource_of(true, &impostor).await;
+    let answer = send_raw(addr, "/v1/items", &[]).await;
+    let err = TokenEndpoint::from_challenge(&answer.headers, &resource, &HttpClient::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidResponse(Endpoint::Discovery, why) if why.contains("names issuer")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_document_naming_no_authorization_server_is_a_clear_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let doc = ProtectedResourceMetadata::new(format!("http://{addr}"));
+    let app = Router::new().route_service(&doc.path().unwrap(), doc.service());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let err = discover_from_challenge(
+        &http::HeaderMap::new(),
+        &format!("http://{addr}"),
+        &HttpClient::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidResponse(Endpoint::ResourceMetadata, why) if why.contains("names no authorization server")),
+        "{err}"
     );
 }

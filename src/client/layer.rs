@@ -14,6 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::authorizer::{Authorizer, Credential, CredentialFuture};
+use super::step_up::{asks_step_up, StepUpChallenge};
 use crate::{BoxError, Error};
 
 /// The error of an [`Authorize`] service: no credential could be had, or the inner
@@ -162,7 +163,10 @@ impl<B, F: Fn(&Request<B>) -> Option<Request<B>>> Replay<B> for F {
 /// ```
 ///
 /// A `401` with a `Bearer` challenge (or none), or an answer with `grpc-status: 16`,
-/// calls [`Authorizer::on_unauthorized`] with the credential that was sent. By default
+/// calls [`Authorizer::on_unauthorized`] with the credential that was sent. A step-up
+/// challenge (RFC 9470 `insufficient_user_authentication`) does not: the token is
+/// good, and the answer is returned with a [`StepUpChallenge`] in its extensions
+/// (`res.extensions().get::<StepUpChallenge>()`). By default
 /// the `401` is then returned and the next request carries a fresh credential; with
 /// [`retry_unauthorized`](Self::retry_unauthorized) (bodies that are `Clone`) or
 /// [`replay_with`](Self::replay_with) the request is sent once more with a fresh one.
@@ -329,8 +333,13 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// Whether an answer says the credential was refused: `401` with a `Bearer`
 /// challenge or no challenge at all (another scheme means this credential was not
 /// the kind wanted, and a fresh one cannot help), or gRPC `UNAUTHENTICATED` in the
-/// headers (a trailers-only answer).
+/// headers (a trailers-only answer). A step-up challenge (RFC 9470) is no refusal of
+/// the credential: the token is good, the login behind it is not enough, and
+/// dropping it for a refreshed one would only get the same answer again.
 pub(crate) fn refuses_credential(status: StatusCode, headers: &HeaderMap) -> bool {
+    if asks_step_up(headers) {
+        return false;
+    }
     if status == StatusCode::UNAUTHORIZED {
         let mut challenges = headers.get_all(WWW_AUTHENTICATE).iter().peekable();
         if challenges.peek().is_none() {
@@ -345,6 +354,20 @@ pub(crate) fn refuses_credential(status: StatusCode, headers: &HeaderMap) -> boo
     headers
         .get(&GRPC_STATUS)
         .is_some_and(|s| s.as_bytes() == b"16")
+}
+
+/// The [`StepUpChallenge`] of a `401` (or gRPC `UNAUTHENTICATED`) answer, to put in
+/// its extensions where the caller finds it typed.
+pub(crate) fn step_up_of(status: StatusCode, headers: &HeaderMap) -> Option<StepUpChallenge> {
+    let unauthenticated = status == StatusCode::UNAUTHORIZED
+        || headers
+            .get(&GRPC_STATUS)
+            .is_some_and(|s| s.as_bytes() == b"16");
+    if unauthenticated {
+        StepUpChallenge::from_headers(headers)
+    } else {
+        None
+    }
 }
 
 pin_project! {
@@ -408,8 +431,11 @@ where
                     });
                 }
                 StateProj::Calling { future } => {
-                    let res =
+                    let mut res =
                         ready!(future.poll(cx)).map_err(|e| AuthorizeError::Service(e.into()))?;
+                    if let Some(step_up) = step_up_of(res.status(), res.headers()) {
+                        res.extensions_mut().insert(step_up);
+                    }
                     if !refuses_credential(res.status(), res.headers()) {
                         if let Some(sent) = this.sent.as_ref() {
                             if !res.status().is_server_error() {

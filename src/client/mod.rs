@@ -9,7 +9,11 @@
 //! - [`TokenEndpoint`]: the token endpoint and the client's registration with it;
 //!   [`TokenEndpoint::discover`] finds it from an issuer URL ([`ProviderMetadata`]).
 //! - [`ProtectedResourceMetadata::fetch`]: after a `401` whose challenge names a
-//!   [`resource_metadata_url`], the resource's authorization servers (RFC 9728).
+//!   [`resource_metadata_url`], the resource's authorization servers (RFC 9728);
+//!   [`discover_from_challenge`] and [`TokenEndpoint::from_challenge`] go on to the
+//!   token endpoint in one call.
+//! - [`StepUpChallenge`]: a resource's demand for a stronger or more recent login
+//!   (RFC 9470), which no refresh can meet.
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes.
 //! - [`AuthorizeLayer`]: the tower layer.
@@ -21,8 +25,10 @@ mod endpoint;
 mod layer;
 #[cfg(feature = "reqwest")]
 mod reqwest;
+mod resource;
 mod revoke;
 pub mod source;
+mod step_up;
 mod store;
 mod store_file;
 
@@ -41,7 +47,9 @@ pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
 pub use layer::{
     Authorize, AuthorizeError, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture,
 };
+pub use resource::discover_from_challenge;
 pub use revoke::{Revocation, TokenTypeHint};
 pub use source::TokenSource;
+pub use step_up::StepUpChallenge;
 pub use store::{MemoryStore, StoredToken, TokenStore};
 pub use store_file::FileStore;

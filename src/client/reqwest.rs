@@ -6,12 +6,15 @@ use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
 use super::authorizer::Authorizer;
-use super::layer::{refuses_credential, set_header};
+use super::layer::{refuses_credential, set_header, step_up_of};
 
 /// Adds the credential from an [`Authorizer`] to every request of a
 /// `reqwest_middleware::ClientWithMiddleware`; after a `401` it tells the authorizer
 /// and, when the request can be cloned (`Request::try_clone`: any body but a stream),
-/// sends it once more with a fresh credential.
+/// sends it once more with a fresh credential. A step-up challenge (RFC 9470) is not
+/// taken for a refused token: the answer is returned with a
+/// [`StepUpChallenge`](super::StepUpChallenge) in its extensions
+/// (`res.extensions().get::<StepUpChallenge>()`).
 ///
 /// A failure to get a credential is a `reqwest_middleware::Error::Middleware` that
 /// holds a [`crate::Error`]: [`Error::find_in_reqwest`](crate::Error::find_in_reqwest)
@@ -64,7 +67,7 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let sent = set_header(req.headers_mut(), credential);
-        let res = next.clone().run(req, extensions).await?;
+        let res = marked(next.clone().run(req, extensions).await?);
         let Some(sent) = sent else { return Ok(res) };
         if !refuses_credential(res.status(), res.headers()) {
             if !res.status().is_server_error() {
@@ -81,9 +84,18 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             Ok(Some(fresh)) if fresh.value != sent => {
                 tracing::debug!("401 answered; retrying once with a fresh credential");
                 set_header(copy.headers_mut(), Some(fresh));
-                next.run(copy, extensions).await
+                next.run(copy, extensions).await.map(marked)
             }
             _ => Ok(res),
         }
     }
+}
+
+/// `res`, with its [`StepUpChallenge`](super::StepUpChallenge) in its extensions if
+/// it carries one.
+fn marked(mut res: reqwest::Response) -> reqwest::Response {
+    if let Some(step_up) = step_up_of(res.status(), res.headers()) {
+        res.extensions_mut().insert(step_up);
+    }
+    res
 }

@@ -21,6 +21,15 @@ pub enum Rejection {
     /// The token lacks a scope this resource needs: `403` `insufficient_scope`, with
     /// the scope needed.
     InsufficientScope(String),
+    /// The token is good, but the user's authentication behind it is not strong or
+    /// recent enough for this resource (RFC 9470 step-up): `401`
+    /// `insufficient_user_authentication`, with what a new token must show.
+    InsufficientUserAuthentication {
+        /// The `acr` values accepted, space-separated (`acr_values`), if any.
+        acr_values: Option<String>,
+        /// The largest age of the authentication accepted, in seconds (`max_age`).
+        max_age: Option<u64>,
+    },
     /// The validator cannot decide now (keys or introspection endpoint
     /// unreachable): `503`, since the token may well be good.
     Unavailable(Cow<'static, str>),
@@ -35,7 +44,9 @@ impl Rejection {
     /// The HTTP status of the answer.
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::Missing | Rejection::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Missing
+            | Rejection::InvalidToken(_)
+            | Rejection::InsufficientUserAuthentication { .. } => StatusCode::UNAUTHORIZED,
             Rejection::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,6 +60,9 @@ impl Rejection {
             Rejection::InvalidRequest(_) => Some("invalid_request"),
             Rejection::InvalidToken(_) => Some("invalid_token"),
             Rejection::InsufficientScope(_) => Some("insufficient_scope"),
+            Rejection::InsufficientUserAuthentication { .. } => {
+                Some("insufficient_user_authentication")
+            }
         }
     }
 
@@ -58,11 +72,14 @@ impl Rejection {
             Rejection::InvalidRequest(d) => Some(d),
             Rejection::InvalidToken(d) | Rejection::Unavailable(d) => Some(d),
             Rejection::InsufficientScope(_) => Some("the token lacks a required scope"),
+            Rejection::InsufficientUserAuthentication { .. } => {
+                Some("a stronger or more recent user authentication is required")
+            }
         }
     }
 
     /// The `WWW-Authenticate` value: `Bearer realm="…"`, plus `error`,
-    /// `error_description` and `scope` as the case needs.
+    /// `error_description`, `scope`, `acr_values` and `max_age` as the case needs.
     pub fn challenge(&self, realm: &str) -> HeaderValue {
         self.challenge_with(realm, None)
     }
@@ -80,6 +97,18 @@ impl Rejection {
         }
         if let Rejection::InsufficientScope(scope) = self {
             value.push_str(&format!(", scope=\"{}\"", quote(scope)));
+        }
+        if let Rejection::InsufficientUserAuthentication {
+            acr_values,
+            max_age,
+        } = self
+        {
+            if let Some(acr_values) = acr_values {
+                value.push_str(&format!(", acr_values=\"{}\"", quote(acr_values)));
+            }
+            if let Some(max_age) = max_age {
+                value.push_str(&format!(", max_age=\"{max_age}\""));
+            }
         }
         if let Some(url) = resource_metadata {
             value.push_str(&format!(", resource_metadata=\"{}\"", quote(url)));
@@ -109,11 +138,15 @@ impl Rejection {
         res
     }
 
-    /// The gRPC status code: `UNAUTHENTICATED` (16), `PERMISSION_DENIED` (7) or
+    /// The gRPC status code: `UNAUTHENTICATED` (16, also for a step-up: the
+    /// `WWW-Authenticate` alongside says what to do), `PERMISSION_DENIED` (7) or
     /// `UNAVAILABLE` (14).
     pub fn grpc_status(&self) -> u16 {
         match self {
-            Rejection::Missing | Rejection::InvalidRequest(_) | Rejection::InvalidToken(_) => 16,
+            Rejection::Missing
+            | Rejection::InvalidRequest(_)
+            | Rejection::InvalidToken(_)
+            | Rejection::InsufficientUserAuthentication { .. } => 16,
             Rejection::InsufficientScope(_) => 7,
             Rejection::Unavailable(_) => 14,
         }
@@ -262,6 +295,29 @@ mod tests {
             .to_str()
             .unwrap()
             .ends_with(r#", scope="admin", resource_metadata="https://api.example.com/.well-known/oauth-protected-resource""#));
+    }
+
+    #[test]
+    fn step_up_challenges_follow_rfc_9470() {
+        let both = Rejection::InsufficientUserAuthentication {
+            acr_values: Some("phr phrh".into()),
+            max_age: Some(300),
+        };
+        assert_eq!(both.status(), 401);
+        assert_eq!(
+            both.challenge_with("api", Some("https://api.example.com/m")),
+            r#"Bearer realm="api", error="insufficient_user_authentication", error_description="a stronger or more recent user authentication is required", acr_values="phr phrh", max_age="300", resource_metadata="https://api.example.com/m""#
+        );
+        let res: Response<()> = Rejection::InsufficientUserAuthentication {
+            acr_values: None,
+            max_age: Some(0),
+        }
+        .grpc_response("api");
+        assert_eq!(res.headers()["grpc-status"], "16");
+        assert!(res.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .ends_with(r#"error="insufficient_user_authentication", error_description="a stronger or more recent user authentication is required", max_age="0""#));
     }
 
     #[test]

@@ -492,36 +492,53 @@ where
             }
         };
         match rejection {
-            None => ScopeFuture {
-                state: ScopeState::Calling {
-                    future: self.inner.call(req),
-                },
-            },
+            None => ScopeFuture::calling(self.inner.call(req)),
             Some(rejection) => {
-                let params = realm_of(req.extensions());
-                let response = match &self.layer.realm {
-                    Some(realm) => rejection.response_for_with(
-                        req.headers(),
-                        realm,
-                        params.resource_metadata.as_deref(),
-                    ),
-                    None => params.respond(&rejection, req.headers()),
-                };
-                ScopeFuture {
-                    state: ScopeState::Rejected {
-                        response: Some(response),
-                    },
-                }
+                ScopeFuture::rejected(refuse(&req, self.layer.realm.as_deref(), &rejection))
             }
         }
     }
 }
 
+/// The answer of a route-level requirement (scope, step-up) that `req` does not meet:
+/// naming `realm` if given, else the realm of the [`RequireBearerLayer`] in front, and
+/// that layer's resource metadata.
+pub(crate) fn refuse<B, ResBody: Default>(
+    req: &Request<B>,
+    realm: Option<&str>,
+    rejection: &Rejection,
+) -> Response<ResBody> {
+    let params = realm_of(req.extensions());
+    match realm {
+        Some(realm) => {
+            rejection.response_for_with(req.headers(), realm, params.resource_metadata.as_deref())
+        }
+        None => params.respond(rejection, req.headers()),
+    }
+}
+
 pin_project! {
-    /// The response future of [`RequireScope`].
+    /// The response future of [`RequireScope`] and
+    /// [`RequireStepUp`](super::RequireStepUp).
     pub struct ScopeFuture<F, ResBody> {
         #[pin]
         state: ScopeState<F, ResBody>,
+    }
+}
+
+impl<F, ResBody> ScopeFuture<F, ResBody> {
+    pub(crate) fn calling(future: F) -> Self {
+        ScopeFuture {
+            state: ScopeState::Calling { future },
+        }
+    }
+
+    pub(crate) fn rejected(response: Response<ResBody>) -> Self {
+        ScopeFuture {
+            state: ScopeState::Rejected {
+                response: Some(response),
+            },
+        }
     }
 }
 

@@ -33,6 +33,7 @@
 //! | malformed header | `400`, `error="invalid_request"` | `UNAUTHENTICATED` |
 //! | bad or expired token | `401`, `error="invalid_token"` | `UNAUTHENTICATED` |
 //! | missing scope | `403`, `error="insufficient_scope"`, `scope="…"` | `PERMISSION_DENIED` |
+//! | step-up needed ([`RequireStepUpLayer`]) | `401`, `error="insufficient_user_authentication"`, `acr_values`, `max_age` | `UNAUTHENTICATED` |
 //! | validator unavailable | `503` | `UNAVAILABLE` |
 
 #[cfg(feature = "axum")]
@@ -49,6 +50,7 @@ pub mod jwks;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 mod layer;
+mod step_up;
 pub mod validator;
 
 #[cfg(feature = "axum")]
@@ -68,6 +70,7 @@ pub use layer::{
     RequireBearer, RequireBearerLayer, RequireScope, RequireScopeLayer, ResponseFuture,
     ScopeFuture, Verified,
 };
+pub use step_up::{AuthenticationClaims, RequireStepUp, RequireStepUpLayer};
 pub use validator::{
     from_async_fn, from_fn, Audience, Claims, ScopedClaims, Scopes, StaticTokens, ValidationFuture,
     Validator,
