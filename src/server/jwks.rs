@@ -408,6 +408,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
     async fn fetch(&self) -> Result<(), Error> {
         match self.fetch_keys().await {
             Ok(set) => {
+                crate::metrics::jwks_fetch(true);
                 tracing::debug!(keys = set.by_kid.len() + set.unnamed.len(), "JWKS fetched");
                 // Retired kids are noted before the new set is seen: a request finds
                 // its kid in the old set, or learns that it retired.
@@ -418,6 +419,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 Ok(())
             }
             Err(e) => {
+                crate::metrics::jwks_fetch(false);
                 tracing::warn!(error = %e, "JWKS fetch failed; keeping the last good keys");
                 Err(e)
             }
