@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod bins;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;
