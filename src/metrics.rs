@@ -26,7 +26,7 @@
 //! | `tower_bearer_jwks_fetches_total` | counter | `outcome`: `ok`, `error` | key set fetches of a `JwksValidator` (discovery included) |
 //! | `tower_bearer_introspections_total` | counter | `outcome`: `active`, `inactive`, `error` | calls to the introspection endpoint |
 //! | `tower_bearer_fleet_lock_attempts_total` | counter | `outcome`: `acquired`, `busy`, `error` | attempts to take a fleet's refresh lock in Redis |
-//! | `tower_bearer_fleet_waits_total` | counter | `outcome`: `adopted`, `timeout` | waits for another replica's token, by how they ended |
+//! | `tower_bearer_fleet_waits_total` | counter | `outcome`: `token`, `timeout`, `error` | waits of a replica that found another one refreshing, by how they ended: with a token (the other's, or its own once the lock came free), with none in time, or with an error |
 //! | `tower_bearer_fleet_wait_seconds` | histogram | | how long each wait lasted |
 //! | `tower_bearer_fleet_lost_races_total` | counter | `race`: `write`, `lock`, `claim` | races lost to another replica: its token was written first (ours is dropped), the lock lapsed during our refresh, or it was presenting the refresh token |
 //! | `tower_bearer_denylist_lookups_total` | counter | `source`: `local`, `redis`, `error` | revocation checks answered by the local copy, by Redis, or failed |
@@ -444,11 +444,27 @@ pub(crate) fn fleet_lock(taken: Option<bool>) {
     count!(FLEET_LOCK_ATTEMPTS, "outcome" => outcome);
 }
 
-/// A wait for another replica's token ended, with its token or without.
+/// How a replica's wait for another one's refresh ended.
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WaitEnd {
+    /// With a token: the other replica's, or its own once the lock came free.
+    Token,
+    /// With no token in time.
+    Timeout,
+    /// With an error.
+    Error,
+}
+
 #[cfg(feature = "redis")]
 #[inline]
-pub(crate) fn fleet_wait(adopted: bool, started: Started) {
-    count!(FLEET_WAITS, "outcome" => if adopted { "adopted" } else { "timeout" });
+pub(crate) fn fleet_wait(end: WaitEnd, started: Started) {
+    let outcome = match end {
+        WaitEnd::Token => "token",
+        WaitEnd::Timeout => "timeout",
+        WaitEnd::Error => "error",
+    };
+    count!(FLEET_WAITS, "outcome" => outcome);
     record!(FLEET_WAIT_SECONDS, started.seconds());
 }
 

@@ -67,7 +67,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client::{StoredToken, TokenSource, TokenStore};
-use crate::metrics;
+use crate::metrics::{self, WaitEnd};
 use crate::{Error, Token};
 
 mod denylist;
@@ -613,8 +613,8 @@ impl<S: TokenSource> FleetSource<S> {
                     version = snapshot.version,
                     "took the token another replica refreshed"
                 );
-                if let Some(started) = waiting {
-                    metrics::fleet_wait(true, started);
+                if let Some(since) = waiting {
+                    metrics::fleet_wait(WaitEnd::Token, since);
                 }
                 return Ok(token);
             }
@@ -624,7 +624,17 @@ impl<S: TokenSource> FleetSource<S> {
                 let locked = self.refresh_locked(previous).await;
                 self.store.release(&self.owner).await;
                 match locked {
-                    Locked::Done(result) => return result,
+                    Locked::Done(result) => {
+                        if let Some(since) = waiting {
+                            let end = if result.is_ok() {
+                                WaitEnd::Token
+                            } else {
+                                WaitEnd::Error
+                            };
+                            metrics::fleet_wait(end, since);
+                        }
+                        return result;
+                    }
                     Locked::Refused { base, owned, error } => {
                         return self.await_publication(base.as_ref(), owned, error).await
                     }
@@ -645,7 +655,7 @@ impl<S: TokenSource> FleetSource<S> {
             let since = *waiting.get_or_insert_with(metrics::Started::now);
             let now = Instant::now();
             if now >= deadline {
-                metrics::fleet_wait(false, since);
+                metrics::fleet_wait(WaitEnd::Timeout, since);
                 return Err(Error::Store(format!(
                     "waited {:?} for another replica to refresh the token (lock {})",
                     self.wait_timeout, self.store.lock_key
@@ -779,13 +789,13 @@ impl<S: TokenSource> FleetSource<S> {
             mark_seen(&mut wake);
             if let Ok(snapshot) = self.store.read().await {
                 if let Some(token) = snapshot.adoptable(base) {
-                    metrics::fleet_wait(true, started);
+                    metrics::fleet_wait(WaitEnd::Token, started);
                     return Some(token);
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                metrics::fleet_wait(false, started);
+                metrics::fleet_wait(WaitEnd::Timeout, started);
                 return None;
             }
             sleep_or_wake(delay.min(deadline - now), &mut wake).await;
