@@ -4,6 +4,8 @@
 //! - `GET /public`: no token needed.
 //! - `GET /me`: the verified claims as JSON (`sub` included).
 //! - `GET /admin`: needs the scope `admin`.
+//! - `GET /metrics`: the crate's metrics in the Prometheus format, when built with
+//!   the `metrics` feature (`cargo run --example axum_api --features metrics -- …`).
 //!
 //! With the token server of the examples:
 //!
@@ -52,6 +54,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // Before the first key fetch, so that it is counted.
+    support::metrics::install();
     let builder = match (&args.oidc, &args.jwks_url) {
         (Some(issuer), _) => {
             if args.issuer.as_ref().is_some_and(|i| i != issuer) {

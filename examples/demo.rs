@@ -16,7 +16,16 @@
 //! cargo run --example demo -- --tasks 64 --duration 7 --lifetime 2
 //! ```
 //!
-//! The last line is `summary: requests=N ok=N failed=0 token_requests=K expiries=E`,
+//! With the `metrics` feature the API also serves this crate's metrics, client and
+//! server side, at `/metrics` in the Prometheus format; `--linger` keeps it serving
+//! after the run, to look at them:
+//!
+//! ```text
+//! cargo run --example demo --features metrics -- --linger
+//! curl -s http://127.0.0.1:PORT/metrics      # the address is printed at start
+//! ```
+//!
+//! The last line of the run is `summary: requests=N ok=N failed=0 token_requests=K expiries=E`,
 //! where E is the number of times the token's life (less the refresh margin) ran out
 //! during the run: single flight means K is at most E + 1. The process exits non-zero
 //! if a request failed or single flight did not hold.
@@ -47,6 +56,10 @@ struct Args {
     /// Lifetime of the issued access tokens, in seconds.
     #[arg(long, default_value_t = 2.0)]
     lifetime: f64,
+    /// After the run, keep the token server and the API (and its `/metrics`)
+    /// serving until interrupted.
+    #[arg(long)]
+    linger: bool,
 }
 
 #[tokio::main]
@@ -57,12 +70,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let lifetime = Duration::from_secs_f64(args.lifetime);
     let margin = lifetime / 4;
+    support::metrics::install();
     let servers = Arc::new(support::start_with(lifetime, &[USER]).await?);
     println!(
         "token server on {}, API on http://{}; tokens live {lifetime:?}, refreshed {margin:?} before expiry",
         servers.idp.issuer(),
         servers.api_addr
     );
+    if cfg!(feature = "metrics") {
+        println!("metrics on http://{}/metrics", servers.api_addr);
+    }
     let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     introduce(&hyper, &servers).await?;
@@ -167,6 +184,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("summary: requests={requests} ok={ok} failed={failed} token_requests={token_requests} expiries={expiries}");
     if failed > 0 || token_requests > expiries + 1 {
         std::process::exit(1);
+    }
+    if args.linger {
+        println!("still serving (--linger); interrupt to stop");
+        tokio::signal::ctrl_c().await?;
     }
     Ok(())
 }

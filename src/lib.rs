@@ -66,6 +66,8 @@
 //! - `axum`: extractors for the verified claims.
 //! - `reqwest`: a reqwest-middleware middleware.
 //! - `redis`: share tokens, refresh locks and revocations across replicas.
+//! - `metrics`: counters and histograms through the `metrics` facade; the table of
+//!   every metric is in [`metrics`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -78,6 +80,7 @@ pub mod client;
 mod error;
 pub(crate) mod flight;
 mod metadata;
+pub mod metrics;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

@@ -67,6 +67,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client::{StoredToken, TokenSource, TokenStore};
+use crate::metrics::{self, WaitEnd};
 use crate::{Error, Token};
 
 mod denylist;
@@ -602,6 +603,8 @@ impl<S: TokenSource> FleetSource<S> {
         let deadline = Instant::now() + self.wait_timeout;
         let mut delay = self.poll.0;
         let mut wake = self.wakeups();
+        // Set when another replica held the lock: this replica waits for its token.
+        let mut waiting = None;
         loop {
             mark_seen(&mut wake);
             let snapshot = self.store.read().await?;
@@ -610,17 +613,33 @@ impl<S: TokenSource> FleetSource<S> {
                     version = snapshot.version,
                     "took the token another replica refreshed"
                 );
+                if let Some(since) = waiting {
+                    metrics::fleet_wait(WaitEnd::Token, since);
+                }
                 return Ok(token);
             }
-            if self.store.try_lock(&self.owner, self.lock_ttl).await? {
+            let locked = self.store.try_lock(&self.owner, self.lock_ttl).await;
+            metrics::fleet_lock(locked.as_ref().ok().copied());
+            if locked? {
                 let locked = self.refresh_locked(previous).await;
                 self.store.release(&self.owner).await;
                 match locked {
-                    Locked::Done(result) => return result,
+                    Locked::Done(result) => {
+                        if let Some(since) = waiting {
+                            let end = if result.is_ok() {
+                                WaitEnd::Token
+                            } else {
+                                WaitEnd::Error
+                            };
+                            metrics::fleet_wait(end, since);
+                        }
+                        return result;
+                    }
                     Locked::Refused { base, owned, error } => {
                         return self.await_publication(base.as_ref(), owned, error).await
                     }
                     Locked::Lapsed { base, wait } => {
+                        metrics::fleet_lost_race(metrics::Race::Claim);
                         tracing::info!(
                             wait_ms = wait.as_millis() as u64,
                             "another replica is presenting the refresh token; waiting for its answer"
@@ -633,8 +652,10 @@ impl<S: TokenSource> FleetSource<S> {
                     }
                 }
             }
+            let since = *waiting.get_or_insert_with(metrics::Started::now);
             let now = Instant::now();
             if now >= deadline {
+                metrics::fleet_wait(WaitEnd::Timeout, since);
                 return Err(Error::Store(format!(
                     "waited {:?} for another replica to refresh the token (lock {})",
                     self.wait_timeout, self.store.lock_key
@@ -760,6 +781,7 @@ impl<S: TokenSource> FleetSource<S> {
 
     /// Polls Redis for up to `limit` for a valid token newer than `base`.
     async fn watch(&self, base: Option<&Token>, limit: Duration) -> Option<Token> {
+        let started = metrics::Started::now();
         let deadline = Instant::now() + limit;
         let mut delay = self.poll.0;
         let mut wake = self.wakeups();
@@ -767,11 +789,13 @@ impl<S: TokenSource> FleetSource<S> {
             mark_seen(&mut wake);
             if let Ok(snapshot) = self.store.read().await {
                 if let Some(token) = snapshot.adoptable(base) {
+                    metrics::fleet_wait(WaitEnd::Token, started);
                     return Some(token);
                 }
             }
             let now = Instant::now();
             if now >= deadline {
+                metrics::fleet_wait(WaitEnd::Timeout, started);
                 return None;
             }
             sleep_or_wake(delay.min(deadline - now), &mut wake).await;
@@ -810,6 +834,7 @@ impl<S: TokenSource> FleetSource<S> {
                 match self.store.extend_lock(&self.owner, self.lock_ttl).await {
                     Ok(true) => {}
                     Ok(false) => {
+                        metrics::fleet_lost_race(metrics::Race::Lock);
                         tracing::warn!(
                             "lost the refresh lock while refreshing; the write is fenced"
                         );
@@ -840,6 +865,7 @@ impl<S: TokenSource> FleetSource<S> {
             let now = self.store.read().await?;
             match now.token {
                 Some(theirs) if !theirs.is_expired() => {
+                    metrics::fleet_lost_race(metrics::Race::Write);
                     tracing::warn!("another replica wrote a token during our refresh; using it");
                     return Ok(Some(theirs));
                 }

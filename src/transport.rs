@@ -124,6 +124,7 @@ impl HttpClient {
             ));
         }
         let max = self.max_body;
+        let started = crate::metrics::Started::now();
         let exchange = async {
             let res = self
                 .inner
@@ -155,10 +156,12 @@ impl HttpClient {
             }
             Ok(Response::from_parts(parts, collected.freeze()))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
+        let result = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout(endpoint, self.timeout)),
-        }
+        };
+        crate::metrics::idp_request(endpoint, &result, started);
+        result
     }
 }
 

@@ -410,6 +410,51 @@ async fn axum_api_checks_the_token_servers_tokens() {
         .unwrap()
         .contains("error=\"invalid_token\""));
 
+    // Its `/metrics` (feature `metrics`) counted each of those verdicts.
+    #[cfg(feature = "metrics")]
+    {
+        use common::metrics::scraped;
+        let res = client
+            .request(get(&format!("{api}/metrics"), None))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        use http_body_util::BodyExt;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let validations = |outcome, reason| {
+            scraped(
+                &text,
+                "tower_bearer_validations_total",
+                &[("outcome", outcome), ("reason", reason)],
+            )
+        };
+        assert_eq!(validations("ok", "none"), 3.0, "{text}");
+        assert_eq!(validations("rejected", "missing"), 1.0, "{text}");
+        assert_eq!(validations("rejected", "invalid_token"), 1.0, "{text}");
+        let scopes = |outcome| {
+            scraped(
+                &text,
+                "tower_bearer_scope_checks_total",
+                &[("outcome", outcome)],
+            )
+        };
+        assert_eq!(scopes("ok"), 1.0, "{text}");
+        assert_eq!(scopes("insufficient_scope"), 1.0, "{text}");
+        for endpoint in ["discovery", "jwks"] {
+            let labels = [("endpoint", endpoint), ("outcome", "ok")];
+            assert_eq!(
+                scraped(&text, "tower_bearer_idp_requests_total", &labels),
+                1.0,
+                "{text}"
+            );
+        }
+        assert!(
+            text.contains("# HELP tower_bearer_validations_total"),
+            "{text}"
+        );
+    }
+
     // The same API given the JWKS directly: it checks the issuer and audience it is
     // told, so a token for another audience is refused.
     let (_other, other) = listening(example("axum_api").args([
@@ -500,4 +545,163 @@ async fn mcp_client_finds_the_token_server_from_the_401_and_calls_a_tool() {
             "no line {line:?} in:\n{out}"
         );
     }
+}
+
+/// The demo's `/metrics` (feature `metrics`): after the run, the figures agree
+/// with what the demo counted itself (token requests, callers that waited,
+/// accepted requests), and they move as a client then does: N good requests add N
+/// to the accepted, a forged token adds one `invalid_token`, and nothing else
+/// refreshes.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn demo_metrics_agree_with_the_run_and_move_with_requests() {
+    use common::metrics::scraped;
+    use std::io::BufRead;
+
+    let mut cmd = example("demo");
+    cmd.args([
+        "--tasks",
+        "8",
+        "--duration",
+        "2.5",
+        "--lifetime",
+        "1",
+        "--linger",
+    ]);
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = Spawned(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let (mut metrics_url, mut idp, mut waited) = (None, None, None);
+    let summary = loop {
+        let line = lines
+            .next()
+            .expect("the demo ended before its summary")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("metrics on ") {
+            metrics_url = Some(url.trim().to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("token server on ") {
+            idp = rest.split(',').next().map(str::to_owned);
+        }
+        if let Some((_, rest)) = line.split_once("tasks; ") {
+            waited = rest.split(' ').next().map(|n| n.parse::<f64>().unwrap());
+        }
+        if let Some(summary) = line.strip_prefix("summary: ") {
+            break summary.to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let field = |name: &str| -> f64 {
+        summary
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (metrics_url, idp) = (metrics_url.expect("the metrics URL"), idp.unwrap());
+    let client = plain_client();
+    let scrape = || async {
+        let req = get(&metrics_url, None);
+        use http_body_util::BodyExt;
+        let res = client.request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+
+    let first = scrape().await;
+    let ok = [("outcome", "ok"), ("reason", "none")];
+    let token_requests = field("token_requests");
+    assert_eq!(
+        scraped(&first, "tower_bearer_refreshes_total", &[("outcome", "ok")]),
+        token_requests,
+        "{summary}\n{first}"
+    );
+    assert_eq!(
+        scraped(&first, "tower_bearer_refreshes_total", &[]),
+        token_requests,
+        "no refresh failed: {first}"
+    );
+    assert_eq!(
+        scraped(
+            &first,
+            "tower_bearer_idp_requests_total",
+            &[("endpoint", "token"), ("outcome", "ok")]
+        ),
+        token_requests,
+        "{first}"
+    );
+    assert_eq!(
+        scraped(&first, "tower_bearer_refresh_waiters_total", &[]),
+        waited.unwrap(),
+        "{first}"
+    );
+    assert_eq!(
+        scraped(&first, "tower_bearer_validations_total", &ok),
+        field("ok"),
+        "every accepted request was validated once: {summary}\n{first}"
+    );
+    // The demo's one request with no token (it shows the challenge).
+    let missing = [("outcome", "rejected"), ("reason", "missing")];
+    assert_eq!(
+        scraped(&first, "tower_bearer_validations_total", &missing),
+        1.0
+    );
+    assert_eq!(
+        scraped(
+            &first,
+            "tower_bearer_jwks_fetches_total",
+            &[("outcome", "ok")]
+        ),
+        1.0,
+        "{first}"
+    );
+    assert!(
+        first.contains("tower_bearer_validation_seconds_bucket"),
+        "{first}"
+    );
+
+    // A client of our own: N requests with a good token, one with a forged one.
+    let req = http::Request::post(format!("{idp}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("username=demo%40example.com&password=correct+horse+battery+staple".into())
+        .unwrap();
+    let (status, login) = send(&client, req).await;
+    assert_eq!(status, 200, "{login}");
+    let token = login["access_token"].as_str().unwrap();
+    let me = metrics_url.replace("/metrics", "/me");
+    const N: usize = 5;
+    for _ in 0..N {
+        assert_eq!(send(&client, get(&me, Some(token))).await.0, 200);
+    }
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(send(&client, get(&me, Some(&forged))).await.0, 401);
+
+    let second = scrape().await;
+    let grew = |name: &str, labels: &[(&str, &str)]| {
+        scraped(&second, name, labels) - scraped(&first, name, labels)
+    };
+    assert_eq!(
+        grew("tower_bearer_validations_total", &ok),
+        N as f64,
+        "{second}"
+    );
+    let invalid = [("outcome", "rejected"), ("reason", "invalid_token")];
+    assert_eq!(
+        grew("tower_bearer_validations_total", &invalid),
+        1.0,
+        "{second}"
+    );
+    assert_eq!(grew("tower_bearer_validations_total", &missing), 0.0);
+    assert_eq!(
+        grew("tower_bearer_refreshes_total", &[]),
+        0.0,
+        "the demo's client is idle"
+    );
+    assert_eq!(
+        grew("tower_bearer_validation_seconds_count", &[]),
+        N as f64 + 1.0,
+        "{second}"
+    );
 }

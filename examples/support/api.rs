@@ -3,6 +3,8 @@
 //! - `GET /public`: no token needed.
 //! - `GET /me`: the verified claims as JSON (`sub` included).
 //! - `GET /admin`: needs the scope `admin` (`403 insufficient_scope` without it).
+//! - `GET /metrics`: this crate's metrics in the Prometheus format (feature
+//!   `metrics`; no token needed, as scrapers expect).
 //!
 //! Tokens are checked by this crate's `RequireBearerLayer` with the validator it is
 //! given (the examples use `JwksValidator`, keys found through OIDC discovery).
@@ -44,6 +46,7 @@ where
     Router::new()
         .route("/public", get(public))
         .merge(protected)
+        .merge(super::metrics::routes())
         .with_state(counters)
 }
 

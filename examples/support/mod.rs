@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod idp;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use super::revoke::Revocation;
 use super::source::TokenSource;
 use super::store::TokenStore;
 use crate::flight::{Joined, SingleFlight, STALL};
+use crate::metrics;
 use crate::sync::{AtomicU64, Mutex, Ordering, SwapOption};
 use crate::{Error, Lineage, Token};
 
@@ -609,6 +610,7 @@ impl<S: TokenSource> Shared<S> {
             let _guard = guard;
             let started = Instant::now();
             let result = shared.obtain(generation).await;
+            metrics::refresh(&result, started.elapsed());
             let elapsed_ms = started.elapsed().as_millis() as u64;
             // Abandoned (its runtime stopped driving it) and replaced by another.
             let abandoned = shared.runs.load(Ordering::Acquire) != run;
@@ -703,6 +705,7 @@ impl<S: TokenSource> Shared<S> {
             Ok(Some(stored)) if ours.is_none_or(|ours| stored.is_newer_than(ours)) => Some(stored),
             Ok(_) => None,
             Err(error) => {
+                metrics::store_failure(metrics::StoreOp::Load);
                 tracing::warn!(%error, "could not read the token store");
                 None
             }
@@ -714,6 +717,7 @@ impl<S: TokenSource> Shared<S> {
         let Some(store) = &self.store else { return };
         if let Err(error) = store.save(token).await {
             self.save_failures.fetch_add(1, Ordering::Relaxed);
+            metrics::store_failure(metrics::StoreOp::Save);
             tracing::warn!(%error, "could not save the new token; serving it, and saving it again before the next refresh");
             self.keep_unsaved(token.clone());
         }
@@ -742,6 +746,7 @@ impl<S: TokenSource> Shared<S> {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.save_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::store_failure(metrics::StoreOp::Save);
                 tracing::warn!(%error, "could not save the token to the store; it is in use, and saved again before the next refresh");
                 self.keep_unsaved(token);
                 Err(error)
@@ -878,10 +883,13 @@ impl<S: TokenSource> Shared<S> {
             Joined::Flight(flight) => flight,
         };
         self.waits.fetch_add(1, Ordering::Relaxed);
+        metrics::refresh_waiter();
+        let waiting = metrics::Started::now();
         let shared = Arc::clone(self);
         async move {
             loop {
                 if let Some(result) = flight.wait().await {
+                    metrics::refresh_waited(waiting);
                     return result;
                 }
                 tracing::warn!(
@@ -889,7 +897,10 @@ impl<S: TokenSource> Shared<S> {
                     "the token refresh is not driven (its runtime is idle or gone); starting another"
                 );
                 flight = match shared.join() {
-                    Joined::Ready(result) => return result,
+                    Joined::Ready(result) => {
+                        metrics::refresh_waited(waiting);
+                        return result;
+                    }
                     Joined::Flight(flight) => flight,
                 };
             }
@@ -915,9 +926,14 @@ impl<S: TokenSource> Shared<S> {
         let throttled_until = failure.next_rejection_refresh.filter(|at| now < *at);
         let replacement = match throttled_until {
             None => cached.rejected(now),
-            // Its refresh is due by then already.
-            Some(at) if cached.refresh_at.is_some_and(|r| r <= at) => return,
-            Some(at) => cached.retry_at(at),
+            Some(at) => {
+                metrics::unauthorized_throttled();
+                // Its refresh is due by then already.
+                if cached.refresh_at.is_some_and(|r| r <= at) {
+                    return;
+                }
+                cached.retry_at(at)
+            }
         };
         let previous = self
             .current

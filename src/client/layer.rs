@@ -447,6 +447,7 @@ where
                     let Some(sent) = this.sent.take() else {
                         return Poll::Ready(Ok(res));
                     };
+                    crate::metrics::unauthorized();
                     this.authorizer.on_unauthorized(&sent);
                     let Some(copy) = this.replay.take() else {
                         return Poll::Ready(Ok(res));

@@ -75,6 +75,7 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             }
             return Ok(res);
         }
+        crate::metrics::unauthorized();
         self.authorizer.on_unauthorized(&sent);
         let Some(mut copy) = replay else {
             return Ok(res);

@@ -165,13 +165,18 @@ impl RedisDenylist {
     fn cached(&self, keys: &[String], now: Instant) -> Option<bool> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let mut revoked = false;
+        let mut oldest = Duration::ZERO;
         for key in keys {
             let (denied, at) = cache.get(key)?;
-            if now.saturating_duration_since(*at) >= self.staleness {
+            let age = now.saturating_duration_since(*at);
+            if age >= self.staleness {
                 return None;
             }
+            oldest = oldest.max(age);
             revoked |= denied;
         }
+        drop(cache);
+        crate::metrics::denylist_local(oldest);
         Some(revoked)
     }
 
@@ -192,7 +197,9 @@ impl RedisDenylist {
         let values: Vec<Option<String>> = cmd
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| redis_error("denylist lookup", e))?;
+            .map_err(|e| redis_error("denylist lookup", e))
+            .inspect_err(|_| crate::metrics::denylist_remote(false))?;
+        crate::metrics::denylist_remote(true);
         let mut revoked = false;
         for (key, value) in keys.into_iter().zip(values) {
             revoked |= value.is_some();

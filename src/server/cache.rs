@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use quick_cache::sync::Cache;
+use crate::metrics::{self, CacheName, CountedCache};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -62,7 +62,7 @@ pub struct VerifiedCache<V: Validator> {
 struct State<C> {
     /// Token digest → the claims (shared, so a hit clones them outside the cache's
     /// lock) and the instant they stop being served.
-    entries: Cache<[u8; 32], (Arc<C>, Instant)>,
+    entries: CountedCache<[u8; 32], (Arc<C>, Instant)>,
     max_entries: usize,
     max_ttl: Duration,
 }
@@ -71,7 +71,7 @@ impl<C> State<C> {
     fn new(max_entries: usize, max_ttl: Duration) -> Self {
         let max_entries = max_entries.max(1);
         State {
-            entries: Cache::new(max_entries),
+            entries: metrics::counted_cache(max_entries, CacheName::Verified),
             max_entries,
             max_ttl,
         }
@@ -220,8 +220,10 @@ where
     fn validate(&self, token: &str) -> ValidationFuture<V::Claims> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.state.get(&digest) {
+            metrics::cache_lookup(CacheName::Verified, true);
             return self.recheck_hit(token, digest, V::Claims::clone(&claims));
         }
+        metrics::cache_lookup(CacheName::Verified, false);
         match self.inner.validate(token).now_or_pending() {
             Ok(outcome) => {
                 if let Ok(claims) = &outcome {

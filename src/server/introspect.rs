@@ -6,12 +6,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::{self, CacheName, CountedCache, Introspected};
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Full;
-use quick_cache::sync::Cache;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -115,9 +115,9 @@ type Flight<C> = SingleFlight<Result<C, Rejection>, Error>;
 
 struct State<C> {
     /// Accepted answers, and the instant each stops being served.
-    accepted: Cache<Digest32, (Arc<C>, Instant)>,
+    accepted: CountedCache<Digest32, (Arc<C>, Instant)>,
     /// Refusals, apart: bad tokens churn this cache and never the one above.
-    refused: Cache<Digest32, (Rejection, Instant)>,
+    refused: CountedCache<Digest32, (Rejection, Instant)>,
     /// One flight per token being introspected. The job stores its answer, then
     /// removes its own entry (also when it fails, panics or is dropped).
     flights: Mutex<HashMap<Digest32, Arc<Flight<C>>>>,
@@ -126,8 +126,8 @@ struct State<C> {
 impl<C> State<C> {
     fn new(config: &Config) -> Self {
         State {
-            accepted: Cache::new(config.max_entries),
-            refused: Cache::new(config.max_refusals),
+            accepted: metrics::counted_cache(config.max_entries, CacheName::Introspection),
+            refused: metrics::counted_cache(config.max_refusals, CacheName::Introspection),
             flights: Mutex::new(HashMap::new()),
         }
     }
@@ -384,17 +384,20 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         let now = Instant::now();
         match result {
             Ok(Answer::Active(active)) => {
+                metrics::introspection(Introspected::Active);
                 let until = now + active.lifetime.min(self.config.ttl);
                 let outcome = self.check(active);
                 self.store(digest, &outcome, until);
                 Ok(outcome)
             }
             Ok(Answer::Inactive) => {
+                metrics::introspection(Introspected::Inactive);
                 let outcome = Err(Rejection::invalid_token("the token is not active"));
                 self.store(digest, &outcome, now + self.config.negative_ttl);
                 Ok(outcome)
             }
             Err(e) => {
+                metrics::introspection(Introspected::Failed);
                 tracing::warn!(error = %e, "token introspection failed");
                 Err(e)
             }
@@ -554,8 +557,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
     fn validate(&self, token: &str) -> ValidationFuture<C> {
         let digest: Digest32 = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.cached(&digest) {
+            metrics::cache_lookup(CacheName::Introspection, true);
             return ValidationFuture::ready(hit);
         }
+        metrics::cache_lookup(CacheName::Introspection, false);
         let flight = {
             let mut flights = lock(&self.state.flights);
             // A job stores its answer before it removes its flight, under this lock:

@@ -478,6 +478,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
     async fn fetch(this: &Arc<Self>) -> Result<(), Error> {
         match this.fetch_keys().await {
             Ok(set) => {
+                crate::metrics::jwks_fetch(true);
                 tracing::debug!(keys = set.by_kid.len() + set.unnamed.len(), "JWKS fetched");
                 // Retired kids are noted before the new set is seen: a request finds
                 // its kid in the old set, or learns that it retired.
@@ -494,6 +495,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 Ok(())
             }
             Err(e) => {
+                crate::metrics::jwks_fetch(false);
                 let mut schedule = lock(&this.schedule);
                 schedule.failures = schedule.failures.saturating_add(1);
                 let wait = retry_backoff(this.cooldown, schedule.failures);

@@ -16,6 +16,7 @@ use tower_service::Service;
 use super::header::{bearer_token, DEFAULT_MAX_LEN};
 use super::validator::{ScopedClaims, ValidationFuture, Validator};
 use super::Rejection;
+use crate::metrics::{self, Started};
 
 /// The verified claims of a request, in its extensions.
 ///
@@ -245,23 +246,30 @@ where
             value.set_sensitive(true);
         }
         let config = &self.config;
+        let started = Started::now();
         let validation = match bearer_token(req.headers(), config.max_len) {
             Ok(token) => self.validator.validate(token),
             Err(Rejection::Missing) if config.anonymous => {
+                metrics::validation(Err(&Rejection::Missing), true, started);
                 req.extensions_mut()
                     .insert(LayerRealm(Arc::clone(&config.challenge)));
                 return ResponseFuture::calling(self.inner.call(req));
             }
-            Err(rejection) => return ResponseFuture::rejected(&rejection, &req, &config.challenge),
+            Err(rejection) => {
+                return ResponseFuture::rejected(&rejection, &req, &config.challenge, started)
+            }
         };
         match validation.now_or_pending() {
             Ok(Ok(claims)) => {
+                metrics::validation(Ok(()), false, started);
                 req.extensions_mut().insert(Verified(claims));
                 req.extensions_mut()
                     .insert(LayerRealm(Arc::clone(&config.challenge)));
                 ResponseFuture::calling(self.inner.call(req))
             }
-            Ok(Err(rejection)) => ResponseFuture::rejected(&rejection, &req, &config.challenge),
+            Ok(Err(rejection)) => {
+                ResponseFuture::rejected(&rejection, &req, &config.challenge, started)
+            }
             Err(pending) => {
                 // The service was made ready for this request: take that one along
                 // and leave a clone in its place.
@@ -270,7 +278,7 @@ where
                 ResponseFuture {
                     state: State::Validating {
                         validation: pending,
-                        waiting: Some(Box::new((service, req, Arc::clone(config)))),
+                        waiting: Some(Box::new((service, req, Arc::clone(config), started))),
                     },
                 }
             }
@@ -289,7 +297,7 @@ pin_project! {
     }
 }
 
-type Waiting<S, B> = Option<Box<(S, Request<B>, Arc<Config>)>>;
+type Waiting<S, B> = Option<Box<(S, Request<B>, Arc<Config>, Started)>>;
 
 pin_project! {
     #[project = StateProj]
@@ -314,7 +322,13 @@ where
         }
     }
 
-    fn rejected(rejection: &Rejection, req: &Request<B>, challenge: &ChallengeParams) -> Self {
+    fn rejected(
+        rejection: &Rejection,
+        req: &Request<B>,
+        challenge: &ChallengeParams,
+        started: Started,
+    ) -> Self {
+        metrics::validation(Err(rejection), false, started);
         tracing::debug!(%rejection, "bearer authentication refused");
         ResponseFuture {
             state: State::Rejected {
@@ -341,8 +355,9 @@ where
                     waiting,
                 } => {
                     let outcome = ready!(Pin::new(validation).poll(cx));
-                    let (mut service, mut req, config) =
+                    let (mut service, mut req, config, started) =
                         *waiting.take().expect("polled after completion");
+                    metrics::validation(outcome.as_ref().map(|_| ()), false, started);
                     let next = match outcome {
                         Ok(claims) => {
                             req.extensions_mut().insert(Verified(claims));
@@ -491,6 +506,7 @@ where
                     .then(|| Rejection::InsufficientScope(self.layer.scopes.join(" ")))
             }
         };
+        metrics::scope_check(rejection.as_ref());
         match rejection {
             None => ScopeFuture::calling(self.inner.call(req)),
             Some(rejection) => {

@@ -4,6 +4,8 @@
 
 pub mod bins;
 pub mod jwks;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;
