@@ -323,6 +323,8 @@ fn reason(rejection: &Rejection) -> &'static str {
         Rejection::InvalidRequest(_) => "invalid_request",
         Rejection::InvalidToken(_) => "invalid_token",
         Rejection::InsufficientScope(_) => "insufficient_scope",
+        // Answered by `RequireStepUpLayer`, not by the bearer layer counted here.
+        Rejection::InsufficientUserAuthentication { .. } => "insufficient_user_authentication",
         Rejection::Unavailable(_) => "unavailable",
     }
 }
