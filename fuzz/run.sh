@@ -6,7 +6,8 @@
 #
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`);
 # without them it says so and exits 0: `cargo test` replays the seeds and
-# regressions with fixed mutations on stable (src/fuzz.rs).
+# regressions with fixed mutations on stable (tests/fuzz_replay.rs runs the harness
+# fuzz/src/lib.rs).
 #
 # libFuzzer grows fuzz/corpus/<target>/ (ignored by git) from fuzz/seeds/<target>/
 # and fuzz/regressions/<target>/. A crash stops the run (exit 1): the input is in

@@ -1,4 +1,5 @@
-//! The one error type of the client side.
+//! The crate's one error type, for the client side and the server's fetchers (JWKS,
+//! discovery, introspection): what failed, whether to retry, and when.
 //!
 //! [`Error`] is `Clone` because a single token refresh is shared by every caller
 //! that waited for it: each of them receives the same failure.

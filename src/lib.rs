@@ -72,10 +72,10 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(any(fuzzing, test))]
+// The network-facing parsers for the fuzz harness (fuzz/src/lib.rs): not public API.
 #[doc(hidden)]
-#[path = "fuzz.rs"]
-pub mod __fuzz;
+#[path = "parsers.rs"]
+pub mod __parsers;
 pub mod client;
 mod error;
 pub(crate) mod flight;

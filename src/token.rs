@@ -1,4 +1,6 @@
-//! [`Token`]: an access token with its type, expiry, refresh token and scope.
+//! What the client holds: [`Token`], an access token with its type, expiry, refresh
+//! token and scope (secrets zeroized, never shown), and [`Lineage`], the clock that
+//! decides which of two tokens is newer wherever they are kept.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

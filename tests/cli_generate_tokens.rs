@@ -20,6 +20,10 @@ impl Run {
     fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.out.stderr).into_owned()
     }
+    /// A success: exit status 0 (else the panic shows stderr).
+    fn assert_success(&self) {
+        assert!(self.out.status.success(), "{}", self.stderr());
+    }
     /// A failure: non-zero, exactly one line on stderr, nothing on stdout.
     fn one_line_failure(&self) -> String {
         let err = self.stderr();
@@ -55,6 +59,13 @@ async fn run(args: &[&str], stdin: Option<&str>, home: &Path) -> Run {
     drop(input);
     let out = child.wait_with_output().await.unwrap();
     Run { out }
+}
+
+/// Runs `generate_tokens -u alice --token-url <url> <args…>`.
+async fn alice(url: &str, args: &[&str], stdin: Option<&str>, home: &Path) -> Run {
+    let mut all = vec!["-u", "alice", "--token-url", url];
+    all.extend_from_slice(args);
+    run(&all, stdin, home).await
 }
 
 fn home(name: &str) -> PathBuf {
@@ -97,13 +108,8 @@ async fn password_on_stdin_saves_the_tokens_and_prints_exports() {
     let s = common::start().await;
     let home = home("ok");
     let url = s.token_url();
-    let r = run(
-        &["-u", "alice", "--token-url", &url, "--password-stdin"],
-        Some("wonderland\n"),
-        &home,
-    )
-    .await;
-    assert!(r.out.status.success(), "{}", r.stderr());
+    let r = alice(&url, &["--password-stdin"], Some("wonderland\n"), &home).await;
+    r.assert_success();
     let stdout = r.stdout();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
@@ -146,12 +152,9 @@ async fn names_profile_and_no_save_are_honoured() {
     let s = common::start().await;
     let home = home("names");
     let url = s.token_url();
-    let r = run(
+    let r = alice(
+        &url,
         &[
-            "-u",
-            "alice",
-            "--token-url",
-            &url,
             "--password-stdin",
             "--env-prefix",
             "CHIME_FRB",
@@ -162,26 +165,20 @@ async fn names_profile_and_no_save_are_honoured() {
         &home,
     )
     .await;
-    assert!(r.out.status.success(), "{}", r.stderr());
+    r.assert_success();
     assert!(r.stdout().contains("export CHIME_FRB_ACCESS_TOKEN='at-"));
     assert!(r.stdout().contains("export CHIME_FRB_REFRESH_TOKEN='rt-"));
     assert_eq!(files_in(&home), ["tower-bearer/work.json"]);
 
     let home2 = self::home("no-save");
-    let r = run(
-        &[
-            "-u",
-            "alice",
-            "--token-url",
-            &url,
-            "--password-stdin",
-            "--no-save",
-        ],
+    let r = alice(
+        &url,
+        &["--password-stdin", "--no-save"],
         Some("wonderland"),
         &home2,
     )
     .await;
-    assert!(r.out.status.success(), "{}", r.stderr());
+    r.assert_success();
     assert!(r.stdout().contains("export APP_ACCESS_TOKEN="));
     assert!(files_in(&home2).is_empty());
     let _ = std::fs::remove_dir_all(home);
@@ -192,14 +189,9 @@ async fn names_profile_and_no_save_are_honoured() {
 async fn a_wrong_password_is_one_clear_line_without_the_password() {
     let s = common::start().await;
     let home = home("wrong");
-    let r = run(
-        &[
-            "-u",
-            "alice",
-            "--token-url",
-            &s.token_url(),
-            "--password-stdin",
-        ],
+    let r = alice(
+        &s.token_url(),
+        &["--password-stdin"],
         Some("hunter2-not-it\n"),
         &home,
     )
@@ -222,12 +214,7 @@ async fn an_unreachable_server_or_a_bad_url_is_one_clear_line() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}/token", listener.local_addr().unwrap());
     drop(listener);
-    let r = run(
-        &["-u", "alice", "--token-url", &dead, "--password-stdin"],
-        Some("s3cret-pw\n"),
-        &home,
-    )
-    .await;
+    let r = alice(&dead, &["--password-stdin"], Some("s3cret-pw\n"), &home).await;
     let err = r.one_line_failure();
     assert!(err.contains("cannot reach the token endpoint"), "{err}");
     assert!(!err.contains("s3cret-pw"), "{err}");
@@ -237,12 +224,7 @@ async fn an_unreachable_server_or_a_bad_url_is_one_clear_line() {
         "ftp://idp.example.com/token",
         "http://idp.example.com/token",
     ] {
-        let r = run(
-            &["-u", "alice", "--token-url", bad, "--password-stdin"],
-            Some("s3cret-pw\n"),
-            &home,
-        )
-        .await;
+        let r = alice(bad, &["--password-stdin"], Some("s3cret-pw\n"), &home).await;
         let err = r.one_line_failure();
         assert!(err.contains("bad --token-url"), "{err}");
         assert!(!err.contains("s3cret-pw"), "{err}");
@@ -250,7 +232,7 @@ async fn an_unreachable_server_or_a_bad_url_is_one_clear_line() {
     }
 
     // No terminal and no --password-stdin: it says what to do instead of hanging.
-    let r = run(&["-u", "alice", "--token-url", &dead], None, &home).await;
+    let r = alice(&dead, &[], None, &home).await;
     let err = r.one_line_failure();
     assert!(err.contains("--password-stdin"), "{err}");
     assert!(files_in(&home).is_empty());
@@ -267,20 +249,8 @@ async fn the_device_flow_from_the_command_line() {
         .unwrap()
         .push_back("authorization_pending");
     let home = home("device");
-    let r = run(
-        &[
-            "-u",
-            "alice",
-            "--token-url",
-            &s.token_url(),
-            "--device",
-            "--no-save",
-        ],
-        None,
-        &home,
-    )
-    .await;
-    assert!(r.out.status.success(), "{}", r.stderr());
+    let r = alice(&s.token_url(), &["--device", "--no-save"], None, &home).await;
+    r.assert_success();
     assert!(r.stderr().contains("WDJB-MJHT"), "{}", r.stderr());
     assert!(r.stderr().contains("https://idp.example/device"));
     assert!(r.stdout().contains("export APP_ACCESS_TOKEN='at-"));
@@ -293,22 +263,12 @@ async fn logout_without_a_revocation_endpoint_fails_in_one_line_and_still_remove
     let s = common::start().await;
     let home = home("logout");
     let url = s.token_url();
-    let login = run(
-        &["-u", "alice", "--token-url", &url, "--password-stdin"],
-        Some("wonderland\n"),
-        &home,
-    )
-    .await;
-    assert!(login.out.status.success(), "{}", login.stderr());
+    let login = alice(&url, &["--password-stdin"], Some("wonderland\n"), &home).await;
+    login.assert_success();
     assert_eq!(files_in(&home).len(), 1, "{:?}", files_in(&home));
 
     // The example token server has no revocation endpoint: `<token url>/../revoke` is a 404.
-    let logout = run(
-        &["-u", "alice", "--token-url", &url, "--logout"],
-        None,
-        &home,
-    )
-    .await;
+    let logout = alice(&url, &["--logout"], None, &home).await;
     let err = logout.one_line_failure();
     assert!(err.contains("/revoke"), "{err}");
     assert!(err.contains("404"), "{err}");
@@ -316,13 +276,8 @@ async fn logout_without_a_revocation_endpoint_fails_in_one_line_and_still_remove
     assert!(files_in(&home).is_empty(), "{:?}", files_in(&home));
 
     // Logged out already: nothing to do.
-    let again = run(
-        &["-u", "alice", "--token-url", &url, "--logout"],
-        None,
-        &home,
-    )
-    .await;
-    assert!(again.out.status.success(), "{}", again.stderr());
+    let again = alice(&url, &["--logout"], None, &home).await;
+    again.assert_success();
     assert!(
         again.stderr().contains("Not logged in"),
         "{}",

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{credential as get, endpoint};
+use common::{credential as get, endpoint, until};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +19,8 @@ fn now(a: &impl Authorizer) -> Option<Result<String, Error>> {
         .map(|r| r.map(|c| c.unwrap().value.to_str().unwrap().to_owned()))
 }
 
-/// Waits, without sleeping on the wall clock, until `cond` holds.
-async fn until(mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(600), async {
-        while !cond() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("condition never held");
-}
+/// How long (on the paused tokio clock) a background refresh may take to land.
+const LIMIT: Duration = Duration::from_secs(600);
 
 fn expired_token(rt: &str) -> Token {
     Token::bearer("old-access")
@@ -90,7 +82,10 @@ async fn near_expiry_one_background_refresh_and_nobody_waits() {
     for _ in 0..1_000 {
         assert_eq!(now(&cache).expect("nobody waits").unwrap(), "Bearer first");
     }
-    until(|| now(&cache).is_some_and(|c| c.unwrap() != "Bearer first")).await;
+    until(LIMIT, || {
+        now(&cache).is_some_and(|c| c.unwrap() != "Bearer first")
+    })
+    .await;
     assert_eq!(s.idp.tokens(), 1, "one background refresh");
     assert_eq!(cache.stats().refreshes, 1);
     assert_eq!(cache.stats().waits, 0, "no caller waited");
@@ -249,10 +244,7 @@ async fn invalid_grant_is_terminal_until_a_new_token_is_set() {
 
 #[tokio::test(start_paused = true)]
 async fn rotated_refresh_tokens_are_used_for_the_next_refresh() {
-    let s = common::start().await;
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.add_refresh_token("rt-0");
-    s.idp.set_lifetime(Some(100));
+    let s = common::start_rotating().await;
     let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
         .jitter(Duration::ZERO)
         .build();
@@ -370,14 +362,9 @@ fn debug_prints_no_secret() {
 #[tokio::test(start_paused = true)]
 async fn every_new_token_is_saved_before_it_is_served() {
     use tower_bearer::client::{MemoryStore, TokenStore};
-    let s = common::start().await;
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.add_refresh_token("rt-0");
-    s.idp.set_lifetime(Some(100));
+    let s = common::start_rotating().await;
     let store = MemoryStore::new();
-    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
-        .store(store.clone())
-        .build();
+    let cache = common::stored_cache(&s, "rt-0", store.clone());
     for _ in 0..3 {
         let served = get(&cache).await.unwrap();
         let stored = store.load().await.unwrap().expect("saved");
@@ -401,17 +388,10 @@ async fn every_new_token_is_saved_before_it_is_served() {
 #[tokio::test(start_paused = true)]
 async fn a_token_another_process_saved_is_adopted_and_its_refresh_token_used() {
     use tower_bearer::client::{MemoryStore, TokenStore};
-    let s = common::start().await;
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.add_refresh_token("rt-0");
-    s.idp.set_lifetime(Some(100));
+    let s = common::start_rotating().await;
     let store = MemoryStore::new();
-    let a = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
-        .store(store.clone())
-        .build();
-    let b = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
-        .store(store.clone())
-        .build();
+    let a = common::stored_cache(&s, "rt-0", store.clone());
+    let b = common::stored_cache(&s, "rt-0", store.clone());
     let from_a = get(&a).await.unwrap();
     // B starts later: it adopts A's token instead of spending rt-0 again.
     assert_eq!(get(&b).await.unwrap(), from_a);
@@ -510,7 +490,7 @@ async fn a_short_token_costs_one_token_request_per_lifetime_with_defaults() {
     assert_eq!(s.idp.tokens(), before, "fresh until 70 s before expiry");
     tokio::time::advance(Duration::from_secs(11)).await;
     let first = get(&long).await.unwrap();
-    until(|| now(&long).is_some_and(|c| c.unwrap() != first)).await;
+    until(LIMIT, || now(&long).is_some_and(|c| c.unwrap() != first)).await;
     assert_eq!(s.idp.tokens(), before + 1, "refreshed 60 s ahead of expiry");
     assert_eq!(long.stats().waits, 1, "only the first caller waited");
 }

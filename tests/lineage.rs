@@ -17,9 +17,7 @@ use http::StatusCode;
 use http_body_util::Full;
 use secrecy::ExposeSecret;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_bearer::client::{
-    AuthorizeLayer, Authorizer, MemoryStore, Refreshing, TokenEndpoint, TokenStore,
-};
+use tower_bearer::client::{AuthorizeLayer, Authorizer, MemoryStore, Refreshing, TokenStore};
 use tower_bearer::{Error, Token};
 
 fn last_refresh_token_seen(s: &common::Servers) -> Option<String> {
@@ -38,14 +36,9 @@ fn login(access: &str, rt: &str, lifetime: u64) -> Token {
 /// `invalid_grant` again, after every login.
 #[tokio::test(start_paused = true)]
 async fn a_login_after_invalid_grant_is_not_undone_by_the_store() {
-    let s = common::start().await;
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.add_refresh_token("rt-0");
-    s.idp.set_lifetime(Some(100));
+    let s = common::start_rotating().await;
     let store = MemoryStore::new();
-    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
-        .store(store.clone())
-        .build();
+    let cache = common::stored_cache(&s, "rt-0", store.clone());
     get(&cache).await.unwrap();
     // The provider ends the session: every refresh token dies.
     s.idp.refresh.lock().unwrap().clear();
@@ -82,9 +75,7 @@ async fn a_login_as_another_user_never_goes_back_to_the_previous_user() {
     s.idp.add_refresh_token("rt-bob");
     s.idp.set_lifetime(Some(100));
     let store = MemoryStore::new();
-    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-alice"))
-        .store(store.clone())
-        .build();
+    let cache = common::stored_cache(&s, "rt-alice", store.clone());
     get(&cache).await.unwrap();
     assert_eq!(last_refresh_token_seen(&s).as_deref(), Some("rt-alice"));
 
@@ -137,14 +128,9 @@ impl TokenStore for FlakyStore {
 /// `invalid_grant` while memory held the live one.
 #[tokio::test(start_paused = true)]
 async fn a_failed_save_never_makes_the_cache_go_back() {
-    let s = common::start().await;
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.add_refresh_token("rt-0");
-    s.idp.set_lifetime(Some(100));
+    let s = common::start_rotating().await;
     let store = FlakyStore::default();
-    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
-        .store(store.clone())
-        .build();
+    let cache = common::stored_cache(&s, "rt-0", store.clone());
     get(&cache).await.unwrap();
 
     // The second token's save fails: it is served anyway (its refresh token is the
@@ -203,20 +189,13 @@ async fn an_initial_token_is_newer_than_the_store_and_written_through() {
 /// process that rotated the refresh token meanwhile saved the live one there.
 #[tokio::test(start_paused = true)]
 async fn invalid_grant_is_not_terminal_while_the_store_holds_a_newer_token() {
-    let s = common::start().await;
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.add_refresh_token("rt-0");
-    s.idp.set_lifetime(Some(100));
+    let s = common::start_rotating().await;
     let store = MemoryStore::new();
-    let a = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
-        .store(store.clone())
-        .build();
+    let a = common::stored_cache(&s, "rt-0", store.clone());
     get(&a).await.unwrap();
     // B shares the store and slowly refreshes with the same refresh token: the
     // provider rotates it at once but answers late.
-    let b = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
-        .store(store.clone())
-        .build();
+    let b = common::stored_cache(&s, "rt-0", store.clone());
     assert_eq!(get(&b).await.unwrap(), get(&a).await.unwrap());
     tokio::time::advance(Duration::from_secs(101)).await;
     s.idp.set_mode(Mode::DelayAnswer(Duration::from_secs(5)));
@@ -382,11 +361,7 @@ async fn busy_endpoint(retry_after: String) -> (String, Arc<std::sync::atomic::A
 #[tokio::test(start_paused = true)]
 async fn retry_after_seconds_longer_than_the_backoff_is_honoured() {
     let (url, hits) = busy_endpoint("120".into()).await;
-    let source = TokenEndpoint::new(&url)
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
-        .client_credentials();
+    let source = common::endpoint_at(&url).client_credentials();
     let cache = Refreshing::builder(source)
         .backoff(Duration::from_secs(1), Duration::from_secs(10))
         .build();
@@ -405,11 +380,7 @@ async fn retry_after_seconds_longer_than_the_backoff_is_honoured() {
 async fn retry_after_as_an_http_date_is_honoured_up_to_the_cap() {
     let when = std::time::SystemTime::now() + Duration::from_secs(300);
     let (url, hits) = busy_endpoint(httpdate::fmt_http_date(when)).await;
-    let source = TokenEndpoint::new(&url)
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
-        .client_credentials();
+    let source = common::endpoint_at(&url).client_credentials();
     let cache = Refreshing::builder(source)
         .backoff(Duration::from_secs(1), Duration::from_secs(10))
         .build();
@@ -423,11 +394,7 @@ async fn retry_after_as_an_http_date_is_honoured_up_to_the_cap() {
 
     // A day is capped at one hour.
     let (url, hits) = busy_endpoint("86400".into()).await;
-    let source = TokenEndpoint::new(&url)
-        .unwrap()
-        .client_id("id")
-        .client_secret("secret")
-        .client_credentials();
+    let source = common::endpoint_at(&url).client_credentials();
     let cache = Refreshing::builder(source)
         .backoff(Duration::from_secs(1), Duration::from_secs(10))
         .build();

@@ -3,4 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| tower_bearer::__fuzz::header(data));
+fuzz_target!(|data: &[u8]| tower_bearer_fuzz::header(data));

@@ -1,5 +1,6 @@
-//! The [`Authorizer`] trait and the simple authorizers: [`StaticToken`], [`Basic`],
-//! [`ApiKey`] and [`NoAuth`].
+//! The seam between the client layers and any credential: the [`Authorizer`] trait,
+//! and the authorizers that need no refresh ([`StaticToken`], [`Basic`], [`ApiKey`],
+//! [`NoAuth`]).
 
 use std::fmt;
 use std::future::Future;

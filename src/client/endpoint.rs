@@ -243,11 +243,10 @@ impl TokenEndpoint {
     }
 }
 
-// The token-answer parser for the fuzz entry points (`crate::__fuzz`): an associated
+// The token-answer parser for the fuzz harness (`crate::__parsers`): an associated
 // function, because this module is private to `client`.
-#[cfg(any(fuzzing, test))]
 impl TokenEndpoint {
-    pub(crate) fn parse_response_for_fuzzing(
+    pub(crate) fn parse_response(
         status: StatusCode,
         headers: &HeaderMap,
         body: &Bytes,

@@ -1,4 +1,5 @@
-//! Strict parsing of `Authorization: Bearer <token>` (RFC 6750 §2.1).
+//! Strict parsing of `Authorization: Bearer <token>` (RFC 6750 §2.1): the only place
+//! a token is read off a request.
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;

@@ -4,8 +4,9 @@
 //! The token is taken apart here rather than by `jsonwebtoken::decode`, so every
 //! rule is ours and each part is decoded once: the header is read for `alg` and
 //! `crit` only (never `jku`, `x5u`, `jwk` or `x5c`), the signature is checked by
-//! `jsonwebtoken::crypto::verify` (HMAC with a state keyed once, by `hmac`), and the payload is decoded once, then read for
-//! the registered claims and for the caller's claims type.
+//! `jsonwebtoken::crypto::verify` (HMAC with a state keyed once, by `hmac`), and the
+//! payload is decoded once, then read for the registered claims and for the caller's
+//! claims type.
 
 use std::borrow::Cow;
 use std::fmt;

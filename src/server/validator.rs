@@ -1,5 +1,6 @@
-//! The [`Validator`] trait, [`ValidationFuture`], [`StaticTokens`], closures as
-//! validators, and the provided [`Claims`].
+//! What decides whether a bearer token is good: the [`Validator`] trait (with
+//! [`ValidationFuture`]), [`StaticTokens`], closures as validators, and the provided
+//! [`Claims`].
 
 use std::collections::HashMap;
 use std::fmt;

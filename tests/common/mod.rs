@@ -335,10 +335,38 @@ async fn api(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
 
 /// The token endpoint of `s`, for the client registered as "id" / "secret".
 pub fn endpoint(s: &Servers) -> tower_bearer::client::TokenEndpoint {
-    tower_bearer::client::TokenEndpoint::new(&s.token_url())
+    endpoint_at(&s.token_url())
+}
+
+/// The token endpoint at `url`, for the client registered as "id" / "secret".
+pub fn endpoint_at(url: &str) -> tower_bearer::client::TokenEndpoint {
+    tower_bearer::client::TokenEndpoint::new(url)
         .unwrap()
         .client_id("id")
         .client_secret("secret")
+}
+
+/// Servers whose token endpoint knows the refresh token `rt-0`, rotates every
+/// refresh token it accepts, and issues tokens that live 100 s: where the refresh
+/// and lineage tests begin.
+pub async fn start_rotating() -> Servers {
+    let s = start().await;
+    s.idp.rotate.store(true, Ordering::SeqCst);
+    s.idp.add_refresh_token("rt-0");
+    s.idp.set_lifetime(Some(100));
+    s
+}
+
+/// A cache that refreshes with `rt` at `s`'s token endpoint and keeps its tokens
+/// in `store`.
+pub fn stored_cache(
+    s: &Servers,
+    rt: &str,
+    store: impl tower_bearer::client::TokenStore,
+) -> tower_bearer::Refreshing<tower_bearer::client::source::RefreshTokenGrant> {
+    tower_bearer::Refreshing::builder(endpoint(s).refresh_token(rt))
+        .store(store)
+        .build()
 }
 
 /// The credential `a` gives a caller now (waiting for a refresh if it must), as
@@ -349,6 +377,18 @@ pub async fn credential(
     a.credential()
         .await
         .map(|c| c.unwrap().value.to_str().unwrap().to_owned())
+}
+
+/// Waits, yielding and never sleeping a guessed time, until `cond` holds; panics
+/// when it has not after `limit` on the tokio clock.
+pub async fn until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(limit, async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the condition never held");
 }
 
 /// The token a request's `Authorization: Bearer` header carries (panics without one).
