@@ -1,0 +1,421 @@
+//! Enterprise client authentication against a loopback token server that checks
+//! every assertion with a real verifier (`jsonwebtoken::decode` with the public key):
+//! `private_key_jwt` and `client_secret_jwt` on every grant and on revocation.
+#![cfg(feature = "jwt")]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use base64::Engine as _;
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use secrecy::ExposeSecret;
+use sha2::Digest;
+use tower_bearer::client::{
+    AssertionKey, ClientAssertion, Refreshing, Revocation, TokenEndpoint, TokenSource,
+    TokenTypeHint, CLIENT_ASSERTION_TYPE,
+};
+use tower_bearer::Error;
+
+use common::server::key;
+
+type FormMap = HashMap<String, String>;
+
+/// How the server checks a client's assertions.
+#[derive(Clone)]
+struct Registered {
+    key: DecodingKey,
+    alg: Algorithm,
+}
+
+/// A token server that accepts only clients that authenticate with a valid,
+/// never-replayed assertion.
+struct AssertionServer {
+    addr: SocketAddr,
+    clients: HashMap<String, Registered>,
+    /// Every `jti` accepted: a replay is refused.
+    jtis: Mutex<HashSet<String>>,
+    /// The forms received (token and revocation), in order.
+    forms: Mutex<Vec<(String, FormMap)>>,
+    /// The verified assertions: header and claims.
+    verified: Mutex<Vec<(jsonwebtoken::Header, serde_json::Value)>>,
+}
+
+impl AssertionServer {
+    fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+    fn revoke_url(&self) -> String {
+        format!("http://{}/revoke", self.addr)
+    }
+    fn endpoint(&self, client_id: &str) -> TokenEndpoint {
+        TokenEndpoint::new(&self.token_url())
+            .unwrap()
+            .client_id(client_id)
+    }
+    fn verified(&self) -> Vec<(jsonwebtoken::Header, serde_json::Value)> {
+        self.verified.lock().unwrap().clone()
+    }
+    fn forms(&self) -> Vec<(String, FormMap)> {
+        self.forms.lock().unwrap().clone()
+    }
+
+    /// Checks the client authentication of `form` as RFC 7523 §3 asks.
+    fn authenticate(&self, form: &FormMap) -> Result<(), &'static str> {
+        if form.get("client_assertion_type").map(String::as_str) != Some(CLIENT_ASSERTION_TYPE) {
+            return Err("no client assertion");
+        }
+        let client_id = form.get("client_id").ok_or("no client_id")?;
+        let client = self.clients.get(client_id).ok_or("unknown client")?;
+        let assertion = form.get("client_assertion").ok_or("no client_assertion")?;
+        let mut v = Validation::new(client.alg);
+        v.set_audience(&[self.token_url()]);
+        v.set_issuer(&[client_id]);
+        v.sub = Some(client_id.clone());
+        v.set_required_spec_claims(&["exp", "iat", "iss", "sub", "aud"]);
+        v.leeway = 0;
+        let data = decode::<serde_json::Value>(assertion, &client.key, &v)
+            .map_err(|_| "the assertion does not verify")?;
+        let claims = data.claims;
+        let (iat, exp) = (claims["iat"].as_u64(), claims["exp"].as_u64());
+        if !matches!((iat, exp), (Some(iat), Some(exp)) if exp > iat && exp - iat <= 300) {
+            return Err("the assertion lives too long");
+        }
+        let jti = claims["jti"].as_str().ok_or("no jti")?.to_owned();
+        if !self.jtis.lock().unwrap().insert(jti) {
+            return Err("a replayed assertion");
+        }
+        self.verified.lock().unwrap().push((data.header, claims));
+        Ok(())
+    }
+}
+
+fn invalid_client(why: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({"error": "invalid_client", "error_description": why})),
+    )
+        .into_response()
+}
+
+async fn token(State(s): State<Arc<AssertionServer>>, Form(form): Form<FormMap>) -> Response {
+    s.forms.lock().unwrap().push(("token".into(), form.clone()));
+    if let Err(why) = s.authenticate(&form) {
+        return invalid_client(why);
+    }
+    let n = s.forms.lock().unwrap().len();
+    let mut body = serde_json::json!({
+        "access_token": format!("at-{n}"),
+        "token_type": "Bearer",
+        "expires_in": 3600,
+    });
+    if form.get("grant_type").map(String::as_str) == Some("password") {
+        body["refresh_token"] = format!("rt-{n}").into();
+    }
+    Json(body).into_response()
+}
+
+async fn revoke(State(s): State<Arc<AssertionServer>>, Form(form): Form<FormMap>) -> Response {
+    s.forms
+        .lock()
+        .unwrap()
+        .push(("revoke".into(), form.clone()));
+    match s.authenticate(&form) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(why) => invalid_client(why),
+    }
+}
+
+/// Registered clients: one per key type, plus `hs` with the secret
+/// `hs-secret-0123456789abcdef0123456789`.
+async fn start() -> Arc<AssertionServer> {
+    let pem = |name: &str| key(name);
+    let mut clients = HashMap::new();
+    let mut add = |id: &str, key: DecodingKey, alg| {
+        clients.insert(id.to_owned(), Registered { key, alg });
+    };
+    add(
+        "rs256",
+        DecodingKey::from_rsa_pem(&pem("rsa.pub.pem")).unwrap(),
+        Algorithm::RS256,
+    );
+    add(
+        "ps256",
+        DecodingKey::from_rsa_pem(&pem("rsa.pub.pem")).unwrap(),
+        Algorithm::PS256,
+    );
+    add(
+        "es256",
+        DecodingKey::from_ec_pem(&pem("ec256.pub.pem")).unwrap(),
+        Algorithm::ES256,
+    );
+    add(
+        "eddsa",
+        DecodingKey::from_ed_pem(&pem("ed25519.pub.pem")).unwrap(),
+        Algorithm::EdDSA,
+    );
+    add(
+        "hs",
+        DecodingKey::from_secret(HS_SECRET.as_bytes()),
+        Algorithm::HS256,
+    );
+    // The listener's address is part of the audience: bind first, then serve.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Arc::new(AssertionServer {
+        addr: listener.local_addr().unwrap(),
+        clients,
+        jtis: Mutex::new(HashSet::new()),
+        forms: Mutex::new(Vec::new()),
+        verified: Mutex::new(Vec::new()),
+    });
+    let app = Router::new()
+        .route("/token", post(token))
+        .route("/revoke", post(revoke))
+        .with_state(Arc::clone(&server));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    server
+}
+
+const HS_SECRET: &str = "hs-secret-0123456789abcdef0123456789";
+
+fn assertion_key(alg: Algorithm, file: &str) -> AssertionKey {
+    AssertionKey::from_pem(alg, &key(file)).unwrap()
+}
+
+/// `private_key_jwt` with RS256, PS256, ES256 and EdDSA keys, through the
+/// client-credentials, password and refresh-token grants and a `Refreshing` cache:
+/// every request carries a new assertion that the server verifies with the public
+/// key (`aud` the token endpoint, `iss` = `sub` = the client id, a fresh `jti`, a
+/// short life), and the `kid` header as configured.
+#[tokio::test]
+async fn private_key_jwt_with_every_key_type_on_every_grant() {
+    let s = start().await;
+    let keys = [
+        ("rs256", Algorithm::RS256, "rsa.key"),
+        ("ps256", Algorithm::PS256, "rsa.key"),
+        ("es256", Algorithm::ES256, "ec256.key"),
+        ("eddsa", Algorithm::EdDSA, "ed25519.key"),
+    ];
+    for (client, alg, file) in keys {
+        let before = s.verified().len();
+        let endpoint = s.endpoint(client).auth_method(ClientAssertion::private_key(
+            assertion_key(alg, file).key_id(format!("kid-{client}")),
+        ));
+        let cache = Refreshing::new(endpoint.client_credentials().scope("read"));
+        let first = cache.token().await.unwrap();
+        assert!(first.access_token().expose_secret().starts_with("at-"));
+        let token = endpoint.password("alice", "pw").fetch(None).await.unwrap();
+        let refreshed = endpoint
+            .refresh_token("rt-0")
+            .fetch(Some(&token))
+            .await
+            .unwrap();
+        assert!(refreshed.access_token().expose_secret().starts_with("at-"));
+
+        let verified = &s.verified()[before..];
+        assert_eq!(
+            verified.len(),
+            3,
+            "{client}: three requests, three assertions"
+        );
+        for (header, claims) in verified {
+            assert_eq!(header.alg, alg);
+            assert_eq!(
+                header.kid.as_deref(),
+                Some(format!("kid-{client}").as_str())
+            );
+            assert_eq!(claims["iss"], client);
+            assert_eq!(claims["aud"], s.token_url());
+            let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+            assert_eq!(lifetime, 60, "the default assertion lifetime");
+        }
+    }
+    let grants: Vec<_> = s
+        .forms()
+        .iter()
+        .map(|(_, f)| f["grant_type"].clone())
+        .collect();
+    assert_eq!(grants.len(), 12);
+    assert!(s
+        .forms()
+        .iter()
+        .all(|(_, f)| !f.contains_key("client_secret")));
+}
+
+/// The server really verifies: an assertion signed with another RSA key, or by a
+/// client registered for another algorithm, is refused with `invalid_client`; a
+/// replayed assertion (the same `jti`) would be too, and none is ever sent twice.
+#[tokio::test]
+async fn a_wrong_key_is_refused_by_the_verifier() {
+    let s = start().await;
+    let wrong = s
+        .endpoint("rs256")
+        .auth_method(ClientAssertion::private_key(assertion_key(
+            Algorithm::RS256,
+            "rsa2.key",
+        )));
+    let err = wrong.client_credentials().fetch(None).await.unwrap_err();
+    assert_eq!(err.oauth_code(), Some("invalid_client"), "{err}");
+    // ES256 client signing with RS256: refused too.
+    let other_alg = s
+        .endpoint("es256")
+        .auth_method(ClientAssertion::private_key(assertion_key(
+            Algorithm::RS256,
+            "rsa.key",
+        )));
+    let err = other_alg
+        .client_credentials()
+        .fetch(None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.oauth_code(), Some("invalid_client"), "{err}");
+    assert!(s.verified().is_empty());
+
+    let good = s
+        .endpoint("es256")
+        .auth_method(ClientAssertion::private_key(assertion_key(
+            Algorithm::ES256,
+            "ec256.key",
+        )));
+    for _ in 0..5 {
+        good.client_credentials().fetch(None).await.unwrap();
+    }
+    let jtis: HashSet<_> = s
+        .verified()
+        .iter()
+        .map(|(_, c)| c["jti"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(jtis.len(), 5, "a fresh jti per request");
+}
+
+/// `client_secret_jwt`: HS256 keyed with the client secret; the secret itself is
+/// never sent. A wrong secret is refused by the server; no secret at all is a
+/// configuration error before any request.
+#[tokio::test]
+async fn client_secret_jwt_signs_with_the_secret() {
+    let s = start().await;
+    let endpoint = s
+        .endpoint("hs")
+        .client_secret(HS_SECRET)
+        .auth_method(ClientAssertion::client_secret());
+    endpoint.client_credentials().fetch(None).await.unwrap();
+    let (header, _) = &s.verified()[0];
+    assert_eq!(header.alg, Algorithm::HS256);
+    let (_, form) = &s.forms()[0];
+    assert!(!form.values().any(|v| v.contains(HS_SECRET)), "{form:?}");
+    assert!(!form.contains_key("client_secret"));
+
+    let wrong = s
+        .endpoint("hs")
+        .client_secret("another-secret-0123456789abcdef")
+        .auth_method(ClientAssertion::client_secret());
+    let err = wrong.client_credentials().fetch(None).await.unwrap_err();
+    assert_eq!(err.oauth_code(), Some("invalid_client"), "{err}");
+
+    let requests = s.forms().len();
+    let no_secret = s
+        .endpoint("hs")
+        .auth_method(ClientAssertion::client_secret());
+    let err = no_secret
+        .client_credentials()
+        .fetch(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
+    let no_id =
+        TokenEndpoint::new(&s.token_url())
+            .unwrap()
+            .auth_method(ClientAssertion::private_key(assertion_key(
+                Algorithm::ES256,
+                "ec256.key",
+            )));
+    let err = no_id.client_credentials().fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
+    assert_eq!(s.forms().len(), requests, "nothing was sent");
+}
+
+/// Revocation (RFC 7009) authenticates with a new assertion too, whose audience is
+/// still the token endpoint.
+#[tokio::test]
+async fn revocation_authenticates_with_an_assertion() {
+    let s = start().await;
+    let endpoint = s
+        .endpoint("eddsa")
+        .auth_method(ClientAssertion::private_key(assertion_key(
+            Algorithm::EdDSA,
+            "ed25519.key",
+        )));
+    let revocation = Revocation::new(&endpoint, &s.revoke_url()).unwrap();
+    revocation
+        .revoke("rt-1", Some(TokenTypeHint::RefreshToken))
+        .await
+        .unwrap();
+    let forms = s.forms();
+    assert_eq!(forms[0].0, "revoke");
+    assert_eq!(forms[0].1["token"], "rt-1");
+    assert_eq!(s.verified().len(), 1);
+    assert_eq!(s.verified()[0].1["aud"], s.token_url());
+}
+
+/// The header and audience options: `x5t#S256` from a certificate (Entra ID's
+/// certificate credentials), a fixed `aud`, a shorter lifetime. The server, which
+/// wants the token endpoint as audience, refuses the fixed one.
+#[tokio::test]
+async fn certificate_thumbprint_audience_and_lifetime() {
+    let s = start().await;
+    let certificate = b"a DER certificate, as far as the header cares";
+    let endpoint = s.endpoint("rs256").auth_method(
+        ClientAssertion::private_key(
+            assertion_key(Algorithm::RS256, "rsa.key").certificate_der(certificate),
+        )
+        .lifetime(Duration::from_secs(30)),
+    );
+    endpoint.client_credentials().fetch(None).await.unwrap();
+    let (header, claims) = &s.verified()[0];
+    let thumbprint =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(certificate));
+    assert_eq!(header.x5t_s256.as_deref(), Some(thumbprint.as_str()));
+    assert_eq!(header.kid, None);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        30
+    );
+
+    let issuer_aud = s.endpoint("rs256").auth_method(
+        ClientAssertion::private_key(assertion_key(Algorithm::RS256, "rsa.key"))
+            .audience("https://issuer.example"),
+    );
+    let err = issuer_aud
+        .client_credentials()
+        .fetch(None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.oauth_code(), Some("invalid_client"), "{err}");
+    let (_, form) = s.forms().last().cloned().unwrap();
+    let sent = decode_header(&form["client_assertion"]).unwrap();
+    assert_eq!(sent.alg, Algorithm::RS256);
+    let payload = form["client_assertion"].split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], "https://issuer.example");
+    // Not discovered: the issuer is unknown, so nothing is sent.
+    let requests = s.forms().len();
+    let unknown = s.endpoint("rs256").auth_method(
+        ClientAssertion::private_key(assertion_key(Algorithm::RS256, "rsa.key")).audience_issuer(),
+    );
+    let err = unknown.client_credentials().fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
+    assert_eq!(s.forms().len(), requests);
+}
