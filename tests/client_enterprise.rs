@@ -19,6 +19,7 @@ use base64::Engine as _;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use sha2::Digest;
+use tower_bearer::client::source::{JwtBearer, JWT_BEARER_GRANT};
 use tower_bearer::client::{
     AssertionKey, ClientAssertion, Refreshing, Revocation, TokenEndpoint, TokenSource,
     TokenTypeHint, CLIENT_ASSERTION_TYPE,
@@ -68,6 +69,28 @@ impl AssertionServer {
         self.forms.lock().unwrap().clone()
     }
 
+    /// Checks the `assertion` of a JWT-bearer grant: signed by the service account's
+    /// key, issued by it, for this token endpoint, with a scope.
+    fn check_grant_assertion(&self, form: &FormMap) -> Result<(), &'static str> {
+        let assertion = form.get("assertion").ok_or("no assertion")?;
+        let key = DecodingKey::from_rsa_pem(&key("rsa.pub.pem")).unwrap();
+        let mut v = Validation::new(Algorithm::RS256);
+        v.set_audience(&[self.token_url()]);
+        v.set_issuer(&[SERVICE_ACCOUNT]);
+        v.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
+        v.leeway = 0;
+        let data = decode::<serde_json::Value>(assertion, &key, &v)
+            .map_err(|_| "the assertion does not verify")?;
+        if data.claims["scope"].as_str().is_none() {
+            return Err("no scope");
+        }
+        self.verified
+            .lock()
+            .unwrap()
+            .push((data.header, data.claims));
+        Ok(())
+    }
+
     /// Checks the client authentication of `form` as RFC 7523 §3 asks.
     fn authenticate(&self, form: &FormMap) -> Result<(), &'static str> {
         if form.get("client_assertion_type").map(String::as_str) != Some(CLIENT_ASSERTION_TYPE) {
@@ -108,7 +131,17 @@ fn invalid_client(why: &str) -> Response {
 
 async fn token(State(s): State<Arc<AssertionServer>>, Form(form): Form<FormMap>) -> Response {
     s.forms.lock().unwrap().push(("token".into(), form.clone()));
-    if let Err(why) = s.authenticate(&form) {
+    let grant = form.get("grant_type").map(String::as_str);
+    if grant == Some(JWT_BEARER_GRANT) {
+        // The grant itself is the authentication (RFC 7523 §2.1).
+        if let Err(why) = s.check_grant_assertion(&form) {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "invalid_grant", "error_description": why})),
+            )
+                .into_response();
+        }
+    } else if let Err(why) = s.authenticate(&form) {
         return invalid_client(why);
     }
     let n = s.forms.lock().unwrap().len();
@@ -182,6 +215,22 @@ async fn start() -> Arc<AssertionServer> {
         .with_state(Arc::clone(&server));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     server
+}
+
+const SERVICE_ACCOUNT: &str = "robot@project.iam.gserviceaccount.com";
+
+/// A Google service-account key file for `token_uri`, with the private key `file`.
+fn service_account_json(token_uri: &str, file: &str) -> String {
+    serde_json::json!({
+        "type": "service_account",
+        "project_id": "project",
+        "private_key_id": "0123abcd",
+        "private_key": String::from_utf8(key(file)).unwrap(),
+        "client_email": SERVICE_ACCOUNT,
+        "client_id": "1234567890",
+        "token_uri": token_uri,
+    })
+    .to_string()
 }
 
 const HS_SECRET: &str = "hs-secret-0123456789abcdef0123456789";
@@ -418,4 +467,109 @@ async fn certificate_thumbprint_audience_and_lifetime() {
     let err = unknown.client_credentials().fetch(None).await.unwrap_err();
     assert!(matches!(err, Error::Configuration(_)), "{err}");
     assert_eq!(s.forms().len(), requests);
+}
+
+/// The JWT-bearer grant from a Google service-account key: through a `Refreshing`
+/// cache, an assertion the server verifies with the public key (`iss` the
+/// `client_email`, `aud` the `token_uri`, `sub`, `scope`, `kid` the
+/// `private_key_id`), a new one per token; `resource` sent as a form field.
+#[tokio::test]
+async fn jwt_bearer_grant_from_a_service_account_key() {
+    let s = start().await;
+    let json = service_account_json(&s.token_url(), "rsa.key");
+    let grant = JwtBearer::from_service_account_json(&json)
+        .unwrap()
+        .subject("alice@example.com")
+        .scope("https://www.googleapis.com/auth/cloud-platform")
+        .resource("https://api.example.com");
+    assert!(!format!("{grant:?}").contains("PRIVATE KEY"));
+    let authorizer = Refreshing::new(grant.clone());
+    let token = authorizer.token().await.unwrap();
+    assert!(token.access_token().expose_secret().starts_with("at-"));
+    grant.fetch(Some(&token)).await.unwrap();
+
+    let verified = s.verified();
+    assert_eq!(verified.len(), 2);
+    for (header, claims) in &verified {
+        assert_eq!(header.alg, Algorithm::RS256);
+        assert_eq!(header.kid.as_deref(), Some("0123abcd"));
+        assert_eq!(claims["iss"], SERVICE_ACCOUNT);
+        assert_eq!(claims["sub"], "alice@example.com");
+        assert_eq!(claims["aud"], s.token_url());
+        assert_eq!(
+            claims["scope"],
+            "https://www.googleapis.com/auth/cloud-platform"
+        );
+    }
+    assert_ne!(verified[0].1["jti"], verified[1].1["jti"]);
+    let (_, form) = &s.forms()[0];
+    assert_eq!(form["grant_type"], JWT_BEARER_GRANT);
+    assert_eq!(form["resource"], "https://api.example.com");
+    assert!(!form.contains_key("client_assertion"));
+
+    // From a file too.
+    let dir = std::env::temp_dir().join(format!("tb-enterprise-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sa.json");
+    std::fs::write(&path, &json).unwrap();
+    let from_file = JwtBearer::from_service_account_file(&path)
+        .unwrap()
+        .scope("x");
+    from_file.fetch(None).await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A service-account key the server does not trust is refused (`invalid_grant`
+/// from the verifier), and hostile key files are configuration errors that never
+/// quote the file.
+#[tokio::test]
+async fn jwt_bearer_refusals_and_hostile_key_files() {
+    let s = start().await;
+    let other =
+        JwtBearer::from_service_account_json(&service_account_json(&s.token_url(), "rsa2.key"))
+            .unwrap()
+            .scope("x");
+    let err = other.fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
+    let no_scope =
+        JwtBearer::from_service_account_json(&service_account_json(&s.token_url(), "rsa.key"))
+            .unwrap();
+    assert_eq!(
+        no_scope.fetch(None).await.unwrap_err().oauth_code(),
+        Some("invalid_grant")
+    );
+    assert!(s.verified().is_empty());
+
+    let good: serde_json::Value =
+        serde_json::from_str(&service_account_json(&s.token_url(), "rsa.key")).unwrap();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        v[field] = value;
+        v.to_string()
+    };
+    let secret_marker = "MARKER-not-a-key-MARKER";
+    let cases = [
+        "not json at all".to_owned(),
+        "[]".to_owned(),
+        with("type", "authorized_user".into()),
+        with("private_key", serde_json::Value::Null),
+        with("client_email", serde_json::Value::Null),
+        with("private_key", secret_marker.into()),
+        with("private_key", 5.into()),
+        with(
+            "private_key",
+            String::from_utf8(key("ec256.key")).unwrap().into(),
+        ),
+        with("token_uri", "http://idp.example.com/token".into()),
+        with("token_uri", "not a url".into()),
+    ];
+    for case in cases {
+        let err = JwtBearer::from_service_account_json(&case).unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{err}");
+        let message = err.to_string();
+        assert!(!message.contains(secret_marker), "{message}");
+        assert!(!message.contains("PRIVATE KEY"), "{message}");
+    }
+    let err = JwtBearer::from_service_account_file("/nonexistent/sa.json").unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
 }

@@ -455,7 +455,7 @@ pub(crate) fn iat_exp(lifetime: Duration) -> (u64, u64) {
 
 /// A fresh `jti`: 128 random bits (unique; the signature, not secrecy, protects the
 /// assertion).
-fn jti() -> String {
+pub(crate) fn jti() -> String {
     let bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
     b64url(&bytes)
 }
