@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ use base64::Engine as _;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use sha2::Digest;
-use tower_bearer::client::source::{JwtBearer, JWT_BEARER_GRANT};
+use tower_bearer::client::source::{
+    token_type, ExchangeToken, JwtBearer, JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT,
+};
 use tower_bearer::client::{
     AssertionKey, ClientAssertion, Refreshing, Revocation, TokenEndpoint, TokenSource,
     TokenTypeHint, CLIENT_ASSERTION_TYPE,
@@ -48,6 +51,12 @@ struct AssertionServer {
     forms: Mutex<Vec<(String, FormMap)>>,
     /// The verified assertions: header and claims.
     verified: Mutex<Vec<(jsonwebtoken::Header, serde_json::Value)>>,
+    /// The token requests' fields in order, repeated names kept.
+    pairs: Mutex<Vec<Vec<(String, String)>>>,
+    /// Token exchange: subject tokens refused with `invalid_grant`.
+    refused_subjects: Mutex<HashSet<String>>,
+    /// Token exchange: every subject token is refused.
+    refuse_all_subjects: AtomicBool,
 }
 
 impl AssertionServer {
@@ -64,6 +73,20 @@ impl AssertionServer {
     }
     fn verified(&self) -> Vec<(jsonwebtoken::Header, serde_json::Value)> {
         self.verified.lock().unwrap().clone()
+    }
+    /// The fields named `name` of token request `i`, in order.
+    fn fields(&self, i: usize, name: &str) -> Vec<String> {
+        self.pairs.lock().unwrap()[i]
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    fn grants(&self) -> Vec<String> {
+        self.forms()
+            .iter()
+            .map(|(_, f)| f.get("grant_type").cloned().unwrap_or_default())
+            .collect()
     }
     fn forms(&self) -> Vec<(String, FormMap)> {
         self.forms.lock().unwrap().clone()
@@ -129,8 +152,13 @@ fn invalid_client(why: &str) -> Response {
         .into_response()
 }
 
-async fn token(State(s): State<Arc<AssertionServer>>, Form(form): Form<FormMap>) -> Response {
+async fn token(
+    State(s): State<Arc<AssertionServer>>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let form: FormMap = pairs.iter().cloned().collect();
     s.forms.lock().unwrap().push(("token".into(), form.clone()));
+    s.pairs.lock().unwrap().push(pairs);
     let grant = form.get("grant_type").map(String::as_str);
     if grant == Some(JWT_BEARER_GRANT) {
         // The grant itself is the authentication (RFC 7523 §2.1).
@@ -143,6 +171,20 @@ async fn token(State(s): State<Arc<AssertionServer>>, Form(form): Form<FormMap>)
         }
     } else if let Err(why) = s.authenticate(&form) {
         return invalid_client(why);
+    }
+    if grant == Some(TOKEN_EXCHANGE_GRANT) {
+        let subject = form.get("subject_token").cloned().unwrap_or_default();
+        let refused = s.refuse_all_subjects.load(Ordering::SeqCst)
+            || s.refused_subjects.lock().unwrap().contains(&subject)
+            || form.get("subject_token_type").is_none()
+            || form.contains_key("actor_token") != form.contains_key("actor_token_type");
+        if refused {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        }
     }
     let n = s.forms.lock().unwrap().len();
     let mut body = serde_json::json!({
@@ -208,6 +250,9 @@ async fn start() -> Arc<AssertionServer> {
         jtis: Mutex::new(HashSet::new()),
         forms: Mutex::new(Vec::new()),
         verified: Mutex::new(Vec::new()),
+        pairs: Mutex::new(Vec::new()),
+        refused_subjects: Mutex::new(HashSet::new()),
+        refuse_all_subjects: AtomicBool::new(false),
     });
     let app = Router::new()
         .route("/token", post(token))
@@ -572,4 +617,104 @@ async fn jwt_bearer_refusals_and_hostile_key_files() {
     }
     let err = JwtBearer::from_service_account_file("/nonexistent/sa.json").unwrap_err();
     assert!(matches!(err, Error::Configuration(_)), "{err}");
+}
+
+fn es256_endpoint(s: &AssertionServer) -> TokenEndpoint {
+    s.endpoint("es256")
+        .auth_method(ClientAssertion::private_key(assertion_key(
+            Algorithm::ES256,
+            "ec256.key",
+        )))
+}
+
+/// Token exchange (RFC 8693) of the token a `Refreshing` cache holds, with an actor
+/// token, two audiences, a resource, a scope and a requested token type, cached
+/// by a second `Refreshing`; the client authenticates with `private_key_jwt`.
+#[tokio::test]
+async fn token_exchange_of_a_cached_token() {
+    let s = start().await;
+    let endpoint = es256_endpoint(&s);
+    let user = Refreshing::new(endpoint.client_credentials());
+    let exchange = endpoint
+        .token_exchange(ExchangeToken::from_authorizer(
+            user.clone(),
+            token_type::ACCESS_TOKEN,
+        ))
+        .actor(ExchangeToken::fixed("actor-jwt", token_type::JWT))
+        .audience("orders")
+        .audience("billing")
+        .resource("https://orders.example.com")
+        .scope("orders:read")
+        .requested_token_type(token_type::ACCESS_TOKEN);
+    assert!(!format!("{exchange:?}").contains("actor-jwt"));
+    let backend = Refreshing::new(exchange);
+    let exchanged = backend.token().await.unwrap();
+    let subject = user.token().await.unwrap();
+    assert_ne!(
+        exchanged.access_token().expose_secret(),
+        subject.access_token().expose_secret()
+    );
+    // Cached: a second caller makes no request.
+    backend.token().await.unwrap();
+    assert_eq!(s.grants(), ["client_credentials", TOKEN_EXCHANGE_GRANT]);
+    let (_, form) = &s.forms()[1];
+    assert_eq!(
+        form["subject_token"],
+        subject.access_token().expose_secret()
+    );
+    assert_eq!(form["subject_token_type"], token_type::ACCESS_TOKEN);
+    assert_eq!(form["actor_token"], "actor-jwt");
+    assert_eq!(form["actor_token_type"], token_type::JWT);
+    assert_eq!(form["scope"], "orders:read");
+    assert_eq!(form["requested_token_type"], token_type::ACCESS_TOKEN);
+    assert_eq!(s.fields(1, "audience"), ["orders", "billing"]);
+    assert_eq!(s.fields(1, "resource"), ["https://orders.example.com"]);
+    assert_eq!(s.verified().len(), 2, "both requests authenticated");
+}
+
+/// A refused subject token: a fixed one ends in `invalid_grant` after one request;
+/// one from a cache is reported rejected to it, which fetches a new one, and the
+/// exchange succeeds on the second try; refused twice, the error is not
+/// `invalid_grant` (the exchange owns no grant to declare dead).
+#[tokio::test]
+async fn token_exchange_when_the_subject_is_refused() {
+    let s = start().await;
+    let endpoint = es256_endpoint(&s);
+    let fixed = endpoint.token_exchange(ExchangeToken::fixed("stale", token_type::ACCESS_TOKEN));
+    s.refused_subjects.lock().unwrap().insert("stale".into());
+    let err = fixed.fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
+    assert_eq!(s.grants().len(), 1);
+
+    let user = Refreshing::new(endpoint.client_credentials());
+    let first = user.token().await.unwrap();
+    s.refused_subjects
+        .lock()
+        .unwrap()
+        .insert(first.access_token().expose_secret().to_owned());
+    let exchange = endpoint.token_exchange(ExchangeToken::from_authorizer(
+        user.clone(),
+        token_type::ACCESS_TOKEN,
+    ));
+    exchange.fetch(None).await.unwrap();
+    let second = user.token().await.unwrap();
+    assert_ne!(
+        first.access_token().expose_secret(),
+        second.access_token().expose_secret(),
+        "the cache dropped the refused token"
+    );
+    assert_eq!(
+        s.grants()[1..],
+        [
+            "client_credentials",
+            TOKEN_EXCHANGE_GRANT,
+            "client_credentials",
+            TOKEN_EXCHANGE_GRANT
+        ]
+    );
+
+    s.refuse_all_subjects.store(true, Ordering::SeqCst);
+    let err = exchange.fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::TokenEndpoint(_)), "{err}");
+    assert_eq!(err.oauth_code(), Some("invalid_grant"));
 }

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use super::assertion::{ClientAssertion, CLIENT_ASSERTION_TYPE};
 use super::authorizer::basic_header;
 use super::discovery::ProviderMetadata;
-use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
+use super::source::{
+    ClientCredentials, ExchangeToken, PasswordGrant, RefreshTokenGrant, TokenExchange,
+};
 use crate::transport::{check_url, parse_url, HttpClient};
 use crate::{Endpoint, EndpointError, Error, Token};
 
@@ -203,6 +205,11 @@ impl TokenEndpoint {
         password: impl Into<String>,
     ) -> PasswordGrant {
         PasswordGrant::new(self.clone(), username.into(), password.into())
+    }
+
+    /// Token exchange (RFC 8693) of `subject`.
+    pub fn token_exchange(&self, subject: ExchangeToken) -> TokenExchange {
+        TokenExchange::new(self.clone(), subject)
     }
 
     /// Posts a grant's form fields to the endpoint (with the client authentication

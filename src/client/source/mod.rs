@@ -1,7 +1,7 @@
 //! Where tokens come from: the [`TokenSource`] trait, closures, and the OAuth 2.0
 //! grants over a [`TokenEndpoint`](super::TokenEndpoint); the environment
 //! ([`EnvSource`]), interactive logins ([`PasswordPrompt`], [`DeviceCode`]), and a [`Chain`] that
-//! tries them in order. With the `jwt` feature, the JWT-bearer grant (`JwtBearer`,
+//! tries them in order. Token exchange ([`TokenExchange`], RFC 8693). With the `jwt` feature, the JWT-bearer grant (`JwtBearer`,
 //! Google service accounts).
 
 use std::fmt;
@@ -14,6 +14,7 @@ use crate::{Error, Token};
 mod chain;
 mod device;
 mod env;
+mod exchange;
 mod grants;
 #[cfg(feature = "jwt")]
 mod jwt_bearer;
@@ -22,6 +23,7 @@ mod prompt;
 pub use chain::Chain;
 pub use device::{DeviceAuthorization, DeviceCode, DEVICE_CODE_GRANT};
 pub use env::{EnvSource, EnvVar};
+pub use exchange::{token_type, ExchangeToken, TokenExchange, TOKEN_EXCHANGE_GRANT};
 pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
