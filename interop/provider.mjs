@@ -14,7 +14,7 @@
 
 import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
@@ -148,7 +148,7 @@ const configuration = {
       getResourceServerInfo: async (_ctx, resource) => {
         const known = RESOURCES[resource];
         if (!known) {
-          throw new Provider.errors.InvalidTarget();
+          throw new errors.InvalidTarget();
         }
         return {
           audience: resource,

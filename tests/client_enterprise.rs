@@ -718,3 +718,55 @@ async fn token_exchange_when_the_subject_is_refused() {
     assert!(matches!(err, Error::TokenEndpoint(_)), "{err}");
     assert_eq!(err.oauth_code(), Some("invalid_grant"));
 }
+
+/// Resource indicators (RFC 8707) on every grant over a token endpoint: each
+/// `resource` call adds one `resource` field, in order.
+#[tokio::test]
+async fn resource_indicators_on_every_grant() {
+    use tower_bearer::client::source::PasswordPrompt;
+    use tower_bearer::SecretString;
+    let s = start().await;
+    let endpoint = es256_endpoint(&s);
+    let (a, b) = ("https://a.example.com", "https://b.example.com");
+    endpoint
+        .client_credentials()
+        .resource(a)
+        .resource(b)
+        .fetch(None)
+        .await
+        .unwrap();
+    let token = endpoint
+        .password("alice", "pw")
+        .resource(a)
+        .fetch(None)
+        .await
+        .unwrap();
+    endpoint
+        .refresh_token("rt-0")
+        .resource(b)
+        .fetch(Some(&token))
+        .await
+        .unwrap();
+    PasswordPrompt::new(endpoint.clone(), "alice")
+        .ask(|_| Ok(Some(SecretString::from("pw"))))
+        .resource(a)
+        .fetch(None)
+        .await
+        .unwrap();
+    endpoint.client_credentials().fetch(None).await.unwrap();
+    assert_eq!(
+        s.grants(),
+        [
+            "client_credentials",
+            "password",
+            "refresh_token",
+            "password",
+            "client_credentials"
+        ]
+    );
+    assert_eq!(s.fields(0, "resource"), [a, b]);
+    assert_eq!(s.fields(1, "resource"), [a]);
+    assert_eq!(s.fields(2, "resource"), [b]);
+    assert_eq!(s.fields(3, "resource"), [a]);
+    assert!(s.fields(4, "resource").is_empty());
+}

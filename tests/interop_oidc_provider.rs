@@ -735,7 +735,8 @@ fn assertion_key(alg: tower_bearer::client::Algorithm, file: &str, kid: &str) ->
         .key_id(kid)
 }
 
-/// Client authentication with signed assertions (RFC 7523 §2.2) at the certified
+/// Client authentication with signed assertions (RFC 7523 §2.2) and resource
+/// indicators (RFC 8707, the grant's `resource`) at the certified
 /// provider: `private_key_jwt` with an ES256 and an EdDSA key, and
 /// `client_secret_jwt` (HS256), each through a `Refreshing` cache hammered by 16
 /// tasks (one token request per lifetime, each with a new assertion the provider
@@ -771,10 +772,14 @@ async fn client_assertions_private_key_jwt_and_client_secret_jwt() {
             .await
             .client_id(client)
             .client_secret("jwt-secret-0123456789abcdef0123456789")
-            .auth_method(assertion)
-            .param("resource", JWT_API);
+            .auth_method(assertion);
         let before = provider.count("token:client_credentials").await;
-        let authorizer = Refreshing::new(endpoint.client_credentials().scope("read"));
+        let authorizer = Refreshing::new(
+            endpoint
+                .client_credentials()
+                .scope("read")
+                .resource(JWT_API),
+        );
         let duration = Duration::from_secs(5);
         let v = validator.clone();
         let uses = hammer(&authorizer, duration, move |token| {
@@ -808,9 +813,13 @@ async fn client_assertions_private_key_jwt_and_client_secret_jwt() {
             Algorithm::ES256,
             "ec256.key",
             "svc-ec",
-        )))
-        .param("resource", OPAQUE_API);
-    let token = endpoint.client_credentials().fetch(None).await.unwrap();
+        )));
+    let token = endpoint
+        .client_credentials()
+        .resource(OPAQUE_API)
+        .fetch(None)
+        .await
+        .unwrap();
     let access = token.access_token().expose_secret().to_owned();
     assert_eq!(provider.introspect(&access).await["active"], true);
     endpoint
@@ -834,6 +843,14 @@ async fn client_assertions_private_key_jwt_and_client_secret_jwt() {
         )))
         .param("resource", JWT_API);
     right.client_credentials().fetch(None).await.unwrap();
+    // A resource the provider does not serve: refused as RFC 8707 says.
+    let err = right
+        .client_credentials()
+        .resource("https://unknown.test")
+        .fetch(None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.oauth_code(), Some("invalid_target"), "{err}");
     let wrong = discover(&provider)
         .await
         .client_id("svc-private-key-jwt")
