@@ -176,7 +176,7 @@ async fn token(
         let subject = form.get("subject_token").cloned().unwrap_or_default();
         let refused = s.refuse_all_subjects.load(Ordering::SeqCst)
             || s.refused_subjects.lock().unwrap().contains(&subject)
-            || form.get("subject_token_type").is_none()
+            || !form.contains_key("subject_token_type")
             || form.contains_key("actor_token") != form.contains_key("actor_token_type");
         if refused {
             return (
