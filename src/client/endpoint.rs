@@ -70,6 +70,7 @@ pub struct TokenEndpoint {
     url: Uri,
     /// The token endpoint's URL, also at another endpoint made with `with_url`: the
     /// default audience of client assertions.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
     token_url: Uri,
     client_id: Option<String>,
     client_secret: Option<Arc<SecretString>>,
