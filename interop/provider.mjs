@@ -12,8 +12,9 @@
 //   POST /_test/approve         body `user_code=…`: a person approves a device login
 //                               through the provider's own pages (dev interactions)
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import Provider from 'oidc-provider';
+import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import Provider, { errors } from 'oidc-provider';
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
@@ -46,6 +47,13 @@ function count(key) {
 }
 let failStatus = 0;
 
+// The public halves of the test keys (tests/keys/), for the clients that
+// authenticate with private_key_jwt.
+function publicJwk(file, kid) {
+  const pem = readFileSync(new URL(`../tests/keys/${file}`, import.meta.url));
+  return { ...createPublicKey(pem).export({ format: 'jwk' }), kid, use: 'sig' };
+}
+
 const clients = [
   {
     client_id: 'svc-basic',
@@ -73,6 +81,26 @@ const clients = [
     response_types: [],
     redirect_uris: [],
     scope: 'openid offline_access read write',
+  },
+  {
+    // A service authenticating with a signed assertion (RFC 7523 §2.2).
+    client_id: 'svc-private-key-jwt',
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: { keys: [publicJwk('ec256.pub.pem', 'svc-ec'), publicJwk('ed25519.pub.pem', 'svc-ed')] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
+  {
+    // The same with an HS256 assertion keyed with the client secret.
+    client_id: 'svc-client-secret-jwt',
+    client_secret: 'jwt-secret-0123456789abcdef0123456789',
+    token_endpoint_auth_method: 'client_secret_jwt',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
   },
   {
     // The protected API: introspects the opaque tokens it is sent.
@@ -120,7 +148,7 @@ const configuration = {
       getResourceServerInfo: async (_ctx, resource) => {
         const known = RESOURCES[resource];
         if (!known) {
-          throw new Provider.errors.InvalidTarget();
+          throw new errors.InvalidTarget();
         }
         return {
           audience: resource,

@@ -300,3 +300,23 @@ async fn show_async_hands_the_code_to_async_code() {
     // Shown after 1 s, then polled every 5 s.
     assert_eq!(gaps(&s, start), [6, 5]);
 }
+
+/// A resource indicator (RFC 8707) goes with the device authorization request, the
+/// poll and the refresh.
+#[tokio::test(start_paused = true)]
+async fn resource_is_sent_with_every_device_flow_request() {
+    let s = common::start().await;
+    let (d, _) = device(&s);
+    let d = d.resource("https://api.example.com");
+    let token = d.fetch(None).await.unwrap();
+    let api = Some(&"https://api.example.com".to_owned());
+    assert_eq!(
+        s.idp.device_requests.lock().unwrap()[0].get("resource"),
+        api
+    );
+    assert_eq!(s.idp.last_form.lock().unwrap().get("resource"), api);
+    d.fetch(Some(&token)).await.unwrap();
+    let form = s.idp.last_form.lock().unwrap().clone();
+    assert_eq!(form["grant_type"], "refresh_token");
+    assert_eq!(form.get("resource"), api);
+}

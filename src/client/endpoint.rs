@@ -12,9 +12,13 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+#[cfg(feature = "jwt")]
+use super::assertion::{ClientAssertion, CLIENT_ASSERTION_TYPE};
 use super::authorizer::basic_header;
 use super::discovery::ProviderMetadata;
-use super::source::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
+use super::source::{
+    ClientCredentials, ExchangeToken, PasswordGrant, RefreshTokenGrant, TokenExchange,
+};
 use crate::transport::{check_url, parse_url, HttpClient};
 use crate::{Endpoint, EndpointError, Error, Token};
 
@@ -23,7 +27,7 @@ use crate::{Endpoint, EndpointError, Error, Token};
 ///
 /// The server side's counterpart, how a resource server authenticates to the
 /// introspection endpoint, is `server::IntrospectionAuth`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum TokenEndpointAuth {
     /// `client_secret_basic`: id and secret in an `Authorization: Basic` header.
@@ -34,6 +38,18 @@ pub enum TokenEndpointAuth {
     Post,
     /// A public client: `client_id` as a form field, no secret.
     None,
+    /// `private_key_jwt` or `client_secret_jwt` (RFC 7523 §2.2): a signed JWT made
+    /// for each request, sent as `client_assertion`.
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    Assertion(ClientAssertion),
+}
+
+#[cfg(feature = "jwt")]
+impl From<ClientAssertion> for TokenEndpointAuth {
+    fn from(assertion: ClientAssertion) -> Self {
+        TokenEndpointAuth::Assertion(assertion)
+    }
 }
 
 /// A token endpoint and the client's registration with it.
@@ -52,6 +68,10 @@ pub enum TokenEndpointAuth {
 #[derive(Clone)]
 pub struct TokenEndpoint {
     url: Uri,
+    /// The token endpoint's URL, also at another endpoint made with `with_url`: the
+    /// default audience of client assertions.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    token_url: Uri,
     client_id: Option<String>,
     client_secret: Option<Arc<SecretString>>,
     auth: TokenEndpointAuth,
@@ -87,6 +107,7 @@ impl TokenEndpoint {
         let url = parse_url(url)?;
         check_url(&url, allow_insecure_http)?;
         Ok(TokenEndpoint {
+            token_url: url.clone(),
             url,
             client_id: None,
             client_secret: None,
@@ -111,9 +132,10 @@ impl TokenEndpoint {
     }
 
     /// How the client authenticates. Default [`TokenEndpointAuth::Basic`] when a
-    /// secret is set, a public client otherwise.
-    pub fn auth_method(mut self, auth: TokenEndpointAuth) -> Self {
-        self.auth = auth;
+    /// secret is set, a public client otherwise. A
+    /// [`ClientAssertion`](super::ClientAssertion) converts into one.
+    pub fn auth_method(mut self, auth: impl Into<TokenEndpointAuth>) -> Self {
+        self.auth = auth.into();
         self
     }
 
@@ -186,6 +208,11 @@ impl TokenEndpoint {
         PasswordGrant::new(self.clone(), username.into(), password.into())
     }
 
+    /// Token exchange (RFC 8693) of `subject`.
+    pub fn token_exchange(&self, subject: ExchangeToken) -> TokenExchange {
+        TokenExchange::new(self.clone(), subject)
+    }
+
     /// Posts a grant's form fields to the endpoint (with the client authentication
     /// and the extra parameters) and parses the answer into a [`Token`].
     ///
@@ -206,7 +233,9 @@ impl TokenEndpoint {
         fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
         let mut basic = None;
-        match (self.auth, &self.client_id, secret) {
+        #[cfg(feature = "jwt")]
+        let assertion;
+        match (&self.auth, &self.client_id, secret) {
             (TokenEndpointAuth::Basic, Some(id), Some(secret)) => {
                 // RFC 6749 §2.3.1: form-encode both before Basic encoding.
                 basic = Some(basic_header(&form_encode(id), &form_encode(secret)));
@@ -216,6 +245,21 @@ impl TokenEndpoint {
                 if let Some(secret) = secret {
                     fields.push(("client_secret", secret));
                 }
+            }
+            #[cfg(feature = "jwt")]
+            (TokenEndpointAuth::Assertion(a), Some(id), secret) => {
+                let issuer = self.metadata.as_deref().map(|m| m.issuer.as_str());
+                assertion = a.make(id, &self.token_url.to_string(), issuer, secret)?;
+                fields.push(("client_id", id));
+                fields.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+                fields.push(("client_assertion", &assertion));
+            }
+            #[cfg(feature = "jwt")]
+            (TokenEndpointAuth::Assertion(a), None, _) => {
+                return Err(Error::Configuration(format!(
+                    "{} needs a client id",
+                    a.method()
+                )))
             }
             (_, Some(id), _) => fields.push(("client_id", id)),
             (_, None, Some(_)) => {

@@ -14,10 +14,14 @@
 //!   token endpoint in one call.
 //! - [`StepUpChallenge`]: a resource's demand for a stronger or more recent login
 //!   (RFC 9470), which no refresh can meet.
+//! - [`ClientAssertion`]: `private_key_jwt` and `client_secret_jwt` client
+//!   authentication (RFC 7523), with an [`AssertionKey`].
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes.
 //! - [`AuthorizeLayer`]: the tower layer.
 
+#[cfg(feature = "jwt")]
+mod assertion;
 mod authorizer;
 mod cache;
 mod discovery;
@@ -36,6 +40,11 @@ mod store_file;
 pub use self::reqwest::AuthorizeMiddleware;
 pub use crate::metadata::{resource_metadata_url, ProtectedResourceMetadata};
 pub use crate::transport::HttpClient;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use assertion::{
+    AssertionKey, ClientAssertion, CLIENT_ASSERTION_TYPE, DEFAULT_ASSERTION_LIFETIME,
+};
 pub use authorizer::{
     ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken,
 };
@@ -44,6 +53,10 @@ pub use cache::{
 };
 pub use discovery::{ProviderMetadata, DISCOVERY_TTL};
 pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
+/// The signing algorithms of [`AssertionKey`] (jsonwebtoken's).
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use jsonwebtoken::Algorithm;
 pub use layer::{
     Authorize, AuthorizeError, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture,
 };

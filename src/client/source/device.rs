@@ -104,6 +104,7 @@ pub struct DeviceCode {
     token: TokenEndpoint,
     device: TokenEndpoint,
     scope: Option<String>,
+    resources: Vec<String>,
     show: Show,
 }
 
@@ -138,6 +139,7 @@ impl DeviceCode {
             token: token_endpoint,
             device,
             scope: None,
+            resources: Vec::new(),
             show: Arc::new(|auth| {
                 eprintln!("{auth}");
                 futures_util::future::ready(()).boxed()
@@ -148,6 +150,13 @@ impl DeviceCode {
     /// Asks for this scope (space-separated).
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());
+        self
+    }
+
+    /// A resource indicator (RFC 8707), sent with the device authorization request,
+    /// the polls and the refreshes. Call again for more than one.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
         self
     }
 
@@ -209,10 +218,11 @@ impl DeviceCode {
                 return Err(Error::DeviceCodeExpired);
             }
             tokio::time::sleep_until(wake).await;
-            let form = [
+            let mut form = vec![
                 ("grant_type", DEVICE_CODE_GRANT),
                 ("device_code", device_code.as_str()),
             ];
+            form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
             let answer = match self.token.post(&form).await {
                 Ok(res) => parse_token_response(res.status(), res.headers(), res.body()),
                 Err(e) => Err(e),
@@ -252,6 +262,7 @@ impl DeviceCode {
         if let Some(scope) = &self.scope {
             form.push(("scope", scope.as_str()));
         }
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
         let res = self.device.post(&form).await?;
         let answer: Option<DeviceAnswer> = serde_json::from_slice(res.body()).ok();
         if !res.status().is_success() {
@@ -315,7 +326,13 @@ impl DeviceCode {
     /// it has none or the endpoint refuses it.
     async fn refresh_or_login(&self, previous: Option<&Token>) -> Result<Token, Error> {
         if let Some(refresh_token) = previous.and_then(Token::expose_refresh_token) {
-            match self.token.refresh_token(refresh_token).fetch(None).await {
+            let grant = self
+                .resources
+                .iter()
+                .fold(self.token.refresh_token(refresh_token), |g, r| {
+                    g.resource(r.as_str())
+                });
+            match grant.fetch(None).await {
                 Ok(token) => return Ok(token),
                 Err(Error::InvalidGrant(e)) => {
                     tracing::debug!(error = %e, "device flow: the refresh token was refused; logging in again");
@@ -339,6 +356,7 @@ impl fmt::Debug for DeviceCode {
             .field("token_endpoint", &self.token)
             .field("device_endpoint", &self.device.url())
             .field("scope", &self.scope)
+            .field("resources", &self.resources)
             .finish()
     }
 }

@@ -11,16 +11,34 @@ use super::TokenSource;
 use crate::client::TokenEndpoint;
 use crate::{Error, Token};
 
-/// Scope and the form fields every grant shares.
+/// The form fields every grant shares: the scope, and the resource indicators
+/// (RFC 8707).
 #[derive(Clone, Debug, Default)]
-struct Scope(Option<String>);
+struct Scope {
+    scope: Option<String>,
+    resources: Vec<String>,
+}
 
 impl Scope {
     fn push<'a>(&'a self, form: &mut Vec<(&'a str, &'a str)>) {
-        if let Some(scope) = &self.0 {
+        if let Some(scope) = &self.scope {
             form.push(("scope", scope));
         }
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
     }
+}
+
+/// The `resource` builder method of every grant (RFC 8707).
+macro_rules! resource_method {
+    () => {
+        /// A resource indicator (RFC 8707): the URI of the API the token is for, sent
+        /// as a `resource` form field. Call again for more than one; for tokens for
+        /// several APIs, make one grant (and one cache) per API.
+        pub fn resource(mut self, resource: impl Into<String>) -> Self {
+            self.scope.resources.push(resource.into());
+            self
+        }
+    };
 }
 
 /// Exchanges a refresh token for a new access token (RFC 6749 §6), then keeps
@@ -45,9 +63,11 @@ impl RefreshTokenGrant {
 
     /// Asks for this scope (space-separated); by default the originally granted one.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = Scope(Some(scope.into()));
+        self.scope.scope = Some(scope.into());
         self
     }
+
+    resource_method!();
 }
 
 /// One refresh-token exchange. An answer without a refresh token keeps the one
@@ -84,7 +104,8 @@ impl fmt::Debug for RefreshTokenGrant {
         f.debug_struct("RefreshTokenGrant")
             .field("endpoint", &self.endpoint)
             .field("refresh_token", &"[redacted]")
-            .field("scope", &self.scope.0)
+            .field("scope", &self.scope.scope)
+            .field("resources", &self.scope.resources)
             .finish()
     }
 }
@@ -108,9 +129,11 @@ impl ClientCredentials {
 
     /// Asks for this scope (space-separated).
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = Scope(Some(scope.into()));
+        self.scope.scope = Some(scope.into());
         self
     }
+
+    resource_method!();
 }
 
 impl TokenSource for ClientCredentials {
@@ -152,9 +175,11 @@ impl PasswordGrant {
 
     /// Asks for this scope (space-separated).
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.scope = Scope(Some(scope.into()));
+        self.scope.scope = Some(scope.into());
         self
     }
+
+    resource_method!();
 
     /// Logs in with the user name and password.
     ///
@@ -195,7 +220,8 @@ impl fmt::Debug for PasswordGrant {
             .field("endpoint", &self.endpoint)
             .field("username", &self.username)
             .field("password", &"[redacted]")
-            .field("scope", &self.scope.0)
+            .field("scope", &self.scope.scope)
+            .field("resources", &self.scope.resources)
             .finish()
     }
 }

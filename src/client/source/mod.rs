@@ -1,7 +1,8 @@
 //! Where tokens come from: the [`TokenSource`] trait, closures, and the OAuth 2.0
 //! grants over a [`TokenEndpoint`](super::TokenEndpoint); the environment
 //! ([`EnvSource`]), interactive logins ([`PasswordPrompt`], [`DeviceCode`]), and a [`Chain`] that
-//! tries them in order.
+//! tries them in order. Token exchange ([`TokenExchange`], RFC 8693). With the `jwt` feature, the JWT-bearer grant (`JwtBearer`,
+//! Google service accounts).
 
 use std::fmt;
 use std::future::Future;
@@ -13,13 +14,20 @@ use crate::{Error, Token};
 mod chain;
 mod device;
 mod env;
+mod exchange;
 mod grants;
+#[cfg(feature = "jwt")]
+mod jwt_bearer;
 mod prompt;
 
 pub use chain::Chain;
 pub use device::{DeviceAuthorization, DeviceCode, DEVICE_CODE_GRANT};
 pub use env::{EnvSource, EnvVar};
+pub use exchange::{token_type, ExchangeToken, TokenExchange, TOKEN_EXCHANGE_GRANT};
 pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use jwt_bearer::{JwtBearer, JWT_BEARER_GRANT};
 pub use prompt::PasswordPrompt;
 
 /// Fetches a new token, given the one it replaces.

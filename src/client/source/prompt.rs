@@ -36,6 +36,7 @@ pub struct PasswordPrompt {
     endpoint: TokenEndpoint,
     username: String,
     scope: Option<String>,
+    resources: Vec<String>,
     ask: Ask,
 }
 
@@ -46,6 +47,7 @@ impl PasswordPrompt {
             endpoint,
             username: username.into(),
             scope: None,
+            resources: Vec::new(),
             ask: Arc::new(terminal_prompt),
         }
     }
@@ -63,6 +65,12 @@ impl PasswordPrompt {
     /// Asks for this scope (space-separated).
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());
+        self
+    }
+
+    /// A resource indicator (RFC 8707); call again for more than one.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
         self
     }
 
@@ -84,6 +92,9 @@ impl PasswordPrompt {
             .password(self.username.as_str(), password.expose_secret());
         if let Some(scope) = &self.scope {
             grant = grant.scope(scope.as_str());
+        }
+        for resource in &self.resources {
+            grant = grant.resource(resource.as_str());
         }
         grant.login().await
     }
@@ -115,6 +126,7 @@ impl fmt::Debug for PasswordPrompt {
             .field("endpoint", &self.endpoint)
             .field("username", &self.username)
             .field("scope", &self.scope)
+            .field("resources", &self.resources)
             .finish()
     }
 }

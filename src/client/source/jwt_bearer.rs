@@ -1,0 +1,206 @@
+//! [`JwtBearer`]: the JWT-bearer grant (RFC 7523 §2.1), as Google service accounts
+//! use it: a signed assertion exchanged for an access token.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use serde::Deserialize;
+
+use super::TokenSource;
+use crate::client::assertion::{iat_exp, jti, AssertionClaims};
+use crate::client::{Algorithm, AssertionKey, TokenEndpoint};
+use crate::{Error, Token};
+
+/// The grant type of the JWT-bearer grant (RFC 7523 §2.1).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Google's token endpoint, for a service-account key that names none.
+const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+
+/// How long each grant assertion is valid by default (Google accepts at most an
+/// hour; a short life limits what a leaked assertion is worth).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The JWT-bearer grant (RFC 7523 §2.1): for each token, a new assertion signed with
+/// the key (`iss` the issuer, optional `sub`, `scope`, `aud` the token endpoint,
+/// `iat`, `exp`, a fresh `jti`), posted as `grant_type` [`JWT_BEARER_GRANT`] and
+/// `assertion`. The scope travels in the assertion, as Google expects.
+///
+/// Load a Google service-account key with
+/// [`from_service_account_json`](Self::from_service_account_json) or
+/// [`from_service_account_file`](Self::from_service_account_file):
+///
+/// ```no_run
+/// use tower_bearer::client::source::JwtBearer;
+/// use tower_bearer::Refreshing;
+/// # fn run() -> Result<(), tower_bearer::Error> {
+/// let grant = JwtBearer::from_service_account_file("service-account.json")?
+///     .scope("https://www.googleapis.com/auth/cloud-platform");
+/// let authorizer = Refreshing::new(grant);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct JwtBearer {
+    endpoint: TokenEndpoint,
+    key: AssertionKey,
+    issuer: String,
+    subject: Option<String>,
+    audience: Option<String>,
+    scope: Option<String>,
+    resources: Vec<String>,
+    lifetime: Duration,
+}
+
+impl JwtBearer {
+    /// Assertions issued by `issuer` and signed with `key`, exchanged at `endpoint`
+    /// (whose client authentication, if any, is sent too).
+    pub fn new(endpoint: TokenEndpoint, issuer: impl Into<String>, key: AssertionKey) -> Self {
+        JwtBearer {
+            endpoint,
+            key,
+            issuer: issuer.into(),
+            subject: None,
+            audience: None,
+            scope: None,
+            resources: Vec::new(),
+            lifetime: DEFAULT_LIFETIME,
+        }
+    }
+
+    /// A Google service-account key (the JSON file of `gcloud iam service-accounts
+    /// keys create`): `private_key` (RS256), `client_email` as issuer, `token_uri` as
+    /// endpoint and audience, `private_key_id` as `kid`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for text that is not a service-account key, a key
+    /// that does not load, or a `token_uri` that is not `https://` (loopback `http://`
+    /// aside). The messages never quote the file.
+    pub fn from_service_account_json(json: &str) -> Result<Self, Error> {
+        let account: ServiceAccount = serde_json::from_str(json).map_err(|e| {
+            Error::Configuration(format!(
+                "not a service-account key: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if account.kind.as_deref() != Some("service_account") {
+            return Err(Error::Configuration(
+                "not a service-account key: its type is not \"service_account\"".into(),
+            ));
+        }
+        let (Some(pem), Some(email)) = (account.private_key, account.client_email) else {
+            return Err(Error::Configuration(
+                "the service-account key lacks private_key or client_email".into(),
+            ));
+        };
+        let mut key = AssertionKey::from_pem(Algorithm::RS256, pem.as_bytes())?;
+        if let Some(kid) = account.private_key_id {
+            key = key.key_id(kid);
+        }
+        let endpoint =
+            TokenEndpoint::new(account.token_uri.as_deref().unwrap_or(GOOGLE_TOKEN_URI))?;
+        Ok(JwtBearer::new(endpoint, email, key))
+    }
+
+    /// [`from_service_account_json`](Self::from_service_account_json) from a file.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the file cannot be read, and as
+    /// [`from_service_account_json`](Self::from_service_account_json).
+    pub fn from_service_account_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let json = std::fs::read_to_string(path)
+            .map_err(|e| Error::Configuration(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_service_account_json(&json)
+    }
+
+    /// The `sub` claim: the user a service account acts for (Google domain-wide
+    /// delegation); none by default.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// The `scope` claim (space-separated).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// The `aud` claim; by default the token endpoint URL.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// A resource indicator (RFC 8707), sent as a `resource` form field; call again
+    /// for more than one.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// How long each assertion is valid; default 5 minutes.
+    pub fn lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// The token endpoint.
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.endpoint
+    }
+
+    fn assertion(&self) -> Result<String, Error> {
+        let token_url = self.endpoint.url().to_string();
+        let (iat, exp) = iat_exp(self.lifetime);
+        self.key.sign(&AssertionClaims {
+            iss: &self.issuer,
+            sub: self.subject.as_deref(),
+            aud: self.audience.as_deref().unwrap_or(&token_url),
+            jti: Some(jti()),
+            iat,
+            exp,
+            scope: self.scope.as_deref(),
+        })
+    }
+}
+
+impl TokenSource for JwtBearer {
+    fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        async move {
+            let assertion = self.assertion()?;
+            let mut form = vec![("grant_type", JWT_BEARER_GRANT), ("assertion", &assertion)];
+            form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+            self.endpoint.request(&form).await
+        }
+        .boxed()
+    }
+}
+
+impl fmt::Debug for JwtBearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtBearer")
+            .field("endpoint", &self.endpoint)
+            .field("key", &self.key)
+            .field("issuer", &self.issuer)
+            .field("subject", &self.subject)
+            .field("scope", &self.scope)
+            .field("resources", &self.resources)
+            .finish()
+    }
+}
+
+/// The fields of a Google service-account key this grant uses.
+#[derive(Deserialize)]
+struct ServiceAccount {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    private_key: Option<String>,
+    private_key_id: Option<String>,
+    client_email: Option<String>,
+    token_uri: Option<String>,
+}
