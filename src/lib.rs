@@ -61,6 +61,8 @@
 //! - `axum`: extractors for the verified claims.
 //! - `reqwest`: a reqwest-middleware middleware.
 //! - `redis`: share tokens, refresh locks and revocations across replicas.
+//! - `redis-tls`: the same over `rediss://` (rustls with ring; implies `redis`).
+//! - `redis-cluster`: the same on a Redis Cluster (implies `redis`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
