@@ -66,6 +66,8 @@
 //! - `axum`: extractors for the verified claims.
 //! - `reqwest`: a reqwest-middleware middleware.
 //! - `redis`: share tokens, refresh locks and revocations across replicas.
+//! - `redis-tls`: the same over `rediss://` (rustls with ring; implies `redis`).
+//! - `redis-cluster`: the same on a Redis Cluster (implies `redis`).
 //! - `metrics`: counters and histograms through the `metrics` facade; the table of
 //!   every metric is in [`metrics`].
 #![forbid(unsafe_code)]

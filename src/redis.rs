@@ -59,7 +59,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{self, BoxFuture, Either, FutureExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -70,8 +69,10 @@ use crate::client::{StoredToken, TokenSource, TokenStore};
 use crate::metrics::{self, WaitEnd};
 use crate::{Error, Token};
 
+mod connection;
 mod denylist;
 
+pub use connection::{RedisConfig, RedisConnection};
 pub use denylist::{Denylisted, RedisDenylist};
 
 /// Writes the token only if the version is still the one read under the lock.
@@ -243,22 +244,27 @@ enum Claim {
 ///
 /// Keys: `{prefix}{{profile}}:token` (a hash: the token as JSON, its expiry, a
 /// fingerprint, its lineage and a version; while a refresh runs, who presents which
-/// refresh token, and the last refresh token refused) and `{prefix}{{profile}}:lock`.
-/// The default prefix is `tower-bearer:`.
+/// refresh token, and the last refresh token refused) and `{prefix}{{profile}}:lock`;
+/// every write is published on the channel `{prefix}{{profile}}:events`. The default
+/// prefix is `tower-bearer:`. The braces make the profile a hash tag: on a Redis
+/// Cluster a profile's keys live in one slot, and every script touches one key.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     token_key: Arc<str>,
     lock_key: Arc<str>,
     /// The channel every write is published on.
     events: Arc<str>,
-    /// For the subscription that wakes waiting replicas; `None` when made from a
-    /// connection ([`RedisStore::with_connection`]): waiters then only poll.
-    client: Option<redis::Client>,
+    /// For the subscription that wakes waiting replicas (the server, or each seed
+    /// node of a cluster, tried in turn); empty when made from a connection
+    /// ([`RedisStore::with_connection`]): waiters then only poll.
+    subscribers: Arc<[redis::Client]>,
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url` (`redis://host:port/db`) for `profile`.
+    /// Connects to Redis at `url` (`redis://host:port/db`, or `rediss://` with the
+    /// `redis-tls` feature) for `profile`: [`RedisStore::connect_with`] with
+    /// [`RedisConfig::new`]`(url)`.
     ///
     /// The connection reconnects by itself after a failure; commands time out after
     /// 2 s (a command that fails returns [`Error::Store`], the next one reconnects).
@@ -267,24 +273,34 @@ impl RedisStore {
     /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
     /// reached now.
     pub async fn connect(url: &str, profile: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
-        let conn = connect(client.clone()).await?;
+        Self::connect_with(&RedisConfig::new(url), profile).await
+    }
+
+    /// Connects to the Redis server or cluster of `config` (TLS, a CA of your own, a
+    /// client certificate) for `profile`, with the key prefix `tower-bearer:`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a bad configuration, [`Error::Store`] when Redis
+    /// cannot be reached now.
+    pub async fn connect_with(config: &RedisConfig, profile: &str) -> Result<Self, Error> {
+        let subscribers = config.clients()?;
+        let conn = config.connect().await?;
         let mut store = Self::with_connection(conn, "tower-bearer:", profile);
-        store.client = Some(client);
+        store.subscribers = subscribers.into();
         Ok(store)
     }
 
-    /// A store over a connection you configured, with your key prefix. Replicas
-    /// waiting for another one's refresh poll Redis (they are not woken by its write:
-    /// that needs a connection of its own, which [`RedisStore::connect`] makes).
-    pub fn with_connection(conn: ConnectionManager, prefix: &str, profile: &str) -> Self {
+    /// A store over a connection you configured (a [`RedisConnection`], or a
+    /// [`ConnectionManager`](redis::aio::ConnectionManager)), with your key prefix. Replicas waiting for another
+    /// one's refresh poll Redis (they are not woken by its write: that needs a
+    /// connection of its own, which [`RedisStore::connect_with`] makes).
+    pub fn with_connection(conn: impl Into<RedisConnection>, prefix: &str, profile: &str) -> Self {
         RedisStore {
-            conn,
+            conn: conn.into(),
             token_key: format!("{prefix}{{{profile}}}:token").into(),
             lock_key: format!("{prefix}{{{profile}}}:lock").into(),
             events: format!("{prefix}{{{profile}}}:events").into(),
-            client: None,
+            subscribers: Arc::new([]),
         }
     }
 
@@ -418,18 +434,6 @@ impl RedisStore {
             }
         }
     }
-}
-
-/// A reconnecting connection with 2 s timeouts and a short reconnection backoff.
-async fn connect(client: redis::Client) -> Result<ConnectionManager, Error> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(|e| redis_error("connect", e))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -672,10 +676,13 @@ impl<S: TokenSource> FleetSource<S> {
     fn wakeups(&self) -> Option<watch::Receiver<u64>> {
         self.wakeups
             .get_or_init(|| {
-                let client = self.store.client.clone()?;
+                if self.store.subscribers.is_empty() {
+                    return None;
+                }
                 let handle = tokio::runtime::Handle::try_current().ok()?;
                 let (tx, rx) = watch::channel(0);
-                handle.spawn(listen(client, Arc::clone(&self.store.events), tx));
+                let clients = Arc::clone(&self.store.subscribers);
+                handle.spawn(listen(clients, Arc::clone(&self.store.events), tx));
                 Some(rx)
             })
             .clone()
@@ -931,11 +938,12 @@ async fn sleep_or_wake(delay: Duration, wake: &mut Option<watch::Receiver<u64>>)
 }
 
 /// Subscribes to `channel` and bumps `tx` on every message, reconnecting with a
-/// backoff, until every receiver is gone.
-async fn listen(client: redis::Client, channel: Arc<str>, tx: watch::Sender<u64>) {
+/// backoff, until every receiver is gone. `clients`: the server, or a cluster's seed
+/// nodes (a cluster forwards `PUBLISH` to every node), tried in turn.
+async fn listen(clients: Arc<[redis::Client]>, channel: Arc<str>, tx: watch::Sender<u64>) {
     use futures_util::StreamExt;
     let mut delay = Duration::from_millis(100);
-    loop {
+    for client in clients.iter().cycle() {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&*channel).await {
                 Ok(()) => {

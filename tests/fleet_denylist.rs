@@ -1,12 +1,14 @@
 //! Revocations through a real Redis, seen by every server replica.
 //!
-//! Needs `REDIS_URL` (`.ci/run` starts a redis-server and sets it). Without it the
-//! tests skip with a loud message, except under `CI`, where they fail.
+//! Each test named `…::plain`, `…::tls` and `…::cluster` runs against one Redis
+//! server, one over TLS and a cluster of three (`.ci/run` starts them; see
+//! tests/common/redis.rs). Without one, its tests skip with a loud message, except
+//! under `CI`, where they fail.
 #![cfg(feature = "redis")]
 
 mod common;
 
-use common::redis::{redis_url, OwnRedis};
+use common::redis::{on_every_redis, redis_url, OwnRedis};
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -45,88 +47,81 @@ fn prefix() -> String {
         fastrand::u64(..)
     )
 }
-
-async fn denylist(url: &str, prefix: &str) -> RedisDenylist {
-    let client = redis::Client::open(url).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    RedisDenylist::with_connection(conn, prefix)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_revoked_jti_is_refused_by_four_replicas_within_a_second() {
-    let Some(url) = redis_url().await else { return };
-    let prefix = prefix();
-    let mut replicas = Vec::new();
-    for _ in 0..4 {
-        // Default staleness: 1 s.
-        replicas.push(replica(denylist(&url, &prefix).await).await);
-    }
-    for &addr in &replicas {
-        assert_eq!(
-            status(addr, "tok-1").await.0,
-            200,
-            "accepted before revocation"
-        );
-    }
-
-    let admin = denylist(&url, &prefix).await;
-    admin
-        .revoke_jti("jti-1", SystemTime::now() + Duration::from_secs(60))
-        .await
-        .unwrap();
-    let revoked = Instant::now();
-    // Until every replica refused it: a request that starts 1 s (the staleness) after
-    // the revocation is refused, however slow the machine is.
-    let mut refused = [false; 4];
-    let mut last_accepted = Duration::ZERO;
-    while !refused.iter().all(|r| *r) {
-        assert!(
-            revoked.elapsed() < Duration::from_secs(5),
-            "not refused everywhere: {refused:?}"
-        );
-        for (i, &addr) in replicas.iter().enumerate() {
-            let started = revoked.elapsed();
-            let (code, challenge) = status(addr, "tok-1").await;
-            if code == 401 {
-                assert!(challenge.contains("invalid_token"), "{challenge}");
-                refused[i] = true;
-            } else {
-                assert_eq!(code, 200);
-                assert!(!refused[i], "replica {i} accepted a token it had refused");
-                last_accepted = last_accepted.max(started);
-            }
+on_every_redis! {
+    async fn fleet_revoked_jti_is_refused_by_four_replicas_within_a_second(redis) {
+        let prefix = prefix();
+        let mut replicas = Vec::new();
+        for _ in 0..4 {
+            // Default staleness: 1 s.
+            replicas.push(replica(redis.denylist(&prefix).await).await);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        last_accepted < Duration::from_secs(1),
-        "a replica accepted the revoked token {last_accepted:?} after the revocation"
-    );
-    eprintln!(
-        "denylist: last accepted {last_accepted:?}, all refused after {:?}",
-        revoked.elapsed()
-    );
-    for &addr in &replicas {
-        assert_eq!(
-            status(addr, "tok-2").await.0,
-            200,
-            "other tokens unaffected"
-        );
-    }
+        for &addr in &replicas {
+            assert_eq!(
+                status(addr, "tok-1").await.0,
+                200,
+                "accepted before revocation"
+            );
+        }
 
-    // By token hash: refused at once by a replica that has not cached it yet.
-    admin
-        .revoke_token("tok-2", SystemTime::now() + Duration::from_secs(60))
-        .await
-        .unwrap();
-    let fresh = replica(denylist(&url, &prefix).await).await;
-    assert_eq!(status(fresh, "tok-2").await.0, 401);
-    // An entry for an already expired token is not written (it is refused anyway).
-    admin
-        .revoke_jti("jti-old", SystemTime::now() - Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert!(!admin.is_revoked("x", Some("jti-old")).await.unwrap());
+        let admin = redis.denylist(&prefix).await;
+        admin
+            .revoke_jti("jti-1", SystemTime::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
+        let revoked = Instant::now();
+        // Until every replica refused it: a request that starts 1 s (the staleness) after
+        // the revocation is refused, however slow the machine is.
+        let mut refused = [false; 4];
+        let mut last_accepted = Duration::ZERO;
+        while !refused.iter().all(|r| *r) {
+            assert!(
+                revoked.elapsed() < Duration::from_secs(5),
+                "not refused everywhere: {refused:?}"
+            );
+            for (i, &addr) in replicas.iter().enumerate() {
+                let started = revoked.elapsed();
+                let (code, challenge) = status(addr, "tok-1").await;
+                if code == 401 {
+                    assert!(challenge.contains("invalid_token"), "{challenge}");
+                    refused[i] = true;
+                } else {
+                    assert_eq!(code, 200);
+                    assert!(!refused[i], "replica {i} accepted a token it had refused");
+                    last_accepted = last_accepted.max(started);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            last_accepted < Duration::from_secs(1),
+            "a replica accepted the revoked token {last_accepted:?} after the revocation"
+        );
+        eprintln!(
+            "denylist: last accepted {last_accepted:?}, all refused after {:?}",
+            revoked.elapsed()
+        );
+        for &addr in &replicas {
+            assert_eq!(
+                status(addr, "tok-2").await.0,
+                200,
+                "other tokens unaffected"
+            );
+        }
+
+        // By token hash: refused at once by a replica that has not cached it yet.
+        admin
+            .revoke_token("tok-2", SystemTime::now() + Duration::from_secs(60))
+            .await
+            .unwrap();
+        let fresh = replica(redis.denylist(&prefix).await).await;
+        assert_eq!(status(fresh, "tok-2").await.0, 401);
+        // An entry for an already expired token is not written (it is refused anyway).
+        admin
+            .revoke_jti("jti-old", SystemTime::now() - Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(!admin.is_revoked("x", Some("jti-old")).await.unwrap());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,87 +162,86 @@ async fn fleet_denylist_fails_closed_without_redis_and_open_when_configured() {
         "bad tokens stay bad"
     );
 }
+on_every_redis! {
+    /// Issue 13 item 6: whatever order the denylist and the caches are stacked in, a
+    /// token revoked in Redis is refused on its next request, also when a cache had
+    /// accepted it before the revocation.
+    async fn fleet_a_revoked_token_is_refused_by_every_composition_even_once_cached(redis) {
+        use std::sync::Arc;
+        use tower_bearer::server::{Claims, VerifiedCache};
 
-/// Issue 13 item 6: whatever order the denylist and the caches are stacked in, a
-/// token revoked in Redis is refused on its next request, also when a cache had
-/// accepted it before the revocation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_a_revoked_token_is_refused_by_every_composition_even_once_cached() {
-    use std::sync::Arc;
-    use tower_bearer::server::{Claims, VerifiedCache};
+        let prefix = prefix();
+        let claims = |jti: &str| Claims {
+            jti: Some(jti.to_owned()),
+            exp: Some(common_exp()),
+            ..Claims::default()
+        };
+        let tokens = || {
+            StaticTokens::new([
+                ("tok-by-jti", claims("jti-a")),
+                ("tok-by-hash", claims("jti-b")),
+                ("tok-kept", claims("jti-c")),
+            ])
+        };
+        let jti = |c: &Claims| c.jti.clone();
+        async fn serve_with(v: impl tower_bearer::server::Validator<Claims = Claims>) -> SocketAddr {
+            let app = Router::new()
+                .route("/", get(|| async { "ok" }))
+                .layer(RequireBearerLayer::new(v));
+            common::serve(app).await
+        }
+        // Staleness zero: every check that reaches the denylist asks Redis, so the
+        // revocation must be seen on the very next request.
+        let mut compositions = Vec::new();
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push(("guard(v)", serve_with(d.guard(tokens()).jti(jti)).await));
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push((
+            "guard(cache(v))",
+            serve_with(d.guard(VerifiedCache::new(tokens())).jti(jti)).await,
+        ));
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push((
+            "cache(guard(v))",
+            serve_with(VerifiedCache::new(d.guard(tokens()).jti(jti))).await,
+        ));
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push((
+            "cache(Arc(guard(v)))",
+            serve_with(VerifiedCache::new(Arc::new(d.guard(tokens()).jti(jti)))).await,
+        ));
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push((
+            "cache(cache(guard(v)))",
+            serve_with(VerifiedCache::new(VerifiedCache::new(
+                d.guard(tokens()).jti(jti),
+            )))
+            .await,
+        ));
 
-    let Some(url) = redis_url().await else { return };
-    let prefix = prefix();
-    let claims = |jti: &str| Claims {
-        jti: Some(jti.to_owned()),
-        exp: Some(common_exp()),
-        ..Claims::default()
-    };
-    let tokens = || {
-        StaticTokens::new([
-            ("tok-by-jti", claims("jti-a")),
-            ("tok-by-hash", claims("jti-b")),
-            ("tok-kept", claims("jti-c")),
-        ])
-    };
-    let jti = |c: &Claims| c.jti.clone();
-    async fn serve_with(v: impl tower_bearer::server::Validator<Claims = Claims>) -> SocketAddr {
-        let app = Router::new()
-            .route("/", get(|| async { "ok" }))
-            .layer(RequireBearerLayer::new(v));
-        common::serve(app).await
-    }
-    // Staleness zero: every check that reaches the denylist asks Redis, so the
-    // revocation must be seen on the very next request.
-    let mut compositions = Vec::new();
-    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
-    compositions.push(("guard(v)", serve_with(d.guard(tokens()).jti(jti)).await));
-    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
-    compositions.push((
-        "guard(cache(v))",
-        serve_with(d.guard(VerifiedCache::new(tokens())).jti(jti)).await,
-    ));
-    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
-    compositions.push((
-        "cache(guard(v))",
-        serve_with(VerifiedCache::new(d.guard(tokens()).jti(jti))).await,
-    ));
-    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
-    compositions.push((
-        "cache(Arc(guard(v)))",
-        serve_with(VerifiedCache::new(Arc::new(d.guard(tokens()).jti(jti)))).await,
-    ));
-    let d = denylist(&url, &prefix).await.staleness(Duration::ZERO);
-    compositions.push((
-        "cache(cache(guard(v)))",
-        serve_with(VerifiedCache::new(VerifiedCache::new(
-            d.guard(tokens()).jti(jti),
-        )))
-        .await,
-    ));
-
-    // Accepted (and so cached) everywhere before the revocation.
-    for (name, addr) in &compositions {
-        for token in ["tok-by-jti", "tok-by-hash", "tok-kept"] {
-            for _ in 0..2 {
-                assert_eq!(status(*addr, token).await.0, 200, "{name}: {token}");
+        // Accepted (and so cached) everywhere before the revocation.
+        for (name, addr) in &compositions {
+            for token in ["tok-by-jti", "tok-by-hash", "tok-kept"] {
+                for _ in 0..2 {
+                    assert_eq!(status(*addr, token).await.0, 200, "{name}: {token}");
+                }
             }
         }
-    }
-    let admin = denylist(&url, &prefix).await;
-    let until = SystemTime::now() + Duration::from_secs(600);
-    admin.revoke_jti("jti-a", until).await.unwrap();
-    admin.revoke_token("tok-by-hash", until).await.unwrap();
-    for (name, addr) in &compositions {
-        for token in ["tok-by-jti", "tok-by-hash"] {
-            // Twice: the refusal also holds on the request after it.
-            for _ in 0..2 {
-                let (code, challenge) = status(*addr, token).await;
-                assert_eq!(code, 401, "{name} served the revoked {token}");
-                assert!(challenge.contains("invalid_token"), "{name}: {challenge}");
+        let admin = redis.denylist(&prefix).await;
+        let until = SystemTime::now() + Duration::from_secs(600);
+        admin.revoke_jti("jti-a", until).await.unwrap();
+        admin.revoke_token("tok-by-hash", until).await.unwrap();
+        for (name, addr) in &compositions {
+            for token in ["tok-by-jti", "tok-by-hash"] {
+                // Twice: the refusal also holds on the request after it.
+                for _ in 0..2 {
+                    let (code, challenge) = status(*addr, token).await;
+                    assert_eq!(code, 401, "{name} served the revoked {token}");
+                    assert!(challenge.contains("invalid_token"), "{name}: {challenge}");
+                }
             }
+            assert_eq!(status(*addr, "tok-kept").await.0, 200, "{name}: tok-kept");
         }
-        assert_eq!(status(*addr, "tok-kept").await.0, 200, "{name}: tok-kept");
     }
 }
 

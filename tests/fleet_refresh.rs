@@ -1,13 +1,15 @@
 //! A fleet of replicas sharing one rotating refresh token through a real Redis.
 //!
-//! Needs `REDIS_URL` (`.ci/run` starts a redis-server and sets it). Without it the
-//! tests skip with a loud message, except under `CI`, where they fail.
+//! Each test named `…::plain`, `…::tls` and `…::cluster` runs against one Redis
+//! server, one over TLS and a cluster of three (`.ci/run` starts them; see
+//! tests/common/redis.rs). Without one, its tests skip with a loud message, except
+//! under `CI`, where they fail.
 #![cfg(feature = "redis")]
 
 mod common;
 
 use common::endpoint;
-use common::redis::{redis_url, OwnRedis};
+use common::redis::{on_every_redis, redis_url, OwnRedis, Redis};
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -28,13 +30,13 @@ fn profile(name: &str) -> String {
 }
 
 async fn fleet_source(
-    url: &str,
+    redis: &Redis,
     profile: &str,
     s: &common::Servers,
 ) -> FleetSource<impl TokenSource> {
-    RedisStore::connect(url, profile)
+    redis
+        .store(profile)
         .await
-        .unwrap()
         .fleet(endpoint(s).refresh_token("rt-0"))
         .poll_interval(Duration::from_millis(5), Duration::from_millis(50))
 }
@@ -61,259 +63,235 @@ where
     }
 }
 
-async fn lock_held(url: &str, key: &str) -> bool {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("EXISTS")
-        .arg(key)
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap()
-        == 1
+async fn lock_held(redis: &Redis, key: &str) -> bool {
+    redis.query::<i64>(redis::cmd("EXISTS").arg(key)).await == 1
 }
 
 /// Whether a replica claimed the presentation of the refresh token (under the lock).
-async fn claimed(url: &str, token_key: &str) -> bool {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("HEXISTS")
+async fn claimed(redis: &Redis, token_key: &str) -> bool {
+    let cmd = redis::cmd("HEXISTS")
         .arg(token_key)
         .arg("presenting")
-        .query_async::<i64>(&mut conn)
-        .await
-        .unwrap()
-        == 1
+        .clone();
+    redis.query::<i64>(&cmd).await == 1
 }
 
-async fn redis_del(url: &str, key: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("DEL")
-        .arg(key)
-        .query_async::<()>(&mut conn)
-        .await
-        .unwrap();
+async fn redis_del(redis: &Redis, key: &str) {
+    redis.query::<()>(redis::cmd("DEL").arg(key)).await;
 }
+on_every_redis! {
+    async fn fleet_of_eight_replicas_makes_one_token_request_per_expiry(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        s.idp.set_lifetime(Some(1));
+        let profile = profile("eight");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_of_eight_replicas_makes_one_token_request_per_expiry() {
-    let Some(url) = redis_url().await else { return };
-    let s = common::start().await;
-    s.idp.add_refresh_token("rt-0");
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.set_lifetime(Some(1));
-    let profile = profile("eight");
-
-    // The API accepts a request whose token the IdP issued and that has not expired.
-    let idp = s.idp.clone();
-    let api = tower::service_fn(move |req: http::Request<()>| {
-        let token = common::bearer(req.headers());
-        let ok = valid_at_api(&idp, &token);
-        async move { Ok::<_, std::convert::Infallible>(http::Response::new(ok)) }
-    });
-    let mut replicas = Vec::new();
-    for _ in 0..8 {
-        let source = fleet_source(&url, &profile, &s).await;
-        let cache = Refreshing::builder(source)
-            .refresh_before(Duration::from_millis(300))
-            .jitter(Duration::ZERO)
-            .backoff(Duration::from_millis(20), Duration::from_millis(200))
-            .build();
-        replicas.push(tower_bearer::AuthorizeLayer::new(cache).layer(api.clone()));
-    }
-
-    // Bursts of concurrent requests on every replica until 2,000 were sent and the
-    // token expired (was refreshed) at least five times.
-    let started = Instant::now();
-    let failures = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    let mut sent = 0;
-    while sent < 2_000 || s.idp.tokens() < 6 {
-        assert!(started.elapsed() < Duration::from_secs(30), "too slow");
-        for replica in &replicas {
-            let replica = replica.clone();
-            let failures = failures.clone();
-            tasks.push(tokio::spawn(async move {
-                match replica.oneshot(http::Request::new(())).await {
-                    Ok(res) if *res.body() => {}
-                    Ok(_) => {
-                        failures.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => {
-                        eprintln!("request failed: {e}");
-                        failures.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }));
-            sent += 1;
+        // The API accepts a request whose token the IdP issued and that has not expired.
+        let idp = s.idp.clone();
+        let api = tower::service_fn(move |req: http::Request<()>| {
+            let token = common::bearer(req.headers());
+            let ok = valid_at_api(&idp, &token);
+            async move { Ok::<_, std::convert::Infallible>(http::Response::new(ok)) }
+        });
+        let mut replicas = Vec::new();
+        for _ in 0..8 {
+            let source = fleet_source(&redis, &profile, &s).await;
+            let cache = Refreshing::builder(source)
+                .refresh_before(Duration::from_millis(300))
+                .jitter(Duration::ZERO)
+                .backoff(Duration::from_millis(20), Duration::from_millis(200))
+                .build();
+            replicas.push(tower_bearer::AuthorizeLayer::new(cache).layer(api.clone()));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
 
-    assert_eq!(
-        failures.load(Ordering::SeqCst),
-        0,
-        "every request succeeded"
-    );
-    let seen = s.idp.refresh_seen.lock().unwrap().clone();
-    let distinct: HashSet<_> = seen.iter().collect();
-    assert!(
-        seen.len() >= 6,
-        "five expiries after the first token: {seen:?}"
-    );
-    assert_eq!(
-        distinct.len(),
-        seen.len(),
-        "each refresh token was presented once: one token request per expiry, 0 invalid_grant"
-    );
-    assert_eq!(s.idp.tokens(), seen.len(), "only refresh-token requests");
-    let store = RedisStore::connect(&url, &profile).await.unwrap();
-    assert_eq!(
-        store.version().await.unwrap(),
-        seen.len() as u64,
-        "every token was written to Redis once"
-    );
-    eprintln!(
-        "fleet: {sent} requests, {} token requests in {:?}",
-        seen.len(),
-        started.elapsed()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_ttl() {
-    let Some(url) = redis_url().await else { return };
-    let s = common::start().await;
-    s.idp.add_refresh_token("rt-0");
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    let profile = profile("killed");
-    let ttl = Duration::from_millis(1_000);
-
-    // The holder's token endpoint never answers; it dies while waiting.
-    let hanging = source::from_fn(|_previous: Option<Token>| std::future::pending());
-    let holder = Arc::new(
-        RedisStore::connect(&url, &profile)
-            .await
-            .unwrap()
-            .fleet(hanging)
-            .lock_ttl(ttl),
-    );
-    let token_key = holder.store().token_key().to_owned();
-    let task = {
-        let holder = holder.clone();
-        tokio::spawn(async move { holder.fetch(None).await })
-    };
-    until(
-        Duration::from_secs(5),
-        "the holder took the lock and claimed rt-0",
-        || claimed(&url, &token_key),
-    )
-    .await;
-    task.abort();
-    let killed = Instant::now();
-
-    let mut replicas = Vec::new();
-    for _ in 0..4 {
-        let source = fleet_source(&url, &profile, &s).await.lock_ttl(ttl);
-        replicas.push(Refreshing::new(source));
-    }
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let replica = replicas[i % replicas.len()].clone();
-        tasks.push(tokio::spawn(async move { replica.token().await }));
-    }
-    let mut tokens = HashSet::new();
-    for t in tasks {
-        let token = tokio::time::timeout(Duration::from_secs(10), t)
-            .await
-            .expect("no request waits for ever")
-            .unwrap()
-            .expect("no request is lost");
-        tokens.insert(token.access_token().expose_secret().to_owned());
-    }
-    let waited = killed.elapsed();
-    assert!(
-        waited >= ttl / 2,
-        "the others waited for the dead holder's lock to expire ({waited:?})"
-    );
-    assert_eq!(tokens.len(), 1, "one token for everybody");
-    assert_eq!(
-        s.idp.tokens(),
-        1,
-        "one token request, by the replica that took over"
-    );
-    assert!(valid_at_api(&s.idp, tokens.iter().next().unwrap()));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_write_of_a_stale_lock_holder_is_refused() {
-    let Some(url) = redis_url().await else { return };
-    let s = common::start().await;
-    s.idp.add_refresh_token("rt-0");
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    let profile = profile("fenced");
-
-    // A's token endpoint answers only when the test lets it.
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let slow = {
-        let gate = gate.clone();
-        source::from_fn(move |_previous: Option<Token>| {
-            let gate = gate.clone();
-            async move {
-                let _permit = gate.acquire().await.unwrap();
-                Ok(Token::bearer("from-stale-holder")
-                    .unwrap()
-                    .with_expires_in(Duration::from_secs(600))
-                    .with_refresh_token("rt-stale"))
+        // Bursts of concurrent requests on every replica until 2,000 were sent and the
+        // token expired (was refreshed) at least five times.
+        let started = Instant::now();
+        let failures = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        let mut sent = 0;
+        while sent < 2_000 || s.idp.tokens() < 6 {
+            assert!(started.elapsed() < Duration::from_secs(30), "too slow");
+            for replica in &replicas {
+                let replica = replica.clone();
+                let failures = failures.clone();
+                tasks.push(tokio::spawn(async move {
+                    match replica.oneshot(http::Request::new(())).await {
+                        Ok(res) if *res.body() => {}
+                        Ok(_) => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            eprintln!("request failed: {e}");
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }));
+                sent += 1;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+
+        assert_eq!(
+            failures.load(Ordering::SeqCst),
+            0,
+            "every request succeeded"
+        );
+        let seen = s.idp.refresh_seen.lock().unwrap().clone();
+        let distinct: HashSet<_> = seen.iter().collect();
+        assert!(
+            seen.len() >= 6,
+            "five expiries after the first token: {seen:?}"
+        );
+        assert_eq!(
+            distinct.len(),
+            seen.len(),
+            "each refresh token was presented once: one token request per expiry, 0 invalid_grant"
+        );
+        assert_eq!(s.idp.tokens(), seen.len(), "only refresh-token requests");
+        let store = redis.store(&profile).await;
+        assert_eq!(
+            store.version().await.unwrap(),
+            seen.len() as u64,
+            "every token was written to Redis once"
+        );
+        eprintln!(
+            "fleet: {sent} requests, {} token requests in {:?}",
+            seen.len(),
+            started.elapsed()
+        );
+    }
+}
+on_every_redis! {
+    async fn fleet_lock_holder_killed_mid_refresh_is_taken_over_after_the_lock_ttl(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("killed");
+        let ttl = Duration::from_millis(1_000);
+
+        // The holder's token endpoint never answers; it dies while waiting.
+        let hanging = source::from_fn(|_previous: Option<Token>| std::future::pending());
+        let holder = Arc::new(
+            redis.store(&profile).await
+                .fleet(hanging)
+                .lock_ttl(ttl),
+        );
+        let token_key = holder.store().token_key().to_owned();
+        let task = {
+            let holder = holder.clone();
+            tokio::spawn(async move { holder.fetch(None).await })
+        };
+        until(
+            Duration::from_secs(5),
+            "the holder took the lock and claimed rt-0",
+            || claimed(&redis, &token_key),
+        )
+        .await;
+        task.abort();
+        let killed = Instant::now();
+
+        let mut replicas = Vec::new();
+        for _ in 0..4 {
+            let source = fleet_source(&redis, &profile, &s).await.lock_ttl(ttl);
+            replicas.push(Refreshing::new(source));
+        }
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let replica = replicas[i % replicas.len()].clone();
+            tasks.push(tokio::spawn(async move { replica.token().await }));
+        }
+        let mut tokens = HashSet::new();
+        for t in tasks {
+            let token = tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("no request waits for ever")
+                .unwrap()
+                .expect("no request is lost");
+            tokens.insert(token.access_token().expose_secret().to_owned());
+        }
+        let waited = killed.elapsed();
+        assert!(
+            waited >= ttl / 2,
+            "the others waited for the dead holder's lock to expire ({waited:?})"
+        );
+        assert_eq!(tokens.len(), 1, "one token for everybody");
+        assert_eq!(
+            s.idp.tokens(),
+            1,
+            "one token request, by the replica that took over"
+        );
+        assert!(valid_at_api(&s.idp, tokens.iter().next().unwrap()));
+    }
+}
+on_every_redis! {
+    async fn fleet_write_of_a_stale_lock_holder_is_refused(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("fenced");
+
+        // A's token endpoint answers only when the test lets it.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let slow = {
+            let gate = gate.clone();
+            source::from_fn(move |_previous: Option<Token>| {
+                let gate = gate.clone();
+                async move {
+                    let _permit = gate.acquire().await.unwrap();
+                    Ok(Token::bearer("from-stale-holder")
+                        .unwrap()
+                        .with_expires_in(Duration::from_secs(600))
+                        .with_refresh_token("rt-stale"))
+                }
+            })
+        };
+        let a = Arc::new(
+            redis.store(&profile).await
+                .fleet(slow),
+        );
+        let lock_key = a.store().lock_key().to_owned();
+        let a_task = {
+            let a = a.clone();
+            tokio::spawn(async move { a.fetch(None).await })
+        };
+        until(Duration::from_secs(5), "A took the lock", || {
+            lock_held(&redis, &lock_key)
         })
-    };
-    let a = Arc::new(
-        RedisStore::connect(&url, &profile)
+        .await;
+        // A's lock lapses (as if A stalled past its TTL); B takes over and, once its
+        // patience with A's claim (twice its lock TTL) is over, refreshes.
+        redis_del(&redis, &lock_key).await;
+        let b = fleet_source(&redis, &profile, &s)
+            .await
+            .lock_ttl(Duration::from_millis(200));
+        let b_token = b.fetch(None).await.unwrap();
+        assert_eq!(s.idp.tokens(), 1);
+        let store = redis.store(&profile).await;
+        assert_eq!(store.version().await.unwrap(), 1);
+
+        // A finishes late: its write is refused and it answers the fleet's token.
+        gate.add_permits(1);
+        let a_token = tokio::time::timeout(Duration::from_secs(10), a_task)
             .await
             .unwrap()
-            .fleet(slow),
-    );
-    let lock_key = a.store().lock_key().to_owned();
-    let a_task = {
-        let a = a.clone();
-        tokio::spawn(async move { a.fetch(None).await })
-    };
-    until(Duration::from_secs(5), "A took the lock", || {
-        lock_held(&url, &lock_key)
-    })
-    .await;
-    // A's lock lapses (as if A stalled past its TTL); B takes over and, once its
-    // patience with A's claim (twice its lock TTL) is over, refreshes.
-    redis_del(&url, &lock_key).await;
-    let b = fleet_source(&url, &profile, &s)
-        .await
-        .lock_ttl(Duration::from_millis(200));
-    let b_token = b.fetch(None).await.unwrap();
-    assert_eq!(s.idp.tokens(), 1);
-    let store = RedisStore::connect(&url, &profile).await.unwrap();
-    assert_eq!(store.version().await.unwrap(), 1);
-
-    // A finishes late: its write is refused and it answers the fleet's token.
-    gate.add_permits(1);
-    let a_token = tokio::time::timeout(Duration::from_secs(10), a_task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let b_access = b_token.access_token().expose_secret();
-    assert_eq!(a_token.access_token().expose_secret(), b_access);
-    let stored = store.load().await.unwrap().unwrap();
-    assert_eq!(stored.access_token().expose_secret(), b_access);
-    assert_eq!(
-        stored.refresh_token().unwrap().expose_secret(),
-        b_token.refresh_token().unwrap().expose_secret(),
-        "the rotated refresh token in Redis is B's"
-    );
-    assert_eq!(store.version().await.unwrap(), 1, "A wrote nothing");
+            .unwrap()
+            .unwrap();
+        let b_access = b_token.access_token().expose_secret();
+        assert_eq!(a_token.access_token().expose_secret(), b_access);
+        let stored = store.load().await.unwrap().unwrap();
+        assert_eq!(stored.access_token().expose_secret(), b_access);
+        assert_eq!(
+            stored.refresh_token().unwrap().expose_secret(),
+            b_token.refresh_token().unwrap().expose_secret(),
+            "the rotated refresh token in Redis is B's"
+        );
+        assert_eq!(store.version().await.unwrap(), 1, "A wrote nothing");
+    }
 }
 
 impl OwnRedis {
@@ -345,12 +323,12 @@ async fn fleet_clients_recover_after_redis_restarts() {
     let port = common::server::free_port();
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
-    let url = redis.url();
+    let target = redis.redis();
     let profile = profile("restart");
 
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        let source = fleet_source(&url, &profile, &s).await;
+        let source = fleet_source(&target, &profile, &s).await;
         replicas.push(
             Refreshing::builder(source)
                 .refresh_before(Duration::from_millis(300))
@@ -482,6 +460,7 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
     let mut redis = OwnRedis::start(port);
     redis.ready().await;
     let url = redis.url();
+    let target = redis.redis();
     let profile = profile("lost-write");
     // Redis holds an expired token (version 1) whose refresh token is the live one.
     let seed = Token::bearer("at-seed")
@@ -520,7 +499,7 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
     until(
         Duration::from_secs(5),
         "the holder took the lock and claimed rt-0",
-        || claimed(&url, &token_key),
+        || claimed(&target, &token_key),
     )
     .await;
     // Redis dies while the token endpoint rotates the refresh token.
@@ -551,7 +530,7 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
         }
     };
     assert_eq!(s.idp.tokens(), 1, "no second token request");
-    let other = fleet_source(&url, &profile, &s).await;
+    let other = fleet_source(&target, &profile, &s).await;
     let adopted = other.fetch(None).await.unwrap();
     assert_eq!(
         adopted.refresh_token().unwrap().expose_secret(),
@@ -561,68 +540,67 @@ async fn fleet_token_refreshed_while_redis_is_down_is_written_when_it_returns() 
     assert_eq!(s.idp.tokens(), 1);
     assert!(valid_at_api(&s.idp, adopted.access_token().expose_secret()));
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_store_saves_loads_and_never_replaces_a_newer_token() {
-    let Some(url) = redis_url().await else { return };
-    let store = RedisStore::connect(&url, &profile("store")).await.unwrap();
-    assert!(store.load().await.unwrap().is_none());
-    assert_eq!(store.version().await.unwrap(), 0);
-    // Made first, so older, though it lives longer: lineage decides, not expiry.
-    let older = Token::bearer("at-old")
-        .unwrap()
-        .with_expires_in(Duration::from_secs(6000))
-        .with_refresh_token("rt-old");
-    let newer = Token::bearer("at-new")
-        .unwrap()
-        .with_expires_in(Duration::from_secs(600))
-        .with_refresh_token("rt-new");
-    store.save(&newer).await.unwrap();
-    store.save(&newer).await.unwrap();
-    assert_eq!(
-        store.version().await.unwrap(),
-        1,
-        "the same token is written once"
-    );
-    store.save(&older).await.unwrap();
-    let loaded = store.load().await.unwrap().unwrap();
-    assert_eq!(loaded.access_token().expose_secret(), "at-new");
-    assert_eq!(loaded.refresh_token().unwrap().expose_secret(), "rt-new");
-    assert_eq!(loaded.lineage(), newer.lineage(), "the lineage is kept");
-    let left = loaded.expires_in().unwrap();
-    assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
-    let debug = format!(
-        "{store:?} {:?}",
-        store.fleet(source::from_fn(|_: Option<Token>| async {
-            Token::bearer("x")
-        }))
-    );
-    assert!(
-        !debug.contains("at-new") && !debug.contains("rt-new"),
-        "{debug}"
-    );
-    store.clear().await.unwrap();
-    assert!(store.load().await.unwrap().is_none());
+on_every_redis! {
+    async fn fleet_store_saves_loads_and_never_replaces_a_newer_token(redis) {
+        let store = redis.store(&profile("store")).await;
+        assert!(store.load().await.unwrap().is_none());
+        assert_eq!(store.version().await.unwrap(), 0);
+        // Made first, so older, though it lives longer: lineage decides, not expiry.
+        let older = Token::bearer("at-old")
+            .unwrap()
+            .with_expires_in(Duration::from_secs(6000))
+            .with_refresh_token("rt-old");
+        let newer = Token::bearer("at-new")
+            .unwrap()
+            .with_expires_in(Duration::from_secs(600))
+            .with_refresh_token("rt-new");
+        store.save(&newer).await.unwrap();
+        store.save(&newer).await.unwrap();
+        assert_eq!(
+            store.version().await.unwrap(),
+            1,
+            "the same token is written once"
+        );
+        store.save(&older).await.unwrap();
+        let loaded = store.load().await.unwrap().unwrap();
+        assert_eq!(loaded.access_token().expose_secret(), "at-new");
+        assert_eq!(loaded.refresh_token().unwrap().expose_secret(), "rt-new");
+        assert_eq!(loaded.lineage(), newer.lineage(), "the lineage is kept");
+        let left = loaded.expires_in().unwrap();
+        assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
+        let debug = format!(
+            "{store:?} {:?}",
+            store.fleet(source::from_fn(|_: Option<Token>| async {
+                Token::bearer("x")
+            }))
+        );
+        assert!(
+            !debug.contains("at-new") && !debug.contains("rt-new"),
+            "{debug}"
+        );
+        store.clear().await.unwrap();
+        assert!(store.load().await.unwrap().is_none());
+    }
 }
 
 /// Starts the lock race of issue 13, sequence 2: replica A presents the fleet's
 /// refresh token, the provider rotates it at once but A's answer takes `answer`, and
 /// A's lock lapses meanwhile (a paused process, a failed renewal). Returns A's task.
 async fn a_lapses_while_presenting(
-    url: &str,
+    redis: &Redis,
     profile: &str,
     s: &common::Servers,
     answer: Duration,
 ) -> tokio::task::JoinHandle<Result<Token, Error>> {
     s.idp.add_refresh_token("rt-0");
     s.idp.rotate.store(true, Ordering::SeqCst);
-    let store = RedisStore::connect(url, profile).await.unwrap();
+    let store = redis.store(profile).await;
     let fleet_token = Token::bearer("at-0")
         .unwrap()
         .with_expires_in(Duration::ZERO)
         .with_refresh_token("rt-0");
     store.save(&fleet_token).await.unwrap();
-    let a = fleet_source(url, profile, s)
+    let a = fleet_source(redis, profile, s)
         .await
         .lock_ttl(Duration::from_secs(3));
     s.idp.set_mode(common::Mode::DelayAnswer(answer));
@@ -631,162 +609,143 @@ async fn a_lapses_while_presenting(
         s.idp.tokens() == 1
     })
     .await;
-    redis_del(url, store.lock_key()).await;
+    redis_del(redis, store.lock_key()).await;
     s.idp.set_mode(common::Mode::Normal);
     a_task
 }
-
-/// Issue 13, sequence 2. Before, B took the lapsed lock, presented the same refresh
-/// token (`invalid_grant`), re-read Redis once, saw the version unchanged and turned
-/// terminal, and never looked again when A wrote the fleet's new token. Now B sees
-/// that A is presenting that refresh token and waits for A's answer: no reuse at all
-/// (with a provider that revokes the token family on reuse, a reuse logs the whole
-/// fleet out).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_loses_a_lock_race_takes_the_token_the_winner_publishes() {
-    let Some(url) = redis_url().await else { return };
-    let s = common::start().await;
-    let profile = profile("lock-race");
-    let a_task = a_lapses_while_presenting(&url, &profile, &s, Duration::from_millis(1500)).await;
-    let b = fleet_source(&url, &profile, &s)
-        .await
-        .lock_ttl(Duration::from_secs(3));
-    let from_b = b.fetch(None).await;
-    let from_a = a_task.await.unwrap().unwrap();
-    let from_b = from_b.expect("B is not logged out: it takes A's token");
-    assert_eq!(
-        from_b.access_token().expose_secret(),
-        from_a.access_token().expose_secret()
-    );
-    assert_eq!(s.idp.tokens(), 1, "B did not present rt-0 again");
-}
-
-/// The same race when A takes longer than B's patience (twice B's lock TTL): B
-/// presents the refresh token again (unavoidable: A may have died), is refused, and
-/// records it in Redis so that no other replica presents it; the cache over B keeps
-/// looking and takes A's token when it comes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_refused_after_a_lapse_is_not_logged_out_and_no_replica_reuses_again() {
-    let Some(url) = redis_url().await else { return };
-    let s = common::start().await;
-    let profile = profile("lock-race-late");
-    let a_task = a_lapses_while_presenting(&url, &profile, &s, Duration::from_millis(2500)).await;
-    let short = |source: FleetSource<_>| source.lock_ttl(Duration::from_millis(200));
-    let b = short(fleet_source(&url, &profile, &s).await);
-    let c = short(fleet_source(&url, &profile, &s).await);
-    let cache_b = Refreshing::builder(b)
-        .backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .build();
-    let refused = cache_b.token().await;
-    assert!(
-        matches!(refused, Err(Error::InvalidGrant(_))),
-        "{refused:?}"
-    );
-    assert_eq!(s.idp.tokens(), 2, "B presented rt-0 once more");
-    // C never presents it: a replica was refused it.
-    let from_c = c.fetch(None).await;
-    assert!(matches!(from_c, Err(Error::InvalidGrant(_))), "{from_c:?}");
-    assert_eq!(s.idp.tokens(), 2, "C did not present rt-0");
-
-    let from_a = a_task.await.unwrap().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let adopted = loop {
-        if let Ok(token) = cache_b.token().await {
-            break token;
-        }
-        assert!(Instant::now() < deadline, "B never took A's token");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(
-        adopted.access_token().expose_secret(),
-        from_a.access_token().expose_secret()
-    );
-    assert_eq!(
-        c.fetch(None).await.unwrap().access_token().expose_secret(),
-        from_a.access_token().expose_secret()
-    );
-    assert_eq!(s.idp.tokens(), 2);
-}
-
-/// Issue 13, sequence 2 after a Redis restart: Redis comes back empty while replica
-/// B holds an older token (its refresh token rotated away by A). Before, B's refresh
-/// got `invalid_grant` and B was logged out for good, while A held the live token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_with_an_older_token_after_redis_lost_its_data_is_not_logged_out() {
-    let Some(url) = redis_url().await else { return };
-    let s = common::start().await;
-    s.idp.add_refresh_token("rt-0");
-    s.idp.rotate.store(true, Ordering::SeqCst);
-    s.idp.set_lifetime(Some(3600));
-    let profile = profile("restart");
-    let a = fleet_source(&url, &profile, &s)
-        .await
-        .lock_ttl(Duration::from_millis(300));
-    let b = Arc::new(
-        fleet_source(&url, &profile, &s)
+on_every_redis! {
+    /// Issue 13, sequence 2. Before, B took the lapsed lock, presented the same refresh
+    /// token (`invalid_grant`), re-read Redis once, saw the version unchanged and turned
+    /// terminal, and never looked again when A wrote the fleet's new token. Now B sees
+    /// that A is presenting that refresh token and waits for A's answer: no reuse at all
+    /// (with a provider that revokes the token family on reuse, a reuse logs the whole
+    /// fleet out).
+    async fn a_replica_that_loses_a_lock_race_takes_the_token_the_winner_publishes(redis) {
+        let s = common::start().await;
+        let profile = profile("lock-race");
+        let a_task = a_lapses_while_presenting(&redis, &profile, &s, Duration::from_millis(1500)).await;
+        let b = fleet_source(&redis, &profile, &s)
             .await
-            .lock_ttl(Duration::from_millis(300)),
-    );
-    let t1 = a.fetch(None).await.unwrap();
-    let b_holds = b.fetch(None).await.unwrap();
-    assert_eq!(
-        b_holds.access_token().expose_secret(),
-        t1.access_token().expose_secret()
-    );
-    let t2 = a.fetch(Some(&t1)).await.unwrap();
-    assert_eq!(s.idp.tokens(), 2);
-
-    // Redis restarts without its data.
-    let store = RedisStore::connect(&url, &profile).await.unwrap();
-    redis_del(&url, store.token_key()).await;
-
-    // B's own token is older and its refresh token dead: not the fleet's to declare
-    // dead. B says so, and the error is worth retrying.
-    let refused = b.fetch(Some(&b_holds)).await.unwrap_err();
-    assert!(matches!(refused, Error::Superseded(_)), "{refused:?}");
-    assert!(refused.is_retryable());
-    // It does not present that refresh token again.
-    let again = b.fetch(Some(&b_holds)).await.unwrap_err();
-    assert!(matches!(again, Error::Superseded(_)), "{again:?}");
-    assert_eq!(s.idp.tokens(), 3, "B presented its dead refresh token once");
-
-    // A cache over B keeps looking: when A refreshes (seeding the empty Redis with
-    // the live token), B takes the fleet's token.
-    let cache_b = Refreshing::builder(b.clone())
-        .backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .build();
-    let waiting = cache_b.token().await;
-    assert!(matches!(waiting, Err(Error::Superseded(_))), "{waiting:?}");
-    let t3 = a.fetch(Some(&t2)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let adopted = loop {
-        if let Ok(token) = cache_b.token().await {
-            break token;
-        }
-        assert!(Instant::now() < deadline, "B never took the fleet's token");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(
-        adopted.access_token().expose_secret(),
-        t3.access_token().expose_secret()
-    );
-    assert!(valid_at_api(&s.idp, t3.access_token().expose_secret()));
+            .lock_ttl(Duration::from_secs(3));
+        let from_b = b.fetch(None).await;
+        let from_a = a_task.await.unwrap().unwrap();
+        let from_b = from_b.expect("B is not logged out: it takes A's token");
+        assert_eq!(
+            from_b.access_token().expose_secret(),
+            from_a.access_token().expose_secret()
+        );
+        assert_eq!(s.idp.tokens(), 1, "B did not present rt-0 again");
+    }
 }
+on_every_redis! {
+    /// The same race when A takes longer than B's patience (twice B's lock TTL): B
+    /// presents the refresh token again (unavoidable: A may have died), is refused, and
+    /// records it in Redis so that no other replica presents it; the cache over B keeps
+    /// looking and takes A's token when it comes.
+    async fn a_replica_refused_after_a_lapse_is_not_logged_out_and_no_replica_reuses_again(redis) {
+        let s = common::start().await;
+        let profile = profile("lock-race-late");
+        let a_task = a_lapses_while_presenting(&redis, &profile, &s, Duration::from_millis(2500)).await;
+        let short = |source: FleetSource<_>| source.lock_ttl(Duration::from_millis(200));
+        let b = short(fleet_source(&redis, &profile, &s).await);
+        let c = short(fleet_source(&redis, &profile, &s).await);
+        let cache_b = Refreshing::builder(b)
+            .backoff(Duration::from_millis(20), Duration::from_millis(100))
+            .build();
+        let refused = cache_b.token().await;
+        assert!(
+            matches!(refused, Err(Error::InvalidGrant(_))),
+            "{refused:?}"
+        );
+        assert_eq!(s.idp.tokens(), 2, "B presented rt-0 once more");
+        // C never presents it: a replica was refused it.
+        let from_c = c.fetch(None).await;
+        assert!(matches!(from_c, Err(Error::InvalidGrant(_))), "{from_c:?}");
+        assert_eq!(s.idp.tokens(), 2, "C did not present rt-0");
 
-/// How many `SET` commands (lock attempts) the Redis at `url` has run.
-async fn set_calls(url: &str) -> u64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+        let from_a = a_task.await.unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let adopted = loop {
+            if let Ok(token) = cache_b.token().await {
+                break token;
+            }
+            assert!(Instant::now() < deadline, "B never took A's token");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            adopted.access_token().expose_secret(),
+            from_a.access_token().expose_secret()
+        );
+        assert_eq!(
+            c.fetch(None).await.unwrap().access_token().expose_secret(),
+            from_a.access_token().expose_secret()
+        );
+        assert_eq!(s.idp.tokens(), 2);
+    }
+}
+on_every_redis! {
+    /// Issue 13, sequence 2 after a Redis restart: Redis comes back empty while replica
+    /// B holds an older token (its refresh token rotated away by A). Before, B's refresh
+    /// got `invalid_grant` and B was logged out for good, while A held the live token.
+    async fn a_replica_with_an_older_token_after_redis_lost_its_data_is_not_logged_out(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        s.idp.set_lifetime(Some(3600));
+        let profile = profile("restart");
+        let a = fleet_source(&redis, &profile, &s)
+            .await
+            .lock_ttl(Duration::from_millis(300));
+        let b = Arc::new(
+            fleet_source(&redis, &profile, &s)
+                .await
+                .lock_ttl(Duration::from_millis(300)),
+        );
+        let t1 = a.fetch(None).await.unwrap();
+        let b_holds = b.fetch(None).await.unwrap();
+        assert_eq!(
+            b_holds.access_token().expose_secret(),
+            t1.access_token().expose_secret()
+        );
+        let t2 = a.fetch(Some(&t1)).await.unwrap();
+        assert_eq!(s.idp.tokens(), 2);
+
+        // Redis restarts without its data.
+        let store = redis.store(&profile).await;
+        redis_del(&redis, store.token_key()).await;
+
+        // B's own token is older and its refresh token dead: not the fleet's to declare
+        // dead. B says so, and the error is worth retrying.
+        let refused = b.fetch(Some(&b_holds)).await.unwrap_err();
+        assert!(matches!(refused, Error::Superseded(_)), "{refused:?}");
+        assert!(refused.is_retryable());
+        // It does not present that refresh token again.
+        let again = b.fetch(Some(&b_holds)).await.unwrap_err();
+        assert!(matches!(again, Error::Superseded(_)), "{again:?}");
+        assert_eq!(s.idp.tokens(), 3, "B presented its dead refresh token once");
+
+        // A cache over B keeps looking: when A refreshes (seeding the empty Redis with
+        // the live token), B takes the fleet's token.
+        let cache_b = Refreshing::builder(b.clone())
+            .backoff(Duration::from_millis(20), Duration::from_millis(100))
+            .build();
+        let waiting = cache_b.token().await;
+        assert!(matches!(waiting, Err(Error::Superseded(_))), "{waiting:?}");
+        let t3 = a.fetch(Some(&t2)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let adopted = loop {
+            if let Ok(token) = cache_b.token().await {
+                break token;
+            }
+            assert!(Instant::now() < deadline, "B never took the fleet's token");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            adopted.access_token().expose_secret(),
+            t3.access_token().expose_secret()
+        );
+        assert!(valid_at_api(&s.idp, t3.access_token().expose_secret()));
+    }
 }
 
 /// Issue 18, fleet waiters woken at once: a replica waiting for another's refresh is
@@ -797,13 +756,26 @@ async fn a_waiting_replica_is_woken_by_the_write_not_by_its_next_poll() {
     if redis_url().await.is_none() {
         return;
     }
-    let s = common::start().await;
-    s.idp.add_refresh_token("rt-0");
     // A Redis of this test's own: its command counts are this test's.
     let port = common::server::free_port();
     let redis = OwnRedis::start(port);
     redis.ready().await;
-    let url = redis.url();
+    woken_by_the_write(&redis.redis()).await;
+}
+
+on_every_redis! {
+    /// The same over TLS and on a cluster, where a write is published on the node
+    /// of the profile's slot and the waiter may listen on another. Those servers are
+    /// shared with the other tests, whose lock attempts may let this one see the
+    /// waiter's too early: then it proves less, but never fails wrongly.
+    async fn a_waiting_replica_is_woken_by_the_write_on_every_deployment(redis) {
+        woken_by_the_write(&redis).await;
+    }
+}
+
+async fn woken_by_the_write(target: &Redis) {
+    let s = common::start().await;
+    s.idp.add_refresh_token("rt-0");
     let profile = profile("woken");
 
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -818,27 +790,22 @@ async fn a_waiting_replica_is_woken_by_the_write_not_by_its_next_poll() {
             }
         })
     };
-    let a = Arc::new(
-        RedisStore::connect(&url, &profile)
-            .await
-            .unwrap()
-            .fleet(gated),
-    );
+    let a = Arc::new(target.store(&profile).await.fleet(gated));
     let token_key = a.store().token_key().to_owned();
     let a_task = {
         let a = a.clone();
         tokio::spawn(async move { a.fetch(None).await })
     };
     until(Duration::from_secs(5), "A claimed the refresh", || {
-        claimed(&url, &token_key)
+        claimed(target, &token_key)
     })
     .await;
-    let sets = set_calls(&url).await;
+    let sets = target.set_calls().await;
 
     let b = Arc::new(
-        RedisStore::connect(&url, &profile)
+        target
+            .store(&profile)
             .await
-            .unwrap()
             .fleet(endpoint(&s).refresh_token("rt-0"))
             .poll_interval(Duration::from_secs(60), Duration::from_secs(60)),
     );
@@ -847,9 +814,8 @@ async fn a_waiting_replica_is_woken_by_the_write_not_by_its_next_poll() {
         tokio::spawn(async move { b.fetch(None).await })
     };
     // B read Redis, found nothing to take, and tried the lock: it now waits.
-    until(Duration::from_secs(5), "B tried the lock", || {
-        let url = url.clone();
-        async move { set_calls(&url).await > sets }
+    until(Duration::from_secs(5), "B tried the lock", || async {
+        target.set_calls().await > sets
     })
     .await;
     gate.add_permits(1);

@@ -5,11 +5,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::{millis, redis_error};
+use super::{millis, redis_error, RedisConfig, RedisConnection};
 use crate::server::{Rejection, ValidationFuture, Validator};
 use crate::Error;
 
@@ -49,7 +48,7 @@ const CACHE_CAP: usize = 100_000;
 /// ```
 #[derive(Clone)]
 pub struct RedisDenylist {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
     staleness: Duration,
     fail_open: bool,
@@ -57,22 +56,33 @@ pub struct RedisDenylist {
 }
 
 impl RedisDenylist {
-    /// Connects to Redis at `url`, with the key prefix `tower-bearer:denied:`.
+    /// Connects to Redis at `url` (`redis://`, or `rediss://` with the `redis-tls`
+    /// feature), with the key prefix `tower-bearer:denied:`.
     ///
     /// # Errors
     /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
     /// reached now.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Configuration(format!("bad Redis URL: {e}")))?;
-        let conn = super::connect(client).await?;
+        Self::connect_with(&RedisConfig::new(url)).await
+    }
+
+    /// Connects to the Redis server or cluster of `config`, with the key prefix
+    /// `tower-bearer:denied:`. On a cluster the entries spread over every node (each
+    /// lookup reads the token's and the `jti`'s entry, split by slot).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a bad configuration, [`Error::Store`] when Redis
+    /// cannot be reached now.
+    pub async fn connect_with(config: &RedisConfig) -> Result<Self, Error> {
+        let conn = config.connect().await?;
         Ok(Self::with_connection(conn, "tower-bearer:denied:"))
     }
 
-    /// A denylist over a connection you configured, with your key prefix.
-    pub fn with_connection(conn: ConnectionManager, prefix: &str) -> Self {
+    /// A denylist over a connection you configured (a [`RedisConnection`], or a
+    /// [`ConnectionManager`](redis::aio::ConnectionManager)), with your key prefix.
+    pub fn with_connection(conn: impl Into<RedisConnection>, prefix: &str) -> Self {
         RedisDenylist {
-            conn,
+            conn: conn.into(),
             prefix: prefix.into(),
             staleness: Duration::from_secs(1),
             fail_open: false,
