@@ -11,6 +11,10 @@
 //   POST /_test/fail?status=503 the token endpoint answers that status (0: stops)
 //   POST /_test/approve         body `user_code=…`: a person approves a device login
 //                               through the provider's own pages (dev interactions)
+//   POST /_test/browse          body `url=…[&decline=1]`: a person's browser opens an
+//                               authorization URL, logs in and consents (or cancels),
+//                               and follows the redirect back to the client; answers
+//                               `{ status, body }` of the client's page
 
 import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -74,12 +78,15 @@ const clients = [
     scope: 'read write',
   },
   {
-    // A command-line tool: a public client logging people in with the device flow.
+    // A command-line tool: a public client logging people in with the device flow,
+    // or in the browser with PKCE on a loopback redirect (RFC 8252: a native
+    // application, whose loopback redirect may use any port).
     client_id: 'cli',
+    application_type: 'native',
     token_endpoint_auth_method: 'none',
-    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
-    response_types: [],
-    redirect_uris: [],
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1/callback'],
     scope: 'openid offline_access read write',
   },
   {
@@ -188,6 +195,16 @@ provider.use(async (ctx, next) => {
     }
     return;
   }
+  if (ctx.path === '/_test/browse' && ctx.method === 'POST') {
+    const form = new URLSearchParams(await readBody(ctx.req));
+    try {
+      ctx.body = await browse(form.get('url'), form.get('decline') === '1');
+    } catch (e) {
+      ctx.status = 500;
+      ctx.body = { error: String(e && e.message) };
+    }
+    return;
+  }
   if (ctx.path === '/token' && failStatus) {
     count('token:failed');
     ctx.status = failStatus;
@@ -217,9 +234,8 @@ function readBody(req) {
   });
 }
 
-// A person at a browser: enters the user code, logs in and consents on the
-// provider's dev interaction pages. Cookies are kept as a browser keeps them.
-async function approve(userCode) {
+// A browser: keeps cookies, follows nothing by itself.
+function browser() {
   const jar = new Map();
   const cookieHeader = () => [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
   async function go(method, url, form) {
@@ -239,15 +255,55 @@ async function approve(userCode) {
     }
     return { res, text: await res.text() };
   }
-  const hidden = (html, name) => {
-    const m = html.match(new RegExp(`name="${name}" value="([^"]*)"`));
-    return m && m[1];
-  };
-  const formAction = (html) => {
-    const m = html.match(/<form[^>]*action="([^"]+)"/);
-    return m && m[1];
-  };
+  return go;
+}
 
+// A person at a browser: opens an authorization URL, logs in and consents on the
+// provider's dev interaction pages (or cancels), then the browser follows the
+// redirect to the client's loopback listener, whose page is the answer.
+async function browse(url, decline) {
+  const go = browser();
+  let page = await go('GET', url);
+  for (let step = 0; step < 12; step += 1) {
+    const location = page.res.headers.get('location');
+    if (location) {
+      const next = new URL(location, issuer);
+      if (next.origin !== issuer) {
+        // The redirect back to the client: the browser shows the client's page.
+        const res = await fetch(next, { redirect: 'manual' });
+        return { status: res.status, body: await res.text(), redirect: next.href };
+      }
+      page = await go('GET', next.href);
+      continue;
+    }
+    const action = formAction(page.text);
+    if (!action) throw new Error(`browse: stuck at HTTP ${page.res.status}: ${page.text.slice(0, 300)}`);
+    if (decline) {
+      const m = page.text.match(/href="([^"]*\/abort)"/);
+      if (!m) throw new Error('browse: no cancel link');
+      page = await go('GET', m[1]);
+    } else if (page.text.includes('name="login"')) {
+      page = await go('POST', action, { prompt: 'login', login: 'alice', password: 'any' });
+    } else {
+      page = await go('POST', action, { prompt: 'consent' });
+    }
+  }
+  throw new Error('browse: too many steps');
+}
+
+const hidden = (html, name) => {
+  const m = html.match(new RegExp(`name="${name}" value="([^"]*)"`));
+  return m && m[1];
+};
+const formAction = (html) => {
+  const m = html.match(/<form[^>]*action="([^"]+)"/);
+  return m && m[1];
+};
+
+// A person at a browser: enters the user code, logs in and consents on the
+// provider's dev interaction pages. Cookies are kept as a browser keeps them.
+async function approve(userCode) {
+  const go = browser();
   // The code input page, then the confirmation page.
   let { text } = await go('GET', '/device');
   let page = await go('POST', formAction(text) || '/device', { xsrf: hidden(text, 'xsrf'), user_code: userCode });

@@ -210,6 +210,9 @@ pub enum Endpoint {
     Revocation,
     /// A protected resource's metadata document (RFC 9728).
     ResourceMetadata,
+    /// The authorization endpoint (RFC 6749 §3.1), as seen through the redirect back
+    /// to the client.
+    Authorization,
 }
 
 impl fmt::Display for Endpoint {
@@ -222,6 +225,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Introspection => "introspection endpoint",
             Endpoint::Revocation => "revocation endpoint",
             Endpoint::ResourceMetadata => "protected resource metadata",
+            Endpoint::Authorization => "authorization endpoint",
         })
     }
 }

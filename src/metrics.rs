@@ -290,6 +290,7 @@ pub(crate) fn idp_request<T>(
         Endpoint::Introspection => "introspection",
         Endpoint::Revocation => "revocation",
         Endpoint::ResourceMetadata => "resource_metadata",
+        Endpoint::Authorization => "authorization",
     };
     let outcome = match result {
         Ok(res) if res.status().is_success() => "ok",

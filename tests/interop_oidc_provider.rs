@@ -206,6 +206,34 @@ impl Provider {
         );
     }
 
+    /// A person's browser opens `url`, logs in and consents (or cancels, with
+    /// `decline`), and follows the redirect back to the client: the status and text
+    /// of the client's page.
+    async fn browse(&self, url: &str, decline: bool) -> (u16, String) {
+        let res = self
+            .http
+            .post(self.url("/_test/browse"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                serde_urlencoded::to_string([
+                    ("url", url),
+                    ("decline", if decline { "1" } else { "0" }),
+                ])
+                .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let answer: serde_json::Value =
+            serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        assert!(status.is_success(), "browse: {answer}");
+        (
+            answer["status"].as_u64().unwrap() as u16,
+            answer["body"].as_str().unwrap().to_owned(),
+        )
+    }
+
     /// What the provider's introspection endpoint says of `token`, asked as the API.
     async fn introspect(&self, token: &str) -> serde_json::Value {
         self.http
@@ -959,4 +987,80 @@ async fn client_assertions_private_key_jwt_and_client_secret_jwt() {
         .await
         .unwrap_err();
     assert_eq!(err.oauth_code(), Some("invalid_client"), "{err}");
+}
+
+/// Logs in with the authorization code grant and PKCE on a loopback redirect: the
+/// person's browser (the provider's `/_test/browse`) is given the URL the login
+/// shows. Returns the token and the page the browser showed.
+async fn browser_login(
+    provider: &Arc<Provider>,
+    login: tower_bearer::client::source::AuthorizationCode,
+    decline: bool,
+) -> (Result<Token, Error>, (u16, String)) {
+    let (urls, mut url) = tokio::sync::mpsc::unbounded_channel();
+    let login = login.show(move |u| {
+        let _ = urls.send(u.to_owned());
+    });
+    let login = tokio::spawn(async move { login.login().await });
+    let url = url.recv().await.unwrap();
+    let page = provider.browse(&url, decline).await;
+    let token = timeout(Duration::from_secs(20), login)
+        .await
+        .expect("the browser login did not end")
+        .unwrap();
+    (token, page)
+}
+
+/// The browser login (RFC 7636 + RFC 8252) against the certified provider: one
+/// authorization code exchanged (with the verifier, which the provider checks
+/// against the `S256` challenge), a token the provider introspects as alice's, a
+/// refresh token that `Refreshing` then uses; the page tells the person they can
+/// close it. Declining at the provider is `AccessDenied`, and the page says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_login_with_pkce_on_a_loopback_redirect() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let provider = Arc::new(provider);
+    let endpoint = discover(&provider).await.client_id("cli");
+    let login = endpoint
+        .authorization_code()
+        .unwrap()
+        .scope("openid offline_access read");
+    let (token, (status, page)) = browser_login(&provider, login.clone(), false).await;
+    let token = token.unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("You can close this window"), "{page}");
+    assert_eq!(provider.count("token:authorization_code").await, 1);
+    assert_eq!(provider.count("token:authorization_code:error").await, 0);
+    let access = token.access_token().expose_secret().to_owned();
+    let info = provider.introspect(&access).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["sub"], "alice", "{info}");
+    assert_eq!(info["client_id"], "cli", "{info}");
+    assert!(token.refresh_token().is_some(), "no refresh token");
+
+    // As a token source: the login's token refreshes with its refresh token, and
+    // no one is asked again.
+    let authorizer = Refreshing::builder(login.clone())
+        .initial_token(token)
+        .build();
+    authorizer.invalidate();
+    let refreshed = authorizer.token().await.unwrap();
+    assert_ne!(refreshed.access_token().expose_secret(), access);
+    assert_eq!(provider.count("token:refresh_token").await, 1);
+    assert_eq!(provider.count("token:authorization_code").await, 1);
+
+    // The person cancels at the provider: access_denied comes back in the redirect.
+    let (declined, (status, page)) = browser_login(&provider, login, true).await;
+    let err = declined.unwrap_err();
+    assert!(matches!(err, Error::AccessDenied(_)), "{err}");
+    assert_eq!(err.oauth_code(), Some("access_denied"));
+    assert_eq!(status, 200);
+    assert!(page.contains("declined"), "{page}");
+    assert_eq!(
+        provider.count("token:authorization_code").await,
+        1,
+        "nothing exchanged for a declined login"
+    );
 }

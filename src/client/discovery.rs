@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::endpoint::{TokenEndpoint, TokenEndpointAuth};
 use super::revoke::Revocation;
-use super::source::DeviceCode;
+use super::source::{AuthorizationCode, DeviceCode};
 use crate::transport::{check_url, parse_url, HttpClient};
 use crate::Endpoint;
 use crate::Error;
@@ -57,6 +57,9 @@ pub struct ProviderMetadata {
     /// The token endpoint (RFC 6749 §3.2).
     #[serde(default)]
     pub token_endpoint: Option<String>,
+    /// The authorization endpoint (RFC 6749 §3.1), where a person logs in.
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
     /// The device authorization endpoint (RFC 8628).
     #[serde(default)]
     pub device_authorization_endpoint: Option<String>,
@@ -244,6 +247,7 @@ pub(crate) fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetada
     }
     for (name, url) in [
         ("token_endpoint", &found.token_endpoint),
+        ("authorization_endpoint", &found.authorization_endpoint),
         (
             "device_authorization_endpoint",
             &found.device_authorization_endpoint,
@@ -343,6 +347,19 @@ impl TokenEndpoint {
             &m.device_authorization_endpoint
         })?;
         DeviceCode::new(self.clone(), &url)
+    }
+
+    /// The authorization code grant with PKCE on a loopback redirect (RFC 8252) at
+    /// the discovered provider's authorization endpoint, with this client
+    /// registration. The redirect's `iss` (RFC 9207) is checked against the issuer.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when this endpoint was not
+    /// [discovered](Self::discover), or the provider names no authorization endpoint
+    /// (use [`AuthorizationCode::new`] with its URL).
+    pub fn authorization_code(&self) -> Result<AuthorizationCode, Error> {
+        let url = self.discovered("authorization_endpoint", |m| &m.authorization_endpoint)?;
+        AuthorizationCode::new(self.clone(), &url)
     }
 
     fn discovered(

@@ -125,6 +125,11 @@ impl TokenEndpoint {
         self
     }
 
+    /// The client identifier, when one is set.
+    pub fn client_id_str(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
     /// The client secret of a confidential client.
     pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
         self.client_secret = Some(Arc::new(SecretString::from(secret.into())));

@@ -10,7 +10,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::TokenSource;
+use super::{refresh_first, TokenSource};
 use crate::client::endpoint::{endpoint_error, parse_token_response, ErrorAnswer};
 use crate::client::TokenEndpoint;
 use crate::{Endpoint, Error, Token};
@@ -321,32 +321,15 @@ fn seconds(v: Option<&serde_json::Value>) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs.min(86_400)))
 }
 
-impl DeviceCode {
-    /// Refreshes with the refresh token of `previous` when it has one; logs in when
-    /// it has none or the endpoint refuses it.
-    async fn refresh_or_login(&self, previous: Option<&Token>) -> Result<Token, Error> {
-        if let Some(refresh_token) = previous.and_then(Token::expose_refresh_token) {
-            let grant = self
-                .resources
-                .iter()
-                .fold(self.token.refresh_token(refresh_token), |g, r| {
-                    g.resource(r.as_str())
-                });
-            match grant.fetch(None).await {
-                Ok(token) => return Ok(token),
-                Err(Error::InvalidGrant(e)) => {
-                    tracing::debug!(error = %e, "device flow: the refresh token was refused; logging in again");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.login().await
-    }
-}
-
 impl TokenSource for DeviceCode {
     fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
-        self.refresh_or_login(previous).boxed()
+        async move {
+            if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
+                return refreshed;
+            }
+            self.login().await
+        }
+        .boxed()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Where tokens come from: the [`TokenSource`] trait, closures, and the OAuth 2.0
 //! grants over a [`TokenEndpoint`](super::TokenEndpoint); the environment
-//! ([`EnvSource`]), interactive logins ([`PasswordPrompt`], [`DeviceCode`]), and a [`Chain`] that
+//! ([`EnvSource`]), interactive logins ([`PasswordPrompt`], [`DeviceCode`], [`AuthorizationCode`]), and a [`Chain`] that
 //! tries them in order. Token exchange ([`TokenExchange`], RFC 8693). With the `jwt` feature, the JWT-bearer grant (`JwtBearer`,
 //! Google service accounts).
 
@@ -11,6 +11,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::{Error, Token};
 
+mod browser;
 mod chain;
 mod device;
 mod env;
@@ -20,6 +21,7 @@ mod grants;
 mod jwt_bearer;
 mod prompt;
 
+pub use browser::AuthorizationCode;
 pub use chain::Chain;
 pub use device::{DeviceAuthorization, DeviceCode, DEVICE_CODE_GRANT};
 pub use env::{EnvSource, EnvVar};
@@ -64,6 +66,31 @@ impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
     }
     fn shares_tokens(&self) -> bool {
         (**self).shares_tokens()
+    }
+}
+
+/// The first step of an interactive login's fetch: refreshes the token being
+/// replaced with its refresh token at `endpoint` (with the `resources`). `None` when
+/// a new login is needed: no refresh token, or one the endpoint refused
+/// (`invalid_grant`). Any other failure (the endpoint is down) is the answer, so the
+/// caller retries later without asking the person again.
+pub(crate) async fn refresh_first(
+    endpoint: &crate::client::TokenEndpoint,
+    resources: &[String],
+    previous: Option<&Token>,
+) -> Option<Result<Token, Error>> {
+    let refresh_token = previous.and_then(Token::expose_refresh_token)?;
+    let grant = resources
+        .iter()
+        .fold(endpoint.refresh_token(refresh_token), |g, r| {
+            g.resource(r.as_str())
+        });
+    match grant.fetch(None).await {
+        Err(Error::InvalidGrant(e)) => {
+            tracing::debug!(error = %e, "the refresh token was refused; logging in again");
+            None
+        }
+        answer => Some(answer),
     }
 }
 

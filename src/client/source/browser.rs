@@ -1,0 +1,532 @@
+//! [`AuthorizationCode`]: a person logs in in their browser (the authorization code
+//! grant with PKCE, RFC 7636, on a loopback redirect, RFC 8252).
+//!
+//! One login, step by step:
+//! 1. listen on `127.0.0.1:<port>` (an ephemeral port unless one is set);
+//! 2. make a fresh `state` and PKCE verifier (256 random bits each, from the
+//!    operating system), and the authorization URL with the `S256` challenge;
+//! 3. show the URL (or open the browser) and serve the redirect:
+//!    - another path: `404`, keep waiting;
+//!    - a `state` that is not this login's (a stale tab, a forged link): `400`, keep
+//!      waiting;
+//!    - an `iss` (RFC 9207) that is not the discovered provider's: refused;
+//!    - `error=…` (`access_denied` when the person declined): the login fails;
+//!    - `code=…`: exchanged with the verifier; the page tells the person the outcome
+//!      and that they can close it;
+//! 4. stop listening: a second redirect finds no one.
+//!
+//! The whole login has a deadline ([`AuthorizationCode::timeout`], 5 minutes by
+//! default), on the tokio clock; dropping the future stops it.
+
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either, FutureExt};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{refresh_first, TokenSource};
+use crate::client::TokenEndpoint;
+use crate::transport::{check_url, parse_url};
+use crate::{Endpoint, EndpointError, Error, Token};
+
+/// How long a login may take by default: time to type a password and approve.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a connection to the redirect listener may take to send its request.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Show = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// The authorization code grant with PKCE on a loopback redirect (RFC 7636, RFC
+/// 8252): the login of a command-line tool on a machine with a browser.
+///
+/// Each login shows the person the authorization URL (printed to stderr by default;
+/// [`open_browser`](Self::open_browser) also opens it), waits for the provider to
+/// redirect the browser to `http://127.0.0.1:<port>/callback`, checks the `state`,
+/// and exchanges the code with the PKCE verifier. The module documentation lists
+/// every case of the redirect.
+///
+/// As a [`TokenSource`], like [`DeviceCode`](super::DeviceCode), it logs in only when
+/// it must: a token being replaced that has a refresh token is refreshed first, and
+/// only a refused refresh token (`invalid_grant`) or none starts a new login.
+///
+/// The client must be registered with the redirect URI `http://127.0.0.1/callback`
+/// (as a native application, whose loopback redirects may use any port: RFC 8252
+/// §7.3), or with the exact port given to [`port`](Self::port).
+///
+/// ```no_run
+/// use tower_bearer::client::{source::AuthorizationCode, Refreshing, TokenEndpoint};
+/// # async fn run() -> Result<(), tower_bearer::Error> {
+/// let endpoint = TokenEndpoint::discover("https://idp.example.com").await?.client_id("my-cli");
+/// let login = endpoint.authorization_code()?
+///     .scope("openid offline_access")
+///     .open_browser();
+/// // One login in the browser; later refreshes use its refresh token.
+/// let authorizer = Refreshing::new(login);
+/// # let _ = authorizer; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AuthorizationCode {
+    token: TokenEndpoint,
+    authorize: String,
+    issuer: Option<String>,
+    scope: Option<String>,
+    resources: Vec<String>,
+    params: Vec<(String, String)>,
+    port: u16,
+    path: String,
+    timeout: Duration,
+    show: Show,
+}
+
+impl AuthorizationCode {
+    /// The grant with the client registration of `token_endpoint` and the provider's
+    /// authorization endpoint at `authorization_url`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a URL that does not parse, or is not `https` (or
+    /// `http` on loopback).
+    pub fn new(token_endpoint: TokenEndpoint, authorization_url: &str) -> Result<Self, Error> {
+        let uri = parse_url(authorization_url)?;
+        check_url(&uri, false)?;
+        if uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str().contains('#'))
+        {
+            return Err(Error::Configuration(format!(
+                "the authorization URL {authorization_url:?} has a fragment"
+            )));
+        }
+        let issuer = token_endpoint.metadata().map(|m| m.issuer.clone());
+        Ok(AuthorizationCode {
+            token: token_endpoint,
+            authorize: authorization_url.to_owned(),
+            issuer,
+            scope: None,
+            resources: Vec::new(),
+            params: Vec::new(),
+            port: 0,
+            path: "/callback".to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            show: Arc::new(|url| {
+                eprintln!("To log in, open this address in your browser:\n  {url}");
+                futures_util::future::ready(()).boxed()
+            }),
+        })
+    }
+
+    /// Asks for this scope (space-separated).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// A resource indicator (RFC 8707), sent with the authorization request, the
+    /// code exchange and the refreshes. Call again for more than one.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// An extra parameter of the authorization request (`prompt`, `login_hint`,
+    /// `acr_values`, …). The parameters this grant sets itself cannot be replaced.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Listens on this port of 127.0.0.1 (default 0: one the system picks). For
+    /// providers that want the exact redirect URI registered.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The path of the redirect URI (default `/callback`).
+    pub fn redirect_path(mut self, path: impl Into<String>) -> Self {
+        let path = path.into();
+        self.path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
+        self
+    }
+
+    /// How long a login may take, from the start of listening to the code exchange
+    /// (default 5 minutes). Past it, the login fails with [`Error::Timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Shows the person the authorization URL (default: printed to stderr). Called
+    /// once per login, once the listener is ready.
+    pub fn show(mut self, show: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.show = Arc::new(move |url| {
+            show(&url);
+            futures_util::future::ready(()).boxed()
+        });
+        self
+    }
+
+    /// Shows the authorization URL with an async function (a message to a UI task).
+    /// Its future is awaited before the login waits for the redirect.
+    pub fn show_async<F, Fut>(mut self, show: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.show = Arc::new(move |url| show(url).boxed());
+        self
+    }
+
+    /// Prints the authorization URL to stderr and opens it in the system's browser
+    /// (`xdg-open`, `open` or `start`). When no browser can be started, the printed
+    /// URL is what the person has.
+    pub fn open_browser(self) -> Self {
+        self.show(|url| {
+            eprintln!("Opening your browser to log in. If it does not open, visit:\n  {url}");
+            if let Err(e) = open_in_browser(url) {
+                tracing::debug!(error = %e, "could not start a browser");
+            }
+        })
+    }
+
+    /// Runs one login: listens, shows the URL, waits for the redirect, exchanges the
+    /// code.
+    ///
+    /// # Errors
+    /// - [`Error::Configuration`] when the port cannot be listened on (taken);
+    /// - [`Error::AccessDenied`] when the provider redirects with `access_denied`,
+    ///   [`Error::TokenEndpoint`] with its other errors (the code says which);
+    /// - [`Error::InvalidResponse`] when the redirect names another issuer (RFC 9207);
+    /// - [`Error::Timeout`] when no redirect comes in time;
+    /// - what [`TokenEndpoint::request`] returns for the code exchange.
+    pub async fn login(&self) -> Result<Token, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))
+            .await
+            .map_err(|e| {
+                Error::Configuration(format!(
+                    "cannot listen for the login redirect on 127.0.0.1:{}: {e}",
+                    self.port
+                ))
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| Error::Configuration(format!("the redirect listener: {e}")))?
+            .port();
+        let redirect_uri = format!("http://127.0.0.1:{port}{}", self.path);
+        let state = random_string()?;
+        let verifier = random_string()?;
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let url = self.authorization_url(&redirect_uri, &state, &challenge);
+
+        let (tx, mut rx) = mpsc::channel::<Arrival>(1);
+        let listen = Arc::new(Listen {
+            path: self.path.clone(),
+            state,
+            arrivals: tx,
+        });
+        let serve = std::pin::pin!(accept_loop(listener, listen));
+        (self.show)(url).await;
+
+        // The accept loop never ends; the first redirect with this login's `state` does.
+        let wait = async {
+            let arrival = std::pin::pin!(rx.recv());
+            match futures_util::future::select(arrival, serve).await {
+                Either::Left((arrival, _)) => arrival,
+                Either::Right(((), _)) => None,
+            }
+        };
+        let Ok(Some(arrival)) = tokio::time::timeout_at(deadline, wait).await else {
+            return Err(Error::Timeout(Endpoint::Authorization, self.timeout));
+        };
+        // The listener stops with this future: a second redirect finds no one.
+        let result = self.finish(&arrival.query, &redirect_uri, &verifier).await;
+        let page = match &result {
+            Ok(_) => Page::LoggedIn,
+            Err(Error::AccessDenied(_)) => Page::Declined,
+            Err(_) => Page::Failed,
+        };
+        let _ = arrival.reply.send(page);
+        result
+    }
+
+    /// The redirect's parameters to a token: the error it carries, or the code
+    /// exchanged.
+    async fn finish(
+        &self,
+        query: &[(String, String)],
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<Token, Error> {
+        let get = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if let (Some(expected), Some(iss)) = (&self.issuer, get("iss")) {
+            if iss != expected {
+                return Err(Error::InvalidResponse(
+                    Endpoint::Authorization,
+                    format!("the redirect names issuer {iss:?}, expected {expected:?} (RFC 9207)"),
+                ));
+            }
+        }
+        if let Some(code) = get("error") {
+            let error = EndpointError {
+                code: Some(code.to_owned()),
+                description: get("error_description").map(str::to_owned),
+                uri: get("error_uri").map(str::to_owned),
+                ..EndpointError::status(StatusCode::FOUND)
+            };
+            return Err(if code == "access_denied" {
+                Error::AccessDenied(Box::new(error))
+            } else {
+                Error::TokenEndpoint(Box::new(error))
+            });
+        }
+        let code = get("code").filter(|c| !c.is_empty()).ok_or_else(|| {
+            Error::InvalidResponse(
+                Endpoint::Authorization,
+                "the redirect has neither a code nor an error".into(),
+            )
+        })?;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ];
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        self.token.request(&form).await
+    }
+
+    fn authorization_url(&self, redirect_uri: &str, state: &str, challenge: &str) -> String {
+        let mut query: Vec<(&str, &str)> = vec![
+            ("response_type", "code"),
+            ("redirect_uri", redirect_uri),
+            ("state", state),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ];
+        if let Some(id) = self.token.client_id_str() {
+            query.push(("client_id", id));
+        }
+        if let Some(scope) = &self.scope {
+            query.push(("scope", scope));
+        }
+        query.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        let own: Vec<&str> = query.iter().map(|(k, _)| *k).collect();
+        query.extend(
+            self.params
+                .iter()
+                .filter(|(k, _)| !own.contains(&k.as_str()))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let encoded = serde_urlencoded::to_string(&query).unwrap_or_default();
+        let sep = if self.authorize.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{sep}{encoded}", self.authorize)
+    }
+}
+
+/// 256 random bits from the operating system, base64url: a `state` or a PKCE
+/// verifier (43 characters, within RFC 7636 §4.1's 43–128).
+fn random_string() -> Result<String, Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| Error::Configuration(format!("no randomness from the system: {e}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Starts the system's browser on `url`.
+fn open_in_browser(url: &str) -> std::io::Result<()> {
+    use std::process::{Command, Stdio};
+    let mut command = if cfg!(target_os = "macos") {
+        Command::new("open")
+    } else if cfg!(windows) {
+        let mut c = Command::new("cmd");
+        // `start`'s first quoted argument is a window title.
+        c.args(["/C", "start", ""]);
+        c
+    } else {
+        Command::new("xdg-open")
+    };
+    command
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(drop)
+}
+
+/// What the redirect listener knows: where the redirect comes, the `state` it must
+/// carry, and where to hand it.
+struct Listen {
+    path: String,
+    state: String,
+    arrivals: mpsc::Sender<Arrival>,
+}
+
+/// A redirect with this login's `state`, and the way to answer its page.
+struct Arrival {
+    query: Vec<(String, String)>,
+    reply: oneshot::Sender<Page>,
+}
+
+/// The pages the browser is shown.
+#[derive(Clone, Copy)]
+enum Page {
+    LoggedIn,
+    Declined,
+    Failed,
+    WrongState,
+    Over,
+    NotFound,
+}
+
+impl Page {
+    fn response(self) -> Response<Full<Bytes>> {
+        let (status, title, text) = match self {
+            Page::LoggedIn => (
+                StatusCode::OK,
+                "Logged in",
+                "You are logged in. You can close this window and go back to the program.",
+            ),
+            Page::Declined => (
+                StatusCode::OK,
+                "Login declined",
+                "The login was declined. You can close this window.",
+            ),
+            Page::Failed => (
+                StatusCode::BAD_GATEWAY,
+                "Login failed",
+                "The login could not be completed; the program says why. You can close this window.",
+            ),
+            Page::WrongState => (
+                StatusCode::BAD_REQUEST,
+                "Not this login",
+                "This answer does not belong to the login the program is waiting for. Close this window and use the link the program shows.",
+            ),
+            Page::Over => (
+                StatusCode::BAD_REQUEST,
+                "Login over",
+                "This login has already ended. You can close this window.",
+            ),
+            Page::NotFound => (StatusCode::NOT_FOUND, "Not found", "Nothing here."),
+        };
+        let body = format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1><p>{text}</p></body></html>\n"
+        );
+        let mut res = Response::new(Full::new(Bytes::from(body)));
+        *res.status_mut() = status;
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        headers.insert(
+            header::REFERRER_POLICY,
+            http::HeaderValue::from_static("no-referrer"),
+        );
+        res
+    }
+}
+
+/// Accepts connections until dropped; each serves one request.
+async fn accept_loop(listener: TcpListener, listen: Arc<Listen>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let listen = Arc::clone(&listen);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let listen = Arc::clone(&listen);
+                async move { Ok::<_, std::convert::Infallible>(listen.answer(req).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "login redirect: connection failed");
+            }
+        });
+    }
+}
+
+impl Listen {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET || req.uri().path() != self.path {
+            return Page::NotFound.response();
+        }
+        let query: Vec<(String, String)> =
+            serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+        let state = query
+            .iter()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.as_bytes());
+        if !state.is_some_and(|s| bool::from(s.ct_eq(self.state.as_bytes()))) {
+            tracing::warn!("login redirect with a state of another login: refused");
+            return Page::WrongState.response();
+        }
+        let (reply, page) = oneshot::channel();
+        if self.arrivals.try_send(Arrival { query, reply }).is_err() {
+            return Page::Over.response();
+        }
+        page.await.unwrap_or(Page::Over).response()
+    }
+}
+
+impl TokenSource for AuthorizationCode {
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        async move {
+            if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
+                return refreshed;
+            }
+            self.login().await
+        }
+        .boxed()
+    }
+}
+
+impl fmt::Debug for AuthorizationCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCode")
+            .field("token_endpoint", &self.token)
+            .field("authorization_endpoint", &self.authorize)
+            .field("scope", &self.scope)
+            .field("resources", &self.resources)
+            .field("port", &self.port)
+            .finish()
+    }
+}
