@@ -9,7 +9,9 @@
 //! ```
 //!
 //! `--password-stdin` reads the password from the first line of stdin (scripts, CI);
-//! `--device` runs the device authorization grant instead. `--issuer` finds the token,
+//! `--browser` logs in in the browser instead (authorization code with PKCE on a
+//! loopback redirect; `--no-open` only prints the address); `--device` runs the
+//! device authorization grant, for a machine without a browser. `--issuer` finds the token,
 //! device and revocation endpoints through discovery. `--logout` revokes the saved
 //! tokens (RFC 7009) and removes the token file. On a wrong password, an unreachable
 //! server or a bad URL it prints one line to stderr and exits non-zero.
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tower_bearer::client::source::{self, DeviceCode};
+use tower_bearer::client::source::{self, AuthorizationCode, DeviceCode};
 use tower_bearer::client::{FileStore, Refreshing, Revocation, TokenEndpoint, TokenStore};
 use tower_bearer::{Endpoint, Error, ExposeSecret, SecretString, Token};
 
@@ -39,14 +41,29 @@ struct Args {
     issuer: Option<String>,
     /// Log out: revoke the saved tokens at the revocation endpoint and remove the
     /// token file.
-    #[arg(long, conflicts_with_all = ["device", "password_stdin", "no_save"])]
+    #[arg(long, conflicts_with_all = ["device", "browser", "password_stdin", "no_save"])]
     logout: bool,
     /// The revocation endpoint for --logout (default: from --issuer, else the token
     /// URL with its last path segment replaced by `revoke`).
     #[arg(long)]
     revocation_url: Option<String>,
+    /// Log in in the browser (authorization code with PKCE, the redirect to a
+    /// one-time listener on 127.0.0.1) instead of with a password.
+    #[arg(long, conflicts_with_all = ["device", "password_stdin"])]
+    browser: bool,
+    /// The authorization endpoint for --browser (default: from --issuer, else the
+    /// token URL with its last path segment replaced by `authorize`).
+    #[arg(long, conflicts_with = "issuer")]
+    authorize_url: Option<String>,
+    /// With --browser: print the address to open instead of starting a browser.
+    #[arg(long, requires = "browser")]
+    no_open: bool,
+    /// With --browser: the port of the redirect listener on 127.0.0.1 (default: one
+    /// the system picks).
+    #[arg(long, requires = "browser", default_value_t = 0)]
+    port: u16,
     /// Log in with the device authorization grant instead of a password.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "password_stdin")]
     device: bool,
     /// The device authorization endpoint (default: the token URL with its last path
     /// segment replaced by `device`).
@@ -124,7 +141,29 @@ async fn run(args: &Args) -> Result<(), Failure> {
         Some(token_file(args, &token_url)?)
     };
 
-    let token = if args.device {
+    let token = if args.browser {
+        let login = match (&args.authorize_url, &args.issuer) {
+            (None, Some(_)) => endpoint
+                .authorization_code()
+                .map_err(|e| Failure(e.to_string(), 1))?,
+            _ => {
+                let url = match &args.authorize_url {
+                    Some(u) => u.clone(),
+                    None => sibling_url(&token_url, "authorize"),
+                };
+                AuthorizationCode::new(endpoint, &url)
+                    .map_err(|e| Failure(format!("bad --authorize-url {url:?}: {e}"), 2))?
+            }
+        };
+        let mut login = login.port(args.port);
+        if let Some(scope) = &args.scope {
+            login = login.scope(scope.as_str());
+        }
+        if !args.no_open {
+            login = login.open_browser();
+        }
+        login.login().await
+    } else if args.device {
         let device = match (&args.device_url, &args.issuer) {
             (None, Some(_)) => endpoint
                 .device_code()
@@ -235,7 +274,8 @@ fn read_password(args: &Args) -> Result<SecretString, Failure> {
     }
     if !std::io::stdin().is_terminal() {
         return Err(Failure(
-            "no terminal to ask for the password: use --password-stdin or --device".into(),
+            "no terminal to ask for the password: use --password-stdin, --browser or --device"
+                .into(),
             2,
         ));
     }
@@ -248,7 +288,7 @@ fn read_password(args: &Args) -> Result<SecretString, Failure> {
 fn explain(e: &Error, args: &Args) -> Failure {
     let url = args.issuer.as_ref().unwrap_or(&args.token_url);
     let line = match e {
-        Error::InvalidGrant(_) if !args.device => format!(
+        Error::InvalidGrant(_) if !args.device && !args.browser => format!(
             "wrong user name or password for {} at {url} (invalid_grant)",
             args.user
         ),

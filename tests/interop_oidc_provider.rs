@@ -1064,3 +1064,66 @@ async fn browser_login_with_pkce_on_a_loopback_redirect() {
         "nothing exchanged for a declined login"
     );
 }
+
+/// `generate_tokens --issuer … --browser --no-open` prints the address to open, and
+/// once the person has logged in there, prints the exports of a token the provider
+/// knows as alice's, and saves it to the token file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_browser_login() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-interop-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("alice.json");
+    let mut child = Command::new(common::bins::example_binary("generate_tokens"))
+        .args(["-u", "alice", "--issuer", &provider.issuer, "--client-id", "cli"])
+        .args(["--browser", "--no-open", "--scope", "openid offline_access"])
+        .arg("--token-file")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = timeout(Duration::from_secs(30), async {
+        loop {
+            let line = stderr.next_line().await.unwrap().expect("no address shown");
+            if let Some(url) = line.trim().strip_prefix(&format!("{}/", provider.issuer)) {
+                return format!("{}/{url}", provider.issuer);
+            }
+        }
+    })
+    .await
+    .expect("generate_tokens showed no address");
+    let (status, page) = provider.browse(&url, false).await;
+    assert_eq!(status, 200, "{page}");
+    let mut rest = String::new();
+    while let Ok(Some(line)) = stderr.next_line().await {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let out = timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{rest}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let access = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export APP_ACCESS_TOKEN="))
+        .expect("no access token export")
+        .trim_matches('\'')
+        .to_owned();
+    assert!(stdout.contains("export APP_REFRESH_TOKEN="), "{stdout}");
+    assert_eq!(provider.introspect(&access).await["sub"], "alice");
+    assert_eq!(provider.count("token:authorization_code").await, 1);
+    assert!(rest.contains("Saved the tokens"), "{rest}");
+    assert!(file.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
