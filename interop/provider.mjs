@@ -8,6 +8,10 @@
 //
 // Test-only routes, next to the provider's own (not part of any standard):
 //   GET  /_test/counts          requests per endpoint and grant type, as JSON
+//
+// Besides its own grants, it serves the JWT-bearer grant (RFC 7523 §2.1) for the
+// service account `robot@tower-bearer.test` (tests/keys/rsa.key) and token exchange
+// (RFC 8693) of its own access tokens, through its extension point.
 //   POST /_test/fail?status=503 the token endpoint answers that status (0: stops)
 //   POST /_test/approve         body `user_code=…`: a person approves a device login
 //                               through the provider's own pages (dev interactions)
@@ -16,7 +20,7 @@
 //                               and follows the redirect back to the client; answers
 //                               `{ status, body }` of the client's page
 
-import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomBytes, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Provider, { errors } from 'oidc-provider';
 
@@ -57,6 +61,15 @@ function publicJwk(file, kid) {
   const pem = readFileSync(new URL(`../tests/keys/${file}`, import.meta.url));
   return { ...createPublicKey(pem).export({ format: 'jwk' }), kid, use: 'sig' };
 }
+
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+// The service account of the JWT-bearer grant: its issuer and public key.
+const SERVICE_ACCOUNT = 'robot@tower-bearer.test';
+const SERVICE_ACCOUNT_KEY = createPublicKey(
+  readFileSync(new URL('../tests/keys/rsa.pub.pem', import.meta.url)),
+);
 
 const clients = [
   {
@@ -110,6 +123,27 @@ const clients = [
     scope: 'read write',
   },
   {
+    // A service account (the Google shape): its signed assertion is the credential
+    // (RFC 7523 §2.1, the JWT-bearer grant registered below).
+    client_id: 'svc-jwt-bearer',
+    token_endpoint_auth_method: 'none',
+    grant_types: [JWT_BEARER],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
+  {
+    // A service that delegates: exchanges the tokens it is sent for its own
+    // (RFC 8693, the token-exchange grant registered below).
+    client_id: 'svc-exchange',
+    client_secret: 'exchange-secret-0123456789',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: [TOKEN_EXCHANGE, 'client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  },
+  {
     // The protected API: introspects the opaque tokens it is sent.
     client_id: 'api',
     client_secret: 'api-secret-0123456789',
@@ -128,6 +162,10 @@ const configuration = {
   rotateRefreshToken: true,
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
   scopes: ['openid', 'offline_access', 'read', 'write'],
+  // An exchanged token names the client that exchanged it as its actor (RFC 8693 §4.1).
+  extraTokenClaims: async (ctx, token) => (token.gty === 'token_exchange'
+    ? { act: { sub: ctx.oidc.client.clientId } }
+    : undefined),
   ttl: {
     AccessToken: ttl,
     ClientCredentials: ttl,
@@ -171,6 +209,81 @@ const configuration = {
 
 const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, configuration);
+
+// The grants oidc-provider leaves to its extension point, implemented here with
+// node's own verifier. Each issues an access token of the provider's own, which its
+// introspection endpoint then describes.
+async function issueAccessToken(ctx, accountId, scope, gty) {
+  const { client } = ctx.oidc;
+  const grant = new provider.Grant({ accountId, clientId: client.clientId });
+  if (scope) grant.addOIDCScope(scope);
+  const grantId = await grant.save();
+  const token = new provider.AccessToken({
+    accountId, client, grantId, scope: scope || undefined, gty,
+  });
+  return { access_token: await token.save(), token_type: 'Bearer', expires_in: token.expiration, scope };
+}
+
+// Only the scopes the client may ask for.
+function allowedScope(ctx) {
+  const asked = (ctx.oidc.params.scope || '').split(' ').filter(Boolean);
+  const allowed = new Set((ctx.oidc.client.scope || '').split(' '));
+  const bad = asked.find((s) => !allowed.has(s));
+  if (bad) throw new errors.InvalidScope('scope not allowed', bad);
+  return asked.join(' ');
+}
+
+// RFC 7523 §2.1 and §3: an RS256 assertion of the service account, for this token
+// endpoint (or the issuer), unexpired, each `jti` used once.
+const seenJti = new Set();
+provider.registerGrantType(JWT_BEARER, async (ctx) => {
+  const parts = String(ctx.oidc.params.assertion || '').split('.');
+  const fail = (why) => { throw new errors.InvalidGrant(why); };
+  if (parts.length !== 3) fail('the assertion is not a JWT');
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url'));
+  } catch {
+    fail('the assertion does not parse');
+  }
+  if (header.alg !== 'RS256') fail('the assertion is not RS256');
+  const signed = verify('sha256', Buffer.from(`${parts[0]}.${parts[1]}`), SERVICE_ACCOUNT_KEY, Buffer.from(parts[2], 'base64url'));
+  if (!signed) fail('the assertion signature is invalid');
+  const now = Math.floor(Date.now() / 1000);
+  if (claims.iss !== SERVICE_ACCOUNT) fail('unknown assertion issuer');
+  const audiences = [].concat(claims.aud);
+  if (!audiences.includes(`${issuer}/token`) && !audiences.includes(issuer)) fail('the assertion is for another audience');
+  if (typeof claims.exp !== 'number' || claims.exp <= now) fail('the assertion has expired');
+  if (typeof claims.iat === 'number' && claims.iat > now + 5) fail('the assertion is issued in the future');
+  if (claims.jti) {
+    if (seenJti.has(claims.jti)) fail('the assertion was used before');
+    seenJti.add(claims.jti);
+  }
+  const scope = claims.scope || allowedScope(ctx);
+  ctx.body = await issueAccessToken(ctx, claims.sub || claims.iss, scope, 'jwt_bearer');
+}, ['assertion', 'scope']);
+
+// RFC 8693: a subject token the provider issued itself (an access token or a client
+// credentials token) for a new access token of the same subject, with the client
+// as the actor.
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { params } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('unsupported subject_token_type');
+  }
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('unsupported requested_token_type');
+  }
+  const subject = (await provider.AccessToken.find(params.subject_token))
+    || (await provider.ClientCredentials.find(params.subject_token));
+  if (!subject || subject.isExpired) throw new errors.InvalidGrant('the subject token is not active');
+  const sub = subject.accountId || subject.clientId;
+  const scope = allowedScope(ctx);
+  const answer = await issueAccessToken(ctx, sub, scope, 'token_exchange');
+  ctx.body = { ...answer, issued_token_type: ACCESS_TOKEN_TYPE };
+}, ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'audience', 'scope']);
 
 // Counts and failure injection, around the provider's own routes.
 provider.use(async (ctx, next) => {

@@ -1081,7 +1081,14 @@ async fn cli_browser_login() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("alice.json");
     let mut child = Command::new(common::bins::example_binary("generate_tokens"))
-        .args(["-u", "alice", "--issuer", &provider.issuer, "--client-id", "cli"])
+        .args([
+            "-u",
+            "alice",
+            "--issuer",
+            &provider.issuer,
+            "--client-id",
+            "cli",
+        ])
         .args(["--browser", "--no-open", "--scope", "openid offline_access"])
         .arg("--token-file")
         .arg(&file)
@@ -1126,4 +1133,119 @@ async fn cli_browser_login() {
     assert!(rest.contains("Saved the tokens"), "{rest}");
     assert!(file.exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The JWT-bearer grant (RFC 7523 §2.1, a service account's RS256 assertion) and
+/// token exchange (RFC 8693, the subject token read from another `Refreshing`
+/// cache), served by the provider through its grant extension point with node's
+/// verifier (`interop/provider.mjs`). Each behind a `Refreshing` cache hammered by
+/// 16 tasks: one token request per lifetime, a token the provider's introspection
+/// describes as the subject's. A key the provider does not know, and a subject
+/// token it did not issue, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_and_token_exchange_grants() {
+    use tower_bearer::client::source::{token_type, ExchangeToken, JwtBearer};
+    use tower_bearer::client::Algorithm;
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let duration = Duration::from_secs(5);
+    let grants = [
+        "token:urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "token:urn:ietf:params:oauth:grant-type:token-exchange",
+    ];
+
+    // JWT-bearer: the service account acts for alice.
+    let robot = |file: &str| {
+        JwtBearer::new(
+            TokenEndpoint::insecure_http(&provider.url("/token"))
+                .unwrap()
+                .client_id("svc-jwt-bearer"),
+            "robot@tower-bearer.test",
+            assertion_key(Algorithm::RS256, file, "robot"),
+        )
+        .subject("alice")
+        .scope("read")
+    };
+    let authorizer = Refreshing::new(robot("rsa.key"));
+    let uses = hammer(&authorizer, duration, |_| async {}).await;
+    sleep(Duration::from_millis(300)).await;
+    let requests = provider.count(grants[0]).await;
+    eprintln!("jwt-bearer: {uses} uses, {requests} token requests");
+    assert_eq!(requests, authorizer.stats().refreshes);
+    assert!(
+        (2..=at_most_per_lifetime(duration)).contains(&requests),
+        "jwt-bearer: {requests} token requests in {duration:?} of {TTL} s tokens"
+    );
+    assert_eq!(provider.count(&format!("{}:error", grants[0])).await, 0);
+    let token = authorizer.token().await.unwrap();
+    let info = provider
+        .introspect(token.access_token().expose_secret())
+        .await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["sub"], "alice", "{info}");
+    assert_eq!(info["client_id"], "svc-jwt-bearer", "{info}");
+    assert_eq!(info["scope"], "read", "{info}");
+    let err = robot("rsa2.key").fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
+    assert_eq!(provider.count(&format!("{}:error", grants[0])).await, 1);
+
+    // Token exchange: svc-exchange exchanges svc-post's current token.
+    let subject = Refreshing::new(
+        discover(&provider)
+            .await
+            .client_id("svc-post")
+            .client_secret("post-secret-0123456789")
+            .auth_method(TokenEndpointAuth::Post)
+            .client_credentials(),
+    );
+    let exchanger = discover(&provider)
+        .await
+        .client_id("svc-exchange")
+        .client_secret("exchange-secret-0123456789");
+    let authorizer = Refreshing::new(
+        exchanger
+            .token_exchange(ExchangeToken::from_authorizer(
+                subject.clone(),
+                token_type::ACCESS_TOKEN,
+            ))
+            .requested_token_type(token_type::ACCESS_TOKEN)
+            .scope("read"),
+    );
+    let uses = hammer(&authorizer, duration, |_| async {}).await;
+    sleep(Duration::from_millis(300)).await;
+    let requests = provider.count(grants[1]).await;
+    // The provider counts lifetimes from a whole second (its `iat`), so a subject
+    // token can lapse there up to a second before its `expires_in` says: the
+    // exchange is refused, the subject's cache is told (and refreshes), and the
+    // exchange is made once more with the fresh one.
+    let refused = provider.count(&format!("{}:error", grants[1])).await;
+    eprintln!(
+        "token exchange: {uses} uses, {requests} token requests ({refused} refused), {} of the subject",
+        subject.stats().refreshes
+    );
+    assert_eq!(requests - refused, authorizer.stats().refreshes);
+    assert!(
+        refused < subject.stats().refreshes,
+        "a refusal without a lapsed subject"
+    );
+    assert!(
+        (2..=at_most_per_lifetime(duration)).contains(&(requests - refused)),
+        "token exchange: {requests} token requests in {duration:?} of {TTL} s tokens"
+    );
+    let token = authorizer.token().await.unwrap();
+    let info = provider
+        .introspect(token.access_token().expose_secret())
+        .await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["sub"], "svc-post", "{info}");
+    assert_eq!(info["act"]["sub"], "svc-exchange", "{info}");
+    assert_eq!(info["client_id"], "svc-exchange", "{info}");
+
+    let forged = exchanger.token_exchange(ExchangeToken::fixed(
+        "not-a-token-of-theirs",
+        token_type::ACCESS_TOKEN,
+    ));
+    let err = forged.fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
 }
