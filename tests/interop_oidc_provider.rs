@@ -1249,3 +1249,134 @@ async fn jwt_bearer_and_token_exchange_grants() {
     let err = forged.fetch(None).await.unwrap_err();
     assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
 }
+
+/// An API on 127.0.0.1 that accepts only tokens the provider issued for `audience`
+/// (introspected, then cached), and a counter of the requests it accepted.
+async fn api_for(provider: &Provider, audience: &str) -> (String, Arc<AtomicU64>) {
+    use tower_bearer::server::{RequireBearerLayer, VerifiedCache};
+    let validator = Introspection::<Claims>::new(&provider.url("/token/introspection"))
+        .unwrap()
+        .client("api", "api-secret-0123456789")
+        .issuer(&provider.issuer)
+        .audience(audience);
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&accepted);
+    let app = axum::Router::new()
+        .route(
+            "/v1/whoami",
+            axum::routing::get(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async { "ok" }
+            }),
+        )
+        .layer(RequireBearerLayer::new(VerifiedCache::new(validator)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, accepted)
+}
+
+/// One client calling two APIs that each accept only tokens for their own resource
+/// (RFC 8707): `PerResource` keeps one `Refreshing` cache per API, picked by the URL
+/// of each request, in the reqwest middleware and in the tower layer. Every request
+/// is accepted, each cache asks for one token per lifetime, and a request to a host
+/// under no API carries no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cache_per_resource() {
+    use tower_bearer::client::{AuthorizeLayer, AuthorizeMiddleware, PerResource};
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let (api_a, accepted_a) = api_for(&provider, OPAQUE_API).await;
+    let (api_b, accepted_b) = api_for(&provider, OTHER_API).await;
+    let endpoint = discover(&provider)
+        .await
+        .client_id("svc-basic")
+        .client_secret("basic-secret-0123456789");
+    let cache_a = Refreshing::new(endpoint.client_credentials().resource(OPAQUE_API));
+    let cache_b = Refreshing::new(endpoint.client_credentials().resource(OTHER_API));
+    let authorizer = PerResource::new()
+        .at(&format!("{api_a}/v1"), cache_a.clone())
+        .unwrap()
+        .at(&api_b, cache_b.clone())
+        .unwrap();
+
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(AuthorizeMiddleware::new(authorizer.clone()))
+        .build();
+    let duration = Duration::from_secs(5);
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let client = client.clone();
+        let url = format!("{}/v1/whoami", if i % 2 == 0 { &api_a } else { &api_b });
+        tasks.push(tokio::spawn(async move {
+            let mut uses = 0u64;
+            while Instant::now() < end {
+                let res = client.get(&url).send().await.unwrap();
+                assert_eq!(res.status(), 200, "{url}");
+                uses += 1;
+            }
+            uses
+        }));
+    }
+    let mut uses = 0;
+    for t in tasks {
+        uses += t.await.unwrap();
+    }
+    sleep(Duration::from_millis(300)).await;
+    let (a, b) = (cache_a.stats().refreshes, cache_b.stats().refreshes);
+    let requests = provider.count("token:client_credentials").await;
+    eprintln!("per resource: {uses} uses, {requests} token requests ({a} for A, {b} for B)");
+    assert_eq!(requests, a + b);
+    for n in [a, b] {
+        assert!(
+            (2..=at_most_per_lifetime(duration)).contains(&n),
+            "{n} token requests in {duration:?} of {TTL} s tokens"
+        );
+    }
+    assert_eq!(
+        accepted_a.load(Ordering::Relaxed) + accepted_b.load(Ordering::Relaxed),
+        uses
+    );
+
+    // The tower layer over a hyper client picks the same way.
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let service = tower::ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(authorizer.clone()))
+        .service(hyper);
+    for api in [&api_a, &api_b] {
+        let req = http::Request::get(format!("{api}/v1/whoami"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let res = tower::ServiceExt::oneshot(service.clone(), req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{api}");
+    }
+    // Outside API A's /v1 prefix, and on a host of no API: no token is sent.
+    let seen = Arc::new(Mutex::new(Vec::<Option<String>>::new()));
+    let record = Arc::clone(&seen);
+    let echo = common::server::serve(axum::Router::new().route(
+        "/",
+        axum::routing::get(move |headers: http::HeaderMap| {
+            let header = headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap_or("?").to_owned());
+            record.lock().unwrap().push(header);
+            async { "seen" }
+        }),
+    ))
+    .await;
+    let echo = format!("http://{echo}");
+    for url in [format!("{api_a}/v2/whoami"), format!("{echo}/")] {
+        let res = client.get(&url).send().await.unwrap();
+        if url.starts_with(&echo) {
+            assert_eq!(res.status(), 200);
+        } else {
+            assert_eq!(res.status(), 401, "{url}: no token, refused");
+        }
+    }
+    assert_eq!(seen.lock().unwrap().as_slice(), [None::<String>]);
+}

@@ -45,6 +45,84 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// Where a request goes: its scheme, host, port and path, read from the request's URI
+/// (or, in the reqwest middleware, its URL) without copying. See
+/// [`Authorizer::credential_for`].
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    at: At<'a>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum At<'a> {
+    Uri(&'a http::Uri),
+    #[cfg(feature = "reqwest")]
+    Url(&'a reqwest::Url),
+}
+
+impl<'a> Target<'a> {
+    /// The target of a request with this URI. A relative one (as tonic's client
+    /// requests are, before the channel adds the origin) has no scheme nor host.
+    pub fn uri(uri: &'a http::Uri) -> Self {
+        Target { at: At::Uri(uri) }
+    }
+
+    /// The target of a reqwest request.
+    #[cfg(feature = "reqwest")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn url(url: &'a reqwest::Url) -> Self {
+        Target { at: At::Url(url) }
+    }
+
+    /// The scheme (`https`), when the target has one.
+    pub fn scheme(&self) -> Option<&'a str> {
+        match self.at {
+            At::Uri(u) => u.scheme_str(),
+            #[cfg(feature = "reqwest")]
+            At::Url(u) => Some(u.scheme()),
+        }
+    }
+
+    /// The host, when the target has one.
+    pub fn host(&self) -> Option<&'a str> {
+        match self.at {
+            At::Uri(u) => u.host(),
+            #[cfg(feature = "reqwest")]
+            At::Url(u) => u.host_str(),
+        }
+    }
+
+    /// The port: the one given, else the scheme's default (`http` 80, `https` 443).
+    pub fn port(&self) -> Option<u16> {
+        let given = match self.at {
+            At::Uri(u) => u.port_u16(),
+            #[cfg(feature = "reqwest")]
+            At::Url(u) => u.port(),
+        };
+        given.or_else(|| default_port(self.scheme()?))
+    }
+
+    /// The path (`/` at least for an absolute URL).
+    pub fn path(&self) -> &'a str {
+        match self.at {
+            At::Uri(u) => u.path(),
+            #[cfg(feature = "reqwest")]
+            At::Url(u) => u.path(),
+        }
+    }
+}
+
+/// The default port of `scheme`.
+pub(crate) fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss") {
+        Some(443)
+    } else if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("ws") {
+        Some(80)
+    } else {
+        None
+    }
+}
+
 /// Produces the credential for each outgoing request, and hears when the server
 /// rejected one.
 ///
@@ -72,6 +150,14 @@ pub trait Authorizer: Send + Sync + 'static {
     /// and [`CredentialFuture::pending`] only when it must be waited for.
     fn credential(&self) -> CredentialFuture;
 
+    /// The credential for a request to `target`. The client integrations call this
+    /// one; the default ignores the target and answers [`credential`](Self::credential).
+    /// [`PerResource`](super::PerResource) picks a cache by it.
+    fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
+        let _ = target;
+        self.credential()
+    }
+
     /// The server answered `401` (or gRPC `UNAUTHENTICATED`) to a request that carried
     /// `sent`. An authorizer that caches should drop that value, and only that value:
     /// another request may already carry a newer one.
@@ -91,6 +177,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
     }
+    fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
+        (**self).credential_for(target)
+    }
     fn on_unauthorized(&self, sent: &HeaderValue) {
         (**self).on_unauthorized(sent)
     }
@@ -102,6 +191,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
 impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
+    }
+    fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
+        (**self).credential_for(target)
     }
     fn on_unauthorized(&self, sent: &HeaderValue) {
         (**self).on_unauthorized(sent)

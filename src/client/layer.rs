@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::authorizer::{Authorizer, Credential, CredentialFuture};
+use super::authorizer::{Authorizer, Credential, CredentialFuture, Target};
 use super::step_up::{asks_step_up, StepUpChallenge};
 use crate::{BoxError, Error};
 
@@ -271,7 +271,11 @@ where
             .replay
             .replay(&req)
             .map(|copy| Box::new((self.inner.clone(), copy)));
-        match self.authorizer.credential().now_or_pending() {
+        match self
+            .authorizer
+            .credential_for(Target::uri(req.uri()))
+            .now_or_pending()
+        {
             Ok(Ok(credential)) => {
                 let sent = set(&mut req, credential);
                 ResponseFuture {
@@ -452,7 +456,11 @@ where
                     let Some(copy) = this.replay.take() else {
                         return Poll::Ready(Ok(res));
                     };
-                    let credential = match this.authorizer.credential().now_or_pending() {
+                    let credential = match this
+                        .authorizer
+                        .credential_for(Target::uri(copy.1.uri()))
+                        .now_or_pending()
+                    {
                         // Replaying with the credential just refused, with none, or
                         // after failing to get one cannot help: the 401 stands.
                         Ok(Ok(Some(fresh))) if fresh.value != sent => {

@@ -27,6 +27,7 @@ mod cache;
 mod discovery;
 mod endpoint;
 mod layer;
+mod per_resource;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 mod resource;
@@ -46,7 +47,7 @@ pub use assertion::{
     AssertionKey, ClientAssertion, CLIENT_ASSERTION_TYPE, DEFAULT_ASSERTION_LIFETIME,
 };
 pub use authorizer::{
-    ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken,
+    ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken, Target,
 };
 pub use cache::{
     RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
@@ -60,6 +61,7 @@ pub use jsonwebtoken::Algorithm;
 pub use layer::{
     Authorize, AuthorizeError, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture,
 };
+pub use per_resource::PerResource;
 pub use resource::discover_from_challenge;
 pub use revoke::{Revocation, TokenTypeHint};
 pub use source::TokenSource;

@@ -5,7 +5,7 @@ use std::fmt;
 use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
-use super::authorizer::Authorizer;
+use super::authorizer::{Authorizer, Target};
 use super::layer::{refuses_credential, set_header, step_up_of};
 
 /// Adds the credential from an [`Authorizer`] to every request of a
@@ -63,7 +63,7 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         let replay = req.try_clone();
         let credential = self
             .authorizer
-            .credential()
+            .credential_for(Target::url(req.url()))
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let sent = set_header(req.headers_mut(), credential);
@@ -80,7 +80,11 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         let Some(mut copy) = replay else {
             return Ok(res);
         };
-        match self.authorizer.credential().await {
+        match self
+            .authorizer
+            .credential_for(Target::url(copy.url()))
+            .await
+        {
             // Only a different credential is worth a second try.
             Ok(Some(fresh)) if fresh.value != sent => {
                 tracing::debug!("401 answered; retrying once with a fresh credential");
