@@ -129,7 +129,7 @@ impl PerResource {
             authorizer: Arc::new(authorizer),
         });
         self.routes
-            .sort_by(|a, b| b.prefix.path.len().cmp(&a.prefix.path.len()));
+            .sort_by_key(|r| std::cmp::Reverse(r.prefix.path.len()));
         Ok(self)
     }
 
