@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::authorizer::{Authorizer, Credential, CredentialFuture, Target};
-use super::step_up::{asks_step_up, StepUpChallenge};
+use super::step_up::StepUpChallenge;
 use crate::{BoxError, Error};
 
 /// The error of an [`Authorize`] service: no credential could be had, or the inner
@@ -334,43 +334,47 @@ pub(crate) fn set_header(
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-/// Whether an answer says the credential was refused: `401` with a `Bearer`
-/// challenge or no challenge at all (another scheme means this credential was not
-/// the kind wanted, and a fresh one cannot help), or gRPC `UNAUTHENTICATED` in the
-/// headers (a trailers-only answer). A step-up challenge (RFC 9470) is no refusal of
-/// the credential: the token is good, the login behind it is not enough, and
-/// dropping it for a refreshed one would only get the same answer again.
-pub(crate) fn refuses_credential(status: StatusCode, headers: &HeaderMap) -> bool {
-    if asks_step_up(headers) {
-        return false;
+/// What an answer says of the credential it was sent with.
+pub(crate) enum Verdict {
+    /// Not a refusal: a success, another error, or a `401` asking for another scheme
+    /// (a fresh credential of this kind cannot help).
+    Kept,
+    /// `401` with a `Bearer` challenge or none at all, or gRPC `UNAUTHENTICATED` in
+    /// the headers (a trailers-only answer): the credential was refused.
+    Refused,
+    /// A step-up challenge (RFC 9470): the token is good, the login behind it is not
+    /// enough, and dropping it for a refreshed one would only get the same answer.
+    StepUp(StepUpChallenge),
+}
+
+/// Judges an answer. The common case, a success, costs one header lookup
+/// (`grpc-status`, for gRPC's trailers-only answers).
+pub(crate) fn verdict(status: StatusCode, headers: &HeaderMap) -> Verdict {
+    let http_401 = status == StatusCode::UNAUTHORIZED;
+    if !http_401
+        && !headers
+            .get(&GRPC_STATUS)
+            .is_some_and(|s| s.as_bytes() == b"16")
+    {
+        return Verdict::Kept;
     }
-    if status == StatusCode::UNAUTHORIZED {
-        let mut challenges = headers.get_all(WWW_AUTHENTICATE).iter().peekable();
-        if challenges.peek().is_none() {
-            return true;
-        }
-        return challenges.any(|c| {
+    if let Some(step_up) = StepUpChallenge::from_headers(headers) {
+        return Verdict::StepUp(step_up);
+    }
+    if !http_401 {
+        return Verdict::Refused;
+    }
+    let mut challenges = headers.get_all(WWW_AUTHENTICATE).iter().peekable();
+    let bearer = challenges.peek().is_none()
+        || challenges.any(|c| {
             c.as_bytes()
                 .split(|b| *b == b',' || *b == b' ')
                 .any(|word| word.eq_ignore_ascii_case(b"bearer"))
         });
-    }
-    headers
-        .get(&GRPC_STATUS)
-        .is_some_and(|s| s.as_bytes() == b"16")
-}
-
-/// The [`StepUpChallenge`] of a `401` (or gRPC `UNAUTHENTICATED`) answer, to put in
-/// its extensions where the caller finds it typed.
-pub(crate) fn step_up_of(status: StatusCode, headers: &HeaderMap) -> Option<StepUpChallenge> {
-    let unauthenticated = status == StatusCode::UNAUTHORIZED
-        || headers
-            .get(&GRPC_STATUS)
-            .is_some_and(|s| s.as_bytes() == b"16");
-    if unauthenticated {
-        StepUpChallenge::from_headers(headers)
+    if bearer {
+        Verdict::Refused
     } else {
-        None
+        Verdict::Kept
     }
 }
 
@@ -437,16 +441,19 @@ where
                 StateProj::Calling { future } => {
                     let mut res =
                         ready!(future.poll(cx)).map_err(|e| AuthorizeError::Service(e.into()))?;
-                    if let Some(step_up) = step_up_of(res.status(), res.headers()) {
-                        res.extensions_mut().insert(step_up);
-                    }
-                    if !refuses_credential(res.status(), res.headers()) {
-                        if let Some(sent) = this.sent.as_ref() {
-                            if !res.status().is_server_error() {
-                                this.authorizer.on_accepted(sent);
+                    match verdict(res.status(), res.headers()) {
+                        Verdict::Refused => {}
+                        kept => {
+                            if let Verdict::StepUp(step_up) = kept {
+                                res.extensions_mut().insert(step_up);
                             }
+                            if let Some(sent) = this.sent.as_ref() {
+                                if !res.status().is_server_error() {
+                                    this.authorizer.on_accepted(sent);
+                                }
+                            }
+                            return Poll::Ready(Ok(res));
                         }
-                        return Poll::Ready(Ok(res));
                     }
                     let Some(sent) = this.sent.take() else {
                         return Poll::Ready(Ok(res));

@@ -6,7 +6,7 @@ use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
 use super::authorizer::{Authorizer, Target};
-use super::layer::{refuses_credential, set_header, step_up_of};
+use super::layer::{set_header, verdict, Verdict};
 
 /// Adds the credential from an [`Authorizer`] to every request of a
 /// `reqwest_middleware::ClientWithMiddleware`; after a `401` it tells the authorizer
@@ -67,9 +67,9 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let sent = set_header(req.headers_mut(), credential);
-        let res = marked(next.clone().run(req, extensions).await?);
+        let (res, refused) = judged(next.clone().run(req, extensions).await?);
         let Some(sent) = sent else { return Ok(res) };
-        if !refuses_credential(res.status(), res.headers()) {
+        if !refused {
             if !res.status().is_server_error() {
                 self.authorizer.on_accepted(&sent);
             }
@@ -89,7 +89,7 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             Ok(Some(fresh)) if fresh.value != sent => {
                 tracing::debug!("401 answered; retrying once with a fresh credential");
                 set_header(copy.headers_mut(), Some(fresh));
-                next.run(copy, extensions).await.map(marked)
+                next.run(copy, extensions).await.map(|res| judged(res).0)
             }
             _ => Ok(res),
         }
@@ -97,10 +97,14 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
 }
 
 /// `res`, with its [`StepUpChallenge`](super::StepUpChallenge) in its extensions if
-/// it carries one.
-fn marked(mut res: reqwest::Response) -> reqwest::Response {
-    if let Some(step_up) = step_up_of(res.status(), res.headers()) {
-        res.extensions_mut().insert(step_up);
+/// it carries one, and whether it refuses the credential it was sent with.
+fn judged(mut res: reqwest::Response) -> (reqwest::Response, bool) {
+    match verdict(res.status(), res.headers()) {
+        Verdict::Refused => (res, true),
+        Verdict::StepUp(step_up) => {
+            res.extensions_mut().insert(step_up);
+            (res, false)
+        }
+        Verdict::Kept => (res, false),
     }
-    res
 }

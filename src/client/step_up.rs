@@ -83,15 +83,6 @@ fn is_step_up(value: &str) -> bool {
     bearer_param(value, "error").is_some_and(|e| e == INSUFFICIENT_USER_AUTHENTICATION)
 }
 
-/// Whether `headers` carry a step-up challenge.
-pub(crate) fn asks_step_up(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(is_step_up)
-}
-
 impl fmt::Display for StepUpChallenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("log in again")?;
@@ -135,7 +126,6 @@ mod tests {
                 None,
                 "{not}"
             );
-            assert!(!asks_step_up(&headers(&[not])), "{not}");
         }
         let found = StepUpChallenge::from_headers(&headers(&[
             r#"Basic realm="x""#,
