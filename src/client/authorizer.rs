@@ -158,6 +158,16 @@ pub trait Authorizer: Send + Sync + 'static {
         self.credential()
     }
 
+    /// Whether the client integrations report answers to this authorizer
+    /// ([`on_unauthorized`](Self::on_unauthorized), [`on_accepted`](Self::on_accepted)).
+    /// Default `true`. An authorizer whose credential never changes answers `false`:
+    /// the layer then keeps nothing per request to report with (no copy of the
+    /// authorizer nor of the credential sent), and never replays a refused request,
+    /// which would carry the same credential.
+    fn observes_answers(&self) -> bool {
+        true
+    }
+
     /// The server answered `401` (or gRPC `UNAUTHENTICATED`) to a request that carried
     /// `sent`. An authorizer that caches should drop that value, and only that value:
     /// another request may already carry a newer one.
@@ -177,6 +187,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
     }
+    fn observes_answers(&self) -> bool {
+        (**self).observes_answers()
+    }
     fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
         (**self).credential_for(target)
     }
@@ -191,6 +204,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
 impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
+    }
+    fn observes_answers(&self) -> bool {
+        (**self).observes_answers()
     }
     fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
         (**self).credential_for(target)
@@ -293,6 +309,9 @@ macro_rules! fixed_credential {
             fn credential(&self) -> CredentialFuture {
                 CredentialFuture::ready(Ok(Some(Credential::clone(&self.credential))))
             }
+            fn observes_answers(&self) -> bool {
+                false
+            }
         }
     };
 }
@@ -394,6 +413,9 @@ pub struct NoAuth;
 impl Authorizer for NoAuth {
     fn credential(&self) -> CredentialFuture {
         CredentialFuture::ready(Ok(None))
+    }
+    fn observes_answers(&self) -> bool {
+        false
     }
 }
 

@@ -267,22 +267,28 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let replay = self
-            .replay
-            .replay(&req)
-            .map(|copy| Box::new((self.inner.clone(), copy)));
+        // An authorizer that hears no answers (a static credential) costs the future
+        // nothing: no copy of it, of the credential sent, or of the request.
+        let observes = self.authorizer.observes_answers();
+        let replay = if observes {
+            self.replay
+                .replay(&req)
+                .map(|copy| Box::new((self.inner.clone(), copy)))
+        } else {
+            None
+        };
         match self
             .authorizer
             .credential_for(Target::uri(req.uri()))
             .now_or_pending()
         {
             Ok(Ok(credential)) => {
-                let sent = set(&mut req, credential);
+                let sent = set(&mut req, credential, observes);
                 ResponseFuture {
                     state: State::Calling {
                         future: self.inner.call(req),
                     },
-                    authorizer: self.authorizer.clone(),
+                    authorizer: observes.then(|| self.authorizer.clone()),
                     sent,
                     waiting: None,
                     replay,
@@ -292,8 +298,8 @@ where
                 state: State::Failed {
                     error: Some(AuthorizeError::Credential(error)),
                 },
-                authorizer: self.authorizer.clone(),
-                sent: None,
+                authorizer: None,
+                sent: Sent::Nothing,
                 waiting: None,
                 replay: None,
             },
@@ -307,8 +313,8 @@ where
                         credential: Box::new(pending),
                         service_ready: true,
                     },
-                    authorizer: self.authorizer.clone(),
-                    sent: None,
+                    authorizer: observes.then(|| self.authorizer.clone()),
+                    sent: Sent::Nothing,
                     waiting: Some(Box::new((ready, req))),
                     replay,
                 }
@@ -317,19 +323,32 @@ where
     }
 }
 
-/// Puts the credential on the request; returns the value sent.
-fn set<B>(req: &mut Request<B>, credential: Option<Credential>) -> Option<HeaderValue> {
-    set_header(req.headers_mut(), credential)
+/// What the response future remembers of the credential it sent.
+enum Sent {
+    /// None was sent.
+    Nothing,
+    /// One was, and the authorizer hears no answers.
+    Unkept,
+    /// This one, to report the answer with.
+    Kept(HeaderValue),
+}
+
+/// Puts the credential on the request; returns what to remember of it.
+fn set<B>(req: &mut Request<B>, credential: Option<Credential>, keep: bool) -> Sent {
+    match credential {
+        None => Sent::Nothing,
+        Some(credential) if keep => Sent::Kept(set_header(req.headers_mut(), credential)),
+        Some(credential) => {
+            req.headers_mut().insert(credential.name, credential.value);
+            Sent::Unkept
+        }
+    }
 }
 
 /// Puts the credential in `headers`; returns the value sent.
-pub(crate) fn set_header(
-    headers: &mut HeaderMap,
-    credential: Option<Credential>,
-) -> Option<HeaderValue> {
-    let credential = credential?;
+pub(crate) fn set_header(headers: &mut HeaderMap, credential: Credential) -> HeaderValue {
     headers.insert(credential.name, credential.value.clone());
-    Some(credential.value)
+    credential.value
 }
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -386,9 +405,10 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        authorizer: A,
+        // The authorizer, when it hears answers.
+        authorizer: Option<A>,
         // The credential on the request in flight.
-        sent: Option<HeaderValue>,
+        sent: Sent,
         // A request waiting for its credential, with the service to send it.
         waiting: Option<Box<(S, Request<B>)>>,
         // A copy to send once more after a 401, with a service to send it.
@@ -433,7 +453,7 @@ where
                             .map_err(|e| AuthorizeError::Service(e.into()))?;
                     }
                     let (mut service, mut req) = *this.waiting.take().expect("a waiting request");
-                    *this.sent = set(&mut req, credential);
+                    *this.sent = set(&mut req, credential, this.authorizer.is_some());
                     this.state.set(State::Calling {
                         future: service.call(req),
                     });
@@ -441,30 +461,33 @@ where
                 StateProj::Calling { future } => {
                     let mut res =
                         ready!(future.poll(cx)).map_err(|e| AuthorizeError::Service(e.into()))?;
-                    match verdict(res.status(), res.headers()) {
-                        Verdict::Refused => {}
-                        kept => {
-                            if let Verdict::StepUp(step_up) = kept {
-                                res.extensions_mut().insert(step_up);
-                            }
-                            if let Some(sent) = this.sent.as_ref() {
-                                if !res.status().is_server_error() {
-                                    this.authorizer.on_accepted(sent);
-                                }
-                            }
-                            return Poll::Ready(Ok(res));
+                    let refused = match verdict(res.status(), res.headers()) {
+                        Verdict::Refused => true,
+                        Verdict::StepUp(step_up) => {
+                            res.extensions_mut().insert(step_up);
+                            false
                         }
+                        Verdict::Kept => false,
+                    };
+                    let sent = std::mem::replace(this.sent, Sent::Nothing);
+                    if refused && !matches!(sent, Sent::Nothing) {
+                        crate::metrics::unauthorized();
                     }
-                    let Some(sent) = this.sent.take() else {
+                    let (Sent::Kept(sent), Some(authorizer)) = (sent, this.authorizer.as_ref())
+                    else {
                         return Poll::Ready(Ok(res));
                     };
-                    crate::metrics::unauthorized();
-                    this.authorizer.on_unauthorized(&sent);
+                    if !refused {
+                        if !res.status().is_server_error() {
+                            authorizer.on_accepted(&sent);
+                        }
+                        return Poll::Ready(Ok(res));
+                    }
+                    authorizer.on_unauthorized(&sent);
                     let Some(copy) = this.replay.take() else {
                         return Poll::Ready(Ok(res));
                     };
-                    let credential = match this
-                        .authorizer
+                    let credential = match authorizer
                         .credential_for(Target::uri(copy.1.uri()))
                         .now_or_pending()
                     {

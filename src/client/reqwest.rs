@@ -60,22 +60,28 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let replay = req.try_clone();
+        let observes = self.authorizer.observes_answers();
+        let replay = if observes { req.try_clone() } else { None };
         let credential = self
             .authorizer
             .credential_for(Target::url(req.url()))
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        let sent = set_header(req.headers_mut(), credential);
+        let sent = credential.map(|c| set_header(req.headers_mut(), c));
         let (res, refused) = judged(next.clone().run(req, extensions).await?);
         let Some(sent) = sent else { return Ok(res) };
+        if refused {
+            crate::metrics::unauthorized();
+        }
+        if !observes {
+            return Ok(res);
+        }
         if !refused {
             if !res.status().is_server_error() {
                 self.authorizer.on_accepted(&sent);
             }
             return Ok(res);
         }
-        crate::metrics::unauthorized();
         self.authorizer.on_unauthorized(&sent);
         let Some(mut copy) = replay else {
             return Ok(res);
@@ -88,7 +94,7 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
             // Only a different credential is worth a second try.
             Ok(Some(fresh)) if fresh.value != sent => {
                 tracing::debug!("401 answered; retrying once with a fresh credential");
-                set_header(copy.headers_mut(), Some(fresh));
+                set_header(copy.headers_mut(), fresh);
                 next.run(copy, extensions).await.map(|res| judged(res).0)
             }
             _ => Ok(res),
