@@ -40,6 +40,9 @@
 mod axum;
 mod cache;
 mod challenge;
+#[cfg(feature = "dpop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub mod dpop;
 pub mod header;
 #[cfg(feature = "introspection")]
 pub mod introspect;
@@ -58,6 +61,8 @@ pub use self::axum::MissingClaims;
 pub use crate::metadata::{MetadataService, ProtectedResourceMetadata};
 pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
+#[cfg(feature = "dpop")]
+pub use dpop::{DpopError, DpopVerifier};
 #[cfg(feature = "introspection")]
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]
