@@ -712,13 +712,12 @@ fn single_proof(headers: &HeaderMap, max_len: usize) -> Result<&str, DpopError> 
         .map_err(|_| DpopError::Malformed("the DPoP header is not ASCII"))
 }
 
-/// `header.payload.signature`, each part not empty.
+/// `header.payload.signature`, header and payload not empty. An empty signature
+/// (`alg: none`) is left to the `alg` check, which names the refusal better.
 fn split(proof: &str) -> Result<(&str, &str, &str), DpopError> {
     let mut parts = proof.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(p), Some(s), None) if !h.is_empty() && !p.is_empty() && !s.is_empty() => {
-            Ok((h, p, s))
-        }
+        (Some(h), Some(p), Some(s), None) if !h.is_empty() && !p.is_empty() => Ok((h, p, s)),
         _ => Err(DpopError::Malformed("not a compact JWS")),
     }
 }

@@ -1,0 +1,700 @@
+//! Hostile DPoP proofs (RFC 9449 §4.3) against `DpopVerifier`, signed with real
+//! keys: every row names the exact refusal it must get. Then the RFC 7638
+//! thumbprint vector, and the replay cache shared by two replicas through Redis.
+#![cfg(feature = "dpop")]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, RSAKeyParameters, ThumbprintHash};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tower_bearer::server::dpop::{thumbprint, CheckedProof, DpopError, DpopVerifier};
+
+/// The verifiers' clock: a fixed instant, so `iat` rows are exact.
+const NOW: u64 = 1_800_000_000;
+const TOKEN: &str = "the-access-token";
+const HOST: &str = "api.test";
+
+fn b64(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Key {
+    Es256,
+    Es384,
+    Ed25519,
+    Rs256,
+    Ps256,
+    /// The second RSA key, for a signature by another key than the `jwk`'s.
+    OtherRsa,
+}
+
+impl Key {
+    fn encoding(self) -> EncodingKey {
+        match self {
+            Key::Es256 => EncodingKey::from_ec_pem(include_bytes!("keys/ec256.key")),
+            Key::Es384 => EncodingKey::from_ec_pem(include_bytes!("keys/ec384.key")),
+            Key::Ed25519 => EncodingKey::from_ed_pem(include_bytes!("keys/ed25519.key")),
+            Key::Rs256 | Key::Ps256 => EncodingKey::from_rsa_pem(include_bytes!("keys/rsa.key")),
+            Key::OtherRsa => EncodingKey::from_rsa_pem(include_bytes!("keys/rsa2.key")),
+        }
+        .unwrap()
+    }
+
+    fn alg(self) -> Algorithm {
+        match self {
+            Key::Es256 => Algorithm::ES256,
+            Key::Es384 => Algorithm::ES384,
+            Key::Ed25519 => Algorithm::EdDSA,
+            Key::Rs256 | Key::OtherRsa => Algorithm::RS256,
+            Key::Ps256 => Algorithm::PS256,
+        }
+    }
+
+    /// The public JWK, as a client puts it in a proof's header.
+    fn jwk(self) -> Jwk {
+        Jwk::from_encoding_key(&self.encoding(), self.alg()).unwrap()
+    }
+
+    /// The `cnf.jkt` of a token bound to this key.
+    fn jkt(self) -> String {
+        thumbprint(&self.jwk()).unwrap()
+    }
+}
+
+static JTI: AtomicU64 = AtomicU64::new(0);
+
+/// A good proof's header and claims for `GET https://api.test/items`, fresh `jti`.
+fn good(key: Key) -> (Value, Value) {
+    let header = json!({ "typ": "dpop+jwt", "alg": format!("{:?}", key.alg()), "jwk": key.jwk() });
+    let claims = json!({
+        "jti": format!("jti-{}", JTI.fetch_add(1, Ordering::Relaxed)),
+        "htm": "GET",
+        "htu": "https://api.test/items",
+        "iat": NOW,
+        "ath": b64(Sha256::digest(TOKEN)),
+    });
+    (header, claims)
+}
+
+/// `header.claims`, signed by `key` with `alg` exactly as given.
+fn sign_with(header: &Value, claims: &Value, key: Key, alg: Algorithm) -> String {
+    let message = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key.encoding(), alg).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn sign(header: &Value, claims: &Value, key: Key) -> String {
+    sign_with(header, claims, key, key.alg())
+}
+
+/// A good proof by `key`, with its header and claims changed by `f`.
+fn proof(key: Key, f: impl FnOnce(&mut Value, &mut Value)) -> String {
+    let (mut header, mut claims) = good(key);
+    f(&mut header, &mut claims);
+    sign(&header, &claims, key)
+}
+
+fn verifier() -> DpopVerifier {
+    DpopVerifier::new()
+        .algorithms(&[
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+            Algorithm::RS256,
+            Algorithm::PS256,
+        ])
+        .unwrap()
+        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
+}
+
+/// A request as a server sees it: origin-form URI, `Host`, the proofs given.
+struct Request {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+fn request(method: Method, uri: &str, proofs: &[&str]) -> Request {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::HOST, HeaderValue::from_static(HOST));
+    for p in proofs {
+        headers.append("dpop", HeaderValue::from_str(p).unwrap());
+    }
+    Request {
+        method,
+        uri: uri.parse().unwrap(),
+        headers,
+    }
+}
+
+fn get_items(proof: &str) -> Request {
+    request(Method::GET, "/items", &[proof])
+}
+
+async fn verify_with(
+    v: &DpopVerifier,
+    req: &Request,
+    token: &str,
+    jkt: Option<&str>,
+) -> Result<CheckedProof, DpopError> {
+    v.verify(&req.method, &req.uri, &req.headers, token, jkt)
+        .await
+}
+
+/// Verifies `req` with a fresh verifier, for a token bound to `bound_to`.
+async fn outcome(req: Request, bound_to: Key) -> Result<(), DpopError> {
+    verify_with(&verifier(), &req, TOKEN, Some(&bound_to.jkt()))
+        .await
+        .map(|_| ())
+}
+
+fn hs256_proof() -> String {
+    let (mut header, claims) = good(Key::Es256);
+    header["alg"] = json!("HS256");
+    let message = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let secret = EncodingKey::from_secret(b"a-shared-secret-of-32-bytes!!!!!");
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &secret, Algorithm::HS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn none_proof() -> String {
+    let (mut header, claims) = good(Key::Es256);
+    header["alg"] = json!("none");
+    format!("{}.{}.", b64(header.to_string()), b64(claims.to_string()))
+}
+
+#[tokio::test]
+async fn good_proofs_of_every_allowed_algorithm_pass() {
+    for key in [Key::Es256, Key::Es384, Key::Ed25519, Key::Rs256, Key::Ps256] {
+        let checked = verify_with(
+            &verifier(),
+            &get_items(&proof(key, |_, _| {})),
+            TOKEN,
+            Some(&key.jkt()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+        assert_eq!(checked.jkt(), key.jkt(), "{key:?}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_proofs_get_their_exact_refusal() {
+    use DpopError::*;
+    let es = Key::Es256;
+    let rows: Vec<(&str, Request, Key, DpopError)> = vec![
+        (
+            "no DPoP header for a bound token",
+            request(Method::GET, "/items", &[]),
+            es,
+            MissingProof,
+        ),
+        (
+            "two DPoP headers",
+            request(
+                Method::GET,
+                "/items",
+                &[&proof(es, |_, _| {}), &proof(es, |_, _| {})],
+            ),
+            es,
+            MultipleProofs,
+        ),
+        (
+            "not a JWS",
+            get_items("not-a-jws"),
+            es,
+            Malformed("not a compact JWS"),
+        ),
+        (
+            "typ JWT",
+            get_items(&proof(es, |h, _| h["typ"] = json!("JWT"))),
+            es,
+            WrongType,
+        ),
+        (
+            "typ at+jwt",
+            get_items(&proof(es, |h, _| h["typ"] = json!("at+jwt"))),
+            es,
+            WrongType,
+        ),
+        (
+            "no typ",
+            get_items(&proof(es, |h, _| {
+                h.as_object_mut().unwrap().remove("typ");
+            })),
+            es,
+            WrongType,
+        ),
+        (
+            "alg none",
+            get_items(&none_proof()),
+            es,
+            AlgorithmNotAllowed,
+        ),
+        (
+            "alg HS256",
+            get_items(&hs256_proof()),
+            es,
+            AlgorithmNotAllowed,
+        ),
+        (
+            "crit header",
+            get_items(&proof(es, |h, _| h["crit"] = json!(["exp"]))),
+            es,
+            Malformed("the header has a critical member this server does not understand"),
+        ),
+        (
+            "no jwk",
+            get_items(&proof(es, |h, _| {
+                h.as_object_mut().unwrap().remove("jwk");
+            })),
+            es,
+            InvalidKey,
+        ),
+        (
+            "jwk with the private scalar d",
+            get_items(&proof(es, |h, _| {
+                h["jwk"]["d"] = json!("jkKPbtbQjslVxqbM_nFErQt0_gAHLN50qpQSlrsbIM0")
+            })),
+            es,
+            PrivateKey,
+        ),
+        (
+            "RSA jwk with private primes",
+            get_items(&proof(Key::Rs256, |h, _| {
+                h["jwk"]["p"] = json!("AQAB");
+                h["jwk"]["q"] = json!("AQAB");
+            })),
+            Key::Rs256,
+            PrivateKey,
+        ),
+        (
+            "symmetric jwk",
+            get_items(&proof(es, |h, _| {
+                h["jwk"] = json!({ "kty": "oct", "k": "c2VjcmV0" })
+            })),
+            es,
+            PrivateKey,
+        ),
+        (
+            "ES256 with a P-384 jwk",
+            get_items(&proof(es, |h, _| {
+                h["jwk"] = serde_json::to_value(Key::Es384.jwk()).unwrap()
+            })),
+            es,
+            InvalidKey,
+        ),
+        (
+            "signed by another key than the jwk's",
+            get_items(&{
+                let (mut header, claims) = good(Key::OtherRsa);
+                header["jwk"] = serde_json::to_value(Key::Rs256.jwk()).unwrap();
+                sign(&header, &claims, Key::OtherRsa)
+            }),
+            Key::Rs256,
+            InvalidSignature,
+        ),
+        (
+            "claims changed after signing",
+            get_items(&{
+                let p = proof(es, |_, _| {});
+                let mut parts: Vec<String> = p.split('.').map(str::to_owned).collect();
+                let (_, mut claims) = good(es);
+                claims["htm"] = json!("GET");
+                parts[1] = b64(claims.to_string());
+                parts.join(".")
+            }),
+            es,
+            InvalidSignature,
+        ),
+        (
+            "wrong htm",
+            get_items(&proof(es, |_, c| c["htm"] = json!("POST"))),
+            es,
+            MethodMismatch,
+        ),
+        (
+            "lowercase htm",
+            get_items(&proof(es, |_, c| c["htm"] = json!("get"))),
+            es,
+            MethodMismatch,
+        ),
+        (
+            "wrong htu path",
+            get_items(&proof(es, |_, c| {
+                c["htu"] = json!("https://api.test/other")
+            })),
+            es,
+            UriMismatch,
+        ),
+        (
+            "htu of another host",
+            get_items(&proof(es, |_, c| {
+                c["htu"] = json!("https://evil.test/items")
+            })),
+            es,
+            UriMismatch,
+        ),
+        (
+            "htu over http",
+            get_items(&proof(es, |_, c| c["htu"] = json!("http://api.test/items"))),
+            es,
+            UriMismatch,
+        ),
+        (
+            "htu with another port",
+            get_items(&proof(es, |_, c| {
+                c["htu"] = json!("https://api.test:8443/items")
+            })),
+            es,
+            UriMismatch,
+        ),
+        (
+            "relative htu",
+            get_items(&proof(es, |_, c| c["htu"] = json!("/items"))),
+            es,
+            UriMismatch,
+        ),
+        (
+            "htu a prefix of the request path",
+            request(Method::GET, "/items/1", &[&proof(es, |_, _| {})]),
+            es,
+            UriMismatch,
+        ),
+        (
+            "iat 61 s old",
+            get_items(&proof(es, |_, c| c["iat"] = json!(NOW - 61))),
+            es,
+            Stale,
+        ),
+        (
+            "iat 61 s ahead",
+            get_items(&proof(es, |_, c| c["iat"] = json!(NOW + 61))),
+            es,
+            IssuedInFuture,
+        ),
+        (
+            "iat a string",
+            get_items(&proof(es, |_, c| c["iat"] = json!(NOW.to_string()))),
+            es,
+            Malformed("the claims are malformed"),
+        ),
+        (
+            "no iat",
+            get_items(&proof(es, |_, c| {
+                c.as_object_mut().unwrap().remove("iat");
+            })),
+            es,
+            Malformed("the proof has no usable iat"),
+        ),
+        (
+            "no jti",
+            get_items(&proof(es, |_, c| {
+                c.as_object_mut().unwrap().remove("jti");
+            })),
+            es,
+            Malformed("the proof has no usable jti"),
+        ),
+        (
+            "ath of another token",
+            get_items(&proof(es, |_, c| {
+                c["ath"] = json!(b64(Sha256::digest("another-token")))
+            })),
+            es,
+            AccessTokenHash,
+        ),
+        (
+            "no ath",
+            get_items(&proof(es, |_, c| {
+                c.as_object_mut().unwrap().remove("ath");
+            })),
+            es,
+            AccessTokenHash,
+        ),
+        (
+            "key not matching cnf.jkt",
+            get_items(&proof(es, |_, _| {})),
+            Key::Es384,
+            KeyMismatch,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, req, bound_to, expected) in rows {
+        let got = outcome(req, bound_to).await;
+        if got.as_ref().err() != Some(&expected) {
+            failures.push(format!("{name}: expected {expected:?}, got {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn the_iat_window_is_inclusive_at_the_leeway() {
+    for iat in [NOW - 60, NOW + 60] {
+        let p = proof(Key::Es256, |_, c| c["iat"] = json!(iat));
+        assert_eq!(
+            outcome(get_items(&p), Key::Es256).await,
+            Ok(()),
+            "iat {iat}"
+        );
+    }
+    // A decimal NumericDate is truncated.
+    let p = proof(Key::Es256, |_, c| c["iat"] = json!(NOW as f64 + 0.5));
+    assert_eq!(outcome(get_items(&p), Key::Es256).await, Ok(()));
+    // A narrower leeway.
+    let v = verifier().leeway(Duration::from_secs(5));
+    let p = proof(Key::Es256, |_, c| c["iat"] = json!(NOW - 6));
+    let got = verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Es256.jkt())).await;
+    assert_eq!(got.unwrap_err(), DpopError::Stale);
+}
+
+#[tokio::test]
+async fn the_query_and_fragment_are_ignored_and_the_uri_normalised() {
+    // The request's query, and the proof's query and fragment, play no part.
+    let p = proof(Key::Es256, |_, c| {
+        c["htu"] = json!("https://api.test/items?page=1#top")
+    });
+    let req = request(Method::GET, "/items?page=2&sort=asc", &[&p]);
+    assert_eq!(outcome(req, Key::Es256).await, Ok(()));
+    // Scheme and host case, the default port, percent-encoding case and unreserved
+    // characters: normalised on both sides (RFC 3986 §6.2.2, §6.2.3).
+    let p = proof(Key::Es256, |_, c| {
+        c["htu"] = json!("HTTPS://API.Test:443/it%65ms/a%2fb")
+    });
+    let req = request(Method::GET, "/items/a%2Fb", &[&p]);
+    assert_eq!(outcome(req, Key::Es256).await, Ok(()));
+    // But a query is no path: `/items?x` is not `/items%3Fx`.
+    let p = proof(Key::Es256, |_, c| {
+        c["htu"] = json!("https://api.test/items%3Fx")
+    });
+    let req = request(Method::GET, "/items?x", &[&p]);
+    assert_eq!(outcome(req, Key::Es256).await, Err(DpopError::UriMismatch));
+}
+
+#[tokio::test]
+async fn behind_a_proxy_the_external_origin_is_what_proofs_name() {
+    let v = verifier()
+        .external_origin("https://API.example.com:443/")
+        .unwrap();
+    // The server itself sees `Host: api.test` (or an internal name).
+    let p = proof(Key::Es256, |_, c| {
+        c["htu"] = json!("https://api.example.com/items")
+    });
+    let got = verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Es256.jkt())).await;
+    assert!(got.is_ok(), "{got:?}");
+    let p = proof(Key::Es256, |_, _| {}); // names https://api.test/items
+    let got = verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Es256.jkt())).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
+    for bad in [
+        "ftp://a.example",
+        "https://a.example/path",
+        "https://u@a.example",
+        "a.example",
+    ] {
+        assert!(verifier().external_origin(bad).is_err(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_proof_is_refused_and_the_binding_is_checked_first() {
+    let v = verifier();
+    let p = proof(Key::Es256, |_, _| {});
+    let jkt = Key::Es256.jkt();
+    // A proof refused for its binding is not recorded: its owner may still use it.
+    let wrong = verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Es384.jkt())).await;
+    assert_eq!(wrong.unwrap_err(), DpopError::KeyMismatch);
+    let unbound = verify_with(&v, &get_items(&p), TOKEN, None).await;
+    assert_eq!(unbound.unwrap_err(), DpopError::UnboundToken);
+    assert!(verify_with(&v, &get_items(&p), TOKEN, Some(&jkt))
+        .await
+        .is_ok());
+    let again = verify_with(&v, &get_items(&p), TOKEN, Some(&jkt)).await;
+    assert_eq!(again.unwrap_err(), DpopError::Replayed);
+    // The same jti from another key is another proof.
+    let (header, mut claims) = good(Key::Ed25519);
+    claims["jti"] = serde_json::from_str::<Value>(
+        &String::from_utf8(
+            URL_SAFE_NO_PAD
+                .decode(p.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap()["jti"]
+        .clone();
+    let other = sign(&header, &claims, Key::Ed25519);
+    let got = verify_with(&v, &get_items(&other), TOKEN, Some(&Key::Ed25519.jkt())).await;
+    assert!(got.is_ok(), "{got:?}");
+}
+
+#[tokio::test]
+async fn only_the_configured_algorithms_are_accepted() {
+    // The default verifier takes ES256 alone.
+    let v = DpopVerifier::new().clock(|| UNIX_EPOCH + Duration::from_secs(NOW));
+    let p = proof(Key::Ed25519, |_, _| {});
+    let got = verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Ed25519.jkt())).await;
+    assert_eq!(got.unwrap_err(), DpopError::AlgorithmNotAllowed);
+    assert_eq!(v.algs(), "ES256");
+    assert!(DpopVerifier::new().algorithms(&[Algorithm::HS256]).is_err());
+}
+
+#[test]
+fn refusals_answer_as_rfc_9449_section_7_says() {
+    let res: http::Response<()> = DpopError::Stale.http_response("ES256 EdDSA");
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        r#"DPoP algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="the DPoP proof is too old""#
+    );
+    assert_eq!(DpopError::KeyMismatch.error_code(), Some("invalid_token"));
+    assert_eq!(
+        DpopError::BoundTokenAsBearer.error_code(),
+        Some("invalid_token")
+    );
+    assert_eq!(DpopError::Replayed.error_code(), Some("invalid_dpop_proof"));
+    assert_eq!(
+        DpopError::ReplayCacheUnavailable("down".into()).status(),
+        503
+    );
+}
+
+#[test]
+fn the_thumbprint_is_rfc_7638s() {
+    // RFC 7638 §3.1.
+    let jwk = Jwk {
+        common: Default::default(),
+        algorithm: AlgorithmParameters::RSA(RSAKeyParameters {
+            key_type: Default::default(),
+            n: "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw".into(),
+            e: "AQAB".into(),
+        }),
+    };
+    assert_eq!(
+        thumbprint(&jwk).unwrap(),
+        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    );
+    // Members other than the required ones (kid, alg, use) change nothing, and
+    // every key kind agrees with jsonwebtoken's own computation.
+    for key in [Key::Es256, Key::Es384, Key::Ed25519, Key::Rs256] {
+        let mut jwk = key.jwk();
+        jwk.common.key_id = Some("2011-04-29".into());
+        assert_eq!(thumbprint(&jwk), Some(key.jkt()), "{key:?}");
+        if !matches!(key, Key::Ed25519) {
+            // jsonwebtoken 11 computes no Ed25519 thumbprint.
+            assert_eq!(
+                thumbprint(&jwk).unwrap(),
+                jwk.thumbprint(ThumbprintHash::SHA256).unwrap(),
+                "{key:?}"
+            );
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod fleet {
+    use super::*;
+    use crate::common::redis::redis_url;
+    use tower_bearer::redis::RedisReplayCache;
+
+    /// Two replicas share a Redis: a proof one accepted, the other refuses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proof_used_on_one_replica_is_refused_by_another_through_redis() {
+        let Some(url) = redis_url().await else { return };
+        let prefix = format!(
+            "tower-bearer-test:dpop:{}:{}:",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let replica = |cache: RedisReplayCache| verifier().replay_cache(cache);
+        let config = tower_bearer::redis::RedisConfig::new(&url);
+        let a = replica(RedisReplayCache::with_connection(
+            config.connect().await.unwrap(),
+            &prefix,
+        ));
+        let b = replica(RedisReplayCache::with_connection(
+            config.connect().await.unwrap(),
+            &prefix,
+        ));
+        let jkt = Key::Es256.jkt();
+        let p = proof(Key::Es256, |_, _| {});
+        assert!(verify_with(&a, &get_items(&p), TOKEN, Some(&jkt))
+            .await
+            .is_ok());
+        let replayed = verify_with(&b, &get_items(&p), TOKEN, Some(&jkt)).await;
+        assert_eq!(replayed.unwrap_err(), DpopError::Replayed);
+        let replayed = verify_with(&a, &get_items(&p), TOKEN, Some(&jkt)).await;
+        assert_eq!(replayed.unwrap_err(), DpopError::Replayed);
+        // A fresh proof passes on either.
+        let fresh = proof(Key::Es256, |_, _| {});
+        assert!(verify_with(&b, &get_items(&fresh), TOKEN, Some(&jkt))
+            .await
+            .is_ok());
+
+        // Redis forgets the proof once it is stale anyway: at most the leeway past
+        // its iat (and a second), never longer.
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        for key in keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 0 && ttl <= 61_000, "{key}: {ttl} ms");
+            assert!(!key.contains("jti-"), "the jti is hashed: {key}");
+        }
+    }
+
+    /// Redis down: the proof is answered 503, never accepted unchecked.
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_closed() {
+        if redis_url().await.is_none() {
+            return; // no Redis installed here (said loudly); CI has one
+        }
+        let port = common::server::free_port();
+        let config = tower_bearer::redis::RedisConfig::new(format!("redis://127.0.0.1:{port}/"));
+        // A cache over a server that then stops.
+        let redis = common::redis::OwnRedis::start(port);
+        let mut conn = None;
+        for _ in 0..100 {
+            match config.connect().await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let cache = RedisReplayCache::with_connection(conn.expect("redis-server started"), "t:");
+        drop(redis);
+        let v = verifier().replay_cache(cache);
+        let p = proof(Key::Es256, |_, _| {});
+        let got = verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Es256.jkt())).await;
+        assert!(
+            matches!(got, Err(DpopError::ReplayCacheUnavailable(_))),
+            "{got:?}"
+        );
+    }
+}
