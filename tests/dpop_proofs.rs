@@ -698,3 +698,223 @@ mod fleet {
         );
     }
 }
+
+/// `RequireBearerLayer::dpop` on a real axum server on 127.0.0.1.
+mod layer {
+    use super::*;
+    use axum::routing::get;
+    use axum::{Extension, Router};
+    use jsonwebtoken::Header;
+    use std::net::SocketAddr;
+    use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, Verified};
+
+    const SECRET: &[u8] = b"dpop-layer-test-secret-of-32-bytes!";
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// An access token for `sub`, bound to `key` when given, expiring in `life` s.
+    fn access_token(sub: &str, key: Option<Key>, life: i64) -> String {
+        let mut claims = json!({ "sub": sub, "exp": unix_now() as i64 + life });
+        if let Some(key) = key {
+            claims["cnf"] = json!({ "jkt": key.jkt() });
+        }
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    async fn whoami(Extension(Verified(claims)): Extension<Verified<Claims>>) -> String {
+        claims.sub.unwrap_or_default()
+    }
+
+    /// A server on 127.0.0.1 behind the layer, DPoP accepted when `dpop`.
+    async fn server(dpop: bool) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut layer = RequireBearerLayer::new(JwtValidator::<Claims>::hmac(SECRET));
+        if dpop {
+            layer = layer.dpop(
+                DpopVerifier::new()
+                    .external_origin(&format!("http://{addr}"))
+                    .unwrap(),
+            );
+        }
+        let app = Router::new().route("/items", get(whoami)).layer(layer);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    /// A proof by `key` for `method http://addr/items` and `token`, made now.
+    fn proof_for(addr: SocketAddr, method: &str, token: &str, key: Key) -> String {
+        let (header, mut claims) = good(key);
+        claims["htm"] = json!(method);
+        claims["htu"] = json!(format!("http://{addr}/items?ignored=1"));
+        claims["iat"] = json!(unix_now());
+        claims["ath"] = json!(b64(Sha256::digest(token)));
+        sign(&header, &claims, key)
+    }
+
+    struct Answer {
+        status: u16,
+        challenges: Vec<String>,
+        body: String,
+    }
+
+    async fn send(addr: SocketAddr, authorization: Option<String>, proof: Option<&str>) -> Answer {
+        let mut req = reqwest::Client::new().get(format!("http://{addr}/items?page=2"));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        if let Some(p) = proof {
+            req = req.header("dpop", p);
+        }
+        let res = req.send().await.unwrap();
+        Answer {
+            status: res.status().as_u16(),
+            challenges: res
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect(),
+            body: res.text().await.unwrap(),
+        }
+    }
+
+    fn dpop_refusal(code: &str, description: &str) -> Vec<String> {
+        vec![format!(
+            r#"DPoP realm="api", algs="ES256", error="{code}", error_description="{description}""#
+        )]
+    }
+
+    #[tokio::test]
+    async fn a_dpop_bound_token_passes_with_its_proof_once_and_never_as_bearer() {
+        let addr = server(true).await;
+        let token = access_token("alice", Some(Key::Es256), 600);
+        let proof = proof_for(addr, "GET", &token, Key::Es256);
+
+        let ok = send(addr, Some(format!("DPoP {token}")), Some(&proof)).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "alice"));
+
+        let replayed = send(addr, Some(format!("DPoP {token}")), Some(&proof)).await;
+        assert_eq!(replayed.status, 401);
+        assert_eq!(
+            replayed.challenges,
+            dpop_refusal("invalid_dpop_proof", "the DPoP proof was already used")
+        );
+
+        let as_bearer = send(addr, Some(format!("Bearer {token}")), None).await;
+        assert_eq!(as_bearer.status, 401);
+        assert_eq!(
+            as_bearer.challenges,
+            vec![
+                r#"Bearer realm="api", error="invalid_token", error_description="the access token is DPoP-bound and must be sent with a DPoP proof""#.to_owned(),
+                r#"DPoP realm="api", algs="ES256""#.to_owned(),
+            ]
+        );
+        // With a proof, still not as Bearer.
+        let fresh = proof_for(addr, "GET", &token, Key::Es256);
+        let as_bearer = send(addr, Some(format!("bearer {token}")), Some(&fresh)).await;
+        assert_eq!(as_bearer.status, 401);
+
+        let no_proof = send(addr, Some(format!("DPoP {token}")), None).await;
+        assert_eq!(
+            (no_proof.status, no_proof.challenges),
+            (
+                401,
+                dpop_refusal("invalid_dpop_proof", "the request has no DPoP proof")
+            )
+        );
+
+        let post_proof = proof_for(addr, "POST", &token, Key::Es256);
+        let wrong_method = send(addr, Some(format!("DPoP {token}")), Some(&post_proof)).await;
+        assert_eq!(
+            wrong_method.challenges,
+            dpop_refusal(
+                "invalid_dpop_proof",
+                "the DPoP proof is for another HTTP method"
+            )
+        );
+
+        let other_key = proof_for(addr, "GET", &token, Key::Es256);
+        let stolen = access_token("bob", Some(Key::Es384), 600);
+        let wrong_token = send(addr, Some(format!("DPoP {stolen}")), Some(&other_key)).await;
+        assert_eq!(
+            wrong_token.challenges,
+            dpop_refusal(
+                "invalid_dpop_proof",
+                "the DPoP proof is for another access token"
+            )
+        );
+        let bound_elsewhere = proof_for(addr, "GET", &stolen, Key::Es256);
+        let mismatch = send(addr, Some(format!("DPoP {stolen}")), Some(&bound_elsewhere)).await;
+        assert_eq!(
+            mismatch.challenges,
+            dpop_refusal(
+                "invalid_token",
+                "the access token is not bound to the DPoP proof's key"
+            )
+        );
+
+        let expired = access_token("alice", Some(Key::Es256), -600);
+        let proof = proof_for(addr, "GET", &expired, Key::Es256);
+        let old = send(addr, Some(format!("DPoP {expired}")), Some(&proof)).await;
+        assert_eq!(
+            (old.status, old.challenges),
+            (401, dpop_refusal("invalid_token", "the token has expired"))
+        );
+    }
+
+    #[tokio::test]
+    async fn bearer_tokens_still_pass_and_challenges_name_both_schemes() {
+        let addr = server(true).await;
+        let plain = access_token("carol", None, 600);
+        let ok = send(addr, Some(format!("Bearer {plain}")), None).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "carol"));
+
+        let unbound = proof_for(addr, "GET", &plain, Key::Es256);
+        let as_dpop = send(addr, Some(format!("DPoP {plain}")), Some(&unbound)).await;
+        assert_eq!(
+            as_dpop.challenges,
+            dpop_refusal("invalid_token", "the access token is not DPoP-bound")
+        );
+
+        let none = send(addr, None, None).await;
+        assert_eq!(
+            (none.status, none.challenges),
+            (
+                401,
+                vec![
+                    r#"Bearer realm="api""#.to_owned(),
+                    r#"DPoP realm="api", algs="ES256""#.to_owned()
+                ]
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bearer_only_layer_is_unchanged() {
+        let addr = server(false).await;
+        // No cnf check without DPoP: the layer behaves as it did before DPoP.
+        let bound = access_token("dave", Some(Key::Es256), 600);
+        let ok = send(addr, Some(format!("Bearer {bound}")), None).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "dave"));
+        let none = send(addr, None, None).await;
+        assert_eq!(none.challenges, vec![r#"Bearer realm="api""#.to_owned()]);
+        // `DPoP` is another scheme to it: no bearer credentials.
+        let proof = proof_for(addr, "GET", &bound, Key::Es256);
+        let dpop = send(addr, Some(format!("DPoP {bound}")), Some(&proof)).await;
+        assert_eq!(
+            (dpop.status, dpop.challenges),
+            (401, vec![r#"Bearer realm="api""#.to_owned()])
+        );
+    }
+}

@@ -62,7 +62,7 @@ pub use crate::metadata::{MetadataService, ProtectedResourceMetadata};
 pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
 #[cfg(feature = "dpop")]
-pub use dpop::{DpopError, DpopVerifier};
+pub use dpop::{Confirmation, DpopError, DpopVerifier};
 #[cfg(feature = "introspection")]
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]
