@@ -667,6 +667,46 @@ mod fleet {
         }
     }
 
+    /// Two replicas behind one origin, each with its layer: a proof the first
+    /// accepted, the second refuses, with the DPoP challenge.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replayed_proof_is_refused_by_a_second_server_replica() {
+        use super::layer::{access_token, send, server_with, unix_now};
+        let Some(url) = redis_url().await else { return };
+        let prefix = format!(
+            "tower-bearer-test:dpop-layer:{}:{}:",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let config = tower_bearer::redis::RedisConfig::new(&url);
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let cache = RedisReplayCache::with_connection(config.connect().await.unwrap(), &prefix);
+            let verifier = DpopVerifier::new()
+                .external_origin("https://api.example.com")
+                .unwrap()
+                .replay_cache(cache);
+            replicas.push(server_with(|_| Some(verifier)).await);
+        }
+        let token = access_token("erin", Some(Key::Es256), 600);
+        let (header, mut claims) = good(Key::Es256);
+        claims["htu"] = json!("https://api.example.com/items");
+        claims["iat"] = json!(unix_now());
+        claims["ath"] = json!(b64(Sha256::digest(&token)));
+        let proof = sign(&header, &claims, Key::Es256);
+        let first = send(replicas[0], Some(format!("DPoP {token}")), Some(&proof)).await;
+        assert_eq!((first.status, first.body.as_str()), (200, "erin"));
+        let second = send(replicas[1], Some(format!("DPoP {token}")), Some(&proof)).await;
+        assert_eq!(second.status, 401);
+        assert_eq!(
+            second.challenges,
+            vec![r#"DPoP realm="api", algs="ES256", error="invalid_dpop_proof", error_description="the DPoP proof was already used""#.to_owned()]
+        );
+    }
+
     /// Redis down: the proof is answered 503, never accepted unchecked.
     #[tokio::test]
     async fn an_unreachable_redis_fails_closed() {
@@ -710,7 +750,7 @@ mod layer {
 
     const SECRET: &[u8] = b"dpop-layer-test-secret-of-32-bytes!";
 
-    fn unix_now() -> u64 {
+    pub(super) fn unix_now() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -718,7 +758,7 @@ mod layer {
     }
 
     /// An access token for `sub`, bound to `key` when given, expiring in `life` s.
-    fn access_token(sub: &str, key: Option<Key>, life: i64) -> String {
+    pub(super) fn access_token(sub: &str, key: Option<Key>, life: i64) -> String {
         let mut claims = json!({ "sub": sub, "exp": unix_now() as i64 + life });
         if let Some(key) = key {
             claims["cnf"] = json!({ "jkt": key.jkt() });
@@ -735,17 +775,29 @@ mod layer {
         claims.sub.unwrap_or_default()
     }
 
-    /// A server on 127.0.0.1 behind the layer, DPoP accepted when `dpop`.
+    /// A server on 127.0.0.1 behind the layer, DPoP accepted when `dpop` (for
+    /// proofs naming the server's own origin).
     async fn server(dpop: bool) -> SocketAddr {
+        server_with(|addr| {
+            dpop.then(|| {
+                DpopVerifier::new()
+                    .external_origin(&format!("http://{addr}"))
+                    .unwrap()
+            })
+        })
+        .await
+    }
+
+    /// A server on 127.0.0.1 behind the layer, DPoP accepted with the verifier
+    /// `dpop` makes for the server's address, if any.
+    pub(super) async fn server_with(
+        dpop: impl FnOnce(SocketAddr) -> Option<DpopVerifier>,
+    ) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut layer = RequireBearerLayer::new(JwtValidator::<Claims>::hmac(SECRET));
-        if dpop {
-            layer = layer.dpop(
-                DpopVerifier::new()
-                    .external_origin(&format!("http://{addr}"))
-                    .unwrap(),
-            );
+        if let Some(verifier) = dpop(addr) {
+            layer = layer.dpop(verifier);
         }
         let app = Router::new().route("/items", get(whoami)).layer(layer);
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -762,13 +814,17 @@ mod layer {
         sign(&header, &claims, key)
     }
 
-    struct Answer {
-        status: u16,
-        challenges: Vec<String>,
-        body: String,
+    pub(super) struct Answer {
+        pub(super) status: u16,
+        pub(super) challenges: Vec<String>,
+        pub(super) body: String,
     }
 
-    async fn send(addr: SocketAddr, authorization: Option<String>, proof: Option<&str>) -> Answer {
+    pub(super) async fn send(
+        addr: SocketAddr,
+        authorization: Option<String>,
+        proof: Option<&str>,
+    ) -> Answer {
         let mut req = reqwest::Client::new().get(format!("http://{addr}/items?page=2"));
         if let Some(a) = authorization {
             req = req.header("authorization", a);
