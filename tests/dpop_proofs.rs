@@ -548,6 +548,80 @@ async fn only_the_configured_algorithms_are_accepted() {
     assert!(DpopVerifier::new().algorithms(&[Algorithm::HS256]).is_err());
 }
 
+/// Proofs mangled byte by byte, and headers and claims of every JSON type: refused,
+/// never a panic.
+#[tokio::test]
+async fn mangled_proofs_are_refused_without_panicking() {
+    let v = verifier();
+    let jkt = Key::Es256.jkt();
+    let good = proof(Key::Es256, |_, _| {});
+    let alphabet = b"AZaz09-_.=+/ {}\"%:";
+    let mut rng = fastrand::Rng::with_seed(16);
+    for _ in 0..3000 {
+        let mut bytes = good.clone().into_bytes();
+        for _ in 0..rng.usize(1..4) {
+            let i = rng.usize(..bytes.len());
+            bytes[i] = alphabet[rng.usize(..alphabet.len())];
+        }
+        let mangled = String::from_utf8(bytes).unwrap();
+        let Ok(value) = HeaderValue::from_str(&mangled) else {
+            continue;
+        };
+        let mut req = get_items("x");
+        req.headers.insert("dpop", value);
+        let _ = verify_with(&v, &req, TOKEN, Some(&jkt)).await;
+    }
+    let odd = [
+        json!(null),
+        json!(1),
+        json!(-1),
+        json!(1e300),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!(true),
+    ];
+    for member in ["typ", "alg", "jwk", "crit"] {
+        for value in &odd {
+            let p = proof(Key::Es256, |h, _| h[member] = value.clone());
+            assert!(
+                outcome(get_items(&p), Key::Es256).await.is_err(),
+                "{member}: {value}"
+            );
+        }
+    }
+    for member in ["jti", "htm", "htu", "iat", "ath"] {
+        // Any string is a jti.
+        for value in odd.iter().filter(|v| !(member == "jti" && v.is_string())) {
+            let p = proof(Key::Es256, |_, c| c[member] = value.clone());
+            assert!(
+                outcome(get_items(&p), Key::Es256).await.is_err(),
+                "{member}: {value}"
+            );
+        }
+    }
+    for jwk_member in ["kty", "crv", "x", "y"] {
+        for value in &odd {
+            let p = proof(Key::Es256, |h, _| h["jwk"][jwk_member] = value.clone());
+            assert!(
+                outcome(get_items(&p), Key::Es256).await.is_err(),
+                "jwk {jwk_member}: {value}"
+            );
+        }
+    }
+    // An Ed25519 key of the wrong length, an RSA key too small to trust.
+    let p = proof(Key::Ed25519, |h, _| h["jwk"]["x"] = json!(b64([7u8; 31])));
+    assert_eq!(
+        outcome(get_items(&p), Key::Ed25519).await,
+        Err(DpopError::InvalidKey)
+    );
+    let p = proof(Key::Rs256, |h, _| h["jwk"]["n"] = json!(b64([0xffu8; 128])));
+    assert_eq!(
+        outcome(get_items(&p), Key::Rs256).await,
+        Err(DpopError::InvalidKey)
+    );
+}
+
 #[test]
 fn refusals_answer_as_rfc_9449_section_7_says() {
     let res: http::Response<()> = DpopError::Stale.http_response("ES256 EdDSA");
@@ -953,6 +1027,31 @@ mod layer {
                     r#"DPoP realm="api", algs="ES256""#.to_owned()
                 ]
             )
+        );
+    }
+
+    /// A route's scope requirement after the DPoP layer answers a DPoP request in
+    /// a DPoP challenge too.
+    #[tokio::test]
+    async fn a_missing_scope_of_a_dpop_request_is_answered_in_a_dpop_challenge() {
+        use tower_bearer::server::RequireScopeLayer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let verifier = DpopVerifier::new()
+            .external_origin(&format!("http://{addr}"))
+            .unwrap();
+        let app = Router::new()
+            .route("/items", get(whoami))
+            .layer(RequireScopeLayer::<Claims>::new(["admin"]))
+            .layer(RequireBearerLayer::new(JwtValidator::<Claims>::hmac(SECRET)).dpop(verifier));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let token = access_token("frank", Some(Key::Es256), 600);
+        let proof = proof_for(addr, "GET", &token, Key::Es256);
+        let answer = send(addr, Some(format!("DPoP {token}")), Some(&proof)).await;
+        assert_eq!(answer.status, 403);
+        assert_eq!(
+            answer.challenges,
+            vec![r#"DPoP realm="api", algs="ES256", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin""#.to_owned()]
         );
     }
 
