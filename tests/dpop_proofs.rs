@@ -622,6 +622,106 @@ async fn mangled_proofs_are_refused_without_panicking() {
     );
 }
 
+#[tokio::test]
+async fn nonces_are_asked_for_given_and_accepted_for_their_window() {
+    use std::sync::Arc;
+    let now = Arc::new(AtomicU64::new(NOW));
+    let clock = Arc::clone(&now);
+    let secret = b"a-nonce-secret-of-at-least-32-bytes";
+    let v = verifier()
+        .clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::Relaxed)))
+        .nonces(secret, Duration::from_secs(30))
+        .unwrap();
+    let jkt = Key::Es256.jkt();
+    let at = |iat: u64, nonce: Option<&str>| {
+        proof(Key::Es256, |_, c| {
+            c["iat"] = json!(iat);
+            if let Some(n) = nonce {
+                c["nonce"] = json!(n);
+            }
+        })
+    };
+    // No nonce: refused, with the one to use.
+    let Err(DpopError::UseNonce(nonce)) =
+        verify_with(&v, &get_items(&at(NOW, None)), TOKEN, Some(&jkt)).await
+    else {
+        panic!("a proof without a nonce is asked for one")
+    };
+    assert_eq!(Some(nonce.clone()), v.current_nonce());
+    let res: http::Response<()> = DpopError::UseNonce(nonce.clone()).http_response("ES256");
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["dpop-nonce"], nonce.as_str());
+    assert!(res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains(r#"error="use_dpop_nonce""#));
+    // With it: accepted, now and in the next window; not two windows later.
+    let ok = verify_with(&v, &get_items(&at(NOW, Some(&nonce))), TOKEN, Some(&jkt)).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    now.store(NOW + 30, Ordering::Relaxed);
+    let ok = verify_with(
+        &v,
+        &get_items(&at(NOW + 30, Some(&nonce))),
+        TOKEN,
+        Some(&jkt),
+    )
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    now.store(NOW + 60, Ordering::Relaxed);
+    let old = verify_with(
+        &v,
+        &get_items(&at(NOW + 60, Some(&nonce))),
+        TOKEN,
+        Some(&jkt),
+    )
+    .await;
+    assert!(
+        matches!(old, Err(DpopError::UseNonce(ref fresh)) if *fresh != nonce),
+        "{old:?}"
+    );
+    // A replica with the same secret accepts it; one with another secret does not;
+    // made-up nonces never pass.
+    let fresh = v.current_nonce().unwrap();
+    let clock = Arc::clone(&now);
+    let same = verifier()
+        .clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::Relaxed)))
+        .nonces(secret, Duration::from_secs(30))
+        .unwrap();
+    let ok = verify_with(
+        &same,
+        &get_items(&at(NOW + 60, Some(&fresh))),
+        TOKEN,
+        Some(&jkt),
+    )
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let clock = Arc::clone(&now);
+    let other = verifier()
+        .clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::Relaxed)))
+        .nonces(
+            b"another-secret-of-at-least-32-bytes",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    for forged in [fresh.as_str(), "", "x", &b64([0u8; 24]), &b64([0u8; 25])] {
+        let got = verify_with(
+            &other,
+            &get_items(&at(NOW + 60, Some(forged))),
+            TOKEN,
+            Some(&jkt),
+        )
+        .await;
+        assert!(
+            matches!(got, Err(DpopError::UseNonce(_))),
+            "{forged:?}: {got:?}"
+        );
+    }
+    assert!(verifier()
+        .nonces(b"short", Duration::from_secs(30))
+        .is_err());
+    assert!(verifier().nonces(secret, Duration::ZERO).is_err());
+}
+
 #[test]
 fn refusals_answer_as_rfc_9449_section_7_says() {
     let res: http::Response<()> = DpopError::Stale.http_response("ES256 EdDSA");
@@ -1028,6 +1128,48 @@ mod layer {
                 ]
             )
         );
+    }
+
+    /// A server that asks for nonces: the first proof gets `use_dpop_nonce` and a
+    /// `DPoP-Nonce`, the retry with it passes.
+    #[tokio::test]
+    async fn a_client_without_the_nonce_is_given_one_and_passes_with_it() {
+        let addr = server_with(|addr| {
+            Some(
+                DpopVerifier::new()
+                    .external_origin(&format!("http://{addr}"))
+                    .unwrap()
+                    .nonces(
+                        b"a-nonce-secret-of-at-least-32-bytes",
+                        Duration::from_secs(60),
+                    )
+                    .unwrap(),
+            )
+        })
+        .await;
+        let token = access_token("grace", Some(Key::Es256), 600);
+        let proof = proof_for(addr, "GET", &token, Key::Es256);
+        let res = reqwest::Client::new()
+            .get(format!("http://{addr}/items"))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(
+            res.headers()["www-authenticate"],
+            r#"DPoP realm="api", algs="ES256", error="use_dpop_nonce", error_description="the DPoP proof must carry the server's current nonce""#
+        );
+        let nonce = res.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+        let (header, mut claims) = good(Key::Es256);
+        claims["htu"] = json!(format!("http://{addr}/items"));
+        claims["iat"] = json!(unix_now());
+        claims["ath"] = json!(b64(Sha256::digest(&token)));
+        claims["nonce"] = json!(nonce);
+        let retry = sign(&header, &claims, Key::Es256);
+        let ok = send(addr, Some(format!("DPoP {token}")), Some(&retry)).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "grace"));
     }
 
     /// A route's scope requirement after the DPoP layer answers a DPoP request in

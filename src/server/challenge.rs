@@ -36,6 +36,10 @@ pub enum Rejection {
     /// The DPoP proof that came with the token is refused (RFC 9449 §7.1): `401`
     /// `invalid_dpop_proof`, in a `DPoP` challenge.
     InvalidDpopProof(Cow<'static, str>),
+    /// The DPoP proof lacks the server's current nonce (RFC 9449 §8): `401`
+    /// `use_dpop_nonce` in a `DPoP` challenge, with this nonce in a `DPoP-Nonce`
+    /// header.
+    UseDpopNonce(String),
 }
 
 impl Rejection {
@@ -50,6 +54,7 @@ impl Rejection {
             Rejection::Missing
             | Rejection::InvalidToken(_)
             | Rejection::InvalidDpopProof(_)
+            | Rejection::UseDpopNonce(_)
             | Rejection::InsufficientUserAuthentication { .. } => StatusCode::UNAUTHORIZED,
             Rejection::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::InsufficientScope(_) => StatusCode::FORBIDDEN,
@@ -64,6 +69,7 @@ impl Rejection {
             Rejection::InvalidRequest(_) => Some("invalid_request"),
             Rejection::InvalidToken(_) => Some("invalid_token"),
             Rejection::InvalidDpopProof(_) => Some("invalid_dpop_proof"),
+            Rejection::UseDpopNonce(_) => Some("use_dpop_nonce"),
             Rejection::InsufficientScope(_) => Some("insufficient_scope"),
             Rejection::InsufficientUserAuthentication { .. } => {
                 Some("insufficient_user_authentication")
@@ -78,6 +84,9 @@ impl Rejection {
             Rejection::InvalidToken(d)
             | Rejection::Unavailable(d)
             | Rejection::InvalidDpopProof(d) => Some(d),
+            Rejection::UseDpopNonce(_) => {
+                Some("the DPoP proof must carry the server's current nonce")
+            }
             Rejection::InsufficientScope(_) => Some("the token lacks a required scope"),
             Rejection::InsufficientUserAuthentication { .. } => {
                 Some("a stronger or more recent user authentication is required")
@@ -149,7 +158,12 @@ impl Rejection {
         algs: &str,
         dpop_scheme: bool,
     ) -> [Option<HeaderValue>; 2] {
-        if dpop_scheme || matches!(self, Rejection::InvalidDpopProof(_)) {
+        if dpop_scheme
+            || matches!(
+                self,
+                Rejection::InvalidDpopProof(_) | Rejection::UseDpopNonce(_)
+            )
+        {
             [
                 Some(self.challenge_in("DPoP", realm, Some(algs), resource_metadata)),
                 None,
@@ -166,6 +180,11 @@ impl Rejection {
     fn put_challenges(&self, headers: &mut HeaderMap, challenge: &Challenge<'_>) {
         if matches!(self, Rejection::Unavailable(_)) {
             return;
+        }
+        if let Rejection::UseDpopNonce(nonce) = self {
+            if let Ok(nonce) = HeaderValue::from_str(nonce) {
+                headers.insert("dpop-nonce", nonce);
+            }
         }
         match challenge.dpop {
             None => {
@@ -222,6 +241,7 @@ impl Rejection {
             | Rejection::InvalidRequest(_)
             | Rejection::InvalidToken(_)
             | Rejection::InvalidDpopProof(_)
+            | Rejection::UseDpopNonce(_)
             | Rejection::InsufficientUserAuthentication { .. } => 16,
             Rejection::InsufficientScope(_) => 7,
             Rejection::Unavailable(_) => 14,

@@ -54,6 +54,9 @@ use crate::Error;
 /// The `DPoP` request header.
 pub const DPOP: &str = "dpop";
 
+/// The `DPoP-Nonce` response header (RFC 9449 §8).
+pub const DPOP_NONCE: &str = "dpop-nonce";
+
 /// The default cap on a `DPoP` header, in bytes (an RSA-4096 proof is under 2 KiB).
 pub const DEFAULT_MAX_PROOF_LEN: usize = 8 * 1024;
 
@@ -137,6 +140,11 @@ pub enum DpopError {
     /// good, so the answer is `503`.
     #[error("the DPoP replay cache is unavailable: {0}")]
     ReplayCacheUnavailable(String),
+    /// The server asks for nonces ([`DpopVerifier::nonces`]) and the proof has none,
+    /// or one too old or not the server's (RFC 9449 §8): `401` `use_dpop_nonce`,
+    /// with this fresh nonce in a `DPoP-Nonce` header, for the client to retry with.
+    #[error("the DPoP proof must carry the server's current nonce")]
+    UseNonce(String),
 }
 
 impl DpopError {
@@ -148,6 +156,7 @@ impl DpopError {
                 Some("invalid_token")
             }
             DpopError::ReplayCacheUnavailable(_) => None,
+            DpopError::UseNonce(_) => Some("use_dpop_nonce"),
             _ => Some("invalid_dpop_proof"),
         }
     }
@@ -182,7 +191,8 @@ impl DpopError {
         HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("DPoP"))
     }
 
-    /// The HTTP answer: the status, and the challenge (not for `503`), empty body.
+    /// The HTTP answer: the status, the challenge (not for `503`) and, for
+    /// [`UseNonce`](Self::UseNonce), the `DPoP-Nonce` header; empty body.
     pub fn http_response<B: Default>(&self, algs: &str) -> http::Response<B> {
         let mut res = http::Response::new(B::default());
         *res.status_mut() = self.status();
@@ -190,12 +200,20 @@ impl DpopError {
             res.headers_mut()
                 .insert(http::header::WWW_AUTHENTICATE, self.challenge(algs));
         }
+        if let DpopError::UseNonce(nonce) = self {
+            if let Ok(nonce) = HeaderValue::from_str(nonce) {
+                res.headers_mut().insert(DPOP_NONCE, nonce);
+            }
+        }
         res
     }
 }
 
 impl From<DpopError> for super::Rejection {
     fn from(e: DpopError) -> Self {
+        if let DpopError::UseNonce(nonce) = e {
+            return super::Rejection::UseDpopNonce(nonce);
+        }
         match e.error_code() {
             Some("invalid_token") => super::Rejection::InvalidToken(e.description()),
             Some(_) => super::Rejection::InvalidDpopProof(e.description()),
@@ -403,6 +421,54 @@ pub struct DpopVerifier {
     replay: Arc<dyn ReplayCache>,
     clock: Clock,
     max_len: usize,
+    nonces: Option<Arc<Nonces>>,
+}
+
+/// Server nonces without server state: a nonce names its time window and carries
+/// an HMAC of it, so every replica sharing the secret accepts every other's.
+struct Nonces {
+    key: hmac::Hmac<Sha256>,
+    lifetime: u64,
+}
+
+impl Nonces {
+    fn window(&self, now: u64) -> u64 {
+        now / self.lifetime
+    }
+
+    fn mac(&self, window: u64) -> [u8; 32] {
+        use hmac::Mac as _;
+        let mut mac = self.key.clone();
+        mac.update(b"tower-bearer dpop nonce ");
+        mac.update(&window.to_be_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The nonce of the window `now` is in: base64url of the window and 16 bytes of
+    /// its HMAC.
+    fn current(&self, now: u64) -> String {
+        let window = self.window(now);
+        let mut raw = [0u8; 24];
+        raw[..8].copy_from_slice(&window.to_be_bytes());
+        raw[8..].copy_from_slice(&self.mac(window)[..16]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Whether `nonce` is ours and of this window, the previous one, or the next
+    /// one (a replica whose clock is a little ahead).
+    fn accepts(&self, nonce: &str, now: u64) -> bool {
+        // Room for the decoder's estimate; anything but 24 bytes is not ours.
+        let mut raw = [0u8; 36];
+        if nonce.len() != 32 || URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw) != Ok(24) {
+            return false;
+        }
+        let mut window = [0u8; 8];
+        window.copy_from_slice(&raw[..8]);
+        let window = u64::from_be_bytes(window);
+        let current = self.window(now);
+        (current.saturating_sub(1)..=current.saturating_add(1)).contains(&window)
+            && bool::from(raw[8..24].ct_eq(&self.mac(window)[..16]))
+    }
 }
 
 impl fmt::Debug for DpopVerifier {
@@ -412,6 +478,7 @@ impl fmt::Debug for DpopVerifier {
             .field("leeway", &self.leeway)
             .field("origin", &self.origin)
             .field("max_len", &self.max_len)
+            .field("nonces", &self.nonces.as_ref().map(|n| n.lifetime))
             .finish_non_exhaustive()
     }
 }
@@ -451,6 +518,7 @@ impl DpopVerifier {
             replay: Arc::new(MemoryReplayCache::default()),
             clock: Arc::new(system_clock),
             max_len: DEFAULT_MAX_PROOF_LEN,
+            nonces: None,
         }
     }
 
@@ -522,6 +590,43 @@ impl DpopVerifier {
     pub fn clock(mut self, now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(move || now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         self
+    }
+
+    /// Requires server nonces (RFC 9449 §8): a proof must carry in `nonce` one this
+    /// server (or a replica with the same `secret`) gave out within the last one or
+    /// two `lifetime`s; otherwise it is refused with [`DpopError::UseNonce`] and a
+    /// fresh nonce (`401 use_dpop_nonce` and a `DPoP-Nonce` header), which the
+    /// client retries with. Nonces are stateless (a time window and its HMAC), so a
+    /// fleet needs no shared store for them. With nonces a proof's age no longer
+    /// rests on the client's clock alone.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a secret shorter than 32 bytes or a lifetime
+    /// under a second.
+    pub fn nonces(mut self, secret: &[u8], lifetime: Duration) -> Result<Self, Error> {
+        use hmac::Mac as _;
+        if secret.len() < 32 {
+            return Err(Error::Configuration(
+                "a DPoP nonce secret needs at least 32 bytes".into(),
+            ));
+        }
+        if lifetime.as_secs() == 0 {
+            return Err(Error::Configuration(
+                "a DPoP nonce lives at least a second".into(),
+            ));
+        }
+        let key = hmac::Hmac::<Sha256>::new_from_slice(secret)
+            .map_err(|e| Error::Configuration(format!("DPoP nonce secret: {e}")))?;
+        self.nonces = Some(Arc::new(Nonces {
+            key,
+            lifetime: lifetime.as_secs(),
+        }));
+        Ok(self)
+    }
+
+    /// The nonce to give clients now (`DPoP-Nonce`), when nonces are required.
+    pub fn current_nonce(&self) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.current((self.clock)()))
     }
 
     /// The largest `DPoP` header accepted, in bytes (default 8 KiB).
@@ -648,6 +753,15 @@ impl DpopVerifier {
         let expected_ath = URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()));
         if !bool::from(ath.as_bytes().ct_eq(expected_ath.as_bytes())) {
             return Err(DpopError::AccessTokenHash);
+        }
+        if let Some(nonces) = &self.nonces {
+            if !claims
+                .nonce
+                .as_deref()
+                .is_some_and(|n| nonces.accepts(n, now))
+            {
+                return Err(DpopError::UseNonce(nonces.current(now)));
+            }
         }
         let jkt = thumbprint(&jwk).ok_or(DpopError::InvalidKey)?;
         // The jti is the client's; scoped by its key, one client cannot burn
@@ -800,6 +914,8 @@ struct ProofClaims {
     iat: Option<serde_json::Number>,
     #[serde(default)]
     ath: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// A NumericDate: a non-negative integer or decimal, truncated to seconds.
