@@ -598,7 +598,9 @@ impl DpopVerifier {
     /// fresh nonce (`401 use_dpop_nonce` and a `DPoP-Nonce` header), which the
     /// client retries with. Nonces are stateless (a time window and its HMAC), so a
     /// fleet needs no shared store for them. With nonces a proof's age no longer
-    /// rests on the client's clock alone.
+    /// rests on the client's clock alone. Successful answers carry no `DPoP-Nonce`:
+    /// a nonce stays good for two to three lifetimes, and a client learns the next
+    /// one from the `use_dpop_nonce` answer it then gets.
     ///
     /// # Errors
     /// [`Error::Configuration`] for a secret shorter than 32 bytes or a lifetime
