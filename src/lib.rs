@@ -62,6 +62,8 @@
 //!   build always has exactly one backend (features add up across a dependency graph
 //!   and `--all-features`).
 //! - `jwks` (default): JWKS and OIDC discovery with key rotation (implies `jwt`; no extra dependencies).
+//! - `dpop`: DPoP (RFC 9449) on the resource server: proofs checked completely, used
+//!   proofs remembered (in memory, or fleet-wide with `redis`); implies `jwt`.
 //! - `introspection`: RFC 7662 token introspection.
 //! - `axum`: extractors for the verified claims.
 //! - `reqwest`: a reqwest-middleware middleware.

@@ -18,7 +18,7 @@
 //! | `tower_bearer_store_failures_total` | counter | `op`: `load`, `save` | token store reads and writes that failed |
 //! | `tower_bearer_idp_requests_total` | counter | `endpoint`: `token`, `device_authorization`, `jwks`, `discovery`, `introspection`, `revocation`, `resource_metadata`; `outcome`: `ok` (2xx), `http_error`, `timeout`, `error` | HTTP requests to the identity provider's endpoints |
 //! | `tower_bearer_idp_request_seconds` | histogram | `endpoint` | how long each took |
-//! | `tower_bearer_validations_total` | counter | `outcome`: `ok`, `anonymous`, `rejected`; `reason`: `none`, `missing`, `invalid_request`, `invalid_token`, `insufficient_scope`, `unavailable` | requests checked by `RequireBearerLayer`, by its verdict and the RFC 6750 reason of a refusal (`unavailable`: `503`) |
+//! | `tower_bearer_validations_total` | counter | `outcome`: `ok`, `anonymous`, `rejected`; `reason`: `none`, `missing`, `invalid_request`, `invalid_token`, `insufficient_scope`, `invalid_dpop_proof`, `use_dpop_nonce`, `unavailable` | requests checked by `RequireBearerLayer`, by its verdict and the RFC 6750 reason of a refusal (`unavailable`: `503`) |
 //! | `tower_bearer_validation_seconds` | histogram | | how long each check took, from the header to the verdict |
 //! | `tower_bearer_scope_checks_total` | counter | `outcome`: `ok`, `insufficient_scope`, `missing` | requests checked by `RequireScopeLayer` |
 //! | `tower_bearer_cache_lookups_total` | counter | `cache`: `verified`, `introspection`; `result`: `hit`, `miss` | lookups in the `VerifiedCache` and the `Introspection` cache |
@@ -327,6 +327,8 @@ fn reason(rejection: &Rejection) -> &'static str {
         // Answered by `RequireStepUpLayer`, not by the bearer layer counted here.
         Rejection::InsufficientUserAuthentication { .. } => "insufficient_user_authentication",
         Rejection::Unavailable(_) => "unavailable",
+        Rejection::InvalidDpopProof(_) => "invalid_dpop_proof",
+        Rejection::UseDpopNonce(_) => "use_dpop_nonce",
     }
 }
 

@@ -71,9 +71,14 @@ use crate::{Error, Token};
 
 mod connection;
 mod denylist;
+#[cfg(feature = "dpop")]
+mod replay;
 
 pub use connection::{RedisConfig, RedisConnection};
 pub use denylist::{Denylisted, RedisDenylist};
+#[cfg(feature = "dpop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub use replay::RedisReplayCache;
 
 /// Writes the token only if the version is still the one read under the lock.
 const WRITE_FENCED: &str = r"

@@ -33,6 +33,13 @@ pub enum Rejection {
     /// The validator cannot decide now (keys or introspection endpoint
     /// unreachable): `503`, since the token may well be good.
     Unavailable(Cow<'static, str>),
+    /// The DPoP proof that came with the token is refused (RFC 9449 §7.1): `401`
+    /// `invalid_dpop_proof`, in a `DPoP` challenge.
+    InvalidDpopProof(Cow<'static, str>),
+    /// The DPoP proof lacks the server's current nonce (RFC 9449 §8): `401`
+    /// `use_dpop_nonce` in a `DPoP` challenge, with this nonce in a `DPoP-Nonce`
+    /// header.
+    UseDpopNonce(String),
 }
 
 impl Rejection {
@@ -46,6 +53,8 @@ impl Rejection {
         match self {
             Rejection::Missing
             | Rejection::InvalidToken(_)
+            | Rejection::InvalidDpopProof(_)
+            | Rejection::UseDpopNonce(_)
             | Rejection::InsufficientUserAuthentication { .. } => StatusCode::UNAUTHORIZED,
             Rejection::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::InsufficientScope(_) => StatusCode::FORBIDDEN,
@@ -59,6 +68,8 @@ impl Rejection {
             Rejection::Missing | Rejection::Unavailable(_) => None,
             Rejection::InvalidRequest(_) => Some("invalid_request"),
             Rejection::InvalidToken(_) => Some("invalid_token"),
+            Rejection::InvalidDpopProof(_) => Some("invalid_dpop_proof"),
+            Rejection::UseDpopNonce(_) => Some("use_dpop_nonce"),
             Rejection::InsufficientScope(_) => Some("insufficient_scope"),
             Rejection::InsufficientUserAuthentication { .. } => {
                 Some("insufficient_user_authentication")
@@ -70,7 +81,12 @@ impl Rejection {
         match self {
             Rejection::Missing => None,
             Rejection::InvalidRequest(d) => Some(d),
-            Rejection::InvalidToken(d) | Rejection::Unavailable(d) => Some(d),
+            Rejection::InvalidToken(d)
+            | Rejection::Unavailable(d)
+            | Rejection::InvalidDpopProof(d) => Some(d),
+            Rejection::UseDpopNonce(_) => {
+                Some("the DPoP proof must carry the server's current nonce")
+            }
             Rejection::InsufficientScope(_) => Some("the token lacks a required scope"),
             Rejection::InsufficientUserAuthentication { .. } => {
                 Some("a stronger or more recent user authentication is required")
@@ -88,7 +104,22 @@ impl Rejection {
     /// `resource_metadata` parameter of RFC 9728 §5.1 when `resource_metadata` (the
     /// URL of the resource's metadata document) is given.
     pub fn challenge_with(&self, realm: &str, resource_metadata: Option<&str>) -> HeaderValue {
-        let mut value = format!("Bearer realm=\"{}\"", quote(realm));
+        self.challenge_in("Bearer", realm, None, resource_metadata)
+    }
+
+    /// The challenge of `scheme` (`Bearer`, or `DPoP` with its `algs`), with the
+    /// parameters this rejection needs.
+    fn challenge_in(
+        &self,
+        scheme: &'static str,
+        realm: &str,
+        algs: Option<&str>,
+        resource_metadata: Option<&str>,
+    ) -> HeaderValue {
+        let mut value = format!("{scheme} realm=\"{}\"", quote(realm));
+        if let Some(algs) = algs {
+            value.push_str(&format!(", algs=\"{}\"", quote(algs)));
+        }
         if let Some(code) = self.error_code() {
             value.push_str(&format!(", error=\"{code}\""));
             if let Some(description) = self.description() {
@@ -113,7 +144,67 @@ impl Rejection {
         if let Some(url) = resource_metadata {
             value.push_str(&format!(", resource_metadata=\"{}\"", quote(url)));
         }
-        HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+        HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(scheme))
+    }
+
+    /// The `WWW-Authenticate` values of a layer that accepts DPoP with `algs`
+    /// (RFC 9449 §7.1): for a request that came with `Authorization: DPoP` (or a
+    /// refused proof), one `DPoP` challenge carrying the error; otherwise the
+    /// `Bearer` challenge, then a bare `DPoP` one naming the algorithms.
+    fn dpop_challenges(
+        &self,
+        realm: &str,
+        resource_metadata: Option<&str>,
+        algs: &str,
+        dpop_scheme: bool,
+    ) -> [Option<HeaderValue>; 2] {
+        if dpop_scheme
+            || matches!(
+                self,
+                Rejection::InvalidDpopProof(_) | Rejection::UseDpopNonce(_)
+            )
+        {
+            [
+                Some(self.challenge_in("DPoP", realm, Some(algs), resource_metadata)),
+                None,
+            ]
+        } else {
+            [
+                Some(self.challenge_in("Bearer", realm, None, resource_metadata)),
+                Some(Rejection::Missing.challenge_in("DPoP", realm, Some(algs), None)),
+            ]
+        }
+    }
+
+    /// Puts the challenges for this rejection in `headers` (none for `503`).
+    fn put_challenges(&self, headers: &mut HeaderMap, challenge: &Challenge<'_>) {
+        if matches!(self, Rejection::Unavailable(_)) {
+            return;
+        }
+        if let Rejection::UseDpopNonce(nonce) = self {
+            if let Ok(nonce) = HeaderValue::from_str(nonce) {
+                headers.insert("dpop-nonce", nonce);
+            }
+        }
+        match challenge.dpop {
+            None => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    self.challenge_with(challenge.realm, challenge.resource_metadata),
+                );
+            }
+            Some((algs, dpop_scheme)) => {
+                let values = self.dpop_challenges(
+                    challenge.realm,
+                    challenge.resource_metadata,
+                    algs,
+                    dpop_scheme,
+                );
+                for value in values.into_iter().flatten() {
+                    headers.append(WWW_AUTHENTICATE, value);
+                }
+            }
+        }
     }
 
     /// The answer to an HTTP request: status, `WWW-Authenticate` (not for `503`), and
@@ -127,14 +218,17 @@ impl Rejection {
         realm: &str,
         resource_metadata: Option<&str>,
     ) -> Response<B> {
+        self.http_response_in(&Challenge {
+            realm,
+            resource_metadata,
+            dpop: None,
+        })
+    }
+
+    fn http_response_in<B: Default>(&self, challenge: &Challenge<'_>) -> Response<B> {
         let mut res = Response::new(B::default());
         *res.status_mut() = self.status();
-        if !matches!(self, Rejection::Unavailable(_)) {
-            res.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                self.challenge_with(realm, resource_metadata),
-            );
-        }
+        self.put_challenges(res.headers_mut(), challenge);
         res
     }
 
@@ -146,6 +240,8 @@ impl Rejection {
             Rejection::Missing
             | Rejection::InvalidRequest(_)
             | Rejection::InvalidToken(_)
+            | Rejection::InvalidDpopProof(_)
+            | Rejection::UseDpopNonce(_)
             | Rejection::InsufficientUserAuthentication { .. } => 16,
             Rejection::InsufficientScope(_) => 7,
             Rejection::Unavailable(_) => 14,
@@ -164,6 +260,14 @@ impl Rejection {
         realm: &str,
         resource_metadata: Option<&str>,
     ) -> Response<B> {
+        self.grpc_response_in(&Challenge {
+            realm,
+            resource_metadata,
+            dpop: None,
+        })
+    }
+
+    fn grpc_response_in<B: Default>(&self, challenge: &Challenge<'_>) -> Response<B> {
         let mut res = Response::new(B::default());
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -172,12 +276,7 @@ impl Rejection {
         if let Ok(message) = HeaderValue::try_from(percent_encode(message)) {
             headers.insert("grpc-message", message);
         }
-        if !matches!(self, Rejection::Unavailable(_)) {
-            headers.insert(
-                WWW_AUTHENTICATE,
-                self.challenge_with(realm, resource_metadata),
-            );
-        }
+        self.put_challenges(headers, challenge);
         res
     }
 
@@ -199,10 +298,26 @@ impl Rejection {
         realm: &str,
         resource_metadata: Option<&str>,
     ) -> Response<B> {
+        self.response_in(
+            request_headers,
+            &Challenge {
+                realm,
+                resource_metadata,
+                dpop: None,
+            },
+        )
+    }
+
+    /// The answer for a request with these headers, gRPC or HTTP, with `challenge`.
+    pub(crate) fn response_in<B: Default>(
+        &self,
+        request_headers: &HeaderMap,
+        challenge: &Challenge<'_>,
+    ) -> Response<B> {
         if is_grpc(request_headers) {
-            self.grpc_response_with(realm, resource_metadata)
+            self.grpc_response_in(challenge)
         } else {
-            self.http_response_with(realm, resource_metadata)
+            self.http_response_in(challenge)
         }
     }
 }
@@ -223,6 +338,15 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
+
+/// What a layer's challenges name.
+pub(crate) struct Challenge<'a> {
+    pub(crate) realm: &'a str,
+    pub(crate) resource_metadata: Option<&'a str>,
+    /// For a layer that accepts DPoP: its `algs`, and whether the request came with
+    /// `Authorization: DPoP`.
+    pub(crate) dpop: Option<(&'a str, bool)>,
+}
 
 /// Whether a request is gRPC (`content-type: application/grpc…`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {

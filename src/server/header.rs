@@ -3,6 +3,8 @@
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
+#[cfg(feature = "dpop")]
+use http::HeaderValue;
 
 use super::Rejection;
 
@@ -59,6 +61,45 @@ pub fn bearer_token(headers: &HeaderMap, max_len: usize) -> Result<&str, Rejecti
     // token68 is ASCII, so this cannot fail; no unwrap on input all the same.
     std::str::from_utf8(token)
         .map_err(|_| Rejection::InvalidRequest("the bearer token is malformed"))
+}
+
+/// The token of `Authorization: DPoP <token>` (RFC 9449 §7.1), or of `Bearer`, and
+/// which of the two it was (`true` for DPoP), for a layer that accepts both.
+///
+/// The same rules as [`bearer_token`]: one header, the size cap, a `token68`
+/// token, the scheme case-insensitive.
+#[cfg(feature = "dpop")]
+pub fn dpop_or_bearer_token(
+    headers: &HeaderMap,
+    max_len: usize,
+) -> Result<(bool, &str), Rejection> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let is_dpop = values.next().is_some_and(|v| {
+        let b = v.as_bytes();
+        b.len() > 4 && b[..4].eq_ignore_ascii_case(b"dpop") && b[4] == b' '
+    });
+    if !is_dpop || values.next().is_some() {
+        return bearer_token(headers, max_len).map(|t| (false, t));
+    }
+    let bytes = headers
+        .get(AUTHORIZATION)
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    if bytes.len() > max_len {
+        return Err(Rejection::InvalidRequest(
+            "the Authorization header is too long",
+        ));
+    }
+    let rest = &bytes[4..];
+    let token = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+    if token.is_empty() {
+        return Err(Rejection::InvalidRequest("the DPoP token is empty"));
+    }
+    if !is_token68(token) {
+        return Err(Rejection::InvalidRequest("the DPoP token is malformed"));
+    }
+    std::str::from_utf8(token)
+        .map(|t| (true, t))
+        .map_err(|_| Rejection::InvalidRequest("the DPoP token is malformed"))
 }
 
 /// The bytes of a token68 body: one table lookup per byte.

@@ -13,6 +13,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::challenge::Challenge;
+#[cfg(feature = "dpop")]
+use super::dpop::{CheckedProof, Confirmation, DpopError, DpopVerifier};
+#[cfg(feature = "dpop")]
+use super::header::dpop_or_bearer_token;
 use super::header::{bearer_token, DEFAULT_MAX_LEN};
 use super::validator::{ScopedClaims, ValidationFuture, Validator};
 use super::Rejection;
@@ -32,6 +37,9 @@ pub struct Verified<C>(pub C);
 pub(crate) struct ChallengeParams {
     pub(crate) realm: Arc<str>,
     pub(crate) resource_metadata: Option<Arc<str>>,
+    /// The `algs` of a layer that accepts DPoP (RFC 9449 §7.1), named in its
+    /// challenges.
+    pub(crate) dpop_algs: Option<Arc<str>>,
 }
 
 impl ChallengeParams {
@@ -40,8 +48,27 @@ impl ChallengeParams {
         rejection: &Rejection,
         headers: &http::HeaderMap,
     ) -> Response<B> {
-        rejection.response_for_with(headers, &self.realm, self.resource_metadata.as_deref())
+        rejection.response_in(
+            headers,
+            &Challenge {
+                realm: &self.realm,
+                resource_metadata: self.resource_metadata.as_deref(),
+                dpop: self
+                    .dpop_algs
+                    .as_deref()
+                    .map(|algs| (algs, sent_as_dpop(headers))),
+            },
+        )
     }
+}
+
+/// Whether the request's credentials are `Authorization: DPoP …`.
+fn sent_as_dpop(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
+        v.as_bytes()
+            .get(..5)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"dpop "))
+    })
 }
 
 /// The challenge parameters of the [`RequireBearerLayer`] a request went through, in
@@ -60,6 +87,7 @@ pub(crate) fn realm_of(extensions: &http::Extensions) -> Arc<ChallengeParams> {
             Arc::new(ChallengeParams {
                 realm: Arc::from(DEFAULT_REALM),
                 resource_metadata: None,
+                dpop_algs: None,
             })
         },
         |r| Arc::clone(&r.0),
@@ -71,6 +99,33 @@ struct Config {
     challenge: Arc<ChallengeParams>,
     max_len: usize,
     anonymous: bool,
+    /// DPoP accepted (and DPoP-bound tokens refused as bearer tokens); `None`: a
+    /// bearer-only layer, whose path is the one it had before DPoP.
+    #[cfg(feature = "dpop")]
+    dpop: Option<Arc<DpopConfig>>,
+}
+
+/// What a layer that accepts DPoP checks with.
+#[cfg(feature = "dpop")]
+struct DpopConfig {
+    verifier: DpopVerifier,
+    /// The claims' `cnf.jkt`, through their [`Confirmation`] (the claims type is
+    /// erased here, so the configuration stays the same type for every validator).
+    jkt_of: fn(&dyn std::any::Any) -> Option<&str>,
+}
+
+#[cfg(feature = "dpop")]
+impl fmt::Debug for DpopConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopConfig")
+            .field("verifier", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "dpop")]
+fn jkt_of<C: Confirmation + 'static>(claims: &dyn std::any::Any) -> Option<&str> {
+    claims.downcast_ref::<C>().and_then(Confirmation::jkt)
 }
 
 /// Requires `Authorization: Bearer` with a token the [`Validator`] accepts.
@@ -124,9 +179,12 @@ impl<V: Validator> RequireBearerLayer<V> {
                 challenge: Arc::new(ChallengeParams {
                     realm: Arc::from(DEFAULT_REALM),
                     resource_metadata: None,
+                    dpop_algs: None,
                 }),
                 max_len: DEFAULT_MAX_LEN,
                 anonymous: false,
+                #[cfg(feature = "dpop")]
+                dpop: None,
             }),
         }
     }
@@ -145,6 +203,7 @@ impl<V: Validator> RequireBearerLayer<V> {
             c.challenge = Arc::new(ChallengeParams {
                 realm,
                 resource_metadata: c.challenge.resource_metadata.clone(),
+                dpop_algs: c.challenge.dpop_algs.clone(),
             })
         })
     }
@@ -163,6 +222,7 @@ impl<V: Validator> RequireBearerLayer<V> {
             c.challenge = Arc::new(ChallengeParams {
                 realm: Arc::clone(&c.challenge.realm),
                 resource_metadata: Some(url),
+                dpop_algs: c.challenge.dpop_algs.clone(),
             })
         })
     }
@@ -177,6 +237,47 @@ impl<V: Validator> RequireBearerLayer<V> {
     /// [`Verified`] (or with the optional axum extractor).
     pub fn allow_anonymous(self) -> Self {
         self.config(|c| c.anonymous = true)
+    }
+
+    /// Accepts DPoP-bound tokens (RFC 9449) besides bearer tokens: `Authorization:
+    /// DPoP <token>` with a `DPoP` proof that `verifier` checks completely, for a
+    /// token whose `cnf.jkt` (read through [`Confirmation`]) names the proof's key.
+    ///
+    /// A DPoP-bound token sent as `Bearer` is refused (`401 invalid_token`): whoever
+    /// stole it has no key. Refusals of a DPoP request come in a `DPoP` challenge
+    /// naming the accepted `algs` (`invalid_dpop_proof`, `invalid_token`); the others
+    /// carry a `DPoP algs="…"` challenge after the `Bearer` one, so clients learn
+    /// that DPoP is accepted. Without this call, the layer is bearer-only and pays
+    /// nothing for DPoP.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use tower_bearer::server::{Claims, DpopVerifier, JwtValidator, RequireBearerLayer};
+    ///
+    /// let validator = JwtValidator::<Claims>::hmac(b"a-secret-of-at-least-32-bytes!!!");
+    /// let dpop = DpopVerifier::new().external_origin("https://api.example.com").unwrap();
+    /// let app: Router = Router::new()
+    ///     .route("/items", get(|| async { "items" }))
+    ///     .layer(RequireBearerLayer::new(validator).dpop(dpop));
+    /// ```
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn dpop(self, verifier: DpopVerifier) -> Self
+    where
+        V::Claims: Confirmation,
+    {
+        let algs: Arc<str> = Arc::from(verifier.algs());
+        self.config(|c| {
+            c.challenge = Arc::new(ChallengeParams {
+                realm: Arc::clone(&c.challenge.realm),
+                resource_metadata: c.challenge.resource_metadata.clone(),
+                dpop_algs: Some(algs),
+            });
+            c.dpop = Some(Arc::new(DpopConfig {
+                verifier,
+                jkt_of: jkt_of::<V::Claims>,
+            }));
+        })
     }
 }
 
@@ -247,8 +348,24 @@ where
         }
         let config = &self.config;
         let started = Started::now();
-        let validation = match bearer_token(req.headers(), config.max_len) {
-            Ok(token) => self.validator.validate(token),
+        #[cfg(feature = "dpop")]
+        let checked = match &config.dpop {
+            None => None,
+            Some(dpop) => Some(dpop_validation(
+                &*self.validator,
+                dpop,
+                &req,
+                config.max_len,
+            )),
+        };
+        #[cfg(not(feature = "dpop"))]
+        let checked: Option<Result<ValidationFuture<V::Claims>, Rejection>> = None;
+        let parsed = match checked {
+            Some(checked) => checked,
+            None => bearer_token(req.headers(), config.max_len).map(|t| self.validator.validate(t)),
+        };
+        let validation = match parsed {
+            Ok(validation) => validation,
             Err(Rejection::Missing) if config.anonymous => {
                 metrics::validation(Err(&Rejection::Missing), true, started);
                 req.extensions_mut()
@@ -585,5 +702,66 @@ where
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
         }
+    }
+}
+
+/// The validation of a request to a layer that accepts DPoP: the proof checked
+/// first (no validator call for a bad one), then the token, then its binding and
+/// the proof's first use.
+#[cfg(feature = "dpop")]
+fn dpop_validation<V: Validator, B>(
+    validator: &V,
+    dpop: &Arc<DpopConfig>,
+    req: &Request<B>,
+    max_len: usize,
+) -> Result<ValidationFuture<V::Claims>, Rejection> {
+    let (sent_as_dpop, token) = dpop_or_bearer_token(req.headers(), max_len)?;
+    let proof = if sent_as_dpop {
+        Some(
+            dpop.verifier
+                .check(req.method(), req.uri(), req.headers(), token)
+                .map_err(Rejection::from)?,
+        )
+    } else {
+        None
+    };
+    Ok(match validator.validate(token).now_or_pending() {
+        Ok(Ok(claims)) => bind(dpop, claims, proof),
+        Ok(Err(rejection)) => ValidationFuture::ready(Err(rejection)),
+        Err(pending) => {
+            let dpop = Arc::clone(dpop);
+            ValidationFuture::pending(async move {
+                let claims = pending.await?;
+                bind(&dpop, claims, proof).await
+            })
+        }
+    })
+}
+
+/// Accepts `claims` if their token is bound to the proof's key and the proof is
+/// used for the first time, or, without a proof, if the token is not DPoP-bound.
+#[cfg(feature = "dpop")]
+fn bind<C: Clone + Send + Sync + 'static>(
+    dpop: &DpopConfig,
+    claims: C,
+    proof: Option<CheckedProof>,
+) -> ValidationFuture<C> {
+    let jkt = (dpop.jkt_of)(&claims);
+    let Some(proof) = proof else {
+        return ValidationFuture::ready(match jkt {
+            Some(_) => Err(DpopError::BoundTokenAsBearer.into()),
+            None => Ok(claims),
+        });
+    };
+    if let Err(e) = dpop.verifier.confirm(&proof, jkt) {
+        return ValidationFuture::ready(Err(e.into()));
+    }
+    match dpop.verifier.record(&proof).now_or_pending() {
+        Ok(Ok(())) => ValidationFuture::ready(Ok(claims)),
+        Ok(Err(e)) => ValidationFuture::ready(Err(e.into())),
+        Err(pending) => ValidationFuture::pending(async move {
+            pending.await.map_err(Rejection::from)?;
+            Ok(claims)
+        }),
     }
 }

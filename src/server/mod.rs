@@ -35,11 +35,17 @@
 //! | missing scope | `403`, `error="insufficient_scope"`, `scope="…"` | `PERMISSION_DENIED` |
 //! | step-up needed ([`RequireStepUpLayer`]) | `401`, `error="insufficient_user_authentication"`, `acr_values`, `max_age` | `UNAUTHENTICATED` |
 //! | validator unavailable | `503` | `UNAVAILABLE` |
+//! | DPoP proof refused (`RequireBearerLayer::dpop`, feature `dpop`) | `401`, `WWW-Authenticate: DPoP algs="…", error="invalid_dpop_proof"` | `UNAUTHENTICATED` |
+//! | DPoP nonce required | `401`, `error="use_dpop_nonce"`, `DPoP-Nonce: …` | `UNAUTHENTICATED` |
+//! | DPoP-bound token sent as `Bearer`, or token not bound to the proof's key | `401`, `error="invalid_token"` | `UNAUTHENTICATED` |
 
 #[cfg(feature = "axum")]
 mod axum;
 mod cache;
 mod challenge;
+#[cfg(feature = "dpop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub mod dpop;
 pub mod header;
 #[cfg(feature = "introspection")]
 pub mod introspect;
@@ -58,6 +64,8 @@ pub use self::axum::MissingClaims;
 pub use crate::metadata::{MetadataService, ProtectedResourceMetadata};
 pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
+#[cfg(feature = "dpop")]
+pub use dpop::{Confirmation, DpopError, DpopVerifier};
 #[cfg(feature = "introspection")]
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]

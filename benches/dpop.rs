@@ -1,0 +1,116 @@
+//! The cost of a DPoP proof beside the ES256 signature check it contains, group
+//! `dpop_proof`, in one run so the ratio is meaningful (issue 16 aims at ≤ 1.2x):
+//!
+//! - `es256_verify`: `jsonwebtoken::crypto::verify` of an ES256 JWS with a key
+//!   decoded once (a bearer JWT's signature check, the floor);
+//! - `proof_check`: `DpopVerifier::check` of an ES256 proof: header and claims
+//!   parsed, the embedded `jwk` turned into a key, the signature, `htm`, `htu`, `iat`,
+//!   `ath` and the RFC 7638 thumbprint;
+//! - `proof_verify`: `check`, `confirm` and `record` in the in-memory replay cache
+//!   (a fresh proof each time, signed outside the measurement).
+//!
+//! `cargo bench --bench dpop --features dpop`
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tower_bearer::server::dpop::thumbprint;
+use tower_bearer::server::DpopVerifier;
+
+const TOKEN: &str = "eyJhbGciOiJFUzI1NiJ9.an-access-token-of-typical-length.signature";
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn b64(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn proof(signing: &EncodingKey, jwk: &Jwk, jti: u64) -> String {
+    let header = json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": jwk });
+    let claims = json!({
+        "jti": format!("{jti:016x}-{:x}", now()),
+        "htm": "GET",
+        "htu": "https://api.example.com/items",
+        "iat": now(),
+        "ath": b64(Sha256::digest(TOKEN)),
+    });
+    let message = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), signing, Algorithm::ES256).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn headers(proof: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("api.example.com"));
+    headers.insert("dpop", HeaderValue::from_str(proof).unwrap());
+    headers
+}
+
+fn bench(c: &mut Criterion) {
+    let signing = EncodingKey::from_ec_pem(&key("ec256.key")).unwrap();
+    let jwk = Jwk::from_encoding_key(&signing, Algorithm::ES256).unwrap();
+    let jkt = thumbprint(&jwk).unwrap();
+    let verifier = DpopVerifier::new();
+    let uri: Uri = "/items?page=2".parse().unwrap();
+    let one = proof(&signing, &jwk, 0);
+    let one_headers = headers(&one);
+    let (message, signature) = one.rsplit_once('.').unwrap();
+    let decoding = DecodingKey::from_ec_pem(&key("ec256.pub.pem")).unwrap();
+    assert!(verifier
+        .check(&Method::GET, &uri, &one_headers, TOKEN)
+        .is_ok());
+
+    let mut group = c.benchmark_group("dpop_proof");
+    group.bench_function("es256_verify", |b| {
+        b.iter(|| {
+            jsonwebtoken::crypto::verify(signature, message.as_bytes(), &decoding, Algorithm::ES256)
+                .unwrap()
+        })
+    });
+    group.bench_function("proof_check", |b| {
+        b.iter(|| {
+            verifier
+                .check(&Method::GET, &uri, &one_headers, TOKEN)
+                .unwrap()
+        })
+    });
+    let mut jti = 1;
+    group.bench_function("proof_verify", |b| {
+        b.iter_batched(
+            || {
+                jti += 1;
+                headers(&proof(&signing, &jwk, jti))
+            },
+            |headers| {
+                verifier
+                    .verify(&Method::GET, &uri, &headers, TOKEN, Some(&jkt))
+                    .now_or_never()
+                    .expect("the memory cache answers at once")
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,110 @@
+//! [`RedisReplayCache`]: used DPoP proofs, remembered by the whole fleet.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{millis, RedisConfig, RedisConnection};
+use crate::server::dpop::{ReplayCache, ReplayFuture};
+use crate::Error;
+
+/// The `jti` replay cache of a fleet of resource servers: a proof used on one
+/// replica is refused by every other (RFC 9449 §11.1), as long as they share the
+/// Redis and the key prefix.
+///
+/// One command per accepted proof, `SET <prefix><sha256> 1 NX PX <ms>`: Redis
+/// answers whether the key was new, and forgets it when the proof would be refused
+/// as stale anyway. When Redis cannot be reached the proof is answered `503`
+/// (fail closed): accepting it could accept a replay.
+///
+/// ```no_run
+/// use tower_bearer::redis::RedisReplayCache;
+/// use tower_bearer::server::DpopVerifier;
+///
+/// # async fn run() -> Result<(), tower_bearer::Error> {
+/// let replay = RedisReplayCache::connect("redis://127.0.0.1:6379/").await?;
+/// let verifier = DpopVerifier::new().replay_cache(replay);
+/// # let _ = verifier;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisReplayCache {
+    conn: RedisConnection,
+    prefix: Arc<str>,
+}
+
+impl RedisReplayCache {
+    /// Connects to Redis at `url`, with the key prefix `tower-bearer:dpop:`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a bad URL, [`Error::Store`] when Redis cannot be
+    /// reached now.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(&RedisConfig::new(url)).await
+    }
+
+    /// Connects to the Redis server or cluster of `config`, with the key prefix
+    /// `tower-bearer:dpop:`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a bad configuration, [`Error::Store`] when Redis
+    /// cannot be reached now.
+    pub async fn connect_with(config: &RedisConfig) -> Result<Self, Error> {
+        Ok(Self::with_connection(
+            config.connect().await?,
+            "tower-bearer:dpop:",
+        ))
+    }
+
+    /// A replay cache over a connection you configured, with your key prefix
+    /// (replicas that must refuse each other's proofs share it).
+    pub fn with_connection(conn: impl Into<RedisConnection>, prefix: &str) -> Self {
+        RedisReplayCache {
+            conn: conn.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        // Hashed: a key costs the same whatever the jti, and says nothing of it.
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{hex}", self.prefix)
+    }
+}
+
+impl ReplayCache for RedisReplayCache {
+    fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
+        let key = self.key(key);
+        // Kept one second past `until`: `until` is a whole second the proof is
+        // still good in.
+        let ttl = Duration::from_secs(until.saturating_sub(now).saturating_add(1));
+        let mut conn = self.conn.clone();
+        ReplayFuture::pending(async move {
+            let answer: redis::Value = redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "the DPoP replay cache (Redis) failed");
+                    format!("redis: {e}")
+                })?;
+            // `OK` when set, nil when the key was there.
+            Ok(!matches!(answer, redis::Value::Nil))
+        })
+    }
+}
+
+impl fmt::Debug for RedisReplayCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisReplayCache")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
