@@ -28,7 +28,7 @@ cases=("$@")
 if [ -n "$baseline" ]; then
   mapfile -t cases < <(grep -v '^#' "$baseline" | awk 'NF { print $1 }')
 elif [ ${#cases[@]} -eq 0 ]; then
-  for alg in HS256 RS256 ES256 EdDSA; do cases+=("raw_decode/$alg" "layer/$alg"); done
+  for alg in HS256 RS256 ES256 EdDSA; do cases+=("raw_decode/$alg" "layer/$alg" "jwt_authorizer/$alg"); done
   cases+=(jwt_verify/RS256 verified_cache_hit/RS256 header_parse)
   for c in no_auth tower_http_add_authorization authorize_static authorize_refreshing; do
     cases+=("client_hot_path/$c")
