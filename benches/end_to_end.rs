@@ -25,6 +25,15 @@
 //! drifts, those ratios are steadier than ones from cases measured one after another.
 //!
 //! `cargo bench --bench end_to_end`
+//!
+//! Instruction counts instead of rates (steady on a loaded machine): with
+//! `END_TO_END_CALLGRIND=end_to_end/<case>:<n>` the binary sends `n` requests of one
+//! case inside `measured`, client and server on one thread, and nothing else, for
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured*'`
+//! (`bash benches/callgrind.sh end_to_end/no_auth end_to_end/tower_bearer`): the
+//! instructions of the whole request path, in user space, per request. Their ratio
+//! is the share of the path the layer takes; the kernel's share of loopback I/O,
+//! which callgrind does not see, only makes the layer's smaller in time.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -467,7 +476,44 @@ fn median_interval(n: usize) -> (usize, usize, f64) {
     best
 }
 
+/// Calls `f` once; the only code collected in a callgrind run.
+#[inline(never)]
+fn measured(f: impl FnOnce()) {
+    f()
+}
+
+/// `n` requests of one case, client and server on a current-thread runtime, the
+/// requests inside `measured` (see the module documentation).
+fn callgrind(case: &str, n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut targets = setup(&rt);
+    let name = case.strip_prefix("end_to_end/").unwrap_or(case);
+    let target = targets
+        .iter_mut()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("unknown case {case}"));
+    // Warm: connections, lazy set-up and the allocator's pools are not the hot path.
+    rt.block_on(run(target, 2 * CONCURRENCY as u64));
+    if n > 0 {
+        measured(|| {
+            rt.block_on(run(target, n));
+        });
+    } else {
+        measured(|| {});
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("END_TO_END_CALLGRIND") {
+        let (case, n) = spec
+            .rsplit_once(':')
+            .expect("END_TO_END_CALLGRIND=<case>:<n>");
+        callgrind(case, n.parse().expect("a number of requests"));
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
