@@ -251,6 +251,17 @@ impl Provider {
     }
 }
 
+/// A new directory of this test run, for token files.
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-interop-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 async fn discover(provider: &Provider) -> TokenEndpoint {
     TokenEndpoint::discover(&provider.issuer).await.unwrap()
 }
@@ -621,12 +632,7 @@ async fn cli_logout_revokes_the_saved_tokens() {
     };
     let endpoint = discover(&provider).await.client_id("cli");
     let token = device_login(&provider, &endpoint).await;
-    let dir = std::env::temp_dir().join(format!(
-        "tower-bearer-interop-{}-{:x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir();
     let file = dir.join("alice.json");
     let store = FileStore::at(&file, "alice", endpoint.url().to_string());
     store
@@ -1073,12 +1079,7 @@ async fn cli_browser_login() {
     let Some(provider) = Provider::start().await else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!(
-        "tower-bearer-interop-{}-{:x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir();
     let file = dir.join("alice.json");
     let mut child = Command::new(common::bins::example_binary("generate_tokens"))
         .args([

@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{refresh_first, TokenSource};
+use super::{refresh_first, show_async_with, show_with, Show, TokenSource};
 use crate::client::TokenEndpoint;
 use crate::transport::{check_url, parse_url};
 use crate::{Endpoint, EndpointError, Error, Token};
@@ -47,8 +47,6 @@ use crate::{Endpoint, EndpointError, Error, Token};
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a connection to the redirect listener may take to send its request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Show = Arc<dyn Fn(String) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// The authorization code grant with PKCE on a loopback redirect (RFC 7636, RFC
 /// 8252): the login of a command-line tool on a machine with a browser.
@@ -89,7 +87,7 @@ pub struct AuthorizationCode {
     port: u16,
     path: String,
     timeout: Duration,
-    show: Show,
+    show: Show<String>,
 }
 
 impl AuthorizationCode {
@@ -121,9 +119,8 @@ impl AuthorizationCode {
             port: 0,
             path: "/callback".to_owned(),
             timeout: DEFAULT_TIMEOUT,
-            show: Arc::new(|url| {
+            show: show_with(|url: &String| {
                 eprintln!("To log in, open this address in your browser:\n  {url}");
-                futures_util::future::ready(()).boxed()
             }),
         })
     }
@@ -176,10 +173,7 @@ impl AuthorizationCode {
     /// Shows the person the authorization URL (default: printed to stderr). Called
     /// once per login, once the listener is ready.
     pub fn show(mut self, show: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        self.show = Arc::new(move |url| {
-            show(&url);
-            futures_util::future::ready(()).boxed()
-        });
+        self.show = show_with(move |url: &String| show(url));
         self
     }
 
@@ -190,7 +184,7 @@ impl AuthorizationCode {
         F: Fn(String) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.show = Arc::new(move |url| show(url).boxed());
+        self.show = show_async_with(show);
         self
     }
 

@@ -3,14 +3,13 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{refresh_first, TokenSource};
+use super::{refresh_first, show_async_with, show_with, Show, TokenSource};
 use crate::client::endpoint::{endpoint_error, parse_token_response, ErrorAnswer};
 use crate::client::TokenEndpoint;
 use crate::{Endpoint, Error, Token};
@@ -62,8 +61,6 @@ impl fmt::Display for DeviceAuthorization {
     }
 }
 
-type Show = Arc<dyn Fn(DeviceAuthorization) -> BoxFuture<'static, ()> + Send + Sync>;
-
 /// The device authorization grant (RFC 8628), for a command-line tool or a device
 /// without a browser.
 ///
@@ -105,7 +102,7 @@ pub struct DeviceCode {
     device: TokenEndpoint,
     scope: Option<String>,
     resources: Vec<String>,
-    show: Show,
+    show: Show<DeviceAuthorization>,
 }
 
 #[derive(Deserialize)]
@@ -140,10 +137,7 @@ impl DeviceCode {
             device,
             scope: None,
             resources: Vec::new(),
-            show: Arc::new(|auth| {
-                eprintln!("{auth}");
-                futures_util::future::ready(()).boxed()
-            }),
+            show: show_with(|auth: &DeviceAuthorization| eprintln!("{auth}")),
         })
     }
 
@@ -164,10 +158,7 @@ impl DeviceCode {
     /// login, before polling starts. From async code, use
     /// [`show_async`](Self::show_async).
     pub fn show(mut self, show: impl Fn(&DeviceAuthorization) + Send + Sync + 'static) -> Self {
-        self.show = Arc::new(move |auth| {
-            show(&auth);
-            futures_util::future::ready(()).boxed()
-        });
+        self.show = show_with(show);
         self
     }
 
@@ -197,7 +188,7 @@ impl DeviceCode {
         F: Fn(DeviceAuthorization) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.show = Arc::new(move |auth| show(auth).boxed());
+        self.show = show_async_with(show);
         self
     }
 

@@ -69,6 +69,27 @@ impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
     }
 }
 
+/// How an interactive login shows the person what to do (a URL, a code): called once
+/// per login, its future awaited before the login waits for them.
+pub(crate) type Show<T> = std::sync::Arc<dyn Fn(T) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A [`Show`] from a plain function of a reference.
+pub(crate) fn show_with<T: 'static>(show: impl Fn(&T) + Send + Sync + 'static) -> Show<T> {
+    std::sync::Arc::new(move |shown: T| {
+        show(&shown);
+        futures_util::future::ready(()).boxed()
+    })
+}
+
+/// A [`Show`] from an async function.
+pub(crate) fn show_async_with<T, F, Fut>(show: F) -> Show<T>
+where
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    std::sync::Arc::new(move |shown: T| show(shown).boxed())
+}
+
 /// The first step of an interactive login's fetch: refreshes the token being
 /// replaced with its refresh token at `endpoint` (with the `resources`). `None` when
 /// a new login is needed: no refresh token, or one the endpoint refused
