@@ -26,6 +26,12 @@ mean() {
   grep -o '"mean":{[^}]*}[^}]*}' "target/criterion/$1/new/estimates.json" |
     grep -o '"point_estimate":[0-9.e+-]*' | cut -d: -f2
 }
+echo "end to end (whole request path): no_auth / tower_bearer $(ratio "${ins[end_to_end/no_auth]}" "${ins[end_to_end/tower_bearer]}")," \
+  "no_auth / tower_bearer_cached $(ratio "${ins[end_to_end/no_auth]}" "${ins[end_to_end/tower_bearer_cached]}")"
+for alg in "" _rs256 _es256; do
+  echo "end to end: jwt_authorizer$alg / tower_bearer$alg $(ratio "${ins[end_to_end/jwt_authorizer$alg]}" "${ins[end_to_end/tower_bearer$alg]}")"
+done
+
 echo "== time (criterion)"
 cargo bench --bench client -- client_hot_path >/dev/null 2>&1
 for c in authorize_static authorize_refreshing; do
