@@ -456,8 +456,14 @@ impl Page {
 /// Accepts connections until dropped; each serves one request.
 async fn accept_loop(listener: TcpListener, listen: Arc<Listen>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::debug!(error = %e, "login redirect: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let listen = Arc::clone(&listen);
         tokio::spawn(async move {
