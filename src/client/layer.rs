@@ -370,11 +370,12 @@ pub(crate) enum Verdict {
 /// (`grpc-status`, for gRPC's trailers-only answers).
 pub(crate) fn verdict(status: StatusCode, headers: &HeaderMap) -> Verdict {
     let http_401 = status == StatusCode::UNAUTHORIZED;
-    if !http_401
-        && !headers
+    let grpc_16 = || {
+        headers
             .get(&GRPC_STATUS)
             .is_some_and(|s| s.as_bytes() == b"16")
-    {
+    };
+    if !(http_401 || grpc_16()) {
         return Verdict::Kept;
     }
     if let Some(step_up) = StepUpChallenge::from_headers(headers) {
