@@ -11,19 +11,25 @@ use std::task::{Context, Poll};
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use http::header::{HeaderName, AUTHORIZATION};
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::token::bearer_header;
 use crate::Error;
 
-/// A header to put on an outgoing request: usually `Authorization`, but an
-/// [`ApiKey`] may use any header name.
+/// The headers to put on an outgoing request: one credential header, usually
+/// `Authorization` (an [`ApiKey`] may use any header name), and for a DPoP-bound
+/// token a second one, the request's `DPoP` proof (RFC 9449).
+///
+/// The credential header ([`name`](Self::name), [`value`](Self::value)) is what
+/// [`Authorizer::on_unauthorized`] and [`Authorizer::on_accepted`] report.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     /// The header name.
     pub name: HeaderName,
     /// The header value, marked sensitive.
     pub value: HeaderValue,
+    /// A second header sent along (the `DPoP` proof), made for this one request.
+    pub extra: Option<(HeaderName, HeaderValue)>,
 }
 
 impl Credential {
@@ -32,6 +38,30 @@ impl Credential {
         Credential {
             name: AUTHORIZATION,
             value,
+            extra: None,
+        }
+    }
+
+    /// A credential in the header `name`.
+    pub fn header(name: HeaderName, value: HeaderValue) -> Self {
+        Credential {
+            name,
+            value,
+            extra: None,
+        }
+    }
+
+    /// The same credential with a second header sent along (replacing any).
+    pub fn with_extra(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.extra = Some((name, value));
+        self
+    }
+
+    /// Puts the header(s) in `headers`, replacing what they held.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(self.name, self.value);
+        if let Some((name, value)) = self.extra {
+            headers.insert(name, value);
         }
     }
 }
@@ -41,15 +71,17 @@ impl fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("value", &"[redacted]")
+            .field("extra", &self.extra.as_ref().map(|(name, _)| name))
             .finish()
     }
 }
 
-/// Where a request goes: its scheme, host, port and path, read from the request's URI
-/// (or, in the reqwest middleware, its URL) without copying. See
-/// [`Authorizer::credential_for`].
+/// Where a request goes and how: its method, scheme, host, port and path, read from
+/// the request (or, in the reqwest middleware, its URL) without copying. See
+/// [`Authorizer::credential_for`]. A DPoP proof names the method and the URL.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
+    method: &'a Method,
     at: At<'a>,
 }
 
@@ -61,17 +93,34 @@ enum At<'a> {
 }
 
 impl<'a> Target<'a> {
-    /// The target of a request with this URI. A relative one (as tonic's client
-    /// requests are, before the channel adds the origin) has no scheme nor host.
-    pub fn uri(uri: &'a http::Uri) -> Self {
-        Target { at: At::Uri(uri) }
+    /// The target of a request with this method and URI. A relative URI (as tonic's
+    /// client requests are, before the channel adds the origin) has no scheme nor
+    /// host.
+    pub fn new(method: &'a Method, uri: &'a http::Uri) -> Self {
+        Target {
+            method,
+            at: At::Uri(uri),
+        }
     }
 
-    /// The target of a reqwest request.
+    /// The target of `req`.
+    pub fn of<B>(req: &'a http::Request<B>) -> Self {
+        Target::new(req.method(), req.uri())
+    }
+
+    /// The target of a reqwest request with this method and URL.
     #[cfg(feature = "reqwest")]
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
-    pub fn url(url: &'a reqwest::Url) -> Self {
-        Target { at: At::Url(url) }
+    pub fn url(method: &'a Method, url: &'a reqwest::Url) -> Self {
+        Target {
+            method,
+            at: At::Url(url),
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
     }
 
     /// The scheme (`https`), when the target has one.
@@ -181,9 +230,20 @@ pub trait Authorizer: Send + Sync + 'static {
     fn on_accepted(&self, sent: &HeaderValue) {
         let _ = sent;
     }
+
+    /// The server answered a request that carried `sent` with a `DPoP-Nonce` header
+    /// (RFC 9449 §8): the nonce the next DPoP proofs to that server must carry.
+    /// [`Dpop`](super::Dpop) remembers it for the request's origin; a `401
+    /// use_dpop_nonce` answer is then replayed once, when the request can be.
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        let _ = (sent, nonce);
+    }
 }
 
 impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        (**self).on_dpop_nonce(sent, nonce)
+    }
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
     }
@@ -202,6 +262,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
 }
 
 impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        (**self).on_dpop_nonce(sent, nonce)
+    }
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
     }
@@ -392,7 +455,7 @@ impl ApiKey {
         }
         value.set_sensitive(true);
         Ok(ApiKey {
-            credential: Arc::new(Credential { name, value }),
+            credential: Arc::new(Credential::header(name, value)),
         })
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{refresh_first, TokenSource};
-use crate::client::endpoint::{endpoint_error, parse_token_response, ErrorAnswer};
+use crate::client::endpoint::{endpoint_error, ErrorAnswer};
 use crate::client::TokenEndpoint;
 use crate::{Endpoint, Error, Token};
 
@@ -224,7 +224,7 @@ impl DeviceCode {
             ];
             form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
             let answer = match self.token.post(&form).await {
-                Ok(res) => parse_token_response(res.status(), res.headers(), res.body()),
+                Ok(res) => self.token.parse(&res),
                 Err(e) => Err(e),
             };
             let err = match answer {
