@@ -189,10 +189,9 @@ impl Token {
             let scheme = if dpop { "DPoP" } else { "Bearer" };
             // The access token was checked when the token was made: the header
             // differs only by its scheme.
-            if let Ok(mut value) = HeaderValue::try_from(format!(
-                "{scheme} {}",
-                self.access.expose_secret()
-            )) {
+            if let Ok(mut value) =
+                HeaderValue::try_from(format!("{scheme} {}", self.access.expose_secret()))
+            {
                 value.set_sensitive(true);
                 self.header = value;
             }

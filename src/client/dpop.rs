@@ -217,8 +217,9 @@ impl DpopKey {
         let claims = serde_json::to_vec(&claims)
             .map_err(|e| Error::Configuration(format!("the DPoP proof claims: {e}")))?;
         let mut proof = format!("{}.{}", self.inner.header, URL_SAFE_NO_PAD.encode(claims));
-        let signature = jsonwebtoken::crypto::sign(proof.as_bytes(), &self.inner.key, self.inner.alg)
-            .map_err(|e| Error::Configuration(format!("cannot sign the DPoP proof: {e}")))?;
+        let signature =
+            jsonwebtoken::crypto::sign(proof.as_bytes(), &self.inner.key, self.inner.alg)
+                .map_err(|e| Error::Configuration(format!("cannot sign the DPoP proof: {e}")))?;
         proof.push('.');
         proof.push_str(&signature);
         let mut value = HeaderValue::try_from(proof)
@@ -229,7 +230,11 @@ impl DpopKey {
 
     /// The nonce last learned from `origin` (`scheme://host[:port]`).
     pub(crate) fn nonce(&self, origin: &str) -> Option<String> {
-        let nonces = self.inner.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+        let nonces = self
+            .inner
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         nonces.by_origin.get(origin).map(|(_, n)| n.clone())
     }
 
@@ -239,11 +244,17 @@ impl DpopKey {
         // RFC 9449 §8.1: NQCHAR, no quotes nor backslashes.
         if nonce.is_empty()
             || nonce.len() > MAX_NONCE_LEN
-            || !nonce.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+            || !nonce
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
         {
             return;
         }
-        let mut nonces = self.inner.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut nonces = self
+            .inner
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         nonces.clock += 1;
         let at = nonces.clock;
         if nonces.by_origin.len() >= MAX_ORIGINS && !nonces.by_origin.contains_key(origin) {
@@ -487,7 +498,10 @@ mod tests {
     fn htu_leaves_out_default_ports_query_and_fragment() {
         let uri: Uri = "HTTPS://API.example.com:443/items?x=1".parse().unwrap();
         let (o, p) = htu_of_uri(&uri).unwrap();
-        assert_eq!((o.as_str(), p.as_str()), ("https://api.example.com", "/items"));
+        assert_eq!(
+            (o.as_str(), p.as_str()),
+            ("https://api.example.com", "/items")
+        );
         let uri: Uri = "http://127.0.0.1:8080".parse().unwrap();
         let (o, p) = htu_of_uri(&uri).unwrap();
         assert_eq!((o.as_str(), p.as_str()), ("http://127.0.0.1:8080", "/"));

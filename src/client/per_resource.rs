@@ -228,7 +228,9 @@ mod tests {
 
     fn matches(prefix: &str, url: &str) -> bool {
         let uri: http::Uri = url.parse().unwrap();
-        Prefix::parse(prefix).unwrap().matches(&Target::new(&http::Method::GET, &uri))
+        Prefix::parse(prefix)
+            .unwrap()
+            .matches(&Target::new(&http::Method::GET, &uri))
     }
 
     #[test]
