@@ -20,6 +20,9 @@ use crate::Error;
 /// `Authorization` (an [`ApiKey`] may use any header name), and for a DPoP-bound
 /// token a second one, the request's `DPoP` proof (RFC 9449).
 ///
+/// The proof is kept as a header value only, not a name and a value: the credential
+/// travels by value on every request, and stays small.
+///
 /// The credential header ([`name`](Self::name), [`value`](Self::value)) is what
 /// [`Authorizer::on_unauthorized`] and [`Authorizer::on_accepted`] report.
 #[derive(Clone, PartialEq, Eq)]
@@ -28,8 +31,9 @@ pub struct Credential {
     pub name: HeaderName,
     /// The header value, marked sensitive.
     pub value: HeaderValue,
-    /// A second header sent along (the `DPoP` proof), made for this one request.
-    pub extra: Option<(HeaderName, HeaderValue)>,
+    /// The `DPoP` proof (RFC 9449) sent along in a `DPoP` header, made for this one
+    /// request.
+    pub dpop: Option<HeaderValue>,
 }
 
 impl Credential {
@@ -38,7 +42,7 @@ impl Credential {
         Credential {
             name: AUTHORIZATION,
             value,
-            extra: None,
+            dpop: None,
         }
     }
 
@@ -47,21 +51,21 @@ impl Credential {
         Credential {
             name,
             value,
-            extra: None,
+            dpop: None,
         }
     }
 
-    /// The same credential with a second header sent along (replacing any).
-    pub fn with_extra(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.extra = Some((name, value));
+    /// The same credential with a `DPoP` proof sent along (replacing any).
+    pub fn with_dpop_proof(mut self, proof: HeaderValue) -> Self {
+        self.dpop = Some(proof);
         self
     }
 
     /// Puts the header(s) in `headers`, replacing what they held.
     pub fn apply(self, headers: &mut HeaderMap) {
         headers.insert(self.name, self.value);
-        if let Some((name, value)) = self.extra {
-            headers.insert(name, value);
+        if let Some(proof) = self.dpop {
+            headers.insert(DPOP, proof);
         }
     }
 }
@@ -71,10 +75,13 @@ impl fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("value", &"[redacted]")
-            .field("extra", &self.extra.as_ref().map(|(name, _)| name))
+            .field("dpop", &self.dpop.as_ref().map(|_| "[proof]"))
             .finish()
     }
 }
+
+/// The `DPoP` request header (RFC 9449), which carries a [`Credential`]'s proof.
+pub const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// Where a request goes and how: its method, scheme, host, port and path, read from
 /// the request (or, in the reqwest middleware, its URL) without copying. See

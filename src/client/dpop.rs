@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use http::header::{HeaderName, AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -22,9 +22,6 @@ use sha2::{Digest, Sha256};
 use super::authorizer::{default_port, Authorizer, Credential, CredentialFuture, Target};
 use crate::server::dpop::thumbprint;
 use crate::Error;
-
-/// The `DPoP` request header.
-pub const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// The most origins whose nonces a key remembers; past it, the oldest are forgotten
 /// (a forgotten nonce costs one `use_dpop_nonce` round trip).
@@ -298,7 +295,7 @@ impl DpopKey {
         };
         let (origin, path) = at.map_err(|e| Error::Configuration(e.to_string()))?;
         let proof = self.proof_for(method, origin, path, Some(token))?;
-        Ok(Some(credential.with_extra(DPOP, proof)))
+        Ok(Some(credential.with_dpop_proof(proof)))
     }
 }
 
@@ -465,12 +462,7 @@ impl<A: Authorizer> Authorizer for Dpop<A> {
     }
 
     fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
-        if let Some(origin) = sent
-            .extra
-            .as_ref()
-            .filter(|(name, _)| name == DPOP)
-            .and_then(|(_, proof)| origin_of_proof(proof))
-        {
+        if let Some(origin) = sent.dpop.as_ref().and_then(origin_of_proof) {
             self.key.remember_nonce(&origin, nonce);
         }
         self.inner.on_dpop_nonce(sent, nonce);

@@ -339,7 +339,7 @@ impl TokenEndpoint {
         #[cfg(feature = "dpop")]
         if let Some(key) = &self.dpop {
             let proof = key.proof(&Method::POST, &self.url, None)?;
-            req.headers_mut().insert(super::dpop::DPOP, proof);
+            req.headers_mut().insert(super::authorizer::DPOP, proof);
         }
         let res = self.http.send(self.kind, req).await?;
         tracing::debug!(status = res.status().as_u16(), url = %self.url, endpoint = %self.kind, "answered");

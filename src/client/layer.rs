@@ -374,10 +374,10 @@ pub(crate) enum Verdict {
 /// (`grpc-status`, for gRPC's trailers-only answers).
 pub(crate) fn verdict(status: StatusCode, headers: &HeaderMap) -> Verdict {
     let http_401 = status == StatusCode::UNAUTHORIZED;
-    if !http_401
-        && !headers
+    if !(http_401
+        || headers
             .get(&GRPC_STATUS)
-            .is_some_and(|s| s.as_bytes() == b"16")
+            .is_some_and(|s| s.as_bytes() == b"16"))
     {
         return Verdict::Kept;
     }
@@ -497,6 +497,8 @@ where
                     if let Some(nonce) = res.headers().get(DPOP_NONCE) {
                         authorizer.on_dpop_nonce(&sent, nonce);
                     }
+                    // A nonce can help only a request that carried a proof.
+                    let use_nonce = use_nonce && sent.dpop.is_some();
                     if !refused && !use_nonce {
                         if !res.status().is_server_error() {
                             authorizer.on_accepted(&sent.value);
@@ -546,5 +548,49 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(challenges: &[&str], nonce: bool) -> &'static str {
+        let mut headers = HeaderMap::new();
+        for c in challenges {
+            headers.append(WWW_AUTHENTICATE, c.parse().unwrap());
+        }
+        if nonce {
+            headers.insert(DPOP_NONCE, "n-1".parse().unwrap());
+        }
+        match verdict(StatusCode::UNAUTHORIZED, &headers) {
+            Verdict::Kept => "kept",
+            Verdict::Refused => "refused",
+            Verdict::StepUp(_) => "step-up",
+            Verdict::UseNonce => "use-nonce",
+        }
+    }
+
+    #[test]
+    fn dpop_challenges_are_told_apart() {
+        let nonce = r#"DPoP algs="ES256", error="use_dpop_nonce", error_description="x""#;
+        assert_eq!(judge(&[nonce], true), "use-nonce");
+        // Without the nonce itself, there is nothing to retry with.
+        assert_eq!(judge(&[nonce], false), "kept");
+        let invalid = r#"DPoP algs="ES256", error="invalid_token""#;
+        assert_eq!(judge(&[invalid], false), "refused");
+        let proof = r#"DPoP algs="ES256", error="invalid_dpop_proof""#;
+        assert_eq!(
+            judge(&[proof], false),
+            "kept",
+            "a new proof, not a new token"
+        );
+        assert_eq!(judge(&[r#"DPoP algs="ES256""#], false), "kept");
+        assert_eq!(
+            judge(&[r#"Bearer realm="api""#, r#"DPoP algs="ES256""#], false),
+            "refused"
+        );
+        assert_eq!(judge(&[], false), "refused");
+        assert_eq!(judge(&[r#"Basic realm="x""#], false), "kept");
     }
 }

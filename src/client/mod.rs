@@ -51,7 +51,7 @@ pub use assertion::{
     AssertionKey, ClientAssertion, CLIENT_ASSERTION_TYPE, DEFAULT_ASSERTION_LIFETIME,
 };
 pub use authorizer::{
-    ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken, Target,
+    ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken, Target, DPOP,
 };
 pub use cache::{
     RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
@@ -59,7 +59,7 @@ pub use cache::{
 pub use discovery::{ProviderMetadata, DISCOVERY_TTL};
 #[cfg(feature = "dpop")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
-pub use dpop::{Dpop, DpopKey, DPOP};
+pub use dpop::{Dpop, DpopKey};
 pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
 /// The signing algorithms of [`AssertionKey`] (jsonwebtoken's).
 #[cfg(feature = "jwt")]

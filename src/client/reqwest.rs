@@ -80,7 +80,8 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         if let Some(nonce) = res.headers().get(DPOP_NONCE) {
             self.authorizer.on_dpop_nonce(&sent, nonce);
         }
-        let use_nonce = matches!(judgement, Judgement::UseNonce);
+        // A nonce can help only a request that carried a proof.
+        let use_nonce = matches!(judgement, Judgement::UseNonce) && sent.dpop.is_some();
         if !refused && !use_nonce {
             if !res.status().is_server_error() {
                 self.authorizer.on_accepted(&sent.value);
