@@ -447,3 +447,40 @@ fn a_relative_target_cannot_be_proven() {
         .unwrap_err();
     assert!(matches!(err, Error::Configuration(_)));
 }
+
+#[test]
+fn keys_from_pem_sign_proofs_the_verifier_accepts() {
+    let read =
+        |f: &str| std::fs::read(format!("{}/tests/keys/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let verifier = DpopVerifier::new()
+        .algorithms(&[Algorithm::ES256, Algorithm::EdDSA])
+        .unwrap()
+        .external_origin("https://api.example.com")
+        .unwrap();
+    for (alg, file) in [
+        (Algorithm::ES256, "ec256.key"),
+        (Algorithm::EdDSA, "ed25519.key"),
+    ] {
+        let key = DpopKey::from_pem(alg, &read(file)).unwrap();
+        assert_eq!(key.algorithm(), alg);
+        let again = DpopKey::from_pem(alg, &read(file)).unwrap();
+        assert_eq!(
+            key.thumbprint(),
+            again.thumbprint(),
+            "the same key, the same jkt"
+        );
+        let url = "https://api.example.com/items?x=1".parse().unwrap();
+        let proof = key.proof(&Method::GET, &url, Some("tok")).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("dpop", proof);
+        let checked = verifier
+            .check(&Method::GET, &"/items".parse().unwrap(), &headers, "tok")
+            .unwrap();
+        assert_eq!(checked.jkt(), key.thumbprint(), "{alg:?}");
+    }
+    // The wrong kind of key, an unsupported algorithm, or no PEM at all.
+    assert!(DpopKey::from_pem(Algorithm::EdDSA, &read("ec256.key")).is_err());
+    assert!(DpopKey::from_pem(Algorithm::ES256, &read("ed25519.key")).is_err());
+    assert!(DpopKey::from_pem(Algorithm::RS256, &read("rsa.key")).is_err());
+    assert!(DpopKey::from_pem(Algorithm::ES256, b"not a pem").is_err());
+}

@@ -130,6 +130,44 @@ impl DpopKey {
         Self::assemble(key, Algorithm::ES256, "ES256", jwk)
     }
 
+    /// A private key in PEM, PKCS#8 (`BEGIN PRIVATE KEY`): P-256 for
+    /// [`Algorithm::ES256`], Ed25519 for [`Algorithm::EdDSA`]. Keep the key between
+    /// runs, and a stored DPoP-bound token (and its refresh token) stays usable.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for another algorithm (RSA keys are not supported
+    /// yet), a PEM that does not parse, or a key of another kind.
+    pub fn from_pem(alg: Algorithm, pem: &[u8]) -> Result<Self, Error> {
+        let der = pkcs8_der(pem)?;
+        match alg {
+            Algorithm::ES256 => {
+                use p256::pkcs8::DecodePrivateKey as _;
+                let secret = SecretKey::from_pkcs8_der(&der)
+                    .map_err(|_| Error::Configuration("not a PKCS#8 P-256 key".into()))?;
+                Self::from_es256_secret(&secret.to_bytes())
+            }
+            Algorithm::EdDSA => {
+                use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+                let signing = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
+                    .map_err(|_| Error::Configuration("not a PKCS#8 Ed25519 key".into()))?;
+                let jwk = serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
+                });
+                Self::assemble(
+                    EncodingKey::from_ed_der(&der),
+                    Algorithm::EdDSA,
+                    "EdDSA",
+                    jwk,
+                )
+            }
+            other => Err(Error::Configuration(format!(
+                "DPoP keys are ES256 or EdDSA, not {other:?}"
+            ))),
+        }
+    }
+
     fn assemble(
         key: EncodingKey,
         alg: Algorithm,
@@ -297,6 +335,26 @@ impl DpopKey {
         let proof = self.proof_for(method, origin, path, Some(token))?;
         Ok(Some(credential.with_dpop_proof(proof)))
     }
+}
+
+/// The DER inside a `BEGIN PRIVATE KEY` PEM, zeroized when dropped.
+fn pkcs8_der(pem: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    let bad = || Error::Configuration("not a PEM PKCS#8 private key".into());
+    let text = std::str::from_utf8(pem).map_err(|_| bad())?;
+    let begin = "-----BEGIN PRIVATE KEY-----";
+    let end = "-----END PRIVATE KEY-----";
+    let start = text.find(begin).ok_or_else(bad)? + begin.len();
+    let stop = start + text[start..].find(end).ok_or_else(bad)?;
+    let body: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+        text[start..stop]
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect(),
+    );
+    base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| bad())
 }
 
 /// The token of an `Authorization: DPoP <token>` credential.
