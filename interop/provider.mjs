@@ -8,6 +8,8 @@
 //
 // Test-only routes, next to the provider's own (not part of any standard):
 //   GET  /_test/counts          requests per endpoint and grant type, as JSON
+//                               (`token:<grant>:dpop` for those with a DPoP proof,
+//                               `token:<grant>:use_dpop_nonce` for their nonce answers)
 //
 // Besides its own grants, it serves the JWT-bearer grant (RFC 7523 §2.1) for the
 // service account `robot@tower-bearer.test` (tests/keys/rsa.key) and token exchange
@@ -186,6 +188,15 @@ const configuration = {
       allowedPolicy: async () => true,
     },
     revocation: { enabled: true },
+    // DPoP-bound tokens (RFC 9449) for clients that send a proof; a client that
+    // sends none gets bearer tokens as before. Every proof must carry the
+    // provider's nonce (§8): a client's first token request is answered
+    // `use_dpop_nonce`, and the nonce rotates.
+    dPoP: {
+      enabled: true,
+      nonceSecret: randomBytes(32),
+      requireNonce: () => true,
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf,
@@ -330,6 +341,10 @@ provider.use(async (ctx, next) => {
     const grant = (ctx.oidc.params && ctx.oidc.params.grant_type) || 'unknown';
     count(`token:${grant}`);
     if (ctx.status >= 400) count(`token:${grant}:error`);
+    if (ctx.get('DPoP')) {
+      count(`token:${grant}:dpop`);
+      if (ctx.body && ctx.body.error === 'use_dpop_nonce') count(`token:${grant}:use_dpop_nonce`);
+    }
   } else if (route === 'introspection' || route === 'revocation' || route === 'device_authorization') {
     count(route);
   } else if (route === 'discovery' || route === 'jwks') {

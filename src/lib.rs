@@ -101,6 +101,7 @@ pub use client::{AuthorizeLayer, Authorizer, Refreshing};
     feature = "reqwest",
     feature = "axum",
     feature = "jwt",
+    feature = "dpop",
     feature = "redis"
 ))]
 #[doc = include_str!("../README.md")]

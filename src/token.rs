@@ -121,7 +121,9 @@ impl Token {
         self.refresh.as_ref().map(|r| r.expose_secret())
     }
 
-    /// The token type as the endpoint sent it (always a spelling of `Bearer`).
+    /// The token type as the endpoint sent it: a spelling of `Bearer`, or of `DPoP`
+    /// for a DPoP-bound token (RFC 9449) asked for by a
+    /// [`TokenEndpoint::dpop`](crate::client::TokenEndpoint::dpop) client.
     pub fn token_type(&self) -> &str {
         &self.token_type
     }
@@ -147,7 +149,14 @@ impl Token {
         self.scope.as_deref()
     }
 
-    /// The `Authorization` header value (`Bearer <token>`), marked sensitive.
+    /// Whether the token is DPoP-bound (`token_type` `DPoP`): it is sent as
+    /// `Authorization: DPoP <token>` with a proof of the key it is bound to.
+    pub fn is_dpop(&self) -> bool {
+        self.token_type.eq_ignore_ascii_case("dpop")
+    }
+
+    /// The `Authorization` header value (`Bearer <token>`, or `DPoP <token>` for a
+    /// DPoP-bound token), marked sensitive.
     pub fn authorization(&self) -> &HeaderValue {
         &self.header
     }
@@ -172,7 +181,21 @@ impl Token {
         self.lineage > other.lineage
     }
 
+    /// Sets the token type as the endpoint (or a store) said it. A `DPoP` token's
+    /// header becomes `DPoP <token>`; any other keeps `Bearer <token>`.
     pub(crate) fn set_token_type(&mut self, token_type: String) {
+        let dpop = token_type.eq_ignore_ascii_case("dpop");
+        if dpop != self.is_dpop() {
+            let scheme = if dpop { "DPoP" } else { "Bearer" };
+            // The access token was checked when the token was made: the header
+            // differs only by its scheme.
+            if let Ok(mut value) =
+                HeaderValue::try_from(format!("{scheme} {}", self.access.expose_secret()))
+            {
+                value.set_sensitive(true);
+                self.header = value;
+            }
+        }
         self.token_type = token_type;
     }
 }
@@ -304,6 +327,17 @@ mod tests {
         let t = Token::bearer("abc").unwrap();
         assert_eq!(t.authorization(), "Bearer abc");
         assert!(t.authorization().is_sensitive());
+    }
+
+    #[test]
+    fn a_dpop_token_type_changes_the_scheme() {
+        let mut t = Token::bearer("abc").unwrap();
+        t.set_token_type("DPoP".into());
+        assert!(t.is_dpop());
+        assert_eq!(t.authorization(), "DPoP abc");
+        assert!(t.authorization().is_sensitive());
+        t.set_token_type("bearer".into());
+        assert_eq!(t.authorization(), "Bearer abc");
     }
 
     #[test]

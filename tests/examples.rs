@@ -67,6 +67,19 @@ fn reqwest_client_runs() {
     assert!(out.contains("1 token request(s)"), "{out}");
 }
 
+#[cfg(feature = "dpop")]
+#[test]
+fn dpop_runs_offline() {
+    let out = run({
+        let mut cmd = example("dpop");
+        cmd.args(["--seconds", "1", "--tasks", "4"]);
+        cmd
+    });
+    assert!(out.contains("every request accepted"), "{out}");
+    assert!(out.contains("1 token(s) fetched"), "{out}");
+    assert!(out.contains("as Bearer: 401"), "{out}");
+}
+
 /// A child process killed when the test ends, however it ends.
 struct Spawned(std::process::Child);
 

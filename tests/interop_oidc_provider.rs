@@ -1381,3 +1381,208 @@ async fn one_cache_per_resource() {
     }
     assert_eq!(seen.lock().unwrap().as_slice(), [None::<String>]);
 }
+
+/// DPoP end to end (RFC 9449): a client with the `Dpop` authorizer gets DPoP-bound
+/// JWT access tokens from the provider (its token requests carry proofs, the
+/// provider's nonce round trip included) and calls an axum API on 127.0.0.1 behind
+/// `RequireBearerLayer::dpop` over `JwksValidator::discover`, which asks for its own
+/// nonces too; 16 tasks for a few seconds, every request accepted, one token
+/// request per lifetime; the same token sent as a plain Bearer is refused; and the
+/// `dpop` example does the same against the provider.
+#[cfg(feature = "dpop")]
+mod dpop {
+    use super::*;
+    use tower_bearer::client::{AuthorizeLayer, Dpop, DpopKey};
+    use tower_bearer::server::{DpopVerifier, RequireBearerLayer, Verified};
+
+    /// The API: the provider's JWTs for `JWT_API`, DPoP proofs for its own origin
+    /// with nonces; counts the requests it accepts and those it gets.
+    async fn dpop_api(provider: &Provider) -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let validator = JwksValidator::<Claims>::discover(&provider.issuer)
+            .unwrap()
+            .rules(|v| v.audience(JWT_API).require_access_token_typ())
+            .build()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let verifier = DpopVerifier::new()
+            .external_origin(&url)
+            .unwrap()
+            .nonces(
+                b"interop-api-nonce-secret-0123456789",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(AtomicU64::new(0));
+        let (counter, all) = (Arc::clone(&accepted), Arc::clone(&received));
+        let app = axum::Router::new()
+            .route(
+                "/v1/whoami",
+                axum::routing::get(
+                    move |axum::Extension(Verified(claims)): axum::Extension<Verified<Claims>>| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        async move { claims.sub.unwrap_or_default() }
+                    },
+                ),
+            )
+            .layer(RequireBearerLayer::new(validator).dpop(verifier))
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    all.fetch_add(1, Ordering::Relaxed);
+                    next.run(req)
+                },
+            ));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, accepted, received)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dpop_bound_tokens_from_the_provider_to_a_dpop_api() {
+        let Some(provider) = Provider::start().await else {
+            return;
+        };
+        let (api, accepted, received) = dpop_api(&provider).await;
+        let key = DpopKey::generate().unwrap();
+        let endpoint = discover(&provider)
+            .await
+            .client_id("svc-basic")
+            .client_secret("basic-secret-0123456789")
+            .param("resource", JWT_API)
+            .dpop(key.clone());
+        let cache = Refreshing::new(endpoint.client_credentials().scope("read"));
+        let authorizer = Dpop::new(key.clone(), cache.clone());
+        let hyper =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let client = tower::ServiceBuilder::new()
+            .layer(AuthorizeLayer::new(authorizer).retry_unauthorized())
+            .service(hyper);
+
+        let duration = Duration::from_secs(6);
+        let end = Instant::now() + duration;
+        let url = format!("{api}/v1/whoami");
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let client = client.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut uses = 0u64;
+                while Instant::now() < end {
+                    let req = http::Request::get(&url)
+                        .body(http_body_util::Full::default())
+                        .unwrap();
+                    let res = tower::ServiceExt::oneshot(client.clone(), req)
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200, "{:?}", res.headers());
+                    uses += 1;
+                    sleep(Duration::from_millis(20)).await;
+                }
+                uses
+            }));
+        }
+        let mut uses = 0;
+        for t in tasks {
+            uses += t.await.unwrap();
+        }
+        sleep(Duration::from_millis(300)).await;
+        let counts = provider.counts().await;
+        let get = |k: &str| counts.get(k).copied().unwrap_or(0);
+        let requests = get("token:client_credentials");
+        let nonce_answers = get("token:client_credentials:use_dpop_nonce");
+        let refreshes = cache.stats().refreshes;
+        eprintln!(
+            "dpop: {uses} uses, {requests} token requests ({} with a proof, {nonce_answers} \
+             use_dpop_nonce answers, {refreshes} tokens), API: {} requests for {} accepted",
+            get("token:client_credentials:dpop"),
+            received.load(Ordering::Relaxed),
+            accepted.load(Ordering::Relaxed),
+        );
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            uses,
+            "every request accepted"
+        );
+        assert_eq!(
+            get("token:client_credentials:dpop"),
+            requests,
+            "every one with a proof"
+        );
+        assert!(nonce_answers >= 1, "the provider's nonce round trip");
+        assert_eq!(
+            get("token:client_credentials:error"),
+            nonce_answers,
+            "no error but the nonce answers"
+        );
+        assert_eq!(requests - nonce_answers, refreshes);
+        assert!(
+            (2..=at_most_per_lifetime(duration)).contains(&refreshes),
+            "{refreshes} tokens in {duration:?} of {TTL} s tokens"
+        );
+        // The API asked for its nonce at most once per task (the 16 first requests
+        // go out together, before any answer told the nonce), and for a new window;
+        // not once per request.
+        let api_nonce_answers = received.load(Ordering::Relaxed) - uses;
+        assert!(
+            (1..=16 + 2).contains(&api_nonce_answers),
+            "{api_nonce_answers} use_dpop_nonce answers of the API"
+        );
+
+        // The token is DPoP-bound: as a plain Bearer, it is refused.
+        let token = cache.token().await.unwrap();
+        assert!(token.is_dpop(), "{token:?}");
+        let res = provider
+            .http
+            .get(&url)
+            .bearer_auth(token.expose_access_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                token.expose_access_token().split('.').nth(1).unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["cnf"]["jkt"], key.thumbprint());
+    }
+
+    /// `cargo run --example dpop -- --issuer <the provider>`: the example, as a
+    /// person runs it, against the provider.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dpop_example_runs_against_the_provider() {
+        let Some(provider) = Provider::start().await else {
+            return;
+        };
+        let issuer = provider.issuer.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(common::bins::example_binary("dpop"))
+                .args(["--issuer", &issuer, "--client-id", "svc-basic"])
+                .args(["--client-secret", "basic-secret-0123456789"])
+                .args(["--resource", JWT_API, "--seconds", "3"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("dpop example: {stdout}");
+        assert!(stdout.contains("every request accepted"), "{stdout}");
+        assert!(stdout.contains("as Bearer: 401"), "{stdout}");
+        assert!(
+            provider
+                .count("token:client_credentials:use_dpop_nonce")
+                .await
+                >= 1
+        );
+    }
+}

@@ -11,19 +11,29 @@ use std::task::{Context, Poll};
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use http::header::{HeaderName, AUTHORIZATION};
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::token::bearer_header;
 use crate::Error;
 
-/// A header to put on an outgoing request: usually `Authorization`, but an
-/// [`ApiKey`] may use any header name.
+/// The headers to put on an outgoing request: one credential header, usually
+/// `Authorization` (an [`ApiKey`] may use any header name), and for a DPoP-bound
+/// token a second one, the request's `DPoP` proof (RFC 9449).
+///
+/// The proof is kept as a header value only, not a name and a value: the credential
+/// travels by value on every request, and stays small.
+///
+/// The credential header ([`name`](Self::name), [`value`](Self::value)) is what
+/// [`Authorizer::on_unauthorized`] and [`Authorizer::on_accepted`] report.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     /// The header name.
     pub name: HeaderName,
     /// The header value, marked sensitive.
     pub value: HeaderValue,
+    /// The `DPoP` proof (RFC 9449) sent along in a `DPoP` header, made for this one
+    /// request.
+    pub dpop: Option<HeaderValue>,
 }
 
 impl Credential {
@@ -32,6 +42,30 @@ impl Credential {
         Credential {
             name: AUTHORIZATION,
             value,
+            dpop: None,
+        }
+    }
+
+    /// A credential in the header `name`.
+    pub fn header(name: HeaderName, value: HeaderValue) -> Self {
+        Credential {
+            name,
+            value,
+            dpop: None,
+        }
+    }
+
+    /// The same credential with a `DPoP` proof sent along (replacing any).
+    pub fn with_dpop_proof(mut self, proof: HeaderValue) -> Self {
+        self.dpop = Some(proof);
+        self
+    }
+
+    /// Puts the header(s) in `headers`, replacing what they held.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(self.name, self.value);
+        if let Some(proof) = self.dpop {
+            headers.insert(DPOP, proof);
         }
     }
 }
@@ -41,15 +75,20 @@ impl fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("value", &"[redacted]")
+            .field("dpop", &self.dpop.as_ref().map(|_| "[proof]"))
             .finish()
     }
 }
 
-/// Where a request goes: its scheme, host, port and path, read from the request's URI
-/// (or, in the reqwest middleware, its URL) without copying. See
-/// [`Authorizer::credential_for`].
+/// The `DPoP` request header (RFC 9449), which carries a [`Credential`]'s proof.
+pub const DPOP: HeaderName = HeaderName::from_static("dpop");
+
+/// Where a request goes and how: its method, scheme, host, port and path, read from
+/// the request (or, in the reqwest middleware, its URL) without copying. See
+/// [`Authorizer::credential_for`]. A DPoP proof names the method and the URL.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
+    method: &'a Method,
     at: At<'a>,
 }
 
@@ -61,17 +100,34 @@ enum At<'a> {
 }
 
 impl<'a> Target<'a> {
-    /// The target of a request with this URI. A relative one (as tonic's client
-    /// requests are, before the channel adds the origin) has no scheme nor host.
-    pub fn uri(uri: &'a http::Uri) -> Self {
-        Target { at: At::Uri(uri) }
+    /// The target of a request with this method and URI. A relative URI (as tonic's
+    /// client requests are, before the channel adds the origin) has no scheme nor
+    /// host.
+    pub fn new(method: &'a Method, uri: &'a http::Uri) -> Self {
+        Target {
+            method,
+            at: At::Uri(uri),
+        }
     }
 
-    /// The target of a reqwest request.
+    /// The target of `req`.
+    pub fn of<B>(req: &'a http::Request<B>) -> Self {
+        Target::new(req.method(), req.uri())
+    }
+
+    /// The target of a reqwest request with this method and URL.
     #[cfg(feature = "reqwest")]
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
-    pub fn url(url: &'a reqwest::Url) -> Self {
-        Target { at: At::Url(url) }
+    pub fn url(method: &'a Method, url: &'a reqwest::Url) -> Self {
+        Target {
+            method,
+            at: At::Url(url),
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &'a Method {
+        self.method
     }
 
     /// The scheme (`https`), when the target has one.
@@ -181,9 +237,20 @@ pub trait Authorizer: Send + Sync + 'static {
     fn on_accepted(&self, sent: &HeaderValue) {
         let _ = sent;
     }
+
+    /// The server answered a request that carried `sent` with a `DPoP-Nonce` header
+    /// (RFC 9449 §8): the nonce the next DPoP proofs to that server must carry.
+    /// [`Dpop`](super::Dpop) remembers it for the request's origin; a `401
+    /// use_dpop_nonce` answer is then replayed once, when the request can be.
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        let _ = (sent, nonce);
+    }
 }
 
 impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        (**self).on_dpop_nonce(sent, nonce)
+    }
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
     }
@@ -202,6 +269,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
 }
 
 impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        (**self).on_dpop_nonce(sent, nonce)
+    }
     fn credential(&self) -> CredentialFuture {
         (**self).credential()
     }
@@ -392,7 +462,7 @@ impl ApiKey {
         }
         value.set_sensitive(true);
         Ok(ApiKey {
-            credential: Arc::new(Credential { name, value }),
+            credential: Arc::new(Credential::header(name, value)),
         })
     }
 }

@@ -82,6 +82,10 @@ pub struct TokenEndpoint {
     kind: Endpoint,
     /// The provider metadata this endpoint was discovered from.
     metadata: Option<Arc<ProviderMetadata>>,
+    /// The key of DPoP-bound tokens: every request carries a proof, and only
+    /// `token_type` `DPoP` is accepted.
+    #[cfg(feature = "dpop")]
+    dpop: Option<super::dpop::DpopKey>,
 }
 
 impl TokenEndpoint {
@@ -116,6 +120,8 @@ impl TokenEndpoint {
             http: HttpClient::new(),
             kind: Endpoint::Token,
             metadata: None,
+            #[cfg(feature = "dpop")]
+            dpop: None,
         })
     }
 
@@ -154,6 +160,26 @@ impl TokenEndpoint {
     pub fn http_client(mut self, http: HttpClient) -> Self {
         self.http = http;
         self
+    }
+
+    /// Asks for DPoP-bound tokens (RFC 9449): every request carries a `DPoP` proof
+    /// signed by `key` (a `use_dpop_nonce` answer is retried once with the
+    /// server's nonce, which is remembered), and only an answer with `token_type`
+    /// `DPoP` is accepted. Send the tokens with [`Dpop`](super::Dpop) and the same
+    /// key.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub fn dpop(mut self, key: super::dpop::DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
+    /// Whether DPoP-bound tokens are asked for.
+    fn wants_dpop(&self) -> bool {
+        #[cfg(feature = "dpop")]
+        return self.dpop.is_some();
+        #[cfg(not(feature = "dpop"))]
+        false
     }
 
     /// The same client registration at another endpoint of the same provider (the
@@ -229,11 +255,35 @@ impl TokenEndpoint {
     /// token; [`Error::Transport`] and [`Error::Timeout`] from the HTTP client.
     pub async fn request(&self, form: &[(&str, &str)]) -> Result<Token, Error> {
         let res = self.post(form).await?;
-        parse_token_response(res.status(), res.headers(), res.body())
+        self.parse(&res)
     }
 
-    /// Posts form fields with client authentication; returns the raw answer.
+    /// Parses an answer of this endpoint: a bearer token, or a DPoP-bound one when
+    /// [`dpop`](Self::dpop) asked for it.
+    pub(crate) fn parse(&self, res: &http::Response<Bytes>) -> Result<Token, Error> {
+        parse_token_answer(res.status(), res.headers(), res.body(), self.wants_dpop())
+    }
+
+    /// Posts form fields with client authentication; returns the raw answer. With a
+    /// DPoP key, the request carries a proof, and a `use_dpop_nonce` answer is
+    /// retried once with the nonce it gives.
     pub(crate) async fn post(&self, form: &[(&str, &str)]) -> Result<http::Response<Bytes>, Error> {
+        #[cfg(feature = "dpop")]
+        if let Some(key) = &self.dpop {
+            let res = self.post_once(form).await?;
+            key.remember_from(&self.url, res.headers());
+            if !use_dpop_nonce(&res) {
+                return Ok(res);
+            }
+            tracing::debug!(endpoint = %self.kind, "use_dpop_nonce: retrying once with the server's nonce");
+            let res = self.post_once(form).await?;
+            key.remember_from(&self.url, res.headers());
+            return Ok(res);
+        }
+        self.post_once(form).await
+    }
+
+    async fn post_once(&self, form: &[(&str, &str)]) -> Result<http::Response<Bytes>, Error> {
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
@@ -286,6 +336,11 @@ impl TokenEndpoint {
         if let Some(basic) = basic {
             req.headers_mut().insert(AUTHORIZATION, basic);
         }
+        #[cfg(feature = "dpop")]
+        if let Some(key) = &self.dpop {
+            let proof = key.proof(&Method::POST, &self.url, None)?;
+            req.headers_mut().insert(super::authorizer::DPOP, proof);
+        }
         let res = self.http.send(self.kind, req).await?;
         tracing::debug!(status = res.status().as_u16(), url = %self.url, endpoint = %self.kind, "answered");
         Ok(res)
@@ -304,6 +359,16 @@ impl TokenEndpoint {
     }
 }
 
+/// Whether an answer asks for a DPoP proof with the server's nonce (RFC 9449 §8):
+/// `use_dpop_nonce` and a `DPoP-Nonce` header.
+#[cfg(feature = "dpop")]
+fn use_dpop_nonce(res: &http::Response<Bytes>) -> bool {
+    res.status().is_client_error()
+        && res.headers().contains_key(super::layer::DPOP_NONCE)
+        && serde_json::from_slice::<ErrorAnswer>(res.body())
+            .is_ok_and(|a| a.error.as_deref() == Some("use_dpop_nonce"))
+}
+
 impl fmt::Debug for TokenEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenEndpoint")
@@ -314,6 +379,7 @@ impl fmt::Debug for TokenEndpoint {
                 &self.client_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("auth", &self.auth)
+            .field("dpop", &self.wants_dpop())
             .field(
                 "params",
                 &self.params.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -402,11 +468,24 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Parses a token endpoint answer into a [`Token`] or a typed error.
+/// Parses a token endpoint answer into a bearer [`Token`] or a typed error.
 pub(crate) fn parse_token_response(
     status: StatusCode,
     headers: &HeaderMap,
     body: &Bytes,
+) -> Result<Token, Error> {
+    parse_token_answer(status, headers, body, false)
+}
+
+/// Parses a token endpoint answer into a [`Token`] or a typed error: a bearer
+/// token, or with `dpop` a DPoP-bound one. Either refuses the other kind: a bearer
+/// client cannot use a DPoP-bound token, and a DPoP client that gets a bearer token
+/// would send it unprotected.
+pub(crate) fn parse_token_answer(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &Bytes,
+    dpop: bool,
 ) -> Result<Token, Error> {
     let answer: Option<TokenAnswer> = serde_json::from_slice(body).ok();
     let answer = match answer {
@@ -432,10 +511,14 @@ pub(crate) fn parse_token_response(
     let token_type = answer.token_type.ok_or_else(|| {
         Error::InvalidResponse(Endpoint::Token, "no token_type in the answer".into())
     })?;
-    if !token_type.eq_ignore_ascii_case("bearer") {
+    let expected = if dpop { "DPoP" } else { "bearer" };
+    if !token_type.eq_ignore_ascii_case(expected) {
         return Err(Error::InvalidResponse(
             Endpoint::Token,
-            format!("token_type {:?} is not bearer", truncate(token_type, 32)),
+            format!(
+                "token_type {:?} is not {expected}",
+                truncate(token_type, 32)
+            ),
         ));
     }
     let mut token = Token::bearer(access).map_err(|_| {

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -279,7 +279,7 @@ where
         };
         match self
             .authorizer
-            .credential_for(Target::uri(req.uri()))
+            .credential_for(Target::of(&req))
             .now_or_pending()
         {
             Ok(Ok(credential)) => {
@@ -330,26 +330,26 @@ enum Sent {
     /// One was, and the authorizer hears no answers.
     Unkept,
     /// This one, to report the answer with.
-    Kept(HeaderValue),
+    Kept(Credential),
 }
 
 /// Puts the credential on the request; returns what to remember of it.
 fn set<B>(req: &mut Request<B>, credential: Option<Credential>, keep: bool) -> Sent {
     match credential {
         None => Sent::Nothing,
-        Some(credential) if keep => Sent::Kept(set_header(req.headers_mut(), credential)),
+        Some(credential) if keep => {
+            credential.clone().apply(req.headers_mut());
+            Sent::Kept(credential)
+        }
         Some(credential) => {
-            req.headers_mut().insert(credential.name, credential.value);
+            credential.apply(req.headers_mut());
             Sent::Unkept
         }
     }
 }
 
-/// Puts the credential in `headers`; returns the value sent.
-pub(crate) fn set_header(headers: &mut HeaderMap, credential: Credential) -> HeaderValue {
-    headers.insert(credential.name, credential.value.clone());
-    credential.value
-}
+/// The `DPoP-Nonce` response header (RFC 9449 §8).
+pub(crate) const DPOP_NONCE: HeaderName = HeaderName::from_static("dpop-nonce");
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -364,6 +364,10 @@ pub(crate) enum Verdict {
     /// A step-up challenge (RFC 9470): the token is good, the login behind it is not
     /// enough, and dropping it for a refreshed one would only get the same answer.
     StepUp(StepUpChallenge),
+    /// `401` with a `DPoP` challenge `use_dpop_nonce` and a `DPoP-Nonce` header
+    /// (RFC 9449 §8): the token is good, the proof lacked the server's nonce; the
+    /// request is worth one more try with a proof that carries it.
+    UseNonce,
 }
 
 /// Judges an answer. The common case, a success, costs one header lookup
@@ -385,13 +389,25 @@ pub(crate) fn verdict(status: StatusCode, headers: &HeaderMap) -> Verdict {
         return Verdict::Refused;
     }
     let mut challenges = headers.get_all(WWW_AUTHENTICATE).iter().peekable();
-    let bearer = challenges.peek().is_none()
-        || challenges.any(|c| {
-            c.as_bytes()
-                .split(|b| *b == b',' || *b == b' ')
-                .any(|word| word.eq_ignore_ascii_case(b"bearer"))
-        });
-    if bearer {
+    if challenges.peek().is_none() {
+        return Verdict::Refused;
+    }
+    let mut refused = false;
+    for c in challenges {
+        let words = || c.as_bytes().split(|b| *b == b',' || *b == b' ');
+        if words().any(|word| word.eq_ignore_ascii_case(b"bearer")) {
+            refused = true;
+        } else if words().any(|word| word.eq_ignore_ascii_case(b"dpop")) {
+            // RFC 9449 §7.1: `invalid_token` refuses a DPoP token as it does a bearer
+            // one; `use_dpop_nonce` asks for a proof with the server's nonce.
+            let has = |needle: &[u8]| c.as_bytes().windows(needle.len()).any(|w| w == needle);
+            if has(b"use_dpop_nonce") && headers.contains_key(DPOP_NONCE) {
+                return Verdict::UseNonce;
+            }
+            refused |= has(b"invalid_token");
+        }
+    }
+    if refused {
         Verdict::Refused
     } else {
         Verdict::Kept
@@ -462,13 +478,14 @@ where
                 StateProj::Calling { future } => {
                     let mut res =
                         ready!(future.poll(cx)).map_err(|e| AuthorizeError::Service(e.into()))?;
-                    let refused = match verdict(res.status(), res.headers()) {
-                        Verdict::Refused => true,
+                    let (refused, use_nonce) = match verdict(res.status(), res.headers()) {
+                        Verdict::Refused => (true, false),
                         Verdict::StepUp(step_up) => {
                             res.extensions_mut().insert(step_up);
-                            false
+                            (false, false)
                         }
-                        Verdict::Kept => false,
+                        Verdict::UseNonce => (false, true),
+                        Verdict::Kept => (false, false),
                     };
                     let sent = std::mem::replace(this.sent, Sent::Nothing);
                     if refused && !matches!(sent, Sent::Nothing) {
@@ -478,29 +495,40 @@ where
                     else {
                         return Poll::Ready(Ok(res));
                     };
-                    if !refused {
+                    if let Some(nonce) = res.headers().get(DPOP_NONCE) {
+                        authorizer.on_dpop_nonce(&sent, nonce);
+                    }
+                    // A nonce can help only a request that carried a proof.
+                    let use_nonce = use_nonce && sent.dpop.is_some();
+                    if !refused && !use_nonce {
                         if !res.status().is_server_error() {
-                            authorizer.on_accepted(&sent);
+                            authorizer.on_accepted(&sent.value);
                         }
                         return Poll::Ready(Ok(res));
                     }
-                    authorizer.on_unauthorized(&sent);
+                    if refused {
+                        authorizer.on_unauthorized(&sent.value);
+                    }
                     let Some(copy) = this.replay.take() else {
                         return Poll::Ready(Ok(res));
                     };
                     let credential = match authorizer
-                        .credential_for(Target::uri(copy.1.uri()))
+                        .credential_for(Target::of(&copy.1))
                         .now_or_pending()
                     {
                         // Replaying with the credential just refused, with none, or
-                        // after failing to get one cannot help: the 401 stands.
-                        Ok(Ok(Some(fresh))) if fresh.value != sent => {
+                        // after failing to get one cannot help: the 401 stands. After
+                        // `use_dpop_nonce` the token is the same, the proof is new.
+                        Ok(Ok(Some(fresh))) if use_nonce || fresh.value != sent.value => {
                             CredentialFuture::ready(Ok(Some(fresh)))
                         }
                         Ok(_) => return Poll::Ready(Ok(res)),
                         Err(pending) => pending,
                     };
-                    tracing::debug!("401 answered; retrying once with a fresh credential");
+                    tracing::debug!(
+                        use_nonce,
+                        "401 answered; retrying once with a fresh credential"
+                    );
                     *this.waiting = Some(copy);
                     this.state.set(State::Authorizing {
                         credential: Box::new(credential),
@@ -521,5 +549,49 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(challenges: &[&str], nonce: bool) -> &'static str {
+        let mut headers = HeaderMap::new();
+        for c in challenges {
+            headers.append(WWW_AUTHENTICATE, c.parse().unwrap());
+        }
+        if nonce {
+            headers.insert(DPOP_NONCE, "n-1".parse().unwrap());
+        }
+        match verdict(StatusCode::UNAUTHORIZED, &headers) {
+            Verdict::Kept => "kept",
+            Verdict::Refused => "refused",
+            Verdict::StepUp(_) => "step-up",
+            Verdict::UseNonce => "use-nonce",
+        }
+    }
+
+    #[test]
+    fn dpop_challenges_are_told_apart() {
+        let nonce = r#"DPoP algs="ES256", error="use_dpop_nonce", error_description="x""#;
+        assert_eq!(judge(&[nonce], true), "use-nonce");
+        // Without the nonce itself, there is nothing to retry with.
+        assert_eq!(judge(&[nonce], false), "kept");
+        let invalid = r#"DPoP algs="ES256", error="invalid_token""#;
+        assert_eq!(judge(&[invalid], false), "refused");
+        let proof = r#"DPoP algs="ES256", error="invalid_dpop_proof""#;
+        assert_eq!(
+            judge(&[proof], false),
+            "kept",
+            "a new proof, not a new token"
+        );
+        assert_eq!(judge(&[r#"DPoP algs="ES256""#], false), "kept");
+        assert_eq!(
+            judge(&[r#"Bearer realm="api""#, r#"DPoP algs="ES256""#], false),
+            "refused"
+        );
+        assert_eq!(judge(&[], false), "refused");
+        assert_eq!(judge(&[r#"Basic realm="x""#], false), "kept");
     }
 }

@@ -18,6 +18,8 @@
 //!   authentication (RFC 7523), with an [`AssertionKey`].
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes.
+//! - `Dpop` and `DpopKey` (feature `dpop`): DPoP-bound tokens (RFC 9449), a proof
+//!   on every token request and every request.
 //! - [`AuthorizeLayer`]: the tower layer.
 
 #[cfg(feature = "jwt")]
@@ -25,6 +27,8 @@ mod assertion;
 mod authorizer;
 mod cache;
 mod discovery;
+#[cfg(feature = "dpop")]
+mod dpop;
 mod endpoint;
 mod layer;
 mod per_resource;
@@ -47,12 +51,15 @@ pub use assertion::{
     AssertionKey, ClientAssertion, CLIENT_ASSERTION_TYPE, DEFAULT_ASSERTION_LIFETIME,
 };
 pub use authorizer::{
-    ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken, Target,
+    ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken, Target, DPOP,
 };
 pub use cache::{
     RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
 };
 pub use discovery::{ProviderMetadata, DISCOVERY_TTL};
+#[cfg(feature = "dpop")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+pub use dpop::{Dpop, DpopKey};
 pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
 /// The signing algorithms of [`AssertionKey`] (jsonwebtoken's).
 #[cfg(feature = "jwt")]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use super::authorizer::default_port;
-use super::{Authorizer, CredentialFuture, Target};
+use super::{Authorizer, Credential, CredentialFuture, Target};
 use crate::transport::parse_url;
 use crate::Error;
 
@@ -195,6 +195,10 @@ impl Authorizer for PerResource {
     fn on_accepted(&self, sent: &HeaderValue) {
         self.everyone().for_each(|a| a.on_accepted(sent));
     }
+
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        self.everyone().for_each(|a| a.on_dpop_nonce(sent, nonce));
+    }
 }
 
 impl fmt::Debug for PerResource {
@@ -224,7 +228,9 @@ mod tests {
 
     fn matches(prefix: &str, url: &str) -> bool {
         let uri: http::Uri = url.parse().unwrap();
-        Prefix::parse(prefix).unwrap().matches(&Target::uri(&uri))
+        Prefix::parse(prefix)
+            .unwrap()
+            .matches(&Target::new(&http::Method::GET, &uri))
     }
 
     #[test]

@@ -6,7 +6,7 @@ use http::Extensions;
 use reqwest_middleware::{Middleware, Next};
 
 use super::authorizer::{Authorizer, Target};
-use super::layer::{set_header, verdict, Verdict};
+use super::layer::{verdict, Verdict, DPOP_NONCE};
 
 /// Adds the credential from an [`Authorizer`] to every request of a
 /// `reqwest_middleware::ClientWithMiddleware`; after a `401` it tells the authorizer
@@ -64,53 +64,77 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         let replay = if observes { req.try_clone() } else { None };
         let credential = self
             .authorizer
-            .credential_for(Target::url(req.url()))
+            .credential_for(Target::url(req.method(), req.url()))
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        let sent = credential.map(|c| set_header(req.headers_mut(), c));
-        let (res, refused) = judged(next.clone().run(req, extensions).await?);
+        let sent = credential.inspect(|c| c.clone().apply(req.headers_mut()));
+        let (res, judgement) = judged(next.clone().run(req, extensions).await?);
         let Some(sent) = sent else { return Ok(res) };
+        let refused = matches!(judgement, Judgement::Refused);
         if refused {
             crate::metrics::unauthorized();
         }
         if !observes {
             return Ok(res);
         }
-        if !refused {
+        if let Some(nonce) = res.headers().get(DPOP_NONCE) {
+            self.authorizer.on_dpop_nonce(&sent, nonce);
+        }
+        // A nonce can help only a request that carried a proof.
+        let use_nonce = matches!(judgement, Judgement::UseNonce) && sent.dpop.is_some();
+        if !refused && !use_nonce {
             if !res.status().is_server_error() {
-                self.authorizer.on_accepted(&sent);
+                self.authorizer.on_accepted(&sent.value);
             }
             return Ok(res);
         }
-        self.authorizer.on_unauthorized(&sent);
+        if refused {
+            self.authorizer.on_unauthorized(&sent.value);
+        }
         let Some(mut copy) = replay else {
             return Ok(res);
         };
         match self
             .authorizer
-            .credential_for(Target::url(copy.url()))
+            .credential_for(Target::url(copy.method(), copy.url()))
             .await
         {
-            // Only a different credential is worth a second try.
-            Ok(Some(fresh)) if fresh.value != sent => {
-                tracing::debug!("401 answered; retrying once with a fresh credential");
-                set_header(copy.headers_mut(), fresh);
-                next.run(copy, extensions).await.map(|res| judged(res).0)
+            // Only a different credential is worth a second try, or the same token
+            // with a proof that carries the server's nonce.
+            Ok(Some(fresh)) if use_nonce || fresh.value != sent.value => {
+                tracing::debug!(
+                    use_nonce,
+                    "401 answered; retrying once with a fresh credential"
+                );
+                fresh.apply(copy.headers_mut());
+                let res = next.run(copy, extensions).await?;
+                if let Some(nonce) = res.headers().get(DPOP_NONCE) {
+                    self.authorizer.on_dpop_nonce(&sent, nonce);
+                }
+                Ok(judged(res).0)
             }
             _ => Ok(res),
         }
     }
 }
 
+/// What an answer says of the credential it was sent with.
+enum Judgement {
+    Kept,
+    Refused,
+    UseNonce,
+}
+
 /// `res`, with its [`StepUpChallenge`](super::StepUpChallenge) in its extensions if
-/// it carries one, and whether it refuses the credential it was sent with.
-fn judged(mut res: reqwest::Response) -> (reqwest::Response, bool) {
+/// it carries one, and what it says of the credential it was sent with.
+fn judged(mut res: reqwest::Response) -> (reqwest::Response, Judgement) {
     match verdict(res.status(), res.headers()) {
-        Verdict::Refused => (res, true),
+        Verdict::Refused => (res, Judgement::Refused),
         Verdict::StepUp(step_up) => {
             res.extensions_mut().insert(step_up);
-            (res, false)
+            (res, Judgement::Kept)
         }
-        Verdict::Kept => (res, false),
+        Verdict::UseNonce => (res, Judgement::UseNonce),
+        Verdict::Kept => (res, Judgement::Kept),
     }
 }

@@ -146,6 +146,10 @@ impl StoredToken {
     /// [`Error::Configuration`] when the stored access token is not a valid bearer token.
     pub fn to_token(&self) -> Result<Token, Error> {
         let mut token = Token::bearer(self.access_token.as_str())?;
+        // A DPoP-bound token stays one (its key must be kept by the application).
+        if self.token_type.eq_ignore_ascii_case("dpop") {
+            token.set_token_type(self.token_type.clone());
+        }
         if let Some(at) = self.expires_at {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

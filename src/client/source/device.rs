@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{refresh_first, show_async_with, show_with, Show, TokenSource};
-use crate::client::endpoint::{endpoint_error, parse_token_response, ErrorAnswer};
+use crate::client::endpoint::{endpoint_error, ErrorAnswer};
 use crate::client::TokenEndpoint;
 use crate::{Endpoint, Error, Token};
 
@@ -215,7 +215,7 @@ impl DeviceCode {
             ];
             form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
             let answer = match self.token.post(&form).await {
-                Ok(res) => parse_token_response(res.status(), res.headers(), res.body()),
+                Ok(res) => self.token.parse(&res),
                 Err(e) => Err(e),
             };
             let err = match answer {

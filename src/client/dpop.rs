@@ -1,0 +1,588 @@
+//! DPoP on the client (RFC 9449): a [`DpopKey`] that signs proofs, given to the
+//! [`TokenEndpoint`](super::TokenEndpoint) to get DPoP-bound tokens, and [`Dpop`],
+//! the authorizer that sends them with a fresh proof on every request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use p256::pkcs8::EncodePrivateKey as _;
+use p256::SecretKey;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::authorizer::{default_port, Authorizer, Credential, CredentialFuture, Target};
+use crate::server::dpop::thumbprint;
+use crate::Error;
+
+/// The most origins whose nonces a key remembers; past it, the oldest are forgotten
+/// (a forgotten nonce costs one `use_dpop_nonce` round trip).
+const MAX_ORIGINS: usize = 256;
+/// The longest nonce remembered; a longer one is ignored.
+const MAX_NONCE_LEN: usize = 512;
+
+/// A DPoP key pair: the private key signs the proofs, the public one travels in
+/// them (`jwk`), and its RFC 7638 [`thumbprint`](Self::thumbprint) is what the
+/// tokens issued for it are bound to (`cnf.jkt`).
+///
+/// Cloning is cheap: clones share the key and the nonces it learned (the latest
+/// `DPoP-Nonce` of each origin, the authorization server's and the resource
+/// servers'). `Debug` shows the algorithm and the thumbprint, never the private key.
+///
+/// ```
+/// # fn run() -> Result<(), tower_bearer::Error> {
+/// use tower_bearer::client::DpopKey;
+/// let key = DpopKey::generate()?;
+/// assert_eq!(key.thumbprint().len(), 43);
+/// assert!(!format!("{key:?}").contains("BEGIN"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DpopKey {
+    inner: Arc<KeyInner>,
+}
+
+struct KeyInner {
+    key: EncodingKey,
+    alg: Algorithm,
+    /// base64url of the proof's JOSE header (`typ`, `alg`, `jwk`): the same for
+    /// every proof.
+    header: String,
+    jkt: String,
+    /// The latest `DPoP-Nonce` of each origin, with the order it was learned in.
+    nonces: Mutex<Nonces>,
+}
+
+#[derive(Default)]
+struct Nonces {
+    by_origin: HashMap<String, (u64, String)>,
+    clock: u64,
+}
+
+#[derive(Serialize)]
+struct ProofHeader<'a> {
+    typ: &'static str,
+    alg: &'static str,
+    jwk: &'a serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct ProofClaims<'a> {
+    jti: &'a str,
+    htm: &'a str,
+    htu: &'a str,
+    iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ath: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<&'a str>,
+}
+
+impl DpopKey {
+    /// A fresh `ES256` (P-256) key from the operating system's randomness.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the operating system gives no randomness.
+    pub fn generate() -> Result<Self, Error> {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        // A random 256-bit string is a valid P-256 scalar but with probability
+        // about 2^-32; try again in that case.
+        for _ in 0..8 {
+            getrandom::getrandom(&mut secret[..])
+                .map_err(|e| Error::Configuration(format!("no randomness for a DPoP key: {e}")))?;
+            if let Ok(key) = Self::from_es256_secret(&secret[..]) {
+                return Ok(key);
+            }
+        }
+        Err(Error::Configuration("cannot make a P-256 key".into()))
+    }
+
+    /// An `ES256` key from its 32-byte secret scalar (big-endian), to use a key kept
+    /// between runs (so that a stored DPoP-bound token stays usable).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the bytes are not a P-256 secret key.
+    pub fn from_es256_secret(secret: &[u8]) -> Result<Self, Error> {
+        let secret = SecretKey::from_slice(secret)
+            .map_err(|_| Error::Configuration("not a P-256 secret key".into()))?;
+        let der = secret
+            .to_pkcs8_der()
+            .map_err(|e| Error::Configuration(format!("cannot encode the DPoP key: {e}")))?;
+        let key = EncodingKey::from_ec_der(der.as_bytes());
+        let point = secret.public_key().to_encoded_point(false);
+        let (Some(x), Some(y)) = (point.x(), point.y()) else {
+            return Err(Error::Configuration("not a P-256 secret key".into()));
+        };
+        let jwk = serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(x),
+            "y": URL_SAFE_NO_PAD.encode(y),
+        });
+        Self::assemble(key, Algorithm::ES256, "ES256", jwk)
+    }
+
+    /// A private key in PEM, PKCS#8 (`BEGIN PRIVATE KEY`): P-256 for
+    /// [`Algorithm::ES256`], Ed25519 for [`Algorithm::EdDSA`]. Keep the key between
+    /// runs, and a stored DPoP-bound token (and its refresh token) stays usable.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for another algorithm (RSA keys are not supported
+    /// yet), a PEM that does not parse, or a key of another kind.
+    pub fn from_pem(alg: Algorithm, pem: &[u8]) -> Result<Self, Error> {
+        let der = pkcs8_der(pem)?;
+        match alg {
+            Algorithm::ES256 => {
+                use p256::pkcs8::DecodePrivateKey as _;
+                let secret = SecretKey::from_pkcs8_der(&der)
+                    .map_err(|_| Error::Configuration("not a PKCS#8 P-256 key".into()))?;
+                Self::from_es256_secret(&secret.to_bytes())
+            }
+            Algorithm::EdDSA => {
+                use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+                let signing = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
+                    .map_err(|_| Error::Configuration("not a PKCS#8 Ed25519 key".into()))?;
+                let jwk = serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
+                });
+                Self::assemble(
+                    EncodingKey::from_ed_der(&der),
+                    Algorithm::EdDSA,
+                    "EdDSA",
+                    jwk,
+                )
+            }
+            other => Err(Error::Configuration(format!(
+                "DPoP keys are ES256 or EdDSA, not {other:?}"
+            ))),
+        }
+    }
+
+    fn assemble(
+        key: EncodingKey,
+        alg: Algorithm,
+        alg_name: &'static str,
+        jwk: serde_json::Value,
+    ) -> Result<Self, Error> {
+        let parsed: Jwk = serde_json::from_value(jwk.clone())
+            .map_err(|e| Error::Configuration(format!("the DPoP public key: {e}")))?;
+        let jkt = thumbprint(&parsed)
+            .ok_or_else(|| Error::Configuration("the DPoP public key has no thumbprint".into()))?;
+        let header = serde_json::to_vec(&ProofHeader {
+            typ: "dpop+jwt",
+            alg: alg_name,
+            jwk: &jwk,
+        })
+        .map_err(|e| Error::Configuration(format!("the DPoP proof header: {e}")))?;
+        // The key must sign with its algorithm: checked once, here.
+        jsonwebtoken::crypto::sign(b"tower-bearer dpop key check", &key, alg)
+            .map_err(|e| Error::Configuration(format!("the DPoP key cannot sign: {e}")))?;
+        Ok(DpopKey {
+            inner: Arc::new(KeyInner {
+                key,
+                alg,
+                header: URL_SAFE_NO_PAD.encode(header),
+                jkt,
+                nonces: Mutex::new(Nonces::default()),
+            }),
+        })
+    }
+
+    /// The RFC 7638 SHA-256 thumbprint of the public key (base64url): the `cnf.jkt`
+    /// of the tokens bound to this key.
+    pub fn thumbprint(&self) -> &str {
+        &self.inner.jkt
+    }
+
+    /// The signing algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.inner.alg
+    }
+
+    /// A proof for one request: `method` to `url` (its query and fragment are
+    /// left out), with the hash of `access_token` (`ath`) when one goes along, and
+    /// the nonce last learned from the URL's origin, if any.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a URL that is not absolute `http(s)`, or when
+    /// no randomness is to be had for the proof's `jti`.
+    pub fn proof(
+        &self,
+        method: &Method,
+        url: &Uri,
+        access_token: Option<&str>,
+    ) -> Result<HeaderValue, Error> {
+        let (origin, path) = htu_of_uri(url)?;
+        self.proof_for(method, &origin, &path, access_token)
+    }
+
+    pub(crate) fn proof_for(
+        &self,
+        method: &Method,
+        origin: &str,
+        path: &str,
+        access_token: Option<&str>,
+    ) -> Result<HeaderValue, Error> {
+        let mut jti = [0u8; 16];
+        getrandom::getrandom(&mut jti)
+            .map_err(|e| Error::Configuration(format!("no randomness for a DPoP proof: {e}")))?;
+        let jti = URL_SAFE_NO_PAD.encode(jti);
+        let htu = format!("{origin}{}", if path.is_empty() { "/" } else { path });
+        let nonce = self.nonce(origin);
+        let claims = ProofClaims {
+            jti: &jti,
+            htm: method.as_str(),
+            htu: &htu,
+            iat: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            ath: access_token.map(|t| URL_SAFE_NO_PAD.encode(Sha256::digest(t.as_bytes()))),
+            nonce: nonce.as_deref(),
+        };
+        let claims = serde_json::to_vec(&claims)
+            .map_err(|e| Error::Configuration(format!("the DPoP proof claims: {e}")))?;
+        let mut proof = format!("{}.{}", self.inner.header, URL_SAFE_NO_PAD.encode(claims));
+        let signature =
+            jsonwebtoken::crypto::sign(proof.as_bytes(), &self.inner.key, self.inner.alg)
+                .map_err(|e| Error::Configuration(format!("cannot sign the DPoP proof: {e}")))?;
+        proof.push('.');
+        proof.push_str(&signature);
+        let mut value = HeaderValue::try_from(proof)
+            .map_err(|_| Error::Configuration("the DPoP proof is not a header value".into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// The nonce last learned from `origin` (`scheme://host[:port]`).
+    pub(crate) fn nonce(&self, origin: &str) -> Option<String> {
+        let nonces = self
+            .inner
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        nonces.by_origin.get(origin).map(|(_, n)| n.clone())
+    }
+
+    /// Remembers `nonce` as the one `origin` wants next; an unusable one is ignored.
+    pub(crate) fn remember_nonce(&self, origin: &str, nonce: &HeaderValue) {
+        let Ok(nonce) = nonce.to_str() else { return };
+        // RFC 9449 §8.1: NQCHAR, no quotes nor backslashes.
+        if nonce.is_empty()
+            || nonce.len() > MAX_NONCE_LEN
+            || !nonce
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            return;
+        }
+        let mut nonces = self
+            .inner
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        nonces.clock += 1;
+        let at = nonces.clock;
+        if nonces.by_origin.len() >= MAX_ORIGINS && !nonces.by_origin.contains_key(origin) {
+            if let Some(oldest) = nonces
+                .by_origin
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(o, _)| o.clone())
+            {
+                nonces.by_origin.remove(&oldest);
+            }
+        }
+        nonces
+            .by_origin
+            .insert(origin.to_owned(), (at, nonce.to_owned()));
+    }
+
+    /// Remembers the `DPoP-Nonce` of an answer from `url`'s origin, if it has one.
+    pub(crate) fn remember_from(&self, url: &Uri, headers: &HeaderMap) {
+        if let (Some(nonce), Ok((origin, _))) =
+            (headers.get(super::layer::DPOP_NONCE), htu_of_uri(url))
+        {
+            self.remember_nonce(&origin, nonce);
+        }
+    }
+
+    /// `credential` with a proof for the request, when it is a DPoP token
+    /// (`Authorization: DPoP …`); any other credential goes as it is.
+    fn bind(
+        &self,
+        credential: Option<Credential>,
+        method: &Method,
+        at: Result<&(String, String), &Error>,
+    ) -> Result<Option<Credential>, Error> {
+        let Some(credential) = credential else {
+            return Ok(None);
+        };
+        let token = match dpop_token(&credential) {
+            Some(token) => token,
+            None => return Ok(Some(credential)),
+        };
+        let (origin, path) = at.map_err(|e| Error::Configuration(e.to_string()))?;
+        let proof = self.proof_for(method, origin, path, Some(token))?;
+        Ok(Some(credential.with_dpop_proof(proof)))
+    }
+}
+
+/// The DER inside a `BEGIN PRIVATE KEY` PEM, zeroized when dropped.
+fn pkcs8_der(pem: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    let bad = || Error::Configuration("not a PEM PKCS#8 private key".into());
+    let text = std::str::from_utf8(pem).map_err(|_| bad())?;
+    let begin = "-----BEGIN PRIVATE KEY-----";
+    let end = "-----END PRIVATE KEY-----";
+    let start = text.find(begin).ok_or_else(bad)? + begin.len();
+    let stop = start + text[start..].find(end).ok_or_else(bad)?;
+    let body: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+        text[start..stop]
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect(),
+    );
+    base64::engine::general_purpose::STANDARD
+        .decode(body.as_bytes())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| bad())
+}
+
+/// The token of an `Authorization: DPoP <token>` credential.
+fn dpop_token(credential: &Credential) -> Option<&str> {
+    if credential.name != AUTHORIZATION {
+        return None;
+    }
+    let value = credential.value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("dpop").then_some(token)
+}
+
+impl fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("alg", &self.inner.alg)
+            .field("jkt", &self.inner.jkt)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+/// `scheme://host[:port]` (lowercase, the default port left out) and the path.
+fn origin_and_path(
+    scheme: Option<&str>,
+    host: Option<&str>,
+    port: Option<u16>,
+    path: &str,
+) -> Result<(String, String), Error> {
+    let (Some(scheme), Some(host)) = (scheme, host) else {
+        return Err(Error::Configuration(
+            "a DPoP proof needs the request's absolute URL".into(),
+        ));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return Err(Error::Configuration(format!(
+            "a DPoP proof is for http(s) requests, not {scheme}"
+        )));
+    }
+    let mut origin = format!("{scheme}://{}", host.to_ascii_lowercase());
+    if let Some(port) = port.filter(|p| Some(*p) != default_port(&scheme)) {
+        origin.push_str(&format!(":{port}"));
+    }
+    Ok((origin, path.to_owned()))
+}
+
+fn htu_of_uri(url: &Uri) -> Result<(String, String), Error> {
+    origin_and_path(url.scheme_str(), url.host(), url.port_u16(), url.path())
+}
+
+fn htu_of_target(target: &Target<'_>) -> Result<(String, String), Error> {
+    origin_and_path(target.scheme(), target.host(), target.port(), target.path())
+}
+
+/// The origin a proof was made for: its `htu`'s, read back from the proof itself
+/// (this client's own, so it is trusted to parse).
+fn origin_of_proof(proof: &HeaderValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Htu {
+        htu: String,
+    }
+    let payload = proof.to_str().ok()?.split('.').nth(1)?;
+    let claims: Htu = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let uri: Uri = claims.htu.parse().ok()?;
+    htu_of_uri(&uri).ok().map(|(origin, _)| origin)
+}
+
+/// An authorizer for DPoP-bound tokens (RFC 9449): the inner authorizer's token,
+/// sent as `Authorization: DPoP <token>` with a `DPoP` proof made for each request
+/// (`htm`, `htu`, `iat`, a unique `jti`, `ath`, and the server's nonce once it has
+/// asked for one).
+///
+/// The inner authorizer is usually a [`Refreshing`](super::Refreshing) over a
+/// grant of a [`TokenEndpoint`](super::TokenEndpoint) given the same key with
+/// [`dpop`](super::TokenEndpoint::dpop): its token requests then carry proofs too,
+/// and it accepts only DPoP-bound tokens. The refresh, the single flight and the
+/// handling of `401` are the inner authorizer's, as for bearer tokens. A credential
+/// that is not `DPoP` (a bearer token) is sent as it is, without a proof.
+///
+/// A resource server's `DPoP-Nonce` is remembered for its origin, and a `401
+/// use_dpop_nonce` answer is replayed once with a proof carrying it, when the layer
+/// can replay ([`retry_unauthorized`](super::AuthorizeLayer::retry_unauthorized)),
+/// the token kept.
+///
+/// ```no_run
+/// use tower_bearer::client::{AuthorizeLayer, Dpop, DpopKey, Refreshing, TokenEndpoint};
+///
+/// # fn run() -> Result<(), tower_bearer::Error> {
+/// let key = DpopKey::generate()?;
+/// let endpoint = TokenEndpoint::new("https://idp.example.com/token")?
+///     .client_id("svc")
+///     .client_secret("s3cret")
+///     .dpop(key.clone());
+/// let authorizer = Dpop::new(key, Refreshing::new(endpoint.client_credentials()));
+/// let layer = AuthorizeLayer::new(authorizer).retry_unauthorized();
+/// # let _ = layer;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Dpop<A> {
+    key: DpopKey,
+    inner: A,
+}
+
+impl<A: Authorizer> Dpop<A> {
+    /// Sends `inner`'s DPoP tokens with proofs signed by `key`.
+    pub fn new(key: DpopKey, inner: A) -> Self {
+        Dpop { key, inner }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &DpopKey {
+        &self.key
+    }
+
+    /// The inner authorizer.
+    pub fn get_ref(&self) -> &A {
+        &self.inner
+    }
+}
+
+impl<A: fmt::Debug> fmt::Debug for Dpop<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dpop")
+            .field("key", &self.key)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<A: Authorizer> Authorizer for Dpop<A> {
+    /// Without a target no proof can be made: a DPoP token is an error here, any
+    /// other credential is the inner one.
+    fn credential(&self) -> CredentialFuture {
+        let fail = Error::Configuration("a DPoP proof needs the request's method and URL".into());
+        let key = self.key.clone();
+        let method = Method::GET;
+        map(self.inner.credential(), move |c| {
+            key.bind(c, &method, Err(&fail))
+        })
+    }
+
+    fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
+        let key = self.key.clone();
+        let method = target.method().clone();
+        let at = htu_of_target(&target);
+        map(self.inner.credential_for(target), move |c| {
+            key.bind(c, &method, at.as_ref())
+        })
+    }
+
+    fn observes_answers(&self) -> bool {
+        true
+    }
+
+    fn on_unauthorized(&self, sent: &HeaderValue) {
+        self.inner.on_unauthorized(sent);
+    }
+
+    fn on_accepted(&self, sent: &HeaderValue) {
+        self.inner.on_accepted(sent);
+    }
+
+    fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {
+        if let Some(origin) = sent.dpop.as_ref().and_then(origin_of_proof) {
+            self.key.remember_nonce(&origin, nonce);
+        }
+        self.inner.on_dpop_nonce(sent, nonce);
+    }
+}
+
+type CredentialResult = Result<Option<Credential>, Error>;
+
+/// `future`'s credential passed through `f`, at once when it is ready.
+fn map(
+    future: CredentialFuture,
+    f: impl FnOnce(Option<Credential>) -> CredentialResult + Send + 'static,
+) -> CredentialFuture {
+    match future.now_or_pending() {
+        Ok(result) => CredentialFuture::ready(result.and_then(f)),
+        Err(pending) => CredentialFuture::pending(async move { pending.await.and_then(f) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn htu_leaves_out_default_ports_query_and_fragment() {
+        let uri: Uri = "HTTPS://API.example.com:443/items?x=1".parse().unwrap();
+        let (o, p) = htu_of_uri(&uri).unwrap();
+        assert_eq!(
+            (o.as_str(), p.as_str()),
+            ("https://api.example.com", "/items")
+        );
+        let uri: Uri = "http://127.0.0.1:8080".parse().unwrap();
+        let (o, p) = htu_of_uri(&uri).unwrap();
+        assert_eq!((o.as_str(), p.as_str()), ("http://127.0.0.1:8080", "/"));
+        assert!(htu_of_uri(&"/relative".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn nonces_are_per_origin_and_bounded() {
+        let key = DpopKey::generate().unwrap();
+        key.remember_nonce("https://a", &HeaderValue::from_static("n1"));
+        key.remember_nonce("https://b", &HeaderValue::from_static("n2"));
+        key.remember_nonce("https://a", &HeaderValue::from_static("n3"));
+        key.remember_nonce("https://a", &HeaderValue::from_static("bad\"nonce"));
+        assert_eq!(key.nonce("https://a").as_deref(), Some("n3"));
+        assert_eq!(key.nonce("https://b").as_deref(), Some("n2"));
+        for i in 0..(MAX_ORIGINS + 10) {
+            key.remember_nonce(&format!("https://h{i}"), &HeaderValue::from_static("n"));
+        }
+        let held = key.inner.nonces.lock().unwrap().by_origin.len();
+        assert!(held <= MAX_ORIGINS, "{held}");
+    }
+
+    #[test]
+    fn the_proof_names_its_origin() {
+        let key = DpopKey::generate().unwrap();
+        let uri: Uri = "https://api.example.com/x?y".parse().unwrap();
+        let proof = key.proof(&Method::POST, &uri, Some("t")).unwrap();
+        assert!(proof.is_sensitive());
+        assert_eq!(
+            origin_of_proof(&proof).as_deref(),
+            Some("https://api.example.com")
+        );
+    }
+}
