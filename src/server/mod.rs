@@ -43,6 +43,8 @@
 mod axum;
 mod cache;
 mod challenge;
+#[cfg(any(feature = "dpop", feature = "mtls"))]
+mod confirmation;
 #[cfg(feature = "dpop")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub mod dpop;
@@ -56,6 +58,9 @@ pub mod jwks;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 mod layer;
+#[cfg(feature = "mtls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
+pub mod mtls;
 mod step_up;
 pub mod validator;
 
@@ -64,8 +69,10 @@ pub use self::axum::MissingClaims;
 pub use crate::metadata::{MetadataService, ProtectedResourceMetadata};
 pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
+#[cfg(any(feature = "dpop", feature = "mtls"))]
+pub use confirmation::Confirmation;
 #[cfg(feature = "dpop")]
-pub use dpop::{Confirmation, DpopError, DpopVerifier};
+pub use dpop::{DpopError, DpopVerifier};
 #[cfg(feature = "introspection")]
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]
@@ -74,6 +81,8 @@ pub use issuers::{MultiIssuer, MultiIssuerBuilder};
 pub use jwks::{JwksValidator, JwksValidatorBuilder};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtValidator, KeyError};
+#[cfg(feature = "mtls")]
+pub use mtls::{CertificateBinding, ClientCertificate};
 pub use layer::{
     RequireBearer, RequireBearerLayer, RequireScope, RequireScopeLayer, ResponseFuture,
     ScopeFuture, Verified,
