@@ -23,7 +23,10 @@ pub trait Confirmation {
 }
 
 /// The `cnf` member of a JSON object.
-fn cnf<'a>(claims: &'a serde_json::Map<String, serde_json::Value>, member: &str) -> Option<&'a str> {
+fn cnf<'a>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    member: &str,
+) -> Option<&'a str> {
     claims.get("cnf")?.get(member)?.as_str()
 }
 

@@ -425,7 +425,9 @@ where
         #[cfg(feature = "mtls")]
         let parsed = match &config.mtls {
             None => parsed,
-            Some(mtls) => parsed.and_then(|validation| bind_certificate(mtls, &req, validation)),
+            Some(mtls) => {
+                parsed.and_then(|validation| bind_certificate(mtls, &mut req, validation))
+            }
         };
         let validation = match parsed {
             Ok(validation) => validation,
@@ -831,14 +833,25 @@ fn bind<C: Clone + Send + Sync + 'static>(
 
 /// The validation of a request to a layer that checks certificate-bound tokens: the
 /// certificate read first (a malformed trusted header is refused before anything
-/// else), then the token's binding once its claims are known.
+/// else), then the token's binding once its claims are known. A certificate from a
+/// trusted header goes into the extensions, where handlers find it as they would
+/// the connection's.
 #[cfg(feature = "mtls")]
 fn bind_certificate<C: Clone + Send + Sync + 'static, B>(
     mtls: &Arc<MtlsConfig>,
-    req: &Request<B>,
+    req: &mut Request<B>,
     validation: ValidationFuture<C>,
 ) -> Result<ValidationFuture<C>, Rejection> {
     let presented = mtls.binding.certificate_of(req)?;
+    if mtls.binding.from_header() {
+        match &presented {
+            Some(cert) => req.extensions_mut().insert(cert.clone()),
+            // Not the proxy's own certificate, should its connection have one.
+            None => req
+                .extensions_mut()
+                .remove::<super::mtls::ClientCertificate>(),
+        };
+    }
     fn confirm<C: 'static>(
         mtls: &MtlsConfig,
         claims: C,

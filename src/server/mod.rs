@@ -81,12 +81,12 @@ pub use issuers::{MultiIssuer, MultiIssuerBuilder};
 pub use jwks::{JwksValidator, JwksValidatorBuilder};
 #[cfg(feature = "jwt")]
 pub use jwt::{JwtValidator, KeyError};
-#[cfg(feature = "mtls")]
-pub use mtls::{CertificateBinding, ClientCertificate};
 pub use layer::{
     RequireBearer, RequireBearerLayer, RequireScope, RequireScopeLayer, ResponseFuture,
     ScopeFuture, Verified,
 };
+#[cfg(feature = "mtls")]
+pub use mtls::{CertificateBinding, ClientCertificate};
 pub use step_up::{AuthenticationClaims, RequireStepUp, RequireStepUpLayer};
 pub use validator::{
     from_async_fn, from_fn, Audience, Claims, ScopedClaims, Scopes, StaticTokens, ValidationFuture,

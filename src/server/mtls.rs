@@ -65,8 +65,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use http::header::HeaderName;
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use sha2::{Digest, Sha256};
@@ -240,7 +240,8 @@ impl CertificateBinding {
     ///
     /// Only behind a proxy that sets it from the TLS connection and removes any
     /// `Client-Cert` a client sent: the header is believed as it is. The extensions
-    /// are ignored (the connection's peer is the proxy). More than one such header,
+    /// are ignored (the connection's peer is the proxy), and the header's certificate
+    /// takes their place, for handlers to read as a [`ClientCertificate`]. More than one such header,
     /// or one that is not `:<base64 DER>:` of a certificate, is refused with `400
     /// invalid_request`.
     pub fn trusted_header() -> Self {
@@ -264,12 +265,20 @@ impl CertificateBinding {
         })
     }
 
+    /// Whether the certificate comes from a trusted header.
+    pub(crate) fn from_header(&self) -> bool {
+        matches!(self.source, Source::Header(_))
+    }
+
     /// The client certificate of `req`, if it has one.
     ///
     /// # Errors
     /// A `400 invalid_request` rejection for a trusted header that is there twice or
     /// malformed.
-    pub fn certificate_of<B>(&self, req: &Request<B>) -> Result<Option<ClientCertificate>, Rejection> {
+    pub fn certificate_of<B>(
+        &self,
+        req: &Request<B>,
+    ) -> Result<Option<ClientCertificate>, Rejection> {
         match &self.source {
             Source::Connection => Ok(req.extensions().get::<ClientCertificate>().cloned()),
             Source::Header(name) => {
@@ -447,7 +456,9 @@ mod tests {
         trailing.push(0);
         assert!(!looks_like_certificate(&trailing));
         assert!(!looks_like_certificate(&[]));
-        assert!(!looks_like_certificate(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
+        assert!(!looks_like_certificate(&[
+            0x30, 0x84, 0xff, 0xff, 0xff, 0xff
+        ]));
         assert!(!looks_like_certificate(&[0x30, 0x85, 1, 1, 1, 1, 1]));
     }
 
@@ -458,8 +469,19 @@ mod tests {
         let cert = ClientCertificate::from_header_value(format!(" :{b64}: ").as_bytes()).unwrap();
         assert_eq!(cert.der(), der);
         assert_eq!(cert.x5t_s256(), thumbprint(&der));
-        for bad in [&b""[..], b"::", b":", b"abc", b":!!:", b":AAAA:", b"MAcwADAAAwEA"] {
-            assert!(ClientCertificate::from_header_value(bad).is_err(), "{bad:?}");
+        for bad in [
+            &b""[..],
+            b"::",
+            b":",
+            b"abc",
+            b":!!:",
+            b":AAAA:",
+            b"MAcwADAAAwEA",
+        ] {
+            assert!(
+                ClientCertificate::from_header_value(bad).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }
