@@ -843,7 +843,7 @@ fn bind_certificate<C: Clone + Send + Sync + 'static, B>(
     validation: ValidationFuture<C>,
 ) -> Result<ValidationFuture<C>, Rejection> {
     let presented = mtls.binding.certificate_of(req)?;
-    if mtls.binding.from_header() {
+    if mtls.binding.is_trusted_header() {
         match &presented {
             Some(cert) => req.extensions_mut().insert(cert.clone()),
             // Not the proxy's own certificate, should its connection have one.

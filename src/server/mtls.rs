@@ -266,7 +266,7 @@ impl CertificateBinding {
     }
 
     /// Whether the certificate comes from a trusted header.
-    pub(crate) fn from_header(&self) -> bool {
+    pub(crate) fn is_trusted_header(&self) -> bool {
         matches!(self.source, Source::Header(_))
     }
 
