@@ -651,3 +651,134 @@ fn client_certificate_thumbprint_and_debug() {
     let debug = format!("{cert:?}");
     assert!(debug.contains(&pki.a.x5t()), "{debug}");
 }
+
+/// The oidc-provider of the interop suite (`interop/provider.mjs --mtls-dir`), over
+/// https with client certificates, when node and `interop/node_modules` are there.
+struct MtlsProvider {
+    _child: tokio::process::Child,
+    issuer: String,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn mtls_provider(pki: &Pki) -> Option<MtlsProvider> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
+    if !interop
+        .join("node_modules/oidc-provider/package.json")
+        .exists()
+    {
+        eprintln!("skipped: no interop/node_modules (npm ci in interop/)");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("tower-bearer-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.ca.cert_pem).unwrap();
+    std::fs::write(dir.join("server.pem"), &pki.server.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &pki.server.key_pem).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = match tokio::process::Command::new("node")
+        .arg(interop.join("provider.mjs"))
+        .args(["--port", &port.to_string(), "--ttl", "300", "--mtls-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("skipped: cannot run node: {e}");
+            return None;
+        }
+    };
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("oidc-provider did not start within 20 s")
+        .unwrap()
+        .expect("oidc-provider exited before it was ready");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let issuer = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(issuer, format!("https://127.0.0.1:{port}"));
+    Some(MtlsProvider {
+        _child: child,
+        issuer,
+        _dir: TempDir(dir),
+    })
+}
+
+/// End to end with a certified provider: `tls_client_auth` at oidc-provider's token
+/// endpoint gets a token bound to certificate A (its `cnf["x5t#S256"]`), which an
+/// API validating it with the provider's keys accepts from A and refuses from B.
+#[tokio::test]
+async fn oidc_provider_issues_certificate_bound_tokens() {
+    let pki = pki();
+    let Some(provider) = mtls_provider(&pki).await else {
+        return;
+    };
+    let endpoint = TokenEndpoint::new(&format!("{}/token", provider.issuer))
+        .unwrap()
+        .client_id("mtls-client")
+        .auth_method(TokenEndpointAuth::TlsClientAuth)
+        .param("resource", "https://api.jwt.test")
+        .http_client(client(&pki, Some(&pki.a)));
+    let token = endpoint
+        .request(&[("grant_type", "client_credentials"), ("scope", "read")])
+        .await
+        .unwrap();
+    let access = secrecy::ExposeSecret::expose_secret(token.access_token()).to_owned();
+    let payload: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(access.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["cnf"]["x5t#S256"], json!(pki.a.x5t()), "{payload}");
+
+    // B's certificate is not the registered subject: the provider refuses it.
+    let as_b = TokenEndpoint::new(&format!("{}/token", provider.issuer))
+        .unwrap()
+        .client_id("mtls-client")
+        .auth_method(TokenEndpointAuth::TlsClientAuth)
+        .http_client(client(&pki, Some(&pki.b)));
+    let err = as_b
+        .request(&[("grant_type", "client_credentials")])
+        .await
+        .unwrap_err();
+    assert!(format!("{err}").contains("invalid_client"), "{err}");
+
+    let validator = tower_bearer::server::JwksValidator::<Claims>::discover(&provider.issuer)
+        .unwrap()
+        .http_client(client(&pki, None))
+        .rules(|v| v.audience("https://api.jwt.test"))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/whoami", get(|| async { "ok" }))
+        .layer(RequireBearerLayer::new(validator).mtls(CertificateBinding::connection()));
+    tokio::spawn(mtls::serve(listener, server_tls(&pki, false), app));
+
+    let (status, _, _) = call(&client(&pki, Some(&pki.a)), addr, &access, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (status, challenge, _) = call(&client(&pki, Some(&pki.b)), addr, &access, &[])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+}
