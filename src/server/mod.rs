@@ -38,6 +38,8 @@
 //! | DPoP proof refused (`RequireBearerLayer::dpop`, feature `dpop`) | `401`, `WWW-Authenticate: DPoP algs="…", error="invalid_dpop_proof"` | `UNAUTHENTICATED` |
 //! | DPoP nonce required | `401`, `error="use_dpop_nonce"`, `DPoP-Nonce: …` | `UNAUTHENTICATED` |
 //! | DPoP-bound token sent as `Bearer`, or token not bound to the proof's key | `401`, `error="invalid_token"` | `UNAUTHENTICATED` |
+//! | certificate-bound token without its client certificate (`RequireBearerLayer::mtls`, feature `mtls`) | `401`, `error="invalid_token"` | `UNAUTHENTICATED` |
+//! | trusted `Client-Cert` header twice or malformed (`CertificateBinding::trusted_header`) | `400`, `error="invalid_request"` | `UNAUTHENTICATED` |
 
 #[cfg(feature = "axum")]
 mod axum;
