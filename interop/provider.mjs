@@ -1,7 +1,11 @@
 // The OpenID provider of the interop tests (tests/interop_*.rs): panva's certified
 // `oidc-provider`, configured for what the tests need, on 127.0.0.1 only.
 //
-//   node interop/provider.mjs --port 9000 [--ttl 4]
+//   node interop/provider.mjs --port 9000 [--ttl 4] [--mtls-dir <dir>]
+//
+// With --mtls-dir (holding ca.pem, server.pem, server.key), it serves https, asks for
+// client certificates of that CA, and has mTLS (RFC 8705) on: the client `mtls-client`
+// (tls_client_auth, subject `CN=client A`) gets certificate-bound access tokens.
 //
 // Prints one line `ready <issuer> <kid>` on stdout once it listens. Every start signs
 // with a fresh RSA key, so a restart on the same port is a key rotation.
@@ -24,6 +28,7 @@
 
 import { createPublicKey, generateKeyPairSync, randomBytes, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:https';
 import Provider, { errors } from 'oidc-provider';
 
 function arg(name, fallback) {
@@ -156,8 +161,45 @@ const clients = [
   },
 ];
 
+// mTLS (RFC 8705): https with client certificates, only with --mtls-dir.
+const mtlsDir = arg('mtls-dir', '');
+const tls = mtlsDir
+  ? {
+    ca: readFileSync(`${mtlsDir}/ca.pem`),
+    cert: readFileSync(`${mtlsDir}/server.pem`),
+    key: readFileSync(`${mtlsDir}/server.key`),
+  }
+  : null;
+if (tls) {
+  clients.push({
+    client_id: 'mtls-client',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: 'CN=client A',
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'read write',
+  });
+}
+const mTLS = {
+  enabled: true,
+  certificateBoundAccessTokens: true,
+  tlsClientAuth: true,
+  // The peer's certificate of this TLS connection (node verified it against the CA
+  // when `authorized`).
+  getCertificate: (ctx) => ctx.socket.getPeerX509Certificate?.(),
+  certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+  certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+    && ctx.socket.getPeerX509Certificate?.()?.subject === expected.replace(/,\s*/g, '\n'),
+};
+
 const configuration = {
   clients,
+  ...(tls ? {
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'client_secret_jwt',
+      'private_key_jwt', 'none', 'tls_client_auth'],
+  } : {}),
   jwks: { keys: [jwk] },
   cookies: { keys: [randomBytes(32).toString('hex')] },
   // Every refresh spends the refresh token and answers a new one.
@@ -197,6 +239,7 @@ const configuration = {
       nonceSecret: randomBytes(32),
       requireNonce: () => true,
     },
+    ...(tls ? { mTLS } : {}),
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf,
@@ -218,7 +261,7 @@ const configuration = {
   },
 };
 
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 const provider = new Provider(issuer, configuration);
 
 // The grants oidc-provider leaves to its extension point, implemented here with
@@ -459,7 +502,10 @@ async function approve(userCode) {
   throw new Error('approve: too many steps');
 }
 
-const server = provider.listen(port, '127.0.0.1', () => {
+const server = (tls
+  // Certificates asked for, not required: node's verdict is `certificateAuthorized`.
+  ? createServer({ ...tls, requestCert: true, rejectUnauthorized: false }, provider.callback())
+  : provider).listen(port, '127.0.0.1', () => {
   console.log(`ready ${issuer} ${kid}`);
 });
 server.on('error', (e) => {

@@ -114,3 +114,5 @@ pub use token::{Lineage, Token};
 /// dependency of your own (or use [`Token::expose_access_token`]).
 pub use secrecy::{ExposeSecret, SecretString};
 pub use transport::HttpClient;
+#[cfg(feature = "mtls")]
+pub use transport::HttpClientBuilder;

@@ -54,9 +54,6 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 impl HttpClient {
     /// A hyper-util client with the default timeout and body cap.
     pub fn new() -> Self {
-        use hyper_util::client::legacy::Client;
-        use hyper_util::rt::TokioExecutor;
-
         #[cfg(feature = "rustls")]
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -65,11 +62,44 @@ impl HttpClient {
             .build();
         #[cfg(not(feature = "rustls"))]
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        Self::with_connector(connector)
+    }
+
+    fn with_connector<C>(connector: C) -> Self
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
 
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Self::from_service(client)
+    }
+
+    /// A client with TLS settings of its own: a client certificate for the token
+    /// endpoint's `tls_client_auth` / `self_signed_tls_client_auth` (RFC 8705 §2), or
+    /// the root of a private PKI.
+    ///
+    /// ```no_run
+    /// use tower_bearer::client::{TokenEndpoint, TokenEndpointAuth};
+    /// use tower_bearer::HttpClient;
+    /// # fn run(chain_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<(), tower_bearer::Error> {
+    /// let http = HttpClient::builder()
+    ///     .client_certificate_pem(chain_pem, key_pem)?
+    ///     .root_certificates_pem(ca_pem)?
+    ///     .build()?;
+    /// let endpoint = TokenEndpoint::new("https://idp.example.com/token")?
+    ///     .client_id("my-app")
+    ///     .auth_method(TokenEndpointAuth::TlsClientAuth)
+    ///     .http_client(http);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "mtls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
+    pub fn builder() -> HttpClientBuilder {
+        HttpClientBuilder::default()
     }
 
     /// Sends requests through `service`, any tower HTTP service (for example one with
@@ -162,6 +192,164 @@ impl HttpClient {
         };
         crate::metrics::idp_request(endpoint, &result, started);
         result
+    }
+}
+
+/// An [`HttpClient`] with TLS settings of its own, from [`HttpClient::builder`]: a
+/// client certificate (mutual TLS), extra trusted roots. rustls with ring; TLS 1.2
+/// and 1.3; the timeout and body cap of [`HttpClient::new`].
+#[cfg(feature = "mtls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
+pub struct HttpClientBuilder {
+    roots: rustls::RootCertStore,
+    webpki_roots: bool,
+    identity: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+}
+
+#[cfg(feature = "mtls")]
+impl Default for HttpClientBuilder {
+    fn default() -> Self {
+        HttpClientBuilder {
+            roots: rustls::RootCertStore::empty(),
+            webpki_roots: true,
+            identity: None,
+        }
+    }
+}
+
+#[cfg(feature = "mtls")]
+impl fmt::Debug for HttpClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClientBuilder")
+            .field("added_roots", &self.roots.len())
+            .field("webpki_roots", &self.webpki_roots)
+            .field(
+                "client_certificate",
+                &self.identity.as_ref().map(|(chain, _)| chain.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "mtls")]
+impl HttpClientBuilder {
+    /// The certificate chain (end-entity first) and private key presented to servers
+    /// that ask for a client certificate.
+    pub fn client_certificate(
+        mut self,
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Self {
+        self.identity = Some((chain, key));
+        self
+    }
+
+    /// [`client_certificate`](Self::client_certificate) from PEM: the chain's
+    /// `CERTIFICATE` blocks (end-entity first) and the key (PKCS#8, PKCS#1 or SEC1).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when no certificate or key is found or the PEM is
+    /// malformed (the message never quotes the key).
+    pub fn client_certificate_pem(self, chain: &[u8], key: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let chain = CertificateDer::pem_slice_iter(chain)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Configuration(format!("invalid client certificate PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(Error::Configuration(
+                "no CERTIFICATE in the client certificate PEM".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| {
+            Error::Configuration("no usable private key in the client key PEM".into())
+        })?;
+        Ok(self.client_certificate(chain, key))
+    }
+
+    /// Trusts `root` (DER) for server certificates, besides the webpki roots
+    /// (unless [`without_webpki_roots`](Self::without_webpki_roots)).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a certificate rustls cannot use as a root.
+    pub fn root_certificate(
+        mut self,
+        root: rustls::pki_types::CertificateDer<'static>,
+    ) -> Result<Self, Error> {
+        self.roots
+            .add(root)
+            .map_err(|e| Error::Configuration(format!("unusable root certificate: {e}")))?;
+        Ok(self)
+    }
+
+    /// [`root_certificate`](Self::root_certificate) for each `CERTIFICATE` of a PEM.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for malformed PEM, none found or an unusable one.
+    pub fn root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut found = false;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert
+                .map_err(|e| Error::Configuration(format!("invalid root certificate PEM: {e}")))?;
+            self = self.root_certificate(cert)?;
+            found = true;
+        }
+        if !found {
+            return Err(Error::Configuration(
+                "no CERTIFICATE in the root certificate PEM".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Trusts only the roots added here, not the webpki (Mozilla) roots: a private
+    /// PKI's servers only.
+    pub fn without_webpki_roots(mut self) -> Self {
+        self.webpki_roots = false;
+        self
+    }
+
+    /// The client.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when no root is trusted, or rustls refuses the client
+    /// certificate and key (a key that does not fit, an unsupported algorithm).
+    pub fn build(self) -> Result<HttpClient, Error> {
+        use std::sync::Arc;
+
+        let mut roots = self.roots;
+        if self.webpki_roots {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        if roots.is_empty() {
+            return Err(Error::Configuration(
+                "no root certificate to trust: add one, or keep the webpki roots".into(),
+            ));
+        }
+        // The provider named, not the process default: an application whose rustls
+        // also has aws-lc-rs enabled would have no default to pick.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Configuration(format!("TLS configuration: {e}")))?
+            .with_root_certificates(roots);
+        let config = match self.identity {
+            Some((chain, key)) => config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::Configuration(format!("unusable client certificate: {e}")))?,
+            None => config.with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(HttpClient::with_connector(connector))
     }
 }
 

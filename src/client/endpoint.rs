@@ -43,6 +43,25 @@ pub enum TokenEndpointAuth {
     #[cfg(feature = "jwt")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
     Assertion(ClientAssertion),
+    /// `tls_client_auth` (RFC 8705 §2.1): the client proves itself with a PKI
+    /// certificate in the TLS handshake; `client_id` as a form field, no secret. Give
+    /// the endpoint an [`HttpClient`] with that certificate (`HttpClient::builder`,
+    /// feature `mtls`).
+    TlsClientAuth,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): as
+    /// [`TlsClientAuth`](Self::TlsClientAuth), with a self-signed certificate
+    /// registered with the provider.
+    SelfSignedTlsClientAuth,
+}
+
+impl TokenEndpointAuth {
+    /// Whether the client authenticates with its TLS certificate (RFC 8705 §2).
+    fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            TokenEndpointAuth::TlsClientAuth | TokenEndpointAuth::SelfSignedTlsClientAuth
+        )
+    }
 }
 
 #[cfg(feature = "jwt")]
@@ -308,6 +327,13 @@ impl TokenEndpoint {
                 fields.push(("client_id", id));
                 fields.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
                 fields.push(("client_assertion", &assertion));
+            }
+            // RFC 8705 §2: the certificate authenticates; a secret is never sent.
+            (auth, Some(id), _) if auth.is_tls() => fields.push(("client_id", id)),
+            (auth, None, _) if auth.is_tls() => {
+                return Err(Error::Configuration(
+                    "tls_client_auth needs a client id".into(),
+                ))
             }
             #[cfg(feature = "jwt")]
             (TokenEndpointAuth::Assertion(a), None, _) => {

@@ -222,36 +222,7 @@ impl From<DpopError> for super::Rejection {
     }
 }
 
-/// Claims that can name the key their token is bound to: `cnf.jkt` (RFC 9449 §6),
-/// from a JWT or an introspection answer.
-///
-/// [`RequireBearerLayer::dpop`](super::RequireBearerLayer::dpop) reads it to tell
-/// DPoP-bound tokens from bearer ones. Implemented for the crate's
-/// [`Claims`](super::Claims) and for JSON objects; implement it for claims of your
-/// own (return `None` when they have no `cnf.jkt`).
-pub trait Confirmation {
-    /// The token's `cnf.jkt`: the base64url SHA-256 thumbprint of the key it is
-    /// bound to, if it is bound to one.
-    fn jkt(&self) -> Option<&str>;
-}
-
-impl Confirmation for super::Claims {
-    fn jkt(&self) -> Option<&str> {
-        self.extra.get("cnf")?.get("jkt")?.as_str()
-    }
-}
-
-impl Confirmation for serde_json::Map<String, serde_json::Value> {
-    fn jkt(&self) -> Option<&str> {
-        self.get("cnf")?.get("jkt")?.as_str()
-    }
-}
-
-impl Confirmation for serde_json::Value {
-    fn jkt(&self) -> Option<&str> {
-        self.get("cnf")?.get("jkt")?.as_str()
-    }
-}
+pub use super::confirmation::Confirmation;
 
 /// Remembers which proofs were used: [`first_use`](Self::first_use) answers, in one
 /// atomic step, whether a key is new and records it.

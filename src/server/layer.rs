@@ -19,6 +19,8 @@ use super::dpop::{CheckedProof, Confirmation, DpopError, DpopVerifier};
 #[cfg(feature = "dpop")]
 use super::header::dpop_or_bearer_token;
 use super::header::{bearer_token, DEFAULT_MAX_LEN};
+#[cfg(feature = "mtls")]
+use super::mtls::CertificateBinding;
 use super::validator::{ScopedClaims, ValidationFuture, Validator};
 use super::Rejection;
 use crate::metrics::{self, Started};
@@ -103,6 +105,25 @@ struct Config {
     /// bearer-only layer, whose path is the one it had before DPoP.
     #[cfg(feature = "dpop")]
     dpop: Option<Arc<DpopConfig>>,
+    /// Certificate-bound tokens checked (RFC 8705); `None`: no cost.
+    #[cfg(feature = "mtls")]
+    mtls: Option<Arc<MtlsConfig>>,
+}
+
+/// What a layer that checks certificate-bound tokens checks with.
+#[cfg(feature = "mtls")]
+#[derive(Debug)]
+struct MtlsConfig {
+    binding: CertificateBinding,
+    /// The claims' `cnf["x5t#S256"]`, through their `Confirmation`.
+    x5t_of: fn(&dyn std::any::Any) -> Option<&str>,
+}
+
+#[cfg(feature = "mtls")]
+fn x5t_of<C: super::Confirmation + 'static>(claims: &dyn std::any::Any) -> Option<&str> {
+    claims
+        .downcast_ref::<C>()
+        .and_then(super::Confirmation::x5t_s256)
 }
 
 /// What a layer that accepts DPoP checks with.
@@ -185,6 +206,8 @@ impl<V: Validator> RequireBearerLayer<V> {
                 anonymous: false,
                 #[cfg(feature = "dpop")]
                 dpop: None,
+                #[cfg(feature = "mtls")]
+                mtls: None,
             }),
         }
     }
@@ -281,6 +304,41 @@ impl<V: Validator> RequireBearerLayer<V> {
     }
 }
 
+impl<V: Validator> RequireBearerLayer<V> {
+    /// Checks certificate-bound tokens (RFC 8705 §3): a token whose
+    /// `cnf["x5t#S256"]` (read through [`Confirmation`](super::Confirmation)) names
+    /// a certificate passes only with that client certificate, taken from where
+    /// `binding` says (this server's TLS connection, or a trusted proxy's header);
+    /// otherwise `401 invalid_token`. A token that is not bound passes as before.
+    /// Without this call, the layer pays nothing for it.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use tower_bearer::server::{CertificateBinding, Claims, JwtValidator, RequireBearerLayer};
+    ///
+    /// let validator = JwtValidator::<Claims>::hmac(b"a-secret-of-at-least-32-bytes!!!");
+    /// let app: Router = Router::new()
+    ///     .route("/items", get(|| async { "items" }))
+    ///     .layer(RequireBearerLayer::new(validator).mtls(CertificateBinding::connection()));
+    /// ```
+    ///
+    /// See [`mtls`](super::mtls) for serving over TLS with the client certificate in
+    /// each request.
+    #[cfg(feature = "mtls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
+    pub fn mtls(self, binding: CertificateBinding) -> Self
+    where
+        V::Claims: super::Confirmation,
+    {
+        self.config(|c| {
+            c.mtls = Some(Arc::new(MtlsConfig {
+                binding,
+                x5t_of: x5t_of::<V::Claims>,
+            }))
+        })
+    }
+}
+
 impl<S, V> Layer<S> for RequireBearerLayer<V> {
     type Service = RequireBearer<S, V>;
 
@@ -363,6 +421,13 @@ where
         let parsed = match checked {
             Some(checked) => checked,
             None => bearer_token(req.headers(), config.max_len).map(|t| self.validator.validate(t)),
+        };
+        #[cfg(feature = "mtls")]
+        let parsed = match &config.mtls {
+            None => parsed,
+            Some(mtls) => {
+                parsed.and_then(|validation| bind_certificate(mtls, &mut req, validation))
+            }
         };
         let validation = match parsed {
             Ok(validation) => validation,
@@ -764,4 +829,47 @@ fn bind<C: Clone + Send + Sync + 'static>(
             Ok(claims)
         }),
     }
+}
+
+/// The validation of a request to a layer that checks certificate-bound tokens: the
+/// certificate read first (a malformed trusted header is refused before anything
+/// else), then the token's binding once its claims are known. A certificate from a
+/// trusted header goes into the extensions, where handlers find it as they would
+/// the connection's.
+#[cfg(feature = "mtls")]
+fn bind_certificate<C: Clone + Send + Sync + 'static, B>(
+    mtls: &Arc<MtlsConfig>,
+    req: &mut Request<B>,
+    validation: ValidationFuture<C>,
+) -> Result<ValidationFuture<C>, Rejection> {
+    let presented = mtls.binding.certificate_of(req)?;
+    if mtls.binding.is_trusted_header() {
+        match &presented {
+            Some(cert) => req.extensions_mut().insert(cert.clone()),
+            // Not the proxy's own certificate, should its connection have one.
+            None => req
+                .extensions_mut()
+                .remove::<super::mtls::ClientCertificate>(),
+        };
+    }
+    fn confirm<C: 'static>(
+        mtls: &MtlsConfig,
+        claims: C,
+        presented: Option<&super::mtls::ClientCertificate>,
+    ) -> Result<C, Rejection> {
+        mtls.binding
+            .confirm((mtls.x5t_of)(&claims), presented)
+            .map(|()| claims)
+    }
+    Ok(match validation.now_or_pending() {
+        Ok(Ok(claims)) => ValidationFuture::ready(confirm(mtls, claims, presented.as_ref())),
+        Ok(Err(rejection)) => ValidationFuture::ready(Err(rejection)),
+        Err(pending) => {
+            let mtls = Arc::clone(mtls);
+            ValidationFuture::pending(async move {
+                let claims = pending.await?;
+                confirm(&mtls, claims, presented.as_ref())
+            })
+        }
+    })
 }

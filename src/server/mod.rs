@@ -38,11 +38,15 @@
 //! | DPoP proof refused (`RequireBearerLayer::dpop`, feature `dpop`) | `401`, `WWW-Authenticate: DPoP algs="…", error="invalid_dpop_proof"` | `UNAUTHENTICATED` |
 //! | DPoP nonce required | `401`, `error="use_dpop_nonce"`, `DPoP-Nonce: …` | `UNAUTHENTICATED` |
 //! | DPoP-bound token sent as `Bearer`, or token not bound to the proof's key | `401`, `error="invalid_token"` | `UNAUTHENTICATED` |
+//! | certificate-bound token without its client certificate (`RequireBearerLayer::mtls`, feature `mtls`) | `401`, `error="invalid_token"` | `UNAUTHENTICATED` |
+//! | trusted `Client-Cert` header twice or malformed (`CertificateBinding::trusted_header`) | `400`, `error="invalid_request"` | `UNAUTHENTICATED` |
 
 #[cfg(feature = "axum")]
 mod axum;
 mod cache;
 mod challenge;
+#[cfg(any(feature = "dpop", feature = "mtls"))]
+mod confirmation;
 #[cfg(feature = "dpop")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub mod dpop;
@@ -56,6 +60,9 @@ pub mod jwks;
 #[cfg(feature = "jwt")]
 pub mod jwt;
 mod layer;
+#[cfg(feature = "mtls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
+pub mod mtls;
 mod step_up;
 pub mod validator;
 
@@ -64,8 +71,10 @@ pub use self::axum::MissingClaims;
 pub use crate::metadata::{MetadataService, ProtectedResourceMetadata};
 pub use cache::{Expiring, VerifiedCache};
 pub use challenge::{is_grpc, Rejection};
+#[cfg(any(feature = "dpop", feature = "mtls"))]
+pub use confirmation::Confirmation;
 #[cfg(feature = "dpop")]
-pub use dpop::{Confirmation, DpopError, DpopVerifier};
+pub use dpop::{DpopError, DpopVerifier};
 #[cfg(feature = "introspection")]
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]
@@ -78,6 +87,8 @@ pub use layer::{
     RequireBearer, RequireBearerLayer, RequireScope, RequireScopeLayer, ResponseFuture,
     ScopeFuture, Verified,
 };
+#[cfg(feature = "mtls")]
+pub use mtls::{CertificateBinding, ClientCertificate};
 pub use step_up::{AuthenticationClaims, RequireStepUp, RequireStepUpLayer};
 pub use validator::{
     from_async_fn, from_fn, Audience, Claims, ScopedClaims, Scopes, StaticTokens, ValidationFuture,
