@@ -453,13 +453,20 @@ fn keys_from_pem_sign_proofs_the_verifier_accepts() {
     let read =
         |f: &str| std::fs::read(format!("{}/tests/keys/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let verifier = DpopVerifier::new()
-        .algorithms(&[Algorithm::ES256, Algorithm::EdDSA])
+        .algorithms(&[
+            Algorithm::ES256,
+            Algorithm::EdDSA,
+            Algorithm::RS256,
+            Algorithm::PS256,
+        ])
         .unwrap()
         .external_origin("https://api.example.com")
         .unwrap();
     for (alg, file) in [
         (Algorithm::ES256, "ec256.key"),
         (Algorithm::EdDSA, "ed25519.key"),
+        (Algorithm::RS256, "rsa.key"),
+        (Algorithm::PS256, "rsa.key"),
     ] {
         let key = DpopKey::from_pem(alg, &read(file)).unwrap();
         assert_eq!(key.algorithm(), alg);
@@ -477,10 +484,92 @@ fn keys_from_pem_sign_proofs_the_verifier_accepts() {
             .check(&Method::GET, &"/items".parse().unwrap(), &headers, "tok")
             .unwrap();
         assert_eq!(checked.jkt(), key.thumbprint(), "{alg:?}");
+        let header = decode(headers["dpop"].to_str().unwrap().split('.').next().unwrap());
+        assert_eq!(header["alg"], format!("{alg:?}"));
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(header["jwk"].get(private).is_none(), "{alg:?}: {private}");
+        }
     }
-    // The wrong kind of key, an unsupported algorithm, or no PEM at all.
+    // The wrong kind of key, a symmetric or unsupported algorithm, or no PEM at all.
     assert!(DpopKey::from_pem(Algorithm::EdDSA, &read("ec256.key")).is_err());
     assert!(DpopKey::from_pem(Algorithm::ES256, &read("ed25519.key")).is_err());
-    assert!(DpopKey::from_pem(Algorithm::RS256, &read("rsa.key")).is_err());
+    assert!(DpopKey::from_pem(Algorithm::RS256, &read("ec256.key")).is_err());
+    assert!(DpopKey::from_pem(Algorithm::ES256, &read("rsa.key")).is_err());
+    assert!(DpopKey::from_pem(Algorithm::HS256, &read("rsa.key")).is_err());
+    assert!(DpopKey::from_pem(Algorithm::ES384, &read("ec384.key")).is_err());
     assert!(DpopKey::from_pem(Algorithm::ES256, b"not a pem").is_err());
+}
+
+#[test]
+fn an_rsa_key_under_2048_bits_is_refused() {
+    let pem = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/keys/rsa1024.key"
+    ))
+    .unwrap();
+    let err = DpopKey::from_pem(Algorithm::RS256, &pem).unwrap_err();
+    assert!(err.to_string().contains("1024 bits"), "{err}");
+}
+
+#[test]
+fn a_key_written_out_reads_back_as_the_same_key() {
+    for key in [
+        DpopKey::generate().unwrap(),
+        DpopKey::from_pem(
+            Algorithm::PS256,
+            &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rsa.key")).unwrap(),
+        )
+        .unwrap(),
+    ] {
+        let pem = key.to_pkcs8_pem();
+        let pem = secrecy::ExposeSecret::expose_secret(&pem);
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+        let again = DpopKey::from_pem(key.algorithm(), pem.as_bytes()).unwrap();
+        assert_eq!(again.thumbprint(), key.thumbprint());
+        assert_eq!(again.algorithm(), key.algorithm());
+    }
+}
+
+#[test]
+fn load_or_generate_keeps_one_key_across_restarts() {
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-dpop-key-{}-{}",
+        std::process::id(),
+        unix_now()
+    ));
+    let path = dir.join("keys").join("dpop.pem");
+    let first = DpopKey::load_or_generate(&path).unwrap();
+    assert_eq!(first.algorithm(), Algorithm::ES256);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key file is its owner's only");
+    }
+    // A restart: the same key, so the tokens bound to it stay usable.
+    let second = DpopKey::load_or_generate(&path).unwrap();
+    assert_eq!(second.thumbprint(), first.thumbprint());
+    // Many processes at once: the one that wrote first gives everyone its key.
+    let raced = dir.join("raced.pem");
+    let keys: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| DpopKey::load_or_generate(&raced).unwrap()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().thumbprint().to_owned())
+            .collect()
+    });
+    assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "no temporary file left behind: {left:?}");
+    // A file that is not a key is an error, and is left as it was.
+    let bad = dir.join("bad.pem");
+    std::fs::write(&bad, "not a key").unwrap();
+    assert!(DpopKey::load_or_generate(&bad).is_err());
+    assert_eq!(std::fs::read_to_string(&bad).unwrap(), "not a key");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

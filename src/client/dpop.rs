@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +18,10 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::pkcs8::EncodePrivateKey as _;
 use p256::SecretKey;
+use secrecy::SecretString;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::authorizer::{default_port, Authorizer, Credential, CredentialFuture, Target};
 use crate::server::dpop::thumbprint;
@@ -28,6 +32,8 @@ use crate::Error;
 const MAX_ORIGINS: usize = 256;
 /// The longest nonce remembered; a longer one is ignored.
 const MAX_NONCE_LEN: usize = 512;
+/// The smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
+const MIN_RSA_BITS: usize = 2048;
 
 /// A DPoP key pair: the private key signs the proofs, the public one travels in
 /// them (`jwk`), and its RFC 7638 [`thumbprint`](Self::thumbprint) is what the
@@ -53,6 +59,8 @@ pub struct DpopKey {
 struct KeyInner {
     key: EncodingKey,
     alg: Algorithm,
+    /// The private key, PKCS#8 DER, for [`DpopKey::to_pkcs8_pem`].
+    pkcs8: Zeroizing<Vec<u8>>,
     /// base64url of the proof's JOSE header (`typ`, `alg`, `jwk`): the same for
     /// every proof.
     header: String,
@@ -70,7 +78,7 @@ struct Nonces {
 #[derive(Serialize)]
 struct ProofHeader<'a> {
     typ: &'static str,
-    alg: &'static str,
+    alg: Algorithm,
     jwk: &'a serde_json::Value,
 }
 
@@ -92,7 +100,7 @@ impl DpopKey {
     /// # Errors
     /// [`Error::Configuration`] when the operating system gives no randomness.
     pub fn generate() -> Result<Self, Error> {
-        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        let mut secret = Zeroizing::new([0u8; 32]);
         // A random 256-bit string is a valid P-256 scalar but with probability
         // about 2^-32; try again in that case.
         for _ in 0..8 {
@@ -116,7 +124,8 @@ impl DpopKey {
         let der = secret
             .to_pkcs8_der()
             .map_err(|e| Error::Configuration(format!("cannot encode the DPoP key: {e}")))?;
-        let key = EncodingKey::from_ec_der(der.as_bytes());
+        let der = Zeroizing::new(der.as_bytes().to_vec());
+        let key = EncodingKey::from_ec_der(&der);
         let point = secret.public_key().to_encoded_point(false);
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
             return Err(Error::Configuration("not a P-256 secret key".into()));
@@ -127,51 +136,152 @@ impl DpopKey {
             "x": URL_SAFE_NO_PAD.encode(x),
             "y": URL_SAFE_NO_PAD.encode(y),
         });
-        Self::assemble(key, Algorithm::ES256, "ES256", jwk)
+        Self::assemble(key, Algorithm::ES256, der, jwk)
     }
 
     /// A private key in PEM, PKCS#8 (`BEGIN PRIVATE KEY`): P-256 for
-    /// [`Algorithm::ES256`], Ed25519 for [`Algorithm::EdDSA`]. Keep the key between
-    /// runs, and a stored DPoP-bound token (and its refresh token) stays usable.
+    /// [`Algorithm::ES256`], Ed25519 for [`Algorithm::EdDSA`], RSA (2048 bits or
+    /// more) for [`Algorithm::RS256`] and [`Algorithm::PS256`] (and their 384 and 512
+    /// variants). Keep the key between runs, and a stored DPoP-bound token (and its
+    /// refresh token) stays usable; [`load_or_generate`](Self::load_or_generate) does
+    /// that with a file.
     ///
     /// # Errors
-    /// [`Error::Configuration`] for another algorithm (RSA keys are not supported
-    /// yet), a PEM that does not parse, or a key of another kind.
+    /// [`Error::Configuration`] for an algorithm that is not asymmetric, a PEM that
+    /// does not parse, a key of another kind, or an RSA key under 2048 bits.
     pub fn from_pem(alg: Algorithm, pem: &[u8]) -> Result<Self, Error> {
-        let der = pkcs8_der(pem)?;
-        match alg {
-            Algorithm::ES256 => {
-                use p256::pkcs8::DecodePrivateKey as _;
-                let secret = SecretKey::from_pkcs8_der(&der)
-                    .map_err(|_| Error::Configuration("not a PKCS#8 P-256 key".into()))?;
-                Self::from_es256_secret(&secret.to_bytes())
+        Self::from_pkcs8_der(alg, pkcs8_der(pem)?)
+    }
+
+    /// The key in `path` (PKCS#8 PEM, as [`to_pkcs8_pem`](Self::to_pkcs8_pem)
+    /// writes it), or a new `ES256` key written there first when there is no file:
+    /// the way to keep one DPoP key across restarts, beside a
+    /// [`FileStore`](super::FileStore) holding the tokens bound to it.
+    ///
+    /// The file is created readable by its owner only, whole or not at all, and
+    /// never replaced: when two processes start at once, both end up with the key
+    /// of the one that wrote first. The algorithm follows the key in the file: a
+    /// P-256 key signs `ES256`, an Ed25519 key `EdDSA`, an RSA key `RS256` (for
+    /// `PS256`, read the file with [`from_pem`](Self::from_pem)).
+    ///
+    /// This reads and writes a file: from async code, call it at start-up or
+    /// through `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the file cannot be read or written, or does not
+    /// hold a usable key (it is then left as it is).
+    pub fn load_or_generate(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let read = |path: &Path| -> Result<Option<Self>, Error> {
+            match std::fs::read(path) {
+                Ok(pem) => {
+                    let pem = Zeroizing::new(pem);
+                    Self::from_pkcs8_der(None, pkcs8_der(&pem)?)
+                        .map(Some)
+                        .map_err(|e| Error::Configuration(format!("{}: {e}", path.display())))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::Configuration(format!(
+                    "cannot read the DPoP key {}: {e}",
+                    path.display()
+                ))),
             }
-            Algorithm::EdDSA => {
-                use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-                let signing = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
-                    .map_err(|_| Error::Configuration("not a PKCS#8 Ed25519 key".into()))?;
+        };
+        if let Some(key) = read(path)? {
+            return Ok(key);
+        }
+        let key = Self::generate()?;
+        let pem = key.pkcs8_pem();
+        let created = super::store_file::create_atomically(path, pem.as_bytes()).map_err(|e| {
+            Error::Configuration(format!("cannot write the DPoP key {}: {e}", path.display()))
+        })?;
+        if created {
+            return Ok(key);
+        }
+        // Another process wrote its key first: that one is the key.
+        read(path)?.ok_or_else(|| {
+            Error::Configuration(format!("the DPoP key {} vanished", path.display()))
+        })
+    }
+
+    /// The private key as PKCS#8 PEM (`BEGIN PRIVATE KEY`), to keep it between runs
+    /// ([`from_pem`](Self::from_pem) reads it back). Handle it as the secret it is.
+    pub fn to_pkcs8_pem(&self) -> SecretString {
+        SecretString::from(self.pkcs8_pem().to_string())
+    }
+
+    fn pkcs8_pem(&self) -> Zeroizing<String> {
+        pkcs8_pem(&self.inner.pkcs8)
+    }
+
+    /// The key in `der` (PKCS#8), for `alg`, or for the algorithm its kind implies.
+    fn from_pkcs8_der(
+        alg: impl Into<Option<Algorithm>>,
+        der: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, Error> {
+        use pkcs8::DecodePrivateKey as _;
+        let alg = alg.into();
+        if matches!(alg, None | Some(Algorithm::ES256)) {
+            if let Ok(secret) = SecretKey::from_pkcs8_der(&der) {
+                return Self::from_es256_secret(&secret.to_bytes());
+            }
+        }
+        if matches!(alg, None | Some(Algorithm::EdDSA)) {
+            if let Ok(signing) = ed25519_dalek::SigningKey::from_pkcs8_der(&der) {
                 let jwk = serde_json::json!({
                     "kty": "OKP",
                     "crv": "Ed25519",
                     "x": URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
                 });
-                Self::assemble(
-                    EncodingKey::from_ed_der(&der),
-                    Algorithm::EdDSA,
-                    "EdDSA",
-                    jwk,
-                )
+                return Self::assemble(EncodingKey::from_ed_der(&der), Algorithm::EdDSA, der, jwk);
             }
-            other => Err(Error::Configuration(format!(
-                "DPoP keys are ES256 or EdDSA, not {other:?}"
-            ))),
         }
+        let rsa_alg = match alg {
+            None => Some(Algorithm::RS256),
+            Some(
+                a @ (Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512),
+            ) => Some(a),
+            Some(_) => None,
+        };
+        if let Some(rsa_alg) = rsa_alg {
+            use rsa::traits::PublicKeyParts as _;
+            if let Ok(private) = rsa::RsaPrivateKey::from_pkcs8_der(&der) {
+                let bits = private.n().bits();
+                if bits < MIN_RSA_BITS {
+                    return Err(Error::Configuration(format!(
+                        "an RSA DPoP key of {bits} bits: at least {MIN_RSA_BITS} are needed"
+                    )));
+                }
+                let jwk = serde_json::json!({
+                    "kty": "RSA",
+                    "n": URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
+                    "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
+                });
+                let pem = pkcs8_pem(&der);
+                let key = EncodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| Error::Configuration(format!("the RSA DPoP key: {e}")))?;
+                return Self::assemble(key, rsa_alg, der, jwk);
+            }
+        }
+        Err(Error::Configuration(match alg {
+            Some(alg @ (Algorithm::ES256 | Algorithm::EdDSA)) => {
+                format!("not a PKCS#8 key for {alg:?}")
+            }
+            Some(alg) if rsa_alg.is_some() => format!("not a PKCS#8 RSA key for {alg:?}"),
+            Some(alg) => format!("DPoP keys are ES256, EdDSA, RS* or PS*, not {alg:?}"),
+            None => "not a PKCS#8 P-256, Ed25519 or RSA key".into(),
+        }))
     }
 
     fn assemble(
         key: EncodingKey,
         alg: Algorithm,
-        alg_name: &'static str,
+        pkcs8: Zeroizing<Vec<u8>>,
         jwk: serde_json::Value,
     ) -> Result<Self, Error> {
         let parsed: Jwk = serde_json::from_value(jwk.clone())
@@ -180,7 +290,7 @@ impl DpopKey {
             .ok_or_else(|| Error::Configuration("the DPoP public key has no thumbprint".into()))?;
         let header = serde_json::to_vec(&ProofHeader {
             typ: "dpop+jwt",
-            alg: alg_name,
+            alg,
             jwk: &jwk,
         })
         .map_err(|e| Error::Configuration(format!("the DPoP proof header: {e}")))?;
@@ -191,6 +301,7 @@ impl DpopKey {
             inner: Arc::new(KeyInner {
                 key,
                 alg,
+                pkcs8,
                 header: URL_SAFE_NO_PAD.encode(header),
                 jkt,
                 nonces: Mutex::new(Nonces::default()),
@@ -337,15 +448,29 @@ impl DpopKey {
     }
 }
 
+/// PKCS#8 DER as PEM (`BEGIN PRIVATE KEY`), zeroized when dropped.
+fn pkcs8_pem(der: &[u8]) -> Zeroizing<String> {
+    let body = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
+    let mut pem = Zeroizing::new(String::with_capacity(body.len() + body.len() / 64 + 64));
+    pem.push_str("-----BEGIN PRIVATE KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        // base64 is ASCII.
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
 /// The DER inside a `BEGIN PRIVATE KEY` PEM, zeroized when dropped.
-fn pkcs8_der(pem: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+fn pkcs8_der(pem: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
     let bad = || Error::Configuration("not a PEM PKCS#8 private key".into());
     let text = std::str::from_utf8(pem).map_err(|_| bad())?;
     let begin = "-----BEGIN PRIVATE KEY-----";
     let end = "-----END PRIVATE KEY-----";
     let start = text.find(begin).ok_or_else(bad)? + begin.len();
     let stop = start + text[start..].find(end).ok_or_else(bad)?;
-    let body: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+    let body: Zeroizing<String> = Zeroizing::new(
         text[start..stop]
             .chars()
             .filter(|c| !c.is_ascii_whitespace())
@@ -353,7 +478,7 @@ fn pkcs8_der(pem: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
     );
     base64::engine::general_purpose::STANDARD
         .decode(body.as_bytes())
-        .map(zeroize::Zeroizing::new)
+        .map(Zeroizing::new)
         .map_err(|_| bad())
 }
 

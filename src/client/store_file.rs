@@ -268,42 +268,13 @@ impl Inner {
     }
 
     fn write_atomically(&self, bytes: &[u8]) -> io::Result<()> {
-        let temp = self.write_temp(bytes)?;
-        if let Err(e) = fs::rename(&temp, &self.path) {
-            let _ = fs::remove_file(&temp);
-            return Err(e);
-        }
-        sync_dir(self.dir())
-    }
-
-    fn dir(&self) -> &Path {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        }
+        write_atomically(&self.path, bytes)
     }
 
     /// Writes and flushes the temporary file, the first half of an atomic write.
+    #[cfg(test)]
     fn write_temp(&self, bytes: &[u8]) -> io::Result<PathBuf> {
-        let dir = self.dir();
-        create_private_dir(dir)?;
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "token".into());
-        let temp = dir.join(format!(
-            ".{name}.{}.{:08x}.tmp",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        let mut file = private_options().open(&temp)?;
-        let written = file.write_all(bytes).and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(e);
-        }
-        Ok(temp)
+        write_temp(&self.path, bytes)
     }
 
     fn clear(&self) -> Result<(), Error> {
@@ -316,6 +287,61 @@ impl Inner {
             ))),
         }
     }
+}
+
+/// Replaces `path` with `bytes`, atomically (a temporary file of the owner's only,
+/// flushed, renamed over it, and the directory flushed).
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temp = write_temp(path, bytes)?;
+    if let Err(e) = fs::rename(&temp, path) {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    sync_dir(dir_of(path))
+}
+
+/// Creates `path` with `bytes` unless it exists, atomically: `Ok(false)` when
+/// another writer got there first (its file is left as it is). The file appears
+/// whole or not at all, and two processes racing cannot both win.
+pub(crate) fn create_atomically(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let temp = write_temp(path, bytes)?;
+    let linked = fs::hard_link(&temp, path);
+    let _ = fs::remove_file(&temp);
+    match linked {
+        Ok(()) => sync_dir(dir_of(path)).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes and flushes a temporary file beside `path`, the first half of an atomic
+/// write.
+fn write_temp(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    let dir = dir_of(path);
+    create_private_dir(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "token".into());
+    let temp = dir.join(format!(
+        ".{name}.{}.{:08x}.tmp",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let mut file = private_options().open(&temp)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok(temp)
 }
 
 /// A new file, readable and writable by its owner only from the moment it exists.

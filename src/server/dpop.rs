@@ -1060,7 +1060,34 @@ fn normal_path(path: &str) -> Option<String> {
     if !out.starts_with('/') {
         return None;
     }
-    Some(out)
+    Some(remove_dot_segments(&out))
+}
+
+/// RFC 3986 §5.2.4 on an absolute path: `.` and `..` segments resolved, so that
+/// `/a/./b/../c` and `/a/c` name one resource (RFC 9449 §4.3 compares `htu` after
+/// the normalisation of RFC 3986 §6.2.2, dot segments included).
+fn remove_dot_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ends_in_dir = false;
+    for segment in path[1..].split('/') {
+        ends_in_dir = matches!(segment, "." | "..");
+        match segment {
+            "." => {}
+            ".." => {
+                kept.pop();
+            }
+            other => kept.push(other),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if ends_in_dir || out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// A proof's `htu`, normalised, without query and fragment.
@@ -1079,6 +1106,20 @@ fn normal_htu(htu: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_lose_their_dot_segments() {
+        let p = |s| normal_path(s).unwrap();
+        assert_eq!(p("/a/./b/../c"), "/a/c");
+        assert_eq!(p("/a/b/.."), "/a/");
+        assert_eq!(p("/a/b/."), "/a/b/");
+        assert_eq!(p("/../.."), "/");
+        assert_eq!(p("/a/%2E%2e/b"), "/b");
+        assert_eq!(p("/a//b/"), "/a//b/");
+        assert_eq!(p("/a/..b/.c"), "/a/..b/.c");
+        assert_eq!(p("/"), "/");
+        assert_eq!(p(""), "/");
+    }
 
     #[test]
     fn origins_are_normalised() {
