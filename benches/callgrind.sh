@@ -9,7 +9,8 @@
 # Cases: server_validation's (`layer/HS256`, `raw_decode/RS256`, `jwt_verify/RS256`,
 # `verified_cache_hit/RS256`, `header_parse`, ...), client_hot_path's
 # (`client_hot_path/<case>`) and end_to_end's (`end_to_end/<case>`: the whole request
-# path, client and server, per request). With --check FILE, the cases are FILE's (lines "<case>
+# path, client and server, per request) and dpop's (`dpop/es256_verify`, `dpop/proof_check`,
+# `dpop/proof_verify`). With --check FILE, the cases are FILE's (lines "<case>
 # <instructions>", # comments) and the script fails when one counts more than 10 %
 # over its line (CI: .ci/run). Uses the release bench binaries, building them if needed.
 set -euo pipefail
@@ -26,6 +27,7 @@ binary() { # bench name -> path of its release executable
 server_bin=$(binary server)
 client_bin=$(binary client)
 end_to_end_bin=$(binary end_to_end)
+dpop_bin=$(binary dpop)
 cases=("$@")
 if [ -n "$baseline" ]; then
   mapfile -t cases < <(grep -v '^#' "$baseline" | awk 'NF { print $1 }')
@@ -38,12 +40,14 @@ elif [ ${#cases[@]} -eq 0 ]; then
   for c in no_auth tower_bearer tower_bearer_cached jwt_authorizer tower_bearer_rs256 jwt_authorizer_rs256 tower_bearer_es256 jwt_authorizer_es256; do
     cases+=("end_to_end/$c")
   done
+  cases+=(dpop/es256_verify dpop/proof_check dpop/proof_verify)
 fi
 count() { # case n -> instructions collected inside `measured`
   local bin=$server_bin var=SERVER_CALLGRIND
   case $1 in
     client_hot_path/*) bin=$client_bin var=CLIENT_CALLGRIND ;;
     end_to_end/*) bin=$end_to_end_bin var=END_TO_END_CALLGRIND ;;
+    dpop/*) bin=$dpop_bin var=DPOP_CALLGRIND ;;
   esac
   env "$var=$1:$2" valgrind --tool=callgrind --collect-atstart=no \
     --toggle-collect='*measured*' --callgrind-out-file=/dev/null "$bin" 2>&1 |

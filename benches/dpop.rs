@@ -10,12 +10,18 @@
 //!   (a fresh proof each time, signed outside the measurement).
 //!
 //! `cargo bench --bench dpop --features dpop`
+//!
+//! Times move by a quarter between runs on a shared machine; instruction counts do
+//! not. With `DPOP_CALLGRIND=dpop/<case>:<n>` the binary runs one case `n` times inside
+//! `measured`, for `valgrind --tool=callgrind` (`bash benches/callgrind.sh dpop/es256_verify
+//! dpop/proof_check dpop/proof_verify`; the proofs of `proof_verify` are signed before
+//! the count starts).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use jsonwebtoken::jwk::Jwk;
@@ -64,7 +70,18 @@ fn headers(proof: &str) -> HeaderMap {
     headers
 }
 
-fn bench(c: &mut Criterion) {
+struct Setup {
+    signing: EncodingKey,
+    jwk: Jwk,
+    jkt: String,
+    verifier: DpopVerifier,
+    uri: Uri,
+    one: String,
+    one_headers: HeaderMap,
+    decoding: DecodingKey,
+}
+
+fn setup() -> Setup {
     let signing = EncodingKey::from_ec_pem(&key("ec256.key")).unwrap();
     let jwk = Jwk::from_encoding_key(&signing, Algorithm::ES256).unwrap();
     let jkt = thumbprint(&jwk).unwrap();
@@ -72,11 +89,34 @@ fn bench(c: &mut Criterion) {
     let uri: Uri = "/items?page=2".parse().unwrap();
     let one = proof(&signing, &jwk, 0);
     let one_headers = headers(&one);
-    let (message, signature) = one.rsplit_once('.').unwrap();
     let decoding = DecodingKey::from_ec_pem(&key("ec256.pub.pem")).unwrap();
     assert!(verifier
         .check(&Method::GET, &uri, &one_headers, TOKEN)
         .is_ok());
+    Setup {
+        signing,
+        jwk,
+        jkt,
+        verifier,
+        uri,
+        one,
+        one_headers,
+        decoding,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let Setup {
+        signing,
+        jwk,
+        jkt,
+        verifier,
+        uri,
+        one,
+        one_headers,
+        decoding,
+    } = setup();
+    let (message, signature) = one.rsplit_once('.').unwrap();
 
     let mut group = c.benchmark_group("dpop_proof");
     group.bench_function("es256_verify", |b| {
@@ -112,5 +152,58 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// Calls `f` `n` times; the only code collected in a callgrind run.
+#[inline(never)]
+fn measured<T>(n: usize, mut f: impl FnMut() -> T) {
+    for _ in 0..n {
+        std::hint::black_box(f());
+    }
+}
+
+/// One case, `n` times, for callgrind (see the module documentation).
+fn callgrind(case: &str, n: usize) {
+    let s = setup();
+    let (message, signature) = s.one.rsplit_once('.').unwrap();
+    match case.strip_prefix("dpop/").unwrap_or(case) {
+        "es256_verify" => measured(n, || {
+            jsonwebtoken::crypto::verify(
+                signature,
+                message.as_bytes(),
+                &s.decoding,
+                Algorithm::ES256,
+            )
+            .unwrap()
+        }),
+        "proof_check" => measured(n, || {
+            s.verifier
+                .check(&Method::GET, &s.uri, &s.one_headers, TOKEN)
+                .unwrap()
+        }),
+        "proof_verify" => {
+            let mut proofs: Vec<HeaderMap> = (1..=n as u64)
+                .map(|jti| headers(&proof(&s.signing, &s.jwk, jti)))
+                .collect();
+            measured(n, || {
+                let headers = proofs.pop().unwrap();
+                s.verifier
+                    .verify(&Method::GET, &s.uri, &headers, TOKEN, Some(&s.jkt))
+                    .now_or_never()
+                    .expect("the memory cache answers at once")
+                    .unwrap()
+            })
+        }
+        other => panic!("unknown case {other}"),
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("DPOP_CALLGRIND") {
+        let (case, n) = spec.rsplit_once(':').expect("DPOP_CALLGRIND=<case>:<n>");
+        callgrind(case, n.parse().expect("a number of iterations"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -32,6 +32,10 @@ for alg in "" _rs256 _es256; do
   echo "end to end: jwt_authorizer$alg / tower_bearer$alg $(ratio "${ins[end_to_end/jwt_authorizer$alg]}" "${ins[end_to_end/tower_bearer$alg]}")"
 done
 
+for c in proof_check proof_verify; do
+  echo "dpop $c / es256_verify: $(ratio "${ins[dpop/$c]}" "${ins[dpop/es256_verify]}")"
+done
+
 echo "== time (criterion)"
 cargo bench --bench client -- client_hot_path >/dev/null 2>&1
 for c in authorize_static authorize_refreshing; do
