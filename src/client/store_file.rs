@@ -303,6 +303,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Creates `path` with `bytes` unless it exists, atomically: `Ok(false)` when
 /// another writer got there first (its file is left as it is). The file appears
 /// whole or not at all, and two processes racing cannot both win.
+#[cfg(feature = "dpop")]
 pub(crate) fn create_atomically(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     let temp = write_temp(path, bytes)?;
     let linked = fs::hard_link(&temp, path);
