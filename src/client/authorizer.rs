@@ -238,8 +238,9 @@ pub trait Authorizer: Send + Sync + 'static {
         let _ = sent;
     }
 
-    /// The server answered a request that carried `sent` with a `DPoP-Nonce` header
-    /// (RFC 9449 §8): the nonce the next DPoP proofs to that server must carry.
+    /// The server answered a request that carried `sent`, with a DPoP proof, with a
+    /// `DPoP-Nonce` header (RFC 9449 §8): the nonce the next DPoP proofs to that
+    /// server must carry. Answers to requests without a proof are not inspected.
     /// [`Dpop`](super::Dpop) remembers it for the request's origin; a `401
     /// use_dpop_nonce` answer is then replayed once, when the request can be.
     fn on_dpop_nonce(&self, sent: &Credential, nonce: &HeaderValue) {

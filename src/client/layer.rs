@@ -478,7 +478,13 @@ where
                 StateProj::Calling { future } => {
                     let mut res =
                         ready!(future.poll(cx)).map_err(|e| AuthorizeError::Service(e.into()))?;
-                    let (refused, use_nonce) = match verdict(res.status(), res.headers()) {
+                    let verdict = verdict(res.status(), res.headers());
+                    // The common answer to an authorizer that hears none: nothing
+                    // more to do.
+                    if this.authorizer.is_none() && matches!(verdict, Verdict::Kept) {
+                        return Poll::Ready(Ok(res));
+                    }
+                    let (refused, use_nonce) = match verdict {
                         Verdict::Refused => (true, false),
                         Verdict::StepUp(step_up) => {
                             res.extensions_mut().insert(step_up);
@@ -495,7 +501,13 @@ where
                     else {
                         return Poll::Ready(Ok(res));
                     };
-                    if let Some(nonce) = res.headers().get(DPOP_NONCE) {
+                    // Only a request with a proof has a use for a nonce (and a bearer
+                    // answer pays no lookup for it).
+                    if let Some(nonce) = sent
+                        .dpop
+                        .as_ref()
+                        .and_then(|_| res.headers().get(DPOP_NONCE))
+                    {
                         authorizer.on_dpop_nonce(&sent, nonce);
                     }
                     // A nonce can help only a request that carried a proof.

@@ -77,7 +77,11 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         if !observes {
             return Ok(res);
         }
-        if let Some(nonce) = res.headers().get(DPOP_NONCE) {
+        if let Some(nonce) = sent
+            .dpop
+            .as_ref()
+            .and_then(|_| res.headers().get(DPOP_NONCE))
+        {
             self.authorizer.on_dpop_nonce(&sent, nonce);
         }
         // A nonce can help only a request that carried a proof.
@@ -106,9 +110,10 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
                     use_nonce,
                     "401 answered; retrying once with a fresh credential"
                 );
+                let proved = fresh.dpop.is_some();
                 fresh.apply(copy.headers_mut());
                 let res = next.run(copy, extensions).await?;
-                if let Some(nonce) = res.headers().get(DPOP_NONCE) {
+                if let Some(nonce) = res.headers().get(DPOP_NONCE).filter(|_| proved) {
                     self.authorizer.on_dpop_nonce(&sent, nonce);
                 }
                 Ok(judged(res).0)
