@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::{self, CacheName, CountedCache};
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::validator::{Claims, ValidationFuture, Validator};
@@ -218,7 +217,7 @@ where
     }
 
     fn validate(&self, token: &str) -> ValidationFuture<V::Claims> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = super::sha256(token.as_bytes());
         if let Some(claims) = self.state.get(&digest) {
             metrics::cache_lookup(CacheName::Verified, true);
             return self.recheck_hit(token, digest, V::Claims::clone(&claims));

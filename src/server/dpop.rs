@@ -46,7 +46,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::Error;
@@ -337,7 +337,7 @@ impl ReplayCache for MemoryReplayCache {
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
         use quick_cache::sync::{EntryAction, EntryResult};
         // Keys are hashed to a fixed size: an entry costs the same whatever the jti.
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let digest = super::sha256(key.as_bytes());
         // One write lock on the shard: two requests with the same proof cannot both
         // find it new.
         let answer = match self.seen.entry(&digest, Some(Duration::ZERO), |_, kept| {
@@ -723,7 +723,7 @@ impl DpopVerifier {
             return Err(DpopError::IssuedInFuture);
         }
         let ath = claims.ath.ok_or(DpopError::AccessTokenHash)?;
-        let expected_ath = URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()));
+        let expected_ath = URL_SAFE_NO_PAD.encode(super::sha256(access_token.as_bytes()));
         if !bool::from(ath.as_bytes().ct_eq(expected_ath.as_bytes())) {
             return Err(DpopError::AccessTokenHash);
         }
@@ -983,7 +983,7 @@ pub fn thumbprint(jwk: &Jwk) -> Option<String> {
         }
         _ => return None,
     };
-    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+    Some(URL_SAFE_NO_PAD.encode(super::sha256(canonical.as_bytes())))
 }
 
 /// `scheme://host[:port]`: scheme and host lowercase, the scheme's default port

@@ -15,7 +15,6 @@ use http_body_util::Full;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::validator::{Claims, ValidationFuture, Validator};
@@ -555,7 +554,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
     type Claims = C;
 
     fn validate(&self, token: &str) -> ValidationFuture<C> {
-        let digest: Digest32 = Sha256::digest(token.as_bytes()).into();
+        let digest: Digest32 = super::sha256(token.as_bytes());
         if let Some(hit) = self.cached(&digest) {
             metrics::cache_lookup(CacheName::Introspection, true);
             return ValidationFuture::ready(hit);

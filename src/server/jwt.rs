@@ -4,7 +4,8 @@
 //! The token is taken apart here rather than by `jsonwebtoken::decode`, so every
 //! rule is ours and each part is decoded once: the header is read for `alg` and
 //! `crit` only (never `jku`, `x5u`, `jwk` or `x5c`), the signature is checked by
-//! `jsonwebtoken::crypto::verify` (HMAC with a state keyed once, by `hmac`), and the
+//! `jsonwebtoken::crypto::verify` (HMAC with a key prepared once: aws-lc-rs's, or
+//! RustCrypto's `hmac` with the pure-Rust backend), and the
 //! payload is decoded once, then read for the registered claims and for the caller's
 //! claims type.
 
@@ -17,11 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde::de::{self, DeserializeOwned, IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer};
-use sha2::{Sha256, Sha384, Sha512};
 
 use super::validator::{Claims, ValidationFuture, Validator};
 use super::Rejection;
@@ -74,20 +73,84 @@ pub struct JwtValidator<C = Claims> {
     _claims: PhantomData<fn() -> C>,
 }
 
-/// HMAC states with the secret's inner and outer blocks already hashed: keying
-/// costs two hash blocks, a fifth of an HS256 check, paid here once.
+/// HMAC keys with the secret's inner and outer blocks already hashed: keying costs
+/// two hash blocks, a fifth of an HS256 check, paid here once. With the default
+/// backend the HMAC is aws-lc-rs's (its SHA-256 runs on SHA or AVX2 instructions
+/// where the CPU has them); with `--cfg tower_bearer_rust_crypto`, RustCrypto's.
 struct HmacKeys {
-    hs256: Hmac<Sha256>,
-    hs384: Hmac<Sha384>,
-    hs512: Hmac<Sha512>,
+    hs256: hmac_backend::Key,
+    hs384: hmac_backend::Key,
+    hs512: hmac_backend::Key,
+}
+
+#[cfg(not(tower_bearer_rust_crypto))]
+mod hmac_backend {
+    use aws_lc_rs::hmac;
+
+    pub(super) struct Key(hmac::Key);
+
+    pub(super) fn sha256(secret: &[u8]) -> Option<Key> {
+        Some(Key(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+    }
+    pub(super) fn sha384(secret: &[u8]) -> Option<Key> {
+        Some(Key(hmac::Key::new(hmac::HMAC_SHA384, secret)))
+    }
+    pub(super) fn sha512(secret: &[u8]) -> Option<Key> {
+        Some(Key(hmac::Key::new(hmac::HMAC_SHA512, secret)))
+    }
+
+    impl Key {
+        /// Whether `tag` is `message`'s HMAC, compared in constant time.
+        pub(super) fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
+            hmac::verify(&self.0, message, tag).is_ok()
+        }
+    }
+}
+
+#[cfg(tower_bearer_rust_crypto)]
+mod hmac_backend {
+    use hmac::{Hmac, Mac};
+    use sha2::{Sha256, Sha384, Sha512};
+
+    pub(super) enum Key {
+        Sha256(Hmac<Sha256>),
+        Sha384(Hmac<Sha384>),
+        Sha512(Hmac<Sha512>),
+    }
+
+    pub(super) fn sha256(secret: &[u8]) -> Option<Key> {
+        Hmac::new_from_slice(secret).ok().map(Key::Sha256)
+    }
+    pub(super) fn sha384(secret: &[u8]) -> Option<Key> {
+        Hmac::new_from_slice(secret).ok().map(Key::Sha384)
+    }
+    pub(super) fn sha512(secret: &[u8]) -> Option<Key> {
+        Hmac::new_from_slice(secret).ok().map(Key::Sha512)
+    }
+
+    impl Key {
+        /// Whether `tag` is `message`'s HMAC, compared in constant time.
+        pub(super) fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
+            fn check<M: Mac + Clone>(keyed: &M, message: &[u8], tag: &[u8]) -> bool {
+                let mut mac = keyed.clone();
+                mac.update(message);
+                mac.verify_slice(tag).is_ok()
+            }
+            match self {
+                Key::Sha256(k) => check(k, message, tag),
+                Key::Sha384(k) => check(k, message, tag),
+                Key::Sha512(k) => check(k, message, tag),
+            }
+        }
+    }
 }
 
 impl HmacKeys {
     fn new(secret: &[u8]) -> Option<Self> {
         Some(HmacKeys {
-            hs256: Hmac::new_from_slice(secret).ok()?,
-            hs384: Hmac::new_from_slice(secret).ok()?,
-            hs512: Hmac::new_from_slice(secret).ok()?,
+            hs256: hmac_backend::sha256(secret)?,
+            hs384: hmac_backend::sha384(secret)?,
+            hs512: hmac_backend::sha512(secret)?,
         })
     }
 
@@ -98,29 +161,19 @@ impl HmacKeys {
         message: &[u8],
         signature: &str,
     ) -> Option<Result<bool, Rejection>> {
-        fn check<M: Mac + Clone>(
-            keyed: &M,
-            message: &[u8],
-            signature: &str,
-        ) -> Result<bool, Rejection> {
-            // The longest HMAC (SHA-512) is 64 bytes; room for the decoder's estimate.
-            let mut buf = [0u8; 96];
-            let len = match URL_SAFE_NO_PAD.decode_slice(signature, &mut buf) {
-                Ok(len) => len,
-                Err(base64::DecodeSliceError::DecodeError(_)) => return Err(malformed()),
-                Err(base64::DecodeSliceError::OutputSliceTooSmall) => return Ok(false),
-            };
-            let mut mac = keyed.clone();
-            mac.update(message);
-            // Constant time.
-            Ok(mac.verify_slice(&buf[..len]).is_ok())
-        }
-        match alg {
-            Algorithm::HS256 => Some(check(&self.hs256, message, signature)),
-            Algorithm::HS384 => Some(check(&self.hs384, message, signature)),
-            Algorithm::HS512 => Some(check(&self.hs512, message, signature)),
-            _ => None,
-        }
+        let key = match alg {
+            Algorithm::HS256 => &self.hs256,
+            Algorithm::HS384 => &self.hs384,
+            Algorithm::HS512 => &self.hs512,
+            _ => return None,
+        };
+        // The longest HMAC (SHA-512) is 64 bytes; room for the decoder's estimate.
+        let mut buf = [0u8; 96];
+        Some(match URL_SAFE_NO_PAD.decode_slice(signature, &mut buf) {
+            Ok(len) => Ok(key.verify(message, &buf[..len])),
+            Err(base64::DecodeSliceError::DecodeError(_)) => Err(malformed()),
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => Ok(false),
+        })
     }
 }
 

@@ -69,7 +69,6 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower_service::Service;
 
@@ -162,7 +161,7 @@ impl ClientCertificate {
 
 /// base64url(SHA-256(der)), RFC 8705 §3.1.
 fn thumbprint(der: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(der))
+    URL_SAFE_NO_PAD.encode(super::sha256(der))
 }
 
 /// Standard base64 (RFC 8941 §3.3.5), with padding optional as parsers should take it.

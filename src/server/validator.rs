@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Rejection;
@@ -147,7 +146,7 @@ impl<P: Clone + Send + Sync + 'static> StaticTokens<P> {
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
+    super::sha256(token)
 }
 
 impl<P: Clone + Send + Sync + 'static> Validator for StaticTokens<P> {
