@@ -306,12 +306,19 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(feature = "dpop")]
 pub(crate) fn create_atomically(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     let temp = write_temp(path, bytes)?;
-    let linked = fs::hard_link(&temp, path);
-    let _ = fs::remove_file(&temp);
-    match linked {
-        Ok(()) => sync_dir(dir_of(path)).map(|()| true),
+    let created = match fs::hard_link(&temp, path) {
+        Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        // A file system without hard links: a rename, which only a writer racing at
+        // this very moment could undo.
+        Err(_) if !path.exists() => fs::rename(&temp, path).map(|()| true),
         Err(e) => Err(e),
+    };
+    // Gone already after a rename.
+    let _ = fs::remove_file(&temp);
+    match created? {
+        true => sync_dir(dir_of(path)).map(|()| true),
+        false => Ok(false),
     }
 }
 
