@@ -1551,6 +1551,58 @@ mod dpop {
         assert_eq!(claims["cnf"]["jkt"], key.thumbprint());
     }
 
+    /// A DPoP-bound refresh token outlives the process when its key does: a public
+    /// client logs in (device flow) with a key from `DpopKey::load_or_generate`; the
+    /// provider binds the refresh token to that key (RFC 9449 §5). After a "restart"
+    /// (the key read again from its file) the refresh token works; with any other
+    /// key the provider refuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_token_bound_to_a_key_kept_in_a_file_survives_a_restart() {
+        let Some(provider) = Provider::start().await else {
+            return;
+        };
+        let dir = scratch_dir();
+        let key_file = dir.join("dpop.pem");
+        let first_run = DpopKey::load_or_generate(&key_file).unwrap();
+        let endpoint = discover(&provider).await.client_id("cli");
+        let token = device_login(&provider, &endpoint.clone().dpop(first_run.clone())).await;
+        assert!(token.is_dpop(), "a DPoP-bound token");
+        let refresh = token.refresh_token().unwrap().expose_secret().to_owned();
+        drop(first_run);
+
+        let after_restart = DpopKey::load_or_generate(&key_file).unwrap();
+        let refreshed = endpoint
+            .clone()
+            .dpop(after_restart)
+            .refresh_token(refresh.as_str())
+            .fetch(None)
+            .await
+            .unwrap();
+        assert!(refreshed.is_dpop());
+        let refresh = refreshed
+            .refresh_token()
+            .map(|r| r.expose_secret().to_owned())
+            .unwrap_or(refresh);
+
+        let another_key = DpopKey::generate().unwrap();
+        let err = endpoint
+            .clone()
+            .dpop(another_key)
+            .refresh_token(refresh.as_str())
+            .fetch(None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
+        // The refusal was the key's, not the token's: the kept key still refreshes.
+        endpoint
+            .dpop(DpopKey::load_or_generate(&key_file).unwrap())
+            .refresh_token(refresh.as_str())
+            .fetch(None)
+            .await
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// `cargo run --example dpop -- --issuer <the provider>`: the example, as a
     /// person runs it, against the provider.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
