@@ -183,3 +183,124 @@ async fn a_scope_layer_with_a_realm_of_its_own_names_it() {
         answer.challenge()
     );
 }
+
+/// Headers and payloads are decoded on the stack up to a size, and into the heap
+/// beyond: both are read whole, across the boundary, and a signature still covers
+/// every byte of them.
+#[tokio::test]
+async fn long_headers_and_payloads_are_read_whole() {
+    let v = validator(Algorithm::HS256);
+    for pad in (1_900..2_200).step_by(7).chain([6_000]) {
+        let mut c = claims();
+        c["pad"] = json!("é".repeat(pad / 2));
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k".repeat(pad / 3));
+        let token = encode(&header, &c, &EncodingKey::from_secret(HMAC)).unwrap();
+        let got = v.check(&token).unwrap_or_else(|e| panic!("pad {pad}: {e}"));
+        assert_eq!(got.extra["pad"].as_str().unwrap().chars().count(), pad / 2);
+        // The last byte of the signed payload changed: refused.
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signed.ends_with('A') { 'B' } else { 'A' };
+        let tampered = format!("{}{flipped}.{signature}", &signed[..signed.len() - 1]);
+        assert!(
+            v.check(&tampered).is_err(),
+            "pad {pad}: tampered token accepted"
+        );
+    }
+    // And through the server.
+    let addr = app(v).await;
+    let mut c = claims();
+    c["pad"] = json!("x".repeat(5_000));
+    let answer = get_with(addr, "/me", &mint(Algorithm::HS256, &c)).await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "alice"));
+}
+
+/// A payload that is not UTF-8 is refused even when its signature is good.
+#[test]
+fn a_signed_payload_that_is_not_utf8_is_refused() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = b64(br#"{"alg":"HS256"}"#);
+    let payload = format!(
+        r#"{{"sub":"alice","iss":"{ISS}","aud":"{AUD}","exp":{},"x":"#,
+        now() + 600
+    );
+    let mut payload = payload.into_bytes();
+    payload.extend_from_slice(b"\"\xff\xfe\"}");
+    let message = format!("{header}.{}", b64(&payload));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(HMAC),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    let err = validator(Algorithm::HS256)
+        .check(&format!("{message}.{signature}"))
+        .unwrap_err();
+    assert!(err.to_string().contains("malformed"), "{err}");
+}
+
+/// `JwtValidator<Claims>` reads a payload once and checks the registered claims from
+/// it; any other claims type reads it twice, `ReadTwice` too, which is `Claims` under
+/// another name. Both give the same verdict, in the same words, on every payload
+/// below: well-formed or not, in time or not.
+#[test]
+fn claims_read_once_answer_as_claims_read_twice() {
+    #[derive(Clone, serde::Deserialize)]
+    #[serde(transparent)]
+    struct ReadTwice(Claims);
+
+    let t = now();
+    let payloads = [
+        json!({"sub": "alice", "iss": ISS, "aud": AUD, "exp": t + 600, "scope": "read"}),
+        json!({"sub": "alice", "iss": ISS, "aud": [AUD, "other"], "exp": t + 600, "scp": ["read"]}),
+        json!({"iss": ISS, "aud": ["other"], "exp": t + 600}),
+        json!({"iss": ISS, "aud": [], "exp": t + 600}),
+        json!({"iss": ISS, "aud": AUD, "exp": (t + 600) as f64 + 0.5}),
+        json!({"iss": ISS, "aud": AUD, "exp": t - 600}),
+        json!({"iss": ISS, "aud": AUD, "exp": t + 600, "nbf": t + 600}),
+        json!({"iss": ISS, "aud": AUD, "exp": t + 600, "iat": t + 600}),
+        json!({"iss": ISS, "aud": AUD, "exp": 253_402_300_800u64}),
+        json!({"iss": ISS, "aud": AUD, "exp": 1e30}),
+        json!({"iss": ISS, "aud": AUD, "exp": -5}),
+        json!({"iss": ISS, "aud": AUD, "exp": "soon"}),
+        json!({"iss": ISS, "aud": AUD, "exp": null}),
+        json!({"iss": ISS, "aud": AUD}),
+        json!({"iss": 7, "aud": AUD, "exp": t + 600}),
+        json!({"iss": "https://other.test/", "aud": AUD, "exp": t + 600}),
+        json!({"aud": AUD, "exp": t + 600}),
+        json!({"iss": ISS, "aud": 5, "exp": t + 600}),
+        json!({"iss": ISS, "exp": t + 600}),
+        json!({"iss": ISS, "aud": AUD, "exp": t + 600, "sub": 42}),
+        json!({"iss": ISS, "aud": AUD, "exp": t + 600, "scope": ["read"]}),
+        json!({"iss": ISS, "aud": AUD, "exp": t + 600, "scope": "write"}),
+        json!({"iss": ISS, "aud": AUD, "exp": t + 600, "jti": 17, "tenant": {"id": 1}}),
+    ];
+    fn rules<C>(scopes: &[&str]) -> JwtValidator<C>
+    where
+        C: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        JwtValidator::<C>::hmac(HMAC)
+            .issuer(ISS)
+            .audience(AUD)
+            .require_claims(["exp"])
+            .require_scopes(scopes.iter().copied())
+    }
+    for scopes in [&[][..], &["read"][..]] {
+        let once = rules::<Claims>(scopes);
+        let twice = rules::<ReadTwice>(scopes);
+        for payload in &payloads {
+            let token = mint(Algorithm::HS256, payload);
+            let (a, b) = (once.check(&token), twice.check(&token));
+            assert_eq!(
+                a.as_ref()
+                    .map(|c| c.sub.clone())
+                    .map_err(ToString::to_string),
+                b.as_ref()
+                    .map(|c| c.0.sub.clone())
+                    .map_err(ToString::to_string),
+                "{payload} with scopes {scopes:?}"
+            );
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! payload is decoded once, then read for the registered claims and for the caller's
 //! claims type.
 
+use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
@@ -22,7 +23,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde::de::{self, DeserializeOwned, IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::validator::{Claims, ValidationFuture, Validator};
+use super::validator::{Audience, Claims, ValidationFuture, Validator};
 use super::Rejection;
 
 /// The largest leeway accepted for `exp`, `nbf` and `iat`.
@@ -458,29 +459,67 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
                 "the token is not an access token (typ at+jwt)",
             ));
         }
-        // Authentic from here on: the payload is decoded once and read twice.
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| malformed())?;
-        let registered: Registered<'_> =
-            serde_json::from_slice(json_object(&payload)?).map_err(|_| malformed())?;
+        // Authentic from here on: the payload is decoded once. JSON is UTF-8 (RFC 8259
+        // §8.1): checked once here, not string by string in each read.
+        let (mut stack, mut heap) = ([0u8; PAYLOAD_ON_STACK], Vec::new());
+        let payload = decode_part(payload, &mut stack, &mut heap)?;
+        let payload = std::str::from_utf8(json_object(payload)?).map_err(|_| malformed())?;
+        if let Some(claims) = self.read_once(payload)? {
+            return Ok(claims);
+        }
+        // Read twice: the registered claims (each on its own, so a claim of the wrong
+        // type is named in the answer), then the caller's type.
+        let registered: Registered<'_> = serde_json::from_str(payload).map_err(|_| malformed())?;
         self.check_registered(&registered, unix_now())?;
         if !self.required.others.is_empty() {
             let all: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&payload).map_err(|_| malformed())?;
+                serde_json::from_str(payload).map_err(|_| malformed())?;
             if self.required.others.iter().any(|c| !all.contains_key(c)) {
                 return Err(Rejection::invalid_token("the token lacks a required claim"));
             }
         }
         if !self.required_scopes.is_empty() {
-            let granted: Claims = serde_json::from_slice(&payload).map_err(|_| malformed())?;
-            if !self
-                .required_scopes
-                .iter()
-                .all(|s| super::ScopedClaims::has_scope(&granted, s))
-            {
-                return Err(Rejection::InsufficientScope(self.required_scopes.join(" ")));
-            }
+            let granted: Claims = serde_json::from_str(payload).map_err(|_| malformed())?;
+            self.check_scopes(&granted)?;
         }
-        serde_json::from_slice(&payload).map_err(|_| malformed())
+        serde_json::from_str(payload).map_err(|_| malformed())
+    }
+
+    /// The claims read in one pass, when `C` is [`Claims`]: it holds every registered
+    /// claim, so they are checked from it. `None` sends the payload the two-read way,
+    /// which answers exactly as before: when `Claims` cannot read it (a claim of the
+    /// wrong type, which that way names), a date past year 9999, or a required claim
+    /// of another name (told apart from one that is `null` only by a map of all).
+    fn read_once(&self, payload: &str) -> Result<Option<C>, Rejection> {
+        if TypeId::of::<C>() != TypeId::of::<Claims>() || !self.required.others.is_empty() {
+            return Ok(None);
+        }
+        let Ok(claims) = serde_json::from_str::<Claims>(payload) else {
+            return Ok(None);
+        };
+        let Some(registered) = Registered::of(&claims) else {
+            return Ok(None);
+        };
+        self.check_registered(&registered, unix_now())?;
+        if !self.required_scopes.is_empty() {
+            self.check_scopes(&claims)?;
+        }
+        let mut claims = Some(claims);
+        Ok((&mut claims as &mut dyn Any)
+            .downcast_mut::<Option<C>>()
+            .and_then(Option::take))
+    }
+
+    fn check_scopes(&self, granted: &Claims) -> Result<(), Rejection> {
+        if self
+            .required_scopes
+            .iter()
+            .all(|s| super::ScopedClaims::has_scope(granted, s))
+        {
+            Ok(())
+        } else {
+            Err(Rejection::InsufficientScope(self.required_scopes.join(" ")))
+        }
     }
 
     fn check_registered(&self, claims: &Registered<'_>, now: u64) -> Result<(), Rejection> {
@@ -589,9 +628,10 @@ fn split(token: &str) -> Result<(&str, &str, &str), Rejection> {
 /// `crit` member, and whether its `typ` is an access token's (RFC 9068). Nothing
 /// else in the header is read.
 fn read_header(part: &str) -> Result<(Option<Algorithm>, bool, bool), Rejection> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| malformed())?;
+    let (mut stack, mut heap) = ([0u8; HEADER_ON_STACK], Vec::new());
+    let bytes = decode_part(part, &mut stack, &mut heap)?;
     // JSON is UTF-8 (RFC 8259 §8.1), in the members skipped below too.
-    let text = std::str::from_utf8(json_object(&bytes)?).map_err(|_| malformed())?;
+    let text = std::str::from_utf8(json_object(bytes)?).map_err(|_| malformed())?;
     let header: JoseHeader<'_> = serde_json::from_str(text).map_err(|_| malformed())?;
     let access_typ = matches!(&header.typ, Some(Text::Valid(typ)) if is_access_token_typ(typ));
     Ok((
@@ -599,6 +639,32 @@ fn read_header(part: &str) -> Result<(Option<Algorithm>, bool, bool), Rejection>
         header.crit,
         access_typ,
     ))
+}
+
+/// Decoded headers up to this size are decoded on the stack (a JOSE header is
+/// rarely longer than 200 bytes, one with an `x5c` chain is).
+const HEADER_ON_STACK: usize = 512;
+/// Decoded payloads up to this size are decoded on the stack: most access tokens'
+/// claims (an allocation less per request), not all of them.
+const PAYLOAD_ON_STACK: usize = 2048;
+
+/// The base64url `part` decoded: into `stack` when it fits, else into `heap`.
+fn decode_part<'b>(
+    part: &str,
+    stack: &'b mut [u8],
+    heap: &'b mut Vec<u8>,
+) -> Result<&'b [u8], Rejection> {
+    if base64::decoded_len_estimate(part.len()) <= stack.len() {
+        let len = URL_SAFE_NO_PAD
+            .decode_slice(part, stack)
+            .map_err(|_| malformed())?;
+        Ok(&stack[..len])
+    } else {
+        URL_SAFE_NO_PAD
+            .decode_vec(part, heap)
+            .map_err(|_| malformed())?;
+        Ok(heap)
+    }
 }
 
 /// RFC 9068 §4: `at+jwt`, or the full media type `application/at+jwt`, in any case.
@@ -625,9 +691,9 @@ pub(crate) fn header_kid(token: &str) -> Result<Option<String>, Rejection> {
         kid: Option<String>,
     }
     let (header, _, _) = split(token)?;
-    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| malformed())?;
-    let header: KidHeader =
-        serde_json::from_slice(json_object(&bytes)?).map_err(|_| malformed())?;
+    let (mut stack, mut heap) = ([0u8; HEADER_ON_STACK], Vec::new());
+    let bytes = decode_part(header, &mut stack, &mut heap)?;
+    let header: KidHeader = serde_json::from_slice(json_object(bytes)?).map_err(|_| malformed())?;
     Ok(header.kid)
 }
 
@@ -666,6 +732,31 @@ struct Registered<'a> {
     sub: Option<Text<'a>>,
     #[serde(default, borrow)]
     aud: Option<Aud<'a>>,
+}
+
+impl<'a> Registered<'a> {
+    /// The registered claims of `claims`, as the lenient read would have found them;
+    /// `None` when a date is past year 9999 (which that read calls malformed).
+    fn of(claims: &'a Claims) -> Option<Self> {
+        let date = |d: Option<u64>| match d {
+            Some(at) if at > LATEST_DATE => Err(()),
+            d => Ok(d.map(Date::Valid)),
+        };
+        let text = |t: &'a Option<String>| t.as_deref().map(|t| Text::Valid(Cow::Borrowed(t)));
+        Some(Registered {
+            exp: date(claims.exp).ok()?,
+            nbf: date(claims.nbf).ok()?,
+            iat: date(claims.iat).ok()?,
+            iss: text(&claims.iss),
+            sub: text(&claims.sub),
+            aud: claims.aud.as_ref().map(|aud| match aud {
+                Audience::One(a) => Aud::One(Cow::Borrowed(a)),
+                Audience::Many(list) => {
+                    Aud::Many(list.iter().map(|a| Cow::Borrowed(a.as_str())).collect())
+                }
+            }),
+        })
+    }
 }
 
 /// A NumericDate (RFC 7519 §2): seconds since the epoch, an integer or a decimal,
