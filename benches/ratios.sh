@@ -23,7 +23,7 @@ done
 
 # Criterion's mean of one case, in ns, from its last run.
 mean() {
-  grep -o '"mean":{[^}]*}[^}]*}' "target/criterion/$1/new/estimates.json" |
+  grep -o '"mean":{[^}]*}[^}]*}' "${CARGO_TARGET_DIR:-target}/criterion/$1/new/estimates.json" |
     grep -o '"point_estimate":[0-9.e+-]*' | cut -d: -f2
 }
 echo "end to end (whole request path): no_auth / tower_bearer $(ratio "${ins[end_to_end/no_auth]}" "${ins[end_to_end/tower_bearer]}")," \
