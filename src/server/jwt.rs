@@ -6,8 +6,9 @@
 //! `crit` only (never `jku`, `x5u`, `jwk` or `x5c`), the signature is checked by
 //! `jsonwebtoken::crypto::verify` (HMAC with a key prepared once: aws-lc-rs's, or
 //! RustCrypto's `hmac` with the pure-Rust backend), and the
-//! payload is decoded once, then read for the registered claims and for the caller's
-//! claims type.
+//! payload is decoded once. A [`Claims`] payload is read once and its registered
+//! claims checked from it; another claims type is read for the registered claims,
+//! then for itself.
 
 use std::any::{Any, TypeId};
 use std::borrow::Cow;
