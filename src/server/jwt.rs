@@ -740,14 +740,14 @@ impl<'a> Registered<'a> {
     /// `None` when a date is past year 9999 (which that read calls malformed).
     fn of(claims: &'a Claims) -> Option<Self> {
         let date = |d: Option<u64>| match d {
-            Some(at) if at > LATEST_DATE => Err(()),
-            d => Ok(d.map(Date::Valid)),
+            Some(at) if at > LATEST_DATE => None,
+            d => Some(d.map(Date::Valid)),
         };
         let text = |t: &'a Option<String>| t.as_deref().map(|t| Text::Valid(Cow::Borrowed(t)));
         Some(Registered {
-            exp: date(claims.exp).ok()?,
-            nbf: date(claims.nbf).ok()?,
-            iat: date(claims.iat).ok()?,
+            exp: date(claims.exp)?,
+            nbf: date(claims.nbf)?,
+            iat: date(claims.iat)?,
             iss: text(&claims.iss),
             sub: text(&claims.sub),
             aud: claims.aud.as_ref().map(|aud| match aud {
