@@ -305,3 +305,72 @@ fn claims_read_once_answer_as_claims_read_twice() {
         }
     }
 }
+
+/// A token with this exact header text, signed with the test secret (HS256).
+fn with_header(header: &str, claims: &serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_secret(HMAC),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{signing_input}.{signature}")
+}
+
+/// The validator remembers the last header it read: a header that differs, by one
+/// byte or in what it says, is read for itself, whatever was read before it and
+/// by whichever clone.
+#[test]
+fn each_header_is_read_for_itself() {
+    let v = validator(Algorithm::HS256)
+        .algorithms(&[Algorithm::HS256])
+        .unwrap()
+        .require_access_token_typ();
+    let clone = v.clone();
+    let c = claims();
+    let at = with_header(r#"{"alg":"HS256","typ":"at+jwt"}"#, &c);
+    let why = |token: &str, v: &JwtValidator<Claims>| match v.check(token) {
+        Ok(claims) => format!("ok {}", claims.sub.unwrap_or_default()),
+        Err(rejection) => rejection.to_string(),
+    };
+    let cases = [
+        (r#"{"alg":"HS256","typ":"JWT"}"#, "not an access token"),
+        (
+            r#"{"alg":"HS256","typ":"at+jwt","crit":["x"]}"#,
+            "critical header",
+        ),
+        (r#"{"alg":"HS384","typ":"at+jwt"}"#, "algorithm"),
+        (r#"{"alg":"none","typ":"at+jwt"}"#, "algorithm"),
+        (r#"{"alg":"HS256","typ":"at+jwt""#, "malformed"),
+        (r#"["HS256"]"#, "malformed"),
+    ];
+    for (header, refused) in cases {
+        for v in [&v, &clone] {
+            assert_eq!(why(&at, v), "ok alice");
+            let other = with_header(header, &c);
+            let answer = why(&other, v);
+            assert!(answer.contains(refused), "{header}: {answer}");
+            // Asked again right after, and then the accepted one again.
+            assert_eq!(why(&other, v), answer, "{header}");
+            assert_eq!(why(&at, v), "ok alice", "after {header}");
+        }
+    }
+    // The same header says nothing of the rest: a bad signature is still refused.
+    let (signed, _) = at.rsplit_once('.').unwrap();
+    let forged = format!("{signed}.{}", "A".repeat(43));
+    assert!(
+        why(&forged, &v).contains("signature"),
+        "{}",
+        why(&forged, &v)
+    );
+    // A header that only differs in its spacing is the same to read, and read again.
+    let spaced = with_header(r#"{"alg": "HS256", "typ": "at+jwt"}"#, &c);
+    assert_eq!(why(&spaced, &v), "ok alice");
+}

@@ -843,11 +843,7 @@ fn single_proof(headers: &HeaderMap, max_len: usize) -> Result<&str, DpopError> 
 /// `header.payload.signature`, header and payload not empty. An empty signature
 /// (`alg: none`) is left to the `alg` check, which names the refusal better.
 fn split(proof: &str) -> Result<(&str, &str, &str), DpopError> {
-    let mut parts = proof.split('.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(p), Some(s), None) if !h.is_empty() && !p.is_empty() => Ok((h, p, s)),
-        _ => Err(DpopError::Malformed("not a compact JWS")),
-    }
+    super::jwt::compact_parts(proof).ok_or(DpopError::Malformed("not a compact JWS"))
 }
 
 /// `bytes` when they hold a JSON object (serde would read a struct from an array).

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::jwks::{JwksValidator, MAX_TOKEN_LEN};
-use super::jwt::{json_object, malformed};
+use super::jwt::{compact_parts, json_object, malformed};
 use super::validator::{Claims, ValidationFuture, Validator};
 use super::Rejection;
 use crate::Error;
@@ -414,11 +414,7 @@ fn with_unverified_issuer<T>(token: &str, then: impl FnOnce(&str) -> T) -> Resul
         #[serde(default, borrow)]
         iss: Option<Cow<'a, str>>,
     }
-    let mut parts = token.split('.');
-    let payload = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(p), Some(_), None) if !h.is_empty() && !p.is_empty() => p,
-        _ => return Err(malformed()),
-    };
+    let (_, payload, _) = compact_parts(token).ok_or_else(malformed)?;
     // A token is at most MAX_TOKEN_LEN long: its payload decodes into this buffer.
     let mut buf = [0u8; MAX_TOKEN_LEN / 4 * 3 + 3];
     let len = URL_SAFE_NO_PAD

@@ -18,6 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
@@ -72,7 +73,36 @@ pub struct JwtValidator<C = Claims> {
     access_token_typ: bool,
     /// For a shared secret: the HMAC states keyed once, cloned per token.
     hmac: Option<Arc<HmacKeys>>,
+    /// The last header read, shared by the clones.
+    last_header: Arc<LastHeader>,
     _claims: PhantomData<fn() -> C>,
+}
+
+/// What is read from a JOSE header: its `alg` (`None` when unknown, `none`
+/// included), whether it has a `crit` member, and whether its `typ` is an access
+/// token's (RFC 9068).
+type HeaderRead = (Option<Algorithm>, bool, bool);
+
+/// The last header read, with what was read from it. Tokens of one issuer share a
+/// handful of headers (one per signing key), so most checks compare the header's
+/// text to the last one instead of decoding and parsing it. It is the last answer
+/// of a pure function of that text: it cannot go stale, whatever the key or the
+/// clock, and a header that differs is read in full, as without it. One entry per
+/// validator: a stream of distinct headers costs one small allocation each.
+#[derive(Default)]
+struct LastHeader(ArcSwapOption<(Box<str>, HeaderRead)>);
+
+impl LastHeader {
+    fn read(&self, part: &str) -> Result<HeaderRead, Rejection> {
+        if let Some(last) = &*self.0.load() {
+            if *last.0 == *part {
+                return Ok(last.1);
+            }
+        }
+        let read = read_header(part)?;
+        self.0.store(Some(Arc::new((part.into(), read))));
+        Ok(read)
+    }
 }
 
 /// HMAC keys with the secret's inner and outer blocks already hashed: keying costs
@@ -203,6 +233,7 @@ impl<C> Clone for JwtValidator<C> {
             required_scopes: self.required_scopes.clone(),
             access_token_typ: self.access_token_typ,
             hmac: self.hmac.clone(),
+            last_header: self.last_header.clone(),
             _claims: PhantomData,
         }
     }
@@ -252,6 +283,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
             },
             required_scopes: Vec::new(),
             access_token_typ: false,
+            last_header: Arc::default(),
             _claims: PhantomData,
         }
     }
@@ -420,7 +452,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// token), or [`Rejection::InsufficientScope`].
     pub fn check(&self, token: &str) -> Result<C, Rejection> {
         let (header, payload, signature) = split(token)?;
-        let (alg, critical, access_typ) = read_header(header)?;
+        let (alg, critical, access_typ) = self.last_header.read(header)?;
         let alg = alg
             .filter(|a| self.algorithms.contains(a))
             .ok_or_else(not_allowed)?;
@@ -614,21 +646,26 @@ fn date(
 
 /// `header.payload.signature`: exactly three parts, the first two not empty.
 fn split(token: &str) -> Result<(&str, &str, &str), Rejection> {
-    let mut parts = token.split('.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(header), Some(payload), Some(signature), None)
-            if !header.is_empty() && !payload.is_empty() =>
-        {
-            Ok((header, payload, signature))
-        }
-        _ => Err(malformed()),
+    compact_parts(token).ok_or_else(malformed)
+}
+
+/// The three parts of a compact JWS (`header.payload.signature`), the first two not
+/// empty; `None` for any other shape. One SIMD scan of the whole text for its dots.
+pub(crate) fn compact_parts(text: &str) -> Option<(&str, &str, &str)> {
+    let mut dots = memchr::memchr_iter(b'.', text.as_bytes());
+    match (dots.next(), dots.next(), dots.next()) {
+        // The dots are ASCII: slicing at them stays on character boundaries.
+        (Some(first), Some(second), None) if first > 0 && second > first + 1 => Some((
+            &text[..first],
+            &text[first + 1..second],
+            &text[second + 1..],
+        )),
+        _ => None,
     }
 }
 
-/// The header's `alg` (`None` when unknown, `none` included), whether it has a
-/// `crit` member, and whether its `typ` is an access token's (RFC 9068). Nothing
-/// else in the header is read.
-fn read_header(part: &str) -> Result<(Option<Algorithm>, bool, bool), Rejection> {
+/// What is read from a header ([`HeaderRead`]); nothing else in it is.
+fn read_header(part: &str) -> Result<HeaderRead, Rejection> {
     let (mut stack, mut heap) = ([0u8; HEADER_ON_STACK], Vec::new());
     let bytes = decode_part(part, &mut stack, &mut heap)?;
     // JSON is UTF-8 (RFC 8259 §8.1), in the members skipped below too.
@@ -933,5 +970,23 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwtValid
 
     fn validate(&self, token: &str) -> ValidationFuture<C> {
         ValidationFuture::ready(self.check(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_parts;
+
+    #[test]
+    fn compact_parts_are_three_the_first_two_not_empty() {
+        assert_eq!(compact_parts("h.p.s"), Some(("h", "p", "s")));
+        // An empty signature is a part (refused later, by its check).
+        assert_eq!(compact_parts("h.p."), Some(("h", "p", "")));
+        assert_eq!(compact_parts("hé.p.s"), Some(("hé", "p", "s")));
+        for bad in [
+            "", "h", "h.p", ".p.s", "h..s", "..", "h.p.s.", "h.p.s.t", "....",
+        ] {
+            assert_eq!(compact_parts(bad), None, "{bad:?}");
+        }
     }
 }
