@@ -184,6 +184,48 @@ async fn a_scope_layer_with_a_realm_of_its_own_names_it() {
     );
 }
 
+/// Layers in layers: the answers given further in name the realm of the innermost
+/// bearer layer, its default `api` included, not an outer layer's.
+#[tokio::test]
+async fn the_innermost_bearer_layer_names_the_realm() {
+    async fn scope_challenge(outer: Option<&str>, inner: Option<&str>) -> String {
+        let with =
+            |layer: RequireBearerLayer<JwtValidator<Claims>>, realm: Option<&str>| match realm {
+                Some(realm) => layer.realm(realm),
+                None => layer,
+            };
+        let admin = Router::new()
+            .route("/admin", get(|| async { "admin area" }))
+            .layer(RequireScopeLayer::<Claims>::new(["admin"]))
+            .layer(with(
+                RequireBearerLayer::new(validator(Algorithm::HS256)),
+                inner,
+            ))
+            .layer(with(
+                RequireBearerLayer::new(validator(Algorithm::HS256)),
+                outer,
+            ));
+        let addr = common::serve(admin).await;
+        let answer = get_with(addr, "/admin", &mint(Algorithm::HS256, &claims())).await;
+        assert_eq!(answer.status, 403);
+        answer.challenge().to_owned()
+    }
+    for (outer, inner, named) in [
+        (Some("outer"), None, "api"),
+        (None, Some("inner"), "inner"),
+        (Some("outer"), Some("inner"), "inner"),
+        (None, None, "api"),
+    ] {
+        let challenge = scope_challenge(outer, inner).await;
+        assert!(
+            challenge.starts_with(&format!(
+                r#"Bearer realm="{named}", error="insufficient_scope""#
+            )),
+            "outer {outer:?}, inner {inner:?}: {challenge}"
+        );
+    }
+}
+
 /// Headers and payloads are decoded on the stack up to a size, and into the heap
 /// beyond: both are read whole, across the boundary, and a signature still covers
 /// every byte of them.

@@ -110,6 +110,25 @@ struct Config {
     mtls: Option<Arc<MtlsConfig>>,
 }
 
+impl Config {
+    /// Tells what is further in (a [`RequireScopeLayer`], the extractors) which
+    /// challenge parameters to answer with: this layer's, in the extensions, or the
+    /// default ones by their absence (an outer layer's are taken out). Most layers
+    /// keep the defaults, and their requests pay no map insert for them.
+    fn mark<B>(&self, req: &mut Request<B>) {
+        let params = &*self.challenge;
+        let default = &*params.realm == DEFAULT_REALM
+            && params.resource_metadata.is_none()
+            && params.dpop_algs.is_none();
+        if default {
+            req.extensions_mut().remove::<LayerRealm>();
+        } else {
+            req.extensions_mut()
+                .insert(LayerRealm(Arc::clone(&self.challenge)));
+        }
+    }
+}
+
 /// What a layer that checks certificate-bound tokens checks with.
 #[cfg(feature = "mtls")]
 #[derive(Debug)]
@@ -433,8 +452,7 @@ where
             Ok(validation) => validation,
             Err(Rejection::Missing) if config.anonymous => {
                 metrics::validation(Err(&Rejection::Missing), true, started);
-                req.extensions_mut()
-                    .insert(LayerRealm(Arc::clone(&config.challenge)));
+                config.mark(&mut req);
                 return ResponseFuture::calling(self.inner.call(req));
             }
             Err(rejection) => {
@@ -445,8 +463,7 @@ where
             Ok(Ok(claims)) => {
                 metrics::validation(Ok(()), false, started);
                 req.extensions_mut().insert(Verified(claims));
-                req.extensions_mut()
-                    .insert(LayerRealm(Arc::clone(&config.challenge)));
+                config.mark(&mut req);
                 ResponseFuture::calling(self.inner.call(req))
             }
             Ok(Err(rejection)) => {
@@ -543,8 +560,7 @@ where
                     let next = match outcome {
                         Ok(claims) => {
                             req.extensions_mut().insert(Verified(claims));
-                            req.extensions_mut()
-                                .insert(LayerRealm(Arc::clone(&config.challenge)));
+                            config.mark(&mut req);
                             State::Calling {
                                 future: service.call(req),
                             }
