@@ -194,6 +194,38 @@ macro_rules! record {
     }};
 }
 
+/// A key made at compile time, its hash included: for the figures of every request
+/// (the server's verdicts, cache lookups), which then build, allocate and hash
+/// nothing per use. `$name` is a constant, each label a literal pair.
+#[cfg(feature = "metrics")]
+macro_rules! static_key {
+    ($name:expr $(, $k:literal => $v:literal)*) => {{
+        static LABELS: &[::metrics::Label] = &[$(::metrics::Label::from_static_parts($k, $v)),*];
+        static KEY: ::metrics::Key = ::metrics::Key::from_static_parts($name, LABELS);
+        &KEY
+    }};
+}
+
+/// Where the figures of a static key come from (`static_key!`), as the `metrics`
+/// macros would say it.
+#[cfg(feature = "metrics")]
+static METADATA: ::metrics::Metadata<'static> =
+    ::metrics::Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()));
+
+/// Adds one to the counter `key`.
+#[cfg(feature = "metrics")]
+#[inline]
+fn increment(key: &'static ::metrics::Key) {
+    ::metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+}
+
+/// Records `value` in the histogram `key`.
+#[cfg(feature = "metrics")]
+#[inline]
+fn observe(key: &'static ::metrics::Key, value: f64) {
+    ::metrics::with_recorder(|r| r.register_histogram(key, &METADATA).record(value));
+}
+
 /// When something measured started; nothing without the feature.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Started {
@@ -308,39 +340,43 @@ pub(crate) fn idp_request<T>(
 /// no credentials (`anonymous`), or refused.
 #[inline]
 pub(crate) fn validation(verdict: Result<(), &Rejection>, anonymous: bool, started: Started) {
-    let (outcome, reason) = match verdict {
-        Ok(()) => ("ok", "none"),
-        Err(_) if anonymous => ("anonymous", "missing"),
-        Err(rejection) => ("rejected", reason(rejection)),
-    };
-    count!(VALIDATIONS, "outcome" => outcome, "reason" => reason);
-    record!(VALIDATION_SECONDS, started.seconds());
-}
-
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-fn reason(rejection: &Rejection) -> &'static str {
-    match rejection {
-        Rejection::Missing => "missing",
-        Rejection::InvalidRequest(_) => "invalid_request",
-        Rejection::InvalidToken(_) => "invalid_token",
-        Rejection::InsufficientScope(_) => "insufficient_scope",
-        // Answered by `RequireStepUpLayer`, not by the bearer layer counted here.
-        Rejection::InsufficientUserAuthentication { .. } => "insufficient_user_authentication",
-        Rejection::Unavailable(_) => "unavailable",
-        Rejection::InvalidDpopProof(_) => "invalid_dpop_proof",
-        Rejection::UseDpopNonce(_) => "use_dpop_nonce",
+    #[cfg(feature = "metrics")]
+    {
+        macro_rules! rejected {
+            ($reason:literal) => {
+                static_key!(VALIDATIONS, "outcome" => "rejected", "reason" => $reason)
+            };
+        }
+        increment(match verdict {
+            Ok(()) => static_key!(VALIDATIONS, "outcome" => "ok", "reason" => "none"),
+            Err(_) if anonymous => {
+                static_key!(VALIDATIONS, "outcome" => "anonymous", "reason" => "missing")
+            }
+            Err(Rejection::Missing) => rejected!("missing"),
+            Err(Rejection::InvalidRequest(_)) => rejected!("invalid_request"),
+            Err(Rejection::InvalidToken(_)) => rejected!("invalid_token"),
+            Err(Rejection::InsufficientScope(_)) => rejected!("insufficient_scope"),
+            // Answered by `RequireStepUpLayer`, not by the bearer layer counted here.
+            Err(Rejection::InsufficientUserAuthentication { .. }) => {
+                rejected!("insufficient_user_authentication")
+            }
+            Err(Rejection::Unavailable(_)) => rejected!("unavailable"),
+            Err(Rejection::InvalidDpopProof(_)) => rejected!("invalid_dpop_proof"),
+            Err(Rejection::UseDpopNonce(_)) => rejected!("use_dpop_nonce"),
+        });
+        observe(static_key!(VALIDATION_SECONDS), started.seconds());
     }
 }
 
 /// `RequireScopeLayer`'s verdict on a request.
 #[inline]
 pub(crate) fn scope_check(verdict: Option<&Rejection>) {
-    let outcome = match verdict {
-        None => "ok",
-        Some(Rejection::Missing) => "missing",
-        Some(_) => "insufficient_scope",
-    };
-    count!(SCOPE_CHECKS, "outcome" => outcome);
+    #[cfg(feature = "metrics")]
+    increment(match verdict {
+        None => static_key!(SCOPE_CHECKS, "outcome" => "ok"),
+        Some(Rejection::Missing) => static_key!(SCOPE_CHECKS, "outcome" => "missing"),
+        Some(_) => static_key!(SCOPE_CHECKS, "outcome" => "insufficient_scope"),
+    });
 }
 
 /// Which cache a lookup or eviction is about.
@@ -364,8 +400,21 @@ impl CacheName {
 /// A cache lookup: a hit or a miss.
 #[inline]
 pub(crate) fn cache_lookup(cache: CacheName, hit: bool) {
-    let result = if hit { "hit" } else { "miss" };
-    count!(CACHE_LOOKUPS, "cache" => cache.label(), "result" => result);
+    #[cfg(feature = "metrics")]
+    increment(match (cache, hit) {
+        (CacheName::Verified, true) => {
+            static_key!(CACHE_LOOKUPS, "cache" => "verified", "result" => "hit")
+        }
+        (CacheName::Verified, false) => {
+            static_key!(CACHE_LOOKUPS, "cache" => "verified", "result" => "miss")
+        }
+        (CacheName::Introspection, true) => {
+            static_key!(CACHE_LOOKUPS, "cache" => "introspection", "result" => "hit")
+        }
+        (CacheName::Introspection, false) => {
+            static_key!(CACHE_LOOKUPS, "cache" => "introspection", "result" => "miss")
+        }
+    });
 }
 
 /// Counts the entries a full cache pushes out; the `quick_cache` lifecycle of the

@@ -148,7 +148,9 @@ mod server {
     use common::server::{get as send, now_plus, send_raw, serve};
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
-    use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, VerifiedCache};
+    use tower_bearer::server::{
+        Claims, JwtValidator, RequireBearerLayer, RequireScopeLayer, VerifiedCache,
+    };
 
     const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes";
 
@@ -226,6 +228,52 @@ mod server {
             6,
             "every token accepted is cached or was evicted"
         );
+    }
+
+    /// Scope checks by outcome, and requests let through without credentials.
+    #[test]
+    fn scope_checks_and_anonymous_requests() {
+        let ((), m) = recorded(|| async {
+            let scoped = Router::new()
+                .route("/read", get(|| async { "ok" }))
+                .layer(RequireScopeLayer::<Claims>::new(["read"]));
+            let app = Router::new().merge(scoped).layer(
+                RequireBearerLayer::new(JwtValidator::<Claims>::hmac(SECRET)).allow_anonymous(),
+            );
+            let addr = serve(app).await;
+            let with_scope = |scope: &str| {
+                let claims = json!({ "sub": "s", "exp": now_plus(300), "scope": scope });
+                jsonwebtoken::encode(
+                    &Header::default(),
+                    &claims,
+                    &EncodingKey::from_secret(SECRET),
+                )
+                .unwrap()
+            };
+            assert_eq!(
+                send(addr, "/read", Some(&with_scope("read"))).await.status,
+                200
+            );
+            assert_eq!(
+                send(addr, "/read", Some(&with_scope("write"))).await.status,
+                403
+            );
+            assert_eq!(send(addr, "/read", None).await.status, 401);
+        });
+        let scope_checks =
+            |outcome| m.counter("tower_bearer_scope_checks_total", &[("outcome", outcome)]);
+        assert_eq!(scope_checks("ok"), 1);
+        assert_eq!(scope_checks("insufficient_scope"), 1);
+        assert_eq!(scope_checks("missing"), 1, "the anonymous request");
+        let verdicts = |outcome, reason| {
+            m.counter(
+                "tower_bearer_validations_total",
+                &[("outcome", outcome), ("reason", reason)],
+            )
+        };
+        assert_eq!(verdicts("ok", "none"), 2);
+        assert_eq!(verdicts("anonymous", "missing"), 1);
+        assert_eq!(m.observations("tower_bearer_validation_seconds", &[]), 3);
     }
 }
 
