@@ -1,7 +1,7 @@
 //! Hostile JWTs against real axum servers behind `RequireBearerLayer`: every case
 //! with the exact RFC 6750 answer it must get. The token never appears in the
 //! answer, and nothing the token names (`jku`, `x5u`, `jwk`, `kid`) is fetched.
-#![cfg(feature = "jwks")]
+#![cfg(all(feature = "jwks", feature = "axum"))]
 
 mod common;
 

@@ -10,6 +10,7 @@
 //! The provider counts the requests it serves per endpoint and grant type
 //! (`/_test/counts`, a route of the script): the tests assert one token request
 //! per token lifetime, whatever the number of tasks.
+#![cfg(all(feature = "jwks", feature = "introspection", feature = "reqwest"))]
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! JwtValidator behind RequireBearerLayer in a real axum server: every algorithm
 //! and per-route scopes. The hostile tokens are in tests/hostile_jwt.rs.
-#![cfg(feature = "jwt")]
+#![cfg(all(feature = "jwt", feature = "axum"))]
 
 mod common;
 

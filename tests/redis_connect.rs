@@ -30,6 +30,10 @@ async fn rediss_without_the_tls_feature_is_a_configuration_error() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Configuration(_)), "{error:?}");
+    // The same through a RedisConfig.
+    let config = RedisConfig::new("rediss://127.0.0.1:1/");
+    let error = RedisStore::connect_with(&config, "p").await.unwrap_err();
+    assert!(matches!(error, Error::Configuration(_)), "{error:?}");
 }
 
 #[cfg(feature = "redis-tls")]

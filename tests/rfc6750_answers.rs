@@ -1,5 +1,6 @@
 //! RequireBearerLayer in a real axum server on 127.0.0.1, answered as RFC 6750 says:
 //! status codes and the exact `WWW-Authenticate` header for each case.
+#![cfg(feature = "axum")]
 
 mod common;
 
