@@ -34,7 +34,7 @@ if [ -n "$baseline" ]; then
 elif [ ${#cases[@]} -eq 0 ]; then
   for alg in HS256 RS256 ES256 EdDSA; do cases+=("raw_decode/$alg" "layer/$alg" "jwt_authorizer/$alg"); done
   cases+=(jwt_verify/RS256 verified_cache_hit/RS256 header_parse)
-  for c in no_auth tower_http_add_authorization authorize_static authorize_refreshing; do
+  for c in no_auth tower_http_add_authorization tower_http_inspecting authorize_static authorize_refreshing; do
     cases+=("client_hot_path/$c")
   done
   for c in no_auth tower_bearer tower_bearer_cached jwt_authorizer tower_bearer_rs256 jwt_authorizer_rs256 tower_bearer_es256 jwt_authorizer_es256; do

@@ -4,8 +4,11 @@
 //!
 //! Every variant wraps the same inner service (an immediate `200`) and is measured in
 //! the same run: no auth at all, tower-http's `AddAuthorizationLayer::bearer` (a
-//! static header: the floor), `AuthorizeLayer` with a static token, and
-//! `AuthorizeLayer` with a `Refreshing` cache holding a valid, expiring token.
+//! static header), the same followed by a look at each answer (`tower_http_inspecting`:
+//! a `401`, or gRPC's `16` in the headers, the least any layer that reacts to a refused
+//! credential must read: the floor of this crate's layer), `AuthorizeLayer` with a
+//! static token, and `AuthorizeLayer` with a `Refreshing` cache holding a valid,
+//! expiring token.
 //!
 //! Instruction counts instead of times (steady on a loaded machine): with
 //! `CLIENT_CALLGRIND=client_hot_path/<case>:<n>` the binary sends `n` requests through
@@ -49,6 +52,27 @@ fn refreshing(rt: &tokio::runtime::Runtime) -> impl tower_bearer::client::Author
     })
 }
 
+/// tower-http's static header, and a look at each answer as a layer that hears of
+/// refused credentials must take: its status, and gRPC's status in its headers.
+fn tower_http_inspecting(
+) -> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future = impl Send> + Clone
+{
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    fn inspect(res: Response<()>) -> Response<()> {
+        let refused = res.status() == http::StatusCode::UNAUTHORIZED
+            || res
+                .headers()
+                .get(&GRPC_STATUS)
+                .is_some_and(|s| s.as_bytes() == b"16");
+        std::hint::black_box(refused);
+        res
+    }
+    tower::ServiceBuilder::new()
+        .map_response(inspect as fn(Response<()>) -> Response<()>)
+        .layer(tower_http::auth::AddAuthorizationLayer::bearer(TOKEN))
+        .service(inner())
+}
+
 async fn one<S>(svc: &mut S)
 where
     S: Service<Request<()>, Response = Response<()>>,
@@ -77,6 +101,14 @@ fn client_hot_path(c: &mut Criterion) {
 
     group.bench_function("tower_http_add_authorization", |b| {
         let svc = tower_http::auth::AddAuthorizationLayer::bearer(TOKEN).layer(inner());
+        b.to_async(&rt).iter(|| {
+            let mut svc = svc.clone();
+            async move { one(&mut svc).await }
+        });
+    });
+
+    group.bench_function("tower_http_inspecting", |b| {
+        let svc = tower_http_inspecting();
         b.to_async(&rt).iter(|| {
             let mut svc = svc.clone();
             async move { one(&mut svc).await }
@@ -414,6 +446,7 @@ fn callgrind(case: &str, n: usize) {
             n,
             tower_http::auth::AddAuthorizationLayer::bearer(TOKEN).layer(inner()),
         ),
+        "tower_http_inspecting" => run(&rt, n, tower_http_inspecting()),
         "authorize_static" => run(
             &rt,
             n,

@@ -337,6 +337,70 @@ async fn headers_are_sensitive_and_api_keys_use_their_header() {
     assert!(seen[1]["authorization"].is_sensitive());
 }
 
+/// Static tokens, Basic and API keys never change: the layer puts their header on each
+/// request as is, and still judges each answer (a step-up challenge reaches the
+/// caller, in the answer's extensions, whatever the authorizer).
+#[tokio::test]
+async fn fixed_credentials_go_on_every_request_and_their_answers_are_judged() {
+    use tower_bearer::client::{Authorizer, Basic, StepUpChallenge};
+    let (seen, svc) = recorder(|n| {
+        let mut res = Response::new(Full::default());
+        if n % 2 == 0 {
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            res.headers_mut().insert(
+                "www-authenticate",
+                r#"Bearer error="insufficient_user_authentication", acr_values="mfa""#
+                    .parse()
+                    .unwrap(),
+            );
+        }
+        res
+    });
+    async fn twice<A: Authorizer + Clone, S>(authorizer: A, svc: S) -> Option<StepUpChallenge>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>> + Clone,
+        S::Error: Into<tower::BoxError>,
+    {
+        assert!(authorizer.fixed_credential().is_some());
+        let client = AuthorizeLayer::new(authorizer).layer(svc);
+        let ok = client
+            .clone()
+            .oneshot(get("http://api.test/"))
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert!(ok.extensions().get::<StepUpChallenge>().is_none());
+        let step_up = client.oneshot(get("http://api.test/")).await.unwrap();
+        assert_eq!(step_up.status(), StatusCode::UNAUTHORIZED);
+        step_up.extensions().get::<StepUpChallenge>().cloned()
+    }
+    let challenge = twice(StaticToken::bearer("t0ken").unwrap(), svc.clone()).await;
+    assert_eq!(
+        challenge.map(|c| c.acr_values),
+        Some(vec!["mfa".to_owned()])
+    );
+    assert!(twice(Basic::new("id", "pw").unwrap(), svc.clone())
+        .await
+        .is_some());
+    assert!(twice(ApiKey::new("x-api-key", "k-1").unwrap(), svc)
+        .await
+        .is_some());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 6, "each request sent once");
+    for (headers, (name, value)) in seen.iter().zip([
+        ("authorization", "Bearer t0ken"),
+        ("authorization", "Bearer t0ken"),
+        ("authorization", "Basic aWQ6cHc="),
+        ("authorization", "Basic aWQ6cHc="),
+        ("x-api-key", "k-1"),
+        ("x-api-key", "k-1"),
+    ]) {
+        assert_eq!(headers[name], value);
+        assert!(headers[name].is_sensitive());
+        assert!(headers.get("dpop").is_none());
+    }
+}
+
 #[tokio::test]
 async fn grpc_unauthenticated_invalidates_the_token() {
     let (seen, svc) = recorder(|n| {

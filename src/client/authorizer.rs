@@ -68,6 +68,14 @@ impl Credential {
             headers.insert(DPOP, proof);
         }
     }
+
+    /// Puts a copy of it on a request's headers.
+    pub(crate) fn put_on(&self, headers: &mut HeaderMap) {
+        headers.insert(self.name.clone(), self.value.clone());
+        if let Some(proof) = &self.dpop {
+            headers.insert(DPOP, proof.clone());
+        }
+    }
 }
 
 impl fmt::Debug for Credential {
@@ -224,6 +232,16 @@ pub trait Authorizer: Send + Sync + 'static {
         true
     }
 
+    /// The credential every request gets, when it never changes (a static token, Basic,
+    /// an API key): the client integrations then put it on the request directly, with
+    /// no [`CredentialFuture`] and nothing kept for the answer. Default `None`. An
+    /// authorizer that answers `Some` must also answer `false` to
+    /// [`observes_answers`](Self::observes_answers), and its
+    /// [`credential`](Self::credential) must give the same credential.
+    fn fixed_credential(&self) -> Option<&Credential> {
+        None
+    }
+
     /// The server answered `401` (or gRPC `UNAUTHENTICATED`) to a request that carried
     /// `sent`. An authorizer that caches should drop that value, and only that value:
     /// another request may already carry a newer one.
@@ -258,6 +276,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Arc<A> {
     fn observes_answers(&self) -> bool {
         (**self).observes_answers()
     }
+    fn fixed_credential(&self) -> Option<&Credential> {
+        (**self).fixed_credential()
+    }
     fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
         (**self).credential_for(target)
     }
@@ -278,6 +299,9 @@ impl<A: Authorizer + ?Sized> Authorizer for Box<A> {
     }
     fn observes_answers(&self) -> bool {
         (**self).observes_answers()
+    }
+    fn fixed_credential(&self) -> Option<&Credential> {
+        (**self).fixed_credential()
     }
     fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
         (**self).credential_for(target)
@@ -382,6 +406,9 @@ macro_rules! fixed_credential {
             }
             fn observes_answers(&self) -> bool {
                 false
+            }
+            fn fixed_credential(&self) -> Option<&Credential> {
+                Some(&self.credential)
             }
         }
     };

@@ -267,6 +267,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // A credential that never changes goes on as is: no future, nothing kept.
+        if let Some(credential) = self.authorizer.fixed_credential() {
+            credential.put_on(req.headers_mut());
+            return ResponseFuture {
+                state: State::Calling {
+                    future: self.inner.call(req),
+                },
+                authorizer: None,
+                sent: Sent::Unkept,
+                waiting: None,
+                replay: None,
+            };
+        }
         // An authorizer that hears no answers (a static credential) costs the future
         // nothing: no copy of it, of the credential sent, or of the request.
         let observes = self.authorizer.observes_answers();
