@@ -224,6 +224,37 @@ async fn the_innermost_bearer_layer_names_the_realm() {
             "outer {outer:?}, inner {inner:?}: {challenge}"
         );
     }
+
+    // An outer layer's resource metadata, under an inner layer with the defaults: the
+    // inner layer's (none) are named. And the same for a request let through without
+    // credentials, refused by the extractor of the handler.
+    let metadata = "https://api.test/.well-known/oauth-protected-resource";
+    let bearer = || RequireBearerLayer::new(validator(Algorithm::HS256));
+    let scoped = Router::new()
+        .route("/admin", get(|| async { "admin area" }))
+        .layer(RequireScopeLayer::<Claims>::new(["admin"]))
+        .layer(bearer())
+        .layer(bearer().resource_metadata(metadata));
+    let addr = common::serve(scoped).await;
+    let answer = get_with(addr, "/admin", &mint(Algorithm::HS256, &claims())).await;
+    assert_eq!(answer.status, 403);
+    assert!(
+        !answer.challenge().contains("resource_metadata"),
+        "{}",
+        answer.challenge()
+    );
+    let anonymous = Router::new()
+        .route("/me", get(me))
+        .layer(bearer().allow_anonymous())
+        .layer(bearer().realm("outer").allow_anonymous());
+    let addr = common::serve(anonymous).await;
+    let answer = send_raw(addr, "/me", &[]).await;
+    assert_eq!(answer.status, 401);
+    assert!(
+        answer.challenge().starts_with(r#"Bearer realm="api""#),
+        "{}",
+        answer.challenge()
+    );
 }
 
 /// Headers and payloads are decoded on the stack up to a size, and into the heap

@@ -83,25 +83,35 @@ pub struct JwtValidator<C = Claims> {
 /// token's (RFC 9068).
 type HeaderRead = (Option<Algorithm>, bool, bool);
 
-/// The last header read, with what was read from it. Tokens of one issuer share a
-/// handful of headers (one per signing key), so most checks compare the header's
-/// text to the last one instead of decoding and parsing it. It is the last answer
-/// of a pure function of that text: it cannot go stale, whatever the key or the
-/// clock, and a header that differs is read in full, as without it. One entry per
-/// validator: a stream of distinct headers costs one small allocation each.
+/// The header of the last authentic token, with what was read from it. Tokens of
+/// one issuer share a handful of headers (one per signing key), so most checks
+/// compare the header's text to the last one instead of decoding and parsing it.
+/// What it holds is the answer of a pure function of that text: it cannot go stale,
+/// whatever the key or the clock, and a header that differs is read in full, as
+/// without it. Only a header whose signature checked out is remembered, so a client
+/// without the key cannot make the others miss; only a short one (a long header, an
+/// `x5c` chain, is rare and would be kept whole).
 #[derive(Default)]
 struct LastHeader(ArcSwapOption<(Box<str>, HeaderRead)>);
 
+/// The longest header remembered: a JOSE header with an `alg`, `typ` and `kid` is
+/// well under this.
+const LAST_HEADER_MAX: usize = 256;
+
 impl LastHeader {
-    fn read(&self, part: &str) -> Result<HeaderRead, Rejection> {
-        if let Some(last) = &*self.0.load() {
-            if *last.0 == *part {
-                return Ok(last.1);
-            }
+    /// What was read from `part`, when it is the header remembered.
+    fn get(&self, part: &str) -> Option<HeaderRead> {
+        let last = self.0.load();
+        last.as_ref()
+            .filter(|last| *last.0 == *part)
+            .map(|last| last.1)
+    }
+
+    /// Remembers `part` (the header of an authentic token) and what was read from it.
+    fn remember(&self, part: &str, read: HeaderRead) {
+        if part.len() <= LAST_HEADER_MAX {
+            self.0.store(Some(Arc::new((part.into(), read))));
         }
-        let read = read_header(part)?;
-        self.0.store(Some(Arc::new((part.into(), read))));
-        Ok(read)
     }
 }
 
@@ -452,7 +462,12 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
     /// token), or [`Rejection::InsufficientScope`].
     pub fn check(&self, token: &str) -> Result<C, Rejection> {
         let (header, payload, signature) = split(token)?;
-        let (alg, critical, access_typ) = self.last_header.read(header)?;
+        let remembered = self.last_header.get(header);
+        let read = match remembered {
+            Some(read) => read,
+            None => read_header(header)?,
+        };
+        let (alg, critical, access_typ) = read;
         let alg = alg
             .filter(|a| self.algorithms.contains(a))
             .ok_or_else(not_allowed)?;
@@ -486,6 +501,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
         };
         if !authentic {
             return Err(Rejection::invalid_token("the token signature is invalid"));
+        }
+        if remembered.is_none() {
+            self.last_header.remember(header, read);
         }
         if self.access_token_typ && !access_typ {
             return Err(Rejection::invalid_token(

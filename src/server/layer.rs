@@ -5,7 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
@@ -45,6 +45,18 @@ pub(crate) struct ChallengeParams {
 }
 
 impl ChallengeParams {
+    /// The parameters of a layer that set none (the realm `api`), shared by them all.
+    pub(crate) fn defaults() -> &'static Arc<ChallengeParams> {
+        static DEFAULTS: LazyLock<Arc<ChallengeParams>> = LazyLock::new(|| {
+            Arc::new(ChallengeParams {
+                realm: Arc::from(DEFAULT_REALM),
+                resource_metadata: None,
+                dpop_algs: None,
+            })
+        });
+        &DEFAULTS
+    }
+
     pub(crate) fn respond<B: Default>(
         &self,
         rejection: &Rejection,
@@ -74,8 +86,9 @@ fn sent_as_dpop(headers: &http::HeaderMap) -> bool {
 }
 
 /// The challenge parameters of the [`RequireBearerLayer`] a request went through, in
-/// its extensions: the answers given further in (a [`RequireScopeLayer`], the axum
-/// extractors) name the same realm and metadata.
+/// its extensions when they are not the defaults (absent, they are): the answers
+/// given further in (a [`RequireScopeLayer`], the axum extractors) name the same
+/// realm and metadata.
 #[derive(Clone, Debug)]
 pub(crate) struct LayerRealm(pub(crate) Arc<ChallengeParams>);
 
@@ -84,15 +97,10 @@ pub(crate) const DEFAULT_REALM: &str = "api";
 
 /// The challenge parameters of the layer `extensions` went through, or the default.
 pub(crate) fn realm_of(extensions: &http::Extensions) -> Arc<ChallengeParams> {
-    extensions.get::<LayerRealm>().map_or_else(
-        || {
-            Arc::new(ChallengeParams {
-                realm: Arc::from(DEFAULT_REALM),
-                resource_metadata: None,
-                dpop_algs: None,
-            })
-        },
-        |r| Arc::clone(&r.0),
+    Arc::clone(
+        extensions
+            .get::<LayerRealm>()
+            .map_or(ChallengeParams::defaults(), |r| &r.0),
     )
 }
 
@@ -116,11 +124,8 @@ impl Config {
     /// default ones by their absence (an outer layer's are taken out). Most layers
     /// keep the defaults, and their requests pay no map insert for them.
     fn mark<B>(&self, req: &mut Request<B>) {
-        let params = &*self.challenge;
-        let default = &*params.realm == DEFAULT_REALM
-            && params.resource_metadata.is_none()
-            && params.dpop_algs.is_none();
-        if default {
+        // Every setter makes new parameters: the shared defaults are the defaults.
+        if Arc::ptr_eq(&self.challenge, ChallengeParams::defaults()) {
             req.extensions_mut().remove::<LayerRealm>();
         } else {
             req.extensions_mut()
@@ -216,11 +221,7 @@ impl<V: Validator> RequireBearerLayer<V> {
         RequireBearerLayer {
             validator: Arc::new(validator),
             config: Arc::new(Config {
-                challenge: Arc::new(ChallengeParams {
-                    realm: Arc::from(DEFAULT_REALM),
-                    resource_metadata: None,
-                    dpop_algs: None,
-                }),
+                challenge: Arc::clone(ChallengeParams::defaults()),
                 max_len: DEFAULT_MAX_LEN,
                 anonymous: false,
                 #[cfg(feature = "dpop")]
