@@ -1,5 +1,7 @@
 //! Every example runs, as a person would run it: the built binary, with short
-//! settings, checked for its exit status and its output.
+//! settings, checked for its exit status and its output. The examples need the
+//! default `jwks` (Cargo.toml).
+#![cfg(feature = "jwks")]
 
 mod common;
 

@@ -4,7 +4,7 @@
 //! in a trusted `Client-Cert` header (RFC 9440), hostile headers, and a token endpoint
 //! over TLS that records the client certificate `HttpClient` presents
 //! (`tls_client_auth`).
-#![cfg(feature = "mtls")]
+#![cfg(all(feature = "mtls", feature = "jwks"))]
 
 mod common;
 
