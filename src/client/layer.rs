@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::WWW_AUTHENTICATE;
-use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -342,17 +342,37 @@ enum Sent {
     Nothing,
     /// One was, and the authorizer hears no answers.
     Unkept,
-    /// This one, to report the answer with.
-    Kept(Credential),
+    /// A credential without a proof: its value, to report the answer with.
+    Value(HeaderValue),
+    /// One with a DPoP proof, whole (the nonce of the answer is reported with it):
+    /// boxed, as a proof is made per request anyway, so that the common future stays
+    /// small.
+    WithProof(Box<Credential>),
+}
+
+impl Sent {
+    /// The credential's value and, when it carried a proof, the whole credential.
+    fn parts(&self) -> Option<(&HeaderValue, Option<&Credential>)> {
+        match self {
+            Sent::Nothing | Sent::Unkept => None,
+            Sent::Value(value) => Some((value, None)),
+            Sent::WithProof(credential) => Some((&credential.value, Some(credential))),
+        }
+    }
 }
 
 /// Puts the credential on the request; returns what to remember of it.
 fn set<B>(req: &mut Request<B>, credential: Option<Credential>, keep: bool) -> Sent {
     match credential {
         None => Sent::Nothing,
+        Some(credential) if keep && credential.dpop.is_none() => {
+            let value = credential.value.clone();
+            credential.apply(req.headers_mut());
+            Sent::Value(value)
+        }
         Some(credential) if keep => {
             credential.clone().apply(req.headers_mut());
-            Sent::Kept(credential)
+            Sent::WithProof(Box::new(credential))
         }
         Some(credential) => {
             credential.apply(req.headers_mut());
@@ -506,33 +526,32 @@ where
                         Verdict::UseNonce => (false, true),
                         Verdict::Kept => (false, false),
                     };
-                    let sent = std::mem::replace(this.sent, Sent::Nothing);
-                    if refused && !matches!(sent, Sent::Nothing) {
+                    let kept = std::mem::replace(this.sent, Sent::Nothing);
+                    if refused && !matches!(kept, Sent::Nothing) {
                         crate::metrics::unauthorized();
                     }
-                    let (Sent::Kept(sent), Some(authorizer)) = (sent, this.authorizer.as_ref())
+                    let (Some((sent, with_proof)), Some(authorizer)) =
+                        (kept.parts(), this.authorizer.as_ref())
                     else {
                         return Poll::Ready(Ok(res));
                     };
                     // Only a request with a proof has a use for a nonce (and a bearer
                     // answer pays no lookup for it).
-                    if let Some(nonce) = sent
-                        .dpop
-                        .as_ref()
-                        .and_then(|_| res.headers().get(DPOP_NONCE))
+                    if let Some((credential, nonce)) =
+                        with_proof.and_then(|c| Some((c, res.headers().get(DPOP_NONCE)?)))
                     {
-                        authorizer.on_dpop_nonce(&sent, nonce);
+                        authorizer.on_dpop_nonce(credential, nonce);
                     }
                     // A nonce can help only a request that carried a proof.
-                    let use_nonce = use_nonce && sent.dpop.is_some();
+                    let use_nonce = use_nonce && with_proof.is_some();
                     if !refused && !use_nonce {
                         if !res.status().is_server_error() {
-                            authorizer.on_accepted(&sent.value);
+                            authorizer.on_accepted(sent);
                         }
                         return Poll::Ready(Ok(res));
                     }
                     if refused {
-                        authorizer.on_unauthorized(&sent.value);
+                        authorizer.on_unauthorized(sent);
                     }
                     let Some(copy) = this.replay.take() else {
                         return Poll::Ready(Ok(res));
@@ -544,7 +563,7 @@ where
                         // Replaying with the credential just refused, with none, or
                         // after failing to get one cannot help: the 401 stands. After
                         // `use_dpop_nonce` the token is the same, the proof is new.
-                        Ok(Ok(Some(fresh))) if use_nonce || fresh.value != sent.value => {
+                        Ok(Ok(Some(fresh))) if use_nonce || fresh.value != *sent => {
                             CredentialFuture::ready(Ok(Some(fresh)))
                         }
                         Ok(_) => return Poll::Ready(Ok(res)),
