@@ -401,6 +401,26 @@ async fn fixed_credentials_go_on_every_request_and_their_answers_are_judged() {
     }
 }
 
+/// Authorizers whose credential depends on the request never report a fixed one,
+/// whatever they wrap.
+#[test]
+fn per_request_authorizers_have_no_fixed_credential() {
+    use tower_bearer::client::{Authorizer, PerResource};
+    let fixed = StaticToken::bearer("t0ken").unwrap();
+    assert!(fixed.fixed_credential().is_some());
+    assert!(Arc::new(fixed.clone()).fixed_credential().is_some());
+    let per_resource = PerResource::new()
+        .at("https://api.test/", fixed.clone())
+        .unwrap();
+    assert!(per_resource.fixed_credential().is_none());
+    #[cfg(feature = "dpop")]
+    {
+        let key = tower_bearer::client::DpopKey::generate().unwrap();
+        let bound = tower_bearer::client::Dpop::new(key, fixed);
+        assert!(bound.fixed_credential().is_none());
+    }
+}
+
 #[tokio::test]
 async fn grpc_unauthenticated_invalidates_the_token() {
     let (seen, svc) = recorder(|n| {

@@ -70,6 +70,24 @@ fn client_figures_count_refreshes_waiters_401s_and_throttled_rejections() {
     );
 }
 
+/// A `401` to a static token is counted as one to a refreshing token is: the layer
+/// puts a fixed credential on directly, and still judges the answer.
+#[test]
+fn a_401_to_a_static_token_is_counted() {
+    let ((), m) = recorded(|| async {
+        let s = common::start().await;
+        let client = ServiceBuilder::new()
+            .layer(AuthorizeLayer::new(
+                tower_bearer::client::StaticToken::bearer("not-issued").unwrap(),
+            ))
+            .service(common::http_client::<Full<Bytes>>());
+        let req = Request::get(s.api_url()).body(Full::default()).unwrap();
+        let res = client.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    });
+    assert_eq!(m.counter("tower_bearer_unauthorized_total", &[]), 1);
+}
+
 /// A refresh that fails is counted by what the endpoint said: `invalid_grant`, a
 /// `503` worth retrying, a refusal that is not; the token endpoint's answers are
 /// counted as HTTP errors.

@@ -227,17 +227,25 @@ pub trait Authorizer: Send + Sync + 'static {
     /// Default `true`. An authorizer whose credential never changes answers `false`:
     /// the layer then keeps nothing per request to report with (no copy of the
     /// authorizer nor of the credential sent), and never replays a refused request,
-    /// which would carry the same credential.
+    /// which would carry the same credential. Such an authorizer can also give its
+    /// credential by [`fixed_credential`](Self::fixed_credential), which is cheaper.
     fn observes_answers(&self) -> bool {
         true
     }
 
     /// The credential every request gets, when it never changes (a static token, Basic,
-    /// an API key): the client integrations then put it on the request directly, with
-    /// no [`CredentialFuture`] and nothing kept for the answer. Default `None`. An
-    /// authorizer that answers `Some` must also answer `false` to
-    /// [`observes_answers`](Self::observes_answers), and its
-    /// [`credential`](Self::credential) must give the same credential.
+    /// an API key): [`AuthorizeLayer`](super::AuthorizeLayer) (tonic included) then
+    /// puts it on the request directly, with no [`CredentialFuture`] and nothing kept
+    /// for the answer. Default `None`.
+    ///
+    /// `Some` takes precedence: [`credential_for`](Self::credential_for) is not called
+    /// (the credential cannot depend on the request's target), no answer is reported
+    /// and nothing is replayed, whatever
+    /// [`observes_answers`](Self::observes_answers) says (answer `false` there too).
+    /// The credential must carry no DPoP proof (a proof is made per request), and
+    /// [`credential`](Self::credential) must give the same one. An authorizer that
+    /// picks or binds its credential per request ([`PerResource`](super::PerResource),
+    /// `Dpop`) answers `None`.
     fn fixed_credential(&self) -> Option<&Credential> {
         None
     }
