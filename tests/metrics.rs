@@ -172,6 +172,14 @@ mod server {
 
     const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes";
 
+    /// `RequireBearerLayer`'s verdicts of one outcome and reason.
+    fn verdicts(m: &common::metrics::Figures, outcome: &str, reason: &str) -> u64 {
+        m.counter(
+            "tower_bearer_validations_total",
+            &[("outcome", outcome), ("reason", reason)],
+        )
+    }
+
     fn mint(sub: &str) -> String {
         let claims = json!({ "sub": sub, "exp": now_plus(300) });
         jsonwebtoken::encode(
@@ -210,16 +218,10 @@ mod server {
             assert_eq!(send_raw(addr, "/", twice).await.status, 400);
             cache.len() as u64
         });
-        let verdicts = |outcome, reason| {
-            m.counter(
-                "tower_bearer_validations_total",
-                &[("outcome", outcome), ("reason", reason)],
-            )
-        };
-        assert_eq!(verdicts("ok", "none"), 7);
-        assert_eq!(verdicts("rejected", "invalid_token"), 1);
-        assert_eq!(verdicts("rejected", "missing"), 1);
-        assert_eq!(verdicts("rejected", "invalid_request"), 1);
+        assert_eq!(verdicts(&m, "ok", "none"), 7);
+        assert_eq!(verdicts(&m, "rejected", "invalid_token"), 1);
+        assert_eq!(verdicts(&m, "rejected", "missing"), 1);
+        assert_eq!(verdicts(&m, "rejected", "invalid_request"), 1);
         assert_eq!(m.counter("tower_bearer_validations_total", &[]), 10);
         assert_eq!(m.observations("tower_bearer_validation_seconds", &[]), 10);
         // Only bounded values, never a token.
@@ -283,14 +285,8 @@ mod server {
         assert_eq!(scope_checks("ok"), 1);
         assert_eq!(scope_checks("insufficient_scope"), 1);
         assert_eq!(scope_checks("missing"), 1, "the anonymous request");
-        let verdicts = |outcome, reason| {
-            m.counter(
-                "tower_bearer_validations_total",
-                &[("outcome", outcome), ("reason", reason)],
-            )
-        };
-        assert_eq!(verdicts("ok", "none"), 2);
-        assert_eq!(verdicts("anonymous", "missing"), 1);
+        assert_eq!(verdicts(&m, "ok", "none"), 2);
+        assert_eq!(verdicts(&m, "anonymous", "missing"), 1);
         assert_eq!(m.observations("tower_bearer_validation_seconds", &[]), 3);
     }
 }
