@@ -380,31 +380,11 @@ fn no_flight_is_left_behind() {
     assert_eq!(validator.stats().accepted, 300);
 }
 
-/// What tracing prints on this thread, captured.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A failing introspection endpoint is named as such in the log (and the `503`),
 /// never as a "token endpoint".
 #[tokio::test]
 async fn failures_name_the_introspection_endpoint() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _capturing) = common::LogCapture::start(tracing::Level::INFO);
 
     let s = setup(|v| v).await;
     s.endpoint.down.store(true, Ordering::SeqCst);
@@ -421,7 +401,7 @@ async fn failures_name_the_introspection_endpoint() {
         .unwrap()
         .client("my-api", "s3cret");
     unreachable.validate("good").await.unwrap_err();
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(
         text.contains("invalid introspection endpoint response: HTTP 502"),
         "{text}"

@@ -312,14 +312,9 @@ async fn log_in_once_then_reuse_the_token_file() {
 
 /// Captures what tracing prints while `f` runs.
 fn capture<T>(level: tracing::Level, f: impl FnOnce() -> T) -> (T, String) {
-    let out = common::LogCapture::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let value = tracing::subscriber::with_default(subscriber, f);
+    let (out, capturing) = common::LogCapture::start(level);
+    let value = f();
+    drop(capturing);
     (value, out.text())
 }
 

@@ -423,8 +423,14 @@ async fn device_authorization(
     Json(body).into_response()
 }
 
-/// What tracing prints, captured: `set_default` (or `with_default`) a subscriber that
-/// writes into a clone of this.
+/// What tracing prints on one thread, captured.
+///
+/// Each test binary has one global subscriber that writes each event into the
+/// capture of the thread that logs it, if that thread has one and the event is at
+/// its level. A subscriber per test (`with_default`) is not reliable when tests run
+/// in parallel: with a single subscriber registered, tracing caches whether a
+/// callsite is enabled from the first thread that reaches it, so a test without
+/// one could turn an event off for the test that captures it.
 #[derive(Clone, Default)]
 pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 
@@ -438,17 +444,72 @@ impl std::io::Write for LogCapture {
     }
 }
 
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<(LogCapture, tracing::Level)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Stops this thread's capture when dropped.
+pub struct Capturing {
+    previous: Option<(LogCapture, tracing::Level)>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| *c.borrow_mut() = self.previous.take());
+    }
+}
+
+/// Writes an event into the capture of the thread that logs it.
+struct ThisThread;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThisThread {
+    type Writer = LogCapture;
+    fn make_writer(&'a self) -> LogCapture {
+        // The filter lets through only events of capturing threads; a throwaway
+        // buffer covers anything else.
+        CAPTURE.with(|c| {
+            c.borrow()
+                .as_ref()
+                .map(|(out, _)| out.clone())
+                .unwrap_or_default()
+        })
+    }
+}
+
 impl LogCapture {
-    /// Captures everything this thread logs at TRACE level until the guard drops.
-    pub fn trace() -> (LogCapture, tracing::subscriber::DefaultGuard) {
+    /// Captures what this thread logs at `level` or more severe until the guard drops.
+    pub fn start(level: tracing::Level) -> (LogCapture, Capturing) {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::Layer;
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let this_thread = tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
+                CAPTURE.with(|c| c.borrow().as_ref().is_some_and(|(_, l)| meta.level() <= l))
+            });
+            let layer = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(ThisThread)
+                .with_filter(this_thread);
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+                .expect("only LogCapture sets the subscriber of a test binary");
+        });
+        // A callsite first reached while the subscriber was being installed may have
+        // cached "disabled"; asking again puts that right.
+        tracing::callsite::rebuild_interest_cache();
         let captured = LogCapture::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        (captured, tracing::subscriber::set_default(subscriber))
+        let previous = CAPTURE.with(|c| c.borrow_mut().replace((captured.clone(), level)));
+        let guard = Capturing {
+            previous,
+            _not_send: std::marker::PhantomData,
+        };
+        (captured, guard)
+    }
+
+    /// Captures everything this thread logs until the guard drops.
+    pub fn trace() -> (LogCapture, Capturing) {
+        LogCapture::start(tracing::Level::TRACE)
     }
 
     /// Everything captured so far.
