@@ -469,3 +469,88 @@ async fn a_401_with_another_scheme_is_not_a_token_problem() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(token.stats().refreshes, 1, "the token was kept");
 }
+
+/// Which answers an authorizer hears of, and as what: a refusal is reported by
+/// `on_unauthorized`; an answer that says nothing against the credential (a step-up
+/// challenge and a `401` for another scheme included) by `on_accepted`; a `5xx` by
+/// neither.
+#[tokio::test]
+async fn each_answer_is_reported_as_the_authorizer_docs_say() {
+    use tower_bearer::client::{Authorizer, Credential, CredentialFuture};
+
+    #[derive(Clone, Default)]
+    struct Heard(Arc<Mutex<Vec<&'static str>>>);
+    impl Authorizer for Heard {
+        fn credential(&self) -> CredentialFuture {
+            let value = http::HeaderValue::from_static("Bearer t");
+            CredentialFuture::ready(Ok(Some(Credential::authorization(value))))
+        }
+        fn on_unauthorized(&self, sent: &http::HeaderValue) {
+            assert_eq!(sent, "Bearer t");
+            self.0.lock().unwrap().push("refused");
+        }
+        fn on_accepted(&self, sent: &http::HeaderValue) {
+            assert_eq!(sent, "Bearer t");
+            self.0.lock().unwrap().push("accepted");
+        }
+    }
+
+    // (status, header, value, what the authorizer hears)
+    const ANSWERS: [(u16, &str, &str, &str); 9] = [
+        (200, "", "", "accepted"),
+        (
+            403,
+            "www-authenticate",
+            r#"Bearer error="insufficient_scope""#,
+            "accepted",
+        ),
+        (
+            401,
+            "www-authenticate",
+            r#"Bearer error="insufficient_user_authentication""#,
+            "accepted",
+        ),
+        (401, "www-authenticate", r#"Basic realm="x""#, "accepted"),
+        (500, "", "", "nothing"),
+        (
+            401,
+            "www-authenticate",
+            r#"Bearer error="invalid_token""#,
+            "refused",
+        ),
+        (401, "", "", "refused"),
+        (
+            401,
+            "www-authenticate",
+            r#"DPoP error="invalid_token""#,
+            "refused",
+        ),
+        (200, "grpc-status", "16", "refused"),
+    ];
+    let (_, svc) = recorder(|n| {
+        let (status, name, value, _) = ANSWERS[n - 1];
+        let mut res = Response::new(Full::default());
+        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+        if !name.is_empty() {
+            res.headers_mut()
+                .insert(name, http::HeaderValue::from_static(value));
+        }
+        res
+    });
+    let heard = Heard::default();
+    assert!(heard.fixed_credential().is_none() && heard.observes_answers());
+    let client = AuthorizeLayer::new(heard.clone()).layer(svc);
+    for (status, _, _, expected) in ANSWERS {
+        let before = heard.0.lock().unwrap().len();
+        let res = client
+            .clone()
+            .oneshot(get("http://api.test/"))
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status);
+        let heard = heard.0.lock().unwrap();
+        let what = heard.get(before).copied().unwrap_or("nothing");
+        assert_eq!(what, expected, "answer {status} with {:?}", heard.last());
+        assert!(heard.len() <= before + 1, "one report per answer");
+    }
+}

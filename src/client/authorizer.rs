@@ -257,9 +257,13 @@ pub trait Authorizer: Send + Sync + 'static {
         let _ = sent;
     }
 
-    /// The server answered a request that carried `sent` without rejecting it (any
-    /// status but `401` and `5xx`). [`Refreshing`](super::Refreshing) uses it to tell
-    /// an API that refuses every token from one that revoked a single token.
+    /// The server answered a request that carried `sent` and said nothing against it:
+    /// any answer but a `5xx`, a refusal (a `401` with a `Bearer` challenge, a `DPoP`
+    /// one naming `invalid_token`, or none; gRPC `UNAUTHENTICATED`) and a `DPoP` demand
+    /// for a nonce. A step-up challenge counts as accepted (the token is good, the
+    /// login behind it is not enough), and so does a `401` asking for another scheme.
+    /// [`Refreshing`](super::Refreshing) uses it to tell an API that refuses every
+    /// token from one that revoked a single token.
     fn on_accepted(&self, sent: &HeaderValue) {
         let _ = sent;
     }
