@@ -112,3 +112,55 @@ async fn static_authorizers_work_too() {
         .build();
     assert_eq!(client.get(s.api_url()).send().await.unwrap().status(), 200);
 }
+
+/// An authorizer with a fixed credential: the middleware puts it on each request as
+/// is, asks for nothing, reports nothing and replays nothing, as `AuthorizeLayer`
+/// does; a step-up challenge still reaches the caller.
+#[tokio::test]
+async fn a_fixed_credential_is_sent_as_is_and_its_answers_are_only_judged() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use tower_bearer::client::{Authorizer, Credential, CredentialFuture, StepUpChallenge};
+
+    struct Fixed {
+        credential: Credential,
+        asked: Arc<AtomicUsize>,
+        reported: Arc<AtomicUsize>,
+    }
+    impl Authorizer for Fixed {
+        fn credential(&self) -> CredentialFuture {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            CredentialFuture::ready(Ok(Some(self.credential.clone())))
+        }
+        fn fixed_credential(&self) -> Option<&Credential> {
+            Some(&self.credential)
+        }
+        fn on_unauthorized(&self, _: &http::HeaderValue) {
+            self.reported.fetch_add(1, Ordering::SeqCst);
+        }
+        fn on_accepted(&self, _: &http::HeaderValue) {
+            self.reported.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let s = common::start().await;
+    let token = s.idp.issue_access(60);
+    let value = http::HeaderValue::try_from(format!("Bearer {token}")).unwrap();
+    let (asked, reported) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(AuthorizeMiddleware::new(Fixed {
+            credential: Credential::authorization(value),
+            asked: asked.clone(),
+            reported: reported.clone(),
+        }))
+        .build();
+    let send = |body: &'static str| client.post(s.api_url()).body(body).send();
+    assert_eq!(send("payload").await.unwrap().status(), 200);
+    s.idp.revoke_all_access();
+    let refused = send("payload").await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.extensions().get::<StepUpChallenge>().is_none());
+    assert_eq!(s.idp.api(), 2, "the refused request was not replayed");
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing was asked for");
+    assert_eq!(reported.load(Ordering::SeqCst), 0, "nothing was reported");
+}

@@ -234,9 +234,9 @@ pub trait Authorizer: Send + Sync + 'static {
     }
 
     /// The credential every request gets, when it never changes (a static token, Basic,
-    /// an API key): [`AuthorizeLayer`](super::AuthorizeLayer) (tonic included) then
-    /// puts it on the request directly, with no [`CredentialFuture`] and nothing kept
-    /// for the answer. Default `None`.
+    /// an API key): [`AuthorizeLayer`](super::AuthorizeLayer) (tonic included) and
+    /// `AuthorizeMiddleware` (reqwest) then put it on the request directly, with no
+    /// [`CredentialFuture`] and nothing kept for the answer. Default `None`.
     ///
     /// `Some` takes precedence: [`credential_for`](Self::credential_for) is not called
     /// (the credential cannot depend on the request's target), no answer is reported
