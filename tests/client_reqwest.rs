@@ -154,13 +154,34 @@ async fn a_fixed_credential_is_sent_as_is_and_its_answers_are_only_judged() {
             reported: reported.clone(),
         }))
         .build();
-    let send = |body: &'static str| client.post(s.api_url()).body(body).send();
-    assert_eq!(send("payload").await.unwrap().status(), 200);
+    // A body that can be cloned: the request could be replayed, and must not be.
+    let send = |url: String| client.post(url).body("payload").send();
+    assert_eq!(send(s.api_url()).await.unwrap().status(), 200);
     s.idp.revoke_all_access();
-    let refused = send("payload").await.unwrap();
+    let refused = send(s.api_url()).await.unwrap();
     assert_eq!(refused.status(), 401);
     assert!(refused.extensions().get::<StepUpChallenge>().is_none());
     assert_eq!(s.idp.api(), 2, "the refused request was not replayed");
+
+    // An API that wants a stronger login: its challenge reaches the caller.
+    let mfa = common::serve(axum::Router::new().route(
+        "/",
+        axum::routing::post(|| async {
+            let challenge = r#"Bearer error="insufficient_user_authentication", acr_values="mfa""#;
+            (
+                http::StatusCode::UNAUTHORIZED,
+                [("www-authenticate", challenge)],
+            )
+        }),
+    ))
+    .await;
+    let step_up = send(format!("http://{mfa}/")).await.unwrap();
+    assert_eq!(step_up.status(), 401);
+    let challenge = step_up.extensions().get::<StepUpChallenge>().cloned();
+    assert_eq!(
+        challenge.map(|c| c.acr_values),
+        Some(vec!["mfa".to_owned()])
+    );
     assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing was asked for");
     assert_eq!(reported.load(Ordering::SeqCst), 0, "nothing was reported");
 }
