@@ -817,8 +817,8 @@ mod fleet {
             .await
             .is_ok());
 
-        // Redis forgets the proof once it is stale anyway: at most the leeway past
-        // its iat (and a second), never longer.
+        // Redis forgets the proof once every replica would refuse it as stale: the
+        // leeway and the tolerated clock skew (10 s) past its iat, and a second.
         let mut conn = redis::Client::open(url.as_str())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -836,9 +836,70 @@ mod fleet {
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            assert!(ttl > 0 && ttl <= 61_000, "{key}: {ttl} ms");
+            assert!(ttl > 60_000 && ttl <= 71_000, "{key}: {ttl} ms");
             assert!(!key.contains("jti-"), "the jti is hashed: {key}");
         }
+    }
+
+    /// Two replicas whose clocks differ by 3 s share a Redis: the record the one
+    /// ahead makes of a 59 s-old proof lives until the one behind refuses the proof
+    /// as stale (the acceptance window, the leeway and the tolerated skew), not by
+    /// the recording replica's clock alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redis_record_outlives_the_window_of_a_replica_whose_clock_is_behind() {
+        let Some(url) = redis_url().await else { return };
+        let prefix = format!(
+            "tower-bearer-test:dpop-skew:{}:{}:",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let config = tower_bearer::redis::RedisConfig::new(&url);
+        let replica = |now: u64, cache: RedisReplayCache| {
+            verifier()
+                .clock(move || UNIX_EPOCH + Duration::from_secs(now))
+                .replay_cache(cache)
+        };
+        let ahead = replica(
+            NOW,
+            RedisReplayCache::with_connection(config.connect().await.unwrap(), &prefix),
+        );
+        let behind = replica(
+            NOW - 3,
+            RedisReplayCache::with_connection(config.connect().await.unwrap(), &prefix),
+        );
+        let jkt = Key::Es256.jkt();
+        let p = proof(Key::Es256, |_, c| c["iat"] = json!(NOW - 59));
+        assert!(verify_with(&ahead, &get_items(&p), TOKEN, Some(&jkt))
+            .await
+            .is_ok());
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&keys[0])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // The replica behind accepts the proof until its clock reads iat + 60, four
+        // seconds from now: the record must be there at least that long.
+        let behind_accepts_for_ms = ((NOW - 59 + 60) - (NOW - 3)) * 1000;
+        assert!(
+            ttl >= behind_accepts_for_ms as i64,
+            "the record lives {ttl} ms, the replica behind accepts the proof for {behind_accepts_for_ms} ms"
+        );
+        let replayed = verify_with(&behind, &get_items(&p), TOKEN, Some(&jkt)).await;
+        assert_eq!(replayed.unwrap_err(), DpopError::Replayed);
     }
 
     /// Two replicas behind one origin, each with its layer: a proof the first
@@ -1194,6 +1255,152 @@ mod layer {
         assert_eq!(
             answer.challenges,
             vec![r#"DPoP realm="api", algs="ES256", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin""#.to_owned()]
+        );
+    }
+
+    /// A validator that takes `delay` (an introspection, a first-sight key fetch)
+    /// before answering as the HMAC validator does.
+    struct Slow(JwtValidator<Claims>, Duration);
+
+    impl tower_bearer::server::Validator for Slow {
+        type Claims = Claims;
+        fn validate(&self, token: &str) -> tower_bearer::server::ValidationFuture<Claims> {
+            let answer = self.0.validate(token);
+            let delay = self.1;
+            tower_bearer::server::ValidationFuture::pending(async move {
+                tokio::time::sleep(delay).await;
+                answer.await
+            })
+        }
+    }
+
+    /// The app behind the layer, called in process (tokio's paused clock drives
+    /// the verifier's), with a validator that takes `delay`.
+    fn app_at(verifier: DpopVerifier, delay: Duration) -> Router {
+        Router::new().route("/items", get(whoami)).layer(
+            RequireBearerLayer::new(Slow(JwtValidator::<Claims>::hmac(SECRET), delay))
+                .dpop(verifier),
+        )
+    }
+
+    /// The verifier's clock: the wall clock when the test began, advanced by
+    /// tokio's (paused) clock.
+    fn tokio_clock() -> (u64, impl Fn() -> SystemTime + Clone + Send + Sync + 'static) {
+        let start = tokio::time::Instant::now();
+        let base = UNIX_EPOCH + Duration::from_secs(unix_now());
+        let secs = base.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        (secs, move || base + start.elapsed())
+    }
+
+    fn in_process(token: &str, proof: &str) -> http::Request<axum::body::Body> {
+        http::Request::get("/items")
+            .header("host", "api.test")
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    fn in_process_proof(token: &str, iat: u64, nonce: Option<&str>) -> String {
+        let (header, mut claims) = good(Key::Es256);
+        claims["iat"] = json!(iat);
+        claims["ath"] = json!(b64(Sha256::digest(token)));
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
+        }
+        sign(&header, &claims, Key::Es256)
+    }
+
+    /// RFC 9449 §11.1: one proof, sent twice at once while the token takes 3 s to
+    /// validate, 59 s after its `iat`: exactly one request passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_proof_sent_twice_during_a_slow_validation_passes_once() {
+        use tower::ServiceExt as _;
+        let (now, clock) = tokio_clock();
+        let app = app_at(DpopVerifier::new().clock(clock), Duration::from_secs(3));
+        let token = access_token("heidi", Some(Key::Es256), 600);
+        let proof = in_process_proof(&token, now - 59, None);
+        let (a, b) = tokio::join!(
+            app.clone().oneshot(in_process(&token, &proof)),
+            app.clone().oneshot(in_process(&token, &proof)),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 401], "one proof, one use");
+        let refused = if a.status() == 401 { &a } else { &b };
+        assert_eq!(
+            refused.headers()["www-authenticate"],
+            r#"DPoP realm="api", algs="ES256", error="invalid_dpop_proof", error_description="the DPoP proof was already used""#
+        );
+    }
+
+    /// The proof is recorded when checked, before its token is validated: a proof
+    /// whose token is refused is spent, and comes back as a replay.
+    #[tokio::test(start_paused = true)]
+    async fn a_proof_whose_token_is_refused_is_spent() {
+        use tower::ServiceExt as _;
+        let (now, clock) = tokio_clock();
+        let app = app_at(DpopVerifier::new().clock(clock), Duration::from_secs(1));
+        let expired = access_token("judy", Some(Key::Es256), -600);
+        let proof = in_process_proof(&expired, now, None);
+        let first = app
+            .clone()
+            .oneshot(in_process(&expired, &proof))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.headers()["www-authenticate"],
+            r#"DPoP realm="api", algs="ES256", error="invalid_token", error_description="the token has expired""#
+        );
+        let again = app.oneshot(in_process(&expired, &proof)).await.unwrap();
+        assert_eq!(
+            again.headers()["www-authenticate"],
+            r#"DPoP realm="api", algs="ES256", error="invalid_dpop_proof", error_description="the DPoP proof was already used""#
+        );
+    }
+
+    /// RFC 9449 §8.2: an answer to a proof whose nonce is no longer the current
+    /// one carries the current nonce, so a client that uses the latest nonce it
+    /// was given never meets a `use_dpop_nonce` refusal, rotation after rotation.
+    #[tokio::test(start_paused = true)]
+    async fn successful_answers_carry_the_next_nonce_ahead_of_the_rotation() {
+        use tower::ServiceExt as _;
+        let (_, clock) = tokio_clock();
+        let verifier = DpopVerifier::new()
+            .clock(clock.clone())
+            .nonces(
+                b"a-nonce-secret-of-at-least-32-bytes",
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let mut nonce = verifier.current_nonce().unwrap();
+        let app = app_at(verifier.clone(), Duration::ZERO);
+        let token = access_token("ivan", Some(Key::Es256), 600);
+        let mut given = 0;
+        // Every 7 s for a minute: six rotations of a 10 s nonce.
+        for _ in 0..9 {
+            tokio::time::advance(Duration::from_secs(7)).await;
+            let iat = clock().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let res = app
+                .clone()
+                .oneshot(in_process(
+                    &token,
+                    &in_process_proof(&token, iat, Some(&nonce)),
+                ))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{:?}", res.headers());
+            if let Some(next) = res.headers().get("dpop-nonce") {
+                let next = next.to_str().unwrap().to_owned();
+                assert_ne!(next, nonce);
+                nonce = next;
+                given += 1;
+            }
+        }
+        assert!(
+            given >= 5,
+            "the nonce was renewed {given} times in six rotations"
         );
     }
 

@@ -9,7 +9,10 @@
 //!
 //! [`DpopVerifier::verify`] makes every check of RFC 9449 §4.3 and §7.1, in an order
 //! where the cheap ones come first and a proof is recorded as used (the `jti` replay
-//! cache) only once everything else holds:
+//! cache) once everything else holds. The record is judged by the time the proof
+//! was checked and kept until no verifier sharing the cache could accept the proof
+//! (its `iat`, the leeway and the tolerated [clock skew](DpopVerifier::clock_skew)),
+//! so that checking and recording are one step, whatever happens in between:
 //!
 //! ```
 //! # async fn run() {
@@ -66,6 +69,15 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 /// The largest `iat` leeway accepted: a longer one keeps proofs replayable (and
 /// their `jti` in the cache) for longer than any clock skew needs.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// How far apart the clocks of the verifiers sharing a replay cache may be, by
+/// default (with the time a record takes to reach the cache): see
+/// [`DpopVerifier::clock_skew`].
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(10);
+
+/// How long a server nonce's time window lasts by default: see
+/// [`DpopVerifier::nonces`].
+pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(300);
 
 /// How many proofs the in-memory replay cache remembers by default.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
@@ -230,9 +242,15 @@ pub use super::confirmation::Confirmation;
 /// [`MemoryReplayCache`] for one server; `RedisReplayCache` (feature `redis`) for a
 /// fleet, where a proof used on one replica is refused by all others.
 pub trait ReplayCache: Send + Sync + 'static {
-    /// Records `key` until `until` (seconds since the Unix epoch; the proof is refused
-    /// as stale after it anyway) and answers `true` if it was not recorded before, or
-    /// `false` for a replay. `now` is the verifier's clock.
+    /// Records `key` until `until` and answers `true` if it was not recorded before
+    /// (or only with an earlier `until` that has passed by `now`), or `false` for a
+    /// replay, in one atomic step.
+    ///
+    /// Both are seconds since the Unix epoch. `now` is the time the verifier checked
+    /// the proof (not read again when recording); `until` is the last second in
+    /// which any verifier sharing the cache could still accept the proof: its `iat`
+    /// plus the leeway plus the tolerated clock skew. A cache that forgets by a
+    /// time-to-live keeps the key for at least `until - now + 1` seconds.
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture;
 }
 
@@ -299,8 +317,10 @@ impl fmt::Debug for ReplayFuture {
 /// The replay cache of one server: bounded (quick_cache, S3-FIFO), each entry kept
 /// until its proof would be refused as stale anyway.
 ///
-/// Size it for the proofs one server accepts within twice the leeway (default
-/// [`DEFAULT_REPLAY_CAPACITY`]): when it is full, the oldest entries make room, and a
+/// Size it for the proofs one server checks within twice the leeway (default
+/// [`DEFAULT_REPLAY_CAPACITY`]); a proof is recorded as soon as it is checked,
+/// before its token is validated, so this counts proofs with good signatures
+/// whatever their tokens. When it is full, the oldest entries make room, and a
 /// proof whose entry was pushed out could be replayed until its `iat` leaves the
 /// window. Behind a load balancer use `RedisReplayCache` (feature `redis`), which
 /// every replica shares and which has no such bound.
@@ -388,6 +408,7 @@ pub struct DpopVerifier {
     algorithms: Arc<[Algorithm]>,
     algs: Arc<str>,
     leeway: u64,
+    skew: u64,
     origin: Option<Origin>,
     replay: Arc<dyn ReplayCache>,
     clock: Clock,
@@ -426,19 +447,21 @@ impl Nonces {
     }
 
     /// Whether `nonce` is ours and of this window, the previous one, or the next
-    /// one (a replica whose clock is a little ahead).
-    fn accepts(&self, nonce: &str, now: u64) -> bool {
+    /// one (a replica whose clock is a little ahead); `Some(true)` when it is of an
+    /// earlier window than now's, so that the answer should carry the current one.
+    fn accepts(&self, nonce: &str, now: u64) -> Option<bool> {
         // Room for the decoder's estimate; anything but 24 bytes is not ours.
         let mut raw = [0u8; 36];
         if nonce.len() != 32 || URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw) != Ok(24) {
-            return false;
+            return None;
         }
         let mut window = [0u8; 8];
         window.copy_from_slice(&raw[..8]);
         let window = u64::from_be_bytes(window);
         let current = self.window(now);
-        (current.saturating_sub(1)..=current.saturating_add(1)).contains(&window)
-            && bool::from(raw[8..24].ct_eq(&self.mac(window)[..16]))
+        let good = (current.saturating_sub(1)..=current.saturating_add(1)).contains(&window)
+            && bool::from(raw[8..24].ct_eq(&self.mac(window)[..16]));
+        good.then_some(window < current)
     }
 }
 
@@ -447,6 +470,7 @@ impl fmt::Debug for DpopVerifier {
         f.debug_struct("DpopVerifier")
             .field("algs", &self.algs)
             .field("leeway", &self.leeway)
+            .field("clock_skew", &self.skew)
             .field("origin", &self.origin)
             .field("max_len", &self.max_len)
             .field("nonces", &self.nonces.as_ref().map(|n| n.lifetime))
@@ -466,7 +490,13 @@ impl Default for DpopVerifier {
 pub struct CheckedProof {
     jkt: String,
     replay_key: String,
+    /// When the proof was checked: the replay record is judged by this time, never
+    /// by a second reading of the clock.
+    checked_at: u64,
+    /// The last second any verifier sharing the replay cache could accept the
+    /// proof: `iat` + leeway + tolerated skew.
     until: u64,
+    next_nonce: Option<String>,
 }
 
 impl CheckedProof {
@@ -474,6 +504,17 @@ impl CheckedProof {
     /// token's `cnf.jkt` must be.
     pub fn jkt(&self) -> &str {
         &self.jkt
+    }
+
+    /// The nonce to send in a `DPoP-Nonce` header with the answer (RFC 9449 §8.2),
+    /// when the proof carried an older one than the current: the client then
+    /// moves to the new nonce while its old one is still good, and a rotation
+    /// costs it no `use_dpop_nonce` round trip. [`RequireBearerLayer`] sends it
+    /// on successful answers.
+    ///
+    /// [`RequireBearerLayer`]: super::RequireBearerLayer
+    pub fn next_nonce(&self) -> Option<&str> {
+        self.next_nonce.as_deref()
     }
 }
 
@@ -485,6 +526,7 @@ impl DpopVerifier {
             algorithms: Arc::from([Algorithm::ES256]),
             algs: Arc::from("ES256"),
             leeway: DEFAULT_LEEWAY.as_secs(),
+            skew: DEFAULT_CLOCK_SKEW.as_secs(),
             origin: None,
             replay: Arc::new(MemoryReplayCache::default()),
             clock: Arc::new(system_clock),
@@ -524,10 +566,26 @@ impl DpopVerifier {
     }
 
     /// How far a proof's `iat` may be from now, either way (default 60 s, at most
-    /// [`MAX_LEEWAY`]).
+    /// [`MAX_LEEWAY`]). Verifiers sharing a replay cache use the same leeway.
     #[must_use]
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway.min(MAX_LEEWAY).as_secs();
+        self
+    }
+
+    /// How far apart the clocks of the verifiers sharing a replay cache may be,
+    /// plus the time a record takes to reach the cache (default
+    /// [`DEFAULT_CLOCK_SKEW`], 10 s; at most [`MAX_LEEWAY`]).
+    ///
+    /// A proof's `jti` is recorded until `iat` + leeway + this skew (a Redis key
+    /// lives that long from the moment the proof is checked): a replica whose clock
+    /// is behind the recording one by up to this much still finds the record while
+    /// it would accept the proof. It does not widen the window in which proofs are
+    /// accepted; it only keeps records longer. Verifiers sharing a cache use the
+    /// same skew.
+    #[must_use]
+    pub fn clock_skew(mut self, skew: Duration) -> Self {
+        self.skew = skew.min(MAX_LEEWAY).as_secs();
         self
     }
 
@@ -563,15 +621,27 @@ impl DpopVerifier {
         self
     }
 
-    /// Requires server nonces (RFC 9449 §8): a proof must carry in `nonce` one this
-    /// server (or a replica with the same `secret`) gave out within the last one or
-    /// two `lifetime`s; otherwise it is refused with [`DpopError::UseNonce`] and a
-    /// fresh nonce (`401 use_dpop_nonce` and a `DPoP-Nonce` header), which the
+    /// Requires server nonces (RFC 9449 §8) made with `secret`, in time windows of
+    /// `lifetime`; for one server, [`require_nonces`](Self::require_nonces) picks a
+    /// random secret and [`DEFAULT_NONCE_LIFETIME`].
+    ///
+    /// A proof must carry in `nonce` one this server (or a replica with the same
+    /// `secret`) gave out; otherwise it is refused with [`DpopError::UseNonce`] and
+    /// the current nonce (`401 use_dpop_nonce` and a `DPoP-Nonce` header), which the
     /// client retries with. Nonces are stateless (a time window and its HMAC), so a
-    /// fleet needs no shared store for them. With nonces a proof's age no longer
-    /// rests on the client's clock alone. Successful answers carry no `DPoP-Nonce`:
-    /// a nonce stays good for two to three lifetimes, and a client learns the next
-    /// one from the `use_dpop_nonce` answer it then gets.
+    /// fleet needs no shared store for them, only the shared secret. With nonces a
+    /// proof's age no longer rests on the client's clock alone.
+    ///
+    /// **How long a nonce stays good, exactly:** time is cut into windows of
+    /// `lifetime` (aligned on the Unix epoch); the nonce given out in a window is
+    /// accepted until the end of the window after it. A nonce received at time `t`
+    /// is thus good for more than one `lifetime` and at most two after `t` (by the
+    /// server's clock); it is also accepted one window early, for a replica whose
+    /// clock is ahead. When a proof carries the previous window's nonce, the
+    /// successful answer carries the current one in `DPoP-Nonce`
+    /// ([`CheckedProof::next_nonce`]): a client that sends a request at least once
+    /// per `lifetime` and uses the latest nonce it was given is never refused for
+    /// its nonce.
     ///
     /// # Errors
     /// [`Error::Configuration`] for a secret shorter than 32 bytes or a lifetime
@@ -595,6 +665,22 @@ impl DpopVerifier {
             lifetime: lifetime.as_secs(),
         }));
         Ok(self)
+    }
+
+    /// Requires server nonces (see [`nonces`](Self::nonces)) with a random secret
+    /// drawn now from the operating system and windows of
+    /// [`DEFAULT_NONCE_LIFETIME`] (5 minutes). The secret lives in this verifier
+    /// (and its clones) only: replicas behind one load balancer each refuse the
+    /// others' nonces, so a fleet passes one shared secret to
+    /// [`nonces`](Self::nonces) instead.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the operating system has no randomness to give.
+    pub fn require_nonces(self) -> Result<Self, Error> {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut secret[..])
+            .map_err(|e| Error::Configuration(format!("no randomness for DPoP nonces: {e}")))?;
+        self.nonces(&secret[..], DEFAULT_NONCE_LIFETIME)
     }
 
     /// The nonce to give clients now (`DPoP-Nonce`), when nonces are required.
@@ -727,13 +813,12 @@ impl DpopVerifier {
         if !bool::from(ath.as_bytes().ct_eq(expected_ath.as_bytes())) {
             return Err(DpopError::AccessTokenHash);
         }
+        let mut next_nonce = None;
         if let Some(nonces) = &self.nonces {
-            if !claims
-                .nonce
-                .as_deref()
-                .is_some_and(|n| nonces.accepts(n, now))
-            {
-                return Err(DpopError::UseNonce(nonces.current(now)));
+            match claims.nonce.as_deref().and_then(|n| nonces.accepts(n, now)) {
+                None => return Err(DpopError::UseNonce(nonces.current(now))),
+                Some(true) => next_nonce = Some(nonces.current(now)),
+                Some(false) => {}
             }
         }
         let jkt = thumbprint(&jwk).ok_or(DpopError::InvalidKey)?;
@@ -743,7 +828,9 @@ impl DpopVerifier {
         Ok(CheckedProof {
             jkt,
             replay_key,
-            until: iat.saturating_add(self.leeway),
+            checked_at: now,
+            until: iat.saturating_add(self.leeway).saturating_add(self.skew),
+            next_nonce,
         })
     }
 
@@ -762,7 +849,16 @@ impl DpopVerifier {
         }
     }
 
-    /// Records the proof's `jti` as used, until the proof is stale.
+    /// Records the proof's `jti` as used, until no verifier sharing the replay
+    /// cache could accept it any more (its `iat` + leeway +
+    /// [`clock_skew`](Self::clock_skew)), judged at the time the proof was
+    /// checked: however long passes between [`check`](Self::check) and this call
+    /// (a slow token validation), a second use of the proof is found.
+    ///
+    /// Call it as soon as the proof is checked, before anything that awaits:
+    /// [`RequireBearerLayer`](super::RequireBearerLayer) records it before the
+    /// token is validated, so a proof whose token is then refused is spent (its
+    /// client makes a new proof for each request anyway).
     ///
     /// # Errors
     /// [`DpopError::Replayed`] if it was used before,
@@ -770,7 +866,7 @@ impl DpopVerifier {
     pub fn record(&self, proof: &CheckedProof) -> RecordFuture {
         RecordFuture(
             self.replay
-                .first_use(&proof.replay_key, (self.clock)(), proof.until),
+                .first_use(&proof.replay_key, proof.checked_at, proof.until),
         )
     }
 
