@@ -722,6 +722,71 @@ async fn nonces_are_asked_for_given_and_accepted_for_their_window() {
     assert!(verifier().nonces(secret, Duration::ZERO).is_err());
 }
 
+/// The documented bound, measured: a nonce received at `t` is good for more than
+/// one lifetime and at most two, wherever `t` falls in its window.
+#[tokio::test]
+async fn a_nonce_is_good_for_more_than_one_lifetime_and_at_most_two() {
+    use std::sync::Arc;
+    const LIFE: u64 = 30;
+    assert_eq!(NOW % LIFE, 0, "NOW starts a window");
+    let now = Arc::new(AtomicU64::new(NOW));
+    let clock = Arc::clone(&now);
+    let v = verifier()
+        .clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::Relaxed)))
+        .nonces(
+            b"a-nonce-secret-of-at-least-32-bytes",
+            Duration::from_secs(LIFE),
+        )
+        .unwrap();
+    let jkt = Key::Es256.jkt();
+    let accepted_at = |at: u64, nonce: &str| {
+        now.store(at, Ordering::Relaxed);
+        let p = proof(Key::Es256, |_, c| {
+            c["iat"] = json!(at);
+            c["nonce"] = json!(nonce);
+        });
+        let v = v.clone();
+        let jkt = jkt.clone();
+        async move {
+            match verify_with(&v, &get_items(&p), TOKEN, Some(&jkt)).await {
+                Ok(_) => true,
+                Err(DpopError::UseNonce(_)) => false,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    };
+    for into_window in [0, 1, LIFE / 2, LIFE - 1] {
+        let given_at = NOW + into_window;
+        now.store(given_at, Ordering::Relaxed);
+        let nonce = v.current_nonce().unwrap();
+        // The last second it is accepted in, and the first it is not.
+        let last = NOW + 2 * LIFE - 1;
+        assert!(accepted_at(given_at, &nonce).await);
+        assert!(accepted_at(last, &nonce).await, "given at +{into_window}");
+        assert!(
+            !accepted_at(last + 1, &nonce).await,
+            "given at +{into_window}"
+        );
+        let good_for = last + 1 - given_at;
+        assert!(
+            good_for > LIFE && good_for <= 2 * LIFE,
+            "given at +{into_window}: good for {good_for} s"
+        );
+    }
+    // Without a secret of one's own: a random one, nonces on.
+    let own = verifier().require_nonces().unwrap();
+    let other = verifier().require_nonces().unwrap();
+    let nonce = own.current_nonce().unwrap();
+    assert_ne!(
+        Some(nonce),
+        other.current_nonce(),
+        "each process draws its secret"
+    );
+    let p = proof(Key::Es256, |_, _| {});
+    let got = verify_with(&own, &get_items(&p), TOKEN, Some(&jkt)).await;
+    assert!(matches!(got, Err(DpopError::UseNonce(_))), "{got:?}");
+}
+
 #[test]
 fn refusals_answer_as_rfc_9449_section_7_says() {
     let res: http::Response<()> = DpopError::Stale.http_response("ES256 EdDSA");
