@@ -505,6 +505,79 @@ async fn behind_a_proxy_the_external_origin_is_what_proofs_name() {
     }
 }
 
+/// Without an external origin, the request says where it was sent: `Host` and the
+/// default scheme, or a trusted proxy's `Forwarded` / `X-Forwarded-*`.
+#[tokio::test]
+async fn the_origin_comes_from_the_request_and_from_a_trusted_proxy_only() {
+    let jkt = Key::Es256.jkt();
+    let naming = |htu: &str| {
+        let htu = htu.to_owned();
+        proof(Key::Es256, move |_, c| c["htu"] = json!(htu))
+    };
+    let with = |p: &str, extra: &[(&str, &str)]| {
+        let mut req = get_items(p);
+        for (name, value) in extra {
+            req.headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        req
+    };
+    // A plain-http server: refused as https by default, accepted once said.
+    let plain = naming("http://api.test/items");
+    let got = verify_with(&verifier(), &get_items(&plain), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
+    let http = verifier().default_scheme("HTTP").unwrap();
+    let got = verify_with(&http, &get_items(&plain), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    assert!(verifier().default_scheme("ftp").is_err());
+
+    // Behind a proxy: `Forwarded` names the origin, only when trusted, and only
+    // its last element (the proxy's; a client may have sent the first).
+    let outside = naming("http://api.example.com:8080/items");
+    let forwarded = [(
+        "forwarded",
+        "host=evil.example;proto=https, for=192.0.2.1;proto=http;host=\"api.example.com:8080\"",
+    )];
+    let got = verify_with(&verifier(), &with(&outside, &forwarded), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch, "untrusted");
+    let proxied = verifier().trust_forwarded();
+    let got = verify_with(&proxied, &with(&outside, &forwarded), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    let evil = naming("https://evil.example/items");
+    let got = verify_with(&proxied, &with(&evil, &forwarded), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the client's element"
+    );
+    // X-Forwarded-*: the last values.
+    let x = [
+        ("x-forwarded-proto", "https, http"),
+        ("x-forwarded-host", "evil.example, api.example.com:8080"),
+    ];
+    let p = naming("http://api.example.com:8080/items");
+    let got = verify_with(&proxied, &with(&p, &x), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    // What the proxy leaves out comes from the request: `Host`, the scheme.
+    let p = naming("https://api.test/items");
+    let got = verify_with(&proxied, &with(&p, &[]), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    // An unreadable element is refused, never guessed at.
+    let p = naming("https://api.test/items");
+    let bad = [("forwarded", "host")];
+    let got = verify_with(&proxied, &with(&p, &bad), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
+    // An external origin wins over all of it.
+    let fixed = verifier()
+        .trust_forwarded()
+        .external_origin("https://api.example.com")
+        .unwrap();
+    let got = verify_with(&fixed, &with(&outside, &forwarded), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
+}
+
 #[tokio::test]
 async fn a_replayed_proof_is_refused_and_the_binding_is_checked_first() {
     let v = verifier();
@@ -1321,6 +1394,18 @@ mod layer {
             answer.challenges,
             vec![r#"DPoP realm="api", algs="ES256", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin""#.to_owned()]
         );
+    }
+
+    /// A plain-http server whose verifier was made before its port was known:
+    /// the origin comes from the request's `Host`.
+    #[tokio::test]
+    async fn a_plain_http_server_needs_no_origin_made_after_binding() {
+        let verifier = DpopVerifier::new().default_scheme("http").unwrap();
+        let addr = server_with(move |_| Some(verifier)).await;
+        let token = access_token("kim", Some(Key::Es256), 600);
+        let proof = proof_for(addr, "GET", &token, Key::Es256);
+        let ok = send(addr, Some(format!("DPoP {token}")), Some(&proof)).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "kim"));
     }
 
     /// A validator that takes `delay` (an introspection, a first-sight key fetch)

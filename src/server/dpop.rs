@@ -399,10 +399,22 @@ struct Origin(String);
 /// Secure by default: `ES256` only (add `ES384`, `EdDSA`, `RS256`, `PS256`… with
 /// [`algorithms`](Self::algorithms); `none` and HMAC are never accepted), an `iat`
 /// window of ±60 s, every `jti` remembered in a bounded in-memory
-/// [`MemoryReplayCache`] until its proof is stale. The URI a proof must name is the
-/// request's path on the origin the request names (its absolute URI, or `https://`
-/// and its `Host`), or on the [`external_origin`](Self::external_origin) when one is
-/// set (a server behind a proxy).
+/// [`MemoryReplayCache`] until its proof is stale.
+///
+/// The URI a proof must name (`htu`) is the request's path on the origin clients
+/// reach the server at, taken from, in this order:
+/// 1. the [`external_origin`](Self::external_origin), when one is set;
+/// 2. the `Forwarded` header (or `X-Forwarded-Proto` and `X-Forwarded-Host`), only
+///    with [`trust_forwarded`](Self::trust_forwarded);
+/// 3. the request itself: its absolute URI (HTTP/2), or its `Host` header with the
+///    [`default_scheme`](Self::default_scheme) (`https` unless set).
+///
+/// **Behind a proxy**, the request this server sees names the proxy's view of it.
+/// Set the `external_origin` when it is known; otherwise let a proxy you control
+/// pass the origin in `Forwarded: proto=…;host=…` (or `X-Forwarded-Proto` /
+/// `X-Forwarded-Host`) and call `trust_forwarded`. A proxy that passes the client's
+/// `Host` through needs neither, only the `default_scheme` when clients use plain
+/// `http`.
 #[derive(Clone)]
 pub struct DpopVerifier {
     algorithms: Arc<[Algorithm]>,
@@ -410,6 +422,10 @@ pub struct DpopVerifier {
     leeway: u64,
     skew: u64,
     origin: Option<Origin>,
+    /// The scheme of a request that names none (`https` or `http`).
+    default_scheme: &'static str,
+    /// Whether `Forwarded` / `X-Forwarded-*` name the origin.
+    trust_forwarded: bool,
     replay: Arc<dyn ReplayCache>,
     clock: Clock,
     max_len: usize,
@@ -472,6 +488,8 @@ impl fmt::Debug for DpopVerifier {
             .field("leeway", &self.leeway)
             .field("clock_skew", &self.skew)
             .field("origin", &self.origin)
+            .field("default_scheme", &self.default_scheme)
+            .field("trust_forwarded", &self.trust_forwarded)
             .field("max_len", &self.max_len)
             .field("nonces", &self.nonces.as_ref().map(|n| n.lifetime))
             .finish_non_exhaustive()
@@ -528,6 +546,8 @@ impl DpopVerifier {
             leeway: DEFAULT_LEEWAY.as_secs(),
             skew: DEFAULT_CLOCK_SKEW.as_secs(),
             origin: None,
+            default_scheme: "https",
+            trust_forwarded: false,
             replay: Arc::new(MemoryReplayCache::default()),
             clock: Arc::new(system_clock),
             max_len: DEFAULT_MAX_PROOF_LEN,
@@ -605,6 +625,39 @@ impl DpopVerifier {
         }
         self.origin = Some(normal_origin(scheme, authority).ok_or_else(bad)?);
         Ok(self)
+    }
+
+    /// The scheme of a request that does not name one (an HTTP/1.1 request names
+    /// only its `Host`): `"https"` (the default) or `"http"`, for a server clients
+    /// reach over plain HTTP (local development, tests, a trusted network). Known
+    /// before the server's port is; the port comes from `Host`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for anything but `http` or `https`.
+    pub fn default_scheme(mut self, scheme: &str) -> Result<Self, Error> {
+        self.default_scheme = if scheme.eq_ignore_ascii_case("https") {
+            "https"
+        } else if scheme.eq_ignore_ascii_case("http") {
+            "http"
+        } else {
+            return Err(Error::Configuration(format!(
+                "{scheme:?} is not http or https"
+            )));
+        };
+        Ok(self)
+    }
+
+    /// Takes the origin clients reached from the proxy in front of this server:
+    /// `proto` and `host` of the last element of `Forwarded` (RFC 7239, the one the
+    /// nearest proxy added), or else the last value of `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host`; what they leave out comes from the request. Only behind a
+    /// proxy that sets these headers itself: a client reaching the server directly
+    /// could name any origin, and so use a proof made for another server.
+    /// [`external_origin`](Self::external_origin), when set, wins.
+    #[must_use]
+    pub fn trust_forwarded(mut self) -> Self {
+        self.trust_forwarded = true;
+        self
     }
 
     /// Where used proofs are remembered (default: a [`MemoryReplayCache`]).
@@ -875,17 +928,68 @@ impl DpopVerifier {
         let origin = match &self.origin {
             Some(origin) => origin.clone(),
             None => {
-                let authority = match uri.authority() {
-                    Some(a) => a.as_str(),
-                    None => headers.get(http::header::HOST)?.to_str().ok()?,
+                let (proto, host) = if self.trust_forwarded {
+                    forwarded(headers)?
+                } else {
+                    (None, None)
                 };
-                normal_origin(uri.scheme_str().unwrap_or("https"), authority)?
+                let authority = match (host, uri.authority()) {
+                    (Some(host), _) => host,
+                    (None, Some(a)) => a.as_str().to_owned(),
+                    (None, None) => headers.get(http::header::HOST)?.to_str().ok()?.to_owned(),
+                };
+                let scheme = proto
+                    .as_deref()
+                    .or(uri.scheme_str())
+                    .unwrap_or(self.default_scheme);
+                normal_origin(scheme, &authority)?
             }
         };
         let mut out = origin.0;
         out.push_str(&normal_path(uri.path())?);
         Some(out)
     }
+}
+
+/// `proto` and `host` as the nearest proxy gave them: the last element of
+/// `Forwarded`, or the last values of `X-Forwarded-Proto` / `X-Forwarded-Host`.
+/// `None` for a header that is not text or an element this parser cannot read.
+#[allow(clippy::type_complexity)]
+fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
+    fn last_value(headers: &HeaderMap, name: &str) -> Option<Option<String>> {
+        let Some(value) = headers.get_all(name).iter().next_back() else {
+            return Some(None);
+        };
+        let value = value.to_str().ok()?;
+        let last = value.rsplit(',').next().unwrap_or(value).trim();
+        Some((!last.is_empty()).then(|| last.to_owned()))
+    }
+    if let Some(value) = headers.get_all(http::header::FORWARDED).iter().next_back() {
+        let element = value.to_str().ok()?.rsplit(',').next()?;
+        let (mut proto, mut host) = (None, None);
+        for pair in element.split(';') {
+            let pair = pair.trim();
+            if pair.is_empty() {
+                continue;
+            }
+            let (name, value) = pair.split_once('=')?;
+            let value = value.trim();
+            let value = match value.strip_prefix('"') {
+                Some(quoted) => quoted.strip_suffix('"')?,
+                None => value,
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "proto" => proto = Some(value.to_owned()),
+                "host" => host = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        return Some((proto, host));
+    }
+    Some((
+        last_value(headers, "x-forwarded-proto")?,
+        last_value(headers, "x-forwarded-host")?,
+    ))
 }
 
 /// [`DpopVerifier::record`]'s answer.
