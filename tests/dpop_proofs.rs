@@ -578,6 +578,75 @@ async fn the_origin_comes_from_the_request_and_from_a_trusted_proxy_only() {
     assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
 }
 
+/// A proxy sets one family of headers (nginx, a cloud load balancer:
+/// `X-Forwarded-*`; others `Forwarded`) and passes the other through from the
+/// client: a client's `Forwarded` (or `X-Forwarded-Host`) must not name the origin
+/// over the proxy's. When both families are present they must agree.
+#[tokio::test]
+async fn a_client_cannot_name_the_origin_in_the_header_family_its_proxy_does_not_set() {
+    let jkt = Key::Es256.jkt();
+    let proxied = verifier().trust_forwarded();
+    let naming = |htu: &str| {
+        let htu = htu.to_owned();
+        proof(Key::Es256, move |_, c| c["htu"] = json!(htu))
+    };
+    let with = |p: &str, extra: &[(&str, &str)]| {
+        let mut req = get_items(p);
+        for (name, value) in extra {
+            req.headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        req
+    };
+    // The proxy sets X-Forwarded-*; the client added a Forwarded of its own, to use
+    // a proof it captured at another server.
+    let x_by_proxy = [
+        ("forwarded", "proto=https;host=other.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+    ];
+    let captured = naming("https://other.example/items");
+    let got = verify_with(&proxied, &with(&captured, &x_by_proxy), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the client's Forwarded"
+    );
+    // The proxy sets Forwarded; the client added X-Forwarded-Host.
+    let f_by_proxy = [
+        ("x-forwarded-host", "other.example"),
+        (
+            "forwarded",
+            "for=192.0.2.1;proto=https;host=api.example.com",
+        ),
+    ];
+    let captured = naming("https://other.example/items");
+    let got = verify_with(&proxied, &with(&captured, &f_by_proxy), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the client's X-Forwarded-Host"
+    );
+    let own = naming("https://api.example.com/items");
+    let got = verify_with(&proxied, &with(&own, &f_by_proxy), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the families disagree"
+    );
+    // A proxy setting both, alike, is followed.
+    let both = [
+        ("forwarded", "proto=https;host=api.example.com"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+    ];
+    let own = naming("https://api.example.com/items");
+    let got = verify_with(&proxied, &with(&own, &both), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+}
+
 #[tokio::test]
 async fn a_replayed_proof_is_refused_and_the_binding_is_checked_first() {
     let v = verifier();

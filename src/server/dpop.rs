@@ -650,7 +650,10 @@ impl DpopVerifier {
     /// Takes the origin clients reached from the proxy in front of this server:
     /// `proto` and `host` of the last element of `Forwarded` (RFC 7239, the one the
     /// nearest proxy added), or else the last value of `X-Forwarded-Proto` and
-    /// `X-Forwarded-Host`; what they leave out comes from the request. Only behind a
+    /// `X-Forwarded-Host`; what they leave out comes from the request. When both
+    /// families are present they must name the same `proto` and `host`, or the
+    /// proof is refused: a proxy sets one family and may pass the other through
+    /// from the client, who would then choose the origin. Only behind a
     /// proxy that sets these headers itself: a client reaching the server directly
     /// could name any origin, and so use a proof made for another server.
     /// [`external_origin`](Self::external_origin), when set, wins.
@@ -953,7 +956,9 @@ impl DpopVerifier {
 
 /// `proto` and `host` as the nearest proxy gave them: the last element of
 /// `Forwarded`, or the last values of `X-Forwarded-Proto` / `X-Forwarded-Host`.
-/// `None` for a header that is not text or an element this parser cannot read.
+/// `None` for a header that is not text, an element this parser cannot read, or
+/// both families present and saying different things (a proxy sets one and may
+/// pass the client's other through).
 #[allow(clippy::type_complexity)]
 fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
     fn last_value(headers: &HeaderMap, name: &str) -> Option<Option<String>> {
@@ -964,32 +969,44 @@ fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
         let last = value.rsplit(',').next().unwrap_or(value).trim();
         Some((!last.is_empty()).then(|| last.to_owned()))
     }
-    if let Some(value) = headers.get_all(http::header::FORWARDED).iter().next_back() {
-        let element = value.to_str().ok()?.rsplit(',').next()?;
-        let (mut proto, mut host) = (None, None);
-        for pair in element.split(';') {
-            let pair = pair.trim();
-            if pair.is_empty() {
-                continue;
-            }
-            let (name, value) = pair.split_once('=')?;
-            let value = value.trim();
-            let value = match value.strip_prefix('"') {
-                Some(quoted) => quoted.strip_suffix('"')?,
-                None => value,
-            };
-            match name.trim().to_ascii_lowercase().as_str() {
-                "proto" => proto = Some(value.to_owned()),
-                "host" => host = Some(value.to_owned()),
-                _ => {}
-            }
-        }
-        return Some((proto, host));
-    }
-    Some((
+    let x_forwarded = (
         last_value(headers, "x-forwarded-proto")?,
         last_value(headers, "x-forwarded-host")?,
-    ))
+    );
+    let Some(value) = headers.get_all(http::header::FORWARDED).iter().next_back() else {
+        return Some(x_forwarded);
+    };
+    let element = value.to_str().ok()?.rsplit(',').next()?;
+    let (mut proto, mut host) = (None, None);
+    for pair in element.split(';') {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = pair.split_once('=')?;
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(quoted) => quoted.strip_suffix('"')?,
+            None => value,
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "proto" => proto = Some(value.to_owned()),
+            "host" => host = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    // A proxy sets one family and may pass the other through from the client:
+    // with both present, they must say the same, or the client named the origin.
+    let same = |a: &Option<String>, b: &Option<String>| match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (None, None) => true,
+        _ => false,
+    };
+    let x_present = x_forwarded.0.is_some() || x_forwarded.1.is_some();
+    if x_present && !(same(&proto, &x_forwarded.0) && same(&host, &x_forwarded.1)) {
+        return None;
+    }
+    Some((proto, host))
 }
 
 /// [`DpopVerifier::record`]'s answer.
