@@ -1579,6 +1579,75 @@ mod layer {
         );
     }
 
+    /// An attacker with a key pair of their own floods the server with proofs
+    /// whose signatures are good and whose tokens are junk (each recorded before
+    /// its token is refused): the victim's recorded proof is never pushed out of
+    /// the in-memory cache while it could be accepted. A full cache refuses new
+    /// proofs (503) rather than forget a live one, and makes room once the
+    /// attacker's proofs are stale.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_proofs_never_pushes_a_live_record_out_of_the_memory_cache() {
+        use tower::ServiceExt as _;
+        use tower_bearer::server::dpop::MemoryReplayCache;
+        const CAPACITY: usize = 32;
+        let (start, clock) = tokio_clock();
+        let verifier = DpopVerifier::new()
+            .algorithms(&[Algorithm::ES256, Algorithm::EdDSA])
+            .unwrap()
+            .clock(clock)
+            .replay_cache(MemoryReplayCache::new(CAPACITY));
+        let app = app_at(verifier, Duration::ZERO);
+        let flood = |iat: u64| {
+            let app = app.clone();
+            async move {
+                let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+                for i in 0..CAPACITY * 20 {
+                    let junk = format!("junk-{iat}-{i}");
+                    let (header, mut claims) = good(Key::Ed25519);
+                    claims["iat"] = json!(iat);
+                    claims["ath"] = json!(b64(Sha256::digest(&junk)));
+                    let p = sign(&header, &claims, Key::Ed25519);
+                    let res = app.clone().oneshot(in_process(&junk, &p)).await.unwrap();
+                    *statuses.entry(res.status().as_u16()).or_default() += 1;
+                }
+                statuses
+            }
+        };
+        // The cache is in use: proofs about to be stale (recorded 10 s more).
+        let before = flood(start - 60).await;
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let now = start + 11;
+        let token = access_token("victim", Some(Key::Es256), 600);
+        let captured = in_process_proof(&token, now, None);
+        let first = app
+            .clone()
+            .oneshot(in_process(&token, &captured))
+            .await
+            .unwrap();
+        assert_eq!(first.status(), 200, "after {before:?}");
+        let during = flood(now).await;
+        assert!(during.contains_key(&401), "{during:?}");
+        let replayed = app
+            .clone()
+            .oneshot(in_process(&token, &captured))
+            .await
+            .unwrap();
+        assert_eq!(
+            replayed.status(),
+            401,
+            "the captured proof passed again after {during:?}"
+        );
+        assert!(
+            during.contains_key(&503),
+            "a full cache fails closed: {during:?}"
+        );
+        // Once the flood is stale, there is room again.
+        tokio::time::advance(Duration::from_secs(71)).await;
+        let fresh = in_process_proof(&token, now + 71, None);
+        let res = app.oneshot(in_process(&token, &fresh)).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+
     /// RFC 9449 §8.2: an answer to a proof whose nonce is no longer the current
     /// one carries the current nonce, so a client that uses the latest nonce it
     /// was given never meets a `use_dpop_nonce` refusal, rotation after rotation.

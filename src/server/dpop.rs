@@ -314,27 +314,60 @@ impl fmt::Debug for ReplayFuture {
     }
 }
 
-/// The replay cache of one server: bounded (quick_cache, S3-FIFO), each entry kept
-/// until its proof would be refused as stale anyway.
+/// The replay cache of one server: bounded, each entry kept until its proof would
+/// be refused as stale anyway, and never pushed out before.
 ///
-/// Size it for the proofs one server checks within twice the leeway (default
-/// [`DEFAULT_REPLAY_CAPACITY`]); a proof is recorded as soon as it is checked,
-/// before its token is validated, so this counts proofs with good signatures
-/// whatever their tokens. When it is full, the oldest entries make room, and a
-/// proof whose entry was pushed out could be replayed until its `iat` leaves the
-/// window. Behind a load balancer use `RedisReplayCache` (feature `redis`), which
-/// every replica shares and which has no such bound.
+/// Size it for the proofs one server checks within twice the leeway plus the
+/// [clock skew](DpopVerifier::clock_skew) (default [`DEFAULT_REPLAY_CAPACITY`]); a
+/// proof is recorded as soon as it is checked, before its token is validated, so
+/// this counts proofs with good signatures whatever their tokens. When it is full
+/// of proofs that could still be accepted, a new proof is answered `503`
+/// ([`DpopError::ReplayCacheUnavailable`]) until the oldest are stale: forgetting a
+/// live record would let its proof be replayed, and anyone with a key pair could
+/// make the cache forget by filling it. Behind a load balancer use
+/// `RedisReplayCache` (feature `redis`), which every replica shares and which has
+/// no such bound.
 pub struct MemoryReplayCache {
-    /// Key digest → the time (Unix seconds) until which the key is remembered.
-    seen: quick_cache::sync::Cache<[u8; 32], u64>,
+    seen: std::sync::Mutex<Records>,
+    capacity: usize,
+}
+
+/// The records of a [`MemoryReplayCache`]: key digest → the time (Unix seconds)
+/// until which it is remembered, and the same ordered by that time, to forget
+/// the stale ones first.
+#[derive(Default)]
+struct Records {
+    until: std::collections::HashMap<[u8; 32], u64>,
+    by_time: std::collections::BinaryHeap<std::cmp::Reverse<(u64, [u8; 32])>>,
+}
+
+impl Records {
+    /// Forgets every record whose time passed before `now`.
+    fn forget_stale(&mut self, now: u64) {
+        while let Some(std::cmp::Reverse((until, digest))) = self.by_time.peek().copied() {
+            if until >= now {
+                break;
+            }
+            self.by_time.pop();
+            if self.until.get(&digest) == Some(&until) {
+                self.until.remove(&digest);
+            }
+        }
+    }
 }
 
 impl MemoryReplayCache {
     /// A cache remembering up to `capacity` proofs.
     pub fn new(capacity: usize) -> Self {
         MemoryReplayCache {
-            seen: quick_cache::sync::Cache::new(capacity.max(1)),
+            seen: std::sync::Mutex::default(),
+            capacity: capacity.max(1),
         }
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        // The records stay consistent whatever panicked while holding the lock.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -347,37 +380,30 @@ impl Default for MemoryReplayCache {
 impl fmt::Debug for MemoryReplayCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryReplayCache")
-            .field("len", &self.seen.len())
-            .field("capacity", &self.seen.capacity())
+            .field("len", &self.records().until.len())
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
 
 impl ReplayCache for MemoryReplayCache {
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
-        use quick_cache::sync::{EntryAction, EntryResult};
         // Keys are hashed to a fixed size: an entry costs the same whatever the jti.
         let digest = super::sha256(key.as_bytes());
-        // One write lock on the shard: two requests with the same proof cannot both
-        // find it new.
-        let answer = match self.seen.entry(&digest, Some(Duration::ZERO), |_, kept| {
-            if *kept >= now {
-                EntryAction::Retain(false)
-            } else {
-                // An entry past its time: its proof is stale, this is a new use.
-                *kept = until;
-                EntryAction::Retain(true)
-            }
-        }) {
-            EntryResult::Retained(first) => first,
-            EntryResult::Vacant(guard) => {
-                let _ = guard.insert(until);
-                true
-            }
-            // Another request is inserting this very key right now: a replay.
-            EntryResult::Timeout | EntryResult::Removed(..) | EntryResult::Replaced(..) => false,
-        };
-        ReplayFuture::ready(Ok(answer))
+        // One lock: two requests with the same proof cannot both find it new.
+        let mut records = self.records();
+        records.forget_stale(now);
+        if records.until.contains_key(&digest) {
+            return ReplayFuture::ready(Ok(false));
+        }
+        if records.until.len() >= self.capacity {
+            return ReplayFuture::ready(Err(
+                "the DPoP replay cache is full of proofs that are not stale yet".into(),
+            ));
+        }
+        records.until.insert(digest, until);
+        records.by_time.push(std::cmp::Reverse((until, digest)));
+        ReplayFuture::ready(Ok(true))
     }
 }
 
