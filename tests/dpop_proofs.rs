@@ -679,6 +679,55 @@ async fn a_replayed_proof_is_refused_and_the_binding_is_checked_first() {
     assert!(got.is_ok(), "{got:?}");
 }
 
+/// An ECDSA signature has two valid forms, (r, s) and (r, n - s): whoever sees a
+/// proof can make the other without the key. The record is keyed on what was
+/// verified (the key's thumbprint and the jti), never on the proof's text: of the
+/// two forms, at most one passes, whichever comes first, and the same jti for
+/// another method or URI is a replay too.
+#[tokio::test]
+async fn a_re_encoded_or_re_aimed_proof_is_the_same_proof() {
+    use p256::elliptic_curve::ops::Neg as _;
+    let flip = |p: &str| {
+        let (message, signature) = p.rsplit_once('.').unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&raw).unwrap();
+        let (r, s) = sig.split_scalars();
+        let other = p256::ecdsa::Signature::from_scalars(r, s.neg()).unwrap();
+        assert_ne!(other.to_bytes().as_slice(), raw.as_slice());
+        format!("{message}.{}", b64(other.to_bytes()))
+    };
+    let jkt = Key::Es256.jkt();
+    for first_original in [true, false] {
+        let v = verifier();
+        let p = proof(Key::Es256, |_, _| {});
+        let q = flip(&p);
+        let (a, b) = if first_original { (&p, &q) } else { (&q, &p) };
+        let first = verify_with(&v, &get_items(a), TOKEN, Some(&jkt)).await;
+        let second = verify_with(&v, &get_items(b), TOKEN, Some(&jkt)).await;
+        assert!(
+            !(first.is_ok() && second.is_ok()),
+            "both forms passed (original first: {first_original})"
+        );
+        if first.is_ok() {
+            assert_eq!(second.unwrap_err(), DpopError::Replayed);
+        }
+    }
+    // One jti, aimed at two requests: the second is a replay.
+    let v = verifier();
+    let p = proof(Key::Es256, |_, c| c["jti"] = json!("aimed"));
+    assert!(verify_with(&v, &get_items(&p), TOKEN, Some(&jkt))
+        .await
+        .is_ok());
+    let posted = proof(Key::Es256, |_, c| {
+        c["jti"] = json!("aimed");
+        c["htm"] = json!("POST");
+        c["htu"] = json!("https://api.test/other");
+    });
+    let req = request(Method::POST, "/other", &[&posted]);
+    let got = verify_with(&v, &req, TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::Replayed);
+}
+
 #[tokio::test]
 async fn only_the_configured_algorithms_are_accepted() {
     // The default verifier takes ES256 alone.
