@@ -693,7 +693,7 @@ async fn a_re_encoded_or_re_aimed_proof_is_the_same_proof() {
         let sig = p256::ecdsa::Signature::from_slice(&raw).unwrap();
         let (r, s) = sig.split_scalars();
         let other = p256::ecdsa::Signature::from_scalars(r, s.neg()).unwrap();
-        assert_ne!(other.to_bytes().as_slice(), raw.as_slice());
+        assert_ne!(other.to_vec(), raw);
         format!("{message}.{}", b64(other.to_bytes()))
     };
     let jkt = Key::Es256.jkt();
