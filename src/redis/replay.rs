@@ -105,6 +105,22 @@ impl ReplayCache for RedisReplayCache {
             Ok(!matches!(answer, redis::Value::Nil))
         })
     }
+
+    fn forget(&self, key: &str) {
+        // Not awaited by the refused request: a `DEL` that fails or never runs
+        // leaves the proof spent, which is always safe.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let key = self.key(key);
+        let mut conn = self.conn.clone();
+        runtime.spawn(async move {
+            let deleted: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+            if let Err(e) = deleted {
+                tracing::debug!(error = %e, "a refused DPoP proof's record stays in Redis");
+            }
+        });
+    }
 }
 
 impl fmt::Debug for RedisReplayCache {

@@ -252,11 +252,28 @@ pub trait ReplayCache: Send + Sync + 'static {
     /// plus the leeway plus the tolerated clock skew. A cache that forgets by a
     /// time-to-live keeps the key for at least `until - now + 1` seconds.
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture;
+
+    /// Forgets the record of `key` made by this verifier's own `first_use`, because
+    /// the request that made it was refused (its token, or the token's binding):
+    /// a proof is tied to its token by `ath`, so at most one request with it can
+    /// ever be accepted whether or not the record stays, and a refused request
+    /// leaves no record an attacker with a key pair of their own could fill the
+    /// cache with. Called only by the request that made the record.
+    ///
+    /// The default keeps the record (the proof stays spent): always safe, and
+    /// right for a cache that cannot forget.
+    fn forget(&self, key: &str) {
+        let _ = key;
+    }
 }
 
 impl<R: ReplayCache + ?Sized> ReplayCache for Arc<R> {
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
         (**self).first_use(key, now, until)
+    }
+
+    fn forget(&self, key: &str) {
+        (**self).forget(key)
     }
 }
 
@@ -404,6 +421,22 @@ impl ReplayCache for MemoryReplayCache {
         records.until.insert(digest, until);
         records.by_time.push(std::cmp::Reverse((until, digest)));
         ReplayFuture::ready(Ok(true))
+    }
+
+    fn forget(&self, key: &str) {
+        let digest = super::sha256(key.as_bytes());
+        let mut records = self.records();
+        records.until.remove(&digest);
+        // The heap keeps a forgotten record's time until it passes: rebuilt from
+        // the records when forgotten ones outnumber them, so it stays bounded.
+        if records.by_time.len() > 2 * self.capacity {
+            let rebuilt = records
+                .until
+                .iter()
+                .map(|(digest, until)| std::cmp::Reverse((*until, *digest)))
+                .collect();
+            records.by_time = rebuilt;
+        }
     }
 }
 
@@ -950,6 +983,14 @@ impl DpopVerifier {
             self.replay
                 .first_use(&proof.replay_key, proof.checked_at, proof.until),
         )
+    }
+
+    /// Forgets the record [`record`](Self::record) made of `proof`, for a request
+    /// refused after the record (its token, or the token's binding): see
+    /// [`ReplayCache::forget`]. Call it only for a proof whose `record` answered
+    /// first use.
+    pub fn forget(&self, proof: &CheckedProof) {
+        self.replay.forget(&proof.replay_key);
     }
 
     /// The URI a proof for this request must name, normalised.

@@ -819,7 +819,10 @@ where
 ///
 /// The record comes before the token's validation, which may take seconds (an
 /// introspection, a key fetch): a second request with the same proof during it
-/// finds the record. A proof whose token is then refused stays spent.
+/// finds the record. A request refused after its record (the token, or its
+/// binding) forgets it ([`ReplayCache::forget`](crate::server::dpop::ReplayCache::forget)):
+/// the proof is tied to that token by `ath`, so it can still pass at most once,
+/// and proofs sent with junk tokens cannot fill the replay cache.
 #[cfg(feature = "dpop")]
 fn dpop_validation<V: Validator, B>(
     validator: &V,
@@ -866,14 +869,21 @@ fn bound_claims<C: Clone + Send + Sync + 'static>(
     validation: ValidationFuture<C>,
     proof: Option<CheckedProof>,
 ) -> ValidationFuture<C> {
+    let judged =
+        |dpop: &DpopConfig, validated: Result<C, Rejection>, proof: Option<&CheckedProof>| {
+            let bound = validated.and_then(|claims| bind(dpop, claims, proof));
+            if let (Err(_), Some(proof)) = (&bound, proof) {
+                dpop.verifier.forget(proof);
+            }
+            bound
+        };
     match validation.now_or_pending() {
-        Ok(Ok(claims)) => ValidationFuture::ready(bind(dpop, claims, proof.as_ref())),
-        Ok(Err(rejection)) => ValidationFuture::ready(Err(rejection)),
+        Ok(validated) => ValidationFuture::ready(judged(dpop, validated, proof.as_ref())),
         Err(pending) => {
             let dpop = Arc::clone(dpop);
             ValidationFuture::pending(async move {
-                let claims = pending.await?;
-                bind(&dpop, claims, proof.as_ref())
+                let validated = pending.await;
+                judged(&dpop, validated, proof.as_ref())
             })
         }
     }
