@@ -80,14 +80,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         key.thumbprint()
     );
 
-    // The API's listener, and its proof checks: for its own origin, with nonces.
+    // The API's proof checks: plain http (the origin is the request's `Host`), with
+    // nonces under a secret drawn for this process (a fleet shares one through
+    // `.nonces(secret, lifetime)`). Behind a proxy: `.external_origin(…)`, or
+    // `.trust_forwarded()` when the proxy sets `Forwarded`.
+    let verifier = DpopVerifier::new()
+        .default_scheme("http")?
+        .require_nonces()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let origin = format!("http://{}", listener.local_addr()?);
-    let mut nonce_secret = [0u8; 32];
-    getrandom::getrandom(&mut nonce_secret)?;
-    let verifier = DpopVerifier::new()
-        .external_origin(&origin)?
-        .nonces(&nonce_secret, Duration::from_secs(60))?;
 
     // The token endpoint, and the API behind the DPoP-aware layer.
     let routes = Router::new().route("/whoami", get(whoami));

@@ -505,6 +505,148 @@ async fn behind_a_proxy_the_external_origin_is_what_proofs_name() {
     }
 }
 
+/// Without an external origin, the request says where it was sent: `Host` and the
+/// default scheme, or a trusted proxy's `Forwarded` / `X-Forwarded-*`.
+#[tokio::test]
+async fn the_origin_comes_from_the_request_and_from_a_trusted_proxy_only() {
+    let jkt = Key::Es256.jkt();
+    let naming = |htu: &str| {
+        let htu = htu.to_owned();
+        proof(Key::Es256, move |_, c| c["htu"] = json!(htu))
+    };
+    let with = |p: &str, extra: &[(&str, &str)]| {
+        let mut req = get_items(p);
+        for (name, value) in extra {
+            req.headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        req
+    };
+    // A plain-http server: refused as https by default, accepted once said.
+    let plain = naming("http://api.test/items");
+    let got = verify_with(&verifier(), &get_items(&plain), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
+    let http = verifier().default_scheme("HTTP").unwrap();
+    let got = verify_with(&http, &get_items(&plain), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    assert!(verifier().default_scheme("ftp").is_err());
+
+    // Behind a proxy: `Forwarded` names the origin, only when trusted, and only
+    // its last element (the proxy's; a client may have sent the first).
+    let outside = naming("http://api.example.com:8080/items");
+    let forwarded = [(
+        "forwarded",
+        "host=evil.example;proto=https, for=192.0.2.1;proto=http;host=\"api.example.com:8080\"",
+    )];
+    let got = verify_with(&verifier(), &with(&outside, &forwarded), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch, "untrusted");
+    let proxied = verifier().trust_forwarded();
+    let got = verify_with(&proxied, &with(&outside, &forwarded), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    let evil = naming("https://evil.example/items");
+    let got = verify_with(&proxied, &with(&evil, &forwarded), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the client's element"
+    );
+    // X-Forwarded-*: the last values.
+    let x = [
+        ("x-forwarded-proto", "https, http"),
+        ("x-forwarded-host", "evil.example, api.example.com:8080"),
+    ];
+    let p = naming("http://api.example.com:8080/items");
+    let got = verify_with(&proxied, &with(&p, &x), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    // What the proxy leaves out comes from the request: `Host`, the scheme.
+    let p = naming("https://api.test/items");
+    let got = verify_with(&proxied, &with(&p, &[]), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+    // An unreadable element is refused, never guessed at.
+    let p = naming("https://api.test/items");
+    let bad = [("forwarded", "host")];
+    let got = verify_with(&proxied, &with(&p, &bad), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
+    // An external origin wins over all of it.
+    let fixed = verifier()
+        .trust_forwarded()
+        .external_origin("https://api.example.com")
+        .unwrap();
+    let got = verify_with(&fixed, &with(&outside, &forwarded), TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::UriMismatch);
+}
+
+/// A proxy sets one family of headers (nginx, a cloud load balancer:
+/// `X-Forwarded-*`; others `Forwarded`) and passes the other through from the
+/// client: a client's `Forwarded` (or `X-Forwarded-Host`) must not name the origin
+/// over the proxy's. When both families are present they must agree.
+#[tokio::test]
+async fn a_client_cannot_name_the_origin_in_the_header_family_its_proxy_does_not_set() {
+    let jkt = Key::Es256.jkt();
+    let proxied = verifier().trust_forwarded();
+    let naming = |htu: &str| {
+        let htu = htu.to_owned();
+        proof(Key::Es256, move |_, c| c["htu"] = json!(htu))
+    };
+    let with = |p: &str, extra: &[(&str, &str)]| {
+        let mut req = get_items(p);
+        for (name, value) in extra {
+            req.headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        req
+    };
+    // The proxy sets X-Forwarded-*; the client added a Forwarded of its own, to use
+    // a proof it captured at another server.
+    let x_by_proxy = [
+        ("forwarded", "proto=https;host=other.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+    ];
+    let captured = naming("https://other.example/items");
+    let got = verify_with(&proxied, &with(&captured, &x_by_proxy), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the client's Forwarded"
+    );
+    // The proxy sets Forwarded; the client added X-Forwarded-Host.
+    let f_by_proxy = [
+        ("x-forwarded-host", "other.example"),
+        (
+            "forwarded",
+            "for=192.0.2.1;proto=https;host=api.example.com",
+        ),
+    ];
+    let captured = naming("https://other.example/items");
+    let got = verify_with(&proxied, &with(&captured, &f_by_proxy), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the client's X-Forwarded-Host"
+    );
+    let own = naming("https://api.example.com/items");
+    let got = verify_with(&proxied, &with(&own, &f_by_proxy), TOKEN, Some(&jkt)).await;
+    assert_eq!(
+        got.unwrap_err(),
+        DpopError::UriMismatch,
+        "the families disagree"
+    );
+    // A proxy setting both, alike, is followed.
+    let both = [
+        ("forwarded", "proto=https;host=api.example.com"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+    ];
+    let own = naming("https://api.example.com/items");
+    let got = verify_with(&proxied, &with(&own, &both), TOKEN, Some(&jkt)).await;
+    assert!(got.is_ok(), "{got:?}");
+}
+
 #[tokio::test]
 async fn a_replayed_proof_is_refused_and_the_binding_is_checked_first() {
     let v = verifier();
@@ -535,6 +677,55 @@ async fn a_replayed_proof_is_refused_and_the_binding_is_checked_first() {
     let other = sign(&header, &claims, Key::Ed25519);
     let got = verify_with(&v, &get_items(&other), TOKEN, Some(&Key::Ed25519.jkt())).await;
     assert!(got.is_ok(), "{got:?}");
+}
+
+/// An ECDSA signature has two valid forms, (r, s) and (r, n - s): whoever sees a
+/// proof can make the other without the key. The record is keyed on what was
+/// verified (the key's thumbprint and the jti), never on the proof's text: of the
+/// two forms, at most one passes, whichever comes first, and the same jti for
+/// another method or URI is a replay too.
+#[tokio::test]
+async fn a_re_encoded_or_re_aimed_proof_is_the_same_proof() {
+    use p256::elliptic_curve::ops::Neg as _;
+    let flip = |p: &str| {
+        let (message, signature) = p.rsplit_once('.').unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&raw).unwrap();
+        let (r, s) = sig.split_scalars();
+        let other = p256::ecdsa::Signature::from_scalars(r, s.neg()).unwrap();
+        assert_ne!(other.to_vec(), raw);
+        format!("{message}.{}", b64(other.to_bytes()))
+    };
+    let jkt = Key::Es256.jkt();
+    for first_original in [true, false] {
+        let v = verifier();
+        let p = proof(Key::Es256, |_, _| {});
+        let q = flip(&p);
+        let (a, b) = if first_original { (&p, &q) } else { (&q, &p) };
+        let first = verify_with(&v, &get_items(a), TOKEN, Some(&jkt)).await;
+        let second = verify_with(&v, &get_items(b), TOKEN, Some(&jkt)).await;
+        assert!(
+            !(first.is_ok() && second.is_ok()),
+            "both forms passed (original first: {first_original})"
+        );
+        if first.is_ok() {
+            assert_eq!(second.unwrap_err(), DpopError::Replayed);
+        }
+    }
+    // One jti, aimed at two requests: the second is a replay.
+    let v = verifier();
+    let p = proof(Key::Es256, |_, c| c["jti"] = json!("aimed"));
+    assert!(verify_with(&v, &get_items(&p), TOKEN, Some(&jkt))
+        .await
+        .is_ok());
+    let posted = proof(Key::Es256, |_, c| {
+        c["jti"] = json!("aimed");
+        c["htm"] = json!("POST");
+        c["htu"] = json!("https://api.test/other");
+    });
+    let req = request(Method::POST, "/other", &[&posted]);
+    let got = verify_with(&v, &req, TOKEN, Some(&jkt)).await;
+    assert_eq!(got.unwrap_err(), DpopError::Replayed);
 }
 
 #[tokio::test]
@@ -722,6 +913,71 @@ async fn nonces_are_asked_for_given_and_accepted_for_their_window() {
     assert!(verifier().nonces(secret, Duration::ZERO).is_err());
 }
 
+/// The documented bound, measured: a nonce received at `t` is good for more than
+/// one lifetime and at most two, wherever `t` falls in its window.
+#[tokio::test]
+async fn a_nonce_is_good_for_more_than_one_lifetime_and_at_most_two() {
+    use std::sync::Arc;
+    const LIFE: u64 = 30;
+    assert_eq!(NOW % LIFE, 0, "NOW starts a window");
+    let now = Arc::new(AtomicU64::new(NOW));
+    let clock = Arc::clone(&now);
+    let v = verifier()
+        .clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::Relaxed)))
+        .nonces(
+            b"a-nonce-secret-of-at-least-32-bytes",
+            Duration::from_secs(LIFE),
+        )
+        .unwrap();
+    let jkt = Key::Es256.jkt();
+    let accepted_at = |at: u64, nonce: &str| {
+        now.store(at, Ordering::Relaxed);
+        let p = proof(Key::Es256, |_, c| {
+            c["iat"] = json!(at);
+            c["nonce"] = json!(nonce);
+        });
+        let v = v.clone();
+        let jkt = jkt.clone();
+        async move {
+            match verify_with(&v, &get_items(&p), TOKEN, Some(&jkt)).await {
+                Ok(_) => true,
+                Err(DpopError::UseNonce(_)) => false,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    };
+    for into_window in [0, 1, LIFE / 2, LIFE - 1] {
+        let given_at = NOW + into_window;
+        now.store(given_at, Ordering::Relaxed);
+        let nonce = v.current_nonce().unwrap();
+        // The last second it is accepted in, and the first it is not.
+        let last = NOW + 2 * LIFE - 1;
+        assert!(accepted_at(given_at, &nonce).await);
+        assert!(accepted_at(last, &nonce).await, "given at +{into_window}");
+        assert!(
+            !accepted_at(last + 1, &nonce).await,
+            "given at +{into_window}"
+        );
+        let good_for = last + 1 - given_at;
+        assert!(
+            good_for > LIFE && good_for <= 2 * LIFE,
+            "given at +{into_window}: good for {good_for} s"
+        );
+    }
+    // Without a secret of one's own: a random one, nonces on.
+    let own = verifier().require_nonces().unwrap();
+    let other = verifier().require_nonces().unwrap();
+    let nonce = own.current_nonce().unwrap();
+    assert_ne!(
+        Some(nonce),
+        other.current_nonce(),
+        "each process draws its secret"
+    );
+    let p = proof(Key::Es256, |_, _| {});
+    let got = verify_with(&own, &get_items(&p), TOKEN, Some(&jkt)).await;
+    assert!(matches!(got, Err(DpopError::UseNonce(_))), "{got:?}");
+}
+
 #[test]
 fn refusals_answer_as_rfc_9449_section_7_says() {
     let res: http::Response<()> = DpopError::Stale.http_response("ES256 EdDSA");
@@ -817,8 +1073,8 @@ mod fleet {
             .await
             .is_ok());
 
-        // Redis forgets the proof once it is stale anyway: at most the leeway past
-        // its iat (and a second), never longer.
+        // Redis forgets the proof once every replica would refuse it as stale: the
+        // leeway and the tolerated clock skew (10 s) past its iat, and a second.
         let mut conn = redis::Client::open(url.as_str())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -836,9 +1092,70 @@ mod fleet {
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            assert!(ttl > 0 && ttl <= 61_000, "{key}: {ttl} ms");
+            assert!(ttl > 60_000 && ttl <= 71_000, "{key}: {ttl} ms");
             assert!(!key.contains("jti-"), "the jti is hashed: {key}");
         }
+    }
+
+    /// Two replicas whose clocks differ by 3 s share a Redis: the record the one
+    /// ahead makes of a 59 s-old proof lives until the one behind refuses the proof
+    /// as stale (the acceptance window, the leeway and the tolerated skew), not by
+    /// the recording replica's clock alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redis_record_outlives_the_window_of_a_replica_whose_clock_is_behind() {
+        let Some(url) = redis_url().await else { return };
+        let prefix = format!(
+            "tower-bearer-test:dpop-skew:{}:{}:",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let config = tower_bearer::redis::RedisConfig::new(&url);
+        let replica = |now: u64, cache: RedisReplayCache| {
+            verifier()
+                .clock(move || UNIX_EPOCH + Duration::from_secs(now))
+                .replay_cache(cache)
+        };
+        let ahead = replica(
+            NOW,
+            RedisReplayCache::with_connection(config.connect().await.unwrap(), &prefix),
+        );
+        let behind = replica(
+            NOW - 3,
+            RedisReplayCache::with_connection(config.connect().await.unwrap(), &prefix),
+        );
+        let jkt = Key::Es256.jkt();
+        let p = proof(Key::Es256, |_, c| c["iat"] = json!(NOW - 59));
+        assert!(verify_with(&ahead, &get_items(&p), TOKEN, Some(&jkt))
+            .await
+            .is_ok());
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&keys[0])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // The replica behind accepts the proof until its clock reads iat + 60, four
+        // seconds from now: the record must be there at least that long.
+        let behind_accepts_for_ms = ((NOW - 59 + 60) - (NOW - 3)) * 1000;
+        assert!(
+            ttl >= behind_accepts_for_ms as i64,
+            "the record lives {ttl} ms, the replica behind accepts the proof for {behind_accepts_for_ms} ms"
+        );
+        let replayed = verify_with(&behind, &get_items(&p), TOKEN, Some(&jkt)).await;
+        assert_eq!(replayed.unwrap_err(), DpopError::Replayed);
     }
 
     /// Two replicas behind one origin, each with its layer: a proof the first
@@ -920,6 +1237,7 @@ mod layer {
     use axum::{Extension, Router};
     use jsonwebtoken::Header;
     use std::net::SocketAddr;
+    use std::sync::Arc;
     use tower_bearer::server::{Claims, JwtValidator, RequireBearerLayer, Verified};
 
     const SECRET: &[u8] = b"dpop-layer-test-secret-of-32-bytes!";
@@ -1194,6 +1512,235 @@ mod layer {
         assert_eq!(
             answer.challenges,
             vec![r#"DPoP realm="api", algs="ES256", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin""#.to_owned()]
+        );
+    }
+
+    /// A plain-http server whose verifier was made before its port was known:
+    /// the origin comes from the request's `Host`.
+    #[tokio::test]
+    async fn a_plain_http_server_needs_no_origin_made_after_binding() {
+        let verifier = DpopVerifier::new().default_scheme("http").unwrap();
+        let addr = server_with(move |_| Some(verifier)).await;
+        let token = access_token("kim", Some(Key::Es256), 600);
+        let proof = proof_for(addr, "GET", &token, Key::Es256);
+        let ok = send(addr, Some(format!("DPoP {token}")), Some(&proof)).await;
+        assert_eq!((ok.status, ok.body.as_str()), (200, "kim"));
+    }
+
+    /// A validator that takes `delay` (an introspection, a first-sight key fetch)
+    /// before answering as the HMAC validator does.
+    struct Slow(JwtValidator<Claims>, Duration);
+
+    impl tower_bearer::server::Validator for Slow {
+        type Claims = Claims;
+        fn validate(&self, token: &str) -> tower_bearer::server::ValidationFuture<Claims> {
+            let answer = self.0.validate(token);
+            let delay = self.1;
+            tower_bearer::server::ValidationFuture::pending(async move {
+                tokio::time::sleep(delay).await;
+                answer.await
+            })
+        }
+    }
+
+    /// The app behind the layer, called in process (tokio's paused clock drives
+    /// the verifier's), with a validator that takes `delay`.
+    fn app_at(verifier: DpopVerifier, delay: Duration) -> Router {
+        Router::new().route("/items", get(whoami)).layer(
+            RequireBearerLayer::new(Slow(JwtValidator::<Claims>::hmac(SECRET), delay))
+                .dpop(verifier),
+        )
+    }
+
+    /// The verifier's clock: the wall clock when the test began, advanced by
+    /// tokio's (paused) clock.
+    fn tokio_clock() -> (u64, impl Fn() -> SystemTime + Clone + Send + Sync + 'static) {
+        let start = tokio::time::Instant::now();
+        let base = UNIX_EPOCH + Duration::from_secs(unix_now());
+        let secs = base.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        (secs, move || base + start.elapsed())
+    }
+
+    fn in_process(token: &str, proof: &str) -> http::Request<axum::body::Body> {
+        http::Request::get("/items")
+            .header("host", "api.test")
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    fn in_process_proof(token: &str, iat: u64, nonce: Option<&str>) -> String {
+        let (header, mut claims) = good(Key::Es256);
+        claims["iat"] = json!(iat);
+        claims["ath"] = json!(b64(Sha256::digest(token)));
+        if let Some(n) = nonce {
+            claims["nonce"] = json!(n);
+        }
+        sign(&header, &claims, Key::Es256)
+    }
+
+    /// RFC 9449 §11.1: one proof, sent twice at once while the token takes 3 s to
+    /// validate, 59 s after its `iat`: exactly one request passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_proof_sent_twice_during_a_slow_validation_passes_once() {
+        use tower::ServiceExt as _;
+        let (now, clock) = tokio_clock();
+        let app = app_at(DpopVerifier::new().clock(clock), Duration::from_secs(3));
+        let token = access_token("heidi", Some(Key::Es256), 600);
+        let proof = in_process_proof(&token, now - 59, None);
+        let (a, b) = tokio::join!(
+            app.clone().oneshot(in_process(&token, &proof)),
+            app.clone().oneshot(in_process(&token, &proof)),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 401], "one proof, one use");
+        let refused = if a.status() == 401 { &a } else { &b };
+        assert_eq!(
+            refused.headers()["www-authenticate"],
+            r#"DPoP realm="api", algs="ES256", error="invalid_dpop_proof", error_description="the DPoP proof was already used""#
+        );
+    }
+
+    /// The proof is recorded when checked, before its token is validated, and the
+    /// record is forgotten when the token is refused: the same request again is
+    /// refused for its token, not as a replay, and leaves no record behind.
+    #[tokio::test(start_paused = true)]
+    async fn a_proof_whose_token_is_refused_leaves_no_record() {
+        use tower::ServiceExt as _;
+        use tower_bearer::server::dpop::MemoryReplayCache;
+        let (now, clock) = tokio_clock();
+        let cache = Arc::new(MemoryReplayCache::new(8));
+        let verifier = DpopVerifier::new()
+            .clock(clock)
+            .replay_cache(Arc::clone(&cache));
+        let app = app_at(verifier, Duration::from_secs(1));
+        let expired = access_token("judy", Some(Key::Es256), -600);
+        let proof = in_process_proof(&expired, now, None);
+        for _ in 0..2 {
+            let res = app
+                .clone()
+                .oneshot(in_process(&expired, &proof))
+                .await
+                .unwrap();
+            assert_eq!(
+                res.headers()["www-authenticate"],
+                r#"DPoP realm="api", algs="ES256", error="invalid_token", error_description="the token has expired""#
+            );
+        }
+        assert!(format!("{cache:?}").contains("len: 0"), "{cache:?}");
+    }
+
+    /// An attacker with a key pair of their own floods the server with proofs
+    /// whose signatures are good and whose tokens are junk: each is recorded when
+    /// checked and forgotten when its token is refused, so the flood never fills
+    /// the in-memory cache, and the victim's recorded proof stays recorded. A cache
+    /// full of proofs that were accepted refuses new ones (503) rather than forget
+    /// a live one, and makes room once they are stale.
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_proofs_never_pushes_a_live_record_out_of_the_memory_cache() {
+        use tower::ServiceExt as _;
+        use tower_bearer::server::dpop::MemoryReplayCache;
+        const CAPACITY: usize = 32;
+        let (now, clock) = tokio_clock();
+        let verifier = DpopVerifier::new()
+            .algorithms(&[Algorithm::ES256, Algorithm::EdDSA])
+            .unwrap()
+            .clock(clock)
+            .replay_cache(MemoryReplayCache::new(CAPACITY));
+        let app = app_at(verifier, Duration::ZERO);
+        let token = access_token("victim", Some(Key::Es256), 600);
+        let captured = in_process_proof(&token, now, None);
+        let first = app
+            .clone()
+            .oneshot(in_process(&token, &captured))
+            .await
+            .unwrap();
+        assert_eq!(first.status(), 200);
+        let mut during = std::collections::BTreeMap::<u16, usize>::new();
+        for i in 0..CAPACITY * 20 {
+            let junk = format!("junk-{i}");
+            let (header, mut claims) = good(Key::Ed25519);
+            claims["iat"] = json!(now);
+            claims["ath"] = json!(b64(Sha256::digest(&junk)));
+            let p = sign(&header, &claims, Key::Ed25519);
+            let res = app.clone().oneshot(in_process(&junk, &p)).await.unwrap();
+            *during.entry(res.status().as_u16()).or_default() += 1;
+        }
+        assert_eq!(during.get(&401), Some(&(CAPACITY * 20)), "{during:?}");
+        let replayed = app
+            .clone()
+            .oneshot(in_process(&token, &captured))
+            .await
+            .unwrap();
+        assert_eq!(
+            replayed.status(),
+            401,
+            "the captured proof passed again after {during:?}"
+        );
+        // Accepted proofs fill it: the cache fails closed rather than forget one.
+        let mut accepted = std::collections::BTreeMap::<u16, usize>::new();
+        for _ in 0..CAPACITY + 4 {
+            let p = in_process_proof(&token, now, None);
+            let res = app.clone().oneshot(in_process(&token, &p)).await.unwrap();
+            *accepted.entry(res.status().as_u16()).or_default() += 1;
+        }
+        assert_eq!(accepted.get(&200), Some(&(CAPACITY - 1)), "{accepted:?}");
+        assert_eq!(
+            accepted.get(&503),
+            Some(&5),
+            "a full cache fails closed: {accepted:?}"
+        );
+        // Once they are stale, there is room again.
+        tokio::time::advance(Duration::from_secs(71)).await;
+        let fresh = in_process_proof(&token, now + 71, None);
+        let res = app.oneshot(in_process(&token, &fresh)).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+
+    /// RFC 9449 §8.2: an answer to a proof whose nonce is no longer the current
+    /// one carries the current nonce, so a client that uses the latest nonce it
+    /// was given never meets a `use_dpop_nonce` refusal, rotation after rotation.
+    #[tokio::test(start_paused = true)]
+    async fn successful_answers_carry_the_next_nonce_ahead_of_the_rotation() {
+        use tower::ServiceExt as _;
+        let (_, clock) = tokio_clock();
+        let verifier = DpopVerifier::new()
+            .clock(clock.clone())
+            .nonces(
+                b"a-nonce-secret-of-at-least-32-bytes",
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let mut nonce = verifier.current_nonce().unwrap();
+        let app = app_at(verifier.clone(), Duration::ZERO);
+        let token = access_token("ivan", Some(Key::Es256), 600);
+        let mut given = 0;
+        // Every 7 s for a minute: six rotations of a 10 s nonce.
+        for _ in 0..9 {
+            tokio::time::advance(Duration::from_secs(7)).await;
+            let iat = clock().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let res = app
+                .clone()
+                .oneshot(in_process(
+                    &token,
+                    &in_process_proof(&token, iat, Some(&nonce)),
+                ))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{:?}", res.headers());
+            if let Some(next) = res.headers().get("dpop-nonce") {
+                let next = next.to_str().unwrap().to_owned();
+                assert_ne!(next, nonce);
+                nonce = next;
+                given += 1;
+            }
+        }
+        assert!(
+            given >= 5,
+            "the nonce was renewed {given} times in six rotations"
         );
     }
 

@@ -14,10 +14,14 @@ use crate::Error;
 /// replica is refused by every other (RFC 9449 §11.1), as long as they share the
 /// Redis and the key prefix.
 ///
-/// One command per accepted proof, `SET <prefix><sha256> 1 NX PX <ms>`: Redis
-/// answers whether the key was new, and forgets it when the proof would be refused
-/// as stale anyway. When Redis cannot be reached the proof is answered `503`
-/// (fail closed): accepting it could accept a replay.
+/// One command per checked proof, `SET <prefix><sha256> 1 NX PX <ms>`: Redis
+/// answers whether the key was new and records it in the same step. The key lives
+/// from the moment the proof is checked until every replica would refuse the
+/// proof as stale anyway: its `iat` plus the leeway plus the tolerated
+/// [clock skew](crate::server::DpopVerifier::clock_skew) (plus a second), so a
+/// replica whose clock is behind the recording one's still finds it. Replicas
+/// sharing the cache use the same leeway and skew. When Redis cannot be reached
+/// the proof is answered `503` (fail closed): accepting it could accept a replay.
 ///
 /// ```no_run
 /// use tower_bearer::redis::RedisReplayCache;
@@ -78,8 +82,10 @@ impl RedisReplayCache {
 impl ReplayCache for RedisReplayCache {
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
         let key = self.key(key);
-        // Kept one second past `until`: `until` is a whole second the proof is
-        // still good in.
+        // `now` is when the proof was checked and `until` already holds the leeway
+        // and the skew the fleet tolerates; kept one second past `until`, a whole
+        // second the proof may still be accepted in. Redis counts the time from
+        // when it runs the command, which is no earlier than the check.
         let ttl = Duration::from_secs(until.saturating_sub(now).saturating_add(1));
         let mut conn = self.conn.clone();
         ReplayFuture::pending(async move {
@@ -98,6 +104,22 @@ impl ReplayCache for RedisReplayCache {
             // `OK` when set, nil when the key was there.
             Ok(!matches!(answer, redis::Value::Nil))
         })
+    }
+
+    fn forget(&self, key: &str) {
+        // Not awaited by the refused request: a `DEL` that fails or never runs
+        // leaves the proof spent, which is always safe.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let key = self.key(key);
+        let mut conn = self.conn.clone();
+        runtime.spawn(async move {
+            let deleted: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+            if let Err(e) = deleted {
+                tracing::debug!(error = %e, "a refused DPoP proof's record stays in Redis");
+            }
+        });
     }
 }
 

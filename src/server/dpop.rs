@@ -9,7 +9,10 @@
 //!
 //! [`DpopVerifier::verify`] makes every check of RFC 9449 §4.3 and §7.1, in an order
 //! where the cheap ones come first and a proof is recorded as used (the `jti` replay
-//! cache) only once everything else holds:
+//! cache) once everything else holds. The record is judged by the time the proof
+//! was checked and kept until no verifier sharing the cache could accept the proof
+//! (its `iat`, the leeway and the tolerated [clock skew](DpopVerifier::clock_skew)),
+//! so that checking and recording are one step, whatever happens in between:
 //!
 //! ```
 //! # async fn run() {
@@ -66,6 +69,15 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 /// The largest `iat` leeway accepted: a longer one keeps proofs replayable (and
 /// their `jti` in the cache) for longer than any clock skew needs.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// How far apart the clocks of the verifiers sharing a replay cache may be, by
+/// default (with the time a record takes to reach the cache): see
+/// [`DpopVerifier::clock_skew`].
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(10);
+
+/// How long a server nonce's time window lasts by default: see
+/// [`DpopVerifier::nonces`].
+pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(300);
 
 /// How many proofs the in-memory replay cache remembers by default.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
@@ -230,15 +242,38 @@ pub use super::confirmation::Confirmation;
 /// [`MemoryReplayCache`] for one server; `RedisReplayCache` (feature `redis`) for a
 /// fleet, where a proof used on one replica is refused by all others.
 pub trait ReplayCache: Send + Sync + 'static {
-    /// Records `key` until `until` (seconds since the Unix epoch; the proof is refused
-    /// as stale after it anyway) and answers `true` if it was not recorded before, or
-    /// `false` for a replay. `now` is the verifier's clock.
+    /// Records `key` until `until` and answers `true` if it was not recorded before
+    /// (or only with an earlier `until` that has passed by `now`), or `false` for a
+    /// replay, in one atomic step.
+    ///
+    /// Both are seconds since the Unix epoch. `now` is the time the verifier checked
+    /// the proof (not read again when recording); `until` is the last second in
+    /// which any verifier sharing the cache could still accept the proof: its `iat`
+    /// plus the leeway plus the tolerated clock skew. A cache that forgets by a
+    /// time-to-live keeps the key for at least `until - now + 1` seconds.
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture;
+
+    /// Forgets the record of `key` made by this verifier's own `first_use`, because
+    /// the request that made it was refused (its token, or the token's binding):
+    /// a proof is tied to its token by `ath`, so at most one request with it can
+    /// ever be accepted whether or not the record stays, and a refused request
+    /// leaves no record an attacker with a key pair of their own could fill the
+    /// cache with. Called only by the request that made the record.
+    ///
+    /// The default keeps the record (the proof stays spent): always safe, and
+    /// right for a cache that cannot forget.
+    fn forget(&self, key: &str) {
+        let _ = key;
+    }
 }
 
 impl<R: ReplayCache + ?Sized> ReplayCache for Arc<R> {
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
         (**self).first_use(key, now, until)
+    }
+
+    fn forget(&self, key: &str) {
+        (**self).forget(key)
     }
 }
 
@@ -296,25 +331,60 @@ impl fmt::Debug for ReplayFuture {
     }
 }
 
-/// The replay cache of one server: bounded (quick_cache, S3-FIFO), each entry kept
-/// until its proof would be refused as stale anyway.
+/// The replay cache of one server: bounded, each entry kept until its proof would
+/// be refused as stale anyway, and never pushed out before.
 ///
-/// Size it for the proofs one server accepts within twice the leeway (default
-/// [`DEFAULT_REPLAY_CAPACITY`]): when it is full, the oldest entries make room, and a
-/// proof whose entry was pushed out could be replayed until its `iat` leaves the
-/// window. Behind a load balancer use `RedisReplayCache` (feature `redis`), which
-/// every replica shares and which has no such bound.
+/// Size it for the proofs one server checks within twice the leeway plus the
+/// [clock skew](DpopVerifier::clock_skew) (default [`DEFAULT_REPLAY_CAPACITY`]); a
+/// proof is recorded as soon as it is checked, before its token is validated, so
+/// this counts proofs with good signatures whatever their tokens. When it is full
+/// of proofs that could still be accepted, a new proof is answered `503`
+/// ([`DpopError::ReplayCacheUnavailable`]) until the oldest are stale: forgetting a
+/// live record would let its proof be replayed, and anyone with a key pair could
+/// make the cache forget by filling it. Behind a load balancer use
+/// `RedisReplayCache` (feature `redis`), which every replica shares and which has
+/// no such bound.
 pub struct MemoryReplayCache {
-    /// Key digest → the time (Unix seconds) until which the key is remembered.
-    seen: quick_cache::sync::Cache<[u8; 32], u64>,
+    seen: std::sync::Mutex<Records>,
+    capacity: usize,
+}
+
+/// The records of a [`MemoryReplayCache`]: key digest → the time (Unix seconds)
+/// until which it is remembered, and the same ordered by that time, to forget
+/// the stale ones first.
+#[derive(Default)]
+struct Records {
+    until: std::collections::HashMap<[u8; 32], u64>,
+    by_time: std::collections::BinaryHeap<std::cmp::Reverse<(u64, [u8; 32])>>,
+}
+
+impl Records {
+    /// Forgets every record whose time passed before `now`.
+    fn forget_stale(&mut self, now: u64) {
+        while let Some(std::cmp::Reverse((until, digest))) = self.by_time.peek().copied() {
+            if until >= now {
+                break;
+            }
+            self.by_time.pop();
+            if self.until.get(&digest) == Some(&until) {
+                self.until.remove(&digest);
+            }
+        }
+    }
 }
 
 impl MemoryReplayCache {
     /// A cache remembering up to `capacity` proofs.
     pub fn new(capacity: usize) -> Self {
         MemoryReplayCache {
-            seen: quick_cache::sync::Cache::new(capacity.max(1)),
+            seen: std::sync::Mutex::default(),
+            capacity: capacity.max(1),
         }
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        // The records stay consistent whatever panicked while holding the lock.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -327,37 +397,46 @@ impl Default for MemoryReplayCache {
 impl fmt::Debug for MemoryReplayCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryReplayCache")
-            .field("len", &self.seen.len())
-            .field("capacity", &self.seen.capacity())
+            .field("len", &self.records().until.len())
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
 
 impl ReplayCache for MemoryReplayCache {
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
-        use quick_cache::sync::{EntryAction, EntryResult};
         // Keys are hashed to a fixed size: an entry costs the same whatever the jti.
         let digest = super::sha256(key.as_bytes());
-        // One write lock on the shard: two requests with the same proof cannot both
-        // find it new.
-        let answer = match self.seen.entry(&digest, Some(Duration::ZERO), |_, kept| {
-            if *kept >= now {
-                EntryAction::Retain(false)
-            } else {
-                // An entry past its time: its proof is stale, this is a new use.
-                *kept = until;
-                EntryAction::Retain(true)
-            }
-        }) {
-            EntryResult::Retained(first) => first,
-            EntryResult::Vacant(guard) => {
-                let _ = guard.insert(until);
-                true
-            }
-            // Another request is inserting this very key right now: a replay.
-            EntryResult::Timeout | EntryResult::Removed(..) | EntryResult::Replaced(..) => false,
-        };
-        ReplayFuture::ready(Ok(answer))
+        // One lock: two requests with the same proof cannot both find it new.
+        let mut records = self.records();
+        records.forget_stale(now);
+        if records.until.contains_key(&digest) {
+            return ReplayFuture::ready(Ok(false));
+        }
+        if records.until.len() >= self.capacity {
+            return ReplayFuture::ready(Err(
+                "the DPoP replay cache is full of proofs that are not stale yet".into(),
+            ));
+        }
+        records.until.insert(digest, until);
+        records.by_time.push(std::cmp::Reverse((until, digest)));
+        ReplayFuture::ready(Ok(true))
+    }
+
+    fn forget(&self, key: &str) {
+        let digest = super::sha256(key.as_bytes());
+        let mut records = self.records();
+        records.until.remove(&digest);
+        // The heap keeps a forgotten record's time until it passes: rebuilt from
+        // the records when forgotten ones outnumber them, so it stays bounded.
+        if records.by_time.len() > 2 * self.capacity {
+            let rebuilt = records
+                .until
+                .iter()
+                .map(|(digest, until)| std::cmp::Reverse((*until, *digest)))
+                .collect();
+            records.by_time = rebuilt;
+        }
     }
 }
 
@@ -379,16 +458,33 @@ struct Origin(String);
 /// Secure by default: `ES256` only (add `ES384`, `EdDSA`, `RS256`, `PS256`… with
 /// [`algorithms`](Self::algorithms); `none` and HMAC are never accepted), an `iat`
 /// window of ±60 s, every `jti` remembered in a bounded in-memory
-/// [`MemoryReplayCache`] until its proof is stale. The URI a proof must name is the
-/// request's path on the origin the request names (its absolute URI, or `https://`
-/// and its `Host`), or on the [`external_origin`](Self::external_origin) when one is
-/// set (a server behind a proxy).
+/// [`MemoryReplayCache`] until its proof is stale.
+///
+/// The URI a proof must name (`htu`) is the request's path on the origin clients
+/// reach the server at, taken from, in this order:
+/// 1. the [`external_origin`](Self::external_origin), when one is set;
+/// 2. the `Forwarded` header (or `X-Forwarded-Proto` and `X-Forwarded-Host`), only
+///    with [`trust_forwarded`](Self::trust_forwarded);
+/// 3. the request itself: its absolute URI (HTTP/2), or its `Host` header with the
+///    [`default_scheme`](Self::default_scheme) (`https` unless set).
+///
+/// **Behind a proxy**, the request this server sees names the proxy's view of it.
+/// Set the `external_origin` when it is known; otherwise let a proxy you control
+/// pass the origin in `Forwarded: proto=…;host=…` (or `X-Forwarded-Proto` /
+/// `X-Forwarded-Host`) and call `trust_forwarded`. A proxy that passes the client's
+/// `Host` through needs neither, only the `default_scheme` when clients use plain
+/// `http`.
 #[derive(Clone)]
 pub struct DpopVerifier {
     algorithms: Arc<[Algorithm]>,
     algs: Arc<str>,
     leeway: u64,
+    skew: u64,
     origin: Option<Origin>,
+    /// The scheme of a request that names none (`https` or `http`).
+    default_scheme: &'static str,
+    /// Whether `Forwarded` / `X-Forwarded-*` name the origin.
+    trust_forwarded: bool,
     replay: Arc<dyn ReplayCache>,
     clock: Clock,
     max_len: usize,
@@ -426,19 +522,21 @@ impl Nonces {
     }
 
     /// Whether `nonce` is ours and of this window, the previous one, or the next
-    /// one (a replica whose clock is a little ahead).
-    fn accepts(&self, nonce: &str, now: u64) -> bool {
+    /// one (a replica whose clock is a little ahead); `Some(true)` when it is of an
+    /// earlier window than now's, so that the answer should carry the current one.
+    fn accepts(&self, nonce: &str, now: u64) -> Option<bool> {
         // Room for the decoder's estimate; anything but 24 bytes is not ours.
         let mut raw = [0u8; 36];
         if nonce.len() != 32 || URL_SAFE_NO_PAD.decode_slice(nonce, &mut raw) != Ok(24) {
-            return false;
+            return None;
         }
         let mut window = [0u8; 8];
         window.copy_from_slice(&raw[..8]);
         let window = u64::from_be_bytes(window);
         let current = self.window(now);
-        (current.saturating_sub(1)..=current.saturating_add(1)).contains(&window)
-            && bool::from(raw[8..24].ct_eq(&self.mac(window)[..16]))
+        let good = (current.saturating_sub(1)..=current.saturating_add(1)).contains(&window)
+            && bool::from(raw[8..24].ct_eq(&self.mac(window)[..16]));
+        good.then_some(window < current)
     }
 }
 
@@ -447,7 +545,10 @@ impl fmt::Debug for DpopVerifier {
         f.debug_struct("DpopVerifier")
             .field("algs", &self.algs)
             .field("leeway", &self.leeway)
+            .field("clock_skew", &self.skew)
             .field("origin", &self.origin)
+            .field("default_scheme", &self.default_scheme)
+            .field("trust_forwarded", &self.trust_forwarded)
             .field("max_len", &self.max_len)
             .field("nonces", &self.nonces.as_ref().map(|n| n.lifetime))
             .finish_non_exhaustive()
@@ -466,7 +567,13 @@ impl Default for DpopVerifier {
 pub struct CheckedProof {
     jkt: String,
     replay_key: String,
+    /// When the proof was checked: the replay record is judged by this time, never
+    /// by a second reading of the clock.
+    checked_at: u64,
+    /// The last second any verifier sharing the replay cache could accept the
+    /// proof: `iat` + leeway + tolerated skew.
     until: u64,
+    next_nonce: Option<String>,
 }
 
 impl CheckedProof {
@@ -474,6 +581,17 @@ impl CheckedProof {
     /// token's `cnf.jkt` must be.
     pub fn jkt(&self) -> &str {
         &self.jkt
+    }
+
+    /// The nonce to send in a `DPoP-Nonce` header with the answer (RFC 9449 §8.2),
+    /// when the proof carried an older one than the current: the client then
+    /// moves to the new nonce while its old one is still good, and a rotation
+    /// costs it no `use_dpop_nonce` round trip. [`RequireBearerLayer`] sends it
+    /// on successful answers.
+    ///
+    /// [`RequireBearerLayer`]: super::RequireBearerLayer
+    pub fn next_nonce(&self) -> Option<&str> {
+        self.next_nonce.as_deref()
     }
 }
 
@@ -485,7 +603,10 @@ impl DpopVerifier {
             algorithms: Arc::from([Algorithm::ES256]),
             algs: Arc::from("ES256"),
             leeway: DEFAULT_LEEWAY.as_secs(),
+            skew: DEFAULT_CLOCK_SKEW.as_secs(),
             origin: None,
+            default_scheme: "https",
+            trust_forwarded: false,
             replay: Arc::new(MemoryReplayCache::default()),
             clock: Arc::new(system_clock),
             max_len: DEFAULT_MAX_PROOF_LEN,
@@ -524,10 +645,26 @@ impl DpopVerifier {
     }
 
     /// How far a proof's `iat` may be from now, either way (default 60 s, at most
-    /// [`MAX_LEEWAY`]).
+    /// [`MAX_LEEWAY`]). Verifiers sharing a replay cache use the same leeway.
     #[must_use]
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway.min(MAX_LEEWAY).as_secs();
+        self
+    }
+
+    /// How far apart the clocks of the verifiers sharing a replay cache may be,
+    /// plus the time a record takes to reach the cache (default
+    /// [`DEFAULT_CLOCK_SKEW`], 10 s; at most [`MAX_LEEWAY`]).
+    ///
+    /// A proof's `jti` is recorded until `iat` + leeway + this skew (a Redis key
+    /// lives that long from the moment the proof is checked): a replica whose clock
+    /// is behind the recording one by up to this much still finds the record while
+    /// it would accept the proof. It does not widen the window in which proofs are
+    /// accepted; it only keeps records longer. Verifiers sharing a cache use the
+    /// same skew.
+    #[must_use]
+    pub fn clock_skew(mut self, skew: Duration) -> Self {
+        self.skew = skew.min(MAX_LEEWAY).as_secs();
         self
     }
 
@@ -549,6 +686,42 @@ impl DpopVerifier {
         Ok(self)
     }
 
+    /// The scheme of a request that does not name one (an HTTP/1.1 request names
+    /// only its `Host`): `"https"` (the default) or `"http"`, for a server clients
+    /// reach over plain HTTP (local development, tests, a trusted network). Known
+    /// before the server's port is; the port comes from `Host`.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for anything but `http` or `https`.
+    pub fn default_scheme(mut self, scheme: &str) -> Result<Self, Error> {
+        self.default_scheme = if scheme.eq_ignore_ascii_case("https") {
+            "https"
+        } else if scheme.eq_ignore_ascii_case("http") {
+            "http"
+        } else {
+            return Err(Error::Configuration(format!(
+                "{scheme:?} is not http or https"
+            )));
+        };
+        Ok(self)
+    }
+
+    /// Takes the origin clients reached from the proxy in front of this server:
+    /// `proto` and `host` of the last element of `Forwarded` (RFC 7239, the one the
+    /// nearest proxy added), or else the last value of `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host`; what they leave out comes from the request. When both
+    /// families are present they must name the same `proto` and `host`, or the
+    /// proof is refused: a proxy sets one family and may pass the other through
+    /// from the client, who would then choose the origin. Only behind a
+    /// proxy that sets these headers itself: a client reaching the server directly
+    /// could name any origin, and so use a proof made for another server.
+    /// [`external_origin`](Self::external_origin), when set, wins.
+    #[must_use]
+    pub fn trust_forwarded(mut self) -> Self {
+        self.trust_forwarded = true;
+        self
+    }
+
     /// Where used proofs are remembered (default: a [`MemoryReplayCache`]).
     #[must_use]
     pub fn replay_cache(mut self, cache: impl ReplayCache) -> Self {
@@ -563,15 +736,27 @@ impl DpopVerifier {
         self
     }
 
-    /// Requires server nonces (RFC 9449 §8): a proof must carry in `nonce` one this
-    /// server (or a replica with the same `secret`) gave out within the last one or
-    /// two `lifetime`s; otherwise it is refused with [`DpopError::UseNonce`] and a
-    /// fresh nonce (`401 use_dpop_nonce` and a `DPoP-Nonce` header), which the
+    /// Requires server nonces (RFC 9449 §8) made with `secret`, in time windows of
+    /// `lifetime`; for one server, [`require_nonces`](Self::require_nonces) picks a
+    /// random secret and [`DEFAULT_NONCE_LIFETIME`].
+    ///
+    /// A proof must carry in `nonce` one this server (or a replica with the same
+    /// `secret`) gave out; otherwise it is refused with [`DpopError::UseNonce`] and
+    /// the current nonce (`401 use_dpop_nonce` and a `DPoP-Nonce` header), which the
     /// client retries with. Nonces are stateless (a time window and its HMAC), so a
-    /// fleet needs no shared store for them. With nonces a proof's age no longer
-    /// rests on the client's clock alone. Successful answers carry no `DPoP-Nonce`:
-    /// a nonce stays good for two to three lifetimes, and a client learns the next
-    /// one from the `use_dpop_nonce` answer it then gets.
+    /// fleet needs no shared store for them, only the shared secret. With nonces a
+    /// proof's age no longer rests on the client's clock alone.
+    ///
+    /// **How long a nonce stays good, exactly:** time is cut into windows of
+    /// `lifetime` (aligned on the Unix epoch); the nonce given out in a window is
+    /// accepted until the end of the window after it. A nonce received at time `t`
+    /// is thus good for more than one `lifetime` and at most two after `t` (by the
+    /// server's clock); it is also accepted one window early, for a replica whose
+    /// clock is ahead. When a proof carries the previous window's nonce, the
+    /// successful answer carries the current one in `DPoP-Nonce`
+    /// ([`CheckedProof::next_nonce`]): a client that sends a request at least once
+    /// per `lifetime` and uses the latest nonce it was given is never refused for
+    /// its nonce.
     ///
     /// # Errors
     /// [`Error::Configuration`] for a secret shorter than 32 bytes or a lifetime
@@ -595,6 +780,22 @@ impl DpopVerifier {
             lifetime: lifetime.as_secs(),
         }));
         Ok(self)
+    }
+
+    /// Requires server nonces (see [`nonces`](Self::nonces)) with a random secret
+    /// drawn now from the operating system and windows of
+    /// [`DEFAULT_NONCE_LIFETIME`] (5 minutes). The secret lives in this verifier
+    /// (and its clones) only: replicas behind one load balancer each refuse the
+    /// others' nonces, so a fleet passes one shared secret to
+    /// [`nonces`](Self::nonces) instead.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the operating system has no randomness to give.
+    pub fn require_nonces(self) -> Result<Self, Error> {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut secret[..])
+            .map_err(|e| Error::Configuration(format!("no randomness for DPoP nonces: {e}")))?;
+        self.nonces(&secret[..], DEFAULT_NONCE_LIFETIME)
     }
 
     /// The nonce to give clients now (`DPoP-Nonce`), when nonces are required.
@@ -727,13 +928,12 @@ impl DpopVerifier {
         if !bool::from(ath.as_bytes().ct_eq(expected_ath.as_bytes())) {
             return Err(DpopError::AccessTokenHash);
         }
+        let mut next_nonce = None;
         if let Some(nonces) = &self.nonces {
-            if !claims
-                .nonce
-                .as_deref()
-                .is_some_and(|n| nonces.accepts(n, now))
-            {
-                return Err(DpopError::UseNonce(nonces.current(now)));
+            match claims.nonce.as_deref().and_then(|n| nonces.accepts(n, now)) {
+                None => return Err(DpopError::UseNonce(nonces.current(now))),
+                Some(true) => next_nonce = Some(nonces.current(now)),
+                Some(false) => {}
             }
         }
         let jkt = thumbprint(&jwk).ok_or(DpopError::InvalidKey)?;
@@ -743,7 +943,9 @@ impl DpopVerifier {
         Ok(CheckedProof {
             jkt,
             replay_key,
-            until: iat.saturating_add(self.leeway),
+            checked_at: now,
+            until: iat.saturating_add(self.leeway).saturating_add(self.skew),
+            next_nonce,
         })
     }
 
@@ -762,7 +964,16 @@ impl DpopVerifier {
         }
     }
 
-    /// Records the proof's `jti` as used, until the proof is stale.
+    /// Records the proof's `jti` as used, until no verifier sharing the replay
+    /// cache could accept it any more (its `iat` + leeway +
+    /// [`clock_skew`](Self::clock_skew)), judged at the time the proof was
+    /// checked: however long passes between [`check`](Self::check) and this call
+    /// (a slow token validation), a second use of the proof is found.
+    ///
+    /// Call it as soon as the proof is checked, before anything that awaits:
+    /// [`RequireBearerLayer`](super::RequireBearerLayer) records it before the
+    /// token is validated, so a proof whose token is then refused is spent (its
+    /// client makes a new proof for each request anyway).
     ///
     /// # Errors
     /// [`DpopError::Replayed`] if it was used before,
@@ -770,8 +981,16 @@ impl DpopVerifier {
     pub fn record(&self, proof: &CheckedProof) -> RecordFuture {
         RecordFuture(
             self.replay
-                .first_use(&proof.replay_key, (self.clock)(), proof.until),
+                .first_use(&proof.replay_key, proof.checked_at, proof.until),
         )
+    }
+
+    /// Forgets the record [`record`](Self::record) made of `proof`, for a request
+    /// refused after the record (its token, or the token's binding): see
+    /// [`ReplayCache::forget`]. Call it only for a proof whose `record` answered
+    /// first use.
+    pub fn forget(&self, proof: &CheckedProof) {
+        self.replay.forget(&proof.replay_key);
     }
 
     /// The URI a proof for this request must name, normalised.
@@ -779,17 +998,82 @@ impl DpopVerifier {
         let origin = match &self.origin {
             Some(origin) => origin.clone(),
             None => {
-                let authority = match uri.authority() {
-                    Some(a) => a.as_str(),
-                    None => headers.get(http::header::HOST)?.to_str().ok()?,
+                let (proto, host) = if self.trust_forwarded {
+                    forwarded(headers)?
+                } else {
+                    (None, None)
                 };
-                normal_origin(uri.scheme_str().unwrap_or("https"), authority)?
+                let authority = match (host, uri.authority()) {
+                    (Some(host), _) => host,
+                    (None, Some(a)) => a.as_str().to_owned(),
+                    (None, None) => headers.get(http::header::HOST)?.to_str().ok()?.to_owned(),
+                };
+                let scheme = proto
+                    .as_deref()
+                    .or(uri.scheme_str())
+                    .unwrap_or(self.default_scheme);
+                normal_origin(scheme, &authority)?
             }
         };
         let mut out = origin.0;
         out.push_str(&normal_path(uri.path())?);
         Some(out)
     }
+}
+
+/// `proto` and `host` as the nearest proxy gave them: the last element of
+/// `Forwarded`, or the last values of `X-Forwarded-Proto` / `X-Forwarded-Host`.
+/// `None` for a header that is not text, an element this parser cannot read, or
+/// both families present and saying different things (a proxy sets one and may
+/// pass the client's other through).
+#[allow(clippy::type_complexity)]
+fn forwarded(headers: &HeaderMap) -> Option<(Option<String>, Option<String>)> {
+    fn last_value(headers: &HeaderMap, name: &str) -> Option<Option<String>> {
+        let Some(value) = headers.get_all(name).iter().next_back() else {
+            return Some(None);
+        };
+        let value = value.to_str().ok()?;
+        let last = value.rsplit(',').next().unwrap_or(value).trim();
+        Some((!last.is_empty()).then(|| last.to_owned()))
+    }
+    let x_forwarded = (
+        last_value(headers, "x-forwarded-proto")?,
+        last_value(headers, "x-forwarded-host")?,
+    );
+    let Some(value) = headers.get_all(http::header::FORWARDED).iter().next_back() else {
+        return Some(x_forwarded);
+    };
+    let element = value.to_str().ok()?.rsplit(',').next()?;
+    let (mut proto, mut host) = (None, None);
+    for pair in element.split(';') {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = pair.split_once('=')?;
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(quoted) => quoted.strip_suffix('"')?,
+            None => value,
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "proto" => proto = Some(value.to_owned()),
+            "host" => host = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    // A proxy sets one family and may pass the other through from the client:
+    // with both present, they must say the same, or the client named the origin.
+    let same = |a: &Option<String>, b: &Option<String>| match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (None, None) => true,
+        _ => false,
+    };
+    let x_present = x_forwarded.0.is_some() || x_forwarded.1.is_some();
+    if x_present && !(same(&proto, &x_forwarded.0) && same(&host, &x_forwarded.1)) {
+        return None;
+    }
+    Some((proto, host))
 }
 
 /// [`DpopVerifier::record`]'s answer.

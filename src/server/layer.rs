@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{ready, Context, Poll};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -426,15 +426,20 @@ where
         }
         let config = &self.config;
         let started = Started::now();
+        // The nonce a DPoP answer carries ahead of the rotation (RFC 9449 §8.2).
+        #[allow(unused_mut)]
+        let mut next_nonce: Option<HeaderValue> = None;
         #[cfg(feature = "dpop")]
         let checked = match &config.dpop {
             None => None,
-            Some(dpop) => Some(dpop_validation(
-                &*self.validator,
-                dpop,
-                &req,
-                config.max_len,
-            )),
+            Some(dpop) => Some(
+                dpop_validation(&*self.validator, dpop, &req, config.max_len).map(
+                    |(validation, nonce)| {
+                        next_nonce = nonce;
+                        validation
+                    },
+                ),
+            ),
         };
         #[cfg(not(feature = "dpop"))]
         let checked: Option<Result<ValidationFuture<V::Claims>, Rejection>> = None;
@@ -465,7 +470,7 @@ where
                 metrics::validation(Ok(()), false, started);
                 req.extensions_mut().insert(Verified(claims));
                 config.mark(&mut req);
-                ResponseFuture::calling(self.inner.call(req))
+                ResponseFuture::calling(self.inner.call(req)).with_nonce(next_nonce)
             }
             Ok(Err(rejection)) => {
                 ResponseFuture::rejected(&rejection, &req, &config.challenge, started)
@@ -480,6 +485,7 @@ where
                         validation: pending,
                         waiting: Some(Box::new((service, req, Arc::clone(config), started))),
                     },
+                    next_nonce,
                 }
             }
         }
@@ -494,6 +500,8 @@ pin_project! {
     {
         #[pin]
         state: State<S, B, C>,
+        // A `DPoP-Nonce` for a successful answer.
+        next_nonce: Option<HeaderValue>,
     }
 }
 
@@ -519,7 +527,13 @@ where
     fn calling(future: S::Future) -> Self {
         ResponseFuture {
             state: State::Calling { future },
+            next_nonce: None,
         }
+    }
+
+    fn with_nonce(mut self, nonce: Option<HeaderValue>) -> Self {
+        self.next_nonce = nonce;
+        self
     }
 
     fn rejected(
@@ -534,6 +548,7 @@ where
             state: State::Rejected {
                 response: Some(challenge.respond(rejection, req.headers())),
             },
+            next_nonce: None,
         }
     }
 }
@@ -575,7 +590,13 @@ where
                     };
                     this.state.set(next);
                 }
-                StateProj::Calling { future } => return future.poll(cx),
+                StateProj::Calling { future } => {
+                    let mut answer = ready!(future.poll(cx));
+                    if let (Ok(res), Some(nonce)) = (&mut answer, this.next_nonce.take()) {
+                        res.headers_mut().insert(DPOP_NONCE_HEADER, nonce);
+                    }
+                    return Poll::Ready(answer);
+                }
                 StateProj::Rejected { response } => {
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));
                 }
@@ -583,6 +604,10 @@ where
         }
     }
 }
+
+/// `DPoP-Nonce` (RFC 9449 §8), also without the `dpop` feature, where no answer
+/// carries it.
+const DPOP_NONCE_HEADER: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
 
 impl<S, B, C> fmt::Debug for ResponseFuture<S, B, C>
 where
@@ -788,63 +813,100 @@ where
 }
 
 /// The validation of a request to a layer that accepts DPoP: the proof checked
-/// first (no validator call for a bad one), then the token, then its binding and
-/// the proof's first use.
+/// and its `jti` recorded in one step, first (no validator call for a bad or
+/// replayed proof), then the token, then its binding. With the validation, the
+/// `DPoP-Nonce` a successful answer carries, if any.
+///
+/// The record comes before the token's validation, which may take seconds (an
+/// introspection, a key fetch): a second request with the same proof during it
+/// finds the record. A request refused after its record (the token, or its
+/// binding) forgets it ([`ReplayCache::forget`](crate::server::dpop::ReplayCache::forget)):
+/// the proof is tied to that token by `ath`, so it can still pass at most once,
+/// and proofs sent with junk tokens cannot fill the replay cache.
 #[cfg(feature = "dpop")]
 fn dpop_validation<V: Validator, B>(
     validator: &V,
     dpop: &Arc<DpopConfig>,
     req: &Request<B>,
     max_len: usize,
-) -> Result<ValidationFuture<V::Claims>, Rejection> {
+) -> Result<(ValidationFuture<V::Claims>, Option<HeaderValue>), Rejection> {
     let (sent_as_dpop, token) = dpop_or_bearer_token(req.headers(), max_len)?;
-    let proof = if sent_as_dpop {
-        Some(
+    let Some(proof) = sent_as_dpop
+        .then(|| {
             dpop.verifier
                 .check(req.method(), req.uri(), req.headers(), token)
-                .map_err(Rejection::from)?,
-        )
-    } else {
-        None
+        })
+        .transpose()
+        .map_err(Rejection::from)?
+    else {
+        return Ok((bound_claims(dpop, validator.validate(token), None), None));
     };
-    Ok(match validator.validate(token).now_or_pending() {
-        Ok(Ok(claims)) => bind(dpop, claims, proof),
-        Ok(Err(rejection)) => ValidationFuture::ready(Err(rejection)),
+    let next_nonce = proof
+        .next_nonce()
+        .and_then(|n| HeaderValue::from_str(n).ok());
+    let validation = match dpop.verifier.record(&proof).now_or_pending() {
+        Ok(Ok(())) => bound_claims(dpop, validator.validate(token), Some(proof)),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(recording) => {
+            let dpop = Arc::clone(dpop);
+            // A validation that waits is polled only once the record is made: a
+            // replay costs no introspection.
+            let validation = validator.validate(token);
+            ValidationFuture::pending(async move {
+                recording.await.map_err(Rejection::from)?;
+                bound_claims(&dpop, validation, Some(proof)).await
+            })
+        }
+    };
+    Ok((validation, next_nonce))
+}
+
+/// The claims of `validation`, once their binding to `proof` (recorded already)
+/// holds.
+#[cfg(feature = "dpop")]
+fn bound_claims<C: Clone + Send + Sync + 'static>(
+    dpop: &Arc<DpopConfig>,
+    validation: ValidationFuture<C>,
+    proof: Option<CheckedProof>,
+) -> ValidationFuture<C> {
+    let judged =
+        |dpop: &DpopConfig, validated: Result<C, Rejection>, proof: Option<&CheckedProof>| {
+            let bound = validated.and_then(|claims| bind(dpop, claims, proof));
+            if let (Err(_), Some(proof)) = (&bound, proof) {
+                dpop.verifier.forget(proof);
+            }
+            bound
+        };
+    match validation.now_or_pending() {
+        Ok(validated) => ValidationFuture::ready(judged(dpop, validated, proof.as_ref())),
         Err(pending) => {
             let dpop = Arc::clone(dpop);
             ValidationFuture::pending(async move {
-                let claims = pending.await?;
-                bind(&dpop, claims, proof).await
+                let validated = pending.await;
+                judged(&dpop, validated, proof.as_ref())
             })
         }
-    })
+    }
 }
 
-/// Accepts `claims` if their token is bound to the proof's key and the proof is
-/// used for the first time, or, without a proof, if the token is not DPoP-bound.
+/// Accepts `claims` if their token is bound to the proof's key, or, without a
+/// proof, if the token is not DPoP-bound.
 #[cfg(feature = "dpop")]
-fn bind<C: Clone + Send + Sync + 'static>(
+fn bind<C: 'static>(
     dpop: &DpopConfig,
     claims: C,
-    proof: Option<CheckedProof>,
-) -> ValidationFuture<C> {
+    proof: Option<&CheckedProof>,
+) -> Result<C, Rejection> {
     let jkt = (dpop.jkt_of)(&claims);
-    let Some(proof) = proof else {
-        return ValidationFuture::ready(match jkt {
+    match proof {
+        None => match jkt {
             Some(_) => Err(DpopError::BoundTokenAsBearer.into()),
             None => Ok(claims),
-        });
-    };
-    if let Err(e) = dpop.verifier.confirm(&proof, jkt) {
-        return ValidationFuture::ready(Err(e.into()));
-    }
-    match dpop.verifier.record(&proof).now_or_pending() {
-        Ok(Ok(())) => ValidationFuture::ready(Ok(claims)),
-        Ok(Err(e)) => ValidationFuture::ready(Err(e.into())),
-        Err(pending) => ValidationFuture::pending(async move {
-            pending.await.map_err(Rejection::from)?;
-            Ok(claims)
-        }),
+        },
+        Some(proof) => match dpop.verifier.confirm(proof, jkt) {
+            Ok(()) => Ok(claims),
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
