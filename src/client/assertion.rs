@@ -509,6 +509,15 @@ mod tests {
         assert_eq!(k.kid.as_deref(), Some("ed"));
         assert!(AssertionKey::from_jwk(jwk, None).is_err(), "no alg");
         assert!(AssertionKey::from_jwk(jwk, Some(Algorithm::ES256)).is_err());
+        // The JWK's own alg, under RFC 9864's fully specified name too.
+        for (name, ok) in [("EdDSA", true), ("Ed25519", true), ("Ed448", false)] {
+            let named = jwk.replace(r#""kid""#, &format!(r#""alg":"{name}","kid""#));
+            let got = AssertionKey::from_jwk(&named, None);
+            assert_eq!(got.is_ok(), ok, "{name}");
+            if let Ok(k) = got {
+                assert_eq!(k.algorithm(), Algorithm::EdDSA);
+            }
+        }
         let public =
             r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
         assert!(AssertionKey::from_jwk(public, Some(Algorithm::EdDSA)).is_err());

@@ -84,7 +84,20 @@ pub struct KeyError(String);
 /// - `exp` is required; `exp`, `nbf` and `iat` are checked with a 60 s leeway (at
 ///   most 5 minutes): a token issued in the future is refused; dates may be
 ///   integers or decimals (RFC 7519 NumericDate), anything else is malformed;
-/// - `iss` and `aud` are checked when configured, and then required.
+/// - `iss` and `aud` are checked when configured, and then required;
+/// - `alg` is read under the names of RFC 7518 / RFC 8037 and the fully specified
+///   ones of RFC 9864: `Ed25519` is verified as `EdDSA`, `ESP256` / `ESP384` as
+///   `ES256` / `ES384` (`Ed448`, `ES512` and `ESP512` are not supported and are
+///   refused);
+/// - only canonical base64url is read, in every part (no padding, no set trailing
+///   bits), so a signed token has one text;
+/// - both forms of an ECDSA signature, (r, s) and (r, n − s), are accepted: the
+///   signers of most issuers and clients (OpenSSL, aws-lc, WebCrypto) do not
+///   normalise `s`, so refusing the "high" form would refuse about half of their
+///   ES256 tokens. Anyone holding a token can make its other form without the key,
+///   so nothing may be keyed on a token's text alone: the crate keys what it keeps
+///   per token on what was signed (a revocation by token on the signing input,
+///   `header.payload`; a DPoP replay record on the proof's key and `jti`).
 ///
 /// ```
 /// use tower_bearer::server::{Claims, JwtValidator};
