@@ -224,7 +224,7 @@ fn non_canonical_base64url_is_refused_in_every_part() {
             let mut variants = Vec::new();
             // The last character with a trailing bit set (same bytes decoded),
             // when the part's length leaves trailing bits.
-            if text.len() % 4 != 0 {
+            if !text.len().is_multiple_of(4) {
                 let last = text.as_bytes()[text.len() - 1];
                 const ALPHABET: &[u8] =
                     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
