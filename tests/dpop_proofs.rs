@@ -1762,3 +1762,56 @@ mod layer {
         );
     }
 }
+
+/// Issue 29 item 13: a current certified client (oauth4webapi 3.8) signs its
+/// Ed25519 proofs with RFC 9864's fully specified `alg: "Ed25519"`. Such a proof,
+/// and RFC 9864's `ESP256` / `ESP384` for ECDSA, are verified exactly as `EdDSA`,
+/// `ES256` and `ES384`; the challenge's `algs` names `Ed25519` (JOSE's name; the
+/// ECDSA ones are COSE's, read but not advertised); names this crate
+/// cannot verify (`Ed448`, `ES512`, `ESP512`) are refused as not allowed.
+#[tokio::test]
+async fn fully_specified_algorithm_names_are_accepted_and_advertised() {
+    let v = verifier();
+    for (key, name) in [
+        (Key::Ed25519, "Ed25519"),
+        (Key::Es256, "ESP256"),
+        (Key::Es384, "ESP384"),
+    ] {
+        let p = proof(key, |header, _| {
+            header["alg"] = json!(name);
+            header["jwk"]["alg"] = json!(name);
+        });
+        let checked = verify_with(&v, &get_items(&p), TOKEN, Some(&key.jkt()))
+            .await
+            .unwrap_or_else(|e| panic!("a proof with alg {name} was refused: {e:?}"));
+        assert_eq!(checked.jkt(), key.jkt());
+    }
+    // The same name is refused where its algorithm is not allowed.
+    let es256_only = DpopVerifier::new().clock(|| UNIX_EPOCH + Duration::from_secs(NOW));
+    let p = proof(Key::Ed25519, |header, _| header["alg"] = json!("Ed25519"));
+    let got = verify_with(
+        &es256_only,
+        &get_items(&p),
+        TOKEN,
+        Some(&Key::Ed25519.jkt()),
+    )
+    .await;
+    assert_eq!(got.unwrap_err(), DpopError::AlgorithmNotAllowed);
+    // An ESP256 name on a P-384 key is no P-256 signature.
+    let p = proof(Key::Es384, |header, _| header["alg"] = json!("ESP256"));
+    assert!(
+        verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Es384.jkt()))
+            .await
+            .is_err()
+    );
+    for name in ["Ed448", "ES512", "ESP512", "EDDSA", "ed25519"] {
+        let p = proof(Key::Ed25519, |header, _| header["alg"] = json!(name));
+        let got = verify_with(&v, &get_items(&p), TOKEN, Some(&Key::Ed25519.jkt())).await;
+        assert_eq!(got.unwrap_err(), DpopError::AlgorithmNotAllowed, "{name}");
+    }
+    assert_eq!(v.algs(), "ES256 ES384 EdDSA Ed25519 RS256 PS256");
+    // The server's own path to the type (not only `client::Algorithm`).
+    let named: tower_bearer::server::Algorithm = Algorithm::EdDSA;
+    let v = DpopVerifier::new().algorithms(&[named]).unwrap();
+    assert_eq!(v.algs(), "EdDSA Ed25519");
+}

@@ -252,3 +252,129 @@ fn common_exp() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The order of P-256 (FIPS 186-4 D.1.2.3), big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// `n − s` on 32-byte big-endian numbers (0 < s < n), borrowing by hand.
+fn order_minus(n: &[u8; 32], s: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = i16::from(n[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        out[i] = d as u8;
+    }
+    assert_eq!(borrow, 0, "s is below the order");
+    out
+}
+
+/// The other valid ECDSA form of an ES256 token: its signature (r, s) made
+/// (r, n − s), which verifies as well, made without the key.
+fn es256_twin(token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+    assert_eq!(signature.len(), 64);
+    let mut twin = signature.clone();
+    twin[32..].copy_from_slice(&order_minus(&P256_ORDER, &signature[32..]));
+    assert_ne!(twin, signature);
+    format!("{message}.{}", URL_SAFE_NO_PAD.encode(twin))
+}
+
+on_every_redis! {
+    /// Issue 29 item 3: a token revoked by its text cannot come back as its ECDSA
+    /// twin (r, n − s): the revocation is keyed on what was signed (the JWS signing
+    /// input), not on the signature's encoding. Through every composition with the
+    /// verified cache, the twin sent before and after the revocation.
+    async fn fleet_a_revoked_es256_token_is_refused_in_its_other_signature_form(redis) {
+        use std::sync::Arc;
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        use tower_bearer::server::{Claims, JwtValidator, VerifiedCache};
+
+        let key = EncodingKey::from_ec_pem(include_bytes!("keys/ec256.key")).unwrap();
+        let claims = serde_json::json!({ "sub": "alice", "exp": common_exp() });
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap();
+        let kept = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &serde_json::json!({ "sub": "bob", "exp": common_exp() }),
+            &key,
+        )
+        .unwrap();
+        let twin = es256_twin(&token);
+        let validator = || {
+            JwtValidator::<Claims>::ec_pem(include_bytes!("keys/ec256.pub.pem")).unwrap()
+        };
+        // Both forms verify: the twin is a valid token in its own right.
+        assert!(validator().check(&token).is_ok());
+        assert!(validator().check(&twin).is_ok(), "the twin verifies");
+
+        async fn serve_with(v: impl tower_bearer::server::Validator<Claims = Claims>) -> SocketAddr {
+            let app = Router::new()
+                .route("/", get(|| async { "ok" }))
+                .layer(RequireBearerLayer::new(v));
+            common::serve(app).await
+        }
+        let prefix = prefix();
+        let mut compositions = Vec::new();
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push(("guard(v)", serve_with(d.guard(validator())).await));
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push((
+            "guard(cache(v))",
+            serve_with(d.guard(VerifiedCache::new(validator()))).await,
+        ));
+        let d = redis.denylist(&prefix).await.staleness(Duration::ZERO);
+        compositions.push((
+            "cache(guard(v))",
+            serve_with(VerifiedCache::new(Arc::new(d.guard(validator())))).await,
+        ));
+        // Accepted and cached, in both forms, before the revocation.
+        for (name, addr) in &compositions {
+            for t in [&token, &twin, &kept] {
+                assert_eq!(status(*addr, t).await.0, 200, "{name}");
+            }
+        }
+        let admin = redis.denylist(&prefix).await;
+        admin
+            .revoke_token(&token, SystemTime::now() + Duration::from_secs(600))
+            .await
+            .unwrap();
+        for (name, addr) in &compositions {
+            for (which, t) in [("token", &token), ("twin", &twin)] {
+                for _ in 0..2 {
+                    let (code, challenge) = status(*addr, t).await;
+                    assert_eq!(code, 401, "{name} served the revoked {which}");
+                    assert!(challenge.contains("invalid_token"), "{name}: {challenge}");
+                }
+            }
+            assert_eq!(status(*addr, &kept).await.0, 200, "{name}: another token");
+        }
+        // Revoked by its twin's text, the token the issuer made is refused too.
+        let other = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &serde_json::json!({ "sub": "carol", "exp": common_exp() }),
+            &key,
+        )
+        .unwrap();
+        admin
+            .revoke_token(&es256_twin(&other), SystemTime::now() + Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert!(admin.is_revoked(&other, None).await.unwrap());
+        // An opaque token is revoked by its whole text.
+        admin
+            .revoke_token("opaque-token", SystemTime::now() + Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert!(admin.is_revoked("opaque-token", None).await.unwrap());
+        assert!(!admin.is_revoked("opaque-token2", None).await.unwrap());
+    }
+}

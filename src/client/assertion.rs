@@ -81,7 +81,9 @@ impl AssertionKey {
 
     /// A private key as a JWK (RFC 7517: `kty` RSA with `d`, `p`, `q`; EC P-256 or
     /// P-384 with `d`; OKP Ed25519 with `d`). Its `kid`, when present, is sent; the
-    /// algorithm is `alg` when given, else the JWK's own `alg`.
+    /// algorithm is `alg` when given, else the JWK's own `alg` (RFC 9864's fully
+    /// specified `Ed25519` is read as `EdDSA`, `ESP256` as `ES256`; assertions are
+    /// signed under the classic name, which every provider knows).
     ///
     /// # Errors
     /// [`Error::Configuration`] for JSON that is not a private JWK of a supported
@@ -91,7 +93,8 @@ impl AssertionKey {
             .map_err(|e| Error::Configuration(format!("not a private JWK: {e}")))?;
         let alg = match (alg, jwk.alg.as_deref()) {
             (Some(alg), _) => alg,
-            (None, Some(name)) => name.parse().map_err(|_| {
+            // Every name the crate reads, RFC 9864's `Ed25519` included.
+            (None, Some(name)) => crate::server::jwt::parse_alg(name).ok_or_else(|| {
                 Error::Configuration(format!("the JWK's alg {name:?} is not supported"))
             })?,
             (None, None) => {
@@ -506,6 +509,15 @@ mod tests {
         assert_eq!(k.kid.as_deref(), Some("ed"));
         assert!(AssertionKey::from_jwk(jwk, None).is_err(), "no alg");
         assert!(AssertionKey::from_jwk(jwk, Some(Algorithm::ES256)).is_err());
+        // The JWK's own alg, under RFC 9864's fully specified name too.
+        for (name, ok) in [("EdDSA", true), ("Ed25519", true), ("Ed448", false)] {
+            let named = jwk.replace(r#""kid""#, &format!(r#""alg":"{name}","kid""#));
+            let got = AssertionKey::from_jwk(&named, None);
+            assert_eq!(got.is_ok(), ok, "{name}");
+            if let Ok(k) = got {
+                assert_eq!(k.algorithm(), Algorithm::EdDSA);
+            }
+        }
         let public =
             r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
         assert!(AssertionKey::from_jwk(public, Some(Algorithm::EdDSA)).is_err());

@@ -15,8 +15,9 @@ use crate::Error;
 /// Local answers kept at most this many; past it the cache starts over.
 const CACHE_CAP: usize = 100_000;
 
-/// Revoked tokens in Redis, by `jti` or by token hash, each until the token's own
-/// expiry (after which the token is refused anyway and the entry is dropped).
+/// Revoked tokens in Redis, by `jti` or by token hash (of what a JWT's issuer
+/// signed, or of an opaque token's text), each until the token's own expiry (after
+/// which the token is refused anyway and the entry is dropped).
 ///
 /// Servers consult it through [`RedisDenylist::guard`], which wraps a [`Validator`]:
 /// a token the inner validator accepts is then refused (`401 invalid_token`) if it is
@@ -110,10 +111,28 @@ impl RedisDenylist {
         format!("{}jti:{jti}", self.prefix)
     }
 
-    fn token_key(&self, token: &str) -> String {
-        let digest = Sha256::digest(token.as_bytes());
+    fn hashed_key(&self, kind: &str, text: &str) -> String {
+        let digest = Sha256::digest(text.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}sha256:{hex}", self.prefix)
+        format!("{}{kind}:{hex}", self.prefix)
+    }
+
+    /// The entries a revocation by token is kept under, the one that decides first.
+    ///
+    /// A compact JWS (`header.payload.signature`) is keyed on the SHA-256 of its
+    /// signing input (`header.payload`): what its issuer signed, whatever form its
+    /// signature takes. An ECDSA signature has two valid forms, (r, s) and
+    /// (r, n − s), and anyone holding a token can make the other one without the
+    /// key; keyed on the whole text, a revoked token would come back as its twin.
+    /// Its whole text's entry (`sha256:`) follows: the key of earlier versions, read
+    /// and written so that a fleet being upgraded keeps every revocation. Any other
+    /// token (opaque) is keyed on its whole text alone.
+    fn token_keys(&self, token: &str) -> Vec<String> {
+        let whole = self.hashed_key("sha256", token);
+        match signing_input(token) {
+            Some(signed) => vec![self.hashed_key("jws", signed), whole],
+            None => vec![whole],
+        }
     }
 
     /// Revokes the token whose `jti` claim is `jti`, until `expires` (its `exp`).
@@ -124,13 +143,18 @@ impl RedisDenylist {
         self.deny(self.jti_key(jti), expires).await
     }
 
-    /// Revokes `token` itself (by its SHA-256, the token is not stored), until
-    /// `expires` (its expiry).
+    /// Revokes `token` itself (by a SHA-256, the token is not stored), until
+    /// `expires` (its expiry). A JWT is revoked by what its issuer signed (its
+    /// header and payload), so every encoding of its signature is refused with it,
+    /// the other form of an ECDSA signature included; an opaque token by its text.
     ///
     /// # Errors
     /// [`Error::Store`] when Redis fails.
     pub async fn revoke_token(&self, token: &str, expires: SystemTime) -> Result<(), Error> {
-        self.deny(self.token_key(token), expires).await
+        for key in self.token_keys(token) {
+            self.deny(key, expires).await?;
+        }
+        Ok(())
     }
 
     async fn deny(&self, key: String, expires: SystemTime) -> Result<(), Error> {
@@ -162,11 +186,10 @@ impl RedisDenylist {
     }
 
     fn keys(&self, token: &str, jti: Option<&str>) -> Vec<String> {
-        self.keys_hashed(self.token_key(token), jti)
+        self.keys_hashed(self.token_keys(token), jti)
     }
 
-    fn keys_hashed(&self, token_key: String, jti: Option<&str>) -> Vec<String> {
-        let mut keys = vec![token_key];
+    fn keys_hashed(&self, mut keys: Vec<String>, jti: Option<&str>) -> Vec<String> {
         keys.extend(jti.map(|j| self.jti_key(j)));
         keys
     }
@@ -276,6 +299,14 @@ impl<V: Validator> Denylisted<V> {
     }
 }
 
+/// The signing input (`header.payload`) of a compact JWS: three parts, the first
+/// two not empty; `None` for any other token.
+fn signing_input(token: &str) -> Option<&str> {
+    let (signed, _signature) = token.rsplit_once('.')?;
+    let (header, payload) = signed.split_once('.')?;
+    (!header.is_empty() && !payload.is_empty() && !payload.contains('.')).then_some(signed)
+}
+
 fn decide<C>(
     denylist: &RedisDenylist,
     claims: C,
@@ -324,11 +355,11 @@ impl<V: Validator> Denylisted<V> {
         let denylist = self.denylist.clone();
         let jti = self.jti.clone();
         // Only the hash outlives this call: the token is not copied.
-        let token_key = denylist.token_key(token);
+        let token_keys = denylist.token_keys(token);
         ValidationFuture::pending(async move {
             let claims = inner.await?;
             let jti = jti.as_ref().and_then(|f| f(&claims));
-            let keys = denylist.keys_hashed(token_key, jti.as_deref());
+            let keys = denylist.keys_hashed(token_keys, jti.as_deref());
             let revoked = match denylist.cached(&keys, Instant::now()) {
                 Some(revoked) => Ok(revoked),
                 None => denylist.ask(keys).await,
@@ -359,5 +390,19 @@ impl<V: Validator> fmt::Debug for Denylisted<V> {
             .field("denylist", &self.denylist)
             .field("jti", &self.jti.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signing_input;
+
+    #[test]
+    fn a_jws_is_keyed_on_its_signing_input_any_other_token_on_its_text() {
+        assert_eq!(signing_input("h.p.s"), Some("h.p"));
+        assert_eq!(signing_input("h.p."), Some("h.p"));
+        for opaque in ["", "opaque", "h.p", ".p.s", "h..s", "h.p.s.t", "a.b.c.d.e"] {
+            assert_eq!(signing_input(opaque), None, "{opaque:?}");
+        }
     }
 }

@@ -36,7 +36,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -601,7 +600,7 @@ impl DpopVerifier {
     pub fn new() -> Self {
         DpopVerifier {
             algorithms: Arc::from([Algorithm::ES256]),
-            algs: Arc::from("ES256"),
+            algs: Arc::from(algs_of(&[Algorithm::ES256])),
             leeway: DEFAULT_LEEWAY.as_secs(),
             skew: DEFAULT_CLOCK_SKEW.as_secs(),
             origin: None,
@@ -614,7 +613,11 @@ impl DpopVerifier {
         }
     }
 
-    /// The algorithms accepted, named in challenges (`algs`) in this order.
+    /// The algorithms accepted, named in challenges (`algs`) in this order;
+    /// [`Algorithm::EdDSA`] under both its names, `EdDSA` and RFC 9864's fully
+    /// specified `Ed25519`. A proof may give either, and `ESP256` / `ESP384` for
+    /// [`Algorithm::ES256`] / [`Algorithm::ES384`] (RFC 9864's ECDSA names, read
+    /// but not advertised: they are registered for COSE, not JOSE).
     ///
     /// # Errors
     /// [`Error::Configuration`] for an empty list or a symmetric algorithm (HMAC):
@@ -633,13 +636,7 @@ impl DpopVerifier {
                 "DPoP proofs are signed with asymmetric keys; {hmac:?} is not one"
             )));
         }
-        self.algs = Arc::from(
-            algorithms
-                .iter()
-                .map(|a| format!("{a:?}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
+        self.algs = Arc::from(algs_of(algorithms));
         self.algorithms = Arc::from(algorithms);
         Ok(self)
     }
@@ -868,8 +865,7 @@ impl DpopVerifier {
                 "the header has a critical member this server does not understand",
             ));
         }
-        let alg = Algorithm::from_str(&header.alg)
-            .ok()
+        let alg = super::jwt::parse_alg(&header.alg)
             .filter(|a| self.algorithms.contains(a))
             .ok_or(DpopError::AlgorithmNotAllowed)?;
         let jwk = header.jwk.ok_or(DpopError::InvalidKey)?;
@@ -1107,6 +1103,18 @@ impl Future for RecordFuture {
             .poll(cx)
             .map(first_use_outcome)
     }
+}
+
+/// The names of `algorithms`, space-separated, as challenges give them (`algs`),
+/// in the order given: [`Algorithm::EdDSA`] as `EdDSA` and RFC 9864's `Ed25519`.
+fn algs_of(algorithms: &[Algorithm]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for name in algorithms.iter().flat_map(|a| super::jwt::alg_names(*a)) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(" ")
 }
 
 /// The one `DPoP` header's value.
@@ -1457,7 +1465,7 @@ mod tests {
         let v = DpopVerifier::new()
             .algorithms(&[Algorithm::ES256, Algorithm::EdDSA, Algorithm::PS256])
             .unwrap();
-        assert_eq!(v.algs(), "ES256 EdDSA PS256");
+        assert_eq!(v.algs(), "ES256 EdDSA Ed25519 PS256");
     }
 
     #[test]

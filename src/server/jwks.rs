@@ -790,7 +790,7 @@ fn usable_key<C: DeserializeOwned + Clone + Send + Sync + 'static>(
     rules: &(dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync),
     issuer: Option<&str>,
 ) -> Option<(Option<String>, JwtValidator<C>)> {
-    let jwk: Jwk = match serde_json::from_value(value) {
+    let jwk: Jwk = match Jwk::deserialize(&value) {
         Ok(jwk) => jwk,
         Err(e) => {
             tracing::warn!(index, error = %e, "skipping a JWK that does not parse");
@@ -821,7 +821,10 @@ fn usable_key<C: DeserializeOwned + Clone + Send + Sync + 'static>(
             return None;
         }
     }
-    let validator = match JwtValidator::<C>::from_jwk(&jwk) {
+    // The JWK's own `alg`, read as this crate reads every `alg` (RFC 9864 names
+    // included): jsonwebtoken's `Jwk` forgets a name it does not know.
+    let alg = value.get("alg").and_then(serde_json::Value::as_str);
+    let validator = match JwtValidator::<C>::from_jwk_named(&jwk, alg) {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(index, ?kid, error = %e, "skipping an unsupported JWK");

@@ -35,6 +35,40 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// date any issuer means; it is refused as malformed.
 const LATEST_DATE: u64 = 253_402_300_799;
 
+/// The JWS algorithm a name in a token's, a proof's or a key's `alg` means, or
+/// `None` for a name this crate does not verify.
+///
+/// Both the names of RFC 7518 / RFC 8037 and the fully specified names of
+/// RFC 9864 are read: `Ed25519` (registered for JOSE, and what current clients
+/// such as oauth4webapi send) is `EdDSA` on an Ed25519 key, the only Edwards curve
+/// verified here. `ESP256` / `ESP384` (RFC 9864's ECDSA names, registered for
+/// COSE: JOSE's `ES256` / `ES384` were fully specified already) are read as
+/// `ES256` / `ES384`, the same verification, for an issuer that uses them. An
+/// allow-list naming [`Algorithm::EdDSA`] therefore accepts `Ed25519` too, and one
+/// naming [`Algorithm::ES256`] accepts `ESP256`. `Ed448`, `ES512` and `ESP512` are
+/// not supported by the signature backend and are refused, as every unknown name
+/// is (`none` included).
+pub(crate) fn parse_alg(name: &str) -> Option<Algorithm> {
+    match name {
+        "Ed25519" => Some(Algorithm::EdDSA),
+        "ESP256" => Some(Algorithm::ES256),
+        "ESP384" => Some(Algorithm::ES384),
+        other => Algorithm::from_str(other).ok(),
+    }
+}
+
+/// The JOSE names of `alg` a server advertises (`algs`,
+/// `dpop_signing_alg_values_supported`): `EdDSA` and RFC 9864's `Ed25519` for
+/// [`Algorithm::EdDSA`], the one name of any other. `ESP256` and `ESP384` are
+/// read ([`parse_alg`]) but not advertised: they are COSE's names, not JOSE's.
+#[cfg(feature = "dpop")]
+pub(crate) fn alg_names(alg: Algorithm) -> Vec<String> {
+    match alg {
+        Algorithm::EdDSA => vec!["EdDSA".to_owned(), "Ed25519".to_owned()],
+        other => vec![format!("{other:?}")],
+    }
+}
+
 /// A key that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid JWT key: {0}")]
@@ -50,7 +84,20 @@ pub struct KeyError(String);
 /// - `exp` is required; `exp`, `nbf` and `iat` are checked with a 60 s leeway (at
 ///   most 5 minutes): a token issued in the future is refused; dates may be
 ///   integers or decimals (RFC 7519 NumericDate), anything else is malformed;
-/// - `iss` and `aud` are checked when configured, and then required.
+/// - `iss` and `aud` are checked when configured, and then required;
+/// - `alg` is read under the names of RFC 7518 / RFC 8037 and the fully specified
+///   ones of RFC 9864: `Ed25519` is verified as `EdDSA`, `ESP256` / `ESP384` as
+///   `ES256` / `ES384` (`Ed448`, `ES512` and `ESP512` are not supported and are
+///   refused);
+/// - only canonical base64url is read, in every part (no padding, no set trailing
+///   bits), so a signed token has one text;
+/// - both forms of an ECDSA signature, (r, s) and (r, n − s), are accepted: the
+///   signers of most issuers and clients (OpenSSL, aws-lc, WebCrypto) do not
+///   normalise `s`, so refusing the "high" form would refuse about half of their
+///   ES256 tokens. Anyone holding a token can make its other form without the key,
+///   so nothing may be keyed on a token's text alone: the crate keys what it keeps
+///   per token on what was signed (a revocation by token on the signing input,
+///   `header.payload`; a DPoP replay record on the proof's key and `jti`).
 ///
 /// ```
 /// use tower_bearer::server::{Claims, JwtValidator};
@@ -358,8 +405,32 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
         match jwk
             .common
             .key_algorithm
-            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+            .and_then(|a| parse_alg(&a.to_string()))
         {
+            Some(alg) => validator.algorithms(&[alg]),
+            None => Ok(validator),
+        }
+    }
+
+    /// A key from a parsed JWK and the `alg` its JSON names (jsonwebtoken's
+    /// [`Jwk`](jsonwebtoken::jwk::Jwk) forgets a name it does not know, RFC 9864's
+    /// `Ed25519` for one): only that algorithm is allowed, under any of its names;
+    /// a name this crate does not verify is an error, not a key that allows every
+    /// algorithm of its type.
+    #[cfg(feature = "jwks")]
+    pub(crate) fn from_jwk_named(
+        jwk: &jsonwebtoken::jwk::Jwk,
+        alg: Option<&str>,
+    ) -> Result<Self, KeyError> {
+        let alg = match alg {
+            None => None,
+            Some(name) => Some(
+                parse_alg(name)
+                    .ok_or_else(|| KeyError(format!("the JWK's alg {name:?} is not supported")))?,
+            ),
+        };
+        let validator = Self::new(DecodingKey::from_jwk(jwk).map_err(key_error)?);
+        match alg {
             Some(alg) => validator.algorithms(&[alg]),
             None => Ok(validator),
         }
@@ -690,11 +761,7 @@ fn read_header(part: &str) -> Result<HeaderRead, Rejection> {
     let text = std::str::from_utf8(json_object(bytes)?).map_err(|_| malformed())?;
     let header: JoseHeader<'_> = serde_json::from_str(text).map_err(|_| malformed())?;
     let access_typ = matches!(&header.typ, Some(Text::Valid(typ)) if is_access_token_typ(typ));
-    Ok((
-        Algorithm::from_str(&header.alg).ok(),
-        header.crit,
-        access_typ,
-    ))
+    Ok((parse_alg(&header.alg), header.crit, access_typ))
 }
 
 /// Decoded headers up to this size are decoded on the stack (a JOSE header is

@@ -79,6 +79,15 @@ pub use dpop::{DpopError, DpopVerifier};
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]
 pub use issuers::{MultiIssuer, MultiIssuerBuilder};
+/// The signature algorithms of [`JwtValidator::algorithms`] and
+/// [`DpopVerifier::algorithms`] (jsonwebtoken's; the same type as
+/// `tower_bearer::client::Algorithm`). A token, proof or key whose `alg` gives an
+/// algorithm's fully specified name (RFC 9864: `Ed25519` for [`Algorithm::EdDSA`],
+/// `ESP256` / `ESP384` for [`Algorithm::ES256`] / [`Algorithm::ES384`]) is verified
+/// as that algorithm.
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use jsonwebtoken::Algorithm;
 #[cfg(feature = "jwks")]
 pub use jwks::{JwksValidator, JwksValidatorBuilder};
 #[cfg(feature = "jwt")]
