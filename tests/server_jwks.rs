@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::{Extension, Router};
-use common::jwks::{mint, public_jwk, rs256, rsa1, rsa2, skip, unsigned, until, Idp};
+use common::jwks::{
+    mint, public_jwk, rs256, rsa1, rsa2, skip, skip_ms, unsigned, until, Idp,
+};
 use common::server::{get as send, serve, Answer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -655,4 +657,222 @@ async fn a_failed_refresh_is_retried_by_time_keeping_the_last_keys() {
     assert_eq!(idp.fetches(), 3);
     let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
     assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+}
+
+/// Issue 29 item 12. The `Retry-After` of a `503`, in whole seconds.
+fn retry_after(answer: &Answer) -> u64 {
+    answer
+        .headers
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("a 503 without Retry-After: {answer:?}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Sends `token` to `/me` and, once the request is inside the layer (`arrivals`
+/// reached `arrived`), moves the clock on by `ms`: the answer.
+async fn send_and_skip(api: &Api, token: &str, arrived: usize, ms: u64) -> Answer {
+    let addr = api.addr;
+    let token = token.to_owned();
+    let request = tokio::spawn(async move { send(addr, "/me", Some(&token)).await });
+    until(|| api.arrivals.load(Ordering::SeqCst) >= arrived).await;
+    skip_ms(ms).await;
+    request.await.unwrap()
+}
+
+/// Issue 29 item 12: one token with a junk kid, then a token under a key the
+/// provider published a moment later. The junk spent the look-up budget; the new
+/// key's request waits for the next allowed look-up (2 s after the junk's) and is
+/// accepted, instead of a `503` until a 30 s cool-down ends.
+#[tokio::test]
+async fn issue_29_junk_kid_then_a_key_published_a_moment_later_is_accepted_within_5_s() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    skip(31).await;
+
+    assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
+    assert_eq!(idp.fetches(), 2, "the junk kid was looked up");
+    skip_ms(100).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    // The clock moves on 2 s (the look-up interval) while the request waits: well
+    // within 5 s of the key's publication.
+    assert_ok(&send_and_skip(&api, &t2, 2, 2_000).await, "bob");
+    assert_eq!(idp.fetches(), 3, "one more look-up, for the new key");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 3);
+}
+
+/// Issue 29 item 12: two rotations 12 s apart (the provider replaces its only key
+/// each time); each new key is taken at its first request, one fetch each, and the
+/// retired key is refused at once.
+#[tokio::test]
+async fn issue_29_two_rotations_12_s_apart_are_each_taken_at_first_use() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    skip(5).await;
+    idp.set_keys(vec![public_jwk(&rsa2(), "k2")]);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2);
+    assert_unknown_key(&send(api.addr, "/me", Some(&t1)).await);
+
+    skip(12).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k3")]);
+    let t3 = mint(&rsa1(), rs256("k3"), &idp.issuer, "carol");
+    assert_ok(&send(api.addr, "/me", Some(&t3)).await, "carol");
+    assert_eq!(idp.fetches(), 3);
+    assert_unknown_key(&send(api.addr, "/me", Some(&t2)).await);
+    assert_eq!(idp.fetches(), 3);
+}
+
+/// Issue 29 item 12: a steady stream of distinct junk kids (10 a second for 20 s)
+/// asks the provider at most once per look-up interval (2 s), and every junk token
+/// gets its verdict (`401`), none a `503`.
+#[tokio::test]
+async fn issue_29_a_stream_of_junk_kids_asks_the_provider_at_most_once_per_interval() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let mut requests = Vec::new();
+    for i in 0..200 {
+        let token = unsigned(&rs256(&format!("junk-{i}")));
+        requests.push(tokio::spawn(async move {
+            send(api.addr, "/me", Some(&token)).await
+        }));
+        until(|| api.arrivals.load(Ordering::SeqCst) > i).await;
+        skip_ms(100).await;
+    }
+    // The last ones wait for one more look-up.
+    skip_ms(2_000).await;
+    for request in requests {
+        assert_unknown_key(&request.await.unwrap());
+    }
+    // 20 s of junk, plus the start-up fetch and the last look-up.
+    assert!(idp.fetches() <= 1 + 10 + 1, "{} fetches", idp.fetches());
+    assert!(idp.fetches() >= 2);
+}
+
+/// Issue 29 item 12: a `503` for a key set that cannot be looked up yet says when to
+/// come back (`Retry-After`): when the look-up fails, and when a request cannot
+/// wait for the next allowed look-up.
+#[tokio::test]
+async fn issue_29_a_503_carries_retry_after() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .first_sight_wait(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    skip(5).await;
+    assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
+    // The next look-up is 2 s away, and this validator does not wait for it.
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    let answer = send(api.addr, "/me", Some(&t2)).await;
+    assert_unavailable(&answer);
+    assert_eq!(retry_after(&answer), 2);
+    skip(2).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+
+    // The endpoint fails: the look-up's failure is a 503 with Retry-After too.
+    idp.state.down.store(true, Ordering::SeqCst);
+    skip(5).await;
+    let t3 = mint(&rsa1(), rs256("k3"), &idp.issuer, "carol");
+    let answer = send(api.addr, "/me", Some(&t3)).await;
+    assert_unavailable(&answer);
+    assert!((1..=30).contains(&retry_after(&answer)), "{answer:?}");
+}
+
+/// The last key the provider published.
+fn last_key(idp: &Idp) -> serde_json::Value {
+    let keys = idp.state.keys.lock().unwrap();
+    keys["keys"].as_array().unwrap().last().unwrap().clone()
+}
+
+/// Issue 29 item 12: 20 clients call in a loop while the provider rotates twice,
+/// 12 s apart, with a junk token just before each rotation; fewer than 1 % of their
+/// requests fail (here: none), and each rotation costs at most two fetches.
+#[tokio::test]
+async fn issue_29_rotations_under_load_fail_fewer_than_1_percent_of_requests() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let current = Arc::new(std::sync::Mutex::new(mint(
+        &rsa1(),
+        rs256("k1"),
+        &idp.issuer,
+        "alice",
+    )));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (current, stop) = (Arc::clone(&current), Arc::clone(&stop));
+            let (sent, failed) = (Arc::clone(&sent), Arc::clone(&failed));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let token = current.lock().unwrap().clone();
+                    if send(api.addr, "/me", Some(&token)).await.status != 200 {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let served = |n: usize| {
+        let sent = Arc::clone(&sent);
+        async move {
+            let from = sent.load(Ordering::SeqCst);
+            until(|| sent.load(Ordering::SeqCst) >= from + n).await;
+        }
+    };
+    served(500).await;
+    for (i, key) in [(2, rsa2()), (3, rsa1())] {
+        skip(12).await;
+        // Junk spends the look-up, then the provider publishes a new key beside the
+        // one in use (dropping the one before) and signs the clients' tokens with it.
+        assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
+        let kid = format!("k{i}");
+        let previous = last_key(&idp);
+        idp.set_keys(vec![previous, public_jwk(&key, &kid)]);
+        *current.lock().unwrap() = mint(&key, rs256(&kid), &idp.issuer, "bob");
+        // The clients' requests under the new key wait for the next look-up.
+        skip_ms(2_000).await;
+        served(500).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(sent >= 1_500);
+    assert!(failed * 100 < sent, "{failed} of {sent} requests failed");
+    assert!(idp.fetches() <= 1 + 2 * 2, "{} fetches", idp.fetches());
 }
