@@ -629,7 +629,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 let now = Instant::now();
                 schedule.retry_at = Some(now + wait);
                 schedule.sight_retry_at = Some(
-                    now + sight_backoff(this.first_sight_interval, this.cooldown, schedule.failures),
+                    now + sight_backoff(
+                        this.first_sight_interval,
+                        this.cooldown,
+                        schedule.failures,
+                    ),
                 );
                 tracing::warn!(
                     error = %e,
@@ -1198,7 +1202,11 @@ mod tests {
         assert_eq!(sight_backoff(s(2), s(30), 4), s(16));
         assert_eq!(sight_backoff(s(2), s(30), 5), s(30));
         assert_eq!(sight_backoff(s(2), s(30), 40), s(30));
-        assert_eq!(sight_backoff(s(60), s(30), 3), s(60), "never below the interval");
+        assert_eq!(
+            sight_backoff(s(60), s(30), 3),
+            s(60),
+            "never below the interval"
+        );
 
         let v = unfetched();
         let shared = &v.shared;
