@@ -730,7 +730,12 @@ async fn opaque_tokens_through_introspection() {
 
 /// The provider restarted with a new signing key: `JwksValidator::discover` takes
 /// the new key at its first token and refuses tokens of the key that is gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Issue 29 item 12: 12 s later a junk token is looked up, and the provider at once
+/// rotates again; the newest key is still taken at its first token (which waits
+/// for the next look-up, 2 s after the junk's), not refused for a cool-down.
+/// The clock is moved on by those 12 s (a current-thread runtime, paused for the
+/// jump only), so the test lasts about the provider's three starts.
+#[tokio::test]
 async fn key_rotation_across_a_restart() {
     let Some(provider) = Provider::start().await else {
         return;
@@ -775,6 +780,33 @@ async fn key_rotation_across_a_restart() {
         provider.count("jwks").await,
         1,
         "one fetch of the new key set"
+    );
+
+    // 12 s later: a junk kid is looked up (and refused), then the provider rotates.
+    common::jwks::skip(12).await;
+    let junk = common::jwks::unsigned(&common::jwks::rs256("junk"));
+    assert!(
+        matches!(
+            validator.validate(&junk).await,
+            Err(Rejection::InvalidToken(_))
+        ),
+        "the junk kid is looked up and refused"
+    );
+    assert_eq!(provider.count("jwks").await, 2, "the junk's look-up");
+    let second_kid = provider.kid.clone();
+    let port = provider.stop().await;
+    let provider = Provider::start_on(port).await;
+    assert_ne!(provider.kid, second_kid, "a newer key");
+    let newest = jwt(discover(&provider).await).await;
+    match validator.validate(&newest).await {
+        Ok(_) => {}
+        Err(rejection) => panic!("the newest key is refused: {rejection:?}"),
+    }
+    assert_eq!(validator.key_ids(), vec![provider.kid.clone()]);
+    assert_eq!(
+        provider.count("jwks").await,
+        1,
+        "one fetch of the newest key set"
     );
 }
 

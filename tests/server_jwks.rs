@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::{Extension, Router};
-use common::jwks::{mint, public_jwk, rs256, rsa1, rsa2, skip, unsigned, until, Idp};
+use common::jwks::{mint, public_jwk, rs256, rsa1, rsa2, skip, skip_ms, unsigned, until, Idp};
 use common::server::{get as send, serve, Answer};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -138,10 +138,11 @@ async fn a_thousand_concurrent_requests_with_a_new_kid_make_one_fetch() {
     assert_eq!(idp.fetches(), 2, "1,000 waiters, one fetch");
 }
 
-/// The first garbage kids are looked up and refused; the rest, which the spent
-/// cool-down leaves unchecked, get a `503` (see the flood test below).
+/// A thousand garbage kids at once: every one is refused (`401`), none left
+/// undecided, for at most one look-up per interval (2 s) while they arrive, and
+/// one more for those that arrived after the last had started.
 #[tokio::test]
-async fn a_thousand_garbage_kids_within_the_cooldown_make_one_fetch() {
+async fn a_thousand_garbage_kids_at_once_are_all_refused_for_one_fetch_per_interval() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
@@ -152,6 +153,7 @@ async fn a_thousand_garbage_kids_within_the_cooldown_make_one_fetch() {
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
     skip(31).await;
 
+    let start = tokio::time::Instant::now();
     let requests: Vec<_> = (0..1000)
         .map(|i| {
             // The key is looked up before any signature check: a fake one will do
@@ -160,25 +162,22 @@ async fn a_thousand_garbage_kids_within_the_cooldown_make_one_fetch() {
             tokio::spawn(async move { send(api.addr, "/me", Some(&token)).await })
         })
         .collect();
-    let mut refused = 0;
+    until(|| api.arrivals.load(Ordering::SeqCst) == 1001).await;
+    // The late ones wait for the next look-up, 2 s after the first.
+    skip_ms(2_000).await;
     for request in requests {
-        let answer = request.await.unwrap();
-        if answer.status == 401 {
-            assert_unknown_key(&answer);
-            refused += 1;
-        } else {
-            assert_unavailable(&answer);
-        }
+        assert_unknown_key(&request.await.unwrap());
     }
-    assert!(refused >= 1, "the kid that caused the fetch is refused");
-    assert_eq!(
-        idp.fetches(),
-        2,
-        "the first load, then one fetch for 1,000 garbage kids"
+    let fetches = idp.fetches();
+    let intervals = start.elapsed().as_secs_f64() / 2.0;
+    assert!(
+        fetches >= 2 && fetches as f64 <= 2.0 + intervals.ceil(),
+        "the first load, then one look-up per interval for 1,000 garbage kids: \
+         {fetches} fetches in {intervals} intervals"
     );
     // The known key still works, with no further fetch.
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
-    assert_eq!(idp.fetches(), 2);
+    assert_eq!(idp.fetches(), fetches);
 }
 
 #[tokio::test]
@@ -199,14 +198,27 @@ async fn when_the_jwks_endpoint_is_down_the_last_keys_keep_working() {
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
     until(|| idp.fetches() == 2).await;
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
-    // An unknown kid is looked up (its own budget), and the failed look-up is no
-    // verdict on the token: 503.
+    // An unknown kid waits for the next look-up (2 s after the failure), and the
+    // failed look-up is no verdict on the token: 503, and when to come back.
     let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
-    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    let answer = send_and_skip(&api, &t2, 4, 2_000).await;
+    assert_unavailable(&answer);
+    assert_retry_after(&answer, 4); // look-ups back off: 2 s, then 4 s
     assert_eq!(idp.fetches(), 3);
-    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    let answer = send_and_skip(&api, &t2, 5, 4_000).await;
+    assert_unavailable(&answer);
+    assert_retry_after(&answer, 8);
+    assert_eq!(idp.fetches(), 4);
+    // The next look-up is further away than a request waits: 503 at once.
+    let answer = send(api.addr, "/me", Some(&t2)).await;
+    assert_unavailable(&answer);
+    assert_retry_after(&answer, 8);
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
-    assert_eq!(idp.fetches(), 3, "failures are retried once per cool-down");
+    assert_eq!(
+        idp.fetches(),
+        4,
+        "failures are retried by time, backing off"
+    );
 
     // With no keys ever fetched, the answer is 503 without a challenge.
     let fresh = start_api(
@@ -218,6 +230,7 @@ async fn when_the_jwks_endpoint_is_down_the_last_keys_keep_working() {
     .await;
     let answer = send(fresh.addr, "/me", Some(&t1)).await;
     assert_eq!((answer.status, answer.challenge()), (503, ""));
+    assert_retry_after(&answer, 2);
 }
 
 #[tokio::test]
@@ -355,20 +368,26 @@ async fn issue_13_item_8_a_key_published_12_s_after_start_up_is_accepted_at_firs
     assert_eq!(idp.fetches(), 2);
 }
 
-/// Many distinct unknown kids within one cool-down (and within the cool-down of the
-/// start-up fetch): one fetch. The kid that fetch was made for is refused; the
-/// others, which could be good tokens signed by a key newer than that fetch, get a
-/// `503` (retry later) rather than `invalid_token`.
+/// Many distinct unknown kids while a look-up is held: the kid it was made for is
+/// refused; the others, which arrived after it started and so could be good tokens
+/// signed by a key newer than it, are not called invalid on its word: they wait
+/// for the next look-up (one interval later), one fetch for all of them, and are
+/// refused then.
 #[tokio::test]
-async fn a_flood_of_unknown_kids_costs_one_fetch_and_calls_no_unchecked_token_invalid() {
+async fn a_flood_of_unknown_kids_costs_one_fetch_per_interval_and_calls_no_unchecked_token_invalid()
+{
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    // A long interval and wait, so that the test's own time does not count.
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
+        .first_sight_interval(std::time::Duration::from_secs(20))
+        .first_sight_wait(std::time::Duration::from_secs(60))
         .build()
         .unwrap();
     validator.load().await.unwrap();
     let api = start_api(validator).await;
     let kid = |i: usize| unsigned(&rs256(&format!("flood-{i}")));
+    skip(20).await;
 
     // The first unknown kid is looked up; its answer is held while the flood arrives.
     idp.gate.send_replace(false);
@@ -386,57 +405,59 @@ async fn a_flood_of_unknown_kids_costs_one_fetch_and_calls_no_unchecked_token_in
     until(|| api.arrivals.load(Ordering::SeqCst) == 201).await;
     idp.gate.send_replace(true);
     assert_unknown_key(&first.await.unwrap());
+    assert_eq!(idp.fetches(), 2);
+    skip(20).await;
     for request in flood {
-        assert_unavailable(&request.await.unwrap());
+        assert_unknown_key(&request.await.unwrap());
     }
-    assert_eq!(idp.fetches(), 2, "201 unknown kids, one fetch");
+    assert_eq!(idp.fetches(), 3, "201 unknown kids, two look-ups");
 
-    // For the rest of the cool-down: the looked-up kid is refused at once, the
-    // others still wait for their look-up, the known key works, nothing is fetched.
-    assert_unknown_key(&send(api.addr, "/me", Some(&kid(0))).await);
-    assert_unavailable(&send(api.addr, "/me", Some(&kid(7))).await);
+    // Within the interval of their look-up the kids are refused at once, the known
+    // key works, nothing is fetched.
+    assert_unknown_key(&send(api.addr, "/me", Some(&kid(7))).await);
+    assert_unknown_key(&send(api.addr, "/me", Some(&kid(200))).await);
     let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
-    // A key published now is not called invalid either.
+    assert_eq!(idp.fetches(), 3);
+    // A key published now is not called invalid: it waits for the next look-up.
     idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
     let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
-    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
-    assert_eq!(idp.fetches(), 2);
-
-    // After the cool-down the retried token gets its look-up.
-    skip(31).await;
-    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
-    assert_eq!(idp.fetches(), 3);
+    assert_ok(&send_and_skip(&api, &t2, 205, 20_000).await, "bob");
+    assert_eq!(idp.fetches(), 4);
 }
 
 /// A bogus kid sent again and again: looked up once, then refused at once without
-/// a fetch until the cool-down ends; then looked up once more.
+/// a fetch for the look-up interval (here set to 20 s, so that the test's own time
+/// does not count); then looked up once more.
 #[tokio::test]
-async fn a_bogus_kid_repeated_is_refused_without_a_refetch_within_the_cooldown() {
+async fn a_bogus_kid_repeated_is_refused_without_a_refetch_within_the_interval() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
+        .first_sight_interval(std::time::Duration::from_secs(20))
         .build()
         .unwrap();
     validator.load().await.unwrap();
     let api = start_api(validator).await;
     let bogus = unsigned(&rs256("bogus"));
+    skip(20).await;
 
     for _ in 0..20 {
         assert_unknown_key(&send(api.addr, "/me", Some(&bogus)).await);
     }
     assert_eq!(idp.fetches(), 2, "the start-up fetch and one look-up");
-    skip(29).await;
+    skip(15).await;
     assert_unknown_key(&send(api.addr, "/me", Some(&bogus)).await);
-    assert_eq!(idp.fetches(), 2, "no refetch within the cool-down");
-    skip(2).await;
+    assert_eq!(idp.fetches(), 2, "no refetch within the interval");
+    skip(5).await;
     assert_unknown_key(&send(api.addr, "/me", Some(&bogus)).await);
-    assert_eq!(idp.fetches(), 3, "one look-up per cool-down");
+    assert_eq!(idp.fetches(), 3, "one look-up per interval");
 }
 
 /// The provider rotates while its JWKS endpoint fails: the old key keeps working, the
-/// new one cannot be checked (`503`, never `invalid_token`), each look-up retried
-/// once per cool-down; when the endpoint is back, the new key is accepted.
+/// new one cannot be checked (`503` with `Retry-After`, never `invalid_token`), its
+/// look-ups backing off by time; when the endpoint is back, the new key is accepted
+/// at the time the last `503` named.
 #[tokio::test]
 async fn a_rotation_while_the_jwks_endpoint_is_down_keeps_the_old_keys() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
@@ -452,23 +473,23 @@ async fn a_rotation_while_the_jwks_endpoint_is_down_keeps_the_old_keys() {
     idp.state.down.store(true, Ordering::SeqCst);
     idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
     skip(5).await;
-    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    let answer = send(api.addr, "/me", Some(&t2)).await;
+    assert_unavailable(&answer);
+    assert_retry_after(&answer, 2);
     assert_eq!(idp.fetches(), 2, "the new kid was looked up");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
-    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
+    let answer = send_and_skip(&api, &t2, 3, 2_000).await;
+    assert_unavailable(&answer);
+    assert_retry_after(&answer, 4);
     assert_eq!(
         idp.fetches(),
-        2,
-        "a failed look-up is retried after the cool-down"
+        3,
+        "a failed look-up is retried after a backoff"
     );
-
-    skip(31).await;
-    assert_unavailable(&send(api.addr, "/me", Some(&t2)).await);
-    assert_eq!(idp.fetches(), 3);
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
 
     idp.state.down.store(false, Ordering::SeqCst);
-    skip(31).await;
+    skip(4).await;
     assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
     assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
     assert_eq!(idp.fetches(), 4);
@@ -655,4 +676,239 @@ async fn a_failed_refresh_is_retried_by_time_keeping_the_last_keys() {
     assert_eq!(idp.fetches(), 3);
     let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
     assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+}
+
+/// Issue 29 item 12. The `Retry-After` of a `503`, in whole seconds.
+fn retry_after(answer: &Answer) -> u64 {
+    answer
+        .headers
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("a 503 without Retry-After: {answer:?}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A `503` whose `Retry-After` is `secs` less the (real) time the test took since
+/// the clock was set: `secs`, or one less on a slow machine.
+fn assert_retry_after(answer: &Answer, secs: u64) {
+    let after = retry_after(answer);
+    assert!(
+        (secs - 1..=secs).contains(&after) && after >= 1,
+        "Retry-After {after}, expected {secs}: {answer:?}"
+    );
+}
+
+/// Sends `token` to `/me` and, once the request is inside the layer (`arrivals`
+/// reached `arrived`), moves the clock on by `ms`: the answer.
+async fn send_and_skip(api: &Api, token: &str, arrived: usize, ms: u64) -> Answer {
+    let addr = api.addr;
+    let token = token.to_owned();
+    let request = tokio::spawn(async move { send(addr, "/me", Some(&token)).await });
+    until(|| api.arrivals.load(Ordering::SeqCst) >= arrived).await;
+    skip_ms(ms).await;
+    request.await.unwrap()
+}
+
+/// Issue 29 item 12: one token with a junk kid, then a token under a key the
+/// provider published a moment later. The junk spent the look-up budget; the new
+/// key's request waits for the next allowed look-up (2 s after the junk's) and is
+/// accepted, instead of a `503` until a 30 s cool-down ends.
+#[tokio::test]
+async fn issue_29_junk_kid_then_a_key_published_a_moment_later_is_accepted_within_5_s() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    skip(31).await;
+
+    assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
+    assert_eq!(idp.fetches(), 2, "the junk kid was looked up");
+    skip_ms(100).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    // The clock moves on 2 s (the look-up interval) while the request waits: well
+    // within 5 s of the key's publication.
+    assert_ok(&send_and_skip(&api, &t2, 2, 2_000).await, "bob");
+    assert_eq!(idp.fetches(), 3, "one more look-up, for the new key");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 3);
+}
+
+/// Issue 29 item 12: two rotations 12 s apart (the provider replaces its only key
+/// each time); each new key is taken at its first request, one fetch each, and the
+/// retired key is refused at once.
+#[tokio::test]
+async fn issue_29_two_rotations_12_s_apart_are_each_taken_at_first_use() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&t1)).await, "alice");
+
+    skip(5).await;
+    idp.set_keys(vec![public_jwk(&rsa2(), "k2")]);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 2);
+    assert_unknown_key(&send(api.addr, "/me", Some(&t1)).await);
+
+    skip(12).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k3")]);
+    let t3 = mint(&rsa1(), rs256("k3"), &idp.issuer, "carol");
+    assert_ok(&send(api.addr, "/me", Some(&t3)).await, "carol");
+    assert_eq!(idp.fetches(), 3);
+    assert_unknown_key(&send(api.addr, "/me", Some(&t2)).await);
+    assert_eq!(idp.fetches(), 3);
+}
+
+/// Issue 29 item 12: a steady stream of distinct junk kids (10 a second for 20 s)
+/// asks the provider at most once per look-up interval (2 s), and every junk token
+/// gets its verdict (`401`), none a `503`.
+#[tokio::test]
+async fn issue_29_a_stream_of_junk_kids_asks_the_provider_at_most_once_per_interval() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let start = tokio::time::Instant::now();
+    let mut requests = Vec::new();
+    for i in 0..200 {
+        let token = unsigned(&rs256(&format!("junk-{i}")));
+        requests.push(tokio::spawn(async move {
+            send(api.addr, "/me", Some(&token)).await
+        }));
+        until(|| api.arrivals.load(Ordering::SeqCst) > i).await;
+        skip_ms(100).await;
+    }
+    // The last ones wait for one more look-up.
+    skip_ms(2_000).await;
+    for request in requests {
+        assert_unknown_key(&request.await.unwrap());
+    }
+    // 20 s of junk (and the test's own time): one look-up per 2 s, plus the
+    // start-up fetch and the last look-up.
+    let intervals = (start.elapsed().as_secs_f64() / 2.0).ceil() as usize;
+    assert!(intervals >= 11);
+    let fetches = idp.fetches();
+    assert!(
+        (2..=2 + intervals).contains(&fetches),
+        "{fetches} fetches in {intervals} intervals"
+    );
+}
+
+/// Issue 29 item 12: a `503` for a key set that cannot be looked up yet says when to
+/// come back (`Retry-After`): when the look-up fails, and when a request cannot
+/// wait for the next allowed look-up.
+#[tokio::test]
+async fn issue_29_a_503_carries_retry_after() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .first_sight_wait(std::time::Duration::ZERO)
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    skip(5).await;
+    assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
+    // The next look-up is 2 s away, and this validator does not wait for it.
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    let answer = send(api.addr, "/me", Some(&t2)).await;
+    assert_unavailable(&answer);
+    assert_retry_after(&answer, 2);
+    skip(2).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+
+    // The endpoint fails: the look-up's failure is a 503 with Retry-After too.
+    idp.state.down.store(true, Ordering::SeqCst);
+    skip(5).await;
+    let t3 = mint(&rsa1(), rs256("k3"), &idp.issuer, "carol");
+    let answer = send(api.addr, "/me", Some(&t3)).await;
+    assert_unavailable(&answer);
+    assert!((1..=30).contains(&retry_after(&answer)), "{answer:?}");
+}
+
+/// The last key the provider published.
+fn last_key(idp: &Idp) -> serde_json::Value {
+    let keys = idp.state.keys.lock().unwrap();
+    keys["keys"].as_array().unwrap().last().unwrap().clone()
+}
+
+/// Issue 29 item 12: 20 clients call in a loop while the provider rotates twice,
+/// 12 s apart, with a junk token just before each rotation; fewer than 1 % of their
+/// requests fail (here: none), and each rotation costs at most two fetches.
+#[tokio::test]
+async fn issue_29_rotations_under_load_fail_fewer_than_1_percent_of_requests() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let current = Arc::new(std::sync::Mutex::new(mint(
+        &rsa1(),
+        rs256("k1"),
+        &idp.issuer,
+        "alice",
+    )));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (current, stop) = (Arc::clone(&current), Arc::clone(&stop));
+            let (sent, failed) = (Arc::clone(&sent), Arc::clone(&failed));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let token = current.lock().unwrap().clone();
+                    if send(api.addr, "/me", Some(&token)).await.status != 200 {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let served = |n: usize| {
+        let sent = Arc::clone(&sent);
+        async move {
+            let from = sent.load(Ordering::SeqCst);
+            until(|| sent.load(Ordering::SeqCst) >= from + n).await;
+        }
+    };
+    served(500).await;
+    for (i, key) in [(2, rsa2()), (3, rsa1())] {
+        skip(12).await;
+        // Junk spends the look-up, then the provider publishes a new key beside the
+        // one in use (dropping the one before) and signs the clients' tokens with it.
+        assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
+        let kid = format!("k{i}");
+        let previous = last_key(&idp);
+        idp.set_keys(vec![previous, public_jwk(&key, &kid)]);
+        *current.lock().unwrap() = mint(&key, rs256(&kid), &idp.issuer, "bob");
+        // The clients' requests under the new key wait for the next look-up.
+        skip_ms(2_000).await;
+        served(500).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(sent >= 1_500);
+    assert!(failed * 100 < sent, "{failed} of {sent} requests failed");
+    assert!(idp.fetches() <= 1 + 2 * 2, "{} fetches", idp.fetches());
 }

@@ -2,8 +2,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 /// Why a request was refused. Descriptions are fixed, safe texts: never the token.
@@ -31,8 +32,10 @@ pub enum Rejection {
         max_age: Option<u64>,
     },
     /// The validator cannot decide now (keys or introspection endpoint
-    /// unreachable): `503`, since the token may well be good.
-    Unavailable(Cow<'static, str>),
+    /// unreachable): `503` with no challenge, since the token may well be good; with
+    /// a `Retry-After` header when the validator knows when to ask again.
+    /// Build it from a description (`"…".into()`) or with [`Unavailable::new`].
+    Unavailable(Unavailable),
     /// The DPoP proof that came with the token is refused (RFC 9449 §7.1): `401`
     /// `invalid_dpop_proof`, in a `DPoP` challenge.
     InvalidDpopProof(Cow<'static, str>),
@@ -40,6 +43,66 @@ pub enum Rejection {
     /// `use_dpop_nonce` in a `DPoP` challenge, with this nonce in a `DPoP-Nonce`
     /// header.
     UseDpopNonce(String),
+}
+
+/// Why a validator cannot decide now, and when it may ([`Rejection::Unavailable`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    description: Cow<'static, str>,
+    retry_after: Option<Duration>,
+}
+
+impl Unavailable {
+    /// Unavailable for a reason safe to show the client; no time to come back.
+    pub fn new(description: impl Into<Cow<'static, str>>) -> Self {
+        Unavailable {
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Sent as `Retry-After` (whole seconds, rounded up, at least 1): when the
+    /// request may be decided.
+    #[must_use]
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The description (`grpc-message` of a gRPC answer; never a challenge).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// When to ask again, if known.
+    pub fn retry_after_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The `Retry-After` value: whole seconds, rounded up, at least 1.
+    fn retry_after_seconds(&self) -> Option<u64> {
+        let after = self.retry_after?;
+        let whole = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        Some(whole.max(1))
+    }
+}
+
+impl From<&'static str> for Unavailable {
+    fn from(description: &'static str) -> Self {
+        Unavailable::new(description)
+    }
+}
+
+impl From<String> for Unavailable {
+    fn from(description: String) -> Self {
+        Unavailable::new(description)
+    }
+}
+
+impl From<Cow<'static, str>> for Unavailable {
+    fn from(description: Cow<'static, str>) -> Self {
+        Unavailable::new(description)
+    }
 }
 
 impl Rejection {
@@ -81,9 +144,8 @@ impl Rejection {
         match self {
             Rejection::Missing => None,
             Rejection::InvalidRequest(d) => Some(d),
-            Rejection::InvalidToken(d)
-            | Rejection::Unavailable(d)
-            | Rejection::InvalidDpopProof(d) => Some(d),
+            Rejection::InvalidToken(d) | Rejection::InvalidDpopProof(d) => Some(d),
+            Rejection::Unavailable(u) => Some(u.description()),
             Rejection::UseDpopNonce(_) => {
                 Some("the DPoP proof must carry the server's current nonce")
             }
@@ -176,9 +238,13 @@ impl Rejection {
         }
     }
 
-    /// Puts the challenges for this rejection in `headers` (none for `503`).
+    /// Puts the challenges for this rejection in `headers` (none for `503`, which
+    /// gets its `Retry-After` when known).
     fn put_challenges(&self, headers: &mut HeaderMap, challenge: &Challenge<'_>) {
-        if matches!(self, Rejection::Unavailable(_)) {
+        if let Rejection::Unavailable(unavailable) = self {
+            if let Some(seconds) = unavailable.retry_after_seconds() {
+                headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+            }
             return;
         }
         if let Rejection::UseDpopNonce(nonce) = self {
@@ -207,8 +273,8 @@ impl Rejection {
         }
     }
 
-    /// The answer to an HTTP request: status, `WWW-Authenticate` (not for `503`), and
-    /// an empty body.
+    /// The answer to an HTTP request: status, `WWW-Authenticate` (not for `503`, which
+    /// carries `Retry-After` when known), and an empty body.
     pub fn http_response<B: Default>(&self, realm: &str) -> Response<B> {
         self.http_response_with(realm, None)
     }
@@ -404,6 +470,26 @@ mod tests {
             Rejection::Unavailable("keys unavailable".into()).http_response("api");
         assert_eq!(res.status(), 503);
         assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+        assert!(res.headers().get(RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_503_says_when_to_come_back_in_whole_seconds() {
+        for (after, header) in [
+            (Duration::from_millis(1), "1"),
+            (Duration::from_millis(1_999), "2"),
+            (Duration::from_secs(2), "2"),
+            (Duration::ZERO, "1"),
+        ] {
+            let rejection = Rejection::Unavailable(Unavailable::new("keys").retry_after(after));
+            let res: Response<()> = rejection.http_response("api");
+            assert_eq!(res.status(), 503);
+            assert_eq!(res.headers()[RETRY_AFTER], header, "{after:?}");
+            assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+            let res: Response<()> = rejection.grpc_response("api");
+            assert_eq!(res.headers()["grpc-status"], "14");
+            assert_eq!(res.headers()[RETRY_AFTER], header);
+        }
     }
 
     #[test]

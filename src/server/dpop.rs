@@ -228,7 +228,7 @@ impl From<DpopError> for super::Rejection {
         match e.error_code() {
             Some("invalid_token") => super::Rejection::InvalidToken(e.description()),
             Some(_) => super::Rejection::InvalidDpopProof(e.description()),
-            None => super::Rejection::Unavailable(e.description()),
+            None => super::Rejection::Unavailable(e.description().into()),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -22,14 +22,24 @@ use tokio::time::Instant;
 
 use super::jwt::JwtValidator;
 use super::validator::{Claims, ValidationFuture, Validator};
-use super::Rejection;
+use super::{Rejection, Unavailable};
 use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
 use crate::{Endpoint, Error, HttpClient};
 
-/// The default cool-down: unknown `kid`s cause at most one fetch per cool-down, and
-/// so do scheduled refreshes and retries after a failure.
+/// The default cool-down: scheduled refreshes and retries after a failure are at
+/// least this far apart (first-sight look-ups have their own, shorter interval).
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// The default least time between two look-ups for unknown `kid`s (first sight),
+/// whatever their number or cause.
+pub const DEFAULT_FIRST_SIGHT_INTERVAL: Duration = Duration::from_secs(2);
+/// The default longest time a request with an unknown `kid` waits for its look-up
+/// before it is answered `503` with `Retry-After`.
+pub const DEFAULT_FIRST_SIGHT_WAIT: Duration = Duration::from_secs(5);
+/// At most this many requests wait for a look-up at once; beyond it they are
+/// answered `503` with `Retry-After` at once (a flood of junk kids cannot hold an
+/// unbounded number of requests).
+pub const MAX_WAITING: usize = 4096;
 /// The default key lifetime when the JWKS answer has no `Cache-Control: max-age`.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15 * 60);
 /// The default bounds on an honoured `max-age`.
@@ -54,24 +64,39 @@ type Rules<C> = Arc<dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync>;
 ///   so new keys are in place before the old ones go stale and no request ever waits
 ///   for a scheduled fetch. A failed fetch keeps the last good keys and is retried
 ///   after the cool-down, doubled per failure in a row up to 5 minutes (plus jitter).
-/// - **First sight**: an unknown `kid` is looked up when it is first used, however
-///   recent the last fetch. A key the provider publishes (and signs with) after our
-///   last fetch is accepted on its first request, which waits for one fetch shared
-///   by every request that waits for it.
-/// - Unknown kids have their own budget: at most one fetch per cool-down (default
-///   30 s) is made for them, whatever their number, so garbage kids cannot turn
-///   requests into fetches. The start-up fetch ([`load`](JwksValidator::load) or the
-///   first request), scheduled refreshes and retries after a failure do not spend it
-///   (they are throttled on their own: one per cool-down).
-/// - A kid that a fetch made after its request arrived did not bring is answered
-///   `401 invalid_token` at once, without a fetch, until the cool-down ends; so is a
-///   kid that a newer key set dropped (a retired key), until a key set brings it back.
-/// - An unknown kid that cannot be looked up now (this cool-down's fetch is spent,
-///   or the fetch failed) is answered `503` (gRPC `UNAVAILABLE`) with no challenge:
-///   the token may be good, signed by a key newer than our keys, and a client must
-///   not throw it away; retried after the cool-down, it gets its look-up.
+/// - **First sight**: a request whose `kid` is not in the keys (or that comes before
+///   any keys) is decided only by a fetch that *started after it arrived*: the key
+///   may have been published a moment ago. Such look-ups are throttled by time,
+///   never by a budget that anything can spend: at most one per
+///   [`first_sight_interval`](JwksValidatorBuilder::first_sight_interval) (default
+///   2 s) counted from the last fetch of any cause, one fetch shared by every
+///   request that waits for it. The cases:
+///   - a request with a new kid that arrives while the look-up is allowed starts it
+///     and waits for it (with every request that comes meanwhile);
+///   - one that arrives during the interval (after a look-up caused by junk, by an
+///     earlier rotation or by anything else) **waits** for the next allowed look-up,
+///     at most [`first_sight_wait`](JwksValidatorBuilder::first_sight_wait)
+///     (default 5 s): a key the provider published is taken within the interval
+///     whatever came before it, and its requests succeed instead of failing;
+///   - a running fetch is joined first: if it brings the key, the request is
+///     accepted without waiting for one of its own;
+///   - junk cannot make the provider be asked more than once per interval, nor make
+///     a request under a new key wait longer than the interval (plus the fetch);
+///   - at most [`MAX_WAITING`] requests wait at once; beyond it, `503`.
+/// - A kid that a fetch started after the kid was seen did not bring is answered
+///   `401 invalid_token`; the kid is then remembered absent, and answered `401` at
+///   once, for one interval, so a repeated junk kid costs no waiting. A kid that a
+///   newer key set dropped (a retired key) is answered `401` at once until a key
+///   set brings it back.
+/// - A token that cannot be decided in time (the next allowed look-up is beyond the
+///   request's wait, too many requests wait, or the look-up failed) is answered
+///   `503` (gRPC `UNAVAILABLE`) with no challenge and a `Retry-After` of the
+///   seconds until the next allowed look-up: the token may be good, signed by a key
+///   newer than our keys, and a client must not throw it away. After a failed fetch
+///   the look-ups back off by time: the interval, doubled per failure in a row, up
+///   to the cool-down (default 30 s).
 /// - When the endpoint fails, the last good keys stay in use; with no keys at all
-///   requests are answered `503` (the token may well be good).
+///   requests are answered `503` with `Retry-After` (the token may well be good).
 /// - Keys of an unsupported type, HMAC secrets and encryption keys in the set are
 ///   skipped with a warning; a token naming one is refused without a fetch.
 ///
@@ -109,6 +134,8 @@ impl<C> fmt::Debug for JwksValidator<C> {
                     .map(|k| k.by_kid.keys().cloned().collect::<Vec<_>>()),
             )
             .field("cooldown", &self.shared.cooldown)
+            .field("first_sight_interval", &self.shared.first_sight_interval)
+            .field("first_sight_wait", &self.shared.first_sight_wait)
             .finish_non_exhaustive()
     }
 }
@@ -128,9 +155,16 @@ struct Shared<C> {
     allow_insecure_http: bool,
     rules: Rules<C>,
     cooldown: Duration,
+    first_sight_interval: Duration,
+    first_sight_wait: Duration,
     default_refresh: Duration,
     refresh_bounds: (Duration, Duration),
     keys: ArcSwapOption<KeySet<C>>,
+    /// Held while a fetched set is compared with the current one and stored (newer
+    /// only: an abandoned fetch that ends late never replaces a newer set).
+    publish: Mutex<()>,
+    /// Requests waiting for a look-up now (at most [`MAX_WAITING`]).
+    waiting: AtomicUsize,
     /// The `jwks_uri` found by discovery.
     jwks_uri: Mutex<Option<Uri>>,
     schedule: Mutex<Schedule>,
@@ -146,10 +180,12 @@ struct Shared<C> {
 enum Cause {
     /// [`JwksValidator::load`]: not throttled.
     Forced,
-    /// No keys yet, or the keys are stale: one per cool-down from the last fetch of
-    /// any cause (so a failing endpoint is retried once per cool-down).
+    /// The keys are due: one per cool-down from the last fetch of any cause, and
+    /// not before the retry time after a failure.
     Schedule,
-    /// A `kid` not in the keys: one per cool-down from the last fetch of this cause.
+    /// First sight (a `kid` not in the keys, or no keys yet): one per
+    /// first-sight interval from the last fetch of any cause, and not before the
+    /// first-sight retry time after a failure.
     Miss,
 }
 
@@ -158,8 +194,6 @@ enum Cause {
 struct Schedule {
     /// When the last fetch of any cause started.
     last_attempt: Option<Instant>,
-    /// When the last fetch caused by an unknown `kid` started: the kid-miss budget.
-    last_miss: Option<Instant>,
     /// How many fetches have started: a request that saw `n` knows that fetch `n + 1`
     /// and later started after it arrived, and so after any key its token needs was
     /// published.
@@ -168,6 +202,24 @@ struct Schedule {
     failures: u32,
     /// After a failure, no scheduled fetch before this (backoff by time).
     retry_at: Option<Instant>,
+    /// After a failure, no first-sight look-up before this (a shorter backoff).
+    sight_retry_at: Option<Instant>,
+}
+
+impl Schedule {
+    /// When the next first-sight look-up is allowed.
+    fn next_sight(&self, interval: Duration) -> Option<Instant> {
+        let spaced = self.last_attempt.map(|t| t + interval);
+        spaced.max(self.sight_retry_at)
+    }
+}
+
+/// The wait before the next first-sight look-up after `failures` failures in a
+/// row: the interval, doubled per further failure, up to the cool-down (and never
+/// below the interval).
+fn sight_backoff(interval: Duration, cooldown: Duration, failures: u32) -> Duration {
+    let doubled = interval.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    doubled.min(cooldown.max(interval))
 }
 
 /// Scheduled retries after failures wait at most this long (plus jitter).
@@ -193,11 +245,29 @@ fn retry_backoff(cooldown: Duration, failures: u32) -> Duration {
 #[derive(Default)]
 struct UnknownKids {
     /// Kids (or `None`: no kid) that a fetch started after their request arrived did
-    /// not bring, with when that was learnt: remembered for one cool-down.
+    /// not bring, with when that fetch started: remembered for one first-sight
+    /// interval (longer would refuse a key published just after that fetch).
     missing: HashMap<Option<String>, Instant>,
     /// Kids a newer key set dropped, oldest first: remembered until a key set brings
     /// them back, or more keys retire.
     retired: VecDeque<String>,
+}
+
+/// Counts a request waiting for a look-up while it lives (see [`MAX_WAITING`]).
+struct WaitSlot<'a>(&'a AtomicUsize);
+
+impl<'a> WaitSlot<'a> {
+    fn enter(waiting: &'a AtomicUsize) -> Option<Self> {
+        let before = waiting.fetch_add(1, Ordering::AcqRel);
+        let slot = WaitSlot(waiting);
+        (before < MAX_WAITING).then_some(slot)
+    }
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// At most this many missing kids are remembered (the kids of 8 KiB tokens: a few
@@ -215,6 +285,10 @@ pub(crate) struct KeySet<C> {
     skipped: HashSet<String>,
     /// When to fetch again: 80–90 % into the answer's lifetime (see [`ahead_of`]).
     refresh_at: Instant,
+    /// The number of the fetch that brought it (see [`Schedule::started`]).
+    number: u64,
+    /// When that fetch started: what it says holds from then on.
+    fetched_at: Instant,
 }
 
 impl<C> KeySet<C> {
@@ -238,6 +312,8 @@ pub struct JwksValidatorBuilder<C> {
     allow_insecure_http: bool,
     rules: Rules<C>,
     cooldown: Duration,
+    first_sight_interval: Duration,
+    first_sight_wait: Duration,
     default_refresh: Duration,
     refresh_bounds: (Duration, Duration),
 }
@@ -247,6 +323,8 @@ impl<C> fmt::Debug for JwksValidatorBuilder<C> {
         f.debug_struct("JwksValidatorBuilder")
             .field("source", &self.source)
             .field("cooldown", &self.cooldown)
+            .field("first_sight_interval", &self.first_sight_interval)
+            .field("first_sight_wait", &self.first_sight_wait)
             .finish_non_exhaustive()
     }
 }
@@ -278,9 +356,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidator<C> {
     }
 
     /// Fetches the keys now, whatever the cool-down (for example at start-up, to
-    /// fail early). Concurrent calls and requests share one fetch. It does not spend
-    /// the unknown-kid budget: a key published just after it is still looked up at
-    /// its first use.
+    /// fail early). Concurrent calls and requests share one fetch. The next
+    /// first-sight look-up comes at most one interval after it.
     ///
     /// # Errors
     /// Why the keys could not be fetched; the last good keys stay in use.
@@ -322,6 +399,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
             allow_insecure_http: false,
             rules: Arc::new(|v| v),
             cooldown: DEFAULT_COOLDOWN,
+            first_sight_interval: DEFAULT_FIRST_SIGHT_INTERVAL,
+            first_sight_wait: DEFAULT_FIRST_SIGHT_WAIT,
             default_refresh: DEFAULT_REFRESH,
             refresh_bounds: DEFAULT_REFRESH_BOUNDS,
         }
@@ -360,12 +439,31 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
         self
     }
 
-    /// The least time between two fetches caused by unknown `kid`s (default 30 s),
-    /// and between two scheduled fetches or retries after a failure. A fetch of one
-    /// kind does not delay the other: a key published just after a scheduled fetch
-    /// is still looked up at its first use.
+    /// The least time between two scheduled fetches, and the first wait before a
+    /// retry after a failure (default 30 s; doubled per failure in a row, up to
+    /// 5 minutes). It also caps the first-sight backoff after failures.
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
         self.cooldown = cooldown;
+        self
+    }
+
+    /// The least time between two first-sight look-ups (fetches for a `kid` not in
+    /// the keys), counted from the last fetch of any cause (default 2 s): the
+    /// provider is asked at most once per interval for unknown kids, whatever their
+    /// number, and a key it publishes is taken within the interval.
+    pub fn first_sight_interval(mut self, interval: Duration) -> Self {
+        self.first_sight_interval = interval;
+        self
+    }
+
+    /// How long a request with an unknown `kid` may wait for a look-up to start
+    /// (the next allowed one, or a running fetch that started before the request)
+    /// before it is answered `503` with `Retry-After` (default 5 s). A look-up that
+    /// started after the request arrived is awaited to its end, which the HTTP
+    /// client's timeout bounds. `Duration::ZERO`: never wait for a later look-up
+    /// (one allowed now is still made and awaited).
+    pub fn first_sight_wait(mut self, wait: Duration) -> Self {
+        self.first_sight_wait = wait;
         self
     }
 
@@ -407,9 +505,13 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
                 allow_insecure_http: self.allow_insecure_http,
                 rules: self.rules,
                 cooldown: self.cooldown,
+                first_sight_interval: self.first_sight_interval,
+                first_sight_wait: self.first_sight_wait,
                 default_refresh: self.default_refresh,
                 refresh_bounds: self.refresh_bounds,
                 keys: ArcSwapOption::empty(),
+                publish: Mutex::new(()),
+                waiting: AtomicUsize::new(0),
                 jwks_uri: Mutex::new(None),
                 schedule: Mutex::new(Schedule::default()),
                 unknown: Mutex::new(UnknownKids::default()),
@@ -441,6 +543,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
     /// `None`: no fetch to wait for. A flight yields the number of its fetch.
     fn fetch_once(this: &Arc<Self>, cause: Cause) -> Option<crate::flight::Flight<u64, Error>> {
         let number = Cell::new(0);
+        let started_at = Cell::new(Instant::now());
         let recheck = || {
             let mut schedule = lock(&this.schedule);
             let now = Instant::now();
@@ -456,18 +559,29 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                     return Some(Ok(0))
                 }
                 Cause::Schedule => {}
-                Cause::Miss if cooling(schedule.last_miss) => return Some(Ok(0)),
-                Cause::Miss => schedule.last_miss = Some(now),
+                Cause::Miss
+                    if schedule
+                        .next_sight(this.first_sight_interval)
+                        .is_some_and(|at| now < at) =>
+                {
+                    return Some(Ok(0))
+                }
+                Cause::Miss => {}
             }
             schedule.last_attempt = Some(now);
             schedule.started += 1;
             number.set(schedule.started);
+            started_at.set(now);
             None
         };
         let shared = Arc::clone(this);
         let job = || {
-            let number = number.get();
-            async move { Shared::fetch(&shared).await.map(|()| number) }
+            let (number, started_at) = (number.get(), started_at.get());
+            async move {
+                Shared::fetch(&shared, number, started_at)
+                    .await
+                    .map(|()| number)
+            }
         };
         match this.flight.join_or_start(recheck, job) {
             Joined::Ready(_) => None,
@@ -475,21 +589,34 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         }
     }
 
-    async fn fetch(this: &Arc<Self>) -> Result<(), Error> {
+    /// Fetch number `number`, started at `started_at`: stores the keys it brings
+    /// (unless a newer fetch's are in place) or records its failure.
+    async fn fetch(this: &Arc<Self>, number: u64, started_at: Instant) -> Result<(), Error> {
         match this.fetch_keys().await {
-            Ok(set) => {
+            Ok(mut set) => {
                 crate::metrics::jwks_fetch(true);
                 tracing::debug!(keys = set.by_kid.len() + set.unnamed.len(), "JWKS fetched");
-                // Retired kids are noted before the new set is seen: a request finds
-                // its kid in the old set, or learns that it retired.
-                if let Some(old) = &*this.keys.load() {
-                    this.retire(old, &set);
+                set.number = number;
+                set.fetched_at = started_at;
+                {
+                    let _publishing = lock(&this.publish);
+                    let old = this.keys.load_full();
+                    if old.as_ref().is_some_and(|old| old.number > number) {
+                        tracing::debug!("a newer key set is in place; dropping an older fetch");
+                    } else {
+                        // Retired kids are noted before the new set is seen: a request
+                        // finds its kid in the old set, or learns that it retired.
+                        if let Some(old) = &old {
+                            this.retire(old, &set);
+                        }
+                        this.keys.store(Some(Arc::new(set)));
+                    }
                 }
-                this.keys.store(Some(Arc::new(set)));
                 {
                     let mut schedule = lock(&this.schedule);
                     schedule.failures = 0;
                     schedule.retry_at = None;
+                    schedule.sight_retry_at = None;
                 }
                 Shared::keep_fresh(this);
                 Ok(())
@@ -499,7 +626,15 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 let mut schedule = lock(&this.schedule);
                 schedule.failures = schedule.failures.saturating_add(1);
                 let wait = retry_backoff(this.cooldown, schedule.failures);
-                schedule.retry_at = Some(Instant::now() + wait);
+                let now = Instant::now();
+                schedule.retry_at = Some(now + wait);
+                schedule.sight_retry_at = Some(
+                    now + sight_backoff(
+                        this.first_sight_interval,
+                        this.cooldown,
+                        schedule.failures,
+                    ),
+                );
                 tracing::warn!(
                     error = %e,
                     retry_in_s = wait.as_secs(),
@@ -581,7 +716,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
     }
 
     /// Whether `kid`, not in the current keys, is known to be absent: a skipped key
-    /// of the current set, retired, or found missing within the cool-down.
+    /// of the current set, retired, or found missing by a fetch that started less
+    /// than one first-sight interval ago.
     fn known_absent(&self, kid: &Option<String>) -> bool {
         if let (Some(keys), Some(kid)) = (&*self.keys.load(), kid) {
             if keys.skipped.contains(kid) {
@@ -594,23 +730,23 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 return true;
             }
         }
-        unknown
-            .missing
-            .get(kid)
-            .is_some_and(|at| Instant::now().saturating_duration_since(*at) < self.cooldown)
+        unknown.missing.get(kid).is_some_and(|at| {
+            Instant::now().saturating_duration_since(*at) < self.first_sight_interval
+        })
     }
 
-    /// Remembers that a fetch made after `kid` was asked for did not bring it.
-    fn remember_missing(&self, kid: Option<String>) {
+    /// Remembers that the fetch started at `proved_at`, made after `kid` was asked
+    /// for, did not bring it.
+    fn remember_missing(&self, kid: Option<String>, proved_at: Instant) {
         let mut unknown = lock(&self.unknown);
         let now = Instant::now();
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < self.first_sight_interval;
         if unknown.missing.len() >= MAX_MISSING {
-            unknown
-                .missing
-                .retain(|_, at| now.saturating_duration_since(*at) < self.cooldown);
+            unknown.missing.retain(|_, at| fresh(at));
         }
         if unknown.missing.len() < MAX_MISSING || unknown.missing.contains_key(&kid) {
-            unknown.missing.insert(kid, now);
+            let at = unknown.missing.entry(kid).or_insert(proved_at);
+            *at = (*at).max(proved_at);
         }
     }
 
@@ -626,51 +762,93 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         Some(validator.check(token))
     }
 
-    /// The answer for a token whose key is not in the keys: one shared fetch when
-    /// the cool-downs allow it, then the final answer if that fetch started after
-    /// the request arrived (numbered above `seen`, read once it had arrived); `503`
-    /// while the kid cannot be looked up.
+    /// The verdict of the current keys on a token whose request saw fetch number
+    /// `seen`: the key's check if they hold it, `invalid_token` if they came from a
+    /// fetch started after the request arrived (numbered above `seen`), else none.
+    fn decide(&self, kid: &Option<String>, token: &str, seen: u64) -> Option<Result<C, Rejection>> {
+        let keys = self.keys.load();
+        let keys = keys.as_ref()?;
+        if let Some(validator) = keys.find(kid.as_deref()) {
+            return Some(validator.check(token));
+        }
+        if keys.number > seen {
+            self.remember_missing(kid.clone(), keys.fetched_at);
+            return Some(Err(Rejection::invalid_token(UNKNOWN_KEY)));
+        }
+        None
+    }
+
+    /// When the next first-sight look-up is allowed (`now` if it is).
+    fn next_sight(&self) -> Instant {
+        let now = Instant::now();
+        lock(&self.schedule)
+            .next_sight(self.first_sight_interval)
+            .map_or(now, |at| at.max(now))
+    }
+
+    /// The answer to a token that could not be looked up in time: the current keys'
+    /// verdict if they have one now, `invalid_token` for a kid known absent, else
+    /// `503` with the time until the next allowed look-up.
+    fn undecided(&self, kid: &Option<String>, token: &str) -> Result<C, Rejection> {
+        if let Some(checked) = self.check_with_current(kid.as_deref(), token) {
+            return checked;
+        }
+        if self.known_absent(kid) {
+            return Err(Rejection::invalid_token(UNKNOWN_KEY));
+        }
+        let after = self.next_sight().saturating_duration_since(Instant::now());
+        Err(Rejection::Unavailable(
+            Unavailable::new(NO_KEYS).retry_after(after),
+        ))
+    }
+
+    /// The answer for a token whose key is not in the keys (first sight; see the
+    /// type's documentation for the cases): decided by a fetch started after the
+    /// request arrived (numbered above `seen`, read once it had arrived). The
+    /// request joins a running fetch (it may bring the key), or starts the look-up
+    /// when the interval allows, or waits for the next allowed one when it comes
+    /// within [`first_sight_wait`](JwksValidatorBuilder::first_sight_wait); else,
+    /// or when the look-up fails, `503` with `Retry-After`.
     async fn resolve(
         this: Arc<Self>,
         kid: Option<String>,
         token: String,
         seen: u64,
     ) -> Result<C, Rejection> {
-        // A fetch already running may have started before the key was published:
-        // then one more is wanted, at most.
-        for _ in 0..2 {
-            if let Some(checked) = this.check_with_current(kid.as_deref(), &token) {
-                return checked;
+        let deadline = Instant::now() + this.first_sight_wait;
+        let Some(_waiting) = WaitSlot::enter(&this.waiting) else {
+            return this.undecided(&kid, &token);
+        };
+        loop {
+            if let Some(decided) = this.decide(&kid, &token, seen) {
+                return decided;
             }
-            let have_keys = this.keys.load().is_some();
-            let cause = if have_keys {
-                Cause::Miss
-            } else {
-                Cause::Schedule
-            };
-            let Some(flight) = Shared::fetch_once(&this, cause) else {
-                break;
-            };
-            match flight.await {
-                Ok(number) if number > seen => {
-                    if let Some(checked) = this.check_with_current(kid.as_deref(), &token) {
-                        return checked;
-                    }
-                    this.remember_missing(kid);
-                    return Err(Rejection::invalid_token(UNKNOWN_KEY));
+            if this.known_absent(&kid) {
+                return Err(Rejection::invalid_token(UNKNOWN_KEY));
+            }
+            let Some(flight) = Shared::fetch_once(&this, Cause::Miss) else {
+                // Not yet allowed: wait for the next look-up if it comes in time.
+                let next = this.next_sight();
+                if next > deadline {
+                    return this.undecided(&kid, &token);
                 }
-                Ok(_) => continue,
-                Err(_) => break,
+                tokio::time::sleep_until(next).await;
+                continue;
+            };
+            // A fetch numbered above `seen` is this request's look-up: awaited to its
+            // end (bounded by the HTTP timeout). An older one is joined only until
+            // the deadline: it may bring the key, or free the way for a look-up.
+            let outcome = if this.started() > seen {
+                Some(flight.await)
+            } else {
+                tokio::time::timeout_at(deadline, flight).await.ok()
+            };
+            match outcome {
+                Some(Ok(_)) => continue,
+                // A failed fetch or no time left: no verdict now.
+                Some(Err(_)) | None => return this.undecided(&kid, &token),
             }
         }
-        // No look-up possible now: maybe another request's fetch just brought the key.
-        if let Some(checked) = this.check_with_current(kid.as_deref(), &token) {
-            return checked;
-        }
-        if this.known_absent(&kid) {
-            return Err(Rejection::invalid_token(UNKNOWN_KEY));
-        }
-        Err(Rejection::Unavailable(NO_KEYS.into()))
     }
 
     async fn get(&self, endpoint: Endpoint, url: &Uri) -> Result<http::Response<Bytes>, Error> {
@@ -758,6 +936,8 @@ pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>
         unnamed: Vec::new(),
         skipped: HashSet::new(),
         refresh_at,
+        number: 0,
+        fetched_at: Instant::now(),
     };
     for (index, value) in raw.keys.into_iter().enumerate() {
         let kid = value.get("kid").and_then(serde_json::Value::as_str);
@@ -864,7 +1044,7 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
 const ED25519_KEY_LEN: usize = 32;
 
 const UNKNOWN_KEY: &str = "the token's signing key is unknown";
-/// Also for an unknown kid that cannot be looked up now: the key may exist.
+/// Also for an unknown kid that cannot be looked up in time: the key may exist.
 const NO_KEYS: &str = "the signing keys are unavailable";
 
 impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksValidator<C> {
@@ -940,26 +1120,34 @@ mod tests {
             unnamed: Vec::new(),
             skipped: HashSet::new(),
             refresh_at: Instant::now(),
+            number: 0,
+            fetched_at: Instant::now(),
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn missing_kids_are_remembered_for_one_cooldown_and_boundedly() {
+    async fn missing_kids_are_remembered_for_one_interval_and_boundedly() {
         let v = unfetched();
         let shared = &v.shared;
         for i in 0..1000 {
-            shared.remember_missing(Some(format!("k{i}")));
+            shared.remember_missing(Some(format!("k{i}")), Instant::now());
         }
         assert_eq!(lock(&shared.unknown).missing.len(), MAX_MISSING);
         assert!(shared.known_absent(&Some("k0".into())));
         assert!(!shared.known_absent(&Some("k999".into())), "past the bound");
-        shared.remember_missing(None);
+        shared.remember_missing(None, Instant::now());
         assert!(!shared.known_absent(&None), "past the bound");
 
-        tokio::time::advance(DEFAULT_COOLDOWN).await;
+        // Counted from the start of the fetch that proved the kid absent.
+        let proved = Instant::now();
+        tokio::time::advance(DEFAULT_FIRST_SIGHT_INTERVAL - Duration::from_millis(1)).await;
+        assert!(shared.known_absent(&Some("k0".into())));
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!shared.known_absent(&Some("k0".into())), "expired");
-        // Expired kids make room.
-        shared.remember_missing(None);
+        // Expired kids make room; a proof older than the interval is no proof.
+        shared.remember_missing(None, proved);
+        assert!(!shared.known_absent(&None));
+        shared.remember_missing(None, Instant::now());
         assert!(shared.known_absent(&None));
         assert_eq!(lock(&shared.unknown).missing.len(), 1);
     }
@@ -1005,6 +1193,34 @@ mod tests {
         // A cool-down above the cap is never shortened.
         let long = Duration::from_secs(600);
         assert!(retry_backoff(long, 3) >= long);
+    }
+
+    /// First-sight look-ups after failures: the interval, doubled per failure, up
+    /// to the cool-down; refused before that time, allowed at it.
+    #[tokio::test(start_paused = true)]
+    async fn first_sight_look_ups_back_off_by_time_up_to_the_cooldown() {
+        let s = |secs| Duration::from_secs(secs);
+        assert_eq!(sight_backoff(s(2), s(30), 1), s(2));
+        assert_eq!(sight_backoff(s(2), s(30), 2), s(4));
+        assert_eq!(sight_backoff(s(2), s(30), 4), s(16));
+        assert_eq!(sight_backoff(s(2), s(30), 5), s(30));
+        assert_eq!(sight_backoff(s(2), s(30), 40), s(30));
+        assert_eq!(
+            sight_backoff(s(60), s(30), 3),
+            s(60),
+            "never below the interval"
+        );
+
+        let v = unfetched();
+        let shared = &v.shared;
+        assert!(v.load().await.is_err());
+        assert!(v.load().await.is_err());
+        let next = shared.next_sight();
+        assert_eq!(next - Instant::now(), s(4), "two failures in a row");
+        tokio::time::advance(s(4) - Duration::from_millis(1)).await;
+        assert!(Shared::fetch_once(shared, Cause::Miss).is_none());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(Shared::fetch_once(shared, Cause::Miss).is_some());
     }
 
     #[test]

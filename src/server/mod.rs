@@ -70,7 +70,7 @@ pub mod validator;
 pub use self::axum::MissingClaims;
 pub use crate::metadata::{MetadataService, ProtectedResourceMetadata};
 pub use cache::{Expiring, VerifiedCache};
-pub use challenge::{is_grpc, Rejection};
+pub use challenge::{is_grpc, Rejection, Unavailable};
 #[cfg(any(feature = "dpop", feature = "mtls"))]
 pub use confirmation::Confirmation;
 #[cfg(feature = "dpop")]

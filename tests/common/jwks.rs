@@ -149,6 +149,13 @@ pub async fn skip(secs: u64) {
     tokio::time::resume();
 }
 
+/// [`skip`] by milliseconds.
+pub async fn skip_ms(ms: u64) {
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(ms)).await;
+    tokio::time::resume();
+}
+
 /// Waits (yielding, never sleeping a guessed time) until `cond` holds.
 pub async fn until(mut cond: impl FnMut() -> bool) {
     tokio::time::timeout(Duration::from_secs(20), async {
