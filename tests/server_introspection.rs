@@ -446,3 +446,119 @@ async fn a_zero_ttl_sees_a_revocation_at_once() {
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 401);
     assert_eq!(s.calls(), 2);
 }
+
+/// Issue 29 item 1: clones configured for other APIs share the answer cache, but each
+/// judges the provider's answer with its own audience. The orders API's clone
+/// accepting a token for the orders API must not make the billing API's clone accept
+/// it, in either order, and the provider is still asked once.
+#[tokio::test]
+async fn a_clone_for_another_audience_judges_the_cached_answer_itself() {
+    let (endpoint, _gate, url) = start_endpoint().await;
+    let base = Introspection::<Claims>::new(&url)
+        .unwrap()
+        .client("my-api", "s3cret");
+    let orders = base.clone().audience("my-api");
+    let billing = base.clone().audience("billing-api");
+    // "reader" is for my-api only.
+    assert_eq!(
+        orders.validate("reader").await.unwrap().sub.as_deref(),
+        Some("bob")
+    );
+    assert_eq!(
+        billing.validate("reader").await.unwrap_err(),
+        tower_bearer::server::Rejection::invalid_token("the token is not for this audience"),
+        "billing accepted a token for the orders API from the cache"
+    );
+    // The reverse order: refused first (kept apart), then accepted where it belongs.
+    assert_eq!(
+        billing
+            .validate("for-another-api")
+            .await
+            .unwrap()
+            .sub
+            .as_deref(),
+        Some("carol")
+    );
+    assert!(orders.validate("for-another-api").await.is_err());
+    assert_eq!(
+        endpoint.calls.load(Ordering::SeqCst),
+        2,
+        "the provider's answers are shared"
+    );
+}
+
+/// Issue 29 item 1: a clone requiring `write` must not accept a read-only token
+/// because a clone requiring `read` accepted it, and the reverse order must not
+/// refuse it where `read` is enough.
+#[tokio::test]
+async fn a_clone_requiring_other_scopes_judges_the_cached_answer_itself() {
+    use tower_bearer::server::Rejection;
+    let (endpoint, _gate, url) = start_endpoint().await;
+    let base = Introspection::<Claims>::new(&url)
+        .unwrap()
+        .client("my-api", "s3cret");
+    let read = base.clone().require_scopes(["read"]);
+    let write = base.clone().require_scopes(["write"]);
+    assert!(read.validate("reader").await.is_ok());
+    assert_eq!(
+        write.validate("reader").await.unwrap_err(),
+        Rejection::InsufficientScope("write".into()),
+        "a read token performs writes"
+    );
+    // The reverse order, on another read-only token.
+    assert_eq!(
+        write.validate("user-1").await.unwrap_err(),
+        Rejection::InsufficientScope("write".into())
+    );
+    assert_eq!(
+        read.validate("user-1").await.unwrap().sub.as_deref(),
+        Some("user-1"),
+        "refused for write, wrongly refused for read"
+    );
+    assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Issue 29 item 1: the freshness a clone demands is one of its rules too: a clone
+/// with `ttl(0)` sees a revocation at once even when a clone with the default TTL
+/// cached the answer.
+#[tokio::test]
+async fn a_clone_with_a_shorter_ttl_does_not_serve_an_older_answer() {
+    let (endpoint, _gate, url) = start_endpoint().await;
+    let base = Introspection::<Claims>::new(&url)
+        .unwrap()
+        .client("my-api", "s3cret");
+    let eager = base.clone().ttl(Duration::ZERO);
+    assert!(base.validate("good").await.is_ok());
+    endpoint.revoked.lock().unwrap().insert("good".into());
+    assert!(
+        eager.validate("good").await.is_err(),
+        "ttl(0) served an answer cached by another clone"
+    );
+    assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Issue 29 item 2: a `VerifiedCache` over `Introspection` sees a revocation within
+/// the introspection TTL, as the bare validator does: the cache cannot undo it.
+#[tokio::test]
+async fn a_verified_cache_over_introspection_sees_a_revocation_within_the_ttl() {
+    use tower_bearer::server::VerifiedCache;
+    let (endpoint, _gate, url) = start_endpoint().await;
+    let bare = Introspection::<Claims>::new(&url)
+        .unwrap()
+        .client("my-api", "s3cret")
+        .ttl(Duration::from_secs(1));
+    let cached = VerifiedCache::new(bare.clone());
+    assert!(cached.validate("good").await.is_ok());
+    assert!(cached.validate("good").await.is_ok());
+    assert_eq!(endpoint.calls.load(Ordering::SeqCst), 1);
+    endpoint.revoked.lock().unwrap().insert("good".into());
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    tokio::time::resume();
+    assert!(bare.validate("good").await.is_err(), "the bare validator");
+    assert!(
+        cached.validate("good").await.is_err(),
+        "the cached composition accepts a token revoked 1.5 s ago (ttl 1 s)"
+    );
+    assert!(cached.is_empty(), "and forgets it");
+}

@@ -63,13 +63,23 @@ pub enum IntrospectionAuth {
 ///   RFC 8707): its `aud` must name one of the audiences and its `iss` be one of the
 ///   issuers, else `401 invalid_token`. An authorization server serves many resource
 ///   servers, and without them a token it issued for another one is accepted here.
-/// - Answers are cached by the SHA-256 of the token: accepted ones until the
-///   token's `exp` or the TTL (default 30 s), whichever comes first, at most
-///   [`max_entries`](Self::max_entries); refusals in a separate, smaller cache
-///   ([`max_refusals`](Self::max_refusals)), inactive tokens briefly (default 10 s),
-///   so a flood of one bad token is one call and a flood of many bad tokens cannot
-///   evict the accepted answers. Both caches evict scan-resistantly (S3-FIFO, the
-///   `quick_cache` crate): tokens seen once go before tokens in use.
+/// - The provider's answers are cached by the SHA-256 of the token, as the provider
+///   gave them: never a verdict. Every request, cache hit or not, is judged with
+///   this validator's own issuer, audience, scopes and TTLs, so clones configured
+///   for other APIs (`base.clone().audience(…)`) share the provider's answers, one
+///   call per token, but never each other's verdicts. Clones given other
+///   [`client`](Self::client) credentials do not share answers (the provider may
+///   answer each client differently).
+/// - An active answer is served until the token's `exp` or the TTL (default 30 s),
+///   whichever comes first, an inactive one for the negative TTL (default 10 s).
+///   Answers this validator accepted are kept at most
+///   [`max_entries`](Self::max_entries); the others in a separate, smaller cache
+///   ([`max_refusals`](Self::max_refusals)), so a flood of one bad token is one call
+///   and a flood of many bad tokens cannot evict the accepted answers. Both caches
+///   evict scan-resistantly (S3-FIFO, the `quick_cache` crate): tokens seen once go
+///   before tokens in use.
+/// - Under a [`VerifiedCache`](super::VerifiedCache), every hit is checked again
+///   here ([`Validator::recheck`]): a revocation still counts within the TTL.
 /// - Concurrent requests for one uncached token make one call, shared through the
 ///   crate's single flight.
 ///
@@ -110,13 +120,24 @@ struct Config {
 }
 
 type Digest32 = [u8; 32];
-type Flight<C> = SingleFlight<Result<C, Rejection>, Error>;
+type Flight<C> = SingleFlight<Arc<Received<C>>, Error>;
+
+/// What the provider answered for a token, as it answered it, and when: the cache
+/// holds this, never a verdict. Each clone judges it with its own rules (issuer,
+/// audience, scopes, TTLs) on every hit, so clones configured for other APIs can
+/// share the provider's answers without sharing their verdicts.
+struct Received<C> {
+    answer: Answer<C>,
+    /// When the answer arrived: a clone serves it for its own TTL from here.
+    at: Instant,
+}
 
 struct State<C> {
-    /// Accepted answers, and the instant each stops being served.
-    accepted: CountedCache<Digest32, (Arc<C>, Instant)>,
-    /// Refusals, apart: bad tokens churn this cache and never the one above.
-    refused: CountedCache<Digest32, (Rejection, Instant)>,
+    /// Answers of active tokens that the clone which asked accepted.
+    accepted: CountedCache<Digest32, Arc<Received<C>>>,
+    /// The other answers (inactive tokens, and active ones the clone which asked
+    /// refused), apart: bad tokens churn this cache and never the one above.
+    refused: CountedCache<Digest32, Arc<Received<C>>>,
     /// One flight per token being introspected. The job stores its answer, then
     /// removes its own entry (also when it fails, panics or is dropped).
     flights: Mutex<HashMap<Digest32, Arc<Flight<C>>>>,
@@ -248,13 +269,16 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         self
     }
 
-    /// The resource server's client credentials.
+    /// The resource server's client credentials. The provider may answer each
+    /// client differently, so this starts empty caches: call it before use (a clone
+    /// given other credentials does not share the answers of the original).
     pub fn client(self, client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
         let (id, secret) = (client_id.into(), SecretString::from(client_secret.into()));
         self.config(|c| {
             c.client_id = id;
             c.client_secret = Some(secret);
         })
+        .fresh_caches()
     }
 
     /// How the credentials are sent (default [`IntrospectionAuth::Basic`]).
@@ -336,64 +360,65 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         }
     }
 
-    /// The cached answer for a token, if one is still live.
-    fn cached(&self, digest: &Digest32) -> Option<Result<C, Rejection>> {
-        let now = Instant::now();
-        if let Some((claims, until)) = self.state.accepted.get(digest) {
-            if now < until {
-                return Some(Ok(C::clone(&claims)));
-            }
-            self.state.accepted.remove_if(digest, |(_, u)| *u == until);
+    /// Whether this clone may still serve `received`: within its own TTL (the
+    /// negative one for an inactive token), and never past the token's `exp`.
+    fn fresh(&self, received: &Received<C>, now: Instant) -> bool {
+        let age = now.saturating_duration_since(received.at);
+        match &received.answer {
+            Answer::Active(active) => age < self.config.ttl && age < active.lifetime,
+            Answer::Inactive => age < self.config.negative_ttl,
         }
-        if let Some((rejection, until)) = self.state.refused.get(digest) {
-            if now < until {
-                return Some(Err(rejection));
+    }
+
+    /// The provider's cached answer for a token, if this clone may still serve it.
+    fn cached(&self, digest: &Digest32) -> Option<Arc<Received<C>>> {
+        let now = Instant::now();
+        for cache in [&self.state.accepted, &self.state.refused] {
+            if let Some(received) = cache.get(digest) {
+                if self.fresh(&received, now) {
+                    return Some(received);
+                }
+                // Past the token's exp it is stale for every clone: dropped (unless a
+                // newer answer took its place). A clone with a shorter TTL leaves it
+                // to the others and stores the newer answer it asks for.
+                if let Answer::Active(active) = &received.answer {
+                    if now.saturating_duration_since(received.at) >= active.lifetime {
+                        cache.remove_if(digest, |r| Arc::ptr_eq(r, &received));
+                    }
+                }
             }
-            self.state.refused.remove_if(digest, |(_, u)| *u == until);
         }
         None
     }
 
-    /// Caches a new answer in place of any older one for the token.
-    fn store(&self, digest: Digest32, outcome: &Result<C, Rejection>, until: Instant) {
-        match outcome {
-            Ok(claims) => {
-                self.state.refused.remove(&digest);
-                self.state
-                    .accepted
-                    .insert(digest, (Arc::new(claims.clone()), until));
-            }
-            Err(rejection) => {
-                self.state.accepted.remove(&digest);
-                self.state
-                    .refused
-                    .insert(digest, (rejection.clone(), until));
-            }
-        }
+    /// Caches a new answer in place of any older one for the token: with the
+    /// accepted ones when this clone accepts it, else apart.
+    fn store(&self, digest: Digest32, received: &Arc<Received<C>>) {
+        let (into, out) = if self.judge(received).is_ok() {
+            (&self.state.accepted, &self.state.refused)
+        } else {
+            (&self.state.refused, &self.state.accepted)
+        };
+        out.remove(&digest);
+        into.insert(digest, Arc::clone(received));
     }
 
     /// Asks the endpoint and caches the answer (not failures to get one).
-    async fn introspect(
-        &self,
-        digest: Digest32,
-        token: String,
-    ) -> Result<Result<C, Rejection>, Error> {
+    async fn introspect(&self, digest: Digest32, token: String) -> Result<Arc<Received<C>>, Error> {
         let result = self.call_endpoint(&token).await;
         drop(token);
-        let now = Instant::now();
         match result {
-            Ok(Answer::Active(active)) => {
-                metrics::introspection(Introspected::Active);
-                let until = now + active.lifetime.min(self.config.ttl);
-                let outcome = self.check(active);
-                self.store(digest, &outcome, until);
-                Ok(outcome)
-            }
-            Ok(Answer::Inactive) => {
-                metrics::introspection(Introspected::Inactive);
-                let outcome = Err(Rejection::invalid_token("the token is not active"));
-                self.store(digest, &outcome, now + self.config.negative_ttl);
-                Ok(outcome)
+            Ok(answer) => {
+                metrics::introspection(match answer {
+                    Answer::Active(_) => Introspected::Active,
+                    Answer::Inactive => Introspected::Inactive,
+                });
+                let received = Arc::new(Received {
+                    answer,
+                    at: Instant::now(),
+                });
+                self.store(digest, &received);
+                Ok(received)
             }
             Err(e) => {
                 metrics::introspection(Introspected::Failed);
@@ -403,8 +428,13 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         }
     }
 
-    /// The issuer, the audience and the scopes of an active token.
-    fn check(&self, active: Active<C>) -> Result<C, Rejection> {
+    /// This clone's verdict on an answer: active, and the issuer, the audience and
+    /// the scopes it requires.
+    fn judge(&self, received: &Received<C>) -> Result<C, Rejection> {
+        let active = match &received.answer {
+            Answer::Active(active) => active,
+            Answer::Inactive => return Err(Rejection::invalid_token("the token is not active")),
+        };
         let config = &*self.config;
         if !config.issuers.is_empty() {
             match &active.iss {
@@ -429,13 +459,13 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
                 ));
             }
         }
-        let granted = active.scope.unwrap_or_default();
+        let granted = active.scope.as_deref().unwrap_or_default();
         if config
             .required_scopes
             .iter()
             .all(|s| granted.split_ascii_whitespace().any(|g| g == s))
         {
-            Ok(active.claims)
+            Ok(active.claims.clone())
         } else {
             Err(Rejection::InsufficientScope(
                 config.required_scopes.join(" "),
@@ -557,7 +587,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
         let digest: Digest32 = super::sha256(token.as_bytes());
         if let Some(hit) = self.cached(&digest) {
             metrics::cache_lookup(CacheName::Introspection, true);
-            return ValidationFuture::ready(hit);
+            return ValidationFuture::ready(self.judge(&hit));
         }
         metrics::cache_lookup(CacheName::Introspection, false);
         let flight = {
@@ -566,7 +596,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
             // here either the answer is cached or the flight is still in the map, and
             // no entry is added that no job would remove.
             if let Some(hit) = self.cached(&digest) {
-                return ValidationFuture::ready(hit);
+                return ValidationFuture::ready(self.judge(&hit));
             }
             Arc::clone(flights.entry(digest).or_default())
         };
@@ -587,14 +617,29 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
             },
         );
         match joined {
-            Joined::Ready(Ok(outcome)) => ValidationFuture::ready(outcome),
+            Joined::Ready(Ok(received)) => ValidationFuture::ready(self.judge(&received)),
             Joined::Ready(Err(_)) => ValidationFuture::ready(Err(unavailable())),
-            // The flight hands its answer to every waiter: none depends on it still
-            // being in the cache (a flood may have evicted a refusal meanwhile).
-            Joined::Flight(flight) => ValidationFuture::pending(async move {
-                flight.await.unwrap_or_else(|_| Err(unavailable()))
-            }),
+            // The flight hands the provider's answer to every waiter, which judges it
+            // with its own rules (the flight may be another clone's): none depends on
+            // it still being in the cache (a flood may have evicted a refusal).
+            Joined::Flight(flight) => {
+                let this = self.clone();
+                ValidationFuture::pending(async move {
+                    match flight.await {
+                        Ok(received) => this.judge(&received),
+                        Err(_) => Err(unavailable()),
+                    }
+                })
+            }
         }
+    }
+
+    /// Asks again as [`validate`](Validator::validate) does: the cached answer while
+    /// it is within this validator's [`ttl`](Self::ttl), else the provider. So a
+    /// [`VerifiedCache`](super::VerifiedCache) over it sees a revocation within the
+    /// TTL too, as the bare validator does.
+    fn recheck(&self, token: &str, _claims: C) -> ValidationFuture<C> {
+        self.validate(token)
     }
 }
 
