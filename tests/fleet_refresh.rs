@@ -831,3 +831,63 @@ async fn woken_by_the_write(target: &Redis) {
     );
     assert_eq!(s.idp.tokens(), 1);
 }
+on_every_redis! {
+    /// Issue 29, defect 7. A seed refresh token refused once (`invalid_grant`) was
+    /// recorded in Redis as "lineage 0", the lineage every seed has, for ever: after a
+    /// redeploy with a valid seed, no replica presented it, and every one answered
+    /// `invalid_grant` until someone deleted the key by hand. The record names the
+    /// refused refresh token itself now: the refused seed is still never presented
+    /// again, the new one is.
+    async fn a_refused_seed_does_not_block_the_next_seed(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-good");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("reseed");
+        let seeded = |seed: &'static str| {
+            let redis = redis.clone();
+            let profile = profile.clone();
+            let endpoint = endpoint(&s);
+            async move {
+                redis
+                    .store(&profile)
+                    .await
+                    .fleet(endpoint.refresh_token(seed))
+                    .lock_ttl(Duration::from_millis(100))
+                    .poll_interval(Duration::from_millis(5), Duration::from_millis(20))
+            }
+        };
+        // The first deployment's seed is wrong: refused once, and a second replica
+        // with the same seed does not present it again.
+        let bad = seeded("rt-bad").await;
+        // Redis holds no token the seed could be older than: not the fleet's to
+        // declare dead, a retryable `Superseded`.
+        let refused = bad.fetch(None).await;
+        assert!(matches!(refused, Err(Error::Superseded(_))), "{refused:?}");
+        let twin = seeded("rt-bad").await;
+        let again = twin.fetch(None).await;
+        assert!(matches!(again, Err(Error::Superseded(_))), "{again:?}");
+        assert_eq!(
+            s.idp.refresh_seen.lock().unwrap().clone(),
+            vec!["rt-bad".to_owned()],
+            "the refused seed was presented once"
+        );
+        // Redeployed with a valid seed: it is presented, and the fleet runs.
+        let good = seeded("rt-good").await;
+        let token = good.fetch(None).await;
+        let seen = s.idp.refresh_seen.lock().unwrap().clone();
+        let token = token.unwrap_or_else(|e| panic!("the new seed is presented: {e:?}, presented {seen:?}"));
+        assert!(valid_at_api(&s.idp, token.access_token().expose_secret()));
+        assert_eq!(
+            s.idp.refresh_seen.lock().unwrap().clone(),
+            vec!["rt-bad".to_owned(), "rt-good".to_owned()]
+        );
+        // The record of the refusal did not outlive its use: the fleet wrote a newer
+        // token, and the record is gone.
+        let store = redis.store(&profile).await;
+        let memo = redis::cmd("HEXISTS")
+            .arg(store.token_key())
+            .arg("refused")
+            .clone();
+        assert_eq!(redis.query::<i64>(&memo).await, 0, "the refusal record is gone");
+    }
+}
