@@ -891,3 +891,81 @@ on_every_redis! {
         assert_eq!(redis.query::<i64>(&memo).await, 0, "the refusal record is gone");
     }
 }
+
+/// A real store whose `save` of a token from the endpoint (`at-…`) waits for the
+/// test: a refresh's save still in flight when the logout comes.
+struct HeldSave<T> {
+    inner: T,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl<T: TokenStore> TokenStore for HeldSave<T> {
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<Token>, Error>> {
+        self.inner.load()
+    }
+    fn save<'a>(
+        &'a self,
+        token: &'a Token,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        use futures_util::FutureExt;
+        async move {
+            if token.access_token().expose_secret().starts_with("at-") {
+                self.entered.notify_one();
+                self.gate.acquire().await.unwrap().forget();
+            }
+            self.inner.save(token).await
+        }
+        .boxed()
+    }
+    fn clear(&self) -> futures_util::future::BoxFuture<'_, Result<(), Error>> {
+        self.inner.clear()
+    }
+}
+
+on_every_redis! {
+    /// Issue 29, defect 8 with the Redis store: a logout while the refresh's save is
+    /// in flight leaves no token in Redis, and the cache serves none.
+    async fn a_logout_while_the_refresh_saves_leaves_no_token_in_redis(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("logout");
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let store = HeldSave {
+            inner: redis.store(&profile).await,
+            entered: entered.clone(),
+            gate: gate.clone(),
+        };
+        let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+            .store(store)
+            .initial_token(
+                Token::bearer("old-access")
+                    .unwrap()
+                    .with_expires_in(Duration::ZERO)
+                    .with_refresh_token("rt-0"),
+            )
+            .build();
+        let caller = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        };
+        entered.notified().await;
+        let mut logout = tokio::spawn(cache.logout());
+        // The logout may finish while the save is held (as it did), or wait for it.
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut logout).await;
+        gate.add_permits(1);
+        if early.is_err() {
+            let _ = logout.await;
+        }
+        assert!(caller.await.unwrap().is_err(), "the refresh's token was served");
+        let left = redis.store(&profile).await.load().await.unwrap();
+        assert!(
+            left.is_none(),
+            "Redis holds a token after the logout: {:?}",
+            left.map(|t| t.access_token().expose_secret().to_owned())
+        );
+        assert!(cache.token().await.is_err(), "the cache serves a token");
+    }
+}

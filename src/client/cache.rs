@@ -174,6 +174,10 @@ struct Shared<S> {
     /// A token served but not yet in the store (its save failed, or it was set or
     /// given at start-up): written before the next refresh reads the store.
     unsaved: Mutex<Option<Token>>,
+    /// Held across every write to the store together with the check that allows it
+    /// (the generation), and across a logout's read, revocation and clear: a save
+    /// that a logout did not see lands before the logout's clear, never after it.
+    store_gate: tokio::sync::Mutex<()>,
 }
 
 /// A token cache in front of a [`TokenSource`]; an [`Authorizer`].
@@ -356,6 +360,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 waits: AtomicU64::new(0),
                 save_failures: AtomicU64::new(0),
                 unsaved: Mutex::new(unsaved),
+                store_gate: tokio::sync::Mutex::new(()),
             }),
         };
         if let (true, Ok(handle)) = (flush, tokio::runtime::Handle::try_current()) {
@@ -475,13 +480,16 @@ impl<S: TokenSource> Refreshing<S> {
     /// configured (the tokens were forgotten but not revoked).
     pub fn logout(&self) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        let current = {
+        let (current, generation) = {
             let mut failure = shared
                 .failure
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             // A refresh running meanwhile sees the generation move and drops its result.
-            shared.generation.fetch_add(1, Ordering::AcqRel);
+            let generation = shared
+                .generation
+                .fetch_add(1, Ordering::AcqRel)
+                .wrapping_add(1);
             failure.logged_out = true;
             failure.consecutive = 0;
             failure.dead = None;
@@ -494,13 +502,22 @@ impl<S: TokenSource> Refreshing<S> {
                 .take();
             let current = shared.current.load_full().map(|c| c.token.clone());
             shared.current.store(None);
-            current
+            (current, generation)
         };
         tracing::info!("logging out");
         async move {
             let mut first_error = None;
             let mut tokens: Vec<Token> = current.into_iter().collect();
-            if let Some(store) = &shared.store {
+            // One step with every save: a refresh's save that began before the logout
+            // has landed (and its token is read, revoked and cleared here); one that
+            // comes later sees the logout and writes nothing.
+            let _gate = shared.store_gate.lock().await;
+            // A new login (`set_token`) since: its token is in the store, not ours.
+            let store = shared
+                .store
+                .as_ref()
+                .filter(|_| shared.generation.load(Ordering::Acquire) == generation);
+            if let Some(store) = store {
                 match store.load().await {
                     Ok(Some(stored)) => tokens.push(stored),
                     Ok(None) => {}
@@ -534,7 +551,7 @@ impl<S: TokenSource> Refreshing<S> {
                     ));
                 }
             }
-            if let Some(store) = &shared.store {
+            if let Some(store) = store {
                 if let Err(error) = store.clear().await {
                     first_error.get_or_insert(error);
                 }
@@ -671,9 +688,13 @@ impl<S: TokenSource> Shared<S> {
             Ok(token) => {
                 // Saved before it is served: with rotation, the old refresh token is
                 // dead now and this one must not be lost. Not if a token was set
-                // meanwhile: that one is the newest.
-                if self.generation.load(Ordering::Acquire) == generation {
-                    self.save(&token).await;
+                // meanwhile (that one is the newest) or the cache was logged out: the
+                // check and the save are one step against `logout` (the gate).
+                if self.store.is_some() {
+                    let _gate = self.store_gate.lock().await;
+                    if self.generation.load(Ordering::Acquire) == generation {
+                        self.save(&token).await;
+                    }
                 }
                 Ok(token)
             }
@@ -736,6 +757,9 @@ impl<S: TokenSource> Shared<S> {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        // Taken and written under the gate: a logout either took it first, or clears
+        // the store after this save.
+        let _gate = self.store_gate.lock().await;
         let pending = self
             .unsaved
             .lock()
