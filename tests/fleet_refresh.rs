@@ -969,3 +969,67 @@ on_every_redis! {
         assert!(cache.token().await.is_err(), "the cache serves a token");
     }
 }
+on_every_redis! {
+    /// Issue 29, defect 14. Replica A holds the lock and its refresh is stuck at the
+    /// provider; a caller on replica B waited for the fleet's refresh however long it
+    /// took (up to three lock TTLs, 90 s by default). Now the caller gets a retryable
+    /// error after its own wait limit, the refresh goes on in the background, and the
+    /// next caller takes its result.
+    async fn a_caller_waits_no_longer_than_its_limit_while_the_fleet_refresh_goes_on(redis) {
+        let s = common::start().await;
+        let profile = profile("wait-limit");
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let stuck = {
+            let gate = gate.clone();
+            source::from_fn(move |_previous: Option<Token>| {
+                let gate = gate.clone();
+                async move {
+                    let _permit = gate.acquire().await.unwrap();
+                    Ok(Token::bearer("from-a")
+                        .unwrap()
+                        .with_expires_in(Duration::from_secs(600))
+                        .with_refresh_token("rt-a"))
+                }
+            })
+        };
+        let a = Arc::new(redis.store(&profile).await.fleet(stuck).lock_ttl(Duration::from_millis(300)));
+        let lock_key = a.store().lock_key().to_owned();
+        let a_task = {
+            let a = a.clone();
+            tokio::spawn(async move { a.fetch(None).await })
+        };
+        until(Duration::from_secs(5), "A took the lock", || lock_held(&redis, &lock_key)).await;
+
+        let b = fleet_source(&redis, &profile, &s)
+            .await
+            .lock_ttl(Duration::from_millis(300));
+        let cache_b = Refreshing::builder(b)
+            .wait_limit(Duration::from_millis(200))
+            .build();
+        // The guard only turns a hang into a failure; A's refresh is held meanwhile.
+        let first = tokio::time::timeout(Duration::from_secs(10), cache_b.token())
+            .await
+            .expect("the caller got an answer while the fleet's refresh was stuck");
+        let error = first.expect_err("no token exists yet");
+        assert!(matches!(error, Error::Timeout(..)), "{error:?}");
+        assert!(error.is_retryable());
+
+        // A's answer comes; B's refresh, still running, takes it.
+        gate.add_permits(1);
+        let from_a = a_task.await.unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let adopted = loop {
+            if let Ok(token) = cache_b.token().await {
+                break token;
+            }
+            assert!(Instant::now() < deadline, "B never took A's token");
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(
+            adopted.access_token().expose_secret(),
+            from_a.access_token().expose_secret()
+        );
+        assert_eq!(cache_b.stats().refreshes, 1, "the caller's refresh went on, once");
+        assert_eq!(s.idp.tokens(), 0, "B presented nothing");
+    }
+}

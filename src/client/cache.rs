@@ -88,6 +88,11 @@ struct Config {
     default_lifetime: Option<Duration>,
     backoff_initial: Duration,
     backoff_max: Duration,
+    /// The longest a caller waits for a refresh before it gets a retryable error;
+    /// `None`: [`DEFAULT_WAIT_LIMIT`] for a source that shares tokens (a fleet), no
+    /// limit of the cache's own for another (its endpoint's timeout, or a login's
+    /// expiry, bounds it).
+    wait_limit: Option<Duration>,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             default_lifetime: None,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            wait_limit: None,
         }
     }
 }
@@ -121,6 +127,10 @@ impl Config {
 /// (plus jitter) before it expires, or in the last tenth of its lifetime when that is
 /// shorter.
 pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(60);
+
+/// The default of [`RefreshingBuilder::wait_limit`] for a source that
+/// [shares tokens](TokenSource::shares_tokens) (a fleet): one default fleet lock TTL.
+pub const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// The longest `Retry-After` honoured: a token endpoint asking for more is asked
 /// again after an hour.
@@ -305,6 +315,22 @@ impl<S: TokenSource> RefreshingBuilder<S> {
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.config.backoff_initial = initial;
         self.config.backoff_max = max.max(initial);
+        self
+    }
+
+    /// The longest a caller with no valid token waits for a refresh. After it the
+    /// caller gets [`Error::Timeout`] (retryable) while the refresh goes on in the
+    /// background, and the next caller takes its token. Applies inside a tokio
+    /// runtime.
+    ///
+    /// By default 30 s ([`DEFAULT_WAIT_LIMIT`], one default
+    /// [`lock_ttl`](crate::redis::FleetSource::lock_ttl)) with a source that
+    /// [shares tokens](TokenSource::shares_tokens), a fleet, where a replica may wait
+    /// up to three lock TTLs for another's refresh; no limit of the cache's own with
+    /// other sources, whose wait the token endpoint's timeout bounds (or, for an
+    /// interactive login, the person).
+    pub fn wait_limit(mut self, limit: Duration) -> Self {
+        self.config.wait_limit = Some(limit);
         self
     }
 
@@ -910,9 +936,30 @@ impl<S: TokenSource> Shared<S> {
         metrics::refresh_waiter();
         let waiting = metrics::Started::now();
         let shared = Arc::clone(self);
+        let limit = self
+            .config
+            .wait_limit
+            .or_else(|| self.source.shares_tokens().then_some(DEFAULT_WAIT_LIMIT));
+        let deadline = limit.and_then(|limit| now.checked_add(limit));
+        let limit = limit.unwrap_or_default();
         async move {
             loop {
-                if let Some(result) = flight.wait().await {
+                let waited = match deadline {
+                    // The caller's own bound: the refresh goes on without it.
+                    Some(deadline) if tokio::runtime::Handle::try_current().is_ok() => {
+                        tokio::time::timeout_at(deadline, flight.wait()).await
+                    }
+                    _ => Ok(flight.wait().await),
+                };
+                let Ok(waited) = waited else {
+                    metrics::refresh_waited(waiting);
+                    tracing::debug!(
+                        limit_ms = limit.as_millis() as u64,
+                        "no token within the wait limit; the refresh goes on in the background"
+                    );
+                    return Err(Error::Timeout(crate::error::Endpoint::Token, limit));
+                };
+                if let Some(result) = waited {
                     metrics::refresh_waited(waiting);
                     return result;
                 }
