@@ -621,3 +621,36 @@ async fn a_logout_while_the_refresh_saves_leaves_no_token_in_the_file() {
     );
     assert!(cache.token().await.is_err(), "the cache serves a token");
 }
+
+/// Issue 29, friction "short tokens on a slow provider": with a 5 s token the cache
+/// refreshed 0.5 s before expiry while the token endpoint took 0.6 s, so requests
+/// went out with a token in its last moments and met a `401`. The cache now widens
+/// its margin by the refresh latency it observed, and sends no token with less than
+/// that left.
+#[tokio::test(start_paused = true)]
+async fn no_token_is_sent_in_its_last_moments_on_a_slow_provider() {
+    let s = common::start().await;
+    s.idp.set_lifetime(Some(5));
+    let latency = Duration::from_millis(600);
+    s.idp.set_mode(Mode::Delay(latency));
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .jitter(Duration::ZERO)
+        .build();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let value = get(&cache).await.unwrap();
+        let token = value.trim_start_matches("Bearer ");
+        let expires = s.idp.access.lock().unwrap()[token];
+        let left = expires.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            left >= latency,
+            "a request carried a token with {left:?} left, less than a refresh takes"
+        );
+        tokio::time::advance(Duration::from_millis(50)).await;
+    }
+    assert!(
+        s.idp.tokens() >= 4,
+        "tokens were refreshed: {}",
+        s.idp.tokens()
+    );
+}

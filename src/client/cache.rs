@@ -31,15 +31,24 @@ struct Cached {
 }
 
 impl Cached {
-    fn new(token: Token, config: &Config) -> Self {
+    /// `latency`: how long a refresh takes, as observed. A token is not sent in its
+    /// last `latency` (the request carrying it could arrive after it expired), and
+    /// its refresh starts at least twice that before it expires, so that the new
+    /// token is there before the old one stops being served.
+    fn new(token: Token, config: &Config, latency: Duration) -> Self {
         let now = Instant::now();
-        let usable_until = token
+        let expires = token
             .expires_at()
             .or_else(|| config.default_lifetime.and_then(|d| now.checked_add(d)));
-        let refresh_at = usable_until.map(|until| {
-            let lifetime = until.saturating_duration_since(now);
+        let lifetime = |until: Instant| until.saturating_duration_since(now);
+        // Never more than half the lifetime left unused.
+        let usable_until = expires.map(|until| until - latency.min(lifetime(until) / 2));
+        let refresh_at = expires.map(|until| {
             let jitter = random_up_to(config.jitter);
-            until - config.margin(lifetime, jitter)
+            let margin = config
+                .margin(lifetime(until), jitter)
+                .max(latency.saturating_mul(2).min(lifetime(until) / 2));
+            until - margin
         });
         Cached {
             credential: Credential::authorization(token.authorization().clone()),
@@ -188,6 +197,9 @@ struct Shared<S> {
     /// (the generation), and across a logout's read, revocation and clear: a save
     /// that a logout did not see lands before the logout's clear, never after it.
     store_gate: tokio::sync::Mutex<()>,
+    /// The refresh latency observed (nanoseconds): the longest recent one, decaying
+    /// by a quarter at each refresh.
+    latency: AtomicU64,
 }
 
 /// A token cache in front of a [`TokenSource`]; an [`Authorizer`].
@@ -366,7 +378,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
         let initial = self.initial.map(|t| t.with_lineage(Lineage::next()));
         let current = initial
             .as_ref()
-            .map(|t| Arc::new(Cached::new(t.clone(), &self.config)));
+            .map(|t| Arc::new(Cached::new(t.clone(), &self.config, Duration::ZERO)));
         let unsaved = initial.filter(|_| self.store.is_some());
         let flush = unsaved.is_some();
         let cache = Refreshing {
@@ -387,6 +399,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 save_failures: AtomicU64::new(0),
                 unsaved: Mutex::new(unsaved),
                 store_gate: tokio::sync::Mutex::new(()),
+                latency: AtomicU64::new(0),
             }),
         };
         if let (true, Ok(handle)) = (flush, tokio::runtime::Handle::try_current()) {
@@ -474,9 +487,11 @@ impl<S: TokenSource> Refreshing<S> {
                 .unwrap_or_else(PoisonError::into_inner);
             shared.generation.fetch_add(1, Ordering::AcqRel);
             let token = token.with_lineage(Lineage::next());
-            shared
-                .current
-                .store(Some(Arc::new(Cached::new(token.clone(), &shared.config))));
+            shared.current.store(Some(Arc::new(Cached::new(
+                token.clone(),
+                &shared.config,
+                shared.latency(),
+            ))));
             failure.logged_out = false;
             shared.clear_failures(&mut failure);
             token
@@ -606,6 +621,21 @@ impl<S: TokenSource> Refreshing<S> {
 }
 
 impl<S: TokenSource> Shared<S> {
+    /// The refresh latency observed.
+    fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency.load(Ordering::Acquire))
+    }
+
+    /// Records a refresh that took `took`.
+    fn observe_latency(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .latency
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(took.max(old - old / 4))
+            });
+    }
+
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(TERMINAL - 1)
     }
@@ -655,6 +685,9 @@ impl<S: TokenSource> Shared<S> {
             let result = shared.obtain(generation).await;
             metrics::refresh(&result, started.elapsed());
             let elapsed_ms = started.elapsed().as_millis() as u64;
+            if result.is_ok() {
+                shared.observe_latency(started.elapsed());
+            }
             // Abandoned (its runtime stopped driving it) and replaced by another.
             let abandoned = shared.runs.load(Ordering::Acquire) != run;
             match result {
@@ -820,7 +853,7 @@ impl<S: TokenSource> Shared<S> {
                 return Ok(set);
             }
         }
-        let cached = Arc::new(Cached::new(token, &self.config));
+        let cached = Arc::new(Cached::new(token, &self.config, self.latency()));
         self.current.rcu(|current| match current {
             Some(c) if c.usable(now) && c.token.is_newer_than(&cached.token) => Some(Arc::clone(c)),
             _ => Some(Arc::clone(&cached)),
