@@ -80,28 +80,31 @@ pub use denylist::{Denylisted, RedisDenylist};
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub use replay::RedisReplayCache;
 
-/// Writes the token only if the version is still the one read under the lock.
+/// Writes the token only if the version is still the one read under the lock. A new
+/// token ends the claim and the record of a refused refresh token: nobody presents
+/// an older one now.
 const WRITE_FENCED: &str = r"
 local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'lin', ARGV[5], 'version', v + 1)
-redis.call('HDEL', KEYS[1], 'presenting')
+redis.call('HDEL', KEYS[1], 'presenting', 'refused')
 redis.call('PUBLISH', ARGV[6], v + 1)
 return v + 1
 ";
 
-/// Claims the presentation of the refresh token of lineage ARGV[2] for owner ARGV[1],
-/// under the lock: -1 when a replica was refused it (`invalid_grant`) before; the
-/// milliseconds to wait when another replica started presenting it less than ARGV[3]
-/// ms ago (its lock lapsed mid-refresh: its answer may still come); else 0, claimed.
-/// Redis's clock, so replicas' clocks need not agree.
+/// Claims the presentation of the refresh token named ARGV[2] (its digest, see
+/// [`grant_name`]) for owner ARGV[1], under the lock, in one step: -1 when a replica
+/// was refused that very refresh token (`invalid_grant`) before; the milliseconds to
+/// wait when another replica started presenting it less than ARGV[3] ms ago (its lock
+/// lapsed mid-refresh: its answer may still come); else 0, claimed. Redis's clock, so
+/// replicas' clocks need not agree.
 const CLAIM: &str = r"
 if redis.call('HGET', KEYS[1], 'refused') == ARGV[2] then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local p = redis.call('HGET', KEYS[1], 'presenting')
 if p then
-  local owner, lin, at = string.match(p, '^(.*)|(%d+)|(%d+)$')
+  local owner, lin, at = string.match(p, '^(.*)|([^|]*)|(%d+)$')
   if owner and owner ~= ARGV[1] and lin == ARGV[2] then
     local left = tonumber(ARGV[3]) - (now - tonumber(at))
     if left > 0 then return left end
@@ -111,8 +114,9 @@ redis.call('HSET', KEYS[1], 'presenting', ARGV[1] .. '|' .. ARGV[2] .. '|' .. no
 return 0
 ";
 
-/// Ends owner ARGV[1]'s claim; with ARGV[2] set, records that lineage's refresh
-/// token as refused for every replica.
+/// Ends owner ARGV[1]'s claim; with ARGV[2] set, records the refresh token of that
+/// name as refused for every replica (one record: the last refusal; removed by the
+/// next token written).
 const UNCLAIM: &str = r"
 local p = redis.call('HGET', KEYS[1], 'presenting')
 if p and string.sub(p, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|' then
@@ -123,13 +127,15 @@ return 1
 ";
 
 /// Saves the token unless it is already there or the stored one is as new or newer
-/// (its lineage; entries written before lineages existed have none: 0, the oldest).
+/// (its lineage; entries written before lineages existed have none: 0, the oldest):
+/// the compare and the write in one step.
 const SAVE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'fp', 'lin', 'version', 'token')
 local v = tonumber(cur[3] or '0')
 if cur[1] == ARGV[3] then return v end
 if cur[4] and tonumber(cur[2] or '0') >= tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'lin', ARGV[4], 'version', v + 1)
+redis.call('HDEL', KEYS[1], 'refused')
 redis.call('PUBLISH', ARGV[5], v + 1)
 return v + 1
 ";
@@ -369,12 +375,12 @@ impl RedisStore {
         Ok(u64::try_from(written).ok())
     }
 
-    /// Claims the presentation of the refresh token of `lineage` (see [`CLAIM`]).
-    async fn claim(&self, owner: &str, lineage: u64, patience: Duration) -> Result<Claim, Error> {
+    /// Claims the presentation of the refresh token named `grant` (see [`CLAIM`]).
+    async fn claim(&self, owner: &str, grant: &str, patience: Duration) -> Result<Claim, Error> {
         let answer: i64 = redis::Script::new(CLAIM)
             .key(&*self.token_key)
             .arg(owner)
-            .arg(lineage)
+            .arg(grant)
             .arg(millis(patience))
             .invoke_async(&mut self.conn.clone())
             .await
@@ -386,12 +392,12 @@ impl RedisStore {
         })
     }
 
-    /// Ends `owner`'s claim; `refused`: the lineage whose refresh token was refused.
-    async fn unclaim(&self, owner: &str, refused: Option<u64>) {
+    /// Ends `owner`'s claim; `refused`: the name of the refresh token refused.
+    async fn unclaim(&self, owner: &str, refused: Option<&str>) {
         let result: Result<i64, _> = redis::Script::new(UNCLAIM)
             .key(&*self.token_key)
             .arg(owner)
-            .arg(refused.map_or(String::new(), |l| l.to_string()))
+            .arg(refused.unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await;
         if let Err(error) = result {
@@ -725,10 +731,10 @@ impl<S: TokenSource> FleetSource<S> {
                 return Locked::Done(Err(self.refusal(owned, error)));
             }
         }
-        let lineage = base.as_ref().map_or(0, |b| b.lineage().as_micros());
+        let grant = grant_name(&self.source, base.as_ref());
         match self
             .store
-            .claim(&self.owner, lineage, self.lock_ttl.saturating_mul(2))
+            .claim(&self.owner, &grant.name, self.lock_ttl.saturating_mul(2))
             .await
         {
             Err(error) => return Locked::Done(Err(error)),
@@ -744,7 +750,10 @@ impl<S: TokenSource> FleetSource<S> {
             Ok(token) => Locked::Done(self.save_fetched(snapshot.version, token).await),
             Err(error @ Error::InvalidGrant(_)) => {
                 self.remember_dead(base.as_ref(), &error);
-                self.store.unclaim(&self.owner, Some(lineage)).await;
+                // Recorded only under a name that is this refresh token's alone: a
+                // record "the seed" would refuse every later seed.
+                let refused = grant.unique.then_some(grant.name.as_str());
+                self.store.unclaim(&self.owner, refused).await;
                 Locked::Refused { base, owned, error }
             }
             Err(error) => {
@@ -980,6 +989,35 @@ async fn listen(clients: Arc<[redis::Client]>, channel: Arc<str>, tx: watch::Sen
     }
 }
 
+/// The name a claim and a refusal record give the refresh token a fetch from `base`
+/// presents.
+struct GrantName {
+    name: String,
+    /// Whether the name is this refresh token's alone, so that a refusal may be
+    /// recorded under it.
+    unique: bool,
+}
+
+/// The digest of the refresh token `source` presents from `base`
+/// ([`TokenSource::presents`]); for a source that cannot tell, `base`'s lineage, which
+/// is not unique for a token with none (every seed is "no token"): only a claim, no
+/// refusal, is recorded under such a name.
+fn grant_name<S: TokenSource>(source: &S, base: Option<&Token>) -> GrantName {
+    match source.presents(base) {
+        Some(presented) => GrantName {
+            name: presented.to_hex(),
+            unique: true,
+        },
+        None => {
+            let lineage = base.map_or(0, |b| b.lineage().as_micros());
+            GrantName {
+                name: format!("lineage:{lineage}"),
+                unique: lineage != 0,
+            }
+        }
+    }
+}
+
 /// `invalid_grant` that another replica received for the same refresh token.
 fn refused_elsewhere() -> Error {
     let mut answer = crate::EndpointError::status(http::StatusCode::BAD_REQUEST);
@@ -1003,6 +1041,10 @@ impl<S: TokenSource> TokenSource for FleetSource<S> {
     /// may still find the fleet's newer token.
     fn shares_tokens(&self) -> bool {
         true
+    }
+
+    fn presents(&self, previous: Option<&Token>) -> Option<crate::client::source::Presented> {
+        self.source.presents(previous)
     }
 }
 

@@ -494,3 +494,163 @@ async fn a_short_token_costs_one_token_request_per_lifetime_with_defaults() {
     assert_eq!(s.idp.tokens(), before + 1, "refreshed 60 s ahead of expiry");
     assert_eq!(long.stats().waits, 1, "only the first caller waited");
 }
+
+/// A real store whose `save` of a token from the endpoint (`at-…`) waits for the
+/// test: a refresh's save still in flight when the logout comes.
+struct HeldSave<T> {
+    inner: T,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl<T: tower_bearer::client::TokenStore> tower_bearer::client::TokenStore for HeldSave<T> {
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<Token>, Error>> {
+        self.inner.load()
+    }
+    fn save<'a>(
+        &'a self,
+        token: &'a Token,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        use futures_util::FutureExt;
+        use secrecy::ExposeSecret;
+        async move {
+            if token.access_token().expose_secret().starts_with("at-") {
+                self.entered.notify_one();
+                self.gate.acquire().await.unwrap().forget();
+            }
+            self.inner.save(token).await
+        }
+        .boxed()
+    }
+    fn clear(&self) -> futures_util::future::BoxFuture<'_, Result<(), Error>> {
+        self.inner.clear()
+    }
+}
+
+/// A token due for refresh now, with the refresh token `rt-0`.
+fn due_token() -> Token {
+    Token::bearer("old-access")
+        .unwrap()
+        .with_expires_in(Duration::ZERO)
+        .with_refresh_token("rt-0")
+}
+
+fn token_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tb-logout-{name}-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("token.json")
+}
+
+/// Issue 29, defect 8 (principle 7), the case as reported: a logout while the refresh
+/// waits on a slow token endpoint. Its token is neither served nor written to the
+/// token file, and the next process finds no login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_during_a_slow_refresh_leaves_no_token_in_the_file() {
+    use tower_bearer::client::{FileStore, TokenStore};
+    let s = common::start_rotating().await;
+    s.idp.set_mode(Mode::Delay(Duration::from_millis(300)));
+    let path = token_file("slow");
+    let store = FileStore::at(&path, "alice", s.token_url());
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .store(store)
+        .initial_token(due_token())
+        .build();
+    let caller = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.token().await })
+    };
+    until(Duration::from_secs(10), || s.idp.tokens() == 1).await;
+    // No revocation endpoint: the logout says so, and forgets the tokens all the same.
+    let _ = cache.logout().await;
+    let refreshed = caller.await.unwrap();
+    assert!(refreshed.is_err(), "the refresh's token was served");
+    let next_process = FileStore::at(&path, "alice", s.token_url());
+    let left = next_process.load().await.unwrap();
+    assert!(
+        left.is_none(),
+        "the token file holds a token after the logout: {:?}",
+        left.map(|t| secrecy::ExposeSecret::expose_secret(t.access_token()).to_owned())
+    );
+    assert!(cache.token().await.is_err(), "the cache serves a token");
+}
+
+/// Issue 29, defect 8: the refresh's save was still being written when the logout
+/// cleared the file, and landed after it: a live token and its refresh token stayed
+/// in the file, unrevoked, and the next process was logged in again. The logout and
+/// the refresh's save are one step now: whichever comes second sees the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_while_the_refresh_saves_leaves_no_token_in_the_file() {
+    use tower_bearer::client::{FileStore, TokenStore};
+    let s = common::start_rotating().await;
+    let path = token_file("saving");
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = HeldSave {
+        inner: FileStore::at(&path, "alice", s.token_url()),
+        entered: entered.clone(),
+        gate: gate.clone(),
+    };
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .store(store)
+        .initial_token(due_token())
+        .build();
+    let caller = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.token().await })
+    };
+    entered.notified().await;
+    let mut logout = tokio::spawn(cache.logout());
+    // The logout may finish while the save is held (as it did), or wait for it.
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut logout).await;
+    gate.add_permits(1);
+    if early.is_err() {
+        let _ = logout.await;
+    }
+    let refreshed = caller.await.unwrap();
+    assert!(refreshed.is_err(), "the refresh's token was served");
+    let next_process = FileStore::at(&path, "alice", s.token_url());
+    let left = next_process.load().await.unwrap();
+    assert!(
+        left.is_none(),
+        "the token file holds a token after the logout: {:?}",
+        left.map(|t| secrecy::ExposeSecret::expose_secret(t.access_token()).to_owned())
+    );
+    assert!(cache.token().await.is_err(), "the cache serves a token");
+}
+
+/// Issue 29, friction "short tokens on a slow provider": with a 5 s token the cache
+/// refreshed 0.5 s before expiry while the token endpoint took 0.6 s, so requests
+/// went out with a token in its last moments and met a `401`. The cache now widens
+/// its margin by the refresh latency it observed, and sends no token with less than
+/// that left.
+#[tokio::test(start_paused = true)]
+async fn no_token_is_sent_in_its_last_moments_on_a_slow_provider() {
+    let s = common::start().await;
+    s.idp.set_lifetime(Some(5));
+    let latency = Duration::from_millis(600);
+    s.idp.set_mode(Mode::Delay(latency));
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .jitter(Duration::ZERO)
+        .build();
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let value = get(&cache).await.unwrap();
+        let token = value.trim_start_matches("Bearer ");
+        let expires = s.idp.access.lock().unwrap()[token];
+        let left = expires.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            left >= latency,
+            "a request carried a token with {left:?} left, less than a refresh takes"
+        );
+        tokio::time::advance(Duration::from_millis(50)).await;
+    }
+    assert!(
+        s.idp.tokens() >= 4,
+        "tokens were refreshed: {}",
+        s.idp.tokens()
+    );
+}

@@ -831,3 +831,205 @@ async fn woken_by_the_write(target: &Redis) {
     );
     assert_eq!(s.idp.tokens(), 1);
 }
+on_every_redis! {
+    /// Issue 29, defect 7. A seed refresh token refused once (`invalid_grant`) was
+    /// recorded in Redis as "lineage 0", the lineage every seed has, for ever: after a
+    /// redeploy with a valid seed, no replica presented it, and every one answered
+    /// `invalid_grant` until someone deleted the key by hand. The record names the
+    /// refused refresh token itself now: the refused seed is still never presented
+    /// again, the new one is.
+    async fn a_refused_seed_does_not_block_the_next_seed(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-good");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("reseed");
+        let seeded = |seed: &'static str| {
+            let redis = redis.clone();
+            let profile = profile.clone();
+            let endpoint = endpoint(&s);
+            async move {
+                redis
+                    .store(&profile)
+                    .await
+                    .fleet(endpoint.refresh_token(seed))
+                    .lock_ttl(Duration::from_millis(100))
+                    .poll_interval(Duration::from_millis(5), Duration::from_millis(20))
+            }
+        };
+        // The first deployment's seed is wrong: refused once, and a second replica
+        // with the same seed does not present it again.
+        let bad = seeded("rt-bad").await;
+        // Redis holds no token the seed could be older than: not the fleet's to
+        // declare dead, a retryable `Superseded`.
+        let refused = bad.fetch(None).await;
+        assert!(matches!(refused, Err(Error::Superseded(_))), "{refused:?}");
+        let twin = seeded("rt-bad").await;
+        let again = twin.fetch(None).await;
+        assert!(matches!(again, Err(Error::Superseded(_))), "{again:?}");
+        assert_eq!(
+            s.idp.refresh_seen.lock().unwrap().clone(),
+            vec!["rt-bad".to_owned()],
+            "the refused seed was presented once"
+        );
+        // Redeployed with a valid seed: it is presented, and the fleet runs.
+        let good = seeded("rt-good").await;
+        let token = good.fetch(None).await;
+        let seen = s.idp.refresh_seen.lock().unwrap().clone();
+        let token = token.unwrap_or_else(|e| panic!("the new seed is presented: {e:?}, presented {seen:?}"));
+        assert!(valid_at_api(&s.idp, token.access_token().expose_secret()));
+        assert_eq!(
+            s.idp.refresh_seen.lock().unwrap().clone(),
+            vec!["rt-bad".to_owned(), "rt-good".to_owned()]
+        );
+        // The record of the refusal did not outlive its use: the fleet wrote a newer
+        // token, and the record is gone.
+        let store = redis.store(&profile).await;
+        let memo = redis::cmd("HEXISTS")
+            .arg(store.token_key())
+            .arg("refused")
+            .clone();
+        assert_eq!(redis.query::<i64>(&memo).await, 0, "the refusal record is gone");
+    }
+}
+
+/// A real store whose `save` of a token from the endpoint (`at-…`) waits for the
+/// test: a refresh's save still in flight when the logout comes.
+struct HeldSave<T> {
+    inner: T,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl<T: TokenStore> TokenStore for HeldSave<T> {
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<Token>, Error>> {
+        self.inner.load()
+    }
+    fn save<'a>(
+        &'a self,
+        token: &'a Token,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        use futures_util::FutureExt;
+        async move {
+            if token.access_token().expose_secret().starts_with("at-") {
+                self.entered.notify_one();
+                self.gate.acquire().await.unwrap().forget();
+            }
+            self.inner.save(token).await
+        }
+        .boxed()
+    }
+    fn clear(&self) -> futures_util::future::BoxFuture<'_, Result<(), Error>> {
+        self.inner.clear()
+    }
+}
+
+on_every_redis! {
+    /// Issue 29, defect 8 with the Redis store: a logout while the refresh's save is
+    /// in flight leaves no token in Redis, and the cache serves none.
+    async fn a_logout_while_the_refresh_saves_leaves_no_token_in_redis(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("logout");
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let store = HeldSave {
+            inner: redis.store(&profile).await,
+            entered: entered.clone(),
+            gate: gate.clone(),
+        };
+        let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+            .store(store)
+            .initial_token(
+                Token::bearer("old-access")
+                    .unwrap()
+                    .with_expires_in(Duration::ZERO)
+                    .with_refresh_token("rt-0"),
+            )
+            .build();
+        let caller = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        };
+        entered.notified().await;
+        let mut logout = tokio::spawn(cache.logout());
+        // The logout may finish while the save is held (as it did), or wait for it.
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut logout).await;
+        gate.add_permits(1);
+        if early.is_err() {
+            let _ = logout.await;
+        }
+        assert!(caller.await.unwrap().is_err(), "the refresh's token was served");
+        let left = redis.store(&profile).await.load().await.unwrap();
+        assert!(
+            left.is_none(),
+            "Redis holds a token after the logout: {:?}",
+            left.map(|t| t.access_token().expose_secret().to_owned())
+        );
+        assert!(cache.token().await.is_err(), "the cache serves a token");
+    }
+}
+on_every_redis! {
+    /// Issue 29, defect 14. Replica A holds the lock and its refresh is stuck at the
+    /// provider; a caller on replica B waited for the fleet's refresh however long it
+    /// took (up to three lock TTLs, 90 s by default). Now the caller gets a retryable
+    /// error after its own wait limit, the refresh goes on in the background, and the
+    /// next caller takes its result.
+    async fn a_caller_waits_no_longer_than_its_limit_while_the_fleet_refresh_goes_on(redis) {
+        let s = common::start().await;
+        let profile = profile("wait-limit");
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let stuck = {
+            let gate = gate.clone();
+            source::from_fn(move |_previous: Option<Token>| {
+                let gate = gate.clone();
+                async move {
+                    let _permit = gate.acquire().await.unwrap();
+                    Ok(Token::bearer("from-a")
+                        .unwrap()
+                        .with_expires_in(Duration::from_secs(600))
+                        .with_refresh_token("rt-a"))
+                }
+            })
+        };
+        let a = Arc::new(redis.store(&profile).await.fleet(stuck).lock_ttl(Duration::from_millis(300)));
+        let lock_key = a.store().lock_key().to_owned();
+        let a_task = {
+            let a = a.clone();
+            tokio::spawn(async move { a.fetch(None).await })
+        };
+        until(Duration::from_secs(5), "A took the lock", || lock_held(&redis, &lock_key)).await;
+
+        let b = fleet_source(&redis, &profile, &s)
+            .await
+            .lock_ttl(Duration::from_millis(300));
+        let cache_b = Refreshing::builder(b)
+            .wait_limit(Duration::from_millis(200))
+            .build();
+        // The guard only turns a hang into a failure; A's refresh is held meanwhile.
+        let first = tokio::time::timeout(Duration::from_secs(10), cache_b.token())
+            .await
+            .expect("the caller got an answer while the fleet's refresh was stuck");
+        let error = first.expect_err("no token exists yet");
+        assert!(matches!(error, Error::Timeout(..)), "{error:?}");
+        assert!(error.is_retryable());
+
+        // A's answer comes; B's refresh, still running, takes it.
+        gate.add_permits(1);
+        let from_a = a_task.await.unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let adopted = loop {
+            if let Ok(token) = cache_b.token().await {
+                break token;
+            }
+            assert!(Instant::now() < deadline, "B never took A's token");
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(
+            adopted.access_token().expose_secret(),
+            from_a.access_token().expose_secret()
+        );
+        assert_eq!(cache_b.stats().refreshes, 1, "the caller's refresh went on, once");
+        assert_eq!(s.idp.tokens(), 0, "B presented nothing");
+    }
+}

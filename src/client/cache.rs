@@ -31,15 +31,24 @@ struct Cached {
 }
 
 impl Cached {
-    fn new(token: Token, config: &Config) -> Self {
+    /// `latency`: how long a refresh takes, as observed. A token is not sent in its
+    /// last `latency` (the request carrying it could arrive after it expired), and
+    /// its refresh starts at least twice that before it expires, so that the new
+    /// token is there before the old one stops being served.
+    fn new(token: Token, config: &Config, latency: Duration) -> Self {
         let now = Instant::now();
-        let usable_until = token
+        let expires = token
             .expires_at()
             .or_else(|| config.default_lifetime.and_then(|d| now.checked_add(d)));
-        let refresh_at = usable_until.map(|until| {
-            let lifetime = until.saturating_duration_since(now);
+        let lifetime = |until: Instant| until.saturating_duration_since(now);
+        // Never more than half the lifetime left unused.
+        let usable_until = expires.map(|until| until - latency.min(lifetime(until) / 2));
+        let refresh_at = expires.map(|until| {
             let jitter = random_up_to(config.jitter);
-            until - config.margin(lifetime, jitter)
+            let margin = config
+                .margin(lifetime(until), jitter)
+                .max(latency.saturating_mul(2).min(lifetime(until) / 2));
+            until - margin
         });
         Cached {
             credential: Credential::authorization(token.authorization().clone()),
@@ -88,6 +97,11 @@ struct Config {
     default_lifetime: Option<Duration>,
     backoff_initial: Duration,
     backoff_max: Duration,
+    /// The longest a caller waits for a refresh before it gets a retryable error;
+    /// `None`: [`DEFAULT_WAIT_LIMIT`] for a source that shares tokens (a fleet), no
+    /// limit of the cache's own for another (its endpoint's timeout, or a login's
+    /// expiry, bounds it).
+    wait_limit: Option<Duration>,
 }
 
 impl Default for Config {
@@ -98,6 +112,7 @@ impl Default for Config {
             default_lifetime: None,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            wait_limit: None,
         }
     }
 }
@@ -121,6 +136,10 @@ impl Config {
 /// (plus jitter) before it expires, or in the last tenth of its lifetime when that is
 /// shorter.
 pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(60);
+
+/// The default of [`RefreshingBuilder::wait_limit`] for a source that
+/// [shares tokens](TokenSource::shares_tokens) (a fleet): one default fleet lock TTL.
+pub const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 /// The longest `Retry-After` honoured: a token endpoint asking for more is asked
 /// again after an hour.
@@ -174,6 +193,13 @@ struct Shared<S> {
     /// A token served but not yet in the store (its save failed, or it was set or
     /// given at start-up): written before the next refresh reads the store.
     unsaved: Mutex<Option<Token>>,
+    /// Held across every write to the store together with the check that allows it
+    /// (the generation), and across a logout's read, revocation and clear: a save
+    /// that a logout did not see lands before the logout's clear, never after it.
+    store_gate: tokio::sync::Mutex<()>,
+    /// The refresh latency observed (nanoseconds): the longest recent one, decaying
+    /// by a quarter at each refresh.
+    latency: AtomicU64,
 }
 
 /// A token cache in front of a [`TokenSource`]; an [`Authorizer`].
@@ -304,6 +330,22 @@ impl<S: TokenSource> RefreshingBuilder<S> {
         self
     }
 
+    /// The longest a caller with no valid token waits for a refresh. After it the
+    /// caller gets [`Error::Timeout`] (retryable) while the refresh goes on in the
+    /// background, and the next caller takes its token. Applies inside a tokio
+    /// runtime.
+    ///
+    /// By default 30 s ([`DEFAULT_WAIT_LIMIT`], one default
+    /// [`lock_ttl`](crate::redis::FleetSource::lock_ttl)) with a source that
+    /// [shares tokens](TokenSource::shares_tokens), a fleet, where a replica may wait
+    /// up to three lock TTLs for another's refresh; no limit of the cache's own with
+    /// other sources, whose wait the token endpoint's timeout bounds (or, for an
+    /// interactive login, the person).
+    pub fn wait_limit(mut self, limit: Duration) -> Self {
+        self.config.wait_limit = Some(limit);
+        self
+    }
+
     /// A token to start with (for example one read from the environment), used
     /// until it is due for refresh. It is the newest token there is: with a
     /// [store](Self::store) it is written there (at once when the cache is built
@@ -336,7 +378,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
         let initial = self.initial.map(|t| t.with_lineage(Lineage::next()));
         let current = initial
             .as_ref()
-            .map(|t| Arc::new(Cached::new(t.clone(), &self.config)));
+            .map(|t| Arc::new(Cached::new(t.clone(), &self.config, Duration::ZERO)));
         let unsaved = initial.filter(|_| self.store.is_some());
         let flush = unsaved.is_some();
         let cache = Refreshing {
@@ -356,6 +398,8 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 waits: AtomicU64::new(0),
                 save_failures: AtomicU64::new(0),
                 unsaved: Mutex::new(unsaved),
+                store_gate: tokio::sync::Mutex::new(()),
+                latency: AtomicU64::new(0),
             }),
         };
         if let (true, Ok(handle)) = (flush, tokio::runtime::Handle::try_current()) {
@@ -443,9 +487,11 @@ impl<S: TokenSource> Refreshing<S> {
                 .unwrap_or_else(PoisonError::into_inner);
             shared.generation.fetch_add(1, Ordering::AcqRel);
             let token = token.with_lineage(Lineage::next());
-            shared
-                .current
-                .store(Some(Arc::new(Cached::new(token.clone(), &shared.config))));
+            shared.current.store(Some(Arc::new(Cached::new(
+                token.clone(),
+                &shared.config,
+                shared.latency(),
+            ))));
             failure.logged_out = false;
             shared.clear_failures(&mut failure);
             token
@@ -475,13 +521,16 @@ impl<S: TokenSource> Refreshing<S> {
     /// configured (the tokens were forgotten but not revoked).
     pub fn logout(&self) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static {
         let shared = Arc::clone(&self.shared);
-        let current = {
+        let (current, generation) = {
             let mut failure = shared
                 .failure
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             // A refresh running meanwhile sees the generation move and drops its result.
-            shared.generation.fetch_add(1, Ordering::AcqRel);
+            let generation = shared
+                .generation
+                .fetch_add(1, Ordering::AcqRel)
+                .wrapping_add(1);
             failure.logged_out = true;
             failure.consecutive = 0;
             failure.dead = None;
@@ -494,13 +543,22 @@ impl<S: TokenSource> Refreshing<S> {
                 .take();
             let current = shared.current.load_full().map(|c| c.token.clone());
             shared.current.store(None);
-            current
+            (current, generation)
         };
         tracing::info!("logging out");
         async move {
             let mut first_error = None;
             let mut tokens: Vec<Token> = current.into_iter().collect();
-            if let Some(store) = &shared.store {
+            // One step with every save: a refresh's save that began before the logout
+            // has landed (and its token is read, revoked and cleared here); one that
+            // comes later sees the logout and writes nothing.
+            let _gate = shared.store_gate.lock().await;
+            // A new login (`set_token`) since: its token is in the store, not ours.
+            let store = shared
+                .store
+                .as_ref()
+                .filter(|_| shared.generation.load(Ordering::Acquire) == generation);
+            if let Some(store) = store {
                 match store.load().await {
                     Ok(Some(stored)) => tokens.push(stored),
                     Ok(None) => {}
@@ -534,7 +592,7 @@ impl<S: TokenSource> Refreshing<S> {
                     ));
                 }
             }
-            if let Some(store) = &shared.store {
+            if let Some(store) = store {
                 if let Err(error) = store.clear().await {
                     first_error.get_or_insert(error);
                 }
@@ -563,6 +621,21 @@ impl<S: TokenSource> Refreshing<S> {
 }
 
 impl<S: TokenSource> Shared<S> {
+    /// The refresh latency observed.
+    fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency.load(Ordering::Acquire))
+    }
+
+    /// Records a refresh that took `took`.
+    fn observe_latency(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .latency
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(took.max(old - old / 4))
+            });
+    }
+
     fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(TERMINAL - 1)
     }
@@ -612,6 +685,9 @@ impl<S: TokenSource> Shared<S> {
             let result = shared.obtain(generation).await;
             metrics::refresh(&result, started.elapsed());
             let elapsed_ms = started.elapsed().as_millis() as u64;
+            if result.is_ok() {
+                shared.observe_latency(started.elapsed());
+            }
             // Abandoned (its runtime stopped driving it) and replaced by another.
             let abandoned = shared.runs.load(Ordering::Acquire) != run;
             match result {
@@ -671,9 +747,13 @@ impl<S: TokenSource> Shared<S> {
             Ok(token) => {
                 // Saved before it is served: with rotation, the old refresh token is
                 // dead now and this one must not be lost. Not if a token was set
-                // meanwhile: that one is the newest.
-                if self.generation.load(Ordering::Acquire) == generation {
-                    self.save(&token).await;
+                // meanwhile (that one is the newest) or the cache was logged out: the
+                // check and the save are one step against `logout` (the gate).
+                if self.store.is_some() {
+                    let _gate = self.store_gate.lock().await;
+                    if self.generation.load(Ordering::Acquire) == generation {
+                        self.save(&token).await;
+                    }
                 }
                 Ok(token)
             }
@@ -736,6 +816,9 @@ impl<S: TokenSource> Shared<S> {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        // Taken and written under the gate: a logout either took it first, or clears
+        // the store after this save.
+        let _gate = self.store_gate.lock().await;
         let pending = self
             .unsaved
             .lock()
@@ -770,7 +853,7 @@ impl<S: TokenSource> Shared<S> {
                 return Ok(set);
             }
         }
-        let cached = Arc::new(Cached::new(token, &self.config));
+        let cached = Arc::new(Cached::new(token, &self.config, self.latency()));
         self.current.rcu(|current| match current {
             Some(c) if c.usable(now) && c.token.is_newer_than(&cached.token) => Some(Arc::clone(c)),
             _ => Some(Arc::clone(&cached)),
@@ -886,9 +969,30 @@ impl<S: TokenSource> Shared<S> {
         metrics::refresh_waiter();
         let waiting = metrics::Started::now();
         let shared = Arc::clone(self);
+        let limit = self
+            .config
+            .wait_limit
+            .or_else(|| self.source.shares_tokens().then_some(DEFAULT_WAIT_LIMIT));
+        let deadline = limit.and_then(|limit| now.checked_add(limit));
+        let limit = limit.unwrap_or_default();
         async move {
             loop {
-                if let Some(result) = flight.wait().await {
+                let waited = match deadline {
+                    // The caller's own bound: the refresh goes on without it.
+                    Some(deadline) if tokio::runtime::Handle::try_current().is_ok() => {
+                        tokio::time::timeout_at(deadline, flight.wait()).await
+                    }
+                    _ => Ok(flight.wait().await),
+                };
+                let Ok(waited) = waited else {
+                    metrics::refresh_waited(waiting);
+                    tracing::debug!(
+                        limit_ms = limit.as_millis() as u64,
+                        "no token within the wait limit; the refresh goes on in the background"
+                    );
+                    return Err(Error::Timeout(crate::error::Endpoint::Token, limit));
+                };
+                if let Some(result) = waited {
                     metrics::refresh_waited(waiting);
                     return result;
                 }

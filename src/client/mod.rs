@@ -54,7 +54,8 @@ pub use authorizer::{
     ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken, Target, DPOP,
 };
 pub use cache::{
-    RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, RETRY_AFTER_CAP,
+    RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, DEFAULT_WAIT_LIMIT,
+    RETRY_AFTER_CAP,
 };
 pub use discovery::{ProviderMetadata, DISCOVERY_TTL};
 #[cfg(feature = "dpop")]

@@ -97,6 +97,15 @@ impl TokenSource for RefreshTokenGrant {
             .unwrap_or(&self.initial);
         refresh(&self.endpoint, refresh_token.expose_secret(), &self.scope).boxed()
     }
+
+    /// The refresh token `fetch` presents: `previous`'s, or the one this grant was
+    /// made with.
+    fn presents(&self, previous: Option<&Token>) -> Option<super::Presented> {
+        let refresh_token = previous
+            .and_then(Token::refresh_token)
+            .unwrap_or(&self.initial);
+        Some(super::Presented::of(refresh_token.expose_secret()))
+    }
 }
 
 impl fmt::Debug for RefreshTokenGrant {

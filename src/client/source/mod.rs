@@ -8,6 +8,7 @@ use std::fmt;
 use std::future::Future;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use secrecy::ExposeSecret;
 
 use crate::{Error, Token};
 
@@ -49,6 +50,55 @@ pub trait TokenSource: Send + Sync + 'static {
     fn shares_tokens(&self) -> bool {
         false
     }
+
+    /// Names the single-use credential (a refresh token) that `fetch(previous)` would
+    /// present, by a digest that does not reveal it; `None` when it presents none, or
+    /// cannot tell.
+    ///
+    /// A fleet ([`FleetSource`](crate::redis::FleetSource)) records a refused refresh
+    /// token under this name, so that no replica presents it again while a different
+    /// one (a new seed after a redeploy) is presented. Default: the digest of
+    /// `previous`'s refresh token; a source that presents a refresh token of its own
+    /// (a seed) names that one when `previous` has none.
+    fn presents(&self, previous: Option<&Token>) -> Option<Presented> {
+        previous
+            .and_then(Token::refresh_token)
+            .map(|rt| Presented::of(rt.expose_secret()))
+    }
+}
+
+/// The name of a single-use credential a [`TokenSource`] presents (see
+/// [`TokenSource::presents`]): a SHA-256 digest, never the credential. `Debug` and
+/// `Display` show a short prefix of the digest's hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Presented([u8; 32]);
+
+impl Presented {
+    /// The name of `credential`.
+    pub fn of(credential: &str) -> Self {
+        use sha2::Digest;
+        Presented(sha2::Sha256::digest(credential.as_bytes()).into())
+    }
+
+    /// The digest's lowercase hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for Presented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Presented({self})")
+    }
+}
+
+impl fmt::Display for Presented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
 }
 
 impl<S: TokenSource + ?Sized> TokenSource for std::sync::Arc<S> {
@@ -58,6 +108,9 @@ impl<S: TokenSource + ?Sized> TokenSource for std::sync::Arc<S> {
     fn shares_tokens(&self) -> bool {
         (**self).shares_tokens()
     }
+    fn presents(&self, previous: Option<&Token>) -> Option<Presented> {
+        (**self).presents(previous)
+    }
 }
 
 impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
@@ -66,6 +119,9 @@ impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
     }
     fn shares_tokens(&self) -> bool {
         (**self).shares_tokens()
+    }
+    fn presents(&self, previous: Option<&Token>) -> Option<Presented> {
+        (**self).presents(previous)
     }
 }
 
