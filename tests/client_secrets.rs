@@ -102,3 +102,53 @@ async fn no_secret_reaches_logs_debug_or_errors() {
         }
     }
 }
+
+/// Issue 29, defect 10: a token file whose `token` member is a bare string (or a
+/// refresh token of the wrong shape). serde's message quotes the value it could not
+/// use; neither the load error (Display, Debug) nor what `Refreshing` logs may hold
+/// it.
+#[tokio::test]
+async fn a_malformed_token_file_never_quotes_its_token() {
+    const MARKER: &str = "SECRET-MARKER-9f3e";
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-secret-file-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bodies = [
+        format!(r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":"{MARKER}"}}"#),
+        format!(r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","expires_at":"{MARKER}"}}}}"#),
+        format!(r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","refresh_token":"{MARKER}","lineage":"{MARKER}"}}}}"#),
+        format!(r#"{{"version":"{MARKER}"}}"#),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let path = dir.join(format!("t{i}.json"));
+        std::fs::write(&path, body).unwrap();
+        let store = tower_bearer::client::FileStore::at(&path, "alice", "https://idp.test");
+        let err = tower_bearer::client::TokenStore::load(&store)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, tower_bearer::Error::TokenFile(_)), "{err}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains(MARKER), "{shown}");
+        }
+
+        std::fs::write(&path, body).unwrap();
+        let (captured, _guard) = common::LogCapture::trace();
+        let cache = Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
+            Err::<tower_bearer::Token, _>(tower_bearer::Error::NoToken("none".into()))
+        }))
+        .store(store)
+        .build();
+        let err = cache.token().await.unwrap_err();
+        for shown in [err.to_string(), format!("{err:?}"), captured.text()] {
+            assert!(!shown.contains(MARKER), "{shown}");
+        }
+        drop(_guard);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
