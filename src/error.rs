@@ -305,3 +305,16 @@ impl From<crate::flight::Aborted> for Error {
         Error::Aborted(a.0)
     }
 }
+
+/// What went wrong in a JSON document from outside (a file, a provider's answer),
+/// without a word of its content: serde's own message quotes the value it could not
+/// use, which may be a token or a secret.
+pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "unreadable JSON",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
+}

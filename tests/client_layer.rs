@@ -582,7 +582,10 @@ async fn per_resource_never_carries_a_token_outside_its_api_through_path_tricks(
     let addr = common::server::serve(app).await;
     let base = format!("http://{addr}");
     let authorizer = PerResource::new()
-        .at(&format!("{base}/v1"), StaticToken::bearer("v1-token").unwrap())
+        .at(
+            &format!("{base}/v1"),
+            StaticToken::bearer("v1-token").unwrap(),
+        )
         .unwrap();
     let mut client = ServiceBuilder::new()
         .layer(AuthorizeLayer::new(authorizer))

@@ -120,9 +120,15 @@ async fn a_malformed_token_file_never_quotes_its_token() {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let bodies = [
-        format!(r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":"{MARKER}"}}"#),
-        format!(r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","expires_at":"{MARKER}"}}}}"#),
-        format!(r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","refresh_token":"{MARKER}","lineage":"{MARKER}"}}}}"#),
+        format!(
+            r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":"{MARKER}"}}"#
+        ),
+        format!(
+            r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","expires_at":"{MARKER}"}}}}"#
+        ),
+        format!(
+            r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","refresh_token":"{MARKER}","lineage":"{MARKER}"}}}}"#
+        ),
         format!(r#"{{"version":"{MARKER}"}}"#),
     ];
     for (i, body) in bodies.iter().enumerate() {

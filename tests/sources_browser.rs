@@ -43,43 +43,45 @@ async fn token_server() -> TokenServer {
     let challenge = Arc::new(Mutex::new(None::<String>));
     let forms = Arc::new(Mutex::new(Vec::new()));
     let (c, f) = (challenge.clone(), forms.clone());
-    let app = Router::new().route(
-        "/token",
-        post(move |Form(form): Form<Form_>| {
-            let (c, f) = (c.clone(), f.clone());
-            async move {
-                f.lock().unwrap().push(form.clone());
-                let expected = c.lock().unwrap().clone();
-                let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-                let hashed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-                let ok = form.get("grant_type").map(String::as_str) == Some("authorization_code")
-                    && form.get("code").map(String::as_str) == Some("good-code")
-                    && expected.as_deref() == Some(hashed.as_str())
-                    && (43..=128).contains(&verifier.len());
-                if ok {
-                    (
-                        http::StatusCode::OK,
-                        Json(serde_json::json!({
-                            "access_token": "at-1", "token_type": "Bearer",
-                            "expires_in": 300, "refresh_token": "rt-1"
-                        })),
-                    )
-                } else {
-                    (
-                        http::StatusCode::BAD_REQUEST,
-                        Json(serde_json::json!({ "error": "invalid_grant" })),
-                    )
+    let app = Router::new()
+        .route(
+            "/token",
+            post(move |Form(form): Form<Form_>| {
+                let (c, f) = (c.clone(), f.clone());
+                async move {
+                    f.lock().unwrap().push(form.clone());
+                    let expected = c.lock().unwrap().clone();
+                    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+                    let hashed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+                    let ok = form.get("grant_type").map(String::as_str)
+                        == Some("authorization_code")
+                        && form.get("code").map(String::as_str) == Some("good-code")
+                        && expected.as_deref() == Some(hashed.as_str())
+                        && (43..=128).contains(&verifier.len());
+                    if ok {
+                        (
+                            http::StatusCode::OK,
+                            Json(serde_json::json!({
+                                "access_token": "at-1", "token_type": "Bearer",
+                                "expires_in": 300, "refresh_token": "rt-1"
+                            })),
+                        )
+                    } else {
+                        (
+                            http::StatusCode::BAD_REQUEST,
+                            Json(serde_json::json!({ "error": "invalid_grant" })),
+                        )
+                    }
                 }
-            }
-        }),
-    )
-    .route(
-        "/.well-known/openid-configuration",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { Json(doc) }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        );
     let url = format!("{issuer}/token");
     tokio::spawn(async move { axum::serve(listener, app).await });
     TokenServer {
@@ -329,22 +331,35 @@ async fn a_redirect_without_iss_is_refused_when_the_provider_promises_it() {
     assert_eq!(status, 502, "{page}");
     let err = run.end().await.unwrap_err();
     assert!(
-        matches!(err, Error::InvalidResponse(tower_bearer::Endpoint::Authorization, _)),
+        matches!(
+            err,
+            Error::InvalidResponse(tower_bearer::Endpoint::Authorization, _)
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("RFC 9207"), "{err}");
     assert!(!err.to_string().contains("good-code"), "{err}");
-    assert!(server.forms.lock().unwrap().is_empty(), "the code was exchanged");
+    assert!(
+        server.forms.lock().unwrap().is_empty(),
+        "the code was exchanged"
+    );
 
     let run = Running::start(&server, discovered().await).await;
     let state = run.query["state"].clone();
     let (status, _) = run
-        .redirect(&[("code", "good-code"), ("state", &state), ("iss", "https://evil.test")])
+        .redirect(&[
+            ("code", "good-code"),
+            ("state", &state),
+            ("iss", "https://evil.test"),
+        ])
         .await
         .unwrap();
     assert_eq!(status, 502);
     assert!(matches!(run.end().await, Err(Error::InvalidResponse(..))));
-    assert!(server.forms.lock().unwrap().is_empty(), "the code was exchanged");
+    assert!(
+        server.forms.lock().unwrap().is_empty(),
+        "the code was exchanged"
+    );
 
     let run = Running::start(&server, discovered().await).await;
     let state = run.query["state"].clone();

@@ -85,6 +85,10 @@ pub struct ProviderMetadata {
     /// and `implicit` (RFC 8414 §2).
     #[serde(default)]
     pub grant_types_supported: Option<Vec<String>>,
+    /// Whether the provider puts `iss` on every authorization response (RFC 9207
+    /// §3). When it says so, a redirect without `iss` is refused (§2.4).
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 type Cache = Mutex<HashMap<String, (Instant, Arc<ProviderMetadata>)>>;
@@ -238,7 +242,8 @@ async fn fetch(issuer: &str, http: &HttpClient) -> Result<(ProviderMetadata, Dur
 
 /// Parses a document and checks it is `issuer`'s own, with usable endpoint URLs.
 pub(crate) fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetadata, String> {
-    let found: ProviderMetadata = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let found: ProviderMetadata =
+        serde_json::from_slice(body).map_err(|e| crate::error::json_error(&e))?;
     if found.issuer != issuer {
         return Err(format!(
             "it names issuer {:?}, expected {issuer:?}",
