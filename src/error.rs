@@ -244,6 +244,12 @@ pub struct EndpointError {
     pub uri: Option<String>,
     /// The `Retry-After` delay (given in seconds or as an HTTP-date).
     pub retry_after: Option<Duration>,
+    /// The URL of the endpoint that answered, without its query or user
+    /// information (which may hold secrets), when known.
+    pub url: Option<String>,
+    /// When the body was not an OAuth error object: its media type (`text/html`
+    /// for a web server's error page), or `none`. The body itself is never kept.
+    pub not_oauth: Option<String>,
 }
 
 impl EndpointError {
@@ -255,6 +261,8 @@ impl EndpointError {
             description: None,
             uri: None,
             retry_after: None,
+            url: None,
+            not_oauth: None,
         }
     }
 }
@@ -262,6 +270,12 @@ impl EndpointError {
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "HTTP {}", self.status.as_u16())?;
+        if let Some(url) = &self.url {
+            write!(f, " from {url}")?;
+        }
+        if let Some(media) = &self.not_oauth {
+            write!(f, ", not an OAuth answer (content-type {media})")?;
+        }
         if let Some(code) = &self.code {
             write!(f, ", error={code}")?;
         }
@@ -317,4 +331,43 @@ pub(crate) fn json_error(e: &serde_json::Error) -> String {
         serde_json::error::Category::Eof => "truncated JSON",
     };
     format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+/// `uri` for a message: scheme, host, port and path; never the query nor the user
+/// information, which may carry a code, a token or a password.
+pub(crate) fn display_url(uri: &http::Uri) -> String {
+    let mut shown = String::new();
+    if let Some(scheme) = uri.scheme_str() {
+        shown.push_str(scheme);
+        shown.push_str("://");
+    }
+    if let Some(host) = uri.host() {
+        shown.push_str(host);
+    }
+    if let Some(port) = uri.port_u16() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(uri.path());
+    shown
+}
+
+/// [`display_url`] of a URL given as text; a text that does not parse is not shown.
+pub(crate) fn display_url_str(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => display_url(&uri),
+        Err(_) => "(a URL that does not parse)".to_owned(),
+    }
+}
+
+/// The media type of an answer, for a message (at most 64 characters, no
+/// parameters), or `none`.
+pub(crate) fn media_type(headers: &http::HeaderMap) -> String {
+    let media = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("none");
+    media.chars().take(64).collect()
 }

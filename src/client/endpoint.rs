@@ -281,6 +281,30 @@ impl TokenEndpoint {
     /// [`dpop`](Self::dpop) asked for it.
     pub(crate) fn parse(&self, res: &http::Response<Bytes>) -> Result<Token, Error> {
         parse_token_answer(res.status(), res.headers(), res.body(), self.wants_dpop())
+            .map_err(|e| self.locate(e))
+    }
+
+    /// `err` with this endpoint's URL (no query, no user information) in it.
+    pub(crate) fn locate(&self, err: Error) -> Error {
+        let url = crate::error::display_url(&self.url);
+        match err {
+            Error::TokenEndpoint(mut e) => {
+                e.url.get_or_insert(url);
+                Error::TokenEndpoint(e)
+            }
+            Error::InvalidGrant(mut e) => {
+                e.url.get_or_insert(url);
+                Error::InvalidGrant(e)
+            }
+            Error::AccessDenied(mut e) => {
+                e.url.get_or_insert(url);
+                Error::AccessDenied(e)
+            }
+            Error::InvalidResponse(_, why) => {
+                Error::InvalidResponse(self.kind, format!("{why} (from {url})"))
+            }
+            other => other,
+        }
     }
 
     /// Posts form fields with client authentication; returns the raw answer. With a
@@ -368,7 +392,7 @@ impl TokenEndpoint {
             req.headers_mut().insert(super::authorizer::DPOP, proof);
         }
         let res = self.http.send(self.kind, req).await?;
-        tracing::debug!(status = res.status().as_u16(), url = %self.url, endpoint = %self.kind, "answered");
+        tracing::debug!(status = res.status().as_u16(), url = %crate::error::display_url(&self.url), endpoint = %self.kind, "answered");
         Ok(res)
     }
 }
@@ -468,6 +492,9 @@ pub(crate) fn endpoint_error(
         .and_then(parse_retry_after);
     let mut err = EndpointError::status(status);
     err.retry_after = retry_after;
+    if answer.is_none() {
+        err.not_oauth = Some(crate::error::media_type(headers));
+    }
     if let Some(answer) = answer {
         err.code = answer.error.map(|c| truncate(c, 64));
         err.description = answer
@@ -525,8 +552,9 @@ pub(crate) fn parse_token_answer(
             return Err(Error::InvalidResponse(
                 Endpoint::Token,
                 format!(
-                    "HTTP {} with a body that is not a JSON object",
-                    status.as_u16()
+                    "HTTP {} with a body that is not a JSON object (content-type {})",
+                    status.as_u16(),
+                    crate::error::media_type(headers)
                 ),
             ))
         }

@@ -257,11 +257,11 @@ impl DeviceCode {
         let res = self.device.post(&form).await?;
         let answer: Option<DeviceAnswer> = serde_json::from_slice(res.body()).ok();
         if !res.status().is_success() {
-            return Err(endpoint_error(
+            return Err(self.device.locate(endpoint_error(
                 res.status(),
                 res.headers(),
                 answer.map(|a| a.error),
-            ));
+            )));
         }
         let a = answer.ok_or_else(|| {
             Error::InvalidResponse(
@@ -270,7 +270,9 @@ impl DeviceCode {
             )
         })?;
         if a.error.error.is_some() {
-            return Err(endpoint_error(res.status(), res.headers(), Some(a.error)));
+            return Err(self
+                .device
+                .locate(endpoint_error(res.status(), res.headers(), Some(a.error))));
         }
         let missing = |field: &str| {
             Error::InvalidResponse(
