@@ -324,6 +324,18 @@ impl From<crate::flight::Aborted> for Error {
 /// without a word of its content: serde's own message quotes the value it could not
 /// use, which may be a token or a secret.
 pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    // These two name one of our own fields, never a value.
+    let message = e.to_string();
+    if message.starts_with("missing field `") || message.starts_with("duplicate field `") {
+        if let Some(field) = message.split('`').nth(1) {
+            let what = message.split(' ').next().unwrap_or_default();
+            return format!(
+                "{what} field `{field}` at line {} column {}",
+                e.line(),
+                e.column()
+            );
+        }
+    }
     let kind = match e.classify() {
         serde_json::error::Category::Io => "unreadable JSON",
         serde_json::error::Category::Syntax => "not JSON",
@@ -370,4 +382,57 @@ pub(crate) fn media_type(headers: &http::HeaderMap) -> String {
         .filter(|v| !v.is_empty())
         .unwrap_or("none");
     media.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Shape {
+        n: u32,
+        kind: Kind,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    enum Kind {
+        A,
+    }
+
+    #[test]
+    fn json_errors_never_quote_the_document() {
+        for hostile in [
+            r#"{"n":"MARKER","kind":"A"}"#,
+            r#"{"n":1,"kind":"MARKER"}"#,
+            r#""MARKER""#,
+            r#"{"n":1,"kind":"A","MARKER"#,
+            "MARKER",
+        ] {
+            let e = serde_json::from_str::<Shape>(hostile).unwrap_err();
+            if hostile.starts_with('{') && hostile.ends_with('}') {
+                // serde itself quotes the value: the reason for json_error.
+                assert!(e.to_string().contains("MARKER"), "{e}");
+            }
+            let shown = json_error(&e);
+            assert!(!shown.contains("MARKER"), "{shown}");
+        }
+        let e = serde_json::from_str::<Shape>(r#"{"kind":"A"}"#).unwrap_err();
+        assert_eq!(json_error(&e), "missing field `n` at line 1 column 12");
+    }
+
+    #[test]
+    fn urls_are_shown_without_query_or_user_information() {
+        let uri: http::Uri = "https://user:pw@idp.example.com:8443/o/token/?code=c0de"
+            .parse()
+            .unwrap();
+        assert_eq!(display_url(&uri), "https://idp.example.com:8443/o/token/");
+        assert_eq!(
+            display_url_str("http://127.0.0.1/cb?code=c0de&state=s"),
+            "http://127.0.0.1/cb"
+        );
+        let err = crate::transport::parse_url("https://u:secret@bad host/?code=c0de").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(!err.to_string().contains("c0de"), "{err}");
+    }
 }
