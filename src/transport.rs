@@ -356,14 +356,12 @@ impl HttpClientBuilder {
 /// Refuses URLs that would send credentials in clear text to another host:
 /// `http://` is accepted only for loopback hosts unless `allow_insecure_http`.
 pub(crate) fn check_url(uri: &Uri, allow_insecure_http: bool) -> Result<(), Error> {
-    let host = uri
-        .host()
-        .ok_or_else(|| {
-            Error::Configuration(format!(
-                "URL {} has no host",
-                crate::error::display_url(uri)
-            ))
-        })?;
+    let host = uri.host().ok_or_else(|| {
+        Error::Configuration(format!(
+            "URL {} has no host",
+            crate::error::display_url(uri)
+        ))
+    })?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") if allow_insecure_http || is_loopback(host) => Ok(()),
@@ -393,7 +391,10 @@ pub(crate) fn parse_url(url: &str) -> Result<Uri, Error> {
         let before_query = url.split(['?', '#']).next().unwrap_or_default();
         let shown = match before_query.split_once("://") {
             Some((scheme, rest)) if rest.contains('@') => {
-                format!("{scheme}://…@{}", rest.rsplit('@').next().unwrap_or_default())
+                format!(
+                    "{scheme}://…@{}",
+                    rest.rsplit('@').next().unwrap_or_default()
+                )
             }
             _ => before_query.to_owned(),
         };

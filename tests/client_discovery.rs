@@ -188,7 +188,11 @@ async fn endpoints_missing_from_the_openid_document_come_from_the_rfc8414_one() 
     let revocation = endpoint.revocation().unwrap();
     assert_eq!(revocation.url().to_string(), format!("{origin}/revoke"));
     assert_eq!(
-        endpoint.metadata().unwrap().introspection_endpoint.as_deref(),
+        endpoint
+            .metadata()
+            .unwrap()
+            .introspection_endpoint
+            .as_deref(),
         Some(format!("{origin}/introspect").as_str())
     );
 

@@ -158,3 +158,56 @@ async fn a_malformed_token_file_never_quotes_its_token() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A provider that echoes what it was sent in its error answers (its
+/// `error_description` names the refresh token, the client secret, the password):
+/// the error and the log never show them, and the error names the endpoint's URL.
+#[tokio::test]
+async fn a_provider_echoing_secrets_in_its_errors_is_not_repeated() {
+    use tower_bearer::client::TokenSource;
+    const RT: &str = "rt-MARKER-echoed";
+    const SECRET: &str = "cs-MARKER-echoed";
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(|body: String| async move {
+            let echoed = format!("bad request: {body} (client secret {SECRET})");
+            let uri = format!("https://idp.test/help?{body}");
+            (
+                http::StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({
+                    "error": "invalid_grant",
+                    "error_description": echoed,
+                    "error_uri": uri,
+                })),
+            )
+        }),
+    );
+    let addr = common::server::serve(app).await;
+    let endpoint = TokenEndpoint::new(&format!("http://{addr}/token"))
+        .unwrap()
+        .client_id("id")
+        .client_secret(SECRET);
+    let (captured, guard) = common::LogCapture::trace();
+    let cache = Refreshing::builder(endpoint.refresh_token(RT)).build();
+    let err = cache.token().await.unwrap_err();
+    let direct = endpoint
+        .password("alice", "pw-MARKER-echoed")
+        .fetch(None)
+        .await
+        .unwrap_err();
+    drop(guard);
+    for shown in [
+        err.to_string(),
+        format!("{err:?}"),
+        direct.to_string(),
+        format!("{direct:?}"),
+        captured.text(),
+    ] {
+        assert!(!shown.contains("MARKER"), "{shown}");
+    }
+    assert!(matches!(err, tower_bearer::Error::InvalidGrant(_)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("http://{addr}/token")),
+        "{err}"
+    );
+}

@@ -291,13 +291,19 @@ impl ProviderMetadata {
             }
         }
         fill(&mut self.token_endpoint, other.token_endpoint);
-        fill(&mut self.authorization_endpoint, other.authorization_endpoint);
+        fill(
+            &mut self.authorization_endpoint,
+            other.authorization_endpoint,
+        );
         fill(
             &mut self.device_authorization_endpoint,
             other.device_authorization_endpoint,
         );
         fill(&mut self.revocation_endpoint, other.revocation_endpoint);
-        fill(&mut self.introspection_endpoint, other.introspection_endpoint);
+        fill(
+            &mut self.introspection_endpoint,
+            other.introspection_endpoint,
+        );
         fill(&mut self.jwks_uri, other.jwks_uri);
         fill(
             &mut self.token_endpoint_auth_methods_supported,

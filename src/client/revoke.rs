@@ -94,6 +94,7 @@ impl Revocation {
                 Error::InvalidGrant(e) => Error::TokenEndpoint(e),
                 other => other,
             },
+            &form,
         ))
     }
 
