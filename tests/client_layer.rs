@@ -563,7 +563,9 @@ async fn each_answer_is_reported_as_the_authorizer_docs_say() {
 #[tokio::test]
 async fn per_resource_never_carries_a_token_outside_its_api_through_path_tricks() {
     use tower_bearer::client::PerResource;
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    // (the path the server read, the Authorization it got)
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Seen = Arc::default();
     let record = seen.clone();
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let record = record.clone();

@@ -308,10 +308,8 @@ impl TokenEndpoint {
         let secrets = zeroize::Zeroizing::new(secrets);
         let clean = |e: &mut EndpointError| {
             e.url.get_or_insert(url.clone());
-            for field in [&mut e.description, &mut e.uri] {
-                if let Some(text) = field {
-                    *text = redact(text, secrets.as_slice());
-                }
+            for text in [&mut e.description, &mut e.uri].into_iter().flatten() {
+                *text = redact(text, secrets.as_slice());
             }
         };
         match err {

@@ -110,7 +110,8 @@ impl AuthorizationCode {
             .is_some_and(|p| p.as_str().contains('#'))
         {
             return Err(Error::Configuration(format!(
-                "the authorization URL {authorization_url:?} has a fragment"
+                "the authorization URL {} has a fragment",
+                crate::error::display_url(&uri)
             )));
         }
         let issuer = token_endpoint.metadata().map(|m| m.issuer.clone());
