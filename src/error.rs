@@ -244,6 +244,12 @@ pub struct EndpointError {
     pub uri: Option<String>,
     /// The `Retry-After` delay (given in seconds or as an HTTP-date).
     pub retry_after: Option<Duration>,
+    /// The URL of the endpoint that answered, without its query or user
+    /// information (which may hold secrets), when known.
+    pub url: Option<String>,
+    /// When the body was not an OAuth error object: its media type (`text/html`
+    /// for a web server's error page), or `none`. The body itself is never kept.
+    pub not_oauth: Option<String>,
 }
 
 impl EndpointError {
@@ -255,6 +261,8 @@ impl EndpointError {
             description: None,
             uri: None,
             retry_after: None,
+            url: None,
+            not_oauth: None,
         }
     }
 }
@@ -262,6 +270,12 @@ impl EndpointError {
 impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "HTTP {}", self.status.as_u16())?;
+        if let Some(url) = &self.url {
+            write!(f, " from {url}")?;
+        }
+        if let Some(media) = &self.not_oauth {
+            write!(f, ", not an OAuth answer (content-type {media})")?;
+        }
         if let Some(code) = &self.code {
             write!(f, ", error={code}")?;
         }
@@ -303,5 +317,122 @@ impl std::error::Error for SharedError {}
 impl From<crate::flight::Aborted> for Error {
     fn from(a: crate::flight::Aborted) -> Self {
         Error::Aborted(a.0)
+    }
+}
+
+/// What went wrong in a JSON document from outside (a file, a provider's answer),
+/// without a word of its content: serde's own message quotes the value it could not
+/// use, which may be a token or a secret.
+pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    // These two name one of our own fields, never a value.
+    let message = e.to_string();
+    if message.starts_with("missing field `") || message.starts_with("duplicate field `") {
+        if let Some(field) = message.split('`').nth(1) {
+            let what = message.split(' ').next().unwrap_or_default();
+            return format!(
+                "{what} field `{field}` at line {} column {}",
+                e.line(),
+                e.column()
+            );
+        }
+    }
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "unreadable JSON",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+/// `uri` for a message: scheme, host, port and path; never the query nor the user
+/// information, which may carry a code, a token or a password.
+pub(crate) fn display_url(uri: &http::Uri) -> String {
+    let mut shown = String::new();
+    if let Some(scheme) = uri.scheme_str() {
+        shown.push_str(scheme);
+        shown.push_str("://");
+    }
+    if let Some(host) = uri.host() {
+        shown.push_str(host);
+    }
+    if let Some(port) = uri.port_u16() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(uri.path());
+    shown
+}
+
+/// [`display_url`] of a URL given as text; a text that does not parse is not shown.
+pub(crate) fn display_url_str(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => display_url(&uri),
+        Err(_) => "(a URL that does not parse)".to_owned(),
+    }
+}
+
+/// The media type of an answer, for a message (at most 64 characters, no
+/// parameters), or `none`.
+pub(crate) fn media_type(headers: &http::HeaderMap) -> String {
+    let media = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("none");
+    media.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Shape {
+        n: u32,
+        kind: Kind,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    enum Kind {
+        A,
+    }
+
+    #[test]
+    fn json_errors_never_quote_the_document() {
+        for hostile in [
+            r#"{"n":"MARKER","kind":"A"}"#,
+            r#"{"n":1,"kind":"MARKER"}"#,
+            r#""MARKER""#,
+            r#"{"n":1,"kind":"A","MARKER"#,
+            "MARKER",
+        ] {
+            let e = serde_json::from_str::<Shape>(hostile).unwrap_err();
+            if hostile.starts_with('{') && hostile.ends_with('}') {
+                // serde itself quotes the value: the reason for json_error.
+                assert!(e.to_string().contains("MARKER"), "{e}");
+            }
+            let shown = json_error(&e);
+            assert!(!shown.contains("MARKER"), "{shown}");
+        }
+        let e = serde_json::from_str::<Shape>(r#"{"kind":"A"}"#).unwrap_err();
+        assert_eq!(json_error(&e), "missing field `n` at line 1 column 12");
+    }
+
+    #[test]
+    fn urls_are_shown_without_query_or_user_information() {
+        let uri: http::Uri = "https://user:pw@idp.example.com:8443/o/token/?code=c0de"
+            .parse()
+            .unwrap();
+        assert_eq!(display_url(&uri), "https://idp.example.com:8443/o/token/");
+        assert_eq!(
+            display_url_str("http://127.0.0.1/cb?code=c0de&state=s"),
+            "http://127.0.0.1/cb"
+        );
+        let err = crate::transport::parse_url("https://u:secret@bad host/?code=c0de").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(!err.to_string().contains("c0de"), "{err}");
     }
 }

@@ -274,8 +274,12 @@ impl ProtectedResourceMetadata {
                 res.status().as_u16()
             )));
         }
-        let found: ProtectedResourceMetadata = serde_json::from_slice(res.body())
-            .map_err(|e| invalid(format!("{url}: not a resource metadata document: {e}")))?;
+        let found: ProtectedResourceMetadata = serde_json::from_slice(res.body()).map_err(|e| {
+            invalid(format!(
+                "{url}: not a resource metadata document ({})",
+                crate::error::json_error(&e)
+            ))
+        })?;
         if found.resource != resource {
             return Err(invalid(format!(
                 "{url} describes resource {:?}, not {resource:?}",

@@ -356,9 +356,12 @@ impl HttpClientBuilder {
 /// Refuses URLs that would send credentials in clear text to another host:
 /// `http://` is accepted only for loopback hosts unless `allow_insecure_http`.
 pub(crate) fn check_url(uri: &Uri, allow_insecure_http: bool) -> Result<(), Error> {
-    let host = uri
-        .host()
-        .ok_or_else(|| Error::Configuration(format!("URL {uri} has no host")))?;
+    let host = uri.host().ok_or_else(|| {
+        Error::Configuration(format!(
+            "URL {} has no host",
+            crate::error::display_url(uri)
+        ))
+    })?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") if allow_insecure_http || is_loopback(host) => Ok(()),
@@ -366,7 +369,8 @@ pub(crate) fn check_url(uri: &Uri, allow_insecure_http: bool) -> Result<(), Erro
             "refusing to send credentials in clear text to {host}: use https, or allow insecure http explicitly"
         ))),
         _ => Err(Error::Configuration(format!(
-            "URL {uri} must start with https:// (or http:// for a loopback host)"
+            "URL {} must start with https:// (or http:// for a loopback host)",
+            crate::error::display_url(uri)
         ))),
     }
 }
@@ -382,8 +386,20 @@ fn is_loopback(host: &str) -> bool {
 
 /// Parses a URL given by a user into a [`Uri`], with a clear error.
 pub(crate) fn parse_url(url: &str) -> Result<Uri, Error> {
-    url.parse::<Uri>()
-        .map_err(|e| Error::Configuration(format!("invalid URL {url:?}: {e}")))
+    url.parse::<Uri>().map_err(|e| {
+        // Never the query, fragment or user information: they may hold a secret.
+        let before_query = url.split(['?', '#']).next().unwrap_or_default();
+        let shown = match before_query.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => {
+                format!(
+                    "{scheme}://…@{}",
+                    rest.rsplit('@').next().unwrap_or_default()
+                )
+            }
+            _ => before_query.to_owned(),
+        };
+        Error::Configuration(format!("invalid URL {shown:?}: {e}"))
+    })
 }
 
 #[cfg(test)]

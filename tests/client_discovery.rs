@@ -162,3 +162,89 @@ async fn no_document_and_endpoints_not_discovered() {
         .unwrap_err();
     assert!(matches!(err, Error::Configuration(_)), "{err}");
 }
+
+/// Issue 29 friction (django-oauth-toolkit): the OpenID document names no
+/// revocation or introspection endpoint; the RFC 8414 document of the same issuer
+/// does. Both are read, and the endpoints come from the second. A second document
+/// naming another issuer is not used (RFC 8414 §3.3, mix-up defence).
+#[tokio::test]
+async fn endpoints_missing_from_the_openid_document_come_from_the_rfc8414_one() {
+    let (p, origin) = start().await;
+    publish(
+        &p,
+        "/.well-known/openid-configuration",
+        format!(r#"{{"issuer":"{origin}","token_endpoint":"{origin}/token"}}"#),
+    );
+    publish(
+        &p,
+        "/.well-known/oauth-authorization-server",
+        format!(
+            r#"{{"issuer":"{origin}","token_endpoint":"{origin}/token",
+                "revocation_endpoint":"{origin}/revoke",
+                "introspection_endpoint":"{origin}/introspect"}}"#
+        ),
+    );
+    let endpoint = TokenEndpoint::discover(&origin).await.unwrap();
+    let revocation = endpoint.revocation().unwrap();
+    assert_eq!(revocation.url().to_string(), format!("{origin}/revoke"));
+    assert_eq!(
+        endpoint
+            .metadata()
+            .unwrap()
+            .introspection_endpoint
+            .as_deref(),
+        Some(format!("{origin}/introspect").as_str())
+    );
+
+    // Another issuer's RFC 8414 document: its endpoints are not taken.
+    let (p, origin) = start().await;
+    publish(
+        &p,
+        "/.well-known/openid-configuration",
+        format!(r#"{{"issuer":"{origin}","token_endpoint":"{origin}/token"}}"#),
+    );
+    publish(
+        &p,
+        "/.well-known/oauth-authorization-server",
+        r#"{"issuer":"https://evil.test","revocation_endpoint":"https://evil.test/revoke"}"#
+            .to_owned(),
+    );
+    let endpoint = TokenEndpoint::discover(&origin).await.unwrap();
+    let err = endpoint.revocation().unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
+}
+
+/// Issue 29 friction: an error names the endpoint's URL (without its query or
+/// user information), and an answer that is not OAuth (an HTML 404 page) says so
+/// with its content type, never quoting the body.
+#[tokio::test]
+async fn an_html_404_names_the_url_and_says_it_is_not_an_oauth_answer() {
+    let app = Router::new().fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            [("content-type", "text/html; charset=utf-8")],
+            "<html><body>Page SECRET-BODY not found</body></html>",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let endpoint = TokenEndpoint::new(&format!("http://user:pw-MARKER@{addr}/o/token/?k=q-MARKER"))
+        .unwrap()
+        .client_id("svc")
+        .client_secret("s3cret");
+    let err = endpoint.client_credentials().fetch(None).await.unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains(&format!("http://{addr}/o/token/")),
+        "the URL is not named: {shown}"
+    );
+    assert!(
+        shown.contains("not an OAuth answer (content-type text/html)"),
+        "{shown}"
+    );
+    for leak in ["SECRET-BODY", "MARKER", "s3cret"] {
+        assert!(!shown.contains(leak), "{shown}");
+        assert!(!format!("{err:?}").contains(leak), "{err:?}");
+    }
+}

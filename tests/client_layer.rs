@@ -554,3 +554,70 @@ async fn each_answer_is_reported_as_the_authorizer_docs_say() {
         assert!(heard.len() <= before + 1, "one report per answer");
     }
 }
+
+/// Issue 29, defect 9: `PerResource` picks the API by the path the server will
+/// read, not by its spelling. Through a real hyper-util client to a real server on
+/// 127.0.0.1 (which records what `Authorization` each request carried): dot segments,
+/// percent-encoded dots and slashes, backslashes and doubled slashes that lead out
+/// of `/v1` never carry the `/v1` token; spellings that stay inside it still do.
+#[tokio::test]
+async fn per_resource_never_carries_a_token_outside_its_api_through_path_tricks() {
+    use tower_bearer::client::PerResource;
+    // (the path the server read, the Authorization it got)
+    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let record = record.clone();
+        async move {
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            record
+                .lock()
+                .unwrap()
+                .push((req.uri().path().to_owned(), auth));
+            "ok"
+        }
+    });
+    let addr = common::server::serve(app).await;
+    let base = format!("http://{addr}");
+    let authorizer = PerResource::new()
+        .at(
+            &format!("{base}/v1"),
+            StaticToken::bearer("v1-token").unwrap(),
+        )
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(authorizer))
+        .service(common::http_client::<Full<Bytes>>());
+    let outside = [
+        "/v1/../admin/keys",
+        "/v1/./../admin/keys",
+        "/v1/%2e%2e/admin/keys",
+        "/v1/%2E%2E/admin/keys",
+        "/v1/.%2e/admin/keys",
+        "/v1/..%2fadmin/keys",
+        "/v1%2f..%2fadmin/keys",
+        "/v1/..%5cadmin/keys",
+        "/v1//../../admin/keys",
+        "/v1/a/../../admin",
+    ];
+    let inside = ["/v1/users", "/v1/a/../users", "/v1/./users", "/v1"];
+    for path in outside.iter().chain(inside.iter()) {
+        let svc = client.ready().await.unwrap();
+        let res = svc.call(get(&format!("{base}{path}"))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), outside.len() + inside.len());
+    for ((path, auth), sent) in seen.iter().zip(outside.iter().chain(inside.iter())) {
+        let expect_token = inside.contains(sent);
+        assert_eq!(
+            auth.is_some(),
+            expect_token,
+            "{sent} (server read {path}) carried {auth:?}"
+        );
+    }
+}

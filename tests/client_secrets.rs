@@ -102,3 +102,112 @@ async fn no_secret_reaches_logs_debug_or_errors() {
         }
     }
 }
+
+/// Issue 29, defect 10: a token file whose `token` member is a bare string (or a
+/// refresh token of the wrong shape). serde's message quotes the value it could not
+/// use; neither the load error (Display, Debug) nor what `Refreshing` logs may hold
+/// it.
+#[tokio::test]
+async fn a_malformed_token_file_never_quotes_its_token() {
+    const MARKER: &str = "SECRET-MARKER-9f3e";
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-secret-file-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bodies = [
+        format!(
+            r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":"{MARKER}"}}"#
+        ),
+        format!(
+            r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","expires_at":"{MARKER}"}}}}"#
+        ),
+        format!(
+            r#"{{"version":1,"username":"alice","issuer":"https://idp.test","token":{{"access_token":"at","token_type":"Bearer","refresh_token":"{MARKER}","lineage":"{MARKER}"}}}}"#
+        ),
+        format!(r#"{{"version":"{MARKER}"}}"#),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        let path = dir.join(format!("t{i}.json"));
+        std::fs::write(&path, body).unwrap();
+        let store = tower_bearer::client::FileStore::at(&path, "alice", "https://idp.test");
+        let err = tower_bearer::client::TokenStore::load(&store)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, tower_bearer::Error::TokenFile(_)), "{err}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains(MARKER), "{shown}");
+        }
+
+        std::fs::write(&path, body).unwrap();
+        let (captured, _guard) = common::LogCapture::trace();
+        let cache = Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
+            Err::<tower_bearer::Token, _>(tower_bearer::Error::NoToken("none".into()))
+        }))
+        .store(store)
+        .build();
+        let err = cache.token().await.unwrap_err();
+        for shown in [err.to_string(), format!("{err:?}"), captured.text()] {
+            assert!(!shown.contains(MARKER), "{shown}");
+        }
+        drop(_guard);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A provider that echoes what it was sent in its error answers (its
+/// `error_description` names the refresh token, the client secret, the password):
+/// the error and the log never show them, and the error names the endpoint's URL.
+#[tokio::test]
+async fn a_provider_echoing_secrets_in_its_errors_is_not_repeated() {
+    use tower_bearer::client::TokenSource;
+    const RT: &str = "rt-MARKER-echoed";
+    const SECRET: &str = "cs-MARKER-echoed";
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(|body: String| async move {
+            let echoed = format!("bad request: {body} (client secret {SECRET})");
+            let uri = format!("https://idp.test/help?{body}");
+            (
+                http::StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({
+                    "error": "invalid_grant",
+                    "error_description": echoed,
+                    "error_uri": uri,
+                })),
+            )
+        }),
+    );
+    let addr = common::server::serve(app).await;
+    let endpoint = TokenEndpoint::new(&format!("http://{addr}/token"))
+        .unwrap()
+        .client_id("id")
+        .client_secret(SECRET);
+    let (captured, guard) = common::LogCapture::trace();
+    let cache = Refreshing::builder(endpoint.refresh_token(RT)).build();
+    let err = cache.token().await.unwrap_err();
+    let direct = endpoint
+        .password("alice", "pw-MARKER-echoed")
+        .fetch(None)
+        .await
+        .unwrap_err();
+    drop(guard);
+    for shown in [
+        err.to_string(),
+        format!("{err:?}"),
+        direct.to_string(),
+        format!("{direct:?}"),
+        captured.text(),
+    ] {
+        assert!(!shown.contains("MARKER"), "{shown}");
+    }
+    assert!(matches!(err, tower_bearer::Error::InvalidGrant(_)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("http://{addr}/token")),
+        "{err}"
+    );
+}

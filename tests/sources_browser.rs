@@ -25,49 +25,68 @@ type Form_ = HashMap<String, String>;
 /// the challenge the login put in its authorization URL; records every form.
 struct TokenServer {
     url: String,
+    issuer: String,
     challenge: Arc<Mutex<Option<String>>>,
     forms: Arc<Mutex<Vec<Form_>>>,
 }
 
 async fn token_server() -> TokenServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    // The provider's discovery document: it promises `iss` on every redirect (RFC 9207).
+    let doc = serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/token"),
+        "authorization_endpoint": "http://127.0.0.1:9/authorize",
+        "authorization_response_iss_parameter_supported": true,
+    });
     let challenge = Arc::new(Mutex::new(None::<String>));
     let forms = Arc::new(Mutex::new(Vec::new()));
     let (c, f) = (challenge.clone(), forms.clone());
-    let app = Router::new().route(
-        "/token",
-        post(move |Form(form): Form<Form_>| {
-            let (c, f) = (c.clone(), f.clone());
-            async move {
-                f.lock().unwrap().push(form.clone());
-                let expected = c.lock().unwrap().clone();
-                let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-                let hashed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-                let ok = form.get("grant_type").map(String::as_str) == Some("authorization_code")
-                    && form.get("code").map(String::as_str) == Some("good-code")
-                    && expected.as_deref() == Some(hashed.as_str())
-                    && (43..=128).contains(&verifier.len());
-                if ok {
-                    (
-                        http::StatusCode::OK,
-                        Json(serde_json::json!({
-                            "access_token": "at-1", "token_type": "Bearer",
-                            "expires_in": 300, "refresh_token": "rt-1"
-                        })),
-                    )
-                } else {
-                    (
-                        http::StatusCode::BAD_REQUEST,
-                        Json(serde_json::json!({ "error": "invalid_grant" })),
-                    )
+    let app = Router::new()
+        .route(
+            "/token",
+            post(move |Form(form): Form<Form_>| {
+                let (c, f) = (c.clone(), f.clone());
+                async move {
+                    f.lock().unwrap().push(form.clone());
+                    let expected = c.lock().unwrap().clone();
+                    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+                    let hashed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+                    let ok = form.get("grant_type").map(String::as_str)
+                        == Some("authorization_code")
+                        && form.get("code").map(String::as_str) == Some("good-code")
+                        && expected.as_deref() == Some(hashed.as_str())
+                        && (43..=128).contains(&verifier.len());
+                    if ok {
+                        (
+                            http::StatusCode::OK,
+                            Json(serde_json::json!({
+                                "access_token": "at-1", "token_type": "Bearer",
+                                "expires_in": 300, "refresh_token": "rt-1"
+                            })),
+                        )
+                    } else {
+                        (
+                            http::StatusCode::BAD_REQUEST,
+                            Json(serde_json::json!({ "error": "invalid_grant" })),
+                        )
+                    }
                 }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
+            }),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        );
+    let url = format!("{issuer}/token");
     tokio::spawn(async move { axum::serve(listener, app).await });
     TokenServer {
         url,
+        issuer,
         challenge,
         forms,
     }
@@ -286,4 +305,70 @@ async fn no_redirect_ends_at_the_deadline() {
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(..)), "{err}");
     assert_eq!(started.elapsed(), Duration::from_secs(120));
+}
+
+/// Issue 29, defect 6: the provider's discovery document says
+/// `authorization_response_iss_parameter_supported: true`, so a redirect without
+/// `iss` (stripped by a mix-up attacker) is refused and its code never exchanged
+/// (RFC 9207 §2.4); with the right `iss` the login succeeds; with another it fails.
+#[tokio::test]
+async fn a_redirect_without_iss_is_refused_when_the_provider_promises_it() {
+    let server = token_server().await;
+    let discovered = || async {
+        TokenEndpoint::discover(&server.issuer)
+            .await
+            .unwrap()
+            .client_id("cli")
+            .authorization_code()
+            .unwrap()
+    };
+    let run = Running::start(&server, discovered().await).await;
+    let state = run.query["state"].clone();
+    let (status, page) = run
+        .redirect(&[("code", "good-code"), ("state", &state)])
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{page}");
+    let err = run.end().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidResponse(tower_bearer::Endpoint::Authorization, _)
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("RFC 9207"), "{err}");
+    assert!(!err.to_string().contains("good-code"), "{err}");
+    assert!(
+        server.forms.lock().unwrap().is_empty(),
+        "the code was exchanged"
+    );
+
+    let run = Running::start(&server, discovered().await).await;
+    let state = run.query["state"].clone();
+    let (status, _) = run
+        .redirect(&[
+            ("code", "good-code"),
+            ("state", &state),
+            ("iss", "https://evil.test"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(status, 502);
+    assert!(matches!(run.end().await, Err(Error::InvalidResponse(..))));
+    assert!(
+        server.forms.lock().unwrap().is_empty(),
+        "the code was exchanged"
+    );
+
+    let run = Running::start(&server, discovered().await).await;
+    let state = run.query["state"].clone();
+    let issuer = server.issuer.clone();
+    let (status, page) = run
+        .redirect(&[("code", "good-code"), ("state", &state), ("iss", &issuer)])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{page}");
+    run.end().await.unwrap();
+    assert_eq!(server.forms.lock().unwrap().len(), 1);
 }

@@ -457,3 +457,41 @@ async fn a_rotated_refresh_token_is_saved_to_the_token_file() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 29, defect 11: README's chain (`refresh_with` + `.store(store)`) after
+/// `invalid_grant`. The store holds the same expired token whose refresh token was
+/// just refused; the chain must not present that refresh token a second time in
+/// the same refresh, and goes on to the login.
+#[tokio::test]
+async fn a_refused_refresh_token_is_presented_once_even_when_the_store_serves_it_again() {
+    let s = common::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-chain-twice-{}-{}",
+        std::process::id(),
+        s.addr.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = FileStore::at(dir.join("alice.json"), "alice", "https://idp.test");
+    // An expired token whose refresh token the provider no longer knows.
+    let expired = Token::bearer("old-at")
+        .unwrap()
+        .with_refresh_token("rt-dead")
+        .with_expires_at(tokio::time::Instant::now());
+    store.save(&expired).await.unwrap();
+    let (login, asked) = prompt(&s, "wonderland");
+    let chain = Chain::new()
+        .refresh_with(endpoint(&s))
+        .store(store.clone())
+        .login("password prompt", login);
+    let cache = Refreshing::builder(chain).store(store.clone()).build();
+    let token = cache.token().await.unwrap();
+    assert!(access(&token).starts_with("at-"), "{}", access(&token));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let presented = s.idp.refresh_seen.lock().unwrap().clone();
+    assert_eq!(
+        presented.iter().filter(|rt| *rt == "rt-dead").count(),
+        1,
+        "the refused refresh token was presented again: {presented:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,7 +28,11 @@ const TTL_BOUNDS: (Duration, Duration) = (Duration::from_secs(60), Duration::fro
 ///
 /// [`ProviderMetadata::discover`] fetches `{issuer}/.well-known/openid-configuration`
 /// (OpenID Connect Discovery 1.0), and when that is not found the RFC 8414 document
-/// (`/.well-known/oauth-authorization-server` inserted before the issuer's path). The
+/// (`/.well-known/oauth-authorization-server` inserted before the issuer's path).
+/// When the OpenID document lacks an endpoint (token, revocation, introspection,
+/// device authorization), the RFC 8414 document is read too and fills in what the
+/// first lacks (never replaces what it names); it must name the same issuer, else
+/// nothing of it is used. The
 /// document must name exactly the issuer it was fetched for (OpenID Connect
 /// Discovery §4.3, RFC 8414 §3.3): a document naming another issuer is refused, so a
 /// compromised or misconfigured host cannot send the client's credentials elsewhere
@@ -85,6 +89,10 @@ pub struct ProviderMetadata {
     /// and `implicit` (RFC 8414 §2).
     #[serde(default)]
     pub grant_types_supported: Option<Vec<String>>,
+    /// Whether the provider puts `iss` on every authorization response (RFC 9207
+    /// §3). When it says so, a redirect without `iss` is refused (§2.4).
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 type Cache = Mutex<HashMap<String, (Instant, Arc<ProviderMetadata>)>>;
@@ -177,14 +185,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The two places a document may be (OpenID Connect first).
-fn document_urls(issuer: &Uri) -> Vec<String> {
+fn document_urls(issuer: &Uri) -> [String; 2] {
     let origin = format!(
         "{}://{}",
         issuer.scheme_str().unwrap_or("https"),
         issuer.authority().map(|a| a.as_str()).unwrap_or_default()
     );
     let path = issuer.path().trim_end_matches('/');
-    vec![
+    [
         format!("{origin}{path}/.well-known/openid-configuration"),
         // RFC 8414 §3.1: the well-known segment goes before the issuer's path.
         format!("{origin}/.well-known/oauth-authorization-server{path}"),
@@ -199,46 +207,124 @@ async fn fetch(issuer: &str, http: &HttpClient) -> Result<(ProviderMetadata, Dur
             "issuer {issuer:?} has a query: an issuer identifier cannot"
         )));
     }
-    let mut tried = Vec::new();
-    for url in document_urls(&issuer_uri) {
-        let req = Request::get(url.as_str())
-            .header(ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| Error::Configuration(format!("discovery request {url}: {e}")))?;
-        let res = http.send(Endpoint::Discovery, req).await?;
-        if res.status() == StatusCode::NOT_FOUND {
-            tried.push(url);
-            continue;
-        }
-        if res.status() != StatusCode::OK {
-            return Err(Error::InvalidResponse(
-                Endpoint::Discovery,
-                format!("{url} answered HTTP {}", res.status().as_u16()),
-            ));
-        }
-        let found = parse_metadata(res.body(), issuer)
-            .map_err(|e| Error::InvalidResponse(Endpoint::Discovery, format!("{url}: {e}")))?;
-        let ttl = res
-            .headers()
-            .get(CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(max_age)
-            .map(|age| age.clamp(TTL_BOUNDS.0, TTL_BOUNDS.1))
-            .unwrap_or(DISCOVERY_TTL);
+    let [openid, oauth] = document_urls(&issuer_uri);
+    let (found, ttl) = match fetch_one(&openid, issuer, http).await? {
+        Some(found) => found,
+        None => match fetch_one(&oauth, issuer, http).await? {
+            Some(found) => return Ok(found),
+            None => {
+                return Err(Error::InvalidResponse(
+                    Endpoint::Discovery,
+                    format!(
+                        "no provider metadata for issuer {}: {} and {} answered 404",
+                        crate::error::display_url_str(issuer),
+                        crate::error::display_url_str(&openid),
+                        crate::error::display_url_str(&oauth)
+                    ),
+                ))
+            }
+        },
+    };
+    if !found.lacks_an_endpoint() {
         return Ok((found, ttl));
     }
-    Err(Error::InvalidResponse(
-        Endpoint::Discovery,
-        format!(
-            "no provider metadata for issuer {issuer}: {} answered 404",
-            tried.join(" and ")
-        ),
-    ))
+    // Some providers (django-oauth-toolkit) name their revocation and introspection
+    // endpoints only in the RFC 8414 document: read it too. It must be the same
+    // issuer's (RFC 8414 §3.3), else nothing of it is used.
+    match fetch_one(&oauth, issuer, http).await {
+        Ok(Some((other, other_ttl))) => Ok((found.completed_by(other), ttl.min(other_ttl))),
+        Ok(None) => Ok((found, ttl)),
+        Err(error) => {
+            tracing::warn!(%error, "the RFC 8414 document of the issuer is not used");
+            Ok((found, ttl))
+        }
+    }
+}
+
+/// One document: `None` when it is not there (404).
+async fn fetch_one(
+    url: &str,
+    issuer: &str,
+    http: &HttpClient,
+) -> Result<Option<(ProviderMetadata, Duration)>, Error> {
+    let shown = crate::error::display_url_str(url);
+    let req = Request::get(url)
+        .header(ACCEPT, "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Error::Configuration(format!("discovery request {shown}: {e}")))?;
+    let res = http.send(Endpoint::Discovery, req).await?;
+    if res.status() == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if res.status() != StatusCode::OK {
+        return Err(Error::InvalidResponse(
+            Endpoint::Discovery,
+            format!("{shown} answered HTTP {}", res.status().as_u16()),
+        ));
+    }
+    let found = parse_metadata(res.body(), issuer)
+        .map_err(|e| Error::InvalidResponse(Endpoint::Discovery, format!("{shown}: {e}")))?;
+    let ttl = res
+        .headers()
+        .get(CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(max_age)
+        .map(|age| age.clamp(TTL_BOUNDS.0, TTL_BOUNDS.1))
+        .unwrap_or(DISCOVERY_TTL);
+    Ok(Some((found, ttl)))
+}
+
+impl ProviderMetadata {
+    /// Whether an endpoint a client may want is missing.
+    fn lacks_an_endpoint(&self) -> bool {
+        self.token_endpoint.is_none()
+            || self.revocation_endpoint.is_none()
+            || self.introspection_endpoint.is_none()
+            || self.device_authorization_endpoint.is_none()
+    }
+
+    /// This document, with what it lacks taken from `other` (the same issuer's).
+    fn completed_by(mut self, other: ProviderMetadata) -> ProviderMetadata {
+        fn fill<T>(mine: &mut Option<T>, theirs: Option<T>) {
+            if mine.is_none() {
+                *mine = theirs;
+            }
+        }
+        fill(&mut self.token_endpoint, other.token_endpoint);
+        fill(
+            &mut self.authorization_endpoint,
+            other.authorization_endpoint,
+        );
+        fill(
+            &mut self.device_authorization_endpoint,
+            other.device_authorization_endpoint,
+        );
+        fill(&mut self.revocation_endpoint, other.revocation_endpoint);
+        fill(
+            &mut self.introspection_endpoint,
+            other.introspection_endpoint,
+        );
+        fill(&mut self.jwks_uri, other.jwks_uri);
+        fill(
+            &mut self.token_endpoint_auth_methods_supported,
+            other.token_endpoint_auth_methods_supported,
+        );
+        fill(
+            &mut self.revocation_endpoint_auth_methods_supported,
+            other.revocation_endpoint_auth_methods_supported,
+        );
+        fill(&mut self.grant_types_supported, other.grant_types_supported);
+        // A promise of `iss` in either document of the issuer holds.
+        self.authorization_response_iss_parameter_supported |=
+            other.authorization_response_iss_parameter_supported;
+        self
+    }
 }
 
 /// Parses a document and checks it is `issuer`'s own, with usable endpoint URLs.
 pub(crate) fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetadata, String> {
-    let found: ProviderMetadata = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let found: ProviderMetadata =
+        serde_json::from_slice(body).map_err(|e| crate::error::json_error(&e))?;
     if found.issuer != issuer {
         return Err(format!(
             "it names issuer {:?}, expected {issuer:?}",

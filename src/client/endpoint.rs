@@ -274,13 +274,62 @@ impl TokenEndpoint {
     /// token; [`Error::Transport`] and [`Error::Timeout`] from the HTTP client.
     pub async fn request(&self, form: &[(&str, &str)]) -> Result<Token, Error> {
         let res = self.post(form).await?;
-        self.parse(&res)
+        self.parse(&res, form)
     }
 
     /// Parses an answer of this endpoint: a bearer token, or a DPoP-bound one when
     /// [`dpop`](Self::dpop) asked for it.
-    pub(crate) fn parse(&self, res: &http::Response<Bytes>) -> Result<Token, Error> {
+    /// `form` is what was sent: a secret of it that the answer echoes is redacted.
+    pub(crate) fn parse(
+        &self,
+        res: &http::Response<Bytes>,
+        form: &[(&str, &str)],
+    ) -> Result<Token, Error> {
         parse_token_answer(res.status(), res.headers(), res.body(), self.wants_dpop())
+            .map_err(|e| self.locate(e, form))
+    }
+
+    /// `err` with this endpoint's URL (no query, no user information) in it, and
+    /// without any secret of `form` (what was sent) or of the client that the
+    /// provider echoed in its `error_description` or `error_uri`.
+    pub(crate) fn locate(&self, err: Error, form: &[(&str, &str)]) -> Error {
+        let url = crate::error::display_url(&self.url);
+        let mut secrets: Vec<String> = form
+            .iter()
+            .filter(|(k, _)| SECRET_FIELDS.contains(k))
+            .map(|(_, v)| (*v).to_owned())
+            .collect();
+        if let Some(secret) = &self.client_secret {
+            secrets.push(secret.expose_secret().to_owned());
+        }
+        // As sent, and form-encoded (an echo of the request body).
+        let encoded: Vec<String> = secrets.iter().map(|s| form_encode(s)).collect();
+        secrets.extend(encoded);
+        let secrets = zeroize::Zeroizing::new(secrets);
+        let clean = |e: &mut EndpointError| {
+            e.url.get_or_insert(url.clone());
+            for text in [&mut e.description, &mut e.uri].into_iter().flatten() {
+                *text = redact(text, secrets.as_slice());
+            }
+        };
+        match err {
+            Error::TokenEndpoint(mut e) => {
+                clean(&mut e);
+                Error::TokenEndpoint(e)
+            }
+            Error::InvalidGrant(mut e) => {
+                clean(&mut e);
+                Error::InvalidGrant(e)
+            }
+            Error::AccessDenied(mut e) => {
+                clean(&mut e);
+                Error::AccessDenied(e)
+            }
+            Error::InvalidResponse(_, why) => {
+                Error::InvalidResponse(self.kind, format!("{why} (from {url})"))
+            }
+            other => other,
+        }
     }
 
     /// Posts form fields with client authentication; returns the raw answer. With a
@@ -368,7 +417,7 @@ impl TokenEndpoint {
             req.headers_mut().insert(super::authorizer::DPOP, proof);
         }
         let res = self.http.send(self.kind, req).await?;
-        tracing::debug!(status = res.status().as_u16(), url = %self.url, endpoint = %self.kind, "answered");
+        tracing::debug!(status = res.status().as_u16(), url = %crate::error::display_url(&self.url), endpoint = %self.kind, "answered");
         Ok(res)
     }
 }
@@ -412,6 +461,32 @@ impl fmt::Debug for TokenEndpoint {
             )
             .finish()
     }
+}
+
+/// The form fields that carry a secret: never shown if an answer echoes them.
+const SECRET_FIELDS: &[&str] = &[
+    "refresh_token",
+    "code",
+    "code_verifier",
+    "password",
+    "client_secret",
+    "client_assertion",
+    "assertion",
+    "device_code",
+    "token",
+    "subject_token",
+    "actor_token",
+];
+
+/// `text` with every occurrence of a secret replaced (empty secrets are skipped).
+fn redact(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if text.contains(secret) {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+    text
 }
 
 /// application/x-www-form-urlencoded of one value.
@@ -468,6 +543,9 @@ pub(crate) fn endpoint_error(
         .and_then(parse_retry_after);
     let mut err = EndpointError::status(status);
     err.retry_after = retry_after;
+    if answer.is_none() {
+        err.not_oauth = Some(crate::error::media_type(headers));
+    }
     if let Some(answer) = answer {
         err.code = answer.error.map(|c| truncate(c, 64));
         err.description = answer
@@ -525,8 +603,9 @@ pub(crate) fn parse_token_answer(
             return Err(Error::InvalidResponse(
                 Endpoint::Token,
                 format!(
-                    "HTTP {} with a body that is not a JSON object",
-                    status.as_u16()
+                    "HTTP {} with a body that is not a JSON object (content-type {})",
+                    status.as_u16(),
+                    crate::error::media_type(headers)
                 ),
             ))
         }

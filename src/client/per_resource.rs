@@ -22,6 +22,14 @@ use crate::Error;
 /// credential at all: a token for one API is never sent to a host it was not meant
 /// for.
 ///
+/// The path is matched as the server may read it, not as it is spelled: a request's
+/// path is read as sent, with its dot segments removed (RFC 3986 §5.2.4), and with
+/// percent-encoded unreserved characters, `%2F` and `%5C` decoded, backslashes taken
+/// for slashes and doubled slashes merged (what many servers do). When these readings
+/// fall under different APIs (`/v1/../admin`, `/v1/%2e%2e/admin`), the request gets
+/// no credential at all, not even the [`otherwise`](Self::otherwise) one. A prefix
+/// must be given in that normal form.
+///
 /// `401`s are told to every authorizer; each drops only the value it issued, so
 /// the refused API's cache alone refreshes.
 ///
@@ -82,6 +90,11 @@ impl Prefix {
             return Err(bad("a query cannot be a prefix"));
         }
         let path = uri.path().trim_end_matches('/').to_owned();
+        if normalized(&path).trim_end_matches('/') != path {
+            return Err(bad(
+                "its path is not in normal form (dot segments, percent-encoding, \\ or //)",
+            ));
+        }
         Ok(Prefix {
             scheme,
             host,
@@ -90,20 +103,112 @@ impl Prefix {
         })
     }
 
-    fn matches(&self, target: &Target<'_>) -> bool {
+    /// Whether `target`'s origin is this prefix's.
+    fn same_origin(&self, target: &Target<'_>) -> bool {
         let (Some(scheme), Some(host), Some(port)) =
             (target.scheme(), target.host(), target.port())
         else {
             return false;
         };
-        let path = target.path();
         scheme.eq_ignore_ascii_case(&self.scheme)
             && host.eq_ignore_ascii_case(&self.host)
             && port == self.port
-            && path
-                .strip_prefix(self.path.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
+
+    /// Whether `path` (one reading of a request's path) is under this prefix.
+    fn covers(&self, path: &str) -> bool {
+        path.strip_prefix(self.path.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    #[cfg(test)]
+    fn matches(&self, target: &Target<'_>) -> bool {
+        self.same_origin(target) && readings(target.path()).iter().all(|p| self.covers(p))
+    }
+}
+
+/// The ways a server may read a request's path: as sent; with its dot segments
+/// removed; decoded and normalized.
+fn readings(path: &str) -> [std::borrow::Cow<'_, str>; 3] {
+    [
+        std::borrow::Cow::Borrowed(path),
+        std::borrow::Cow::Owned(remove_dot_segments(path)),
+        std::borrow::Cow::Owned(normalized(path)),
+    ]
+}
+
+/// `path` with percent-encoded unreserved characters, `/`, `\` and `%` decoded (until
+/// nothing more decodes, for servers that decode twice), backslashes read as
+/// slashes, doubled slashes merged and dot segments removed.
+fn normalized(path: &str) -> String {
+    let mut decoded = path.to_owned();
+    for _ in 0..4 {
+        let next = decode_unreserved(&decoded);
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let mut slashes = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        let c = if c == '\\' { '/' } else { c };
+        if !(c == '/' && slashes.ends_with('/')) {
+            slashes.push(c);
+        }
+    }
+    remove_dot_segments(&slashes)
+}
+
+/// Decodes `%XX` where it stands for an unreserved character (RFC 3986 §2.3), `/`,
+/// `\` or `%` (a double encoding); leaves every other escape as it is.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let b = (h * 16 + l) as u8;
+                if b.is_ascii_alphanumeric() || b"-._~/\\%".contains(&b) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    // Only ASCII bytes were decoded in place of ASCII escapes: still UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// RFC 3986 §5.2.4 on an absolute path (a path that does not start with `/` is
+/// read as if it did).
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for segment in path.trim_start_matches('/').split('/') {
+        trailing = false;
+        match segment {
+            "." => trailing = true,
+            ".." => {
+                out.pop();
+                trailing = true;
+            }
+            s => out.push(s),
+        }
+    }
+    let mut result = String::with_capacity(path.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if trailing || result.is_empty() {
+        result.push('/');
+    }
+    result
 }
 
 impl PerResource {
@@ -176,11 +281,25 @@ impl Authorizer for PerResource {
     }
 
     fn credential_for(&self, target: Target<'_>) -> CredentialFuture {
-        let chosen = self
-            .routes
-            .iter()
-            .find(|r| r.prefix.matches(&target))
-            .map(|r| &r.authorizer)
+        // The route of each reading of the path; they must agree.
+        let mut chosen = None;
+        for (i, path) in readings(target.path()).iter().enumerate() {
+            let route = self
+                .routes
+                .iter()
+                .position(|r| r.prefix.same_origin(&target) && r.prefix.covers(path));
+            match chosen {
+                Some(first) if first != route => {
+                    tracing::debug!("a path read two ways leads to two APIs: no credential");
+                    return CredentialFuture::ready(Ok(None));
+                }
+                _ if i == 0 => chosen = Some(route),
+                _ => {}
+            }
+        }
+        let chosen = chosen
+            .flatten()
+            .map(|i| &self.routes[i].authorizer)
             .or(self.otherwise.as_ref());
         match chosen {
             Some(a) => a.credential_for(target),
@@ -272,8 +391,44 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_matched_as_the_server_may_read_them() {
+        let v1 = "https://api.example.com/v1";
+        for outside in [
+            "https://api.example.com/v1/../admin/keys",
+            "https://api.example.com/v1/%2e%2e/admin",
+            "https://api.example.com/v1/%2E./admin",
+            "https://api.example.com/v1/..%2Fadmin",
+            "https://api.example.com/v1/..%5cadmin",
+            "https://api.example.com/v1/%252e%252e/admin",
+            "https://api.example.com/v1//../../admin",
+            "https://api.example.com/%76%31/../admin",
+        ] {
+            assert!(!matches(v1, outside), "{outside}");
+        }
+        for inside in [
+            "https://api.example.com/v1/a/../b",
+            "https://api.example.com/v1/./b",
+            "https://user@API.example.com:443/v1/b",
+        ] {
+            assert!(matches(v1, inside), "{inside}");
+        }
+        assert_eq!(remove_dot_segments("/a/b/c/./../../g"), "/a/g");
+        assert_eq!(remove_dot_segments("/mid/content=5/../6"), "/mid/6");
+        assert_eq!(remove_dot_segments("/../.."), "/");
+        assert_eq!(normalized("/a\\..\\b//c/%7Ex"), "/b/c/~x");
+        assert_eq!(normalized("/%zz%2"), "/%zz%2");
+    }
+
+    #[test]
     fn bad_prefixes_are_refused() {
-        for bad in ["/relative", "https://api.example.com/?q=1", "not a url"] {
+        for bad in [
+            "/relative",
+            "https://api.example.com/?q=1",
+            "not a url",
+            "https://api.example.com/v1/../admin",
+            "https://api.example.com/%76%31",
+            "https://api.example.com//v1",
+        ] {
             assert!(
                 matches!(Prefix::parse(bad), Err(Error::Configuration(_))),
                 "{bad}"

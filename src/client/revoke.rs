@@ -88,11 +88,14 @@ impl Revocation {
             return Ok(());
         }
         let answer: Option<ErrorAnswer> = serde_json::from_slice(res.body()).ok();
-        Err(match endpoint_error(res.status(), res.headers(), answer) {
-            // Not a grant here: the revocation request itself was refused.
-            Error::InvalidGrant(e) => Error::TokenEndpoint(e),
-            other => other,
-        })
+        Err(self.endpoint.locate(
+            match endpoint_error(res.status(), res.headers(), answer) {
+                // Not a grant here: the revocation request itself was refused.
+                Error::InvalidGrant(e) => Error::TokenEndpoint(e),
+                other => other,
+            },
+            &form,
+        ))
     }
 
     /// Revokes a token's refresh token (which on most providers ends the grant and

@@ -181,7 +181,7 @@ impl Inner {
             }
         };
         let parsed: Result<TokenFile, String> =
-            serde_json::from_slice(&bytes).map_err(|e| e.to_string());
+            serde_json::from_slice(&bytes).map_err(|e| crate::error::json_error(&e));
         let file = match parsed {
             Ok(f) if f.version == FORMAT => f,
             Ok(f) => return Err(self.corrupt(&format!("unknown format version {}", f.version))),
@@ -255,7 +255,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    let _kept = self.corrupt(&e.to_string());
+                    let _kept = self.corrupt(&crate::error::json_error(&e));
                 }
             }
         }

@@ -555,7 +555,9 @@ struct Head {
 }
 
 fn parse_answer<C: DeserializeOwned>(body: &[u8]) -> Result<Answer<C>, Error> {
-    let bad = |e: serde_json::Error| Error::InvalidResponse(Endpoint::Introspection, e.to_string());
+    let bad = |e: serde_json::Error| {
+        Error::InvalidResponse(Endpoint::Introspection, crate::error::json_error(&e))
+    };
     let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
     let head: Head = serde_json::from_value(value.clone()).map_err(bad)?;
     if !head.active {

@@ -903,7 +903,7 @@ pub(crate) fn discovery_jwks_uri(
     allow_insecure_http: bool,
 ) -> Result<Uri, Error> {
     let found: Discovery = serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidResponse(Endpoint::Discovery, e.to_string()))?;
+        .map_err(|e| Error::InvalidResponse(Endpoint::Discovery, crate::error::json_error(&e)))?;
     if found.issuer != issuer {
         return Err(Error::InvalidResponse(
             Endpoint::Discovery,
@@ -930,7 +930,7 @@ pub(crate) fn parse_key_set<C: DeserializeOwned + Clone + Send + Sync + 'static>
     refresh_at: Instant,
 ) -> Result<KeySet<C>, Error> {
     let raw: RawKeySet = serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidResponse(Endpoint::Jwks, e.to_string()))?;
+        .map_err(|e| Error::InvalidResponse(Endpoint::Jwks, crate::error::json_error(&e)))?;
     let mut set = KeySet {
         by_kid: HashMap::new(),
         unnamed: Vec::new(),
@@ -973,7 +973,8 @@ fn usable_key<C: DeserializeOwned + Clone + Send + Sync + 'static>(
     let jwk: Jwk = match Jwk::deserialize(&value) {
         Ok(jwk) => jwk,
         Err(e) => {
-            tracing::warn!(index, error = %e, "skipping a JWK that does not parse");
+            let error = crate::error::json_error(&e);
+            tracing::warn!(index, %error, "skipping a JWK that does not parse");
             return None;
         }
     };

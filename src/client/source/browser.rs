@@ -9,7 +9,10 @@
 //!    - another path: `404`, keep waiting;
 //!    - a `state` that is not this login's (a stale tab, a forged link): `400`, keep
 //!      waiting;
-//!    - an `iss` (RFC 9207) that is not the discovered provider's: refused;
+//!    - an `iss` (RFC 9207) that is not the discovered provider's: refused; no `iss`
+//!      when the provider's metadata promises one
+//!      (`authorization_response_iss_parameter_supported`): refused too, since an
+//!      attacker who strips it would defeat the mix-up defence (§2.4);
 //!    - `error=…` (`access_denied` when the person declined): the login fails;
 //!    - `code=…`: exchanged with the verifier; the page tells the person the outcome
 //!      and that they can close it;
@@ -81,6 +84,8 @@ pub struct AuthorizationCode {
     token: TokenEndpoint,
     authorize: String,
     issuer: Option<String>,
+    /// The provider promised `iss` on every redirect (RFC 9207 §3).
+    iss_required: bool,
     scope: Option<String>,
     resources: Vec<String>,
     params: Vec<(String, String)>,
@@ -105,14 +110,19 @@ impl AuthorizationCode {
             .is_some_and(|p| p.as_str().contains('#'))
         {
             return Err(Error::Configuration(format!(
-                "the authorization URL {authorization_url:?} has a fragment"
+                "the authorization URL {} has a fragment",
+                crate::error::display_url(&uri)
             )));
         }
         let issuer = token_endpoint.metadata().map(|m| m.issuer.clone());
+        let iss_required = token_endpoint
+            .metadata()
+            .is_some_and(|m| m.authorization_response_iss_parameter_supported);
         Ok(AuthorizationCode {
             token: token_endpoint,
             authorize: authorization_url.to_owned(),
             issuer,
+            iss_required,
             scope: None,
             resources: Vec::new(),
             params: Vec::new(),
@@ -207,7 +217,8 @@ impl AuthorizationCode {
     /// - [`Error::Configuration`] when the port cannot be listened on (taken);
     /// - [`Error::AccessDenied`] when the provider redirects with `access_denied`,
     ///   [`Error::TokenEndpoint`] with its other errors (the code says which);
-    /// - [`Error::InvalidResponse`] when the redirect names another issuer (RFC 9207);
+    /// - [`Error::InvalidResponse`] when the redirect names another issuer, or names
+    ///   none while the provider's metadata promises it will (RFC 9207 §2.4);
     /// - [`Error::Timeout`] when no redirect comes in time;
     /// - what [`TokenEndpoint::request`] returns for the code exchange.
     pub async fn login(&self) -> Result<Token, Error> {
@@ -275,13 +286,27 @@ impl AuthorizationCode {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        if let (Some(expected), Some(iss)) = (&self.issuer, get("iss")) {
-            if iss != expected {
+        // RFC 9207 §2.4: checked before anything else of the redirect is used.
+        match (&self.issuer, get("iss")) {
+            (Some(expected), Some(iss)) if iss != expected => {
                 return Err(Error::InvalidResponse(
                     Endpoint::Authorization,
-                    format!("the redirect names issuer {iss:?}, expected {expected:?} (RFC 9207)"),
+                    format!(
+                        "the redirect names issuer {:?}, expected {expected:?} (RFC 9207)",
+                        truncated(iss)
+                    ),
                 ));
             }
+            (Some(expected), None) if self.iss_required => {
+                return Err(Error::InvalidResponse(
+                    Endpoint::Authorization,
+                    format!(
+                        "the redirect has no iss, but the provider {expected:?} promises one \
+                         (authorization_response_iss_parameter_supported); refused (RFC 9207)"
+                    ),
+                ));
+            }
+            _ => {}
         }
         if let Some(code) = get("error") {
             let error = EndpointError {
@@ -341,6 +366,14 @@ impl AuthorizationCode {
             '?'
         };
         format!("{}{sep}{encoded}", self.authorize)
+    }
+}
+
+/// At most 100 characters of a value from the redirect, for a message.
+fn truncated(s: &str) -> String {
+    match s.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
     }
 }
 

@@ -31,7 +31,9 @@ use crate::{Error, Token};
 /// 3. A `debug` event names the source that served (never the token).
 ///
 /// Sources are given the token being replaced, and the built-in ones never serve that
-/// same token again, so a token the server refused is not served twice.
+/// same token again, so a token the server refused is not served twice. A refresh
+/// token refused during a fetch is never presented again in that fetch, whichever
+/// source yields it (the token file serving the very token whose refresh failed).
 ///
 /// To save what the chain gets, give the same store to
 /// [`RefreshingBuilder::store`](crate::client::RefreshingBuilder::store).
@@ -151,24 +153,38 @@ impl Chain {
     }
 
     async fn fetch_now(&self, previous: Option<&Token>) -> Result<Token, Error> {
-        let mut refused = None;
+        let mut without_refused = None;
+        // The refresh tokens refused during this fetch: none is presented twice (a
+        // token store serves the very token whose refresh token was just refused).
+        let mut refused: Vec<secrecy::SecretString> = Vec::new();
         if let Some(rt) = previous.and_then(Token::refresh_token) {
             if let Some(token) = self.refresh(rt.expose_secret()).await? {
                 tracing::debug!(source = "refresh token", "token source served");
                 return Ok(token);
             }
             if self.endpoint.is_some() {
+                refused.push(rt.clone());
                 // The sources get the token without its refused refresh token: a
                 // `DeviceCode` does not present it again before it logs in.
-                refused = previous.map(|p| p.clone().without_refresh_token());
+                without_refused = previous.map(|p| p.clone().without_refresh_token());
             }
         }
-        let previous = refused.as_ref().or(previous);
+        let previous = without_refused.as_ref().or(previous);
         for step in &self.steps {
             match step.source.fetch(previous).await {
                 Ok(token) if token.is_expired() => {
                     let refreshed = match token.refresh_token() {
-                        Some(rt) => self.refresh(rt.expose_secret()).await?,
+                        Some(rt) if refused.iter().any(|r| same_secret(r, rt)) => {
+                            tracing::debug!(source = %step.name, "its refresh token was refused already");
+                            None
+                        }
+                        Some(rt) => {
+                            let refreshed = self.refresh(rt.expose_secret()).await?;
+                            if refreshed.is_none() && self.endpoint.is_some() {
+                                refused.push(rt.clone());
+                            }
+                            refreshed
+                        }
                         None => None,
                     };
                     if let Some(token) = refreshed {
@@ -212,6 +228,16 @@ impl fmt::Debug for Chain {
             .field("refresh_with", &self.endpoint)
             .finish()
     }
+}
+
+/// Whether two secrets are equal (constant time).
+fn same_secret(a: &secrecy::SecretString, b: &secrecy::SecretString) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(
+        a.expose_secret()
+            .as_bytes()
+            .ct_eq(b.expose_secret().as_bytes()),
+    )
 }
 
 /// Whether `token` is the one being replaced.

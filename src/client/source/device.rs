@@ -215,7 +215,7 @@ impl DeviceCode {
             ];
             form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
             let answer = match self.token.post(&form).await {
-                Ok(res) => self.token.parse(&res),
+                Ok(res) => self.token.parse(&res, &form),
                 Err(e) => Err(e),
             };
             let err = match answer {
@@ -257,10 +257,9 @@ impl DeviceCode {
         let res = self.device.post(&form).await?;
         let answer: Option<DeviceAnswer> = serde_json::from_slice(res.body()).ok();
         if !res.status().is_success() {
-            return Err(endpoint_error(
-                res.status(),
-                res.headers(),
-                answer.map(|a| a.error),
+            return Err(self.device.locate(
+                endpoint_error(res.status(), res.headers(), answer.map(|a| a.error)),
+                &form,
             ));
         }
         let a = answer.ok_or_else(|| {
@@ -270,7 +269,10 @@ impl DeviceCode {
             )
         })?;
         if a.error.error.is_some() {
-            return Err(endpoint_error(res.status(), res.headers(), Some(a.error)));
+            return Err(self.device.locate(
+                endpoint_error(res.status(), res.headers(), Some(a.error)),
+                &form,
+            ));
         }
         let missing = |field: &str| {
             Error::InvalidResponse(
