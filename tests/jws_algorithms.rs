@@ -247,3 +247,68 @@ fn non_canonical_base64url_is_refused_in_every_part() {
         }
     }
 }
+
+fn rsa() -> EncodingKey {
+    EncodingKey::from_rsa_pem(include_bytes!("keys/rsa.key")).unwrap()
+}
+
+/// A JWK given to [`JwtValidator::from_jwk`] whose `alg` or `use` says it is an
+/// encryption key (`RSA-OAEP`, `RSA1_5`, `ECDH-ES`, `use: enc`) verifies no
+/// signature: it is refused, not made a key that allows every algorithm of its
+/// type (an RSA decryption oracle on such a key can forge PKCS#1 signatures). Its
+/// signing twin, the same key under a signing `alg`, still verifies.
+#[tokio::test]
+async fn a_jwk_for_encryption_is_refused_by_from_jwk() {
+    let rs = token(&json!({ "alg": "RS256" }), &rsa(), Algorithm::RS256);
+    let es = token(&json!({ "alg": "ES256" }), &ec256(), Algorithm::ES256);
+    let parse = |v: Value| serde_json::from_value::<Jwk>(v).unwrap();
+    for (what, jwk, t) in [
+        (
+            "RSA-OAEP",
+            jwk(&rsa(), Algorithm::RS256, "k", "RSA-OAEP"),
+            &rs,
+        ),
+        (
+            "RSA-OAEP-256",
+            jwk(&rsa(), Algorithm::RS256, "k", "RSA-OAEP-256"),
+            &rs,
+        ),
+        ("RSA1_5", jwk(&rsa(), Algorithm::RS256, "k", "RSA1_5"), &rs),
+        (
+            "RSA-OAEP-384",
+            jwk(&rsa(), Algorithm::RS256, "k", "RSA-OAEP-384"),
+            &rs,
+        ),
+        (
+            "ECDH-ES",
+            jwk(&ec256(), Algorithm::ES256, "k", "ECDH-ES"),
+            &es,
+        ),
+        (
+            "use enc",
+            {
+                let mut j = jwk(&rsa(), Algorithm::RS256, "k", "RS256");
+                j["use"] = json!("enc");
+                j
+            },
+            &rs,
+        ),
+    ] {
+        if let Ok(v) = JwtValidator::<Claims>::from_jwk(&parse(jwk)) {
+            assert!(v.check(t).is_err(), "{what}: a signature verified");
+            panic!("{what}: an encryption key was taken for verification");
+        }
+    }
+    // The same keys for signing verify.
+    for (jwk, t) in [
+        (jwk(&rsa(), Algorithm::RS256, "k", "RS256"), &rs),
+        (jwk(&ec256(), Algorithm::ES256, "k", "ES256"), &es),
+    ] {
+        let mut no_alg = jwk.clone();
+        no_alg.as_object_mut().unwrap().remove("alg");
+        for j in [jwk, no_alg] {
+            let v = JwtValidator::<Claims>::from_jwk(&parse(j)).unwrap();
+            assert!(v.check(t).is_ok());
+        }
+    }
+}
