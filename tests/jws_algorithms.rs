@@ -311,4 +311,10 @@ async fn a_jwk_for_encryption_is_refused_by_from_jwk() {
             assert!(v.check(t).is_ok());
         }
     }
+    // An Ed25519 key under RFC 9864's name (which jsonwebtoken's `Jwk` forgets).
+    let ed = token(&json!({ "alg": "Ed25519" }), &ed25519(), Algorithm::EdDSA);
+    let v =
+        JwtValidator::<Claims>::from_jwk(&parse(jwk(&ed25519(), Algorithm::EdDSA, "k", "Ed25519")))
+            .unwrap();
+    assert!(v.check(&ed).is_ok());
 }
