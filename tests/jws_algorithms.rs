@@ -318,3 +318,43 @@ async fn a_jwk_for_encryption_is_refused_by_from_jwk() {
             .unwrap();
     assert!(v.check(&ed).is_ok());
 }
+
+/// A JWKS whose keys for encryption (`RSA-OAEP` without `use`, `ECDH-ES`, an
+/// unknown name) share the set with signing keys: those keys verify nothing, even
+/// under a token that names their `kid`, and the set's signing keys still work. A
+/// token whose `alg` names HMAC (under any name) is never checked with a public key.
+#[tokio::test]
+async fn a_jwks_encryption_key_verifies_nothing_and_spoils_nothing() {
+    let idp = Idp::start(vec![
+        jwk(&rsa(), Algorithm::RS256, "oaep", "RSA-OAEP"),
+        jwk(&ec256(), Algorithm::ES256, "ecdh", "ECDH-ES"),
+        jwk(&rsa(), Algorithm::RS256, "odd", "RSA-OAEP-384"),
+        jwk(&ec384(), Algorithm::ES384, "sig", "ESP384"),
+    ])
+    .await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    for (kid, key, alg) in [
+        ("oaep", rsa(), Algorithm::RS256),
+        ("odd", rsa(), Algorithm::PS256),
+        ("ecdh", ec256(), Algorithm::ES256),
+    ] {
+        let t = token(&json!({ "alg": format!("{alg:?}"), "kid": kid }), &key, alg);
+        assert!(validator.validate(&t).await.is_err(), "{kid}");
+    }
+    let t = token(
+        &json!({ "alg": "ES384", "kid": "sig" }),
+        &ec384(),
+        Algorithm::ES384,
+    );
+    assert!(validator.validate(&t).await.is_ok());
+    // HMAC keyed with the published key's bytes: never tried.
+    for name in ["HS256", "hs256", "HS256 "] {
+        let header = json!({ "alg": name, "kid": "sig" });
+        let secret = EncodingKey::from_secret(b"whatever");
+        let t = token(&header, &secret, Algorithm::HS256);
+        assert!(validator.validate(&t).await.is_err(), "{name}");
+    }
+}
