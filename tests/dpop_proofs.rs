@@ -1815,3 +1815,29 @@ async fn fully_specified_algorithm_names_are_accepted_and_advertised() {
     let v = DpopVerifier::new().algorithms(&[named]).unwrap();
     assert_eq!(v.algs(), "EdDSA Ed25519");
 }
+
+/// A fully specified name binds the key type: `Ed25519` over an EC or RSA `jwk`,
+/// `ESP256` / `ESP384` over an Ed25519 or RSA one are refused as a key that does
+/// not fit, whichever key signed the proof.
+#[tokio::test]
+async fn a_fully_specified_name_over_a_key_of_another_type_is_refused() {
+    let v = verifier();
+    for (name, jwk_key, signer) in [
+        ("Ed25519", Key::Es256, Key::Es256),
+        ("Ed25519", Key::Rs256, Key::Rs256),
+        ("Ed25519", Key::Es256, Key::Ed25519),
+        ("ESP256", Key::Ed25519, Key::Ed25519),
+        ("ESP256", Key::Rs256, Key::Es256),
+        ("ESP384", Key::Es256, Key::Es256),
+    ] {
+        let (mut header, claims) = good(jwk_key);
+        header["alg"] = json!(name);
+        let p = sign(&header, &claims, signer);
+        let got = verify_with(&v, &get_items(&p), TOKEN, Some(&jwk_key.jkt())).await;
+        let err = got.unwrap_err();
+        assert!(
+            matches!(err, DpopError::InvalidKey | DpopError::InvalidSignature),
+            "{name} over {jwk_key:?} signed by {signer:?}: {err:?}"
+        );
+    }
+}

@@ -378,3 +378,28 @@ on_every_redis! {
         assert!(!admin.is_revoked("opaque-token2", None).await.unwrap());
     }
 }
+
+on_every_redis! {
+    /// An opaque token that merely has two dots (PASETO's `v4.local.…`, an
+    /// authorization server's `at.<id>.<secret>`) is not a JWS: revoked by its
+    /// whole text, not by its first two parts, which every token of that server
+    /// shares. Revoking one such token must leave the others accepted.
+    async fn fleet_revoking_an_opaque_token_with_two_dots_revokes_only_that_token(redis) {
+        let prefix = prefix();
+        let admin = redis.denylist(&prefix).await;
+        let until = SystemTime::now() + Duration::from_secs(600);
+        for (revoked, other) in [
+            ("v4.local.c2VjcmV0LW9mLWFsaWNl", "v4.local.c2VjcmV0LW9mLWJvYg"),
+            ("at.tenant1.alice-secret", "at.tenant1.bob-secret"),
+            // Two base64url parts that decode, but to no JOSE header.
+            ("YWJj.ZGVm.alice", "YWJj.ZGVm.bob"),
+        ] {
+            admin.revoke_token(revoked, until).await.unwrap();
+            assert!(admin.is_revoked(revoked, None).await.unwrap(), "{revoked}");
+            // Asked by a replica with no local answer, and by the admin's own cache.
+            let fresh = redis.denylist(&prefix).await;
+            assert!(!fresh.is_revoked(other, None).await.unwrap(), "{other} (fresh)");
+            assert!(!admin.is_revoked(other, None).await.unwrap(), "{other}");
+        }
+    }
+}

@@ -247,3 +247,114 @@ fn non_canonical_base64url_is_refused_in_every_part() {
         }
     }
 }
+
+fn rsa() -> EncodingKey {
+    EncodingKey::from_rsa_pem(include_bytes!("keys/rsa.key")).unwrap()
+}
+
+/// A JWK given to [`JwtValidator::from_jwk`] whose `alg` or `use` says it is an
+/// encryption key (`RSA-OAEP`, `RSA1_5`, `ECDH-ES`, `use: enc`) verifies no
+/// signature: it is refused, not made a key that allows every algorithm of its
+/// type (an RSA decryption oracle on such a key can forge PKCS#1 signatures). Its
+/// signing twin, the same key under a signing `alg`, still verifies.
+#[tokio::test]
+async fn a_jwk_for_encryption_is_refused_by_from_jwk() {
+    let rs = token(&json!({ "alg": "RS256" }), &rsa(), Algorithm::RS256);
+    let es = token(&json!({ "alg": "ES256" }), &ec256(), Algorithm::ES256);
+    let parse = |v: Value| serde_json::from_value::<Jwk>(v).unwrap();
+    for (what, jwk, t) in [
+        (
+            "RSA-OAEP",
+            jwk(&rsa(), Algorithm::RS256, "k", "RSA-OAEP"),
+            &rs,
+        ),
+        (
+            "RSA-OAEP-256",
+            jwk(&rsa(), Algorithm::RS256, "k", "RSA-OAEP-256"),
+            &rs,
+        ),
+        ("RSA1_5", jwk(&rsa(), Algorithm::RS256, "k", "RSA1_5"), &rs),
+        (
+            "RSA-OAEP-384",
+            jwk(&rsa(), Algorithm::RS256, "k", "RSA-OAEP-384"),
+            &rs,
+        ),
+        (
+            "ECDH-ES",
+            jwk(&ec256(), Algorithm::ES256, "k", "ECDH-ES"),
+            &es,
+        ),
+        (
+            "use enc",
+            {
+                let mut j = jwk(&rsa(), Algorithm::RS256, "k", "RS256");
+                j["use"] = json!("enc");
+                j
+            },
+            &rs,
+        ),
+    ] {
+        if let Ok(v) = JwtValidator::<Claims>::from_jwk(&parse(jwk)) {
+            assert!(v.check(t).is_err(), "{what}: a signature verified");
+            panic!("{what}: an encryption key was taken for verification");
+        }
+    }
+    // The same keys for signing verify.
+    for (jwk, t) in [
+        (jwk(&rsa(), Algorithm::RS256, "k", "RS256"), &rs),
+        (jwk(&ec256(), Algorithm::ES256, "k", "ES256"), &es),
+    ] {
+        let mut no_alg = jwk.clone();
+        no_alg.as_object_mut().unwrap().remove("alg");
+        for j in [jwk, no_alg] {
+            let v = JwtValidator::<Claims>::from_jwk(&parse(j)).unwrap();
+            assert!(v.check(t).is_ok());
+        }
+    }
+    // An Ed25519 key under RFC 9864's name (which jsonwebtoken's `Jwk` forgets).
+    let ed = token(&json!({ "alg": "Ed25519" }), &ed25519(), Algorithm::EdDSA);
+    let v =
+        JwtValidator::<Claims>::from_jwk(&parse(jwk(&ed25519(), Algorithm::EdDSA, "k", "Ed25519")))
+            .unwrap();
+    assert!(v.check(&ed).is_ok());
+}
+
+/// A JWKS whose keys for encryption (`RSA-OAEP` without `use`, `ECDH-ES`, an
+/// unknown name) share the set with signing keys: those keys verify nothing, even
+/// under a token that names their `kid`, and the set's signing keys still work. A
+/// token whose `alg` names HMAC (under any name) is never checked with a public key.
+#[tokio::test]
+async fn a_jwks_encryption_key_verifies_nothing_and_spoils_nothing() {
+    let idp = Idp::start(vec![
+        jwk(&rsa(), Algorithm::RS256, "oaep", "RSA-OAEP"),
+        jwk(&ec256(), Algorithm::ES256, "ecdh", "ECDH-ES"),
+        jwk(&rsa(), Algorithm::RS256, "odd", "RSA-OAEP-384"),
+        jwk(&ec384(), Algorithm::ES384, "sig", "ESP384"),
+    ])
+    .await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    for (kid, key, alg) in [
+        ("oaep", rsa(), Algorithm::RS256),
+        ("odd", rsa(), Algorithm::PS256),
+        ("ecdh", ec256(), Algorithm::ES256),
+    ] {
+        let t = token(&json!({ "alg": format!("{alg:?}"), "kid": kid }), &key, alg);
+        assert!(validator.validate(&t).await.is_err(), "{kid}");
+    }
+    let t = token(
+        &json!({ "alg": "ES384", "kid": "sig" }),
+        &ec384(),
+        Algorithm::ES384,
+    );
+    assert!(validator.validate(&t).await.is_ok());
+    // HMAC keyed with the published key's bytes: never tried.
+    for name in ["HS256", "hs256", "HS256 "] {
+        let header = json!({ "alg": name, "kid": "sig" });
+        let secret = EncodingKey::from_secret(b"whatever");
+        let t = token(&header, &secret, Algorithm::HS256);
+        assert!(validator.validate(&t).await.is_err(), "{name}");
+    }
+}

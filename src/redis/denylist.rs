@@ -119,9 +119,9 @@ impl RedisDenylist {
 
     /// The entries a revocation by token is kept under, the one that decides first.
     ///
-    /// A compact JWS (`header.payload.signature`) is keyed on the SHA-256 of its
-    /// signing input (`header.payload`): what its issuer signed, whatever form its
-    /// signature takes. An ECDSA signature has two valid forms, (r, s) and
+    /// A compact JWS (`header.payload.signature`, its header a JOSE header) is keyed
+    /// on the SHA-256 of its signing input (`header.payload`): what its issuer
+    /// signed, whatever form its signature takes. An ECDSA signature has two valid forms, (r, s) and
     /// (r, n − s), and anyone holding a token can make the other one without the
     /// key; keyed on the whole text, a revoked token would come back as its twin.
     /// Its whole text's entry (`sha256:`) follows: the key of earlier versions, read
@@ -300,11 +300,33 @@ impl<V: Validator> Denylisted<V> {
 }
 
 /// The signing input (`header.payload`) of a compact JWS: three parts, the first
-/// two not empty; `None` for any other token.
+/// two not empty, the first a JOSE header (canonical base64url of a JSON object with
+/// an `alg`, as a JWT validator reads it); `None` for any other token. An opaque
+/// token may have two dots too (PASETO's `v4.local.…`, a server's
+/// `at.<id>.<secret>`), and its first two parts may be shared by every token of its
+/// server: keyed on them, revoking one would revoke them all.
 fn signing_input(token: &str) -> Option<&str> {
+    /// A JOSE header's `alg`, whatever its value: its presence is what is read.
+    #[derive(serde::Deserialize)]
+    struct Jose {
+        #[allow(dead_code)]
+        alg: serde::de::IgnoredAny,
+    }
+    use base64::Engine as _;
     let (signed, _signature) = token.rsplit_once('.')?;
     let (header, payload) = signed.split_once('.')?;
-    (!header.is_empty() && !payload.is_empty() && !payload.contains('.')).then_some(signed)
+    if header.is_empty() || payload.is_empty() || payload.contains('.') {
+        return None;
+    }
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    // An object, not an array serde would read as the struct too.
+    if header.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<Jose>(&header).ok()?;
+    Some(signed)
 }
 
 fn decide<C>(
@@ -399,8 +421,21 @@ mod tests {
 
     #[test]
     fn a_jws_is_keyed_on_its_signing_input_any_other_token_on_its_text() {
-        assert_eq!(signing_input("h.p.s"), Some("h.p"));
-        assert_eq!(signing_input("h.p."), Some("h.p"));
+        // {"alg":"ES256"}
+        let h = "eyJhbGciOiJFUzI1NiJ9";
+        assert_eq!(
+            signing_input(&format!("{h}.p.s")).map(str::len),
+            Some(h.len() + 2)
+        );
+        assert_eq!(
+            signing_input(&format!("{h}.p.")).map(str::len),
+            Some(h.len() + 2)
+        );
+        // No JOSE header: [1] (an array), {"typ":"JWT"} (no alg), `{}` padded,
+        // PASETO's version, an opaque token's prefix.
+        for header in ["WzFd", "eyJ0eXAiOiJKV1QifQ", "e30=", "v4", "at"] {
+            assert_eq!(signing_input(&format!("{header}.p.s")), None, "{header}");
+        }
         for opaque in ["", "opaque", "h.p", ".p.s", "h..s", "h.p.s.t", "a.b.c.d.e"] {
             assert_eq!(signing_input(opaque), None, "{opaque:?}");
         }

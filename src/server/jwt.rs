@@ -310,6 +310,17 @@ impl<C> fmt::Debug for JwtValidator<C> {
     }
 }
 
+/// `Ok` unless the JWK is for encryption (`use: enc`): such a key verifies no
+/// signature.
+fn signing_use(jwk: &jsonwebtoken::jwk::Jwk) -> Result<(), KeyError> {
+    match jwk.common.public_key_use {
+        Some(jsonwebtoken::jwk::PublicKeyUse::Encryption) => Err(KeyError(
+            "the JWK is for encryption (use enc), not for signatures".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn key_error(e: jsonwebtoken::errors::Error) -> KeyError {
     KeyError(e.to_string())
 }
@@ -397,18 +408,34 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
 
     /// A key from a JWK; when the JWK names its algorithm, only that one is allowed.
     ///
+    /// A key for encryption (`use: enc`, or an `alg` such as `RSA-OAEP`, `RSA1_5` or
+    /// `ECDH-ES`) verifies no signature and is refused. jsonwebtoken's
+    /// [`Jwk`](jsonwebtoken::jwk::Jwk) forgets an `alg` it does not know, so an EC or
+    /// RSA key whose `alg` it forgot (`ECDH-ES` as well as RFC 9864's `ESP256`) is
+    /// refused too, rather than allowed every algorithm of its type; an Ed25519 key's
+    /// (RFC 9864's `Ed25519`) allows `EdDSA`, its only algorithm.
+    ///
     /// # Errors
-    /// [`KeyError`] for a JWK of an unsupported type or with bad parameters.
+    /// [`KeyError`] for a JWK of an unsupported type or with bad parameters, or one
+    /// for encryption.
     pub fn from_jwk(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Self, KeyError> {
+        use jsonwebtoken::jwk::KeyAlgorithm;
+        signing_use(jwk)?;
         let key = DecodingKey::from_jwk(jwk).map_err(key_error)?;
         let validator = Self::new(key);
-        match jwk
-            .common
-            .key_algorithm
-            .and_then(|a| parse_alg(&a.to_string()))
-        {
+        let alg = match jwk.common.key_algorithm {
+            None => return Ok(validator),
+            // A name jsonwebtoken does not know: one algorithm only on an Ed25519 key.
+            Some(KeyAlgorithm::UNKNOWN_ALGORITHM) if validator.family == AlgorithmFamily::Ed => {
+                return Ok(validator);
+            }
+            Some(known) => known,
+        };
+        match parse_alg(&alg.to_string()) {
             Some(alg) => validator.algorithms(&[alg]),
-            None => Ok(validator),
+            None => Err(KeyError(
+                "the JWK's alg is not a signature algorithm this crate verifies".into(),
+            )),
         }
     }
 
@@ -429,6 +456,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
                     .ok_or_else(|| KeyError(format!("the JWK's alg {name:?} is not supported")))?,
             ),
         };
+        signing_use(jwk)?;
         let validator = Self::new(DecodingKey::from_jwk(jwk).map_err(key_error)?);
         match alg {
             Some(alg) => validator.algorithms(&[alg]),
