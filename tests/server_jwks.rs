@@ -989,3 +989,53 @@ async fn attack_a_key_dropped_by_a_stale_answer_is_taken_again_once_served() {
     assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
     assert_eq!(idp.fetches(), 3);
 }
+
+/// A provider that publishes a thousand keys: the set is taken whole (the last key
+/// verifies), for one fetch, and a kid outside it is still one look-up.
+#[tokio::test]
+async fn a_thousand_keys_in_the_set_are_all_usable_for_one_fetch() {
+    let keys = (0..1_000)
+        .map(|i| public_jwk(&rsa1(), &format!("k{i}")))
+        .collect();
+    let idp = Idp::start(keys).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    let api = start_api(validator.clone()).await;
+    let last = mint(&rsa1(), rs256("k999"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&last)).await, "alice");
+    assert_eq!(validator.key_ids().len(), 1_000);
+    assert_eq!(idp.fetches(), 1);
+}
+
+/// A request dropped while its look-up runs (the client went away) cancels nothing:
+/// the shared fetch goes on, its keys are stored, and the next request with that
+/// kid is answered from them with no fetch of its own.
+#[tokio::test]
+async fn a_request_dropped_while_waiting_does_not_cancel_the_shared_look_up() {
+    use futures_util::poll;
+    use tower_bearer::server::Validator;
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    skip(3).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    idp.gate.send_replace(false);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    let mut dropped = validator.validate(&t2);
+    assert!(poll!(&mut dropped).is_pending());
+    until(|| idp.fetches() == 2).await;
+    drop(dropped);
+    idp.gate.send_replace(true);
+    until(|| validator.key_ids().len() == 2).await;
+    let claims = validator
+        .validate(&t2)
+        .await
+        .expect("taken from the stored keys");
+    assert_eq!(claims.sub.as_deref(), Some("bob"));
+    assert_eq!(idp.fetches(), 2);
+}
