@@ -602,11 +602,15 @@ async fn keys_are_refetched_before_their_lifetime_ends_without_any_request() {
     until(|| validator.key_ids() == ["k2"]).await;
     assert_eq!(idp.fetches(), 2);
 
-    // Past the lifetime: both answers come from keys already in place.
+    // Past the lifetime: the new key's answer comes from keys already in place.
     skip(13).await;
-    assert_unknown_key(&send(api.addr, "/me", Some(&t1)).await);
     assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
     assert_eq!(idp.fetches(), 2, "no fetch in any request's path");
+    // The withdrawn key is refused. Retired more than one look-up interval ago, it
+    // is looked up again like any unknown kid (the provider might have answered
+    // with an older set): one look-up, which does not bring it.
+    assert_unknown_key(&send(api.addr, "/me", Some(&t1)).await);
+    assert_eq!(idp.fetches(), 3);
 }
 
 /// A scheduled refresh the provider is slow to answer holds up no request: the
@@ -911,4 +915,127 @@ async fn issue_29_rotations_under_load_fail_fewer_than_1_percent_of_requests() {
     assert!(sent >= 1_500);
     assert!(failed * 100 < sent, "{failed} of {sent} requests failed");
     assert!(idp.fetches() <= 1 + 2 * 2, "{} fetches", idp.fetches());
+}
+
+/// Attack on issue 29 item 12: a flood of distinct junk kids, all waiting for the
+/// next look-up, must not spend a budget that a token under a key published a
+/// moment ago needs: it waits for the same look-up and is accepted (and the junk is
+/// refused by it, one fetch for all).
+#[tokio::test]
+async fn attack_junk_waiters_do_not_turn_a_new_key_into_a_503() {
+    use futures_util::poll;
+    use tower_bearer::server::Validator;
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    // Within the interval after that fetch: 5 000 junk tokens wait for the next
+    // look-up (each polled once, so each is inside the validator).
+    let mut junk = Vec::new();
+    for i in 0..5_000 {
+        let mut waiting = validator.validate(&unsigned(&rs256(&format!("junk-{i}"))));
+        let _ = poll!(&mut waiting);
+        junk.push(waiting);
+    }
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    let mut fresh = validator.validate(&t2);
+    if let std::task::Poll::Ready(answer) = poll!(&mut fresh) {
+        panic!("the new key's token was answered before the next look-up: {answer:?}");
+    }
+    skip_ms(2_000).await;
+    let claims = fresh.await.expect("the new key is taken");
+    assert_eq!(claims.sub.as_deref(), Some("bob"));
+    for answer in futures_util::future::join_all(junk).await {
+        assert!(
+            matches!(
+                answer,
+                Err(tower_bearer::server::Rejection::InvalidToken(_))
+            ),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(idp.fetches(), 2, "one look-up for all");
+}
+
+/// Attack: a provider that answers one look-up with an older key set (a lagging
+/// replica or CDN edge during a rotation) makes a key in use look retired. Once the
+/// provider serves it again, its tokens are accepted after one look-up interval,
+/// not refused with `401` (and thrown away by their clients) until the next
+/// scheduled refresh, 15 minutes later.
+#[tokio::test]
+async fn attack_a_key_dropped_by_a_stale_answer_is_taken_again_once_served() {
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    let api = start_api(validator).await;
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+
+    // A lagging edge answers the next look-up (made for a junk kid) without k2.
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1")]);
+    skip(3).await;
+    assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
+    assert_eq!(idp.fetches(), 2);
+
+    // The edge catches up; one interval later k2's tokens are looked up again.
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    skip(3).await;
+    assert_ok(&send(api.addr, "/me", Some(&t2)).await, "bob");
+    assert_eq!(idp.fetches(), 3);
+}
+
+/// A provider that publishes a thousand keys: the set is taken whole (the last key
+/// verifies), for one fetch, and a kid outside it is still one look-up.
+#[tokio::test]
+async fn a_thousand_keys_in_the_set_are_all_usable_for_one_fetch() {
+    let keys = (0..1_000)
+        .map(|i| public_jwk(&rsa1(), &format!("k{i}")))
+        .collect();
+    let idp = Idp::start(keys).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    let api = start_api(validator.clone()).await;
+    let last = mint(&rsa1(), rs256("k999"), &idp.issuer, "alice");
+    assert_ok(&send(api.addr, "/me", Some(&last)).await, "alice");
+    assert_eq!(validator.key_ids().len(), 1_000);
+    assert_eq!(idp.fetches(), 1);
+}
+
+/// A request dropped while its look-up runs (the client went away) cancels nothing:
+/// the shared fetch goes on, its keys are stored, and the next request with that
+/// kid is answered from them with no fetch of its own.
+#[tokio::test]
+async fn a_request_dropped_while_waiting_does_not_cancel_the_shared_look_up() {
+    use futures_util::poll;
+    use tower_bearer::server::Validator;
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    skip(3).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    idp.gate.send_replace(false);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+    let mut dropped = validator.validate(&t2);
+    assert!(poll!(&mut dropped).is_pending());
+    until(|| idp.fetches() == 2).await;
+    drop(dropped);
+    idp.gate.send_replace(true);
+    until(|| validator.key_ids().len() == 2).await;
+    let claims = validator
+        .validate(&t2)
+        .await
+        .expect("taken from the stored keys");
+    assert_eq!(claims.sub.as_deref(), Some("bob"));
+    assert_eq!(idp.fetches(), 2);
 }

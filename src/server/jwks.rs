@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -36,10 +36,6 @@ pub const DEFAULT_FIRST_SIGHT_INTERVAL: Duration = Duration::from_secs(2);
 /// The default longest time a request with an unknown `kid` waits for its look-up
 /// before it is answered `503` with `Retry-After`.
 pub const DEFAULT_FIRST_SIGHT_WAIT: Duration = Duration::from_secs(5);
-/// At most this many requests wait for a look-up at once; beyond it they are
-/// answered `503` with `Retry-After` at once (a flood of junk kids cannot hold an
-/// unbounded number of requests).
-pub const MAX_WAITING: usize = 4096;
 /// The default key lifetime when the JWKS answer has no `Cache-Control: max-age`.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(15 * 60);
 /// The default bounds on an honoured `max-age`.
@@ -82,12 +78,17 @@ type Rules<C> = Arc<dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync>;
 ///     accepted without waiting for one of its own;
 ///   - junk cannot make the provider be asked more than once per interval, nor make
 ///     a request under a new key wait longer than the interval (plus the fetch);
-///   - at most [`MAX_WAITING`] requests wait at once; beyond it, `503`.
+///   - waiting requests are bounded by time, not by a count (a count would be
+///     spent by junk, and a new key's requests refused for it): each waits at most
+///     until the next look-up, which answers them all; bound the requests a
+///     server holds with its own concurrency limit.
 /// - A kid that a fetch started after the kid was seen did not bring is answered
 ///   `401 invalid_token`; the kid is then remembered absent, and answered `401` at
 ///   once, for one interval, so a repeated junk kid costs no waiting. A kid that a
-///   newer key set dropped (a retired key) is answered `401` at once until a key
-///   set brings it back.
+///   newer key set dropped (a retired key) is likewise answered `401` at once for
+///   one interval from the fetch that dropped it, then looked up again like any
+///   unknown kid: a provider that answered once with an older set (a lagging
+///   replica or cache) cannot get a key in use refused for longer.
 /// - A token that cannot be decided in time (the next allowed look-up is beyond the
 ///   request's wait, too many requests wait, or the look-up failed) is answered
 ///   `503` (gRPC `UNAVAILABLE`) with no challenge and a `Retry-After` of the
@@ -163,8 +164,6 @@ struct Shared<C> {
     /// Held while a fetched set is compared with the current one and stored (newer
     /// only: an abandoned fetch that ends late never replaces a newer set).
     publish: Mutex<()>,
-    /// Requests waiting for a look-up now (at most [`MAX_WAITING`]).
-    waiting: AtomicUsize,
     /// The `jwks_uri` found by discovery.
     jwks_uri: Mutex<Option<Uri>>,
     schedule: Mutex<Schedule>,
@@ -248,26 +247,11 @@ struct UnknownKids {
     /// not bring, with when that fetch started: remembered for one first-sight
     /// interval (longer would refuse a key published just after that fetch).
     missing: HashMap<Option<String>, Instant>,
-    /// Kids a newer key set dropped, oldest first: remembered until a key set brings
-    /// them back, or more keys retire.
-    retired: VecDeque<String>,
-}
-
-/// Counts a request waiting for a look-up while it lives (see [`MAX_WAITING`]).
-struct WaitSlot<'a>(&'a AtomicUsize);
-
-impl<'a> WaitSlot<'a> {
-    fn enter(waiting: &'a AtomicUsize) -> Option<Self> {
-        let before = waiting.fetch_add(1, Ordering::AcqRel);
-        let slot = WaitSlot(waiting);
-        (before < MAX_WAITING).then_some(slot)
-    }
-}
-
-impl Drop for WaitSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// Kids a newer key set dropped, oldest first, with when the fetch that dropped
+    /// them started: absent for one first-sight interval from then (as long as a
+    /// missing kid: the provider may have answered with an older set), or until a
+    /// key set brings them back, or more keys retire.
+    retired: VecDeque<(String, Instant)>,
 }
 
 /// At most this many missing kids are remembered (the kids of 8 KiB tokens: a few
@@ -511,7 +495,6 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
                 refresh_bounds: self.refresh_bounds,
                 keys: ArcSwapOption::empty(),
                 publish: Mutex::new(()),
-                waiting: AtomicUsize::new(0),
                 jwks_uri: Mutex::new(None),
                 schedule: Mutex::new(Schedule::default()),
                 unknown: Mutex::new(UnknownKids::default()),
@@ -701,22 +684,25 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
     /// Notes the kids of `old` that `new` drops, and forgets those it brings.
     fn retire(&self, old: &KeySet<C>, new: &KeySet<C>) {
         let mut unknown = lock(&self.unknown);
-        unknown.retired.retain(|kid| !new.by_kid.contains_key(kid));
+        unknown
+            .retired
+            .retain(|(kid, _)| !new.by_kid.contains_key(kid));
         unknown
             .missing
             .retain(|kid, _| kid.as_ref().is_none_or(|kid| !new.by_kid.contains_key(kid)));
         for kid in old.by_kid.keys() {
-            if !new.by_kid.contains_key(kid) && !unknown.retired.contains(kid) {
+            if !new.by_kid.contains_key(kid) {
+                unknown.retired.retain(|(retired, _)| retired != kid);
                 if unknown.retired.len() == MAX_RETIRED {
                     unknown.retired.pop_front();
                 }
-                unknown.retired.push_back(kid.clone());
+                unknown.retired.push_back((kid.clone(), new.fetched_at));
             }
         }
     }
 
     /// Whether `kid`, not in the current keys, is known to be absent: a skipped key
-    /// of the current set, retired, or found missing by a fetch that started less
+    /// of the current set, or retired or found missing by a fetch that started less
     /// than one first-sight interval ago.
     fn known_absent(&self, kid: &Option<String>) -> bool {
         if let (Some(keys), Some(kid)) = (&*self.keys.load(), kid) {
@@ -725,14 +711,18 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
             }
         }
         let unknown = lock(&self.unknown);
+        let now = Instant::now();
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < self.first_sight_interval;
         if let Some(kid) = kid {
-            if unknown.retired.contains(kid) {
+            if unknown
+                .retired
+                .iter()
+                .any(|(retired, at)| retired == kid && fresh(at))
+            {
                 return true;
             }
         }
-        unknown.missing.get(kid).is_some_and(|at| {
-            Instant::now().saturating_duration_since(*at) < self.first_sight_interval
-        })
+        unknown.missing.get(kid).is_some_and(fresh)
     }
 
     /// Remembers that the fetch started at `proved_at`, made after `kid` was asked
@@ -816,9 +806,6 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         seen: u64,
     ) -> Result<C, Rejection> {
         let deadline = Instant::now() + this.first_sight_wait;
-        let Some(_waiting) = WaitSlot::enter(&this.waiting) else {
-            return this.undecided(&kid, &token);
-        };
         loop {
             if let Some(decided) = this.decide(&kid, &token, seen) {
                 return decided;
@@ -1235,22 +1222,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn retired_kids_are_remembered_until_a_key_set_brings_them_back() {
+    /// Retired kids are absent for one interval from the fetch that dropped them
+    /// (the provider may have answered with an older set), or until a key set
+    /// brings them back.
+    #[tokio::test(start_paused = true)]
+    async fn retired_kids_are_absent_for_one_interval_or_until_a_key_set_brings_them_back() {
         let v = unfetched();
         let shared = &v.shared;
+        let kids = |unknown: &UnknownKids| -> Vec<String> {
+            unknown.retired.iter().map(|(kid, _)| kid.clone()).collect()
+        };
         let old = set((0..100).map(|i| format!("k{i}")));
         shared.retire(&old, &set(["k0".to_owned()]));
-        let retired: Vec<String> = lock(&shared.unknown).retired.iter().cloned().collect();
+        let retired = kids(&lock(&shared.unknown));
         assert_eq!(retired.len(), MAX_RETIRED);
         assert!(!retired.contains(&"k0".to_owned()), "k0 is still published");
         let back = retired[0].clone();
         assert!(shared.known_absent(&Some(back.clone())));
 
         shared.retire(&set(["k0".to_owned()]), &set([back.clone()]));
-        let unknown = lock(&shared.unknown);
-        assert!(!unknown.retired.contains(&back), "published again");
-        assert!(unknown.retired.contains(&"k0".to_owned()));
-        assert_eq!(unknown.retired.len(), MAX_RETIRED);
+        {
+            let unknown = lock(&shared.unknown);
+            let retired = kids(&unknown);
+            assert!(!retired.contains(&back), "published again");
+            assert!(retired.contains(&"k0".to_owned()));
+            assert_eq!(retired.len(), MAX_RETIRED);
+        }
+        assert!(shared.known_absent(&Some("k0".into())));
+        tokio::time::advance(DEFAULT_FIRST_SIGHT_INTERVAL - Duration::from_millis(1)).await;
+        assert!(shared.known_absent(&Some("k0".into())));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !shared.known_absent(&Some("k0".into())),
+            "looked up again after one interval"
+        );
     }
 }
