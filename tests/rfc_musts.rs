@@ -217,7 +217,10 @@ async fn rfc6749_unknown_answer_members_are_ignored_and_one_auth_method_is_used(
     let posts = provider.posts();
     assert_eq!(posts.len(), 1);
     let (path, authorization, form) = &posts[0];
-    assert_eq!(path, "/token", "§2.3.1: credentials never in the request URI");
+    assert_eq!(
+        path, "/token",
+        "§2.3.1: credentials never in the request URI"
+    );
     assert_eq!(field(form, "grant_type"), Some("client_credentials"));
     assert_eq!(field(form, "client_id"), None, "{form:?}");
     assert_eq!(field(form, "client_secret"), None, "{form:?}");
