@@ -20,18 +20,21 @@ use tower_bearer::{Endpoint, Error, Token};
 
 type Form = Vec<(String, String)>;
 
+/// One POST the provider got: its request target, its `Authorization` header, its form.
+type Post = (String, Option<String>, Form);
+
 /// A provider on loopback: its discovery document, a token endpoint that answers
 /// with members RFC 6749 does not define, and a revocation endpoint whose status
 /// the test sets. Records every POST (path, `Authorization` header, form).
 #[derive(Clone, Default)]
 struct Provider {
     issuer: Arc<Mutex<String>>,
-    posts: Arc<Mutex<Vec<(String, Option<String>, Form)>>>,
+    posts: Arc<Mutex<Vec<Post>>>,
     revoke_status: Arc<Mutex<u16>>,
 }
 
 impl Provider {
-    fn posts(&self) -> Vec<(String, Option<String>, Form)> {
+    fn posts(&self) -> Vec<Post> {
         self.posts.lock().unwrap().clone()
     }
 }
