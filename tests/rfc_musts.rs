@@ -14,8 +14,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
-use tower_bearer::client::source::AuthorizationCode;
-use tower_bearer::client::{Revocation, TokenEndpoint, TokenSource, TokenTypeHint};
+use tower_bearer::client::source::{AuthorizationCode, DeviceCode};
+use tower_bearer::client::{
+    Revocation, TokenEndpoint, TokenEndpointAuth, TokenSource, TokenTypeHint,
+};
 use tower_bearer::{Endpoint, Error, Token};
 
 type Form = Vec<(String, String)>;
@@ -273,5 +275,353 @@ async fn rfc7009_revocation_sends_the_token_and_hint_and_a_503_is_no_success() {
     assert!(
         !err.to_string().contains("rt-9"),
         "the error never quotes the token: {err}"
+    );
+}
+
+/// RFC 6749 §4.4: "The client credentials grant type MUST only be used by
+/// confidential clients." A client-credentials grant over an endpoint with no
+/// client authentication (no secret, no assertion, no TLS certificate) is refused
+/// before anything is sent; the same client with a secret gets its token.
+#[tokio::test]
+async fn rfc6749_the_client_credentials_grant_needs_client_authentication() {
+    let (provider, issuer) = start_provider().await;
+    let public = TokenEndpoint::new(&format!("{issuer}/token"))
+        .unwrap()
+        .client_id("cli");
+    let err = public.client_credentials().fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
+    // A secret with the `none` method authenticates nothing either.
+    let none = public
+        .clone()
+        .client_secret("s3cret")
+        .auth_method(TokenEndpointAuth::None);
+    let err = none.client_credentials().fetch(None).await.unwrap_err();
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    assert!(provider.posts().is_empty(), "nothing was sent");
+
+    let confidential = public.client_secret("s3cret");
+    let token = confidential.client_credentials().fetch(None).await.unwrap();
+    assert_eq!(token.access_token().expose_secret(), "at-1");
+    assert_eq!(provider.posts().len(), 1);
+}
+
+/// RFC 8707 §2: "Its value MUST be an absolute URI, as specified by Section 4.3 of
+/// [RFC3986], which MAY include a query component, but MUST NOT include a fragment
+/// component." A relative `resource`, or one with a fragment, is refused before
+/// anything is sent, on every grant (and the device and browser logins); an
+/// absolute URI with a query, or a URN, is sent as given.
+#[tokio::test]
+async fn rfc8707_a_resource_is_an_absolute_uri_without_a_fragment() {
+    let (provider, issuer) = start_provider().await;
+    let endpoint = TokenEndpoint::new(&format!("{issuer}/token"))
+        .unwrap()
+        .client_id("cli")
+        .client_secret("s3cret");
+    for wrong in [
+        "api.example.com",
+        "/v1/items",
+        "https://api.example.com/v1#items",
+        "",
+        "1http://api.example.com",
+        "https://api.example.com/a b",
+    ] {
+        let err = endpoint
+            .client_credentials()
+            .resource(wrong)
+            .fetch(None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{wrong:?}: {err}");
+        let err = endpoint
+            .password("alice", "pw")
+            .resource(wrong)
+            .fetch(None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{wrong:?}: {err}");
+        let err = endpoint
+            .refresh_token("rt-0")
+            .resource(wrong)
+            .fetch(None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{wrong:?}: {err}");
+        let err = endpoint
+            .clone()
+            .param("resource", wrong)
+            .client_credentials()
+            .fetch(None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{wrong:?}: {err}");
+        let device = DeviceCode::new(endpoint.clone(), &format!("{issuer}/device"))
+            .unwrap()
+            .resource(wrong)
+            .show(|_| panic!("a code was shown"));
+        let err = device.login().await.unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{wrong:?}: {err}");
+        let shown = Arc::new(Mutex::new(0));
+        let seen = shown.clone();
+        let browser = AuthorizationCode::new(endpoint.clone(), &format!("{issuer}/authorize"))
+            .unwrap()
+            .resource(wrong)
+            .show(move |_| *seen.lock().unwrap() += 1);
+        let err = tokio::time::timeout(Duration::from_secs(10), browser.login())
+            .await
+            .expect("the login did not end")
+            .unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{wrong:?}: {err}");
+        assert_eq!(*shown.lock().unwrap(), 0, "{wrong:?}: the URL was shown");
+    }
+    assert!(provider.posts().is_empty(), "nothing was sent");
+
+    for right in ["https://api.example.com/v1?tenant=a", "urn:example:api"] {
+        endpoint
+            .client_credentials()
+            .resource(right)
+            .fetch(None)
+            .await
+            .unwrap();
+        let posts = provider.posts();
+        assert_eq!(field(&posts.last().unwrap().2, "resource"), Some(right));
+    }
+}
+
+/// RFC 7523 §3 item 2: "The JWT MUST contain a "sub" (subject) claim". A
+/// JWT-bearer grant with no `subject(..)` names its issuer (the service account
+/// acting for itself); with one, that subject.
+#[cfg(feature = "jwt")]
+#[tokio::test]
+async fn rfc7523_the_grant_assertion_always_has_a_subject() {
+    use tower_bearer::client::source::JwtBearer;
+    use tower_bearer::client::{Algorithm, AssertionKey};
+    let (provider, issuer) = start_provider().await;
+    let endpoint = TokenEndpoint::new(&format!("{issuer}/token")).unwrap();
+    let key = AssertionKey::from_pem(
+        Algorithm::ES256,
+        &std::fs::read("tests/keys/ec256.key").unwrap(),
+    )
+    .unwrap();
+    let claims = |i: usize| -> serde_json::Value {
+        let posts = provider.posts();
+        let assertion = field(&posts[i].2, "assertion").unwrap().to_owned();
+        let payload = assertion.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let grant = JwtBearer::new(endpoint, "svc@example.iam", key);
+    grant.fetch(None).await.unwrap();
+    assert_eq!(claims(0)["iss"], "svc@example.iam");
+    assert_eq!(claims(0)["sub"], "svc@example.iam", "{}", claims(0));
+    grant
+        .subject("alice@example.com")
+        .fetch(None)
+        .await
+        .unwrap();
+    assert_eq!(claims(1)["sub"], "alice@example.com");
+}
+
+/// An API on 127.0.0.1 that records the `Authorization` header of every request,
+/// reached under a name that is not loopback (`api.example`, resolved to it by the
+/// reqwest client): what a clear-text request to a remote host would carry.
+#[cfg(feature = "reqwest")]
+async fn start_api() -> (Arc<Mutex<Vec<Option<String>>>>, std::net::SocketAddr) {
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let log = seen.clone();
+    let app = Router::new().fallback(move |headers: HeaderMap| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push(
+                headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            );
+            "items"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (seen, addr)
+}
+
+/// RFC 6750 §5.3: "Clients MUST always use TLS (https) or equivalent transport
+/// security when making requests with bearer tokens"; RFC 6749 §10.3. The reqwest
+/// middleware refuses to put a token on an `http://` request to a host that is not
+/// loopback (nothing is sent, the error never quotes the token) unless
+/// `allow_insecure_http()` says so; `http://` to 127.0.0.1 and `localhost` passes.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+async fn rfc6750_the_reqwest_middleware_sends_no_token_in_clear_text_to_a_remote_host() {
+    use tower_bearer::client::{AuthorizeMiddleware, StaticToken};
+    let (seen, addr) = start_api().await;
+    let http = reqwest::Client::builder()
+        .resolve("api.example", addr)
+        .build()
+        .unwrap();
+    let remote = format!("http://api.example:{}/items", addr.port());
+    let token = StaticToken::bearer("t0ken-secret").unwrap();
+
+    let strict = reqwest_middleware::ClientBuilder::new(http.clone())
+        .with(AuthorizeMiddleware::new(token.clone()))
+        .build();
+    let err = strict.get(&remote).send().await.unwrap_err();
+    assert!(!err.to_string().contains("t0ken-secret"), "{err}");
+    let inner = Error::find_in_reqwest(&err).expect("the crate's error");
+    assert!(matches!(inner, Error::Configuration(_)), "{inner}");
+    assert!(seen.lock().unwrap().is_empty(), "the request was sent");
+
+    for local in [
+        format!("http://127.0.0.1:{}/items", addr.port()),
+        format!("http://localhost:{}/items", addr.port()),
+    ] {
+        let res = strict.get(&local).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{local}");
+    }
+    let opted_in = reqwest_middleware::ClientBuilder::new(http)
+        .with(AuthorizeMiddleware::new(token).allow_insecure_http())
+        .build();
+    let res = opted_in.get(&remote).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(seen
+        .iter()
+        .all(|a| a.as_deref() == Some("Bearer t0ken-secret")));
+}
+
+/// RFC 6750 §5.3 and RFC 6749 §10.3 for `AuthorizeLayer` over a real HTTP client:
+/// an absolute `http://` URI to a host that is not loopback gets no credential and
+/// is not sent (a static token and a refreshing cache alike), unless the layer
+/// was told `allow_insecure_http()`; loopback and relative URIs pass.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+async fn rfc6750_the_layer_sends_no_token_in_clear_text_to_a_remote_host() {
+    use tower::{Layer, ServiceExt};
+    use tower_bearer::client::{AuthorizeError, AuthorizeLayer, Refreshing, StaticToken};
+    let (seen, addr) = start_api().await;
+    let (_provider, issuer) = start_provider().await;
+    let http = reqwest::Client::builder()
+        .resolve("api.example", addr)
+        .build()
+        .unwrap();
+    // The real client under the layer; a relative URI is sent to the API's address,
+    // as a channel with its own origin would.
+    let inner = tower::service_fn(move |mut req: http::Request<String>| {
+        let http = http.clone();
+        async move {
+            if req.uri().scheme().is_none() {
+                *req.uri_mut() = format!("http://{addr}{}", req.uri()).parse().unwrap();
+            }
+            let res = http.execute(reqwest::Request::try_from(req)?).await?;
+            Ok::<_, reqwest::Error>(http::Response::new(res.status()))
+        }
+    });
+    let remote = format!("http://api.example:{}/items", addr.port());
+    let get = |uri: &str| http::Request::get(uri).body(String::new()).unwrap();
+    let endpoint = TokenEndpoint::new(&format!("{issuer}/token"))
+        .unwrap()
+        .client_id("cli")
+        .client_secret("s3cret");
+    let refreshing = Refreshing::new(endpoint.client_credentials());
+    let fixed = StaticToken::bearer("t0ken-secret").unwrap();
+
+    let err = AuthorizeLayer::new(fixed.clone())
+        .layer(inner.clone())
+        .oneshot(get(&remote))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AuthorizeError::Credential(Error::Configuration(_))),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("t0ken-secret"), "{err}");
+    let err = AuthorizeLayer::new(refreshing.clone())
+        .layer(inner.clone())
+        .oneshot(get(&remote))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AuthorizeError::Credential(Error::Configuration(_))),
+        "{err}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "the request was sent");
+
+    let loopback = format!("http://127.0.0.1:{}/items", addr.port());
+    for uri in [loopback.as_str(), "/items"] {
+        let res = AuthorizeLayer::new(refreshing.clone())
+            .layer(inner.clone())
+            .oneshot(get(uri))
+            .await
+            .unwrap();
+        assert_eq!(*res.body(), 200, "{uri}");
+    }
+    let res = AuthorizeLayer::new(fixed)
+        .allow_insecure_http()
+        .layer(inner)
+        .oneshot(get(&remote))
+        .await
+        .unwrap();
+    assert_eq!(*res.body(), 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].as_deref(), Some("Bearer t0ken-secret"));
+}
+
+/// RFC 6750 §3: the values of `error`, `error_description` and `scope` "MUST NOT
+/// include characters outside the set %x20-21 / %x23-5B / %x5D-7E": a `"` or `\`
+/// in a validator's description or in a required scope is left out of the
+/// challenge (the realm, a quoted-string, keeps them escaped). Through a real
+/// axum server on 127.0.0.1.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn rfc6750_challenge_values_never_carry_a_quote_or_a_backslash() {
+    use tower_bearer::server::{
+        Claims, Rejection, RequireBearerLayer, RequireScopeLayer, ValidationFuture, Validator,
+    };
+    struct Quoting;
+    impl Validator for Quoting {
+        type Claims = Claims;
+        fn validate(&self, token: &str) -> ValidationFuture<Claims> {
+            ValidationFuture::ready(if token == "good" {
+                Ok(serde_json::from_value(serde_json::json!({ "scope": "read" })).unwrap())
+            } else {
+                Err(Rejection::invalid_token(r#"the "kid" \ is unknown"#))
+            })
+        }
+    }
+    let app = Router::new()
+        .route(
+            "/admin",
+            axum::routing::get(|| async { "admin" })
+                .layer(RequireScopeLayer::<Claims>::new([r#"ad"min\"#])),
+        )
+        .fallback(|| async { "ok" })
+        .layer(RequireBearerLayer::new(Quoting).realm(r#"my "api""#));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let challenge = |path: &'static str, token: &'static str| async move {
+        let res = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        challenge("/", "bad").await,
+        r#"Bearer realm="my \"api\"", error="invalid_token", error_description="the kid  is unknown""#
+    );
+    assert_eq!(
+        challenge("/admin", "good").await,
+        r#"Bearer realm="my \"api\"", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin""#
     );
 }

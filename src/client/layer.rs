@@ -178,6 +178,7 @@ impl<B, F: Fn(&Request<B>) -> Option<Request<B>>> Replay<B> for F {
 pub struct AuthorizeLayer<A, R = NoReplay> {
     authorizer: A,
     replay: R,
+    allow_insecure_http: bool,
 }
 
 impl<A: Authorizer + Clone> AuthorizeLayer<A> {
@@ -186,6 +187,7 @@ impl<A: Authorizer + Clone> AuthorizeLayer<A> {
         AuthorizeLayer {
             authorizer,
             replay: NoReplay,
+            allow_insecure_http: false,
         }
     }
 }
@@ -202,7 +204,19 @@ impl<A, R> AuthorizeLayer<A, R> {
         AuthorizeLayer {
             authorizer: self.authorizer,
             replay,
+            allow_insecure_http: self.allow_insecure_http,
         }
+    }
+
+    /// Puts credentials on `http://` requests to any host. By default a request
+    /// whose URI is absolute, `http://` and to a host that is not loopback
+    /// (`127.0.0.0/8`, `::1`, `localhost`) fails with [`Error::Configuration`]
+    /// without being sent: a bearer token must travel over TLS (RFC 6750 §5.3,
+    /// RFC 6749 §10.3). Ask for this only where the clear-text hop is protected
+    /// otherwise (a service mesh's mTLS sidecar, h2c inside one host).
+    pub fn allow_insecure_http(mut self) -> Self {
+        self.allow_insecure_http = true;
+        self
     }
 }
 
@@ -214,6 +228,7 @@ impl<S, A: Clone, R: Clone> Layer<S> for AuthorizeLayer<A, R> {
             inner,
             authorizer: self.authorizer.clone(),
             replay: self.replay.clone(),
+            allow_insecure_http: self.allow_insecure_http,
         }
     }
 }
@@ -224,6 +239,7 @@ pub struct Authorize<S, A, R = NoReplay> {
     inner: S,
     authorizer: A,
     replay: R,
+    allow_insecure_http: bool,
 }
 
 impl<S, A: Authorizer + Clone> Authorize<S, A> {
@@ -233,6 +249,7 @@ impl<S, A: Authorizer + Clone> Authorize<S, A> {
             inner,
             authorizer,
             replay: NoReplay,
+            allow_insecure_http: false,
         }
     }
 }
@@ -246,6 +263,13 @@ impl<S, A, R> Authorize<S, A, R> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// Puts credentials on `http://` requests to any host; see
+    /// [`AuthorizeLayer::allow_insecure_http`].
+    pub fn allow_insecure_http(mut self) -> Self {
+        self.allow_insecure_http = true;
+        self
     }
 }
 
