@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::authorizer::{Authorizer, Credential, CredentialFuture, Target};
 use super::step_up::StepUpChallenge;
+use crate::transport::clear_text_refusal;
 use crate::{BoxError, Error};
 
 /// The error of an [`Authorize`] service: no credential could be had, or the inner
@@ -291,6 +292,21 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // RFC 6750 §5.3: no credential on clear text to a remote host, unless asked.
+        if !self.allow_insecure_http {
+            let uri = req.uri();
+            if let Some(error) = clear_text_refusal(uri.scheme_str(), uri.host()) {
+                return ResponseFuture {
+                    state: State::Failed {
+                        error: Some(AuthorizeError::Credential(error)),
+                    },
+                    authorizer: None,
+                    sent: Sent::Nothing,
+                    waiting: None,
+                    replay: None,
+                };
+            }
+        }
         // A credential that never changes goes on as is: no future, nothing kept.
         if let Some(credential) = self.authorizer.fixed_credential() {
             credential.put_on(req.headers_mut());

@@ -7,6 +7,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use super::authorizer::{Authorizer, Target};
 use super::layer::{verdict, Verdict, DPOP_NONCE};
+use crate::transport::clear_text_refusal;
 
 /// Adds the credential from an [`Authorizer`] to every request of a
 /// `reqwest_middleware::ClientWithMiddleware`; after a `401` it tells the authorizer
@@ -76,6 +77,13 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
+        // RFC 6750 §5.3: no credential on clear text to a remote host, unless asked.
+        if !self.allow_insecure_http {
+            let url = req.url();
+            if let Some(error) = clear_text_refusal(Some(url.scheme()), url.host_str()) {
+                return Err(reqwest_middleware::Error::middleware(error));
+            }
+        }
         if let Some(fixed) = self.authorizer.fixed_credential() {
             // Nothing to ask for, keep or replay; the answer is still judged.
             fixed.put_on(req.headers_mut());
