@@ -625,3 +625,53 @@ async fn rfc6750_challenge_values_never_carry_a_quote_or_a_backslash() {
         r#"Bearer realm="my \"api\"", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin""#
     );
 }
+
+/// RFC 9728 §2: "`jwks_uri` ... The URL MUST use the https scheme" and
+/// "`resource_signing_alg_values_supported` ... The value `none` MUST NOT be
+/// used." A document breaking either is refused where it is wired in (its URL, its
+/// path and its service), whether built with the builder or its public fields; a
+/// good one is served on 127.0.0.1 with both members.
+#[tokio::test]
+async fn rfc9728_a_document_with_a_clear_text_jwks_uri_or_alg_none_is_refused() {
+    use tower_bearer::server::ProtectedResourceMetadata;
+    let good = ProtectedResourceMetadata::new("https://api.example.com/v1")
+        .jwks_uri("https://api.example.com/jwks.json")
+        .resource_signing_alg_values_supported(["RS256", "ES256"]);
+    let mut fields = good.clone();
+    fields.jwks_uri = Some("http://api.example.com/jwks.json".into());
+    let wrong = [
+        good.clone().jwks_uri("http://api.example.com/jwks.json"),
+        good.clone().jwks_uri("http://127.0.0.1/jwks.json"),
+        good.clone().jwks_uri("/jwks.json"),
+        good.clone()
+            .resource_signing_alg_values_supported(["RS256", "none"]),
+        fields,
+    ];
+    for doc in wrong {
+        assert!(matches!(doc.url(), Err(Error::Configuration(_))), "{doc:?}");
+        assert!(
+            matches!(doc.path(), Err(Error::Configuration(_))),
+            "{doc:?}"
+        );
+        assert!(doc.service().is_err(), "{doc:?}");
+    }
+
+    let app = Router::new().route_service(&good.path().unwrap(), good.service().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let body = reqwest::get(format!(
+        "http://{addr}/.well-known/oauth-protected-resource/v1"
+    ))
+    .await
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["jwks_uri"], "https://api.example.com/jwks.json");
+    assert_eq!(
+        doc["resource_signing_alg_values_supported"],
+        serde_json::json!(["RS256", "ES256"])
+    );
+}
