@@ -175,6 +175,14 @@ impl<B, F: Fn(&Request<B>) -> Option<Request<B>>> Replay<B> for F {
 /// Errors: the service's error type is [`AuthorizeError`]: the authorizer's typed
 /// [`Error`] when no credential could be had (the request is not sent), or the inner
 /// service's error.
+///
+/// Clear text: a request whose URI is absolute, `http://`, and to a host that is not
+/// loopback (`127.0.0.0/8`, `::1`, `localhost`) fails with
+/// [`Error::Configuration`] and is not sent (RFC 6750 §5.3), unless
+/// [`allow_insecure_http`](Self::allow_insecure_http) was asked for. A relative URI
+/// (tonic's `Grpc::new` sends the path only; the `Channel` adds its endpoint's origin)
+/// passes: its transport is the inner service's, so give a tonic `Endpoint` an
+/// `https://` URL, or accept h2c only where the hop is protected otherwise.
 #[derive(Clone, Debug)]
 pub struct AuthorizeLayer<A, R = NoReplay> {
     authorizer: A,
