@@ -78,7 +78,7 @@ where
     S: Service<Request<()>, Response = Response<()>>,
     S::Error: std::fmt::Debug,
 {
-    let req = Request::get("http://api.test/items").body(()).unwrap();
+    let req = Request::get("https://api.test/items").body(()).unwrap();
     let res = svc.ready().await.unwrap().call(req).await.unwrap();
     std::hint::black_box(res);
 }

@@ -97,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let app = Router::new()
         // The document is public: outside the layer.
-        .route_service(&metadata.path()?, metadata.service())
+        .route_service(&metadata.path()?, metadata.service()?)
         .merge(mcp)
         .with_state(server);
     println!("resource {resource}, metadata at {metadata_url}");

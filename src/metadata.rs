@@ -51,7 +51,7 @@ const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 ///     .layer(RequireBearerLayer::new(StaticTokens::new([("s3cret", "ci")])).resource_metadata(url));
 /// // The document itself is public: outside the layer.
 /// let app: Router = Router::new()
-///     .route_service(&metadata.path().unwrap(), metadata.service())
+///     .route_service(&metadata.path().unwrap(), metadata.service().unwrap())
 ///     .merge(api);
 /// # let _ = app;
 /// ```
@@ -196,19 +196,48 @@ impl ProtectedResourceMetadata {
     /// [`RequireBearerLayer::resource_metadata`](crate::server::RequireBearerLayer::resource_metadata).
     ///
     /// # Errors
-    /// As [`url_for`](Self::url_for).
+    /// As [`url_for`](Self::url_for); and as [`service`](Self::service) for a
+    /// `jwks_uri` that is not `https` or `none` among the signing algorithms.
     pub fn url(&self) -> Result<String, Error> {
+        self.check()?;
         Self::url_for(&self.resource)
+    }
+
+    /// RFC 9728 §2's rules for the members the document publishes: `jwks_uri` "MUST
+    /// use the https scheme" (loopback included), and `none` "MUST NOT be used" in
+    /// `resource_signing_alg_values_supported`.
+    fn check(&self) -> Result<(), Error> {
+        if let Some(jwks_uri) = &self.jwks_uri {
+            let https = jwks_uri
+                .parse::<Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("https") && u.authority().is_some());
+            if !https {
+                return Err(Error::Configuration(format!(
+                    "jwks_uri {jwks_uri:?} must be an https URL (RFC 9728 §2)"
+                )));
+            }
+        }
+        if self
+            .resource_signing_alg_values_supported
+            .iter()
+            .any(|alg| alg.eq_ignore_ascii_case("none"))
+        {
+            return Err(Error::Configuration(
+                "resource_signing_alg_values_supported must not list none (RFC 9728 §2)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The path (and query) this document is served at on the resource's host, for a
     /// router: `/.well-known/oauth-protected-resource/v1` for
     /// `https://api.example.com/v1`; with axum,
-    /// `router.route_service(&metadata.path()?, metadata.service())`.
+    /// `router.route_service(&metadata.path()?, metadata.service()?)`.
     ///
     /// # Errors
-    /// As [`url_for`](Self::url_for).
+    /// As [`url`](Self::url).
     pub fn path(&self) -> Result<String, Error> {
+        self.check()?;
         split_resource(&self.resource).map(|(_, path)| path)
     }
 
@@ -221,13 +250,18 @@ impl ProtectedResourceMetadata {
     /// A tower service answering every `GET` (and `HEAD`) with this document as JSON
     /// (`Cache-Control: public, max-age=…`), and any other method with `405`. It does
     /// not look at the path: route it at [`path`](Self::path).
-    pub fn service(&self) -> MetadataService {
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a document RFC 9728 §2 forbids: a `jwks_uri` that
+    /// is not `https`, or `none` among `resource_signing_alg_values_supported`.
+    pub fn service(&self) -> Result<MetadataService, Error> {
+        self.check()?;
         let cache_control = format!("public, max-age={}", self.max_age.as_secs());
-        MetadataService {
+        Ok(MetadataService {
             body: self.to_json(),
             cache_control: HeaderValue::try_from(cache_control)
                 .unwrap_or_else(|_| HeaderValue::from_static("public, max-age=3600")),
-        }
+        })
     }
 
     /// Fetches the metadata of `resource` from its well-known URL

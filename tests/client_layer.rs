@@ -319,14 +319,14 @@ fn recorder(
 async fn headers_are_sensitive_and_api_keys_use_their_header() {
     let (seen, svc) = recorder(|_| Response::new(Full::default()));
     let client = AuthorizeLayer::new(ApiKey::new("x-api-key", "k-1").unwrap()).layer(svc.clone());
-    client.oneshot(get("http://api.test/")).await.unwrap();
+    client.oneshot(get("https://api.test/")).await.unwrap();
     let token = Refreshing::builder(tower_bearer::client::source::from_fn(|_| async {
         Token::bearer("t-1")
     }))
     .build();
     AuthorizeLayer::new(token)
         .layer(svc)
-        .oneshot(get("http://api.test/"))
+        .oneshot(get("https://api.test/"))
         .await
         .unwrap();
     let seen = seen.lock().unwrap();
@@ -365,12 +365,12 @@ async fn fixed_credentials_go_on_every_request_and_their_answers_are_judged() {
         let client = AuthorizeLayer::new(authorizer).layer(svc);
         let ok = client
             .clone()
-            .oneshot(get("http://api.test/"))
+            .oneshot(get("https://api.test/"))
             .await
             .unwrap();
         assert_eq!(ok.status(), StatusCode::OK);
         assert!(ok.extensions().get::<StepUpChallenge>().is_none());
-        let step_up = client.oneshot(get("http://api.test/")).await.unwrap();
+        let step_up = client.oneshot(get("https://api.test/")).await.unwrap();
         assert_eq!(step_up.status(), StatusCode::UNAUTHORIZED);
         step_up.extensions().get::<StepUpChallenge>().cloned()
     }
@@ -438,7 +438,7 @@ async fn grpc_unauthenticated_invalidates_the_token() {
         async move { Token::bearer(format!("t-{n}")) }
     }));
     let client = AuthorizeLayer::new(token).retry_unauthorized().layer(svc);
-    let res = client.oneshot(get("http://grpc.test/")).await.unwrap();
+    let res = client.oneshot(get("https://grpc.test/")).await.unwrap();
     assert!(
         res.headers().get("grpc-status").is_none(),
         "the retry succeeded"
@@ -464,7 +464,7 @@ async fn a_401_with_another_scheme_is_not_a_token_problem() {
     let client = AuthorizeLayer::new(token.clone())
         .retry_unauthorized()
         .layer(svc);
-    let res = client.oneshot(get("http://api.test/")).await.unwrap();
+    let res = client.oneshot(get("https://api.test/")).await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(token.stats().refreshes, 1, "the token was kept");
@@ -544,7 +544,7 @@ async fn each_answer_is_reported_as_the_authorizer_docs_say() {
         let before = heard.0.lock().unwrap().len();
         let res = client
             .clone()
-            .oneshot(get("http://api.test/"))
+            .oneshot(get("https://api.test/"))
             .await
             .unwrap();
         assert_eq!(res.status().as_u16(), status);

@@ -75,7 +75,7 @@ async fn resource_of(metadata: bool, issuer: &str) -> (SocketAddr, String) {
         .merge(admin)
         .layer(layer);
     let app = Router::new()
-        .route_service(&doc.path().unwrap(), doc.service())
+        .route_service(&doc.path().unwrap(), doc.service().unwrap())
         .merge(api);
     // Bound first: the document names the address it is served at.
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -124,7 +124,8 @@ async fn a_resource_without_a_path_is_served_at_the_bare_well_known_url() {
     let doc = ProtectedResourceMetadata::new("http://127.0.0.1/").authorization_servers([IDP]);
     assert_eq!(doc.path().unwrap(), "/.well-known/oauth-protected-resource");
     let addr =
-        common::serve(Router::new().route_service(&doc.path().unwrap(), doc.service())).await;
+        common::serve(Router::new().route_service(&doc.path().unwrap(), doc.service().unwrap()))
+            .await;
     let answer = send_raw(addr, "/.well-known/oauth-protected-resource", &[]).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.headers["cache-control"], "public, max-age=3600");
@@ -445,7 +446,7 @@ async fn a_document_naming_no_authorization_server_is_a_clear_error() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let doc = ProtectedResourceMetadata::new(format!("http://{addr}"));
-    let app = Router::new().route_service(&doc.path().unwrap(), doc.service());
+    let app = Router::new().route_service(&doc.path().unwrap(), doc.service().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let err = discover_from_challenge(
         &http::HeaderMap::new(),

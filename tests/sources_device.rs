@@ -320,3 +320,24 @@ async fn resource_is_sent_with_every_device_flow_request() {
     assert_eq!(form["grant_type"], "refresh_token");
     assert_eq!(form.get("resource"), api);
 }
+
+/// RFC 8628 §3.5: on `slow_down` "the interval MUST be increased by 5 seconds for
+/// this and all subsequent requests", also past a minute (the code's expiry bounds
+/// the wait); a passing outage afterwards never lowers the interval again.
+#[tokio::test(start_paused = true)]
+async fn every_slow_down_adds_five_seconds_also_past_a_minute() {
+    let s = common::start().await;
+    *s.idp.device_expires_in.lock().unwrap() = 1800;
+    let (d, _) = device(&s);
+    let mut answers = vec!["slow_down"; 13];
+    answers.extend(["503", "authorization_pending", "ok"]);
+    script(&s, &answers);
+    let start = tokio::time::Instant::now();
+    d.login().await.unwrap();
+    // 5 s, then each slow_down adds 5 s for the next request: 10, 15, … 70 s.
+    let mut expected: Vec<u64> = (1..=14).map(|i| 5 * i).collect();
+    // The 503 after the thirteenth slow_down (at 70 s) keeps 70 s: the outage
+    // backoff is capped at a minute but never undoes a slow_down.
+    expected.extend([70, 70]);
+    assert_eq!(gaps(&s, start), expected);
+}

@@ -193,6 +193,20 @@ impl TokenEndpoint {
         self
     }
 
+    /// Whether requests authenticate the client (RFC 6749 §2.3): a secret sent with
+    /// `client_secret_basic` or `client_secret_post`, an assertion, or a TLS client
+    /// certificate. A public client (no secret, or [`TokenEndpointAuth::None`]) does
+    /// not.
+    pub(crate) fn authenticates_client(&self) -> bool {
+        match &self.auth {
+            TokenEndpointAuth::Basic | TokenEndpointAuth::Post => self.client_secret.is_some(),
+            TokenEndpointAuth::None => false,
+            #[cfg(feature = "jwt")]
+            TokenEndpointAuth::Assertion(_) => true,
+            TokenEndpointAuth::TlsClientAuth | TokenEndpointAuth::SelfSignedTlsClientAuth => true,
+        }
+    }
+
     /// Whether DPoP-bound tokens are asked for.
     fn wants_dpop(&self) -> bool {
         #[cfg(feature = "dpop")]
@@ -354,6 +368,8 @@ impl TokenEndpoint {
     async fn post_once(&self, form: &[(&str, &str)]) -> Result<http::Response<Bytes>, Error> {
         let mut fields: Vec<(&str, &str)> = form.to_vec();
         fields.extend(self.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // RFC 8707 §2, for every grant, refresh and device request alike.
+        check_resources(fields.iter().filter(|(k, _)| *k == "resource").map(|f| f.1))?;
         let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
         let mut basic = None;
         #[cfg(feature = "jwt")]
@@ -487,6 +503,33 @@ fn redact(text: &str, secrets: &[String]) -> String {
         }
     }
     text
+}
+
+/// Checks resource indicators (RFC 8707 §2): each "MUST be an absolute URI, as
+/// specified by Section 4.3 of RFC 3986, which MAY include a query component, but
+/// MUST NOT include a fragment component": a scheme (a letter, then letters, digits,
+/// `+`, `-`, `.`), a `:`, something after it, no `#`, and no space or control
+/// character. URNs pass.
+pub(crate) fn check_resources<'a>(
+    resources: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
+    for resource in resources {
+        let absolute = resource.split_once(':').is_some_and(|(scheme, rest)| {
+            let mut bytes = scheme.bytes();
+            bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+                && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                && !rest.is_empty()
+        });
+        let clean = !resource
+            .bytes()
+            .any(|b| b == b'#' || b <= b' ' || b == 0x7f);
+        if !(absolute && clean) {
+            return Err(Error::Configuration(format!(
+                "resource indicator {resource:?} is not an absolute URI without a fragment (RFC 8707 §2)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// application/x-www-form-urlencoded of one value.

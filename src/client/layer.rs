@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::authorizer::{Authorizer, Credential, CredentialFuture, Target};
 use super::step_up::StepUpChallenge;
+use crate::transport::clear_text_refusal;
 use crate::{BoxError, Error};
 
 /// The error of an [`Authorize`] service: no credential could be had, or the inner
@@ -174,10 +175,19 @@ impl<B, F: Fn(&Request<B>) -> Option<Request<B>>> Replay<B> for F {
 /// Errors: the service's error type is [`AuthorizeError`]: the authorizer's typed
 /// [`Error`] when no credential could be had (the request is not sent), or the inner
 /// service's error.
+///
+/// Clear text: a request whose URI is absolute, `http://`, and to a host that is not
+/// loopback (`127.0.0.0/8`, `::1`, `localhost`) fails with
+/// [`Error::Configuration`] and is not sent (RFC 6750 §5.3), unless
+/// [`allow_insecure_http`](Self::allow_insecure_http) was asked for. A relative URI
+/// (tonic's `Grpc::new` sends the path only; the `Channel` adds its endpoint's origin)
+/// passes: its transport is the inner service's, so give a tonic `Endpoint` an
+/// `https://` URL, or accept h2c only where the hop is protected otherwise.
 #[derive(Clone, Debug)]
 pub struct AuthorizeLayer<A, R = NoReplay> {
     authorizer: A,
     replay: R,
+    allow_insecure_http: bool,
 }
 
 impl<A: Authorizer + Clone> AuthorizeLayer<A> {
@@ -186,6 +196,7 @@ impl<A: Authorizer + Clone> AuthorizeLayer<A> {
         AuthorizeLayer {
             authorizer,
             replay: NoReplay,
+            allow_insecure_http: false,
         }
     }
 }
@@ -202,7 +213,19 @@ impl<A, R> AuthorizeLayer<A, R> {
         AuthorizeLayer {
             authorizer: self.authorizer,
             replay,
+            allow_insecure_http: self.allow_insecure_http,
         }
+    }
+
+    /// Puts credentials on `http://` requests to any host. By default a request
+    /// whose URI is absolute, `http://` and to a host that is not loopback
+    /// (`127.0.0.0/8`, `::1`, `localhost`) fails with [`Error::Configuration`]
+    /// without being sent: a bearer token must travel over TLS (RFC 6750 §5.3,
+    /// RFC 6749 §10.3). Ask for this only where the clear-text hop is protected
+    /// otherwise (a service mesh's mTLS sidecar, h2c inside one host).
+    pub fn allow_insecure_http(mut self) -> Self {
+        self.allow_insecure_http = true;
+        self
     }
 }
 
@@ -214,6 +237,7 @@ impl<S, A: Clone, R: Clone> Layer<S> for AuthorizeLayer<A, R> {
             inner,
             authorizer: self.authorizer.clone(),
             replay: self.replay.clone(),
+            allow_insecure_http: self.allow_insecure_http,
         }
     }
 }
@@ -224,6 +248,7 @@ pub struct Authorize<S, A, R = NoReplay> {
     inner: S,
     authorizer: A,
     replay: R,
+    allow_insecure_http: bool,
 }
 
 impl<S, A: Authorizer + Clone> Authorize<S, A> {
@@ -233,6 +258,7 @@ impl<S, A: Authorizer + Clone> Authorize<S, A> {
             inner,
             authorizer,
             replay: NoReplay,
+            allow_insecure_http: false,
         }
     }
 }
@@ -246,6 +272,13 @@ impl<S, A, R> Authorize<S, A, R> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// Puts credentials on `http://` requests to any host; see
+    /// [`AuthorizeLayer::allow_insecure_http`].
+    pub fn allow_insecure_http(mut self) -> Self {
+        self.allow_insecure_http = true;
+        self
     }
 }
 
@@ -267,6 +300,21 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // RFC 6750 §5.3: no credential on clear text to a remote host, unless asked.
+        if !self.allow_insecure_http {
+            let uri = req.uri();
+            if let Some(error) = clear_text_refusal(uri.scheme_str(), uri.host()) {
+                return ResponseFuture {
+                    state: State::Failed {
+                        error: Some(AuthorizeError::Credential(error)),
+                    },
+                    authorizer: None,
+                    sent: Sent::Nothing,
+                    waiting: None,
+                    replay: None,
+                };
+            }
+        }
         // A credential that never changes goes on as is: no future, nothing kept.
         if let Some(credential) = self.authorizer.fixed_credential() {
             credential.put_on(req.headers_mut());

@@ -7,6 +7,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use super::authorizer::{Authorizer, Target};
 use super::layer::{verdict, Verdict, DPOP_NONCE};
+use crate::transport::clear_text_refusal;
 
 /// Adds the credential from an [`Authorizer`] to every request of a
 /// `reqwest_middleware::ClientWithMiddleware`; after a `401` it tells the authorizer
@@ -35,12 +36,27 @@ use super::layer::{verdict, Verdict, DPOP_NONCE};
 /// ```
 pub struct AuthorizeMiddleware<A> {
     authorizer: A,
+    allow_insecure_http: bool,
 }
 
 impl<A: Authorizer> AuthorizeMiddleware<A> {
     /// A middleware that authorizes requests with `authorizer`.
     pub fn new(authorizer: A) -> Self {
-        AuthorizeMiddleware { authorizer }
+        AuthorizeMiddleware {
+            authorizer,
+            allow_insecure_http: false,
+        }
+    }
+
+    /// Puts credentials on `http://` requests to any host. By default a request to
+    /// an `http://` URL whose host is not loopback (`127.0.0.0/8`, `::1`,
+    /// `localhost`) fails with [`Error::Configuration`](crate::Error::Configuration)
+    /// without being sent: a bearer token must travel over TLS (RFC 6750 §5.3, RFC
+    /// 6749 §10.3). Ask for this only where the clear-text hop is protected
+    /// otherwise.
+    pub fn allow_insecure_http(mut self) -> Self {
+        self.allow_insecure_http = true;
+        self
     }
 }
 
@@ -48,6 +64,7 @@ impl<A: fmt::Debug> fmt::Debug for AuthorizeMiddleware<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthorizeMiddleware")
             .field("authorizer", &self.authorizer)
+            .field("allow_insecure_http", &self.allow_insecure_http)
             .finish()
     }
 }
@@ -60,6 +77,13 @@ impl<A: Authorizer> Middleware for AuthorizeMiddleware<A> {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
+        // RFC 6750 §5.3: no credential on clear text to a remote host, unless asked.
+        if !self.allow_insecure_http {
+            let url = req.url();
+            if let Some(error) = clear_text_refusal(Some(url.scheme()), url.host_str()) {
+                return Err(reqwest_middleware::Error::middleware(error));
+            }
+        }
         if let Some(fixed) = self.authorizer.fixed_credential() {
             // Nothing to ask for, keep or replay; the answer is still judged.
             fixed.put_on(req.headers_mut());

@@ -185,11 +185,14 @@ impl Rejection {
         if let Some(code) = self.error_code() {
             value.push_str(&format!(", error=\"{code}\""));
             if let Some(description) = self.description() {
-                value.push_str(&format!(", error_description=\"{}\"", quote(description)));
+                value.push_str(&format!(
+                    ", error_description=\"{}\"",
+                    attribute_value(description)
+                ));
             }
         }
         if let Rejection::InsufficientScope(scope) = self {
-            value.push_str(&format!(", scope=\"{}\"", quote(scope)));
+            value.push_str(&format!(", scope=\"{}\"", attribute_value(scope)));
         }
         if let Rejection::InsufficientUserAuthentication {
             acr_values,
@@ -436,6 +439,15 @@ fn quote(s: &str) -> String {
         }
     }
     out
+}
+
+/// The value of `error_description` or `scope` (RFC 6750 §3: only %x20-21 /
+/// %x23-5B / %x5D-7E): `"`, `\`, control and non-ASCII characters are left out,
+/// not escaped.
+fn attribute_value(s: &str) -> String {
+    s.chars()
+        .filter(|&c| (' '..='~').contains(&c) && c != '"' && c != '\\')
+        .collect()
 }
 
 /// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").

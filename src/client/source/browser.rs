@@ -214,7 +214,8 @@ impl AuthorizationCode {
     /// code.
     ///
     /// # Errors
-    /// - [`Error::Configuration`] when the port cannot be listened on (taken);
+    /// - [`Error::Configuration`] when the port cannot be listened on (taken), or a
+    ///   [`resource`](Self::resource) is not an absolute URI without a fragment;
     /// - [`Error::AccessDenied`] when the provider redirects with `access_denied`,
     ///   [`Error::TokenEndpoint`] with its other errors (the code says which);
     /// - [`Error::InvalidResponse`] when the redirect names another issuer, or names
@@ -222,6 +223,7 @@ impl AuthorizationCode {
     /// - [`Error::Timeout`] when no redirect comes in time;
     /// - what [`TokenEndpoint::request`] returns for the code exchange.
     pub async fn login(&self) -> Result<Token, Error> {
+        crate::client::endpoint::check_resources(self.resources.iter().map(String::as_str))?;
         let deadline = Instant::now() + self.timeout;
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))
             .await

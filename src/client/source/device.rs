@@ -23,7 +23,8 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
 /// Added to the interval on each `slow_down` (RFC 8628 §3.5).
 const SLOW_DOWN: Duration = Duration::from_secs(5);
-/// No server gets to make us wait longer than this between polls.
+/// The longest polling interval the server's `interval` and the crate's own outage
+/// backoff set; `slow_down` answers add to it without a cap (RFC 8628 §3.5).
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the person must see to approve the login: where to go and what to type.
@@ -67,12 +68,15 @@ impl fmt::Display for DeviceAuthorization {
 /// Each fetch asks the device authorization endpoint for a code, shows the person
 /// where to enter it (through [`show`](DeviceCode::show); by default on stderr), and
 /// polls the token endpoint until they approve:
-/// - every `interval` seconds (5 by default), 5 seconds more after each `slow_down`;
+/// - every `interval` seconds (5 by default), 5 seconds more after each `slow_down`,
+///   for every later request too, without a cap (RFC 8628 §3.5; the code's expiry
+///   ends the wait);
 /// - `authorization_pending` keeps polling;
 /// - `access_denied` is [`Error::AccessDenied`]; `expired_token`, or the code's own
 ///   `expires_in` running out, is [`Error::DeviceCodeExpired`];
 /// - a passing failure (connection refused, timeout, `5xx`, `429`) polls again, 5
-///   seconds slower, until the code expires: the person may be half-way through;
+///   seconds slower (up to a minute, never faster than `slow_down` asked), until the
+///   code expires: the person may be half-way through;
 /// - any other error (`invalid_client`, `invalid_grant`) is returned as is.
 ///
 /// Polling runs in the returned future on the tokio clock: dropping the future (a
@@ -227,12 +231,16 @@ impl DeviceCode {
                 // (connection refused, timeout, 5xx) must not lose the login. Poll
                 // less often, as RFC 8628 §3.5 asks, until the code expires.
                 _ if err.is_retryable() => {
-                    interval = (interval + SLOW_DOWN).min(MAX_INTERVAL);
+                    // Capped at a minute for the crate's own backoff, but never below
+                    // what slow_down answers already asked for.
+                    interval = interval.max((interval + SLOW_DOWN).min(MAX_INTERVAL));
                     tracing::debug!(error = %err, interval_secs = interval.as_secs(), "device flow: poll failed; retrying");
                 }
                 Some("authorization_pending") => {}
                 Some("slow_down") => {
-                    interval = (interval + SLOW_DOWN).min(MAX_INTERVAL);
+                    // RFC 8628 §3.5: 5 s more "for this and all subsequent requests",
+                    // with no cap: the code's expiry ends the loop.
+                    interval += SLOW_DOWN;
                     tracing::debug!(interval_secs = interval.as_secs(), "device flow: slow_down");
                 }
                 Some("expired_token") => return Err(Error::DeviceCodeExpired),

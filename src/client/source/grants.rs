@@ -33,7 +33,9 @@ macro_rules! resource_method {
     () => {
         /// A resource indicator (RFC 8707): the URI of the API the token is for, sent
         /// as a `resource` form field. Call again for more than one; for tokens for
-        /// several APIs, make one grant (and one cache) per API.
+        /// several APIs, make one grant (and one cache) per API. It must be an
+        /// absolute URI without a fragment (RFC 8707 §2): otherwise every fetch fails
+        /// with [`Error::Configuration`] and nothing is sent.
         pub fn resource(mut self, resource: impl Into<String>) -> Self {
             self.scope.resources.push(resource.into());
             self
@@ -121,6 +123,11 @@ impl fmt::Debug for RefreshTokenGrant {
 
 /// The client-credentials grant (RFC 6749 §4.4): a service acting for itself.
 ///
+/// Only a confidential client may use it: the endpoint must authenticate the client
+/// (a [`client_secret`](TokenEndpoint::client_secret) with `client_secret_basic` or
+/// `client_secret_post`, a client assertion, or TLS client authentication). Without
+/// one, every fetch fails with [`Error::Configuration`] and nothing is sent.
+///
 /// Made by [`TokenEndpoint::client_credentials`].
 #[derive(Clone, Debug)]
 pub struct ClientCredentials {
@@ -148,6 +155,14 @@ impl ClientCredentials {
 impl TokenSource for ClientCredentials {
     fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         async move {
+            // RFC 6749 §4.4: "MUST only be used by confidential clients".
+            if !self.endpoint.authenticates_client() {
+                return Err(Error::Configuration(
+                    "the client credentials grant needs client authentication (RFC 6749 §4.4): \
+                     set a client secret, a client assertion or TLS client authentication"
+                        .into(),
+                ));
+            }
             let mut form = vec![("grant_type", "client_credentials")];
             self.scope.push(&mut form);
             self.endpoint.request(&form).await

@@ -24,7 +24,7 @@ const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
 /// The JWT-bearer grant (RFC 7523 §2.1): for each token, a new assertion signed with
-/// the key (`iss` the issuer, optional `sub`, `scope`, `aud` the token endpoint,
+/// the key (`iss` the issuer, `sub` the subject or else the issuer, `scope`, `aud` the token endpoint,
 /// `iat`, `exp`, a fresh `jti`), posted as `grant_type` [`JWT_BEARER_GRANT`] and
 /// `assertion`. The scope travels in the assertion, as Google expects.
 ///
@@ -118,7 +118,8 @@ impl JwtBearer {
     }
 
     /// The `sub` claim: the user a service account acts for (Google domain-wide
-    /// delegation); none by default.
+    /// delegation). By default the issuer itself: RFC 7523 §3 requires a `sub`, and
+    /// a service account acting for itself names its own id (Google accepts it).
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
         self.subject = Some(subject.into());
         self
@@ -159,7 +160,9 @@ impl JwtBearer {
         let (iat, exp) = iat_exp(self.lifetime);
         self.key.sign(&AssertionClaims {
             iss: &self.issuer,
-            sub: self.subject.as_deref(),
+            // RFC 7523 §3 (2): `sub` is required; without a subject the issuer acts
+            // for itself.
+            sub: Some(self.subject.as_deref().unwrap_or(&self.issuer)),
             aud: self.audience.as_deref().unwrap_or(&token_url),
             jti: Some(jti()),
             iat,
