@@ -254,10 +254,10 @@ struct UnknownKids {
 }
 
 /// Counts a request waiting for a look-up while it lives (see [`MAX_WAITING`]).
-struct WaitSlot<'a>(&'a AtomicUsize);
+pub(crate) struct WaitSlot<'a>(&'a AtomicUsize);
 
 impl<'a> WaitSlot<'a> {
-    fn enter(waiting: &'a AtomicUsize) -> Option<Self> {
+    pub(crate) fn enter(waiting: &'a AtomicUsize) -> Option<Self> {
         let before = waiting.fetch_add(1, Ordering::AcqRel);
         let slot = WaitSlot(waiting);
         (before < MAX_WAITING).then_some(slot)
