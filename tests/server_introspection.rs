@@ -36,6 +36,10 @@ struct Endpoint {
     gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     /// Tokens revoked at the provider: answered `active: false`.
     revoked: Mutex<std::collections::HashSet<String>>,
+    /// Answers computed (after the gate, before `deliver`).
+    computed: AtomicUsize,
+    /// While false, a computed answer is held back before it is sent.
+    deliver: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
 }
 
 async fn introspect(
@@ -62,6 +66,10 @@ async fn introspect(
     let exp = now_plus(*e.exp_in.lock().unwrap());
     let iss = "https://idp.example";
     let token = form.get("token").map(String::as_str);
+    if token == Some("garbled") {
+        // An answer that does not parse, for this token only.
+        return (StatusCode::OK, r#"{"active":"garbled"}"#).into_response();
+    }
     let revoked = token.is_some_and(|t| e.revoked.lock().unwrap().contains(t));
     let answer = match token {
         _ if revoked => json!({"active": false}),
@@ -87,6 +95,11 @@ async fn introspect(
         }
         _ => json!({"active": false}),
     };
+    e.computed.fetch_add(1, Ordering::SeqCst);
+    let deliver = e.deliver.lock().unwrap().clone();
+    if let Some(mut deliver) = deliver {
+        let _ = deliver.wait_for(|open| *open).await;
+    }
     Json(answer).into_response()
 }
 
@@ -221,8 +234,10 @@ async fn an_endpoint_that_is_down_gives_503_and_is_asked_again_next_time() {
     s.endpoint.down.store(true, Ordering::SeqCst);
     let answer = send(s.api, "/me", Some("good")).await;
     assert_eq!((answer.status, answer.challenge()), (503, ""));
-    // Failures are not cached: once it is back, the token is accepted.
+    // Failures are not cached past the failure backoff (1 s): once it is back,
+    // the token is accepted.
     s.endpoint.down.store(false, Ordering::SeqCst);
+    skip(1).await;
     assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
     assert_eq!(s.calls(), 2);
 }
@@ -561,4 +576,164 @@ async fn a_verified_cache_over_introspection_sees_a_revocation_within_the_ttl() 
         "the cached composition accepts a token revoked 1.5 s ago (ttl 1 s)"
     );
     assert!(cached.is_empty(), "and forgets it");
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn retry_after(answer: &common::server::Answer) -> Option<&str> {
+    answer
+        .headers
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap())
+}
+
+/// Principle 3: a failing endpoint is not asked once per request. After a failure,
+/// requests for tokens not cached are answered 503 with `Retry-After` for a short
+/// backoff, without a call; past it the endpoint is asked again.
+#[tokio::test]
+async fn a_failing_endpoint_is_not_asked_again_within_the_backoff() {
+    let s = setup(|v| v).await;
+    s.endpoint.down.store(true, Ordering::SeqCst);
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 503);
+    assert_eq!(s.calls(), 1);
+    for i in 0..20 {
+        let answer = send(s.api, "/me", Some(&format!("user-{i}"))).await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(retry_after(&answer), Some("1"), "{answer:?}");
+    }
+    assert_eq!(s.calls(), 1, "no call within the backoff");
+    s.endpoint.down.store(false, Ordering::SeqCst);
+    skip(1).await;
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
+    assert_eq!(s.calls(), 2);
+}
+
+/// A hanging endpoint: the call times out once; the requests after it get 503 with
+/// `Retry-After` at once, instead of each opening a call that hangs in turn.
+#[tokio::test]
+async fn a_hanging_endpoint_times_out_once_then_backs_off() {
+    let s = setup(|v| v).await;
+    s.gate.send_replace(false);
+    let api = s.api;
+    let first = tokio::spawn(async move { send(api, "/me", Some("good")).await });
+    until(|| s.calls() == 1).await;
+    skip(31).await; // past the HTTP client's 30 s timeout
+    assert_eq!(first.await.unwrap().status, 503);
+    for i in 0..5 {
+        let answer = send(s.api, "/me", Some(&format!("user-{i}"))).await;
+        assert_eq!(answer.status, 503);
+        assert!(retry_after(&answer).is_some(), "{answer:?}");
+    }
+    assert_eq!(s.calls(), 1);
+    s.gate.send_replace(true);
+}
+
+/// The TTL counts from when the provider was asked, not from when its answer
+/// arrived: a token revoked at the provider while a slow call was under way is
+/// refused within the TTL of the question.
+#[tokio::test]
+async fn an_answer_is_aged_from_when_it_was_asked_for() {
+    let s = setup(|v| v.ttl(Duration::from_secs(10))).await;
+    let (deliver, rx) = tokio::sync::watch::channel(false);
+    *s.endpoint.deliver.lock().unwrap() = Some(rx);
+    let v = s.validator.clone();
+    let first = tokio::spawn(async move { v.validate("good").await });
+    until(|| s.endpoint.computed.load(Ordering::SeqCst) == 1).await;
+    s.endpoint.revoked.lock().unwrap().insert("good".into());
+    skip(8).await; // the answer is slow to come
+    deliver.send_replace(true);
+    assert!(first.await.unwrap().is_ok());
+    skip(3).await; // 11 s after the question, 3 s after the answer
+    assert_eq!(
+        s.validator.validate("good").await.unwrap_err(),
+        tower_bearer::server::Rejection::invalid_token("the token is not active")
+    );
+    assert_eq!(s.calls(), 2);
+}
+
+/// Two clones requiring different issuers wait on one call: each judges the
+/// provider's answer with its own issuer.
+#[tokio::test]
+async fn clones_for_other_issuers_sharing_a_flight_judge_it_each_with_their_own() {
+    let s = setup(|v| v).await;
+    let ours = s.validator.clone().issuer("https://idp.example");
+    let theirs = s.validator.clone().issuer("https://other-idp.example");
+    s.gate.send_replace(false);
+    let (a, b) = (ours.clone(), theirs.clone());
+    let first = tokio::spawn(async move { a.validate("good").await });
+    until(|| s.calls() == 1).await;
+    let second = tokio::spawn(async move { b.validate("good").await });
+    until(|| s.validator.stats().in_flight == 1).await;
+    tokio::task::yield_now().await;
+    s.gate.send_replace(true);
+    assert!(first.await.unwrap().is_ok());
+    assert_eq!(
+        second.await.unwrap().unwrap_err(),
+        tower_bearer::server::Rejection::invalid_token("the token has the wrong issuer")
+    );
+    assert_eq!(s.calls(), 1);
+    // And from the cache, in the other order.
+    assert!(theirs.validate("good").await.is_err());
+    assert!(ours.validate("good").await.is_ok());
+    assert_eq!(s.calls(), 1);
+}
+
+/// A request dropped while its call is under way (a client that hung up) does not
+/// cancel the call: its answer is cached, and the next request is served from it.
+#[tokio::test]
+async fn a_request_dropped_mid_call_does_not_cancel_the_call() {
+    let s = setup(|v| v).await;
+    s.gate.send_replace(false);
+    let v = s.validator.clone();
+    let dropped = tokio::spawn(async move { v.validate("good").await });
+    until(|| s.calls() == 1).await;
+    dropped.abort();
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    s.gate.send_replace(true);
+    until(|| s.validator.stats().accepted == 1).await;
+    assert!(s.validator.validate("good").await.is_ok());
+    assert_eq!(s.calls(), 1);
+}
+
+/// A clone with a short negative TTL is not held to another clone's cached
+/// refusal: it asks again once its own negative TTL ends.
+#[tokio::test]
+async fn a_clones_cached_refusal_lasts_only_the_other_clones_own_negative_ttl() {
+    let s = setup(|v| v.negative_ttl(Duration::from_secs(60))).await;
+    let quick = s.validator.clone().negative_ttl(Duration::from_secs(1));
+    s.endpoint.revoked.lock().unwrap().insert("user-x".into());
+    assert!(s.validator.validate("user-x").await.is_err());
+    s.endpoint.revoked.lock().unwrap().clear();
+    assert!(quick.validate("user-x").await.is_err(), "within its 1 s");
+    assert_eq!(s.calls(), 1);
+    skip(2).await;
+    assert!(quick.validate("user-x").await.is_ok());
+    assert_eq!(s.calls(), 2);
+}
+
+/// A failure that may be the token's own (an answer that does not parse for it)
+/// holds back only that token for the backoff: the others are still asked.
+#[tokio::test]
+async fn a_failure_for_one_token_backs_off_only_that_token() {
+    let s = setup(|v| v).await;
+    for _ in 0..3 {
+        let answer = send(s.api, "/me", Some("garbled")).await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(retry_after(&answer), Some("1"), "{answer:?}");
+    }
+    assert_eq!(s.calls(), 1);
+    assert_eq!(send(s.api, "/me", Some("good")).await.status, 200);
+    assert_eq!(s.calls(), 2);
+    skip(1).await;
+    assert_eq!(send(s.api, "/me", Some("garbled")).await.status, 503);
+    assert_eq!(s.calls(), 3);
 }

@@ -329,8 +329,11 @@ async fn a_resolver_adds_a_tenant_at_first_use_with_one_call_for_a_burst() {
 #[tokio::test(start_paused = true)]
 async fn a_flood_of_junk_issuers_costs_one_lookup_per_interval() {
     let calls = Arc::new(AtomicUsize::new(0));
+    // Requests that cannot be looked up at once are answered 503 at once here
+    // (waiting is tested below).
     let validator = MultiIssuer::<Claims>::builder()
         .resolver(resolver(Vec::new(), Arc::clone(&calls)))
+        .lookup_wait(Duration::ZERO)
         .build()
         .unwrap();
     let junk = |i: usize| unsigned_from(&format!("https://junk-{i}.example"));
@@ -348,7 +351,7 @@ async fn a_flood_of_junk_issuers_costs_one_lookup_per_interval() {
         .count();
     let later = answers
         .iter()
-        .filter(|a| matches!(a, Err(Rejection::Unavailable(_))))
+        .filter(|a| matches!(a, Err(Rejection::Unavailable(u)) if u.retry_after_delay() == Some(Duration::from_secs(1))))
         .count();
     assert_eq!((refused, later), (1, 999));
 
@@ -407,4 +410,52 @@ async fn a_resolver_adds_at_most_max_issuers() {
     }
     assert_eq!(validator.issuers().len(), 3);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+/// One junk `iss` spends the look-up interval; a real new tenant arriving a moment
+/// later waits (bounded) for the next allowed look-up and is accepted, instead of
+/// being answered `503` at once.
+#[tokio::test]
+async fn a_new_tenant_right_after_a_junk_issuer_waits_for_the_next_lookup() {
+    let (a, b) = two_idps().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let validator = MultiIssuer::builder()
+        .issuer(tenant(&a.issuer))
+        .resolver(resolver(vec![b.issuer.clone()], Arc::clone(&calls)))
+        .build()
+        .unwrap();
+    let junk = unsigned_from("https://junk.example");
+    assert_eq!(
+        validator.validate(&junk).await.unwrap_err(),
+        Rejection::invalid_token("the token's issuer is not accepted")
+    );
+    let bob = mint(&rsa2(), rs256("b1"), &b.issuer, "bob");
+    let answer = validator.validate(&bob).await;
+    assert_eq!(answer.map(|c| c.sub), Ok(Some("bob".into())));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+/// A request that cannot wait for the next look-up is answered `503` with the time
+/// until that look-up (`Retry-After`).
+#[tokio::test(start_paused = true)]
+async fn an_issuer_that_cannot_be_looked_up_now_is_503_with_retry_after() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let validator = MultiIssuer::<Claims>::builder()
+        .resolver(resolver(Vec::new(), Arc::clone(&calls)))
+        .lookup_interval(Duration::from_secs(3))
+        .lookup_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let _ = validator
+        .validate(&unsigned_from("https://junk-1.example"))
+        .await;
+    match validator
+        .validate(&unsigned_from("https://junk-2.example"))
+        .await
+    {
+        Err(Rejection::Unavailable(u)) => {
+            assert_eq!(u.retry_after_delay(), Some(Duration::from_secs(3)))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -1039,3 +1039,43 @@ async fn a_request_dropped_while_waiting_does_not_cancel_the_shared_look_up() {
     assert_eq!(claims.sub.as_deref(), Some("bob"));
     assert_eq!(idp.fetches(), 2);
 }
+
+/// A token cached by a `VerifiedCache` over a `JwksValidator` is refused once the
+/// provider dropped its signing key and a refresh (here a first-sight look-up) took
+/// the new key set: the cache's hit is checked again (`Validator::recheck`), and
+/// does not serve the token until its `exp`.
+#[tokio::test]
+async fn a_cached_token_is_refused_once_its_key_left_the_key_set() {
+    use tower_bearer::server::{Rejection, Validator, VerifiedCache};
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]).await;
+    let jwks = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    let cache = VerifiedCache::new(jwks.clone());
+    let alice = mint(&rsa1(), rs256("k1"), "https://idp.example", "alice");
+    let bob = mint(&rsa2(), rs256("k2"), "https://idp.example", "bob");
+    assert!(cache.validate(&alice).await.is_ok());
+    assert!(cache.validate(&bob).await.is_ok());
+    assert!(cache.validate(&alice).await.is_ok(), "a cache hit");
+    assert_eq!(idp.fetches(), 1);
+
+    // The provider drops k1 (compromised, say); a new kid makes us look again.
+    idp.set_keys(vec![public_jwk(&rsa2(), "k2")]);
+    skip(3).await;
+    let newcomer = mint(&rsa2(), rs256("k3"), "https://idp.example", "carol");
+    assert!(cache.validate(&newcomer).await.is_err());
+    assert_eq!(idp.fetches(), 2);
+    assert_eq!(jwks.key_ids(), vec!["k2".to_owned()]);
+
+    assert_eq!(
+        cache.validate(&alice).await.unwrap_err(),
+        Rejection::invalid_token("the token's signing key is unknown")
+    );
+    // Tokens of the keys still there are served from the cache as before.
+    assert_eq!(
+        cache.validate(&bob).await.unwrap().sub.as_deref(),
+        Some("bob")
+    );
+    assert_eq!(idp.fetches(), 2);
+}

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::validator::{Claims, ValidationFuture, Validator};
-use super::Rejection;
+use super::{Rejection, Unavailable};
 use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
 use crate::{Endpoint, Error, HttpClient};
@@ -32,6 +32,11 @@ pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
 /// The default number of cached refusals (kept apart from the accepted answers).
 pub const DEFAULT_MAX_REFUSALS: usize = 1_000;
+/// The default wait after a failed introspection call before the endpoint is asked
+/// again (doubled per failure in a row, up to [`MAX_FAILURE_BACKOFF`]).
+pub const DEFAULT_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait after failures in a row.
+pub const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How the resource server authenticates to the introspection endpoint (RFC 7662 §2.1:
 /// the `introspection_endpoint_auth_method`).
@@ -81,7 +86,15 @@ pub enum IntrospectionAuth {
 /// - Under a [`VerifiedCache`](super::VerifiedCache), every hit is checked again
 ///   here ([`Validator::recheck`]): a revocation still counts within the TTL.
 /// - Concurrent requests for one uncached token make one call, shared through the
-///   crate's single flight.
+///   crate's single flight. The TTLs count from when the provider was asked, not
+///   from when its answer arrived.
+/// - **No storm on a failing endpoint.** After a call fails (unreachable, timed
+///   out, or any status but `200` and `400`), requests whose answer is not cached
+///   are answered `503` with `Retry-After`, without a call, for
+///   [`failure_backoff`](Self::failure_backoff) (default 1 s), doubled per failure
+///   in a row up to [`MAX_FAILURE_BACKOFF`]; then one call is tried again. Cached
+///   answers are still served. A failure that may be the token's own (a `400`, or
+///   an answer that does not parse) holds back only that token, for the same time.
 ///
 /// `C` is built from the introspection answer (the provided [`Claims`], or your
 /// own serde type).
@@ -114,6 +127,7 @@ struct Config {
     negative_ttl: Duration,
     max_entries: usize,
     max_refusals: usize,
+    failure_backoff: Duration,
     required_scopes: Vec<String>,
     issuers: Vec<String>,
     audiences: Vec<String>,
@@ -141,6 +155,15 @@ struct State<C> {
     /// One flight per token being introspected. The job stores its answer, then
     /// removes its own entry (also when it fails, panics or is dropped).
     flights: Mutex<HashMap<Digest32, Arc<Flight<C>>>>,
+    /// After a failed call, no call before this (see [`Backoff`]).
+    backoff: Mutex<Backoff>,
+}
+
+/// The endpoint's failures in a row, and when it may be asked again.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
 }
 
 impl<C> State<C> {
@@ -149,8 +172,23 @@ impl<C> State<C> {
             accepted: metrics::counted_cache(config.max_entries, CacheName::Introspection),
             refused: metrics::counted_cache(config.max_refusals, CacheName::Introspection),
             flights: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(Backoff::default()),
         }
     }
+
+    /// How long the endpoint is still not to be asked after a failure, if at all.
+    fn backing_off(&self, now: Instant) -> Option<Duration> {
+        let until = lock(&self.backoff).until?;
+        (until > now).then(|| until - now)
+    }
+}
+
+/// Whether a failed call says something about the endpoint (everyone waits) or
+/// possibly only about the token sent (only that token waits).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    Endpoint,
+    Token,
 }
 
 /// What [`Introspection::stats`] reports.
@@ -205,6 +243,7 @@ impl<C> fmt::Debug for Introspection<C> {
             .field("negative_ttl", &self.config.negative_ttl)
             .field("max_entries", &self.config.max_entries)
             .field("max_refusals", &self.config.max_refusals)
+            .field("failure_backoff", &self.config.failure_backoff)
             .field("iss", &self.config.issuers)
             .field("aud", &self.config.audiences)
             .field("required_scopes", &self.config.required_scopes)
@@ -237,6 +276,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             max_entries: DEFAULT_MAX_ENTRIES,
             max_refusals: DEFAULT_MAX_REFUSALS,
+            failure_backoff: DEFAULT_FAILURE_BACKOFF,
             required_scopes: Vec::new(),
             issuers: Vec::new(),
             audiences: Vec::new(),
@@ -260,6 +300,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             negative_ttl: old.negative_ttl,
             max_entries: old.max_entries,
             max_refusals: old.max_refusals,
+            failure_backoff: old.failure_backoff,
             required_scopes: old.required_scopes.clone(),
             issuers: old.issuers.clone(),
             audiences: old.audiences.clone(),
@@ -316,6 +357,14 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         self.config(|c| c.max_refusals = n.max(1)).fresh_caches()
     }
 
+    /// How long the endpoint is not asked after a failed call (default 1 s),
+    /// doubled per failure in a row up to [`MAX_FAILURE_BACKOFF`]: meanwhile
+    /// requests whose answer is not cached get `503` with `Retry-After`.
+    /// `Duration::ZERO` asks on every request whatever happened before.
+    pub fn failure_backoff(self, backoff: Duration) -> Self {
+        self.config(|c| c.failure_backoff = backoff)
+    }
+
     fn fresh_caches(mut self) -> Self {
         self.state = Arc::new(State::new(&self.config));
         self
@@ -367,6 +416,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         match &received.answer {
             Answer::Active(active) => age < self.config.ttl && age < active.lifetime,
             Answer::Inactive => age < self.config.negative_ttl,
+            Answer::Failed => age < self.config.failure_backoff,
         }
     }
 
@@ -394,6 +444,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
     /// Caches a new answer in place of any older one for the token: with the
     /// accepted ones when this clone accepts it, else apart.
     fn store(&self, digest: Digest32, received: &Arc<Received<C>>) {
+        if let Answer::Failed = received.answer {
+            // No answer: an accepted one still fresh for other clones stays.
+            self.state.refused.insert(digest, Arc::clone(received));
+            return;
+        }
         let (into, out) = if self.judge(received).is_ok() {
             (&self.state.accepted, &self.state.refused)
         } else {
@@ -404,28 +459,51 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
     }
 
     /// Asks the endpoint and caches the answer (not failures to get one).
+    /// A failure is recorded, not returned: an endpoint-wide one starts the
+    /// backoff, one that may be the token's own is cached for that token.
     async fn introspect(&self, digest: Digest32, token: String) -> Result<Arc<Received<C>>, Error> {
+        // The answer holds from the question on: the TTLs count from here.
+        let asked = Instant::now();
         let result = self.call_endpoint(&token).await;
         drop(token);
-        match result {
+        let answer = match result {
             Ok(answer) => {
                 metrics::introspection(match answer {
                     Answer::Active(_) => Introspected::Active,
-                    Answer::Inactive => Introspected::Inactive,
+                    _ => Introspected::Inactive,
                 });
-                let received = Arc::new(Received {
-                    answer,
-                    at: Instant::now(),
-                });
-                self.store(digest, &received);
-                Ok(received)
+                *lock(&self.state.backoff) = Backoff::default();
+                answer
             }
-            Err(e) => {
+            Err((e, blame)) => {
                 metrics::introspection(Introspected::Failed);
-                tracing::warn!(error = %e, "token introspection failed");
-                Err(e)
+                let wait = if blame == Blame::Endpoint {
+                    let mut backoff = lock(&self.state.backoff);
+                    backoff.failures = backoff.failures.saturating_add(1);
+                    let wait = self
+                        .config
+                        .failure_backoff
+                        .saturating_mul(1 << (backoff.failures - 1).min(16))
+                        .min(MAX_FAILURE_BACKOFF.max(self.config.failure_backoff));
+                    backoff.until = Some(Instant::now() + wait);
+                    wait
+                } else {
+                    self.config.failure_backoff
+                };
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "token introspection failed"
+                );
+                if blame == Blame::Endpoint {
+                    return Err(e);
+                }
+                Answer::Failed
             }
-        }
+        };
+        let received = Arc::new(Received { answer, at: asked });
+        self.store(digest, &received);
+        Ok(received)
     }
 
     /// This clone's verdict on an answer: active, and the issuer, the audience and
@@ -434,6 +512,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         let active = match &received.answer {
             Answer::Active(active) => active,
             Answer::Inactive => return Err(Rejection::invalid_token("the token is not active")),
+            Answer::Failed => {
+                let until = received.at + self.config.failure_backoff;
+                return Err(unavailable(until.saturating_duration_since(Instant::now())));
+            }
         };
         let config = &*self.config;
         if !config.issuers.is_empty() {
@@ -473,7 +555,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         }
     }
 
-    async fn call_endpoint(&self, token: &str) -> Result<Answer<C>, Error> {
+    async fn call_endpoint(&self, token: &str) -> Result<Answer<C>, (Error, Blame)> {
+        let endpoint = |e| (e, Blame::Endpoint);
         let config = &*self.config;
         let mut form = vec![("token", token), ("token_type_hint", "access_token")];
         let secret = config.client_secret.as_ref().map(|s| s.expose_secret());
@@ -488,8 +571,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 );
-                let mut value = http::HeaderValue::try_from(value)
-                    .map_err(|_| Error::Configuration("invalid client credentials".into()))?;
+                let mut value = http::HeaderValue::try_from(value).map_err(|_| {
+                    endpoint(Error::Configuration("invalid client credentials".into()))
+                })?;
                 value.set_sensitive(true);
                 req = req.header(AUTHORIZATION, value);
             }
@@ -502,19 +586,32 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
                 }
             }
         }
-        let body =
-            serde_urlencoded::to_string(&form).map_err(|e| Error::Configuration(e.to_string()))?;
+        let body = serde_urlencoded::to_string(&form)
+            .map_err(|e| endpoint(Error::Configuration(e.to_string())))?;
         let req = req
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| Error::Configuration(e.to_string()))?;
-        let res = config.http.send(Endpoint::Introspection, req).await?;
+            .map_err(|e| endpoint(Error::Configuration(e.to_string())))?;
+        let res = config
+            .http
+            .send(Endpoint::Introspection, req)
+            .await
+            .map_err(endpoint)?;
         if res.status() != StatusCode::OK {
-            return Err(Error::InvalidResponse(
-                Endpoint::Introspection,
-                format!("HTTP {}", res.status().as_u16()),
+            // A 400 may be about the token sent; anything else is the endpoint's.
+            let blame = if res.status() == StatusCode::BAD_REQUEST {
+                Blame::Token
+            } else {
+                Blame::Endpoint
+            };
+            return Err((
+                Error::InvalidResponse(
+                    Endpoint::Introspection,
+                    format!("HTTP {}", res.status().as_u16()),
+                ),
+                blame,
             ));
         }
-        parse_answer(res.body())
+        parse_answer(res.body()).map_err(|e| (e, Blame::Token))
     }
 }
 
@@ -527,6 +624,9 @@ fn form_encode(s: &str) -> String {
 enum Answer<C> {
     Active(Active<C>),
     Inactive,
+    /// No answer: the call failed in a way that may be the token's own (a `400`,
+    /// an answer that does not parse); cached for the failure backoff.
+    Failed,
 }
 
 /// An active token: its claims, what is checked here, and how long it stays valid.
@@ -592,6 +692,14 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
             return ValidationFuture::ready(self.judge(&hit));
         }
         metrics::cache_lookup(CacheName::Introspection, false);
+        // A running call for the token is still joined (below); no new one while
+        // the endpoint is backed off.
+        let running = lock(&self.state.flights).contains_key(&digest);
+        if !running {
+            if let Some(wait) = self.state.backing_off(Instant::now()) {
+                return ValidationFuture::ready(Err(unavailable(wait)));
+            }
+        }
         let flight = {
             let mut flights = lock(&self.state.flights);
             // A job stores its answer before it removes its flight, under this lock:
@@ -620,7 +728,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
         );
         match joined {
             Joined::Ready(Ok(received)) => ValidationFuture::ready(self.judge(&received)),
-            Joined::Ready(Err(_)) => ValidationFuture::ready(Err(unavailable())),
+            Joined::Ready(Err(_)) => ValidationFuture::ready(Err(self.failed())),
             // The flight hands the provider's answer to every waiter, which judges it
             // with its own rules (the flight may be another clone's): none depends on
             // it still being in the cache (a flood may have evicted a refusal).
@@ -629,7 +737,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
                 ValidationFuture::pending(async move {
                     match flight.await {
                         Ok(received) => this.judge(&received),
-                        Err(_) => Err(unavailable()),
+                        Err(_) => Err(this.failed()),
                     }
                 })
             }
@@ -645,8 +753,19 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for Introspe
     }
 }
 
-fn unavailable() -> Rejection {
-    Rejection::Unavailable("the introspection endpoint is unavailable".into())
+impl<C> Introspection<C> {
+    /// The answer to a request whose call failed: `503`, with the backoff left.
+    fn failed(&self) -> Rejection {
+        let wait = self.state.backing_off(Instant::now());
+        unavailable(wait.unwrap_or(self.config.failure_backoff))
+    }
+}
+
+/// `503`: the provider cannot answer now; ask again after `wait`.
+fn unavailable(wait: Duration) -> Rejection {
+    Rejection::Unavailable(
+        Unavailable::new("the introspection endpoint is unavailable").retry_after(wait),
+    )
 }
 
 #[cfg(test)]
@@ -669,6 +788,16 @@ mod tests {
             Answer::Inactive
         ));
         assert!(parse_answer::<Claims>(b"nope").is_err());
+        // A provider's answer that quotes the token in a malformed member: the
+        // error (logged) never repeats it.
+        let err = parse_answer::<Claims>(br#"{"active":"tok-SECRET-123"}"#)
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+        let err = parse_answer::<Claims>(br#"{"active":true,"scope":"tok-SECRET-123","sub":5}"#)
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("SECRET"), "{err}");
         assert_eq!(form_encode("a b:c&"), "a+b%3Ac%26");
     }
 }

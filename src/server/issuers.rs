@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::jwks::{JwksValidator, MAX_TOKEN_LEN};
 use super::jwt::{compact_parts, json_object, malformed};
 use super::validator::{Claims, ValidationFuture, Validator};
-use super::Rejection;
+use super::{Rejection, Unavailable};
 use crate::Error;
 
 /// The default bound on issuers added at run time by a resolver.
@@ -30,6 +30,9 @@ pub const DEFAULT_LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_REFUSAL_TTL: Duration = Duration::from_secs(5 * 60);
 /// The default time a resolver call may take.
 pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default longest time a request for an issuer not known yet waits for the
+/// next allowed look-up before it is answered `503` with `Retry-After`.
+pub const DEFAULT_LOOKUP_WAIT: Duration = Duration::from_secs(5);
 
 /// An `iss` longer than this is refused without a look-up.
 const MAX_ISSUER_LEN: usize = 1024;
@@ -60,12 +63,21 @@ type Lookup = SharedFuture<BoxFuture<'static, ()>>;
 ///   time (a tenant lookup). It is bounded so that junk `iss` values cannot turn
 ///   requests into look-ups or key fetches: at most one call per
 ///   [`lookup_interval`](MultiIssuerBuilder::lookup_interval) (default 1 s) for
-///   issuers not known yet (an unknown `iss` arriving while that budget is spent is
-///   answered `503`, as a key that cannot be looked up now is); concurrent requests
-///   for one issuer share one call; an issuer the resolver refused is refused
-///   without a call for [`refusal_ttl`](MultiIssuerBuilder::refusal_ttl) (default
-///   5 min); each call has a deadline; and at most
-///   [`max_issuers`](MultiIssuerBuilder::max_issuers) (default 100) are added.
+///   issuers not known yet, throttled by time as the keys' first sight is. A
+///   request for an unknown `iss` that arrives during the interval (after a junk
+///   `iss`, say) **waits** for the next allowed call, at most
+///   [`lookup_wait`](MultiIssuerBuilder::lookup_wait) (default 5 s): waiting is
+///   bounded by time only (a count of waiters would be a budget junk could spend;
+///   the requests a server holds are bounded by its own concurrency limit); one
+///   that cannot wait is answered `503` with a `Retry-After` of the time until
+///   that call.
+///   Concurrent requests for one issuer share one call; an issuer the resolver
+///   refused is refused without a call for
+///   [`refusal_ttl`](MultiIssuerBuilder::refusal_ttl) (default 5 min); each call has
+///   a deadline; and at most [`max_issuers`](MultiIssuerBuilder::max_issuers)
+///   (default 100) are added. Each call is for one issuer: a steady flood of new
+///   junk `iss` values still competes with a real new tenant for the calls (known
+///   tenants are never affected).
 ///
 /// It is a [`Validator`]: stack it under `VerifiedCache`, `Denylisted`,
 /// `RequireBearerLayer` and `RequireScopeLayer` like any other.
@@ -122,6 +134,7 @@ struct Shared<C> {
     lookup_interval: Duration,
     refusal_ttl: Duration,
     lookup_timeout: Duration,
+    lookup_wait: Duration,
     lookups: Mutex<Lookups>,
 }
 
@@ -143,6 +156,7 @@ pub struct MultiIssuerBuilder<C> {
     lookup_interval: Duration,
     refusal_ttl: Duration,
     lookup_timeout: Duration,
+    lookup_wait: Duration,
 }
 
 impl<C> fmt::Debug for MultiIssuerBuilder<C> {
@@ -165,6 +179,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> MultiIssuer<C> {
             lookup_interval: DEFAULT_LOOKUP_INTERVAL,
             refusal_ttl: DEFAULT_REFUSAL_TTL,
             lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
+            lookup_wait: DEFAULT_LOOKUP_WAIT,
         }
     }
 
@@ -243,6 +258,14 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> MultiIssuerBuilder<C> 
         self
     }
 
+    /// How long a request for an issuer not known yet may wait for the next allowed
+    /// resolver call before it is answered `503` with `Retry-After` (default 5 s).
+    /// `Duration::ZERO`: never wait (a call allowed now is still made and awaited).
+    pub fn lookup_wait(mut self, wait: Duration) -> Self {
+        self.lookup_wait = wait;
+        self
+    }
+
     /// The validator.
     ///
     /// # Errors
@@ -273,6 +296,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> MultiIssuerBuilder<C> 
                 lookup_interval: self.lookup_interval,
                 refusal_ttl: self.refusal_ttl,
                 lookup_timeout: self.lookup_timeout,
+                lookup_wait: self.lookup_wait,
                 lookups: Mutex::new(Lookups::default()),
             }),
         })
@@ -288,7 +312,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Begin<C> {
     Found(JwksValidator<C>),
     Refused,
-    Busy,
+    /// No call allowed before this time.
+    Busy(Instant),
     Wait(Lookup),
 }
 
@@ -325,13 +350,14 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
             return Begin::Refused;
         }
         let now = Instant::now();
-        // Look-ups under way count towards the bound: they may all succeed.
-        if added + lookups.running.len() >= this.max_issuers
-            || lookups
-                .last_start
-                .is_some_and(|t| now.saturating_duration_since(t) < this.lookup_interval)
-        {
-            return Begin::Busy;
+        let next = Shared::<C>::next_call(&lookups, this.lookup_interval, now);
+        // Look-ups under way count towards the bound: they may all succeed (or not:
+        // ask again an interval later).
+        if added + lookups.running.len() >= this.max_issuers {
+            return Begin::Busy(next.max(now + this.lookup_interval));
+        }
+        if next > now {
+            return Begin::Busy(next);
         }
         lookups.last_start = Some(now);
         let call = tokio::time::timeout(this.lookup_timeout, resolve(issuer.to_owned()));
@@ -352,6 +378,45 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         .shared();
         lookups.running.insert(issuer.to_owned(), lookup.clone());
         Begin::Wait(lookup)
+    }
+
+    /// When the next resolver call is allowed (now or earlier if it is).
+    fn next_call(lookups: &Lookups, interval: Duration, now: Instant) -> Instant {
+        lookups.last_start.map_or(now, |t| (t + interval).max(now))
+    }
+
+    /// `503` with the time until the next allowed call.
+    fn busy(next: Instant) -> Rejection {
+        let after = next.saturating_duration_since(Instant::now());
+        Rejection::Unavailable(Unavailable::new(LOOKUP_BUSY).retry_after(after))
+    }
+
+    /// The answer to a request for `issuer` that arrived while no call was allowed
+    /// (before `next`): it waits for the next allowed call when that comes within
+    /// its wait, and tries again (the issuer may have been added meanwhile);
+    /// otherwise `503` with `Retry-After`.
+    async fn wait_turn(
+        this: Arc<Self>,
+        resolve: Resolve<C>,
+        issuer: String,
+        token: String,
+        mut next: Instant,
+    ) -> Result<C, Rejection> {
+        let deadline = Instant::now() + this.lookup_wait;
+        loop {
+            if next > deadline {
+                return Err(Shared::<C>::busy(next));
+            }
+            tokio::time::sleep_until(next).await;
+            match Shared::begin(&this, &resolve, &issuer) {
+                Begin::Found(v) => return v.validate(&token).await,
+                Begin::Refused => return Err(Rejection::invalid_token(UNKNOWN_ISSUER)),
+                Begin::Busy(later) => next = later,
+                Begin::Wait(lookup) => {
+                    return Shared::after_lookup(this, lookup, issuer, token).await;
+                }
+            }
+        }
     }
 
     /// Records what the resolver answered for `issuer` (`None`: it timed out).
@@ -399,10 +464,13 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
         if let Some(v) = this.route(&issuer) {
             return v.validate(&token).await;
         }
-        if Shared::<C>::refused(&lock(&this.lookups), &issuer, this.refusal_ttl) {
+        let lookups = lock(&this.lookups);
+        if Shared::<C>::refused(&lookups, &issuer, this.refusal_ttl) {
             Err(Rejection::invalid_token(UNKNOWN_ISSUER))
         } else {
-            Err(Rejection::Unavailable(LOOKUP_BUSY.into()))
+            // The call timed out: the next one for this issuer comes after the interval.
+            let next = Shared::<C>::next_call(&lookups, this.lookup_interval, Instant::now());
+            Err(Shared::<C>::busy(next))
         }
     }
 }
@@ -459,9 +527,16 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for MultiIss
                 Begin::Refused => Err(ValidationFuture::ready(Err(Rejection::invalid_token(
                     UNKNOWN_ISSUER,
                 )))),
-                Begin::Busy => Err(ValidationFuture::ready(Err(Rejection::Unavailable(
-                    LOOKUP_BUSY.into(),
-                )))),
+                Begin::Busy(next) if next > Instant::now() + shared.lookup_wait => {
+                    Err(ValidationFuture::ready(Err(Shared::<C>::busy(next))))
+                }
+                Begin::Busy(next) => Err(ValidationFuture::pending(Shared::wait_turn(
+                    Arc::clone(shared),
+                    Arc::clone(resolve),
+                    iss.to_owned(),
+                    token.to_owned(),
+                    next,
+                ))),
                 Begin::Wait(lookup) => Err(ValidationFuture::pending(Shared::after_lookup(
                     Arc::clone(shared),
                     lookup,

@@ -1071,6 +1071,38 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksVali
             seen,
         ))
     }
+
+    /// A verdict cached (by a [`VerifiedCache`](super::VerifiedCache)) stands while
+    /// the key that verified it is still in the current key set: once a refresh
+    /// (scheduled, or a first-sight look-up) brought a set without the token's
+    /// `kid`, the token is refused as [`validate`](Validator::validate) would refuse
+    /// it, instead of being served until its `exp`. The hit stays cheap: the header
+    /// is decoded on the stack, the key set is one atomic load and its kids are
+    /// compared in place (no hashing, no lock, no allocation).
+    ///
+    /// A token without a `kid` is held while the set has a key for such tokens; the
+    /// claims rules were checked when the verdict was cached.
+    fn recheck(&self, token: &str, claims: C) -> ValidationFuture<C> {
+        let shared = &self.shared;
+        let keys = shared.keys.load();
+        let Some(keys) = &*keys else {
+            // Never for a verdict this validator gave; decided afresh.
+            return self.validate(token);
+        };
+        if keys.refresh_at <= Instant::now() {
+            // Due: refresh in the background, as validate does.
+            drop(Shared::fetch_once(shared, Cause::Schedule));
+        }
+        let held = super::jwt::with_header_kid(token, |kid| match kid {
+            Some(kid) => keys.by_kid.keys().any(|k| k == kid),
+            None => keys.find(None).is_some(),
+        });
+        ValidationFuture::ready(match held {
+            Ok(true) => Ok(claims),
+            Ok(false) => Err(Rejection::invalid_token(UNKNOWN_KEY)),
+            Err(rejection) => Err(rejection),
+        })
+    }
 }
 
 #[cfg(test)]

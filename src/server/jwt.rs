@@ -836,16 +836,27 @@ pub(crate) fn json_object(bytes: &[u8]) -> Result<&[u8], Rejection> {
 /// read from it.
 #[cfg(feature = "jwks")]
 pub(crate) fn header_kid(token: &str) -> Result<Option<String>, Rejection> {
+    with_header_kid(token, |kid| kid.map(str::to_owned))
+}
+
+/// `then` applied to the header's `kid`, read without allocating for a header of
+/// up to [`HEADER_ON_STACK`] bytes whose `kid` has no JSON escapes (a cached
+/// verdict's recheck reads it on every hit).
+pub(crate) fn with_header_kid<T>(
+    token: &str,
+    then: impl FnOnce(Option<&str>) -> T,
+) -> Result<T, Rejection> {
     #[derive(Deserialize)]
-    struct KidHeader {
-        #[serde(default)]
-        kid: Option<String>,
+    struct KidHeader<'a> {
+        #[serde(default, borrow)]
+        kid: Option<Cow<'a, str>>,
     }
     let (header, _, _) = split(token)?;
     let (mut stack, mut heap) = ([0u8; HEADER_ON_STACK], Vec::new());
     let bytes = decode_part(header, &mut stack, &mut heap)?;
-    let header: KidHeader = serde_json::from_slice(json_object(bytes)?).map_err(|_| malformed())?;
-    Ok(header.kid)
+    let header: KidHeader<'_> =
+        serde_json::from_slice(json_object(bytes)?).map_err(|_| malformed())?;
+    Ok(then(header.kid.as_deref()))
 }
 
 /// The members of a JOSE header that matter here; the rest are skipped.
