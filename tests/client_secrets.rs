@@ -286,3 +286,52 @@ async fn secrets_echoed_in_the_code_cut_or_basic_header_are_not_repeated() {
         assert!(!shown.contains(&basic), "{shown}");
     }
 }
+
+/// `Debug` of every public client type built from a secret (a client secret, a
+/// refresh token, a password, a subject token, a static token, an API key, a Basic
+/// password) shows none of it.
+#[tokio::test]
+async fn debug_of_every_type_holding_a_secret_shows_none() {
+    use tower_bearer::client::source::{Chain, ExchangeToken};
+    use tower_bearer::client::{ApiKey, Basic, StaticToken};
+    let endpoint = TokenEndpoint::new("https://idp.example.com/token")
+        .unwrap()
+        .client_id("id")
+        .client_secret("cs-MARKER")
+        .param("client_assertion", "param-MARKER");
+    let token = tower_bearer::Token::bearer("at-MARKER")
+        .unwrap()
+        .with_refresh_token("rt-MARKER");
+    let chain = Chain::new()
+        .refresh_with(endpoint.clone())
+        .tokens(Some("at2-MARKER"), Some("rt2-MARKER"))
+        .unwrap();
+    let printed = [
+        format!("{endpoint:?}"),
+        format!("{token:?}"),
+        format!("{chain:?}"),
+        format!("{:?}", endpoint.refresh_token("rt3-MARKER")),
+        format!("{:?}", endpoint.password("alice", "pw-MARKER")),
+        format!("{:?}", endpoint.client_credentials()),
+        format!(
+            "{:?}",
+            endpoint.token_exchange(ExchangeToken::fixed("st-MARKER", "urn:x"))
+        ),
+        format!("{:?}", Refreshing::new(endpoint.refresh_token("rt4-MARKER"))),
+        format!("{:?}", StaticToken::bearer("static-MARKER").unwrap()),
+        format!("{:?}", Basic::new("alice", "basic-MARKER").unwrap()),
+        format!("{:?}", ApiKey::new("x-api-key", "key-MARKER").unwrap()),
+        format!(
+            "{:?}",
+            tower_bearer::client::source::AuthorizationCode::new(
+                endpoint.clone(),
+                "https://idp.example.com/authorize"
+            )
+            .unwrap()
+            .param("login_hint", "alice")
+        ),
+    ];
+    for shown in printed {
+        assert!(!shown.contains("MARKER"), "{shown}");
+    }
+}
