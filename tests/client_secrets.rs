@@ -317,7 +317,10 @@ async fn debug_of_every_type_holding_a_secret_shows_none() {
             "{:?}",
             endpoint.token_exchange(ExchangeToken::fixed("st-MARKER", "urn:x"))
         ),
-        format!("{:?}", Refreshing::new(endpoint.refresh_token("rt4-MARKER"))),
+        format!(
+            "{:?}",
+            Refreshing::new(endpoint.refresh_token("rt4-MARKER"))
+        ),
         format!("{:?}", StaticToken::bearer("static-MARKER").unwrap()),
         format!("{:?}", Basic::new("alice", "basic-MARKER").unwrap()),
         format!("{:?}", ApiKey::new("x-api-key", "key-MARKER").unwrap()),
