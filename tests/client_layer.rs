@@ -621,3 +621,58 @@ async fn per_resource_never_carries_a_token_outside_its_api_through_path_tricks(
         );
     }
 }
+
+/// Tomcat, Jetty and Spring read `;` parameters off each segment (`/v1/..;/admin`
+/// is `/admin` to them), some after decoding `%3B`: such a path leaving `/v1` never
+/// carries the `/v1` token; a parameter inside `/v1` is still `/v1`'s.
+#[tokio::test]
+async fn per_resource_reads_segment_parameters_as_servlet_servers_do() {
+    use tower_bearer::client::PerResource;
+    type Seen = Arc<Mutex<Vec<Option<String>>>>;
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let record = record.clone();
+        async move {
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().unwrap().to_owned());
+            record.lock().unwrap().push(auth);
+            "ok"
+        }
+    });
+    let addr = common::server::serve(app).await;
+    let base = format!("http://{addr}");
+    let authorizer = PerResource::new()
+        .at(
+            &format!("{base}/v1"),
+            StaticToken::bearer("v1-token").unwrap(),
+        )
+        .unwrap();
+    let mut client = ServiceBuilder::new()
+        .layer(AuthorizeLayer::new(authorizer))
+        .service(common::http_client::<Full<Bytes>>());
+    let outside = [
+        "/v1/..;/admin/keys",
+        "/v1/..;x=1/admin/keys",
+        "/v1/%2e%2e;/admin/keys",
+        "/v1/..%3b/admin/keys",
+        "/v1/.;/..;/admin/keys",
+    ];
+    let inside = ["/v1/users;jsessionid=1", "/v1/a;b/../users"];
+    for path in outside.iter().chain(inside.iter()) {
+        let svc = client.ready().await.unwrap();
+        let res = svc.call(get(&format!("{base}{path}"))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), outside.len() + inside.len());
+    for (auth, sent) in seen.iter().zip(outside.iter().chain(inside.iter())) {
+        assert_eq!(
+            auth.is_some(),
+            inside.contains(sent),
+            "{sent} carried {auth:?}"
+        );
+    }
+}

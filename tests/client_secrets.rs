@@ -211,3 +211,130 @@ async fn a_provider_echoing_secrets_in_its_errors_is_not_repeated() {
         "{err}"
     );
 }
+
+/// A provider that echoes secrets where the first fix did not look: in the `error`
+/// code itself, across the 256-character cut of a long description (a part of the
+/// secret would stay), and as the `Authorization: Basic` header it was sent (the
+/// client secret in base64). None of it is shown.
+#[tokio::test]
+async fn secrets_echoed_in_the_code_cut_or_basic_header_are_not_repeated() {
+    use base64::Engine as _;
+    use tower_bearer::client::TokenSource;
+    const RT: &str = "rt-MARKER-0123456789abcdefghijklmnopqrstuvwxyz";
+    const SECRET: &str = "cs-MARKER-0123456789";
+    let app = axum::Router::new()
+        .route(
+            "/code",
+            axum::routing::post(|| async move {
+                (
+                    http::StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({ "error": RT })),
+                )
+            }),
+        )
+        .route(
+            "/cut",
+            axum::routing::post(|| async move {
+                // The secret starts 20 characters before the 256-character cut.
+                let description = format!("{}{RT} is refused", "x".repeat(236));
+                (
+                    http::StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({
+                        "error": "invalid_grant",
+                        "error_description": description,
+                    })),
+                )
+            }),
+        )
+        .route(
+            "/basic",
+            axum::routing::post(|headers: http::HeaderMap| async move {
+                let sent = headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                (
+                    http::StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({
+                        "error": "invalid_client",
+                        "error_description": format!("bad credentials: {sent}"),
+                    })),
+                )
+            }),
+        );
+    let addr = common::server::serve(app).await;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("id:{SECRET}"));
+    let (captured, guard) = common::LogCapture::trace();
+    let mut shown = Vec::new();
+    for path in ["code", "cut", "basic"] {
+        let endpoint = TokenEndpoint::new(&format!("http://{addr}/{path}"))
+            .unwrap()
+            .client_id("id")
+            .client_secret(SECRET);
+        let err = endpoint.refresh_token(RT).fetch(None).await.unwrap_err();
+        shown.push(err.to_string());
+        shown.push(format!("{err:?}"));
+    }
+    drop(guard);
+    shown.push(captured.text());
+    // The part of the refresh token that would stay before the cut.
+    let head = &RT[..20];
+    for shown in shown {
+        assert!(!shown.contains("MARKER"), "{shown}");
+        assert!(!shown.contains(head), "{shown}");
+        assert!(!shown.contains(&basic), "{shown}");
+    }
+}
+
+/// `Debug` of every public client type built from a secret (a client secret, a
+/// refresh token, a password, a subject token, a static token, an API key, a Basic
+/// password) shows none of it.
+#[tokio::test]
+async fn debug_of_every_type_holding_a_secret_shows_none() {
+    use tower_bearer::client::source::{Chain, ExchangeToken};
+    use tower_bearer::client::{ApiKey, Basic, StaticToken};
+    let endpoint = TokenEndpoint::new("https://idp.example.com/token")
+        .unwrap()
+        .client_id("id")
+        .client_secret("cs-MARKER")
+        .param("client_assertion", "param-MARKER");
+    let token = tower_bearer::Token::bearer("at-MARKER")
+        .unwrap()
+        .with_refresh_token("rt-MARKER");
+    let chain = Chain::new()
+        .refresh_with(endpoint.clone())
+        .tokens(Some("at2-MARKER"), Some("rt2-MARKER"))
+        .unwrap();
+    let printed = [
+        format!("{endpoint:?}"),
+        format!("{token:?}"),
+        format!("{chain:?}"),
+        format!("{:?}", endpoint.refresh_token("rt3-MARKER")),
+        format!("{:?}", endpoint.password("alice", "pw-MARKER")),
+        format!("{:?}", endpoint.client_credentials()),
+        format!(
+            "{:?}",
+            endpoint.token_exchange(ExchangeToken::fixed("st-MARKER", "urn:x"))
+        ),
+        format!(
+            "{:?}",
+            Refreshing::new(endpoint.refresh_token("rt4-MARKER"))
+        ),
+        format!("{:?}", StaticToken::bearer("static-MARKER").unwrap()),
+        format!("{:?}", Basic::new("alice", "basic-MARKER").unwrap()),
+        format!("{:?}", ApiKey::new("x-api-key", "key-MARKER").unwrap()),
+        format!(
+            "{:?}",
+            tower_bearer::client::source::AuthorizationCode::new(
+                endpoint.clone(),
+                "https://idp.example.com/authorize"
+            )
+            .unwrap()
+            .param("login_hint", "alice")
+        ),
+    ];
+    for shown in printed {
+        assert!(!shown.contains("MARKER"), "{shown}");
+    }
+}

@@ -372,3 +372,62 @@ async fn a_redirect_without_iss_is_refused_when_the_provider_promises_it() {
     run.end().await.unwrap();
     assert_eq!(server.forms.lock().unwrap().len(), 1);
 }
+
+/// A redirect that carries `iss`, `code` or `state` twice (RFC 6749 §3.1: a parameter
+/// is sent at most once) is refused and its code never exchanged: with the right
+/// `iss` first and another after it, a reader of the last one would see another
+/// issuer. An error redirect without the promised `iss` is refused as well (RFC 9207
+/// §2.4 covers error responses).
+#[tokio::test]
+async fn a_redirect_with_a_parameter_twice_or_an_error_without_iss_is_refused() {
+    let server = token_server().await;
+    let discovered = || async {
+        TokenEndpoint::discover(&server.issuer)
+            .await
+            .unwrap()
+            .client_id("cli")
+            .authorization_code()
+            .unwrap()
+    };
+    let issuer = server.issuer.clone();
+    for twice in ["iss", "code", "state"] {
+        let run = Running::start(&server, discovered().await).await;
+        let state = run.query["state"].clone();
+        let mut params = vec![("code", "good-code"), ("state", &state), ("iss", &issuer)];
+        let extra = match twice {
+            "iss" => "https://evil.test",
+            "code" => "other-code",
+            _ => "another-state",
+        };
+        params.push((twice, extra));
+        let (status, page) = run.redirect(&params).await.unwrap();
+        assert_eq!(status, 502, "{twice}: {page}");
+        let err = run.end().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidResponse(tower_bearer::Endpoint::Authorization, _)
+            ),
+            "{twice}: {err}"
+        );
+        assert!(
+            server.forms.lock().unwrap().is_empty(),
+            "{twice}: the code was exchanged"
+        );
+    }
+
+    let run = Running::start(&server, discovered().await).await;
+    let state = run.query["state"].clone();
+    let (status, _) = run
+        .redirect(&[("error", "access_denied"), ("state", &state)])
+        .await
+        .unwrap();
+    assert_eq!(status, 502);
+    assert!(matches!(
+        run.end().await,
+        Err(Error::InvalidResponse(
+            tower_bearer::Endpoint::Authorization,
+            _
+        ))
+    ));
+}

@@ -319,10 +319,23 @@ impl TokenEndpoint {
         // As sent, and form-encoded (an echo of the request body).
         let encoded: Vec<String> = secrets.iter().map(|s| form_encode(s)).collect();
         secrets.extend(encoded);
+        // The `Authorization: Basic` value, which a provider may quote as it got it.
+        if let (Some(id), Some(secret)) = (&self.client_id, &self.client_secret) {
+            let credentials = format!(
+                "{}:{}",
+                form_encode(id),
+                form_encode(secret.expose_secret())
+            );
+            secrets.push(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                credentials,
+            ));
+        }
         let secrets = zeroize::Zeroizing::new(secrets);
         let clean = |e: &mut EndpointError| {
             e.url.get_or_insert(url.clone());
-            for text in [&mut e.description, &mut e.uri].into_iter().flatten() {
+            let texts = [&mut e.code, &mut e.description, &mut e.uri];
+            for text in texts.into_iter().flatten() {
                 *text = redact(text, secrets.as_slice());
             }
         };
@@ -494,12 +507,23 @@ const SECRET_FIELDS: &[&str] = &[
     "actor_token",
 ];
 
-/// `text` with every occurrence of a secret replaced (empty secrets are skipped).
+/// `text` with every occurrence of a secret replaced (empty secrets are skipped). A
+/// text cut short (ending in `…`) may end in the first part of a secret: that part
+/// is replaced too.
 fn redact(text: &str, secrets: &[String]) -> String {
     let mut text = text.to_owned();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         if text.contains(secret) {
             text = text.replace(secret, "[redacted]");
+        }
+        if let Some(body) = text.strip_suffix('…') {
+            let cut = (1..secret.len())
+                .rev()
+                .filter(|&k| secret.is_char_boundary(k))
+                .find(|&k| body.ends_with(&secret[..k]));
+            if let Some(k) = cut {
+                text = format!("{}[redacted]…", &body[..body.len() - k]);
+            }
         }
     }
     text

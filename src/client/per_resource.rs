@@ -24,11 +24,13 @@ use crate::Error;
 ///
 /// The path is matched as the server may read it, not as it is spelled: a request's
 /// path is read as sent, with its dot segments removed (RFC 3986 §5.2.4), and with
-/// percent-encoded unreserved characters, `%2F` and `%5C` decoded, backslashes taken
-/// for slashes and doubled slashes merged (what many servers do). When these readings
-/// fall under different APIs (`/v1/../admin`, `/v1/%2e%2e/admin`), the request gets
-/// no credential at all, not even the [`otherwise`](Self::otherwise) one. A prefix
-/// must be given in that normal form.
+/// percent-encoded unreserved characters, `%2F`, `%5C` and `%3B` decoded, backslashes
+/// taken for slashes, doubled slashes merged and `;` parameters dropped from each
+/// segment (what many servers do: `/v1/..;/admin` is `/admin` to Tomcat). When
+/// these readings fall under different APIs (`/v1/../admin`, `/v1/%2e%2e/admin`),
+/// the request gets no credential at all, not even the
+/// [`otherwise`](Self::otherwise) one. A prefix must be given in that normal form
+/// (no `;` parameters).
 ///
 /// `401`s are told to every authorizer; each drops only the value it issued, so
 /// the refused API's cache alone refreshes.
@@ -137,9 +139,10 @@ fn readings(path: &str) -> [std::borrow::Cow<'_, str>; 3] {
     ]
 }
 
-/// `path` with percent-encoded unreserved characters, `/`, `\` and `%` decoded (until
-/// nothing more decodes, for servers that decode twice), backslashes read as
-/// slashes, doubled slashes merged and dot segments removed.
+/// `path` with percent-encoded unreserved characters, `/`, `\`, `%` and `;` decoded
+/// (until nothing more decodes, for servers that decode twice), backslashes read as
+/// slashes, doubled slashes merged, `;` parameters dropped from each segment and dot
+/// segments removed.
 fn normalized(path: &str) -> String {
     let mut decoded = path.to_owned();
     for _ in 0..4 {
@@ -156,11 +159,17 @@ fn normalized(path: &str) -> String {
             slashes.push(c);
         }
     }
-    remove_dot_segments(&slashes)
+    // Servlet containers (Tomcat, Jetty) drop `;` parameters off each segment:
+    // `/v1/..;/admin` is `/admin` to them.
+    let bare: Vec<&str> = slashes
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect();
+    remove_dot_segments(&bare.join("/"))
 }
 
 /// Decodes `%XX` where it stands for an unreserved character (RFC 3986 §2.3), `/`,
-/// `\` or `%` (a double encoding); leaves every other escape as it is.
+/// `\`, `%` (a double encoding) or `;`; leaves every other escape as it is.
 fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -170,7 +179,7 @@ fn decode_unreserved(path: &str) -> String {
             let hex = |b: u8| (b as char).to_digit(16);
             if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
                 let b = (h * 16 + l) as u8;
-                if b.is_ascii_alphanumeric() || b"-._~/\\%".contains(&b) {
+                if b.is_ascii_alphanumeric() || b"-._~/\\%;".contains(&b) {
                     out.push(b);
                     i += 3;
                     continue;

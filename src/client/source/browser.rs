@@ -219,7 +219,8 @@ impl AuthorizationCode {
     /// - [`Error::AccessDenied`] when the provider redirects with `access_denied`,
     ///   [`Error::TokenEndpoint`] with its other errors (the code says which);
     /// - [`Error::InvalidResponse`] when the redirect names another issuer, or names
-    ///   none while the provider's metadata promises it will (RFC 9207 §2.4);
+    ///   none while the provider's metadata promises it will (RFC 9207 §2.4), or
+    ///   carries a parameter of the answer twice;
     /// - [`Error::Timeout`] when no redirect comes in time;
     /// - what [`TokenEndpoint::request`] returns for the code exchange.
     pub async fn login(&self) -> Result<Token, Error> {
@@ -288,6 +289,17 @@ impl AuthorizationCode {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
+        // RFC 6749 §3.1: a parameter is sent at most once. Two of them are a forgery
+        // (or a confused provider): which one counts depends on the reader.
+        if let Some(name) = ONCE
+            .iter()
+            .find(|n| query.iter().filter(|(k, _)| k == *n).count() > 1)
+        {
+            return Err(Error::InvalidResponse(
+                Endpoint::Authorization,
+                format!("the redirect has {name} more than once; refused"),
+            ));
+        }
         // RFC 9207 §2.4: checked before anything else of the redirect is used.
         match (&self.issuer, get("iss")) {
             (Some(expected), Some(iss)) if iss != expected => {
@@ -370,6 +382,16 @@ impl AuthorizationCode {
         format!("{}{sep}{encoded}", self.authorize)
     }
 }
+
+/// The parameters of an authorization response that must come at most once.
+const ONCE: &[&str] = &[
+    "iss",
+    "code",
+    "state",
+    "error",
+    "error_description",
+    "error_uri",
+];
 
 /// At most 100 characters of a value from the redirect, for a message.
 fn truncated(s: &str) -> String {
