@@ -1160,11 +1160,8 @@ async fn review_load_does_not_wait_without_end_on_a_fetch_nobody_drives() {
             .enable_all()
             .build()
             .unwrap();
-        let request = idle.block_on(async move {
-            let mut request = elsewhere.validate(&t1);
-            assert!(poll!(&mut request).is_pending());
-            request
-        });
+        let mut request = elsewhere.validate(&t1);
+        assert!(idle.block_on(async { poll!(&mut request).is_pending() }));
         (idle, request)
     })
     .join()
