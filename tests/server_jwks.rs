@@ -820,14 +820,14 @@ async fn issue_29_a_503_carries_retry_after() {
     let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
     let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
         .unwrap()
-        .first_sight_wait(std::time::Duration::ZERO)
+        .first_sight_wait(std::time::Duration::from_secs(1))
         .build()
         .unwrap();
     validator.load().await.unwrap();
     let api = start_api(validator).await;
     skip(5).await;
     assert_unknown_key(&send(api.addr, "/me", Some(&unsigned(&rs256("junk")))).await);
-    // The next look-up is 2 s away, and this validator does not wait for it.
+    // The next look-up is 2 s away, and this validator waits at most 1 s.
     let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
     let answer = send(api.addr, "/me", Some(&t2)).await;
     assert_unavailable(&answer);
@@ -1078,4 +1078,141 @@ async fn a_cached_token_is_refused_once_its_key_left_the_key_set() {
         Some("bob")
     );
     assert_eq!(idp.fetches(), 2);
+}
+
+/// The `Retry-After` delay of a `503` from the validator (no verdict on the token).
+fn unavailable_retry_after(answer: Result<Claims, tower_bearer::server::Rejection>) -> u64 {
+    match answer {
+        Err(tower_bearer::server::Rejection::Unavailable(u)) => {
+            let after = u
+                .retry_after_delay()
+                .unwrap_or_else(|| panic!("a 503 without Retry-After: {u:?}"));
+            after.as_secs()
+        }
+        other => panic!("expected a 503: {other:?}"),
+    }
+}
+
+/// Review of the first-sight rework: a JWKS endpoint that accepts the look-up and
+/// never answers. The request that started the look-up is answered `503` with
+/// `Retry-After` at its own `first_sight_wait` (1 s here), not at the HTTP client's
+/// timeout (30 s, the default); the look-up goes on, and once the endpoint answers
+/// its keys are taken: the next request is accepted with no look-up of its own.
+#[tokio::test]
+async fn review_a_hanging_jwks_endpoint_answers_503_at_first_sight_wait_then_its_keys_are_taken() {
+    use futures_util::poll;
+    use std::time::Duration;
+    use tower_bearer::server::Validator;
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .first_sight_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    validator.load().await.unwrap();
+    skip(3).await;
+    idp.set_keys(vec![public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")]);
+    // The endpoint accepts the look-up and holds its answer.
+    idp.gate.send_replace(false);
+    let t2 = mint(&rsa2(), rs256("k2"), &idp.issuer, "bob");
+
+    tokio::time::pause();
+    let arrived = tokio::time::Instant::now();
+    let mut request = validator.validate(&t2);
+    assert!(poll!(&mut request).is_pending());
+    until(|| idp.fetches() == 2).await;
+    let answer = request.await;
+    let waited = arrived.elapsed();
+    // Tokio's timers tick by the millisecond.
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1_001),
+        "answered after {waited:?}, not at first_sight_wait (1 s)"
+    );
+    assert!(unavailable_retry_after(answer) <= 2);
+
+    // The endpoint answers at last: the look-up (still running) stores its keys.
+    tokio::time::resume();
+    idp.gate.send_replace(true);
+    until(|| validator.key_ids().len() == 2).await;
+    let claims = validator.validate(&t2).await.expect("the keys were taken");
+    assert_eq!(claims.sub.as_deref(), Some("bob"));
+    assert_eq!(idp.fetches(), 2, "no look-up of its own");
+}
+
+/// The same at first use, with no keys yet: the first request starts the fetch and
+/// is answered `503` with `Retry-After` at `first_sight_wait` (default 5 s), not at
+/// the HTTP timeout; the fetch's keys serve the next request.
+#[tokio::test]
+async fn review_first_use_with_a_hanging_jwks_endpoint_answers_503_at_first_sight_wait() {
+    use futures_util::poll;
+    use std::time::Duration;
+    use tower_bearer::server::Validator;
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    idp.gate.send_replace(false);
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+
+    tokio::time::pause();
+    let arrived = tokio::time::Instant::now();
+    let mut request = validator.validate(&t1);
+    assert!(poll!(&mut request).is_pending());
+    until(|| idp.fetches() == 1).await;
+    let answer = request.await;
+    let waited = arrived.elapsed();
+    // Tokio's timers tick by the millisecond.
+    assert!(
+        waited >= Duration::from_secs(5) && waited <= Duration::from_millis(5_001),
+        "answered after {waited:?}, not at first_sight_wait (5 s)"
+    );
+    unavailable_retry_after(answer);
+
+    tokio::time::resume();
+    idp.gate.send_replace(true);
+    until(|| validator.key_ids().len() == 1).await;
+    let claims = validator.validate(&t1).await.expect("the keys were taken");
+    assert_eq!(claims.sub.as_deref(), Some("alice"));
+    assert_eq!(idp.fetches(), 1, "no fetch of its own");
+}
+
+/// Review: a fetch started on a current-thread runtime that then idles (a blocking
+/// wrapper between calls) is driven by nobody; its HTTP timeout never fires.
+/// `load` joins it and must notice the stall (no heartbeat), not wait without end:
+/// it makes a fetch of its own.
+#[tokio::test]
+async fn review_load_does_not_wait_without_end_on_a_fetch_nobody_drives() {
+    use futures_util::poll;
+    use std::time::Duration;
+    use tower_bearer::server::Validator;
+    let idp = Idp::start(vec![public_jwk(&rsa1(), "k1")]).await;
+    let validator = JwksValidator::<Claims>::builder(&idp.jwks_url())
+        .unwrap()
+        .build()
+        .unwrap();
+    let t1 = mint(&rsa1(), rs256("k1"), &idp.issuer, "alice");
+    // Another runtime starts the first-use fetch, then idles (it is never entered
+    // again): the fetch's task is never driven.
+    let elsewhere = validator.clone();
+    let (idle, request) = std::thread::spawn(move || {
+        let idle = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut request = elsewhere.validate(&t1);
+        assert!(idle.block_on(async { poll!(&mut request).is_pending() }));
+        (idle, request)
+    })
+    .join()
+    .unwrap();
+
+    tokio::time::pause();
+    let loaded = tokio::time::timeout(Duration::from_secs(60), validator.load()).await;
+    assert!(loaded.is_ok(), "load waited 60 s on a fetch nobody drives");
+    loaded.unwrap().unwrap();
+    assert_eq!(validator.key_ids(), vec!["k1".to_owned()]);
+    drop(request);
+    // A runtime cannot be dropped inside another.
+    std::thread::spawn(move || drop(idle)).join().unwrap();
 }

@@ -68,7 +68,10 @@ type Rules<C> = Arc<dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync>;
 ///   2 s) counted from the last fetch of any cause, one fetch shared by every
 ///   request that waits for it. The cases:
 ///   - a request with a new kid that arrives while the look-up is allowed starts it
-///     and waits for it (with every request that comes meanwhile);
+///     and waits for it (with every request that comes meanwhile), at most
+///     `first_sight_wait` from its arrival: a slow or hanging endpoint costs a
+///     request that long, not the HTTP client's timeout; the look-up goes on in
+///     the background and its keys serve the next request;
 ///   - one that arrives during the interval (after a look-up caused by junk, by an
 ///     earlier rotation or by anything else) **waits** for the next allowed look-up,
 ///     at most [`first_sight_wait`](JwksValidatorBuilder::first_sight_wait)
@@ -90,9 +93,9 @@ type Rules<C> = Arc<dyn Fn(JwtValidator<C>) -> JwtValidator<C> + Send + Sync>;
 ///   unknown kid: a provider that answered once with an older set (a lagging
 ///   replica or cache) cannot get a key in use refused for longer.
 /// - A token that cannot be decided in time (the next allowed look-up is beyond the
-///   request's wait, too many requests wait, or the look-up failed) is answered
+///   request's wait, the look-up did not end within it, or it failed) is answered
 ///   `503` (gRPC `UNAVAILABLE`) with no challenge and a `Retry-After` of the
-///   seconds until the next allowed look-up: the token may be good, signed by a key
+///   seconds until the next allowed look-up (at least 1): the token may be good, signed by a key
 ///   newer than our keys, and a client must not throw it away. After a failed fetch
 ///   the look-ups back off by time: the interval, doubled per failure in a row, up
 ///   to the cool-down (default 30 s).
@@ -340,15 +343,24 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidator<C> {
     }
 
     /// Fetches the keys now, whatever the cool-down (for example at start-up, to
-    /// fail early). Concurrent calls and requests share one fetch. The next
-    /// first-sight look-up comes at most one interval after it.
+    /// fail early), and waits for the outcome (bounded by the HTTP client's
+    /// timeout). Concurrent calls and requests share one fetch; a shared fetch that
+    /// nobody drives (started on a runtime that now idles) is noticed by its missing
+    /// heartbeat and replaced by one on the caller's runtime. The next first-sight
+    /// look-up comes at most one interval after it.
     ///
     /// # Errors
     /// Why the keys could not be fetched; the last good keys stay in use.
     pub async fn load(&self) -> Result<(), Error> {
-        match Shared::fetch_once(&self.shared, Cause::Forced) {
-            Some(flight) => flight.await.map(drop),
-            None => Ok(()),
+        loop {
+            let Some(flight) = Shared::fetch_once(&self.shared, Cause::Forced) else {
+                return Ok(());
+            };
+            if let Some(outcome) = flight.wait().await {
+                return outcome.map(drop);
+            }
+            // The fetch joined was driven by nobody (started on a runtime that
+            // idles, its timeout can never fire): it was abandoned, make our own.
         }
     }
 
@@ -440,12 +452,14 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
         self
     }
 
-    /// How long a request with an unknown `kid` may wait for a look-up to start
-    /// (the next allowed one, or a running fetch that started before the request)
-    /// before it is answered `503` with `Retry-After` (default 5 s). A look-up that
-    /// started after the request arrived is awaited to its end, which the HTTP
-    /// client's timeout bounds. `Duration::ZERO`: never wait for a later look-up
-    /// (one allowed now is still made and awaited).
+    /// The longest time a request with an unknown `kid` (or one that comes before
+    /// any keys) waits for keys, counted from its arrival (default 5 s): for the
+    /// next allowed look-up to start and for it to end, or for a running one,
+    /// whoever started it. Past it the request is answered `503` with `Retry-After`
+    /// (the seconds until the next allowed look-up, at least 1); the look-up goes
+    /// on in the background (up to the HTTP client's timeout) and its keys serve
+    /// the next requests. `Duration::ZERO`: never wait (a look-up allowed now is
+    /// still started, and the request answered `503` at once).
     pub fn first_sight_wait(mut self, wait: Duration) -> Self {
         self.first_sight_wait = wait;
         self
@@ -659,8 +673,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 let flight = Shared::fetch_once(&shared, Cause::Schedule);
                 drop(shared);
                 if let Some(flight) = flight {
-                    // The outcome is recorded by the fetch; the next due time follows.
-                    let _ = flight.await;
+                    // The outcome is recorded by the fetch; the next due time follows
+                    // (also when the fetch was driven by nobody and abandoned).
+                    let _ = flight.wait().await;
                 }
             }
             drop(ticking);
@@ -797,8 +812,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
     /// request arrived (numbered above `seen`, read once it had arrived). The
     /// request joins a running fetch (it may bring the key), or starts the look-up
     /// when the interval allows, or waits for the next allowed one when it comes
-    /// within [`first_sight_wait`](JwksValidatorBuilder::first_sight_wait); else,
-    /// or when the look-up fails, `503` with `Retry-After`.
+    /// within [`first_sight_wait`](JwksValidatorBuilder::first_sight_wait); every
+    /// wait ends at that deadline (the fetch itself goes on). Past it, or when the
+    /// look-up fails, `503` with `Retry-After`.
     async fn resolve(
         this: Arc<Self>,
         kid: Option<String>,
@@ -822,18 +838,17 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Shared<C> {
                 tokio::time::sleep_until(next).await;
                 continue;
             };
-            // A fetch numbered above `seen` is this request's look-up: awaited to its
-            // end (bounded by the HTTP timeout). An older one is joined only until
-            // the deadline: it may bring the key, or free the way for a look-up.
-            let outcome = if this.started() > seen {
-                Some(flight.await)
-            } else {
-                tokio::time::timeout_at(deadline, flight).await.ok()
-            };
-            match outcome {
-                Some(Ok(_)) => continue,
+            // Whoever started it (this request, or one before it), the fetch is
+            // awaited only until this request's deadline: it runs on its own task
+            // and stores its keys for the next request whatever happens here. An
+            // older fetch may bring the key, or free the way for a look-up.
+            match tokio::time::timeout_at(deadline, flight.wait()).await {
+                Ok(Some(Ok(_))) => continue,
+                // Nobody drove that fetch (its runtime idles): the flight was
+                // abandoned; look up again from this runtime if time allows.
+                Ok(None) => continue,
                 // A failed fetch or no time left: no verdict now.
-                Some(Err(_)) | None => return this.undecided(&kid, &token),
+                Ok(Some(Err(_))) | Err(_) => return this.undecided(&kid, &token),
             }
         }
     }
