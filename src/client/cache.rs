@@ -513,6 +513,11 @@ impl<S: TokenSource> Refreshing<S> {
     /// [`Error::NoToken`] (nothing is fetched, not even by a refresh that was running)
     /// until [`set_token`](Refreshing::set_token) gives a token from a new login.
     ///
+    /// The store is read and cleared before the revocation requests are sent: a
+    /// logout cut short while the provider is slow (dropped, or bounded with a
+    /// timeout) has forgotten the tokens here and in the store already, and a new
+    /// login meanwhile is saved without waiting for the provider.
+    ///
     /// # Errors
     /// The first failure, once everything else was done: a revocation the server
     /// refused or did not answer (the tokens are forgotten here all the same, and may
@@ -549,20 +554,28 @@ impl<S: TokenSource> Refreshing<S> {
         async move {
             let mut first_error = None;
             let mut tokens: Vec<Token> = current.into_iter().collect();
-            // One step with every save: a refresh's save that began before the logout
-            // has landed (and its token is read, revoked and cleared here); one that
-            // comes later sees the logout and writes nothing.
-            let _gate = shared.store_gate.lock().await;
-            // A new login (`set_token`) since: its token is in the store, not ours.
-            let store = shared
-                .store
-                .as_ref()
-                .filter(|_| shared.generation.load(Ordering::Acquire) == generation);
-            if let Some(store) = store {
-                match store.load().await {
-                    Ok(Some(stored)) => tokens.push(stored),
-                    Ok(None) => {}
-                    Err(error) => {
+            {
+                // One step with every save: a refresh's save that began before the
+                // logout has landed (and its token is read, cleared and revoked
+                // here); one that comes later sees the logout and writes nothing.
+                // The gate covers the store only: a revocation at a provider that
+                // hangs holds no save (a new login's) back, and a logout cut short
+                // while revoking has forgotten the tokens already.
+                let _gate = shared.store_gate.lock().await;
+                // A new login (`set_token`) since: its token is in the store, not ours.
+                let store = shared
+                    .store
+                    .as_ref()
+                    .filter(|_| shared.generation.load(Ordering::Acquire) == generation);
+                if let Some(store) = store {
+                    match store.load().await {
+                        Ok(Some(stored)) => tokens.push(stored),
+                        Ok(None) => {}
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                    if let Err(error) = store.clear().await {
                         first_error.get_or_insert(error);
                     }
                 }
@@ -590,11 +603,6 @@ impl<S: TokenSource> Refreshing<S> {
                     first_error.get_or_insert(Error::Configuration(
                         "logged out without revoking the tokens: no revocation endpoint is configured (RefreshingBuilder::revocation)".into(),
                     ));
-                }
-            }
-            if let Some(store) = store {
-                if let Err(error) = store.clear().await {
-                    first_error.get_or_insert(error);
                 }
             }
             first_error.map_or(Ok(()), Err)
