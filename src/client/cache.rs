@@ -711,8 +711,9 @@ impl<S: TokenSource> Shared<S> {
                         Ok(cached)
                     }
                     Err(error) => {
-                        // Logged out meanwhile: this token is nobody's, and is revoked
-                        // like the others.
+                        // Logged out meanwhile: this token is nobody's, and is
+                        // forgotten and revoked like the others.
+                        shared.forget_after_logout(&token).await;
                         if let Some(revocation) = &shared.revocation {
                             let _ = revocation.revoke_token(&token).await;
                         }
@@ -783,6 +784,36 @@ impl<S: TokenSource> Shared<S> {
                 }
             }
             Err(error) => Err(error),
+        }
+    }
+
+    /// A refresh's `token` came after a logout. A source that writes a store itself
+    /// (a [`FleetSource`](crate::redis::FleetSource) writes Redis inside `fetch`,
+    /// outside the store gate) may have put it in the store the logout cleared: it
+    /// is cleared again if it is the stored one, unless a new login came since.
+    async fn forget_after_logout(&self, token: &Token) {
+        let Some(store) = &self.store else { return };
+        let _gate = self.store_gate.lock().await;
+        if !self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .logged_out
+        {
+            return;
+        }
+        let ours = token.access_token().expose_secret();
+        match store.load().await {
+            Ok(Some(stored)) if stored.access_token().expose_secret() == ours => {
+                if let Err(error) = store.clear().await {
+                    tracing::warn!(%error, "could not clear the token a refresh stored after the logout");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                metrics::store_failure(metrics::StoreOp::Load);
+                tracing::warn!(%error, "could not read the token store after a logout");
+            }
         }
     }
 
