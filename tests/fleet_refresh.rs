@@ -1181,3 +1181,33 @@ on_every_redis! {
         assert_eq!(seen, vec!["rt-dead".to_owned(), "rt-good".to_owned()]);
     }
 }
+
+on_every_redis! {
+    /// A refusal that is not `invalid_grant` (a 503 from a provider in trouble) says
+    /// nothing about the refresh token: no record is made, and the same seed is
+    /// presented again once the provider is back.
+    async fn a_transient_failure_is_not_recorded_as_a_refusal(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        s.idp.set_mode(common::Mode::Fail(503, "temporarily_unavailable", None));
+        let profile = profile("transient");
+        let fleet = fleet_source(&redis, &profile, &s).await;
+        let failed = fleet.fetch(None).await;
+        assert!(failed.as_ref().is_err_and(Error::is_retryable), "{failed:?}");
+        let memo = redis::cmd("HEXISTS")
+            .arg(fleet.store().token_key())
+            .arg("refused")
+            .clone();
+        assert_eq!(redis.query::<i64>(&memo).await, 0, "a 503 was recorded as a refusal");
+        s.idp.set_mode(common::Mode::Normal);
+        let twin = fleet_source(&redis, &profile, &s).await;
+        let token = twin.fetch(None).await.expect("the seed is presented again");
+        assert!(valid_at_api(&s.idp, token.access_token().expose_secret()));
+        assert_eq!(s.idp.tokens(), 2, "the seed was presented twice");
+        assert_eq!(
+            s.idp.last_form.lock().unwrap().get("refresh_token").map(String::as_str),
+            Some("rt-0")
+        );
+    }
+}
