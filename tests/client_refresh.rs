@@ -760,3 +760,37 @@ async fn a_login_during_a_hanging_logout_is_saved_without_waiting_for_the_provid
         "second-login"
     );
 }
+
+/// The latency margin under attack: one refresh that takes 20 s (a provider hiccup)
+/// with 30 s tokens. The margin is capped at half of each token's life and decays
+/// by a quarter per refresh: every caller is served, and the token endpoint sees a
+/// few extra requests, no storm.
+#[tokio::test(start_paused = true)]
+async fn one_slow_refresh_costs_a_few_early_refreshes_not_a_storm() {
+    let s = common::start().await;
+    s.idp.set_lifetime(Some(30));
+    s.idp.set_mode(Mode::Delay(Duration::from_secs(20)));
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .jitter(Duration::ZERO)
+        .build();
+    get(&cache).await.unwrap();
+    s.idp.set_mode(Mode::Normal);
+    let started = tokio::time::Instant::now();
+    let mut served = 0u32;
+    while started.elapsed() < Duration::from_secs(300) {
+        let value = get(&cache).await.expect("every caller is served");
+        let token = value.trim_start_matches("Bearer ");
+        let expires = s.idp.access.lock().unwrap()[token];
+        assert!(
+            tokio::time::Instant::now() < expires,
+            "an expired token was sent"
+        );
+        served += 1;
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 2_900);
+    // 300 s of 30 s tokens: 10 at one per lifetime (27 s), 20 at two; the widened
+    // margin decays back within a few refreshes.
+    let tokens = s.idp.tokens();
+    assert!(tokens <= 16, "{tokens} token requests in 300 s");
+}

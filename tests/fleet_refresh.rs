@@ -1211,3 +1211,47 @@ on_every_redis! {
         );
     }
 }
+
+on_every_redis! {
+    /// The wait limit under attack: a lock another replica holds (its refresh is
+    /// slow). Hundreds of callers time out, retryably, and time out again; none of
+    /// them starts a refresh of its own: the one refresh goes on, and when the lock
+    /// frees, the next caller takes its token.
+    async fn callers_past_the_wait_limit_start_no_refresh_of_their_own(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("wait-limit");
+        let fleet = fleet_source(&redis, &profile, &s).await;
+        let lock_key = fleet.store().lock_key().to_owned();
+        redis
+            .query::<()>(redis::cmd("SET").arg(&lock_key).arg("another-replica").arg("PX").arg(60_000))
+            .await;
+        let cache = Refreshing::builder(fleet)
+            .wait_limit(Duration::from_millis(200))
+            .build();
+        for _round in 0..2 {
+            let callers: Vec<_> = (0..200)
+                .map(|_| {
+                    let cache = cache.clone();
+                    tokio::spawn(async move { cache.token().await })
+                })
+                .collect();
+            for caller in callers {
+                let error = caller.await.unwrap().unwrap_err();
+                assert!(matches!(error, Error::Timeout(..)), "{error:?}");
+                assert!(error.is_retryable());
+            }
+        }
+        assert_eq!(cache.stats().refreshes, 1, "the callers started refreshes");
+        assert_eq!(s.idp.tokens(), 0);
+        redis_del(&redis, &lock_key).await;
+        until(Duration::from_secs(10), "the refresh lands", || {
+            let cache = cache.clone();
+            async move { cache.token().await.is_ok() }
+        })
+        .await;
+        assert_eq!(cache.stats().refreshes, 1);
+        assert_eq!(s.idp.tokens(), 1);
+    }
+}
