@@ -513,9 +513,11 @@ pub struct FleetSource<S> {
     /// A token obtained from the token endpoint whose write to Redis failed: written
     /// (fenced by the version it was refreshed from) before anything else is tried.
     unsaved: Mutex<Option<(u64, Token)>>,
-    /// The token whose refresh token the endpoint refused, and the refusal: that
-    /// refresh token is never presented again.
-    dead: Mutex<Option<(crate::Lineage, Error)>>,
+    /// The name ([`grant_name`]) of the refresh token the endpoint refused, and the
+    /// refusal: that refresh token is never presented again. Named by what is
+    /// presented, not by the lineage of the token that carried it: every entry
+    /// written without a lineage has the same one.
+    dead: Mutex<Option<(String, Error)>>,
     /// Bumped by a subscription to the store's channel whenever a replica writes a
     /// token: waiters wake at once instead of at their next poll.
     wakeups: std::sync::OnceLock<Option<watch::Receiver<u64>>>,
@@ -725,13 +727,13 @@ impl<S: TokenSource> FleetSource<S> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        if let (Some((lineage, error)), Some(b)) = (dead, base.as_ref()) {
-            if b.lineage() == lineage {
+        let grant = grant_name(&self.source, base.as_ref());
+        if let Some((name, error)) = dead {
+            if name == grant.name {
                 // Refused before: presenting it again would only be a reuse.
                 return Locked::Done(Err(self.refusal(owned, error)));
             }
         }
-        let grant = grant_name(&self.source, base.as_ref());
         match self
             .store
             .claim(&self.owner, &grant.name, self.lock_ttl.saturating_mul(2))
@@ -741,7 +743,7 @@ impl<S: TokenSource> FleetSource<S> {
             Ok(Claim::Wait(wait)) => return Locked::Lapsed { base, wait },
             Ok(Claim::Refused) => {
                 let error = refused_elsewhere();
-                self.remember_dead(base.as_ref(), &error);
+                self.remember_dead(&grant, &error);
                 return Locked::Refused { base, owned, error };
             }
             Ok(Claim::Present) => {}
@@ -749,7 +751,7 @@ impl<S: TokenSource> FleetSource<S> {
         match self.fetch_renewing(base.as_ref()).await {
             Ok(token) => Locked::Done(self.save_fetched(snapshot.version, token).await),
             Err(error @ Error::InvalidGrant(_)) => {
-                self.remember_dead(base.as_ref(), &error);
+                self.remember_dead(&grant, &error);
                 // Recorded only under a name that is this refresh token's alone: a
                 // record "the seed" would refuse every later seed.
                 let refused = grant.unique.then_some(grant.name.as_str());
@@ -824,11 +826,12 @@ impl<S: TokenSource> FleetSource<S> {
         }
     }
 
-    /// Never presents `base`'s refresh token again.
-    fn remember_dead(&self, base: Option<&Token>, error: &Error) {
-        if let Some(b) = base {
+    /// Never presents the refresh token named `grant` again (when the name is its
+    /// alone).
+    fn remember_dead(&self, grant: &GrantName, error: &Error) {
+        if grant.unique {
             *self.dead.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some((b.lineage(), error.clone()));
+                Some((grant.name.clone(), error.clone()));
         }
     }
 

@@ -654,3 +654,143 @@ async fn no_token_is_sent_in_its_last_moments_on_a_slow_provider() {
         s.idp.tokens()
     );
 }
+
+/// A revocation endpoint on 127.0.0.1 that records every token it is asked to
+/// revoke and never answers: a provider that hangs at logout.
+async fn hanging_revocation() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::routing::post;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = seen.clone();
+    let app = axum::Router::new().route(
+        "/revoke",
+        post(
+            move |axum::Form(form): axum::Form<std::collections::HashMap<String, String>>| {
+                let recorded = recorded.clone();
+                async move {
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push(form.get("token").cloned().unwrap_or_default());
+                    std::future::pending::<()>().await;
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/revoke"), seen)
+}
+
+/// A live token from a login, with the refresh token `rt-0`.
+fn logged_in() -> Token {
+    Token::bearer("login-access")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(100))
+        .with_refresh_token("rt-0")
+}
+
+/// A careful user bounds a logout whose provider hangs (`timeout(…, logout())`): the
+/// tokens were still in the token file, because it was cleared only after the
+/// revocations answered. Forgetting them here must not wait on the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_cut_short_while_revoking_has_forgotten_the_stored_tokens() {
+    use tower_bearer::client::{FileStore, Revocation, TokenStore};
+    let s = common::start_rotating().await;
+    let (revoke_url, seen) = hanging_revocation().await;
+    let path = token_file("cut-short");
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .store(FileStore::at(&path, "alice", s.token_url()))
+        .revocation(Revocation::new(&endpoint(&s), &revoke_url).unwrap())
+        .build();
+    cache.set_token(logged_in()).await.unwrap();
+    let logout = tokio::spawn(cache.logout());
+    until(Duration::from_secs(10), || !seen.lock().unwrap().is_empty()).await;
+    // The caller gives up on the provider.
+    logout.abort();
+    let _ = logout.await;
+    let left = FileStore::at(&path, "alice", s.token_url())
+        .load()
+        .await
+        .unwrap();
+    assert!(
+        left.is_none(),
+        "the token file still holds the session after a logout cut short while revoking"
+    );
+    assert!(cache.token().await.is_err(), "the cache serves a token");
+}
+
+/// Principle 3: the store gate was held across the revocation requests, so a new
+/// login (`set_token`) during a logout whose provider hangs waited for the
+/// revocations to time out (30 s each, up to four) before its token reached the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_during_a_hanging_logout_is_saved_without_waiting_for_the_provider() {
+    use tower_bearer::client::{FileStore, Revocation, TokenStore};
+    let s = common::start_rotating().await;
+    let (revoke_url, seen) = hanging_revocation().await;
+    let path = token_file("relogin");
+    let cache = Refreshing::builder(endpoint(&s).refresh_token("rt-0"))
+        .store(FileStore::at(&path, "alice", s.token_url()))
+        .revocation(Revocation::new(&endpoint(&s), &revoke_url).unwrap())
+        .build();
+    cache.set_token(logged_in()).await.unwrap();
+    let logout = tokio::spawn(cache.logout());
+    until(Duration::from_secs(10), || !seen.lock().unwrap().is_empty()).await;
+    let again = Token::bearer("second-login")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(100))
+        .with_refresh_token("rt-0");
+    // A hang detector, not a measure: the provider never answers.
+    tokio::time::timeout(Duration::from_secs(10), cache.set_token(again))
+        .await
+        .expect("the new login waits for the logout's hanging revocation")
+        .unwrap();
+    logout.abort();
+    let stored = FileStore::at(&path, "alice", s.token_url())
+        .load()
+        .await
+        .unwrap()
+        .expect("the new login is in the token file");
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(stored.access_token()),
+        "second-login"
+    );
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(cache.token().await.unwrap().access_token()),
+        "second-login"
+    );
+}
+
+/// The latency margin under attack: one refresh that takes 20 s (a provider hiccup)
+/// with 30 s tokens. The margin is capped at half of each token's life and decays
+/// by a quarter per refresh: every caller is served, and the token endpoint sees a
+/// few extra requests, no storm.
+#[tokio::test(start_paused = true)]
+async fn one_slow_refresh_costs_a_few_early_refreshes_not_a_storm() {
+    let s = common::start().await;
+    s.idp.set_lifetime(Some(30));
+    s.idp.set_mode(Mode::Delay(Duration::from_secs(20)));
+    let cache = Refreshing::builder(endpoint(&s).client_credentials())
+        .jitter(Duration::ZERO)
+        .build();
+    get(&cache).await.unwrap();
+    s.idp.set_mode(Mode::Normal);
+    let started = tokio::time::Instant::now();
+    let mut served = 0u32;
+    while started.elapsed() < Duration::from_secs(300) {
+        let value = get(&cache).await.expect("every caller is served");
+        let token = value.trim_start_matches("Bearer ");
+        let expires = s.idp.access.lock().unwrap()[token];
+        assert!(
+            tokio::time::Instant::now() < expires,
+            "an expired token was sent"
+        );
+        served += 1;
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 2_900);
+    // 300 s of 30 s tokens: 10 at one per lifetime (27 s), 20 at two; the widened
+    // margin decays back within a few refreshes.
+    let tokens = s.idp.tokens();
+    assert!(tokens <= 16, "{tokens} token requests in 300 s");
+}

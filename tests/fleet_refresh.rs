@@ -1033,3 +1033,225 @@ on_every_redis! {
         assert_eq!(s.idp.tokens(), 0, "B presented nothing");
     }
 }
+
+/// A revocation endpoint on 127.0.0.1 that records every token it is asked to
+/// revoke, and answers 200.
+async fn revocation_endpoint() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::routing::post;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = seen.clone();
+    let app = axum::Router::new().route(
+        "/revoke",
+        post(
+            move |axum::Form(form): axum::Form<std::collections::HashMap<String, String>>| {
+                let recorded = recorded.clone();
+                async move {
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push(form.get("token").cloned().unwrap_or_default());
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/revoke"), seen)
+}
+
+/// The real refresh-token grant, whose fetches wait for the test before they go to
+/// the token endpoint: a token request in flight when the logout comes.
+struct HeldFetch<S> {
+    inner: S,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S: TokenSource> TokenSource for HeldFetch<S> {
+    fn fetch<'a>(
+        &'a self,
+        previous: Option<&'a Token>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Token, Error>> {
+        use futures_util::FutureExt;
+        async move {
+            self.entered.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+            self.inner.fetch(previous).await
+        }
+        .boxed()
+    }
+    fn presents(&self, previous: Option<&Token>) -> Option<source::Presented> {
+        self.inner.presents(previous)
+    }
+}
+
+on_every_redis! {
+    /// The author's open item: a FleetSource writes Redis inside `fetch`, outside the
+    /// cache's store gate. A logout while that fetch waited on the token endpoint
+    /// cleared Redis, then the fleet's write landed on the empty key: the session
+    /// logged out stayed in Redis for every replica (revoked at best, live without a
+    /// revocation endpoint).
+    async fn a_logout_during_a_fleet_fetch_leaves_no_token_in_redis(redis) {
+        use tower_bearer::client::Revocation;
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("fleet-logout");
+        let (revoke_url, revoked) = revocation_endpoint().await;
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let fleet = redis
+            .store(&profile)
+            .await
+            .fleet(HeldFetch {
+                inner: endpoint(&s).refresh_token("rt-0"),
+                entered: entered.clone(),
+                gate: gate.clone(),
+            })
+            .poll_interval(Duration::from_millis(5), Duration::from_millis(50));
+        let store = redis.store(&profile).await;
+        store
+            .save(
+                &Token::bearer("old-access")
+                    .unwrap()
+                    .with_expires_in(Duration::ZERO)
+                    .with_refresh_token("rt-0"),
+            )
+            .await
+            .unwrap();
+        let cache = Refreshing::builder(fleet)
+            .store(store)
+            .revocation(Revocation::new(&endpoint(&s), &revoke_url).unwrap())
+            .build();
+        let caller = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.token().await })
+        };
+        entered.notified().await;
+        let _ = cache.logout().await;
+        gate.add_permits(1);
+        assert!(caller.await.unwrap().is_err(), "the refresh's token was served");
+        assert_eq!(s.idp.tokens(), 1, "the fleet's fetch reached the endpoint");
+        let left = redis.store(&profile).await.load().await.unwrap();
+        assert!(
+            left.is_none(),
+            "Redis holds a token after the logout: {:?}",
+            left.map(|t| t.access_token().expose_secret().to_owned())
+        );
+        assert!(cache.token().await.is_err(), "the cache serves a token");
+        assert!(!revoked.lock().unwrap().is_empty());
+    }
+}
+
+on_every_redis! {
+    /// Principle 6, the author's second open item: a replica remembered a refused
+    /// refresh token by the lineage of the token that carried it. Entries written
+    /// without a lineage (an older version of the crate, a seeding script) all have
+    /// lineage 0: after one such seed was refused and a valid one written, this
+    /// replica never presented the valid one ("refused before"), though Redis's
+    /// record (by digest) let every other replica do so.
+    async fn a_replica_refused_one_legacy_seed_presents_the_next(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-good");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("legacy-seed");
+        let store = redis.store(&profile).await;
+        let legacy = |rt: &str| {
+            Token::bearer("legacy-access")
+                .unwrap()
+                .with_expires_in(Duration::ZERO)
+                .with_refresh_token(rt)
+                .with_lineage(tower_bearer::Lineage::UNKNOWN)
+        };
+        store.save(&legacy("rt-dead")).await.unwrap();
+        let fleet = store
+            .fleet(endpoint(&s).refresh_token("rt-unused"))
+            .lock_ttl(Duration::from_millis(100))
+            .poll_interval(Duration::from_millis(5), Duration::from_millis(20));
+        let refused = fleet.fetch(None).await;
+        assert!(matches!(refused, Err(Error::InvalidGrant(_))), "{refused:?}");
+        // The operator writes a valid seed the same way.
+        store.clear().await.unwrap();
+        store.save(&legacy("rt-good")).await.unwrap();
+        let token = fleet.fetch(None).await;
+        let seen = s.idp.refresh_seen.lock().unwrap().clone();
+        let token = token.unwrap_or_else(|e| panic!("the new seed is presented: {e:?}, presented {seen:?}"));
+        assert!(valid_at_api(&s.idp, token.access_token().expose_secret()));
+        assert_eq!(seen, vec!["rt-dead".to_owned(), "rt-good".to_owned()]);
+    }
+}
+
+on_every_redis! {
+    /// A refusal that is not `invalid_grant` (a 503 from a provider in trouble) says
+    /// nothing about the refresh token: no record is made, and the same seed is
+    /// presented again once the provider is back.
+    async fn a_transient_failure_is_not_recorded_as_a_refusal(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        s.idp.set_mode(common::Mode::Fail(503, "temporarily_unavailable", None));
+        let profile = profile("transient");
+        let fleet = fleet_source(&redis, &profile, &s).await;
+        let failed = fleet.fetch(None).await;
+        assert!(failed.as_ref().is_err_and(Error::is_retryable), "{failed:?}");
+        let memo = redis::cmd("HEXISTS")
+            .arg(fleet.store().token_key())
+            .arg("refused")
+            .clone();
+        assert_eq!(redis.query::<i64>(&memo).await, 0, "a 503 was recorded as a refusal");
+        s.idp.set_mode(common::Mode::Normal);
+        let twin = fleet_source(&redis, &profile, &s).await;
+        let token = twin.fetch(None).await.expect("the seed is presented again");
+        assert!(valid_at_api(&s.idp, token.access_token().expose_secret()));
+        assert_eq!(s.idp.tokens(), 2, "the seed was presented twice");
+        assert_eq!(
+            s.idp.last_form.lock().unwrap().get("refresh_token").map(String::as_str),
+            Some("rt-0")
+        );
+    }
+}
+
+on_every_redis! {
+    /// The wait limit under attack: a lock another replica holds (its refresh is
+    /// slow). Hundreds of callers time out, retryably, and time out again; none of
+    /// them starts a refresh of its own: the one refresh goes on, and when the lock
+    /// frees, the next caller takes its token.
+    async fn callers_past_the_wait_limit_start_no_refresh_of_their_own(redis) {
+        let s = common::start().await;
+        s.idp.add_refresh_token("rt-0");
+        s.idp.rotate.store(true, Ordering::SeqCst);
+        let profile = profile("wait-limit");
+        let fleet = fleet_source(&redis, &profile, &s).await;
+        let lock_key = fleet.store().lock_key().to_owned();
+        redis
+            .query::<()>(redis::cmd("SET").arg(&lock_key).arg("another-replica").arg("PX").arg(60_000))
+            .await;
+        let cache = Refreshing::builder(fleet)
+            .wait_limit(Duration::from_millis(200))
+            .build();
+        for _round in 0..2 {
+            let callers: Vec<_> = (0..200)
+                .map(|_| {
+                    let cache = cache.clone();
+                    tokio::spawn(async move { cache.token().await })
+                })
+                .collect();
+            for caller in callers {
+                let error = caller.await.unwrap().unwrap_err();
+                assert!(matches!(error, Error::Timeout(..)), "{error:?}");
+                assert!(error.is_retryable());
+            }
+        }
+        assert_eq!(cache.stats().refreshes, 1, "the callers started refreshes");
+        assert_eq!(s.idp.tokens(), 0);
+        redis_del(&redis, &lock_key).await;
+        until(Duration::from_secs(10), "the refresh lands", || {
+            let cache = cache.clone();
+            async move { cache.token().await.is_ok() }
+        })
+        .await;
+        assert_eq!(cache.stats().refreshes, 1);
+        assert_eq!(s.idp.tokens(), 1);
+    }
+}

@@ -513,6 +513,11 @@ impl<S: TokenSource> Refreshing<S> {
     /// [`Error::NoToken`] (nothing is fetched, not even by a refresh that was running)
     /// until [`set_token`](Refreshing::set_token) gives a token from a new login.
     ///
+    /// The store is read and cleared before the revocation requests are sent: a
+    /// logout cut short while the provider is slow (dropped, or bounded with a
+    /// timeout) has forgotten the tokens here and in the store already, and a new
+    /// login meanwhile is saved without waiting for the provider.
+    ///
     /// # Errors
     /// The first failure, once everything else was done: a revocation the server
     /// refused or did not answer (the tokens are forgotten here all the same, and may
@@ -549,20 +554,28 @@ impl<S: TokenSource> Refreshing<S> {
         async move {
             let mut first_error = None;
             let mut tokens: Vec<Token> = current.into_iter().collect();
-            // One step with every save: a refresh's save that began before the logout
-            // has landed (and its token is read, revoked and cleared here); one that
-            // comes later sees the logout and writes nothing.
-            let _gate = shared.store_gate.lock().await;
-            // A new login (`set_token`) since: its token is in the store, not ours.
-            let store = shared
-                .store
-                .as_ref()
-                .filter(|_| shared.generation.load(Ordering::Acquire) == generation);
-            if let Some(store) = store {
-                match store.load().await {
-                    Ok(Some(stored)) => tokens.push(stored),
-                    Ok(None) => {}
-                    Err(error) => {
+            {
+                // One step with every save: a refresh's save that began before the
+                // logout has landed (and its token is read, cleared and revoked
+                // here); one that comes later sees the logout and writes nothing.
+                // The gate covers the store only: a revocation at a provider that
+                // hangs holds no save (a new login's) back, and a logout cut short
+                // while revoking has forgotten the tokens already.
+                let _gate = shared.store_gate.lock().await;
+                // A new login (`set_token`) since: its token is in the store, not ours.
+                let store = shared
+                    .store
+                    .as_ref()
+                    .filter(|_| shared.generation.load(Ordering::Acquire) == generation);
+                if let Some(store) = store {
+                    match store.load().await {
+                        Ok(Some(stored)) => tokens.push(stored),
+                        Ok(None) => {}
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                    if let Err(error) = store.clear().await {
                         first_error.get_or_insert(error);
                     }
                 }
@@ -590,11 +603,6 @@ impl<S: TokenSource> Refreshing<S> {
                     first_error.get_or_insert(Error::Configuration(
                         "logged out without revoking the tokens: no revocation endpoint is configured (RefreshingBuilder::revocation)".into(),
                     ));
-                }
-            }
-            if let Some(store) = store {
-                if let Err(error) = store.clear().await {
-                    first_error.get_or_insert(error);
                 }
             }
             first_error.map_or(Ok(()), Err)
@@ -703,8 +711,9 @@ impl<S: TokenSource> Shared<S> {
                         Ok(cached)
                     }
                     Err(error) => {
-                        // Logged out meanwhile: this token is nobody's, and is revoked
-                        // like the others.
+                        // Logged out meanwhile: this token is nobody's, and is
+                        // forgotten and revoked like the others.
+                        shared.forget_after_logout(&token).await;
                         if let Some(revocation) = &shared.revocation {
                             let _ = revocation.revoke_token(&token).await;
                         }
@@ -775,6 +784,36 @@ impl<S: TokenSource> Shared<S> {
                 }
             }
             Err(error) => Err(error),
+        }
+    }
+
+    /// A refresh's `token` came after a logout. A source that writes a store itself
+    /// (a [`FleetSource`](crate::redis::FleetSource) writes Redis inside `fetch`,
+    /// outside the store gate) may have put it in the store the logout cleared: it
+    /// is cleared again if it is the stored one, unless a new login came since.
+    async fn forget_after_logout(&self, token: &Token) {
+        let Some(store) = &self.store else { return };
+        let _gate = self.store_gate.lock().await;
+        if !self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .logged_out
+        {
+            return;
+        }
+        let ours = token.access_token().expose_secret();
+        match store.load().await {
+            Ok(Some(stored)) if stored.access_token().expose_secret() == ours => {
+                if let Err(error) = store.clear().await {
+                    tracing::warn!(%error, "could not clear the token a refresh stored after the logout");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                metrics::store_failure(metrics::StoreOp::Load);
+                tracing::warn!(%error, "could not read the token store after a logout");
+            }
         }
     }
 
