@@ -23,6 +23,12 @@ use tower_bearer::Error;
 /// A raw HTTP/1.1 peer on 127.0.0.1 that records every request head it gets and
 /// answers `200` with an empty body.
 async fn start_recorder() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
+    start_peer("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()).await
+}
+
+/// A raw HTTP/1.1 peer on 127.0.0.1 that records every request head and gives each
+/// the same `answer`.
+async fn start_peer(answer: String) -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
     let heads: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = heads.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -33,6 +39,7 @@ async fn start_recorder() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
                 return;
             };
             let log = log.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -45,9 +52,7 @@ async fn start_recorder() -> (Arc<Mutex<Vec<String>>>, SocketAddr) {
                 log.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&head).into_owned());
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
+                let _ = stream.write_all(answer.as_bytes()).await;
             });
         }
     });
@@ -94,22 +99,66 @@ async fn rfc6750_no_clear_text_route_to_a_remote_host_carries_the_token() {
     let layer = AuthorizeLayer::new(StaticToken::bearer("t0ken-secret").unwrap());
     let cases: Vec<(&str, http::Method, String)> = vec![
         // Another scheme: a connector that is not https sends it in clear.
-        ("scheme", http::Method::GET, format!("foo://api.example:{port}/items")),
+        (
+            "scheme",
+            http::Method::GET,
+            format!("foo://api.example:{port}/items"),
+        ),
         // An authority-form CONNECT: hyper-util's client makes it http://.
-        ("connect", http::Method::CONNECT, format!("api.example:{port}")),
+        (
+            "connect",
+            http::Method::CONNECT,
+            format!("api.example:{port}"),
+        ),
         // Names under localhost, and localhost. (absolute): the system resolver
         // may ask DNS for them (glibc with `hosts: files dns` does).
-        ("localhost name", http::Method::GET, format!("http://app.localhost:{port}/")),
-        ("localhost.", http::Method::GET, format!("http://localhost.:{port}/")),
+        (
+            "localhost name",
+            http::Method::GET,
+            format!("http://app.localhost:{port}/"),
+        ),
+        (
+            "localhost.",
+            http::Method::GET,
+            format!("http://localhost.:{port}/"),
+        ),
         // Held before: upper case, look-alike names, userinfo, numeric forms.
-        ("upper case", http::Method::GET, format!("HTTP://api.example:{port}/")),
-        ("look-alike", http::Method::GET, format!("http://127.0.0.1.evil.example:{port}/")),
-        ("look-alike 2", http::Method::GET, format!("http://localhost.evil.example:{port}/")),
-        ("userinfo", http::Method::GET, format!("http://127.0.0.1:{port}@api.example:{port}/")),
-        ("hex", http::Method::GET, format!("http://0x7f000001:{port}/")),
+        (
+            "upper case",
+            http::Method::GET,
+            format!("HTTP://api.example:{port}/"),
+        ),
+        (
+            "look-alike",
+            http::Method::GET,
+            format!("http://127.0.0.1.evil.example:{port}/"),
+        ),
+        (
+            "look-alike 2",
+            http::Method::GET,
+            format!("http://localhost.evil.example:{port}/"),
+        ),
+        (
+            "userinfo",
+            http::Method::GET,
+            format!("http://127.0.0.1:{port}@api.example:{port}/"),
+        ),
+        (
+            "hex",
+            http::Method::GET,
+            format!("http://0x7f000001:{port}/"),
+        ),
         ("short", http::Method::GET, format!("http://127.1:{port}/")),
-        ("decimal", http::Method::GET, format!("http://2130706433:{port}/")),
-        ("query", http::Method::GET, format!("http://api.example:{port}/?code=s3cret-code")),
+        (
+            "decimal",
+            http::Method::GET,
+            format!("http://2130706433:{port}/"),
+        ),
+        (
+            "query",
+            http::Method::GET,
+            format!("http://api.example:{port}/?code=s3cret-code"),
+        ),
     ];
     let mut sent = Vec::new();
     for (case, method, uri) in cases {
@@ -148,7 +197,9 @@ async fn rfc6750_no_clear_text_route_to_a_remote_host_carries_the_token() {
         format!("http://localhost:{port}/"),
         format!("https://api.example:{port}/"),
     ] {
-        let req = http::Request::get(&uri).body(Empty::<Bytes>::new()).unwrap();
+        let req = http::Request::get(&uri)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
         let res = layer.layer(client(addr)).oneshot(req).await;
         match res {
             Ok(res) => assert_eq!(res.status(), 200, "{uri}"),
@@ -160,4 +211,65 @@ async fn rfc6750_no_clear_text_route_to_a_remote_host_carries_the_token() {
             ),
         }
     }
+}
+
+/// The reqwest middleware: a name under `localhost` is no loopback either (reqwest
+/// resolves it through the system resolver, as hyper-util does). And a redirect
+/// reqwest follows by itself (the middleware runs once per `send`, not per hop)
+/// from a loopback API to a remote `http://` host: reqwest drops `Authorization` on
+/// a redirect to another host, port or scheme, so the remote host gets no token.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+async fn rfc6750_the_middleware_refuses_localhost_names_and_a_redirect_drops_the_token() {
+    use tower_bearer::client::AuthorizeMiddleware;
+    let (heads, addr) = start_recorder().await;
+    let port = addr.port();
+    let http = reqwest::Client::builder()
+        .resolve("app.localhost", addr)
+        .resolve("api.example", addr)
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(http)
+        .with(AuthorizeMiddleware::new(
+            StaticToken::bearer("t0ken-secret").unwrap(),
+        ))
+        .build();
+    let res = client
+        .get(format!("http://app.localhost:{port}/"))
+        .send()
+        .await;
+    let err = match res {
+        Ok(res) => panic!("app.localhost was sent: {}", res.status()),
+        Err(err) => err,
+    };
+    let inner = Error::find_in_reqwest(&err).expect("the crate's error");
+    assert!(matches!(inner, Error::Configuration(_)), "{inner}");
+    assert!(!err.to_string().contains("t0ken-secret"), "{err}");
+    assert!(heads.lock().unwrap().is_empty());
+
+    let (first, redirector) = start_peer(format!(
+        "HTTP/1.1 302 Found\r\nlocation: http://api.example:{port}/moved\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n"
+    ))
+    .await;
+    let res = client
+        .get(format!("http://127.0.0.1:{}/start", redirector.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let first = first.lock().unwrap();
+    assert!(
+        first[0]
+            .to_ascii_lowercase()
+            .contains("authorization: bearer t0ken-secret"),
+        "{first:?}"
+    );
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(heads[0].starts_with("GET /moved"), "{heads:?}");
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("authorization"),
+        "the token followed the redirect: {heads:?}"
+    );
 }
