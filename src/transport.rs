@@ -376,34 +376,43 @@ pub(crate) fn check_url(uri: &Uri, allow_insecure_http: bool) -> Result<(), Erro
 }
 
 /// Whether `host` (a URI's host, an IPv6 literal in brackets or not) is loopback:
-/// `127.0.0.0/8`, `::1`, `localhost` and names under it. Allocates nothing: the
-/// client layer asks it on every `http://` request.
+/// an address in `127.0.0.0/8` or `::1`, or the name `localhost` itself. Not names
+/// under it (`app.localhost`) nor `localhost.` (absolute): the system resolver may
+/// hand those to DNS (glibc with `hosts: files dns` does), whose answer anyone on
+/// the path can forge; RFC 8252 §8.3 prefers the loopback literal for the same
+/// reason. Allocates nothing: the client layer asks it on every clear-text request.
 pub(crate) fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return ip.is_loopback();
     }
-    let name = bare.trim_end_matches('.').as_bytes();
-    name.eq_ignore_ascii_case(b"localhost")
-        || (name.len() > b".localhost".len()
-            && name[name.len() - b".localhost".len()..].eq_ignore_ascii_case(b".localhost"))
+    bare.eq_ignore_ascii_case("localhost")
 }
 
 /// The refusal of a credential on a request to `scheme://host` (RFC 6750 §5.3,
-/// RFC 6749 §10.3): `http` to a host that is not loopback. `None` for everything
-/// else, `https` first (one comparison of a few bytes, no allocation); a relative
-/// URI (no scheme) is the inner service's to route, and passes.
+/// RFC 6749 §10.3): any request that names a host, other than `https` (or `wss`),
+/// to a host that is not loopback. Not only `http`: a connector that is not TLS
+/// (hyper-util's `HttpConnector` with `enforce_http(false)`, as TLS connectors wrap
+/// it) sends any other scheme in clear text, and hyper-util's client sends an
+/// authority-form URI (`CONNECT host:port`, no scheme) as `http`. `None` for
+/// `https` first (one comparison of a few bytes, no allocation); a relative URI (no
+/// scheme, no host) is the inner service's to route, and passes.
 pub(crate) fn clear_text_refusal(scheme: Option<&str>, host: Option<&str>) -> Option<Error> {
-    if !scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) {
+    if scheme.is_some_and(|s| s.eq_ignore_ascii_case("https") || s.eq_ignore_ascii_case("wss")) {
         return None;
     }
-    let host = host.unwrap_or_default();
+    let host = match (scheme, host) {
+        (None, None) => return None,
+        (_, host) => host.unwrap_or_default(),
+    };
     if is_loopback(host) {
         return None;
     }
+    let scheme = scheme.unwrap_or("http");
     Some(Error::Configuration(format!(
-        "refusing to send a credential in clear text to http://{host} (RFC 6750 §5.3): use https, \
-         or allow_insecure_http() on the layer or middleware where the hop is protected otherwise"
+        "refusing to send a credential in clear text to {scheme}://{host} (RFC 6750 §5.3): use \
+         https, or allow_insecure_http() on the layer or middleware where the hop is protected \
+         otherwise"
     )))
 }
 
@@ -437,7 +446,7 @@ mod tests {
             "http://127.9.9.9/token",
             "http://[::1]:80/token",
             "http://localhost/token",
-            "http://api.localhost/token",
+            "http://LOCALHOST/token",
         ];
         for url in ok {
             assert!(check_url(&parse_url(url).unwrap(), false).is_ok(), "{url}");
@@ -446,6 +455,17 @@ mod tests {
             "http://idp.example.com/token",
             "http://10.0.0.1/token",
             "ftp://127.0.0.1/x",
+            // Names the system resolver may hand to DNS.
+            "http://api.localhost/token",
+            "http://localhost./token",
+            "http://localhost.evil.example/token",
+            "http://127.0.0.1.evil.example/token",
+            // Numeric forms Rust does not read as addresses, and mapped addresses.
+            "http://0x7f000001/token",
+            "http://127.1/token",
+            "http://2130706433/token",
+            "http://[::ffff:8.8.8.8]/token",
+            "http://127.0.0.1@evil.example/token",
         ];
         for url in refused {
             assert!(

@@ -49,6 +49,7 @@ fn field<'a>(form: &'a Form, name: &str) -> Option<&'a str> {
 
 async fn provider_answer(
     State(p): State<Provider>,
+    method: axum::http::Method,
     uri: Uri,
     headers: HeaderMap,
     body: String,
@@ -67,6 +68,11 @@ async fn provider_answer(
             "revocation_endpoint": format!("{issuer}/revoke"),
         });
         return (StatusCode::OK, json, doc.to_string()).into_response();
+    }
+    // Discovery also asks for the RFC 8414 document (a GET, answered 404): only
+    // POSTs are the client's requests to the endpoints.
+    if method != axum::http::Method::POST {
+        return StatusCode::NOT_FOUND.into_response();
     }
     let form: Form = serde_urlencoded::from_str(&body).unwrap_or_default();
     let authorization = headers
@@ -304,6 +310,29 @@ async fn rfc6749_the_client_credentials_grant_needs_client_authentication() {
     let token = confidential.client_credentials().fetch(None).await.unwrap();
     assert_eq!(token.access_token().expose_secret(), "at-1");
     assert_eq!(provider.posts().len(), 1);
+}
+
+/// The refusal of RFC 6749 §4.4 is the client-credentials grant's alone: a public
+/// client (a client id, no secret) refreshes its token (§6: a public client sends
+/// its `client_id` and no authentication) and uses the password grant, with no
+/// `Authorization` header; the browser login of a public client is proved with
+/// PKCE in tests/sources_browser.rs, the device login in tests/sources_device.rs.
+#[tokio::test]
+async fn rfc6749_a_public_client_refreshes_without_a_secret() {
+    let (provider, issuer) = start_provider().await;
+    let public = TokenEndpoint::new(&format!("{issuer}/token"))
+        .unwrap()
+        .client_id("cli");
+    let token = public.refresh_token("rt-0").fetch(None).await.unwrap();
+    assert_eq!(token.access_token().expose_secret(), "at-1");
+    public.password("alice", "pw").fetch(None).await.unwrap();
+    let posts = provider.posts();
+    assert_eq!(posts.len(), 2);
+    for (_, authorization, form) in &posts {
+        assert_eq!(*authorization, None);
+        assert_eq!(field(form, "client_id"), Some("cli"));
+    }
+    assert_eq!(field(&posts[0].2, "grant_type"), Some("refresh_token"));
 }
 
 /// RFC 8707 §2: "Its value MUST be an absolute URI, as specified by Section 4.3 of

@@ -176,9 +176,11 @@ impl<B, F: Fn(&Request<B>) -> Option<Request<B>>> Replay<B> for F {
 /// [`Error`] when no credential could be had (the request is not sent), or the inner
 /// service's error.
 ///
-/// Clear text: a request whose URI is absolute, `http://`, and to a host that is not
-/// loopback (`127.0.0.0/8`, `::1`, `localhost`) fails with
-/// [`Error::Configuration`] and is not sent (RFC 6750 §5.3), unless
+/// Clear text: a request whose URI names a host that is not loopback (an address in
+/// `127.0.0.0/8` or `::1`, or the name `localhost` itself; not `app.localhost`, which
+/// the resolver may ask DNS for) and whose scheme is not `https` (`http://`, any
+/// other scheme a plain connector would send as is, or an authority-form `CONNECT`)
+/// fails with [`Error::Configuration`] and is not sent (RFC 6750 §5.3), unless
 /// [`allow_insecure_http`](Self::allow_insecure_http) was asked for. A relative URI
 /// (tonic's `Grpc::new` sends the path only; the `Channel` adds its endpoint's origin)
 /// passes: its transport is the inner service's, so give a tonic `Endpoint` an
@@ -218,8 +220,8 @@ impl<A, R> AuthorizeLayer<A, R> {
     }
 
     /// Puts credentials on `http://` requests to any host. By default a request
-    /// whose URI is absolute, `http://` and to a host that is not loopback
-    /// (`127.0.0.0/8`, `::1`, `localhost`) fails with [`Error::Configuration`]
+    /// whose URI names a host that is not loopback (`127.0.0.0/8`, `::1`,
+    /// `localhost`) with a scheme other than `https` fails with [`Error::Configuration`]
     /// without being sent: a bearer token must travel over TLS (RFC 6750 §5.3,
     /// RFC 6749 §10.3). Ask for this only where the clear-text hop is protected
     /// otherwise (a service mesh's mTLS sidecar, h2c inside one host).
