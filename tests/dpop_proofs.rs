@@ -1633,6 +1633,59 @@ mod layer {
         assert!(format!("{cache:?}").contains("len: 0"), "{cache:?}");
     }
 
+    /// A request refused after a validation longer than its proof's life forgets
+    /// only its own record: a later proof with the same key and `jti` (recorded
+    /// once the first is stale) stays recorded, and is not accepted twice.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_refusal_forgets_only_its_own_record() {
+        use tower::ServiceExt as _;
+        use tower_bearer::server::dpop::MemoryReplayCache;
+        let (start, clock) = tokio_clock();
+        let cache = Arc::new(MemoryReplayCache::new(8));
+        let verifier = || {
+            DpopVerifier::new()
+                .clock(clock.clone())
+                .clock_skew(Duration::from_secs(5))
+                .replay_cache(Arc::clone(&cache))
+        };
+        let slow = app_at(verifier(), Duration::from_secs(100));
+        let fast = app_at(verifier(), Duration::ZERO);
+        let with_jti = |token: &str, iat: u64| {
+            let (header, mut claims) = good(Key::Es256);
+            claims["jti"] = json!("the-same-jti");
+            claims["iat"] = json!(iat);
+            claims["ath"] = json!(b64(Sha256::digest(token)));
+            sign(&header, &claims, Key::Es256)
+        };
+        let expired = access_token("ivan", Some(Key::Es256), -600);
+        let first = with_jti(&expired, start);
+        let refused = tokio::spawn(slow.oneshot(in_process(&expired, &first)));
+        while !format!("{cache:?}").contains("len: 1") {
+            tokio::task::yield_now().await;
+        }
+        // The first proof is recorded, then stale (iat + 60 s leeway + 5 s skew).
+        tokio::time::advance(Duration::from_secs(70)).await;
+        let token = access_token("ivan", Some(Key::Es256), 600);
+        let second = with_jti(&token, start + 70);
+        let res = fast
+            .clone()
+            .oneshot(in_process(&token, &second))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(
+            refused.await.unwrap().unwrap().headers()["www-authenticate"],
+            r#"DPoP realm="api", algs="ES256", error="invalid_token", error_description="the token has expired""#
+        );
+        let replayed = fast.oneshot(in_process(&token, &second)).await.unwrap();
+        assert_eq!(replayed.status(), 401, "the second proof passed twice");
+        assert_eq!(
+            replayed.headers()["www-authenticate"],
+            r#"DPoP realm="api", algs="ES256", error="invalid_dpop_proof", error_description="the DPoP proof was already used""#
+        );
+    }
+
     /// An attacker with a key pair of their own floods the server with proofs
     /// whose signatures are good and whose tokens are junk: each is recorded when
     /// checked and forgotten when its token is refused, so the flood never fills

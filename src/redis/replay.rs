@@ -14,7 +14,7 @@ use crate::Error;
 /// replica is refused by every other (RFC 9449 §11.1), as long as they share the
 /// Redis and the key prefix.
 ///
-/// One command per checked proof, `SET <prefix><sha256> 1 NX PX <ms>`: Redis
+/// One command per checked proof, `SET <prefix><sha256> <until> NX PX <ms>`: Redis
 /// answers whether the key was new and records it in the same step. The key lives
 /// from the moment the proof is checked until every replica would refuse the
 /// proof as stale anyway: its `iat` plus the leeway plus the tolerated
@@ -79,6 +79,15 @@ impl RedisReplayCache {
     }
 }
 
+/// Deletes `KEYS[1]` if it still holds `ARGV[1]`, the `until` its record was made
+/// with.
+const FORGET: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 impl ReplayCache for RedisReplayCache {
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture {
         let key = self.key(key);
@@ -91,7 +100,7 @@ impl ReplayCache for RedisReplayCache {
         ReplayFuture::pending(async move {
             let answer: redis::Value = redis::cmd("SET")
                 .arg(&key)
-                .arg(1)
+                .arg(until)
                 .arg("NX")
                 .arg("PX")
                 .arg(millis(ttl))
@@ -106,16 +115,21 @@ impl ReplayCache for RedisReplayCache {
         })
     }
 
-    fn forget(&self, key: &str) {
-        // Not awaited by the refused request: a `DEL` that fails or never runs
-        // leaves the proof spent, which is always safe.
+    fn forget(&self, key: &str, until: u64) {
+        // Not awaited by the refused request: a delete that fails or never runs
+        // leaves the proof spent, which is always safe. Only the record this
+        // `until` made: a later proof's with the same key and jti stays.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let key = self.key(key);
         let mut conn = self.conn.clone();
         runtime.spawn(async move {
-            let deleted: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+            let deleted: Result<i64, _> = redis::Script::new(FORGET)
+                .key(&key)
+                .arg(until)
+                .invoke_async(&mut conn)
+                .await;
             if let Err(e) = deleted {
                 tracing::debug!(error = %e, "a refused DPoP proof's record stays in Redis");
             }

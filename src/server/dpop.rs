@@ -252,17 +252,21 @@ pub trait ReplayCache: Send + Sync + 'static {
     /// time-to-live keeps the key for at least `until - now + 1` seconds.
     fn first_use(&self, key: &str, now: u64, until: u64) -> ReplayFuture;
 
-    /// Forgets the record of `key` made by this verifier's own `first_use`, because
-    /// the request that made it was refused (its token, or the token's binding):
-    /// a proof is tied to its token by `ath`, so at most one request with it can
-    /// ever be accepted whether or not the record stays, and a refused request
-    /// leaves no record an attacker with a key pair of their own could fill the
-    /// cache with. Called only by the request that made the record.
+    /// Forgets the record of `key` that a `first_use(key, _, until)` answering
+    /// `true` made, because the request that made it was refused (its token, or
+    /// the token's binding): a proof is tied to its token by `ath`, so at most one
+    /// request with it can ever be accepted whether or not the record stays, and a
+    /// refused request leaves no record an attacker with a key pair of their own
+    /// could fill the cache with. Called only by the request that made the record.
+    ///
+    /// Forgets nothing unless the record of `key` is still that one (the same
+    /// `until`): once it passed, another proof with the same key and `jti` may
+    /// have been recorded, and accepted, while the refused request was validated.
     ///
     /// The default keeps the record (the proof stays spent): always safe, and
     /// right for a cache that cannot forget.
-    fn forget(&self, key: &str) {
-        let _ = key;
+    fn forget(&self, key: &str, until: u64) {
+        let _ = (key, until);
     }
 }
 
@@ -271,8 +275,8 @@ impl<R: ReplayCache + ?Sized> ReplayCache for Arc<R> {
         (**self).first_use(key, now, until)
     }
 
-    fn forget(&self, key: &str) {
-        (**self).forget(key)
+    fn forget(&self, key: &str, until: u64) {
+        (**self).forget(key, until)
     }
 }
 
@@ -335,8 +339,10 @@ impl fmt::Debug for ReplayFuture {
 ///
 /// Size it for the proofs one server checks within twice the leeway plus the
 /// [clock skew](DpopVerifier::clock_skew) (default [`DEFAULT_REPLAY_CAPACITY`]); a
-/// proof is recorded as soon as it is checked, before its token is validated, so
-/// this counts proofs with good signatures whatever their tokens. When it is full
+/// proof is recorded as soon as it is checked, before its token is validated, and
+/// forgotten if its token is refused, so this counts the proofs accepted plus
+/// those whose tokens are being validated (or whose requests were dropped before
+/// the answer). When it is full
 /// of proofs that could still be accepted, a new proof is answered `503`
 /// ([`DpopError::ReplayCacheUnavailable`]) until the oldest are stale: forgetting a
 /// live record would let its proof be replayed, and anyone with a key pair could
@@ -422,9 +428,12 @@ impl ReplayCache for MemoryReplayCache {
         ReplayFuture::ready(Ok(true))
     }
 
-    fn forget(&self, key: &str) {
+    fn forget(&self, key: &str, until: u64) {
         let digest = super::sha256(key.as_bytes());
         let mut records = self.records();
+        if records.until.get(&digest) != Some(&until) {
+            return;
+        }
         records.until.remove(&digest);
         // The heap keeps a forgotten record's time until it passes: rebuilt from
         // the records when forgotten ones outnumber them, so it stays bounded.
@@ -968,8 +977,10 @@ impl DpopVerifier {
     ///
     /// Call it as soon as the proof is checked, before anything that awaits:
     /// [`RequireBearerLayer`](super::RequireBearerLayer) records it before the
-    /// token is validated, so a proof whose token is then refused is spent (its
-    /// client makes a new proof for each request anyway).
+    /// token is validated, and [`forget`](Self::forget)s the record when the
+    /// token or its binding is then refused (the proof, tied to its token by
+    /// `ath`, can still pass at most once). A request dropped before its token's
+    /// answer leaves its proof spent.
     ///
     /// # Errors
     /// [`DpopError::Replayed`] if it was used before,
@@ -986,7 +997,7 @@ impl DpopVerifier {
     /// [`ReplayCache::forget`]. Call it only for a proof whose `record` answered
     /// first use.
     pub fn forget(&self, proof: &CheckedProof) {
-        self.replay.forget(&proof.replay_key);
+        self.replay.forget(&proof.replay_key, proof.until);
     }
 
     /// The URI a proof for this request must name, normalised.
