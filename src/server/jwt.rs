@@ -842,6 +842,7 @@ pub(crate) fn header_kid(token: &str) -> Result<Option<String>, Rejection> {
 /// `then` applied to the header's `kid`, read without allocating for a header of
 /// up to [`HEADER_ON_STACK`] bytes whose `kid` has no JSON escapes (a cached
 /// verdict's recheck reads it on every hit).
+#[cfg(feature = "jwks")]
 pub(crate) fn with_header_kid<T>(
     token: &str,
     then: impl FnOnce(Option<&str>) -> T,
