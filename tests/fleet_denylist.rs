@@ -254,12 +254,14 @@ fn common_exp() -> u64 {
 }
 
 /// The order of P-256 (FIPS 186-4 D.1.2.3), big-endian.
+#[cfg(feature = "jwt")]
 const P256_ORDER: [u8; 32] = [
     0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
     0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 ];
 
 /// `n − s` on 32-byte big-endian numbers (0 < s < n), borrowing by hand.
+#[cfg(feature = "jwt")]
 fn order_minus(n: &[u8; 32], s: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     let mut borrow = 0i16;
@@ -277,6 +279,7 @@ fn order_minus(n: &[u8; 32], s: &[u8]) -> [u8; 32] {
 
 /// The other valid ECDSA form of an ES256 token: its signature (r, s) made
 /// (r, n − s), which verifies as well, made without the key.
+#[cfg(feature = "jwt")]
 fn es256_twin(token: &str) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
@@ -294,6 +297,7 @@ on_every_redis! {
     /// twin (r, n − s): the revocation is keyed on what was signed (the JWS signing
     /// input), not on the signature's encoding. Through every composition with the
     /// verified cache, the twin sent before and after the revocation.
+    #[cfg(feature = "jwt")]
     async fn fleet_a_revoked_es256_token_is_refused_in_its_other_signature_form(redis) {
         use std::sync::Arc;
         use jsonwebtoken::{Algorithm, EncodingKey, Header};
