@@ -12,6 +12,17 @@ pub(crate) use std::sync::{
 #[cfg(not(tower_bearer_loom))]
 pub(crate) type SwapOption<T> = arc_swap::ArcSwapOption<T>;
 
+/// The cache's store gate (a logout and a refresh's save, one at a time): tokio's
+/// async mutex in a build. Under loom a gate that lets everyone through: tokio's mutex
+/// locks a std mutex loom cannot switch threads around (a model would deadlock for
+/// real), and the models do not log out; the gate's own cases are tested against real
+/// files and Redis (`tests/client_refresh.rs`, `tests/fleet_refresh.rs`).
+#[cfg(not(tower_bearer_loom))]
+pub(crate) type StoreGate = tokio::sync::Mutex<()>;
+
+#[cfg(tower_bearer_loom)]
+pub(crate) use self::model::StoreGate;
+
 #[cfg(tower_bearer_loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicU64, Ordering},
@@ -24,6 +35,18 @@ pub(crate) use self::model::SwapOption;
 #[cfg(tower_bearer_loom)]
 mod model {
     use std::sync::Arc;
+
+    /// See the build's `StoreGate`: here every `lock` passes at once.
+    #[derive(Default)]
+    pub(crate) struct StoreGate;
+
+    impl StoreGate {
+        pub(crate) fn new(_: ()) -> Self {
+            StoreGate
+        }
+
+        pub(crate) async fn lock(&self) {}
+    }
 
     /// The part of `ArcSwapOption`'s API the cache uses, over a loom lock: loads and
     /// stores become points where loom switches threads.

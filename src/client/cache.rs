@@ -196,7 +196,7 @@ struct Shared<S> {
     /// Held across every write to the store together with the check that allows it
     /// (the generation), and across a logout's read, revocation and clear: a save
     /// that a logout did not see lands before the logout's clear, never after it.
-    store_gate: tokio::sync::Mutex<()>,
+    store_gate: crate::sync::StoreGate,
     /// The refresh latency observed (nanoseconds): the longest recent one, decaying
     /// by a quarter at each refresh.
     latency: AtomicU64,
@@ -398,7 +398,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 waits: AtomicU64::new(0),
                 save_failures: AtomicU64::new(0),
                 unsaved: Mutex::new(unsaved),
-                store_gate: tokio::sync::Mutex::new(()),
+                store_gate: crate::sync::StoreGate::new(()),
                 latency: AtomicU64::new(0),
             }),
         };
