@@ -303,8 +303,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // RFC 6750 §5.3: no credential on clear text to a remote host, unless asked.
-        if !self.allow_insecure_http {
-            let uri = req.uri();
+        // `https` is one enum compare; only other schemes look further.
+        let uri = req.uri();
+        if !self.allow_insecure_http && uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
             if let Some(error) = clear_text_refusal(uri.scheme_str(), uri.host()) {
                 return ResponseFuture {
                     state: State::Failed {
