@@ -1109,7 +1109,8 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksVali
             drop(Shared::fetch_once(shared, Cause::Schedule));
         }
         let held = super::jwt::with_header_kid(token, |kid| match kid {
-            Some(kid) => keys.by_kid.keys().any(|k| k == kid),
+            // One hash lookup: a scan would grow with the size of the key set.
+            Some(kid) => keys.by_kid.contains_key(kid),
             None => keys.find(None).is_some(),
         });
         ValidationFuture::ready(match held {
