@@ -307,15 +307,7 @@ where
         let uri = req.uri();
         if !self.allow_insecure_http && uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
             if let Some(error) = clear_text_refusal(uri.scheme_str(), uri.host()) {
-                return ResponseFuture {
-                    state: State::Failed {
-                        error: Some(AuthorizeError::Credential(error)),
-                    },
-                    authorizer: None,
-                    sent: Sent::Nothing,
-                    waiting: None,
-                    replay: None,
-                };
+                return ResponseFuture::failed(error);
             }
         }
         // A credential that never changes goes on as is: no future, nothing kept.
@@ -358,15 +350,7 @@ where
                     replay,
                 }
             }
-            Ok(Err(error)) => ResponseFuture {
-                state: State::Failed {
-                    error: Some(AuthorizeError::Credential(error)),
-                },
-                authorizer: None,
-                sent: Sent::Nothing,
-                waiting: None,
-                replay: None,
-            },
+            Ok(Err(error)) => ResponseFuture::failed(error),
             Err(pending) => {
                 // The service was made ready for this request: take that instance
                 // along, and leave a clone in its place.
@@ -514,6 +498,24 @@ pin_project! {
         waiting: Option<Box<(S, Request<B>)>>,
         // A copy to send once more after a 401, with a service to send it.
         replay: Option<Box<(S, Request<B>)>>,
+    }
+}
+
+impl<S, A, B> ResponseFuture<S, A, B>
+where
+    S: Service<Request<B>>,
+{
+    /// A request that is not sent: no credential could be put on it.
+    fn failed(error: Error) -> Self {
+        ResponseFuture {
+            state: State::Failed {
+                error: Some(AuthorizeError::Credential(error)),
+            },
+            authorizer: None,
+            sent: Sent::Nothing,
+            waiting: None,
+            replay: None,
+        }
     }
 }
 
