@@ -255,6 +255,22 @@ impl Io {
     }
 }
 
+/// Ends a child: its input closed, its output read to the end, its exit awaited.
+async fn end(mut child: Child, io: Io) {
+    let Io { stdin, mut lines } = io;
+    drop(stdin);
+    while let Ok(Ok(Some(_))) =
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await
+    {}
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
+
+async fn end_all(procs: Vec<(Child, Io)>) {
+    for (child, io) in procs {
+        end(child, io).await;
+    }
+}
+
 /// In a child: a line for the parent.
 fn say(line: &str) {
     println!(">{line}");
@@ -454,6 +470,8 @@ async fn concurrent_saves_in_two_processes_never_leave_the_older_token() {
             kept_older += 1;
         }
     }
+    end(older, a).await;
+    end(newer, b).await;
     assert_eq!(
         kept_older, 0,
         "the older token was left in the file in {kept_older} of 300 rounds"
@@ -533,6 +551,7 @@ async fn processes_sharing_a_file_refresh_once_between_them() {
         assert_eq!(server.requests(), round, "round {round}: {got:?}");
     }
     assert_eq!(server.reuse(), 0);
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -600,6 +619,7 @@ async fn a_claim_left_by_a_killed_holder_is_waited_out() {
         "rt-0 presented again"
     );
     assert_eq!(server.reuse(), 0);
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -642,6 +662,7 @@ async fn a_dead_holders_claim_delays_the_next_presentation_by_the_claim_wait() {
         "presented again {} ms after the dead holder's claim, before the claim's wait",
         again_ms.saturating_sub(claimed_ms)
     );
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -670,6 +691,7 @@ async fn a_holder_killed_before_presenting_costs_no_wait() {
         .expect("waited on a claim nobody made");
     assert!(answer.starts_with("ok at-"), "{answer}");
     assert_eq!(server.requests(), 1);
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -737,6 +759,7 @@ async fn a_logout_in_one_process_ends_the_session_in_the_others() {
     cache_io.send("watch").await;
     assert_eq!(cache_io.next().await, "err no_token");
     assert_eq!(server.requests(), 1);
+    end(cache, cache_io).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -777,6 +800,7 @@ async fn a_logout_racing_a_refresh_leaves_no_live_token() {
         "a live token after the logout: {json}"
     );
     assert!(store_at(&path).load().await.unwrap().is_none());
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
