@@ -894,3 +894,61 @@ async fn the_logout_watcher_ends_when_the_cache_is_dropped() {
         .expect("the watcher outlived the cache")
         .unwrap_err();
 }
+
+/// A waiter behind a holder that never finishes gives up at its deadline with a
+/// retryable error; it never refreshes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_a_stuck_holder_gives_up_at_its_deadline() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("stuck");
+    let path = dir.join("alice.json");
+    let seeded = seed(&path).await;
+    let mut holder = child(
+        "child_lock_holder",
+        "lock_holder",
+        &[("ONE_MACHINE_PATH", path.display().to_string())],
+    );
+    let mut holder_io = Io::of(&mut holder);
+    assert_eq!(holder_io.next().await, "locked");
+    let shared = store_at(&path)
+        .shared(endpoint(&server.url).refresh_token("unused"))
+        .wait_timeout(Duration::from_millis(300));
+    let got = shared.fetch(Some(&seeded)).await;
+    assert!(matches!(got, Err(Error::Store(_))), "{}", describe(&got));
+    assert!(got.unwrap_err().is_retryable());
+    assert_eq!(server.requests(), 0);
+    end(holder, holder_io).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The shared source never refreshes over a file of another user, nor presents a
+/// refresh token that was refused before (recorded beside the file, for every
+/// process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_file_and_a_refused_refresh_token_stop_the_refresh() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("refused");
+    let path = dir.join("alice.json");
+    let seeded = seed(&path).await;
+    let bob = FileStore::at(&path, "bob", ISSUER).shared(endpoint(&server.url).refresh_token("x"));
+    assert!(matches!(bob.fetch(None).await, Err(Error::TokenFile(_))));
+    assert_eq!(server.requests(), 0);
+    // rt-0 is dead at the provider.
+    server.state.lock().unwrap().valid.clear();
+    let one = store_at(&path).shared(endpoint(&server.url).refresh_token("x"));
+    let two = store_at(&path).shared(endpoint(&server.url).refresh_token("x"));
+    assert_eq!(
+        describe(&one.fetch(Some(&seeded)).await),
+        "err invalid_grant"
+    );
+    assert_eq!(
+        describe(&two.fetch(Some(&seeded)).await),
+        "err invalid_grant"
+    );
+    assert_eq!(
+        server.requests(),
+        1,
+        "a refused refresh token was presented again"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
