@@ -281,7 +281,9 @@ impl<S: TokenSource> SharedFileSource<S> {
                 let until = claim
                     .at_ms
                     .saturating_add(u64::try_from(self.claim_wait.as_millis()).unwrap_or(u64::MAX));
-                let left = Duration::from_millis(until.saturating_sub(unix_ms()));
+                // Never longer than the claim's wait, whatever the clock did.
+                let left =
+                    Duration::from_millis(until.saturating_sub(unix_ms())).min(self.claim_wait);
                 tracing::info!(
                     wait_ms = left.as_millis() as u64,
                     "a process presented this refresh token and did not write the answer; waiting out its claim"
@@ -477,6 +479,16 @@ fn clear_claim(lock: &fs::File) {
     }
 }
 
+/// What changes when the file is replaced: its modification time, length and (on
+/// Unix) inode.
+fn stamp(meta: &fs::Metadata) -> (Option<std::time::SystemTime>, u64, u64) {
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let ino = 0;
+    (meta.modified().ok(), meta.len(), ino)
+}
+
 /// The name of this process in claims.
 fn process_owner() -> &'static str {
     static OWNER: OnceLock<String> = OnceLock::new();
@@ -582,11 +594,19 @@ impl<S: TokenSource> TokenSource for SharedFileSource<S> {
     /// holds now (polled every 100 ms).
     fn ended_elsewhere(&self) -> Option<BoxFuture<'static, ()>> {
         let inner = Arc::clone(self.store.inner());
+        let path = self.path().to_owned();
         let seen = inner.read_state().ok().and_then(|s| s.tombstone);
         Some(
             async move {
+                // The file is read again only when its metadata changed.
+                let mut last = None;
                 loop {
                     tokio::time::sleep(LOGOUT_POLL).await;
+                    let now = fs::metadata(&path).ok().map(|m| stamp(&m));
+                    if now.is_none() || now == last {
+                        continue;
+                    }
+                    last = now;
                     if let Ok(state) = inner.read_state() {
                         if state.token.is_none()
                             && state.tombstone.is_some()
