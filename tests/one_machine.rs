@@ -48,12 +48,14 @@ struct Provider {
 }
 
 type Shared = Arc<Mutex<Provider>>;
+/// What the provider runs once before it refuses a spent refresh token.
+type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
 
 struct Server {
     url: String,
     state: Shared,
     /// Runs before the provider answers `invalid_grant` for a spent refresh token.
-    on_reuse: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    on_reuse: Hook,
     /// A refresh answered after this is notified (when set).
     gate: Arc<Mutex<Option<Arc<tokio::sync::Notify>>>>,
 }
@@ -61,7 +63,7 @@ struct Server {
 #[derive(Clone)]
 struct AppState {
     state: Shared,
-    on_reuse: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    on_reuse: Hook,
     gate: Arc<Mutex<Option<Arc<tokio::sync::Notify>>>>,
 }
 
