@@ -82,6 +82,8 @@ struct Files {
     dir: PathBuf,
     /// `setpriv` and its arguments when the test runs as root.
     launcher: Vec<String>,
+    /// Files of another user that a process overwrote.
+    overwritten: std::sync::Mutex<Vec<String>>,
 }
 
 /// Capabilities that let root ignore a file's mode.
@@ -107,7 +109,11 @@ impl Files {
         } else {
             Vec::new()
         };
-        Files { dir, launcher }
+        Files {
+            dir,
+            launcher,
+            overwritten: Default::default(),
+        }
     }
 
     /// Without the capabilities dropped, the faults on modes would be no faults.
@@ -252,11 +258,16 @@ impl Store for Files {
                     .await;
                     let what = match restored {
                         Ok(Ok(true)) => "then put back",
-                        // Someone wrote over the foreign file: what it wrote stays.
-                        Ok(Ok(false)) => "OVERWRITTEN meanwhile, left as it was",
+                        // A process wrote over the foreign file (under the lock the
+                        // replacement took: it saw the file and wrote anyway).
+                        Ok(Ok(false)) => "OVERWRITTEN by a process",
                         _ => "could not be put back",
                     };
-                    format!("the file replaced by {other}'s for {down:?}, {what}")
+                    let note = format!("the file replaced by {other}'s for {down:?}, {what}");
+                    if what.starts_with("OVERWRITTEN") {
+                        chaos::lock(&self.overwritten).push(format!("{identity}: {note}"));
+                    }
+                    note
                 }
                 _ => panic!("no such fault on token files: {kind}"),
             };
@@ -273,6 +284,10 @@ impl Store for Files {
             }
         }
         .boxed()
+    }
+
+    fn broken(&self) -> Vec<String> {
+        chaos::lock(&self.overwritten).clone()
     }
 
     /// The token file goes; its lock files stay (they are never deleted).

@@ -120,6 +120,12 @@ pub trait Store: Send + Sync + 'static {
     fn could_not_start(&self, _stderr: &[String]) -> bool {
         false
     }
+
+    /// What the store saw go wrong that the token server cannot see (a file of
+    /// another user overwritten, say): each a failure of the test.
+    fn broken(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -747,20 +753,22 @@ impl Fleet {
                 }
                 let mut all = lock(&statuses);
                 let entry = all.entry(key.clone()).or_default();
-                // When a replica starts and stops answering invalid_grant: the
-                // timeline says who was logged out, and when.
                 let grant = "err:invalid_grant";
-                if (parsed.last == grant) != (entry.last == grant) {
-                    chaos.note(format!(
-                        "{} (incarnation {}) {}",
-                        key.0,
-                        key.1,
-                        if parsed.last == grant {
-                            "answers its callers invalid_grant"
-                        } else {
-                            "gets through again"
-                        }
-                    ));
+                // When a replica starts answering an error (invalid_grant: logged
+                // out; any other: a fault it is riding out), and when it gets
+                // through again.
+                let what = match (
+                    entry.last.strip_prefix("err:"),
+                    parsed.last.strip_prefix("err:"),
+                ) {
+                    (old, Some(kind)) if old != Some(kind) => {
+                        Some(format!("answers its callers {kind}"))
+                    }
+                    (Some(_), None) => Some("gets through again".to_owned()),
+                    _ => None,
+                };
+                if let Some(what) = what {
+                    chaos.note(format!("{} (incarnation {}) {what}", key.0, key.1));
                 }
                 parsed.ok_grew = if parsed.ok > entry.ok || entry.ok_grew.is_none() && parsed.ok > 0
                 {
@@ -1250,6 +1258,10 @@ pub async fn run(plan: Plan, store: Arc<dyn Store>) {
             "replicas exited by themselves:\n{}",
             fleet.unexpected_exits.join("\n")
         ));
+    }
+    let broken = store.broken();
+    if !broken.is_empty() {
+        failed.push(format!("the store saw:\n{}", broken.join("\n")));
     }
     if c.wrong_identity != 0 {
         failed.push(format!(
