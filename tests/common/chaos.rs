@@ -415,6 +415,15 @@ async fn token(
                 match state {
                     RtState::Revoked => {
                         st.counts.revoked_presented += 1;
+                        // Which one (by its serial number) and who: a retry loop
+                        // shows in the timeline.
+                        if st.counts.revoked_presented <= 40 {
+                            let serial = presented.rsplit('-').next().unwrap_or("?");
+                            let what = format!(
+                                "{replica} presented a revoked {identity} refresh token (#{serial})"
+                            );
+                            st.timeline.push((Instant::now(), what));
+                        }
                         Then::Refuse("invalid_grant")
                     }
                     RtState::Spent => {
