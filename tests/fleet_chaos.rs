@@ -52,10 +52,25 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio::time::Instant;
 
-use chaos::{lock, reuse_budget, say, Plan, Store, IDENTITIES, LIFETIME};
+use chaos::{lock, say, Plan, Store, IDENTITIES, LIFETIME};
 
 /// The replicas' `--lock-ttl`.
 const LOCK_TTL: Duration = Duration::from_millis(1200);
+
+fn replicas_of(identity: &str) -> usize {
+    IDENTITIES
+        .iter()
+        .find(|(name, _, _)| *name == identity)
+        .map_or(0, |(_, n, _)| *n)
+}
+
+/// Token requests a reuse by `identity` may cost beyond one per expiry: each replica
+/// presents the spent token once, and once more (a refresh after the `401` of its
+/// revoked access token) where the provider revokes the family.
+fn reuse_budget(identity: &str) -> u64 {
+    let revokes = IDENTITIES.iter().any(|(n, _, r)| *n == identity && *r);
+    replicas_of(identity) as u64 * if revokes { 2 } else { 1 }
+}
 
 // ---------------------------------------------------------------------------
 // Redis: our own server, restarted at will
@@ -209,6 +224,9 @@ impl Store for Fleet {
             "pause" => (budget, Some(LOCK_TTL + Duration::from_secs(1))),
             "save-fail" => (budget, Some(LOCK_TTL + Duration::from_secs(2))),
             "redis-restart" => (budget, Some(LIFETIME + LOCK_TTL + Duration::from_secs(1))),
+            // The lost lineage's spent token, presented by each replica (twice where
+            // the family is revoked: again after the 401 of its revoked access token).
+            "kill-after" => (1 + 2 * budget, None),
             _ => (1, None),
         }
     }

@@ -46,23 +46,8 @@ pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-pub fn replicas_of(identity: &str) -> usize {
-    IDENTITIES
-        .iter()
-        .find(|(name, _, _)| *name == identity)
-        .map_or(0, |(_, n, _)| *n)
-}
-
-pub fn all_replicas() -> usize {
+fn all_replicas() -> usize {
     IDENTITIES.iter().map(|(_, n, _)| n).sum()
-}
-
-/// Token requests a reuse by `identity` may cost beyond one per expiry: each replica
-/// presents the spent token once, and once more (a refresh after the `401` of its
-/// revoked access token) where the provider revokes the family.
-pub fn reuse_budget(identity: &str) -> u64 {
-    let revokes = IDENTITIES.iter().any(|(n, _, r)| *n == identity && *r);
-    replicas_of(identity) as u64 * if revokes { 2 } else { 1 }
 }
 
 /// Sends `SIG{name}` to `pid` (the `kill` utility: no libc binding needed).
@@ -93,7 +78,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// What a fault of `kind` on `identity` (`None`: every identity) may cost:
     /// token requests beyond one per expiry, and for how long after the fault ended
-    /// a reuse of a refresh token is its doing (`None`: no reuse is).
+    /// a reuse of a refresh token is its doing (`None`: no reuse is). `kill-after`
+    /// (a holder killed after the rotation) is asked for its budget only: its window
+    /// lasts until the next login.
     fn allowance(&self, kind: &str, identity: Option<&'static str>) -> (u64, Option<Duration>);
 
     /// Makes the store refuse every write (`true`), or accept them again.
@@ -308,7 +295,19 @@ impl Chaos {
         budget: u64,
         note: String,
     ) {
-        let at = Instant::now();
+        self.fire_at(st, Instant::now(), kind, identity, budget, note);
+    }
+
+    /// [`Chaos::fire`] for a fault that began at `at`.
+    fn fire_at(
+        &self,
+        st: &mut ServerState,
+        at: Instant,
+        kind: &'static str,
+        identity: Option<&'static str>,
+        budget: u64,
+        note: String,
+    ) {
         st.timeline.push((
             at,
             format!(
@@ -336,7 +335,7 @@ impl Chaos {
         (from, end): (Instant, Instant),
     ) {
         let (budget, explains) = self.store.allowance(kind, identity);
-        self.fire(st, kind, identity, budget, note);
+        self.fire_at(st, from, kind, identity, budget, note);
         if let Some(extra) = explains {
             st.windows.push(Window {
                 identity,
@@ -536,11 +535,13 @@ async fn token(
         (Some(Armed::Kill { .. }), _) => {
             {
                 let mut st = chaos.st();
+                // Its window stays open until the next login (below).
+                let (budget, _) = chaos.store.allowance("kill-after", Some(identity));
                 chaos.fire(
                     &mut st,
                     "kill",
                     Some(identity),
-                    1 + 2 * reuse_budget(identity),
+                    budget,
                     format!("{replica} after the rotation: the lineage is lost"),
                 );
                 let now = Instant::now();
@@ -740,6 +741,8 @@ impl Fleet {
             .st()
             .replicas
             .insert(name.to_owned(), (identity, pid));
+        let stderr_lines: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let last_words = stderr_lines.clone();
         let stdout = child.stdout.take().unwrap();
         let statuses = self.statuses.clone();
         let key = (name.to_owned(), incarnation);
@@ -771,7 +774,9 @@ impl Fleet {
                     parsed.last.strip_prefix("err:"),
                 ) {
                     (old, Some(kind)) if old != Some(kind) => {
-                        Some(format!("answers its callers {kind}"))
+                        let why = lock(&last_words).back().cloned().unwrap_or_default();
+                        let why: String = why.chars().take(160).collect();
+                        Some(format!("answers its callers {kind} ({why})"))
                     }
                     (Some(_), None) => Some("gets through again".to_owned()),
                     _ => None,
@@ -793,7 +798,6 @@ impl Fleet {
                 *entry = parsed;
             }
         });
-        let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
         let stderr = child.stderr.take().unwrap();
         let keep = stderr_lines.clone();
         let stderr_done = tokio::spawn(async move {
@@ -1246,9 +1250,11 @@ pub async fn run(plan: Plan, store: Arc<dyn Store>) {
         ended.duration_since(began).as_secs_f64(),
     );
     say(&summary);
-    let timeline = st
-        .timeline
-        .iter()
+    // In time order: a fault is noted when it ends, dated from its start.
+    let mut timeline = st.timeline.iter().collect::<Vec<_>>();
+    timeline.sort_by_key(|(at, _)| *at);
+    let timeline = timeline
+        .into_iter()
         .map(|(at, what)| format!("  {:6.2}s {what}", chaos.secs(*at)))
         .collect::<Vec<_>>()
         .join("\n");
