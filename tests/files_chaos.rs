@@ -287,8 +287,25 @@ impl Store for Files {
         .boxed()
     }
 
+    /// Also, at the end of the settle phase (every process got through), each
+    /// identity's file holds a token of its own: a deleted file was written back.
     fn broken(&self) -> Vec<String> {
-        chaos::lock(&self.overwritten).clone()
+        let mut broken = chaos::lock(&self.overwritten).clone();
+        for (identity, _, _) in IDENTITIES {
+            let path = self.path(identity);
+            let file: Option<serde_json::Value> = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let owner = file.as_ref().and_then(|f| f["username"].as_str());
+            let has_token = file.as_ref().is_some_and(|f| f["token"].is_object());
+            if owner != Some(identity) || !has_token {
+                broken.push(format!(
+                    "at the end, {} holds no token of {identity} (user {owner:?})",
+                    path.display()
+                ));
+            }
+        }
+        broken
     }
 
     /// The token file goes; its lock files stay (they are never deleted).
