@@ -202,7 +202,8 @@ struct Shared<S> {
     latency: AtomicU64,
     /// Set when the watcher of [`TokenSource::ended_elsewhere`] was started (once,
     /// on the first refresh inside a runtime); dropped with the cache, which ends it.
-    watcher: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
+    /// (`None`: the source cannot tell.)
+    watcher: std::sync::OnceLock<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// A token cache in front of a [`TokenSource`]; an [`Authorizer`].
@@ -260,6 +261,14 @@ struct Shared<S> {
 /// accept it; one that refuses every token answers `401` itself) and is refreshed
 /// when the throttle ends. An API that refuses every token costs the token endpoint
 /// one request per backoff, not one per API request.
+///
+/// A source that can tell when another process ended the session
+/// ([`TokenSource::ended_elsewhere`]: a [`SharedFileSource`](super::SharedFileSource)
+/// whose file became a logout's tombstone) is watched by one task per cache, started
+/// when the cache is built inside a runtime (else with its first refresh there) and
+/// ended when the cache is dropped: the
+/// token stops being served at once, and the next caller gets the source's answer
+/// (the logout error, or a new login's token).
 ///
 /// Nobody waits on a refresh that nobody drives: a refresh runs on the runtime of
 /// the caller that started it, and if that runtime stops driving it (a
@@ -406,6 +415,8 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 watcher: std::sync::OnceLock::new(),
             }),
         };
+        // Built inside a runtime: a logout elsewhere is seen before the first refresh.
+        cache.shared.watch_ended_elsewhere();
         if let (true, Ok(handle)) = (flush, tokio::runtime::Handle::try_current()) {
             let shared = Arc::clone(&cache.shared);
             handle.spawn(async move {
@@ -684,11 +695,13 @@ impl<S: TokenSource> Shared<S> {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
-        if self.watcher.set(dropped_tx).is_err() {
+        // Nothing allocated for a source that cannot tell (most).
+        let Some(ended) = self.source.ended_elsewhere() else {
+            let _ = self.watcher.set(None);
             return;
-        }
-        if let Some(ended) = self.source.ended_elsewhere() {
+        };
+        let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+        if self.watcher.set(Some(dropped_tx)).is_ok() {
             handle.spawn(watch_logout(Arc::downgrade(self), ended, dropped));
         }
     }

@@ -83,6 +83,10 @@ struct Held {
 #[derive(Serialize, Deserialize, Default)]
 struct Claim {
     pid: u32,
+    /// This process (its pid and a random number drawn once: pids repeat across
+    /// containers sharing a directory).
+    #[serde(default)]
+    owner: String,
     /// The digest ([`Presented`]) of the refresh token being presented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     presents: Option<String>,
@@ -202,6 +206,7 @@ impl<S: TokenSource> SharedFileSource<S> {
                 Ok(result) => result,
                 // Still not written: the token is served while it is valid.
                 Err(error) => {
+                    self.retry_in_background();
                     if !token.is_expired() && previous.is_none_or(|p| token.is_newer_than(p)) {
                         Ok(token)
                     } else {
@@ -269,13 +274,16 @@ impl<S: TokenSource> SharedFileSource<S> {
                 // Refused before (in this process or another): never presented again.
                 return Err(self.refusal(owned, refused_before()));
             }
-            if claim.presents.as_deref() == Some(name) {
+            // A claim of this process's own (a lost connection) has no answer coming.
+            if claim.presents.as_deref() == Some(name) && claim.owner != process_owner() {
                 // Its holder presented it and died (or lost the connection): its answer
                 // may still be written. Wait out the claim, watching the file.
                 let until = claim
                     .at_ms
                     .saturating_add(u64::try_from(self.claim_wait.as_millis()).unwrap_or(u64::MAX));
-                let left = Duration::from_millis(until.saturating_sub(unix_ms()));
+                // Never longer than the claim's wait, whatever the clock did.
+                let left =
+                    Duration::from_millis(until.saturating_sub(unix_ms())).min(self.claim_wait);
                 tracing::info!(
                     wait_ms = left.as_millis() as u64,
                     "a process presented this refresh token and did not write the answer; waiting out its claim"
@@ -288,6 +296,7 @@ impl<S: TokenSource> SharedFileSource<S> {
         }
         let claim = Claim {
             pid: std::process::id(),
+            owner: process_owner().to_owned(),
             presents: grant.clone(),
             at_ms: unix_ms(),
             refused: None,
@@ -316,6 +325,7 @@ impl<S: TokenSource> SharedFileSource<S> {
             Err(error @ Error::InvalidGrant(_)) => {
                 let refused = Claim {
                     pid: std::process::id(),
+                    owner: process_owner().to_owned(),
                     presents: None,
                     at_ms: unix_ms(),
                     refused: grant,
@@ -469,6 +479,22 @@ fn clear_claim(lock: &fs::File) {
     }
 }
 
+/// What changes when the file is replaced: its modification time, length and (on
+/// Unix) inode.
+fn stamp(meta: &fs::Metadata) -> (Option<std::time::SystemTime>, u64, u64) {
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let ino = 0;
+    (meta.modified().ok(), meta.len(), ino)
+}
+
+/// The name of this process in claims.
+fn process_owner() -> &'static str {
+    static OWNER: OnceLock<String> = OnceLock::new();
+    OWNER.get_or_init(|| format!("{}-{:016x}", std::process::id(), fastrand::u64(..)))
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -568,11 +594,19 @@ impl<S: TokenSource> TokenSource for SharedFileSource<S> {
     /// holds now (polled every 100 ms).
     fn ended_elsewhere(&self) -> Option<BoxFuture<'static, ()>> {
         let inner = Arc::clone(self.store.inner());
+        let path = self.path().to_owned();
         let seen = inner.read_state().ok().and_then(|s| s.tombstone);
         Some(
             async move {
+                // The file is read again only when its metadata changed.
+                let mut last = None;
                 loop {
                     tokio::time::sleep(LOGOUT_POLL).await;
+                    let now = fs::metadata(&path).ok().map(|m| stamp(&m));
+                    if now.is_none() || now == last {
+                        continue;
+                    }
+                    last = now;
                     if let Ok(state) = inner.read_state() {
                         if state.token.is_none()
                             && state.tombstone.is_some()
