@@ -199,6 +199,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Duration::from_millis(args.poll_max_ms),
     );
     if let Some(path) = args.store.strip_prefix("file:") {
+        if args.lock_ttl.is_some() || args.redis.is_some() {
+            return Err("--lock-ttl and --redis are for --store redis".into());
+        }
         let issuer = args.issuer.as_deref().unwrap_or(&args.token_url);
         let mut source = FileStore::at(path, args.profile.as_str(), issuer)
             .shared(seed)
@@ -217,6 +220,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let Some(redis) = args.redis.as_deref() else {
         return Err("--store redis needs --redis URL".into());
     };
+    if args.claim_wait.is_some() || args.issuer.is_some() {
+        return Err("--claim-wait and --issuer are for --store file:PATH".into());
+    }
     let store = RedisStore::connect(redis, &args.profile).await?;
     let mut source = store.fleet(seed).poll_interval(poll.0, poll.1);
     if let Some(ttl) = args.lock_ttl {
