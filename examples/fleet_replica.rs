@@ -1,21 +1,33 @@
 //! One replica of a fleet: a refreshing client whose refresh token rotates, shared
-//! with every other replica through Redis, calling an API until told to stop.
-//! Start several against the same Redis and token endpoint: together they make one
-//! token request per expiry.
+//! with every other replica through Redis (`--redis URL`, the default store) or
+//! through a token file on this machine (`--store file:PATH`), calling an API until
+//! told to stop. Start several against the same Redis (or the same file) and token
+//! endpoint: together they make one token request per expiry.
 //!
 //! ```text
 //! cargo run --features redis --example fleet_replica -- \
 //!     --redis redis://127.0.0.1:6379/ --profile demo \
 //!     --token-url http://127.0.0.1:8080/token --api-url http://127.0.0.1:8080/api \
 //!     --refresh-token rt-0 --duration 5
+//!
+//! cargo run --features redis --example fleet_replica -- \
+//!     --store file:/tmp/demo/alice.json --profile alice \
+//!     --token-url http://127.0.0.1:8080/token --api-url http://127.0.0.1:8080/api \
+//!     --refresh-token rt-0 --duration 5
 //! ```
+//!
+//! With `--store file:PATH` the processes sharing `PATH` refresh once between them
+//! through the file's OS locks (`FileStore::shared`); the token file belongs to the
+//! user `--profile` at the issuer `--issuer` (the token URL when not given), and
+//! Redis is not needed (the example is built with the `redis` feature for its
+//! default mode only).
 //!
 //! Every request to the API carries `x-fleet-profile` (the profile) and
 //! `x-fleet-replica` (`--replica`); every token request carries the form field
 //! `fleet_replica`, so a test server can tell who asked. With `--status-every` it
 //! prints, that often, a machine-readable line:
 //! `status: replica=ID ok=N failed=N invalid_grant=N last=ok|err:KIND`, where KIND is
-//! `invalid_grant`, `store`, `rejected`, `transport`, `timeout`, `token_endpoint`,
+//! `invalid_grant`, `store`, `token_file`, `rejected`, `transport`, `timeout`, `token_endpoint`,
 //! `no_token`, `aborted`, `status-NNN` (the API's answer) or `other`.
 //!
 //! The last line is a summary: `summary: requests=N ok=N failed=N invalid_grant=N`.
@@ -30,17 +42,28 @@ use clap::Parser;
 use http_body_util::Full;
 use tokio::io::AsyncReadExt;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_bearer::client::{AuthorizeError, AuthorizeLayer, Refreshing, TokenEndpoint};
+use tower_bearer::client::{
+    AuthorizeError, AuthorizeLayer, FileStore, Refreshing, TokenEndpoint, TokenSource,
+};
 use tower_bearer::redis::RedisStore;
 
 #[derive(Parser)]
 struct Args {
-    /// The Redis every replica shares.
+    /// Where the replicas share their token: `redis` (the Redis of `--redis`) or
+    /// `file:PATH` (a token file on this machine, locked by the OS).
+    #[arg(long, default_value = "redis")]
+    store: String,
+    /// The Redis every replica shares (with `--store redis`).
     #[arg(long)]
-    redis: String,
-    /// The key profile in Redis.
+    redis: Option<String>,
+    /// The key profile in Redis; with `--store file:PATH`, the user the file
+    /// belongs to.
     #[arg(long, default_value = "fleet-replica")]
     profile: String,
+    /// The issuer recorded in the token file (`--store file:PATH`); the token URL
+    /// when not given.
+    #[arg(long)]
+    issuer: Option<String>,
     /// The token endpoint.
     #[arg(long)]
     token_url: String,
@@ -66,13 +89,18 @@ struct Args {
     #[arg(long, default_value = "replica")]
     replica: String,
     /// Seconds the fleet's refresh lock lives without renewal (the library's
-    /// default when not given).
+    /// default when not given; Redis only: the OS releases a file's lock).
     #[arg(long)]
     lock_ttl: Option<f64>,
     /// Seconds to wait for another replica's refresh before giving up (the
     /// library's default when not given).
     #[arg(long)]
     wait_timeout: Option<f64>,
+    /// Seconds a process that takes over from a dead holder waits, from the
+    /// holder's claim, before presenting the refresh token the holder presented
+    /// (the library's default when not given; `--store file:PATH` only).
+    #[arg(long)]
+    claim_wait: Option<f64>,
     /// Polling interval while another replica refreshes: first, in milliseconds.
     #[arg(long, default_value_t = 5)]
     poll_min_ms: u64,
@@ -146,6 +174,7 @@ fn error_kind(e: &(dyn std::error::Error + 'static)) -> String {
     match e {
         Error::InvalidGrant(_) => "invalid_grant",
         Error::Store(_) => "store",
+        Error::TokenFile(_) => "token_file",
         Error::Superseded(_) => "superseded",
         Error::Transport(..) => "transport",
         Error::Timeout(..) => "timeout",
@@ -160,23 +189,57 @@ fn error_kind(e: &(dyn std::error::Error + 'static)) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Args::parse();
-    let store = RedisStore::connect(&args.redis, &args.profile).await?;
     let endpoint = TokenEndpoint::new(&args.token_url)?
         .client_id("id")
         .client_secret("secret")
         .param("fleet_replica", args.replica.as_str());
-    let mut source = store
-        .fleet(endpoint.refresh_token(args.refresh_token.as_str()))
-        .poll_interval(
-            Duration::from_millis(args.poll_min_ms),
-            Duration::from_millis(args.poll_max_ms),
-        );
+    let seed = endpoint.refresh_token(args.refresh_token.as_str());
+    let poll = (
+        Duration::from_millis(args.poll_min_ms),
+        Duration::from_millis(args.poll_max_ms),
+    );
+    if let Some(path) = args.store.strip_prefix("file:") {
+        if args.lock_ttl.is_some() || args.redis.is_some() {
+            return Err("--lock-ttl and --redis are for --store redis".into());
+        }
+        let issuer = args.issuer.as_deref().unwrap_or(&args.token_url);
+        let mut source = FileStore::at(path, args.profile.as_str(), issuer)
+            .shared(seed)
+            .poll_interval(poll.0, poll.1);
+        if let Some(timeout) = args.wait_timeout {
+            source = source.wait_timeout(Duration::from_secs_f64(timeout));
+        }
+        if let Some(wait) = args.claim_wait {
+            source = source.claim_wait(Duration::from_secs_f64(wait));
+        }
+        return serve(&args, source).await;
+    }
+    if args.store != "redis" {
+        return Err(format!("--store {:?}: expected redis or file:PATH", args.store).into());
+    }
+    let Some(redis) = args.redis.as_deref() else {
+        return Err("--store redis needs --redis URL".into());
+    };
+    if args.claim_wait.is_some() || args.issuer.is_some() {
+        return Err("--claim-wait and --issuer are for --store file:PATH".into());
+    }
+    let store = RedisStore::connect(redis, &args.profile).await?;
+    let mut source = store.fleet(seed).poll_interval(poll.0, poll.1);
     if let Some(ttl) = args.lock_ttl {
         source = source.lock_ttl(Duration::from_secs_f64(ttl));
     }
     if let Some(timeout) = args.wait_timeout {
         source = source.wait_timeout(Duration::from_secs_f64(timeout));
     }
+    serve(&args, source).await
+}
+
+/// Calls the API with `source`'s tokens until the time is up or standard input
+/// closes, printing the status lines and the summary.
+async fn serve<S: TokenSource>(
+    args: &Args,
+    source: S,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let authorizer = Refreshing::builder(source)
         .refresh_before(Duration::from_secs_f64(args.refresh_before))
         .jitter(Duration::ZERO)
