@@ -284,3 +284,138 @@ async fn logout_without_a_revocation_endpoint_fails_in_one_line_and_still_remove
         again.stderr()
     );
 }
+
+/// Issue 30: Bob's logout on a profile whose file is Alice's must not remove it (nor
+/// revoke her tokens): it says whose file it is, exits non-zero, and leaves it.
+#[tokio::test]
+async fn a_logout_of_another_users_profile_leaves_the_file_and_says_whose_it_is() {
+    let s = common::start().await;
+    let home = home("wrong-owner");
+    let url = s.token_url();
+    let login = alice(
+        &url,
+        &["--profile", "work", "--password-stdin"],
+        Some("wonderland\n"),
+        &home,
+    )
+    .await;
+    login.assert_success();
+    let file = home.join("tower-bearer/work.json");
+    let before = std::fs::read(&file).unwrap();
+
+    let bob = run(
+        &[
+            "-u",
+            "bob",
+            "--token-url",
+            &url,
+            "--profile",
+            "work",
+            "--logout",
+        ],
+        None,
+        &home,
+    )
+    .await;
+    assert!(
+        file.exists(),
+        "Bob's logout removed Alice's token file; stderr: {}",
+        bob.stderr()
+    );
+    let err = bob.one_line_failure();
+    assert!(err.contains("\"alice\""), "{err}");
+    assert!(err.contains("work.json"), "{err}");
+    assert!(!err.contains("the token file was removed"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the file changed");
+    let _ = std::fs::remove_dir_all(home);
+}
+
+/// Issue 30, the race behind "Bob's logout deletes Alice's token file": the file is
+/// Bob's when the CLI reads it, and Alice's (she logged in on the same profile
+/// meanwhile) when the logout clears it. Bob's CLI is held between the two steps
+/// by a named pipe at the token file's path: its first read blocks on the pipe
+/// until Alice's file has replaced the pipe, then gets Bob's file from it. The
+/// logout must leave Alice's file, say so in one line and exit non-zero.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_logout_racing_another_users_login_leaves_her_file() {
+    let s = common::start().await;
+    let home = home("wrong-owner-race");
+    let url = s.token_url();
+    let login = alice(
+        &url,
+        &["--profile", "work", "--password-stdin"],
+        Some("wonderland\n"),
+        &home,
+    )
+    .await;
+    login.assert_success();
+    let dir = home.join("tower-bearer");
+    let file = dir.join("work.json");
+    let alices = std::fs::read(&file).unwrap();
+    let aside = dir.join("alice-aside.json");
+    std::fs::rename(&file, &aside).unwrap();
+
+    // What Bob's file holds, written by the library itself elsewhere.
+    let scratch = self::home("wrong-owner-race-bob");
+    let bob_store = tower_bearer::client::FileStore::at(scratch.join("bob.json"), "bob", &url);
+    let bob_token = tower_bearer::Token::bearer("at-bob")
+        .unwrap()
+        .with_refresh_token("rt-bob");
+    tower_bearer::client::TokenStore::save(&bob_store, &bob_token)
+        .await
+        .unwrap();
+    let bobs = std::fs::read(bob_store.path()).unwrap();
+
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Once Bob's CLI opens the pipe to read: Alice's file takes the path, then Bob's
+    // file goes down the pipe.
+    let feeder = {
+        let (file, aside) = (file.clone(), aside.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            std::fs::rename(&aside, &file).unwrap();
+            pipe.write_all(&bobs).unwrap();
+        })
+    };
+    let bob = run(
+        &[
+            "-u",
+            "bob",
+            "--token-url",
+            &url,
+            "--profile",
+            "work",
+            "--logout",
+        ],
+        None,
+        &home,
+    )
+    .await;
+    if !feeder.is_finished() {
+        // Bob never read the pipe: open it here so that the feeder ends.
+        drop(std::fs::File::open(&file));
+    }
+    feeder.join().unwrap();
+
+    assert!(
+        file.exists(),
+        "Bob's logout removed Alice's token file; stderr: {}",
+        bob.stderr()
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        alices,
+        "Alice's file changed"
+    );
+    let err = bob.one_line_failure();
+    assert!(err.contains("\"alice\""), "{err}");
+    assert!(!err.contains("was removed"), "{err}");
+    let _ = std::fs::remove_dir_all(home);
+    let _ = std::fs::remove_dir_all(scratch);
+}
