@@ -30,6 +30,7 @@ mod discovery;
 #[cfg(feature = "dpop")]
 mod dpop;
 mod endpoint;
+mod file_flight;
 mod layer;
 mod per_resource;
 #[cfg(feature = "reqwest")]
@@ -62,6 +63,7 @@ pub use discovery::{ProviderMetadata, DISCOVERY_TTL};
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub use dpop::{Dpop, DpopKey};
 pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
+pub use file_flight::SharedFileSource;
 /// The signing algorithms of [`AssertionKey`] (jsonwebtoken's).
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]

@@ -149,6 +149,13 @@ impl FileStore {
     pub fn username(&self) -> &str {
         &self.inner.username
     }
+
+    /// A [`TokenSource`](super::TokenSource) that every process sharing this file
+    /// (the same path) refreshes once between them, as
+    /// `RedisStore::fleet` does for a fleet through Redis.
+    pub fn shared<S: super::TokenSource>(&self, source: S) -> super::SharedFileSource<S> {
+        super::SharedFileSource::new(self.clone(), source)
+    }
 }
 
 /// A file name part: letters, digits, `-`, `_` and `.`; anything else becomes `_`.

@@ -65,6 +65,21 @@ pub trait TokenSource: Send + Sync + 'static {
             .and_then(Token::refresh_token)
             .map(|rt| Presented::of(rt.expose_secret()))
     }
+
+    /// A future that resolves when the session this source serves is ended by
+    /// another process (a logout there) after this call; `None` (the default) when the
+    /// source cannot tell.
+    ///
+    /// [`Refreshing`](super::Refreshing) watches it (on one task per cache, which ends
+    /// with the cache) and, when it resolves, stops serving its current token: the next
+    /// caller asks this source, which answers from the shared state (a logout error,
+    /// or a new login's token). Nothing is revoked and no store is cleared by the
+    /// cache then: the process that logged out did that.
+    /// [`SharedFileSource`](super::SharedFileSource) resolves it when the shared token
+    /// file becomes a logout's tombstone.
+    fn ended_elsewhere(&self) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// The name of a single-use credential a [`TokenSource`] presents (see
@@ -111,6 +126,9 @@ impl<S: TokenSource + ?Sized> TokenSource for std::sync::Arc<S> {
     fn presents(&self, previous: Option<&Token>) -> Option<Presented> {
         (**self).presents(previous)
     }
+    fn ended_elsewhere(&self) -> Option<BoxFuture<'static, ()>> {
+        (**self).ended_elsewhere()
+    }
 }
 
 impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
@@ -122,6 +140,9 @@ impl<S: TokenSource + ?Sized> TokenSource for Box<S> {
     }
     fn presents(&self, previous: Option<&Token>) -> Option<Presented> {
         (**self).presents(previous)
+    }
+    fn ended_elsewhere(&self) -> Option<BoxFuture<'static, ()>> {
+        (**self).ended_elsewhere()
     }
 }
 
