@@ -434,3 +434,251 @@ async fn a_logout_racing_another_users_login_leaves_her_file() {
     let _ = std::fs::remove_dir_all(home);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+/// A `generate_tokens` process still running, its stderr collected as it comes.
+struct Running {
+    child: tokio::process::Child,
+    stderr: tokio::sync::watch::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `generate_tokens <args…>` with its config dir in `home`, stdin closed.
+    fn start(args: &[&str], home: &Path) -> Running {
+        let mut child = Command::new(common::bins::example_binary("generate_tokens"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", home)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, stderr) = tokio::sync::watch::channel(String::new());
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut line = String::new();
+            while lines.read_line(&mut line).await.unwrap_or(0) > 0 {
+                tx.send_modify(|all| all.push_str(&line));
+                line.clear();
+            }
+        });
+        Running { child, stderr }
+    }
+
+    /// Waits until its stderr so far satisfies `cond` (or it ends: then `false`).
+    async fn stderr_until(&mut self, cond: impl Fn(&str) -> bool) -> bool {
+        self.stderr.wait_for(|s| cond(s)).await.is_ok()
+    }
+
+    fn stderr_now(&self) -> String {
+        self.stderr.borrow().clone()
+    }
+
+    /// Its exit status, stdout and whole stderr.
+    async fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        let mut stdout = String::new();
+        tokio::io::AsyncReadExt::read_to_string(self.child.stdout.as_mut().unwrap(), &mut stdout)
+            .await
+            .unwrap();
+        let status = self.child.wait().await.unwrap();
+        // The reader ends at EOF: the whole stderr is in.
+        let _ = self.stderr.wait_for(|_| false).await;
+        let stderr = self.stderr.borrow().clone();
+        (status, stdout, stderr)
+    }
+}
+
+/// The `export <PREFIX>_ACCESS_TOKEN=…` line of a run's stdout.
+fn access_line(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("export APP_ACCESS_TOKEN="))
+        .unwrap_or_else(|| panic!("no access token printed: {stdout:?}"))
+        .to_owned()
+}
+
+const WAITING: &str = "Waiting for another process using";
+
+/// Issue 30: two CLI processes started together with no token make ONE login: one
+/// shows the device code, the other waits for it, and both print the same token.
+#[tokio::test]
+async fn two_device_logins_started_together_make_one_login() {
+    let s = common::start().await;
+    *s.idp.device_interval.lock().unwrap() = Some(1);
+    // The person takes their time: the polls answer "pending" until the test says.
+    s.idp
+        .device_script
+        .lock()
+        .unwrap()
+        .extend(std::iter::repeat_n("authorization_pending", 10_000));
+    let home = home("device-together");
+    let url = s.token_url();
+    let args = ["-u", "alice", "--token-url", &url, "--device"];
+    let mut a = Running::start(&args, &home);
+    let mut b = Running::start(&args, &home);
+
+    // Each one either shows the code or waits for the other.
+    let shown_or_waiting = |s: &str| s.contains("WDJB-MJHT") || s.contains(WAITING);
+    let limit = std::time::Duration::from_secs(60);
+    let both = async {
+        assert!(a.stderr_until(shown_or_waiting).await, "{}", a.stderr_now());
+        assert!(b.stderr_until(shown_or_waiting).await, "{}", b.stderr_now());
+    };
+    tokio::time::timeout(limit, both)
+        .await
+        .expect("neither shows a code nor waits");
+    let shown = [&a, &b]
+        .iter()
+        .filter(|r| r.stderr_now().contains("WDJB-MJHT"))
+        .count();
+    assert_eq!(
+        shown,
+        1,
+        "one process shows the code, the other waits:\nA: {}\nB: {}",
+        a.stderr_now(),
+        b.stderr_now()
+    );
+    // The person approves.
+    s.idp.device_script.lock().unwrap().clear();
+
+    let (sa, out_a, err_a) = tokio::time::timeout(limit, a.finish()).await.unwrap();
+    let (sb, out_b, err_b) = tokio::time::timeout(limit, b.finish()).await.unwrap();
+    assert!(sa.success() && sb.success(), "A: {err_a}\nB: {err_b}");
+    assert_eq!(
+        access_line(&out_a),
+        access_line(&out_b),
+        "A: {err_a}\nB: {err_b}"
+    );
+    assert_eq!(
+        s.idp.device_requests.lock().unwrap().len(),
+        1,
+        "one device authorization request"
+    );
+    let file = home
+        .join("tower-bearer")
+        .join(tower_bearer::client::FileStore::file_name("alice", &url));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let at = saved["token"]["access_token"].as_str().unwrap();
+    assert!(access_line(&out_a).contains(at));
+    let _ = std::fs::remove_dir_all(home);
+}
+
+/// A token endpoint whose refreshes wait at a gate the test opens: what a second
+/// process does while the first one refreshes is then certain.
+struct GatedIdp {
+    /// Every token request's grant type, in order.
+    grants: Mutex<Vec<String>>,
+    /// The refresh token valid now (each refresh rotates it).
+    valid: Mutex<String>,
+    /// Told when a refresh arrives at the gate.
+    arrived: tokio::sync::mpsc::UnboundedSender<()>,
+    gate: tokio::sync::Semaphore,
+    next: std::sync::atomic::AtomicU64,
+}
+
+use std::sync::{Arc, Mutex};
+
+async fn gated_token(
+    axum::extract::State(idp): axum::extract::State<Arc<GatedIdp>>,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    idp.grants.lock().unwrap().push(grant.clone());
+    let presented = form.get("refresh_token").cloned().unwrap_or_default();
+    if grant != "refresh_token" || presented != *idp.valid.lock().unwrap() {
+        let body = serde_json::json!({"error": "invalid_grant"});
+        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    let _ = idp.arrived.send(());
+    idp.gate.acquire().await.unwrap().forget();
+    let n = idp.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let rt = format!("rt-{n}");
+    *idp.valid.lock().unwrap() = rt.clone();
+    axum::Json(serde_json::json!({
+        "access_token": format!("at-{n}"),
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "refresh_token": rt,
+    }))
+    .into_response()
+}
+
+/// Issue 30: a process started while another refreshes the token file's expired
+/// token adopts the new token instead of refreshing (the refresh token rotates: a
+/// second refresh would present a spent one).
+#[tokio::test]
+async fn a_process_started_during_a_refresh_adopts_its_token() {
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let idp = Arc::new(GatedIdp {
+        grants: Mutex::new(Vec::new()),
+        valid: Mutex::new("rt-0".into()),
+        arrived: arrived_tx,
+        gate: tokio::sync::Semaphore::new(0),
+        next: std::sync::atomic::AtomicU64::new(1),
+    });
+    let app = axum::Router::new()
+        .route("/token", axum::routing::post(gated_token))
+        .with_state(Arc::clone(&idp));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // The file holds an expired token and its refresh token.
+    let home = home("refresh-adopt");
+    let path = home
+        .join("tower-bearer")
+        .join(tower_bearer::client::FileStore::file_name("alice", &url));
+    let store = tower_bearer::client::FileStore::at(&path, "alice", &url);
+    let expired = tower_bearer::Token::bearer("at-0")
+        .unwrap()
+        .with_expires_in(std::time::Duration::ZERO)
+        .with_refresh_token("rt-0");
+    tower_bearer::client::TokenStore::save(&store, &expired)
+        .await
+        .unwrap();
+
+    // No password can be read (stdin is not a terminal): a login would fail.
+    let args = ["-u", "alice", "--token-url", &url];
+    let limit = std::time::Duration::from_secs(60);
+    let mut a = Running::start(&args, &home);
+    let refreshing = async {
+        tokio::select! {
+            r = arrived.recv() => r.unwrap(),
+            _ = a.stderr_until(|_| false) => panic!(
+                "the first process ended without refreshing: {}",
+                a.stderr_now()
+            ),
+        }
+    };
+    tokio::time::timeout(limit, refreshing)
+        .await
+        .expect("the first process never refreshed");
+    let mut b = Running::start(&args, &home);
+    let waits = tokio::time::timeout(limit, b.stderr_until(|s| s.contains(WAITING))).await;
+    assert!(
+        matches!(waits, Ok(true)),
+        "the second process does not wait: {}",
+        b.stderr_now()
+    );
+    idp.gate.add_permits(10);
+
+    let (sa, out_a, err_a) = tokio::time::timeout(limit, a.finish()).await.unwrap();
+    let (sb, out_b, err_b) = tokio::time::timeout(limit, b.finish()).await.unwrap();
+    assert!(sa.success() && sb.success(), "A: {err_a}\nB: {err_b}");
+    assert_eq!(access_line(&out_a), "export APP_ACCESS_TOKEN='at-1'");
+    assert_eq!(
+        access_line(&out_b),
+        "export APP_ACCESS_TOKEN='at-1'",
+        "{err_b}"
+    );
+    assert_eq!(
+        *idp.grants.lock().unwrap(),
+        ["refresh_token"],
+        "one token request between them"
+    );
+    assert!(err_b.contains("Using the tokens in"), "{err_b}");
+    let _ = std::fs::remove_dir_all(home);
+}
