@@ -200,6 +200,9 @@ struct Shared<S> {
     /// The refresh latency observed (nanoseconds): the longest recent one, decaying
     /// by a quarter at each refresh.
     latency: AtomicU64,
+    /// Set when the watcher of [`TokenSource::ended_elsewhere`] was started (once,
+    /// on the first refresh inside a runtime); dropped with the cache, which ends it.
+    watcher: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A token cache in front of a [`TokenSource`]; an [`Authorizer`].
@@ -400,6 +403,7 @@ impl<S: TokenSource> RefreshingBuilder<S> {
                 unsaved: Mutex::new(unsaved),
                 store_gate: crate::sync::StoreGate::new(()),
                 latency: AtomicU64::new(0),
+                watcher: std::sync::OnceLock::new(),
             }),
         };
         if let (true, Ok(handle)) = (flush, tokio::runtime::Handle::try_current()) {
@@ -671,9 +675,38 @@ impl<S: TokenSource> Shared<S> {
             });
     }
 
+    /// Starts the watcher of [`TokenSource::ended_elsewhere`], once, inside a runtime:
+    /// one task holding only a `Weak` to the cache, ended when the cache is dropped.
+    fn watch_ended_elsewhere(self: &Arc<Self>) {
+        if self.watcher.get().is_some() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+        if self.watcher.set(dropped_tx).is_err() {
+            return;
+        }
+        if let Some(ended) = self.source.ended_elsewhere() {
+            handle.spawn(watch_logout(Arc::downgrade(self), ended, dropped));
+        }
+    }
+
+    /// The session was ended in another process: the token is no longer served (it
+    /// is kept as the one to replace, so the source can tell it is older than the
+    /// logout). Nothing is revoked or cleared: the other process did that.
+    fn ended_elsewhere_now(&self) {
+        let now = Instant::now();
+        self.current
+            .rcu(|cur| cur.as_ref().map(|c| Arc::new(c.rejected(now))));
+        tracing::info!("the session was ended in another process; its token is no longer served");
+    }
+
     fn start(
         self: &Arc<Self>,
     ) -> impl std::future::Future<Output = Result<Arc<Cached>, Error>> + Send + 'static {
+        self.watch_ended_elsewhere();
         self.hold_until.store(RUNNING, Ordering::Release);
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         let run = self.runs.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
@@ -1170,6 +1203,31 @@ impl<S> fmt::Debug for Refreshing<S> {
                     .unwrap_or(DEFAULT_REFRESH_BEFORE),
             )
             .finish_non_exhaustive()
+    }
+}
+
+/// Waits for each session end the source reports, and stops serving the cache's
+/// token; ends when the cache is dropped (its `dropped` sender with it).
+async fn watch_logout<S: TokenSource>(
+    shared: std::sync::Weak<Shared<S>>,
+    mut ended: futures_util::future::BoxFuture<'static, ()>,
+    mut dropped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use futures_util::future::{select, Either};
+    loop {
+        match select(ended, &mut dropped).await {
+            Either::Left(((), _)) => {}
+            Either::Right(_) => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.ended_elsewhere_now();
+        let Some(next) = shared.source.ended_elsewhere() else {
+            return;
+        };
+        drop(shared);
+        ended = next;
     }
 }
 

@@ -1,18 +1,65 @@
-//! [`SharedFileSource`]: the processes sharing one token file refresh once between
-//! them (skeleton: the single flight is not written yet).
+//! [`SharedFileSource`]: the processes of one machine sharing one token file refresh
+//! once between them, as the replicas of a fleet do through Redis
+//! ([`FleetSource`](crate::redis::FleetSource) when the `redis` feature is on).
+//!
+//! For a token file `P` two sibling files are made (0600, never renamed or deleted):
+//! `P.lock`, the write lock held across every read-compare-write of `P`, and
+//! `P.refresh`, the refresh lock held by the one process refreshing, whose content is
+//! its claim (which refresh token it presents, and when). The locks are the operating
+//! system's (`flock` on Unix, `LockFileEx` on Windows): a holder that dies frees them.
 
 use std::fmt;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::source::{Presented, TokenSource};
-use super::store::TokenStore;
-use super::store_file::FileStore;
+use super::store_file::{self, Fenced, FileState, FileStore};
 use crate::{Error, Token};
 
-/// A [`TokenSource`] shared by every process using the same token file: made by
-/// [`FileStore::shared`].
+/// How often [`TokenSource::ended_elsewhere`] looks at the file.
+const LOGOUT_POLL: Duration = Duration::from_millis(100);
+/// How often a token whose write failed is tried again in the background.
+const UNSAVED_RETRY: Duration = Duration::from_secs(1);
+
+/// A [`TokenSource`] shared by every process using the same token file (the same
+/// path): made by [`FileStore::shared`].
+///
+/// - A valid token in the file newer than the caller's is adopted; the token
+///   endpoint is not called.
+/// - Otherwise one process takes the refresh lock (`P.refresh`), reads the file again,
+///   records its claim (the digest of the refresh token it presents, and when) in the
+///   lock file, refreshes with the newest refresh token (the file's), and writes the
+///   answer under the write lock (`P.lock`), fenced by the file's generation, before
+///   serving it. The others poll the file (5 ms doubling to 50 ms) and adopt it.
+/// - A holder killed after presenting leaves its claim: the next holder waits until
+///   [`claim_wait`](Self::claim_wait) after the claim's time (adopting any newer token
+///   written meanwhile) before presenting that refresh token again. A refresh token
+///   refused (`invalid_grant`) is recorded there too and never presented again.
+/// - After `invalid_grant` the file is read again: a newer token another process wrote
+///   is adopted, never taken for a logout.
+/// - A logout ([`FileStore`]'s `clear`, e.g. through
+///   [`Refreshing::logout`](crate::Refreshing::logout) with the file as its store)
+///   leaves a tombstone: a process whose token is older gets [`Error::NoToken`], its
+///   cache stops serving the token ([`TokenSource::ended_elsewhere`]), and a refresh
+///   that was running elsewhere does not write its answer over it.
+/// - A write that fails keeps the token served and the refresh lock and claim held
+///   (nobody presents the spent refresh token); it is written again every second in
+///   the background and before anything else on the next fetch.
+/// - The file on a network file system (NFS, SMB, 9p, FUSE, Ceph, GPFS, Lustre),
+///   where locks may not hold across machines, is refused with [`Error::TokenFile`]
+///   unless [`allow_network_file_system`](Self::allow_network_file_system); a lock the
+///   file system refuses is [`Error::TokenFile`] too, never an unlocked refresh.
+///
+/// Give it to [`Refreshing`](crate::Refreshing), with the same [`FileStore`] as its
+/// [store](crate::client::RefreshingBuilder::store) so that a logout writes the
+/// tombstone.
 pub struct SharedFileSource<S> {
     store: FileStore,
     source: S,
@@ -20,6 +67,29 @@ pub struct SharedFileSource<S> {
     poll: (Duration, Duration),
     claim_wait: Duration,
     allow_network_fs: bool,
+    /// A refreshed token whose write failed, with the refresh lock (and its claim)
+    /// still held: written before anything else.
+    held: Arc<Mutex<Option<Held>>>,
+    fs_checked: OnceLock<Result<(), Error>>,
+}
+
+struct Held {
+    lock: fs::File,
+    generation: u64,
+    token: Token,
+}
+
+/// The content of `P.refresh`.
+#[derive(Serialize, Deserialize, Default)]
+struct Claim {
+    pid: u32,
+    /// The digest ([`Presented`]) of the refresh token being presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    presents: Option<String>,
+    at_ms: u64,
+    /// The digest of a refresh token the endpoint refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 impl<S: TokenSource> SharedFileSource<S> {
@@ -31,10 +101,13 @@ impl<S: TokenSource> SharedFileSource<S> {
             poll: (Duration::from_millis(5), Duration::from_millis(50)),
             claim_wait: Duration::from_secs(10),
             allow_network_fs: false,
+            held: Arc::new(Mutex::new(None)),
+            fs_checked: OnceLock::new(),
         }
     }
 
-    /// How long a process waits for another one's refresh. Default 60 s.
+    /// How long a process waits for another one's refresh before it gives up with
+    /// [`Error::Store`] (retryable). Default 60 s.
     #[must_use]
     pub fn wait_timeout(mut self, d: Duration) -> Self {
         self.wait_timeout = d;
@@ -50,15 +123,17 @@ impl<S: TokenSource> SharedFileSource<S> {
         self
     }
 
-    /// How long after a dead holder presented a refresh token another process waits
-    /// before presenting it again. Default 10 s.
+    /// How long after a dead holder's claim (the time it presented the refresh token)
+    /// the next holder waits, watching the file for the answer, before presenting the
+    /// same refresh token again. Default 10 s.
     #[must_use]
     pub fn claim_wait(mut self, d: Duration) -> Self {
         self.claim_wait = d;
         self
     }
 
-    /// Accepts a token file on a network file system.
+    /// Accepts a token file on a network file system, where the locks may not hold
+    /// across machines (they do between the processes of one machine).
     #[must_use]
     pub fn allow_network_file_system(mut self) -> Self {
         self.allow_network_fs = true;
@@ -70,11 +145,408 @@ impl<S: TokenSource> SharedFileSource<S> {
         &self.store
     }
 
-    async fn fetch_shared(&self, previous: Option<&Token>) -> Result<Token, Error> {
-        let token = self.source.fetch(previous).await?;
-        self.store.save(&token).await?;
-        Ok(token)
+    fn path(&self) -> &Path {
+        self.store.path()
     }
+
+    fn check_file_system(&self) -> Result<(), Error> {
+        if self.allow_network_fs {
+            return Ok(());
+        }
+        self.fs_checked
+            .get_or_init(|| match network_file_system(self.path()) {
+                Some(kind) => Err(Error::TokenFile(format!(
+                    "{} is on a network file system ({kind}); locks may not hold across \
+                     machines, so processes could present the same refresh token; put the \
+                     file on a local disk, or allow it (SharedFileSource::allow_network_file_system) \
+                     if only one machine uses it",
+                    self.path().display()
+                ))),
+                None => Ok(()),
+            })
+            .clone()
+    }
+
+    async fn read(&self) -> Result<FileState, Error> {
+        store_file::blocking(self.store.inner(), |inner| inner.read_state()).await
+    }
+
+    /// The answer the file gives a caller holding `previous`, if any: a logout newer
+    /// than its token, or a valid token newer than it.
+    fn answer_from(
+        &self,
+        state: &FileState,
+        previous: Option<&Token>,
+    ) -> Option<Result<Token, Error>> {
+        if let (Some(tombstone), Some(previous)) = (state.tombstone, previous) {
+            if state.token.is_none() && tombstone.lineage > previous.lineage().as_micros() {
+                return Some(Err(logged_out_elsewhere(self.path())));
+            }
+        }
+        let token = state.token.as_ref().filter(|t| !t.is_expired())?;
+        previous
+            .is_none_or(|p| token.is_newer_than(p))
+            .then(|| Ok(token.clone()))
+    }
+
+    async fn fetch_shared(&self, previous: Option<&Token>) -> Result<Token, Error> {
+        self.check_file_system()?;
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(held) = held {
+            let token = held.token.clone();
+            return match write_out(&self.store, &self.held, held).await {
+                Ok(result) => result,
+                // Still not written: the token is served while it is valid.
+                Err(error) => {
+                    if !token.is_expired() && previous.is_none_or(|p| token.is_newer_than(p)) {
+                        Ok(token)
+                    } else {
+                        Err(error)
+                    }
+                }
+            };
+        }
+        let lock_path = store_file::sibling(self.path(), ".refresh");
+        let lock = store_file::open_lock_file(&lock_path)?;
+        let deadline = Instant::now() + self.wait_timeout;
+        let mut delay = self.poll.0;
+        loop {
+            let state = self.read().await?;
+            if let Some(answer) = self.answer_from(&state, previous) {
+                return answer;
+            }
+            match lock.try_lock() {
+                Ok(()) => return self.refresh_locked(lock, previous).await,
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(store_file::lock_error(&lock_path, &e))
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Store(format!(
+                    "waited {:?} for another process to refresh the token ({} is locked)",
+                    self.wait_timeout,
+                    lock_path.display()
+                )));
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(self.poll.1);
+        }
+    }
+
+    /// Refreshes holding the refresh lock `lock` (released when it is dropped, unless
+    /// the answer could not be written).
+    async fn refresh_locked(
+        &self,
+        lock: fs::File,
+        previous: Option<&Token>,
+    ) -> Result<Token, Error> {
+        // Read again: the token may have been written between our read and the lock.
+        let state = self.read().await?;
+        if let Some(answer) = self.answer_from(&state, previous) {
+            return answer;
+        }
+        // The newest refresh token: the file's, unless ours is newer (the file was
+        // deleted or lost: ours is the newest).
+        let owned = match (&state.token, previous) {
+            (Some(stored), Some(ours)) => !ours.is_newer_than(stored),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let base = if owned {
+            state.token.clone()
+        } else {
+            previous.cloned()
+        };
+        let grant = self.source.presents(base.as_ref()).map(|p| p.to_hex());
+        if let (Some(name), Some(claim)) = (&grant, read_claim(&lock)) {
+            if claim.refused.as_deref() == Some(name) {
+                // Refused before (in this process or another): never presented again.
+                return Err(self.refusal(owned, refused_before()));
+            }
+            if claim.presents.as_deref() == Some(name) {
+                // Its holder presented it and died (or lost the connection): its answer
+                // may still be written. Wait out the claim, watching the file.
+                let until = claim
+                    .at_ms
+                    .saturating_add(u64::try_from(self.claim_wait.as_millis()).unwrap_or(u64::MAX));
+                let left = Duration::from_millis(until.saturating_sub(unix_ms()));
+                tracing::info!(
+                    wait_ms = left.as_millis() as u64,
+                    "a process presented this refresh token and did not write the answer; waiting out its claim"
+                );
+                if let Some(answer) = self.watch(base.as_ref(), left).await {
+                    clear_claim(&lock);
+                    return answer;
+                }
+            }
+        }
+        let claim = Claim {
+            pid: std::process::id(),
+            presents: grant.clone(),
+            at_ms: unix_ms(),
+            refused: None,
+        };
+        write_claim(&lock, &claim).map_err(|e| {
+            Error::TokenFile(format!(
+                "cannot write the refresh claim in {}: {e}",
+                store_file::sibling(self.path(), ".refresh").display()
+            ))
+        })?;
+        match self.source.fetch(base.as_ref()).await {
+            Ok(token) => {
+                let held = Held {
+                    lock,
+                    generation: state.generation,
+                    token: token.clone(),
+                };
+                match write_out(&self.store, &self.held, held).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        self.retry_in_background();
+                        Ok(token)
+                    }
+                }
+            }
+            Err(error @ Error::InvalidGrant(_)) => {
+                let refused = Claim {
+                    pid: std::process::id(),
+                    presents: None,
+                    at_ms: unix_ms(),
+                    refused: grant,
+                };
+                let _ = write_claim(&lock, &refused);
+                // Dead is declared by the owner: another process may have spent the
+                // same refresh token first and written its token.
+                if let Ok(now) = self.read().await {
+                    if let Some(answer) = self.answer_from(&now, base.as_ref()) {
+                        if answer.is_ok() {
+                            tracing::info!("the refresh token was spent by another process; adopted its newer token");
+                        }
+                        return answer;
+                    }
+                }
+                Err(self.refusal(owned, error))
+            }
+            Err(error) => {
+                // An answer leaves the refresh token as it was; a lost connection may
+                // not have, so the claim stays for the next holder to heed.
+                if !matches!(
+                    error,
+                    Error::Transport(..) | Error::Timeout(..) | Error::Aborted(_)
+                ) {
+                    clear_claim(&lock);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Polls the file for up to `limit` for a token newer than `base` (or a logout).
+    async fn watch(&self, base: Option<&Token>, limit: Duration) -> Option<Result<Token, Error>> {
+        let deadline = Instant::now() + limit;
+        let mut delay = self.poll.0;
+        loop {
+            if let Ok(state) = self.read().await {
+                if let Some(answer) = self.answer_from(&state, base) {
+                    return Some(answer);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(self.poll.1);
+        }
+    }
+
+    /// `invalid_grant` for the file's refresh token is the session's end; for this
+    /// process's own token, older than nothing in the file, it is retried.
+    fn refusal(&self, owned: bool, error: Error) -> Error {
+        if owned {
+            error
+        } else {
+            Error::Superseded(format!(
+                "this process's refresh token was refused and {} holds no newer token yet",
+                self.path().display()
+            ))
+        }
+    }
+
+    /// Writes the held token every second until it is written (or this source is
+    /// gone), so that the other processes are not kept waiting until the next fetch.
+    fn retry_in_background(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let held: Weak<Mutex<Option<Held>>> = Arc::downgrade(&self.held);
+        let store = self.store.clone();
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(UNSAVED_RETRY).await;
+                let Some(slot) = held.upgrade() else { return };
+                let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+                let Some(taken) = taken else { return };
+                if write_out(&store, &slot, taken).await.is_ok() {
+                    tracing::info!(path = %store.path().display(), "wrote the token whose write had failed");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Writes a refreshed token fenced by the generation it was refreshed from, then ends
+/// the claim and releases the refresh lock. `Err`: the write failed, and the token
+/// (with the lock and the claim) is kept in `slot`. `Ok` holds the answer: ours, a
+/// newer token written meanwhile, or the logout that came meanwhile.
+async fn write_out(
+    store: &FileStore,
+    slot: &Arc<Mutex<Option<Held>>>,
+    held: Held,
+) -> Result<Result<Token, Error>, Error> {
+    let mut expected = held.generation;
+    for _ in 0..3 {
+        let token = held.token.clone();
+        let written = store_file::blocking(store.inner(), move |inner| {
+            inner.write_fenced(expected, &token)
+        })
+        .await;
+        match written {
+            Ok(Fenced::Written) => {
+                clear_claim(&held.lock);
+                return Ok(Ok(held.token));
+            }
+            Ok(Fenced::Changed(now)) => {
+                if now.token.is_none() && now.tombstone.is_some() {
+                    // The logout won: the answer is nobody's.
+                    clear_claim(&held.lock);
+                    tracing::info!("logged out in another process during the refresh; its answer is not written");
+                    return Ok(Err(logged_out_elsewhere(store.path())));
+                }
+                if let Some(theirs) = now.token.filter(|t| t.is_newer_than(&held.token)) {
+                    clear_claim(&held.lock);
+                    return Ok(Ok(theirs));
+                }
+                expected = now.generation;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not write the refreshed token; serving it, holding the refresh lock until it is written");
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                return Err(error);
+            }
+        }
+    }
+    tracing::warn!("the token file kept changing while we wrote ours");
+    clear_claim(&held.lock);
+    Ok(Ok(held.token))
+}
+
+fn read_claim(mut lock: &fs::File) -> Option<Claim> {
+    let mut text = String::new();
+    lock.seek(SeekFrom::Start(0)).ok()?;
+    lock.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_claim(mut lock: &fs::File, claim: &Claim) -> std::io::Result<()> {
+    let json = serde_json::to_vec(claim).map_err(std::io::Error::other)?;
+    lock.set_len(0)?;
+    lock.seek(SeekFrom::Start(0))?;
+    lock.write_all(&json)?;
+    lock.sync_all()
+}
+
+fn clear_claim(lock: &fs::File) {
+    if let Err(error) = lock.set_len(0).and_then(|()| lock.sync_all()) {
+        tracing::warn!(%error, "could not end the refresh claim");
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What a process whose token is older than a logout elsewhere gets.
+fn logged_out_elsewhere(path: &Path) -> Error {
+    Error::NoToken(format!(
+        "logged out (in another process sharing {}); log in again",
+        path.display()
+    ))
+}
+
+/// `invalid_grant` recorded in the claim for this refresh token.
+fn refused_before() -> Error {
+    let mut answer = crate::EndpointError::status(http::StatusCode::BAD_REQUEST);
+    answer.code = Some("invalid_grant".into());
+    answer.description =
+        Some("this refresh token was refused before; it is not presented again".into());
+    Error::InvalidGrant(Box::new(answer))
+}
+
+/// The network file system `path` lies on, if it is one (Linux: by the mount table).
+fn network_file_system(path: &Path) -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+        let dir = dir.canonicalize().ok()?;
+        let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+        mount_type_of(&mounts, &dir)
+            .filter(|kind| is_network_file_system(kind))
+            .map(str::to_owned)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// The type of the file system mounted at the longest mount point above `dir`, in a
+/// `/proc/self/mounts` text.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn mount_type_of<'a>(mounts: &'a str, dir: &Path) -> Option<&'a str> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            let point = fields.next()?.replace("\\040", " ");
+            let kind = fields.next()?;
+            dir.starts_with(PathBuf::from(&point))
+                .then_some((point.len(), kind))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+}
+
+/// Whether a file system type (as the mount table names it) is a network or
+/// user-space one, where locks may not hold.
+fn is_network_file_system(kind: &str) -> bool {
+    matches!(
+        kind,
+        "nfs"
+            | "nfs4"
+            | "cifs"
+            | "smb3"
+            | "smbfs"
+            | "9p"
+            | "ceph"
+            | "gpfs"
+            | "lustre"
+            | "afs"
+            | "ncpfs"
+            | "coda"
+    ) || kind == "fuse"
+        || kind.starts_with("fuse.")
 }
 
 impl<S: TokenSource> TokenSource for SharedFileSource<S> {
@@ -82,12 +554,37 @@ impl<S: TokenSource> TokenSource for SharedFileSource<S> {
         self.fetch_shared(previous).boxed()
     }
 
+    /// Every process sharing the file shares its token: after `invalid_grant` a later
+    /// fetch may still find a newer token another process wrote.
     fn shares_tokens(&self) -> bool {
         true
     }
 
     fn presents(&self, previous: Option<&Token>) -> Option<Presented> {
         self.source.presents(previous)
+    }
+
+    /// Resolves when the file becomes a logout's tombstone other than the one it
+    /// holds now (polled every 100 ms).
+    fn ended_elsewhere(&self) -> Option<BoxFuture<'static, ()>> {
+        let inner = Arc::clone(self.store.inner());
+        let seen = inner.read_state().ok().and_then(|s| s.tombstone);
+        Some(
+            async move {
+                loop {
+                    tokio::time::sleep(LOGOUT_POLL).await;
+                    if let Ok(state) = inner.read_state() {
+                        if state.token.is_none()
+                            && state.tombstone.is_some()
+                            && state.tombstone != seen
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            .boxed(),
+        )
     }
 }
 
@@ -98,5 +595,52 @@ impl<S> fmt::Debug for SharedFileSource<S> {
             .field("wait_timeout", &self.wait_timeout)
             .field("claim_wait", &self.claim_wait)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_named_by_the_mount_table() {
+        let mounts = "/dev/sda1 / ext4 rw 0 0\n\
+                      server:/home /home nfs4 rw 0 0\n\
+                      //nas/share /mnt/my\\040share cifs rw 0 0\n\
+                      sshfs#h: /mnt/ssh fuse.sshfs rw 0 0\n\
+                      tmpfs /home/alice/tmp tmpfs rw 0 0\n";
+        let kind = |p: &str| mount_type_of(mounts, Path::new(p));
+        assert_eq!(kind("/home/alice/.config"), Some("nfs4"));
+        assert_eq!(kind("/home/alice/tmp/x"), Some("tmpfs"));
+        assert_eq!(kind("/mnt/my share/x"), Some("cifs"));
+        assert_eq!(kind("/etc"), Some("ext4"));
+        for network in ["nfs4", "cifs", "fuse.sshfs", "9p", "ceph", "nfs", "smb3"] {
+            assert!(is_network_file_system(network), "{network}");
+        }
+        for local in ["ext4", "tmpfs", "xfs", "btrfs", "apfs", "overlay"] {
+            assert!(!is_network_file_system(local), "{local}");
+        }
+    }
+
+    #[test]
+    fn a_lock_the_file_system_refuses_is_a_loud_token_file_error() {
+        let path = Path::new("/x/t.json.refresh");
+        for e in [
+            std::io::Error::from(std::io::ErrorKind::Unsupported),
+            #[cfg(target_os = "linux")]
+            std::io::Error::from_raw_os_error(37),
+        ] {
+            let error = store_file::lock_error(path, &e);
+            assert!(
+                matches!(&error, Error::TokenFile(m) if m.contains("does not support locks")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_local_directory_is_not_a_network_file_system() {
+        let dir = std::env::temp_dir();
+        assert_eq!(network_file_system(&dir.join("t.json")), None);
     }
 }

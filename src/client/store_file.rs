@@ -6,6 +6,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,7 @@ pub struct FileStore {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     path: PathBuf,
     username: String,
     issuer: String,
@@ -61,7 +62,105 @@ struct TokenFile {
     version: u32,
     username: String,
     issuer: String,
-    token: StoredToken,
+    /// Absent in a logout's tombstone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<StoredToken>,
+    /// Bumped by every write: a refresh holder writes only over the generation it read.
+    #[serde(default)]
+    generation: u64,
+    /// Left by a logout (with no token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logged_out: Option<Tombstone>,
+}
+
+/// What a logout leaves in the file: when, and the lineage no older token may pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Tombstone {
+    pub(crate) at_ms: u64,
+    pub(crate) lineage: u64,
+}
+
+/// The file as read: its token, generation and tombstone (all empty when there is
+/// no file).
+#[derive(Default)]
+pub(crate) struct FileState {
+    pub(crate) token: Option<Token>,
+    pub(crate) generation: u64,
+    pub(crate) tombstone: Option<Tombstone>,
+}
+
+/// What a fenced write found.
+pub(crate) enum Fenced {
+    Written,
+    /// The file changed since the generation read: this is what is there now.
+    Changed(FileState),
+}
+
+/// How long a save waits for another process's read-compare-write of the file.
+const WRITE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `path` with `suffix` appended to its file name.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Opens (creating it 0600) a lock file; it is never renamed or deleted.
+pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File, Error> {
+    create_private_dir(dir_of(path)).map_err(|e| {
+        Error::TokenFile(format!(
+            "cannot create the directory of {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map_err(|e| Error::TokenFile(format!("cannot open the lock file {}: {e}", path.display())))
+}
+
+/// The error of a lock the file system refuses: loud, never an unlocked path.
+pub(crate) fn lock_error(path: &Path, e: &io::Error) -> Error {
+    let unsupported = e.kind() == io::ErrorKind::Unsupported || {
+        #[cfg(unix)]
+        {
+            e.raw_os_error() == Some(libc_enolck())
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    };
+    let why = if unsupported {
+        "the file system does not support locks (a network file system?); \
+         refusing to share the token file without them"
+    } else {
+        "refusing to share the token file without the lock"
+    };
+    Error::TokenFile(format!("cannot lock {}: {e}; {why}", path.display()))
+}
+
+/// ENOLCK.
+#[cfg(unix)]
+fn libc_enolck() -> i32 {
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    {
+        77
+    }
+    #[cfg(not(any(target_os = "macos", target_os = "ios", target_os = "freebsd")))]
+    {
+        37
+    }
 }
 
 impl FileStore {
@@ -145,6 +244,11 @@ impl FileStore {
         &self.inner.path
     }
 
+    /// The file's inner state, for the shared single flight.
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// The user name the file belongs to.
     pub fn username(&self) -> &str {
         &self.inner.username
@@ -172,14 +276,25 @@ fn clean(s: &str) -> String {
 }
 
 impl Inner {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.path.display().to_string()
     }
 
     fn load(&self) -> Result<Option<Token>, Error> {
+        Ok(self.read_state()?.token)
+    }
+
+    /// The file's token, generation and tombstone; a file of another user or issuer
+    /// is refused, a corrupt one kept aside.
+    pub(crate) fn read_state(&self) -> Result<FileState, Error> {
+        self.parse()?
+    }
+
+    /// The file: `Ok(Err)` when it is corrupt (moved aside).
+    fn parse(&self) -> Result<Result<FileState, Error>, Error> {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Ok(FileState::default())),
             Err(e) => {
                 return Err(Error::TokenFile(format!(
                     "cannot read {}: {e}",
@@ -191,24 +306,44 @@ impl Inner {
             serde_json::from_slice(&bytes).map_err(|e| crate::error::json_error(&e));
         let file = match parsed {
             Ok(f) if f.version == FORMAT => f,
-            Ok(f) => return Err(self.corrupt(&format!("unknown format version {}", f.version))),
-            Err(e) => return Err(self.corrupt(&e)),
+            Ok(f) => {
+                return Ok(Err(
+                    self.corrupt(&format!("unknown format version {}", f.version))
+                ))
+            }
+            Err(e) => return Ok(Err(self.corrupt(&e))),
         };
         if file.username != self.username || file.issuer != self.issuer {
-            return Err(Error::TokenFile(format!(
-                "{} holds the token of user {:?} at {:?}, not of {:?} at {:?}; \
-                 refusing to use it (give another path or profile, or delete the file)",
-                self.describe(),
-                file.username,
-                file.issuer,
-                self.username,
-                self.issuer
-            )));
+            return Err(self.not_ours(&file));
         }
-        match file.token.to_token() {
-            Ok(t) => Ok(Some(t)),
-            Err(_) => Err(self.corrupt("the stored access token is not a valid bearer token")),
-        }
+        let token = match &file.token {
+            Some(stored) => match stored.to_token() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    return Ok(Err(
+                        self.corrupt("the stored access token is not a valid bearer token")
+                    ))
+                }
+            },
+            None => None,
+        };
+        Ok(Ok(FileState {
+            token,
+            generation: file.generation,
+            tombstone: file.logged_out,
+        }))
+    }
+
+    fn not_ours(&self, file: &TokenFile) -> Error {
+        Error::TokenFile(format!(
+            "{} holds the token of user {:?} at {:?}, not of {:?} at {:?}; \
+             refusing to use, overwrite or remove it (give another path or profile, or delete the file)",
+            self.describe(),
+            file.username,
+            file.issuer,
+            self.username,
+            self.issuer
+        ))
     }
 
     /// Moves a corrupt file aside (never deletes it) and says so.
@@ -235,37 +370,83 @@ impl Inner {
         ))
     }
 
+    /// Takes the write lock (`P.lock`): held across one read-compare-write of the
+    /// file, so that two processes' compares and writes never interleave. Waits (this
+    /// is a blocking thread) up to [`WRITE_LOCK_WAIT`].
+    pub(crate) fn write_lock(&self) -> Result<fs::File, Error> {
+        let path = sibling(&self.path, ".lock");
+        let file = open_lock_file(&path)?;
+        let deadline = std::time::Instant::now() + WRITE_LOCK_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => return Err(lock_error(&path, &e)),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::TokenFile(format!(
+                    "another process held the write lock {} for more than {WRITE_LOCK_WAIT:?}",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// The file under the write lock, as [`read_state`](Self::read_state) but
+    /// without moving a corrupt file aside twice: `None` for a corrupt file (moved
+    /// aside: it is replaced).
+    fn read_locked(&self) -> Result<Option<FileState>, Error> {
+        Ok(self.parse()?.ok())
+    }
+
     fn save(&self, token: &Token) -> Result<(), Error> {
+        let _lock = self.write_lock()?;
+        // Never overwrite another user's file; a corrupt one was kept aside.
+        let state = self.read_locked()?.unwrap_or_default();
+        if let Some(tombstone) = state.tombstone {
+            if token.lineage().as_micros() <= tombstone.lineage {
+                tracing::debug!(path = %self.describe(), "kept a token older than the logout out of the file");
+                return Ok(());
+            }
+        }
+        // Newer only: another process may have saved a newer token.
+        if !super::store::replaces(token, state.token.as_ref()) {
+            tracing::debug!(path = %self.describe(), "kept the newer token already in the file");
+            return Ok(());
+        }
+        self.write_file(Some(token), state.generation, None)
+    }
+
+    /// Writes `token` only if the file's generation is still `expected` (under the
+    /// write lock); else says what is there now.
+    pub(crate) fn write_fenced(&self, expected: u64, token: &Token) -> Result<Fenced, Error> {
+        let _lock = self.write_lock()?;
+        let state = self.read_locked()?.unwrap_or_default();
+        if state.generation != expected {
+            return Ok(Fenced::Changed(state));
+        }
+        self.write_file(Some(token), state.generation, None)?;
+        Ok(Fenced::Written)
+    }
+
+    /// Writes the file: `token`, or a tombstone; the generation after `generation`.
+    fn write_file(
+        &self,
+        token: Option<&Token>,
+        generation: u64,
+        tombstone: Option<Tombstone>,
+    ) -> Result<(), Error> {
         let file = TokenFile {
             version: FORMAT,
             username: self.username.clone(),
             issuer: self.issuer.clone(),
-            token: StoredToken::from_token(token),
+            token: token.map(StoredToken::from_token),
+            generation: generation.wrapping_add(1),
+            logged_out: tombstone,
         };
-        // Never overwrite another user's file, nor a corrupt one (it is kept aside).
-        if let Ok(bytes) = fs::read(&self.path) {
-            match serde_json::from_slice::<TokenFile>(&bytes) {
-                Ok(other) if other.username != self.username || other.issuer != self.issuer => {
-                    return Err(Error::TokenFile(format!(
-                        "{} holds the token of user {:?} at {:?}; refusing to overwrite it",
-                        self.describe(),
-                        other.username,
-                        other.issuer
-                    )));
-                }
-                Ok(ours) => {
-                    // Newer only: another process may have saved a newer token.
-                    let stored = ours.token.to_token().ok();
-                    if !super::store::replaces(token, stored.as_ref()) {
-                        tracing::debug!(path = %self.describe(), "kept the newer token already in the file");
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    let _kept = self.corrupt(&crate::error::json_error(&e));
-                }
-            }
-        }
         let mut json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::TokenFile(format!("cannot encode the token: {e}")))?;
         json.push(b'\n');
@@ -284,15 +465,26 @@ impl Inner {
         write_temp(&self.path, bytes)
     }
 
+    /// Logs out: the owner's file becomes a tombstone (other processes see a logout,
+    /// not a lost file); another user's or issuer's file is refused and left.
     fn clear(&self) -> Result<(), Error> {
-        match fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::TokenFile(format!(
-                "cannot remove {}: {e}",
-                self.describe()
-            ))),
+        let _lock = self.write_lock()?;
+        if !self.path.exists() {
+            return Ok(());
         }
+        // A corrupt file was kept aside: the tombstone takes its place.
+        let state = self.read_locked()?.unwrap_or_default();
+        if state.token.is_none() && state.tombstone.is_some() {
+            return Ok(());
+        }
+        let lineage = crate::Lineage::next()
+            .as_micros()
+            .max(state.token.as_ref().map_or(0, |t| t.lineage().as_micros()));
+        let tombstone = Tombstone {
+            at_ms: unix_ms(),
+            lineage,
+        };
+        self.write_file(None, state.generation, Some(tombstone))
     }
 }
 
@@ -389,7 +581,7 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 }
 
 /// Runs blocking file work off the async runtime when there is one.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     inner: &Arc<Inner>,
     f: impl FnOnce(&Inner) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
