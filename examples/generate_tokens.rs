@@ -216,20 +216,9 @@ async fn run(args: &Args) -> Result<(), Failure> {
     };
     let fetched = shared.fetch(replacing.as_ref()).await;
     notice.abort();
-    let token = match fetched {
-        // The file says "logged out" (another process's logout): this person asks for
-        // a new login, which replaces the logout in the file.
-        Err(Error::NoToken(why)) if !entered.load(Ordering::SeqCst) => {
-            tracing::debug!(%why, "the token file is logged out; logging in again");
-            let token = login.fetch(None).await.map_err(explain_login)?;
-            store
-                .save(&token)
-                .await
-                .map_err(|e| Failure(e.to_string(), 1))?;
-            token
-        }
-        other => other.map_err(explain_login)?,
-    };
+    // A file whose last word is a logout is no obstacle: with no token of ours to
+    // replace, the login's token takes its place.
+    let token = fetched.map_err(explain_login)?;
     if entered.load(Ordering::SeqCst) {
         eprintln!("Saved the tokens to {}", store.path().display());
     } else {

@@ -81,10 +81,13 @@ fn home(name: &str) -> PathBuf {
     dir
 }
 
+/// The files under `dir`, but for the lock files a shared token file keeps beside
+/// it (`<file>.lock`, `<file>.refresh`: made once, never removed).
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = walk(dir)
         .into_iter()
         .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .filter(|name| !name.ends_with(".json.lock") && !name.ends_with(".json.refresh"))
         .collect();
     names.sort();
     names
@@ -680,5 +683,29 @@ async fn a_process_started_during_a_refresh_adopts_its_token() {
         "one token request between them"
     );
     assert!(err_b.contains("Using the tokens in"), "{err_b}");
+    let _ = std::fs::remove_dir_all(home);
+}
+
+/// Issue 30, through the library the CLI uses: a login refused with `invalid_grant`
+/// (a wrong password: no refresh token was presented) is that refusal, final, as
+/// without the shared file; not "the refresh token was spent elsewhere", which is
+/// retryable and would have a cache send the wrong password again and again.
+#[tokio::test]
+async fn a_refused_login_through_a_shared_file_stays_a_final_invalid_grant() {
+    use tower_bearer::client::TokenSource;
+    let s = common::start().await;
+    let home = home("shared-wrong-password");
+    let url = s.token_url();
+    let store = tower_bearer::client::FileStore::at(home.join("t.json"), "alice", &url);
+    let endpoint = tower_bearer::client::TokenEndpoint::new(&url)
+        .unwrap()
+        .client_id("cli");
+    let shared = store.shared(endpoint.password("alice", "not-the-password"));
+    let err = shared.fetch(None).await.unwrap_err();
+    assert!(
+        matches!(err, tower_bearer::Error::InvalidGrant(_)) && !err.is_retryable(),
+        "{err:?}"
+    );
+    assert_eq!(s.idp.tokens(), 1);
     let _ = std::fs::remove_dir_all(home);
 }
