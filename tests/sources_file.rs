@@ -69,8 +69,28 @@ async fn round_trip_in_a_new_directory() {
     store.save(&token("a-2", "r-2")).await.unwrap();
     let back = other.load().await.unwrap().unwrap();
     assert_eq!(back.access_token().expose_secret(), "a-2");
+    // A logout leaves a tombstone (other processes see a logout, not a lost file),
+    // with no token in it.
     store.clear().await.unwrap();
-    assert!(!path.exists());
+    assert!(other.load().await.unwrap().is_none());
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert!(json.get("token").is_none(), "{json}");
+    assert!(json["logged_out"]["at_ms"].as_u64().is_some(), "{json}");
+    // An older token stays out of it; a new login's goes in.
+    store.save(&token("a-3", "r-3")).await.unwrap();
+    assert_eq!(
+        other
+            .load()
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token()
+            .expose_secret(),
+        "a-3"
+    );
+    let stale = token("stale", "r-stale").with_lineage(tower_bearer::Lineage::from_micros(1));
+    store.clear().await.unwrap();
+    store.save(&stale).await.unwrap();
     assert!(other.load().await.unwrap().is_none());
     // Debug never shows a token.
     assert!(!format!("{store:?}").contains("a-2"));
@@ -114,13 +134,21 @@ async fn a_crashed_write_leaves_the_old_file_and_is_ignored() {
     store.save(&token("new", "r-new")).await.unwrap();
     let back = store.load().await.unwrap().unwrap();
     assert_eq!(back.access_token().expose_secret(), "new");
-    // Only the token file and the stray are there: the save left no temporary file.
+    // Only the token file, its write lock and the stray are there: the save left no
+    // temporary file.
     let mut names: Vec<String> = fs::read_dir(&dir.0)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, [".profile.json.4242.0badcafe.tmp", "profile.json"]);
+    assert_eq!(
+        names,
+        [
+            ".profile.json.4242.0badcafe.tmp",
+            "profile.json",
+            "profile.json.lock"
+        ]
+    );
 }
 
 #[tokio::test]
