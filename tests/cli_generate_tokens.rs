@@ -709,3 +709,35 @@ async fn a_refused_login_through_a_shared_file_stays_a_final_invalid_grant() {
     assert_eq!(s.idp.tokens(), 1);
     let _ = std::fs::remove_dir_all(home);
 }
+
+/// With a valid token in the file, a second run prints it without logging in (any
+/// process sharing the file would adopt it); `--relogin` logs in anyway, and the
+/// new login replaces it in the file.
+#[tokio::test]
+async fn a_saved_token_is_printed_again_and_relogin_logs_in_anew() {
+    let s = common::start().await;
+    let home = home("relogin");
+    let url = s.token_url();
+    let first = alice(&url, &["--password-stdin"], Some("wonderland\n"), &home).await;
+    first.assert_success();
+    let again = alice(&url, &["--password-stdin"], Some("wonderland\n"), &home).await;
+    again.assert_success();
+    assert_eq!(access_line(&again.stdout()), access_line(&first.stdout()));
+    assert!(again.stderr().contains("--relogin"), "{}", again.stderr());
+    assert_eq!(*s.idp.grants.lock().unwrap(), ["password"]);
+
+    let relogin = alice(
+        &url,
+        &["--password-stdin", "--relogin"],
+        Some("wonderland\n"),
+        &home,
+    )
+    .await;
+    relogin.assert_success();
+    assert_ne!(access_line(&relogin.stdout()), access_line(&first.stdout()));
+    assert_eq!(*s.idp.grants.lock().unwrap(), ["password", "password"]);
+    let after = alice(&url, &[], None, &home).await;
+    after.assert_success();
+    assert_eq!(access_line(&after.stdout()), access_line(&relogin.stdout()));
+    let _ = std::fs::remove_dir_all(home);
+}
