@@ -236,8 +236,8 @@ async fn run(args: &Args) -> Result<(), Failure> {
 #[derive(Clone)]
 enum How {
     Password,
-    Device(DeviceCode),
-    Browser(AuthorizationCode),
+    Device(Box<DeviceCode>),
+    Browser(Box<AuthorizationCode>),
 }
 
 /// What asking for the password needs.
@@ -340,7 +340,7 @@ fn how(args: &Args, endpoint: &TokenEndpoint, token_url: &str) -> Result<How, Fa
         if !args.no_open {
             login = login.open_browser();
         }
-        Ok(How::Browser(login))
+        Ok(How::Browser(Box::new(login)))
     } else if args.device {
         let mut device = match (&args.device_url, &args.issuer) {
             (None, Some(_)) => endpoint
@@ -358,7 +358,7 @@ fn how(args: &Args, endpoint: &TokenEndpoint, token_url: &str) -> Result<How, Fa
         if let Some(scope) = &args.scope {
             device = device.scope(scope.as_str());
         }
-        Ok(How::Device(device))
+        Ok(How::Device(Box::new(device)))
     } else {
         Ok(How::Password)
     }
