@@ -255,6 +255,22 @@ impl Io {
     }
 }
 
+/// Ends a child: its input closed, its output read to the end, its exit awaited.
+async fn end(mut child: Child, io: Io) {
+    let Io { stdin, mut lines } = io;
+    drop(stdin);
+    while let Ok(Ok(Some(_))) =
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await
+    {}
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
+
+async fn end_all(procs: Vec<(Child, Io)>) {
+    for (child, io) in procs {
+        end(child, io).await;
+    }
+}
+
 /// In a child: a line for the parent.
 fn say(line: &str) {
     println!(">{line}");
@@ -454,6 +470,8 @@ async fn concurrent_saves_in_two_processes_never_leave_the_older_token() {
             kept_older += 1;
         }
     }
+    end(older, a).await;
+    end(newer, b).await;
     assert_eq!(
         kept_older, 0,
         "the older token was left in the file in {kept_older} of 300 rounds"
@@ -533,6 +551,7 @@ async fn processes_sharing_a_file_refresh_once_between_them() {
         assert_eq!(server.requests(), round, "round {round}: {got:?}");
     }
     assert_eq!(server.reuse(), 0);
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -600,6 +619,7 @@ async fn a_claim_left_by_a_killed_holder_is_waited_out() {
         "rt-0 presented again"
     );
     assert_eq!(server.reuse(), 0);
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -642,6 +662,7 @@ async fn a_dead_holders_claim_delays_the_next_presentation_by_the_claim_wait() {
         "presented again {} ms after the dead holder's claim, before the claim's wait",
         again_ms.saturating_sub(claimed_ms)
     );
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -670,6 +691,7 @@ async fn a_holder_killed_before_presenting_costs_no_wait() {
         .expect("waited on a claim nobody made");
     assert!(answer.starts_with("ok at-"), "{answer}");
     assert_eq!(server.requests(), 1);
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -737,6 +759,7 @@ async fn a_logout_in_one_process_ends_the_session_in_the_others() {
     cache_io.send("watch").await;
     assert_eq!(cache_io.next().await, "err no_token");
     assert_eq!(server.requests(), 1);
+    end(cache, cache_io).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -777,6 +800,7 @@ async fn a_logout_racing_a_refresh_leaves_no_live_token() {
         "a live token after the logout: {json}"
     );
     assert!(store_at(&path).load().await.unwrap().is_none());
+    end_all(procs).await;
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -869,4 +893,62 @@ async fn the_logout_watcher_ends_when_the_cache_is_dropped() {
         .await
         .expect("the watcher outlived the cache")
         .unwrap_err();
+}
+
+/// A waiter behind a holder that never finishes gives up at its deadline with a
+/// retryable error; it never refreshes alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_behind_a_stuck_holder_gives_up_at_its_deadline() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("stuck");
+    let path = dir.join("alice.json");
+    let seeded = seed(&path).await;
+    let mut holder = child(
+        "child_lock_holder",
+        "lock_holder",
+        &[("ONE_MACHINE_PATH", path.display().to_string())],
+    );
+    let mut holder_io = Io::of(&mut holder);
+    assert_eq!(holder_io.next().await, "locked");
+    let shared = store_at(&path)
+        .shared(endpoint(&server.url).refresh_token("unused"))
+        .wait_timeout(Duration::from_millis(300));
+    let got = shared.fetch(Some(&seeded)).await;
+    assert!(matches!(got, Err(Error::Store(_))), "{}", describe(&got));
+    assert!(got.unwrap_err().is_retryable());
+    assert_eq!(server.requests(), 0);
+    end(holder, holder_io).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The shared source never refreshes over a file of another user, nor presents a
+/// refresh token that was refused before (recorded beside the file, for every
+/// process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_file_and_a_refused_refresh_token_stop_the_refresh() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("refused");
+    let path = dir.join("alice.json");
+    let seeded = seed(&path).await;
+    let bob = FileStore::at(&path, "bob", ISSUER).shared(endpoint(&server.url).refresh_token("x"));
+    assert!(matches!(bob.fetch(None).await, Err(Error::TokenFile(_))));
+    assert_eq!(server.requests(), 0);
+    // rt-0 is dead at the provider.
+    server.state.lock().unwrap().valid.clear();
+    let one = store_at(&path).shared(endpoint(&server.url).refresh_token("x"));
+    let two = store_at(&path).shared(endpoint(&server.url).refresh_token("x"));
+    assert_eq!(
+        describe(&one.fetch(Some(&seeded)).await),
+        "err invalid_grant"
+    );
+    assert_eq!(
+        describe(&two.fetch(Some(&seeded)).await),
+        "err invalid_grant"
+    );
+    assert_eq!(
+        server.requests(),
+        1,
+        "a refused refresh token was presented again"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -261,6 +261,13 @@ struct Shared<S> {
 /// when the throttle ends. An API that refuses every token costs the token endpoint
 /// one request per backoff, not one per API request.
 ///
+/// A source that can tell when another process ended the session
+/// ([`TokenSource::ended_elsewhere`]: a [`SharedFileSource`](super::SharedFileSource)
+/// whose file became a logout's tombstone) is watched by one task per cache, started
+/// with the first refresh inside a runtime and ended when the cache is dropped: the
+/// token stops being served at once, and the next caller gets the source's answer
+/// (the logout error, or a new login's token).
+///
 /// Nobody waits on a refresh that nobody drives: a refresh runs on the runtime of
 /// the caller that started it, and if that runtime stops driving it (a
 /// current-thread runtime behind a blocking wrapper, idle between calls) for five

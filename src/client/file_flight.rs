@@ -83,6 +83,10 @@ struct Held {
 #[derive(Serialize, Deserialize, Default)]
 struct Claim {
     pid: u32,
+    /// This process (its pid and a random number drawn once: pids repeat across
+    /// containers sharing a directory).
+    #[serde(default)]
+    owner: String,
     /// The digest ([`Presented`]) of the refresh token being presented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     presents: Option<String>,
@@ -202,6 +206,7 @@ impl<S: TokenSource> SharedFileSource<S> {
                 Ok(result) => result,
                 // Still not written: the token is served while it is valid.
                 Err(error) => {
+                    self.retry_in_background();
                     if !token.is_expired() && previous.is_none_or(|p| token.is_newer_than(p)) {
                         Ok(token)
                     } else {
@@ -269,7 +274,8 @@ impl<S: TokenSource> SharedFileSource<S> {
                 // Refused before (in this process or another): never presented again.
                 return Err(self.refusal(owned, refused_before()));
             }
-            if claim.presents.as_deref() == Some(name) {
+            // A claim of this process's own (a lost connection) has no answer coming.
+            if claim.presents.as_deref() == Some(name) && claim.owner != process_owner() {
                 // Its holder presented it and died (or lost the connection): its answer
                 // may still be written. Wait out the claim, watching the file.
                 let until = claim
@@ -288,6 +294,7 @@ impl<S: TokenSource> SharedFileSource<S> {
         }
         let claim = Claim {
             pid: std::process::id(),
+            owner: process_owner().to_owned(),
             presents: grant.clone(),
             at_ms: unix_ms(),
             refused: None,
@@ -316,6 +323,7 @@ impl<S: TokenSource> SharedFileSource<S> {
             Err(error @ Error::InvalidGrant(_)) => {
                 let refused = Claim {
                     pid: std::process::id(),
+                    owner: process_owner().to_owned(),
                     presents: None,
                     at_ms: unix_ms(),
                     refused: grant,
@@ -467,6 +475,12 @@ fn clear_claim(lock: &fs::File) {
     if let Err(error) = lock.set_len(0).and_then(|()| lock.sync_all()) {
         tracing::warn!(%error, "could not end the refresh claim");
     }
+}
+
+/// The name of this process in claims.
+fn process_owner() -> &'static str {
+    static OWNER: OnceLock<String> = OnceLock::new();
+    OWNER.get_or_init(|| format!("{}-{:016x}", std::process::id(), fastrand::u64(..)))
 }
 
 fn unix_ms() -> u64 {

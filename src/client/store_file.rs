@@ -35,6 +35,17 @@ const FORMAT: u32 = 1;
 ///   refused with [`Error::TokenFile`], never silently used or overwritten.
 /// - A file that cannot be parsed gives [`Error::TokenFile`] once and is kept, renamed
 ///   `<name>.corrupt`; the next load finds no token and the person logs in again.
+/// - Saved under a lock: every save and logout reads, compares and writes the file
+///   holding an OS lock (`flock` / `LockFileEx`) on `<name>.lock`, a file made beside
+///   it and never removed, so two processes saving at once never leave the older
+///   token behind.
+/// - A logout ([`clear`](TokenStore::clear)) leaves a tombstone in the file rather
+///   than deleting it, so that the other processes sharing it see a logout, not a lost
+///   file: loading gives no token, and a save of a token older than the logout is kept
+///   out (a new login's token replaces it). It refuses, with [`Error::TokenFile`], a
+///   file of another user or issuer, which it leaves as it is.
+/// - [`FileStore::shared`] makes the processes sharing the file refresh once between
+///   them ([`SharedFileSource`](super::SharedFileSource)).
 ///
 /// ```no_run
 /// use tower_bearer::client::{FileStore, Refreshing, TokenEndpoint};
