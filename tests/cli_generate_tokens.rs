@@ -741,3 +741,41 @@ async fn a_saved_token_is_printed_again_and_relogin_logs_in_anew() {
     assert_eq!(access_line(&after.stdout()), access_line(&relogin.stdout()));
     let _ = std::fs::remove_dir_all(home);
 }
+
+/// Bob's login on a profile whose file is Alice's: refused in one line before any
+/// login (the shared file's state is unknown to him), her file left as it is.
+#[tokio::test]
+async fn a_login_on_another_users_profile_is_refused_before_logging_in() {
+    let s = common::start().await;
+    let home = home("wrong-owner-login");
+    let url = s.token_url();
+    let login = alice(
+        &url,
+        &["--profile", "work", "--password-stdin"],
+        Some("wonderland\n"),
+        &home,
+    )
+    .await;
+    login.assert_success();
+    let file = home.join("tower-bearer/work.json");
+    let before = std::fs::read(&file).unwrap();
+    for extra in [None, Some("--relogin")] {
+        let mut args = vec![
+            "-u",
+            "bob",
+            "--token-url",
+            &url,
+            "--profile",
+            "work",
+            "--password-stdin",
+        ];
+        args.extend(extra);
+        let bob = run(&args, Some("bobs-password\n"), &home).await;
+        let err = bob.one_line_failure();
+        assert!(err.contains("\"alice\""), "{err}");
+        assert!(!err.contains("bobs-password"), "{err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), before, "the file changed");
+    assert_eq!(s.idp.tokens(), 1, "only Alice's login reached the server");
+    let _ = std::fs::remove_dir_all(home);
+}
