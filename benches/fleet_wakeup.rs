@@ -24,7 +24,7 @@ use tower_bearer::{Error, Token};
 const WAITERS: usize = 8;
 
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
+pub(crate) enum Mode {
     Wakeup,
     Polling,
 }
@@ -40,7 +40,7 @@ async fn store(url: &str, profile: &str, mode: Mode) -> RedisStore {
 }
 
 /// One round: the milliseconds from the holder's write to the last waiter's token.
-async fn round(url: &str, mode: Mode, n: usize, latency: Duration) -> f64 {
+pub(crate) async fn round(url: &str, mode: Mode, n: usize, latency: Duration) -> f64 {
     let profile = format!("bench-wakeup-{}-{n}-{}", std::process::id(), mode as u8);
     let written = Arc::new(Mutex::new(None::<Instant>));
     let (entered_tx, entered_rx) = oneshot::channel();

@@ -13,16 +13,30 @@
 //! loopback redirect; `--no-open` only prints the address); `--device` runs the
 //! device authorization grant, for a machine without a browser. `--issuer` finds the token,
 //! device and revocation endpoints through discovery. `--logout` revokes the saved
-//! tokens (RFC 7009) and removes the token file. On a wrong password, an unreachable
-//! server or a bad URL it prints one line to stderr and exits non-zero.
+//! tokens (RFC 7009) and clears the token file (never another user's). On a wrong
+//! password, an unreachable server or a bad URL it prints one line to stderr and exits
+//! non-zero.
+//!
+//! The token file is shared with every other process using it (`FileStore::shared`):
+//! a valid token in it is printed without logging in (`--relogin` logs in anyway), an
+//! expired one is refreshed, and of several processes started together with no token
+//! only one logs in (shows the device code, opens the browser, asks the password);
+//! the others wait for it (`--wait-timeout`, 30 minutes by default) and print the
+//! same token.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Parser;
-use tower_bearer::client::source::{self, AuthorizationCode, DeviceCode};
-use tower_bearer::client::{FileStore, Refreshing, Revocation, TokenEndpoint, TokenStore};
+use futures_util::future::{BoxFuture, FutureExt};
+use tower_bearer::client::source::{self, AuthorizationCode, DeviceCode, Presented};
+use tower_bearer::client::{
+    FileStore, Refreshing, Revocation, TokenEndpoint, TokenSource, TokenStore,
+};
 use tower_bearer::{Endpoint, Error, ExposeSecret, SecretString, Token};
 
 /// Log in once and print the tokens for a shell profile.
@@ -39,8 +53,8 @@ struct Args {
     /// found through discovery (instead of --token-url and --device-url).
     #[arg(long, conflicts_with_all = ["token_url", "device_url"])]
     issuer: Option<String>,
-    /// Log out: revoke the saved tokens at the revocation endpoint and remove the
-    /// token file.
+    /// Log out: revoke the saved tokens at the revocation endpoint and clear the
+    /// token file (a file of another user is left as it is).
     #[arg(long, conflicts_with_all = ["device", "browser", "password_stdin", "no_save"])]
     logout: bool,
     /// The revocation endpoint for --logout (default: from --issuer, else the token
@@ -91,7 +105,20 @@ struct Args {
     /// The prefix of the printed variables: `<PREFIX>_ACCESS_TOKEN`, `<PREFIX>_REFRESH_TOKEN`.
     #[arg(long, default_value = "APP")]
     env_prefix: String,
+    /// Log in again even when the token file holds a valid token (by default that
+    /// token is printed, refreshed first if it has expired).
+    #[arg(long, conflicts_with = "no_save")]
+    relogin: bool,
+    /// How long to wait, in seconds, for another process that is logging in or
+    /// refreshing with the same token file (its person may be typing a device code:
+    /// the default, 30 minutes, outlasts the device codes of common providers).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    wait_timeout: u64,
 }
+
+/// How long a process waits for the login before it says that another process has
+/// the token file.
+const NOTICE_AFTER: Duration = Duration::from_millis(250);
 
 /// One line for stderr, and the exit code.
 struct Failure(String, u8);
@@ -140,8 +167,159 @@ async fn run(args: &Args) -> Result<(), Failure> {
     } else {
         Some(token_file(args, &token_url)?)
     };
+    let login = Login {
+        how: how(args, &endpoint, &token_url)?,
+        endpoint,
+        relogin: args.relogin,
+        ask: Ask {
+            user: args.user.clone(),
+            password_stdin: args.password_stdin,
+        },
+        scope: args.scope.clone(),
+        entered: Arc::new(AtomicBool::new(false)),
+        failure: Arc::new(Mutex::new(None)),
+    };
+    let (entered, failure) = (Arc::clone(&login.entered), Arc::clone(&login.failure));
+    let explain_login = |e: Error| match failure.lock().unwrap().take() {
+        Some(f) => f,
+        None => explain(&e, args),
+    };
 
-    let token = if args.browser {
+    let Some(store) = store else {
+        // Nothing to share without a file: this process logs in alone.
+        let token = login.fetch(None).await.map_err(explain_login)?;
+        print_exports(&token, &args.env_prefix);
+        return Ok(());
+    };
+    let wait = Duration::from_secs(args.wait_timeout);
+    // With --relogin, the file's token is the one being replaced: not served again.
+    let replacing = match args.relogin {
+        true => store.load().await.map_err(|e| Failure(e.to_string(), 1))?,
+        false => None,
+    };
+    let shared = store.shared(login.clone()).wait_timeout(wait);
+    // Another process may be logging in or refreshing with this file: say why
+    // nothing happens rather than sit silent.
+    let notice = {
+        let entered = Arc::clone(&entered);
+        let path = store.path().display().to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(NOTICE_AFTER).await;
+            if !entered.load(Ordering::SeqCst) {
+                eprintln!(
+                    "Waiting for another process using {path} to log in or refresh \
+                     (up to {} s; --wait-timeout to change)",
+                    wait.as_secs()
+                );
+            }
+        })
+    };
+    let fetched = shared.fetch(replacing.as_ref()).await;
+    notice.abort();
+    // A file whose last word is a logout is no obstacle: with no token of ours to
+    // replace, the login's token takes its place.
+    let token = fetched.map_err(explain_login)?;
+    if entered.load(Ordering::SeqCst) {
+        eprintln!("Saved the tokens to {}", store.path().display());
+    } else {
+        eprintln!(
+            "Using the tokens in {} (another process or an earlier run logged in; \
+             --relogin to log in again)",
+            store.path().display()
+        );
+    }
+    print_exports(&token, &args.env_prefix);
+    Ok(())
+}
+
+/// How a login is made.
+#[derive(Clone)]
+enum How {
+    Password,
+    Device(Box<DeviceCode>),
+    Browser(Box<AuthorizationCode>),
+}
+
+/// What asking for the password needs.
+#[derive(Clone)]
+struct Ask {
+    user: String,
+    password_stdin: bool,
+}
+
+/// The token source of this CLI: refreshes the token being replaced when it has a
+/// refresh token (unless --relogin), else logs in as asked. Run through
+/// `FileStore::shared`, only the process holding the token file's refresh lock
+/// gets here: the others wait for its token.
+#[derive(Clone)]
+struct Login {
+    how: How,
+    endpoint: TokenEndpoint,
+    relogin: bool,
+    ask: Ask,
+    scope: Option<String>,
+    /// Set when this process logs in or refreshes itself.
+    entered: Arc<AtomicBool>,
+    /// A failure of ours (no password to read), told in the user's words.
+    failure: Arc<Mutex<Option<Failure>>>,
+}
+
+impl Login {
+    async fn fetch_token(&self, previous: Option<&Token>) -> Result<Token, Error> {
+        self.entered.store(true, Ordering::SeqCst);
+        let previous = previous.filter(|_| !self.relogin);
+        match &self.how {
+            How::Device(device) => device.fetch(previous).await,
+            How::Browser(browser) => browser.fetch(previous).await,
+            How::Password => {
+                if let Some(rt) = previous.and_then(Token::expose_refresh_token) {
+                    match self.endpoint.refresh_token(rt).fetch(None).await {
+                        Err(Error::InvalidGrant(_)) => {}
+                        refreshed => return refreshed,
+                    }
+                }
+                let ask = self.ask.clone();
+                let read = tokio::task::spawn_blocking(move || read_password(&ask))
+                    .await
+                    .map_err(|e| Error::Aborted(format!("reading the password: {e}")))?;
+                let password = match read {
+                    Ok(p) => p,
+                    Err(failure) => {
+                        *self.failure.lock().unwrap() = Some(failure);
+                        return Err(Error::Configuration("no password".into()));
+                    }
+                };
+                let mut grant = self
+                    .endpoint
+                    .password(self.ask.user.as_str(), password.expose_secret());
+                drop(password);
+                if let Some(scope) = &self.scope {
+                    grant = grant.scope(scope.as_str());
+                }
+                grant.login().await
+            }
+        }
+    }
+}
+
+impl TokenSource for Login {
+    fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
+        self.fetch_token(previous).boxed()
+    }
+
+    fn presents(&self, previous: Option<&Token>) -> Option<Presented> {
+        match self.relogin {
+            true => None,
+            false => previous
+                .and_then(Token::expose_refresh_token)
+                .map(Presented::of),
+        }
+    }
+}
+
+/// The login --browser, --device or the password asks for.
+fn how(args: &Args, endpoint: &TokenEndpoint, token_url: &str) -> Result<How, Failure> {
+    if args.browser {
         let login = match (&args.authorize_url, &args.issuer) {
             (None, Some(_)) => endpoint
                 .authorization_code()
@@ -149,9 +327,9 @@ async fn run(args: &Args) -> Result<(), Failure> {
             _ => {
                 let url = match &args.authorize_url {
                     Some(u) => u.clone(),
-                    None => sibling_url(&token_url, "authorize"),
+                    None => sibling_url(token_url, "authorize"),
                 };
-                AuthorizationCode::new(endpoint, &url)
+                AuthorizationCode::new(endpoint.clone(), &url)
                     .map_err(|e| Failure(format!("bad --authorize-url {url:?}: {e}"), 2))?
             }
         };
@@ -162,46 +340,28 @@ async fn run(args: &Args) -> Result<(), Failure> {
         if !args.no_open {
             login = login.open_browser();
         }
-        login.login().await
+        Ok(How::Browser(Box::new(login)))
     } else if args.device {
-        let device = match (&args.device_url, &args.issuer) {
+        let mut device = match (&args.device_url, &args.issuer) {
             (None, Some(_)) => endpoint
                 .device_code()
                 .map_err(|e| Failure(e.to_string(), 1))?,
             _ => {
                 let url = match &args.device_url {
                     Some(u) => u.clone(),
-                    None => sibling_url(&token_url, "device"),
+                    None => sibling_url(token_url, "device"),
                 };
-                DeviceCode::new(endpoint, &url)
+                DeviceCode::new(endpoint.clone(), &url)
                     .map_err(|e| Failure(format!("bad --device-url {url:?}: {e}"), 2))?
             }
         };
-        let mut device = device;
         if let Some(scope) = &args.scope {
             device = device.scope(scope.as_str());
         }
-        device.login().await
+        Ok(How::Device(Box::new(device)))
     } else {
-        let password = read_password(args)?;
-        let mut grant = endpoint.password(args.user.as_str(), password.expose_secret());
-        drop(password);
-        if let Some(scope) = &args.scope {
-            grant = grant.scope(scope.as_str());
-        }
-        grant.login().await
+        Ok(How::Password)
     }
-    .map_err(|e| explain(&e, args))?;
-
-    if let Some(store) = store {
-        store
-            .save(&token)
-            .await
-            .map_err(|e| Failure(e.to_string(), 1))?;
-        eprintln!("Saved the tokens to {}", store.path().display());
-    }
-    print_exports(&token, &args.env_prefix);
-    Ok(())
 }
 
 /// Revokes the tokens of the token file and removes it, through `Refreshing::logout`.
@@ -220,7 +380,7 @@ async fn logout(args: &Args, endpoint: &TokenEndpoint, store: FileStore) -> Resu
     };
     let saved = store.load().await.map_err(|e| Failure(e.to_string(), 1))?;
     if saved.is_none() {
-        eprintln!("Not logged in: no token file at {}", store.path().display());
+        eprintln!("Not logged in: no token in {}", store.path().display());
         return Ok(());
     }
     // Nothing is fetched: the cache only revokes what the file holds, then clears it.
@@ -229,17 +389,22 @@ async fn logout(args: &Args, endpoint: &TokenEndpoint, store: FileStore) -> Resu
         .store(store.clone())
         .revocation(revocation.clone())
         .build();
-    cache.logout().await.map_err(|e| {
-        Failure(
-            format!(
-                "logout at {}: {e} (the token file was removed)",
-                revocation.url()
-            ),
-            1,
-        )
-    })?;
+    if let Err(e) = cache.logout().await {
+        // Say what became of the file, as it is now: a file the logout refused to
+        // clear (another user's, written meanwhile) is left as it is.
+        let cleared = matches!(store.load().await, Ok(None));
+        let file = match cleared {
+            true => format!("the tokens were cleared from {}", store.path().display()),
+            false => format!("{} was left as it is", store.path().display()),
+        };
+        let line = match e {
+            Error::TokenFile(_) => format!("logout: {e}; {file}"),
+            _ => format!("logout at {}: {e}; {file}", revocation.url()),
+        };
+        return Err(Failure(line, 1));
+    }
     eprintln!(
-        "Logged out: revoked the tokens at {} and removed {}",
+        "Logged out: revoked the tokens at {} and cleared {}",
         revocation.url(),
         store.path().display()
     );
@@ -258,7 +423,7 @@ fn token_file(args: &Args, issuer: &str) -> Result<FileStore, Failure> {
     .map_err(|e| Failure(e.to_string(), 2))
 }
 
-fn read_password(args: &Args) -> Result<SecretString, Failure> {
+fn read_password(args: &Ask) -> Result<SecretString, Failure> {
     if args.password_stdin {
         let mut line = String::new();
         std::io::stdin()
