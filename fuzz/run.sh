@@ -4,6 +4,15 @@
 #
 #   fuzz/run.sh [SECS] [TARGET...]
 #
+# CI (.ci/run) runs it for 10 s per target: a smoke run, which finds what mutations of
+# the seeds find at once. The long run is by hand, on a change to a parser (the
+# header, a JWT, a token response, a JWKS, a discovery document) and before a release:
+#
+#   bash fuzz/run.sh 600       # ten minutes per target, an hour in all
+#
+# and whatever it finds goes to fuzz/regressions/<target>/ (below), which cargo test
+# replays on stable in every CI run.
+#
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`);
 # without them it says so and exits 0: `cargo test` replays the seeds and
 # regressions with fixed mutations on stable (tests/fuzz_replay.rs runs the harness
