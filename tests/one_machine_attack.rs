@@ -1,0 +1,395 @@
+//! Attacks on the cross-process single flight over a token file (issue 30): each test
+//! is a way the shared file could be made to present a refresh token twice, to lose
+//! a logout, or to turn a final answer into a retry. Real files, a real token server
+//! on 127.0.0.1 (rotating refresh tokens, revoking the family on reuse), and two
+//! sources on one path where that is enough (the OS locks are per open file, so two
+//! sources in one process exclude each other as two processes do).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use secrecy::ExposeSecret;
+use tower_bearer::client::{FileStore, SharedFileSource, TokenEndpoint, TokenSource, TokenStore};
+use tower_bearer::{Error, Lineage, Token};
+
+const ISSUER: &str = "https://idp.test";
+
+// ---------------------------------------------------------------- token server
+
+#[derive(Default)]
+struct Provider {
+    valid: HashMap<String, u64>,
+    spent: HashMap<String, u64>,
+    next: u64,
+    reuse: u64,
+    /// Every grant presented: the refresh token, or `password`.
+    presented: Vec<String>,
+    lifetime_s: u64,
+}
+
+#[derive(Clone)]
+struct Server {
+    url: String,
+    state: Arc<Mutex<Provider>>,
+    /// While set, a refresh that rotated waits for it before answering.
+    gate: Arc<Mutex<Option<Arc<tokio::sync::Notify>>>>,
+}
+
+async fn token(State(s): State<Server>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    let answer = {
+        let mut p = s.state.lock().unwrap();
+        if grant == "password" {
+            p.presented.push("password".into());
+            None
+        } else {
+            let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            p.presented.push(rt.clone());
+            if let Some(family) = p.valid.remove(&rt) {
+                p.spent.insert(rt, family);
+                p.next += 1;
+                let fresh = format!("rt-{}", p.next);
+                p.valid.insert(fresh.clone(), family);
+                Some(serde_json::json!({
+                    "access_token": format!("at-{}", p.next),
+                    "token_type": "Bearer",
+                    "expires_in": p.lifetime_s,
+                    "refresh_token": fresh,
+                }))
+            } else {
+                if let Some(&family) = p.spent.get(&rt) {
+                    p.reuse += 1;
+                    p.valid.retain(|_, f| *f != family);
+                }
+                None
+            }
+        }
+    };
+    match answer {
+        Some(body) => {
+            let gate = s.gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
+            Json(body).into_response()
+        }
+        None => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "invalid_grant"})),
+        )
+            .into_response(),
+    }
+}
+
+impl Server {
+    async fn start(lifetime_s: u64) -> Server {
+        let server = Server {
+            url: String::new(),
+            state: Arc::new(Mutex::new(Provider {
+                lifetime_s,
+                ..Provider::default()
+            })),
+            gate: Arc::new(Mutex::new(None)),
+        };
+        server.state.lock().unwrap().valid.insert("rt-0".into(), 0);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/token", post(token))
+            .with_state(server.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Server { url, ..server }
+    }
+
+    fn presented(&self) -> Vec<String> {
+        self.state.lock().unwrap().presented.clone()
+    }
+
+    fn reuse(&self) -> u64 {
+        self.state.lock().unwrap().reuse
+    }
+
+    /// Until the provider has seen `n` grants (bounded).
+    async fn until_presented(&self, n: usize) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while self.presented().len() < n {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the provider never saw the grant");
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn temp_dir(name: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-attack-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn store_at(path: &Path) -> FileStore {
+    FileStore::at(path, "alice", ISSUER)
+}
+
+fn endpoint(server: &Server) -> TokenEndpoint {
+    TokenEndpoint::new(&server.url).unwrap().client_id("cli")
+}
+
+fn shared(path: &Path, server: &Server) -> SharedFileSource<impl TokenSource> {
+    store_at(path)
+        .shared(endpoint(server).refresh_token("unused-seed"))
+        .wait_timeout(Duration::from_secs(5))
+        .claim_wait(Duration::from_secs(3))
+}
+
+fn held(rt: &str) -> Token {
+    Token::bearer("at-held")
+        .unwrap()
+        .with_expires_in(Duration::ZERO)
+        .with_refresh_token(rt)
+        .with_lineage(Lineage::next())
+}
+
+/// The file's first token: `rt-0`, expired.
+async fn seed(path: &Path) -> Token {
+    let token = held("rt-0");
+    store_at(path).save(&token).await.unwrap();
+    token
+}
+
+fn access(t: &Token) -> String {
+    t.access_token().expose_secret().to_owned()
+}
+
+// ---------------------------------------------------------------- known defects
+
+/// A login (nothing presented: no token in the file, none held) refused with
+/// `invalid_grant` is that refusal, final: not "superseded" (retryable), which would
+/// have a cache send the wrong password again and again.
+#[tokio::test]
+async fn a_refused_login_stays_a_final_invalid_grant() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("login");
+    let path = dir.join("alice.json");
+    let source = store_at(&path).shared(endpoint(&server).password("alice", "wrong"));
+    let err = source.fetch(None).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidGrant(_)) && !err.is_retryable(),
+        "{err:?}"
+    );
+    // Asked again, the password is sent again (a person may have fixed it? no: the
+    // source is the same; but nothing was recorded against a refresh token).
+    assert_eq!(server.presented(), ["password"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Two processes hold two different dead refresh tokens and the file is gone: each
+/// presents its own once; retried, each is refused from the record, not by the
+/// provider again (principle 3: no storm).
+#[tokio::test]
+async fn two_dead_refresh_tokens_are_each_presented_once() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("two-dead");
+    let path = dir.join("alice.json");
+    let (a, b) = (shared(&path, &server), shared(&path, &server));
+    let (dead_a, dead_b) = (held("dead-a"), held("dead-b"));
+    for _ in 0..3 {
+        assert!(a.fetch(Some(&dead_a)).await.is_err());
+        assert!(b.fetch(Some(&dead_b)).await.is_err());
+    }
+    assert_eq!(server.presented(), ["dead-a", "dead-b"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A process still holding a token whose refresh token another process spent (it
+/// wrote the rotated one), after the file was deleted: it must not present the
+/// spent refresh token (the provider would revoke the whole family, the other
+/// process's newest token with it).
+#[tokio::test]
+async fn a_spent_refresh_token_is_not_presented_after_the_file_is_deleted() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("spent");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let (a, b) = (shared(&path, &server), shared(&path, &server));
+    let newer = a.fetch(Some(&first)).await.unwrap();
+    assert_eq!(access(&newer), "at-1");
+    std::fs::remove_file(&path).unwrap();
+    // b still holds rt-0, spent by a.
+    let got = b.fetch(Some(&first)).await;
+    assert_eq!(server.reuse(), 0, "rt-0 presented again: {got:?}");
+    assert!(got.is_err(), "{got:?}");
+    // a, holding the newest, refreshes and writes it back; b then adopts it.
+    let mut newest = newer.clone();
+    newest = Token::bearer(access(&newest))
+        .unwrap()
+        .with_expires_in(Duration::ZERO)
+        .with_refresh_token("rt-1")
+        .with_lineage(newest.lineage());
+    let back = a.fetch(Some(&newest)).await.unwrap();
+    assert_eq!(access(&back), "at-2");
+    assert_eq!(access(&b.fetch(Some(&first)).await.unwrap()), "at-2");
+    assert_eq!(server.presented(), ["rt-0", "rt-1"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+// ---------------------------------------------------------------- the lock files
+
+/// `P.refresh` deleted while a holder has it (a person cleaning the directory): a new
+/// process makes a new lock file and locks it, two holders at once, unless the loss
+/// of the claim is noticed. The newcomer must not present the refresh token the
+/// holder is presenting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_lock_file_deleted_while_held_does_not_make_two_holders() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("rm-refresh");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *server.gate.lock().unwrap() = Some(gate.clone());
+    let a = shared(&path, &server);
+    let b = shared(&path, &server);
+    let holder = {
+        let first = first.clone();
+        tokio::spawn(async move { a.fetch(Some(&first)).await })
+    };
+    server.until_presented(1).await;
+    std::fs::remove_file(format!("{}.refresh", path.display())).unwrap();
+    let taker = {
+        let first = first.clone();
+        tokio::spawn(async move { b.fetch(Some(&first)).await })
+    };
+    // The holder's answer comes after the taker has had every chance to present.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *server.gate.lock().unwrap() = None;
+    gate.notify_one();
+    let (h, t) = (holder.await.unwrap(), taker.await.unwrap());
+    assert_eq!(server.presented(), ["rt-0"], "{h:?} {t:?}");
+    assert_eq!(access(&h.unwrap()), "at-1");
+    assert_eq!(access(&t.unwrap()), "at-1");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A waiter that opened `P.refresh` before it was deleted locks the old file when
+/// the holder lets go, while a newcomer locks the new one: after taking the lock, a
+/// process checks that it locked the file at the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_on_a_deleted_refresh_lock_file_does_not_hold_it_beside_a_newcomer() {
+    let server = Server::start(0).await; // every token expired at once: all refresh
+    let dir = temp_dir("rm-refresh-waiter");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *server.gate.lock().unwrap() = Some(gate.clone());
+    let (a, b, c) = (
+        shared(&path, &server),
+        shared(&path, &server),
+        shared(&path, &server),
+    );
+    let holder = {
+        let first = first.clone();
+        tokio::spawn(async move { a.fetch(Some(&first)).await })
+    };
+    server.until_presented(1).await;
+    // The waiter opens the lock file and waits on it.
+    let mut waiter = Box::pin({
+        let first = first.clone();
+        async move { b.fetch(Some(&first)).await }
+    });
+    assert!(futures_util::poll!(&mut waiter).is_pending());
+    let waiter = tokio::spawn(waiter);
+    std::fs::remove_file(format!("{}.refresh", path.display())).unwrap();
+    // The holder answers: at-1 / rt-1, already expired.
+    *server.gate.lock().unwrap() = None;
+    gate.notify_one();
+    let h = holder.await.unwrap().unwrap();
+    assert_eq!(access(&h), "at-1");
+    // Now the waiter and a newcomer both need a newer token than the expired at-1.
+    let newcomer = tokio::spawn(async move { c.fetch(Some(&h)).await });
+    let (w, n) = (waiter.await.unwrap(), newcomer.await.unwrap());
+    assert_eq!(server.reuse(), 0, "{:?}: {w:?} {n:?}", server.presented());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+// ---------------------------------------------------------------- logouts
+
+/// A logout while the file is gone (deleted, as a person or a disk might): the
+/// processes still holding the session's token must see the logout, not write their
+/// token back (a logout racing the others leaves no live token behind).
+#[tokio::test]
+async fn a_logout_while_the_file_is_deleted_still_ends_the_session_elsewhere() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("logout-deleted");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let b = shared(&path, &server);
+    let got = b.fetch(Some(&first)).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    // Logout in another process.
+    store_at(&path).clear().await.unwrap();
+    let expired = Token::bearer(access(&got))
+        .unwrap()
+        .with_expires_in(Duration::ZERO)
+        .with_refresh_token("rt-1")
+        .with_lineage(got.lineage());
+    let after = b.fetch(Some(&expired)).await;
+    assert!(matches!(after, Err(Error::NoToken(_))), "{after:?}");
+    assert_eq!(server.presented(), ["rt-0"], "refreshed after the logout");
+    assert!(store_at(&path).load().await.unwrap().is_none());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A logout after a logout is a logout; a save of an older token after it is kept
+/// out; a new login (newer lineage) replaces it; and a refresh that started before
+/// the logout does not write over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tombstone_holds_against_older_saves_and_running_refreshes() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("tombstone");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let store = store_at(&path);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    *server.gate.lock().unwrap() = Some(gate.clone());
+    let a = shared(&path, &server);
+    let running = {
+        let first = first.clone();
+        tokio::spawn(async move { a.fetch(Some(&first)).await })
+    };
+    server.until_presented(1).await;
+    store.clear().await.unwrap();
+    store.clear().await.unwrap();
+    *server.gate.lock().unwrap() = None;
+    gate.notify_one();
+    let r = running.await.unwrap();
+    assert!(matches!(r, Err(Error::NoToken(_))), "{r:?}");
+    assert!(store.load().await.unwrap().is_none());
+    store.save(&first).await.unwrap();
+    assert!(store.load().await.unwrap().is_none(), "an older token passed");
+    let login = Token::bearer("at-login")
+        .unwrap()
+        .with_lineage(Lineage::next());
+    store.save(&login).await.unwrap();
+    assert_eq!(
+        access(&store.load().await.unwrap().expect("a new login was kept out")),
+        "at-login"
+    );
+    let _ = HashSet::<u8>::new();
+    std::fs::remove_dir_all(dir).unwrap();
+}
