@@ -954,3 +954,22 @@ async fn another_users_file_and_a_refused_refresh_token_stop_the_refresh() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A deleted file is lost data, not a logout: the next refresh uses the process's
+/// own (newest) refresh token and writes its token back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_file_is_written_back_by_the_next_refresh() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("deleted");
+    let path = dir.join("alice.json");
+    let seeded = seed(&path).await;
+    let shared = store_at(&path).shared(endpoint(&server.url).refresh_token("unused"));
+    let first = shared.fetch(Some(&seeded)).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let second = shared.fetch(Some(&first)).await;
+    assert_eq!(describe(&second), "ok at-2");
+    assert_eq!(file_json(&path)["token"]["access_token"], "at-2");
+    assert_eq!(server.presentations_of("rt-1").len(), 1);
+    assert_eq!(server.reuse(), 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -522,8 +522,18 @@ fn refused_before() -> Error {
 fn network_file_system(path: &Path) -> Option<String> {
     #[cfg(target_os = "linux")]
     {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty())?;
-        let dir = dir.canonicalize().ok()?;
+        // The nearest directory that exists (the file's may be made later).
+        let dir = path
+            .ancestors()
+            .skip(1)
+            .map(|a| {
+                if a.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    a
+                }
+            })
+            .find_map(|a| a.canonicalize().ok())?;
         let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
         mount_type_of(&mounts, &dir)
             .filter(|kind| is_network_file_system(kind))
