@@ -140,6 +140,25 @@ pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File, Error> {
         .map_err(|e| Error::TokenFile(format!("cannot open the lock file {}: {e}", path.display())))
 }
 
+/// Whether `file` is the file at `path` now (not one deleted or replaced since it
+/// was opened): a lock taken on a file no longer at the path excludes nobody.
+#[cfg(unix)]
+pub(crate) fn is_at(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `file` is the file at `path` now. On Windows a file open here cannot be
+/// deleted or replaced (std opens without `FILE_SHARE_DELETE`... and even with it
+/// the name stays until the last handle closes), so it is.
+#[cfg(not(unix))]
+pub(crate) fn is_at(_file: &fs::File, path: &Path) -> bool {
+    path.exists()
+}
+
 /// The error of a lock the file system refuses: loud, never an unlocked path.
 pub(crate) fn lock_error(path: &Path, e: &io::Error) -> Error {
     let unsupported = e.kind() == io::ErrorKind::Unsupported || {
@@ -386,11 +405,17 @@ impl Inner {
     /// is a blocking thread) up to [`WRITE_LOCK_WAIT`].
     pub(crate) fn write_lock(&self) -> Result<fs::File, Error> {
         let path = sibling(&self.path, ".lock");
-        let file = open_lock_file(&path)?;
+        let mut file = open_lock_file(&path)?;
         let deadline = std::time::Instant::now() + WRITE_LOCK_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
             match file.try_lock() {
+                // A lock file deleted or replaced since it was opened is nobody's
+                // lock: the one at the path is.
+                Ok(()) if !is_at(&file, &path) => {
+                    file = open_lock_file(&path)?;
+                    continue;
+                }
                 Ok(()) => return Ok(file),
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(e)) => return Err(lock_error(&path, &e)),
@@ -463,6 +488,11 @@ impl Inner {
         json.push(b'\n');
         let result = self.write_atomically(&json);
         zeroize::Zeroize::zeroize(&mut json);
+        // The refresh lock file exists beside every token file written: one missing
+        // was deleted (see `SharedFileSource`), perhaps while a refresh held it.
+        if result.is_ok() {
+            let _ = open_lock_file(&sibling(&self.path, ".refresh"));
+        }
         result.map_err(|e| Error::TokenFile(format!("cannot write {}: {e}", self.describe())))
     }
 
@@ -480,7 +510,10 @@ impl Inner {
     /// not a lost file); another user's or issuer's file is refused and left.
     fn clear(&self) -> Result<(), Error> {
         let _lock = self.write_lock()?;
-        if !self.path.exists() {
+        // A shared file deleted (its refresh lock file left) still gets the
+        // tombstone: the processes still holding its token must see the logout, not
+        // a lost file they would write their token back to.
+        if !self.path.exists() && !sibling(&self.path, ".refresh").exists() {
             return Ok(());
         }
         // A corrupt file was kept aside: the tombstone takes its place.
