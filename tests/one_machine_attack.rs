@@ -412,3 +412,117 @@ async fn the_tombstone_holds_against_older_saves_and_running_refreshes() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// ---------------------------------------------------------------- real processes
+
+const CHILD: &str = "ONE_MACHINE_ATTACK_CHILD";
+
+/// In a child: a line for the parent.
+fn say(line: &str) {
+    println!(">{line}");
+}
+
+/// A child process: this test binary running the test `name` with `mode`.
+fn child(name: &str, mode: &str, env: &[(&str, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", name, "--nocapture", "--test-threads=1", "-q"])
+        .env(CHILD, mode)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// The next line the child printed that starts with `>`, without the marker.
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the child said nothing for 60 s")
+            .unwrap()
+            .expect("the child ended");
+        if let Some(rest) = line.strip_prefix('>') {
+            return rest.to_owned();
+        }
+    }
+}
+
+/// A process that refreshes through the shared file once, prints what it got, and
+/// then waits (holding whatever it holds) until its input ends.
+#[test]
+fn child_refresh_once() {
+    if std::env::var(CHILD).ok().as_deref() != Some("refresh_once") {
+        return;
+    }
+    let path = PathBuf::from(std::env::var("ATTACK_PATH").unwrap());
+    let url = std::env::var("ATTACK_URL").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = store_at(&path);
+        let source = store.shared(
+            TokenEndpoint::new(&url)
+                .unwrap()
+                .client_id("cli")
+                .refresh_token("unused-seed"),
+        );
+        let current = store.load().await.unwrap();
+        let got = source.fetch(current.as_ref()).await;
+        say(&match &got {
+            Ok(t) => format!("ok {}", access(t)),
+            Err(e) => format!("err {e}"),
+        });
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        drop(source);
+    });
+}
+
+/// A holder that got the provider's answer (the refresh token rotated) but could not
+/// write it (the disk refused) holds the lock and serves the token; killed then, its
+/// claim names a refresh token that is certainly spent. The next process must not
+/// present it after the claim's wait (a certain reuse: the provider revokes the
+/// family); the session's newest token died with the holder, so it is a final
+/// refusal, not a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_after_the_answer_leaves_its_refresh_token_spent() {
+    use tokio::io::AsyncBufReadExt;
+    let server = Server::start(3600).await;
+    let dir = temp_dir("killed-after-answer");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    // The write lock's file is a directory: every write of the file fails.
+    let lock = PathBuf::from(format!("{}.lock", path.display()));
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir(&lock).unwrap();
+    let mut holder = child(
+        "child_refresh_once",
+        "refresh_once",
+        &[
+            ("ATTACK_PATH", path.display().to_string()),
+            ("ATTACK_URL", server.url.clone()),
+        ],
+    );
+    let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut lines).await, "ok at-1");
+    holder.kill().await.unwrap();
+    std::fs::remove_dir(&lock).unwrap();
+    let taker = store_at(&path)
+        .shared(endpoint(&server).refresh_token("unused-seed"))
+        .claim_wait(Duration::from_millis(500));
+    let got = taker.fetch(Some(&first)).await;
+    assert_eq!(server.presented(), ["rt-0"], "{got:?}");
+    assert!(
+        matches!(&got, Err(e) if !e.is_retryable()),
+        "a session whose newest token is lost: {got:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
