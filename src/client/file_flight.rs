@@ -331,13 +331,20 @@ impl<S: TokenSource> SharedFileSource<S> {
                 return Err(self.refusal(owned, refused_before()));
             }
             if record.spent.contains(name) {
-                // Rotated by an earlier refresh whose answer is not in the file (it
-                // was deleted, or the answer lost): presenting it again would have
-                // the provider revoke the whole family.
-                return Err(Error::Superseded(format!(
-                    "this refresh token was spent by an earlier refresh and {} holds no newer token yet",
-                    self.path().display()
-                )));
+                // Rotated by an earlier refresh whose answer is not in the file:
+                // presenting it again would have the provider revoke the whole
+                // family. The file's own token: its holder let the lock go without
+                // writing the answer (it died), so the session's newest token is
+                // lost; an older token of this process's (the file deleted): the
+                // newest may still be written back by the process that holds it.
+                return Err(if owned {
+                    spent_and_lost()
+                } else {
+                    Error::Superseded(format!(
+                        "this refresh token was spent by an earlier refresh and {} holds no newer token yet",
+                        self.path().display()
+                    ))
+                });
             }
         }
         if let (Some(_), true, Some(_)) = (&grant, lost_claim, &state.token) {
@@ -388,11 +395,22 @@ impl<S: TokenSource> SharedFileSource<S> {
             Ok(token) => {
                 // Rotated: the refresh token presented is spent.
                 let after = self.source.presents(Some(&token)).map(|p| p.to_hex());
+                let spent = grant.clone().filter(|g| after.as_ref() != Some(g));
+                if let Some(name) = &spent {
+                    // Recorded before anything else: if this process dies before the
+                    // answer is written, the next holder knows the refresh token is
+                    // spent, not merely presented, and does not present it again.
+                    let mut record = claim;
+                    remember(&mut record.spent, name);
+                    if let Err(error) = write_claim(&lock, &record) {
+                        tracing::warn!(%error, "could not record the spent refresh token in the claim");
+                    }
+                }
                 let held = Held {
                     lock,
                     generation: state.generation,
                     token: token.clone(),
-                    spent: grant.clone().filter(|g| after.as_ref() != Some(g)),
+                    spent,
                 };
                 match write_out(&self.store, &self.held, held).await {
                     Ok(result) => result,
@@ -506,45 +524,67 @@ async fn write_out(
     slot: &Arc<Mutex<Option<Held>>>,
     held: Held,
 ) -> Result<Result<Token, Error>, Error> {
+    let token = held.token.clone();
     let mut expected = held.generation;
+    // Dropped (this future cancelled, or the write failed), the token goes back to
+    // `slot` with the refresh lock and the claim: never lost while the lock is let go.
+    let mut keep = Keep {
+        slot,
+        held: Some(held),
+    };
+    let mut answer = Ok(token.clone());
     for _ in 0..3 {
-        let token = held.token.clone();
+        let ours = token.clone();
         let written = store_file::blocking(store.inner(), move |inner| {
-            inner.write_fenced(expected, &token)
+            inner.write_fenced(expected, &ours)
         })
         .await;
         match written {
-            Ok(Fenced::Written) => {
-                end_claim(&held.lock, held.spent.as_deref());
-                return Ok(Ok(held.token));
-            }
+            Ok(Fenced::Written) => break,
             Ok(Fenced::Changed(now)) => {
                 if now.token.is_none() && now.tombstone.is_some() {
                     // The logout won: the answer is nobody's.
-                    end_claim(&held.lock, held.spent.as_deref());
                     tracing::info!("logged out in another process during the refresh; its answer is not written");
-                    return Ok(Err(logged_out_elsewhere(store.path())));
+                    answer = Err(logged_out_elsewhere(store.path()));
+                    break;
                 }
-                if let Some(theirs) = now.token.filter(|t| t.is_newer_than(&held.token)) {
-                    end_claim(&held.lock, held.spent.as_deref());
-                    return Ok(Ok(theirs));
+                if let Some(theirs) = now.token.filter(|t| t.is_newer_than(&token)) {
+                    answer = Ok(theirs);
+                    break;
                 }
                 expected = now.generation;
+                tracing::warn!("the token file changed while we wrote ours");
             }
             Err(error) => {
                 tracing::error!(%error, "could not write the refreshed token; serving it, holding the refresh lock until it is written");
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                // `keep` puts it back in the slot.
                 return Err(error);
             }
         }
     }
-    tracing::warn!("the token file kept changing while we wrote ours");
-    end_claim(&held.lock, held.spent.as_deref());
-    Ok(Ok(held.token))
+    if let Some(held) = keep.held.take() {
+        end_claim(&held.lock, held.spent.as_deref());
+    }
+    Ok(answer)
 }
 
 /// The claim in the lock file (at most [`CLAIM_MAX`] bytes read: junk of any size
 /// reads as no claim).
+/// A refreshed token on its way to the file: put back in its slot if dropped still
+/// holding it.
+struct Keep<'a> {
+    slot: &'a Arc<Mutex<Option<Held>>>,
+    held: Option<Held>,
+}
+
+impl Drop for Keep<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+        }
+    }
+}
+
 fn read_claim(mut lock: &fs::File) -> Option<Claim> {
     let mut bytes = Vec::new();
     lock.seek(SeekFrom::Start(0)).ok()?;
@@ -608,6 +648,18 @@ fn refused_before() -> Error {
     answer.code = Some("invalid_grant".into());
     answer.description =
         Some("this refresh token was refused before; it is not presented again".into());
+    Error::InvalidGrant(Box::new(answer))
+}
+
+/// The file's refresh token was spent by a refresh whose holder died before writing
+/// the answer: the session's newest token is lost with it.
+fn spent_and_lost() -> Error {
+    let mut answer = crate::EndpointError::status(http::StatusCode::BAD_REQUEST);
+    answer.code = Some("invalid_grant".into());
+    answer.description = Some(
+        "this refresh token was spent by a process that died before writing the answer; log in again"
+            .into(),
+    );
     Error::InvalidGrant(Box::new(answer))
 }
 
