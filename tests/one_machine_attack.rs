@@ -526,3 +526,36 @@ async fn a_holder_killed_after_the_answer_leaves_its_refresh_token_spent() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A fetch dropped (cancelled: a caller's timeout) while it writes a token whose
+/// first write failed: the token, the refresh lock and the claim stay with the
+/// source (the refresh token it spent is not left to another process), and the next
+/// fetch writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_fetch_does_not_lose_the_token_it_was_writing() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("cancel");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let lock = PathBuf::from(format!("{}.lock", path.display()));
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir(&lock).unwrap();
+    let a = shared(&path, &server);
+    let got = a.fetch(Some(&first)).await.unwrap();
+    assert_eq!(access(&got), "at-1");
+    // The next fetch writes it first; dropped in the middle.
+    {
+        let mut again = Box::pin(a.fetch(Some(&got)));
+        assert!(futures_util::poll!(&mut again).is_pending());
+    }
+    let other = std::fs::File::open(format!("{}.refresh", path.display())).unwrap();
+    assert!(
+        matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        "the refresh lock was let go with the token unwritten"
+    );
+    std::fs::remove_dir(&lock).unwrap();
+    assert_eq!(access(&a.fetch(Some(&first)).await.unwrap()), "at-1");
+    assert_eq!(access(&store_at(&path).load().await.unwrap().unwrap()), "at-1");
+    assert_eq!(server.presented(), ["rt-0"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
