@@ -559,3 +559,25 @@ async fn a_cancelled_fetch_does_not_lose_the_token_it_was_writing() {
     assert_eq!(server.presented(), ["rt-0"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `P.refresh` planted as a symbolic link to another file (in a shared directory
+/// such as `/tmp`, another user can plant it before the first run): the claim is
+/// written into whatever the link names, truncating it. A lock file that is a link
+/// is refused, loudly, and the file it names is left as it is.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_lock_file_planted_as_a_symbolic_link_is_refused() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("symlink");
+    let path = dir.join("alice.json");
+    let victim = dir.join("precious.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, format!("{}.refresh", path.display())).unwrap();
+    let first = held("rt-0");
+    let a = shared(&path, &server);
+    let got = a.fetch(Some(&first)).await;
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "{got:?}");
+    assert!(matches!(got, Err(Error::TokenFile(_))), "{got:?}");
+    assert!(server.presented().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
