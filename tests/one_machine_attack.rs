@@ -543,7 +543,11 @@ async fn a_cancelled_fetch_does_not_lose_the_token_it_was_writing() {
     let a = shared(&path, &server);
     let got = a.fetch(Some(&first)).await.unwrap();
     assert_eq!(access(&got), "at-1");
-    // The next fetch writes it first; dropped in the middle.
+    // The next fetch writes it first (waiting for the write lock, which another
+    // process holds now); dropped in the middle.
+    std::fs::remove_dir(&lock).unwrap();
+    let writer = std::fs::File::create(&lock).unwrap();
+    writer.lock().unwrap();
     {
         let mut again = Box::pin(a.fetch(Some(&got)));
         assert!(futures_util::poll!(&mut again).is_pending());
@@ -553,7 +557,7 @@ async fn a_cancelled_fetch_does_not_lose_the_token_it_was_writing() {
         matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
         "the refresh lock was let go with the token unwritten"
     );
-    std::fs::remove_dir(&lock).unwrap();
+    drop(writer);
     assert_eq!(access(&a.fetch(Some(&first)).await.unwrap()), "at-1");
     assert_eq!(access(&store_at(&path).load().await.unwrap().unwrap()), "at-1");
     assert_eq!(server.presented(), ["rt-0"]);

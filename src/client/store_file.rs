@@ -131,13 +131,38 @@ pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File, Error> {
             path.display()
         ))
     })?;
+    // A link planted in the lock file's place (another user can, in a shared
+    // directory) would have the claim written into the file it names.
+    let planted = || {
+        Error::TokenFile(format!(
+            "the lock file {} is a symbolic link or not a plain file; refusing to write through it",
+            path.display()
+        ))
+    };
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(planted());
+    }
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map_err(|e| Error::TokenFile(format!("cannot open the lock file {}: {e}", path.display())))
+    let file = options.open(path).map_err(|e| {
+        Error::TokenFile(format!("cannot open the lock file {}: {e}", path.display()))
+    })?;
+    // Replaced by a link between the look and the open: the file opened is not the
+    // one at the path.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let same = match (file.metadata(), fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => b.file_type().is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same {
+            return Err(planted());
+        }
+    }
+    Ok(file)
 }
 
 /// Whether `file` is the file at `path` now (not one deleted or replaced since it
