@@ -585,3 +585,73 @@ async fn a_lock_file_planted_as_a_symbolic_link_is_refused() {
     assert!(server.presented().is_empty());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// ---------------------------------------------------------------- the watcher, the clock
+
+/// What is not a logout does not end a cache's session: the file deleted, the file
+/// replaced by another user's logout. Our own logout then does (the watcher was
+/// watching all along).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_takes_no_lost_file_and_no_other_users_logout_for_a_logout() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("watcher");
+    let path = dir.join("alice.json");
+    seed(&path).await;
+    let store = store_at(&path);
+    let cache = tower_bearer::Refreshing::builder(shared(&path, &server))
+        .store(store.clone())
+        .build();
+    assert_eq!(access(&cache.token().await.unwrap()), "at-1");
+    // Lost data, not a logout.
+    std::fs::remove_file(&path).unwrap();
+    // Another user's logout on this path.
+    let bob = serde_json::json!({
+        "version": 1, "username": "bob", "issuer": ISSUER, "generation": 9,
+        "logged_out": {"at_ms": 1, "lineage": Lineage::next().as_micros()},
+    });
+    std::fs::write(&path, serde_json::to_vec(&bob).unwrap()).unwrap();
+    // Several of the watcher's looks (it looks every 100 ms).
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            access(&cache.token().await.expect("a false logout")),
+            "at-1"
+        );
+    }
+    // Ours: the session ends here too (bounded).
+    std::fs::remove_file(&path).unwrap();
+    store.clear().await.unwrap();
+    let mut ended = false;
+    for _ in 0..200 {
+        if cache.token().await.is_err() {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ended, "the logout was not seen");
+    assert_eq!(server.presented(), ["rt-0"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Nobody waits without a deadline, under a paused clock too: a waiter behind a
+/// holder that never lets go gives up at `wait_timeout`.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gives_up_at_its_deadline_under_a_paused_clock() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("paused");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let stuck = std::fs::File::open(format!("{}.refresh", path.display())).unwrap();
+    stuck.lock().unwrap();
+    let source = store_at(&path)
+        .shared(endpoint(&server).refresh_token("unused-seed"))
+        .wait_timeout(Duration::from_secs(60));
+    let started = tokio::time::Instant::now();
+    let got = source.fetch(Some(&first)).await;
+    assert!(matches!(got, Err(Error::Store(_))), "{got:?}");
+    assert!(started.elapsed() >= Duration::from_secs(60));
+    assert!(server.presented().is_empty());
+    drop(stuck);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -347,7 +347,9 @@ impl<S: TokenSource> SharedFileSource<S> {
                 });
             }
         }
-        if let (Some(_), true, Some(_)) = (&grant, lost_claim, &state.token) {
+        // (A file of this version, generation 1 or more, was written with its
+        // refresh lock file beside it; an older version's file never had one.)
+        if grant.is_some() && lost_claim && state.token.is_some() && state.generation > 0 {
             // The lock file was deleted beside a live token file: a holder may be
             // presenting this refresh token right now. Wait as for a dead holder's
             // claim made now.
