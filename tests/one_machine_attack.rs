@@ -655,3 +655,35 @@ async fn a_waiter_gives_up_at_its_deadline_under_a_paused_clock() {
     drop(stuck);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A token whose write failed is written again in the background; a logout that
+/// lands before that retry wins: the retry does not bring the session back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_retry_does_not_resurrect_a_session_logged_out_meanwhile() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("retry-logout");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let lock = PathBuf::from(format!("{}.lock", path.display()));
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir(&lock).unwrap();
+    let a = shared(&path, &server);
+    assert_eq!(access(&a.fetch(Some(&first)).await.unwrap()), "at-1");
+    // The disk works again; a logout lands first.
+    std::fs::remove_dir(&lock).unwrap();
+    store_at(&path).clear().await.unwrap();
+    // The background retry runs (every second) and lets the refresh lock go.
+    let refresh = std::fs::File::open(format!("{}.refresh", path.display())).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while refresh.try_lock().is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the background retry never let the lock go");
+    assert!(store_at(&path).load().await.unwrap().is_none(), "resurrected");
+    let after = a.fetch(Some(&first)).await;
+    assert!(matches!(after, Err(Error::NoToken(_))), "{after:?}");
+    assert_eq!(server.presented(), ["rt-0"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
