@@ -401,13 +401,22 @@ async fn the_tombstone_holds_against_older_saves_and_running_refreshes() {
     assert!(matches!(r, Err(Error::NoToken(_))), "{r:?}");
     assert!(store.load().await.unwrap().is_none());
     store.save(&first).await.unwrap();
-    assert!(store.load().await.unwrap().is_none(), "an older token passed");
+    assert!(
+        store.load().await.unwrap().is_none(),
+        "an older token passed"
+    );
     let login = Token::bearer("at-login")
         .unwrap()
         .with_lineage(Lineage::next());
     store.save(&login).await.unwrap();
     assert_eq!(
-        access(&store.load().await.unwrap().expect("a new login was kept out")),
+        access(
+            &store
+                .load()
+                .await
+                .unwrap()
+                .expect("a new login was kept out")
+        ),
         "at-login"
     );
     std::fs::remove_dir_all(dir).unwrap();
@@ -559,7 +568,10 @@ async fn a_cancelled_fetch_does_not_lose_the_token_it_was_writing() {
     );
     drop(writer);
     assert_eq!(access(&a.fetch(Some(&first)).await.unwrap()), "at-1");
-    assert_eq!(access(&store_at(&path).load().await.unwrap().unwrap()), "at-1");
+    assert_eq!(
+        access(&store_at(&path).load().await.unwrap().unwrap()),
+        "at-1"
+    );
     assert_eq!(server.presented(), ["rt-0"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -580,7 +592,11 @@ async fn a_lock_file_planted_as_a_symbolic_link_is_refused() {
     let first = held("rt-0");
     let a = shared(&path, &server);
     let got = a.fetch(Some(&first)).await;
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "{got:?}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious",
+        "{got:?}"
+    );
     assert!(matches!(got, Err(Error::TokenFile(_))), "{got:?}");
     assert!(server.presented().is_empty());
     std::fs::remove_dir_all(dir).unwrap();
@@ -681,7 +697,10 @@ async fn a_background_retry_does_not_resurrect_a_session_logged_out_meanwhile() 
     })
     .await
     .expect("the background retry never let the lock go");
-    assert!(store_at(&path).load().await.unwrap().is_none(), "resurrected");
+    assert!(
+        store_at(&path).load().await.unwrap().is_none(),
+        "resurrected"
+    );
     let after = a.fetch(Some(&first)).await;
     assert!(matches!(after, Err(Error::NoToken(_))), "{after:?}");
     assert_eq!(server.presented(), ["rt-0"]);

@@ -44,8 +44,15 @@ const CLAIM_MAX: u64 = 64 * 1024;
 ///   serving it. The others poll the file (5 ms doubling to 50 ms) and adopt it.
 /// - A holder killed after presenting leaves its claim: the next holder waits until
 ///   [`claim_wait`](Self::claim_wait) after the claim's time (adopting any newer token
-///   written meanwhile) before presenting that refresh token again. A refresh token
-///   refused (`invalid_grant`) is recorded there too and never presented again.
+///   written meanwhile) before presenting that refresh token again. A holder killed
+///   after the answer came (before it was written) leaves its refresh token recorded
+///   as spent: it is never presented again (the session's newest token died with
+///   the holder: [`Error::InvalidGrant`], log in again).
+/// - Every refresh token refused (`invalid_grant`) or spent (rotated) is recorded in
+///   `P.refresh` (the last 32 of each) and never presented again by any process, even
+///   one still holding an older token after `P` was deleted; each source also
+///   remembers the refusals it got. A login refused (nothing was presented: a wrong
+///   password, a refused code) is returned as it is, final.
 /// - After `invalid_grant` the file is read again: a newer token another process wrote
 ///   is adopted, never taken for a logout.
 /// - A logout ([`FileStore`]'s `clear`, e.g. through
@@ -58,8 +65,19 @@ const CLAIM_MAX: u64 = 64 * 1024;
 ///   the background and before anything else on the next fetch.
 /// - The file on a network file system (NFS, SMB, 9p, FUSE, Ceph, GPFS, Lustre),
 ///   where locks may not hold across machines, is refused with [`Error::TokenFile`]
-///   unless [`allow_network_file_system`](Self::allow_network_file_system); a lock the
-///   file system refuses is [`Error::TokenFile`] too, never an unlocked refresh.
+///   unless [`allow_network_file_system`](Self::allow_network_file_system) (recognised
+///   on Linux, by the mount table; not detected on other systems); a lock the file
+///   system refuses is [`Error::TokenFile`] too, never an unlocked refresh.
+/// - The lock files: a lock taken on a file that was deleted or replaced since it
+///   was opened is let go and the file at the path locked instead; `P.refresh` found
+///   missing beside a token file is taken for a claim lost with it (a holder may be
+///   presenting), and waited out as one made now (once, [`claim_wait`](Self::claim_wait)).
+///   A lock file that is a symbolic link (or not a plain file) is refused with
+///   [`Error::TokenFile`], never written through. Not covered: a lock file deleted
+///   while a save holds `P.lock` (a few milliseconds), or `P` and `P.refresh` both
+///   deleted while a refresh runs (nothing is left to say a refresh is running).
+/// - A fetch dropped (cancelled) while it writes a refreshed token leaves the token,
+///   the refresh lock and the claim with the source: the next fetch writes it.
 ///
 /// Give it to [`Refreshing`](crate::Refreshing), with the same [`FileStore`] as its
 /// [store](crate::client::RefreshingBuilder::store) so that a logout writes the

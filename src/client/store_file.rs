@@ -42,8 +42,12 @@ const FORMAT: u32 = 1;
 /// - A logout ([`clear`](TokenStore::clear)) leaves a tombstone in the file rather
 ///   than deleting it, so that the other processes sharing it see a logout, not a lost
 ///   file: loading gives no token, and a save of a token older than the logout is kept
-///   out (a new login's token replaces it). It refuses, with [`Error::TokenFile`], a
-///   file of another user or issuer, which it leaves as it is.
+///   out (a new login's token replaces it). A shared file that was deleted (its
+///   `<name>.refresh` is still there) gets the tombstone too, so that a process still
+///   holding its token does not write it back. It refuses, with [`Error::TokenFile`],
+///   a file of another user or issuer, which it leaves as it is.
+/// - The lock files (`<name>.lock`, `<name>.refresh`) are never written through a
+///   symbolic link: one found there is refused with [`Error::TokenFile`].
 /// - [`FileStore::shared`] makes the processes sharing the file refresh once between
 ///   them ([`SharedFileSource`](super::SharedFileSource)).
 ///
