@@ -706,3 +706,56 @@ async fn a_background_retry_does_not_resurrect_a_session_logged_out_meanwhile() 
     assert_eq!(server.presented(), ["rt-0"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A claim dated far in the future (a clock set wrong, or junk) holds a taker for
+/// the claim's wait at most, never longer; a claim that is junk, or huge, reads as
+/// no claim.
+#[tokio::test(start_paused = true)]
+async fn a_claim_from_the_future_or_of_junk_holds_nobody_past_the_claim_wait() {
+    let server = Server::start(3600).await;
+    let dir = temp_dir("future-claim");
+    let path = dir.join("alice.json");
+    let first = seed(&path).await;
+    let claim = serde_json::json!({
+        "pid": 1, "owner": "1-elsewhere",
+        "presents": tower_bearer::client::source::Presented::of("rt-0").to_hex(),
+        "at_ms": u64::MAX / 2,
+    });
+    let refresh = format!("{}.refresh", path.display());
+    std::fs::write(&refresh, serde_json::to_vec(&claim).unwrap()).unwrap();
+    let source = store_at(&path)
+        .shared(endpoint(&server).refresh_token("unused-seed"))
+        .claim_wait(Duration::from_secs(30))
+        .wait_timeout(Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+    let got = source.fetch(Some(&first)).await.unwrap();
+    assert_eq!(access(&got), "at-1");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+        "{waited:?}"
+    );
+    // Junk, and a huge file (sparse: 1 GiB of zeros), read as no claim: no wait.
+    for (rt, junk) in [
+        ("rt-1", &b"{\"pid\": [1, 2"[..]),
+        ("rt-2", &[0xff, 0xfe][..]),
+    ] {
+        std::fs::write(&refresh, junk).unwrap();
+        let expired = held(rt);
+        let started = tokio::time::Instant::now();
+        let got = source.fetch(Some(&expired)).await;
+        assert!(got.is_ok(), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    let huge = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&refresh)
+        .unwrap();
+    huge.set_len(1 << 30).unwrap();
+    drop(huge);
+    let got = source.fetch(Some(&held("rt-3"))).await;
+    assert!(got.is_ok(), "{got:?}");
+    assert_eq!(server.presented(), ["rt-0", "rt-1", "rt-2", "rt-3"]);
+    assert_eq!(server.reuse(), 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
