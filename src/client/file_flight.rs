@@ -289,8 +289,9 @@ impl<S: TokenSource> SharedFileSource<S> {
                 Ok(()) if !store_file::is_at(&lock, &lock_path) => {
                     tracing::warn!(path = %lock_path.display(), "the refresh lock file was deleted or replaced; locking the new one");
                     lost = lost || !lock_path.exists();
+                    // (Then the deadline and the pause: a file replaced again and
+                    // again never spins this loop.)
                     lock = store_file::open_lock_file(&lock_path)?;
-                    continue;
                 }
                 Ok(()) => return self.refresh_locked(lock, previous, lost).await,
                 Err(fs::TryLockError::WouldBlock) => {}

@@ -442,8 +442,8 @@ impl Inner {
                 // A lock file deleted or replaced since it was opened is nobody's
                 // lock: the one at the path is.
                 Ok(()) if !is_at(&file, &path) => {
+                    // Then the deadline and the pause, as when it is held.
                     file = open_lock_file(&path)?;
-                    continue;
                 }
                 Ok(()) => return Ok(file),
                 Err(fs::TryLockError::WouldBlock) => {}
