@@ -134,8 +134,8 @@ async fn a_crashed_write_leaves_the_old_file_and_is_ignored() {
     store.save(&token("new", "r-new")).await.unwrap();
     let back = store.load().await.unwrap().unwrap();
     assert_eq!(back.access_token().expose_secret(), "new");
-    // Only the token file, its write lock and the stray are there: the save left no
-    // temporary file.
+    // Only the token file, its two lock files and the stray are there: the save left
+    // no temporary file.
     let mut names: Vec<String> = fs::read_dir(&dir.0)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -146,7 +146,8 @@ async fn a_crashed_write_leaves_the_old_file_and_is_ignored() {
         [
             ".profile.json.4242.0badcafe.tmp",
             "profile.json",
-            "profile.json.lock"
+            "profile.json.lock",
+            "profile.json.refresh"
         ]
     );
 }

@@ -27,6 +27,10 @@ use crate::{Error, Token};
 const LOGOUT_POLL: Duration = Duration::from_millis(100);
 /// How often a token whose write failed is tried again in the background.
 const UNSAVED_RETRY: Duration = Duration::from_secs(1);
+/// How many refused and spent refresh tokens the claim remembers (each list).
+const REMEMBERED: usize = 32;
+/// The most of `P.refresh` read: a claim is a few hundred bytes.
+const CLAIM_MAX: u64 = 64 * 1024;
 
 /// A [`TokenSource`] shared by every process using the same token file (the same
 /// path): made by [`FileStore::shared`].
@@ -40,8 +44,15 @@ const UNSAVED_RETRY: Duration = Duration::from_secs(1);
 ///   serving it. The others poll the file (5 ms doubling to 50 ms) and adopt it.
 /// - A holder killed after presenting leaves its claim: the next holder waits until
 ///   [`claim_wait`](Self::claim_wait) after the claim's time (adopting any newer token
-///   written meanwhile) before presenting that refresh token again. A refresh token
-///   refused (`invalid_grant`) is recorded there too and never presented again.
+///   written meanwhile) before presenting that refresh token again. A holder killed
+///   after the answer came (before it was written) leaves its refresh token recorded
+///   as spent: it is never presented again (the session's newest token died with
+///   the holder: [`Error::InvalidGrant`], log in again).
+/// - Every refresh token refused (`invalid_grant`) or spent (rotated) is recorded in
+///   `P.refresh` (the last 32 of each) and never presented again by any process, even
+///   one still holding an older token after `P` was deleted; each source also
+///   remembers the refusals it got. A login refused (nothing was presented: a wrong
+///   password, a refused code) is returned as it is, final.
 /// - After `invalid_grant` the file is read again: a newer token another process wrote
 ///   is adopted, never taken for a logout.
 /// - A logout ([`FileStore`]'s `clear`, e.g. through
@@ -54,8 +65,19 @@ const UNSAVED_RETRY: Duration = Duration::from_secs(1);
 ///   the background and before anything else on the next fetch.
 /// - The file on a network file system (NFS, SMB, 9p, FUSE, Ceph, GPFS, Lustre),
 ///   where locks may not hold across machines, is refused with [`Error::TokenFile`]
-///   unless [`allow_network_file_system`](Self::allow_network_file_system); a lock the
-///   file system refuses is [`Error::TokenFile`] too, never an unlocked refresh.
+///   unless [`allow_network_file_system`](Self::allow_network_file_system) (recognised
+///   on Linux, by the mount table; not detected on other systems); a lock the file
+///   system refuses is [`Error::TokenFile`] too, never an unlocked refresh.
+/// - The lock files: a lock taken on a file that was deleted or replaced since it
+///   was opened is let go and the file at the path locked instead; `P.refresh` found
+///   missing beside a token file is taken for a claim lost with it (a holder may be
+///   presenting), and waited out as one made now (once, [`claim_wait`](Self::claim_wait)).
+///   A lock file that is a symbolic link (or not a plain file) is refused with
+///   [`Error::TokenFile`], never written through. Not covered: a lock file deleted
+///   while a save holds `P.lock` (a few milliseconds), or `P` and `P.refresh` both
+///   deleted while a refresh runs (nothing is left to say a refresh is running).
+/// - A fetch dropped (cancelled) while it writes a refreshed token leaves the token,
+///   the refresh lock and the claim with the source: the next fetch writes it.
 ///
 /// Give it to [`Refreshing`](crate::Refreshing), with the same [`FileStore`] as its
 /// [store](crate::client::RefreshingBuilder::store) so that a logout writes the
@@ -70,6 +92,9 @@ pub struct SharedFileSource<S> {
     /// A refreshed token whose write failed, with the refresh lock (and its claim)
     /// still held: written before anything else.
     held: Arc<Mutex<Option<Held>>>,
+    /// The refresh tokens the endpoint refused to this source (their digests): never
+    /// presented again, whatever the claim file says (it may be lost or rewritten).
+    dead: Mutex<Vec<String>>,
     fs_checked: OnceLock<Result<(), Error>>,
 }
 
@@ -77,6 +102,8 @@ struct Held {
     lock: fs::File,
     generation: u64,
     token: Token,
+    /// The digest of the refresh token the refresh spent (rotated), if it did.
+    spent: Option<String>,
 }
 
 /// The content of `P.refresh`.
@@ -91,9 +118,37 @@ struct Claim {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     presents: Option<String>,
     at_ms: u64,
-    /// The digest of a refresh token the endpoint refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refused: Option<String>,
+    /// The digests of the refresh tokens the endpoint refused (the last
+    /// [`REMEMBERED`]): none is presented again, by any process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    refused: Vec<String>,
+    /// The digests of the refresh tokens a refresh rotated (the last
+    /// [`REMEMBERED`]): spent, so never presented again, even by a process still
+    /// holding one after the token file was deleted (the provider would revoke the
+    /// whole family, the newest token with it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    spent: Vec<String>,
+}
+
+impl Claim {
+    /// No refresh in flight; the records kept.
+    fn ended(mut self) -> Claim {
+        self.presents = None;
+        self.pid = std::process::id();
+        self.owner = process_owner().to_owned();
+        self.at_ms = unix_ms();
+        self
+    }
+}
+
+/// Adds `name` to a bounded record.
+fn remember(list: &mut Vec<String>, name: &str) {
+    if !list.iter().any(|n| n == name) {
+        list.push(name.to_owned());
+        if list.len() > REMEMBERED {
+            list.remove(0);
+        }
+    }
 }
 
 impl<S: TokenSource> SharedFileSource<S> {
@@ -106,6 +161,7 @@ impl<S: TokenSource> SharedFileSource<S> {
             claim_wait: Duration::from_secs(10),
             allow_network_fs: false,
             held: Arc::new(Mutex::new(None)),
+            dead: Mutex::new(Vec::new()),
             fs_checked: OnceLock::new(),
         }
     }
@@ -216,7 +272,10 @@ impl<S: TokenSource> SharedFileSource<S> {
             };
         }
         let lock_path = store_file::sibling(self.path(), ".refresh");
-        let lock = store_file::open_lock_file(&lock_path)?;
+        // A lock file missing beside a token file was deleted, perhaps while a holder
+        // had it: its claim is lost, so it is waited out as one made now.
+        let mut lost = !lock_path.exists();
+        let mut lock = store_file::open_lock_file(&lock_path)?;
         let deadline = Instant::now() + self.wait_timeout;
         let mut delay = self.poll.0;
         loop {
@@ -225,7 +284,16 @@ impl<S: TokenSource> SharedFileSource<S> {
                 return answer;
             }
             match lock.try_lock() {
-                Ok(()) => return self.refresh_locked(lock, previous).await,
+                // The file locked must be the one at the path: a lock file deleted
+                // (or replaced) after it was opened is nobody's lock.
+                Ok(()) if !store_file::is_at(&lock, &lock_path) => {
+                    tracing::warn!(path = %lock_path.display(), "the refresh lock file was deleted or replaced; locking the new one");
+                    lost = lost || !lock_path.exists();
+                    // (Then the deadline and the pause: a file replaced again and
+                    // again never spins this loop.)
+                    lock = store_file::open_lock_file(&lock_path)?;
+                }
+                Ok(()) => return self.refresh_locked(lock, previous, lost).await,
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(e)) => {
                     return Err(store_file::lock_error(&lock_path, &e))
@@ -250,6 +318,7 @@ impl<S: TokenSource> SharedFileSource<S> {
         &self,
         lock: fs::File,
         previous: Option<&Token>,
+        lost_claim: bool,
     ) -> Result<Token, Error> {
         // Read again: the token may have been written between our read and the lock.
         let state = self.read().await?;
@@ -269,11 +338,50 @@ impl<S: TokenSource> SharedFileSource<S> {
             previous.cloned()
         };
         let grant = self.source.presents(base.as_ref()).map(|p| p.to_hex());
-        if let (Some(name), Some(claim)) = (&grant, read_claim(&lock)) {
-            if claim.refused.as_deref() == Some(name) {
+        let record = read_claim(&lock).unwrap_or_default();
+        if let Some(name) = &grant {
+            let dead_here = self
+                .dead
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(name);
+            if dead_here || record.refused.contains(name) {
                 // Refused before (in this process or another): never presented again.
                 return Err(self.refusal(owned, refused_before()));
             }
+            if record.spent.contains(name) {
+                // Rotated by an earlier refresh whose answer is not in the file:
+                // presenting it again would have the provider revoke the whole
+                // family. The file's own token: its holder let the lock go without
+                // writing the answer (it died), so the session's newest token is
+                // lost; an older token of this process's (the file deleted): the
+                // newest may still be written back by the process that holds it.
+                return Err(if owned {
+                    spent_and_lost()
+                } else {
+                    Error::Superseded(format!(
+                        "this refresh token was spent by an earlier refresh and {} holds no newer token yet",
+                        self.path().display()
+                    ))
+                });
+            }
+        }
+        // (A file of this version, generation 1 or more, was written with its
+        // refresh lock file beside it; an older version's file never had one.)
+        if grant.is_some() && lost_claim && state.token.is_some() && state.generation > 0 {
+            // The lock file was deleted beside a live token file: a holder may be
+            // presenting this refresh token right now. Wait as for a dead holder's
+            // claim made now.
+            tracing::warn!(
+                wait_ms = self.claim_wait.as_millis() as u64,
+                "the refresh lock file was missing; waiting out the claim it may have held"
+            );
+            if let Some(answer) = self.watch(base.as_ref(), self.claim_wait).await {
+                return answer;
+            }
+        }
+        if let Some(name) = &grant {
+            let claim = &record;
             // A claim of this process's own (a lost connection) has no answer coming.
             if claim.presents.as_deref() == Some(name) && claim.owner != process_owner() {
                 // Its holder presented it and died (or lost the connection): its answer
@@ -289,17 +397,14 @@ impl<S: TokenSource> SharedFileSource<S> {
                     "a process presented this refresh token and did not write the answer; waiting out its claim"
                 );
                 if let Some(answer) = self.watch(base.as_ref(), left).await {
-                    clear_claim(&lock);
+                    end_claim(&lock, None);
                     return answer;
                 }
             }
         }
         let claim = Claim {
-            pid: std::process::id(),
-            owner: process_owner().to_owned(),
             presents: grant.clone(),
-            at_ms: unix_ms(),
-            refused: None,
+            ..record.ended()
         };
         write_claim(&lock, &claim).map_err(|e| {
             Error::TokenFile(format!(
@@ -309,10 +414,24 @@ impl<S: TokenSource> SharedFileSource<S> {
         })?;
         match self.source.fetch(base.as_ref()).await {
             Ok(token) => {
+                // Rotated: the refresh token presented is spent.
+                let after = self.source.presents(Some(&token)).map(|p| p.to_hex());
+                let spent = grant.clone().filter(|g| after.as_ref() != Some(g));
+                if let Some(name) = &spent {
+                    // Recorded before anything else: if this process dies before the
+                    // answer is written, the next holder knows the refresh token is
+                    // spent, not merely presented, and does not present it again.
+                    let mut record = claim;
+                    remember(&mut record.spent, name);
+                    if let Err(error) = write_claim(&lock, &record) {
+                        tracing::warn!(%error, "could not record the spent refresh token in the claim");
+                    }
+                }
                 let held = Held {
                     lock,
                     generation: state.generation,
                     token: token.clone(),
+                    spent,
                 };
                 match write_out(&self.store, &self.held, held).await {
                     Ok(result) => result,
@@ -323,13 +442,18 @@ impl<S: TokenSource> SharedFileSource<S> {
                 }
             }
             Err(error @ Error::InvalidGrant(_)) => {
-                let refused = Claim {
-                    pid: std::process::id(),
-                    owner: process_owner().to_owned(),
-                    presents: None,
-                    at_ms: unix_ms(),
-                    refused: grant,
+                let Some(name) = grant else {
+                    // Nothing was presented (a login: a wrong password, a refused
+                    // code): its refusal is final, and concerns no refresh token.
+                    end_claim(&lock, None);
+                    return Err(error);
                 };
+                remember(
+                    &mut self.dead.lock().unwrap_or_else(PoisonError::into_inner),
+                    &name,
+                );
+                let mut refused = read_claim(&lock).unwrap_or(claim).ended();
+                remember(&mut refused.refused, &name);
                 let _ = write_claim(&lock, &refused);
                 // Dead is declared by the owner: another process may have spent the
                 // same refresh token first and written its token.
@@ -350,7 +474,7 @@ impl<S: TokenSource> SharedFileSource<S> {
                     error,
                     Error::Transport(..) | Error::Timeout(..) | Error::Aborted(_)
                 ) {
-                    clear_claim(&lock);
+                    end_claim(&lock, None);
                 }
                 Err(error)
             }
@@ -421,48 +545,72 @@ async fn write_out(
     slot: &Arc<Mutex<Option<Held>>>,
     held: Held,
 ) -> Result<Result<Token, Error>, Error> {
+    let token = held.token.clone();
     let mut expected = held.generation;
+    // Dropped (this future cancelled, or the write failed), the token goes back to
+    // `slot` with the refresh lock and the claim: never lost while the lock is let go.
+    let mut keep = Keep {
+        slot,
+        held: Some(held),
+    };
+    let mut answer = Ok(token.clone());
     for _ in 0..3 {
-        let token = held.token.clone();
+        let ours = token.clone();
         let written = store_file::blocking(store.inner(), move |inner| {
-            inner.write_fenced(expected, &token)
+            inner.write_fenced(expected, &ours)
         })
         .await;
         match written {
-            Ok(Fenced::Written) => {
-                clear_claim(&held.lock);
-                return Ok(Ok(held.token));
-            }
+            Ok(Fenced::Written) => break,
             Ok(Fenced::Changed(now)) => {
                 if now.token.is_none() && now.tombstone.is_some() {
                     // The logout won: the answer is nobody's.
-                    clear_claim(&held.lock);
                     tracing::info!("logged out in another process during the refresh; its answer is not written");
-                    return Ok(Err(logged_out_elsewhere(store.path())));
+                    answer = Err(logged_out_elsewhere(store.path()));
+                    break;
                 }
-                if let Some(theirs) = now.token.filter(|t| t.is_newer_than(&held.token)) {
-                    clear_claim(&held.lock);
-                    return Ok(Ok(theirs));
+                if let Some(theirs) = now.token.filter(|t| t.is_newer_than(&token)) {
+                    answer = Ok(theirs);
+                    break;
                 }
                 expected = now.generation;
+                tracing::warn!("the token file changed while we wrote ours");
             }
             Err(error) => {
                 tracing::error!(%error, "could not write the refreshed token; serving it, holding the refresh lock until it is written");
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                // `keep` puts it back in the slot.
                 return Err(error);
             }
         }
     }
-    tracing::warn!("the token file kept changing while we wrote ours");
-    clear_claim(&held.lock);
-    Ok(Ok(held.token))
+    if let Some(held) = keep.held.take() {
+        end_claim(&held.lock, held.spent.as_deref());
+    }
+    Ok(answer)
+}
+
+/// The claim in the lock file (at most [`CLAIM_MAX`] bytes read: junk of any size
+/// reads as no claim).
+/// A refreshed token on its way to the file: put back in its slot if dropped still
+/// holding it.
+struct Keep<'a> {
+    slot: &'a Arc<Mutex<Option<Held>>>,
+    held: Option<Held>,
+}
+
+impl Drop for Keep<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take() {
+            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+        }
+    }
 }
 
 fn read_claim(mut lock: &fs::File) -> Option<Claim> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     lock.seek(SeekFrom::Start(0)).ok()?;
-    lock.read_to_string(&mut text).ok()?;
-    serde_json::from_str(&text).ok()
+    lock.take(CLAIM_MAX).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn write_claim(mut lock: &fs::File, claim: &Claim) -> std::io::Result<()> {
@@ -473,8 +621,14 @@ fn write_claim(mut lock: &fs::File, claim: &Claim) -> std::io::Result<()> {
     lock.sync_all()
 }
 
-fn clear_claim(lock: &fs::File) {
-    if let Err(error) = lock.set_len(0).and_then(|()| lock.sync_all()) {
+/// Ends the claim (no refresh in flight), keeping the records of refused and spent
+/// refresh tokens, with `spent` added.
+fn end_claim(lock: &fs::File, spent: Option<&str>) {
+    let mut claim = read_claim(lock).unwrap_or_default().ended();
+    if let Some(name) = spent {
+        remember(&mut claim.spent, name);
+    }
+    if let Err(error) = write_claim(lock, &claim) {
         tracing::warn!(%error, "could not end the refresh claim");
     }
 }
@@ -515,6 +669,18 @@ fn refused_before() -> Error {
     answer.code = Some("invalid_grant".into());
     answer.description =
         Some("this refresh token was refused before; it is not presented again".into());
+    Error::InvalidGrant(Box::new(answer))
+}
+
+/// The file's refresh token was spent by a refresh whose holder died before writing
+/// the answer: the session's newest token is lost with it.
+fn spent_and_lost() -> Error {
+    let mut answer = crate::EndpointError::status(http::StatusCode::BAD_REQUEST);
+    answer.code = Some("invalid_grant".into());
+    answer.description = Some(
+        "this refresh token was spent by a process that died before writing the answer; log in again"
+            .into(),
+    );
     Error::InvalidGrant(Box::new(answer))
 }
 

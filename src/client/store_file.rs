@@ -42,8 +42,12 @@ const FORMAT: u32 = 1;
 /// - A logout ([`clear`](TokenStore::clear)) leaves a tombstone in the file rather
 ///   than deleting it, so that the other processes sharing it see a logout, not a lost
 ///   file: loading gives no token, and a save of a token older than the logout is kept
-///   out (a new login's token replaces it). It refuses, with [`Error::TokenFile`], a
-///   file of another user or issuer, which it leaves as it is.
+///   out (a new login's token replaces it). A shared file that was deleted (its
+///   `<name>.refresh` is still there) gets the tombstone too, so that a process still
+///   holding its token does not write it back. It refuses, with [`Error::TokenFile`],
+///   a file of another user or issuer, which it leaves as it is.
+/// - The lock files (`<name>.lock`, `<name>.refresh`) are never written through a
+///   symbolic link: one found there is refused with [`Error::TokenFile`].
 /// - [`FileStore::shared`] makes the processes sharing the file refresh once between
 ///   them ([`SharedFileSource`](super::SharedFileSource)).
 ///
@@ -131,13 +135,57 @@ pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File, Error> {
             path.display()
         ))
     })?;
+    // A link planted in the lock file's place (another user can, in a shared
+    // directory) would have the claim written into the file it names.
+    let planted = || {
+        Error::TokenFile(format!(
+            "the lock file {} is a symbolic link or not a plain file; refusing to write through it",
+            path.display()
+        ))
+    };
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(planted());
+    }
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map_err(|e| Error::TokenFile(format!("cannot open the lock file {}: {e}", path.display())))
+    let file = options.open(path).map_err(|e| {
+        Error::TokenFile(format!("cannot open the lock file {}: {e}", path.display()))
+    })?;
+    // Replaced by a link between the look and the open: the file opened is not the
+    // one at the path.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let same = match (file.metadata(), fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => b.file_type().is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same {
+            return Err(planted());
+        }
+    }
+    Ok(file)
+}
+
+/// Whether `file` is the file at `path` now (not one deleted or replaced since it
+/// was opened): a lock taken on a file no longer at the path excludes nobody.
+#[cfg(unix)]
+pub(crate) fn is_at(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `file` is the file at `path` now. On Windows a file open here cannot be
+/// deleted or replaced (std opens without `FILE_SHARE_DELETE`... and even with it
+/// the name stays until the last handle closes), so it is.
+#[cfg(not(unix))]
+pub(crate) fn is_at(_file: &fs::File, path: &Path) -> bool {
+    path.exists()
 }
 
 /// The error of a lock the file system refuses: loud, never an unlocked path.
@@ -386,11 +434,17 @@ impl Inner {
     /// is a blocking thread) up to [`WRITE_LOCK_WAIT`].
     pub(crate) fn write_lock(&self) -> Result<fs::File, Error> {
         let path = sibling(&self.path, ".lock");
-        let file = open_lock_file(&path)?;
+        let mut file = open_lock_file(&path)?;
         let deadline = std::time::Instant::now() + WRITE_LOCK_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
             match file.try_lock() {
+                // A lock file deleted or replaced since it was opened is nobody's
+                // lock: the one at the path is.
+                Ok(()) if !is_at(&file, &path) => {
+                    // Then the deadline and the pause, as when it is held.
+                    file = open_lock_file(&path)?;
+                }
                 Ok(()) => return Ok(file),
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(e)) => return Err(lock_error(&path, &e)),
@@ -463,6 +517,11 @@ impl Inner {
         json.push(b'\n');
         let result = self.write_atomically(&json);
         zeroize::Zeroize::zeroize(&mut json);
+        // The refresh lock file exists beside every token file written: one missing
+        // was deleted (see `SharedFileSource`), perhaps while a refresh held it.
+        if result.is_ok() {
+            let _ = open_lock_file(&sibling(&self.path, ".refresh"));
+        }
         result.map_err(|e| Error::TokenFile(format!("cannot write {}: {e}", self.describe())))
     }
 
@@ -480,7 +539,10 @@ impl Inner {
     /// not a lost file); another user's or issuer's file is refused and left.
     fn clear(&self) -> Result<(), Error> {
         let _lock = self.write_lock()?;
-        if !self.path.exists() {
+        // A shared file deleted (its refresh lock file left) still gets the
+        // tombstone: the processes still holding its token must see the logout, not
+        // a lost file they would write their token back to.
+        if !self.path.exists() && !sibling(&self.path, ".refresh").exists() {
             return Ok(());
         }
         // A corrupt file was kept aside: the tombstone takes its place.
