@@ -526,6 +526,62 @@ mod tests {
         assert!(AssertionKey::from_jwk("[]", Some(Algorithm::EdDSA)).is_err());
     }
 
+    /// RSA, P-256 and P-384 JWKs (made from tests/keys/*.key by Node's crypto) sign
+    /// assertions that their public PEM verifies; an RSA JWK without its CRT members,
+    /// or with ones that do not fit, is refused.
+    #[test]
+    fn rsa_and_ec_jwks_sign_what_their_public_keys_verify() {
+        let text = |name: &str| String::from_utf8(key(name)).unwrap();
+        let cases = [
+            ("rsa", Algorithm::RS256),
+            ("rsa", Algorithm::PS384),
+            ("ec256", Algorithm::ES256),
+            ("ec384", Algorithm::ES384),
+        ];
+        for (name, alg) in cases {
+            let jwk = text(&format!("{name}.jwk"));
+            let signer = AssertionKey::from_jwk(&jwk, Some(alg)).unwrap();
+            let claims = AssertionClaims {
+                iss: "svc",
+                sub: None,
+                aud: "https://idp.example.com/token",
+                jti: None,
+                iat: 1,
+                exp: 2,
+                scope: None,
+            };
+            let token = signer.sign(&claims).unwrap();
+            let (message, signature) = token.rsplit_once('.').unwrap();
+            let public = key(&format!("{name}.pub.pem"));
+            let verifying = match alg.family() {
+                AlgorithmFamily::Rsa => jsonwebtoken::DecodingKey::from_rsa_pem(&public),
+                _ => jsonwebtoken::DecodingKey::from_ec_pem(&public),
+            }
+            .unwrap();
+            assert!(
+                jsonwebtoken::crypto::verify(signature, message.as_bytes(), &verifying, alg)
+                    .unwrap(),
+                "{name} {alg:?}"
+            );
+        }
+        assert!(AssertionKey::from_jwk(&text("ec256.jwk"), Some(Algorithm::ES384)).is_err());
+        assert!(AssertionKey::from_jwk(&text("ec384.jwk"), Some(Algorithm::ES256)).is_err());
+
+        let rsa: serde_json::Value = serde_json::from_str(&text("rsa.jwk")).unwrap();
+        for missing in ["d", "p", "q", "dp", "dq", "qi"] {
+            let mut partial = rsa.clone();
+            partial.as_object_mut().unwrap().remove(missing);
+            let err = AssertionKey::from_jwk(&partial.to_string(), Some(Algorithm::RS256));
+            assert!(err.is_err(), "without {missing}");
+        }
+        let mut inconsistent = rsa.clone();
+        inconsistent["qi"] = rsa["dq"].clone();
+        assert!(AssertionKey::from_jwk(&inconsistent.to_string(), Some(Algorithm::RS256)).is_err());
+        let mut zero = serde_json::from_str::<serde_json::Value>(&text("ec256.jwk")).unwrap();
+        zero["d"] = b64url(&[0u8; 32]).into();
+        assert!(AssertionKey::from_jwk(&zero.to_string(), Some(Algorithm::ES256)).is_err());
+    }
+
     #[test]
     fn debug_shows_no_key() {
         let pem = key("rsa.key");
