@@ -443,6 +443,16 @@ pub(crate) fn parse_url(url: &str) -> Result<Uri, Error> {
 mod tests {
     use super::*;
 
+    /// The test graph's rustls has two providers (ours, and ring from the dev
+    /// dependency jwt-authorizer's reqwest), as an application's may: with no process
+    /// default, `ClientConfig::builder()` panics, so the client names its provider.
+    #[cfg(feature = "rustls")]
+    #[test]
+    fn a_client_is_made_beside_a_second_rustls_provider() {
+        // (Another test may have installed a process default; none of the lib's do.)
+        let _client = HttpClient::new();
+    }
+
     #[test]
     fn clear_text_only_to_loopback() {
         let ok = [
