@@ -201,7 +201,7 @@ impl HttpClient {
 }
 
 /// An [`HttpClient`] with TLS settings of its own, from [`HttpClient::builder`]: a
-/// client certificate (mutual TLS), extra trusted roots. rustls with ring; TLS 1.2
+/// client certificate (mutual TLS), extra trusted roots. rustls on aws-lc-rs; TLS 1.2
 /// and 1.3; the timeout and body cap of [`HttpClient::new`].
 #[cfg(feature = "mtls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]

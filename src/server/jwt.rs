@@ -4,8 +4,8 @@
 //! The token is taken apart here rather than by `jsonwebtoken::decode`, so every
 //! rule is ours and each part is decoded once: the header is read for `alg` and
 //! `crit` only (never `jku`, `x5u`, `jwk` or `x5c`), the signature is checked by
-//! `jsonwebtoken::crypto::verify` (HMAC with a key prepared once: aws-lc-rs's, or
-//! RustCrypto's `hmac` with the pure-Rust backend), and the
+//! `jsonwebtoken::crypto::verify` (HMAC with a key prepared once, through
+//! `crate::crypto`: aws-lc-rs's, or RustCrypto's with the pure-Rust backend), and the
 //! payload is decoded once. A [`Claims`] payload is read once and its registered
 //! claims checked from it; another claims type is read for the registered claims,
 //! then for itself.
@@ -163,9 +163,10 @@ impl LastHeader {
 }
 
 /// HMAC keys with the secret's inner and outer blocks already hashed: keying costs
-/// two hash blocks, a fifth of an HS256 check, paid here once. With the default
-/// backend the HMAC is aws-lc-rs's (its SHA-256 runs on SHA or AVX2 instructions
-/// where the CPU has them); with `--cfg tower_bearer_rust_crypto`, RustCrypto's.
+/// two hash blocks, a fifth of an HS256 check, paid here once. The build's one crypto
+/// implementation (`crate::crypto`): aws-lc-rs (its SHA-256 runs on SHA or AVX2
+/// instructions where the CPU has them), or RustCrypto with
+/// `--cfg tower_bearer_rust_crypto`.
 struct HmacKeys {
     hs256: crate::crypto::HmacKey,
     hs384: crate::crypto::HmacKey,
