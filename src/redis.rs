@@ -61,7 +61,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::{self, BoxFuture, Either, FutureExt};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -171,7 +170,7 @@ fn unix_ms() -> u64 {
 /// A short digest of the access token: tells tokens apart without storing a second
 /// copy of the secret in the clear.
 fn fingerprint(token: &Token) -> String {
-    let digest = Sha256::digest(token.access_token().expose_secret().as_bytes());
+    let digest = crate::crypto::sha256(token.access_token().expose_secret().as_bytes());
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 

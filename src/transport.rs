@@ -54,9 +54,14 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 impl HttpClient {
     /// A hyper-util client with the default timeout and body cap.
     pub fn new() -> Self {
+        // The provider named, not the process default: when the application's rustls
+        // has two providers (its reqwest on ring, say), there is no default to pick
+        // and rustls would panic.
+        // (Err only for a provider without TLS 1.2 and 1.3, which ours is not.)
         #[cfg(feature = "rustls")]
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_provider_and_webpki_roots(crate::crypto::tls_provider())
+            .unwrap_or_else(|_| hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots())
             .https_or_http()
             .enable_http1()
             .build();
@@ -196,7 +201,7 @@ impl HttpClient {
 }
 
 /// An [`HttpClient`] with TLS settings of its own, from [`HttpClient::builder`]: a
-/// client certificate (mutual TLS), extra trusted roots. rustls with ring; TLS 1.2
+/// client certificate (mutual TLS), extra trusted roots. rustls on aws-lc-rs; TLS 1.2
 /// and 1.3; the timeout and body cap of [`HttpClient::new`].
 #[cfg(feature = "mtls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mtls")))]
@@ -332,8 +337,8 @@ impl HttpClientBuilder {
             ));
         }
         // The provider named, not the process default: an application whose rustls
-        // also has aws-lc-rs enabled would have no default to pick.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // also has another provider enabled would have no default to pick.
+        let provider = Arc::new(crate::crypto::tls_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Configuration(format!("TLS configuration: {e}")))?
@@ -437,6 +442,16 @@ pub(crate) fn parse_url(url: &str) -> Result<Uri, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test graph's rustls has two providers (ours, and ring from the dev
+    /// dependency jwt-authorizer's reqwest), as an application's may: with no process
+    /// default, `ClientConfig::builder()` panics, so the client names its provider.
+    #[cfg(feature = "rustls")]
+    #[test]
+    fn a_client_is_made_beside_a_second_rustls_provider() {
+        // (Another test may have installed a process default; none of the lib's do.)
+        let _client = HttpClient::new();
+    }
 
     #[test]
     fn clear_text_only_to_loopback() {

@@ -134,7 +134,7 @@ fn pki() -> Pki {
 /// The server's TLS: the server certificate, client certificates from the CA
 /// required (or only asked for, when `optional`).
 fn server_tls(pki: &Pki, optional: bool) -> TlsAcceptor {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.der.clone()).unwrap();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());

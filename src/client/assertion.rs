@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+
+use zeroize::Zeroizing;
 
 use crate::Error;
 
@@ -79,7 +80,8 @@ impl AssertionKey {
         Self::checked(alg, key)
     }
 
-    /// A private key as a JWK (RFC 7517: `kty` RSA with `d`, `p`, `q`; EC P-256 or
+    /// A private key as a JWK (RFC 7517: `kty` RSA with `d`, `p`, `q`, `dp`, `dq` and
+    /// `qi` (RFC 7518 §6.3.2: all of them or none); EC P-256 or
     /// P-384 with `d`; OKP Ed25519 with `d`). Its `kid`, when present, is sent; the
     /// algorithm is `alg` when given, else the JWK's own `alg` (RFC 9864's fully
     /// specified `Ed25519` is read as `EdDSA`, `ESP256` as `ES256`; assertions are
@@ -132,7 +134,7 @@ impl AssertionKey {
     /// The `x5t#S256` header from the key's certificate (DER): how Entra ID finds
     /// the certificate credential of an app registration.
     pub fn certificate_der(mut self, certificate: &[u8]) -> Self {
-        self.x5t_s256 = Some(b64url(&Sha256::digest(certificate)));
+        self.x5t_s256 = Some(b64url(&crate::crypto::sha256(certificate)));
         self
     }
 
@@ -209,6 +211,9 @@ struct PrivateJwk {
     d: Option<String>,
     p: Option<String>,
     q: Option<String>,
+    dp: Option<String>,
+    dq: Option<String>,
+    qi: Option<String>,
 }
 
 impl PrivateJwk {
@@ -219,37 +224,34 @@ impl PrivateJwk {
         b64url_decode(name, value)
     }
 
-    fn to_pkcs8_der(&self) -> Result<Vec<u8>, Error> {
-        use pkcs8::EncodePrivateKey;
-        let bad = |e: &dyn fmt::Display| Error::Configuration(format!("not a usable JWK: {e}"));
-        let der = match (self.kty.as_str(), self.crv.as_deref()) {
-            ("RSA", _) => {
-                let int = |name, v| self.field(name, v).map(|b| rsa::BigUint::from_bytes_be(&b));
-                let key = rsa::RsaPrivateKey::from_components(
-                    int("n", &self.n)?,
-                    int("e", &self.e)?,
-                    int("d", &self.d)?,
-                    vec![int("p", &self.p)?, int("q", &self.q)?],
-                )
-                .map_err(|e| bad(&e))?;
-                key.to_pkcs8_der().map_err(|e| bad(&e))?
+    fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
+        use crate::crypto::keys;
+        let secret = |name, v| self.field(name, v).map(Zeroizing::new);
+        let unusable = || Error::Configuration("not a usable JWK: a bad private key".into());
+        let key = match (self.kty.as_str(), self.crv.as_deref()) {
+            ("RSA", _) => keys::rsa_from_components(&crate::crypto::RsaComponents {
+                n: self.field("n", &self.n)?,
+                e: self.field("e", &self.e)?,
+                d: secret("d", &self.d)?,
+                p: secret("p", &self.p)?,
+                q: secret("q", &self.q)?,
+                dp: secret("dp", &self.dp)?,
+                dq: secret("dq", &self.dq)?,
+                qi: secret("qi", &self.qi)?,
+            })
+            .map_err(|e| Error::Configuration(format!("not a usable JWK: {e}")))?,
+            ("EC", Some("P-256")) => {
+                keys::p256_from_scalar(&secret("d", &self.d)?).ok_or_else(unusable)?
             }
-            ("EC", Some("P-256")) => p256::SecretKey::from_slice(&self.field("d", &self.d)?)
-                .map_err(|e| bad(&e))?
-                .to_pkcs8_der()
-                .map_err(|e| bad(&e))?,
-            ("EC", Some("P-384")) => p384::SecretKey::from_slice(&self.field("d", &self.d)?)
-                .map_err(|e| bad(&e))?
-                .to_pkcs8_der()
-                .map_err(|e| bad(&e))?,
+            ("EC", Some("P-384")) => {
+                keys::p384_from_scalar(&secret("d", &self.d)?).ok_or_else(unusable)?
+            }
             ("OKP", Some("Ed25519")) => {
-                let d: [u8; 32] = self
-                    .field("d", &self.d)?
-                    .try_into()
-                    .map_err(|_| Error::Configuration("an Ed25519 d is 32 bytes".into()))?;
-                ed25519_dalek::SigningKey::from_bytes(&d)
-                    .to_pkcs8_der()
-                    .map_err(|e| bad(&e))?
+                let d = secret("d", &self.d)?;
+                if d.len() != 32 {
+                    return Err(Error::Configuration("an Ed25519 d is 32 bytes".into()));
+                }
+                keys::ed25519_from_seed(&d).ok_or_else(unusable)?
             }
             (kty, crv) => {
                 return Err(Error::Configuration(format!(
@@ -257,7 +259,7 @@ impl PrivateJwk {
                 )))
             }
         };
-        Ok(der.as_bytes().to_vec())
+        Ok(key.pkcs8)
     }
 }
 
@@ -522,6 +524,62 @@ mod tests {
             r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
         assert!(AssertionKey::from_jwk(public, Some(Algorithm::EdDSA)).is_err());
         assert!(AssertionKey::from_jwk("[]", Some(Algorithm::EdDSA)).is_err());
+    }
+
+    /// RSA, P-256 and P-384 JWKs (made from tests/keys/*.key by Node's crypto) sign
+    /// assertions that their public PEM verifies; an RSA JWK without its CRT members,
+    /// or with ones that do not fit, is refused.
+    #[test]
+    fn rsa_and_ec_jwks_sign_what_their_public_keys_verify() {
+        let text = |name: &str| String::from_utf8(key(name)).unwrap();
+        let cases = [
+            ("rsa", Algorithm::RS256),
+            ("rsa", Algorithm::PS384),
+            ("ec256", Algorithm::ES256),
+            ("ec384", Algorithm::ES384),
+        ];
+        for (name, alg) in cases {
+            let jwk = text(&format!("{name}.jwk"));
+            let signer = AssertionKey::from_jwk(&jwk, Some(alg)).unwrap();
+            let claims = AssertionClaims {
+                iss: "svc",
+                sub: None,
+                aud: "https://idp.example.com/token",
+                jti: None,
+                iat: 1,
+                exp: 2,
+                scope: None,
+            };
+            let token = signer.sign(&claims).unwrap();
+            let (message, signature) = token.rsplit_once('.').unwrap();
+            let public = key(&format!("{name}.pub.pem"));
+            let verifying = match alg.family() {
+                AlgorithmFamily::Rsa => jsonwebtoken::DecodingKey::from_rsa_pem(&public),
+                _ => jsonwebtoken::DecodingKey::from_ec_pem(&public),
+            }
+            .unwrap();
+            assert!(
+                jsonwebtoken::crypto::verify(signature, message.as_bytes(), &verifying, alg)
+                    .unwrap(),
+                "{name} {alg:?}"
+            );
+        }
+        assert!(AssertionKey::from_jwk(&text("ec256.jwk"), Some(Algorithm::ES384)).is_err());
+        assert!(AssertionKey::from_jwk(&text("ec384.jwk"), Some(Algorithm::ES256)).is_err());
+
+        let rsa: serde_json::Value = serde_json::from_str(&text("rsa.jwk")).unwrap();
+        for missing in ["d", "p", "q", "dp", "dq", "qi"] {
+            let mut partial = rsa.clone();
+            partial.as_object_mut().unwrap().remove(missing);
+            let err = AssertionKey::from_jwk(&partial.to_string(), Some(Algorithm::RS256));
+            assert!(err.is_err(), "without {missing}");
+        }
+        let mut inconsistent = rsa.clone();
+        inconsistent["qi"] = rsa["dq"].clone();
+        assert!(AssertionKey::from_jwk(&inconsistent.to_string(), Some(Algorithm::RS256)).is_err());
+        let mut zero = serde_json::from_str::<serde_json::Value>(&text("ec256.jwk")).unwrap();
+        zero["d"] = b64url(&[0u8; 32]).into();
+        assert!(AssertionKey::from_jwk(&zero.to_string(), Some(Algorithm::ES256)).is_err());
     }
 
     #[test]

@@ -15,13 +15,11 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use p256::elliptic_curve::sec1::ToEncodedPoint as _;
-use p256::pkcs8::EncodePrivateKey as _;
-use p256::SecretKey;
 use secrecy::SecretString;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+use crate::crypto::{keys, PrivateKey, PublicKey};
 
 use super::authorizer::{default_port, Authorizer, Credential, CredentialFuture, Target};
 use crate::server::dpop::thumbprint;
@@ -100,17 +98,9 @@ impl DpopKey {
     /// # Errors
     /// [`Error::Configuration`] when the operating system gives no randomness.
     pub fn generate() -> Result<Self, Error> {
-        let mut secret = Zeroizing::new([0u8; 32]);
-        // A random 256-bit string is a valid P-256 scalar but with probability
-        // about 2^-32; try again in that case.
-        for _ in 0..8 {
-            getrandom::getrandom(&mut secret[..])
-                .map_err(|e| Error::Configuration(format!("no randomness for a DPoP key: {e}")))?;
-            if let Ok(key) = Self::from_es256_secret(&secret[..]) {
-                return Ok(key);
-            }
-        }
-        Err(Error::Configuration("cannot make a P-256 key".into()))
+        let key = keys::p256_generate()
+            .ok_or_else(|| Error::Configuration("cannot make a P-256 DPoP key".into()))?;
+        Self::from_private(key, Algorithm::ES256)
     }
 
     /// An `ES256` key from its 32-byte secret scalar (big-endian), to use a key kept
@@ -119,24 +109,9 @@ impl DpopKey {
     /// # Errors
     /// [`Error::Configuration`] when the bytes are not a P-256 secret key.
     pub fn from_es256_secret(secret: &[u8]) -> Result<Self, Error> {
-        let secret = SecretKey::from_slice(secret)
-            .map_err(|_| Error::Configuration("not a P-256 secret key".into()))?;
-        let der = secret
-            .to_pkcs8_der()
-            .map_err(|e| Error::Configuration(format!("cannot encode the DPoP key: {e}")))?;
-        let der = Zeroizing::new(der.as_bytes().to_vec());
-        let key = EncodingKey::from_ec_der(&der);
-        let point = secret.public_key().to_encoded_point(false);
-        let (Some(x), Some(y)) = (point.x(), point.y()) else {
-            return Err(Error::Configuration("not a P-256 secret key".into()));
-        };
-        let jwk = serde_json::json!({
-            "kty": "EC",
-            "crv": "P-256",
-            "x": URL_SAFE_NO_PAD.encode(x),
-            "y": URL_SAFE_NO_PAD.encode(y),
-        });
-        Self::assemble(key, Algorithm::ES256, der, jwk)
+        let key = keys::p256_from_scalar(secret)
+            .ok_or_else(|| Error::Configuration("not a P-256 secret key".into()))?;
+        Self::from_private(key, Algorithm::ES256)
     }
 
     /// A private key in PEM, PKCS#8 (`BEGIN PRIVATE KEY`): P-256 for
@@ -219,21 +194,15 @@ impl DpopKey {
         alg: impl Into<Option<Algorithm>>,
         der: Zeroizing<Vec<u8>>,
     ) -> Result<Self, Error> {
-        use pkcs8::DecodePrivateKey as _;
         let alg = alg.into();
         if matches!(alg, None | Some(Algorithm::ES256)) {
-            if let Ok(secret) = SecretKey::from_pkcs8_der(&der) {
-                return Self::from_es256_secret(&secret.to_bytes());
+            if let Some(key) = keys::p256_from_pkcs8(&der) {
+                return Self::from_private(key, Algorithm::ES256);
             }
         }
         if matches!(alg, None | Some(Algorithm::EdDSA)) {
-            if let Ok(signing) = ed25519_dalek::SigningKey::from_pkcs8_der(&der) {
-                let jwk = serde_json::json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "x": URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
-                });
-                return Self::assemble(EncodingKey::from_ed_der(&der), Algorithm::EdDSA, der, jwk);
+            if let Some(key) = keys::ed25519_from_pkcs8(&der) {
+                return Self::from_private(key, Algorithm::EdDSA);
             }
         }
         let rsa_alg = match alg {
@@ -249,23 +218,15 @@ impl DpopKey {
             Some(_) => None,
         };
         if let Some(rsa_alg) = rsa_alg {
-            use rsa::traits::PublicKeyParts as _;
-            if let Ok(private) = rsa::RsaPrivateKey::from_pkcs8_der(&der) {
-                let bits = private.n().bits();
+            if let Some(bits) = crate::crypto::rsa_pkcs8_bits(&der) {
                 if bits < MIN_RSA_BITS {
                     return Err(Error::Configuration(format!(
                         "an RSA DPoP key of {bits} bits: at least {MIN_RSA_BITS} are needed"
                     )));
                 }
-                let jwk = serde_json::json!({
-                    "kty": "RSA",
-                    "n": URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
-                    "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
-                });
-                let pem = pkcs8_pem(&der);
-                let key = EncodingKey::from_rsa_pem(pem.as_bytes())
-                    .map_err(|e| Error::Configuration(format!("the RSA DPoP key: {e}")))?;
-                return Self::assemble(key, rsa_alg, der, jwk);
+            }
+            if let Some(key) = keys::rsa_from_pkcs8(&der) {
+                return Self::from_private(key, rsa_alg);
             }
         }
         Err(Error::Configuration(match alg {
@@ -276,6 +237,42 @@ impl DpopKey {
             Some(alg) => format!("DPoP keys are ES256, EdDSA, RS* or PS*, not {alg:?}"),
             None => "not a PKCS#8 P-256, Ed25519 or RSA key".into(),
         }))
+    }
+
+    /// The key for `alg`: its public JWK, and jsonwebtoken's signing key.
+    fn from_private(key: PrivateKey, alg: Algorithm) -> Result<Self, Error> {
+        let jwk = match &key.public {
+            PublicKey::P256 { x, y } => serde_json::json!({
+                "kty": "EC",
+                "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(x),
+                "y": URL_SAFE_NO_PAD.encode(y),
+            }),
+            PublicKey::Ed25519 { x } => serde_json::json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": URL_SAFE_NO_PAD.encode(x),
+            }),
+            PublicKey::Rsa { n, e } => serde_json::json!({
+                "kty": "RSA",
+                "n": URL_SAFE_NO_PAD.encode(n),
+                "e": URL_SAFE_NO_PAD.encode(e),
+            }),
+            PublicKey::P384 => {
+                return Err(Error::Configuration(
+                    "DPoP keys are ES256, EdDSA, RS* or PS*, not ES384".into(),
+                ))
+            }
+        };
+        let pkcs8 = key.pkcs8;
+        let signing = match &key.public {
+            PublicKey::P256 { .. } => EncodingKey::from_ec_der(&pkcs8),
+            PublicKey::Ed25519 { .. } => EncodingKey::from_ed_der(&pkcs8),
+            // jsonwebtoken reads RSA PKCS#8 only through PEM.
+            _ => EncodingKey::from_rsa_pem(pkcs8_pem(&pkcs8).as_bytes())
+                .map_err(|e| Error::Configuration(format!("the RSA DPoP key: {e}")))?,
+        };
+        Self::assemble(signing, alg, pkcs8, jwk)
     }
 
     fn assemble(
@@ -345,7 +342,7 @@ impl DpopKey {
         access_token: Option<&str>,
     ) -> Result<HeaderValue, Error> {
         let mut jti = [0u8; 16];
-        getrandom::getrandom(&mut jti)
+        crate::crypto::fill_random(&mut jti)
             .map_err(|e| Error::Configuration(format!("no randomness for a DPoP proof: {e}")))?;
         let jti = URL_SAFE_NO_PAD.encode(jti);
         let htu = format!("{origin}{}", if path.is_empty() { "/" } else { path });
@@ -357,7 +354,7 @@ impl DpopKey {
             iat: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            ath: access_token.map(|t| URL_SAFE_NO_PAD.encode(Sha256::digest(t.as_bytes()))),
+            ath: access_token.map(|t| URL_SAFE_NO_PAD.encode(crate::crypto::sha256(t.as_bytes()))),
             nonce: nonce.as_deref(),
         };
         let claims = serde_json::to_vec(&claims)

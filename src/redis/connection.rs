@@ -184,13 +184,13 @@ impl RedisConfig {
             .collect()
     }
 
-    /// rustls needs a process-wide crypto provider: ring (this crate's) unless the
-    /// application installed one. Without it a build with two providers would panic.
+    /// rustls needs a process-wide crypto provider: this crate's (aws-lc-rs, or ring
+    /// with `--cfg tower_bearer_rust_crypto`) unless the application installed one. Without it a build with two providers would panic.
     fn before_tls(&self) {
         #[cfg(feature = "redis-tls")]
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             // Err: another thread installed one meanwhile, which serves as well.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            let _ = crate::crypto::tls_provider().install_default();
         }
     }
 }

@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::{millis, redis_error, RedisConfig, RedisConnection};
@@ -112,7 +111,7 @@ impl RedisDenylist {
     }
 
     fn hashed_key(&self, kind: &str, text: &str) -> String {
-        let digest = Sha256::digest(text.as_bytes());
+        let digest = crate::crypto::sha256(text.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}{kind}:{hex}", self.prefix)
     }

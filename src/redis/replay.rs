@@ -4,8 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use super::{millis, RedisConfig, RedisConnection};
 use crate::server::dpop::{ReplayCache, ReplayFuture};
 use crate::Error;
@@ -73,7 +71,7 @@ impl RedisReplayCache {
 
     fn key(&self, key: &str) -> String {
         // Hashed: a key costs the same whatever the jti, and says nothing of it.
-        let digest = Sha256::digest(key.as_bytes());
+        let digest = crate::crypto::sha256(key.as_bytes());
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}{hex}", self.prefix)
     }

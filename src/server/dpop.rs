@@ -48,7 +48,6 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::Error;
@@ -502,7 +501,7 @@ pub struct DpopVerifier {
 /// Server nonces without server state: a nonce names its time window and carries
 /// an HMAC of it, so every replica sharing the secret accepts every other's.
 struct Nonces {
-    key: hmac::Hmac<Sha256>,
+    key: crate::crypto::HmacKey,
     lifetime: u64,
 }
 
@@ -511,12 +510,9 @@ impl Nonces {
         now / self.lifetime
     }
 
-    fn mac(&self, window: u64) -> [u8; 32] {
-        use hmac::Mac as _;
-        let mut mac = self.key.clone();
-        mac.update(b"tower-bearer dpop nonce ");
-        mac.update(&window.to_be_bytes());
-        mac.finalize().into_bytes().into()
+    fn mac(&self, window: u64) -> Vec<u8> {
+        self.key
+            .sign(&[b"tower-bearer dpop nonce ", &window.to_be_bytes()])
     }
 
     /// The nonce of the window `now` is in: base64url of the window and 16 bytes of
@@ -768,7 +764,6 @@ impl DpopVerifier {
     /// [`Error::Configuration`] for a secret shorter than 32 bytes or a lifetime
     /// under a second.
     pub fn nonces(mut self, secret: &[u8], lifetime: Duration) -> Result<Self, Error> {
-        use hmac::Mac as _;
         if secret.len() < 32 {
             return Err(Error::Configuration(
                 "a DPoP nonce secret needs at least 32 bytes".into(),
@@ -779,8 +774,8 @@ impl DpopVerifier {
                 "a DPoP nonce lives at least a second".into(),
             ));
         }
-        let key = hmac::Hmac::<Sha256>::new_from_slice(secret)
-            .map_err(|e| Error::Configuration(format!("DPoP nonce secret: {e}")))?;
+        let key = crate::crypto::HmacKey::sha256(secret)
+            .ok_or_else(|| Error::Configuration("unusable DPoP nonce secret".into()))?;
         self.nonces = Some(Arc::new(Nonces {
             key,
             lifetime: lifetime.as_secs(),
@@ -799,7 +794,7 @@ impl DpopVerifier {
     /// [`Error::Configuration`] when the operating system has no randomness to give.
     pub fn require_nonces(self) -> Result<Self, Error> {
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(&mut secret[..])
+        crate::crypto::fill_random(&mut secret[..])
             .map_err(|e| Error::Configuration(format!("no randomness for DPoP nonces: {e}")))?;
         self.nonces(&secret[..], DEFAULT_NONCE_LIFETIME)
     }

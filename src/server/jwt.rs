@@ -4,8 +4,8 @@
 //! The token is taken apart here rather than by `jsonwebtoken::decode`, so every
 //! rule is ours and each part is decoded once: the header is read for `alg` and
 //! `crit` only (never `jku`, `x5u`, `jwk` or `x5c`), the signature is checked by
-//! `jsonwebtoken::crypto::verify` (HMAC with a key prepared once: aws-lc-rs's, or
-//! RustCrypto's `hmac` with the pure-Rust backend), and the
+//! `jsonwebtoken::crypto::verify` (HMAC with a key prepared once, through
+//! `crate::crypto`: aws-lc-rs's, or RustCrypto's with the pure-Rust backend), and the
 //! payload is decoded once. A [`Claims`] payload is read once and its registered
 //! claims checked from it; another claims type is read for the registered claims,
 //! then for itself.
@@ -163,83 +163,22 @@ impl LastHeader {
 }
 
 /// HMAC keys with the secret's inner and outer blocks already hashed: keying costs
-/// two hash blocks, a fifth of an HS256 check, paid here once. With the default
-/// backend the HMAC is aws-lc-rs's (its SHA-256 runs on SHA or AVX2 instructions
-/// where the CPU has them); with `--cfg tower_bearer_rust_crypto`, RustCrypto's.
+/// two hash blocks, a fifth of an HS256 check, paid here once. The build's one crypto
+/// implementation (`crate::crypto`): aws-lc-rs (its SHA-256 runs on SHA or AVX2
+/// instructions where the CPU has them), or RustCrypto with
+/// `--cfg tower_bearer_rust_crypto`.
 struct HmacKeys {
-    hs256: hmac_backend::Key,
-    hs384: hmac_backend::Key,
-    hs512: hmac_backend::Key,
-}
-
-#[cfg(not(tower_bearer_rust_crypto))]
-mod hmac_backend {
-    use aws_lc_rs::hmac;
-
-    pub(super) struct Key(hmac::Key);
-
-    pub(super) fn sha256(secret: &[u8]) -> Option<Key> {
-        Some(Key(hmac::Key::new(hmac::HMAC_SHA256, secret)))
-    }
-    pub(super) fn sha384(secret: &[u8]) -> Option<Key> {
-        Some(Key(hmac::Key::new(hmac::HMAC_SHA384, secret)))
-    }
-    pub(super) fn sha512(secret: &[u8]) -> Option<Key> {
-        Some(Key(hmac::Key::new(hmac::HMAC_SHA512, secret)))
-    }
-
-    impl Key {
-        /// Whether `tag` is `message`'s HMAC, compared in constant time.
-        pub(super) fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
-            hmac::verify(&self.0, message, tag).is_ok()
-        }
-    }
-}
-
-#[cfg(tower_bearer_rust_crypto)]
-mod hmac_backend {
-    use hmac::{Hmac, Mac};
-    use sha2::{Sha256, Sha384, Sha512};
-
-    pub(super) enum Key {
-        Sha256(Hmac<Sha256>),
-        Sha384(Hmac<Sha384>),
-        Sha512(Hmac<Sha512>),
-    }
-
-    pub(super) fn sha256(secret: &[u8]) -> Option<Key> {
-        Hmac::new_from_slice(secret).ok().map(Key::Sha256)
-    }
-    pub(super) fn sha384(secret: &[u8]) -> Option<Key> {
-        Hmac::new_from_slice(secret).ok().map(Key::Sha384)
-    }
-    pub(super) fn sha512(secret: &[u8]) -> Option<Key> {
-        Hmac::new_from_slice(secret).ok().map(Key::Sha512)
-    }
-
-    impl Key {
-        /// Whether `tag` is `message`'s HMAC, compared in constant time.
-        pub(super) fn verify(&self, message: &[u8], tag: &[u8]) -> bool {
-            fn check<M: Mac + Clone>(keyed: &M, message: &[u8], tag: &[u8]) -> bool {
-                let mut mac = keyed.clone();
-                mac.update(message);
-                mac.verify_slice(tag).is_ok()
-            }
-            match self {
-                Key::Sha256(k) => check(k, message, tag),
-                Key::Sha384(k) => check(k, message, tag),
-                Key::Sha512(k) => check(k, message, tag),
-            }
-        }
-    }
+    hs256: crate::crypto::HmacKey,
+    hs384: crate::crypto::HmacKey,
+    hs512: crate::crypto::HmacKey,
 }
 
 impl HmacKeys {
     fn new(secret: &[u8]) -> Option<Self> {
         Some(HmacKeys {
-            hs256: hmac_backend::sha256(secret)?,
-            hs384: hmac_backend::sha384(secret)?,
-            hs512: hmac_backend::sha512(secret)?,
+            hs256: crate::crypto::HmacKey::sha256(secret)?,
+            hs384: crate::crypto::HmacKey::sha384(secret)?,
+            hs512: crate::crypto::HmacKey::sha512(secret)?,
         })
     }
 

@@ -104,20 +104,4 @@ pub use validator::{
     Validator,
 };
 
-/// SHA-256 of `bytes` (cache keys, `ath`, thumbprints): aws-lc-rs's with the default
-/// backend, which runs on the CPU's SHA or AVX2 instructions where it has them;
-/// RustCrypto's otherwise.
-pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
-    #[cfg(all(feature = "jwt", not(tower_bearer_rust_crypto)))]
-    {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
-        out
-    }
-    #[cfg(not(all(feature = "jwt", not(tower_bearer_rust_crypto))))]
-    {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(bytes).into()
-    }
-}
+pub(crate) use crate::crypto::sha256;

@@ -37,7 +37,7 @@
 //! #     chain: Vec<CertificateDer<'static>>,
 //! #     key: rustls::pki_types::PrivateKeyDer<'static>,
 //! # ) -> Result<(), Box<dyn std::error::Error>> {
-//! let provider = Arc::new(rustls::crypto::ring::default_provider());
+//! let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 //! let mut roots = rustls::RootCertStore::empty();
 //! roots.add(client_ca)?;
 //! let verifier =

@@ -35,7 +35,6 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -241,7 +240,7 @@ impl AuthorizationCode {
         let redirect_uri = format!("http://127.0.0.1:{port}{}", self.path);
         let state = random_string()?;
         let verifier = random_string()?;
-        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let challenge = URL_SAFE_NO_PAD.encode(crate::crypto::sha256(verifier.as_bytes()));
         let url = self.authorization_url(&redirect_uri, &state, &challenge);
 
         let (tx, mut rx) = mpsc::channel::<Arrival>(1);
@@ -405,7 +404,7 @@ fn truncated(s: &str) -> String {
 /// verifier (43 characters, within RFC 7636 §4.1's 43–128).
 fn random_string() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes)
+    crate::crypto::fill_random(&mut bytes)
         .map_err(|e| Error::Configuration(format!("no randomness from the system: {e}")))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }

@@ -91,8 +91,7 @@ pub struct Presented([u8; 32]);
 impl Presented {
     /// The name of `credential`.
     pub fn of(credential: &str) -> Self {
-        use sha2::Digest;
-        Presented(sha2::Sha256::digest(credential.as_bytes()).into())
+        Presented(crate::crypto::sha256(credential.as_bytes()))
     }
 
     /// The digest's lowercase hex.
