@@ -332,13 +332,34 @@ impl<S: TokenSource> SharedFileSource<S> {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let base = if owned {
+        let mut base = if owned {
             state.token.clone()
         } else {
             previous.cloned()
         };
-        let grant = self.source.presents(base.as_ref()).map(|p| p.to_hex());
+        let mut grant = self.source.presents(base.as_ref()).map(|p| p.to_hex());
         let record = read_claim(&lock).unwrap_or_default();
+        // The file's refresh token is dead (refused or spent, by the records): the
+        // session is over. A source that logs in when it has no refresh token (an
+        // interactive login, a chain ending in one) logs in anew, without it.
+        if owned
+            && grant.as_ref().is_some_and(|name| {
+                record.refused.contains(name)
+                    || record.spent.contains(name)
+                    || self
+                        .dead
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(name)
+            })
+        {
+            let stripped = base.clone().map(Token::without_refresh_token);
+            if self.source.presents(stripped.as_ref()).is_none() {
+                tracing::info!("the file's refresh token is dead; logging in anew");
+                base = stripped;
+                grant = None;
+            }
+        }
         if let Some(name) = &grant {
             let dead_here = self
                 .dead

@@ -1,0 +1,227 @@
+//! A second review of the one-machine single flight (issue 30): interactive logins
+//! through `generate_tokens` run as real processes on one token file, and the
+//! shared source's records and guards against real files and a real token server on
+//! 127.0.0.1.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tower_bearer::client::{FileStore, TokenSource, TokenStore};
+use tower_bearer::{Error, Lineage, Token};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-review2-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `generate_tokens -u alice --token-url <url> --token-file <path> --password-stdin`,
+/// its stdin left open (the test writes the password when it wants).
+fn cli(url: &str, path: &Path, extra: &[&str]) -> Child {
+    let path = path.display().to_string();
+    let mut args = vec![
+        "-u",
+        "alice",
+        "--token-url",
+        url,
+        "--token-file",
+        path.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Command::new(common::bins::example_binary("generate_tokens"))
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn type_in(child: &mut Child, text: &str) {
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(text.as_bytes()).await.unwrap();
+    drop(input);
+}
+
+/// Waits (with a deadline) until another open file holds the lock on `lock`.
+async fn until_locked(lock: &Path) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(file) = std::fs::OpenOptions::new().read(true).open(lock) {
+                if matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+                    return;
+                }
+                // Locked by us for an instant: let go at once.
+                drop(file);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("nobody took the lock");
+}
+
+/// Waits for the line saying the process waits for another one's login.
+async fn until_waiting(child: &mut Child) -> BufReader<tokio::process::ChildStderr> {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert_ne!(err.read_line(&mut line).await.unwrap(), 0, "no notice");
+            if line.contains("Waiting for another process") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the second process never said it waits");
+    err
+}
+
+struct Ended {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn ended(
+    mut child: Child,
+    stderr: Option<BufReader<tokio::process::ChildStderr>>,
+    limit: Duration,
+) -> Ended {
+    let mut out = child.stdout.take().unwrap();
+    let mut err_pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match stderr {
+        Some(r) => Box::new(r),
+        None => Box::new(child.stderr.take().unwrap()),
+    };
+    tokio::time::timeout(limit, async move {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        use tokio::io::AsyncReadExt;
+        let (a, b) = tokio::join!(
+            out.read_to_string(&mut stdout),
+            err_pipe.read_to_string(&mut stderr)
+        );
+        a.unwrap();
+        b.unwrap();
+        let status = child.wait().await.unwrap();
+        Ended {
+            ok: status.success(),
+            stdout,
+            stderr,
+        }
+    })
+    .await
+    .expect("the process did not end")
+}
+
+fn expired(rt: &str) -> Token {
+    Token::bearer("at-old")
+        .unwrap()
+        .with_expires_in(Duration::ZERO)
+        .with_refresh_token(rt)
+        .with_lineage(Lineage::next())
+}
+
+// ------------------------------------------------------------ interactive logins
+
+/// The process logging in (its password prompt open) is killed: the one waiting
+/// takes over and logs in itself, well before its 30-minute wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_killed_midway_is_taken_over_by_the_waiter() {
+    let s = common::start().await;
+    let dir = temp_dir("killed");
+    let path = dir.join("alice.json");
+    let url = s.token_url();
+    let mut a = cli(&url, &path, &["--password-stdin"]);
+    until_locked(&dir.join("alice.json.refresh")).await;
+    let mut b = cli(&url, &path, &["--password-stdin"]);
+    type_in(&mut b, "wonderland\n").await;
+    let b_err = until_waiting(&mut b).await;
+    a.start_kill().unwrap();
+    let _ = a.wait().await;
+    let b = ended(b, Some(b_err), Duration::from_secs(20)).await;
+    assert!(b.ok, "{}", b.stderr);
+    assert!(
+        b.stdout.starts_with("export APP_ACCESS_TOKEN='at-"),
+        "{}",
+        b.stdout
+    );
+    assert_eq!(*s.idp.grants.lock().unwrap(), ["password"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The process logging in types a wrong password: it fails in one line; the one
+/// waiting then asks (reads) its own password and logs in, never reporting the
+/// other's wrong password as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_in_the_holder_lets_the_waiter_log_in_itself() {
+    let s = common::start().await;
+    let dir = temp_dir("refused");
+    let path = dir.join("alice.json");
+    let url = s.token_url();
+    let mut a = cli(&url, &path, &["--password-stdin"]);
+    until_locked(&dir.join("alice.json.refresh")).await;
+    let mut b = cli(&url, &path, &["--password-stdin"]);
+    type_in(&mut b, "wonderland\n").await;
+    let b_err = until_waiting(&mut b).await;
+    type_in(&mut a, "wrong\n").await;
+    let a = ended(a, None, Duration::from_secs(20)).await;
+    assert!(!a.ok);
+    assert_eq!(a.stderr.lines().count(), 1, "{}", a.stderr);
+    assert!(
+        a.stderr.contains("wrong user name or password"),
+        "{}",
+        a.stderr
+    );
+    let b = ended(b, Some(b_err), Duration::from_secs(20)).await;
+    assert!(b.ok, "{}", b.stderr);
+    assert_eq!(*s.idp.grants.lock().unwrap(), ["password", "password"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The file's refresh token was refused in another process (an agent sharing the
+/// file got `invalid_grant`, recorded in `P.refresh`): the session is over, and
+/// `generate_tokens` is how the user logs in again. It must ask for the password,
+/// not fail with "wrong user name or password" before asking (every run alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_refused_elsewhere_can_be_logged_into_again() {
+    let s = common::start().await;
+    let dir = temp_dir("relogin");
+    let path = dir.join("alice.json");
+    let url = s.token_url();
+    let store = FileStore::at(&path, "alice", url.as_str());
+    let old = expired("rt-revoked");
+    store.save(&old).await.unwrap();
+    // An agent sharing the file: its refresh is refused, and recorded.
+    let agent = store.shared(common::endpoint_at(&url).refresh_token("unused"));
+    let refused = agent.fetch(Some(&old)).await.unwrap_err();
+    assert!(matches!(refused, Error::InvalidGrant(_)), "{refused:?}");
+
+    let mut c = cli(&url, &path, &["--password-stdin"]);
+    type_in(&mut c, "wonderland\n").await;
+    let c = ended(c, None, Duration::from_secs(20)).await;
+    assert!(c.ok, "{}", c.stderr);
+    assert!(
+        c.stdout.starts_with("export APP_ACCESS_TOKEN='at-"),
+        "{}",
+        c.stdout
+    );
+    let saved = store.load().await.unwrap().unwrap();
+    assert!(!saved.is_expired());
+    std::fs::remove_dir_all(dir).unwrap();
+}
