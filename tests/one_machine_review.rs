@@ -225,3 +225,66 @@ async fn a_session_refused_elsewhere_can_be_logged_into_again() {
     assert!(!saved.is_expired());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// ------------------------------------------------------------ the drop guard
+
+/// A fetch dropped while its refreshed token waits for the write lock (a caller's
+/// timeout): the token, the refresh lock and the claim go back to the source. If
+/// that process fetches nothing more (idle), the lock must still be let go once the
+/// token is written, or every other process sharing the file waits out its
+/// deadline on each refresh, for as long as the idle process lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_cancelled_mid_write_lets_the_refresh_lock_go_without_another_fetch() {
+    let s = common::start_rotating().await;
+    let dir = temp_dir("cancel");
+    let path = dir.join("alice.json");
+    let url = s.token_url();
+    let store = FileStore::at(&path, "alice", url.as_str());
+    let old = expired("rt-0");
+    store.save(&old).await.unwrap();
+    // Another process holds the write lock for a moment.
+    let writer = std::fs::File::open(dir.join("alice.json.lock")).unwrap();
+    writer.lock().unwrap();
+    let a = store
+        .shared(common::endpoint_at(&url).refresh_token("unused"))
+        .wait_timeout(Duration::from_secs(5));
+    {
+        let mut fetch = Box::pin(a.fetch(Some(&old)));
+        // Driven until the provider answered, then a little more: it waits for the
+        // write lock.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while s.idp.refresh_seen.lock().unwrap().is_empty() {
+                let polled = tokio::time::timeout(Duration::from_millis(10), &mut fetch).await;
+                assert!(polled.is_err(), "finished under the write lock: {polled:?}");
+            }
+        })
+        .await
+        .unwrap();
+        let polled = tokio::time::timeout(Duration::from_millis(200), &mut fetch).await;
+        assert!(polled.is_err(), "finished under the write lock: {polled:?}");
+    }
+    drop(writer);
+    // Nobody fetches through `a` again; the refresh lock must be let go.
+    let refresh = std::fs::File::open(dir.join("alice.json.refresh")).unwrap();
+    let freed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match refresh.try_lock() {
+                Ok(()) => return,
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        freed.is_ok(),
+        "the refresh lock is still held by an idle source after its token's write"
+    );
+    refresh.unlock().unwrap();
+    let saved = store.load().await.unwrap().unwrap();
+    assert!(!saved.is_expired());
+    assert_eq!(*s.idp.refresh_seen.lock().unwrap(), ["rt-0"]);
+    drop(a);
+    std::fs::remove_dir_all(dir).unwrap();
+}

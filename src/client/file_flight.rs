@@ -77,7 +77,8 @@ const CLAIM_MAX: u64 = 64 * 1024;
 ///   while a save holds `P.lock` (a few milliseconds), or `P` and `P.refresh` both
 ///   deleted while a refresh runs (nothing is left to say a refresh is running).
 /// - A fetch dropped (cancelled) while it writes a refreshed token leaves the token,
-///   the refresh lock and the claim with the source: the next fetch writes it.
+///   the refresh lock and the claim with the source: it is written in the background
+///   (every second) or by the next fetch, whichever comes first, and the lock let go.
 ///
 /// Give it to [`Refreshing`](crate::Refreshing), with the same [`FileStore`] as its
 /// [store](crate::client::RefreshingBuilder::store) so that a logout writes the
@@ -537,24 +538,28 @@ impl<S: TokenSource> SharedFileSource<S> {
     /// Writes the held token every second until it is written (or this source is
     /// gone), so that the other processes are not kept waiting until the next fetch.
     fn retry_in_background(&self) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let held: Weak<Mutex<Option<Held>>> = Arc::downgrade(&self.held);
-        let store = self.store.clone();
-        handle.spawn(async move {
-            loop {
-                tokio::time::sleep(UNSAVED_RETRY).await;
-                let Some(slot) = held.upgrade() else { return };
-                let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                let Some(taken) = taken else { return };
-                if write_out(&store, &slot, taken).await.is_ok() {
-                    tracing::info!(path = %store.path().display(), "wrote the token whose write had failed");
-                    return;
-                }
-            }
-        });
+        retry_in_background(self.store.clone(), Arc::downgrade(&self.held));
     }
+}
+
+/// Writes the token held in `held` every second until it is written (or the source
+/// is gone): the refresh lock it holds is let go then, with no fetch needed.
+fn retry_in_background(store: FileStore, held: Weak<Mutex<Option<Held>>>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        loop {
+            tokio::time::sleep(UNSAVED_RETRY).await;
+            let Some(slot) = held.upgrade() else { return };
+            let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let Some(taken) = taken else { return };
+            if write_out(&store, &slot, taken).await.is_ok() {
+                tracing::info!(path = %store.path().display(), "wrote the token whose write had failed");
+                return;
+            }
+        }
+    });
 }
 
 /// Writes a refreshed token fenced by the generation it was refreshed from, then ends
@@ -568,9 +573,11 @@ async fn write_out(
 ) -> Result<Result<Token, Error>, Error> {
     let token = held.token.clone();
     let mut expected = held.generation;
-    // Dropped (this future cancelled, or the write failed), the token goes back to
-    // `slot` with the refresh lock and the claim: never lost while the lock is let go.
+    // Dropped (this future cancelled), the token goes back to `slot` with the refresh
+    // lock and the claim, and is written in the background: never lost while the
+    // lock is let go, nor the lock kept by a source that fetches nothing more.
     let mut keep = Keep {
+        store,
         slot,
         held: Some(held),
     };
@@ -599,7 +606,11 @@ async fn write_out(
             }
             Err(error) => {
                 tracing::error!(%error, "could not write the refreshed token; serving it, holding the refresh lock until it is written");
-                // `keep` puts it back in the slot.
+                // Back in the slot; the caller retries it in the background (`keep`
+                // does so only when this future is dropped).
+                if let Some(held) = keep.held.take() {
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                }
                 return Err(error);
             }
         }
@@ -615,6 +626,7 @@ async fn write_out(
 /// A refreshed token on its way to the file: put back in its slot if dropped still
 /// holding it.
 struct Keep<'a> {
+    store: &'a FileStore,
     slot: &'a Arc<Mutex<Option<Held>>>,
     held: Option<Held>,
 }
@@ -623,6 +635,9 @@ impl Drop for Keep<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
             *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+            // Written in the background too: a source that fetches nothing more
+            // (its fetch cancelled, the process idle) must not keep the refresh lock.
+            retry_in_background(self.store.clone(), Arc::downgrade(self.slot));
         }
     }
 }
