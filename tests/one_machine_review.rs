@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tower_bearer::client::{FileStore, TokenSource, TokenStore};
-use tower_bearer::{Error, Lineage, Token};
+use tower_bearer::{Error, ExposeSecret, Lineage, Token};
 
 fn temp_dir(name: &str) -> PathBuf {
     let nanos = SystemTime::now()
@@ -286,5 +286,49 @@ async fn a_fetch_cancelled_mid_write_lets_the_refresh_lock_go_without_another_fe
     assert!(!saved.is_expired());
     assert_eq!(*s.idp.refresh_seen.lock().unwrap(), ["rt-0"]);
     drop(a);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+// ------------------------------------------------------------ the records
+
+/// README: "Every refresh token … rotated is recorded and presented by no process
+/// again, even after the token file is deleted." After more rotations than the
+/// record keeps (a long-running session: 32), a process still holding the first
+/// token, the file deleted, must not present its spent refresh token (a provider
+/// revoking the family on reuse would log everyone out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_spent_long_ago_is_not_presented_after_the_file_is_deleted() {
+    let s = common::start_rotating().await;
+    let dir = temp_dir("long");
+    let path = dir.join("alice.json");
+    let url = s.token_url();
+    let store = FileStore::at(&path, "alice", url.as_str());
+    let first = expired("rt-0");
+    store.save(&first).await.unwrap();
+    let a = store.shared(common::endpoint_at(&url).refresh_token("unused"));
+    let mut held = first.clone();
+    for _ in 0..40 {
+        held = a.fetch(Some(&held)).await.unwrap();
+        // Expired at once: the next fetch refreshes.
+        held = Token::bearer(held.access_token().expose_secret())
+            .unwrap()
+            .with_expires_in(Duration::ZERO)
+            .with_refresh_token(held.refresh_token().unwrap().expose_secret())
+            .with_lineage(held.lineage());
+    }
+    assert_eq!(s.idp.refresh_seen.lock().unwrap().len(), 40);
+    std::fs::remove_file(&path).unwrap();
+    let b = store.shared(common::endpoint_at(&url).refresh_token("unused"));
+    let got = b.fetch(Some(&first)).await;
+    let seen = s.idp.refresh_seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|rt| *rt == "rt-0").count(),
+        1,
+        "rt-0 presented again after the file was deleted: {got:?}"
+    );
+    assert!(got.is_err(), "{got:?}");
+    // The newest token, still held, is written back by its refresh.
+    let back = a.fetch(Some(&held)).await;
+    assert!(back.is_ok(), "{back:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -103,8 +103,9 @@ struct Held {
     lock: fs::File,
     generation: u64,
     token: Token,
-    /// The digest of the refresh token the refresh spent (rotated), if it did.
-    spent: Option<String>,
+    /// The digest of the refresh token the refresh spent (rotated), if it did, and
+    /// the lineage of the token that carried it.
+    spent: Option<(String, u64)>,
 }
 
 /// The content of `P.refresh`.
@@ -129,6 +130,31 @@ struct Claim {
     /// whole family, the newest token with it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     spent: Vec<String>,
+    /// The lineage (µs) of the newest token whose refresh token a refresh rotated:
+    /// the refresh token of a token no newer is spent too (it was rotated before),
+    /// even once its digest has left the bounded `spent` record.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    spent_upto: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Claim {
+    /// Whether the refresh token `name`, carried by `base`, was spent (rotated) by
+    /// an earlier refresh.
+    fn spent(&self, name: &str, base: Option<&Token>) -> bool {
+        self.spent.iter().any(|n| n == name)
+            || base.is_some_and(|b| b.lineage().as_micros() <= self.spent_upto)
+    }
+
+    /// Records `name` (carried by a token of lineage `lineage`) as spent.
+    fn record_spent(&mut self, name: &str, lineage: u64) {
+        remember(&mut self.spent, name);
+        self.spent_upto = self.spent_upto.max(lineage);
+    }
 }
 
 impl Claim {
@@ -346,7 +372,7 @@ impl<S: TokenSource> SharedFileSource<S> {
         if owned
             && grant.as_ref().is_some_and(|name| {
                 record.refused.contains(name)
-                    || record.spent.contains(name)
+                    || record.spent(name, base.as_ref())
                     || self
                         .dead
                         .lock()
@@ -371,7 +397,7 @@ impl<S: TokenSource> SharedFileSource<S> {
                 // Refused before (in this process or another): never presented again.
                 return Err(self.refusal(owned, refused_before()));
             }
-            if record.spent.contains(name) {
+            if record.spent(name, base.as_ref()) {
                 // Rotated by an earlier refresh whose answer is not in the file:
                 // presenting it again would have the provider revoke the whole
                 // family. The file's own token: its holder let the lock go without
@@ -438,13 +464,17 @@ impl<S: TokenSource> SharedFileSource<S> {
             Ok(token) => {
                 // Rotated: the refresh token presented is spent.
                 let after = self.source.presents(Some(&token)).map(|p| p.to_hex());
-                let spent = grant.clone().filter(|g| after.as_ref() != Some(g));
-                if let Some(name) = &spent {
+                let lineage = base.as_ref().map_or(0, |b| b.lineage().as_micros());
+                let spent = grant
+                    .clone()
+                    .filter(|g| after.as_ref() != Some(g))
+                    .map(|g| (g, lineage));
+                if let Some((name, lineage)) = &spent {
                     // Recorded before anything else: if this process dies before the
                     // answer is written, the next holder knows the refresh token is
                     // spent, not merely presented, and does not present it again.
                     let mut record = claim;
-                    remember(&mut record.spent, name);
+                    record.record_spent(name, *lineage);
                     if let Err(error) = write_claim(&lock, &record) {
                         tracing::warn!(%error, "could not record the spent refresh token in the claim");
                     }
@@ -616,7 +646,12 @@ async fn write_out(
         }
     }
     if let Some(held) = keep.held.take() {
-        end_claim(&held.lock, held.spent.as_deref());
+        end_claim(
+            &held.lock,
+            held.spent
+                .as_ref()
+                .map(|(name, lineage)| (name.as_str(), *lineage)),
+        );
     }
     Ok(answer)
 }
@@ -659,10 +694,10 @@ fn write_claim(mut lock: &fs::File, claim: &Claim) -> std::io::Result<()> {
 
 /// Ends the claim (no refresh in flight), keeping the records of refused and spent
 /// refresh tokens, with `spent` added.
-fn end_claim(lock: &fs::File, spent: Option<&str>) {
+fn end_claim(lock: &fs::File, spent: Option<(&str, u64)>) {
     let mut claim = read_claim(lock).unwrap_or_default().ended();
-    if let Some(name) = spent {
-        remember(&mut claim.spent, name);
+    if let Some((name, lineage)) = spent {
+        claim.record_spent(name, lineage);
     }
     if let Err(error) = write_claim(lock, &claim) {
         tracing::warn!(%error, "could not end the refresh claim");
