@@ -332,3 +332,35 @@ async fn a_refresh_token_spent_long_ago_is_not_presented_after_the_file_is_delet
     assert!(back.is_ok(), "{back:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+// ------------------------------------------------------------ the README's promises
+
+/// README: "A file that cannot be read … stops refreshing (an error, never a refresh
+/// alone) until it is fixed." The token file replaced by something unreadable as a
+/// file (a directory: the tests run as root, where modes do not stop a read): a
+/// process holding a token with a live refresh token gets an error and the token
+/// endpoint is not called; once the file is back, it refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_token_file_stops_the_refresh_until_it_is_fixed() {
+    let s = common::start_rotating().await;
+    let dir = temp_dir("unreadable");
+    let path = dir.join("alice.json");
+    let url = s.token_url();
+    let store = FileStore::at(&path, "alice", url.as_str());
+    let first = expired("rt-0");
+    store.save(&first).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let a = store.shared(common::endpoint_at(&url).refresh_token("unused"));
+    for _ in 0..3 {
+        let got = a.fetch(Some(&first)).await;
+        assert!(matches!(got, Err(Error::TokenFile(_))), "{got:?}");
+    }
+    assert!(s.idp.refresh_seen.lock().unwrap().is_empty());
+    std::fs::remove_dir(&path).unwrap();
+    store.save(&first).await.unwrap();
+    let got = a.fetch(Some(&first)).await;
+    assert!(got.is_ok(), "{got:?}");
+    assert_eq!(*s.idp.refresh_seen.lock().unwrap(), ["rt-0"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
