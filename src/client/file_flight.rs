@@ -77,7 +77,8 @@ const CLAIM_MAX: u64 = 64 * 1024;
 ///   while a save holds `P.lock` (a few milliseconds), or `P` and `P.refresh` both
 ///   deleted while a refresh runs (nothing is left to say a refresh is running).
 /// - A fetch dropped (cancelled) while it writes a refreshed token leaves the token,
-///   the refresh lock and the claim with the source: the next fetch writes it.
+///   the refresh lock and the claim with the source: it is written in the background
+///   (every second) or by the next fetch, whichever comes first, and the lock let go.
 ///
 /// Give it to [`Refreshing`](crate::Refreshing), with the same [`FileStore`] as its
 /// [store](crate::client::RefreshingBuilder::store) so that a logout writes the
@@ -102,8 +103,9 @@ struct Held {
     lock: fs::File,
     generation: u64,
     token: Token,
-    /// The digest of the refresh token the refresh spent (rotated), if it did.
-    spent: Option<String>,
+    /// The digest of the refresh token the refresh spent (rotated), if it did, and
+    /// the lineage of the token that carried it.
+    spent: Option<(String, u64)>,
 }
 
 /// The content of `P.refresh`.
@@ -128,6 +130,31 @@ struct Claim {
     /// whole family, the newest token with it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     spent: Vec<String>,
+    /// The lineage (µs) of the newest token whose refresh token a refresh rotated:
+    /// the refresh token of a token no newer is spent too (it was rotated before),
+    /// even once its digest has left the bounded `spent` record.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    spent_upto: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Claim {
+    /// Whether the refresh token `name`, carried by `base`, was spent (rotated) by
+    /// an earlier refresh.
+    fn spent(&self, name: &str, base: Option<&Token>) -> bool {
+        self.spent.iter().any(|n| n == name)
+            || base.is_some_and(|b| b.lineage().as_micros() <= self.spent_upto)
+    }
+
+    /// Records `name` (carried by a token of lineage `lineage`) as spent.
+    fn record_spent(&mut self, name: &str, lineage: u64) {
+        remember(&mut self.spent, name);
+        self.spent_upto = self.spent_upto.max(lineage);
+    }
 }
 
 impl Claim {
@@ -332,13 +359,34 @@ impl<S: TokenSource> SharedFileSource<S> {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        let base = if owned {
+        let mut base = if owned {
             state.token.clone()
         } else {
             previous.cloned()
         };
-        let grant = self.source.presents(base.as_ref()).map(|p| p.to_hex());
+        let mut grant = self.source.presents(base.as_ref()).map(|p| p.to_hex());
         let record = read_claim(&lock).unwrap_or_default();
+        // The file's refresh token is dead (refused or spent, by the records): the
+        // session is over. A source that logs in when it has no refresh token (an
+        // interactive login, a chain ending in one) logs in anew, without it.
+        if owned
+            && grant.as_ref().is_some_and(|name| {
+                record.refused.contains(name)
+                    || record.spent(name, base.as_ref())
+                    || self
+                        .dead
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(name)
+            })
+        {
+            let stripped = base.clone().map(Token::without_refresh_token);
+            if self.source.presents(stripped.as_ref()).is_none() {
+                tracing::info!("the file's refresh token is dead; logging in anew");
+                base = stripped;
+                grant = None;
+            }
+        }
         if let Some(name) = &grant {
             let dead_here = self
                 .dead
@@ -349,7 +397,7 @@ impl<S: TokenSource> SharedFileSource<S> {
                 // Refused before (in this process or another): never presented again.
                 return Err(self.refusal(owned, refused_before()));
             }
-            if record.spent.contains(name) {
+            if record.spent(name, base.as_ref()) {
                 // Rotated by an earlier refresh whose answer is not in the file:
                 // presenting it again would have the provider revoke the whole
                 // family. The file's own token: its holder let the lock go without
@@ -416,13 +464,17 @@ impl<S: TokenSource> SharedFileSource<S> {
             Ok(token) => {
                 // Rotated: the refresh token presented is spent.
                 let after = self.source.presents(Some(&token)).map(|p| p.to_hex());
-                let spent = grant.clone().filter(|g| after.as_ref() != Some(g));
-                if let Some(name) = &spent {
+                let lineage = base.as_ref().map_or(0, |b| b.lineage().as_micros());
+                let spent = grant
+                    .clone()
+                    .filter(|g| after.as_ref() != Some(g))
+                    .map(|g| (g, lineage));
+                if let Some((name, lineage)) = &spent {
                     // Recorded before anything else: if this process dies before the
                     // answer is written, the next holder knows the refresh token is
                     // spent, not merely presented, and does not present it again.
                     let mut record = claim;
-                    remember(&mut record.spent, name);
+                    record.record_spent(name, *lineage);
                     if let Err(error) = write_claim(&lock, &record) {
                         tracing::warn!(%error, "could not record the spent refresh token in the claim");
                     }
@@ -516,24 +568,28 @@ impl<S: TokenSource> SharedFileSource<S> {
     /// Writes the held token every second until it is written (or this source is
     /// gone), so that the other processes are not kept waiting until the next fetch.
     fn retry_in_background(&self) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let held: Weak<Mutex<Option<Held>>> = Arc::downgrade(&self.held);
-        let store = self.store.clone();
-        handle.spawn(async move {
-            loop {
-                tokio::time::sleep(UNSAVED_RETRY).await;
-                let Some(slot) = held.upgrade() else { return };
-                let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-                let Some(taken) = taken else { return };
-                if write_out(&store, &slot, taken).await.is_ok() {
-                    tracing::info!(path = %store.path().display(), "wrote the token whose write had failed");
-                    return;
-                }
-            }
-        });
+        retry_in_background(self.store.clone(), Arc::downgrade(&self.held));
     }
+}
+
+/// Writes the token held in `held` every second until it is written (or the source
+/// is gone): the refresh lock it holds is let go then, with no fetch needed.
+fn retry_in_background(store: FileStore, held: Weak<Mutex<Option<Held>>>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        loop {
+            tokio::time::sleep(UNSAVED_RETRY).await;
+            let Some(slot) = held.upgrade() else { return };
+            let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let Some(taken) = taken else { return };
+            if write_out(&store, &slot, taken).await.is_ok() {
+                tracing::info!(path = %store.path().display(), "wrote the token whose write had failed");
+                return;
+            }
+        }
+    });
 }
 
 /// Writes a refreshed token fenced by the generation it was refreshed from, then ends
@@ -547,9 +603,11 @@ async fn write_out(
 ) -> Result<Result<Token, Error>, Error> {
     let token = held.token.clone();
     let mut expected = held.generation;
-    // Dropped (this future cancelled, or the write failed), the token goes back to
-    // `slot` with the refresh lock and the claim: never lost while the lock is let go.
+    // Dropped (this future cancelled), the token goes back to `slot` with the refresh
+    // lock and the claim, and is written in the background: never lost while the
+    // lock is let go, nor the lock kept by a source that fetches nothing more.
     let mut keep = Keep {
+        store,
         slot,
         held: Some(held),
     };
@@ -578,13 +636,22 @@ async fn write_out(
             }
             Err(error) => {
                 tracing::error!(%error, "could not write the refreshed token; serving it, holding the refresh lock until it is written");
-                // `keep` puts it back in the slot.
+                // Back in the slot; the caller retries it in the background (`keep`
+                // does so only when this future is dropped).
+                if let Some(held) = keep.held.take() {
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+                }
                 return Err(error);
             }
         }
     }
     if let Some(held) = keep.held.take() {
-        end_claim(&held.lock, held.spent.as_deref());
+        end_claim(
+            &held.lock,
+            held.spent
+                .as_ref()
+                .map(|(name, lineage)| (name.as_str(), *lineage)),
+        );
     }
     Ok(answer)
 }
@@ -594,6 +661,7 @@ async fn write_out(
 /// A refreshed token on its way to the file: put back in its slot if dropped still
 /// holding it.
 struct Keep<'a> {
+    store: &'a FileStore,
     slot: &'a Arc<Mutex<Option<Held>>>,
     held: Option<Held>,
 }
@@ -602,6 +670,9 @@ impl Drop for Keep<'_> {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
             *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+            // Written in the background too: a source that fetches nothing more
+            // (its fetch cancelled, the process idle) must not keep the refresh lock.
+            retry_in_background(self.store.clone(), Arc::downgrade(self.slot));
         }
     }
 }
@@ -623,10 +694,10 @@ fn write_claim(mut lock: &fs::File, claim: &Claim) -> std::io::Result<()> {
 
 /// Ends the claim (no refresh in flight), keeping the records of refused and spent
 /// refresh tokens, with `spent` added.
-fn end_claim(lock: &fs::File, spent: Option<&str>) {
+fn end_claim(lock: &fs::File, spent: Option<(&str, u64)>) {
     let mut claim = read_claim(lock).unwrap_or_default().ended();
-    if let Some(name) = spent {
-        remember(&mut claim.spent, name);
+    if let Some((name, lineage)) = spent {
+        claim.record_spent(name, lineage);
     }
     if let Err(error) = write_claim(lock, &claim) {
         tracing::warn!(%error, "could not end the refresh claim");
