@@ -213,6 +213,8 @@ pub enum Endpoint {
     /// The authorization endpoint (RFC 6749 §3.1), as seen through the redirect back
     /// to the client.
     Authorization,
+    /// The dynamic client registration endpoint (RFC 7591 §3).
+    Registration,
 }
 
 impl fmt::Display for Endpoint {
@@ -226,6 +228,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Revocation => "revocation endpoint",
             Endpoint::ResourceMetadata => "protected resource metadata",
             Endpoint::Authorization => "authorization endpoint",
+            Endpoint::Registration => "registration endpoint",
         })
     }
 }

@@ -101,6 +101,9 @@ pub mod client;
 mod crypto;
 mod error;
 pub(crate) mod flight;
+#[cfg(feature = "mcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mcp")))]
+pub mod mcp;
 mod metadata;
 pub mod metrics;
 #[cfg(feature = "redis")]

@@ -294,26 +294,10 @@ impl ProtectedResourceMetadata {
     /// document is not JSON of this shape, or names another resource; transport
     /// errors and timeouts as [`HttpClient::send`] gives them.
     pub async fn fetch(url: &str, resource: &str, http: &HttpClient) -> Result<Self, Error> {
-        let uri = parse_url(url)?;
-        check_url(&uri, false)?;
-        let req = Request::get(uri)
-            .header(ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| Error::Configuration(format!("resource metadata request {url}: {e}")))?;
-        let res = http.send(Endpoint::ResourceMetadata, req).await?;
         let invalid = |why: String| Error::InvalidResponse(Endpoint::ResourceMetadata, why);
-        if res.status() != StatusCode::OK {
-            return Err(invalid(format!(
-                "{url} answered HTTP {}",
-                res.status().as_u16()
-            )));
-        }
-        let found: ProtectedResourceMetadata = serde_json::from_slice(res.body()).map_err(|e| {
-            invalid(format!(
-                "{url}: not a resource metadata document ({})",
-                crate::error::json_error(&e)
-            ))
-        })?;
+        let Some(found) = Self::get(url, http).await? else {
+            return Err(invalid(format!("{url} answered HTTP 404")));
+        };
         if found.resource != resource {
             return Err(invalid(format!(
                 "{url} describes resource {:?}, not {resource:?}",
@@ -321,6 +305,75 @@ impl ProtectedResourceMetadata {
             )));
         }
         Ok(found)
+    }
+
+    /// The document at `url`, `None` when the server answers `404`; its `resource`
+    /// is not checked (the caller does: [`fetch`](Self::fetch), or
+    /// [`covers`](Self::covers)).
+    ///
+    /// # Errors
+    /// As [`fetch`](Self::fetch), but for the check of `resource`.
+    pub async fn get(url: &str, http: &HttpClient) -> Result<Option<Self>, Error> {
+        let uri = parse_url(url)?;
+        check_url(&uri, false)?;
+        let shown = crate::error::display_url(&uri);
+        let req = Request::get(uri)
+            .header(ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Configuration(format!("resource metadata request {shown}: {e}")))?;
+        let res = http.send(Endpoint::ResourceMetadata, req).await?;
+        let invalid = |why: String| Error::InvalidResponse(Endpoint::ResourceMetadata, why);
+        if res.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if res.status() != StatusCode::OK {
+            return Err(invalid(format!(
+                "{shown} answered HTTP {}",
+                res.status().as_u16()
+            )));
+        }
+        let found: ProtectedResourceMetadata = serde_json::from_slice(res.body()).map_err(|e| {
+            invalid(format!(
+                "{shown}: not a resource metadata document ({})",
+                crate::error::json_error(&e)
+            ))
+        })?;
+        Ok(Some(found))
+    }
+
+    /// Whether this document's `resource` is `url`, or the resource identifier `url`
+    /// falls under: the same scheme and authority (compared without case), and a
+    /// path that is `url`'s path or a prefix of it ending at a `/`
+    /// (draft-mcguinness-oauth-rfc9728bis; `https://api.example.com` covers
+    /// `https://api.example.com/mcp`, never `https://api.example.com.evil`). A
+    /// `resource` with a query or a fragment covers only itself.
+    pub fn covers(&self, url: &str) -> bool {
+        if self.resource == url {
+            return true;
+        }
+        let (Ok(ours), Ok(theirs)) = (self.resource.parse::<Uri>(), url.parse::<Uri>()) else {
+            return false;
+        };
+        if ours.query().is_some() || self.resource.contains('#') {
+            return false;
+        }
+        let same_origin = ours
+            .scheme_str()
+            .zip(theirs.scheme_str())
+            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+            && ours
+                .authority()
+                .zip(theirs.authority())
+                .is_some_and(|(a, b)| a.as_str().eq_ignore_ascii_case(b.as_str()));
+        if !same_origin {
+            return false;
+        }
+        let prefix = ours.path().trim_end_matches('/');
+        let path = theirs.path();
+        path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 }
 

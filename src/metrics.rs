@@ -323,6 +323,7 @@ pub(crate) fn idp_request<T>(
         Endpoint::Revocation => "revocation",
         Endpoint::ResourceMetadata => "resource_metadata",
         Endpoint::Authorization => "authorization",
+        Endpoint::Registration => "registration",
     };
     let outcome = match result {
         Ok(res) if res.status().is_success() => "ok",

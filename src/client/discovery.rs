@@ -93,6 +93,20 @@ pub struct ProviderMetadata {
     /// §3). When it says so, a redirect without `iss` is refused (§2.4).
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
+    /// The dynamic client registration endpoint (RFC 7591 §3).
+    #[serde(default)]
+    pub registration_endpoint: Option<String>,
+    /// The PKCE methods the provider supports (RFC 8414 §2); absent means the
+    /// provider does not say it supports PKCE.
+    #[serde(default)]
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// The scopes the provider supports (RFC 8414 §2).
+    #[serde(default)]
+    pub scopes_supported: Option<Vec<String>>,
+    /// Whether the provider takes an `https` URL of a client ID metadata document as
+    /// `client_id` (draft-ietf-oauth-client-id-metadata-document).
+    #[serde(default)]
+    pub client_id_metadata_document_supported: bool,
 }
 
 type Cache = Mutex<HashMap<String, (Instant, Arc<ProviderMetadata>)>>;
@@ -129,6 +143,66 @@ impl ProviderMetadata {
         let found = Arc::new(found);
         lock(cache()).insert(issuer.to_owned(), (now + ttl, Arc::clone(&found)));
         Ok(found)
+    }
+
+    /// The metadata of the authorization server `issuer`, looked for in the order
+    /// the MCP authorization spec (2025-11-25) gives, RFC 8414 first: for an issuer
+    /// with a path, `/.well-known/oauth-authorization-server{path}`, then
+    /// `/.well-known/openid-configuration{path}`, then
+    /// `{path}/.well-known/openid-configuration`; for one without, the RFC 8414
+    /// document, then the OpenID one. The first document found is used (a `404`
+    /// moves on to the next place, any other failure stops); it must name `issuer`.
+    /// Not cached: an MCP client discovers once per server and keeps the result.
+    ///
+    /// # Errors
+    /// As [`discover`](Self::discover).
+    pub async fn discover_rfc8414_first(issuer: &str, http: &HttpClient) -> Result<Self, Error> {
+        let issuer_uri = parse_url(issuer)?;
+        check_url(&issuer_uri, false)?;
+        let origin = origin_of(&issuer_uri);
+        let path = issuer_uri.path().trim_end_matches('/');
+        let urls = if path.is_empty() {
+            vec![
+                format!("{origin}/.well-known/oauth-authorization-server"),
+                format!("{origin}/.well-known/openid-configuration"),
+            ]
+        } else {
+            vec![
+                format!("{origin}/.well-known/oauth-authorization-server{path}"),
+                format!("{origin}/.well-known/openid-configuration{path}"),
+                format!("{origin}{path}/.well-known/openid-configuration"),
+            ]
+        };
+        for url in &urls {
+            if let Some((found, _)) = fetch_one(url, Some(issuer), http).await? {
+                return Ok(found);
+            }
+        }
+        Err(Error::InvalidResponse(
+            Endpoint::Discovery,
+            format!(
+                "no authorization server metadata for issuer {}: {} answered 404",
+                crate::error::display_url_str(issuer),
+                urls.iter()
+                    .map(|u| crate::error::display_url_str(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+
+    /// The RFC 8414 document at `url` (a `404` is `None`), whatever issuer it names:
+    /// for the 2025-03-26 MCP back-compat, where the document is looked for at the
+    /// MCP server's origin and its issuer cannot be known beforehand. The caller
+    /// judges the issuer it names.
+    ///
+    /// # Errors
+    /// As [`discover`](Self::discover), but for the issuer check.
+    pub(crate) async fn fetch_unchecked(
+        url: &str,
+        http: &HttpClient,
+    ) -> Result<Option<Self>, Error> {
+        Ok(fetch_one(url, None, http).await?.map(|(found, _)| found))
     }
 
     /// The client authentication method to use at the token endpoint:
@@ -184,13 +258,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// `scheme://authority` of a URL.
+pub(crate) fn origin_of(uri: &Uri) -> String {
+    format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.authority().map(|a| a.as_str()).unwrap_or_default()
+    )
+}
+
 /// The two places a document may be (OpenID Connect first).
 fn document_urls(issuer: &Uri) -> [String; 2] {
-    let origin = format!(
-        "{}://{}",
-        issuer.scheme_str().unwrap_or("https"),
-        issuer.authority().map(|a| a.as_str()).unwrap_or_default()
-    );
+    let origin = origin_of(issuer);
     let path = issuer.path().trim_end_matches('/');
     [
         format!("{origin}{path}/.well-known/openid-configuration"),
@@ -208,9 +287,9 @@ async fn fetch(issuer: &str, http: &HttpClient) -> Result<(ProviderMetadata, Dur
         )));
     }
     let [openid, oauth] = document_urls(&issuer_uri);
-    let (found, ttl) = match fetch_one(&openid, issuer, http).await? {
+    let (found, ttl) = match fetch_one(&openid, Some(issuer), http).await? {
         Some(found) => found,
-        None => match fetch_one(&oauth, issuer, http).await? {
+        None => match fetch_one(&oauth, Some(issuer), http).await? {
             Some(found) => return Ok(found),
             None => {
                 return Err(Error::InvalidResponse(
@@ -231,7 +310,7 @@ async fn fetch(issuer: &str, http: &HttpClient) -> Result<(ProviderMetadata, Dur
     // Some providers (django-oauth-toolkit) name their revocation and introspection
     // endpoints only in the RFC 8414 document: read it too. It must be the same
     // issuer's (RFC 8414 §3.3), else nothing of it is used.
-    match fetch_one(&oauth, issuer, http).await {
+    match fetch_one(&oauth, Some(issuer), http).await {
         Ok(Some((other, other_ttl))) => Ok((found.completed_by(other), ttl.min(other_ttl))),
         Ok(None) => Ok((found, ttl)),
         Err(error) => {
@@ -241,10 +320,11 @@ async fn fetch(issuer: &str, http: &HttpClient) -> Result<(ProviderMetadata, Dur
     }
 }
 
-/// One document: `None` when it is not there (404).
+/// One document: `None` when it is not there (404). With `issuer`, the document
+/// must name it.
 async fn fetch_one(
     url: &str,
-    issuer: &str,
+    issuer: Option<&str>,
     http: &HttpClient,
 ) -> Result<Option<(ProviderMetadata, Duration)>, Error> {
     let shown = crate::error::display_url_str(url);
@@ -314,6 +394,13 @@ impl ProviderMetadata {
             other.revocation_endpoint_auth_methods_supported,
         );
         fill(&mut self.grant_types_supported, other.grant_types_supported);
+        fill(&mut self.registration_endpoint, other.registration_endpoint);
+        fill(
+            &mut self.code_challenge_methods_supported,
+            other.code_challenge_methods_supported,
+        );
+        fill(&mut self.scopes_supported, other.scopes_supported);
+        self.client_id_metadata_document_supported |= other.client_id_metadata_document_supported;
         // A promise of `iss` in either document of the issuer holds.
         self.authorization_response_iss_parameter_supported |=
             other.authorization_response_iss_parameter_supported;
@@ -321,11 +408,15 @@ impl ProviderMetadata {
     }
 }
 
-/// Parses a document and checks it is `issuer`'s own, with usable endpoint URLs.
-pub(crate) fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetadata, String> {
+/// Parses a document and checks it is `issuer`'s own (when given), with usable
+/// endpoint URLs.
+pub(crate) fn parse_metadata(
+    body: &[u8],
+    issuer: Option<&str>,
+) -> Result<ProviderMetadata, String> {
     let found: ProviderMetadata =
         serde_json::from_slice(body).map_err(|e| crate::error::json_error(&e))?;
-    if found.issuer != issuer {
+    if let Some(issuer) = issuer.filter(|i| found.issuer != *i) {
         return Err(format!(
             "it names issuer {:?}, expected {issuer:?}",
             found.issuer
@@ -341,6 +432,7 @@ pub(crate) fn parse_metadata(body: &[u8], issuer: &str) -> Result<ProviderMetada
         ("revocation_endpoint", &found.revocation_endpoint),
         ("introspection_endpoint", &found.introspection_endpoint),
         ("jwks_uri", &found.jwks_uri),
+        ("registration_endpoint", &found.registration_endpoint),
     ] {
         if let Some(url) = url {
             let uri = parse_url(url).map_err(|e| format!("{name}: {e}"))?;
@@ -508,16 +600,16 @@ mod tests {
     fn documents_of_another_issuer_or_with_clear_text_urls_are_refused() {
         let issuer = "https://idp.example.com";
         let ok = br#"{"issuer":"https://idp.example.com","token_endpoint":"https://idp.example.com/token"}"#;
-        assert!(parse_metadata(ok, issuer).is_ok());
+        assert!(parse_metadata(ok, Some(issuer)).is_ok());
         let other = br#"{"issuer":"https://evil.example.com","token_endpoint":"https://evil.example.com/token"}"#;
-        assert!(parse_metadata(other, issuer)
+        assert!(parse_metadata(other, Some(issuer))
             .unwrap_err()
             .contains("evil.example.com"));
         let clear = br#"{"issuer":"https://idp.example.com","token_endpoint":"http://idp.example.com/token"}"#;
-        assert!(parse_metadata(clear, issuer)
+        assert!(parse_metadata(clear, Some(issuer))
             .unwrap_err()
             .contains("token_endpoint"));
-        assert!(parse_metadata(b"[]", issuer).is_err());
+        assert!(parse_metadata(b"[]", Some(issuer)).is_err());
     }
 
     #[test]

@@ -303,6 +303,21 @@ impl TokenEndpoint {
             .map_err(|e| self.locate(e, form))
     }
 
+    /// Like [`request`](Self::request), for a grant whose answer may be a token that
+    /// is not an access token (RFC 8693 §2.2.1: an ID-JAG, a SAML assertion): its
+    /// `token_type` may be `N_A` as well as the endpoint's own type.
+    pub(crate) async fn request_issued(&self, form: &[(&str, &str)]) -> Result<Token, Error> {
+        let res = self.post(form).await?;
+        parse_token_answer_as(
+            res.status(),
+            res.headers(),
+            res.body(),
+            self.wants_dpop(),
+            true,
+        )
+        .map_err(|e| self.locate(e, form))
+    }
+
     /// `err` with this endpoint's URL (no query, no user information) in it, and
     /// without any secret of `form` (what was sent) or of the client that the
     /// provider echoed in its `error_description` or `error_uri`.
@@ -658,6 +673,18 @@ pub(crate) fn parse_token_answer(
     body: &Bytes,
     dpop: bool,
 ) -> Result<Token, Error> {
+    parse_token_answer_as(status, headers, body, dpop, false)
+}
+
+/// As [`parse_token_answer`]; with `not_applicable`, `token_type` `N_A` (RFC 8693
+/// §2.2.1, a token that is not an access token) is accepted too.
+fn parse_token_answer_as(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &Bytes,
+    dpop: bool,
+    not_applicable: bool,
+) -> Result<Token, Error> {
     let answer: Option<TokenAnswer> = serde_json::from_slice(body).ok();
     let answer = match answer {
         Some(a) if a.error.error.is_some() && a.access_token.is_none() => {
@@ -684,7 +711,7 @@ pub(crate) fn parse_token_answer(
         Error::InvalidResponse(Endpoint::Token, "no token_type in the answer".into())
     })?;
     let expected = if dpop { "DPoP" } else { "bearer" };
-    if !token_type.eq_ignore_ascii_case(expected) {
+    if !token_type.eq_ignore_ascii_case(expected) && !(not_applicable && token_type == "N_A") {
         return Err(Error::InvalidResponse(
             Endpoint::Token,
             format!(

@@ -26,13 +26,14 @@
 mod assertion;
 mod authorizer;
 mod cache;
-mod discovery;
+pub(crate) mod discovery;
 #[cfg(feature = "dpop")]
 mod dpop;
 mod endpoint;
 mod file_flight;
 mod layer;
 mod per_resource;
+mod registration;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 mod resource;
@@ -72,6 +73,10 @@ pub use layer::{
     Authorize, AuthorizeError, AuthorizeLayer, NoReplay, Replay, ReplayClone, ResponseFuture,
 };
 pub use per_resource::PerResource;
+pub use registration::{
+    register, ClientInformation, ClientMetadata, FileRegistrations, MemoryRegistrations,
+    RegistrationStore,
+};
 pub use resource::discover_from_challenge;
 pub use revoke::{Revocation, TokenTypeHint};
 pub use source::TokenSource;

@@ -25,6 +25,10 @@ pub mod token_type {
     pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
     /// A JWT (RFC 7519).
     pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+    /// An Identity Assertion JWT Authorization Grant (ID-JAG,
+    /// draft-ietf-oauth-identity-assertion-authz-grant): what an enterprise identity
+    /// provider issues for cross-app access, presented with the JWT-bearer grant.
+    pub const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
 }
 
 /// A subject or actor token (RFC 8693 §2.1): a fixed value, or the current bearer
@@ -226,7 +230,11 @@ impl TokenExchange {
         if let Some(t) = &self.requested_token_type {
             form.push(("requested_token_type", t));
         }
-        let result = self.endpoint.request(&form).await;
+        // RFC 8693 §2.2.1: a token that is not an access token comes as `N_A`.
+        let result = match self.requested_token_type.as_deref() {
+            Some(t) if t != token_type::ACCESS_TOKEN => self.endpoint.request_issued(&form).await,
+            _ => self.endpoint.request(&form).await,
+        };
         if matches!(result, Err(Error::InvalidGrant(_))) {
             self.subject.rejected(sent.as_ref());
             if let Some(((_, actor_sent), actor)) = &actor {

@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use super::TokenSource;
 use crate::client::assertion::{iat_exp, jti, AssertionClaims};
@@ -44,7 +46,7 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct JwtBearer {
     endpoint: TokenEndpoint,
-    key: AssertionKey,
+    assertion: Assertion,
     issuer: String,
     subject: Option<String>,
     audience: Option<String>,
@@ -53,14 +55,45 @@ pub struct JwtBearer {
     lifetime: Duration,
 }
 
+/// Where the grant's assertion comes from.
+#[derive(Clone)]
+enum Assertion {
+    /// Signed here, for each request.
+    Signed(AssertionKey),
+    /// Another party's (an identity provider's ID-JAG), fetched for each request.
+    Fetched(Arc<dyn TokenSource>),
+}
+
 impl JwtBearer {
     /// Assertions issued by `issuer` and signed with `key`, exchanged at `endpoint`
     /// (whose client authentication, if any, is sent too).
     pub fn new(endpoint: TokenEndpoint, issuer: impl Into<String>, key: AssertionKey) -> Self {
         JwtBearer {
             endpoint,
-            key,
+            assertion: Assertion::Signed(key),
             issuer: issuer.into(),
+            subject: None,
+            audience: None,
+            scope: None,
+            resources: Vec::new(),
+            lifetime: DEFAULT_LIFETIME,
+        }
+    }
+
+    /// Assertions another party signs: each request presents a fresh one from
+    /// `assertions` (its access token is the assertion), exchanged at `endpoint` with
+    /// the endpoint's client authentication. Cross-app access
+    /// (draft-ietf-oauth-identity-assertion-authz-grant) is a
+    /// [`TokenExchange`](super::TokenExchange) at the enterprise identity provider
+    /// asking for an [ID-JAG](super::token_type::ID_JAG), presented here. The claim
+    /// setters ([`subject`](Self::subject), [`scope`](Self::scope) as a claim,
+    /// [`audience`](Self::audience), [`lifetime`](Self::lifetime)) do not apply: the
+    /// assertion is already signed; [`resource`](Self::resource) is still sent.
+    pub fn presenting(endpoint: TokenEndpoint, assertions: impl TokenSource) -> Self {
+        JwtBearer {
+            endpoint,
+            assertion: Assertion::Fetched(Arc::new(assertions)),
+            issuer: String::new(),
             subject: None,
             audience: None,
             scope: None,
@@ -155,10 +188,17 @@ impl JwtBearer {
         &self.endpoint
     }
 
-    fn assertion(&self) -> Result<String, Error> {
+    async fn assertion(&self) -> Result<Zeroizing<String>, Error> {
+        let key = match &self.assertion {
+            Assertion::Signed(key) => key,
+            Assertion::Fetched(source) => {
+                let token = source.fetch(None).await?;
+                return Ok(Zeroizing::new(token.expose_access_token().to_owned()));
+            }
+        };
         let token_url = self.endpoint.url().to_string();
         let (iat, exp) = iat_exp(self.lifetime);
-        self.key.sign(&AssertionClaims {
+        key.sign(&AssertionClaims {
             iss: &self.issuer,
             // RFC 7523 §3 (2): `sub` is required; without a subject the issuer acts
             // for itself.
@@ -169,14 +209,18 @@ impl JwtBearer {
             exp,
             scope: self.scope.as_deref(),
         })
+        .map(Zeroizing::new)
     }
 }
 
 impl TokenSource for JwtBearer {
     fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         async move {
-            let assertion = self.assertion()?;
-            let mut form = vec![("grant_type", JWT_BEARER_GRANT), ("assertion", &assertion)];
+            let assertion = self.assertion().await?;
+            let mut form = vec![
+                ("grant_type", JWT_BEARER_GRANT),
+                ("assertion", &**assertion),
+            ];
             form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
             self.endpoint.request(&form).await
         }
@@ -188,7 +232,13 @@ impl fmt::Debug for JwtBearer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtBearer")
             .field("endpoint", &self.endpoint)
-            .field("key", &self.key)
+            .field(
+                "key",
+                match &self.assertion {
+                    Assertion::Signed(key) => key,
+                    Assertion::Fetched(_) => &"(assertions fetched)",
+                },
+            )
             .field("issuer", &self.issuer)
             .field("subject", &self.subject)
             .field("scope", &self.scope)
