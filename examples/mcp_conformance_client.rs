@@ -95,7 +95,7 @@ fn authorization(url: &str, scenario: &str, context: &Value) -> Result<McpAuth, 
                 ClientInformation::new(required(context, "client_id")?)
                     .secret(required(context, "client_secret")?),
             )
-            .grant(Grant::CrossApp(CrossApp::new(identity_provider, subject)))
+            .grant(Grant::cross_app(CrossApp::new(identity_provider, subject)))
     } else if let Some(secret) = field(context, "client_secret") {
         let client = ClientInformation::new(required(context, "client_id")?).secret(secret);
         let builder = builder.client(client);
@@ -131,7 +131,7 @@ fn arguments(schema: &JsonObject) -> JsonObject {
 
 async fn run() -> Result<(), BoxError> {
     let url = std::env::args()
-        .last()
+        .next_back()
         .filter(|a| a.starts_with("http"))
         .ok_or("usage: mcp_conformance_client <server-url>")?;
     let scenario = std::env::var("MCP_CONFORMANCE_SCENARIO").unwrap_or_default();

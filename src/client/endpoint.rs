@@ -711,7 +711,9 @@ fn parse_token_answer_as(
         Error::InvalidResponse(Endpoint::Token, "no token_type in the answer".into())
     })?;
     let expected = if dpop { "DPoP" } else { "bearer" };
-    if !token_type.eq_ignore_ascii_case(expected) && !(not_applicable && token_type == "N_A") {
+    let accepted =
+        token_type.eq_ignore_ascii_case(expected) || (not_applicable && token_type == "N_A");
+    if !accepted {
         return Err(Error::InvalidResponse(
             Endpoint::Token,
             format!(

@@ -40,7 +40,14 @@ pub enum Grant {
     /// Cross-app access (SEP-990, enterprise-managed authorization): an ID-JAG from
     /// the enterprise identity provider by token exchange, presented to the MCP
     /// server's authorization server with the JWT-bearer grant.
-    CrossApp(CrossApp),
+    CrossApp(Box<CrossApp>),
+}
+
+impl Grant {
+    /// [`Grant::CrossApp`] with `cross`.
+    pub fn cross_app(cross: CrossApp) -> Self {
+        Grant::CrossApp(Box::new(cross))
+    }
 }
 
 /// Where cross-app access gets its ID-JAG: the enterprise identity provider's token
@@ -56,7 +63,7 @@ impl CrossApp {
     /// Exchanges `subject` (an [`ExchangeToken`], such as a fixed ID token of type
     /// [`token_type::ID_TOKEN`]) at `identity_provider` for an ID-JAG whose audience
     /// is the MCP server's authorization server and whose resource is the MCP
-    /// server.
+    /// server. [`Grant::cross_app`] makes the grant of it.
     pub fn new(identity_provider: TokenEndpoint, subject: ExchangeToken) -> Self {
         CrossApp {
             identity_provider,

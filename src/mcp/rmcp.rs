@@ -163,7 +163,7 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for AuthorizedHttpClie
                 session_id.clone(),
                 token,
                 custom_headers.clone(),
-                limits.clone(),
+                limits,
             )
         })
     }
