@@ -2,8 +2,13 @@
 //! client registration. Its first request gets a `401` whose challenge names the
 //! resource's metadata (RFC 9728); `discover_from_challenge` reads it, checks that it
 //! describes this resource, and discovers the authorization server; a
-//! client-credentials token from there then goes on every request
-//! (`AuthorizeLayer`), and the client lists and calls the tools.
+//! client-credentials token from there, issued for this resource (RFC 8707
+//! `resource`: the server accepts no token meant for another), then goes on every
+//! request (`AuthorizeLayer`), and the client lists and calls the tools.
+//!
+//! The JSON-RPC messages are written by hand, as MCP's Streamable HTTP transport
+//! carries them to a stateless server that answers in JSON (`mcp_server`); an
+//! application would use an MCP client library (rmcp) with this crate's layer.
 //!
 //! ```text
 //! cargo run --example mcp_client -- --url http://127.0.0.1:3001/mcp
@@ -31,12 +36,22 @@ struct Args {
     client_secret: String,
 }
 
-/// A JSON-RPC request to `url`.
+/// The `initialize` parameters of this client.
+fn initialize() -> Value {
+    json!({
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": { "name": "tower-bearer-mcp-client", "version": env!("CARGO_PKG_VERSION") },
+    })
+}
+
+/// A JSON-RPC request to `url` (Streamable HTTP: the client accepts JSON or an
+/// event stream).
 fn call(url: &str, id: u64, method: &str, params: Value) -> http::Request<Full<Bytes>> {
     let body = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
     http::Request::post(url)
         .header("content-type", "application/json")
-        .header("accept", "application/json")
+        .header("accept", "application/json, text/event-stream")
         .body(Full::from(body.to_string()))
         .expect("a valid request")
 }
@@ -76,7 +91,7 @@ async fn main() -> Result<(), BoxError> {
             .build_http::<Full<Bytes>>();
 
     // 1. No token yet: the answer says where to find out how to get one.
-    let (status, headers, _) = send(&mut hyper, call(url, 1, "initialize", json!({}))).await?;
+    let (status, headers, _) = send(&mut hyper, call(url, 1, "initialize", initialize())).await?;
     let metadata_url = tower_bearer::client::resource_metadata_url(&headers)
         .ok_or("the 401 names no resource_metadata")?;
     println!(
@@ -95,12 +110,12 @@ async fn main() -> Result<(), BoxError> {
         .token_endpoint()?
         .client_id(&args.client_id)
         .client_secret(&args.client_secret);
-    let tokens = Refreshing::new(endpoint.client_credentials());
+    let tokens = Refreshing::new(endpoint.client_credentials().resource(&resource.resource));
     let mut client = ServiceBuilder::new()
         .layer(AuthorizeLayer::new(tokens.clone()).retry_unauthorized())
         .service(hyper);
 
-    let (status, _, answer) = send(&mut client, call(url, 2, "initialize", json!({}))).await?;
+    let (status, _, answer) = send(&mut client, call(url, 2, "initialize", initialize())).await?;
     if !status.is_success() {
         return Err(format!("initialize: {status}").into());
     }

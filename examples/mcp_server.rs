@@ -1,20 +1,23 @@
-//! An MCP-style server: a JSON-RPC 2.0 endpoint at `POST /mcp` (`initialize`,
-//! `tools/list`, `tools/call`), protected the way the Model Context Protocol's
-//! authorization spec asks:
+//! An MCP server on rmcp's Streamable HTTP service, protected the way the Model
+//! Context Protocol's authorization spec asks:
 //!
 //! - every request needs a bearer token from the authorization server (checked by
-//!   `RequireBearerLayer` with `JwksValidator`, keys through OIDC discovery);
+//!   `RequireBearerLayer` with `JwksValidator`, keys through OIDC discovery) whose
+//!   audience is this server's canonical URI (`http://<addr>/mcp`): a token the
+//!   client got for another resource is refused (`401` `invalid_token`);
 //! - the OAuth 2.0 Protected Resource Metadata (RFC 9728) is served at
-//!   `/.well-known/oauth-protected-resource/mcp`, and every `401` names it, so a
-//!   client finds the authorization server from its first answer;
-//! - each tool needs its own scope: `echo` needs `read`, `server_stats` needs
-//!   `admin`; a token without it gets `403` `insufficient_scope` with `scope="…"`.
+//!   `/.well-known/oauth-protected-resource/mcp`, and every `401` names it and the
+//!   scope to ask for, so a client finds the authorization server from its first
+//!   answer;
+//! - each tool needs its own scope (`ToolScopeLayer`, feature `mcp`): `echo` needs
+//!   `read`, `server_stats` needs `admin`; a token without it gets `403`
+//!   `insufficient_scope` with `scope="…"`.
 //!
 //! With the token server of the examples (`mcp_client` is the client):
 //!
 //! ```text
 //! cargo run --example token_server -- --addr 127.0.0.1:8000        # terminal 1
-//! cargo run --example mcp_server -- --oidc http://127.0.0.1:8000   # terminal 2
+//! cargo run --example mcp_server --features mcp -- --oidc http://127.0.0.1:8000
 //! cargo run --example mcp_client -- --url http://127.0.0.1:3001/mcp
 //! ```
 
@@ -22,20 +25,20 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::Router;
 use clap::Parser;
-use serde_json::{json, Value};
-use tower_bearer::server::{
-    Claims, JwksValidator, ProtectedResourceMetadata, Rejection, RequireBearerLayer, ScopedClaims,
-    Verified,
-};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler};
+use tower::Layer;
+use tower_bearer::mcp::server::ToolScopeLayer;
+use tower_bearer::server::{Claims, JwksValidator, ProtectedResourceMetadata, RequireBearerLayer};
 
 #[derive(Parser, Debug)]
-#[command(about = "An MCP-style JSON-RPC server protected by OAuth 2.0 (RFC 9728 metadata)")]
+#[command(about = "An MCP server (rmcp, Streamable HTTP) protected by OAuth 2.0")]
 struct Args {
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:3001")]
@@ -43,37 +46,63 @@ struct Args {
     /// The authorization server (its issuer URL; keys through OIDC discovery).
     #[arg(long, value_name = "ISSUER_URL")]
     oidc: String,
-    /// The `aud` tokens must carry.
-    #[arg(long, default_value = "api")]
-    audience: String,
 }
 
 /// The realm of every challenge.
 const REALM: &str = "mcp";
 
-/// The tools, each with the scope it needs.
-const TOOLS: [(&str, &str, &str); 2] = [
-    ("echo", "read", "Answers the text it is given."),
-    (
-        "server_stats",
-        "admin",
-        "How many tool calls this server answered.",
-    ),
-];
+/// What `echo` needs, and what the `401` asks for: the scope of most tools.
+const READ: &str = "read";
+/// What `server_stats` needs.
+const ADMIN: &str = "admin";
 
-struct Server {
-    /// The metadata URL, for the `403` answers this handler gives itself.
-    metadata_url: String,
-    calls: AtomicU64,
+/// The text `echo` answers.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    /// The text to answer.
+    text: String,
+}
+
+/// The tools. rmcp makes one per request (stateless); the count is shared.
+#[derive(Clone)]
+struct Tools {
+    calls: Arc<AtomicU64>,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl Tools {
+    #[tool(description = "Answers the text it is given. Needs the scope read.")]
+    fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        text
+    }
+
+    #[tool(description = "How many tool calls this server answered. Needs the scope admin.")]
+    fn server_stats(&self) -> String {
+        let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{calls} tool call(s) answered")
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Tools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
+            Implementation::new("tower-bearer-mcp-example", env!("CARGO_PKG_VERSION")),
+        )
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    let resource = format!("http://{}/mcp", listener.local_addr()?);
+    let authority = listener.local_addr()?.to_string();
+    // The canonical URI of this server: what tokens must be issued for.
+    let resource = format!("http://{authority}/mcp");
 
-    let audience = args.audience.clone();
+    let audience = resource.clone();
     let validator = JwksValidator::<Claims>::discover(&args.oidc)?
         .rules(move |v| v.audience(&audience))
         .build()?;
@@ -82,89 +111,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let metadata = ProtectedResourceMetadata::new(&resource)
         .authorization_servers([&args.oidc])
-        .scopes_supported(TOOLS.map(|(_, scope, _)| scope))
+        .scopes_supported([READ, ADMIN])
         .bearer_methods_supported(["header"])
         .resource_name("tower-bearer MCP example");
     let metadata_url = metadata.url()?;
-    let server = Arc::new(Server {
-        metadata_url: metadata_url.clone(),
-        calls: AtomicU64::new(0),
-    });
-    let mcp = Router::new().route("/mcp", post(rpc)).layer(
-        RequireBearerLayer::new(validator)
-            .realm(REALM)
-            .resource_metadata(&metadata_url),
-    );
+
+    // rmcp's Streamable HTTP service, stateless with JSON answers: each POST is
+    // answered on its own, so a load balancer needs no session affinity. Only this
+    // server's own authority is accepted in `Host` (DNS rebinding).
+    let calls = Arc::new(AtomicU64::new(0));
+    let tools = move || {
+        Ok(Tools {
+            calls: Arc::clone(&calls),
+            tool_router: Tools::tool_router(),
+        })
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_allowed_hosts([authority.clone()]);
+    let mcp = StreamableHttpService::new(tools, Arc::new(NeverSessionManager::default()), config);
+    // A scope per tool, judged on the verified claims before rmcp runs the call.
+    let scopes = ToolScopeLayer::<Claims>::new()
+        .tool("echo", [READ])
+        .tool("server_stats", [ADMIN])
+        // A tool added without a line here is not open to every token.
+        .other_tools([ADMIN]);
     let app = Router::new()
+        .route_service("/mcp", scopes.layer(mcp))
+        .layer(
+            RequireBearerLayer::new(validator)
+                .realm(REALM)
+                .resource_metadata(&metadata_url)
+                // What a client asks for first: the scope of most tools.
+                .scope(READ),
+        )
         // The document is public: outside the layer.
-        .route_service(&metadata.path()?, metadata.service()?)
-        .merge(mcp)
-        .with_state(server);
+        .route_service(&metadata.path()?, metadata.service()?);
     println!("resource {resource}, metadata at {metadata_url}");
-    println!("MCP server listening on http://{}", listener.local_addr()?);
+    println!("MCP server listening on http://{authority}");
     axum::serve(listener, app).await?;
     Ok(())
-}
-
-/// `POST /mcp`: one JSON-RPC 2.0 request (or notification) per body.
-async fn rpc(
-    State(server): State<Arc<Server>>,
-    Extension(Verified(claims)): Extension<Verified<Claims>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return Json(error(Value::Null, -32700, "parse error")).into_response();
-    };
-    let id = request.get("id").cloned();
-    let method = request.get("method").and_then(Value::as_str).unwrap_or("");
-    let Some(id) = id else {
-        // A notification (`notifications/initialized`): no answer.
-        return StatusCode::ACCEPTED.into_response();
-    };
-    let result = match method {
-        "initialize" => json!({
-            "protocolVersion": "2025-06-18",
-            "capabilities": { "tools": {} },
-            "serverInfo": { "name": "tower-bearer-mcp-example", "version": env!("CARGO_PKG_VERSION") },
-        }),
-        "tools/list" => json!({
-            "tools": TOOLS.map(|(name, scope, description)| json!({
-                "name": name,
-                "description": format!("{description} Needs the scope {scope}."),
-                "inputSchema": { "type": "object" },
-            })),
-        }),
-        "tools/call" => {
-            let params = request.get("params").cloned().unwrap_or(Value::Null);
-            let name = params.get("name").and_then(Value::as_str).unwrap_or("");
-            let Some((_, scope, _)) = TOOLS.iter().find(|(n, _, _)| *n == name) else {
-                return Json(error(id, -32602, "unknown tool")).into_response();
-            };
-            if !claims.has_scope(scope) {
-                // The scope is per tool, so the handler answers it, as the layer
-                // would: 403 insufficient_scope, naming the scope and the metadata.
-                return Rejection::InsufficientScope((*scope).to_owned()).response_for_with(
-                    &headers,
-                    REALM,
-                    Some(&server.metadata_url),
-                );
-            }
-            let calls = server.calls.fetch_add(1, Ordering::Relaxed) + 1;
-            let text = match name {
-                "echo" => params["arguments"]["text"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                _ => format!("{calls} tool call(s) answered"),
-            };
-            json!({ "content": [{ "type": "text", "text": text }], "isError": false })
-        }
-        _ => return Json(error(id, -32601, "method not found")).into_response(),
-    };
-    Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
-}
-
-fn error(id: Value, code: i64, message: &str) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } })
 }

@@ -1,11 +1,17 @@
 // The OpenID provider of the interop tests (tests/interop_*.rs): panva's certified
 // `oidc-provider`, configured for what the tests need, on 127.0.0.1 only.
 //
-//   node interop/provider.mjs --port 9000 [--ttl 4] [--mtls-dir <dir>]
+//   node interop/provider.mjs --port 9000 [--ttl 4] [--mtls-dir <dir>] [--mcp-resource <url>]
 //
 // With --mtls-dir (holding ca.pem, server.pem, server.key), it serves https, asks for
 // client certificates of that CA, and has mTLS (RFC 8705) on: the client `mtls-client`
 // (tls_client_auth, subject `CN=client A`) gets certificate-bound access tokens.
+//
+// With --mcp-resource (an MCP server's canonical URI), it is that server's
+// authorization server, as MCP's authorization spec has it: dynamic client
+// registration (RFC 7591) open to anyone, the URI a resource indicator (RFC 8707)
+// whose tokens are JWTs with the scopes `read` and `admin`, PKCE (S256) for every
+// authorization code.
 //
 // Prints one line `ready <issuer> <kid>` on stdout once it listens. Every start signs
 // with a fresh RSA key, so a restart on the same port is a key rotation.
@@ -51,6 +57,10 @@ const RESOURCES = {
   'https://api.opaque.test': { format: 'opaque', scope: 'read write' },
   'https://other.opaque.test': { format: 'opaque', scope: 'read write' },
 };
+const mcpResource = arg('mcp-resource', '');
+if (mcpResource) {
+  RESOURCES[mcpResource] = { format: 'jwt', scope: 'read admin' };
+}
 
 const kid = randomBytes(8).toString('hex');
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -202,10 +212,25 @@ const configuration = {
   } : {}),
   jwks: { keys: [jwk] },
   cookies: { keys: [randomBytes(32).toString('hex')] },
+  // An MCP server's authorization server: PKCE for every authorization code, and a
+  // client registered with some of the MCP server's scopes (those of its first
+  // challenge) may ask later for the others (a step-up on `insufficient_scope`).
+  ...(mcpResource ? {
+    pkce: { required: () => true },
+    extraClientMetadata: {
+      properties: ['mcp_step_up'],
+      validator(ctx, key, _value, metadata) {
+        if (key === 'mcp_step_up' && ctx?.oidc?.route === 'registration' && metadata.scope) {
+          const scopes = new Set([...metadata.scope.split(' '), ...RESOURCES[mcpResource].scope.split(' ')]);
+          metadata.scope = [...scopes].join(' ');
+        }
+      },
+    },
+  } : {}),
   // Every refresh spends the refresh token and answers a new one.
   rotateRefreshToken: true,
   issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
-  scopes: ['openid', 'offline_access', 'read', 'write'],
+  scopes: ['openid', 'offline_access', 'read', 'write', ...(mcpResource ? ['admin'] : [])],
   // An exchanged token names the client that exchanged it as its actor (RFC 8693 §4.1).
   extraTokenClaims: async (ctx, token) => (token.gty === 'token_exchange'
     ? { act: { sub: ctx.oidc.client.clientId } }
@@ -230,6 +255,7 @@ const configuration = {
       allowedPolicy: async () => true,
     },
     revocation: { enabled: true },
+    ...(mcpResource ? { registration: { enabled: true } } : {}),
     // DPoP-bound tokens (RFC 9449) for clients that send a proof; a client that
     // sends none gets bearer tokens as before. Every proof must carry the
     // provider's nonce (§8): a client's first token request is answered
@@ -388,7 +414,8 @@ provider.use(async (ctx, next) => {
       count(`token:${grant}:dpop`);
       if (ctx.body && ctx.body.error === 'use_dpop_nonce') count(`token:${grant}:use_dpop_nonce`);
     }
-  } else if (route === 'introspection' || route === 'revocation' || route === 'device_authorization') {
+  } else if (route === 'introspection' || route === 'revocation' || route === 'device_authorization'
+    || route === 'registration' || route === 'authorization') {
     count(route);
   } else if (route === 'discovery' || route === 'jwks') {
     count(route);

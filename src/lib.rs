@@ -65,6 +65,10 @@
 //! - `redis`: share tokens, refresh locks and revocations across replicas.
 //! - `redis-tls`: the same over `rediss://` (rustls on aws-lc-rs; implies `redis`).
 //! - `redis-cluster`: the same on a Redis Cluster (implies `redis`).
+//! - `mcp`: the Model Context Protocol's authorization rules on both ends: an MCP
+//!   client's discovery, registration, login and step-up ([`mcp::McpAuth`]), per-tool
+//!   scopes on an MCP server ([`mcp::server::ToolScopeLayer`]); implies `jwt`.
+//! - `rmcp`: [`mcp::McpAuth`] on rmcp's Streamable HTTP client (implies `mcp`).
 //! - `metrics`: counters and histograms through the `metrics` facade; the table of
 //!   every metric is in [`metrics`].
 //!
@@ -80,15 +84,17 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Some docs link to items behind features (`Dpop`, `FleetSource`, `Introspection`,
-// `AuthorizeMiddleware`, `metrics::describe`): with one of those features off, the
-// links cannot resolve. CI documents with every feature on, broken links denied.
+// `AuthorizeMiddleware`, `metrics::describe`, `mcp::server::ToolScopeLayer`): with one
+// of those features off, the links cannot resolve. CI documents with every feature on,
+// broken links denied.
 #![cfg_attr(
     not(all(
         feature = "dpop",
         feature = "redis",
         feature = "introspection",
         feature = "reqwest",
-        feature = "metrics"
+        feature = "metrics",
+        feature = "mcp"
     )),
     allow(rustdoc::broken_intra_doc_links)
 )]

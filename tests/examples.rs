@@ -551,7 +551,7 @@ async fn mcp_client_finds_the_token_server_from_the_401_and_calls_a_tool() {
         "tools: echo, server_stats".to_owned(),
         "echo: hello from mcp_client".to_owned(),
         format!(
-            r#"server_stats: 403 Bearer realm="mcp", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin", resource_metadata="{metadata}""#
+            r#"server_stats: 403 Bearer realm="mcp", error="insufficient_scope", error_description="the token lacks a required scope", scope="read admin", resource_metadata="{metadata}""#
         ),
         "1 token request(s)".to_owned(),
     ] {
@@ -560,6 +560,34 @@ async fn mcp_client_finds_the_token_server_from_the_401_and_calls_a_tool() {
             "no line {line:?} in:\n{out}"
         );
     }
+
+    // The 401 names the scope to ask for, besides the metadata.
+    let rpc = |token: Option<&str>| {
+        let mut req = http::Request::post(format!("{mcp}/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+        req.body(body.into()).unwrap()
+    };
+    let (status, headers, _) = send_full(&client, rpc(None)).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        headers["www-authenticate"],
+        format!(r#"Bearer realm="mcp", scope="read", resource_metadata="{metadata}""#).as_str()
+    );
+    // A token of the same server for its default audience, not this resource: refused.
+    let login = register_and_login(&client, &idp, "mallory@example.com").await;
+    let token = login["access_token"].as_str().unwrap();
+    let (status, headers, _) = send_full(&client, rpc(Some(token))).await;
+    assert_eq!(status, 401);
+    let challenge = headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with(r#"Bearer realm="mcp", error="invalid_token""#),
+        "{challenge}"
+    );
 }
 
 /// The demo's `/metrics` (feature `metrics`): after the run, the figures agree

@@ -179,3 +179,60 @@ async fn grpc_requests_get_grpc_statuses() {
     assert_eq!(bad.headers["grpc-status"], "16");
     assert_eq!(bad.headers["grpc-message"], "unknown token");
 }
+
+/// `RequireBearerLayer::scope`: named in the layer's `401`s (RFC 6750 §3, as MCP
+/// servers must), never in a `400`, and a `403` names the scope it lacks instead.
+#[tokio::test]
+async fn the_layers_scope_is_named_in_its_401s() {
+    use tower_bearer::server::{Claims, RequireScopeLayer};
+
+    let reader: Claims = serde_json::from_value(serde_json::json!({ "scope": "read" })).unwrap();
+    let metadata = "https://api.example.test/.well-known/oauth-protected-resource";
+    let layer = RequireBearerLayer::new(StaticTokens::new([("reader", reader)]))
+        .realm("test")
+        .resource_metadata(metadata)
+        .scope("read");
+    let addr = common::serve(
+        Router::new()
+            .route("/admin", get(|| async { "admin" }))
+            .route_layer(RequireScopeLayer::<Claims>::new(["admin"]))
+            .route("/read", get(|| async { "read" }))
+            .layer(layer),
+    )
+    .await;
+    let missing = send_raw(addr, "/read", &[]).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        missing.challenge(),
+        format!(r#"Bearer realm="test", scope="read", resource_metadata="{metadata}""#)
+    );
+    let unknown = send_raw(addr, "/read", &[("authorization", b"Bearer nope")]).await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(
+        unknown.challenge(),
+        format!(
+            r#"Bearer realm="test", error="invalid_token", error_description="unknown token", scope="read", resource_metadata="{metadata}""#
+        )
+    );
+    let malformed = send_raw(addr, "/read", &[("authorization", b"Bearer")]).await;
+    assert_eq!(malformed.status, 400);
+    assert!(
+        !malformed.challenge().contains("scope="),
+        "{}",
+        malformed.challenge()
+    );
+    let good = send_raw(addr, "/read", &[("authorization", b"Bearer reader")]).await;
+    assert_eq!((good.status, good.body.as_str()), (200, "read"));
+    let lacking = send_raw(addr, "/admin", &[("authorization", b"Bearer reader")]).await;
+    assert_eq!(lacking.status, 403);
+    assert_eq!(
+        lacking.challenge(),
+        format!(
+            r#"Bearer realm="test", error="insufficient_scope", error_description="the token lacks a required scope", scope="admin", resource_metadata="{metadata}""#
+        )
+    );
+    // gRPC answers carry the same challenge.
+    let grpc = send_raw(addr, "/read", &[("content-type", b"application/grpc")]).await;
+    assert_eq!(grpc.headers["grpc-status"], "16");
+    assert_eq!(grpc.challenge(), missing.challenge());
+}

@@ -11,7 +11,8 @@
 //! - `POST /token`: form fields `username` and `password` (the password grant, with
 //!   or without `grant_type`), `grant_type=refresh_token` (refresh tokens rotate:
 //!   each is good once), or `grant_type=client_credentials` for the client
-//!   [`CLIENT_ID`] (HTTP Basic). Answers `access_token`, `token_type: "bearer"`,
+//!   [`CLIENT_ID`] (HTTP Basic); with `resource` (RFC 8707) the token's `aud` is that
+//!   URI instead of the configured audience. Answers `access_token`, `token_type: "bearer"`,
 //!   `expires_in` and `refresh_token`, with `Cache-Control: no-store`.
 //! - `GET /user`: `Authorization: Bearer …` → that user, checked by this crate's
 //!   `RequireBearerLayer` with zero leeway.
@@ -358,8 +359,22 @@ async fn token(
             "use password, refresh_token or client_credentials",
         )),
     };
+    // RFC 8707: a token for the resource the client names (an absolute URI without a
+    // fragment), else for the configured audience.
+    let audience = match form.get("resource") {
+        None => server.audience.as_str(),
+        Some(r) if (r.starts_with("https://") || r.starts_with("http://")) && !r.contains('#') => r,
+        Some(_) => {
+            return Refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "the resource is not an absolute URI",
+            )
+            .into_response()
+        }
+    };
     match grant {
-        Ok(grant) => issue(&server, grant),
+        Ok(grant) => issue(&server, grant, audience),
         Err(refused) => refused.into_response(),
     }
 }
@@ -431,7 +446,7 @@ fn client_credentials(headers: &HeaderMap) -> Result<Grant, Refusal> {
 }
 
 /// Signs an access token for `grant` and answers it.
-fn issue(server: &ServerState, grant: Grant) -> Response {
+fn issue(server: &ServerState, grant: Grant, audience: &str) -> Response {
     let now = unix_now();
     let ttl = server.ttl.as_secs_f64();
     let scope = if server.admins.contains(&grant.subject) {
@@ -444,7 +459,7 @@ fn issue(server: &ServerState, grant: Grant) -> Response {
     let claims = json!({
         "iss": server.issuer,
         "sub": grant.subject,
-        "aud": server.audience,
+        "aud": audience,
         "iat": now.floor() as u64,
         "exp": (now + ttl).ceil() as u64,
         "jti": server.next_jti.fetch_add(1, Ordering::SeqCst).to_string(),

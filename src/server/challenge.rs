@@ -166,17 +166,19 @@ impl Rejection {
     /// `resource_metadata` parameter of RFC 9728 §5.1 when `resource_metadata` (the
     /// URL of the resource's metadata document) is given.
     pub fn challenge_with(&self, realm: &str, resource_metadata: Option<&str>) -> HeaderValue {
-        self.challenge_in("Bearer", realm, None, resource_metadata)
+        self.challenge_in("Bearer", realm, None, resource_metadata, None)
     }
 
     /// The challenge of `scheme` (`Bearer`, or `DPoP` with its `algs`), with the
-    /// parameters this rejection needs.
+    /// parameters this rejection needs; `scope`, the layer's, named in a `401`
+    /// (a `403` names the scope it lacks).
     fn challenge_in(
         &self,
         scheme: &'static str,
         realm: &str,
         algs: Option<&str>,
         resource_metadata: Option<&str>,
+        scope: Option<&str>,
     ) -> HeaderValue {
         let mut value = format!("{scheme} realm=\"{}\"", quote(realm));
         if let Some(algs) = algs {
@@ -191,7 +193,12 @@ impl Rejection {
                 ));
             }
         }
-        if let Rejection::InsufficientScope(scope) = self {
+        let scope = match self {
+            Rejection::InsufficientScope(scope) => Some(scope.as_str()),
+            _ if self.status() == StatusCode::UNAUTHORIZED => scope,
+            _ => None,
+        };
+        if let Some(scope) = scope {
             value.push_str(&format!(", scope=\"{}\"", attribute_value(scope)));
         }
         if let Rejection::InsufficientUserAuthentication {
@@ -218,11 +225,15 @@ impl Rejection {
     /// `Bearer` challenge, then a bare `DPoP` one naming the algorithms.
     fn dpop_challenges(
         &self,
-        realm: &str,
-        resource_metadata: Option<&str>,
+        challenge: &Challenge<'_>,
         algs: &str,
         dpop_scheme: bool,
     ) -> [Option<HeaderValue>; 2] {
+        let (realm, resource_metadata, scope) = (
+            challenge.realm,
+            challenge.resource_metadata,
+            challenge.scope,
+        );
         if dpop_scheme
             || matches!(
                 self,
@@ -230,13 +241,13 @@ impl Rejection {
             )
         {
             [
-                Some(self.challenge_in("DPoP", realm, Some(algs), resource_metadata)),
+                Some(self.challenge_in("DPoP", realm, Some(algs), resource_metadata, scope)),
                 None,
             ]
         } else {
             [
-                Some(self.challenge_in("Bearer", realm, None, resource_metadata)),
-                Some(Rejection::Missing.challenge_in("DPoP", realm, Some(algs), None)),
+                Some(self.challenge_in("Bearer", realm, None, resource_metadata, scope)),
+                Some(Rejection::Missing.challenge_in("DPoP", realm, Some(algs), None, None)),
             ]
         }
     }
@@ -259,16 +270,17 @@ impl Rejection {
             None => {
                 headers.insert(
                     WWW_AUTHENTICATE,
-                    self.challenge_with(challenge.realm, challenge.resource_metadata),
+                    self.challenge_in(
+                        "Bearer",
+                        challenge.realm,
+                        None,
+                        challenge.resource_metadata,
+                        challenge.scope,
+                    ),
                 );
             }
             Some((algs, dpop_scheme)) => {
-                let values = self.dpop_challenges(
-                    challenge.realm,
-                    challenge.resource_metadata,
-                    algs,
-                    dpop_scheme,
-                );
+                let values = self.dpop_challenges(challenge, algs, dpop_scheme);
                 for value in values.into_iter().flatten() {
                     headers.append(WWW_AUTHENTICATE, value);
                 }
@@ -291,6 +303,7 @@ impl Rejection {
             realm,
             resource_metadata,
             dpop: None,
+            scope: None,
         })
     }
 
@@ -333,6 +346,7 @@ impl Rejection {
             realm,
             resource_metadata,
             dpop: None,
+            scope: None,
         })
     }
 
@@ -373,6 +387,7 @@ impl Rejection {
                 realm,
                 resource_metadata,
                 dpop: None,
+                scope: None,
             },
         )
     }
@@ -415,6 +430,8 @@ pub(crate) struct Challenge<'a> {
     /// For a layer that accepts DPoP: its `algs`, and whether the request came with
     /// `Authorization: DPoP`.
     pub(crate) dpop: Option<(&'a str, bool)>,
+    /// The scope a `401` names (RFC 6750 §3: what a token for this resource needs).
+    pub(crate) scope: Option<&'a str>,
 }
 
 /// Whether a request is gRPC (`content-type: application/grpc…`).

@@ -35,13 +35,15 @@ pub struct Verified<C>(pub C);
 
 /// What the challenges of a [`RequireBearerLayer`] name: its realm and, when set, the
 /// URL of the resource's metadata (RFC 9728).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ChallengeParams {
     pub(crate) realm: Arc<str>,
     pub(crate) resource_metadata: Option<Arc<str>>,
     /// The `algs` of a layer that accepts DPoP (RFC 9449 §7.1), named in its
     /// challenges.
     pub(crate) dpop_algs: Option<Arc<str>>,
+    /// The scope the `401` challenges name (RFC 6750 §3, MCP's authorization spec).
+    pub(crate) scope: Option<Arc<str>>,
 }
 
 impl ChallengeParams {
@@ -52,6 +54,7 @@ impl ChallengeParams {
                 realm: Arc::from(DEFAULT_REALM),
                 resource_metadata: None,
                 dpop_algs: None,
+                scope: None,
             })
         });
         &DEFAULTS
@@ -71,6 +74,7 @@ impl ChallengeParams {
                     .dpop_algs
                     .as_deref()
                     .map(|algs| (algs, sent_as_dpop(headers))),
+                scope: self.scope.as_deref(),
             },
         )
     }
@@ -247,6 +251,7 @@ impl<V: Validator> RequireBearerLayer<V> {
                 realm,
                 resource_metadata: c.challenge.resource_metadata.clone(),
                 dpop_algs: c.challenge.dpop_algs.clone(),
+                scope: c.challenge.scope.clone(),
             })
         })
     }
@@ -266,6 +271,31 @@ impl<V: Validator> RequireBearerLayer<V> {
                 realm: Arc::clone(&c.challenge.realm),
                 resource_metadata: Some(url),
                 dpop_algs: c.challenge.dpop_algs.clone(),
+                scope: c.challenge.scope.clone(),
+            })
+        })
+    }
+
+    /// The scope named in this layer's `401` challenges (`scope="…"`, RFC 6750 §3):
+    /// what a token for this resource needs, so a client asks for it the first time
+    /// (the Model Context Protocol's authorization spec has MCP servers name it). A
+    /// `403` `insufficient_scope` names the scope it lacks instead; `400` and `503`
+    /// name none.
+    ///
+    /// ```
+    /// use tower_bearer::server::{RequireBearerLayer, StaticTokens};
+    ///
+    /// let layer = RequireBearerLayer::new(StaticTokens::new([("s3cret", "ci")]))
+    ///     .resource_metadata("https://mcp.example.com/.well-known/oauth-protected-resource/mcp")
+    ///     .scope("read");
+    /// # let _ = layer;
+    /// ```
+    pub fn scope(self, scope: impl Into<String>) -> Self {
+        let scope: Arc<str> = Arc::from(scope.into());
+        self.config(|c| {
+            c.challenge = Arc::new(ChallengeParams {
+                scope: Some(scope),
+                ..(*c.challenge).clone()
             })
         })
     }
@@ -315,6 +345,7 @@ impl<V: Validator> RequireBearerLayer<V> {
                 realm: Arc::clone(&c.challenge.realm),
                 resource_metadata: c.challenge.resource_metadata.clone(),
                 dpop_algs: Some(algs),
+                scope: c.challenge.scope.clone(),
             });
             c.dpop = Some(Arc::new(DpopConfig {
                 verifier,

@@ -105,3 +105,5 @@ pub use validator::{
 };
 
 pub(crate) use crate::crypto::sha256;
+#[cfg(feature = "mcp")]
+pub(crate) use layer::{realm_of, refuse};
