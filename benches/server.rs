@@ -14,7 +14,8 @@
 //! - a repeated RS256 token through `VerifiedCache` vs RS256 verification;
 //! - `Authorization` header parsing alone.
 //!
-//! `cargo bench --bench server --features jwt`
+//! `cargo bench --bench server --features jwt`; `-- huskarl_interleaved` runs huskarl
+//! and ours in alternating rounds instead, and prints the ratios.
 //!
 //! Instruction counts instead of times (steady on a loaded machine): with
 //! `SERVER_CALLGRIND=<case>:<n>` the binary runs one case `n` times inside
@@ -457,10 +458,47 @@ fn callgrind(case_name: &str, n: usize) {
 
 criterion_group!(benches, bench);
 
+/// huskarl and ours in alternating rounds (criterion measures one case after the
+/// other, and this machine's load moves between them): per algorithm, 41 rounds of
+/// 50 checks each, the median of huskarl's time over ours, and the quartiles.
+fn huskarl_interleaved() {
+    for case in cases().iter().filter(|c| c.huskarl.is_some()) {
+        huskarl_check(case);
+        headers_check(case);
+        let mut ratios = Vec::new();
+        for _ in 0..41 {
+            let time = |f: &dyn Fn()| {
+                let start = std::time::Instant::now();
+                for _ in 0..50 {
+                    f();
+                }
+                start.elapsed().as_secs_f64()
+            };
+            let ours = time(&|| {
+                std::hint::black_box(headers_check(std::hint::black_box(case)));
+            });
+            let theirs = time(&|| {
+                std::hint::black_box(huskarl_check(std::hint::black_box(case)));
+            });
+            ratios.push(theirs / ours);
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "huskarl_interleaved {}: huskarl / ours {:.3}x (median of 41 rounds; quartiles {:.3}x and {:.3}x)",
+            case.name, ratios[20], ratios[10], ratios[30]
+        );
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var("SERVER_CALLGRIND") {
         let (case, n) = spec.rsplit_once(':').expect("SERVER_CALLGRIND=<case>:<n>");
         callgrind(case, n.parse().expect("a number of iterations"));
+        return;
+    }
+    // `cargo bench --bench server -- huskarl_interleaved`: that part alone.
+    if std::env::args().any(|a| a == "huskarl_interleaved") {
+        huskarl_interleaved();
         return;
     }
     benches();
