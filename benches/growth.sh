@@ -4,10 +4,12 @@
 #
 #   bash benches/growth.sh                 # every case below
 #   bash benches/growth.sh multi_issuer/1 multi_issuer/1000
+#   bash benches/growth.sh introspection_hit/100000   # not in the default set: ~10 min
 #
 # The set-up (filling a cache with a million tokens, loading a thousand issuers'
 # keys) runs under valgrind too, outside the count: the whole set takes about
-# half an hour on a 2-core machine. Not part of CI (benches/callgrind.sh --check is).
+# 15 minutes on a 2-core machine, 8 of them filling the million-token cache. Not part
+# of CI (benches/callgrind.sh --check is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(cargo bench --all-features --bench growth --no-run --message-format=json 2>/dev/null |
