@@ -142,6 +142,25 @@ fn huskarl_check(case: &Case) -> PeerClaims {
         .claims
 }
 
+/// Both refuse the token with another signature (so neither case measures a check
+/// that accepts anything).
+fn assert_both_refuse_a_forgery(case: &Case) {
+    let (signed, signature) = case.token.rsplit_once('.').unwrap();
+    let other = if signature.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{signed}.{other}{}", &signature[1..]);
+    assert!(case.validator.check(&forged).is_err());
+    let uri = http::Uri::from_static("http://api.test/items");
+    let outcome = case
+        .huskarl
+        .as_ref()
+        .unwrap()
+        .validate_request(&headers(&forged), &http::Method::GET, &uri, None)
+        .now_or_never()
+        .unwrap()
+        .outcome;
+    assert!(outcome.is_err(), "huskarl accepted a forged signature");
+}
+
 /// One check through ours from the same headers.
 fn headers_check(case: &Case) -> Claims {
     let token = bearer_token(&case.headers, 8 * 1024).unwrap();
@@ -313,9 +332,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| peer_check(std::hint::black_box(&case)))
         });
         if case.huskarl.is_some() {
-            // Sanity: huskarl and ours accept the token from the same headers.
+            // Sanity: huskarl and ours accept the token from the same headers, and
+            // refuse it with another signature.
             huskarl_check(&case);
             headers_check(&case);
+            assert_both_refuse_a_forgery(&case);
             group.bench_function(format!("huskarl/{}", case.name), |b| {
                 b.iter(|| huskarl_check(std::hint::black_box(&case)))
             });
@@ -465,6 +486,7 @@ fn huskarl_interleaved() {
     for case in cases().iter().filter(|c| c.huskarl.is_some()) {
         huskarl_check(case);
         headers_check(case);
+        assert_both_refuse_a_forgery(case);
         let mut ratios = Vec::new();
         for _ in 0..41 {
             let time = |f: &dyn Fn()| {
