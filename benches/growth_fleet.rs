@@ -5,13 +5,14 @@
 //!
 //! `REDIS_URL=redis://127.0.0.1:6390/ cargo bench --features redis --bench growth_fleet`
 //! (`ROUNDS`, default 20 expiries per size; `FLEET_SIZES`, default `1,10,100`;
-//! `FLEET_LATENCY_MS`, the token endpoint's time to answer, default 50).
+//! `FLEET_LATENCY_MS`, the token endpoint's time to answer, default 50;
+//! `FLEET_SPREAD_MS`, the window over which the replicas' fetches begin, default 0).
 //!
 //! Each round is one expiry: every replica asks its `FleetSource` at the same
 //! moment for a token newer than the one the fleet holds, as replicas' `Refreshing`
 //! caches do when the token reaches its refresh point with no jitter (the worst
 //! case for the lock: with the default 10 s of jitter most replicas come after the
-//! write and read it). Per size the bench prints
+//! write and read it; `FLEET_SPREAD_MS` spreads the fetches so). Per size the bench prints
 //! - token requests per expiry (the token endpoint's count; must be 1),
 //! - Redis commands per replica per expiry (`INFO commandstats` before and after
 //!   the rounds, the bench's own `INFO` left out), with the commands by name,
@@ -82,6 +83,18 @@ async fn commandstats(redis: &common::redis::Redis) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Over how long the replicas' fetches of one expiry begin, at random
+/// (`FLEET_SPREAD_MS`, default 0: all at once). `Refreshing`'s jitter spreads them
+/// so (10 s by default).
+fn spread() -> Duration {
+    Duration::from_millis(
+        std::env::var("FLEET_SPREAD_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
 /// How long the token endpoint takes to answer (`FLEET_LATENCY_MS`, default 50).
 fn latency() -> Duration {
     Duration::from_millis(
@@ -119,7 +132,9 @@ async fn round(
         .map(|r| {
             let r = r.clone();
             let previous = previous.clone();
+            let delay = spread().mul_f64(fastrand::f64());
             tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
                 let start = Instant::now();
                 let token = r.fetch(previous.as_ref()).await.expect("a token");
                 (start, Instant::now(), token)
