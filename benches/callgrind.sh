@@ -7,7 +7,8 @@
 #   bash benches/callgrind.sh --check benches/callgrind-baseline.txt
 #
 # Cases: server_validation's (`layer/HS256`, `raw_decode/RS256`, `jwt_verify/RS256`,
-# `verified_cache_hit/RS256`, `header_parse`, ...), client_hot_path's
+# `headers/ES256` and huskarl's `huskarl/ES256`, `verified_cache_hit/RS256`,
+# `header_parse`, ...), client_hot_path's
 # (`client_hot_path/<case>`) and end_to_end's (`end_to_end/<case>`: the whole request
 # path, client and server, per request) and dpop's (`dpop/es256_verify`, `dpop/proof_check`,
 # `dpop/proof_verify`). With --check FILE, the cases are FILE's (lines "<case>
@@ -33,6 +34,7 @@ if [ -n "$baseline" ]; then
   mapfile -t cases < <(grep -v '^#' "$baseline" | awk 'NF { print $1 }')
 elif [ ${#cases[@]} -eq 0 ]; then
   for alg in HS256 RS256 ES256 EdDSA; do cases+=("raw_decode/$alg" "layer/$alg" "jwt_authorizer/$alg"); done
+  for alg in RS256 ES256 EdDSA; do cases+=("headers/$alg" "huskarl/$alg"); done
   cases+=(jwt_verify/RS256 verified_cache_hit/RS256 header_parse)
   for c in no_auth tower_http_add_authorization tower_http_inspecting authorize_static authorize_refreshing; do
     cases+=("client_hot_path/$c")

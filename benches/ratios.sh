@@ -20,6 +20,9 @@ for alg in HS256 RS256 ES256 EdDSA; do
   echo "server $alg: layer / raw_decode $(ratio "${ins[layer/$alg]}" "${ins[raw_decode/$alg]}")," \
     "layer / jwt_authorizer $(ratio "${ins[layer/$alg]}" "${ins[jwt_authorizer/$alg]}")"
 done
+for alg in RS256 ES256 EdDSA; do
+  echo "server $alg, from the headers: huskarl / ours $(ratio "${ins[huskarl/$alg]}" "${ins[headers/$alg]}")"
+done
 
 # Criterion's mean of one case, in ns, from its last run.
 mean() {
@@ -45,6 +48,9 @@ cargo bench --bench server >/dev/null 2>&1
 for alg in HS256 RS256 ES256 EdDSA; do
   echo "server $alg: layer / raw_decode $(ratio "$(mean "server_validation/layer_$alg")" "$(mean "server_validation/raw_decode_$alg")")," \
     "layer / jwt_authorizer $(ratio "$(mean "server_validation/layer_$alg")" "$(mean "server_validation/jwt_authorizer_$alg")")"
+done
+for alg in RS256 ES256 EdDSA; do
+  echo "server $alg, from the headers: huskarl / ours $(ratio "$(mean "server_validation/huskarl_$alg")" "$(mean "server_validation/headers_$alg")")"
 done
 echo "server VerifiedCache hit vs RS256 check: $(ratio "$(mean server_validation/jwt_verify_RS256)" "$(mean server_validation/verified_cache_hit_RS256)") faster"
 
