@@ -71,28 +71,52 @@ pub type ToolScopeBody<B> = Either<B, Full<Bytes>>;
 /// [`RequireBearerLayer::allow_anonymous`]) is answered `401`, when the tool needs a
 /// scope.
 ///
+/// With rmcp's Streamable HTTP service (the whole server: `examples/mcp_server.rs`):
+///
 /// ```
+/// use std::sync::Arc;
+///
 /// use axum::Router;
+/// use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+/// use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 /// use tower::Layer;
 /// use tower_bearer::mcp::server::ToolScopeLayer;
-/// use tower_bearer::server::{Claims, RequireBearerLayer, from_fn};
+/// use tower_bearer::server::{from_fn, Claims, ProtectedResourceMetadata, RequireBearerLayer};
 ///
-/// # fn app(mcp_service: tower::util::BoxCloneSyncService<
-/// #     http::Request<tower_bearer::mcp::server::PeekedBody<axum::body::Body>>,
-/// #     http::Response<axum::body::Body>,
-/// #     std::convert::Infallible,
-/// # >) -> Router {
+/// #[derive(Clone)]
+/// struct Tools; // #[tool_router] and #[tool_handler] in a real server
+/// impl rmcp::ServerHandler for Tools {}
+///
+/// # fn main() -> Result<(), tower_bearer::Error> {
+/// let resource = "https://mcp.example.com/mcp";
+/// let metadata = ProtectedResourceMetadata::new(resource)
+///     .authorization_servers(["https://idp.example.com"])
+///     .scopes_supported(["read", "admin"]);
+/// // A JwksValidator with `.rules(|v| v.audience(resource))` in a real server.
 /// let validator = from_fn(|_token: &str| Ok(Claims::default()));
+/// let mcp = StreamableHttpService::new(
+///     || Ok(Tools),
+///     Arc::new(NeverSessionManager::default()),
+///     StreamableHttpServerConfig::default()
+///         .with_legacy_session_mode(false)
+///         .with_allowed_hosts(["mcp.example.com"]),
+/// );
 /// let scopes = ToolScopeLayer::<Claims>::new()
 ///     .tool("echo", ["read"])
 ///     .tool("delete_repository", ["admin"])
 ///     // tools added later are not open to every token
 ///     .other_tools(["admin"]);
-/// Router::new()
-///     // mcp_service: rmcp's StreamableHttpService, for one
-///     .route_service("/mcp", scopes.layer(mcp_service))
-///     .layer(RequireBearerLayer::new(validator).realm("mcp"))
-/// # }
+/// let app: Router = Router::new()
+///     .route_service("/mcp", scopes.layer(mcp))
+///     .layer(
+///         RequireBearerLayer::new(validator)
+///             .realm("mcp")
+///             .resource_metadata(metadata.url()?)
+///             .scope("read"),
+///     )
+///     .route_service(&metadata.path()?, metadata.service()?);
+/// # let _ = app;
+/// # Ok(()) }
 /// ```
 ///
 /// [`RequireBearerLayer`]: crate::server::RequireBearerLayer
