@@ -29,7 +29,7 @@ shift || true
 cd "$(dirname "$0")"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(header jwt jwt_structured token_response jwks discovery)
+    targets=(header jwt jwt_structured token_response jwks discovery mcp_tool_calls)
 fi
 
 if ! cargo +nightly --version >/dev/null 2>&1; then

@@ -23,6 +23,18 @@ pub fn token_response(
 #[cfg(feature = "jwks")]
 pub use self::jwks::{discovery_jwks_uri, key_set, KeySet};
 
+/// The tools an MCP request body calls, as `ToolScopeLayer` reads them (one name per
+/// `tools/call`, batches call by call).
+///
+/// # Errors
+/// The HTTP status and JSON-RPC error code the layer answers such a body with.
+#[cfg(feature = "mcp")]
+pub fn mcp_tool_calls(body: &[u8]) -> Result<Vec<String>, (StatusCode, i32)> {
+    crate::mcp::server::tool_calls(body)
+        .map(|tools| tools.into_iter().map(Into::into).collect())
+        .map_err(|refusal| (refusal.status, refusal.code))
+}
+
 #[cfg(feature = "jwks")]
 mod jwks {
     use http::Uri;

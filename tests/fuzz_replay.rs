@@ -50,6 +50,9 @@ const DICTIONARY: &[&[u8]] = &[
     b"localhost",
     b"%00",
     b"@",
+    b"\"method\":\"tools/call\"",
+    b"\"params\":{\"name\":\"echo\"}",
+    b"\"name\":",
 ];
 
 /// The seed and regression inputs of a target.
@@ -167,4 +170,10 @@ fn jwks() {
 #[test]
 fn discovery() {
     run("discovery", harness::discovery, 6, 15_000);
+}
+
+#[cfg(feature = "mcp")]
+#[test]
+fn mcp_tool_calls() {
+    run("mcp_tool_calls", harness::mcp_tool_calls, 7, 20_000);
 }

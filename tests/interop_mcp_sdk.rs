@@ -121,11 +121,17 @@ async fn the_typescript_sdk_discovers_registers_logs_in_and_calls_tools() {
     }
     // The server's address comes first: the provider must know the resource.
     let port = common::server::free_port();
+    let provider_port = loop {
+        let other = common::server::free_port();
+        if other != port {
+            break other;
+        }
+    };
     let resource = format!("http://127.0.0.1:{port}/mcp");
     let mut provider = Command::new("node");
     provider
         .arg(interop_dir().join("provider.mjs"))
-        .args(["--port", &common::server::free_port().to_string()])
+        .args(["--port", &provider_port.to_string()])
         .args(["--ttl", "300", "--mcp-resource", &resource]);
     let (_provider, issuer) = spawn_until("provider", provider, |line| {
         line.strip_prefix("ready ")

@@ -370,6 +370,18 @@ async fn each_tool_needs_its_scope_and_the_403_names_it() {
     assert_eq!(res.status, 403);
     assert_eq!(server.calls.load(Ordering::SeqCst), 2);
 
+    // A name escaped is the name rmcp runs: judged as such.
+    let escaped =
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"server_st\u0061ts"}}"#;
+    let res = server.raw(&read, escaped.to_owned()).await;
+    assert_eq!(res.status, 403);
+    let res = server.raw(&admin, escaped.to_owned()).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.body["result"]["content"][0]["text"],
+        "3 tool call(s) answered"
+    );
+
     // Other methods need no more than the bearer layer asked.
     let nothing = token(&server.url, "");
     let res = server.rpc(Some(&nothing), "tools/list", json!({})).await;

@@ -141,6 +141,49 @@ pub fn token_response(data: &[u8]) {
     }
 }
 
+/// The tool calls of an MCP request body (`ToolScopeLayer`'s reading).
+///
+/// Input: the body. Whatever it is, the reading is either a refusal the layer can
+/// answer (`400`, a JSON-RPC error code) or exactly the tool names a generic JSON
+/// parser (serde_json's `Value`, which keeps the last of a key named twice) finds in
+/// its `tools/call` messages: no body is judged as calling one tool and run as
+/// calling another.
+#[cfg(feature = "mcp")]
+pub fn mcp_tool_calls(data: &[u8]) {
+    match tower_bearer::__parsers::mcp_tool_calls(data) {
+        Err((status, code)) => {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{code}");
+            assert!([-32700, -32600, -32602].contains(&code), "{code}");
+        }
+        Ok(tools) => {
+            assert!(std::str::from_utf8(data).is_ok(), "a body read is UTF-8");
+            // The layer skips what it does not read, as rmcp's typed reading skips
+            // unknown members: a lone surrogate escape (which JSON's grammar allows,
+            // RFC 8259 §8.2) or a number past f64 there passes it, and a generic
+            // reader refuses the body. Where that reader reads one, it reads the same
+            // tools.
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+                return;
+            };
+            let messages = match &value {
+                serde_json::Value::Array(messages) => messages.clone(),
+                one => vec![one.clone()],
+            };
+            let expected: Vec<String> = messages
+                .iter()
+                .filter(|m| m["method"] == "tools/call")
+                .map(|m| {
+                    m["params"]["name"]
+                        .as_str()
+                        .expect("a tool call read has a name")
+                        .to_owned()
+                })
+                .collect();
+            assert_eq!(tools, expected, "the tools another parser reads");
+        }
+    }
+}
+
 #[cfg(feature = "jwt")]
 pub use self::jwt::{jwt, jwt_structured};
 

@@ -8,14 +8,16 @@
 //! reads the tool calls of each request and answers `403` `insufficient_scope`
 //! (RFC 6750 §3.1, MCP's "scope challenge") naming the scopes the tool needs when the
 //! verified claims lack one, so the client can ask for them and try again. Every
-//! other message (`initialize`, `tools/list`, notifications, responses) passes.
+//! other message (`initialize`, `tools/list`, notifications, responses) passes, and
+//! so does every other HTTP method (`GET` streams, `DELETE`), its body unread.
 //!
-//! The body is read whole before the MCP service sees it, and bounded: a size limit
-//! (`413`), a deadline for reading it (`408`), no compressed bodies (`415`, they
-//! would be judged unread). A body that is not JSON, or whose `tools/call` has no
-//! tool name, or names a key twice (`{"name": "echo", "name": "admin"}`, which two
-//! parsers could read differently) is refused with `400` and a JSON-RPC error, before
-//! it reaches the service: what this layer judged is what the service runs.
+//! A `POST` body is read whole before the MCP service sees it, and bounded: a size
+//! limit (`413`), a deadline for reading it (`408`), no compressed bodies (`415`,
+//! they would be judged unread). A body that is not UTF-8 JSON, or whose `tools/call`
+//! has no tool name, or names a key twice (`{"name": "echo", "name": "admin"}`, which
+//! two parsers could read differently) is refused with `400` and a JSON-RPC error
+//! (`id` `null`), before it reaches the service: what this layer judged is what the
+//! service runs. The fuzz target `mcp_tool_calls` holds the reading to that.
 //!
 //! [`RequireBearerLayer`]: crate::server::RequireBearerLayer
 
@@ -69,28 +71,52 @@ pub type ToolScopeBody<B> = Either<B, Full<Bytes>>;
 /// [`RequireBearerLayer::allow_anonymous`]) is answered `401`, when the tool needs a
 /// scope.
 ///
+/// With rmcp's Streamable HTTP service (the whole server: `examples/mcp_server.rs`):
+///
 /// ```
+/// use std::sync::Arc;
+///
 /// use axum::Router;
+/// use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+/// use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 /// use tower::Layer;
 /// use tower_bearer::mcp::server::ToolScopeLayer;
-/// use tower_bearer::server::{Claims, RequireBearerLayer, from_fn};
+/// use tower_bearer::server::{from_fn, Claims, ProtectedResourceMetadata, RequireBearerLayer};
 ///
-/// # fn app(mcp_service: tower::util::BoxCloneSyncService<
-/// #     http::Request<tower_bearer::mcp::server::PeekedBody<axum::body::Body>>,
-/// #     http::Response<axum::body::Body>,
-/// #     std::convert::Infallible,
-/// # >) -> Router {
+/// #[derive(Clone)]
+/// struct Tools; // #[tool_router] and #[tool_handler] in a real server
+/// impl rmcp::ServerHandler for Tools {}
+///
+/// # fn main() -> Result<(), tower_bearer::Error> {
+/// let resource = "https://mcp.example.com/mcp";
+/// let metadata = ProtectedResourceMetadata::new(resource)
+///     .authorization_servers(["https://idp.example.com"])
+///     .scopes_supported(["read", "admin"]);
+/// // A JwksValidator with `.rules(|v| v.audience(resource))` in a real server.
 /// let validator = from_fn(|_token: &str| Ok(Claims::default()));
+/// let mcp = StreamableHttpService::new(
+///     || Ok(Tools),
+///     Arc::new(NeverSessionManager::default()),
+///     StreamableHttpServerConfig::default()
+///         .with_legacy_session_mode(false)
+///         .with_allowed_hosts(["mcp.example.com"]),
+/// );
 /// let scopes = ToolScopeLayer::<Claims>::new()
 ///     .tool("echo", ["read"])
 ///     .tool("delete_repository", ["admin"])
 ///     // tools added later are not open to every token
 ///     .other_tools(["admin"]);
-/// Router::new()
-///     // mcp_service: rmcp's StreamableHttpService, for one
-///     .route_service("/mcp", scopes.layer(mcp_service))
-///     .layer(RequireBearerLayer::new(validator).realm("mcp"))
-/// # }
+/// let app: Router = Router::new()
+///     .route_service("/mcp", scopes.layer(mcp))
+///     .layer(
+///         RequireBearerLayer::new(validator)
+///             .realm("mcp")
+///             .resource_metadata(metadata.url()?)
+///             .scope("read"),
+///     )
+///     .route_service(&metadata.path()?, metadata.service()?);
+/// # let _ = app;
+/// # Ok(()) }
 /// ```
 ///
 /// [`RequireBearerLayer`]: crate::server::RequireBearerLayer
@@ -359,9 +385,9 @@ fn judge<C: ScopedClaims + Send + Sync + 'static>(
 /// A request refused before it reaches the MCP service: an HTTP status and a
 /// JSON-RPC error (RFC: JSON-RPC 2.0 §5.1; the `id` is unknown, so `null`).
 #[derive(Debug, PartialEq)]
-struct Refusal {
-    status: StatusCode,
-    code: i32,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) code: i32,
     message: &'static str,
 }
 
@@ -469,11 +495,21 @@ struct CallParams<'a> {
 }
 
 /// The tools a body calls: one message or a batch (each message's calls judged).
-fn tool_calls(body: &[u8]) -> Result<Vec<Cow<'_, str>>, Refusal> {
-    let messages: Vec<Message<'_>> = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => serde_json::from_slice(body).map_err(|e| malformed(body, e))?,
-        _ => vec![serde_json::from_slice(body).map_err(|e| malformed(body, e))?],
-    };
+pub(crate) fn tool_calls(body: &[u8]) -> Result<Vec<Cow<'_, str>>, Refusal> {
+    // JSON is UTF-8 (RFC 8259 §8.1), in the keys this layer skips too.
+    let body = std::str::from_utf8(body).map_err(|_| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            PARSE_ERROR,
+            "the request body is not UTF-8",
+        )
+    })?;
+    let json_whitespace = [' ', '\t', '\n', '\r'];
+    let messages: Vec<Message<'_>> =
+        match body.trim_start_matches(json_whitespace).as_bytes().first() {
+            Some(b'[') => serde_json::from_str(body).map_err(|e| malformed(body, e))?,
+            _ => vec![serde_json::from_str(body).map_err(|e| malformed(body, e))?],
+        };
     let mut tools = Vec::new();
     for message in messages {
         if message.method.as_deref() != Some("tools/call") {
@@ -482,7 +518,7 @@ fn tool_calls(body: &[u8]) -> Result<Vec<Cow<'_, str>>, Refusal> {
         // By name only: serde would read `["echo"]` as a struct too.
         let params = message
             .params
-            .filter(|p| p.get().trim_start().starts_with('{'))
+            .filter(|p| p.get().starts_with('{'))
             .and_then(|p| serde_json::from_str::<CallParams<'_>>(p.get()).ok())
             .ok_or(Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -496,8 +532,8 @@ fn tool_calls(body: &[u8]) -> Result<Vec<Cow<'_, str>>, Refusal> {
 
 /// The refusal of a body that does not parse as messages: not JSON at all, or JSON
 /// that is no JSON-RPC message.
-fn malformed(body: &[u8], _error: serde_json::Error) -> Refusal {
-    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+fn malformed(body: &str, _error: serde_json::Error) -> Refusal {
+    match serde_json::from_str::<serde::de::IgnoredAny>(body) {
         Err(_) => Refusal::new(
             StatusCode::BAD_REQUEST,
             PARSE_ERROR,
@@ -549,6 +585,9 @@ mod tests {
         assert_eq!(names(""), Err(PARSE_ERROR));
         assert_eq!(names("{\"method\":"), Err(PARSE_ERROR));
         assert_eq!(names("\u{0}\u{ff}"), Err(PARSE_ERROR));
+        // Not UTF-8, even in a key that is skipped.
+        let latin1 = b"{\"method\":\"tools/list\",\"caf\xe9\":1}";
+        assert_eq!(tool_calls(latin1).map_err(|r| r.code), Err(PARSE_ERROR));
         assert_eq!(names("42"), Err(INVALID_REQUEST));
         assert_eq!(names(r#"{"method":5}"#), Err(INVALID_REQUEST));
         assert_eq!(names(r#"[1]"#), Err(INVALID_REQUEST));
