@@ -65,10 +65,15 @@ struct World {
     registrations: AtomicUsize,
     token_requests: AtomicUsize,
     forbidden: AtomicUsize,
-    /// code → scope asked for.
+    /// code → scope asked for, until the code is used.
     codes: Mutex<HashMap<String, String>>,
+    /// code → scope asked for, kept.
+    asked: Mutex<HashMap<String, String>>,
     /// token → scope granted.
     tokens: Mutex<HashMap<String, String>>,
+    /// refresh token → scope granted.
+    refresh_tokens: Mutex<HashMap<String, String>>,
+    refreshes: AtomicUsize,
     /// The client ids the token endpoint saw.
     token_clients: Mutex<Vec<String>>,
 }
@@ -168,6 +173,11 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
                 .lock()
                 .unwrap()
                 .insert(code.clone(), q.get("scope").cloned().unwrap_or_default());
+            world
+                .asked
+                .lock()
+                .unwrap()
+                .insert(code.clone(), q.get("scope").cloned().unwrap_or_default());
             let location = format!(
                 "{}?{}",
                 q["redirect_uri"],
@@ -211,18 +221,39 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
                     json!({"error": "invalid_client", "error_description": echoed}),
                 );
             }
-            let scope = world
-                .codes
+            let scope = if f.get("grant_type").map(String::as_str) == Some("refresh_token") {
+                world.refreshes.fetch_add(1, Ordering::SeqCst);
+                world
+                    .refresh_tokens
+                    .lock()
+                    .unwrap()
+                    .get(&f["refresh_token"])
+                    .cloned()
+            } else {
+                world
+                    .codes
+                    .lock()
+                    .unwrap()
+                    .remove(f.get("code").map(String::as_str).unwrap_or_default())
+            };
+            let Some(scope) = scope else {
+                return json_answer(StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}));
+            };
+            let access = format!("access-{n}");
+            let refresh = format!("refresh-{n}");
+            world
+                .tokens
                 .lock()
                 .unwrap()
-                .get(f.get("code").map(String::as_str).unwrap_or_default())
-                .cloned()
-                .unwrap_or_default();
-            let access = format!("access-{n}");
-            world.tokens.lock().unwrap().insert(access.clone(), scope);
+                .insert(access.clone(), scope.clone());
+            world
+                .refresh_tokens
+                .lock()
+                .unwrap()
+                .insert(refresh.clone(), scope);
             json_answer(
                 StatusCode::OK,
-                json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600}),
+                json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "refresh_token": refresh}),
             )
         }
         (Method::POST, "/mcp") => mcp(&world, &setup, &headers, &body),
@@ -493,7 +524,7 @@ async fn two_refusals_at_once_make_one_authorization() {
     // The scope came from the challenge; the token is the cache's from now on.
     assert_eq!(
         world
-            .codes
+            .asked
             .lock()
             .unwrap()
             .get("code-0")
@@ -575,10 +606,49 @@ async fn step_ups_stop_at_the_limit() {
         assert_eq!(world.forbidden.load(Ordering::SeqCst), 1 + limit);
         // The step-ups asked for the union of the scopes.
         if limit > 0 {
-            let codes = world.codes.lock().unwrap();
+            let codes = world.asked.lock().unwrap();
             assert_eq!(codes["code-0"], "mcp:basic");
             assert_eq!(codes["code-1"], "mcp:basic admin");
         }
         let _ = service.cancel().await;
     }
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_before_anyone_is_asked_again() {
+    let world = start(Setup::default()).await;
+    let auth = headless(&world).build().unwrap();
+    let sent = auth.credential().await.unwrap();
+    auth.on_unauthorized(&sent, &challenge(&world))
+        .await
+        .unwrap();
+    let sent = auth.credential().await.unwrap();
+    assert_eq!(sent.token(), Some("access-0"));
+    // The server forgets the token (revoked): its 401 leads to the refresh token.
+    world.tokens.lock().unwrap().clear();
+    auth.on_unauthorized(&sent, &challenge(&world))
+        .await
+        .unwrap();
+    assert_eq!(auth.credential().await.unwrap().token(), Some("access-1"));
+    assert_eq!(world.refreshes.load(Ordering::SeqCst), 1);
+    assert_eq!(world.authorizations.load(Ordering::SeqCst), 1);
+    // A refresh token refused too: the grant again (a new login), and discovery is
+    // not repeated.
+    let gets = world.gets().len();
+    world.tokens.lock().unwrap().clear();
+    world.refresh_tokens.lock().unwrap().clear();
+    let sent = auth.credential().await.unwrap();
+    auth.on_unauthorized(&sent, &challenge(&world))
+        .await
+        .unwrap();
+    let fresh = auth.credential().await.unwrap();
+    assert!(
+        fresh
+            .token()
+            .is_some_and(|t| t != "access-1" && t.starts_with("access-")),
+        "{:?}",
+        fresh.token()
+    );
+    assert_eq!(world.authorizations.load(Ordering::SeqCst), 2);
+    assert_eq!(world.gets().len(), gets + 1, "{:?}", world.gets());
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::discovery::{discover, Discovered, Found};
 use super::user_agent::headless;
 use crate::client::source::{token_type, AuthorizationCode, ExchangeToken, JwtBearer, TokenSource};
 use crate::client::{
-    register, AssertionKey, ClientAssertion, ClientInformation, ClientMetadata,
+    register, AssertionKey, Authorizer, ClientAssertion, ClientInformation, ClientMetadata,
     MemoryRegistrations, RegistrationStore, TokenEndpoint, TokenEndpointAuth, TokenStore,
 };
 use crate::metadata::bearer_param;
@@ -286,6 +287,9 @@ impl McpAuth {
             // Another request's authorization came first: retry with its token.
             return Ok(());
         }
+        if !step_up && self.refreshed(&state, sent, challenge).await {
+            return Ok(());
+        }
         let named = bearer_param(challenge, "resource_metadata");
         if state.discovered.is_none() || (named.is_some() && named != state.followed) {
             let found =
@@ -315,6 +319,35 @@ impl McpAuth {
             generation: state.generation,
         })));
         Ok(())
+    }
+
+    /// A `401` to a token of the current authorization, whose challenge asks for
+    /// no scope beyond it: the cache drops that token and gets another as it would
+    /// for any refused token (its refresh token first, then the grant again).
+    /// Whether that gave a new token.
+    async fn refreshed(&self, state: &State, sent: &Sent, challenge: &str) -> bool {
+        let (Some(token), Some(session)) = (sent.token(), self.current.load_full()) else {
+            return false;
+        };
+        let covered = bearer_param(challenge, "scope").is_none_or(|asked| {
+            asked
+                .split_whitespace()
+                .all(|s| state.scopes.iter().any(|have| have == s))
+        });
+        if !covered || session.generation != sent.generation {
+            return false;
+        }
+        let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+            return false;
+        };
+        session.cache.on_unauthorized(&value);
+        match session.cache.token().await {
+            Ok(fresh) => fresh.expose_access_token() != token,
+            Err(error) => {
+                tracing::debug!(%error, "the refused token could not be replaced: authorizing again");
+                false
+            }
+        }
     }
 
     /// The scopes to ask for.
