@@ -16,7 +16,7 @@ use crate::client::{
     MemoryRegistrations, RegistrationStore, TokenEndpoint, TokenEndpointAuth, TokenStore,
 };
 use crate::metadata::bearer_param;
-use crate::{Error, HttpClient, Refreshing};
+use crate::{Error, HttpClient, Refreshing, Token};
 
 /// The step-ups (`403 insufficient_scope`, authorize again) one request may cause
 /// by default: a server that keeps refusing gets three authorizations in all.
@@ -115,6 +115,60 @@ impl fmt::Debug for Sent {
 
 type Cache = Refreshing<Box<dyn TokenSource>>;
 
+/// How many refused tokens [`Unrefused`] remembers.
+const REFUSED_KEPT: usize = 16;
+
+/// The user's token store as every authorization's cache sees it: a token the MCP
+/// server refused (`401`, or `403 insufficient_scope` before a step-up) is never
+/// adopted from it again, else the authorization that follows the refusal would
+/// serve the store's copy of the very token refused. Only a digest of the refused
+/// tokens is kept.
+struct Unrefused {
+    inner: Arc<dyn TokenStore>,
+    refused: Arc<std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    crate::crypto::sha256(token.as_bytes())
+}
+
+impl Unrefused {
+    fn refuse(&self, token: &str) {
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.len() == REFUSED_KEPT {
+            refused.pop_front();
+        }
+        refused.push_back(digest(token));
+    }
+}
+
+impl TokenStore for Unrefused {
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<Token>, Error>> {
+        use futures_util::FutureExt as _;
+        async move {
+            let token = self.inner.load().await?;
+            let refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok(token.filter(|t| !refused.contains(&digest(t.access_token().expose_secret()))))
+        }
+        .boxed()
+    }
+    fn save<'a>(
+        &'a self,
+        token: &'a Token,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        self.inner.save(token)
+    }
+    fn clear(&self) -> futures_util::future::BoxFuture<'_, Result<(), Error>> {
+        self.inner.clear()
+    }
+}
+
 /// One authorization's tokens.
 struct Session {
     cache: Cache,
@@ -143,6 +197,8 @@ struct Config {
     client_metadata: ClientMetadata,
     registrations: Arc<dyn RegistrationStore>,
     token_store: Option<Arc<dyn TokenStore>>,
+    /// The tokens the server refused (shared by every authorization's store view).
+    refused: Arc<std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>>,
     offline_access: bool,
     max_step_ups: usize,
     login_timeout: Option<Duration>,
@@ -216,6 +272,7 @@ impl McpAuth {
                 ),
                 registrations: Arc::new(MemoryRegistrations::new()),
                 token_store: None,
+                refused: Arc::default(),
                 offline_access: true,
                 max_step_ups: DEFAULT_MAX_STEP_UPS,
                 login_timeout: None,
@@ -303,7 +360,14 @@ impl McpAuth {
         let source = self.source(&discovered, &client, &scopes)?;
         let mut builder = Refreshing::builder(source);
         if let Some(store) = &self.config.token_store {
-            builder = builder.store(Arc::clone(store));
+            let store = Unrefused {
+                inner: Arc::clone(store),
+                refused: Arc::clone(&self.config.refused),
+            };
+            if let Some(token) = &sent.token {
+                store.refuse(token.expose_secret());
+            }
+            builder = builder.store(store);
         }
         let cache = builder.build();
         // The login (or grant) happens here, so its failure is this call's.

@@ -1,0 +1,380 @@
+//! The MCP client's authorization (feature `mcp`) attacked: a malicious or broken
+//! MCP server and authorization server, and a careful user's configurations, each
+//! against a real HTTP server on 127.0.0.1 (one axum app playing the MCP server and
+//! its authorization server, behaving as each test sets it). One test per finding
+//! of the review (notes/review-client.md has the table).
+
+#![cfg(feature = "mcp")]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+use tower_bearer::client::MemoryStore;
+use tower_bearer::mcp::{McpAuth, UserAgent};
+
+/// How the test servers behave; changed by the tests as they go.
+#[derive(Clone, Default)]
+struct Setup {
+    /// The MCP server answers `403 insufficient_scope` naming this scope to a token
+    /// that was not granted it.
+    required_scope: Option<String>,
+    /// The MCP server answers `401` to every token.
+    refuse_every_token: bool,
+    /// The authorization endpoint redirects with this `state` instead of the one
+    /// it was given.
+    forged_state: Option<String>,
+}
+
+#[derive(Default)]
+struct World {
+    setup: Mutex<Setup>,
+    base: Mutex<String>,
+    authorizations: AtomicUsize,
+    registrations: AtomicUsize,
+    token_requests: AtomicUsize,
+    mcp_requests: AtomicUsize,
+    /// code → (client id, scope asked for).
+    codes: Mutex<HashMap<String, (String, String)>>,
+    /// Live tokens → scope granted.
+    tokens: Mutex<HashMap<String, String>>,
+    /// Registered client id → the metadata it registered with.
+    clients: Mutex<HashMap<String, Value>>,
+    /// What the authorization server refused, in words.
+    refusals: Mutex<Vec<String>>,
+}
+
+impl World {
+    fn base(&self) -> String {
+        self.base.lock().unwrap().clone()
+    }
+    fn url(&self) -> String {
+        format!("{}/mcp", self.base())
+    }
+    fn setup(&self) -> Setup {
+        self.setup.lock().unwrap().clone()
+    }
+    fn change(&self, f: impl FnOnce(&mut Setup)) {
+        f(&mut self.setup.lock().unwrap());
+    }
+    fn count(counter: &AtomicUsize) -> usize {
+        counter.load(Ordering::SeqCst)
+    }
+    fn refuse(&self, why: String) -> Response {
+        self.refusals.lock().unwrap().push(why.clone());
+        json_answer(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "unauthorized_client", "error_description": why}),
+        )
+    }
+    /// The challenge of the MCP server's `401`.
+    fn challenge(&self) -> String {
+        format!(
+            "Bearer scope=\"mcp:basic\", resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+            self.base()
+        )
+    }
+}
+
+async fn start(setup: Setup) -> Arc<World> {
+    let world = Arc::new(World::default());
+    *world.setup.lock().unwrap() = setup;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    *world.base.lock().unwrap() =
+        format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let app = Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(&world));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    world
+}
+
+fn json_answer(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Whether `redirect_uri` is one of `registered`, the port of a loopback one free
+/// (RFC 8252 §7.3).
+fn redirect_registered(registered: &Value, redirect_uri: &str) -> bool {
+    let without_port = |u: &str| {
+        let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = authority.split(':').next().unwrap_or_default();
+        format!("{scheme}://{host}/{path}")
+    };
+    registered["redirect_uris"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|r| without_port(r) == without_port(redirect_uri))
+}
+
+fn grants(registered: &Value) -> Vec<String> {
+    registered["grant_types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
+    let setup = world.setup();
+    let base = world.base();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let headers: HeaderMap = req.headers().clone();
+    let body: Bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    match (method, path.as_str()) {
+        (Method::GET, "/.well-known/oauth-protected-resource/mcp") => json_answer(
+            StatusCode::OK,
+            json!({
+                "resource": world.url(),
+                "authorization_servers": [base],
+                "scopes_supported": ["mcp:basic"],
+            }),
+        ),
+        (Method::GET, "/.well-known/oauth-authorization-server") => json_answer(
+            StatusCode::OK,
+            json!({
+                "issuer": base,
+                "authorization_endpoint": format!("{base}/authorize"),
+                "token_endpoint": format!("{base}/token"),
+                "registration_endpoint": format!("{base}/register"),
+                "token_endpoint_auth_methods_supported": ["none"],
+                "grant_types_supported": ["authorization_code", "client_credentials"],
+                "response_types_supported": ["code"],
+                "code_challenge_methods_supported": ["S256"],
+            }),
+        ),
+        (Method::POST, "/register") => {
+            let n = world.registrations.fetch_add(1, Ordering::SeqCst);
+            let asked: Value = serde_json::from_slice(&body).unwrap();
+            let id = format!("dynamic-{n}");
+            world
+                .clients
+                .lock()
+                .unwrap()
+                .insert(id.clone(), asked.clone());
+            let mut answer = asked;
+            answer["client_id"] = json!(id);
+            json_answer(StatusCode::CREATED, answer)
+        }
+        (Method::GET, "/authorize") => {
+            let q = form(query.as_bytes());
+            let client_id = q.get("client_id").cloned().unwrap_or_default();
+            let registered = world.clients.lock().unwrap().get(&client_id).cloned();
+            let Some(registered) = registered else {
+                return world.refuse(format!("unknown client {client_id}"));
+            };
+            // RFC 6749 §3.1.2.4: an unregistered redirect URI gets no redirect.
+            if !redirect_registered(&registered, &q["redirect_uri"]) {
+                return world.refuse(format!(
+                    "{} is not a redirect URI of {client_id}",
+                    q["redirect_uri"]
+                ));
+            }
+            let n = world.authorizations.fetch_add(1, Ordering::SeqCst);
+            let code = format!("code-{n}");
+            world.codes.lock().unwrap().insert(
+                code.clone(),
+                (client_id, q.get("scope").cloned().unwrap_or_default()),
+            );
+            let state = setup.forged_state.clone().unwrap_or(q["state"].clone());
+            let location = format!(
+                "{}?{}",
+                q["redirect_uri"],
+                serde_urlencoded::to_string([("code", code.as_str()), ("state", &state)]).unwrap()
+            );
+            (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+        }
+        (Method::POST, "/token") => {
+            let n = world.token_requests.fetch_add(1, Ordering::SeqCst);
+            let f = form(&body);
+            let client_id = f.get("client_id").cloned().unwrap_or_default();
+            let registered = world.clients.lock().unwrap().get(&client_id).cloned();
+            let Some(registered) = registered else {
+                return world.refuse(format!("unknown client {client_id}"));
+            };
+            let grant = f.get("grant_type").cloned().unwrap_or_default();
+            if !grants(&registered).contains(&grant) {
+                return world.refuse(format!("{client_id} is not registered for {grant}"));
+            }
+            let scope = match grant.as_str() {
+                "authorization_code" => {
+                    let code = f.get("code").cloned().unwrap_or_default();
+                    match world.codes.lock().unwrap().remove(&code) {
+                        Some((of, scope)) if of == client_id => scope,
+                        _ => return world.refuse(format!("code {code} is not {client_id}'s")),
+                    }
+                }
+                _ => f.get("scope").cloned().unwrap_or_default(),
+            };
+            let access = format!("access-{n}");
+            world
+                .tokens
+                .lock()
+                .unwrap()
+                .insert(access.clone(), scope.clone());
+            json_answer(
+                StatusCode::OK,
+                json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600,
+                       "scope": scope}),
+            )
+        }
+        (Method::POST, "/mcp") => mcp(&world, &setup, &headers),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The MCP server: every request needs a live token (and the required scope).
+fn mcp(world: &World, setup: &Setup, headers: &HeaderMap) -> Response {
+    world.mcp_requests.fetch_add(1, Ordering::SeqCst);
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let scope = token.and_then(|t| world.tokens.lock().unwrap().get(t).cloned());
+    let Some(scope) = scope.filter(|_| !setup.refuse_every_token) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, world.challenge())],
+        )
+            .into_response();
+    };
+    if let Some(required) = &setup.required_scope {
+        if !scope.split(' ').any(|s| s == required) {
+            return (
+                StatusCode::FORBIDDEN,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    format!(
+                        "Bearer error=\"insufficient_scope\", scope=\"{required}\", \
+                         resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+                        world.base()
+                    ),
+                )],
+            )
+                .into_response();
+        }
+    }
+    json_answer(
+        StatusCode::OK,
+        json!({"jsonrpc": "2.0", "id": 1, "result": {}}),
+    )
+}
+
+/// One MCP request the way [`tower_bearer::mcp::AuthorizedHttpClient`] sends it:
+/// the current token; on `401` one authorization and once more; on `403
+/// insufficient_scope` a step-up, within the limit. The final status, or the
+/// authorization's error.
+async fn call(auth: &McpAuth, world: &World) -> Result<StatusCode, tower_bearer::Error> {
+    let http = reqwest::Client::new();
+    let mut reauthorized = false;
+    let mut step_ups = 0;
+    loop {
+        let sent = auth.credential().await?;
+        let mut req = http.post(world.url()).body("{}");
+        if let Some(token) = sent.token() {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        let challenge = res
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        match res.status() {
+            StatusCode::UNAUTHORIZED if !reauthorized => {
+                reauthorized = true;
+                auth.on_unauthorized(&sent, &challenge).await?;
+            }
+            StatusCode::FORBIDDEN if step_ups < auth.max_step_ups() => {
+                step_ups += 1;
+                auth.on_insufficient_scope(&sent, &challenge).await?;
+            }
+            status => return Ok(status),
+        }
+    }
+}
+
+fn headless(world: &World) -> tower_bearer::mcp::McpAuthBuilder {
+    McpAuth::builder(world.url()).user_agent(UserAgent::Headless)
+}
+
+fn temp_file(world: &World, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-mcp-attack-{}-{}",
+        std::process::id(),
+        world.base().rsplit(':').next().unwrap()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+// Finding: with a token store, an authorization after a `401` adopted the very
+// token the server had just refused (the store's copy, "newer" than the new
+// cache's nothing), so a revoked token could never be replaced.
+#[tokio::test]
+async fn a_refused_token_is_not_adopted_again_from_the_token_store() {
+    let world = start(Setup::default()).await;
+    let store = MemoryStore::new();
+    let auth = headless(&world).token_store(store.clone()).build().unwrap();
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::OK);
+    assert_eq!(auth.credential().await.unwrap().token(), Some("access-0"));
+
+    // The authorization server revokes it; the MCP server answers 401.
+    world.tokens.lock().unwrap().remove("access-0");
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::OK);
+    assert_eq!(World::count(&world.authorizations), 2);
+    assert_eq!(auth.credential().await.unwrap().token(), Some("access-1"));
+
+    // A restart with the same store adopts the live token, with no login.
+    let restarted = headless(&world).token_store(store).build().unwrap();
+    assert_eq!(call(&restarted, &world).await.unwrap(), StatusCode::OK);
+    assert_eq!(World::count(&world.authorizations), 2);
+}
+
+// Finding: the same with a step-up: the new authorization adopted the stored
+// token without the scope, so every step-up failed until the limit.
+#[tokio::test]
+async fn a_step_up_with_a_token_store_gets_the_wider_token() {
+    let world = start(Setup::default()).await;
+    let auth = headless(&world)
+        .token_store(MemoryStore::new())
+        .build()
+        .unwrap();
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::OK);
+    world.change(|s| s.required_scope = Some("mcp:write".into()));
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::OK);
+    assert_eq!(World::count(&world.authorizations), 2);
+    let codes = world.tokens.lock().unwrap().clone();
+    assert_eq!(codes["access-1"], "mcp:basic mcp:write");
+}
