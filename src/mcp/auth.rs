@@ -481,13 +481,16 @@ impl McpAuth {
     }
 
     /// The authentication method to register with, from those the server lists
-    /// (none listed: `client_secret_basic`, RFC 8414 §2).
+    /// (none listed: `client_secret_basic`, RFC 8414 §2). A machine (client
+    /// credentials) never registers as a public client: its grant needs client
+    /// authentication (RFC 6749 §4.4).
     fn registration_method(&self, supported: Option<&[String]>) -> &'static str {
         let has = |m: &str| supported.is_none_or(|s| s.iter().any(|x| x == m));
         let listed = |m: &str| supported.is_some_and(|s| s.iter().any(|x| x == m));
+        let public = !matches!(self.config.grant, Grant::ClientCredentials);
         if self.config.key.is_some() && listed("private_key_jwt") {
             "private_key_jwt"
-        } else if listed("none") {
+        } else if public && listed("none") {
             "none"
         } else if has("client_secret_basic") {
             "client_secret_basic"
