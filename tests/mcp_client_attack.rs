@@ -17,8 +17,8 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
-use tower_bearer::client::MemoryStore;
-use tower_bearer::mcp::{McpAuth, UserAgent};
+use tower_bearer::client::{ClientMetadata, FileRegistrations, MemoryRegistrations, MemoryStore};
+use tower_bearer::mcp::{Grant, McpAuth, UserAgent};
 
 /// How the test servers behave; changed by the tests as they go.
 #[derive(Clone, Default)]
@@ -167,7 +167,7 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
                 "authorization_endpoint": format!("{base}/authorize"),
                 "token_endpoint": format!("{base}/token"),
                 "registration_endpoint": format!("{base}/register"),
-                "token_endpoint_auth_methods_supported": ["none"],
+                "token_endpoint_auth_methods_supported": ["none", "client_secret_post"],
                 "grant_types_supported": ["authorization_code", "client_credentials"],
                 "response_types_supported": ["code"],
                 "code_challenge_methods_supported": ["S256"],
@@ -182,8 +182,16 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
                 .lock()
                 .unwrap()
                 .insert(id.clone(), asked.clone());
-            let mut answer = asked;
+            let mut answer = asked.clone();
             answer["client_id"] = json!(id);
+            if asked["token_endpoint_auth_method"] != "none" {
+                answer["client_secret"] = json!(format!("secret-{n}"));
+            }
+            world
+                .clients
+                .lock()
+                .unwrap()
+                .insert(id.clone(), answer.clone());
             json_answer(StatusCode::CREATED, answer)
         }
         (Method::GET, "/authorize") => {
@@ -222,6 +230,12 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
             let Some(registered) = registered else {
                 return world.refuse(format!("unknown client {client_id}"));
             };
+            if registered.get("client_secret").is_some()
+                && f.get("client_secret").map(|s| json!(s))
+                    != registered.get("client_secret").cloned()
+            {
+                return world.refuse(format!("{client_id} did not authenticate"));
+            }
             let grant = f.get("grant_type").cloned().unwrap_or_default();
             if !grants(&registered).contains(&grant) {
                 return world.refuse(format!("{client_id} is not registered for {grant}"));
@@ -377,4 +391,72 @@ async fn a_step_up_with_a_token_store_gets_the_wider_token() {
     assert_eq!(World::count(&world.authorizations), 2);
     let codes = world.tokens.lock().unwrap().clone();
     assert_eq!(codes["access-1"], "mcp:basic mcp:write");
+}
+
+// Finding: a machine (client credentials) registered as a public client (`none`)
+// wherever the server listed `none`, and then could not use its grant, which
+// needs client authentication (RFC 6749 §4.4).
+#[tokio::test]
+async fn a_machine_registers_as_a_confidential_client() {
+    let world = start(Setup::default()).await;
+    let machine = headless(&world)
+        .grant(Grant::ClientCredentials)
+        .build()
+        .unwrap();
+    let answer = call(&machine, &world).await;
+    assert!(matches!(answer, Ok(StatusCode::OK)), "{answer:?}");
+    let clients = world.clients.lock().unwrap();
+    assert_eq!(
+        clients["dynamic-0"]["token_endpoint_auth_method"],
+        "client_secret_post"
+    );
+}
+
+// Finding: registrations were kept per issuer alone (principle 6), so a
+// registration made for one client metadata was reused for another: a machine's
+// client-credentials registration (no redirect URIs) for a person's login, or a
+// registration with a redirect URI the user has since corrected.
+#[tokio::test]
+async fn a_registration_is_used_only_for_the_metadata_it_was_made_with() {
+    let world = start(Setup::default()).await;
+    let shared = MemoryRegistrations::new();
+    let machine = headless(&world)
+        .grant(Grant::ClientCredentials)
+        .registrations(shared.clone())
+        .build()
+        .unwrap();
+    assert_eq!(call(&machine, &world).await.unwrap(), StatusCode::OK);
+    let person = headless(&world).registrations(shared).build().unwrap();
+    let answer = call(&person, &world).await;
+    assert!(
+        matches!(answer, Ok(StatusCode::OK)),
+        "{answer:?} {:?}",
+        world.refusals.lock().unwrap()
+    );
+    assert_eq!(World::count(&world.registrations), 2);
+
+    // A restart with corrected metadata registers again.
+    let world = start(Setup::default()).await;
+    let file = temp_file(&world, "registrations.json");
+    let wrong = ClientMetadata::native("agent", ["http://127.0.0.1/elsewhere"]);
+    let right = ClientMetadata::native("agent", ["http://127.0.0.1/callback"]);
+    let first = headless(&world)
+        .client_metadata(wrong)
+        .registrations(FileRegistrations::new(&file))
+        .build()
+        .unwrap();
+    assert!(call(&first, &world).await.is_err());
+    let second = headless(&world)
+        .client_metadata(right)
+        .registrations(FileRegistrations::new(&file))
+        .build()
+        .unwrap();
+    let answer = call(&second, &world).await;
+    assert!(
+        matches!(answer, Ok(StatusCode::OK)),
+        "{answer:?} {:?}",
+        world.refusals.lock().unwrap()
+    );
+    assert_eq!(World::count(&world.registrations), 2);
+    std::fs::remove_file(&file).unwrap();
 }

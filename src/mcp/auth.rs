@@ -214,8 +214,10 @@ struct Config {
 ///   [client ID metadata document](McpAuthBuilder::client_id_metadata_document)
 ///   when the authorization server takes them
 ///   (`client_id_metadata_document_supported`); else dynamic registration (RFC
-///   7591, `application_type` `native`), kept per issuer in a
-///   [`RegistrationStore`] so a restart does not register again.
+///   7591, `application_type` `native`), kept per issuer and client metadata in
+///   a [`RegistrationStore`] (key `issuer#digest`) so a restart does not
+///   register again, and another configuration sharing the store (another grant,
+///   other redirect URIs) does not use a registration made for this one.
 /// - **Scopes**: the challenge's `scope`, else the resource's `scopes_supported`,
 ///   else none; `offline_access` added when the authorization server lists it (for
 ///   a refresh token). On `403 insufficient_scope`, the union of what was asked for
@@ -453,17 +455,6 @@ impl McpAuth {
                 return Ok(client.clone());
             }
         }
-        if let Some(kept) = self.config.registrations.load(issuer).await? {
-            state.client = Some((issuer.clone(), kept.clone()));
-            return Ok(kept);
-        }
-        let Some(endpoint) = &provider.registration_endpoint else {
-            return Err(Error::Configuration(format!(
-                "the authorization server {} has no registration endpoint and takes no \
-                 client ID metadata document: give the client's pre-registered credentials",
-                crate::error::display_url_str(issuer)
-            )));
-        };
         let mut metadata = self.config.client_metadata.clone();
         metadata.token_endpoint_auth_method = Some(
             self.registration_method(provider.token_endpoint_auth_methods_supported.as_deref())
@@ -474,8 +465,23 @@ impl McpAuth {
             metadata.redirect_uris.clear();
             metadata.response_types.clear();
         }
+        // Kept per issuer and per the metadata registered (principle 6): another
+        // configuration sharing the store (another grant, corrected redirect URIs)
+        // registers for itself.
+        let key = registration_key(issuer, &metadata)?;
+        if let Some(kept) = self.config.registrations.load(&key).await? {
+            state.client = Some((issuer.clone(), kept.clone()));
+            return Ok(kept);
+        }
+        let Some(endpoint) = &provider.registration_endpoint else {
+            return Err(Error::Configuration(format!(
+                "the authorization server {} has no registration endpoint and takes no \
+                 client ID metadata document: give the client's pre-registered credentials",
+                crate::error::display_url_str(issuer)
+            )));
+        };
         let registered = register(endpoint, &metadata, &self.config.http).await?;
-        self.config.registrations.save(issuer, &registered).await?;
+        self.config.registrations.save(&key, &registered).await?;
         state.client = Some((issuer.clone(), registered.clone()));
         Ok(registered)
     }
@@ -616,6 +622,16 @@ impl McpAuth {
     }
 }
 
+/// The key of a registration in a [`RegistrationStore`]: the issuer, then `#` and
+/// a digest of the metadata registered (an issuer has no fragment, RFC 8414 §2).
+fn registration_key(issuer: &str, metadata: &ClientMetadata) -> Result<String, Error> {
+    let json = serde_json::to_vec(metadata)
+        .map_err(|e| Error::Configuration(format!("cannot encode the client metadata: {e}")))?;
+    let digest = crate::crypto::sha256(&json);
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{issuer}#{hex}"))
+}
+
 impl fmt::Debug for McpAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("McpAuth")
@@ -689,7 +705,8 @@ impl McpAuthBuilder {
         self
     }
 
-    /// Where dynamic registrations are kept per issuer (default: in memory). A
+    /// Where dynamic registrations are kept, per issuer and client metadata
+    /// (default: in memory). A
     /// [`FileRegistrations`](crate::client::FileRegistrations) keeps them across
     /// restarts.
     pub fn registrations(mut self, store: impl RegistrationStore) -> Self {
