@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -459,4 +460,49 @@ async fn a_registration_is_used_only_for_the_metadata_it_was_made_with() {
     );
     assert_eq!(World::count(&world.registrations), 2);
     std::fs::remove_file(&file).unwrap();
+}
+
+// Finding: a server that refuses every token (`401` forever) got one whole
+// authorization (a login, a browser tab) per request: a storm driven by the
+// caller's rate (principle 3: retries are throttled by time). A token refused
+// once is re-authorized at once; refusals that follow wait a growing time.
+#[tokio::test]
+async fn a_server_that_refuses_every_token_gets_no_storm_of_authorizations() {
+    let world = start(Setup {
+        refuse_every_token: true,
+        ..Setup::default()
+    })
+    .await;
+    let auth = headless(&world).build().unwrap();
+    // The first request: no token, one authorization, its token refused.
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::UNAUTHORIZED);
+    // The second: its refused token is re-authorized once.
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::UNAUTHORIZED);
+    assert_eq!(World::count(&world.authorizations), 2);
+    for _ in 0..5 {
+        let err = call(&auth, &world).await.unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+    assert_eq!(World::count(&world.authorizations), 2);
+}
+
+// Finding: a redirect with another login's `state` (a forged or confused
+// authorization server) was refused by the login, but the headless user agent
+// only logged it, and the login waited for its deadline (5 minutes) holding the
+// authorization's gate.
+#[tokio::test]
+async fn a_redirect_with_a_forged_state_fails_the_headless_login_at_once() {
+    let world = start(Setup {
+        forged_state: Some("forged".into()),
+        ..Setup::default()
+    })
+    .await;
+    let auth = headless(&world).build().unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), call(&auth, &world))
+        .await
+        .expect("the login waited for its deadline");
+    let err = answer.unwrap_err();
+    assert!(err.to_string().contains("state"), "{err}");
+    assert!(auth.credential().await.unwrap().token().is_none());
+    assert_eq!(World::count(&world.token_requests), 0);
 }

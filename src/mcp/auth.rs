@@ -184,7 +184,23 @@ struct State {
     client: Option<(String, ClientInformation)>,
     scopes: Vec<String>,
     generation: u64,
+    /// When the last authorization was made.
+    authorized_at: Option<tokio::time::Instant>,
+    /// Authorizations in a row made because the server refused a token with
+    /// nothing new to ask for (see [`REFUSAL_BACKOFF`]).
+    refusals: u32,
 }
+
+/// After the server refuses a token with nothing new to ask for (`401`, or `403
+/// insufficient_scope` for scopes asked for already), the first authorization is
+/// made at once; each one after it waits twice as long after the last
+/// authorization, from this, up to [`REFUSAL_BACKOFF_MAX`] (principle 3: a server
+/// that refuses every token gets no storm of logins). Refusals are forgotten
+/// once the last authorization is that old.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The longest wait of [`REFUSAL_BACKOFF`].
+const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(64);
 
 struct Config {
     server_url: String,
@@ -358,6 +374,28 @@ impl McpAuth {
         }
         let discovered = state.discovered.clone().expect("discovered above");
         let scopes = self.scopes(&state, &discovered, challenge, step_up);
+        let refused_again = sent.token.is_some() && scopes.iter().all(|s| state.scopes.contains(s));
+        let refusals = match state.authorized_at {
+            Some(at) if refused_again && at.elapsed() < REFUSAL_BACKOFF_MAX => {
+                if state.refusals > 0 {
+                    let wait = REFUSAL_BACKOFF
+                        .saturating_mul(1 << (state.refusals - 1).min(16))
+                        .min(REFUSAL_BACKOFF_MAX);
+                    if at.elapsed() < wait {
+                        return Err(Error::NoToken(format!(
+                            "the MCP server refused ({}) the token authorized {} ms ago, \
+                             with nothing new to ask for; not authorizing again for {} s",
+                            if step_up { "insufficient_scope" } else { "401" },
+                            at.elapsed().as_millis(),
+                            (wait - at.elapsed()).as_secs() + 1
+                        )));
+                    }
+                }
+                state.refusals + 1
+            }
+            _ if refused_again => 1,
+            _ => 0,
+        };
         let client = self.client(&mut state, &discovered).await?;
         let source = self.source(&discovered, &client, &scopes)?;
         let mut builder = Refreshing::builder(source);
@@ -376,6 +414,8 @@ impl McpAuth {
         cache.token().await?;
         state.generation += 1;
         state.scopes = scopes;
+        state.authorized_at = Some(tokio::time::Instant::now());
+        state.refusals = refusals;
         self.current.store(Some(Arc::new(Session {
             cache,
             generation: state.generation,
