@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 use tower_bearer::client::{ClientMetadata, FileRegistrations, MemoryRegistrations, MemoryStore};
-use tower_bearer::mcp::{Grant, McpAuth, UserAgent};
+use tower_bearer::mcp::{canonical_server_uri, discover, Grant, McpAuth, UserAgent};
 
 /// How the test servers behave; changed by the tests as they go.
 #[derive(Clone, Default)]
@@ -32,6 +32,13 @@ struct Setup {
     /// The authorization endpoint redirects with this `state` instead of the one
     /// it was given.
     forged_state: Option<String>,
+    /// The authorization endpoint redirects here instead of to the redirect URI.
+    authorize_location: Option<String>,
+    /// The authorization server promises `iss` in its redirects (RFC 9207)
+    /// but sends none.
+    promise_iss: bool,
+    /// The authorization server's metadata names this issuer instead of its own.
+    issuer: Option<String>,
 }
 
 #[derive(Default)]
@@ -50,6 +57,13 @@ struct World {
     clients: Mutex<HashMap<String, Value>>,
     /// What the authorization server refused, in words.
     refusals: Mutex<Vec<String>>,
+    /// The paths of every GET.
+    gets: Mutex<Vec<String>>,
+    /// Every authorization request's query, and every token request's form.
+    authorize_queries: Mutex<Vec<HashMap<String, String>>>,
+    token_forms: Mutex<Vec<HashMap<String, String>>>,
+    /// code → PKCE challenge.
+    challenges: Mutex<HashMap<String, String>>,
 }
 
 impl World {
@@ -152,7 +166,26 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
     let body: Bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .unwrap();
+    if method == Method::GET {
+        world.gets.lock().unwrap().push(path.clone());
+    }
     match (method, path.as_str()) {
+        (Method::GET, "/moved") => (
+            StatusCode::FOUND,
+            [(
+                header::LOCATION,
+                format!("{base}/.well-known/oauth-protected-resource/mcp"),
+            )],
+        )
+            .into_response(),
+        (Method::GET, "/huge") => {
+            // 4 MiB of JSON: over the HTTP client's 1 MiB budget.
+            let filler = "x".repeat(4 << 20);
+            json_answer(
+                StatusCode::OK,
+                json!({"resource": world.url(), "authorization_servers": [base], "x": filler}),
+            )
+        }
         (Method::GET, "/.well-known/oauth-protected-resource/mcp") => json_answer(
             StatusCode::OK,
             json!({
@@ -164,7 +197,8 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
         (Method::GET, "/.well-known/oauth-authorization-server") => json_answer(
             StatusCode::OK,
             json!({
-                "issuer": base,
+                "issuer": setup.issuer.clone().unwrap_or(base.clone()),
+                "authorization_response_iss_parameter_supported": setup.promise_iss,
                 "authorization_endpoint": format!("{base}/authorize"),
                 "token_endpoint": format!("{base}/token"),
                 "registration_endpoint": format!("{base}/register"),
@@ -197,6 +231,11 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
         }
         (Method::GET, "/authorize") => {
             let q = form(query.as_bytes());
+            world.authorize_queries.lock().unwrap().push(q.clone());
+            if let Some(location) = &setup.authorize_location {
+                let location = location.replace("BASE", &base);
+                return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
+            }
             let client_id = q.get("client_id").cloned().unwrap_or_default();
             let registered = world.clients.lock().unwrap().get(&client_id).cloned();
             let Some(registered) = registered else {
@@ -211,6 +250,10 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
             }
             let n = world.authorizations.fetch_add(1, Ordering::SeqCst);
             let code = format!("code-{n}");
+            world.challenges.lock().unwrap().insert(
+                code.clone(),
+                q.get("code_challenge").cloned().unwrap_or_default(),
+            );
             world.codes.lock().unwrap().insert(
                 code.clone(),
                 (client_id, q.get("scope").cloned().unwrap_or_default()),
@@ -226,6 +269,7 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
         (Method::POST, "/token") => {
             let n = world.token_requests.fetch_add(1, Ordering::SeqCst);
             let f = form(&body);
+            world.token_forms.lock().unwrap().push(f.clone());
             let client_id = f.get("client_id").cloned().unwrap_or_default();
             let registered = world.clients.lock().unwrap().get(&client_id).cloned();
             let Some(registered) = registered else {
@@ -505,4 +549,140 @@ async fn a_redirect_with_a_forged_state_fails_the_headless_login_at_once() {
     assert!(err.to_string().contains("state"), "{err}");
     assert!(auth.credential().await.unwrap().token().is_none());
     assert_eq!(World::count(&world.token_requests), 0);
+}
+
+/// The GETs that reached the test server.
+fn gets(world: &World) -> Vec<String> {
+    world.gets.lock().unwrap().clone()
+}
+
+// Finding: a remote MCP server could make the client GET any loopback URL
+// (`resource_metadata="http://127.0.0.1:<port>/…"`, the one place `http` is
+// allowed): a blind request into the user's own machine. A server that is not on
+// loopback may not send the client there.
+#[tokio::test]
+async fn a_remote_server_cannot_send_discovery_to_loopback() {
+    let world = start(Setup::default()).await;
+    let challenge = format!(
+        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+        world.base()
+    );
+    let err = discover(
+        "https://mcp.example.com/mcp",
+        Some(&challenge),
+        &tower_bearer::client::HttpClient::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    assert!(gets(&world).is_empty(), "{:?}", gets(&world));
+}
+
+// Held: discovery follows no redirect (a metadata URL that answers 302 to
+// another place), reads no document beyond the HTTP client's budget, and takes
+// no authorization server metadata whose issuer is not the one it was fetched
+// for (RFC 8414 §3.3).
+#[tokio::test]
+async fn discovery_follows_no_redirect_reads_no_huge_document_takes_no_other_issuer() {
+    let world = start(Setup::default()).await;
+    let http = tower_bearer::client::HttpClient::new();
+    let moved = format!("Bearer resource_metadata=\"{}/moved\"", world.base());
+    let err = discover(&world.url(), Some(&moved), &http)
+        .await
+        .unwrap_err();
+    assert_eq!(gets(&world), ["/moved"], "{err}");
+
+    let huge = format!("Bearer resource_metadata=\"{}/huge\"", world.base());
+    let err = discover(&world.url(), Some(&huge), &http)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("limit") || err.to_string().contains("large"),
+        "{err}"
+    );
+
+    world.change(|s| s.issuer = Some("https://evil.example.com".into()));
+    let err = discover(&world.url(), Some(&world.challenge()), &http)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("issuer"), "{err}");
+    let auth = headless(&world).build().unwrap();
+    assert!(call(&auth, &world).await.is_err());
+    assert_eq!(World::count(&world.registrations), 0);
+    assert_eq!(World::count(&world.authorizations), 0);
+}
+
+// Held: the headless user agent follows no redirect to another scheme (`file:`,
+// `javascript:`, `data:`), gives up on a redirect loop, and fails the login at
+// once on a page instead of a redirect; no code reaches the token endpoint.
+#[tokio::test]
+async fn the_headless_user_agent_stops_at_other_schemes_loops_and_pages() {
+    for location in [
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "data:text/html,hi",
+        "BASE/authorize?loop=1",
+        "BASE/nowhere",
+    ] {
+        let world = start(Setup {
+            authorize_location: Some(location.into()),
+            ..Setup::default()
+        })
+        .await;
+        let auth = headless(&world).build().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), call(&auth, &world))
+            .await
+            .expect("the login waited for its deadline");
+        assert!(answer.is_err(), "{location}: {answer:?}");
+        assert_eq!(World::count(&world.token_requests), 0, "{location}");
+        assert!(
+            world.authorize_queries.lock().unwrap().len() <= 11,
+            "{location}"
+        );
+    }
+}
+
+// Held: an authorization server that promises `iss` (RFC 9207) and sends none
+// gets no token request.
+#[tokio::test]
+async fn a_missing_iss_where_promised_is_refused() {
+    let world = start(Setup {
+        promise_iss: true,
+        ..Setup::default()
+    })
+    .await;
+    let auth = headless(&world).build().unwrap();
+    let err = call(&auth, &world).await.unwrap_err();
+    assert!(err.to_string().contains("iss"), "{err}");
+    assert_eq!(World::count(&world.token_requests), 0);
+}
+
+// Held: the MCP spec's MUSTs on the wire: `resource` (RFC 8707) is the canonical
+// server URI on the authorization and the token request; PKCE S256, whose
+// verifier matches the challenge; the canonical URI's rules.
+#[tokio::test]
+async fn resource_and_pkce_on_the_wire() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let world = start(Setup::default()).await;
+    // Upper-case scheme and host, a trailing slash and a fragment: the same server.
+    let given = format!("{}/mcp/#top", world.base().replace("http://", "HTTP://"));
+    assert_eq!(canonical_server_uri(&given).unwrap(), world.url());
+    let auth = McpAuth::builder(given)
+        .user_agent(UserAgent::Headless)
+        .build()
+        .unwrap();
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::OK);
+    let queries = world.authorize_queries.lock().unwrap().clone();
+    let forms = world.token_forms.lock().unwrap().clone();
+    assert_eq!(queries.len(), 1);
+    assert_eq!(forms.len(), 1);
+    assert_eq!(queries[0]["resource"], world.url());
+    assert_eq!(forms[0]["resource"], world.url());
+    assert_eq!(queries[0]["code_challenge_method"], "S256");
+    let verifier = &forms[0]["code_verifier"];
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    assert_eq!(world.challenges.lock().unwrap()["code-0"], challenge);
+    assert!(verifier.len() >= 43);
 }
