@@ -686,3 +686,88 @@ async fn resource_and_pkce_on_the_wire() {
     assert_eq!(world.challenges.lock().unwrap()["code-0"], challenge);
     assert!(verifier.len() >= 43);
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Held: no secret (registered client secret, access token, authorization code,
+// PKCE verifier) in the logs at any level, in errors or in `Debug`, through a
+// registration, a login, a refusal and a step-up.
+#[tokio::test]
+async fn no_secret_in_logs_errors_or_debug() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let world = start(Setup::default()).await;
+    let machine = headless(&world)
+        .grant(Grant::ClientCredentials)
+        .build()
+        .unwrap();
+    assert_eq!(call(&machine, &world).await.unwrap(), StatusCode::OK);
+    let person = headless(&world).build().unwrap();
+    assert_eq!(call(&person, &world).await.unwrap(), StatusCode::OK);
+    world.tokens.lock().unwrap().clear();
+    world.change(|s| s.required_scope = Some("mcp:write".into()));
+    assert_eq!(call(&person, &world).await.unwrap(), StatusCode::OK);
+    world.change(|s| s.forged_state = Some("forged".into()));
+    world.tokens.lock().unwrap().clear();
+    let err = call(&person, &world).await.unwrap_err();
+
+    let mut secrets: Vec<String> = world
+        .clients
+        .lock()
+        .unwrap()
+        .values()
+        .filter_map(|c| c["client_secret"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!secrets.is_empty());
+    secrets.extend(world.tokens.lock().unwrap().keys().cloned());
+    for form in world.token_forms.lock().unwrap().iter() {
+        secrets.extend(form.get("code").cloned());
+        secrets.extend(form.get("code_verifier").cloned());
+        secrets.extend(form.get("access_token").cloned());
+    }
+    secrets.extend((0..World::count(&world.token_requests)).map(|n| format!("access-{n}")));
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.len() > 100, "nothing was logged: {logs}");
+    let shown = format!("{logs} {err} {err:?} {machine:?} {person:?}");
+    for secret in &secrets {
+        assert!(!shown.contains(secret.as_str()), "{secret} shown: {shown}");
+    }
+}
+
+// Finding: a server URL with user information (`https://user:password@host/mcp`)
+// kept it in the canonical URI, which goes to the authorization server as
+// `resource` (RFC 8707 §2: an absolute URI; MCP: the canonical URI has none).
+#[test]
+fn the_canonical_uri_carries_no_user_information() {
+    for url in [
+        "https://user:hunter2@mcp.example.com/mcp",
+        "https://hunter2@mcp.example.com/mcp",
+    ] {
+        let err = canonical_server_uri(url).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(McpAuth::builder(url).build().is_err(), "{url} was accepted");
+    }
+    assert_eq!(
+        canonical_server_uri("https://MCP.example.com:8443/a/b/").unwrap(),
+        "https://mcp.example.com:8443/a/b"
+    );
+}

@@ -48,8 +48,9 @@ pub enum Found {
 /// its path (a bare origin keeps none either).
 ///
 /// # Errors
-/// [`Error::Configuration`] for a URL that does not parse, is not absolute, or is
-/// `http` to a host other than loopback.
+/// [`Error::Configuration`] for a URL that does not parse, is not absolute, has
+/// user information (`user:password@`), or is `http` to a host other than
+/// loopback.
 pub fn canonical_server_uri(url: &str) -> Result<String, Error> {
     let without_fragment = url.split('#').next().unwrap_or(url);
     let uri = parse_url(without_fragment)?;
@@ -60,6 +61,13 @@ pub fn canonical_server_uri(url: &str) -> Result<String, Error> {
             crate::error::display_url_str(url)
         )));
     };
+    if authority.as_str().contains('@') {
+        // It would go to the authorization server as `resource`, and into logs.
+        return Err(Error::Configuration(format!(
+            "the MCP server URL {} has user information: give credentials otherwise",
+            crate::error::display_url_str(url)
+        )));
+    }
     let path = uri.path().trim_end_matches('/');
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     Ok(format!(
