@@ -39,6 +39,10 @@ struct Setup {
     promise_iss: bool,
     /// The authorization server's metadata names this issuer instead of its own.
     issuer: Option<String>,
+    /// The registration endpoint answers `201` with this body.
+    registration_junk: Option<String>,
+    /// The authorization endpoint never answers.
+    authorize_hangs: bool,
 }
 
 #[derive(Default)]
@@ -208,6 +212,12 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
                 "code_challenge_methods_supported": ["S256"],
             }),
         ),
+        (Method::POST, "/register") if setup.registration_junk.is_some() => (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            setup.registration_junk.clone().unwrap(),
+        )
+            .into_response(),
         (Method::POST, "/register") => {
             let n = world.registrations.fetch_add(1, Ordering::SeqCst);
             let asked: Value = serde_json::from_slice(&body).unwrap();
@@ -232,6 +242,9 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
         (Method::GET, "/authorize") => {
             let q = form(query.as_bytes());
             world.authorize_queries.lock().unwrap().push(q.clone());
+            if setup.authorize_hangs {
+                std::future::pending::<()>().await;
+            }
             if let Some(location) = &setup.authorize_location {
                 let location = location.replace("BASE", &base);
                 return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
@@ -770,4 +783,68 @@ fn the_canonical_uri_carries_no_user_information() {
         canonical_server_uri("https://MCP.example.com:8443/a/b/").unwrap(),
         "https://mcp.example.com:8443/a/b"
     );
+}
+
+// Held: a registration answer that is junk is a clear error, never a panic, and
+// nothing is kept or sent on.
+#[tokio::test]
+async fn a_junk_registration_answer_is_a_clear_error() {
+    for junk in [
+        "not json",
+        "[]",
+        r#"{"client_id": ""}"#,
+        r#"{"client_id": 42}"#,
+        r#"{"client_secret": "s3cret-junk"}"#,
+    ] {
+        let world = start(Setup {
+            registration_junk: Some(junk.into()),
+            ..Setup::default()
+        })
+        .await;
+        let registrations = MemoryRegistrations::new();
+        let auth = headless(&world)
+            .registrations(registrations.clone())
+            .build()
+            .unwrap();
+        let err = call(&auth, &world).await.unwrap_err();
+        assert!(err.to_string().contains("regist"), "{junk}: {err}");
+        assert!(!err.to_string().contains("s3cret-junk"), "{err}");
+        assert_eq!(World::count(&world.authorizations), 0, "{junk}");
+        assert!(world.authorize_queries.lock().unwrap().is_empty());
+    }
+}
+
+// Held: clones of one authorization refused at once make one registration and
+// one authorization.
+#[tokio::test]
+async fn clones_refused_at_once_make_one_authorization() {
+    let world = start(Setup::default()).await;
+    let auth = headless(&world).build().unwrap();
+    let clones: Vec<McpAuth> = (0..8).map(|_| auth.clone()).collect();
+    let answers =
+        futures_util::future::join_all(clones.iter().map(|auth| call(auth, &world))).await;
+    for answer in answers {
+        assert_eq!(answer.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(World::count(&world.registrations), 1);
+    assert_eq!(World::count(&world.authorizations), 1);
+}
+
+// Held: an authorization cancelled mid-login (its request dropped) leaves
+// nothing stuck: the next request authorizes.
+#[tokio::test]
+async fn a_login_cancelled_midway_leaves_nothing_stuck() {
+    let world = start(Setup {
+        authorize_hangs: true,
+        ..Setup::default()
+    })
+    .await;
+    let auth = headless(&world).build().unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), call(&auth, &world)).await;
+    assert!(waited.is_err(), "the hanging login finished: {waited:?}");
+    world.change(|s| s.authorize_hangs = false);
+    let answer = tokio::time::timeout(Duration::from_secs(30), call(&auth, &world))
+        .await
+        .expect("stuck after a cancelled login");
+    assert_eq!(answer.unwrap(), StatusCode::OK);
 }
