@@ -18,7 +18,9 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
-use tower_bearer::client::{ClientMetadata, FileRegistrations, MemoryRegistrations, MemoryStore};
+use tower_bearer::client::{
+    ClientInformation, ClientMetadata, FileRegistrations, MemoryRegistrations, MemoryStore,
+};
 use tower_bearer::mcp::{canonical_server_uri, discover, Grant, McpAuth, UserAgent};
 
 /// How the test servers behave; changed by the tests as they go.
@@ -43,6 +45,10 @@ struct Setup {
     registration_junk: Option<String>,
     /// The authorization endpoint never answers.
     authorize_hangs: bool,
+    /// The `resource_metadata` URL of the MCP server's challenges (default: its own).
+    challenge_metadata: Option<String>,
+    /// The `resource` of the resource metadata (default: this server's URL).
+    prm_resource: Option<String>,
 }
 
 #[derive(Default)]
@@ -95,10 +101,11 @@ impl World {
     }
     /// The challenge of the MCP server's `401`.
     fn challenge(&self) -> String {
-        format!(
-            "Bearer scope=\"mcp:basic\", resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
-            self.base()
-        )
+        let metadata = self
+            .setup()
+            .challenge_metadata
+            .unwrap_or_else(|| format!("{}/.well-known/oauth-protected-resource/mcp", self.base()));
+        format!("Bearer scope=\"mcp:basic\", resource_metadata=\"{metadata}\"")
     }
 }
 
@@ -193,7 +200,7 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
         (Method::GET, "/.well-known/oauth-protected-resource/mcp") => json_answer(
             StatusCode::OK,
             json!({
-                "resource": world.url(),
+                "resource": setup.prm_resource.clone().unwrap_or_else(|| world.url()),
                 "authorization_servers": [base],
                 "scopes_supported": ["mcp:basic"],
             }),
@@ -847,4 +854,39 @@ async fn a_login_cancelled_midway_leaves_nothing_stuck() {
         .await
         .expect("stuck after a cancelled login");
     assert_eq!(answer.unwrap(), StatusCode::OK);
+}
+
+// Finding: pre-registered credentials are for the authorization server they
+// were registered with, yet a later challenge naming other resource metadata
+// (whose `resource` claims the server, at another origin) sent the client id and
+// secret to whatever authorization server that document named. The
+// pre-registered client now stays with the first issuer it was used with.
+#[tokio::test]
+async fn pre_registered_credentials_stay_with_their_authorization_server() {
+    let world = start(Setup::default()).await;
+    let evil = start(Setup::default()).await;
+    evil.change(|s| s.prm_resource = Some(world.url()));
+    world.clients.lock().unwrap().insert(
+        "pre".into(),
+        json!({"grant_types": ["authorization_code"], "client_secret": "s3cret-pre",
+               "redirect_uris": ["http://127.0.0.1/callback"]}),
+    );
+    let client = ClientInformation::new("pre")
+        .secret("s3cret-pre")
+        .auth_method("client_secret_post");
+    let auth = headless(&world).client(client).build().unwrap();
+    assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::OK);
+
+    // The server's challenges now name the other document; its token is refused.
+    world.change(|s| {
+        s.challenge_metadata = Some(format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            evil.base()
+        ))
+    });
+    world.tokens.lock().unwrap().clear();
+    let err = call(&auth, &world).await.unwrap_err();
+    assert!(err.to_string().contains("pre-registered"), "{err}");
+    assert!(evil.authorize_queries.lock().unwrap().is_empty());
+    assert!(evil.token_forms.lock().unwrap().is_empty());
 }

@@ -182,6 +182,9 @@ struct State {
     /// The challenge's `resource_metadata` the discovery followed.
     followed: Option<String>,
     client: Option<(String, ClientInformation)>,
+    /// The issuer the pre-registered client was first used with: its
+    /// credentials go to no other.
+    pre_registered_with: Option<String>,
     scopes: Vec<String>,
     generation: u64,
     /// When the last authorization was made.
@@ -477,6 +480,22 @@ impl McpAuth {
     ) -> Result<ClientInformation, Error> {
         let provider = &discovered.provider;
         if let Some(client) = &self.config.client {
+            // Pre-registered credentials are for one authorization server: a
+            // server that later names another (new resource metadata in a
+            // challenge) does not get them sent there.
+            match &state.pre_registered_with {
+                Some(first) if *first != provider.issuer => {
+                    return Err(Error::Configuration(format!(
+                        "the pre-registered client was used with the authorization server \
+                         {}, and the MCP server now names {}: refused (its credentials are \
+                         not for that server)",
+                        crate::error::display_url_str(first),
+                        crate::error::display_url_str(&provider.issuer)
+                    )))
+                }
+                Some(_) => {}
+                None => state.pre_registered_with = Some(provider.issuer.clone()),
+            }
             return Ok(client.clone());
         }
         if let Some(url) = &self.config.metadata_document {
@@ -706,8 +725,9 @@ impl McpAuthBuilder {
         self
     }
 
-    /// The client's pre-registered credentials: used as they are, with every
-    /// authorization server (no metadata document, no dynamic registration).
+    /// The client's pre-registered credentials: used as they are (no metadata
+    /// document, no dynamic registration), with the authorization server the MCP
+    /// server names first and no other.
     pub fn client(mut self, client: ClientInformation) -> Self {
         self.config.client = Some(client);
         self
