@@ -49,6 +49,8 @@ struct Setup {
     challenge_metadata: Option<String>,
     /// The `resource` of the resource metadata (default: this server's URL).
     prm_resource: Option<String>,
+    /// The registration answer's `client_secret_expires_at`.
+    secret_expires_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -238,6 +240,9 @@ async fn handle(State(world): State<Arc<World>>, req: Request) -> Response {
             answer["client_id"] = json!(id);
             if asked["token_endpoint_auth_method"] != "none" {
                 answer["client_secret"] = json!(format!("secret-{n}"));
+                if let Some(at) = setup.secret_expires_at {
+                    answer["client_secret_expires_at"] = json!(at);
+                }
             }
             world
                 .clients
@@ -889,4 +894,25 @@ async fn pre_registered_credentials_stay_with_their_authorization_server() {
     assert!(err.to_string().contains("pre-registered"), "{err}");
     assert!(evil.authorize_queries.lock().unwrap().is_empty());
     assert!(evil.token_forms.lock().unwrap().is_empty());
+}
+
+// Finding: a registration whose secret had expired (`client_secret_expires_at`,
+// RFC 7591 §3.2.1) was used on from memory (the in-process copy, and
+// `MemoryRegistrations`) until a restart: `invalid_client` forever for a
+// long-running agent. An expired registration is replaced by a new one.
+#[tokio::test]
+async fn a_registration_whose_secret_expired_is_replaced() {
+    let world = start(Setup {
+        secret_expires_at: Some(1),
+        ..Setup::default()
+    })
+    .await;
+    let machine = headless(&world)
+        .grant(Grant::ClientCredentials)
+        .build()
+        .unwrap();
+    assert_eq!(call(&machine, &world).await.unwrap(), StatusCode::OK);
+    world.tokens.lock().unwrap().clear();
+    assert_eq!(call(&machine, &world).await.unwrap(), StatusCode::OK);
+    assert_eq!(World::count(&world.registrations), 2);
 }

@@ -510,7 +510,7 @@ impl McpAuth {
         }
         let issuer = &provider.issuer;
         if let Some((of, client)) = &state.client {
-            if of == issuer {
+            if of == issuer && !client.expired_now() {
                 return Ok(client.clone());
             }
         }
@@ -528,7 +528,9 @@ impl McpAuth {
         // configuration sharing the store (another grant, corrected redirect URIs)
         // registers for itself.
         let key = registration_key(issuer, &metadata)?;
-        if let Some(kept) = self.config.registrations.load(&key).await? {
+        // A registration whose secret expired is replaced (RFC 7591 §3.2.1).
+        let kept = self.config.registrations.load(&key).await?;
+        if let Some(kept) = kept.filter(|k| !k.expired_now()) {
             state.client = Some((issuer.clone(), kept.clone()));
             return Ok(kept);
         }
