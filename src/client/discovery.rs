@@ -198,6 +198,7 @@ impl ProviderMetadata {
     ///
     /// # Errors
     /// As [`discover`](Self::discover), but for the issuer check.
+    #[cfg(feature = "mcp")]
     pub(crate) async fn fetch_unchecked(
         url: &str,
         http: &HttpClient,
