@@ -139,6 +139,13 @@ impl ClientInformation {
         self
     }
 
+    /// Whether the secret has expired now (RFC 7591 §3.2.1): the client must
+    /// register again.
+    #[cfg(feature = "mcp")]
+    pub(crate) fn expired_now(&self) -> bool {
+        self.expired(now_secs())
+    }
+
     /// Whether the secret has expired at `now` (seconds since the epoch).
     fn expired(&self, now: u64) -> bool {
         self.client_secret_expires_at

@@ -17,7 +17,7 @@ use crate::client::{
     MemoryRegistrations, RegistrationStore, TokenEndpoint, TokenEndpointAuth, TokenStore,
 };
 use crate::metadata::bearer_param;
-use crate::{Error, HttpClient, Refreshing};
+use crate::{Error, HttpClient, Refreshing, Token};
 
 /// The step-ups (`403 insufficient_scope`, authorize again) one request may cause
 /// by default: a server that keeps refusing gets three authorizations in all.
@@ -116,6 +116,60 @@ impl fmt::Debug for Sent {
 
 type Cache = Refreshing<Box<dyn TokenSource>>;
 
+/// How many refused tokens [`Unrefused`] remembers.
+const REFUSED_KEPT: usize = 16;
+
+/// The user's token store as every authorization's cache sees it: a token the MCP
+/// server refused (`401`, or `403 insufficient_scope` before a step-up) is never
+/// adopted from it again, else the authorization that follows the refusal would
+/// serve the store's copy of the very token refused. Only a digest of the refused
+/// tokens is kept.
+struct Unrefused {
+    inner: Arc<dyn TokenStore>,
+    refused: Arc<std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    crate::crypto::sha256(token.as_bytes())
+}
+
+impl Unrefused {
+    fn refuse(&self, token: &str) {
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.len() == REFUSED_KEPT {
+            refused.pop_front();
+        }
+        refused.push_back(digest(token));
+    }
+}
+
+impl TokenStore for Unrefused {
+    fn load(&self) -> futures_util::future::BoxFuture<'_, Result<Option<Token>, Error>> {
+        use futures_util::FutureExt as _;
+        async move {
+            let token = self.inner.load().await?;
+            let refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok(token.filter(|t| !refused.contains(&digest(t.access_token().expose_secret()))))
+        }
+        .boxed()
+    }
+    fn save<'a>(
+        &'a self,
+        token: &'a Token,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Error>> {
+        self.inner.save(token)
+    }
+    fn clear(&self) -> futures_util::future::BoxFuture<'_, Result<(), Error>> {
+        self.inner.clear()
+    }
+}
+
 /// One authorization's tokens.
 struct Session {
     cache: Cache,
@@ -129,9 +183,28 @@ struct State {
     /// The challenge's `resource_metadata` the discovery followed.
     followed: Option<String>,
     client: Option<(String, ClientInformation)>,
+    /// The issuer the pre-registered client was first used with: its
+    /// credentials go to no other.
+    pre_registered_with: Option<String>,
     scopes: Vec<String>,
     generation: u64,
+    /// When the last authorization was made.
+    authorized_at: Option<tokio::time::Instant>,
+    /// Authorizations in a row made because the server refused a token with
+    /// nothing new to ask for (see [`REFUSAL_BACKOFF`]).
+    refusals: u32,
 }
+
+/// After the server refuses a token with nothing new to ask for (`401`, or `403
+/// insufficient_scope` for scopes asked for already), the first authorization is
+/// made at once; each one after it waits twice as long after the last
+/// authorization, from this, up to [`REFUSAL_BACKOFF_MAX`] (principle 3: a server
+/// that refuses every token gets no storm of logins). Refusals are forgotten
+/// once the last authorization is that old.
+const REFUSAL_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The longest wait of [`REFUSAL_BACKOFF`].
+const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(64);
 
 struct Config {
     server_url: String,
@@ -144,6 +217,8 @@ struct Config {
     client_metadata: ClientMetadata,
     registrations: Arc<dyn RegistrationStore>,
     token_store: Option<Arc<dyn TokenStore>>,
+    /// The tokens the server refused (shared by every authorization's store view).
+    refused: Arc<std::sync::Mutex<std::collections::VecDeque<[u8; 32]>>>,
     offline_access: bool,
     max_step_ups: usize,
     login_timeout: Option<Duration>,
@@ -159,8 +234,10 @@ struct Config {
 ///   [client ID metadata document](McpAuthBuilder::client_id_metadata_document)
 ///   when the authorization server takes them
 ///   (`client_id_metadata_document_supported`); else dynamic registration (RFC
-///   7591, `application_type` `native`), kept per issuer in a
-///   [`RegistrationStore`] so a restart does not register again.
+///   7591, `application_type` `native`), kept per issuer and client metadata in
+///   a [`RegistrationStore`] (key `issuer#digest`) so a restart does not
+///   register again, and another configuration sharing the store (another grant,
+///   other redirect URIs) does not use a registration made for this one.
 /// - **Scopes**: the challenge's `scope`, else the resource's `scopes_supported`,
 ///   else none; `offline_access` added when the authorization server lists it (for
 ///   a refresh token). On `403 insufficient_scope`, the union of what was asked for
@@ -217,6 +294,7 @@ impl McpAuth {
                 ),
                 registrations: Arc::new(MemoryRegistrations::new()),
                 token_store: None,
+                refused: Arc::default(),
                 offline_access: true,
                 max_step_ups: DEFAULT_MAX_STEP_UPS,
                 login_timeout: None,
@@ -303,17 +381,48 @@ impl McpAuth {
         }
         let discovered = state.discovered.clone().expect("discovered above");
         let scopes = self.scopes(&state, &discovered, challenge, step_up);
+        let refused_again = sent.token.is_some() && scopes.iter().all(|s| state.scopes.contains(s));
+        let refusals = match state.authorized_at {
+            Some(at) if refused_again && at.elapsed() < REFUSAL_BACKOFF_MAX => {
+                if state.refusals > 0 {
+                    let wait = REFUSAL_BACKOFF
+                        .saturating_mul(1 << (state.refusals - 1).min(16))
+                        .min(REFUSAL_BACKOFF_MAX);
+                    if at.elapsed() < wait {
+                        return Err(Error::NoToken(format!(
+                            "the MCP server refused ({}) the token authorized {} ms ago, \
+                             with nothing new to ask for; not authorizing again for {} s",
+                            if step_up { "insufficient_scope" } else { "401" },
+                            at.elapsed().as_millis(),
+                            (wait - at.elapsed()).as_secs() + 1
+                        )));
+                    }
+                }
+                state.refusals + 1
+            }
+            _ if refused_again => 1,
+            _ => 0,
+        };
         let client = self.client(&mut state, &discovered).await?;
         let source = self.source(&discovered, &client, &scopes)?;
         let mut builder = Refreshing::builder(source);
         if let Some(store) = &self.config.token_store {
-            builder = builder.store(Arc::clone(store));
+            let store = Unrefused {
+                inner: Arc::clone(store),
+                refused: Arc::clone(&self.config.refused),
+            };
+            if let Some(token) = &sent.token {
+                store.refuse(token.expose_secret());
+            }
+            builder = builder.store(store);
         }
         let cache = builder.build();
         // The login (or grant) happens here, so its failure is this call's.
         cache.token().await?;
         state.generation += 1;
         state.scopes = scopes;
+        state.authorized_at = Some(tokio::time::Instant::now());
+        state.refusals = refusals;
         self.current.store(Some(Arc::new(Session {
             cache,
             generation: state.generation,
@@ -404,6 +513,22 @@ impl McpAuth {
     ) -> Result<ClientInformation, Error> {
         let provider = &discovered.provider;
         if let Some(client) = &self.config.client {
+            // Pre-registered credentials are for one authorization server: a
+            // server that later names another (new resource metadata in a
+            // challenge) does not get them sent there.
+            match &state.pre_registered_with {
+                Some(first) if *first != provider.issuer => {
+                    return Err(Error::Configuration(format!(
+                        "the pre-registered client was used with the authorization server \
+                         {}, and the MCP server now names {}: refused (its credentials are \
+                         not for that server)",
+                        crate::error::display_url_str(first),
+                        crate::error::display_url_str(&provider.issuer)
+                    )))
+                }
+                Some(_) => {}
+                None => state.pre_registered_with = Some(provider.issuer.clone()),
+            }
             return Ok(client.clone());
         }
         if let Some(url) = &self.config.metadata_document {
@@ -418,21 +543,10 @@ impl McpAuth {
         }
         let issuer = &provider.issuer;
         if let Some((of, client)) = &state.client {
-            if of == issuer {
+            if of == issuer && !client.expired_now() {
                 return Ok(client.clone());
             }
         }
-        if let Some(kept) = self.config.registrations.load(issuer).await? {
-            state.client = Some((issuer.clone(), kept.clone()));
-            return Ok(kept);
-        }
-        let Some(endpoint) = &provider.registration_endpoint else {
-            return Err(Error::Configuration(format!(
-                "the authorization server {} has no registration endpoint and takes no \
-                 client ID metadata document: give the client's pre-registered credentials",
-                crate::error::display_url_str(issuer)
-            )));
-        };
         let mut metadata = self.config.client_metadata.clone();
         metadata.token_endpoint_auth_method = Some(
             self.registration_method(provider.token_endpoint_auth_methods_supported.as_deref())
@@ -443,20 +557,40 @@ impl McpAuth {
             metadata.redirect_uris.clear();
             metadata.response_types.clear();
         }
+        // Kept per issuer and per the metadata registered (principle 6): another
+        // configuration sharing the store (another grant, corrected redirect URIs)
+        // registers for itself.
+        let key = registration_key(issuer, &metadata)?;
+        // A registration whose secret expired is replaced (RFC 7591 §3.2.1).
+        let kept = self.config.registrations.load(&key).await?;
+        if let Some(kept) = kept.filter(|k| !k.expired_now()) {
+            state.client = Some((issuer.clone(), kept.clone()));
+            return Ok(kept);
+        }
+        let Some(endpoint) = &provider.registration_endpoint else {
+            return Err(Error::Configuration(format!(
+                "the authorization server {} has no registration endpoint and takes no \
+                 client ID metadata document: give the client's pre-registered credentials",
+                crate::error::display_url_str(issuer)
+            )));
+        };
         let registered = register(endpoint, &metadata, &self.config.http).await?;
-        self.config.registrations.save(issuer, &registered).await?;
+        self.config.registrations.save(&key, &registered).await?;
         state.client = Some((issuer.clone(), registered.clone()));
         Ok(registered)
     }
 
     /// The authentication method to register with, from those the server lists
-    /// (none listed: `client_secret_basic`, RFC 8414 §2).
+    /// (none listed: `client_secret_basic`, RFC 8414 §2). A machine (client
+    /// credentials) never registers as a public client: its grant needs client
+    /// authentication (RFC 6749 §4.4).
     fn registration_method(&self, supported: Option<&[String]>) -> &'static str {
         let has = |m: &str| supported.is_none_or(|s| s.iter().any(|x| x == m));
         let listed = |m: &str| supported.is_some_and(|s| s.iter().any(|x| x == m));
+        let public = !matches!(self.config.grant, Grant::ClientCredentials);
         if self.config.key.is_some() && listed("private_key_jwt") {
             "private_key_jwt"
-        } else if listed("none") {
+        } else if public && listed("none") {
             "none"
         } else if has("client_secret_basic") {
             "client_secret_basic"
@@ -582,6 +716,16 @@ impl McpAuth {
     }
 }
 
+/// The key of a registration in a [`RegistrationStore`]: the issuer, then `#` and
+/// a digest of the metadata registered (an issuer has no fragment, RFC 8414 §2).
+fn registration_key(issuer: &str, metadata: &ClientMetadata) -> Result<String, Error> {
+    let json = serde_json::to_vec(metadata)
+        .map_err(|e| Error::Configuration(format!("cannot encode the client metadata: {e}")))?;
+    let digest = crate::crypto::sha256(&json);
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{issuer}#{hex}"))
+}
+
 impl fmt::Debug for McpAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("McpAuth")
@@ -616,8 +760,9 @@ impl McpAuthBuilder {
         self
     }
 
-    /// The client's pre-registered credentials: used as they are, with every
-    /// authorization server (no metadata document, no dynamic registration).
+    /// The client's pre-registered credentials: used as they are (no metadata
+    /// document, no dynamic registration), with the authorization server the MCP
+    /// server names first and no other.
     pub fn client(mut self, client: ClientInformation) -> Self {
         self.config.client = Some(client);
         self
@@ -655,7 +800,8 @@ impl McpAuthBuilder {
         self
     }
 
-    /// Where dynamic registrations are kept per issuer (default: in memory). A
+    /// Where dynamic registrations are kept, per issuer and client metadata
+    /// (default: in memory). A
     /// [`FileRegistrations`](crate::client::FileRegistrations) keeps them across
     /// restarts.
     pub fn registrations(mut self, store: impl RegistrationStore) -> Self {

@@ -8,7 +8,7 @@ use http::Uri;
 use crate::client::discovery::origin_of;
 use crate::client::ProviderMetadata;
 use crate::metadata::{bearer_param, ProtectedResourceMetadata};
-use crate::transport::{check_url, parse_url};
+use crate::transport::{check_url, is_loopback, parse_url};
 use crate::{Endpoint, Error, HttpClient};
 
 /// What discovery found about an MCP server.
@@ -48,8 +48,9 @@ pub enum Found {
 /// its path (a bare origin keeps none either).
 ///
 /// # Errors
-/// [`Error::Configuration`] for a URL that does not parse, is not absolute, or is
-/// `http` to a host other than loopback.
+/// [`Error::Configuration`] for a URL that does not parse, is not absolute, has
+/// user information (`user:password@`), or is `http` to a host other than
+/// loopback.
 pub fn canonical_server_uri(url: &str) -> Result<String, Error> {
     let without_fragment = url.split('#').next().unwrap_or(url);
     let uri = parse_url(without_fragment)?;
@@ -60,6 +61,13 @@ pub fn canonical_server_uri(url: &str) -> Result<String, Error> {
             crate::error::display_url_str(url)
         )));
     };
+    if authority.as_str().contains('@') {
+        // It would go to the authorization server as `resource`, and into logs.
+        return Err(Error::Configuration(format!(
+            "the MCP server URL {} has user information: give credentials otherwise",
+            crate::error::display_url_str(url)
+        )));
+    }
     let path = uri.path().trim_end_matches('/');
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     Ok(format!(
@@ -86,6 +94,26 @@ fn metadata_urls(server: &Uri, challenge: Option<&str>) -> Vec<(String, bool)> {
     }
 }
 
+/// Refuses `url` (named by the server, `what`) when it is on loopback and the MCP
+/// server is not: a remote server may not send the client's requests into the
+/// client's own machine (the one place plain `http` is allowed).
+fn stays_off_loopback(server: &Uri, url: &str, what: &str) -> Result<(), Error> {
+    let on_loopback = |uri: &Uri| uri.host().is_some_and(is_loopback);
+    if on_loopback(server) {
+        return Ok(());
+    }
+    match parse_url(url) {
+        Ok(uri) if on_loopback(&uri) => Err(Error::InvalidResponse(
+            Endpoint::ResourceMetadata,
+            format!(
+                "{what} {} is on loopback, the MCP server is not; refused",
+                crate::error::display_url(&uri)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Discovers the authorization server of the MCP server at `server_url`, given the
 /// `WWW-Authenticate` value of its `401` (if any):
 ///
@@ -103,7 +131,8 @@ fn metadata_urls(server: &Uri, challenge: Option<&str>) -> Vec<(String, bool)> {
 /// # Errors
 /// [`Error::InvalidResponse`] naming [`Endpoint::ResourceMetadata`] when the
 /// metadata names another resource or no authorization server, or cannot be had
-/// (other than `404`); naming [`Endpoint::Discovery`] when the authorization
+/// (other than `404`), or, for a server not on loopback, sends the client to
+/// loopback; naming [`Endpoint::Discovery`] when the authorization
 /// server's metadata cannot be had or names another issuer; [`Error::Configuration`]
 /// for URLs that are not `https` (`http` only on loopback); transport errors.
 pub async fn discover(
@@ -114,6 +143,7 @@ pub async fn discover(
     let server = canonical_server_uri(server_url)?;
     let server_uri = parse_url(&server)?;
     for (url, named) in metadata_urls(&server_uri, challenge) {
+        stays_off_loopback(&server_uri, &url, "the challenge's resource_metadata")?;
         let found = ProtectedResourceMetadata::get(&url, http).await?;
         let Some(metadata) = found else {
             if named {
@@ -147,6 +177,11 @@ pub async fn discover(
                 ),
             ));
         };
+        stays_off_loopback(
+            &server_uri,
+            issuer,
+            "the resource metadata's authorization server",
+        )?;
         let provider = ProviderMetadata::discover_rfc8414_first(issuer, http).await?;
         return Ok(Discovered {
             resource: metadata.resource.clone(),

@@ -82,7 +82,18 @@ async fn follow(url: String, http: HttpClient) {
     let mut delivery = None;
     for _ in 0..MAX_REDIRECTS {
         if next.split('?').next() == Some(redirect_uri.as_str()) {
-            delivery = Some(next);
+            // The login refuses a redirect with another `state` and waits on for
+            // the right one (a person's stale tab): here no right one will come.
+            delivery = Some(if query_param(&next, "state") == state {
+                next
+            } else {
+                failed(
+                    "invalid_request",
+                    "the authorization server redirected with a state that is not this \
+                     login's; refused"
+                        .to_owned(),
+                )
+            });
             break;
         }
         let res = match get(&http, &next).await {
