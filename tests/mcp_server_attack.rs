@@ -433,3 +433,38 @@ async fn only_this_servers_canonical_uri_is_an_audience() {
     let doc = answer(server.http.get(&server.metadata_url).send().await.unwrap()).await;
     assert_eq!(doc.body["resource"], server.url.as_str());
 }
+/// A tool's scopes given as one space-separated string (`["read admin"]`, the form
+/// of every `scope` value, RFC 6749 §3.3) are the scopes it lists: no token holds
+/// a scope with a space in it, so read as one scope the tool could never be
+/// called, and its `403` would send clients to ask again and again for what they
+/// already hold.
+#[tokio::test]
+async fn scopes_given_as_one_string_are_the_scopes_it_lists() {
+    let server = start(
+        ToolScopeLayer::new()
+            .tool("server_stats", ["read admin"])
+            .other_tools([" admin  "]),
+    )
+    .await;
+    let res = server
+        .raw(&token(&server.url, "read admin"), FORBIDDEN)
+        .await;
+    assert_eq!(res.status, 200, "{} {}", res.challenge, res.text);
+    assert_eq!(server.runs(), 1);
+    // Lacking one of them: the 403 names each once.
+    let res = server.raw(&token(&server.url, "read"), FORBIDDEN).await;
+    assert_eq!(res.status, 403);
+    assert!(
+        res.challenge.contains(r#"scope="read admin""#),
+        "{}",
+        res.challenge
+    );
+    let other = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"new_tool"}}"#;
+    let res = server.raw(&token(&server.url, "read"), other).await;
+    assert_eq!(res.status, 403);
+    assert!(
+        res.challenge.contains(r#"scope="read admin""#),
+        "{}",
+        res.challenge
+    );
+}
