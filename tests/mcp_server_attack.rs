@@ -11,6 +11,7 @@
 mod common;
 
 use std::convert::Infallible;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler};
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tower::Layer;
 use tower_bearer::mcp::server::ToolScopeLayer;
 use tower_bearer::server::{Claims, JwtValidator, ProtectedResourceMetadata, RequireBearerLayer};
@@ -467,4 +469,109 @@ async fn scopes_given_as_one_string_are_the_scopes_it_lists() {
         "{}",
         res.challenge
     );
+}
+
+/// The example server, run as a user runs it, with an identity provider that
+/// publishes its keys (OIDC discovery).
+struct Example {
+    _child: tokio::process::Child,
+    _idp: common::jwks::Idp,
+    issuer: String,
+    authority: String,
+    url: String,
+}
+
+async fn example(args: &[&str]) -> Example {
+    let idp =
+        common::jwks::Idp::start(vec![common::jwks::public_jwk(&common::jwks::rsa1(), "k1")]).await;
+    let issuer = idp.issuer.clone();
+    let mut child = tokio::process::Command::new(common::bins::example_binary("mcp_server"))
+        .args(["--addr", "127.0.0.1:0", "--oidc", &issuer])
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let authority = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("MCP server listening on http://") {
+                return rest.to_owned();
+            }
+        }
+        panic!("the example exited before it listened");
+    })
+    .await
+    .expect("the example did not listen within 60 s");
+    let url = format!("http://{authority}/mcp");
+    Example {
+        _child: child,
+        _idp: idp,
+        issuer,
+        authority,
+        url,
+    }
+}
+
+impl Example {
+    fn token(&self, scope: &str) -> String {
+        let claims = json!({
+            "iss": self.issuer, "sub": "alice", "aud": self.url, "scope": scope,
+            "exp": common::server::now_plus(300),
+        });
+        jsonwebtoken::encode(&common::jwks::rs256("k1"), &claims, &common::jwks::rsa1()).unwrap()
+    }
+
+    async fn initialize(&self, headers: &[(&str, &str)]) -> Answer {
+        let body = json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": { "name": "attack", "version": "1" },
+            },
+        });
+        let mut req = reqwest::Client::new()
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", format!("Bearer {}", self.token("read")));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        answer(req.body(body.to_string()).send().await.unwrap()).await
+    }
+}
+
+/// MCP's transport spec: servers MUST validate `Origin` (a browser page of another
+/// site must not reach a local server), and should accept only their own `Host`
+/// (DNS rebinding). The example does both.
+#[tokio::test]
+async fn the_example_refuses_other_origins_and_hosts() {
+    let server = example(&[]).await;
+    // A client that is no browser sends no Origin: served.
+    let res = server.initialize(&[]).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let port = server.authority.rsplit(':').next().unwrap();
+    for host in [
+        format!("evil.example:{port}"),
+        format!("localhost:{port}"),
+        "127.0.0.1".to_owned(),
+    ] {
+        let res = server.initialize(&[("host", &host)]).await;
+        assert_eq!(res.status, 403, "Host {host}: {}", res.text);
+    }
+    for origin in ["http://evil.example", "null", "http://localhost"] {
+        let res = server.initialize(&[("origin", origin)]).await;
+        assert_eq!(res.status, 403, "Origin {origin}: {}", res.text);
+    }
+    // An origin the operator allowed is served; others still are not.
+    let server = example(&["--allow-origin", "http://app.example:8080"]).await;
+    let res = server
+        .initialize(&[("origin", "http://app.example:8080")])
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    for origin in ["http://app.example:8081", "https://app.example:8080"] {
+        let res = server.initialize(&[("origin", origin)]).await;
+        assert_eq!(res.status, 403, "Origin {origin}: {}", res.text);
+    }
 }
