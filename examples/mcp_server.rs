@@ -11,7 +11,9 @@
 //!   answer;
 //! - each tool needs its own scope (`ToolScopeLayer`, feature `mcp`): `echo` needs
 //!   `read`, `server_stats` needs `admin`; a token without it gets `403`
-//!   `insufficient_scope` with `scope="…"`.
+//!   `insufficient_scope` with `scope="…"`;
+//! - only this server's own `Host` is served (DNS rebinding), and a request from a
+//!   browser page (`Origin`) only when that origin is allowed with `--allow-origin`.
 //!
 //! With the token server of the examples (`mcp_client` is the client):
 //!
@@ -46,6 +48,11 @@ struct Args {
     /// The authorization server (its issuer URL; keys through OIDC discovery).
     #[arg(long, value_name = "ISSUER_URL")]
     oidc: String,
+    /// A browser origin allowed to call this server (`https://app.example.com:443`;
+    /// repeat for several). A request with another `Origin` is refused `403`; one
+    /// without (any client that is no browser) is served.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
 }
 
 /// The realm of every challenge.
@@ -118,7 +125,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // rmcp's Streamable HTTP service, stateless with JSON answers: each POST is
     // answered on its own, so a load balancer needs no session affinity. Only this
-    // server's own authority is accepted in `Host` (DNS rebinding).
+    // server's own authority is accepted in `Host` (DNS rebinding), and only the
+    // origins allowed in `Origin` (MCP's transport spec: servers MUST validate it, so
+    // that a web page of another site cannot reach a local server).
     let calls = Arc::new(AtomicU64::new(0));
     let tools = move || {
         Ok(Tools {
@@ -129,7 +138,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
-        .with_allowed_hosts([authority.clone()]);
+        .with_allowed_hosts([authority.clone()])
+        .with_allowed_origins(args.allowed_origins)
+        .enforce_origin_validation();
     let mcp = StreamableHttpService::new(tools, Arc::new(NeverSessionManager::default()), config);
     // A scope per tool, judged on the verified claims before rmcp runs the call.
     let scopes = ToolScopeLayer::<Claims>::new()

@@ -178,7 +178,8 @@ impl<C: ScopedClaims + Send + Sync + 'static> ToolScopeLayer<C> {
         }
     }
 
-    /// The tool `name` needs every one of `scopes` (named again: replaced).
+    /// The tool `name` needs every one of `scopes` (named again: replaced). An item
+    /// with spaces is the scopes it lists: `["read admin"]` is `["read", "admin"]`.
     pub fn tool<T: Into<String>>(
         mut self,
         name: impl Into<String>,
@@ -194,7 +195,7 @@ impl<C: ScopedClaims + Send + Sync + 'static> ToolScopeLayer<C> {
     }
 
     /// Every tool not named with [`tool`](Self::tool) needs every one of `scopes`
-    /// (by default none).
+    /// (by default none; read as in [`tool`](Self::tool)).
     pub fn other_tools<T: Into<String>>(mut self, scopes: impl IntoIterator<Item = T>) -> Self {
         self.others = collect(scopes);
         self
@@ -238,8 +239,19 @@ impl<C: ScopedClaims + Send + Sync + 'static> ToolScopeLayer<C> {
     }
 }
 
+/// The scopes given, each once: an item with spaces in it (`"read admin"`, the form
+/// of a `scope` value, RFC 6749 §3.3) is the scopes it lists, since no token holds
+/// a scope with a space in it.
 fn collect<T: Into<String>>(scopes: impl IntoIterator<Item = T>) -> Arc<[String]> {
-    scopes.into_iter().map(Into::into).collect()
+    let mut all: Vec<String> = Vec::new();
+    for item in scopes {
+        for scope in item.into().split_ascii_whitespace() {
+            if !all.iter().any(|s| s == scope) {
+                all.push(scope.to_owned());
+            }
+        }
+    }
+    all.into()
 }
 
 impl<S, C> Layer<S> for ToolScopeLayer<C> {
