@@ -58,7 +58,7 @@ count() { # case n -> instructions collected inside `measured`
 failed=0
 for case in "${cases[@]}"; do
   case $case in
-    *HS256 | verified_cache_hit/* | header_parse | client_hot_path/*) n=2000 ;;
+    *HS256 | essential* | verified_cache_hit/* | header_parse | client_hot_path/*) n=2000 ;;
     end_to_end/*) n=2000 ;;
     *) n=100 ;;
   esac
