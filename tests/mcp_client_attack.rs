@@ -545,14 +545,18 @@ async fn a_server_that_refuses_every_token_gets_no_storm_of_authorizations() {
     let auth = headless(&world).build().unwrap();
     // The first request: no token, one authorization, its token refused.
     assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::UNAUTHORIZED);
-    // The second: its refused token is re-authorized once.
+    // The second: its refused token is replaced once, through its cache (this
+    // server gives no refresh token: the grant again, a second login).
     assert_eq!(call(&auth, &world).await.unwrap(), StatusCode::UNAUTHORIZED);
     assert_eq!(World::count(&world.authorizations), 2);
+    assert_eq!(World::count(&world.token_requests), 2);
+    // Then neither logins nor token requests at the caller's rate.
     for _ in 0..5 {
         let err = call(&auth, &world).await.unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
     }
     assert_eq!(World::count(&world.authorizations), 2);
+    assert_eq!(World::count(&world.token_requests), 2);
 }
 
 // Finding: a redirect with another login's `state` (a forged or confused

@@ -365,10 +365,29 @@ impl McpAuth {
             // Another request's authorization came first: retry with its token.
             return Ok(());
         }
-        if !step_up && self.refreshed(&state, sent, challenge).await {
+        let named = bearer_param(challenge, "resource_metadata");
+        // The first refusal of a token since the last authorization goes through the
+        // token's cache (its refresh token, or the grant again), unless the server now
+        // names other resource metadata (discovered anew below), or the registration
+        // expired (replaced below). A refusal after that one is no expiry: it
+        // authorizes again, within the backoff, so a server refusing every token gets
+        // no storm of refreshes either (principle 3).
+        let first_refusal = state.refusals == 0
+            || state
+                .authorized_at
+                .is_none_or(|at| at.elapsed() >= REFUSAL_BACKOFF_MAX);
+        let moved = named.is_some() && named != state.followed;
+        let expired = state.client.as_ref().is_some_and(|(_, c)| c.expired_now());
+        if !step_up
+            && first_refusal
+            && !moved
+            && !expired
+            && self.refreshed(&state, sent, challenge).await
+        {
+            state.authorized_at = Some(tokio::time::Instant::now());
+            state.refusals = 1;
             return Ok(());
         }
-        let named = bearer_param(challenge, "resource_metadata");
         if state.discovered.is_none() || (named.is_some() && named != state.followed) {
             let found =
                 discover(&self.config.server_url, Some(challenge), &self.config.http).await?;
