@@ -76,10 +76,10 @@ pub use challenge::{is_grpc, Rejection, Unavailable};
 pub use confirmation::Confirmation;
 #[cfg(feature = "dpop")]
 pub use dpop::{DpopError, DpopVerifier};
-#[cfg(feature = "introspection")]
-pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(all(feature = "introspection", feature = "jwt"))]
 pub use introspect::IntrospectionKeys;
+#[cfg(feature = "introspection")]
+pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]
 pub use issuers::{MultiIssuer, MultiIssuerBuilder};
 /// The signature algorithms of [`JwtValidator::algorithms`] and

@@ -16,9 +16,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::server::jwt::{compact_parts, JwtValidator};
 #[cfg(feature = "jwks")]
 use crate::server::jwks::{JwksValidator, JwksValidatorBuilder};
+use crate::server::jwt::{compact_parts, JwtValidator};
 #[cfg(feature = "jwks")]
 use crate::server::validator::Validator;
 use crate::server::Rejection;
@@ -201,7 +201,9 @@ impl IntrospectionKeys {
         let text = std::str::from_utf8(body).map_err(|_| refused("not a compact JWS"))?;
         let text = text.trim_ascii();
         let Some((header, _, _)) = compact_parts(text) else {
-            return Err(refused("not a compact JWS (an encrypted answer is not supported)"));
+            return Err(refused(
+                "not a compact JWS (an encrypted answer is not supported)",
+            ));
         };
         let verified = match &self.keys {
             Keys::One(key) => key.check(text),
@@ -225,16 +227,20 @@ impl IntrospectionKeys {
             .ok()
             .and_then(|h| serde_json::from_slice::<TypHeader>(&h).ok())
             .ok_or_else(|| refused("its header is malformed"))?;
-        let typ_ok = header.typ.as_ref().and_then(|t| t.as_str()).is_some_and(|t| {
-            t.eq_ignore_ascii_case("token-introspection+jwt")
-                || t.eq_ignore_ascii_case(TOKEN_INTROSPECTION_JWT)
-        });
+        let typ_ok = header
+            .typ
+            .as_ref()
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| {
+                t.eq_ignore_ascii_case("token-introspection+jwt")
+                    || t.eq_ignore_ascii_case(TOKEN_INTROSPECTION_JWT)
+            });
         if !typ_ok {
             return Err(refused("its typ is not token-introspection+jwt"));
         }
         match envelope.iss.as_ref().and_then(|i| i.as_str()) {
             Some(iss) if iss == self.issuer => {}
-            Some(_) => return Err(refused("its iss is not the authorization server")),
+            Some(_) => return Err(refused("the answer has the wrong issuer")),
             None => return Err(refused("it lacks the iss claim")),
         }
         let audience = self.audience.as_deref().unwrap_or(client_id);
