@@ -137,7 +137,9 @@ impl IntrospectionKeys {
     ///
     /// A signed answer under a `kid` not yet fetched is a first sight, as for a
     /// token: the keys are fetched again (throttled by time), and until they come
-    /// the answer is not accepted (the request is answered `503`).
+    /// the answer is not accepted (the request is answered `503`). An answer longer
+    /// than the validator's [`MAX_TOKEN_LEN`](crate::server::jwks::MAX_TOKEN_LEN)
+    /// (8 KiB) is refused.
     ///
     /// # Errors
     /// [`Error::Configuration`] when no issuer is known (a JWKS URL without
