@@ -254,6 +254,10 @@ const configuration = {
       // The API may introspect any token (the default lets confidential clients).
       allowedPolicy: async () => true,
     },
+    // Signed introspection answers (RFC 9701) for a client that asks for them with
+    // `Accept: application/token-introspection+jwt` (RS256, the provider's key, the
+    // default `introspection_signed_response_alg`); plain JSON for the others.
+    jwtIntrospection: { enabled: true },
     revocation: { enabled: true },
     ...(mcpResource ? { registration: { enabled: true } } : {}),
     // DPoP-bound tokens (RFC 9449) for clients that send a proof; a client that

@@ -30,7 +30,7 @@ use tower_bearer::client::{
     TokenEndpoint, TokenEndpointAuth, TokenSource, TokenStore, TokenTypeHint,
 };
 use tower_bearer::server::{
-    Claims, Introspection, JwksValidator, MultiIssuer, Rejection, Validator,
+    Claims, Introspection, IntrospectionKeys, JwksValidator, MultiIssuer, Rejection, Validator,
 };
 use tower_bearer::{Error, Token};
 
@@ -731,6 +731,93 @@ async fn opaque_tokens_through_introspection() {
     assert!(api().validate(&ours).await.is_err(), "revoked");
     assert_eq!(provider.count("revocation").await, 1);
     assert_eq!(provider.count("token:client_credentials").await, 2);
+}
+
+/// RFC 9701 against oidc-provider's `jwtIntrospection`: the API asks for signed
+/// introspection answers and accepts only those, checked with the keys the provider
+/// publishes (found through discovery): its token accepted (which only a signed,
+/// checked answer can be), a token for another resource refused by the answer inside,
+/// a revoked one refused. The provider names the API's client id in `aud`: a
+/// validator that expects another refuses every answer (`503`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_introspection_answers() {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let metadata = ProviderMetadata::discover(&provider.issuer).await.unwrap();
+    let introspection_url = metadata.introspection_endpoint.clone().unwrap();
+    let keys = || {
+        IntrospectionKeys::jwks(JwksValidator::<Claims>::discover(&provider.issuer).unwrap())
+            .unwrap()
+    };
+    let api = |keys: IntrospectionKeys| {
+        Introspection::<Claims>::new(&introspection_url)
+            .unwrap()
+            .client("api", "api-secret-0123456789")
+            .jwt_response(keys)
+            .issuer(&provider.issuer)
+            .audience(OPAQUE_API)
+    };
+    let endpoint = metadata
+        .token_endpoint()
+        .unwrap()
+        .client_id("svc-basic")
+        .client_secret("basic-secret-0123456789");
+    let token_for = |resource: &'static str| {
+        let endpoint = endpoint.clone();
+        async move {
+            let token = endpoint
+                .param("resource", resource)
+                .client_credentials()
+                .scope("read")
+                .fetch(None)
+                .await
+                .unwrap();
+            token.access_token().expose_secret().to_owned()
+        }
+    };
+    let ours = token_for(OPAQUE_API).await;
+    let theirs = token_for(OTHER_API).await;
+
+    // The provider really signs for this Accept.
+    let res = provider
+        .http
+        .post(&introspection_url)
+        .basic_auth("api", Some("api-secret-0123456789"))
+        .header("accept", "application/token-introspection+jwt")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ours}"))
+        .send()
+        .await
+        .unwrap();
+    let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/token-introspection+jwt"),
+        "{content_type}"
+    );
+
+    let claims = api(keys()).validate(&ours).await.expect("a signed answer");
+    assert_eq!(claims.iss.as_deref(), Some(provider.issuer.as_str()));
+    assert!(matches!(
+        api(keys()).validate(&theirs).await,
+        Err(Rejection::InvalidToken(_))
+    ));
+    let err = api(keys().audience("another-api"))
+        .validate(&ours)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Rejection::Unavailable(_)), "{err:?}");
+
+    endpoint
+        .revocation()
+        .unwrap()
+        .revoke(&ours, Some(TokenTypeHint::AccessToken))
+        .await
+        .unwrap();
+    assert!(matches!(
+        api(keys()).validate(&ours).await,
+        Err(Rejection::InvalidToken(_))
+    ));
 }
 
 /// The provider restarted with a new signing key: `JwksValidator::discover` takes

@@ -1,5 +1,7 @@
 //! [`Introspection`]: opaque tokens checked with the authorization server's RFC 7662
-//! introspection endpoint, with a cache and one call per token at a time.
+//! introspection endpoint, with a cache and one call per token at a time; with
+//! feature `jwt`, answers signed by the authorization server (RFC 9701,
+//! [`IntrospectionKeys`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +24,12 @@ use super::{Rejection, Unavailable};
 use crate::flight::{Joined, SingleFlight};
 use crate::transport::{check_url, parse_url};
 use crate::{Endpoint, Error, HttpClient};
+
+#[cfg(feature = "jwt")]
+mod signed;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use signed::{IntrospectionKeys, DEFAULT_ANSWER_MAX_AGE, TOKEN_INTROSPECTION_JWT};
 
 /// The default longest time an active answer is reused (never past the token's `exp`):
 /// also how long a token revoked at the provider may still be accepted.
@@ -96,6 +104,11 @@ pub enum IntrospectionAuth {
 ///   answers are still served. A failure that may be the token's own (a `400`, or
 ///   an answer that does not parse) holds back only that token, for the same time.
 ///
+/// - **Signed answers** (RFC 9701, feature `jwt`): with `jwt_response`, the
+///   answers are asked for as JWTs signed by the authorization server and only
+///   those are read, checked with its keys (`IntrospectionKeys`); an unsigned or
+///   refused answer is `503`, never a verdict.
+///
 /// `C` is built from the introspection answer (the provided [`Claims`], or your
 /// own serde type).
 ///
@@ -131,6 +144,12 @@ struct Config {
     required_scopes: Vec<String>,
     issuers: Vec<String>,
     audiences: Vec<String>,
+    /// RFC 9701: ask for signed answers, checked with these keys.
+    #[cfg(feature = "jwt")]
+    signed: Option<IntrospectionKeys>,
+    /// RFC 9701: also accept a plain JSON answer when signed ones are asked for.
+    #[cfg(feature = "jwt")]
+    allow_unsigned: bool,
 }
 
 type Digest32 = [u8; 32];
@@ -235,8 +254,8 @@ impl<C> Clone for Introspection<C> {
 impl<C> fmt::Debug for Introspection<C> {
     // The client secret is never shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Introspection")
-            .field("endpoint", &self.config.endpoint)
+        let mut f = f.debug_struct("Introspection");
+        f.field("endpoint", &self.config.endpoint)
             .field("client_id", &self.config.client_id)
             .field("auth", &self.config.auth)
             .field("ttl", &self.config.ttl)
@@ -246,8 +265,11 @@ impl<C> fmt::Debug for Introspection<C> {
             .field("failure_backoff", &self.config.failure_backoff)
             .field("iss", &self.config.issuers)
             .field("aud", &self.config.audiences)
-            .field("required_scopes", &self.config.required_scopes)
-            .finish_non_exhaustive()
+            .field("required_scopes", &self.config.required_scopes);
+        #[cfg(feature = "jwt")]
+        f.field("jwt_response", &self.config.signed)
+            .field("allow_unsigned_response", &self.config.allow_unsigned);
+        f.finish_non_exhaustive()
     }
 }
 
@@ -280,6 +302,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             required_scopes: Vec::new(),
             issuers: Vec::new(),
             audiences: Vec::new(),
+            #[cfg(feature = "jwt")]
+            signed: None,
+            #[cfg(feature = "jwt")]
+            allow_unsigned: false,
         };
         Ok(Introspection {
             state: Arc::new(State::new(&config)),
@@ -304,6 +330,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
             required_scopes: old.required_scopes.clone(),
             issuers: old.issuers.clone(),
             audiences: old.audiences.clone(),
+            #[cfg(feature = "jwt")]
+            signed: old.signed.clone(),
+            #[cfg(feature = "jwt")]
+            allow_unsigned: old.allow_unsigned,
         };
         f(&mut config);
         self.config = Arc::new(config);
@@ -398,6 +428,56 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
     pub fn audiences<T: ToString>(self, audiences: impl IntoIterator<Item = T>) -> Self {
         let audiences: Vec<String> = audiences.into_iter().map(|a| a.to_string()).collect();
         self.config(|c| c.audiences = audiences)
+    }
+
+    /// Asks for answers signed by the authorization server (RFC 9701), checked with
+    /// `keys`, and accepts only those: `Accept: application/token-introspection+jwt`,
+    /// and an answer of that type is a JWS whose signature, `typ`, `iss`, `aud` and
+    /// `iat` are checked ([`IntrospectionKeys`]) before the RFC 7662 answer it holds
+    /// (`token_introspection`) is judged by this validator's rules as a plain
+    /// answer would be.
+    ///
+    /// An answer that is not signed (plain JSON: the authorization server ignored
+    /// the `Accept`, or something on the way replaced the answer) or whose checks
+    /// fail is never read: the request is answered `503` (the token may be good,
+    /// only the answer is not trusted), a warning says why, and the endpoint is
+    /// backed off as after any failed call, so a misconfigured server is not asked
+    /// again on every request. [`allow_unsigned_response`](Self::allow_unsigned_response)
+    /// accepts plain answers too (while a provider is being migrated).
+    ///
+    /// The answer's JWT binds no token (RFC 9701 has no claim for it): what ties an
+    /// answer to the token is that it answers our own request for that token, over
+    /// TLS, and is cached under that token's digest only, in caches of this
+    /// configuration (this call starts empty ones: answers obtained without these
+    /// keys are never served under them). A captured answer replayed later is refused
+    /// by its age ([`IntrospectionKeys::max_age`]).
+    ///
+    /// ```no_run
+    /// use tower_bearer::server::{Claims, Introspection, IntrospectionKeys, JwksValidator};
+    ///
+    /// # fn run() -> Result<(), tower_bearer::Error> {
+    /// let keys = IntrospectionKeys::jwks(JwksValidator::<Claims>::discover("https://idp.example.com")?)?;
+    /// let validator = Introspection::<Claims>::new("https://idp.example.com/oauth/introspect")?
+    ///     .client("my-api", "s3cret")
+    ///     .jwt_response(keys)
+    ///     .audience("https://api.example.com/items");
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn jwt_response(self, keys: IntrospectionKeys) -> Self {
+        self.config(|c| c.signed = Some(keys)).fresh_caches()
+    }
+
+    /// With [`jwt_response`](Self::jwt_response): also accepts a plain JSON answer
+    /// (unsigned, as RFC 7662 has it) when the authorization server sends one, for
+    /// example while it is being configured for RFC 9701. Signed answers are still
+    /// asked for and checked. Not recommended: whoever can change an answer on the
+    /// way can send a plain one. Starts empty caches.
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn allow_unsigned_response(self) -> Self {
+        self.config(|c| c.allow_unsigned = true).fresh_caches()
     }
 
     /// How many answers are cached, and how many introspection calls are running.
@@ -562,7 +642,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
         let secret = config.client_secret.as_ref().map(|s| s.expose_secret());
         let mut req = Request::post(config.endpoint.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json");
+            .header(ACCEPT, self.accept());
         match (config.auth, secret) {
             (IntrospectionAuth::Basic, Some(secret)) => {
                 // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
@@ -611,7 +691,55 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Introspection<C> {
                 blame,
             ));
         }
+        #[cfg(feature = "jwt")]
+        if let Some(keys) = &config.signed {
+            if signed::is_signed_answer(res.headers()) {
+                // A refused signed answer is the endpoint's (or the path's): it says
+                // nothing of the token, and every token's answer would be refused.
+                let answer = keys
+                    .open(res.body(), &config.client_id)
+                    .await
+                    .map_err(endpoint)?;
+                return parse_value(answer).map_err(|e| (e, Blame::Token));
+            }
+            if !config.allow_unsigned {
+                let json = res
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(';').next())
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+                return Err(endpoint(Error::InvalidResponse(
+                    Endpoint::Introspection,
+                    format!(
+                        "the answer is not signed ({}), and signed answers (RFC 9701, {}) \
+                         are required: configure the authorization server to sign \
+                         introspection answers for this client",
+                        if json {
+                            "plain JSON"
+                        } else {
+                            "another content type"
+                        },
+                        signed::TOKEN_INTROSPECTION_JWT,
+                    ),
+                )));
+            }
+        }
         parse_answer(res.body()).map_err(|e| (e, Blame::Token))
+    }
+
+    /// The `Accept` of the calls: the signed answer's media type when signed
+    /// answers are asked for (with JSON second when plain ones are accepted too).
+    fn accept(&self) -> &'static str {
+        #[cfg(feature = "jwt")]
+        if self.config.signed.is_some() {
+            return if self.config.allow_unsigned {
+                "application/token-introspection+jwt, application/json;q=0.5"
+            } else {
+                signed::TOKEN_INTROSPECTION_JWT
+            };
+        }
+        "application/json"
     }
 }
 
@@ -659,6 +787,15 @@ fn parse_answer<C: DeserializeOwned>(body: &[u8]) -> Result<Answer<C>, Error> {
         Error::InvalidResponse(Endpoint::Introspection, crate::error::json_error(&e))
     };
     let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    parse_value(value)
+}
+
+/// The RFC 7662 answer `value` (a plain answer's body, or a signed answer's
+/// `token_introspection`).
+fn parse_value<C: DeserializeOwned>(value: serde_json::Value) -> Result<Answer<C>, Error> {
+    let bad = |e: serde_json::Error| {
+        Error::InvalidResponse(Endpoint::Introspection, crate::error::json_error(&e))
+    };
     let head: Head = serde_json::from_value(value.clone()).map_err(bad)?;
     if !head.active {
         return Ok(Answer::Inactive);

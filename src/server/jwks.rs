@@ -477,6 +477,35 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidatorBuilder<C
         self
     }
 
+    /// The same key source and fetch settings for another claims type, whose keys
+    /// check signatures and dates only (no claim rule, `exp` not required): for
+    /// documents whose claims are checked by their reader (an RFC 9701
+    /// introspection answer). The issuer set by discovery or
+    /// [`issuer`](Self::issuer) is kept, and still checked.
+    #[cfg(feature = "introspection")]
+    pub(crate) fn signature_only<D: DeserializeOwned + Clone + Send + Sync + 'static>(
+        self,
+    ) -> JwksValidatorBuilder<D> {
+        JwksValidatorBuilder {
+            source: self.source,
+            issuer: self.issuer,
+            http: self.http,
+            allow_insecure_http: self.allow_insecure_http,
+            rules: Arc::new(|v: JwtValidator<D>| v.signature_only()),
+            cooldown: self.cooldown,
+            first_sight_interval: self.first_sight_interval,
+            first_sight_wait: self.first_sight_wait,
+            default_refresh: self.default_refresh,
+            refresh_bounds: self.refresh_bounds,
+        }
+    }
+
+    /// The issuer tokens must name, when discovery or [`issuer`](Self::issuer) set one.
+    #[cfg(feature = "introspection")]
+    pub(crate) fn issuer_set(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
     /// The validator. Keys are fetched on first use (or with [`JwksValidator::load`]).
     ///
     /// # Errors

@@ -403,6 +403,29 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwtValidator<C> {
         }
     }
 
+    /// The same key and algorithms (and leeway) for another claims type, with none
+    /// of the claim rules: no `iss`, `aud`, scopes, `typ` or required claim, `exp`
+    /// included (checked when present). For documents whose claims are checked by
+    /// their reader, an RFC 9701 introspection answer for one (which should carry
+    /// no `exp`).
+    #[cfg(feature = "introspection")]
+    pub(crate) fn signature_only<D>(&self) -> JwtValidator<D> {
+        JwtValidator {
+            key: self.key.clone(),
+            family: self.family,
+            algorithms: self.algorithms.clone(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: self.leeway,
+            required: Required::default(),
+            required_scopes: Vec::new(),
+            access_token_typ: false,
+            hmac: self.hmac.clone(),
+            last_header: Arc::default(),
+            _claims: PhantomData,
+        }
+    }
+
     /// Narrows the allowed algorithms (for example to `RS256` only).
     ///
     /// # Errors

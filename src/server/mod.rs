@@ -3,7 +3,8 @@
 //! [`RequireBearerLayer`] takes any [`Validator`]: [`StaticTokens`], a closure
 //! ([`validator::from_fn`], [`from_async_fn`]), `JwtValidator` (feature `jwt`),
 //! `JwksValidator` (feature `jwks`: keys from a JWKS URL or OIDC discovery, with
-//! rotation), `MultiIssuer` (feature `jwks`: several issuers, picked by `iss`) or `Introspection` (feature `introspection`, RFC 7662). Wrap any of
+//! rotation), `MultiIssuer` (feature `jwks`: several issuers, picked by `iss`) or `Introspection` (feature `introspection`, RFC 7662; with `jwt`, answers
+//! signed by the authorization server, RFC 9701: `IntrospectionKeys`). Wrap any of
 //! them in [`VerifiedCache`] so that a repeated token costs a hash lookup. Good
 //! tokens reach the service with their claims in the request extensions as
 //! [`Verified`] (readable from `tonic::Request::extensions()` too); every other
@@ -75,6 +76,8 @@ pub use challenge::{is_grpc, Rejection, Unavailable};
 pub use confirmation::Confirmation;
 #[cfg(feature = "dpop")]
 pub use dpop::{DpopError, DpopVerifier};
+#[cfg(all(feature = "introspection", feature = "jwt"))]
+pub use introspect::IntrospectionKeys;
 #[cfg(feature = "introspection")]
 pub use introspect::{Introspection, IntrospectionAuth, IntrospectionStats};
 #[cfg(feature = "jwks")]

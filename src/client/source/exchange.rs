@@ -8,7 +8,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::TokenSource;
+use super::{TokenSource, WorkloadToken};
 use crate::client::{Authorizer, TokenEndpoint};
 use crate::{Error, Token};
 
@@ -31,9 +31,11 @@ pub mod token_type {
     pub const ID_JAG: &str = "urn:ietf:params:oauth:token-type:id-jag";
 }
 
-/// A subject or actor token (RFC 8693 §2.1): a fixed value, or the current bearer
-/// token of an [`Authorizer`] such as a [`Refreshing`](crate::Refreshing) cache, read
-/// afresh for every exchange.
+/// A subject or actor token (RFC 8693 §2.1): a fixed value, the current bearer
+/// token of an [`Authorizer`] such as a [`Refreshing`](crate::Refreshing) cache, the
+/// token a [`TokenSource`] fetches, or a workload's token read from the file another
+/// process rotates ([`WorkloadToken`]); all but the fixed one read afresh for every
+/// exchange.
 #[derive(Clone)]
 pub struct ExchangeToken {
     from: From,
@@ -44,6 +46,8 @@ pub struct ExchangeToken {
 enum From {
     Fixed(Arc<SecretString>),
     Authorizer(Arc<dyn Authorizer>),
+    Source(Arc<dyn TokenSource>),
+    Workload(WorkloadToken),
 }
 
 impl ExchangeToken {
@@ -66,10 +70,43 @@ impl ExchangeToken {
         }
     }
 
+    /// The access token `source` fetches, one fetch per exchange (give it a
+    /// [`Refreshing`](crate::Refreshing) cache to reuse its tokens), of
+    /// `token_type`. When the exchange is refused with `invalid_grant`, it is tried
+    /// once more with the source's next token.
+    pub fn from_source(source: impl TokenSource, token_type: impl Into<String>) -> Self {
+        ExchangeToken {
+            from: From::Source(Arc::new(source)),
+            token_type: token_type.into(),
+        }
+    }
+
+    /// Workload identity: the token another process writes to a file and rotates
+    /// (a Kubernetes projected service-account token, a CI job's OIDC token), of
+    /// `token_type` (usually [`token_type::JWT`]), read again whenever the file
+    /// changes. When the exchange is refused with `invalid_grant`, the file is read
+    /// again and the exchange tried once more; a second refusal is returned as
+    /// [`Error::TokenEndpoint`], so a cache tries again later (after the file's
+    /// rotation) instead of declaring itself logged out.
+    pub fn workload(token: WorkloadToken, token_type: impl Into<String>) -> Self {
+        ExchangeToken {
+            from: From::Workload(token),
+            token_type: token_type.into(),
+        }
+    }
+
     /// The token now, and the header it was read from (for an authorizer).
     async fn current(&self) -> Result<(Arc<SecretString>, Option<HeaderValue>), Error> {
         match &self.from {
             From::Fixed(token) => Ok((Arc::clone(token), None)),
+            From::Workload(token) => Ok((token.current()?, None)),
+            From::Source(source) => {
+                let token = source.fetch(None).await?;
+                Ok((
+                    Arc::new(SecretString::from(token.expose_access_token().to_owned())),
+                    None,
+                ))
+            }
             From::Authorizer(authorizer) => {
                 let credential = authorizer.credential().await?.ok_or_else(|| {
                     Error::NoToken("the token exchange's authorizer has no credential".into())
@@ -96,8 +133,11 @@ impl ExchangeToken {
     }
 
     fn rejected(&self, sent: Option<&HeaderValue>) {
-        if let (From::Authorizer(authorizer), Some(sent)) = (&self.from, sent) {
-            authorizer.on_unauthorized(sent);
+        match (&self.from, sent) {
+            (From::Authorizer(authorizer), Some(sent)) => authorizer.on_unauthorized(sent),
+            // Rotated within one timestamp tick, perhaps: the next use reads the file.
+            (From::Workload(token), _) => token.forget(),
+            _ => {}
         }
     }
 
@@ -111,6 +151,8 @@ impl fmt::Debug for ExchangeToken {
         let from = match self.from {
             From::Fixed(_) => "fixed [redacted]",
             From::Authorizer(_) => "authorizer",
+            From::Source(_) => "token source",
+            From::Workload(_) => "workload token file",
         };
         f.debug_struct("ExchangeToken")
             .field("from", &from)

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::TokenSource;
+use super::{TokenSource, WorkloadToken};
 use crate::client::assertion::{iat_exp, jti, AssertionClaims};
 use crate::client::{Algorithm, AssertionKey, TokenEndpoint};
 use crate::{Error, Token};
@@ -62,6 +63,8 @@ enum Assertion {
     Signed(AssertionKey),
     /// Another party's (an identity provider's ID-JAG), fetched for each request.
     Fetched(Arc<dyn TokenSource>),
+    /// Another process's, read from a file it rotates.
+    Workload(WorkloadToken),
 }
 
 impl JwtBearer {
@@ -93,6 +96,46 @@ impl JwtBearer {
         JwtBearer {
             endpoint,
             assertion: Assertion::Fetched(Arc::new(assertions)),
+            issuer: String::new(),
+            subject: None,
+            audience: None,
+            scope: None,
+            resources: Vec::new(),
+            lifetime: DEFAULT_LIFETIME,
+        }
+    }
+
+    /// Workload identity: the assertion is the token another process writes to a
+    /// file and rotates (a Kubernetes projected service-account token, a CI job's
+    /// OIDC token), read again whenever the file changes ([`WorkloadToken`]),
+    /// exchanged at `endpoint` with the endpoint's client authentication. As with
+    /// [`presenting`](Self::presenting), the claim setters do not apply;
+    /// [`resource`](Self::resource) is still sent.
+    ///
+    /// A refused assertion (`invalid_grant`: it expired, its rotation is late) does
+    /// not end the source: the file is read again at once and, when it holds a
+    /// newer token, the grant is tried once more with it; otherwise the refusal is
+    /// returned as [`Error::TokenEndpoint`], so a [`Refreshing`](crate::Refreshing)
+    /// cache tries again after a backoff (and reads the file again) instead of
+    /// declaring itself logged out.
+    ///
+    /// ```no_run
+    /// use tower_bearer::client::source::{JwtBearer, WorkloadToken};
+    /// use tower_bearer::client::TokenEndpoint;
+    /// use tower_bearer::Refreshing;
+    /// # fn run() -> Result<(), tower_bearer::Error> {
+    /// let endpoint = TokenEndpoint::new("https://idp.example.com/token")?;
+    /// let grant = JwtBearer::workload(
+    ///     endpoint,
+    ///     WorkloadToken::file("/var/run/secrets/tokens/idp-token"),
+    /// );
+    /// let authorizer = Refreshing::new(grant);
+    /// # Ok(()) }
+    /// ```
+    pub fn workload(endpoint: TokenEndpoint, token: WorkloadToken) -> Self {
+        JwtBearer {
+            endpoint,
+            assertion: Assertion::Workload(token),
             issuer: String::new(),
             subject: None,
             audience: None,
@@ -183,6 +226,13 @@ impl JwtBearer {
         self
     }
 
+    /// Presents `assertion` at the token endpoint.
+    async fn grant(&self, assertion: &str) -> Result<Token, Error> {
+        let mut form = vec![("grant_type", JWT_BEARER_GRANT), ("assertion", assertion)];
+        form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        self.endpoint.request(&form).await
+    }
+
     /// The token endpoint.
     pub fn endpoint(&self) -> &TokenEndpoint {
         &self.endpoint
@@ -194,6 +244,9 @@ impl JwtBearer {
             Assertion::Fetched(source) => {
                 let token = source.fetch(None).await?;
                 return Ok(Zeroizing::new(token.expose_access_token().to_owned()));
+            }
+            Assertion::Workload(token) => {
+                return Ok(Zeroizing::new(token.current()?.expose_secret().to_owned()));
             }
         };
         let token_url = self.endpoint.url().to_string();
@@ -217,12 +270,28 @@ impl TokenSource for JwtBearer {
     fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         async move {
             let assertion = self.assertion().await?;
-            let mut form = vec![
-                ("grant_type", JWT_BEARER_GRANT),
-                ("assertion", &**assertion),
-            ];
-            form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
-            self.endpoint.request(&form).await
+            let refused = match self.grant(&assertion).await {
+                Err(Error::InvalidGrant(e)) => e,
+                other => return other,
+            };
+            let Assertion::Workload(token) = &self.assertion else {
+                return Err(Error::InvalidGrant(refused));
+            };
+            // The file may hold a newer token already (rotated within one timestamp
+            // tick, or just now): read it again, and try once more if it changed.
+            token.forget();
+            let newer = self.assertion().await?;
+            if *newer == *assertion {
+                tracing::debug!(
+                    path = %token.path().display(),
+                    "the workload assertion was refused; it is read again on the next try"
+                );
+                return Err(Error::TokenEndpoint(refused));
+            }
+            match self.grant(&newer).await {
+                Err(Error::InvalidGrant(e)) => Err(Error::TokenEndpoint(e)),
+                other => other,
+            }
         }
         .boxed()
     }
@@ -237,6 +306,7 @@ impl fmt::Debug for JwtBearer {
                 match &self.assertion {
                     Assertion::Signed(key) => key,
                     Assertion::Fetched(_) => &"(assertions fetched)",
+                    Assertion::Workload(token) => token,
                 },
             )
             .field("issuer", &self.issuer)

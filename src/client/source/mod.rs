@@ -1,7 +1,9 @@
 //! Where tokens come from: the [`TokenSource`] trait, closures, and the OAuth 2.0
 //! grants over a [`TokenEndpoint`](super::TokenEndpoint); the environment
 //! ([`EnvSource`]), interactive logins ([`PasswordPrompt`], [`DeviceCode`], [`AuthorizationCode`]), and a [`Chain`] that
-//! tries them in order. Token exchange ([`TokenExchange`], RFC 8693). With the `jwt` feature, the JWT-bearer grant (`JwtBearer`,
+//! tries them in order. Token exchange ([`TokenExchange`], RFC 8693). Workload identity
+//! ([`WorkloadToken`]): a token another process writes to a file and rotates, as an
+//! assertion or a subject token. With the `jwt` feature, the JWT-bearer grant (`JwtBearer`,
 //! Google service accounts).
 
 use std::fmt;
@@ -21,6 +23,7 @@ mod grants;
 #[cfg(feature = "jwt")]
 mod jwt_bearer;
 mod prompt;
+mod workload;
 
 pub use browser::AuthorizationCode;
 pub use chain::Chain;
@@ -32,6 +35,7 @@ pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt_bearer::{JwtBearer, JWT_BEARER_GRANT};
 pub use prompt::PasswordPrompt;
+pub use workload::{WorkloadToken, DEFAULT_MAX_WORKLOAD_TOKEN_LEN};
 
 /// Fetches a new token, given the one it replaces.
 ///
