@@ -1,9 +1,10 @@
 //! The crate's one crypto implementation, chosen by a cfg (Cargo.toml): aws-lc-rs by
-//! default, RustCrypto with `--cfg tower_bearer_rust_crypto`. Digests, HMAC, the
-//! operating system's randomness, the client's private keys (their kind, their
-//! public half, JWK components into PKCS#8) and rustls's provider go through here,
-//! so the rest of the crate does not care which. JWT signatures themselves go
-//! through jsonwebtoken, whose backend the same cfg selects.
+//! default, RustCrypto with `--cfg tower_bearer_rust_crypto`. Digests, HMAC,
+//! AES-256-GCM (the tokens at rest), the operating system's randomness, the client's
+//! private keys (their kind, their public half, JWK components into PKCS#8) and
+//! rustls's provider go through here, so the rest of the crate does not care which.
+//! JWT signatures themselves go through jsonwebtoken, whose backend the same cfg
+//! selects.
 
 #[cfg(not(tower_bearer_rust_crypto))]
 #[path = "crypto/aws_lc.rs"]
@@ -16,7 +17,7 @@ mod backend;
 pub(crate) use backend::tls_provider;
 #[cfg(feature = "jwt")]
 pub(crate) use backend::HmacKey;
-pub(crate) use backend::{fill_random, sha256};
+pub(crate) use backend::{fill_random, sha256, Aes256Gcm};
 
 /// The operating system gave no randomness.
 #[derive(Debug)]
