@@ -250,6 +250,7 @@ impl Keyring {
         self.current.iter().chain(&self.old)
     }
 
+    #[cfg(any(feature = "redis", test))]
     /// Every id this ring opens, as `|a|b|` (`|` alone for none): what the Redis
     /// script checks an entry's key id against before writing over it.
     pub(crate) fn ids_for_script(&self) -> String {
