@@ -1,9 +1,10 @@
 //! The crate's one crypto implementation, chosen by a cfg (Cargo.toml): aws-lc-rs by
-//! default, RustCrypto with `--cfg tower_bearer_rust_crypto`. Digests, HMAC, the
-//! operating system's randomness, the client's private keys (their kind, their
-//! public half, JWK components into PKCS#8) and rustls's provider go through here,
-//! so the rest of the crate does not care which. JWT signatures themselves go
-//! through jsonwebtoken, whose backend the same cfg selects.
+//! default, RustCrypto with `--cfg tower_bearer_rust_crypto`. Digests, HMAC,
+//! AES-256-GCM (the tokens at rest), the operating system's randomness, the client's
+//! private keys (their kind, their public half, JWK components into PKCS#8) and
+//! rustls's provider go through here, so the rest of the crate does not care which.
+//! JWT signatures themselves go through jsonwebtoken, whose backend the same cfg
+//! selects.
 
 #[cfg(not(tower_bearer_rust_crypto))]
 #[path = "crypto/aws_lc.rs"]
@@ -16,7 +17,7 @@ mod backend;
 pub(crate) use backend::tls_provider;
 #[cfg(feature = "jwt")]
 pub(crate) use backend::HmacKey;
-pub(crate) use backend::{fill_random, sha256};
+pub(crate) use backend::{fill_random, sha256, Aes256Gcm};
 
 /// The operating system gave no randomness.
 #[derive(Debug)]
@@ -139,6 +140,45 @@ mod tests {
         fill_random(&mut a).unwrap();
         fill_random(&mut b).unwrap();
         assert_ne!(a, b);
+    }
+
+    /// Test case 16 of the GCM specification (McGrew and Viega): both backends
+    /// seal and open the same bytes, so a file sealed under one opens under the
+    /// other.
+    #[test]
+    fn aes_256_gcm_of_the_gcm_specification_case_16() {
+        fn bytes(hex: &str) -> Vec<u8> {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect()
+        }
+        let key: [u8; 32] =
+            bytes("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308")
+                .try_into()
+                .unwrap();
+        let nonce: [u8; 12] = bytes("cafebabefacedbaddecaf888").try_into().unwrap();
+        let aad = bytes("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+        let plain = bytes(
+            "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+             1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39",
+        );
+        let sealed = bytes(
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+             8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662\
+             76fc6ece0f4e1768cddf8853bb2d551b",
+        );
+        let cipher = Aes256Gcm::new(&key).unwrap();
+        let mut buf = plain.clone();
+        assert!(cipher.seal(&nonce, &aad, &mut buf));
+        assert_eq!(buf, sealed);
+        assert!(cipher.open(&nonce, &aad, &mut buf));
+        assert_eq!(buf, plain);
+        let mut tampered = sealed.clone();
+        tampered[0] ^= 1;
+        assert!(!cipher.open(&nonce, &aad, &mut tampered));
+        let mut short = sealed[..10].to_vec();
+        assert!(!cipher.open(&nonce, &aad, &mut short));
     }
 
     #[cfg(feature = "dpop")]

@@ -64,7 +64,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::client::{StoredToken, TokenSource, TokenStore};
+use crate::client::at_rest::{Keyring, Sealed};
+use crate::client::{AtRestKey, StoredToken, TokenSource, TokenStore};
 use crate::metrics::{self, WaitEnd};
 use crate::{Error, Token};
 
@@ -85,7 +86,7 @@ pub use replay::RedisReplayCache;
 const WRITE_FENCED: &str = r"
 local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if v ~= tonumber(ARGV[1]) then return -1 end
-redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'lin', ARGV[5], 'version', v + 1)
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4], 'lin', ARGV[5], 'kid', ARGV[7], 'version', v + 1)
 redis.call('HDEL', KEYS[1], 'presenting', 'refused')
 redis.call('PUBLISH', ARGV[6], v + 1)
 return v + 1
@@ -127,13 +128,16 @@ return 1
 
 /// Saves the token unless it is already there or the stored one is as new or newer
 /// (its lineage; entries written before lineages existed have none: 0, the oldest):
-/// the compare and the write in one step.
+/// the compare and the write in one step. -2, and nothing written, when the stored
+/// token is encrypted under a key (its id, `kid`) that is not in ARGV[7] (`|a|b|`,
+/// the writer's keys): a replica never writes over a token it could not read.
 const SAVE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 'fp', 'lin', 'version', 'token')
+local cur = redis.call('HMGET', KEYS[1], 'fp', 'lin', 'version', 'token', 'kid')
 local v = tonumber(cur[3] or '0')
+if cur[4] and cur[5] and cur[5] ~= '' and not string.find(ARGV[7], '|' .. cur[5] .. '|', 1, true) then return -2 end
 if cur[1] == ARGV[3] then return v end
 if cur[4] and tonumber(cur[2] or '0') >= tonumber(ARGV[4]) then return -1 end
-redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'lin', ARGV[4], 'version', v + 1)
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'lin', ARGV[4], 'kid', ARGV[6], 'version', v + 1)
 redis.call('HDEL', KEYS[1], 'refused')
 redis.call('PUBLISH', ARGV[5], v + 1)
 return v + 1
@@ -152,13 +156,21 @@ return 0
 ";
 
 /// The JSON kept in Redis: the portable [`StoredToken`] plus the expiry in
-/// milliseconds (seconds are too coarse for short-lived tokens).
+/// milliseconds (seconds are too coarse for short-lived tokens). Encrypted
+/// ([`RedisStore::encrypt_with`]), this JSON is sealed into a [`SealedEntry`].
 #[derive(Serialize, Deserialize)]
 struct Entry {
     #[serde(flatten)]
     token: StoredToken,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at_ms: Option<u64>,
+}
+
+/// An encrypted entry: `{"sealed": …}` where a plain one has the token's fields.
+#[derive(Serialize, Deserialize)]
+struct SealedEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<Sealed>,
 }
 
 fn unix_ms() -> u64 {
@@ -174,16 +186,24 @@ fn fingerprint(token: &Token) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A token ready to be written: its JSON, expiry (ms, 0 for none), fingerprint and
-/// lineage.
+/// A token ready to be written: its JSON (sealed when the store encrypts), expiry
+/// (ms, 0 for none), fingerprint, lineage and the id of the key that sealed it
+/// (empty when plain).
 struct Encoded {
-    json: String,
+    json: zeroize::Zeroizing<String>,
     exp: u64,
     fp: String,
     lineage: u64,
+    kid: String,
 }
 
-fn encode(token: &Token) -> Result<Encoded, Error> {
+/// What the associated data bind a sealed entry to: its Redis key (the prefix and
+/// profile; the lineage is bound beside it).
+fn sealing_context(token_key: &str) -> String {
+    serde_json::to_string(&("redis", token_key)).unwrap_or_default()
+}
+
+fn encode(token: &Token, keys: &Keyring, token_key: &str) -> Result<Encoded, Error> {
     let expires_at_ms = token
         .expires_in()
         .map(|left| unix_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)));
@@ -191,26 +211,65 @@ fn encode(token: &Token) -> Result<Encoded, Error> {
         token: StoredToken::from_token(token),
         expires_at_ms,
     };
+    let lineage = token.lineage().as_micros();
     let json = serde_json::to_string(&entry)
         .map_err(|e| Error::Store(format!("could not encode the token: {e}")))?;
+    let sealed = keys
+        .seal(
+            &sealing_context(token_key),
+            lineage,
+            json.clone().into_bytes(),
+        )
+        .map_err(|e| Error::Store(format!("could not encrypt the token: {e}")))?;
+    let (json, kid) = match sealed {
+        Some(sealed) => {
+            let kid = sealed.kid.clone();
+            let mut plain = json;
+            zeroize::Zeroize::zeroize(&mut plain);
+            let json = serde_json::to_string(&SealedEntry {
+                sealed: Some(sealed),
+            })
+            .map_err(|e| Error::Store(format!("could not encode the token: {e}")))?;
+            (json, kid)
+        }
+        None => (json, String::new()),
+    };
     Ok(Encoded {
-        json,
+        json: zeroize::Zeroizing::new(json),
         exp: expires_at_ms.unwrap_or(0),
         fp: fingerprint(token),
-        lineage: token.lineage().as_micros(),
+        lineage,
+        kid,
     })
 }
 
-fn decode(json: &str) -> Result<Token, Error> {
+fn decode(json: &str, keys: &Keyring, token_key: &str) -> Result<Token, Error> {
     // The position only: serde's message can quote a piece of the (secret) value.
-    let entry: Entry = serde_json::from_str(json).map_err(|e| {
+    let not_a_token = |e: serde_json::Error| {
         Error::Store(format!(
             "the token in Redis is not a token (JSON {:?} error at line {} column {})",
             e.classify(),
             e.line(),
             e.column()
         ))
-    })?;
+    };
+    let envelope: SealedEntry = serde_json::from_str(json).map_err(not_a_token)?;
+    let opened;
+    let json = match &envelope.sealed {
+        Some(sealed) => {
+            let what = format!("the token at Redis key {token_key}");
+            opened = keys
+                .open(sealed, &sealing_context(token_key))
+                .map_err(|unsealed| Error::Store(unsealed.describe(&what)))?;
+            std::str::from_utf8(&opened)
+                .map_err(|_| Error::Store(format!("{what} decrypts to no token")))?
+        }
+        None => json,
+    };
+    let mut entry: Entry = serde_json::from_str(json).map_err(not_a_token)?;
+    if let Some(sealed) = &envelope.sealed {
+        entry.token.lineage = sealed.lineage;
+    }
     let mut token = entry.token.to_token()?;
     if let Some(at) = entry.expires_at_ms {
         token = token.with_expires_in(Duration::from_millis(at.saturating_sub(unix_ms())));
@@ -269,6 +328,8 @@ pub struct RedisStore {
     /// node of a cluster, tried in turn); empty when made from a connection
     /// ([`RedisStore::with_connection`]): waiters then only poll.
     subscribers: Arc<[redis::Client]>,
+    /// The keys tokens are sealed and opened with ([`RedisStore::encrypt_with`]).
+    keys: Keyring,
 }
 
 impl RedisStore {
@@ -311,7 +372,43 @@ impl RedisStore {
             lock_key: format!("{prefix}{{{profile}}}:lock").into(),
             events: format!("{prefix}{{{profile}}}:events").into(),
             subscribers: Arc::new([]),
+            keys: Keyring::default(),
         }
+    }
+
+    /// Encrypts the tokens written to Redis with `key` (AES-256-GCM: the whole
+    /// token, access and refresh tokens, expiry and scope), and opens entries
+    /// sealed with it. Set it on every replica, before [`RedisStore::fleet`].
+    ///
+    /// - Readable without the key: the lineage, version, expiry, a digest of the
+    ///   access token and the key's id (hash field `kid`), which the scripts
+    ///   compare, so newer-only holds unchanged. The ciphertext is bound to the
+    ///   token's Redis key (prefix and profile) and its lineage: copied to another
+    ///   profile, or given another lineage, it does not open.
+    /// - A new random nonce for every write.
+    /// - Read without the key, under a key this store was not given, or with the
+    ///   wrong key under that id: [`Error::Store`] saying so. A save never writes
+    ///   over an entry sealed under a key the replica does not have (the script
+    ///   checks the `kid` field), so one misconfigured replica cannot lock the
+    ///   others out.
+    /// - Rotation: give the new key to `encrypt_with` and the old one to
+    ///   [`decrypt_with`](Self::decrypt_with), on every replica; the next token
+    ///   written (the fleet's next refresh) is sealed with the new key, and then
+    ///   the old key is no longer needed.
+    /// - Migration: a plain entry is read as before and the next token written is
+    ///   sealed.
+    #[must_use]
+    pub fn encrypt_with(mut self, key: AtRestKey) -> Self {
+        self.keys = std::mem::take(&mut self.keys).with_current(key);
+        self
+    }
+
+    /// Opens entries sealed with `key` (an earlier key, after a rotation) without
+    /// sealing with it; may be called for several keys.
+    #[must_use]
+    pub fn decrypt_with(mut self, key: AtRestKey) -> Self {
+        self.keys = std::mem::take(&mut self.keys).with_old(key);
+        self
     }
 
     /// The Redis key of the token hash.
@@ -346,8 +443,9 @@ impl RedisStore {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| redis_error("read", e))?;
-        let token = match json {
-            Some(json) => Some(decode(&json)?),
+        let json = json.map(zeroize::Zeroizing::new);
+        let token = match &json {
+            Some(json) => Some(decode(json, &self.keys, &self.token_key)?),
             None => None,
         };
         Ok(Snapshot {
@@ -359,15 +457,16 @@ impl RedisStore {
     /// Writes `token` if the version is still `expected`; the new version, or None
     /// when another writer came first.
     async fn write_fenced(&self, expected: u64, token: &Token) -> Result<Option<u64>, Error> {
-        let enc = encode(token)?;
+        let enc = encode(token, &self.keys, &self.token_key)?;
         let written: i64 = redis::Script::new(WRITE_FENCED)
             .key(&*self.token_key)
             .arg(expected)
-            .arg(&enc.json)
+            .arg(enc.json.as_str())
             .arg(enc.exp)
             .arg(&enc.fp)
             .arg(enc.lineage)
             .arg(&*self.events)
+            .arg(&enc.kid)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| redis_error("write", e))?;
@@ -460,17 +559,26 @@ impl TokenStore for RedisStore {
     /// never replaced by an older one.
     fn save<'a>(&'a self, token: &'a Token) -> BoxFuture<'a, Result<(), Error>> {
         async move {
-            let enc = encode(token)?;
+            let enc = encode(token, &self.keys, &self.token_key)?;
             let version: i64 = redis::Script::new(SAVE)
                 .key(&*self.token_key)
-                .arg(&enc.json)
+                .arg(enc.json.as_str())
                 .arg(enc.exp)
                 .arg(&enc.fp)
                 .arg(enc.lineage)
                 .arg(&*self.events)
+                .arg(&enc.kid)
+                .arg(self.keys.ids_for_script())
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| redis_error("save", e))?;
+            if version == -2 {
+                return Err(Error::Store(format!(
+                    "the token at Redis key {} is encrypted under a key this store was not \
+                     given (it has {:?}); not writing over it: give this replica that key",
+                    self.token_key, self.keys
+                )));
+            }
             if version < 0 {
                 tracing::debug!(key = %self.token_key, "kept the newer token already in Redis");
             }
@@ -496,6 +604,7 @@ impl fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("token_key", &self.token_key)
             .field("lock_key", &self.lock_key)
+            .field("encryption", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -1070,8 +1179,9 @@ mod tests {
             .unwrap()
             .with_expires_in(Duration::from_millis(1500))
             .with_refresh_token("r-1");
-        let enc = encode(&token).unwrap();
-        let back = decode(&enc.json).unwrap();
+        let plain = Keyring::default();
+        let enc = encode(&token, &plain, "k").unwrap();
+        let back = decode(&enc.json, &plain, "k").unwrap();
         assert_eq!(back.access_token().expose_secret(), "a-1");
         assert_eq!(back.refresh_token().unwrap().expose_secret(), "r-1");
         let left = back.expires_in().unwrap().as_millis();
@@ -1107,15 +1217,40 @@ mod tests {
 
     #[test]
     fn bad_json_is_a_store_error_that_quotes_nothing() {
-        assert!(matches!(decode("{nope"), Err(Error::Store(_))));
+        let plain = Keyring::default();
+        assert!(matches!(decode("{nope", &plain, "k"), Err(Error::Store(_))));
         for wrong in [
             r#"{"access_token": 1, "token_type": "s3cret-value"}"#,
             r#"{"access_token": "x", "token_type": "Bearer", "expires_at_ms": "s3cret"}"#,
         ] {
-            let Err(error) = decode(wrong) else {
+            let Err(error) = decode(wrong, &plain, "k") else {
                 panic!("decoded {wrong}")
             };
             assert!(!error.to_string().contains("s3cret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn sealed_entries_hide_the_token_and_are_bound_to_their_key() {
+        let keys = Keyring::default().with_current(AtRestKey::new("k1", &[3; 32]).unwrap());
+        let token = Token::bearer("a-secret")
+            .unwrap()
+            .with_expires_in(Duration::from_secs(60))
+            .with_refresh_token("r-secret");
+        let enc = encode(&token, &keys, "p:{a}:token").unwrap();
+        assert_eq!(enc.kid, "k1");
+        assert!(!enc.json.contains("secret"), "{}", enc.json.as_str());
+        let back = decode(&enc.json, &keys, "p:{a}:token").unwrap();
+        assert_eq!(back.refresh_token().unwrap().expose_secret(), "r-secret");
+        assert_eq!(back.lineage(), token.lineage());
+        for (keys, key) in [(&keys, "p:{b}:token"), (&Keyring::default(), "p:{a}:token")] {
+            let Err(Error::Store(message)) = decode(&enc.json, keys, key) else {
+                panic!("opened under {key}")
+            };
+            assert!(
+                message.contains("encrypted") || message.contains("decrypt"),
+                "{message}"
+            );
         }
     }
 }

@@ -17,13 +17,15 @@
 //! - [`ClientAssertion`]: `private_key_jwt` and `client_secret_jwt` client
 //!   authentication (RFC 7523), with an [`AssertionKey`].
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
-//! - [`TokenStore`]: keeps tokens between runs and shares them between processes.
+//! - [`TokenStore`]: keeps tokens between runs and shares them between processes;
+//!   [`AtRestKey`]: the key [`FileStore`] and `RedisStore` encrypt them with.
 //! - `Dpop` and `DpopKey` (feature `dpop`): DPoP-bound tokens (RFC 9449), a proof
 //!   on every token request and every request.
 //! - [`AuthorizeLayer`]: the tower layer.
 
 #[cfg(feature = "jwt")]
 mod assertion;
+pub(crate) mod at_rest;
 mod authorizer;
 mod cache;
 pub(crate) mod discovery;
@@ -52,6 +54,7 @@ pub use crate::transport::HttpClient;
 pub use assertion::{
     AssertionKey, ClientAssertion, CLIENT_ASSERTION_TYPE, DEFAULT_ASSERTION_LIFETIME,
 };
+pub use at_rest::AtRestKey;
 pub use authorizer::{
     ApiKey, Authorizer, Basic, Credential, CredentialFuture, NoAuth, StaticToken, Target, DPOP,
 };

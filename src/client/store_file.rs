@@ -11,11 +11,16 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde::{Deserialize, Serialize};
 
+use super::at_rest::{AtRestKey, Keyring, Sealed};
 use super::store::{StoredToken, TokenStore};
 use crate::{Error, Token};
 
-/// The version of the file format this crate writes.
+/// The version of the file format of a plain token file (and of a tombstone).
 const FORMAT: u32 = 1;
+/// The version of a file whose token is encrypted ([`FileStore::encrypt_with`]): a
+/// version that knew no encryption sets such a file aside rather than taking it for
+/// an empty one.
+const FORMAT_SEALED: u32 = 2;
 
 /// Keeps one profile's token in a JSON file, for a command-line tool that logs a
 /// person in once and reuses the token on every later run.
@@ -50,6 +55,10 @@ const FORMAT: u32 = 1;
 ///   symbolic link: one found there is refused with [`Error::TokenFile`].
 /// - [`FileStore::shared`] makes the processes sharing the file refresh once between
 ///   them ([`SharedFileSource`](super::SharedFileSource)).
+/// - Encrypted at rest with [`FileStore::encrypt_with`]: the token is sealed with
+///   the application's [`AtRestKey`] (AES-256-GCM), and only what the newer-only
+///   compare needs (user, issuer, lineage, generation, a tombstone, the key's id)
+///   stays readable.
 ///
 /// ```no_run
 /// use tower_bearer::client::{FileStore, Refreshing, TokenEndpoint};
@@ -65,10 +74,12 @@ pub struct FileStore {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Inner {
     path: PathBuf,
     username: String,
     issuer: String,
+    keys: Keyring,
 }
 
 /// The file's content.
@@ -77,9 +88,12 @@ struct TokenFile {
     version: u32,
     username: String,
     issuer: String,
-    /// Absent in a logout's tombstone.
+    /// Absent in a logout's tombstone, and when the token is sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token: Option<StoredToken>,
+    /// The token encrypted ([`FORMAT_SEALED`] files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<Sealed>,
     /// Bumped by every write: a refresh holder writes only over the generation it read.
     #[serde(default)]
     generation: u64,
@@ -246,7 +260,54 @@ impl FileStore {
                 path: path.into(),
                 username: username.into(),
                 issuer: issuer.into(),
+                keys: Keyring::default(),
             }),
+        }
+    }
+
+    /// Encrypts the token written to the file with `key` (AES-256-GCM; the access
+    /// and refresh tokens, expiry and scope, all sealed together), and opens a file
+    /// sealed with it.
+    ///
+    /// - Readable without the key: the user, issuer, lineage, generation, a
+    ///   logout's tombstone and the key's id, so the newer-only compare under the
+    ///   lock is unchanged. The ciphertext is bound to the format version, the user,
+    ///   the issuer and the lineage: copied into another profile's file, or given
+    ///   another lineage, it does not open.
+    /// - A new random nonce for every write.
+    /// - Read without the key (a store without `encrypt_with`/`decrypt_with`), or
+    ///   under a key this store was not given, or with the wrong key under that id:
+    ///   [`Error::TokenFile`] saying so, on load, save and logout alike; the file is
+    ///   left as it is (not set aside as corrupt: the data are fine, the key is
+    ///   not), and never written over.
+    /// - Rotation: call `encrypt_with` with the new key and
+    ///   [`decrypt_with`](Self::decrypt_with) with the old one. A file sealed with
+    ///   the old key is read, and the next token written (the next refresh or
+    ///   login) is sealed with the new one; then the old key is no longer needed.
+    /// - Migration: a plain file (written without a key) is read as before, and the
+    ///   next token written is sealed. A logout's tombstone holds no token and is
+    ///   written plain.
+    ///
+    /// Called twice, the later key seals and the earlier one still opens.
+    #[must_use]
+    pub fn encrypt_with(self, key: AtRestKey) -> Self {
+        self.with_keys(|keys| keys.with_current(key))
+    }
+
+    /// Opens files sealed with `key` (an earlier key, after a rotation) without
+    /// sealing with it; may be called for several keys. A store with `decrypt_with`
+    /// and no [`encrypt_with`](Self::encrypt_with) writes its next token plain: the
+    /// way back from encryption.
+    #[must_use]
+    pub fn decrypt_with(self, key: AtRestKey) -> Self {
+        self.with_keys(|keys| keys.with_old(key))
+    }
+
+    fn with_keys(self, f: impl FnOnce(Keyring) -> Keyring) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.keys = f(std::mem::take(&mut inner.keys));
+        FileStore {
+            inner: Arc::new(inner),
         }
     }
 
@@ -364,7 +425,19 @@ impl Inner {
         let parsed: Result<TokenFile, String> =
             serde_json::from_slice(&bytes).map_err(|e| crate::error::json_error(&e));
         let file = match parsed {
-            Ok(f) if f.version == FORMAT => f,
+            Ok(f) if f.version == FORMAT && f.sealed.is_none() => f,
+            Ok(f) if f.version == FORMAT_SEALED && f.token.is_none() && f.sealed.is_some() => f,
+            Ok(f) if f.version == FORMAT || f.version == FORMAT_SEALED => {
+                return Ok(Err(self.corrupt(&format!(
+                    "a version {} file with {} token",
+                    f.version,
+                    if f.version == FORMAT {
+                        "an encrypted"
+                    } else {
+                        "a plain"
+                    }
+                ))))
+            }
             Ok(f) => {
                 return Ok(Err(
                     self.corrupt(&format!("unknown format version {}", f.version))
@@ -375,7 +448,20 @@ impl Inner {
         if file.username != self.username || file.issuer != self.issuer {
             return Err(self.not_ours(&file));
         }
-        let token = match &file.token {
+        let opened;
+        let stored = match (&file.token, &file.sealed) {
+            (Some(stored), _) => Some(stored),
+            (None, Some(sealed)) => match self.open(sealed) {
+                Ok(stored) => {
+                    opened = stored;
+                    Some(&opened)
+                }
+                Err(Ok(error)) => return Err(error),
+                Err(Err(why)) => return Ok(Err(self.corrupt(&why))),
+            },
+            (None, None) => None,
+        };
+        let token = match stored {
             Some(stored) => match stored.to_token() {
                 Ok(t) => Some(t),
                 Err(_) => {
@@ -391,6 +477,31 @@ impl Inner {
             generation: file.generation,
             tombstone: file.logged_out,
         }))
+    }
+
+    /// What the associated data bind a sealed token to: this file format, user and
+    /// issuer (the lineage is bound beside it).
+    fn sealing_context(&self) -> String {
+        serde_json::to_string(&("file", FORMAT_SEALED, &self.username, &self.issuer))
+            .unwrap_or_default()
+    }
+
+    /// The sealed token: `Err(Ok)` when the key is missing or wrong (the file is
+    /// kept), `Err(Err(why))` when it is damaged whatever the key (set aside).
+    fn open(&self, sealed: &Sealed) -> Result<StoredToken, Result<Error, String>> {
+        let plain = self
+            .keys
+            .open(sealed, &self.sealing_context())
+            .map_err(|unsealed| match unsealed.is_malformed() {
+                true => Err(unsealed.describe("the file")),
+                false => Ok(Error::TokenFile(unsealed.describe(&self.describe()))),
+            })?;
+        // Authentic, so written by a holder of the key: a token that does not parse
+        // is damage all the same (never quoted).
+        let mut stored: StoredToken = serde_json::from_slice(&plain)
+            .map_err(|_| Err("the decrypted token is not a token".to_owned()))?;
+        stored.lineage = sealed.lineage;
+        Ok(stored)
     }
 
     fn not_ours(&self, file: &TokenFile) -> Error {
@@ -504,11 +615,31 @@ impl Inner {
         generation: u64,
         tombstone: Option<Tombstone>,
     ) -> Result<(), Error> {
+        let mut stored = token.map(StoredToken::from_token);
+        let sealed = match &stored {
+            Some(plain) if self.keys.current_id().is_some() => {
+                let json = serde_json::to_vec(plain)
+                    .map_err(|e| Error::TokenFile(format!("cannot encode the token: {e}")))?;
+                let lineage = plain.lineage;
+                self.keys
+                    .seal(&self.sealing_context(), lineage, json)
+                    .map_err(|e| Error::TokenFile(format!("cannot encrypt the token: {e}")))?
+            }
+            _ => None,
+        };
+        if sealed.is_some() {
+            stored = None;
+        }
         let file = TokenFile {
-            version: FORMAT,
+            version: if sealed.is_some() {
+                FORMAT_SEALED
+            } else {
+                FORMAT
+            },
             username: self.username.clone(),
             issuer: self.issuer.clone(),
-            token: token.map(StoredToken::from_token),
+            token: stored,
+            sealed,
             generation: generation.wrapping_add(1),
             logged_out: tombstone,
         };
@@ -689,6 +820,7 @@ impl fmt::Debug for FileStore {
             .field("path", &self.inner.path)
             .field("username", &self.inner.username)
             .field("issuer", &self.inner.issuer)
+            .field("encryption", &self.inner.keys)
             .finish()
     }
 }

@@ -2,7 +2,7 @@
 
 #[cfg(feature = "jwt")]
 use aws_lc_rs::hmac;
-use aws_lc_rs::{digest, rand};
+use aws_lc_rs::{aead, digest, rand};
 
 use super::NoRandomness;
 
@@ -19,6 +19,40 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// seeded by it).
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), NoRandomness> {
     rand::fill(buf).map_err(|_| NoRandomness)
+}
+
+/// An AES-256-GCM key (the tokens at rest: [`AtRestKey`](crate::client::AtRestKey)).
+/// aws-lc clears the key schedule when it is dropped.
+pub(crate) struct Aes256Gcm(aead::LessSafeKey);
+
+impl Aes256Gcm {
+    /// The key of these 32 bytes.
+    pub(crate) fn new(key: &[u8; 32]) -> Option<Self> {
+        let key = aead::UnboundKey::new(&aead::AES_256_GCM, key).ok()?;
+        Some(Aes256Gcm(aead::LessSafeKey::new(key)))
+    }
+
+    /// Encrypts `in_out` in place and appends the 16-byte tag.
+    pub(crate) fn seal(&self, nonce: &[u8; 12], aad: &[u8], in_out: &mut Vec<u8>) -> bool {
+        let nonce = aead::Nonce::assume_unique_for_key(*nonce);
+        self.0
+            .seal_in_place_append_tag(nonce, aead::Aad::from(aad), in_out)
+            .is_ok()
+    }
+
+    /// Checks the tag at the end of `in_out` and decrypts it in place, leaving the
+    /// plaintext; `false` (and `in_out` unusable) when it does not authenticate.
+    pub(crate) fn open(&self, nonce: &[u8; 12], aad: &[u8], in_out: &mut Vec<u8>) -> bool {
+        let nonce = aead::Nonce::assume_unique_for_key(*nonce);
+        match self.0.open_in_place(nonce, aead::Aad::from(aad), in_out) {
+            Ok(plain) => {
+                let len = plain.len();
+                in_out.truncate(len);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// An HMAC key with the secret's inner and outer blocks already hashed: keying

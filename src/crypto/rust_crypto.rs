@@ -13,6 +13,33 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), NoRandomness> {
     getrandom::getrandom(buf).map_err(|_| NoRandomness)
 }
 
+/// An AES-256-GCM key (the tokens at rest: [`AtRestKey`](crate::client::AtRestKey));
+/// its key schedule is zeroized when it is dropped (aes-gcm's `zeroize`).
+pub(crate) struct Aes256Gcm(aes_gcm::Aes256Gcm);
+
+impl Aes256Gcm {
+    /// The key of these 32 bytes.
+    pub(crate) fn new(key: &[u8; 32]) -> Option<Self> {
+        use aes_gcm::aead::KeyInit as _;
+        aes_gcm::Aes256Gcm::new_from_slice(key).ok().map(Aes256Gcm)
+    }
+
+    /// Encrypts `in_out` in place and appends the 16-byte tag.
+    pub(crate) fn seal(&self, nonce: &[u8; 12], aad: &[u8], in_out: &mut Vec<u8>) -> bool {
+        use aes_gcm::aead::AeadInOut as _;
+        let nonce = aes_gcm::Nonce::from(*nonce);
+        self.0.encrypt_in_place(&nonce, aad, in_out).is_ok()
+    }
+
+    /// Checks the tag at the end of `in_out` and decrypts it in place, leaving the
+    /// plaintext; `false` (and `in_out` unusable) when it does not authenticate.
+    pub(crate) fn open(&self, nonce: &[u8; 12], aad: &[u8], in_out: &mut Vec<u8>) -> bool {
+        use aes_gcm::aead::AeadInOut as _;
+        let nonce = aes_gcm::Nonce::from(*nonce);
+        self.0.decrypt_in_place(&nonce, aad, in_out).is_ok()
+    }
+}
+
 /// An HMAC key with the secret's inner and outer blocks already hashed: keying
 /// costs two hash blocks, paid once.
 #[cfg(feature = "jwt")]
