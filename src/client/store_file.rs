@@ -272,8 +272,10 @@ impl FileStore {
     /// - Readable without the key: the user, issuer, lineage, generation, a
     ///   logout's tombstone and the key's id, so the newer-only compare under the
     ///   lock is unchanged. The ciphertext is bound to the format version, the user,
-    ///   the issuer and the lineage: copied into another profile's file, or given
-    ///   another lineage, it does not open.
+    ///   the issuer, the file's name (not its directory: the file may move) and the
+    ///   lineage: copied into another profile's file (another user, issuer or file
+    ///   name), or given another lineage, it does not open; a file renamed does not
+    ///   open either.
     /// - A new random nonce for every write.
     /// - Read without the key (a store without `encrypt_with`/`decrypt_with`), or
     ///   under a key this store was not given, or with the wrong key under that id:
@@ -479,10 +481,17 @@ impl Inner {
         }))
     }
 
-    /// What the associated data bind a sealed token to: this file format, user and
-    /// issuer (the lineage is bound beside it).
+    /// What the associated data bind a sealed token to: this file format, user,
+    /// issuer and file name (the lineage is bound beside it). The name tells apart
+    /// two files of one user at one issuer (two named profiles, two clients); the
+    /// directory is left out, so the file can move to another directory or machine.
     fn sealing_context(&self) -> String {
-        serde_json::to_string(&("file", FORMAT_SEALED, &self.username, &self.issuer))
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        serde_json::to_string(&("file", FORMAT_SEALED, &self.username, &self.issuer, name))
             .unwrap_or_default()
     }
 
