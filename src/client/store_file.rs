@@ -116,6 +116,8 @@ pub(crate) struct FileState {
     pub(crate) token: Option<Token>,
     pub(crate) generation: u64,
     pub(crate) tombstone: Option<Tombstone>,
+    /// The id of the key the token was sealed with (`None`: plain, or no token).
+    pub(crate) sealed_with: Option<String>,
 }
 
 /// What a fenced write found.
@@ -284,11 +286,12 @@ impl FileStore {
     ///   not), and never written over.
     /// - Rotation: call `encrypt_with` with the new key and
     ///   [`decrypt_with`](Self::decrypt_with) with the old one. A file sealed with
-    ///   the old key is read, and the next token written (the next refresh or
-    ///   login) is sealed with the new one; then the old key is no longer needed.
+    ///   the old key is read, and the next save (a newer token, or the very token
+    ///   the file holds) seals it with the new one; then the old key is no longer
+    ///   needed.
     /// - Migration: a plain file (written without a key) is read as before, and the
-    ///   next token written is sealed. A logout's tombstone holds no token and is
-    ///   written plain.
+    ///   next save seals it (a newer token, or the very token the file holds). A
+    ///   logout's tombstone holds no token and is written plain.
     ///
     /// Called twice, the later key seals and the earlier one still opens.
     #[must_use]
@@ -475,6 +478,7 @@ impl Inner {
             None => None,
         };
         Ok(Ok(FileState {
+            sealed_with: file.sealed.filter(|_| token.is_some()).map(|s| s.kid),
             token,
             generation: file.generation,
             tombstone: file.logged_out,
@@ -597,10 +601,20 @@ impl Inner {
                 return Ok(());
             }
         }
-        // Newer only: another process may have saved a newer token.
+        // Newer only: another process may have saved a newer token. The same token
+        // is written again only to seal it under the current key (a migration or a
+        // rotation), or to write it plain when this store seals no more.
         if !super::store::replaces(token, state.token.as_ref()) {
-            tracing::debug!(path = %self.describe(), "kept the newer token already in the file");
-            return Ok(());
+            let same = state.token.as_ref().is_some_and(|t| {
+                use secrecy::ExposeSecret as _;
+                t.lineage() == token.lineage()
+                    && t.access_token().expose_secret() == token.access_token().expose_secret()
+            });
+            if !same || state.sealed_with.as_deref() == self.keys.current_id() {
+                tracing::debug!(path = %self.describe(), "kept the newer token already in the file");
+                return Ok(());
+            }
+            tracing::debug!(path = %self.describe(), "sealing the token again under the current key");
         }
         self.write_file(Some(token), state.generation, None)
     }
