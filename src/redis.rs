@@ -401,6 +401,13 @@ impl RedisStore {
     ///   it with the new key, and then the old key is no longer needed.
     /// - Migration: a plain entry is read as before and the next save (a newer
     ///   token, or the very token the entry holds) seals it.
+    /// - What it does not stop: a client that can write to Redis but has not the
+    ///   key can still put back an older entry (a rollback to an older token),
+    ///   delete it, raise its `lin` field so that saves of newer tokens are taken
+    ///   for older, or write a plain entry holding a token of their choosing
+    ///   (adopted as a migration is). The key keeps the token secret and refuses a
+    ///   sealed token altered or moved; Redis's ACLs are what keep others from
+    ///   writing the entry.
     #[must_use]
     pub fn encrypt_with(mut self, key: AtRestKey) -> Self {
         self.keys = std::mem::take(&mut self.keys).with_current(key);

@@ -292,6 +292,12 @@ impl FileStore {
     /// - Migration: a plain file (written without a key) is read as before, and the
     ///   next save seals it (a newer token, or the very token the file holds). A
     ///   logout's tombstone holds no token and is written plain.
+    /// - What it does not stop: someone who can write the file but has not the key
+    ///   can still put back an older file of this profile (a rollback to an older
+    ///   token), a logout's tombstone, or a plain file holding a token of their
+    ///   choosing (adopted as a migration is). The key keeps the token secret and
+    ///   refuses a sealed token altered or moved; the private directory (0700) is
+    ///   what keeps others from writing the file.
     ///
     /// Called twice, the later key seals and the earlier one still opens.
     #[must_use]
