@@ -130,13 +130,17 @@ return 1
 /// (its lineage; entries written before lineages existed have none: 0, the oldest):
 /// the compare and the write in one step. -2, and nothing written, when the stored
 /// token is encrypted under a key (its id, `kid`) that is not in ARGV[7] (`|a|b|`,
-/// the writer's keys): a replica never writes over a token it could not read.
+/// the writer's keys): a replica never writes over a token it could not read. The
+/// token already there (same digest and lineage) is written again only when it was
+/// sealed under another key than the writer's (ARGV[6], "" for plain): a migration
+/// or a rotation seals it on the next save.
 const SAVE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'fp', 'lin', 'version', 'token', 'kid')
 local v = tonumber(cur[3] or '0')
 if cur[4] and cur[5] and cur[5] ~= '' and not string.find(ARGV[7], '|' .. cur[5] .. '|', 1, true) then return -2 end
-if cur[1] == ARGV[3] then return v end
-if cur[4] and tonumber(cur[2] or '0') >= tonumber(ARGV[4]) then return -1 end
+local same = cur[4] and cur[1] == ARGV[3]
+if same and ((cur[5] or '') == ARGV[6] or tonumber(cur[2] or '0') ~= tonumber(ARGV[4])) then return v end
+if cur[4] and not same and tonumber(cur[2] or '0') >= tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], 'token', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'lin', ARGV[4], 'kid', ARGV[6], 'version', v + 1)
 redis.call('HDEL', KEYS[1], 'refused')
 redis.call('PUBLISH', ARGV[5], v + 1)
@@ -392,11 +396,18 @@ impl RedisStore {
     ///   checks the `kid` field), so one misconfigured replica cannot lock the
     ///   others out.
     /// - Rotation: give the new key to `encrypt_with` and the old one to
-    ///   [`decrypt_with`](Self::decrypt_with), on every replica; the next token
-    ///   written (the fleet's next refresh) is sealed with the new key, and then
-    ///   the old key is no longer needed.
-    /// - Migration: a plain entry is read as before and the next token written is
-    ///   sealed.
+    ///   [`decrypt_with`](Self::decrypt_with), on every replica; the next save (the
+    ///   fleet's next refresh, or a save of the very token the entry holds) seals
+    ///   it with the new key, and then the old key is no longer needed.
+    /// - Migration: a plain entry is read as before and the next save (a newer
+    ///   token, or the very token the entry holds) seals it.
+    /// - What it does not stop: a client that can write to Redis but has not the
+    ///   key can still put back an older entry (a rollback to an older token),
+    ///   delete it, raise its `lin` field so that saves of newer tokens are taken
+    ///   for older, or write a plain entry holding a token of their choosing
+    ///   (adopted as a migration is). The key keeps the token secret and refuses a
+    ///   sealed token altered or moved; Redis's ACLs are what keep others from
+    ///   writing the entry.
     #[must_use]
     pub fn encrypt_with(mut self, key: AtRestKey) -> Self {
         self.keys = std::mem::take(&mut self.keys).with_current(key);

@@ -7,7 +7,7 @@
 //! tombstone, the user and issuer, the key's id) stays readable, so the newer-only
 //! compare under the file lock or in the Redis script is unchanged. The associated
 //! data bind each ciphertext to the place it was written for (file: format version,
-//! user and issuer; Redis: the token's key) and to its lineage: moved to another
+//! user, issuer and file name; Redis: the token's key) and to its lineage: moved to another
 //! profile, or given another lineage, it does not open.
 
 use std::fmt;

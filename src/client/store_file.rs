@@ -116,6 +116,8 @@ pub(crate) struct FileState {
     pub(crate) token: Option<Token>,
     pub(crate) generation: u64,
     pub(crate) tombstone: Option<Tombstone>,
+    /// The id of the key the token was sealed with (`None`: plain, or no token).
+    pub(crate) sealed_with: Option<String>,
 }
 
 /// What a fenced write found.
@@ -272,8 +274,10 @@ impl FileStore {
     /// - Readable without the key: the user, issuer, lineage, generation, a
     ///   logout's tombstone and the key's id, so the newer-only compare under the
     ///   lock is unchanged. The ciphertext is bound to the format version, the user,
-    ///   the issuer and the lineage: copied into another profile's file, or given
-    ///   another lineage, it does not open.
+    ///   the issuer, the file's name (not its directory: the file may move) and the
+    ///   lineage: copied into another profile's file (another user, issuer or file
+    ///   name), or given another lineage, it does not open; a file renamed does not
+    ///   open either.
     /// - A new random nonce for every write.
     /// - Read without the key (a store without `encrypt_with`/`decrypt_with`), or
     ///   under a key this store was not given, or with the wrong key under that id:
@@ -282,11 +286,18 @@ impl FileStore {
     ///   not), and never written over.
     /// - Rotation: call `encrypt_with` with the new key and
     ///   [`decrypt_with`](Self::decrypt_with) with the old one. A file sealed with
-    ///   the old key is read, and the next token written (the next refresh or
-    ///   login) is sealed with the new one; then the old key is no longer needed.
+    ///   the old key is read, and the next save (a newer token, or the very token
+    ///   the file holds) seals it with the new one; then the old key is no longer
+    ///   needed.
     /// - Migration: a plain file (written without a key) is read as before, and the
-    ///   next token written is sealed. A logout's tombstone holds no token and is
-    ///   written plain.
+    ///   next save seals it (a newer token, or the very token the file holds). A
+    ///   logout's tombstone holds no token and is written plain.
+    /// - What it does not stop: someone who can write the file but has not the key
+    ///   can still put back an older file of this profile (a rollback to an older
+    ///   token), a logout's tombstone, or a plain file holding a token of their
+    ///   choosing (adopted as a migration is). The key keeps the token secret and
+    ///   refuses a sealed token altered or moved; the private directory (0700) is
+    ///   what keeps others from writing the file.
     ///
     /// Called twice, the later key seals and the earlier one still opens.
     #[must_use]
@@ -473,16 +484,24 @@ impl Inner {
             None => None,
         };
         Ok(Ok(FileState {
+            sealed_with: file.sealed.filter(|_| token.is_some()).map(|s| s.kid),
             token,
             generation: file.generation,
             tombstone: file.logged_out,
         }))
     }
 
-    /// What the associated data bind a sealed token to: this file format, user and
-    /// issuer (the lineage is bound beside it).
+    /// What the associated data bind a sealed token to: this file format, user,
+    /// issuer and file name (the lineage is bound beside it). The name tells apart
+    /// two files of one user at one issuer (two named profiles, two clients); the
+    /// directory is left out, so the file can move to another directory or machine.
     fn sealing_context(&self) -> String {
-        serde_json::to_string(&("file", FORMAT_SEALED, &self.username, &self.issuer))
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        serde_json::to_string(&("file", FORMAT_SEALED, &self.username, &self.issuer, name))
             .unwrap_or_default()
     }
 
@@ -588,10 +607,20 @@ impl Inner {
                 return Ok(());
             }
         }
-        // Newer only: another process may have saved a newer token.
+        // Newer only: another process may have saved a newer token. The same token
+        // is written again only to seal it under the current key (a migration or a
+        // rotation), or to write it plain when this store seals no more.
         if !super::store::replaces(token, state.token.as_ref()) {
-            tracing::debug!(path = %self.describe(), "kept the newer token already in the file");
-            return Ok(());
+            let same = state.token.as_ref().is_some_and(|t| {
+                use secrecy::ExposeSecret as _;
+                t.lineage() == token.lineage()
+                    && t.access_token().expose_secret() == token.access_token().expose_secret()
+            });
+            if !same || state.sealed_with.as_deref() == self.keys.current_id() {
+                tracing::debug!(path = %self.describe(), "kept the newer token already in the file");
+                return Ok(());
+            }
+            tracing::debug!(path = %self.describe(), "sealing the token again under the current key");
         }
         self.write_file(Some(token), state.generation, None)
     }
