@@ -188,7 +188,9 @@ impl Setup {
         self.answer(answerer);
         let claims = self.validator().validate("good").await;
         assert_eq!(
-            claims.map(|c| c.sub).unwrap_or_else(|e| panic!("{what}: {e:?}")),
+            claims
+                .map(|c| c.sub)
+                .unwrap_or_else(|e| panic!("{what}: {e:?}")),
             Some("alice".to_owned()),
             "{what}"
         );
@@ -206,7 +208,8 @@ async fn an_answer_over_8_kib_is_read_and_backs_off_no_other_token() {
     let v = s.validator();
     let big = v.validate("big").await;
     assert_eq!(
-        big.map(|c| c.sub).expect("a large signed answer is an answer"),
+        big.map(|c| c.sub)
+            .expect("a large signed answer is an answer"),
         Some("bob".to_owned())
     );
     let claims = v.validate("good").await.expect("another token, asked for");
@@ -240,7 +243,11 @@ async fn random_kids_in_answers_do_not_storm_the_jwks() {
         let err = verdict.unwrap_err();
         assert!(matches!(err, Rejection::Unavailable(_)), "{err:?}");
     }
-    assert_eq!(s.calls(), 30, "each answer asked for (no backoff configured)");
+    assert_eq!(
+        s.calls(),
+        30,
+        "each answer asked for (no backoff configured)"
+    );
     for i in 30..33 {
         assert!(v.validate(&format!("good-{i}")).await.is_err());
     }
@@ -363,7 +370,9 @@ async fn re_encoded_answers_are_refused() {
     let edits: [(&str, fn(String) -> String); 4] = [
         ("padded signature", |jws| format!("{jws}==")),
         ("padded header", |jws| jws.replacen('.', "=.", 1)),
-        ("standard alphabet", |jws| jws.replace('-', "+").replace('_', "/")),
+        ("standard alphabet", |jws| {
+            jws.replace('-', "+").replace('_', "/")
+        }),
         ("a newline inside", |jws| jws.replacen('.', ".\n", 1)),
     ];
     for (what, edit) in edits {
