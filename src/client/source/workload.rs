@@ -40,10 +40,11 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// and a [`TokenSource`] of its own (the file's token, as a bearer token).
 ///
 /// - **Re-read when it changes.** Each use looks at the file's metadata (one
-///   `stat`, following links: device, inode, length, modification time) and reads
-///   the file again when any of them changed, when the last read was too close to
-///   the file's last write to trust its timestamps (the file is then read at each
-///   use for two seconds), or when the token (a JWT) expires within 30 seconds.
+///   `stat`, following links: device, inode, length, modification and change
+///   times) and reads the file again when any of them changed, when the last read
+///   was too close to the file's last write to trust its timestamps (the file is
+///   then read at each use for two seconds), or when the token (a JWT) expires
+///   within 30 seconds.
 /// - **What it reads**: the file's text, whitespace trimmed at both ends (a final
 ///   newline). An empty file, one over [`max_len`](Self::max_len) (16 KiB by
 ///   default), one that is not UTF-8, or one with whitespace or control characters
@@ -96,22 +97,40 @@ struct Stamp {
     ino: u64,
     len: u64,
     modified: Option<SystemTime>,
+    /// The inode's change time (Unix `ctime`): set by the kernel on every write,
+    /// and unlike the modification time never given back by a tool (`cp -p`,
+    /// `touch -r`, `rsync -t` restore the mtime of a rewritten file).
+    changed: Option<SystemTime>,
 }
 
 impl Stamp {
     fn of(metadata: &fs::Metadata) -> Self {
         #[cfg(unix)]
-        let (dev, ino) = {
+        let (dev, ino, changed) = {
             use std::os::unix::fs::MetadataExt;
-            (metadata.dev(), metadata.ino())
+            let changed = u64::try_from(metadata.ctime()).ok().and_then(|secs| {
+                let nanos = u32::try_from(metadata.ctime_nsec()).unwrap_or(0);
+                UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+            });
+            (metadata.dev(), metadata.ino(), changed)
         };
         #[cfg(not(unix))]
-        let (dev, ino) = (0, 0);
+        let (dev, ino, changed) = (0, 0, None);
         Stamp {
             dev,
             ino,
             len: metadata.len(),
             modified: metadata.modified().ok(),
+            changed,
+        }
+    }
+
+    /// The file's last write as its times tell it: the later of its modification
+    /// and change times.
+    fn last_write(&self) -> Option<SystemTime> {
+        match (self.modified, self.changed) {
+            (Some(m), Some(c)) => Some(m.max(c)),
+            (m, c) => m.or(c),
         }
     }
 }
@@ -197,7 +216,7 @@ impl WorkloadToken {
             tracing::debug!(path = %self.path.display(), "workload token read");
         }
         let racy = stamp
-            .modified
+            .last_write()
             .and_then(|m| m.checked_add(RACY_WINDOW))
             .is_none_or(|settled| settled > read_at);
         let token = Arc::new(token);
