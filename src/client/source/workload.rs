@@ -37,7 +37,9 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// credential. It is the assertion of the JWT-bearer grant
 /// ([`JwtBearer::workload`](super::JwtBearer::workload), feature `jwt`) or the
 /// subject or actor token of token exchange ([`ExchangeToken::workload`](super::ExchangeToken::workload)),
-/// and a [`TokenSource`] of its own (the file's token, as a bearer token).
+/// and a [`TokenSource`] of its own (the file's token, as a bearer token; a cache
+/// over it reads the file again at the token's `exp`, or after
+/// [`WORKLOAD_RECHECK`] for a token without one).
 ///
 /// - **Re-read when it changes.** Each use looks at the file's metadata (one
 ///   `stat`, following links: device, inode, length, modification and change
@@ -286,19 +288,30 @@ fn jwt_exp(token: &str) -> Option<u64> {
     exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64))
 }
 
+/// How long a cache over a [`WorkloadToken`] keeps a token whose file tells no
+/// usable `exp` (an opaque token, or a date past any real one) before it reads the
+/// file again: the file is the only truth, and a rotation must reach the cache.
+pub const WORKLOAD_RECHECK: Duration = Duration::from_secs(5 * 60);
+
+/// The longest an unverified `exp` read from the file is believed.
+const MAX_BELIEVED_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl TokenSource for WorkloadToken {
-    /// The file's token as a bearer token, expiring at its `exp` when it is a JWT.
+    /// The file's token as a bearer token, expiring at its `exp` when it is a JWT
+    /// (believed for at most a day: it is read unverified), else after
+    /// [`WORKLOAD_RECHECK`] (five minutes), so that a cache over it
+    /// ([`Refreshing`](crate::Refreshing)) reads the file again and serves a
+    /// rotated token.
     fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         async move {
             let token = self.current()?;
-            let exp = jwt_exp(token.expose_secret());
-            let issued = Token::bearer(token.expose_secret())?;
-            Ok(match exp {
+            let lifetime = match jwt_exp(token.expose_secret()) {
                 Some(exp) => {
-                    issued.with_expires_in(Duration::from_secs(exp.saturating_sub(unix_now())))
+                    Duration::from_secs(exp.saturating_sub(unix_now())).min(MAX_BELIEVED_LIFETIME)
                 }
-                None => issued,
-            })
+                None => WORKLOAD_RECHECK,
+            };
+            Ok(Token::bearer(token.expose_secret())?.with_expires_in(lifetime))
         }
         .boxed()
     }
