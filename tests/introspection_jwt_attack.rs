@@ -359,6 +359,9 @@ async fn crit_and_foreign_algorithms_are_refused() {
     .await;
 }
 
+/// A change to a JWS's text.
+type Edit = fn(String) -> String;
+
 /// A good answer re-encoded (base64 padding on a part, standard instead of URL-safe
 /// alphabet, whitespace inside): never read as another answer; refused here.
 #[tokio::test]
@@ -367,7 +370,7 @@ async fn re_encoded_answers_are_refused() {
     let good = move |token: &str, issuer: &str| {
         sign(&header(), &claims(token, issuer), &rsa1(), Algorithm::RS256)
     };
-    let edits: [(&str, fn(String) -> String); 4] = [
+    let edits: [(&str, Edit); 4] = [
         ("padded signature", |jws| format!("{jws}==")),
         ("padded header", |jws| jws.replacen('.', "=.", 1)),
         ("standard alphabet", |jws| {
