@@ -1079,13 +1079,12 @@ const UNKNOWN_KEY: &str = "the token's signing key is unknown";
 /// Also for an unknown kid that cannot be looked up in time: the key may exist.
 const NO_KEYS: &str = "the signing keys are unavailable";
 
-impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksValidator<C> {
-    type Claims = C;
-
-    fn validate(&self, token: &str) -> ValidationFuture<C> {
-        if token.len() > MAX_TOKEN_LEN {
-            return ValidationFuture::ready(Err(Rejection::invalid_token("the token is too long")));
-        }
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> JwksValidator<C> {
+    /// [`validate`](Validator::validate) without the [`MAX_TOKEN_LEN`] limit, for a
+    /// JWS its reader already bounded: a signed introspection answer (RFC 9701),
+    /// bounded by the HTTP client's body limit, grows with the token's claims and
+    /// may be longer than any token.
+    pub(crate) fn validate_any_length(&self, token: &str) -> ValidationFuture<C> {
         // Only `alg` and `kid` are read from the header: `jku`, `x5u` and `jwk` would
         // let the token choose its own key.
         let kid = match super::jwt::header_kid(token) {
@@ -1114,6 +1113,17 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksVali
             token.to_owned(),
             seen,
         ))
+    }
+}
+
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Validator for JwksValidator<C> {
+    type Claims = C;
+
+    fn validate(&self, token: &str) -> ValidationFuture<C> {
+        if token.len() > MAX_TOKEN_LEN {
+            return ValidationFuture::ready(Err(Rejection::invalid_token("the token is too long")));
+        }
+        self.validate_any_length(token)
     }
 
     /// A verdict cached (by a [`VerifiedCache`](super::VerifiedCache)) stands while

@@ -35,7 +35,7 @@ pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt_bearer::{JwtBearer, JWT_BEARER_GRANT};
 pub use prompt::PasswordPrompt;
-pub use workload::{WorkloadToken, DEFAULT_MAX_WORKLOAD_TOKEN_LEN};
+pub use workload::{WorkloadToken, DEFAULT_MAX_WORKLOAD_TOKEN_LEN, WORKLOAD_RECHECK};
 
 /// Fetches a new token, given the one it replaces.
 ///

@@ -37,13 +37,16 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// credential. It is the assertion of the JWT-bearer grant
 /// ([`JwtBearer::workload`](super::JwtBearer::workload), feature `jwt`) or the
 /// subject or actor token of token exchange ([`ExchangeToken::workload`](super::ExchangeToken::workload)),
-/// and a [`TokenSource`] of its own (the file's token, as a bearer token).
+/// and a [`TokenSource`] of its own (the file's token, as a bearer token; a cache
+/// over it reads the file again at the token's `exp`, or after
+/// [`WORKLOAD_RECHECK`] for a token without one).
 ///
 /// - **Re-read when it changes.** Each use looks at the file's metadata (one
-///   `stat`, following links: device, inode, length, modification time) and reads
-///   the file again when any of them changed, when the last read was too close to
-///   the file's last write to trust its timestamps (the file is then read at each
-///   use for two seconds), or when the token (a JWT) expires within 30 seconds.
+///   `stat`, following links: device, inode, length, modification and change
+///   times) and reads the file again when any of them changed, when the last read
+///   was too close to the file's last write to trust its timestamps (the file is
+///   then read at each use for two seconds), or when the token (a JWT) expires
+///   within 30 seconds.
 /// - **What it reads**: the file's text, whitespace trimmed at both ends (a final
 ///   newline). An empty file, one over [`max_len`](Self::max_len) (16 KiB by
 ///   default), one that is not UTF-8, or one with whitespace or control characters
@@ -96,22 +99,40 @@ struct Stamp {
     ino: u64,
     len: u64,
     modified: Option<SystemTime>,
+    /// The inode's change time (Unix `ctime`): set by the kernel on every write,
+    /// and unlike the modification time never given back by a tool (`cp -p`,
+    /// `touch -r`, `rsync -t` restore the mtime of a rewritten file).
+    changed: Option<SystemTime>,
 }
 
 impl Stamp {
     fn of(metadata: &fs::Metadata) -> Self {
         #[cfg(unix)]
-        let (dev, ino) = {
+        let (dev, ino, changed) = {
             use std::os::unix::fs::MetadataExt;
-            (metadata.dev(), metadata.ino())
+            let changed = u64::try_from(metadata.ctime()).ok().and_then(|secs| {
+                let nanos = u32::try_from(metadata.ctime_nsec()).unwrap_or(0);
+                UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+            });
+            (metadata.dev(), metadata.ino(), changed)
         };
         #[cfg(not(unix))]
-        let (dev, ino) = (0, 0);
+        let (dev, ino, changed) = (0, 0, None);
         Stamp {
             dev,
             ino,
             len: metadata.len(),
             modified: metadata.modified().ok(),
+            changed,
+        }
+    }
+
+    /// The file's last write as its times tell it: the later of its modification
+    /// and change times.
+    fn last_write(&self) -> Option<SystemTime> {
+        match (self.modified, self.changed) {
+            (Some(m), Some(c)) => Some(m.max(c)),
+            (m, c) => m.or(c),
         }
     }
 }
@@ -197,7 +218,7 @@ impl WorkloadToken {
             tracing::debug!(path = %self.path.display(), "workload token read");
         }
         let racy = stamp
-            .modified
+            .last_write()
             .and_then(|m| m.checked_add(RACY_WINDOW))
             .is_none_or(|settled| settled > read_at);
         let token = Arc::new(token);
@@ -267,19 +288,30 @@ fn jwt_exp(token: &str) -> Option<u64> {
     exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64))
 }
 
+/// How long a cache over a [`WorkloadToken`] keeps a token whose file tells no
+/// usable `exp` (an opaque token, or a date past any real one) before it reads the
+/// file again: the file is the only truth, and a rotation must reach the cache.
+pub const WORKLOAD_RECHECK: Duration = Duration::from_secs(5 * 60);
+
+/// The longest an unverified `exp` read from the file is believed.
+const MAX_BELIEVED_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
 impl TokenSource for WorkloadToken {
-    /// The file's token as a bearer token, expiring at its `exp` when it is a JWT.
+    /// The file's token as a bearer token, expiring at its `exp` when it is a JWT
+    /// (believed for at most a day: it is read unverified), else after
+    /// [`WORKLOAD_RECHECK`] (five minutes), so that a cache over it
+    /// ([`Refreshing`](crate::Refreshing)) reads the file again and serves a
+    /// rotated token.
     fn fetch<'a>(&'a self, _previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         async move {
             let token = self.current()?;
-            let exp = jwt_exp(token.expose_secret());
-            let issued = Token::bearer(token.expose_secret())?;
-            Ok(match exp {
+            let lifetime = match jwt_exp(token.expose_secret()) {
                 Some(exp) => {
-                    issued.with_expires_in(Duration::from_secs(exp.saturating_sub(unix_now())))
+                    Duration::from_secs(exp.saturating_sub(unix_now())).min(MAX_BELIEVED_LIFETIME)
                 }
-                None => issued,
-            })
+                None => WORKLOAD_RECHECK,
+            };
+            Ok(Token::bearer(token.expose_secret())?.with_expires_in(lifetime))
         }
         .boxed()
     }

@@ -19,8 +19,6 @@ use serde::Deserialize;
 #[cfg(feature = "jwks")]
 use crate::server::jwks::{JwksValidator, JwksValidatorBuilder};
 use crate::server::jwt::{compact_parts, JwtValidator};
-#[cfg(feature = "jwks")]
-use crate::server::validator::Validator;
 use crate::server::Rejection;
 use crate::{Endpoint, Error};
 
@@ -210,7 +208,9 @@ impl IntrospectionKeys {
         let verified = match &self.keys {
             Keys::One(key) => key.check(text),
             #[cfg(feature = "jwks")]
-            Keys::Published(keys) => keys.validate(text).await,
+            // Bounded by the HTTP client's body limit, not by the 8 KiB of a token: an
+            // answer grows with the token's claims (a user in many groups).
+            Keys::Published(keys) => keys.validate_any_length(text).await,
         };
         let envelope = verified.map_err(|rejection| match rejection {
             Rejection::Unavailable(_) => Error::InvalidResponse(
