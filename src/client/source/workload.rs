@@ -210,7 +210,9 @@ impl WorkloadToken {
             }
         }
         let read_at = SystemTime::now();
-        let token = self.read(&metadata)?;
+        // The stamp of the file opened, not of the path looked at: they differ when
+        // the path was swapped in between.
+        let (token, stamp) = self.read()?;
         let changed = last
             .as_ref()
             .is_none_or(|l| l.token.expose_secret() != token.expose_secret());
@@ -237,17 +239,34 @@ impl WorkloadToken {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn read(&self, metadata: &fs::Metadata) -> Result<SecretString, Error> {
+    /// Reads the file: the token, and the stamp of the file that was opened.
+    fn read(&self) -> Result<(SecretString, Stamp), Error> {
         let too_large = || self.no_token(format_args!("is larger than {} bytes", self.max_len));
-        if metadata.len() > self.max_len {
-            return Err(too_large());
+        let mut options = fs::OpenOptions::new();
+        options.read(true);
+        // Without blocking: the path checked as a regular file may have been swapped
+        // for a FIFO since (opening one for reading waits for a writer, forever). What
+        // was opened is checked again below, from the open file itself.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.custom_flags(libc::O_NONBLOCK);
         }
-        let file = fs::File::open(&self.path).map_err(|e| match e.kind() {
+        let file = options.open(&self.path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 self.no_token("is missing; it is looked for again on the next use")
             }
             _ => self.no_token(format_args!("cannot be read: {e}")),
         })?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| self.no_token(format_args!("cannot be read: {e}")))?;
+        if !metadata.is_file() {
+            return Err(self.no_token("is not a regular file"));
+        }
+        if metadata.len() > self.max_len {
+            return Err(too_large());
+        }
         // The file may have grown since its metadata was read: never more than the cap.
         let mut bytes = zeroize::Zeroizing::new(Vec::new());
         file.take(self.max_len.saturating_add(1))
@@ -266,7 +285,7 @@ impl WorkloadToken {
                 "holds whitespace or control characters inside its token (one token expected)",
             ));
         }
-        Ok(SecretString::from(token.to_owned()))
+        Ok((SecretString::from(token.to_owned()), Stamp::of(&metadata)))
     }
 }
 
@@ -314,5 +333,40 @@ impl TokenSource for WorkloadToken {
             Ok(Token::bearer(token.expose_secret())?.with_expires_in(lifetime))
         }
         .boxed()
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// The path checked as a regular file, then swapped for a FIFO before it is
+    /// opened (the race between `current`'s look and its read): the read must not
+    /// wait for a writer, and must refuse what it opened.
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!(
+            "tower-bearer-workload-fifo-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let source = WorkloadToken::file(&path);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(source.read().map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let read = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening the FIFO waited for a writer");
+        let err = read.unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }
