@@ -465,6 +465,7 @@ fn no_token_in_clear_in_logs_errors_debug_or_any_file_left() {
 
 // ------------------------------------------------------------------ Redis
 
+#[cfg(feature = "redis")]
 mod redis_entries {
     use super::*;
     use crate::common::redis::on_every_redis;
