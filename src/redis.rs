@@ -268,7 +268,12 @@ fn decode(json: &str, keys: &Keyring, token_key: &str) -> Result<Token, Error> {
             std::str::from_utf8(&opened)
                 .map_err(|_| Error::Store(format!("{what} decrypts to no token")))?
         }
-        None => json,
+        None => {
+            if let Some(why) = keys.refuse_plain(&format!("the entry at Redis key {token_key}")) {
+                return Err(Error::Store(why));
+            }
+            json
+        }
     };
     let mut entry: Entry = serde_json::from_str(json).map_err(not_a_token)?;
     if let Some(sealed) = &envelope.sealed {
@@ -419,6 +424,16 @@ impl RedisStore {
     #[must_use]
     pub fn decrypt_with(mut self, key: AtRestKey) -> Self {
         self.keys = std::mem::take(&mut self.keys).with_old(key);
+        self
+    }
+
+    /// Refuses an entry holding its token in the clear instead of adopting it: for a
+    /// fleet past its migration to [`encrypt_with`](Self::encrypt_with), so that a
+    /// writer without the key cannot plant a token of their choosing. Such an entry
+    /// is an [`Error::Store`] on load; a newer sealed token still replaces it.
+    #[must_use]
+    pub fn require_sealed(mut self) -> Self {
+        self.keys = std::mem::take(&mut self.keys).sealed_only();
         self
     }
 

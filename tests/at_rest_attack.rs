@@ -120,6 +120,43 @@ async fn a_sealed_token_swapped_between_two_files_of_one_user_and_issuer_does_no
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The review's "left" downgrade: someone who can write the file but has not the
+/// key plants a plain token of their choosing. Adopted as a migration by default;
+/// refused, file kept, with `require_sealed` (load, save and logout alike). A logout's
+/// tombstone holds no token and is still read.
+#[tokio::test]
+async fn a_plain_token_planted_is_refused_where_sealed_tokens_are_required() {
+    let dir = temp_dir("planted");
+    let path = dir.join("alice.json");
+    let (planted, at, _) = token();
+    FileStore::at(&path, "alice", ISSUER)
+        .save(&planted)
+        .await
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    // By default: adopted (the migration path).
+    let migrating = FileStore::at(&path, "alice", ISSUER).encrypt_with(key("k1", 1));
+    assert_eq!(access(&migrating.load().await.unwrap().unwrap()), at);
+    // Past the migration: refused, and the file left as it is.
+    let strict = FileStore::at(&path, "alice", ISSUER)
+        .encrypt_with(key("k1", 1))
+        .require_sealed();
+    let message = file_error(strict.load().await);
+    assert!(message.contains("in the clear"), "{message}");
+    assert!(!message.contains(&at), "quoted the token: {message}");
+    let (newer, _, _) = token();
+    file_error(strict.save(&newer).await);
+    file_error(strict.clear().await);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was changed");
+    // Once the planted file is gone: sealed tokens, and a tombstone, as usual.
+    std::fs::remove_file(&path).unwrap();
+    strict.save(&newer).await.unwrap();
+    assert!(strict.load().await.unwrap().is_some());
+    strict.clear().await.unwrap();
+    assert!(strict.load().await.unwrap().is_none());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// The lineage readable beside the ciphertext is bound to it: raised over an old
 /// sealed token (to win every newer-only compare) it does not open, and a save
 /// does not take it for a newer token (nor write over it).
@@ -524,6 +561,35 @@ mod redis_entries {
                 .await
                 .unwrap();
             assert_eq!(access(&only_k2.load().await.unwrap().unwrap()), at);
+        }
+    }
+
+    on_every_redis! {
+        /// The downgrade in Redis: an entry planted in the clear is adopted by
+        /// default, refused with `require_sealed` (never quoted); a newer sealed
+        /// token still replaces it.
+        async fn a_plain_entry_planted_is_refused_where_sealed_tokens_are_required(redis) {
+            let p = profile("planted");
+            let (planted, at, _) = token();
+            redis.store(&p).await.save(&planted).await.unwrap();
+            let migrating = redis.store(&p).await.encrypt_with(key("k1", 1));
+            assert_eq!(access(&migrating.load().await.unwrap().unwrap()), at);
+            let strict = redis
+                .store(&p)
+                .await
+                .encrypt_with(key("k1", 1))
+                .require_sealed();
+            let Err(Error::Store(message)) = strict.load().await else {
+                panic!("a plain entry was adopted under require_sealed");
+            };
+            assert!(message.contains("in the clear"), "{message}");
+            assert!(!message.contains(&at), "quoted the token: {message}");
+            let (newer, _, _) = token();
+            strict.save(&newer).await.unwrap();
+            assert_eq!(
+                strict.load().await.unwrap().unwrap().lineage(),
+                newer.lineage()
+            );
         }
     }
 

@@ -167,6 +167,9 @@ impl fmt::Debug for AtRestKey {
 pub(crate) struct Keyring {
     current: Option<AtRestKey>,
     old: Vec<AtRestKey>,
+    /// A plain token is refused, not adopted (after a migration: a token planted in
+    /// the clear by someone who can write the store but has not the key).
+    sealed_only: bool,
 }
 
 /// A sealed token as it is written: the key's id, the lineage (both readable, both
@@ -239,6 +242,24 @@ impl Keyring {
     pub(crate) fn with_old(mut self, key: AtRestKey) -> Self {
         self.old.push(key);
         self
+    }
+
+    /// Plain tokens refused from now on.
+    pub(crate) fn sealed_only(mut self) -> Self {
+        self.sealed_only = true;
+        self
+    }
+
+    /// Why a plain token read from `what` is refused, when this ring takes sealed
+    /// ones only (the message never quotes the token).
+    pub(crate) fn refuse_plain(&self, what: &str) -> Option<String> {
+        self.sealed_only.then(|| {
+            format!(
+                "{what} holds a token in the clear, and this store takes sealed tokens only \
+                 (require_sealed); refusing it (written by someone without the key?). \
+                 Delete it to log in again"
+            )
+        })
     }
 
     /// The id of the key that seals, if any.

@@ -314,6 +314,17 @@ impl FileStore {
         self.with_keys(|keys| keys.with_old(key))
     }
 
+    /// Refuses a token stored in the clear instead of adopting it: for a profile
+    /// past its migration to [`encrypt_with`](Self::encrypt_with), so that someone
+    /// who can write the file but has not the key cannot plant a token of their
+    /// choosing. Such a file is an [`Error::TokenFile`] on load, save and logout
+    /// alike, and is left as it is (delete it to log in again). A logout's
+    /// tombstone holds no token and is still read.
+    #[must_use]
+    pub fn require_sealed(self) -> Self {
+        self.with_keys(Keyring::sealed_only)
+    }
+
     fn with_keys(self, f: impl FnOnce(Keyring) -> Keyring) -> Self {
         let mut inner = Arc::unwrap_or_clone(self.inner);
         inner.keys = f(std::mem::take(&mut inner.keys));
@@ -461,6 +472,10 @@ impl Inner {
         }
         let opened;
         let stored = match (&file.token, &file.sealed) {
+            (Some(_), _) if self.keys.refuse_plain(&self.describe()).is_some() => {
+                let why = self.keys.refuse_plain(&self.describe()).unwrap_or_default();
+                return Err(Error::TokenFile(why));
+            }
             (Some(stored), _) => Some(stored),
             (None, Some(sealed)) => match self.open(sealed) {
                 Ok(stored) => {
