@@ -3,7 +3,7 @@
 //! `--cfg tower_bearer_loom`), within a preemption bound.
 //!
 //! ```text
-//! RUSTFLAGS="--cfg tower_bearer_loom" cargo test --release --test loom
+//! RUSTFLAGS="--cfg tower_bearer_loom" cargo test --release --manifest-path loom/Cargo.toml
 //! ```
 //!
 //! Without a runtime the single flight runs its job inline, driven by whichever
