@@ -704,9 +704,9 @@ async fn mtls_provider(pki: &Pki) -> Option<MtlsProvider> {
         }
     };
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+    let line = tokio::time::timeout(std::time::Duration::from_secs(90), lines.next_line())
         .await
-        .expect("oidc-provider did not start within 20 s")
+        .expect("oidc-provider did not start within 90 s")
         .unwrap()
         .expect("oidc-provider exited before it was ready");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
