@@ -80,14 +80,17 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone)]
 pub struct AuthorizationCode {
-    token: TokenEndpoint,
-    authorize: String,
+    pub(super) token: TokenEndpoint,
+    pub(super) authorize: String,
     issuer: Option<String>,
-    /// The provider promised `iss` on every redirect (RFC 9207 §3).
-    iss_required: bool,
+    /// The provider promised `iss` on every redirect (RFC 9207 §3), or the FAPI 2.0
+    /// profile demands it.
+    pub(super) iss_required: bool,
     scope: Option<String>,
     resources: Vec<String>,
-    params: Vec<(String, String)>,
+    pub(super) params: Vec<(String, String)>,
+    /// How the request is sent: pushed, signed (`par.rs`).
+    pub(super) request: super::par::RequestOptions,
     port: u16,
     path: String,
     timeout: Duration,
@@ -125,6 +128,7 @@ impl AuthorizationCode {
             scope: None,
             resources: Vec::new(),
             params: Vec::new(),
+            request: super::par::RequestOptions::default(),
             port: 0,
             path: "/callback".to_owned(),
             timeout: DEFAULT_TIMEOUT,
@@ -241,7 +245,8 @@ impl AuthorizationCode {
         let state = random_string()?;
         let verifier = random_string()?;
         let challenge = URL_SAFE_NO_PAD.encode(crate::crypto::sha256(verifier.as_bytes()));
-        let url = self.authorization_url(&redirect_uri, &state, &challenge);
+        let params = self.authorization_params(&redirect_uri, &state, &challenge);
+        let url = self.front_channel_url(params).await?;
 
         let (tx, mut rx) = mpsc::channel::<Arrival>(1);
         let listen = Arc::new(Listen {
@@ -350,7 +355,15 @@ impl AuthorizationCode {
         self.token.request(&form).await
     }
 
-    fn authorization_url(&self, redirect_uri: &str, state: &str, challenge: &str) -> String {
+    /// The parameters of the authorization request: the login's own, then the extra
+    /// ones that do not replace them. How they travel (in the URL, signed, pushed)
+    /// is `par.rs`'s [`front_channel_url`](Self::front_channel_url).
+    fn authorization_params(
+        &self,
+        redirect_uri: &str,
+        state: &str,
+        challenge: &str,
+    ) -> Vec<(String, String)> {
         let mut query: Vec<(&str, &str)> = vec![
             ("response_type", "code"),
             ("redirect_uri", redirect_uri),
@@ -372,13 +385,10 @@ impl AuthorizationCode {
                 .filter(|(k, _)| !own.contains(&k.as_str()))
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        let encoded = serde_urlencoded::to_string(&query).unwrap_or_default();
-        let sep = if self.authorize.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        format!("{}{sep}{encoded}", self.authorize)
+        query
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 }
 
