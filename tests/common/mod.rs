@@ -4,6 +4,8 @@
 
 pub mod bins;
 pub mod jwks;
+#[cfg(feature = "reqwest")]
+pub mod provider;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(feature = "redis")]
