@@ -90,9 +90,7 @@ async fn provider(par: Par, doc: serde_json::Value) -> Provider {
         .route(
             "/par",
             post(move |headers: HeaderMap, Form(form): Form<Fields>| {
-                let dpop = headers
-                    .get("dpop")
-                    .map(|v| v.to_str().unwrap().to_owned());
+                let dpop = headers.get("dpop").map(|v| v.to_str().unwrap().to_owned());
                 s1.lock().unwrap().pushed.push((form, dpop));
                 async move { par_answer(par) }
             }),
@@ -349,7 +347,9 @@ async fn a_signed_request_object_is_pushed_with_a_dpop_proof() {
         .fapi2()
         .unwrap();
     let (running, url) = start(login).await;
-    assert!(url.unwrap().contains("request_uri=urn%3Aexample%3Apushed-1"));
+    assert!(url
+        .unwrap()
+        .contains("request_uri=urn%3Aexample%3Apushed-1"));
     running.abort();
     let (pushed, proof) = p.seen.lock().unwrap().pushed[0].clone();
     let mut names: Vec<&str> = pushed.keys().map(String::as_str).collect();
@@ -414,7 +414,10 @@ async fn a_signed_request_object_in_the_url() {
     let names: Vec<&str> = query.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names, ["client_id", "request"]);
     let (_, claims) = jwt_parts(&query[1].1);
-    assert_eq!(claims["redirect_uri"].as_str().unwrap().len() > 20, true);
+    assert!(claims["redirect_uri"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("http://127.0.0.1:")));
+    assert_eq!(claims["code_challenge_method"], "S256");
     assert!(p.seen.lock().unwrap().pushed.is_empty());
 }
 
@@ -472,7 +475,10 @@ async fn a_pushed_request_answered_500() {
     match &err {
         Error::TokenEndpoint(e) => {
             assert_eq!(e.status, 500);
-            assert!(e.url.as_deref().is_some_and(|u| u.ends_with("/par")), "{e:?}");
+            assert!(
+                e.url.as_deref().is_some_and(|u| u.ends_with("/par")),
+                "{e:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -687,9 +693,15 @@ async fn fapi2_refuses_other_signing_algorithms() {
         }
     };
     let m = refused(with_assertion(rs256.clone()).await.fapi2());
-    assert!(m.contains("client assertions") && m.contains("RS256"), "{m}");
+    assert!(
+        m.contains("client assertions") && m.contains("RS256"),
+        "{m}"
+    );
     let m = refused(with_assertion(es384).await.fapi2());
-    assert!(m.contains("ES384") && m.contains("PS256, ES256 or EdDSA"), "{m}");
+    assert!(
+        m.contains("ES384") && m.contains("PS256, ES256 or EdDSA"),
+        "{m}"
+    );
     for ok in [
         AssertionKey::from_pem(Algorithm::PS256, &key("rsa.key")).unwrap(),
         AssertionKey::from_pem(Algorithm::EdDSA, &key("ed25519.key")).unwrap(),
@@ -842,18 +854,28 @@ async fn fapi2_refuses_a_redirect_without_iss() {
         matches!(&err, Error::InvalidResponse(Endpoint::Authorization, m) if m.contains("no iss")),
         "{err}"
     );
-    assert!(p.seen.lock().unwrap().tokens.is_empty(), "nothing exchanged");
+    assert!(
+        p.seen.lock().unwrap().tokens.is_empty(),
+        "nothing exchanged"
+    );
 
     let (running, _) = start(login).await;
     let (pushed, _) = p.seen.lock().unwrap().pushed[1].clone();
     let status = redirect(
         &pushed["redirect_uri"],
-        &[("code", "c1"), ("state", &pushed["state"]), ("iss", &p.issuer)],
+        &[
+            ("code", "c1"),
+            ("state", &pushed["state"]),
+            ("iss", &p.issuer),
+        ],
     )
     .await;
     assert_eq!(status, 200);
     let token = end(running).await.unwrap();
     assert!(token.is_dpop());
     let seen = p.seen.lock().unwrap();
-    assert_eq!(seen.tokens[0].1["client_assertion_type"], tower_bearer::client::CLIENT_ASSERTION_TYPE);
+    assert_eq!(
+        seen.tokens[0].1["client_assertion_type"],
+        tower_bearer::client::CLIENT_ASSERTION_TYPE
+    );
 }

@@ -112,7 +112,10 @@ async fn fapi2_login_pushed_signed_dpop_bound_refreshed_revoked() {
     let dpop = DpopKey::generate().unwrap();
     let endpoint = fapi_endpoint(&provider, &dpop).await;
     let metadata = endpoint.metadata().unwrap().clone();
-    assert!(metadata.require_pushed_authorization_requests, "{metadata:?}");
+    assert!(
+        metadata.require_pushed_authorization_requests,
+        "{metadata:?}"
+    );
     assert!(metadata.pushed_authorization_request_endpoint.is_some());
     let login = endpoint
         .authorization_code()
@@ -137,7 +140,10 @@ async fn fapi2_login_pushed_signed_dpop_bound_refreshed_revoked() {
     assert_eq!(get("par:request_object"), get("par"), "every push signed");
     assert_eq!(get("authorization:request_uri"), 1, "{counts:?}");
     assert_eq!(get("authorization:plain"), 0, "{counts:?}");
-    assert_eq!(get("token:authorization_code:error"), get("token:authorization_code:use_dpop_nonce"));
+    assert_eq!(
+        get("token:authorization_code:error"),
+        get("token:authorization_code:use_dpop_nonce")
+    );
 
     assert!(token.is_dpop(), "{token:?}");
     let access = token.access_token().expose_secret().to_owned();
@@ -165,7 +171,9 @@ async fn fapi2_login_pushed_signed_dpop_bound_refreshed_revoked() {
         let req = http::Request::get(format!("{api}/v1/whoami"))
             .body(http_body_util::Full::default())
             .unwrap();
-        let res = tower::ServiceExt::oneshot(client.clone(), req).await.unwrap();
+        let res = tower::ServiceExt::oneshot(client.clone(), req)
+            .await
+            .unwrap();
         let status = res.status();
         let body = http_body_util::BodyExt::collect(res.into_body())
             .await
@@ -192,7 +200,11 @@ async fn fapi2_login_pushed_signed_dpop_bound_refreshed_revoked() {
     assert_eq!(accepted.load(Ordering::Relaxed), 2);
 
     // Revoked: the refresh token is refused afterwards.
-    let refresh = refreshed.refresh_token().unwrap().expose_secret().to_owned();
+    let refresh = refreshed
+        .refresh_token()
+        .unwrap()
+        .expose_secret()
+        .to_owned();
     endpoint
         .revocation()
         .unwrap()

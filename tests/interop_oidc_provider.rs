@@ -39,7 +39,6 @@ const JWT_API: &str = "https://api.jwt.test";
 const OPAQUE_API: &str = "https://api.opaque.test";
 const OTHER_API: &str = "https://other.opaque.test";
 
-
 /// A new directory of this test run, for token files.
 fn scratch_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

@@ -4,10 +4,10 @@
 
 pub mod bins;
 pub mod jwks;
-#[cfg(feature = "reqwest")]
-pub mod provider;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "reqwest")]
+pub mod provider;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;

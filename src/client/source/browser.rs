@@ -4,7 +4,10 @@
 //! One login, step by step:
 //! 1. listen on `127.0.0.1:<port>` (an ephemeral port unless one is set);
 //! 2. make a fresh `state` and PKCE verifier (256 random bits each, from the
-//!    operating system), and the authorization URL with the `S256` challenge;
+//!    operating system), and the authorization URL with the `S256` challenge (the
+//!    parameters in the URL, signed into a request object, or pushed to the
+//!    provider first: see `par.rs`, [`AuthorizationCode::pushed_authorization_requests`]
+//!    and [`AuthorizationCode::fapi2`]);
 //! 3. show the URL (or open the browser) and serve the redirect:
 //!    - another path: `404`, keep waiting;
 //!    - a `state` that is not this login's (a stale tab, a forged link): `400`, keep
@@ -217,8 +220,14 @@ impl AuthorizationCode {
     /// code.
     ///
     /// # Errors
-    /// - [`Error::Configuration`] when the port cannot be listened on (taken), or a
-    ///   [`resource`](Self::resource) is not an absolute URI without a fragment;
+    /// - [`Error::Configuration`] when the port cannot be listened on (taken), a
+    ///   [`resource`](Self::resource) is not an absolute URI without a fragment, a
+    ///   request object has no key to sign it, the request must be pushed and the
+    ///   provider names no endpoint for it, or the [FAPI 2.0 profile](Self::fapi2)
+    ///   refuses the configuration;
+    /// - the pushed authorization request endpoint's errors (RFC 9126 §2.3) as
+    ///   [`Error::TokenEndpoint`] with its URL, and its malformed answers as
+    ///   [`Error::InvalidResponse`] naming [`Endpoint::PushedAuthorization`];
     /// - [`Error::AccessDenied`] when the provider redirects with `access_denied`,
     ///   [`Error::TokenEndpoint`] with its other errors (the code says which);
     /// - [`Error::InvalidResponse`] when the redirect names another issuer, or names
@@ -593,6 +602,7 @@ impl fmt::Debug for AuthorizationCode {
             .field("scope", &self.scope)
             .field("resources", &self.resources)
             .field("port", &self.port)
+            .field("request", &self.request)
             .finish()
     }
 }

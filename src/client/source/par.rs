@@ -43,7 +43,7 @@ const MAX_REQUEST_URI: usize = 2048;
 
 /// What signs the request objects.
 #[cfg(feature = "jwt")]
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(super) enum RequestSigner {
     /// The key of the token endpoint's `private_key_jwt` client authentication.
     ClientAssertionKey,
@@ -53,7 +53,7 @@ pub(super) enum RequestSigner {
 
 /// How the login's authorization request is sent: the part of [`AuthorizationCode`]
 /// this module keeps.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(super) struct RequestOptions {
     /// Push the request (RFC 9126) even when the metadata does not demand it.
     push: bool,
@@ -313,12 +313,14 @@ impl AuthorizationCode {
                             .into(),
                     )
                 })?;
-                let request =
-                    sign_request_object(key, &client_id, &audience, self.request.lifetime, &params)?;
-                params = vec![
-                    ("client_id".into(), client_id),
-                    ("request".into(), request),
-                ];
+                let request = sign_request_object(
+                    key,
+                    &client_id,
+                    &audience,
+                    self.request.lifetime,
+                    &params,
+                )?;
+                params = vec![("client_id".into(), client_id), ("request".into(), request)];
             }
         }
         let front: Vec<(String, String)> = if push {
@@ -370,8 +372,7 @@ impl AuthorizationCode {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let res = endpoint.post(&form).await?;
-        parse_pushed(res.status(), res.headers(), res.body())
-            .map_err(|e| endpoint.locate(e, &form))
+        parse_pushed(res.status(), res.headers(), res.body()).map_err(|e| endpoint.locate(e, &form))
     }
 }
 
@@ -551,7 +552,10 @@ mod tests {
         ] {
             let err = parse(201, body).unwrap_err();
             assert!(
-                matches!(err, Error::InvalidResponse(Endpoint::PushedAuthorization, _)),
+                matches!(
+                    err,
+                    Error::InvalidResponse(Endpoint::PushedAuthorization, _)
+                ),
                 "{body}: {err:?}"
             );
             assert!(!err.to_string().contains("secret-junk"), "{err}");
