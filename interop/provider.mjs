@@ -18,7 +18,10 @@
 // application's loopback redirect; DPoP-bound tokens): pushed authorization requests
 // (RFC 9126) required of every client (`require_pushed_authorization_requests` in the
 // metadata), request objects (RFC 9101) accepted, PKCE and `iss` on the redirect as
-// the profile has them.
+// the profile has them. With --mtls-dir too, the client `fapi-mtls-client`
+// (tls_client_auth as `CN=client A`, certificate-bound tokens) is the same login with
+// mTLS; start node with NODE_EXTRA_CA_CERTS=<dir>/ca.pem so that /_test/browse trusts
+// the provider's own certificate.
 //
 // Prints one line `ready <issuer> <kid>` on stdout once it listens. Every start signs
 // with a fresh RSA key, so a restart on the same port is a key rotation.
@@ -66,6 +69,8 @@ const RESOURCES = {
 };
 const mcpResource = arg('mcp-resource', '');
 const fapi = process.argv.includes('--fapi');
+// The clients the FAPI 2.0 profile applies to (with --fapi); the others keep their ways.
+const FAPI_CLIENTS = new Set(['fapi-client', 'fapi-mtls-client']);
 if (mcpResource) {
   RESOURCES[mcpResource] = { format: 'jwt', scope: 'read admin' };
 }
@@ -198,7 +203,21 @@ if (tls) {
     response_types: [],
     redirect_uris: [],
     scope: 'read write',
-  });
+  });  if (fapi) {
+    // The FAPI 2.0 client with mTLS: certificate A authenticates it and binds its
+    // tokens (RFC 8705), no key of its own.
+    clients.push({
+      client_id: 'fapi-mtls-client',
+      application_type: 'native',
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: 'CN=client A',
+      tls_client_certificate_bound_access_tokens: true,
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/callback'],
+      scope: 'openid offline_access read write',
+    });
+  }
 }
 if (fapi) {
   clients.push({
@@ -297,7 +316,7 @@ const configuration = {
     ...(tls ? { mTLS } : {}),
     ...(fapi ? {
       // The profile for its client only: the other clients keep their ways.
-      fapi: { enabled: true, profile: (_ctx, client) => (client?.clientId === 'fapi-client' ? '2.0' : undefined) },
+      fapi: { enabled: true, profile: (_ctx, client) => (FAPI_CLIENTS.has(client?.clientId) ? '2.0' : undefined) },
       pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: true },
       requestObjects: { enabled: true },
     } : {}),
