@@ -219,11 +219,9 @@ async fn fapi2_login_pushed_signed_dpop_bound_refreshed_revoked() {
     assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
 }
 
-/// The provider with the profile on refuses a login that is not pushed (its
-/// metadata demands it): the same client, with the profile off and the metadata's
-/// demand ignored, is not the crate's to send; but the crate follows the demand
-/// without being told. A plain `cli` login (no FAPI, no signing) on the same
-/// provider is pushed too, because the metadata says so, and succeeds.
+/// The metadata's `require_pushed_authorization_requests` alone makes a login push:
+/// a plain `cli` login (no FAPI preset, no request object, not asked to push) on the
+/// same provider sends the browser with a `request_uri` only, and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metadata_alone_makes_a_plain_login_push() {
     let Some(provider) = Provider::start_with(&["--fapi"]).await else {

@@ -868,8 +868,8 @@ async fn fapi2_browser_login_with_tls_client_auth() {
 
     let refreshed = login.fetch(Some(&token)).await.unwrap();
     assert_eq!(claims(&refreshed)["cnf"]["x5t#S256"], json!(pki.a.x5t()));
-    let refresh = secrecy::ExposeSecret::expose_secret(refreshed.refresh_token().unwrap())
-        .to_owned();
+    let refresh =
+        secrecy::ExposeSecret::expose_secret(refreshed.refresh_token().unwrap()).to_owned();
     endpoint
         .revocation()
         .unwrap()

@@ -329,7 +329,8 @@ impl AuthorizationCode {
                     Endpoint::Authorization,
                     format!(
                         "the redirect has no iss, but the provider {expected:?} promises one \
-                         (authorization_response_iss_parameter_supported); refused (RFC 9207)"
+                         (authorization_response_iss_parameter_supported) or the FAPI 2.0 \
+                         profile requires it; refused (RFC 9207)"
                     ),
                 ));
             }

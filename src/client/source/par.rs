@@ -372,7 +372,13 @@ impl AuthorizationCode {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let res = endpoint.post(&form).await?;
-        parse_pushed(res.status(), res.headers(), res.body()).map_err(|e| endpoint.locate(e, &form))
+        let pushed = parse_pushed(res.status(), res.headers(), res.body())
+            .map_err(|e| endpoint.locate(e, &form))?;
+        tracing::debug!(
+            expires_in = pushed.expires_in.as_secs(),
+            "authorization request pushed"
+        );
+        Ok(pushed)
     }
 }
 
@@ -419,7 +425,6 @@ fn check_alg(what: &str, alg: jsonwebtoken::Algorithm) -> Result<(), Error> {
 #[derive(Debug)]
 struct Pushed {
     request_uri: String,
-    #[allow(dead_code)]
     expires_in: Duration,
 }
 
