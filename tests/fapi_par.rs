@@ -686,7 +686,7 @@ async fn fapi2_refuses_other_signing_algorithms() {
                 .await
                 .unwrap()
                 .client_id("fapi-client")
-                .auth_method(ClientAssertion::private_key(k))
+                .auth_method(ClientAssertion::private_key(k).audience_issuer())
                 .dpop(dpop)
                 .authorization_code()
                 .unwrap()
@@ -723,6 +723,38 @@ async fn fapi2_refuses_other_signing_algorithms() {
         .unwrap();
     let m = refused(login.fapi2());
     assert!(m.contains("DPoP proofs") && m.contains("RS256"), "{m}");
+}
+
+/// §5.3: a `private_key_jwt` assertion's `aud` is the issuer alone: the default
+/// (the token endpoint's URL) and another fixed value are refused; the issuer,
+/// given as `audience_issuer()` or as its URL, passes.
+#[tokio::test]
+async fn fapi2_refuses_client_assertions_for_another_audience() {
+    let p = provider(Par::Normal, serde_json::json!({})).await;
+    let with = |assertion: ClientAssertion| {
+        let p = &p;
+        async move {
+            TokenEndpoint::discover(&p.issuer)
+                .await
+                .unwrap()
+                .client_id("fapi-client")
+                .auth_method(assertion)
+                .dpop(DpopKey::generate().unwrap())
+                .authorization_code()
+                .unwrap()
+        }
+    };
+    for refused_aud in [
+        ClientAssertion::private_key(es256()),
+        ClientAssertion::private_key(es256()).audience(format!("{}/token", p.issuer)),
+    ] {
+        let m = refused(with(refused_aud).await.fapi2());
+        assert!(m.contains("aud must be the issuer"), "{m}");
+    }
+    with(ClientAssertion::private_key(es256()).audience(p.issuer.clone()))
+        .await
+        .fapi2()
+        .unwrap();
 }
 
 /// §5.3: tokens must be sender-constrained: private_key_jwt without DPoP or mTLS

@@ -381,6 +381,15 @@ impl ClientAssertion {
         }
     }
 
+    /// Whether the assertions' `aud` is `issuer` alone.
+    pub(crate) fn audience_is(&self, issuer: &str) -> bool {
+        match &self.audience {
+            Audience::Issuer => true,
+            Audience::Fixed(aud) => aud == issuer,
+            Audience::TokenEndpoint => false,
+        }
+    }
+
     /// The signing algorithm of the assertions.
     pub(crate) fn algorithm(&self) -> Algorithm {
         match &self.signer {

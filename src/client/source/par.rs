@@ -152,6 +152,9 @@ impl AuthorizationCode {
     ///   issuer is what `iss` and the request object's `aud` are checked against);
     /// - client authentication other than `private_key_jwt` or mTLS
     ///   (`tls_client_auth`, `self_signed_tls_client_auth`) (§5.3);
+    /// - `private_key_jwt` assertions whose `aud` is not the issuer alone
+    ///   ([`ClientAssertion::audience_issuer`](crate::client::ClientAssertion::audience_issuer)),
+    ///   the defence against audience injection (§5.3);
     /// - a signing algorithm other than `PS256`, `ES256` or `EdDSA` for the client
     ///   assertions, the request objects or the DPoP proofs (§5.4);
     /// - tokens that are not sender-constrained: neither a DPoP key
@@ -192,6 +195,13 @@ impl AuthorizationCode {
             #[cfg(feature = "jwt")]
             TokenEndpointAuth::Assertion(a) if a.key().is_some() => {
                 check_alg("the client assertions", a.algorithm())?;
+                if !a.audience_is(&metadata.issuer) {
+                    return refuse(
+                        "the client assertion's aud must be the issuer alone (Security Profile \
+                         §5.3, against audience injection): use \
+                         ClientAssertion::audience_issuer",
+                    );
+                }
             }
             other => {
                 return refuse(&format!(
