@@ -171,6 +171,25 @@ impl AuthorizationCode {
     /// Signing profile asks for them): add
     /// [`signed_request_object`](Self::signed_request_object) to sign them.
     ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "jwt", feature = "dpop"))]
+    /// # async fn run(pem: &[u8]) -> Result<(), tower_bearer::Error> {
+    /// use tower_bearer::client::{Algorithm, AssertionKey, ClientAssertion, DpopKey, Refreshing, TokenEndpoint};
+    /// let key = AssertionKey::from_pem(Algorithm::PS256, pem)?.key_id("cli-2026");
+    /// let dpop = DpopKey::generate()?;
+    /// let login = TokenEndpoint::discover("https://bank.example")
+    ///     .await?
+    ///     .client_id("my-cli")
+    ///     .auth_method(ClientAssertion::private_key(key).audience_issuer())
+    ///     .dpop(dpop.clone())
+    ///     .authorization_code()?
+    ///     .scope("openid accounts")
+    ///     .signed_request_object() // JAR, with the same key
+    ///     .fapi2()?; // pushed, iss required, S256; refuses what the profile forbids
+    /// let tokens = Refreshing::new(login); // send them with Dpop::new(dpop, tokens)
+    /// # let _ = tokens; Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Configuration`], naming the rule broken.
     pub fn fapi2(mut self) -> Result<Self, Error> {
