@@ -13,6 +13,16 @@
 // whose tokens are JWTs with the scopes `read` and `admin`, PKCE (S256) for every
 // authorization code.
 //
+// With --fapi, the FAPI 2.0 Security Profile is on for the client `fapi-client`
+// (private_key_jwt with tests/keys/ec256.key, kid `fapi-ec`, ES256; a native
+// application's loopback redirect; DPoP-bound tokens): pushed authorization requests
+// (RFC 9126) required of every client (`require_pushed_authorization_requests` in the
+// metadata), request objects (RFC 9101) accepted, PKCE and `iss` on the redirect as
+// the profile has them. With --mtls-dir too, the client `fapi-mtls-client`
+// (tls_client_auth as `CN=client A`, certificate-bound tokens) is the same login with
+// mTLS; start node with NODE_EXTRA_CA_CERTS=<dir>/ca.pem so that /_test/browse trusts
+// the provider's own certificate.
+//
 // Prints one line `ready <issuer> <kid>` on stdout once it listens. Every start signs
 // with a fresh RSA key, so a restart on the same port is a key rotation.
 //
@@ -58,6 +68,9 @@ const RESOURCES = {
   'https://other.opaque.test': { format: 'opaque', scope: 'read write' },
 };
 const mcpResource = arg('mcp-resource', '');
+const fapi = process.argv.includes('--fapi');
+// The clients the FAPI 2.0 profile applies to (with --fapi); the others keep their ways.
+const FAPI_CLIENTS = new Set(['fapi-client', 'fapi-mtls-client']);
 if (mcpResource) {
   RESOURCES[mcpResource] = { format: 'jwt', scope: 'read admin' };
 }
@@ -190,6 +203,37 @@ if (tls) {
     response_types: [],
     redirect_uris: [],
     scope: 'read write',
+  });  if (fapi) {
+    // The FAPI 2.0 client with mTLS: certificate A authenticates it and binds its
+    // tokens (RFC 8705), no key of its own.
+    clients.push({
+      client_id: 'fapi-mtls-client',
+      application_type: 'native',
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: 'CN=client A',
+      tls_client_certificate_bound_access_tokens: true,
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/callback'],
+      scope: 'openid offline_access read write',
+    });
+  }
+}
+if (fapi) {
+  clients.push({
+    // A FAPI 2.0 client: a command-line tool logging people in through the
+    // browser, with a key of its own (RFC 7523) and DPoP-bound tokens (RFC 9449).
+    client_id: 'fapi-client',
+    application_type: 'native',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    request_object_signing_alg: 'ES256',
+    jwks: { keys: [publicJwk('ec256.pub.pem', 'fapi-ec')] },
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1/callback'],
+    dpop_bound_access_tokens: true,
+    scope: 'openid offline_access read write',
   });
 }
 const mTLS = {
@@ -270,6 +314,12 @@ const configuration = {
       requireNonce: () => true,
     },
     ...(tls ? { mTLS } : {}),
+    ...(fapi ? {
+      // The profile for its client only: the other clients keep their ways.
+      fapi: { enabled: true, profile: (_ctx, client) => (FAPI_CLIENTS.has(client?.clientId) ? '2.0' : undefined) },
+      pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: true },
+      requestObjects: { enabled: true },
+    } : {}),
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf,
@@ -423,6 +473,19 @@ provider.use(async (ctx, next) => {
     count(route);
   } else if (route === 'discovery' || route === 'jwks') {
     count(route);
+  } else if (route === 'pushed_authorization_request') {
+    // `par`, `par:error`, `par:dpop` (a proof on the push, RFC 9449 §10.1),
+    // `par:request_object` (a signed request pushed, RFC 9101), `par:dpop_jkt`.
+    const body = ctx.oidc.body || {};
+    count('par');
+    if (ctx.status >= 400) count('par:error');
+    if (ctx.get('DPoP')) count('par:dpop');
+    if (body.request) count('par:request_object');
+    if (body.dpop_jkt) count('par:dpop_jkt');
+  }
+  if (route === 'authorization' && ctx.method === 'GET') {
+    // What the browser brought: a reference to a pushed request, or the request.
+    count(ctx.query.request_uri ? 'authorization:request_uri' : 'authorization:plain');
   }
 });
 

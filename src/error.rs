@@ -215,6 +215,8 @@ pub enum Endpoint {
     Authorization,
     /// The dynamic client registration endpoint (RFC 7591 §3).
     Registration,
+    /// The pushed authorization request endpoint (RFC 9126 §2).
+    PushedAuthorization,
 }
 
 impl fmt::Display for Endpoint {
@@ -229,6 +231,7 @@ impl fmt::Display for Endpoint {
             Endpoint::ResourceMetadata => "protected resource metadata",
             Endpoint::Authorization => "authorization endpoint",
             Endpoint::Registration => "registration endpoint",
+            Endpoint::PushedAuthorization => "pushed authorization request endpoint",
         })
     }
 }

@@ -670,6 +670,12 @@ impl Drop for TempDir {
 }
 
 async fn mtls_provider(pki: &Pki) -> Option<MtlsProvider> {
+    mtls_provider_with(pki, &[]).await
+}
+
+/// As [`mtls_provider`], with more options of `provider.mjs` (`--fapi`); its own
+/// `/_test/browse` trusts the test CA (`NODE_EXTRA_CA_CERTS`).
+async fn mtls_provider_with(pki: &Pki, options: &[&str]) -> Option<MtlsProvider> {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let interop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
@@ -680,7 +686,12 @@ async fn mtls_provider(pki: &Pki) -> Option<MtlsProvider> {
         eprintln!("skipped: no interop/node_modules (npm ci in interop/)");
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("tower-bearer-mtls-{}", std::process::id()));
+    // One directory per provider: tests of this binary run side by side.
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-mtls-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ca.pem"), &pki.ca.cert_pem).unwrap();
     std::fs::write(dir.join("server.pem"), &pki.server.cert_pem).unwrap();
@@ -693,6 +704,8 @@ async fn mtls_provider(pki: &Pki) -> Option<MtlsProvider> {
         .arg(interop.join("provider.mjs"))
         .args(["--port", &port.to_string(), "--ttl", "300", "--mtls-dir"])
         .arg(&dir)
+        .args(options)
+        .env("NODE_EXTRA_CA_CERTS", dir.join("ca.pem"))
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -781,4 +794,92 @@ async fn oidc_provider_issues_certificate_bound_tokens() {
         .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(challenge.contains("invalid_token"), "{challenge}");
+}
+
+/// FAPI 2.0 with mTLS against oidc-provider (`--fapi --mtls-dir`): the client
+/// `fapi-mtls-client` authenticates with certificate A (`tls_client_auth`), and
+/// `fapi2()` takes that as its sender constraint (no DPoP key). A person logs in
+/// through the provider's pages (its `/_test/browse`); the request is pushed (the
+/// metadata demands it) over mTLS; the token is bound to A (`cnf["x5t#S256"]`),
+/// refreshed over mTLS, and revoked, after which its refresh token is refused.
+#[cfg(feature = "dpop")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fapi2_browser_login_with_tls_client_auth() {
+    use tower_bearer::client::{ProviderMetadata, TokenSource, TokenTypeHint};
+    let pki = pki();
+    let Some(provider) = mtls_provider_with(&pki, &["--fapi"]).await else {
+        return;
+    };
+    let as_a = client(&pki, Some(&pki.a));
+    let metadata = ProviderMetadata::discover_with(&provider.issuer, &as_a)
+        .await
+        .unwrap();
+    assert!(metadata.require_pushed_authorization_requests);
+    let endpoint = metadata
+        .token_endpoint()
+        .unwrap()
+        .client_id("fapi-mtls-client")
+        .auth_method(TokenEndpointAuth::TlsClientAuth)
+        .http_client(as_a.clone());
+    let (urls, mut shown) = tokio::sync::mpsc::unbounded_channel();
+    let login = endpoint
+        .authorization_code()
+        .unwrap()
+        .scope("openid offline_access read")
+        .resource("https://api.jwt.test")
+        .fapi2()
+        .unwrap()
+        .show(move |u| {
+            let _ = urls.send(u.to_owned());
+        });
+    let running = {
+        let login = login.clone();
+        tokio::spawn(async move { login.login().await })
+    };
+    let url = shown.recv().await.expect("the login showed no URL");
+    assert!(url.contains("request_uri="), "{url}");
+    // The person's browser, at the provider.
+    let browse = Request::post(format!("{}/_test/browse", provider.issuer))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(
+            serde_urlencoded::to_string([("url", url.as_str())]).unwrap(),
+        )))
+        .unwrap();
+    let page = as_a.send(Endpoint::Authorization, browse).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "{:?}", page.body());
+    let token = tokio::time::timeout(std::time::Duration::from_secs(60), running)
+        .await
+        .expect("the login did not end")
+        .unwrap()
+        .unwrap();
+    let claims = |token: &tower_bearer::Token| -> Value {
+        let access = secrecy::ExposeSecret::expose_secret(token.access_token()).to_owned();
+        serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(access.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let first = claims(&token);
+    assert_eq!(first["cnf"]["x5t#S256"], json!(pki.a.x5t()), "{first}");
+    assert_eq!(first["sub"], "alice", "{first}");
+    assert_eq!(first["client_id"], "fapi-mtls-client", "{first}");
+
+    let refreshed = login.fetch(Some(&token)).await.unwrap();
+    assert_eq!(claims(&refreshed)["cnf"]["x5t#S256"], json!(pki.a.x5t()));
+    let refresh =
+        secrecy::ExposeSecret::expose_secret(refreshed.refresh_token().unwrap()).to_owned();
+    endpoint
+        .revocation()
+        .unwrap()
+        .revoke(&refresh, Some(TokenTypeHint::RefreshToken))
+        .await
+        .unwrap();
+    let err = endpoint
+        .refresh_token(refresh.as_str())
+        .fetch(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidGrant(_)), "{err}");
 }

@@ -157,6 +157,17 @@ impl AssertionKey {
             .map_err(|e| Error::Configuration(format!("cannot sign the assertion: {e}")))
     }
 
+    /// Signs `claims` with the `typ` header `typ` (a request object's
+    /// `oauth-authz-req+jwt`, RFC 9101 §10.8).
+    pub(crate) fn sign_typed<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, Error> {
+        let mut header = Header::new(self.alg);
+        header.typ = Some(typ.to_owned());
+        header.kid = self.kid.clone();
+        header.x5t_s256 = self.x5t_s256.clone();
+        jsonwebtoken::encode(&header, claims, &self.key)
+            .map_err(|e| Error::Configuration(format!("cannot sign the {typ}: {e}")))
+    }
+
     fn same(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.key, &other.key)
             && self.alg == other.alg
@@ -358,6 +369,32 @@ impl ClientAssertion {
         match self.signer {
             Signer::Key(_) => "private_key_jwt",
             Signer::Secret(_) => "client_secret_jwt",
+        }
+    }
+
+    /// The private key of `private_key_jwt` (none for `client_secret_jwt`): it signs
+    /// request objects too (RFC 9101).
+    pub(crate) fn key(&self) -> Option<&AssertionKey> {
+        match &self.signer {
+            Signer::Key(key) => Some(key),
+            Signer::Secret(_) => None,
+        }
+    }
+
+    /// Whether the assertions' `aud` is `issuer` alone.
+    pub(crate) fn audience_is(&self, issuer: &str) -> bool {
+        match &self.audience {
+            Audience::Issuer => true,
+            Audience::Fixed(aud) => aud == issuer,
+            Audience::TokenEndpoint => false,
+        }
+    }
+
+    /// The signing algorithm of the assertions.
+    pub(crate) fn algorithm(&self) -> Algorithm {
+        match &self.signer {
+            Signer::Key(key) => key.alg,
+            Signer::Secret(alg) => *alg,
         }
     }
 

@@ -107,6 +107,47 @@ pub struct ProviderMetadata {
     /// `client_id` (draft-ietf-oauth-client-id-metadata-document).
     #[serde(default)]
     pub client_id_metadata_document_supported: bool,
+    /// The pushed authorization request endpoint (RFC 9126 §5).
+    #[serde(default)]
+    pub pushed_authorization_request_endpoint: Option<String>,
+    /// Whether the provider takes authorization requests only through its pushed
+    /// authorization request endpoint (RFC 9126 §5). When it says so, the browser
+    /// login ([`AuthorizationCode`]) pushes its requests.
+    #[serde(default)]
+    pub require_pushed_authorization_requests: bool,
+    /// Whether the provider takes authorization requests only as signed request
+    /// objects (RFC 9101 §10.5). When it says so, the browser login signs them.
+    #[serde(default)]
+    pub require_signed_request_object: bool,
+    /// The endpoints a client that presents a TLS certificate uses instead of the
+    /// plain ones (RFC 8705 §5).
+    #[serde(default)]
+    pub mtls_endpoint_aliases: Option<MtlsEndpointAliases>,
+}
+
+/// The endpoints of a provider for clients that present a TLS certificate
+/// (`mtls_endpoint_aliases`, RFC 8705 §5): a client authenticating with its
+/// certificate (`tls_client_auth`, `self_signed_tls_client_auth`), or asking for
+/// certificate-bound tokens ([`TokenEndpoint::certificate_bound_tokens`]), uses these
+/// when they are named, the plain endpoints otherwise.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MtlsEndpointAliases {
+    /// The token endpoint for mTLS clients.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// The pushed authorization request endpoint for mTLS clients.
+    #[serde(default)]
+    pub pushed_authorization_request_endpoint: Option<String>,
+    /// The revocation endpoint for mTLS clients.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+    /// The introspection endpoint for mTLS clients.
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    /// The device authorization endpoint for mTLS clients.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 type Cache = Mutex<HashMap<String, (Instant, Arc<ProviderMetadata>)>>;
@@ -401,6 +442,14 @@ impl ProviderMetadata {
             other.code_challenge_methods_supported,
         );
         fill(&mut self.scopes_supported, other.scopes_supported);
+        fill(
+            &mut self.pushed_authorization_request_endpoint,
+            other.pushed_authorization_request_endpoint,
+        );
+        fill(&mut self.mtls_endpoint_aliases, other.mtls_endpoint_aliases);
+        // A demand in either document of the issuer holds.
+        self.require_pushed_authorization_requests |= other.require_pushed_authorization_requests;
+        self.require_signed_request_object |= other.require_signed_request_object;
         self.client_id_metadata_document_supported |= other.client_id_metadata_document_supported;
         // A promise of `iss` in either document of the issuer holds.
         self.authorization_response_iss_parameter_supported |=
@@ -434,7 +483,33 @@ pub(crate) fn parse_metadata(
         ("introspection_endpoint", &found.introspection_endpoint),
         ("jwks_uri", &found.jwks_uri),
         ("registration_endpoint", &found.registration_endpoint),
-    ] {
+        (
+            "pushed_authorization_request_endpoint",
+            &found.pushed_authorization_request_endpoint,
+        ),
+    ]
+    .into_iter()
+    .chain(found.mtls_endpoint_aliases.iter().flat_map(|a| {
+        [
+            ("mtls_endpoint_aliases.token_endpoint", &a.token_endpoint),
+            (
+                "mtls_endpoint_aliases.pushed_authorization_request_endpoint",
+                &a.pushed_authorization_request_endpoint,
+            ),
+            (
+                "mtls_endpoint_aliases.revocation_endpoint",
+                &a.revocation_endpoint,
+            ),
+            (
+                "mtls_endpoint_aliases.introspection_endpoint",
+                &a.introspection_endpoint,
+            ),
+            (
+                "mtls_endpoint_aliases.device_authorization_endpoint",
+                &a.device_authorization_endpoint,
+            ),
+        ]
+    })) {
         if let Some(url) = url {
             let uri = parse_url(url).map_err(|e| format!("{name}: {e}"))?;
             check_url(&uri, false).map_err(|e| format!("{name}: {e}"))?;
@@ -511,6 +586,7 @@ impl TokenEndpoint {
     /// (use [`Revocation::new`] with its URL).
     pub fn revocation(&self) -> Result<Revocation, Error> {
         let url = self.discovered("revocation_endpoint", |m| &m.revocation_endpoint)?;
+        let url = self.mtls_alias(|a| &a.revocation_endpoint).unwrap_or(url);
         Revocation::new(self, &url)
     }
 
@@ -525,6 +601,9 @@ impl TokenEndpoint {
         let url = self.discovered("device_authorization_endpoint", |m| {
             &m.device_authorization_endpoint
         })?;
+        let url = self
+            .mtls_alias(|a| &a.device_authorization_endpoint)
+            .unwrap_or(url);
         DeviceCode::new(self.clone(), &url)
     }
 
@@ -541,7 +620,7 @@ impl TokenEndpoint {
         AuthorizationCode::new(self.clone(), &url)
     }
 
-    fn discovered(
+    pub(crate) fn discovered(
         &self,
         name: &str,
         field: impl Fn(&ProviderMetadata) -> &Option<String>,

@@ -105,6 +105,9 @@ pub struct TokenEndpoint {
     /// `token_type` `DPoP` is accepted.
     #[cfg(feature = "dpop")]
     dpop: Option<super::dpop::DpopKey>,
+    /// The client presents a TLS certificate for certificate-bound tokens (RFC 8705
+    /// §3) whatever its authentication method.
+    certificate_bound: bool,
 }
 
 impl TokenEndpoint {
@@ -141,6 +144,7 @@ impl TokenEndpoint {
             metadata: None,
             #[cfg(feature = "dpop")]
             dpop: None,
+            certificate_bound: false,
         })
     }
 
@@ -164,9 +168,80 @@ impl TokenEndpoint {
     /// How the client authenticates. Default [`TokenEndpointAuth::Basic`] when a
     /// secret is set, a public client otherwise. A
     /// [`ClientAssertion`](super::ClientAssertion) converts into one.
+    ///
+    /// A discovered endpoint whose client authenticates with its certificate
+    /// ([`TokenEndpointAuth::TlsClientAuth`],
+    /// [`TokenEndpointAuth::SelfSignedTlsClientAuth`]) moves to the provider's mTLS
+    /// alias of the token endpoint (RFC 8705 §5), when the metadata names one.
     pub fn auth_method(mut self, auth: impl Into<TokenEndpointAuth>) -> Self {
         self.auth = auth.into();
+        self.follow_mtls_alias()
+    }
+
+    /// The client presents a TLS certificate (its [`HttpClient`] has one, feature
+    /// `mtls`) to get certificate-bound tokens (RFC 8705 §3), whatever its
+    /// authentication method (`private_key_jwt` with certificate-bound tokens, as
+    /// FAPI 2.0 allows). A discovered endpoint then uses the provider's mTLS endpoint
+    /// aliases (RFC 8705 §5) for the token endpoint and the endpoints made from it
+    /// (revocation, pushed authorization requests, device authorization), as it
+    /// does for a client authenticating with its certificate.
+    pub fn certificate_bound_tokens(mut self) -> Self {
+        self.certificate_bound = true;
+        self.follow_mtls_alias()
+    }
+
+    /// Whether the client presents a TLS certificate to this provider: it
+    /// authenticates with it, or asks for certificate-bound tokens.
+    pub(crate) fn uses_mtls(&self) -> bool {
+        self.certificate_bound || self.auth.is_tls()
+    }
+
+    /// The mTLS alias (RFC 8705 §5) the discovered metadata names for one endpoint,
+    /// when this client presents a certificate.
+    pub(crate) fn mtls_alias(
+        &self,
+        field: impl Fn(&super::discovery::MtlsEndpointAliases) -> &Option<String>,
+    ) -> Option<String> {
+        if !self.uses_mtls() {
+            return None;
+        }
+        self.metadata
+            .as_deref()
+            .and_then(|m| m.mtls_endpoint_aliases.as_ref())
+            .and_then(|a| field(a).clone())
+    }
+
+    /// The token endpoint moved to its mTLS alias, when there is one to use (a URL
+    /// the metadata checks already passed).
+    fn follow_mtls_alias(mut self) -> Self {
+        if self.kind != Endpoint::Token {
+            return self;
+        }
+        if let Some(url) = self
+            .mtls_alias(|a| &a.token_endpoint)
+            .and_then(|u| parse_url(&u).ok())
+        {
+            self.url = url;
+        }
         self
+    }
+
+    /// How the client authenticates.
+    pub(crate) fn auth(&self) -> &TokenEndpointAuth {
+        &self.auth
+    }
+
+    /// The key of DPoP-bound tokens, when they are asked for.
+    #[cfg(feature = "dpop")]
+    pub(crate) fn dpop_key(&self) -> Option<&super::dpop::DpopKey> {
+        self.dpop.as_ref()
+    }
+
+    /// Whether a request's form carries `client_id` for the client authentication
+    /// (every method but `client_secret_basic`, which sends it in a header).
+    pub(crate) fn form_carries_client_id(&self) -> bool {
+        let basic = matches!(self.auth, TokenEndpointAuth::Basic) && self.client_secret.is_some();
+        self.client_id.is_some() && !basic
     }
 
     /// An extra form parameter sent with every request (`audience`, `resource`, …).

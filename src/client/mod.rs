@@ -62,7 +62,7 @@ pub use cache::{
     RefreshStats, Refreshing, RefreshingBuilder, DEFAULT_REFRESH_BEFORE, DEFAULT_WAIT_LIMIT,
     RETRY_AFTER_CAP,
 };
-pub use discovery::{ProviderMetadata, DISCOVERY_TTL};
+pub use discovery::{MtlsEndpointAliases, ProviderMetadata, DISCOVERY_TTL};
 #[cfg(feature = "dpop")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
 pub use dpop::{Dpop, DpopKey};

@@ -237,6 +237,10 @@ async fn legacy(server: String, server_uri: &Uri, http: &HttpClient) -> Result<D
         code_challenge_methods_supported: None,
         scopes_supported: None,
         client_id_metadata_document_supported: false,
+        pushed_authorization_request_endpoint: None,
+        require_pushed_authorization_requests: false,
+        require_signed_request_object: false,
+        mtls_endpoint_aliases: None,
     };
     Ok(Discovered {
         resource: server.clone(),

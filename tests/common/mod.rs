@@ -6,6 +6,8 @@ pub mod bins;
 pub mod jwks;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "reqwest")]
+pub mod provider;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;

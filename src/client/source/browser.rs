@@ -4,7 +4,10 @@
 //! One login, step by step:
 //! 1. listen on `127.0.0.1:<port>` (an ephemeral port unless one is set);
 //! 2. make a fresh `state` and PKCE verifier (256 random bits each, from the
-//!    operating system), and the authorization URL with the `S256` challenge;
+//!    operating system), and the authorization URL with the `S256` challenge (the
+//!    parameters in the URL, signed into a request object, or pushed to the
+//!    provider first: see `par.rs`, [`AuthorizationCode::pushed_authorization_requests`]
+//!    and [`AuthorizationCode::fapi2`]);
 //! 3. show the URL (or open the browser) and serve the redirect:
 //!    - another path: `404`, keep waiting;
 //!    - a `state` that is not this login's (a stale tab, a forged link): `400`, keep
@@ -80,14 +83,17 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone)]
 pub struct AuthorizationCode {
-    token: TokenEndpoint,
-    authorize: String,
+    pub(super) token: TokenEndpoint,
+    pub(super) authorize: String,
     issuer: Option<String>,
-    /// The provider promised `iss` on every redirect (RFC 9207 §3).
-    iss_required: bool,
+    /// The provider promised `iss` on every redirect (RFC 9207 §3), or the FAPI 2.0
+    /// profile demands it.
+    pub(super) iss_required: bool,
     scope: Option<String>,
     resources: Vec<String>,
-    params: Vec<(String, String)>,
+    pub(super) params: Vec<(String, String)>,
+    /// How the request is sent: pushed, signed (`par.rs`).
+    pub(super) request: super::par::RequestOptions,
     port: u16,
     path: String,
     timeout: Duration,
@@ -125,6 +131,7 @@ impl AuthorizationCode {
             scope: None,
             resources: Vec::new(),
             params: Vec::new(),
+            request: super::par::RequestOptions::default(),
             port: 0,
             path: "/callback".to_owned(),
             timeout: DEFAULT_TIMEOUT,
@@ -213,8 +220,14 @@ impl AuthorizationCode {
     /// code.
     ///
     /// # Errors
-    /// - [`Error::Configuration`] when the port cannot be listened on (taken), or a
-    ///   [`resource`](Self::resource) is not an absolute URI without a fragment;
+    /// - [`Error::Configuration`] when the port cannot be listened on (taken), a
+    ///   [`resource`](Self::resource) is not an absolute URI without a fragment, a
+    ///   request object has no key to sign it, the request must be pushed and the
+    ///   provider names no endpoint for it, or the [FAPI 2.0 profile](Self::fapi2)
+    ///   refuses the configuration;
+    /// - the pushed authorization request endpoint's errors (RFC 9126 §2.3) as
+    ///   [`Error::TokenEndpoint`] with its URL, and its malformed answers as
+    ///   [`Error::InvalidResponse`] naming [`Endpoint::PushedAuthorization`];
     /// - [`Error::AccessDenied`] when the provider redirects with `access_denied`,
     ///   [`Error::TokenEndpoint`] with its other errors (the code says which);
     /// - [`Error::InvalidResponse`] when the redirect names another issuer, or names
@@ -241,7 +254,8 @@ impl AuthorizationCode {
         let state = random_string()?;
         let verifier = random_string()?;
         let challenge = URL_SAFE_NO_PAD.encode(crate::crypto::sha256(verifier.as_bytes()));
-        let url = self.authorization_url(&redirect_uri, &state, &challenge);
+        let params = self.authorization_params(&redirect_uri, &state, &challenge);
+        let url = self.front_channel_url(params).await?;
 
         let (tx, mut rx) = mpsc::channel::<Arrival>(1);
         let listen = Arc::new(Listen {
@@ -315,7 +329,8 @@ impl AuthorizationCode {
                     Endpoint::Authorization,
                     format!(
                         "the redirect has no iss, but the provider {expected:?} promises one \
-                         (authorization_response_iss_parameter_supported); refused (RFC 9207)"
+                         (authorization_response_iss_parameter_supported) or the FAPI 2.0 \
+                         profile requires it; refused (RFC 9207)"
                     ),
                 ));
             }
@@ -350,7 +365,15 @@ impl AuthorizationCode {
         self.token.request(&form).await
     }
 
-    fn authorization_url(&self, redirect_uri: &str, state: &str, challenge: &str) -> String {
+    /// The parameters of the authorization request: the login's own, then the extra
+    /// ones that do not replace them. How they travel (in the URL, signed, pushed)
+    /// is `par.rs`'s [`front_channel_url`](Self::front_channel_url).
+    fn authorization_params(
+        &self,
+        redirect_uri: &str,
+        state: &str,
+        challenge: &str,
+    ) -> Vec<(String, String)> {
         let mut query: Vec<(&str, &str)> = vec![
             ("response_type", "code"),
             ("redirect_uri", redirect_uri),
@@ -372,13 +395,10 @@ impl AuthorizationCode {
                 .filter(|(k, _)| !own.contains(&k.as_str()))
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        let encoded = serde_urlencoded::to_string(&query).unwrap_or_default();
-        let sep = if self.authorize.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        format!("{}{sep}{encoded}", self.authorize)
+        query
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 }
 
@@ -583,6 +603,7 @@ impl fmt::Debug for AuthorizationCode {
             .field("scope", &self.scope)
             .field("resources", &self.resources)
             .field("port", &self.port)
+            .field("request", &self.request)
             .finish()
     }
 }

@@ -22,6 +22,7 @@ mod exchange;
 mod grants;
 #[cfg(feature = "jwt")]
 mod jwt_bearer;
+mod par;
 mod prompt;
 mod workload;
 
@@ -34,6 +35,7 @@ pub use grants::{ClientCredentials, PasswordGrant, RefreshTokenGrant};
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use jwt_bearer::{JwtBearer, JWT_BEARER_GRANT};
+pub use par::{DEFAULT_REQUEST_OBJECT_LIFETIME, FAPI2_MAX_REQUEST_OBJECT_LIFETIME};
 pub use prompt::PasswordPrompt;
 pub use workload::{WorkloadToken, DEFAULT_MAX_WORKLOAD_TOKEN_LEN, WORKLOAD_RECHECK};
 
