@@ -585,6 +585,8 @@ pub(crate) struct TokenAnswer {
     expires_in: Option<serde_json::Value>,
     refresh_token: Option<String>,
     scope: Option<String>,
+    /// OpenID Connect (OIDC Core §3.1.3.3).
+    id_token: Option<String>,
     #[serde(flatten)]
     error: ErrorAnswer,
 }
@@ -738,6 +740,9 @@ fn parse_token_answer_as(
     if let Some(scope) = answer.scope {
         token = token.with_scope(scope);
     }
+    if let Some(id_token) = answer.id_token.filter(|t| !t.is_empty()) {
+        token = token.with_id_token(id_token);
+    }
     Ok(token)
 }
 
@@ -785,6 +790,14 @@ mod tests {
         assert_eq!(t.refresh_token().unwrap().expose_secret(), "r1");
         assert_eq!(t.expires_in(), Some(Duration::from_secs(3600)));
         assert_eq!(t.scope(), Some("x y"));
+        assert_eq!(t.expose_id_token(), None);
+        let t = parse(
+            200,
+            r#"{"access_token":"a1","token_type":"bearer","id_token":"h.p.s"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.expose_id_token(), Some("h.p.s"));
+        assert_eq!(t.authorization(), "Bearer a1", "the ID token is never sent");
         let t = parse(
             200,
             r#"{"access_token":"a1","token_type":"bearer","expires_in":"60"}"#,
