@@ -17,6 +17,8 @@ mod backend;
 pub(crate) use backend::tls_provider;
 #[cfg(feature = "jwt")]
 pub(crate) use backend::HmacKey;
+#[cfg(feature = "jwks")]
+pub(crate) use backend::sha2_long;
 pub(crate) use backend::{fill_random, sha256, Aes256Gcm};
 
 /// The operating system gave no randomness.

@@ -88,6 +88,12 @@ pub enum Error {
     /// [`StepUpChallenge`](crate::client::StepUpChallenge) read off an answer.
     #[error("the resource requires a stronger or more recent login: {0}")]
     StepUpRequired(Box<crate::client::StepUpChallenge>),
+    /// An OpenID Connect ID token (or the UserInfo answer checked against it) was
+    /// refused: the message names the rule it broke (signature, `iss`, `aud`, `azp`,
+    /// `exp`, `iat`, `nonce`, `at_hash`, `c_hash`, `auth_time`, `sub`), never the
+    /// token. A login whose ID token is refused gives this, not a token.
+    #[error("the ID token is refused: {0}")]
+    IdToken(String),
 }
 
 impl From<crate::client::StepUpChallenge> for Error {
@@ -215,6 +221,8 @@ pub enum Endpoint {
     Authorization,
     /// The dynamic client registration endpoint (RFC 7591 §3).
     Registration,
+    /// The OpenID Connect UserInfo endpoint (OIDC Core §5.3).
+    UserInfo,
 }
 
 impl fmt::Display for Endpoint {
@@ -229,6 +237,7 @@ impl fmt::Display for Endpoint {
             Endpoint::ResourceMetadata => "protected resource metadata",
             Endpoint::Authorization => "authorization endpoint",
             Endpoint::Registration => "registration endpoint",
+            Endpoint::UserInfo => "UserInfo endpoint",
         })
     }
 }

@@ -324,6 +324,7 @@ pub(crate) fn idp_request<T>(
         Endpoint::ResourceMetadata => "resource_metadata",
         Endpoint::Authorization => "authorization",
         Endpoint::Registration => "registration",
+        Endpoint::UserInfo => "userinfo",
     };
     let outcome = match result {
         Ok(res) if res.status().is_success() => "ok",

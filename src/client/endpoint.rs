@@ -245,6 +245,36 @@ impl TokenEndpoint {
         self
     }
 
+    /// A builder of the [`IdTokenValidator`](super::IdTokenValidator) of this
+    /// client's ID tokens: the discovered provider's issuer and keys, this client
+    /// ID, this endpoint's HTTP client, and the client secret (which checks HMAC
+    /// ID tokens, when the validator is told to allow them).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the endpoint was not
+    /// [discovered](Self::discover), has no client ID, or the provider publishes no
+    /// `jwks_uri`.
+    #[cfg(feature = "jwks")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+    pub fn id_token_validator(&self) -> Result<super::IdTokenValidatorBuilder, Error> {
+        let metadata = self.metadata().ok_or_else(|| {
+            Error::Configuration(
+                "ID tokens are validated with the provider's metadata: discover the endpoint \
+                 (TokenEndpoint::discover) or use IdTokenValidator::builder"
+                    .into(),
+            )
+        })?;
+        let client_id = self.client_id.as_deref().ok_or_else(|| {
+            Error::Configuration("ID tokens are validated for a client ID: none is set".into())
+        })?;
+        let mut builder = super::IdTokenValidator::builder(metadata, client_id)?
+            .http_client(self.http.clone());
+        if let Some(secret) = &self.client_secret {
+            builder = builder.client_secret(secret.expose_secret().as_bytes());
+        }
+        Ok(builder)
+    }
+
     /// The same endpoint without the extra form parameters (for revocation).
     pub(crate) fn without_params(mut self) -> Self {
         self.params.clear();
