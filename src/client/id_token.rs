@@ -678,10 +678,13 @@ fn from_rejection(rejection: Rejection) -> Error {
                 why.description()
             ),
         ),
-        Rejection::InvalidToken(why) => {
-            let why = why.strip_prefix("the token ").unwrap_or(&why);
-            refused(format!("it {why}"))
-        }
+        Rejection::InvalidToken(why) => match why.strip_prefix("the token ") {
+            Some(rest) if ["has ", "is ", "was ", "lacks "].iter().any(|v| rest.starts_with(v)) => {
+                refused(format!("it {rest}"))
+            }
+            Some(rest) => refused(format!("its {rest}")),
+            None => refused(why.into_owned()),
+        },
         other => refused(format!("{other:?}")),
     }
 }
