@@ -4,6 +4,7 @@
 
 pub mod bins;
 pub mod jwks;
+pub mod provider;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(feature = "redis")]
