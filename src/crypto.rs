@@ -13,12 +13,12 @@ mod backend;
 #[path = "crypto/rust_crypto.rs"]
 mod backend;
 
+#[cfg(feature = "jwks")]
+pub(crate) use backend::sha2_long;
 #[cfg(any(feature = "rustls", feature = "redis-tls"))]
 pub(crate) use backend::tls_provider;
 #[cfg(feature = "jwt")]
 pub(crate) use backend::HmacKey;
-#[cfg(feature = "jwks")]
-pub(crate) use backend::sha2_long;
 pub(crate) use backend::{fill_random, sha256, Aes256Gcm};
 
 /// The operating system gave no randomness.

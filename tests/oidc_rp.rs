@@ -117,7 +117,10 @@ async fn jwks(State(op): State<Arc<Op>>) -> Json<Value> {
     Json(op.keys.lock().unwrap().clone())
 }
 
-async fn token(State(op): State<Arc<Op>>, Form(form): Form<HashMap<String, String>>) -> Json<Value> {
+async fn token(
+    State(op): State<Arc<Op>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Json<Value> {
     let answer = match form.get("grant_type").map(String::as_str) {
         Some("refresh_token") => op.refresh_answer.lock().unwrap().clone(),
         _ => op.code_answer.lock().unwrap().clone(),
@@ -208,8 +211,14 @@ async fn a_good_id_token_is_accepted_with_its_claims() {
     assert!(!got.other.contains_key("sub"));
     assert_eq!(p.fetches(), 1);
     // aud with several values is accepted with azp = the client.
-    let several = with(p.claims(), json!({ "aud": [CLIENT, "other"], "azp": CLIENT }));
-    assert!(v.validate(&id_token(&several), &Expected::new()).await.is_ok());
+    let several = with(
+        p.claims(),
+        json!({ "aud": [CLIENT, "other"], "azp": CLIENT }),
+    );
+    assert!(v
+        .validate(&id_token(&several), &Expected::new())
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -251,9 +260,15 @@ async fn several_audiences_without_azp_or_with_a_wrong_one_are_refused() {
 async fn wrong_at_hash_and_c_hash_are_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
-    let t = id_token(&with(p.claims(), json!({ "at_hash": half_hash("another-at") })));
+    let t = id_token(&with(
+        p.claims(),
+        json!({ "at_hash": half_hash("another-at") }),
+    ));
     refused(&v, &t, Expected::new().access_token("at-1"), "at_hash").await;
-    let t = id_token(&with(p.claims(), json!({ "c_hash": half_hash("another-code") })));
+    let t = id_token(&with(
+        p.claims(),
+        json!({ "c_hash": half_hash("another-code") }),
+    ));
     refused(&v, &t, Expected::new().code("code-1"), "c_hash").await;
     // Required and absent.
     let t = id_token(&p.claims());
@@ -453,12 +468,32 @@ async fn oversized_and_junk_tokens_are_refused_without_a_panic() {
         "a.b.c.d.e".into(),
         "\u{0}\u{1}.\u{ff}.x".into(),
         format!("{}.{}.", b64("[]"), b64("{}")),
-        format!("{}.{}.AAAA", b64(r#"{"alg":"RS256","kid":"k1"}"#), b64("[1,2]")),
-        format!("{}.{}.AAAA", b64(r#"{"alg":"RS256","kid":"k1"}"#), b64("not json")),
-        format!("{}.{}.!!!!", b64(r#"{"alg":"RS256","kid":"k1"}"#), b64("{}")),
+        format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64("[1,2]")
+        ),
+        format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64("not json")
+        ),
+        format!(
+            "{}.{}.!!!!",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64("{}")
+        ),
         format!("{}.{}.AAAA", b64(r#"{"alg":"RS256","kid":7}"#), b64("{}")),
-        format!("{}.{}.AAAA", b64(r#"{"alg":"ES256","kid":"k1"}"#), b64("{}")),
-        format!("{}.{}.AAAA", b64(r#"{"alg":"EdDSA","kid":"k1"}"#), b64("{}")),
+        format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"ES256","kid":"k1"}"#),
+            b64("{}")
+        ),
+        format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"EdDSA","kid":"k1"}"#),
+            b64("{}")
+        ),
         huge,
     ];
     for t in &junk {
@@ -504,7 +539,9 @@ async fn userinfo_answers_for_the_same_sub_or_is_refused() {
         .validate(&id_token(&p.claims()), &Expected::new())
         .await
         .unwrap();
-    let token = Token::bearer("at-userinfo").unwrap().with_id_token("id.token.x");
+    let token = Token::bearer("at-userinfo")
+        .unwrap()
+        .with_id_token("id.token.x");
     *p.op.userinfo.lock().unwrap() = json!({ "sub": "alice", "email": "alice@example.com" });
     let info = v.userinfo(&token, &claims).await.unwrap();
     assert_eq!(info["email"], "alice@example.com");
@@ -621,7 +658,10 @@ async fn browser_login_sends_a_nonce_and_returns_the_validated_id_token() {
     // A second login sends another nonce.
     let claims = p.claims();
     let (second, query2, _) = browser(&p, login, |q, _, _| {
-        Some(id_token(&with(claims, json!({ "nonce": q["nonce"], "auth_time": now_plus(-5) }))))
+        Some(id_token(&with(
+            claims,
+            json!({ "nonce": q["nonce"], "auth_time": now_plus(-5) }),
+        )))
     })
     .await;
     second.unwrap();
@@ -633,11 +673,17 @@ async fn browser_login_with_a_wrong_nonce_fails() {
     let p = Provider::start().await;
     let claims = p.claims();
     let (result, _, page) = browser(&p, openid_login(&p).await, |_, _, _| {
-        Some(id_token(&with(claims, json!({ "nonce": "a-replayed-nonce" }))))
+        Some(id_token(&with(
+            claims,
+            json!({ "nonce": "a-replayed-nonce" }),
+        )))
     })
     .await;
     let err = result.unwrap_err();
-    assert!(matches!(&err, Error::IdToken(why) if why.contains("nonce")), "{err:?}");
+    assert!(
+        matches!(&err, Error::IdToken(why) if why.contains("nonce")),
+        "{err:?}"
+    );
     assert_eq!(page, 502, "the page says the login failed");
 }
 
@@ -653,7 +699,10 @@ async fn browser_login_with_a_wrong_c_hash_fails() {
     })
     .await;
     let err = result.unwrap_err();
-    assert!(matches!(&err, Error::IdToken(why) if why.contains("c_hash")), "{err:?}");
+    assert!(
+        matches!(&err, Error::IdToken(why) if why.contains("c_hash")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -668,7 +717,10 @@ async fn browser_login_with_a_wrong_at_hash_fails() {
     })
     .await;
     let err = result.unwrap_err();
-    assert!(matches!(&err, Error::IdToken(why) if why.contains("at_hash")), "{err:?}");
+    assert!(
+        matches!(&err, Error::IdToken(why) if why.contains("at_hash")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -684,7 +736,10 @@ async fn browser_login_with_an_old_auth_time_for_max_age_fails() {
     })
     .await;
     let err = result.unwrap_err();
-    assert!(matches!(&err, Error::IdToken(why) if why.contains("max_age")), "{err:?}");
+    assert!(
+        matches!(&err, Error::IdToken(why) if why.contains("max_age")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -692,7 +747,10 @@ async fn browser_login_with_a_validator_and_no_id_token_fails() {
     let p = Provider::start().await;
     let (result, _, _) = browser(&p, openid_login(&p).await, |_, _, _| None).await;
     let err = result.unwrap_err();
-    assert!(matches!(&err, Error::IdToken(why) if why.contains("no id_token")), "{err:?}");
+    assert!(
+        matches!(&err, Error::IdToken(why) if why.contains("no id_token")),
+        "{err:?}"
+    );
 }
 
 /// Plain OAuth still works: no `openid`, no validator, no nonce sent, a token.
@@ -743,7 +801,10 @@ async fn a_refresh_keeps_the_id_token_and_a_new_one_is_validated() {
         "id_token": id_token(&with(p.claims(), json!({ "sub": "mallory" }))),
     });
     let err = login.fetch(Some(&first)).await.unwrap_err();
-    assert!(matches!(&err, Error::IdToken(why) if why.contains("12.2")), "{err:?}");
+    assert!(
+        matches!(&err, Error::IdToken(why) if why.contains("12.2")),
+        "{err:?}"
+    );
     // And one for the same person is taken.
     let renewed = id_token(&p.claims());
     *p.op.refresh_answer.lock().unwrap() = json!({
@@ -766,7 +827,8 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-const SECRET_ID_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZS1pZC10b2tlbi1tYXJrZXIifQ.c2lnbmF0dXJlLW1hcmtlcg";
+const SECRET_ID_TOKEN: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZS1pZC10b2tlbi1tYXJrZXIifQ.c2lnbmF0dXJlLW1hcmtlcg";
 
 fn token_with_id() -> Token {
     Token::bearer("at-stored-1")
@@ -789,7 +851,9 @@ async fn the_id_token_survives_a_file_store_and_is_sealed_when_it_encrypts() {
         .unwrap();
     assert_eq!(back.expose_id_token(), Some(SECRET_ID_TOKEN));
     // The control: the plain file holds it.
-    assert!(std::fs::read_to_string(&plain).unwrap().contains(SECRET_ID_TOKEN));
+    assert!(std::fs::read_to_string(&plain)
+        .unwrap()
+        .contains(SECRET_ID_TOKEN));
 
     let sealed = dir.join("sealed.json");
     let key = tower_bearer::client::AtRestKey::new("k1", &[7u8; 32]).unwrap();
@@ -797,7 +861,10 @@ async fn the_id_token_survives_a_file_store_and_is_sealed_when_it_encrypts() {
     store.save(&token_with_id()).await.unwrap();
     let bytes = std::fs::read_to_string(&sealed).unwrap();
     for part in SECRET_ID_TOKEN.split('.') {
-        assert!(!bytes.contains(part), "the sealed file holds the ID token in clear");
+        assert!(
+            !bytes.contains(part),
+            "the sealed file holds the ID token in clear"
+        );
     }
     assert!(!bytes.contains("alice-id-token-marker"));
     let back = FileStore::at(&sealed, "alice", "https://idp.example")
@@ -826,21 +893,24 @@ async fn the_id_token_survives_a_redis_store_and_is_sealed_when_it_encrypts() {
         .query(redis::cmd("HGETALL").arg(store.token_key()))
         .await;
     let raw: String = entry.values().cloned().collect();
-    assert!(raw.contains(SECRET_ID_TOKEN), "the control: a plain entry holds it");
+    assert!(
+        raw.contains(SECRET_ID_TOKEN),
+        "the control: a plain entry holds it"
+    );
 
     let sealed_profile = format!("{profile}-sealed");
     let key = tower_bearer::client::AtRestKey::new("k1", &[9u8; 32]).unwrap();
-    let store = redis
-        .store(&sealed_profile)
-        .await
-        .encrypt_with(key.clone());
+    let store = redis.store(&sealed_profile).await.encrypt_with(key.clone());
     store.save(&token_with_id()).await.unwrap();
     let entry: HashMap<String, String> = redis
         .query(redis::cmd("HGETALL").arg(store.token_key()))
         .await;
     let raw: String = entry.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     for part in SECRET_ID_TOKEN.split('.') {
-        assert!(!raw.contains(part), "the sealed entry holds the ID token in clear");
+        assert!(
+            !raw.contains(part),
+            "the sealed entry holds the ID token in clear"
+        );
     }
     let back = redis
         .store(&sealed_profile)

@@ -267,8 +267,8 @@ impl TokenEndpoint {
         let client_id = self.client_id.as_deref().ok_or_else(|| {
             Error::Configuration("ID tokens are validated for a client ID: none is set".into())
         })?;
-        let mut builder = super::IdTokenValidator::builder(metadata, client_id)?
-            .http_client(self.http.clone());
+        let mut builder =
+            super::IdTokenValidator::builder(metadata, client_id)?.http_client(self.http.clone());
         if let Some(secret) = &self.client_secret {
             builder = builder.client_secret(secret.expose_secret().as_bytes());
         }

@@ -55,9 +55,9 @@ const MAX_USERINFO: usize = 64 * 1024;
 /// - it is a JWS signed by one of the provider's keys (picked by `kid`; the keys
 ///   are fetched again, once, for a `kid` not among them, and such look-ups are
 ///   throttled by time), with an algorithm of the allow-list
-///   ([`DEFAULT_ID_TOKEN_ALGORITHMS`] unless [`algorithms`](Self::algorithms)
+///   ([`DEFAULT_ID_TOKEN_ALGORITHMS`] unless [`algorithms`](IdTokenValidatorBuilder::algorithms)
 ///   says otherwise): `none` never, HMAC (`HS256`…) only with the client secret
-///   ([`client_secret`](Self::client_secret)) and when allowed;
+///   ([`client_secret`](IdTokenValidatorBuilder::client_secret)) and when allowed;
 /// - `iss` is exactly the issuer; `aud` is (or contains) the client ID; `azp`, when
 ///   present, is the client ID, and is required when `aud` has several values;
 /// - `exp` is in the future and `iat` is not, each within the leeway (default
@@ -69,7 +69,7 @@ const MAX_USERINFO: usize = 64 * 1024;
 /// Clones share the keys.
 ///
 /// ```no_run
-/// use tower_bearer::client::{Expected, TokenEndpoint};
+/// use tower_bearer::client::TokenEndpoint;
 /// # async fn run() -> Result<(), tower_bearer::Error> {
 /// let endpoint = TokenEndpoint::discover("https://idp.example.com").await?.client_id("my-cli");
 /// let validator = endpoint.id_token_validator()?.build()?;
@@ -106,7 +106,10 @@ impl fmt::Debug for IdTokenValidator {
             .field("client_id", &self.inner.client_id)
             .field("algorithms", &self.inner.algorithms)
             .field("leeway", &self.inner.leeway)
-            .field("client_secret", &self.inner.hmac.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.inner.hmac.as_ref().map(|_| "[redacted]"),
+            )
             .field("userinfo_endpoint", &self.inner.userinfo)
             .finish_non_exhaustive()
     }
@@ -225,13 +228,14 @@ impl IdTokenValidator {
     ) -> Result<IdTokenClaims, Error> {
         let inner = &*self.inner;
         let leeway = inner.leeway.as_secs();
-        let text = |all: &Map<String, Value>, name: &'static str| -> Result<Option<String>, Error> {
-            match all.get(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(refused(format!("its {name} claim is not a string"))),
-            }
-        };
+        let text =
+            |all: &Map<String, Value>, name: &'static str| -> Result<Option<String>, Error> {
+                match all.get(name) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(_) => Err(refused(format!("its {name} claim is not a string"))),
+                }
+            };
         let number = |all: &Map<String, Value>, name: &'static str| -> Result<Option<u64>, Error> {
             match all.get(name) {
                 None | Some(Value::Null) => Ok(None),
@@ -250,7 +254,9 @@ impl IdTokenValidator {
             .ok_or_else(|| refused("it has no sub claim (OIDC Core §2)"))?;
         let iss = text(&all, "iss")?.unwrap_or_default();
         if iss != inner.issuer {
-            return Err(refused("its iss is not the provider's issuer (OIDC Core §3.1.3.7 rule 2)"));
+            return Err(refused(
+                "its iss is not the provider's issuer (OIDC Core §3.1.3.7 rule 2)",
+            ));
         }
         let aud: Vec<String> = match all.get("aud") {
             Some(Value::String(a)) => vec![a.clone()],
@@ -261,13 +267,17 @@ impl IdTokenValidator {
                 .ok_or_else(|| refused("its aud claim is not a string or strings"))?,
             _ => return Err(refused("it has no aud claim")),
         };
-        if !aud.iter().any(|a| *a == inner.client_id) {
-            return Err(refused("its aud does not contain this client's ID (OIDC Core §3.1.3.7 rule 3)"));
+        if !aud.contains(&inner.client_id) {
+            return Err(refused(
+                "its aud does not contain this client's ID (OIDC Core §3.1.3.7 rule 3)",
+            ));
         }
         let azp = text(&all, "azp")?;
         match &azp {
             Some(azp) if *azp != inner.client_id => {
-                return Err(refused("its azp is not this client's ID (OIDC Core §3.1.3.7 rule 5)"));
+                return Err(refused(
+                    "its azp is not this client's ID (OIDC Core §3.1.3.7 rule 5)",
+                ));
             }
             None if aud.len() > 1 => {
                 return Err(refused(
@@ -282,7 +292,9 @@ impl IdTokenValidator {
         }
         let iat = number(&all, "iat")?.ok_or_else(|| refused("it has no iat claim"))?;
         if iat > now.saturating_add(leeway) {
-            return Err(refused("it was issued in the future (iat, OIDC Core §3.1.3.7 rule 10)"));
+            return Err(refused(
+                "it was issued in the future (iat, OIDC Core §3.1.3.7 rule 10)",
+            ));
         }
         let nonce = text(&all, "nonce")?;
         if let Some(sent) = expected.nonce {
@@ -308,9 +320,24 @@ impl IdTokenValidator {
                 ));
             }
         }
-        check_hash(&all, "at_hash", alg, expected.access_token, expected.at_hash_required)?;
+        check_hash(
+            &all,
+            "at_hash",
+            alg,
+            expected.access_token,
+            expected.at_hash_required,
+        )?;
         check_hash(&all, "c_hash", alg, expected.code, expected.c_hash_required)?;
-        for name in ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "azp"] {
+        for name in [
+            "sub",
+            "iss",
+            "aud",
+            "exp",
+            "iat",
+            "auth_time",
+            "nonce",
+            "azp",
+        ] {
             all.remove(name);
         }
         Ok(IdTokenClaims {
@@ -453,8 +480,12 @@ impl IdTokenValidatorBuilder {
         if self.algorithms.is_empty() {
             return Err(Error::Configuration("no ID token algorithm allowed".into()));
         }
-        let hmac_algs: Vec<Algorithm> =
-            self.algorithms.iter().copied().filter(|a| is_hmac(*a)).collect();
+        let hmac_algs: Vec<Algorithm> = self
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| is_hmac(*a))
+            .collect();
         let hmac = match (&self.secret, hmac_algs.is_empty()) {
             (_, true) => None,
             (None, false) => {
@@ -654,7 +685,9 @@ fn header_alg(token: &str) -> Result<Algorithm, Error> {
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(refused("it is not a signed JWT (three dot-separated parts)"));
+        return Err(refused(
+            "it is not a signed JWT (three dot-separated parts)",
+        ));
     };
     let bytes = URL_SAFE_NO_PAD
         .decode(header)
@@ -664,8 +697,7 @@ fn header_alg(token: &str) -> Result<Algorithm, Error> {
     if header.alg.eq_ignore_ascii_case("none") {
         return Err(refused("it is unsigned (alg none)"));
     }
-    crate::server::jwt::parse_alg(&header.alg)
-        .ok_or_else(|| refused("its algorithm is unknown"))
+    crate::server::jwt::parse_alg(&header.alg).ok_or_else(|| refused("its algorithm is unknown"))
 }
 
 /// A refusal of the signature's validator, as an ID token error.
@@ -679,7 +711,11 @@ fn from_rejection(rejection: Rejection) -> Error {
             ),
         ),
         Rejection::InvalidToken(why) => match why.strip_prefix("the token ") {
-            Some(rest) if ["has ", "is ", "was ", "lacks "].iter().any(|v| rest.starts_with(v)) => {
+            Some(rest)
+                if ["has ", "is ", "was ", "lacks "]
+                    .iter()
+                    .any(|v| rest.starts_with(v)) =>
+            {
                 refused(format!("it {rest}"))
             }
             Some(rest) => refused(format!("its {rest}")),
@@ -740,7 +776,10 @@ mod tests {
     fn at_hash_is_the_left_half_of_the_digest() {
         // OIDC Core Appendix A.3: the access token and at_hash of an RS256 token.
         assert_eq!(
-            left_half_hash(Algorithm::RS256, b"jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"),
+            left_half_hash(
+                Algorithm::RS256,
+                b"jHkWEdUXMU1BwAsC4vtUsZwnNvTIxEl0z9K3vx5KF0Y"
+            ),
             "77QmUPtjPfzWtF2AnpK9RQ"
         );
         assert_eq!(left_half_hash(Algorithm::ES384, b"x").len(), 32);

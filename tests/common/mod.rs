@@ -4,9 +4,9 @@
 
 pub mod bins;
 pub mod jwks;
-pub mod provider;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+pub mod provider;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod server;

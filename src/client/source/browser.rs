@@ -515,8 +515,10 @@ pub(crate) async fn validate_refreshed(
     token: &Token,
     previous: Option<&Token>,
 ) -> Result<(), Error> {
-    let (Some(new), old) = (token.expose_id_token(), previous.and_then(Token::expose_id_token))
-    else {
+    let (Some(new), old) = (
+        token.expose_id_token(),
+        previous.and_then(Token::expose_id_token),
+    ) else {
         return Ok(());
     };
     if old == Some(new) {
