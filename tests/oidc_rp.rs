@@ -815,6 +815,69 @@ async fn a_refresh_keeps_the_id_token_and_a_new_one_is_validated() {
     assert_eq!(t.expose_id_token(), Some(renewed.as_str()));
 }
 
+/// The refresh-token grant on its own (and a chain's refresh) keeps the ID token of
+/// the token it replaces when the answer has none (OIDC Core §12.2), and takes a
+/// new one when the answer has it.
+#[tokio::test]
+async fn the_refresh_token_grant_keeps_the_previous_id_token() {
+    let p = Provider::start().await;
+    let endpoint = p.endpoint().await;
+    let previous = Token::bearer("at-old")
+        .unwrap()
+        .with_refresh_token("rt-old")
+        .with_id_token("the.login's.id-token");
+    *p.op.refresh_answer.lock().unwrap() = json!({
+        "access_token": "at-new", "token_type": "Bearer", "expires_in": 600,
+    });
+    let grant = endpoint.refresh_token("rt-old");
+    let t = grant.fetch(Some(&previous)).await.unwrap();
+    assert_eq!(t.expose_access_token(), "at-new");
+    assert_eq!(t.expose_id_token(), Some("the.login's.id-token"));
+    let chain = tower_bearer::client::source::Chain::new().refresh_with(endpoint.clone());
+    let t = chain.fetch(Some(&previous)).await.unwrap();
+    assert_eq!(t.expose_id_token(), Some("the.login's.id-token"));
+    // Nothing to keep: none.
+    let t = grant.fetch(None).await.unwrap();
+    assert_eq!(t.expose_id_token(), None);
+    *p.op.refresh_answer.lock().unwrap() = json!({
+        "access_token": "at-newer", "token_type": "Bearer", "id_token": "a.new.one",
+    });
+    let t = grant.fetch(Some(&previous)).await.unwrap();
+    assert_eq!(t.expose_id_token(), Some("a.new.one"));
+}
+
+/// `Debug` of the validator, its builder and the claims shows no secret: not the
+/// client secret, not the nonce, not the claims' values beyond the registered ones.
+#[tokio::test]
+async fn debug_shows_no_secret() {
+    let p = Provider::start().await;
+    let builder = p
+        .endpoint()
+        .await
+        .id_token_validator()
+        .unwrap()
+        .client_secret("a-client-secret-of-32-bytes-or-more!");
+    let printed = format!("{builder:?}");
+    let v = builder
+        .algorithms(&[Algorithm::RS256, Algorithm::HS256])
+        .build()
+        .unwrap();
+    let printed = format!(
+        "{printed} {v:?} {:?}",
+        Expected::new().nonce("nonce-secret-1")
+    );
+    assert!(!printed.contains("a-client-secret"), "{printed}");
+    assert!(!printed.contains("nonce-secret-1"), "{printed}");
+    let claims = v
+        .validate(
+            &id_token(&with(p.claims(), json!({ "email": "alice@example.com" }))),
+            &Expected::new(),
+        )
+        .await
+        .unwrap();
+    assert!(!format!("{claims:?}").contains("alice@example.com"));
+}
+
 // ------------------------------------------------------------------ stores
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
