@@ -126,3 +126,55 @@ async fn device_login_returns_a_validated_id_token() {
     let info = validator.userinfo(&token, &who).await.unwrap();
     assert_eq!(info["sub"], "alice");
 }
+
+/// A DPoP-bound login (RFC 9449: the provider demands its nonce on every proof):
+/// the device login's ID token is validated, and UserInfo, asked with the
+/// DPoP-bound access token and a proof by the same key, names the same person;
+/// the bearer-only `userinfo` refuses that token instead of sending it unproven.
+#[cfg(feature = "dpop")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dpop_bound_login_asks_userinfo_with_a_proof() {
+    use tower_bearer::client::DpopKey;
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let key = DpopKey::generate().unwrap();
+    let (endpoint, validator) = cli(&provider).await;
+    let endpoint = endpoint.dpop(key.clone());
+    let (codes, mut code) = tokio::sync::mpsc::unbounded_channel();
+    let login = endpoint
+        .device_code()
+        .unwrap()
+        .scope("openid offline_access")
+        .id_token_validator(validator.clone())
+        .show(move |auth| {
+            let _ = codes.send(auth.user_code.clone());
+        });
+    let task = tokio::spawn(async move { login.login_with_id_token().await });
+    let user_code = code.recv().await.unwrap();
+    provider.approve(&user_code).await;
+    let (token, who) = timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the device login did not end")
+        .unwrap()
+        .unwrap();
+    assert!(token.is_dpop(), "{token:?}");
+    assert_eq!(who.sub, "alice");
+    let err = validator.userinfo(&token, &who).await.unwrap_err();
+    assert!(
+        matches!(err, tower_bearer::Error::Configuration(_)),
+        "{err}"
+    );
+    let info = validator.userinfo_dpop(&token, &who, &key).await.unwrap();
+    assert_eq!(info["sub"], "alice");
+    // Another key's proof is refused by the provider.
+    let other = DpopKey::generate().unwrap();
+    let err = validator
+        .userinfo_dpop(&token, &who, &other)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tower_bearer::Error::InvalidResponse(..)),
+        "{err}"
+    );
+}

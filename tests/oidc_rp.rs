@@ -46,6 +46,11 @@ struct Op {
     refresh_answer: Mutex<Value>,
     userinfo: Mutex<Value>,
     userinfo_auth: Mutex<Option<String>>,
+    /// The `DPoP` proofs UserInfo got.
+    userinfo_proofs: Mutex<Vec<String>>,
+    /// When set, UserInfo answers the next request without this nonce `401`
+    /// `use_dpop_nonce` with it.
+    userinfo_nonce: Mutex<Option<String>>,
 }
 
 struct Provider {
@@ -128,11 +133,35 @@ async fn token(
     Json(answer)
 }
 
-async fn userinfo(State(op): State<Arc<Op>>, headers: HeaderMap) -> Json<Value> {
+async fn userinfo(State(op): State<Arc<Op>>, headers: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
     *op.userinfo_auth.lock().unwrap() = headers
         .get("authorization")
         .map(|v| v.to_str().unwrap().to_owned());
-    Json(op.userinfo.lock().unwrap().clone())
+    let proof = headers.get("dpop").map(|v| v.to_str().unwrap().to_owned());
+    if let Some(proof) = &proof {
+        op.userinfo_proofs.lock().unwrap().push(proof.clone());
+    }
+    let nonce = op.userinfo_nonce.lock().unwrap().clone();
+    if let Some(nonce) = nonce {
+        let carried = proof
+            .as_deref()
+            .and_then(|p| p.split('.').nth(1))
+            .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|claims| claims["nonce"] == nonce.as_str());
+        if !carried {
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                [
+                    ("dpop-nonce", nonce.as_str()),
+                    ("www-authenticate", "DPoP error=\"use_dpop_nonce\""),
+                ],
+            )
+                .into_response();
+        }
+    }
+    Json(op.userinfo.lock().unwrap().clone()).into_response()
 }
 
 // ------------------------------------------------------------------ helpers
@@ -561,6 +590,64 @@ async fn userinfo_answers_for_the_same_sub_or_is_refused() {
         v.userinfo(&token, &claims).await,
         Err(Error::IdToken(_))
     ));
+}
+
+/// A DPoP-bound token goes to UserInfo as `DPoP` with a proof of its key (with
+/// `ath`), and a `401` that asks for the resource's nonce is retried once with it;
+/// the bearer `userinfo` refuses a DPoP-bound token rather than send it unproven.
+#[cfg(feature = "dpop")]
+#[tokio::test]
+async fn userinfo_with_a_dpop_bound_token_sends_a_proof_and_takes_the_nonce() {
+    use tower_bearer::client::DpopKey;
+    let p = Provider::start().await;
+    let v = p.validator().await;
+    let claims = v
+        .validate(&id_token(&p.claims()), &Expected::new())
+        .await
+        .unwrap();
+    // A DPoP-bound token, as a token endpoint answers it.
+    let token = tower_bearer::client::StoredToken {
+        access_token: "at-dpop-1".into(),
+        token_type: "DPoP".into(),
+        expires_at: None,
+        refresh_token: None,
+        scope: None,
+        id_token: None,
+        lineage: 0,
+    }
+    .to_token()
+    .unwrap();
+    assert!(token.is_dpop());
+    assert!(matches!(
+        v.userinfo(&token, &claims).await,
+        Err(Error::Configuration(_))
+    ));
+    let key = DpopKey::generate().unwrap();
+    *p.op.userinfo.lock().unwrap() = json!({ "sub": "alice" });
+    *p.op.userinfo_nonce.lock().unwrap() = Some("resource-nonce-1".into());
+    let info = v.userinfo_dpop(&token, &claims, &key).await.unwrap();
+    assert_eq!(info["sub"], "alice");
+    assert_eq!(
+        p.op.userinfo_auth.lock().unwrap().as_deref(),
+        Some("DPoP at-dpop-1")
+    );
+    let proofs = p.op.userinfo_proofs.lock().unwrap().clone();
+    assert_eq!(proofs.len(), 2, "one retry with the nonce");
+    let payload: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(proofs[1].split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["nonce"], "resource-nonce-1");
+    assert_eq!(payload["htm"], "GET");
+    assert_eq!(payload["ath"], ath_of("at-dpop-1"));
+}
+
+/// base64url SHA-256 of `value` (a DPoP proof's `ath`).
+#[cfg(feature = "dpop")]
+fn ath_of(value: &str) -> String {
+    URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(value.as_bytes()))
 }
 
 // ------------------------------------------------------------------ browser login

@@ -359,7 +359,8 @@ impl IdTokenValidator {
     /// must be the ID token's (§5.3.4), or it is refused.
     ///
     /// Plain JSON answers only: a signed or encrypted answer (`application/jwt`) is
-    /// refused. A DPoP-bound token is refused too (its proof needs the key).
+    /// refused. A DPoP-bound token is refused here: its proof needs the key
+    /// (`userinfo_dpop`, feature `dpop`).
     ///
     /// # Errors
     /// [`Error::Configuration`] when the provider has no `userinfo_endpoint` or the
@@ -371,6 +372,45 @@ impl IdTokenValidator {
         token: &Token,
         id_token: &IdTokenClaims,
     ) -> Result<Map<String, Value>, Error> {
+        if token.is_dpop() {
+            return Err(Error::Configuration(
+                "UserInfo with a DPoP-bound token needs its key (IdTokenValidator::userinfo_dpop)"
+                    .into(),
+            ));
+        }
+        self.userinfo_with(token, id_token, None).await
+    }
+
+    /// [`userinfo`](Self::userinfo) with a DPoP-bound token (RFC 9449 §7): the
+    /// request carries `Authorization: DPoP` and a proof by `key` with the token's
+    /// hash; a `401` that gives a `DPoP-Nonce` is retried once with it.
+    ///
+    /// # Errors
+    /// As [`userinfo`](Self::userinfo); [`Error::Configuration`] when the token is not
+    /// DPoP-bound.
+    #[cfg(feature = "dpop")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "dpop")))]
+    pub async fn userinfo_dpop(
+        &self,
+        token: &Token,
+        id_token: &IdTokenClaims,
+        key: &super::DpopKey,
+    ) -> Result<Map<String, Value>, Error> {
+        if !token.is_dpop() {
+            return Err(Error::Configuration(
+                "userinfo_dpop: the token is not DPoP-bound (use userinfo)".into(),
+            ));
+        }
+        self.userinfo_with(token, id_token, Some(key)).await
+    }
+
+    async fn userinfo_with(
+        &self,
+        token: &Token,
+        id_token: &IdTokenClaims,
+        #[cfg(feature = "dpop")] dpop: Option<&super::DpopKey>,
+        #[cfg(not(feature = "dpop"))] dpop: Option<std::convert::Infallible>,
+    ) -> Result<Map<String, Value>, Error> {
         let inner = &*self.inner;
         let url = inner.userinfo.as_deref().ok_or_else(|| {
             Error::Configuration(format!(
@@ -378,21 +418,20 @@ impl IdTokenValidator {
                 inner.issuer
             ))
         })?;
-        if token.is_dpop() {
-            return Err(Error::Configuration(
-                "UserInfo with a DPoP-bound token is not supported (its proof needs the key)"
-                    .into(),
-            ));
-        }
         let uri = parse_url(url)?;
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(uri)
-            .header(ACCEPT, "application/json")
-            .header(AUTHORIZATION, token.authorization().clone())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| Error::Configuration(format!("cannot build the UserInfo request: {e}")))?;
-        let res = inner.http.send(Endpoint::UserInfo, req).await?;
+        #[allow(unused_mut)]
+        let mut res = self.send_userinfo(&uri, token, dpop).await?;
+        #[cfg(feature = "dpop")]
+        if let Some(key) = dpop {
+            // RFC 9449 §9: the resource's nonce, asked for with a 401, then once more.
+            let asks_nonce = res.status() == http::StatusCode::UNAUTHORIZED
+                && res.headers().contains_key(super::layer::DPOP_NONCE);
+            key.remember_from(&uri, res.headers());
+            if asks_nonce {
+                res = self.send_userinfo(&uri, token, dpop).await?;
+                key.remember_from(&uri, res.headers());
+            }
+        }
         if !res.status().is_success() {
             return Err(Error::InvalidResponse(
                 Endpoint::UserInfo,
@@ -426,6 +465,32 @@ impl IdTokenValidator {
             ));
         }
         Ok(info)
+    }
+}
+
+impl IdTokenValidator {
+    /// One UserInfo request with `token` (and a DPoP proof by `dpop`).
+    async fn send_userinfo(
+        &self,
+        uri: &http::Uri,
+        token: &Token,
+        #[cfg(feature = "dpop")] dpop: Option<&super::DpopKey>,
+        #[cfg(not(feature = "dpop"))] _dpop: Option<std::convert::Infallible>,
+    ) -> Result<http::Response<Bytes>, Error> {
+        #[allow(unused_mut)]
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(uri.clone())
+            .header(ACCEPT, "application/json")
+            .header(AUTHORIZATION, token.authorization().clone())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::Configuration(format!("cannot build the UserInfo request: {e}")))?;
+        #[cfg(feature = "dpop")]
+        if let Some(key) = dpop {
+            let proof = key.proof(&Method::GET, uri, Some(token.expose_access_token()))?;
+            req.headers_mut().insert(super::DPOP, proof);
+        }
+        self.inner.http.send(Endpoint::UserInfo, req).await
     }
 }
 
