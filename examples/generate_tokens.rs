@@ -264,7 +264,7 @@ async fn whoami(endpoint: &TokenEndpoint, token: &Token) -> Result<(), Failure> 
         .and_then(|b| b.build())
         .map_err(|e| Failure(format!("--whoami: {e}"), 1))?;
     let who = validator
-        .validate(id_token, &tower_bearer::client::Expected::new())
+        .validate(id_token, &tower_bearer::client::ExpectedIdToken::new())
         .await
         .map_err(|e| Failure(format!("--whoami: {e} (--relogin gets a fresh one)"), 1))?;
     eprintln!("Logged in as {} at {}", who.sub, who.iss);

@@ -87,7 +87,7 @@ async fn browser_login_returns_a_validated_id_token_and_userinfo_agrees() {
     assert_ne!(refreshed.expose_access_token(), token.expose_access_token());
     let id_token = refreshed.expose_id_token().expect("the ID token is kept");
     let again = validator
-        .validate(id_token, &tower_bearer::client::Expected::new())
+        .validate(id_token, &tower_bearer::client::ExpectedIdToken::new())
         .await
         .unwrap();
     assert_eq!(again.sub, "alice");

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use sha2::Digest as _;
 use tower_bearer::client::source::AuthorizationCode;
 use tower_bearer::client::{
-    Expected, FileStore, IdTokenClaims, IdTokenValidator, Refreshing, TokenEndpoint, TokenSource,
-    TokenStore,
+    ExpectedIdToken, FileStore, IdTokenClaims, IdTokenValidator, Refreshing, TokenEndpoint,
+    TokenSource, TokenStore,
 };
 use tower_bearer::{Error, Token};
 
@@ -189,7 +189,12 @@ fn half_hash(value: &str) -> String {
 
 /// The refusal of `id_token`: an `Error::IdToken` whose message contains `rule`,
 /// and never the token or its parts.
-async fn refused(validator: &IdTokenValidator, id_token: &str, expected: Expected<'_>, rule: &str) {
+async fn refused(
+    validator: &IdTokenValidator,
+    id_token: &str,
+    expected: ExpectedIdToken<'_>,
+    rule: &str,
+) {
     let err = validator
         .validate(id_token, &expected)
         .await
@@ -228,7 +233,7 @@ async fn a_good_id_token_is_accepted_with_its_claims() {
         json!({ "nonce": "n-1", "auth_time": now_plus(-10), "email": "alice@example.com" }),
     );
     let got: IdTokenClaims = v
-        .validate(&id_token(&claims), &Expected::new().nonce("n-1"))
+        .validate(&id_token(&claims), &ExpectedIdToken::new().nonce("n-1"))
         .await
         .unwrap();
     assert_eq!(got.sub, "alice");
@@ -245,7 +250,7 @@ async fn a_good_id_token_is_accepted_with_its_claims() {
         json!({ "aud": [CLIENT, "other"], "azp": CLIENT }),
     );
     assert!(v
-        .validate(&id_token(&several), &Expected::new())
+        .validate(&id_token(&several), &ExpectedIdToken::new())
         .await
         .is_ok());
 }
@@ -255,10 +260,10 @@ async fn wrong_nonce_is_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let t = id_token(&with(p.claims(), json!({ "nonce": "theirs" })));
-    refused(&v, &t, Expected::new().nonce("ours"), "nonce").await;
+    refused(&v, &t, ExpectedIdToken::new().nonce("ours"), "nonce").await;
     // No nonce at all, when one was sent.
     let t = id_token(&p.claims());
-    refused(&v, &t, Expected::new().nonce("ours"), "nonce").await;
+    refused(&v, &t, ExpectedIdToken::new().nonce("ours"), "nonce").await;
 }
 
 #[tokio::test]
@@ -266,7 +271,7 @@ async fn wrong_aud_is_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let t = id_token(&with(p.claims(), json!({ "aud": "another-client" })));
-    refused(&v, &t, Expected::new(), "audience").await;
+    refused(&v, &t, ExpectedIdToken::new(), "audience").await;
 }
 
 #[tokio::test]
@@ -274,15 +279,15 @@ async fn several_audiences_without_azp_or_with_a_wrong_one_are_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let t = id_token(&with(p.claims(), json!({ "aud": [CLIENT, "other"] })));
-    refused(&v, &t, Expected::new(), "azp").await;
+    refused(&v, &t, ExpectedIdToken::new(), "azp").await;
     let t = id_token(&with(
         p.claims(),
         json!({ "aud": [CLIENT, "other"], "azp": "other" }),
     ));
-    refused(&v, &t, Expected::new(), "azp").await;
+    refused(&v, &t, ExpectedIdToken::new(), "azp").await;
     // A single audience with a wrong azp too.
     let t = id_token(&with(p.claims(), json!({ "azp": "other" })));
-    refused(&v, &t, Expected::new(), "azp").await;
+    refused(&v, &t, ExpectedIdToken::new(), "azp").await;
 }
 
 #[tokio::test]
@@ -293,18 +298,24 @@ async fn wrong_at_hash_and_c_hash_are_refused() {
         p.claims(),
         json!({ "at_hash": half_hash("another-at") }),
     ));
-    refused(&v, &t, Expected::new().access_token("at-1"), "at_hash").await;
+    refused(
+        &v,
+        &t,
+        ExpectedIdToken::new().access_token("at-1"),
+        "at_hash",
+    )
+    .await;
     let t = id_token(&with(
         p.claims(),
         json!({ "c_hash": half_hash("another-code") }),
     ));
-    refused(&v, &t, Expected::new().code("code-1"), "c_hash").await;
+    refused(&v, &t, ExpectedIdToken::new().code("code-1"), "c_hash").await;
     // Required and absent.
     let t = id_token(&p.claims());
     refused(
         &v,
         &t,
-        Expected::new().code("code-1").require_c_hash(),
+        ExpectedIdToken::new().code("code-1").require_c_hash(),
         "c_hash",
     )
     .await;
@@ -313,9 +324,12 @@ async fn wrong_at_hash_and_c_hash_are_refused() {
         p.claims(),
         json!({ "at_hash": half_hash("at-1"), "c_hash": half_hash("code-1") }),
     ));
-    v.validate(&t, &Expected::new().access_token("at-1").code("code-1"))
-        .await
-        .unwrap();
+    v.validate(
+        &t,
+        &ExpectedIdToken::new().access_token("at-1").code("code-1"),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -328,13 +342,13 @@ async fn alg_none_is_refused() {
         b64(&json!({ "alg": "none", "kid": "k1" })),
         b64(&p.claims())
     );
-    refused(&v, &t, Expected::new(), "alg none").await;
+    refused(&v, &t, ExpectedIdToken::new(), "alg none").await;
     let t = format!(
         "{}.{}.",
         b64(&json!({ "alg": "None", "kid": "k1" })),
         b64(&p.claims())
     );
-    refused(&v, &t, Expected::new(), "alg none").await;
+    refused(&v, &t, ExpectedIdToken::new(), "alg none").await;
 }
 
 /// The classic confusion: an HS256 token keyed with the bytes of the provider's
@@ -348,7 +362,7 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     header.kid = Some("k1".into());
     let public = key("rsa.pub.pem");
     let t = sign(&header, &p.claims(), &EncodingKey::from_secret(&public));
-    refused(&v, &t, Expected::new(), "allow-list").await;
+    refused(&v, &t, ExpectedIdToken::new(), "allow-list").await;
     // Even with HS256 allowed and the client secret configured, the public key is
     // not the secret.
     let v = p
@@ -360,14 +374,14 @@ async fn hs256_signed_with_the_public_key_is_refused() {
         .algorithms(&[Algorithm::RS256, Algorithm::HS256])
         .build()
         .unwrap();
-    refused(&v, &t, Expected::new(), "signature").await;
+    refused(&v, &t, ExpectedIdToken::new(), "signature").await;
     // The control: signed with that secret, it passes.
     let good = sign(
         &header,
         &p.claims(),
         &EncodingKey::from_secret(b"a-client-secret-of-32-bytes-or-more!"),
     );
-    v.validate(&good, &Expected::new()).await.unwrap();
+    v.validate(&good, &ExpectedIdToken::new()).await.unwrap();
 }
 
 #[tokio::test]
@@ -378,7 +392,7 @@ async fn an_algorithm_outside_the_allow_list_is_refused() {
     let mut header = Header::new(Algorithm::RS512);
     header.kid = Some("k1".into());
     let t = sign(&header, &p.claims(), &rsa1());
-    refused(&v, &t, Expected::new(), "allow-list").await;
+    refused(&v, &t, ExpectedIdToken::new(), "allow-list").await;
     // Allowed explicitly (and the JWK naming no algorithm), it passes: the
     // refusal was the list's.
     let mut jwk = public_jwk(&rsa1(), "k1");
@@ -392,7 +406,7 @@ async fn an_algorithm_outside_the_allow_list_is_refused() {
         .algorithms(&[Algorithm::RS512])
         .build()
         .unwrap();
-    v.validate(&t, &Expected::new()).await.unwrap();
+    v.validate(&t, &ExpectedIdToken::new()).await.unwrap();
 }
 
 #[tokio::test]
@@ -403,7 +417,7 @@ async fn expired_is_refused() {
         p.claims(),
         json!({ "exp": now_plus(-120), "iat": now_plus(-720) }),
     ));
-    refused(&v, &t, Expected::new(), "expired").await;
+    refused(&v, &t, ExpectedIdToken::new(), "expired").await;
 }
 
 #[tokio::test]
@@ -414,7 +428,7 @@ async fn iat_far_in_the_future_is_refused() {
         p.claims(),
         json!({ "iat": now_plus(3600), "exp": now_plus(7200) }),
     ));
-    refused(&v, &t, Expected::new(), "future").await;
+    refused(&v, &t, ExpectedIdToken::new(), "future").await;
 }
 
 #[tokio::test]
@@ -422,7 +436,7 @@ async fn signed_by_another_key_with_the_same_kid_is_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let t = sign(&rs256("k1"), &p.claims(), &rsa2());
-    refused(&v, &t, Expected::new(), "signature").await;
+    refused(&v, &t, ExpectedIdToken::new(), "signature").await;
 }
 
 #[tokio::test]
@@ -430,13 +444,13 @@ async fn wrong_iss_is_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let t = id_token(&with(p.claims(), json!({ "iss": "https://evil.example" })));
-    refused(&v, &t, Expected::new(), "issuer").await;
+    refused(&v, &t, ExpectedIdToken::new(), "issuer").await;
     // A prefix or a trailing slash is not the issuer either.
     let t = id_token(&with(
         p.claims(),
         json!({ "iss": format!("{}/", p.issuer) }),
     ));
-    refused(&v, &t, Expected::new(), "issuer").await;
+    refused(&v, &t, ExpectedIdToken::new(), "issuer").await;
 }
 
 #[tokio::test]
@@ -447,7 +461,7 @@ async fn auth_time_older_than_max_age_is_refused() {
     refused(
         &v,
         &t,
-        Expected::new().max_age(Duration::from_secs(300)),
+        ExpectedIdToken::new().max_age(Duration::from_secs(300)),
         "max_age",
     )
     .await;
@@ -456,15 +470,18 @@ async fn auth_time_older_than_max_age_is_refused() {
     refused(
         &v,
         &t,
-        Expected::new().max_age(Duration::from_secs(300)),
+        ExpectedIdToken::new().max_age(Duration::from_secs(300)),
         "auth_time",
     )
     .await;
     // Recent enough passes.
     let t = id_token(&with(p.claims(), json!({ "auth_time": now_plus(-60) })));
-    v.validate(&t, &Expected::new().max_age(Duration::from_secs(300)))
-        .await
-        .unwrap();
+    v.validate(
+        &t,
+        &ExpectedIdToken::new().max_age(Duration::from_secs(300)),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -472,9 +489,9 @@ async fn missing_sub_is_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let t = id_token(&with(p.claims(), json!({ "sub": null })));
-    refused(&v, &t, Expected::new(), "sub").await;
+    refused(&v, &t, ExpectedIdToken::new(), "sub").await;
     let t = id_token(&with(p.claims(), json!({ "sub": "" })));
-    refused(&v, &t, Expected::new(), "sub").await;
+    refused(&v, &t, ExpectedIdToken::new(), "sub").await;
 }
 
 /// Junk of every shape is refused with an `Error::IdToken`, never a panic, and the
@@ -526,7 +543,7 @@ async fn oversized_and_junk_tokens_are_refused_without_a_panic() {
         huge,
     ];
     for t in &junk {
-        let err = v.validate(t, &Expected::new()).await.unwrap_err();
+        let err = v.validate(t, &ExpectedIdToken::new()).await.unwrap_err();
         assert!(matches!(err, Error::IdToken(_)), "{err:?}");
     }
     assert!(p.fetches() <= 1, "{} JWKS fetches for junk", p.fetches());
@@ -539,17 +556,20 @@ async fn oversized_and_junk_tokens_are_refused_without_a_panic() {
 async fn an_unknown_kid_refetches_the_keys_once_and_is_throttled() {
     let p = Provider::start().await;
     let v = p.validator().await;
-    v.validate(&id_token(&p.claims()), &Expected::new())
+    v.validate(&id_token(&p.claims()), &ExpectedIdToken::new())
         .await
         .unwrap();
     assert_eq!(p.fetches(), 1);
     *p.op.keys.lock().unwrap() =
         json!({ "keys": [public_jwk(&rsa1(), "k1"), public_jwk(&rsa2(), "k2")] });
     let rotated = sign(&rs256("k2"), &p.claims(), &rsa2());
-    v.validate(&rotated, &Expected::new()).await.unwrap();
+    v.validate(&rotated, &ExpectedIdToken::new()).await.unwrap();
     assert_eq!(p.fetches(), 2);
     let unknown = sign(&rs256("k3"), &p.claims(), &rsa2());
-    let err = v.validate(&unknown, &Expected::new()).await.unwrap_err();
+    let err = v
+        .validate(&unknown, &ExpectedIdToken::new())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::IdToken(_) | Error::InvalidResponse(..)),
         "{err:?}"
@@ -565,7 +585,7 @@ async fn userinfo_answers_for_the_same_sub_or_is_refused() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let claims = v
-        .validate(&id_token(&p.claims()), &Expected::new())
+        .validate(&id_token(&p.claims()), &ExpectedIdToken::new())
         .await
         .unwrap();
     let token = Token::bearer("at-userinfo")
@@ -602,7 +622,7 @@ async fn userinfo_with_a_dpop_bound_token_sends_a_proof_and_takes_the_nonce() {
     let p = Provider::start().await;
     let v = p.validator().await;
     let claims = v
-        .validate(&id_token(&p.claims()), &Expected::new())
+        .validate(&id_token(&p.claims()), &ExpectedIdToken::new())
         .await
         .unwrap();
     // A DPoP-bound token, as a token endpoint answers it.
@@ -951,14 +971,14 @@ async fn debug_shows_no_secret() {
         .unwrap();
     let printed = format!(
         "{printed} {v:?} {:?}",
-        Expected::new().nonce("nonce-secret-1")
+        ExpectedIdToken::new().nonce("nonce-secret-1")
     );
     assert!(!printed.contains("a-client-secret"), "{printed}");
     assert!(!printed.contains("nonce-secret-1"), "{printed}");
     let claims = v
         .validate(
             &id_token(&with(p.claims(), json!({ "email": "alice@example.com" }))),
-            &Expected::new(),
+            &ExpectedIdToken::new(),
         )
         .await
         .unwrap();

@@ -62,7 +62,7 @@ const MAX_USERINFO: usize = 64 * 1024;
 ///   present, is the client ID, and is required when `aud` has several values;
 /// - `exp` is in the future and `iat` is not, each within the leeway (default
 ///   [`DEFAULT_ID_TOKEN_LEEWAY`]); `sub` is present;
-/// - what the login expects ([`Expected`]) holds: the `nonce` it sent, the
+/// - what the login expects ([`ExpectedIdToken`]) holds: the `nonce` it sent, the
 ///   `at_hash` and `c_hash` of its access token and code when the token carries
 ///   them (or always, when required), `auth_time` no older than a `max_age` it asked.
 ///
@@ -189,7 +189,7 @@ impl IdTokenValidator {
     pub async fn validate(
         &self,
         id_token: &str,
-        expected: &Expected<'_>,
+        expected: &ExpectedIdToken<'_>,
     ) -> Result<IdTokenClaims, Error> {
         let inner = &*self.inner;
         if id_token.len() > MAX_ID_TOKEN_LEN {
@@ -223,7 +223,7 @@ impl IdTokenValidator {
         &self,
         mut all: Map<String, Value>,
         alg: Algorithm,
-        expected: &Expected<'_>,
+        expected: &ExpectedIdToken<'_>,
         now: u64,
     ) -> Result<IdTokenClaims, Error> {
         let inner = &*self.inner;
@@ -614,12 +614,12 @@ impl IdTokenValidatorBuilder {
 /// What a login expects of its ID token, beyond what every ID token must satisfy.
 ///
 /// ```
-/// use tower_bearer::client::Expected;
-/// let expected = Expected::new().nonce("n-0S6_WzA2Mj").code("SplxlOBeZQQYbYS6WxSbIA");
+/// use tower_bearer::client::ExpectedIdToken;
+/// let expected = ExpectedIdToken::new().nonce("n-0S6_WzA2Mj").code("SplxlOBeZQQYbYS6WxSbIA");
 /// # let _ = expected;
 /// ```
 #[derive(Clone, Copy, Default)]
-pub struct Expected<'a> {
+pub struct ExpectedIdToken<'a> {
     nonce: Option<&'a str>,
     access_token: Option<&'a str>,
     at_hash_required: bool,
@@ -628,9 +628,9 @@ pub struct Expected<'a> {
     max_age: Option<Duration>,
 }
 
-impl fmt::Debug for Expected<'_> {
+impl fmt::Debug for ExpectedIdToken<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Expected")
+        f.debug_struct("ExpectedIdToken")
             .field("nonce", &self.nonce.map(|_| "[redacted]"))
             .field("access_token", &self.access_token.map(|_| "[redacted]"))
             .field("code", &self.code.map(|_| "[redacted]"))
@@ -639,7 +639,7 @@ impl fmt::Debug for Expected<'_> {
     }
 }
 
-impl<'a> Expected<'a> {
+impl<'a> ExpectedIdToken<'a> {
     /// Nothing beyond the rules of every ID token (a device login's, a refresh's).
     pub fn new() -> Self {
         Self::default()

@@ -75,7 +75,7 @@ pub use file_flight::SharedFileSource;
 #[cfg(feature = "jwks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use id_token::{
-    Expected, IdTokenClaims, IdTokenValidator, IdTokenValidatorBuilder,
+    ExpectedIdToken, IdTokenClaims, IdTokenValidator, IdTokenValidatorBuilder,
     DEFAULT_ID_TOKEN_ALGORITHMS, DEFAULT_ID_TOKEN_LEEWAY, MAX_ID_TOKEN_LEN,
 };
 /// The signing algorithms of [`AssertionKey`] (jsonwebtoken's).

@@ -437,7 +437,7 @@ impl AuthorizationCode {
         let token = self.token.request(&form).await?;
         #[cfg(feature = "jwks")]
         if let Some(validator) = &self.id_tokens {
-            let mut expected = crate::client::Expected::new()
+            let mut expected = crate::client::ExpectedIdToken::new()
                 .code(code)
                 .access_token(token.expose_access_token());
             if let Some(nonce) = nonce {
@@ -499,7 +499,7 @@ impl AuthorizationCode {
 pub(crate) async fn validate_id_token(
     validator: &crate::client::IdTokenValidator,
     token: &Token,
-    expected: &crate::client::Expected<'_>,
+    expected: &crate::client::ExpectedIdToken<'_>,
 ) -> Result<crate::client::IdTokenClaims, Error> {
     let id_token = token.expose_id_token().ok_or_else(|| {
         Error::IdToken("the token endpoint returned no id_token (is openid in the scope?)".into())
@@ -524,7 +524,7 @@ pub(crate) async fn validate_refreshed(
     if old == Some(new) {
         return Ok(());
     }
-    let expected = crate::client::Expected::new().access_token(token.expose_access_token());
+    let expected = crate::client::ExpectedIdToken::new().access_token(token.expose_access_token());
     let claims = validator.validate(new, &expected).await?;
     if let Some(old) = old.and_then(unverified_sub) {
         if old != claims.sub {

@@ -230,7 +230,8 @@ impl DeviceCode {
             ));
         };
         let token = self.login_unchecked().await?;
-        let expected = crate::client::Expected::new().access_token(token.expose_access_token());
+        let expected =
+            crate::client::ExpectedIdToken::new().access_token(token.expose_access_token());
         let claims = super::browser::validate_id_token(validator, &token, &expected).await?;
         Ok((token, claims))
     }
