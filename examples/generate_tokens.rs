@@ -17,6 +17,9 @@
 //! password, an unreachable server or a bad URL it prints one line to stderr and exits
 //! non-zero.
 //!
+//! `--whoami` (with `--issuer` and `openid` in `--scope`) prints who is logged in, from
+//! the ID token validated with the provider's keys.
+//!
 //! The token file is shared with every other process using it (`FileStore::shared`):
 //! a valid token in it is printed without logging in (`--relogin` logs in anyway), an
 //! expired one is refreshed, and of several processes started together with no token
@@ -114,6 +117,12 @@ struct Args {
     /// the default, 30 minutes, outlasts the device codes of common providers).
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     wait_timeout: u64,
+    /// Print who is logged in (to stderr), from the OpenID Connect ID token validated
+    /// with the provider's keys: needs --issuer and `openid` in --scope (and the
+    /// crate's `jwks` feature). A --browser or --device login then also checks its
+    /// ID token (with the login's nonce) before saving anything.
+    #[arg(long, requires = "issuer")]
+    whoami: bool,
 }
 
 /// How long a process waits for the login before it says that another process has
@@ -167,6 +176,7 @@ async fn run(args: &Args) -> Result<(), Failure> {
     } else {
         Some(token_file(args, &token_url)?)
     };
+    let discovered = endpoint.clone();
     let login = Login {
         how: how(args, &endpoint, &token_url)?,
         endpoint,
@@ -189,6 +199,9 @@ async fn run(args: &Args) -> Result<(), Failure> {
         // Nothing to share without a file: this process logs in alone.
         let token = login.fetch(None).await.map_err(explain_login)?;
         print_exports(&token, &args.env_prefix);
+        if args.whoami {
+            whoami(&discovered, &token).await?;
+        }
         return Ok(());
     };
     let wait = Duration::from_secs(args.wait_timeout);
@@ -229,7 +242,57 @@ async fn run(args: &Args) -> Result<(), Failure> {
         );
     }
     print_exports(&token, &args.env_prefix);
+    if args.whoami {
+        whoami(&discovered, &token).await?;
+    }
     Ok(())
+}
+
+/// Prints who `token`'s ID token names, once it is validated with the provider's
+/// keys (signature, issuer, audience, dates). A saved ID token that has expired is
+/// refused: --relogin gets a fresh one.
+#[cfg(feature = "jwks")]
+async fn whoami(endpoint: &TokenEndpoint, token: &Token) -> Result<(), Failure> {
+    let Some(id_token) = token.expose_id_token() else {
+        return Err(Failure(
+            "--whoami: the provider returned no ID token (ask for openid in --scope)".into(),
+            1,
+        ));
+    };
+    let validator = endpoint
+        .id_token_validator()
+        .and_then(|b| b.build())
+        .map_err(|e| Failure(format!("--whoami: {e}"), 1))?;
+    let who = validator
+        .validate(id_token, &tower_bearer::client::ExpectedIdToken::new())
+        .await
+        .map_err(|e| Failure(format!("--whoami: {e} (--relogin gets a fresh one)"), 1))?;
+    eprintln!("Logged in as {} at {}", who.sub, who.iss);
+    Ok(())
+}
+
+#[cfg(not(feature = "jwks"))]
+async fn whoami(_endpoint: &TokenEndpoint, _token: &Token) -> Result<(), Failure> {
+    Err(Failure(
+        "--whoami needs tower-bearer's `jwks` feature".into(),
+        2,
+    ))
+}
+
+/// With --whoami, the validator a login checks its ID token with.
+#[cfg(feature = "jwks")]
+fn id_tokens(
+    args: &Args,
+    endpoint: &TokenEndpoint,
+) -> Result<Option<tower_bearer::client::IdTokenValidator>, Failure> {
+    if !args.whoami {
+        return Ok(None);
+    }
+    endpoint
+        .id_token_validator()
+        .and_then(|b| b.build())
+        .map(Some)
+        .map_err(|e| Failure(format!("--whoami: {e}"), 1))
 }
 
 /// How a login is made.
@@ -340,6 +403,10 @@ fn how(args: &Args, endpoint: &TokenEndpoint, token_url: &str) -> Result<How, Fa
         if !args.no_open {
             login = login.open_browser();
         }
+        #[cfg(feature = "jwks")]
+        if let Some(validator) = id_tokens(args, endpoint)? {
+            login = login.id_token_validator(validator);
+        }
         Ok(How::Browser(Box::new(login)))
     } else if args.device {
         let mut device = match (&args.device_url, &args.issuer) {
@@ -357,6 +424,10 @@ fn how(args: &Args, endpoint: &TokenEndpoint, token_url: &str) -> Result<How, Fa
         };
         if let Some(scope) = &args.scope {
             device = device.scope(scope.as_str());
+        }
+        #[cfg(feature = "jwks")]
+        if let Some(validator) = id_tokens(args, endpoint)? {
+            device = device.id_token_validator(validator);
         }
         Ok(How::Device(Box::new(device)))
     } else {

@@ -13,6 +13,8 @@ mod backend;
 #[path = "crypto/rust_crypto.rs"]
 mod backend;
 
+#[cfg(feature = "jwks")]
+pub(crate) use backend::sha2_long;
 #[cfg(any(feature = "rustls", feature = "redis-tls"))]
 pub(crate) use backend::tls_provider;
 #[cfg(feature = "jwt")]

@@ -88,6 +88,12 @@ pub enum Error {
     /// [`StepUpChallenge`](crate::client::StepUpChallenge) read off an answer.
     #[error("the resource requires a stronger or more recent login: {0}")]
     StepUpRequired(Box<crate::client::StepUpChallenge>),
+    /// An OpenID Connect ID token (or the UserInfo answer checked against it) was
+    /// refused: the message names the rule it broke (signature, `iss`, `aud`, `azp`,
+    /// `exp`, `iat`, `nonce`, `at_hash`, `c_hash`, `auth_time`, `sub`), never the
+    /// token. A login whose ID token is refused gives this, not a token.
+    #[error("the ID token is refused: {0}")]
+    IdToken(String),
 }
 
 impl From<crate::client::StepUpChallenge> for Error {
@@ -217,6 +223,8 @@ pub enum Endpoint {
     Registration,
     /// The pushed authorization request endpoint (RFC 9126 §2).
     PushedAuthorization,
+    /// The OpenID Connect UserInfo endpoint (OIDC Core §5.3).
+    UserInfo,
 }
 
 impl fmt::Display for Endpoint {
@@ -232,6 +240,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Authorization => "authorization endpoint",
             Endpoint::Registration => "registration endpoint",
             Endpoint::PushedAuthorization => "pushed authorization request endpoint",
+            Endpoint::UserInfo => "UserInfo endpoint",
         })
     }
 }

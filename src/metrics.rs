@@ -325,6 +325,7 @@ pub(crate) fn idp_request<T>(
         Endpoint::Authorization => "authorization",
         Endpoint::Registration => "registration",
         Endpoint::PushedAuthorization => "pushed_authorization",
+        Endpoint::UserInfo => "userinfo",
     };
     let outcome = match result {
         Ok(res) if res.status().is_success() => "ok",

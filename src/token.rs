@@ -26,6 +26,8 @@ pub struct Token {
     expires_at: Option<Instant>,
     refresh: Option<SecretString>,
     scope: Option<String>,
+    /// The OpenID Connect ID token the endpoint returned with it (kept, never sent).
+    id_token: Option<SecretString>,
     header: HeaderValue,
     lineage: Lineage,
 }
@@ -45,6 +47,7 @@ impl Token {
             expires_at: None,
             refresh: None,
             scope: None,
+            id_token: None,
             header,
             lineage: Lineage::next(),
         })
@@ -79,6 +82,39 @@ impl Token {
     /// Sets the granted scope (space-separated).
     pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());
+        self
+    }
+
+    /// Sets the OpenID Connect ID token that came with this token (OIDC Core §3.1.3.3).
+    /// It is kept and stored with the token, never sent to an API: the access token
+    /// stays the only credential requests carry.
+    pub fn with_id_token(mut self, id_token: impl Into<String>) -> Self {
+        self.id_token = Some(SecretString::from(id_token.into()));
+        self
+    }
+
+    /// The OpenID Connect ID token the token endpoint returned, as a secret (it
+    /// names the person). Validate it with `client::IdTokenValidator` (feature
+    /// `jwks`) before trusting what it says; a browser or device login given a
+    /// validator has already done so.
+    pub fn id_token(&self) -> Option<&SecretString> {
+        self.id_token.as_ref()
+    }
+
+    /// The ID token as text, when there is one. Never log it.
+    pub fn expose_id_token(&self) -> Option<&str> {
+        self.id_token.as_ref().map(|t| t.expose_secret())
+    }
+
+    /// The ID token of `previous` when this token has none: a refresh answer may
+    /// leave it out (OIDC Core §12.2), and the login's ID token still describes the
+    /// session.
+    pub(crate) fn keep_id_token_of(mut self, previous: Option<&Token>) -> Self {
+        if self.id_token.is_none() {
+            self.id_token = previous
+                .and_then(|p| p.id_token.as_ref())
+                .map(|t| SecretString::from(t.expose_secret()));
+        }
         self
     }
 
@@ -211,6 +247,10 @@ impl Clone for Token {
                 .as_ref()
                 .map(|r| SecretString::from(r.expose_secret())),
             scope: self.scope.clone(),
+            id_token: self
+                .id_token
+                .as_ref()
+                .map(|t| SecretString::from(t.expose_secret())),
             header: self.header.clone(),
             lineage: self.lineage,
         }
@@ -228,6 +268,7 @@ impl fmt::Debug for Token {
                 &self.refresh.as_ref().map(|_| "[redacted]"),
             )
             .field("scope", &self.scope)
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
             .field("lineage", &self.lineage)
             .finish()
     }
@@ -315,10 +356,14 @@ mod tests {
         let t = Token::bearer("access-secret-123")
             .unwrap()
             .with_refresh_token("refresh-secret-456")
+            .with_id_token("id-token-secret-789")
             .with_scope("read");
         let printed = format!("{t:?} {:?}", t.clone());
         assert!(!printed.contains("access-secret-123"), "{printed}");
         assert!(!printed.contains("refresh-secret-456"), "{printed}");
+        assert!(!printed.contains("id-token-secret-789"), "{printed}");
+        assert_eq!(t.clone().expose_id_token(), Some("id-token-secret-789"));
+        assert_eq!(t.authorization(), "Bearer access-secret-123");
         assert!(printed.contains("read"));
     }
 

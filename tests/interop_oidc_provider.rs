@@ -983,9 +983,10 @@ async fn browser_login_with_pkce_on_a_loopback_redirect() {
     );
 }
 
-/// `generate_tokens --issuer … --browser --no-open` prints the address to open, and
-/// once the person has logged in there, prints the exports of a token the provider
-/// knows as alice's, and saves it to the token file.
+/// `generate_tokens --issuer … --browser --no-open --whoami` prints the address to
+/// open, and once the person has logged in there, prints the exports of a token the
+/// provider knows as alice's, saves it to the token file, and says who logged in
+/// from the validated ID token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_browser_login() {
     let Some(provider) = Provider::start().await else {
@@ -1003,6 +1004,7 @@ async fn cli_browser_login() {
             "cli",
         ])
         .args(["--browser", "--no-open", "--scope", "openid offline_access"])
+        .arg("--whoami")
         .arg("--token-file")
         .arg(&file)
         .stdout(Stdio::piped())
@@ -1044,6 +1046,11 @@ async fn cli_browser_login() {
     assert_eq!(provider.introspect(&access).await["sub"], "alice");
     assert_eq!(provider.count("token:authorization_code").await, 1);
     assert!(rest.contains("Saved the tokens"), "{rest}");
+    // --whoami: the ID token, validated with the provider's keys, names alice.
+    assert!(
+        rest.contains(&format!("Logged in as alice at {}", provider.issuer)),
+        "{rest}"
+    );
     assert!(file.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

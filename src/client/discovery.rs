@@ -74,6 +74,10 @@ pub struct ProviderMetadata {
     /// [`Introspection`](crate::server::Introspection).
     #[serde(default)]
     pub introspection_endpoint: Option<String>,
+    /// The OpenID Connect UserInfo endpoint (OIDC Core §5.3), for
+    /// `IdTokenValidator::userinfo` (feature `jwks`).
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
     /// The provider's signing keys (see [`JwksValidator::discover`](crate::server::JwksValidator::discover)).
     #[serde(default)]
     pub jwks_uri: Option<String>,
@@ -427,6 +431,7 @@ impl ProviderMetadata {
             other.introspection_endpoint,
         );
         fill(&mut self.jwks_uri, other.jwks_uri);
+        fill(&mut self.userinfo_endpoint, other.userinfo_endpoint);
         fill(
             &mut self.token_endpoint_auth_methods_supported,
             other.token_endpoint_auth_methods_supported,
@@ -482,6 +487,7 @@ pub(crate) fn parse_metadata(
         ("revocation_endpoint", &found.revocation_endpoint),
         ("introspection_endpoint", &found.introspection_endpoint),
         ("jwks_uri", &found.jwks_uri),
+        ("userinfo_endpoint", &found.userinfo_endpoint),
         ("registration_endpoint", &found.registration_endpoint),
         (
             "pushed_authorization_request_endpoint",

@@ -320,6 +320,36 @@ impl TokenEndpoint {
         self
     }
 
+    /// A builder of the [`IdTokenValidator`](super::IdTokenValidator) of this
+    /// client's ID tokens: the discovered provider's issuer and keys, this client
+    /// ID, this endpoint's HTTP client, and the client secret (which checks HMAC
+    /// ID tokens, when the validator is told to allow them).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the endpoint was not
+    /// [discovered](Self::discover), has no client ID, or the provider publishes no
+    /// `jwks_uri`.
+    #[cfg(feature = "jwks")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+    pub fn id_token_validator(&self) -> Result<super::IdTokenValidatorBuilder, Error> {
+        let metadata = self.metadata().ok_or_else(|| {
+            Error::Configuration(
+                "ID tokens are validated with the provider's metadata: discover the endpoint \
+                 (TokenEndpoint::discover) or use IdTokenValidator::builder"
+                    .into(),
+            )
+        })?;
+        let client_id = self.client_id.as_deref().ok_or_else(|| {
+            Error::Configuration("ID tokens are validated for a client ID: none is set".into())
+        })?;
+        let mut builder =
+            super::IdTokenValidator::builder(metadata, client_id)?.http_client(self.http.clone());
+        if let Some(secret) = &self.client_secret {
+            builder = builder.client_secret(secret.expose_secret().as_bytes());
+        }
+        Ok(builder)
+    }
+
     /// The same endpoint without the extra form parameters (for revocation).
     pub(crate) fn without_params(mut self) -> Self {
         self.params.clear();
@@ -660,6 +690,8 @@ pub(crate) struct TokenAnswer {
     expires_in: Option<serde_json::Value>,
     refresh_token: Option<String>,
     scope: Option<String>,
+    /// OpenID Connect (OIDC Core §3.1.3.3).
+    id_token: Option<String>,
     #[serde(flatten)]
     error: ErrorAnswer,
 }
@@ -813,6 +845,9 @@ fn parse_token_answer_as(
     if let Some(scope) = answer.scope {
         token = token.with_scope(scope);
     }
+    if let Some(id_token) = answer.id_token.filter(|t| !t.is_empty()) {
+        token = token.with_id_token(id_token);
+    }
     Ok(token)
 }
 
@@ -860,6 +895,14 @@ mod tests {
         assert_eq!(t.refresh_token().unwrap().expose_secret(), "r1");
         assert_eq!(t.expires_in(), Some(Duration::from_secs(3600)));
         assert_eq!(t.scope(), Some("x y"));
+        assert_eq!(t.expose_id_token(), None);
+        let t = parse(
+            200,
+            r#"{"access_token":"a1","token_type":"bearer","id_token":"h.p.s"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.expose_id_token(), Some("h.p.s"));
+        assert_eq!(t.authorization(), "Bearer a1", "the ID token is never sent");
         let t = parse(
             200,
             r#"{"access_token":"a1","token_type":"bearer","expires_in":"60"}"#,

@@ -16,6 +16,8 @@
 //!   (RFC 9470), which no refresh can meet.
 //! - [`ClientAssertion`]: `private_key_jwt` and `client_secret_jwt` client
 //!   authentication (RFC 7523), with an [`AssertionKey`].
+//! - `IdTokenValidator` (feature `jwks`): the OpenID Connect relying party's
+//!   checks of the ID token a login returns, and UserInfo checked against it.
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes;
 //!   [`AtRestKey`]: the key [`FileStore`] and `RedisStore` encrypt them with.
@@ -33,6 +35,8 @@ pub(crate) mod discovery;
 mod dpop;
 mod endpoint;
 mod file_flight;
+#[cfg(feature = "jwks")]
+mod id_token;
 mod layer;
 mod per_resource;
 mod registration;
@@ -68,6 +72,12 @@ pub use discovery::{MtlsEndpointAliases, ProviderMetadata, DISCOVERY_TTL};
 pub use dpop::{Dpop, DpopKey};
 pub use endpoint::{TokenEndpoint, TokenEndpointAuth};
 pub use file_flight::SharedFileSource;
+#[cfg(feature = "jwks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+pub use id_token::{
+    ExpectedIdToken, IdTokenClaims, IdTokenValidator, IdTokenValidatorBuilder,
+    DEFAULT_ID_TOKEN_ALGORITHMS, DEFAULT_ID_TOKEN_LEEWAY, MAX_ID_TOKEN_LEN,
+};
 /// The signing algorithms of [`AssertionKey`] (jsonwebtoken's).
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]

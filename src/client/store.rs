@@ -111,6 +111,9 @@ pub struct StoredToken {
     /// The granted scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The OpenID Connect ID token that came with the access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
     /// The token's [`Lineage`](crate::Lineage) ([`Lineage::as_micros`](crate::Lineage::as_micros));
     /// 0 (unknown, older than any other) in what earlier versions wrote.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -135,6 +138,7 @@ impl StoredToken {
             expires_at,
             refresh_token: token.refresh_token().map(|r| r.expose_secret().to_owned()),
             scope: token.scope().map(str::to_owned),
+            id_token: token.expose_id_token().map(str::to_owned),
             lineage: token.lineage().as_micros(),
         }
     }
@@ -163,6 +167,9 @@ impl StoredToken {
         if let Some(scope) = &self.scope {
             token = token.with_scope(scope.as_str());
         }
+        if let Some(id_token) = &self.id_token {
+            token = token.with_id_token(id_token.as_str());
+        }
         Ok(token.with_lineage(crate::Lineage::from_micros(self.lineage)))
     }
 }
@@ -171,6 +178,7 @@ impl Drop for StoredToken {
     fn drop(&mut self) {
         self.access_token.zeroize();
         self.refresh_token.zeroize();
+        self.id_token.zeroize();
     }
 }
 
@@ -185,6 +193,7 @@ impl fmt::Debug for StoredToken {
                 &self.refresh_token.as_ref().map(|_| "[redacted]"),
             )
             .field("scope", &self.scope)
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
             .field("lineage", &self.lineage)
             .finish()
     }
@@ -200,6 +209,7 @@ mod tests {
             .unwrap()
             .with_expires_in(Duration::from_secs(600))
             .with_refresh_token("r-1")
+            .with_id_token("i-1")
             .with_scope("read");
         let stored = StoredToken::from_token(&token);
         let json = serde_json::to_string(&stored).unwrap();
@@ -208,6 +218,8 @@ mod tests {
         assert_eq!(again.access_token().expose_secret(), "a-1");
         assert_eq!(again.refresh_token().unwrap().expose_secret(), "r-1");
         assert_eq!(again.scope(), Some("read"));
+        assert_eq!(again.expose_id_token(), Some("i-1"));
+        assert!(!format!("{back:?}").contains("i-1"));
         let left = again.expires_in().unwrap().as_secs();
         assert!((598..=600).contains(&left), "{left}");
         assert!(!format!("{back:?}").contains("a-1"));
@@ -222,6 +234,7 @@ mod tests {
             expires_at: Some(1),
             refresh_token: Some("r".into()),
             scope: None,
+            id_token: None,
             lineage: 0,
         };
         let token = stored.to_token().unwrap();

@@ -124,7 +124,7 @@ pub(crate) struct FileState {
 pub(crate) enum Fenced {
     Written,
     /// The file changed since the generation read: this is what is there now.
-    Changed(FileState),
+    Changed(Box<FileState>),
 }
 
 /// How long a save waits for another process's read-compare-write of the file.
@@ -646,7 +646,7 @@ impl Inner {
         let _lock = self.write_lock()?;
         let state = self.read_locked()?.unwrap_or_default();
         if state.generation != expected {
-            return Ok(Fenced::Changed(state));
+            return Ok(Fenced::Changed(Box::new(state)));
         }
         self.write_file(Some(token), state.generation, None)?;
         Ok(Fenced::Written)

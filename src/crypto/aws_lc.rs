@@ -15,6 +15,18 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// SHA-384 or SHA-512 (`bits`) of `bytes`: an ID token's `at_hash` and `c_hash`
+/// under a 384- or 512-bit algorithm (OIDC Core §3.1.3.6).
+#[cfg(feature = "jwks")]
+pub(crate) fn sha2_long(bits: u16, bytes: &[u8]) -> Vec<u8> {
+    let algorithm = if bits == 384 {
+        &digest::SHA384
+    } else {
+        &digest::SHA512
+    };
+    digest::digest(algorithm, bytes).as_ref().to_vec()
+}
+
 /// Fills `buf` from the operating system's randomness (through aws-lc's DRBG,
 /// seeded by it).
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), NoRandomness> {

@@ -8,6 +8,18 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
+/// SHA-384 or SHA-512 (`bits`) of `bytes`: an ID token's `at_hash` and `c_hash`
+/// under a 384- or 512-bit algorithm (OIDC Core §3.1.3.6).
+#[cfg(feature = "jwks")]
+pub(crate) fn sha2_long(bits: u16, bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    if bits == 384 {
+        sha2::Sha384::digest(bytes).to_vec()
+    } else {
+        sha2::Sha512::digest(bytes).to_vec()
+    }
+}
+
 /// Fills `buf` from the operating system's randomness.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), NoRandomness> {
     getrandom::getrandom(buf).map_err(|_| NoRandomness)

@@ -229,6 +229,7 @@ async fn legacy(server: String, server_uri: &Uri, http: &HttpClient) -> Result<D
         revocation_endpoint: None,
         introspection_endpoint: None,
         jwks_uri: None,
+        userinfo_endpoint: None,
         token_endpoint_auth_methods_supported: None,
         revocation_endpoint_auth_methods_supported: None,
         grant_types_supported: None,

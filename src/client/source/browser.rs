@@ -21,6 +21,14 @@
 //!      and that they can close it;
 //! 4. stop listening: a second redirect finds no one.
 //!
+//! With `openid` in the scope, the authorization request carries a fresh `nonce`
+//! (256 random bits); given an [`IdTokenValidator`](crate::client::IdTokenValidator)
+//! ([`AuthorizationCode::id_token_validator`], feature `jwks`), the ID token the
+//! code exchange returns is validated (signature, `iss`, `aud`, `azp`, dates, that
+//! `nonce`, `c_hash` and `at_hash` when present, `auth_time` against a
+//! [`max_age`](AuthorizationCode::max_age)) before the token is returned: a login
+//! whose ID token is refused is an error, not a token.
+//!
 //! The whole login has a deadline ([`AuthorizationCode::timeout`], 5 minutes by
 //! default), on the tokio clock; dropping the future stops it.
 
@@ -98,7 +106,18 @@ pub struct AuthorizationCode {
     path: String,
     timeout: Duration,
     show: Show<String>,
+    /// OpenID Connect `max_age` (OIDC Core §3.1.2.1).
+    max_age: Option<Duration>,
+    /// Validates the ID token of each login and refresh.
+    #[cfg(feature = "jwks")]
+    id_tokens: Option<crate::client::IdTokenValidator>,
 }
+
+/// The validated claims of a login's ID token, when a validator checked one.
+#[cfg(feature = "jwks")]
+pub(crate) type Verified = Option<crate::client::IdTokenClaims>;
+#[cfg(not(feature = "jwks"))]
+pub(crate) type Verified = ();
 
 impl AuthorizationCode {
     /// The grant with the client registration of `token_endpoint` and the provider's
@@ -138,6 +157,9 @@ impl AuthorizationCode {
             show: show_with(|url: &String| {
                 eprintln!("To log in, open this address in your browser:\n  {url}");
             }),
+            max_age: None,
+            #[cfg(feature = "jwks")]
+            id_tokens: None,
         })
     }
 
@@ -159,6 +181,56 @@ impl AuthorizationCode {
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
         self
+    }
+
+    /// Asks the provider to log the person in again when their last authentication
+    /// is older than `max_age` (OpenID Connect `max_age`, whole seconds). With an
+    /// [`id_token_validator`](Self::id_token_validator), the ID token's
+    /// `auth_time` must be no older.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Validates the ID token of every login (with the `nonce` it sent, `c_hash`
+    /// and `at_hash` when present, `auth_time` against [`max_age`](Self::max_age))
+    /// and of every refresh that brings one: a login whose ID token is refused, or
+    /// that brings none, fails with [`Error::IdToken`]. Ask for `openid` in the
+    /// [`scope`](Self::scope).
+    #[cfg(feature = "jwks")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+    pub fn id_token_validator(mut self, validator: crate::client::IdTokenValidator) -> Self {
+        self.id_tokens = Some(validator);
+        self
+    }
+
+    /// Runs one login, like [`login`](Self::login), and returns the validated
+    /// claims of its ID token with the token: who logged in.
+    ///
+    /// # Errors
+    /// As [`login`](Self::login); [`Error::Configuration`] without an
+    /// [`id_token_validator`](Self::id_token_validator).
+    #[cfg(feature = "jwks")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+    pub async fn login_with_id_token(
+        &self,
+    ) -> Result<(Token, crate::client::IdTokenClaims), Error> {
+        if self.id_tokens.is_none() {
+            return Err(Error::Configuration(
+                "login_with_id_token needs an ID token validator (AuthorizationCode::id_token_validator)"
+                    .into(),
+            ));
+        }
+        let (token, claims) = self.login_verified().await?;
+        let claims = claims.ok_or_else(|| Error::IdToken("the login returned none".into()))?;
+        Ok((token, claims))
+    }
+
+    /// Whether the scope asks for OpenID Connect (`openid`).
+    fn is_openid(&self) -> bool {
+        self.scope
+            .as_deref()
+            .is_some_and(|s| s.split(' ').any(|w| w == "openid"))
     }
 
     /// Listens on this port of 127.0.0.1 (default 0: one the system picks). For
@@ -234,8 +306,14 @@ impl AuthorizationCode {
     ///   none while the provider's metadata promises it will (RFC 9207 §2.4), or
     ///   carries a parameter of the answer twice;
     /// - [`Error::Timeout`] when no redirect comes in time;
-    /// - what [`TokenEndpoint::request`] returns for the code exchange.
+    /// - what [`TokenEndpoint::request`] returns for the code exchange;
+    /// - [`Error::IdToken`] when an [`id_token_validator`](Self::id_token_validator)
+    ///   refuses the ID token, or none came.
     pub async fn login(&self) -> Result<Token, Error> {
+        self.login_verified().await.map(|(token, _)| token)
+    }
+
+    async fn login_verified(&self) -> Result<(Token, Verified), Error> {
         crate::client::endpoint::check_resources(self.resources.iter().map(String::as_str))?;
         let deadline = Instant::now() + self.timeout;
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))
@@ -254,7 +332,13 @@ impl AuthorizationCode {
         let state = random_string()?;
         let verifier = random_string()?;
         let challenge = URL_SAFE_NO_PAD.encode(crate::crypto::sha256(verifier.as_bytes()));
-        let params = self.authorization_params(&redirect_uri, &state, &challenge);
+        // OIDC Core §3.1.2.1: a nonce binds the ID token to this login.
+        let nonce = if self.is_openid() {
+            Some(random_string()?)
+        } else {
+            None
+        };
+        let params = self.authorization_params(&redirect_uri, &state, &challenge, nonce.as_deref());
         let url = self.front_channel_url(params).await?;
 
         let (tx, mut rx) = mpsc::channel::<Arrival>(1);
@@ -278,7 +362,9 @@ impl AuthorizationCode {
             return Err(Error::Timeout(Endpoint::Authorization, self.timeout));
         };
         // The listener stops with this future: a second redirect finds no one.
-        let result = self.finish(&arrival.query, &redirect_uri, &verifier).await;
+        let result = self
+            .finish(&arrival.query, &redirect_uri, &verifier, nonce.as_deref())
+            .await;
         let page = match &result {
             Ok(_) => Page::LoggedIn,
             Err(Error::AccessDenied(_)) => Page::Declined,
@@ -295,7 +381,8 @@ impl AuthorizationCode {
         query: &[(String, String)],
         redirect_uri: &str,
         verifier: &str,
-    ) -> Result<Token, Error> {
+        nonce: Option<&str>,
+    ) -> Result<(Token, Verified), Error> {
         let get = |name: &str| {
             query
                 .iter()
@@ -362,7 +449,23 @@ impl AuthorizationCode {
             ("code_verifier", verifier),
         ];
         form.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
-        self.token.request(&form).await
+        let token = self.token.request(&form).await?;
+        #[cfg(feature = "jwks")]
+        if let Some(validator) = &self.id_tokens {
+            let mut expected = crate::client::ExpectedIdToken::new()
+                .code(code)
+                .access_token(token.expose_access_token());
+            if let Some(nonce) = nonce {
+                expected = expected.nonce(nonce);
+            }
+            if let Some(max_age) = self.max_age {
+                expected = expected.max_age(max_age);
+            }
+            let claims = validate_id_token(validator, &token, &expected).await?;
+            return Ok((token, Some(claims)));
+        }
+        let _ = nonce;
+        Ok((token, Verified::default()))
     }
 
     /// The parameters of the authorization request: the login's own, then the extra
@@ -373,7 +476,9 @@ impl AuthorizationCode {
         redirect_uri: &str,
         state: &str,
         challenge: &str,
+        nonce: Option<&str>,
     ) -> Vec<(String, String)> {
+        let max_age = self.max_age.map(|d| d.as_secs().to_string());
         let mut query: Vec<(&str, &str)> = vec![
             ("response_type", "code"),
             ("redirect_uri", redirect_uri),
@@ -388,6 +493,8 @@ impl AuthorizationCode {
             query.push(("scope", scope));
         }
         query.extend(self.resources.iter().map(|r| ("resource", r.as_str())));
+        query.extend(nonce.map(|n| ("nonce", n)));
+        query.extend(max_age.as_deref().map(|m| ("max_age", m)));
         let own: Vec<&str> = query.iter().map(|(k, _)| *k).collect();
         query.extend(
             self.params
@@ -400,6 +507,59 @@ impl AuthorizationCode {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
     }
+}
+
+/// Validates the ID token `token` came with (OIDC Core §3.1.3.7): none is an error.
+#[cfg(feature = "jwks")]
+pub(crate) async fn validate_id_token(
+    validator: &crate::client::IdTokenValidator,
+    token: &Token,
+    expected: &crate::client::ExpectedIdToken<'_>,
+) -> Result<crate::client::IdTokenClaims, Error> {
+    let id_token = token.expose_id_token().ok_or_else(|| {
+        Error::IdToken("the token endpoint returned no id_token (is openid in the scope?)".into())
+    })?;
+    validator.validate(id_token, expected).await
+}
+
+/// Validates the ID token a refresh brought (OIDC Core §12.2), when it is a new
+/// one: the rules of every ID token, and the same `sub` as the login's.
+#[cfg(feature = "jwks")]
+pub(crate) async fn validate_refreshed(
+    validator: &crate::client::IdTokenValidator,
+    token: &Token,
+    previous: Option<&Token>,
+) -> Result<(), Error> {
+    let (Some(new), old) = (
+        token.expose_id_token(),
+        previous.and_then(Token::expose_id_token),
+    ) else {
+        return Ok(());
+    };
+    if old == Some(new) {
+        return Ok(());
+    }
+    let expected = crate::client::ExpectedIdToken::new().access_token(token.expose_access_token());
+    let claims = validator.validate(new, &expected).await?;
+    if let Some(old) = old.and_then(unverified_sub) {
+        if old != claims.sub {
+            return Err(Error::IdToken(
+                "the refreshed ID token names another sub than the login's (OIDC Core §12.2)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `sub` of an ID token this source validated earlier (read without checking
+/// again: it may have expired since).
+#[cfg(feature = "jwks")]
+fn unverified_sub(id_token: &str) -> Option<String> {
+    let payload = id_token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sub")?.as_str().map(str::to_owned)
 }
 
 /// The parameters of an authorization response that must come at most once.
@@ -587,6 +747,10 @@ impl TokenSource for AuthorizationCode {
     fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         async move {
             if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
+                #[cfg(feature = "jwks")]
+                if let (Some(validator), Ok(token)) = (&self.id_tokens, &refreshed) {
+                    validate_refreshed(validator, token, previous).await?;
+                }
                 return refreshed;
             }
             self.login().await
@@ -604,6 +768,7 @@ impl fmt::Debug for AuthorizationCode {
             .field("resources", &self.resources)
             .field("port", &self.port)
             .field("request", &self.request)
-            .finish()
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
     }
 }

@@ -160,7 +160,7 @@ impl Chain {
         if let Some(rt) = previous.and_then(Token::refresh_token) {
             if let Some(token) = self.refresh(rt.expose_secret()).await? {
                 tracing::debug!(source = "refresh token", "token source served");
-                return Ok(token);
+                return Ok(token.keep_id_token_of(previous));
             }
             if self.endpoint.is_some() {
                 refused.push(rt.clone());

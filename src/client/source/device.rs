@@ -107,6 +107,9 @@ pub struct DeviceCode {
     scope: Option<String>,
     resources: Vec<String>,
     show: Show<DeviceAuthorization>,
+    /// Validates the ID token of each login and refresh.
+    #[cfg(feature = "jwks")]
+    id_tokens: Option<crate::client::IdTokenValidator>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +145,8 @@ impl DeviceCode {
             scope: None,
             resources: Vec::new(),
             show: show_with(|auth: &DeviceAuthorization| eprintln!("{auth}")),
+            #[cfg(feature = "jwks")]
+            id_tokens: None,
         })
     }
 
@@ -196,12 +201,57 @@ impl DeviceCode {
         self
     }
 
+    /// Validates the ID token of every login (no `nonce`: the device flow has
+    /// none; `at_hash` when present) and of every refresh that brings one: a login
+    /// whose ID token is refused, or that brings none, fails with
+    /// [`Error::IdToken`]. Ask for `openid` in the [`scope`](Self::scope).
+    #[cfg(feature = "jwks")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+    pub fn id_token_validator(mut self, validator: crate::client::IdTokenValidator) -> Self {
+        self.id_tokens = Some(validator);
+        self
+    }
+
+    /// Runs one login, like [`login`](Self::login), and returns the validated
+    /// claims of its ID token with the token: who logged in.
+    ///
+    /// # Errors
+    /// As [`login`](Self::login); [`Error::Configuration`] without an
+    /// [`id_token_validator`](Self::id_token_validator).
+    #[cfg(feature = "jwks")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+    pub async fn login_with_id_token(
+        &self,
+    ) -> Result<(Token, crate::client::IdTokenClaims), Error> {
+        let Some(validator) = &self.id_tokens else {
+            return Err(Error::Configuration(
+                "login_with_id_token needs an ID token validator (DeviceCode::id_token_validator)"
+                    .into(),
+            ));
+        };
+        let token = self.login_unchecked().await?;
+        let expected =
+            crate::client::ExpectedIdToken::new().access_token(token.expose_access_token());
+        let claims = super::browser::validate_id_token(validator, &token, &expected).await?;
+        Ok((token, claims))
+    }
+
     /// Runs one login: asks for a code, shows it, polls until approved.
     ///
     /// # Errors
     /// [`Error::AccessDenied`], [`Error::DeviceCodeExpired`], and what
-    /// [`TokenEndpoint::request`] returns.
+    /// [`TokenEndpoint::request`] returns; [`Error::IdToken`] when an
+    /// [`id_token_validator`](Self::id_token_validator) refuses the ID token, or
+    /// none came.
     pub async fn login(&self) -> Result<Token, Error> {
+        #[cfg(feature = "jwks")]
+        if self.id_tokens.is_some() {
+            return self.login_with_id_token().await.map(|(token, _)| token);
+        }
+        self.login_unchecked().await
+    }
+
+    async fn login_unchecked(&self) -> Result<Token, Error> {
         let (device_code, auth) = self.authorize().await?;
         (self.show)(auth.clone()).await;
         let deadline = Instant::now() + auth.expires_in;
@@ -326,6 +376,10 @@ impl TokenSource for DeviceCode {
     fn fetch<'a>(&'a self, previous: Option<&'a Token>) -> BoxFuture<'a, Result<Token, Error>> {
         async move {
             if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
+                #[cfg(feature = "jwks")]
+                if let (Some(validator), Ok(token)) = (&self.id_tokens, &refreshed) {
+                    super::browser::validate_refreshed(validator, token, previous).await?;
+                }
                 return refreshed;
             }
             self.login().await

@@ -97,7 +97,11 @@ impl TokenSource for RefreshTokenGrant {
         let refresh_token = previous
             .and_then(Token::refresh_token)
             .unwrap_or(&self.initial);
-        refresh(&self.endpoint, refresh_token.expose_secret(), &self.scope).boxed()
+        // OIDC Core §12.2: a refresh answer may leave out the ID token; the login's
+        // stays with the session.
+        refresh(&self.endpoint, refresh_token.expose_secret(), &self.scope)
+            .map(move |answer| answer.map(|t| t.keep_id_token_of(previous)))
+            .boxed()
     }
 
     /// The refresh token `fetch` presents: `previous`'s, or the one this grant was
@@ -229,7 +233,7 @@ impl TokenSource for PasswordGrant {
                     Err(Error::InvalidGrant(e)) => {
                         tracing::debug!(error = %e, "refresh token refused; logging in with the password again");
                     }
-                    other => return other,
+                    other => return other.map(|t| t.keep_id_token_of(previous)),
                 }
             }
             self.login().await

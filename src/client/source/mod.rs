@@ -193,7 +193,8 @@ pub(crate) async fn refresh_first(
             tracing::debug!(error = %e, "the refresh token was refused; logging in again");
             None
         }
-        answer => Some(answer),
+        // OIDC Core §12.2: the login's ID token stays when the answer has none.
+        answer => Some(answer.map(|t| t.keep_id_token_of(previous))),
     }
 }
 
