@@ -16,6 +16,8 @@
 //!   (RFC 9470), which no refresh can meet.
 //! - [`ClientAssertion`]: `private_key_jwt` and `client_secret_jwt` client
 //!   authentication (RFC 7523), with an [`AssertionKey`].
+//! - [`Signer`]: a key kept in a KMS or an HSM, for assertions and DPoP proofs,
+//!   under a deadline ([`DEFAULT_SIGNER_DEADLINE`]).
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes;
 //!   [`AtRestKey`]: the key [`FileStore`] and `RedisStore` encrypt them with.
@@ -40,6 +42,8 @@ mod registration;
 mod reqwest;
 mod resource;
 mod revoke;
+#[cfg(feature = "jwt")]
+mod signer;
 pub mod source;
 mod step_up;
 mod store;
@@ -82,6 +86,9 @@ pub use registration::{
 };
 pub use resource::discover_from_challenge;
 pub use revoke::{Revocation, TokenTypeHint};
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use signer::{Signer, DEFAULT_SIGNER_DEADLINE};
 pub use source::TokenSource;
 pub use step_up::StepUpChallenge;
 pub use store::{MemoryStore, StoredToken, TokenStore};
