@@ -396,12 +396,13 @@ impl Provider {
     }
 
     async fn count(&self, key: &str) -> u64 {
-        let counts: HashMap<String, u64> = reqwest::get(format!("{}/_test/counts", self.issuer))
+        let body = reqwest::get(format!("{}/_test/counts", self.issuer))
             .await
             .unwrap()
-            .json()
+            .bytes()
             .await
             .unwrap();
+        let counts: HashMap<String, u64> = serde_json::from_slice(&body).unwrap();
         counts.get(key).copied().unwrap_or(0)
     }
 }

@@ -122,7 +122,8 @@ impl<S: Signer + ?Sized> Signer for Box<S> {
 pub(crate) struct RemoteKey {
     signer: Arc<dyn Signer>,
     alg: Algorithm,
-    /// The public members only, in RFC 7638 order.
+    /// The public members only, in RFC 7638 order (DPoP proofs carry it).
+    #[cfg_attr(not(feature = "dpop"), allow(dead_code))]
     jwk: Value,
     verifying: DecodingKey,
     signature_len: usize,
@@ -164,6 +165,7 @@ impl RemoteKey {
     }
 
     /// The public JWK: only its public members.
+    #[cfg_attr(not(feature = "dpop"), allow(dead_code))]
     pub(crate) fn public_jwk(&self) -> &Value {
         &self.jwk
     }
@@ -196,6 +198,7 @@ impl RemoteKey {
     }
 
     /// The raw signature bytes, checked.
+    #[cfg_attr(not(feature = "dpop"), allow(dead_code))]
     pub(crate) async fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let encoded = self.sign_b64(message).await?;
         URL_SAFE_NO_PAD
