@@ -94,6 +94,15 @@ pub enum Error {
     /// token. A login whose ID token is refused gives this, not a token.
     #[error("the ID token is refused: {0}")]
     IdToken(String),
+    /// A remote signer (`client::Signer`: a key in a KMS or an HSM) failed: it
+    /// answered an error, or a signature of the wrong length or one its public key does
+    /// not verify (never sent). The message quotes nothing of its answer.
+    #[error("the signer failed: {0}")]
+    Signer(String),
+    /// A remote signer did not answer within its deadline (the signature was given up;
+    /// other signatures are not held up by it). Worth retrying.
+    #[error("the signer did not answer within {0:?}")]
+    SignerTimeout(Duration),
 }
 
 impl From<crate::client::StepUpChallenge> for Error {
@@ -111,7 +120,8 @@ impl Error {
             | Error::Timeout(..)
             | Error::Aborted(_)
             | Error::Store(_)
-            | Error::Superseded(_) => true,
+            | Error::Superseded(_)
+            | Error::SignerTimeout(_) => true,
             Error::TokenEndpoint(e) => {
                 e.status.is_server_error() || e.status == StatusCode::TOO_MANY_REQUESTS
             }

@@ -521,7 +521,7 @@ fn a_key_written_out_reads_back_as_the_same_key() {
         )
         .unwrap(),
     ] {
-        let pem = key.to_pkcs8_pem();
+        let pem = key.to_pkcs8_pem().unwrap();
         let pem = secrecy::ExposeSecret::expose_secret(&pem);
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
         let again = DpopKey::from_pem(key.algorithm(), pem.as_bytes()).unwrap();

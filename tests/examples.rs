@@ -82,6 +82,23 @@ fn dpop_runs_offline() {
     assert!(out.contains("as Bearer: 401"), "{out}");
 }
 
+/// The client's keys in a loopback KMS: assertions and DPoP proofs signed remotely
+/// are accepted; a KMS that never answers fails at the deadline.
+#[cfg(feature = "dpop")]
+#[test]
+fn remote_signer_runs_offline() {
+    let out = run(example("remote_signer"));
+    assert!(
+        out.contains("3 of 3 requests accepted, 1 token(s) fetched"),
+        "{out}"
+    );
+    assert!(
+        out.contains("a hanging KMS: the signer did not answer within 200ms"),
+        "{out}"
+    );
+    assert!(out.contains("every request accepted"), "{out}");
+}
+
 /// A child process killed when the test ends, however it ends.
 struct Spawned(std::process::Child);
 

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use zeroize::Zeroizing;
 
+use super::signer::{RemoteKey, Signer as RemoteSigner, DEFAULT_SIGNER_DEADLINE};
 use crate::Error;
 
 /// The `client_assertion_type` of a JWT client assertion (RFC 7523 §2.2).
@@ -24,8 +25,12 @@ pub const DEFAULT_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 /// or EdDSA (Ed25519), with the header fields a provider uses to find its public half
 /// (`kid`, `x5t#S256`).
 ///
-/// The key is checked against the algorithm when it is loaded, by signing once: a
-/// key of the wrong type is an error here, not at the first token request.
+/// The key is in memory ([`from_pem`](Self::from_pem), [`from_der`](Self::from_der),
+/// [`from_jwk`](Self::from_jwk)), or kept by a remote [`Signer`](super::Signer)
+/// (a KMS, an HSM: [`from_signer`](Self::from_signer)), which signs under a deadline.
+///
+/// A key in memory is checked against the algorithm when it is loaded, by signing
+/// once: a key of the wrong type is an error here, not at the first token request.
 ///
 /// ```
 /// use tower_bearer::client::{Algorithm, AssertionKey};
@@ -36,13 +41,54 @@ pub const DEFAULT_ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 /// ```
 #[derive(Clone)]
 pub struct AssertionKey {
-    key: Arc<EncodingKey>,
+    key: KeyImpl,
     alg: Algorithm,
     kid: Option<String>,
     x5t_s256: Option<String>,
 }
 
+/// Where the private key is: in memory, or behind a remote signer.
+#[derive(Clone)]
+enum KeyImpl {
+    Local(Arc<EncodingKey>),
+    Remote(Arc<RemoteKey>),
+}
+
 impl AssertionKey {
+    /// A key kept by `signer` (a KMS, an HSM, a signing service): its algorithm and
+    /// `kid` are the signer's, each signature bounded by [`DEFAULT_SIGNER_DEADLINE`]
+    /// and checked against the signer's public key before it is sent.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the signer's algorithm is HMAC, or its public
+    /// JWK is not a public key of that algorithm.
+    pub fn from_signer(signer: impl RemoteSigner) -> Result<Self, Error> {
+        Self::from_signer_with_deadline(signer, DEFAULT_SIGNER_DEADLINE)
+    }
+
+    /// [`from_signer`](Self::from_signer) with its own deadline: a signature not
+    /// made within `deadline` fails with [`Error::SignerTimeout`].
+    ///
+    /// # Errors
+    /// As [`from_signer`](Self::from_signer); a zero deadline too.
+    pub fn from_signer_with_deadline(
+        signer: impl RemoteSigner,
+        deadline: Duration,
+    ) -> Result<Self, Error> {
+        let remote = RemoteKey::new(Arc::new(signer), deadline)?;
+        Ok(AssertionKey {
+            alg: remote.algorithm(),
+            kid: remote.key_id().map(str::to_owned),
+            key: KeyImpl::Remote(Arc::new(remote)),
+            x5t_s256: None,
+        })
+    }
+
+    /// Whether the key is kept by a remote [`Signer`](super::Signer).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.key, KeyImpl::Remote(_))
+    }
+
     /// A private key in PEM: PKCS#8 (`BEGIN PRIVATE KEY`) for every algorithm, or
     /// PKCS#1 (`BEGIN RSA PRIVATE KEY`) and SEC1 (`BEGIN EC PRIVATE KEY`) where they
     /// apply.
@@ -117,7 +163,7 @@ impl AssertionKey {
         jsonwebtoken::crypto::sign(b"tower-bearer key check", &key, alg)
             .map_err(|e| key_error(alg, &e.to_string()))?;
         Ok(AssertionKey {
-            key: Arc::new(key),
+            key: KeyImpl::Local(Arc::new(key)),
             alg,
             kid: None,
             x5t_s256: None,
@@ -149,30 +195,49 @@ impl AssertionKey {
         self.alg
     }
 
-    pub(crate) fn sign<C: Serialize>(&self, claims: &C) -> Result<String, Error> {
-        let mut header = Header::new(self.alg);
-        header.kid = self.kid.clone();
-        header.x5t_s256 = self.x5t_s256.clone();
-        jsonwebtoken::encode(&header, claims, &self.key)
-            .map_err(|e| Error::Configuration(format!("cannot sign the assertion: {e}")))
+    /// An assertion (`typ` `JWT`) with these claims.
+    pub(crate) async fn sign<C: Serialize>(&self, claims: &C) -> Result<String, Error> {
+        self.sign_jwt(Header::default(), claims).await
     }
 
-    /// Signs `claims` with the `typ` header `typ` (a request object's
-    /// `oauth-authz-req+jwt`, RFC 9101 §10.8).
-    pub(crate) fn sign_typed<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String, Error> {
-        let mut header = Header::new(self.alg);
-        header.typ = Some(typ.to_owned());
+    /// A JWT with `header` (its `alg`, `kid` and `x5t#S256` set to the key's; `typ`
+    /// and any other member kept) and `claims`, signed in memory or by the remote
+    /// signer: client assertions, the JWT-bearer grant, request objects (RFC 9101,
+    /// `typ` `oauth-authz-req+jwt`).
+    pub(crate) async fn sign_jwt<C: Serialize>(
+        &self,
+        mut header: Header,
+        claims: &C,
+    ) -> Result<String, Error> {
+        header.alg = self.alg;
         header.kid = self.kid.clone();
         header.x5t_s256 = self.x5t_s256.clone();
-        jsonwebtoken::encode(&header, claims, &self.key)
-            .map_err(|e| Error::Configuration(format!("cannot sign the {typ}: {e}")))
+        match &self.key {
+            KeyImpl::Local(key) => jsonwebtoken::encode(&header, claims, key)
+                .map_err(|e| Error::Configuration(format!("cannot sign the assertion: {e}"))),
+            KeyImpl::Remote(remote) => {
+                let json = |r: serde_json::Result<Vec<u8>>| {
+                    r.map(|json| b64url(&json))
+                        .map_err(|e| Error::Configuration(format!("cannot encode the JWT: {e}")))
+                };
+                let mut jwt = json(serde_json::to_vec(&header))?;
+                jwt.push('.');
+                jwt.push_str(&json(serde_json::to_vec(claims))?);
+                let signature = remote.sign_b64(jwt.as_bytes()).await?;
+                jwt.push('.');
+                jwt.push_str(&signature);
+                Ok(jwt)
+            }
+        }
     }
 
     fn same(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.key, &other.key)
-            && self.alg == other.alg
-            && self.kid == other.kid
-            && self.x5t_s256 == other.x5t_s256
+        let key = match (&self.key, &other.key) {
+            (KeyImpl::Local(a), KeyImpl::Local(b)) => Arc::ptr_eq(a, b),
+            (KeyImpl::Remote(a), KeyImpl::Remote(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        key && self.alg == other.alg && self.kid == other.kid && self.x5t_s256 == other.x5t_s256
     }
 }
 
@@ -182,7 +247,13 @@ impl fmt::Debug for AssertionKey {
             .field("alg", &self.alg)
             .field("kid", &self.kid)
             .field("x5t#S256", &self.x5t_s256)
-            .field("key", &"[redacted]")
+            .field(
+                "key",
+                match &self.key {
+                    KeyImpl::Local(_) => &"[redacted]",
+                    KeyImpl::Remote(_) => &"remote signer",
+                },
+            )
             .finish()
     }
 }
@@ -284,7 +355,7 @@ enum Audience {
 
 /// What signs: a private key, or the client secret (HMAC).
 #[derive(Clone)]
-enum Signer {
+enum SignWith {
     Key(AssertionKey),
     Secret(Algorithm),
 }
@@ -317,7 +388,7 @@ enum Signer {
 /// ```
 #[derive(Clone)]
 pub struct ClientAssertion {
-    signer: Signer,
+    signer: SignWith,
     audience: Audience,
     lifetime: Duration,
 }
@@ -326,7 +397,7 @@ impl ClientAssertion {
     /// `private_key_jwt`: assertions signed with `key`.
     pub fn private_key(key: AssertionKey) -> Self {
         ClientAssertion {
-            signer: Signer::Key(key),
+            signer: SignWith::Key(key),
             audience: Audience::TokenEndpoint,
             lifetime: DEFAULT_ASSERTION_LIFETIME,
         }
@@ -337,7 +408,7 @@ impl ClientAssertion {
     /// fails with [`Error::Configuration`]).
     pub fn client_secret() -> Self {
         ClientAssertion {
-            signer: Signer::Secret(Algorithm::HS256),
+            signer: SignWith::Secret(Algorithm::HS256),
             audience: Audience::TokenEndpoint,
             lifetime: DEFAULT_ASSERTION_LIFETIME,
         }
@@ -367,8 +438,8 @@ impl ClientAssertion {
     /// `client_secret_jwt`.
     pub fn method(&self) -> &'static str {
         match self.signer {
-            Signer::Key(_) => "private_key_jwt",
-            Signer::Secret(_) => "client_secret_jwt",
+            SignWith::Key(_) => "private_key_jwt",
+            SignWith::Secret(_) => "client_secret_jwt",
         }
     }
 
@@ -376,8 +447,8 @@ impl ClientAssertion {
     /// request objects too (RFC 9101).
     pub(crate) fn key(&self) -> Option<&AssertionKey> {
         match &self.signer {
-            Signer::Key(key) => Some(key),
-            Signer::Secret(_) => None,
+            SignWith::Key(key) => Some(key),
+            SignWith::Secret(_) => None,
         }
     }
 
@@ -393,13 +464,13 @@ impl ClientAssertion {
     /// The signing algorithm of the assertions.
     pub(crate) fn algorithm(&self) -> Algorithm {
         match &self.signer {
-            Signer::Key(key) => key.alg,
-            Signer::Secret(alg) => *alg,
+            SignWith::Key(key) => key.alg,
+            SignWith::Secret(alg) => *alg,
         }
     }
 
     /// A new assertion for `client_id` at `token_url`.
-    pub(crate) fn make(
+    pub(crate) async fn make(
         &self,
         client_id: &str,
         token_url: &str,
@@ -427,8 +498,8 @@ impl ClientAssertion {
             scope: None,
         };
         match &self.signer {
-            Signer::Key(key) => key.sign(&claims),
-            Signer::Secret(alg) => {
+            SignWith::Key(key) => key.sign(&claims).await,
+            SignWith::Secret(alg) => {
                 let secret = secret.ok_or_else(|| {
                     Error::Configuration("client_secret_jwt needs a client secret".into())
                 })?;
@@ -447,8 +518,8 @@ impl PartialEq for ClientAssertion {
     /// The same key (the same loaded key, not an equal one) and the same options.
     fn eq(&self, other: &Self) -> bool {
         let signer = match (&self.signer, &other.signer) {
-            (Signer::Key(a), Signer::Key(b)) => a.same(b),
-            (Signer::Secret(a), Signer::Secret(b)) => a == b,
+            (SignWith::Key(a), SignWith::Key(b)) => a.same(b),
+            (SignWith::Secret(a), SignWith::Secret(b)) => a == b,
             _ => false,
         };
         signer && self.audience == other.audience && self.lifetime == other.lifetime
@@ -461,7 +532,7 @@ impl fmt::Debug for ClientAssertion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ClientAssertion");
         d.field("method", &self.method());
-        if let Signer::Key(key) = &self.signer {
+        if let SignWith::Key(key) = &self.signer {
             d.field("key", key);
         }
         d.field("audience", &self.audience)
@@ -587,7 +658,9 @@ mod tests {
                 exp: 2,
                 scope: None,
             };
-            let token = signer.sign(&claims).unwrap();
+            let token = futures_util::FutureExt::now_or_never(signer.sign(&claims))
+                .unwrap()
+                .unwrap();
             let (message, signature) = token.rsplit_once('.').unwrap();
             let public = key(&format!("{name}.pub.pem"));
             let verifying = match alg.family() {

@@ -7,10 +7,11 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use jsonwebtoken::jwk::Jwk;
@@ -22,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::crypto::{keys, PrivateKey, PublicKey};
 
 use super::authorizer::{default_port, Authorizer, Credential, CredentialFuture, Target};
+use super::signer::{RemoteKey, Signer, DEFAULT_SIGNER_DEADLINE};
 use crate::server::dpop::thumbprint;
 use crate::Error;
 
@@ -55,16 +57,27 @@ pub struct DpopKey {
 }
 
 struct KeyInner {
-    key: EncodingKey,
+    key: ProofKey,
     alg: Algorithm,
-    /// The private key, PKCS#8 DER, for [`DpopKey::to_pkcs8_pem`].
-    pkcs8: Zeroizing<Vec<u8>>,
+    /// The public key, for [`Signer::public_jwk`].
+    jwk: serde_json::Value,
     /// base64url of the proof's JOSE header (`typ`, `alg`, `jwk`): the same for
     /// every proof.
     header: String,
     jkt: String,
     /// The latest `DPoP-Nonce` of each origin, with the order it was learned in.
     nonces: Mutex<Nonces>,
+}
+
+/// What signs the proofs: a key in memory (signed on the spot, no future), or a
+/// remote signer (awaited, under its deadline).
+enum ProofKey {
+    Local {
+        key: EncodingKey,
+        /// The private key, PKCS#8 DER, for [`DpopKey::to_pkcs8_pem`].
+        pkcs8: Zeroizing<Vec<u8>>,
+    },
+    Remote(RemoteKey),
 }
 
 #[derive(Default)]
@@ -166,7 +179,7 @@ impl DpopKey {
             return Ok(key);
         }
         let key = Self::generate()?;
-        let pem = key.pkcs8_pem();
+        let pem = key.pkcs8_pem().unwrap_or_default();
         let created = super::store_file::create_atomically(path, pem.as_bytes()).map_err(|e| {
             Error::Configuration(format!("cannot write the DPoP key {}: {e}", path.display()))
         })?;
@@ -181,12 +194,69 @@ impl DpopKey {
 
     /// The private key as PKCS#8 PEM (`BEGIN PRIVATE KEY`), to keep it between runs
     /// ([`from_pem`](Self::from_pem) reads it back). Handle it as the secret it is.
-    pub fn to_pkcs8_pem(&self) -> SecretString {
-        SecretString::from(self.pkcs8_pem().to_string())
+    /// `None` for a key kept by a remote [`Signer`].
+    pub fn to_pkcs8_pem(&self) -> Option<SecretString> {
+        self.pkcs8_pem()
+            .map(|pem| SecretString::from(pem.to_string()))
     }
 
-    fn pkcs8_pem(&self) -> Zeroizing<String> {
-        pkcs8_pem(&self.inner.pkcs8)
+    fn pkcs8_pem(&self) -> Option<Zeroizing<String>> {
+        match &self.inner.key {
+            ProofKey::Local { pkcs8, .. } => Some(pkcs8_pem(pkcs8)),
+            ProofKey::Remote(_) => None,
+        }
+    }
+
+    /// A key kept by `signer` (a KMS, an HSM): proofs carry its public JWK, each
+    /// signature is bounded by [`DEFAULT_SIGNER_DEADLINE`] and checked against that
+    /// key before it is sent. Its algorithm is the signer's: `ES256`, `EdDSA`, `RS*`
+    /// or `PS*` (RSA of 2048 bits or more).
+    ///
+    /// A remote key's proofs are made asynchronously: [`Dpop`] and the
+    /// [`TokenEndpoint`](super::TokenEndpoint) await them (the per-request credential
+    /// is then a pending [`CredentialFuture`]); [`proof`](Self::proof) refuses, use
+    /// [`proof_async`](Self::proof_async).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for an algorithm DPoP keys do not use, or a public
+    /// JWK that is not a public key of that algorithm.
+    pub fn from_signer(signer: impl Signer) -> Result<Self, Error> {
+        Self::from_signer_with_deadline(signer, DEFAULT_SIGNER_DEADLINE)
+    }
+
+    /// [`from_signer`](Self::from_signer) with its own deadline: a proof not signed
+    /// within `deadline` fails with [`Error::SignerTimeout`].
+    ///
+    /// # Errors
+    /// As [`from_signer`](Self::from_signer); a zero deadline too.
+    pub fn from_signer_with_deadline(
+        signer: impl Signer,
+        deadline: Duration,
+    ) -> Result<Self, Error> {
+        let alg = signer.algorithm();
+        if !matches!(
+            alg,
+            Algorithm::ES256
+                | Algorithm::EdDSA
+                | Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ) {
+            return Err(Error::Configuration(format!(
+                "DPoP keys are ES256, EdDSA, RS* or PS*, not {alg:?}"
+            )));
+        }
+        let remote = RemoteKey::new(Arc::new(signer), deadline)?;
+        let jwk = remote.public_jwk().clone();
+        Self::assemble(ProofKey::Remote(remote), alg, jwk)
+    }
+
+    /// Whether the key is kept by a remote [`Signer`].
+    pub fn is_remote(&self) -> bool {
+        matches!(self.inner.key, ProofKey::Remote(_))
     }
 
     /// The key in `der` (PKCS#8), for `alg`, or for the algorithm its kind implies.
@@ -272,15 +342,20 @@ impl DpopKey {
             _ => EncodingKey::from_rsa_pem(pkcs8_pem(&pkcs8).as_bytes())
                 .map_err(|e| Error::Configuration(format!("the RSA DPoP key: {e}")))?,
         };
-        Self::assemble(signing, alg, pkcs8, jwk)
+        // The key must sign with its algorithm: checked once, here.
+        jsonwebtoken::crypto::sign(b"tower-bearer dpop key check", &signing, alg)
+            .map_err(|e| Error::Configuration(format!("the DPoP key cannot sign: {e}")))?;
+        Self::assemble(
+            ProofKey::Local {
+                key: signing,
+                pkcs8,
+            },
+            alg,
+            jwk,
+        )
     }
 
-    fn assemble(
-        key: EncodingKey,
-        alg: Algorithm,
-        pkcs8: Zeroizing<Vec<u8>>,
-        jwk: serde_json::Value,
-    ) -> Result<Self, Error> {
+    fn assemble(key: ProofKey, alg: Algorithm, jwk: serde_json::Value) -> Result<Self, Error> {
         let parsed: Jwk = serde_json::from_value(jwk.clone())
             .map_err(|e| Error::Configuration(format!("the DPoP public key: {e}")))?;
         let jkt = thumbprint(&parsed)
@@ -291,14 +366,11 @@ impl DpopKey {
             jwk: &jwk,
         })
         .map_err(|e| Error::Configuration(format!("the DPoP proof header: {e}")))?;
-        // The key must sign with its algorithm: checked once, here.
-        jsonwebtoken::crypto::sign(b"tower-bearer dpop key check", &key, alg)
-            .map_err(|e| Error::Configuration(format!("the DPoP key cannot sign: {e}")))?;
         Ok(DpopKey {
             inner: Arc::new(KeyInner {
                 key,
                 alg,
-                pkcs8,
+                jwk,
                 header: URL_SAFE_NO_PAD.encode(header),
                 jkt,
                 nonces: Mutex::new(Nonces::default()),
@@ -322,8 +394,9 @@ impl DpopKey {
     /// the nonce last learned from the URL's origin, if any.
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a URL that is not absolute `http(s)`, or when
-    /// no randomness is to be had for the proof's `jti`.
+    /// [`Error::Configuration`] for a URL that is not absolute `http(s)`, when
+    /// no randomness is to be had for the proof's `jti`, or for a key kept by a
+    /// remote [`Signer`] (use [`proof_async`](Self::proof_async)).
     pub fn proof(
         &self,
         method: &Method,
@@ -334,6 +407,24 @@ impl DpopKey {
         self.proof_for(method, &origin, &path, access_token)
     }
 
+    /// As [`proof`](Self::proof), for any key: a remote [`Signer`]'s proof is
+    /// awaited (under its deadline), a key in memory signs at once.
+    ///
+    /// # Errors
+    /// As [`proof`](Self::proof) (a remote key included); [`Error::SignerTimeout`]
+    /// and [`Error::Signer`] when the remote signer is late or fails.
+    pub async fn proof_async(
+        &self,
+        method: &Method,
+        url: &Uri,
+        access_token: Option<&str>,
+    ) -> Result<HeaderValue, Error> {
+        let (origin, path) = htu_of_uri(url)?;
+        self.proof_for_async(method, &origin, &path, access_token)
+            .await
+    }
+
+    /// A proof signed in memory; an error for a remote key.
     pub(crate) fn proof_for(
         &self,
         method: &Method,
@@ -341,6 +432,45 @@ impl DpopKey {
         path: &str,
         access_token: Option<&str>,
     ) -> Result<HeaderValue, Error> {
+        let ProofKey::Local { key, .. } = &self.inner.key else {
+            return Err(Error::Configuration(
+                "a DPoP key kept by a remote signer signs asynchronously: use proof_async".into(),
+            ));
+        };
+        let mut proof = self.signing_input(method, origin, path, access_token)?;
+        let signature = jsonwebtoken::crypto::sign(proof.as_bytes(), key, self.inner.alg)
+            .map_err(|e| Error::Configuration(format!("cannot sign the DPoP proof: {e}")))?;
+        proof.push('.');
+        proof.push_str(&signature);
+        proof_value(proof)
+    }
+
+    /// A proof, signed in memory or by the remote signer.
+    pub(crate) async fn proof_for_async(
+        &self,
+        method: &Method,
+        origin: &str,
+        path: &str,
+        access_token: Option<&str>,
+    ) -> Result<HeaderValue, Error> {
+        let ProofKey::Remote(remote) = &self.inner.key else {
+            return self.proof_for(method, origin, path, access_token);
+        };
+        let mut proof = self.signing_input(method, origin, path, access_token)?;
+        let signature = remote.sign_b64(proof.as_bytes()).await?;
+        proof.push('.');
+        proof.push_str(&signature);
+        proof_value(proof)
+    }
+
+    /// The proof's `header.claims`, to be signed.
+    fn signing_input(
+        &self,
+        method: &Method,
+        origin: &str,
+        path: &str,
+        access_token: Option<&str>,
+    ) -> Result<String, Error> {
         let mut jti = [0u8; 16];
         crate::crypto::fill_random(&mut jti)
             .map_err(|e| Error::Configuration(format!("no randomness for a DPoP proof: {e}")))?;
@@ -359,16 +489,11 @@ impl DpopKey {
         };
         let claims = serde_json::to_vec(&claims)
             .map_err(|e| Error::Configuration(format!("the DPoP proof claims: {e}")))?;
-        let mut proof = format!("{}.{}", self.inner.header, URL_SAFE_NO_PAD.encode(claims));
-        let signature =
-            jsonwebtoken::crypto::sign(proof.as_bytes(), &self.inner.key, self.inner.alg)
-                .map_err(|e| Error::Configuration(format!("cannot sign the DPoP proof: {e}")))?;
-        proof.push('.');
-        proof.push_str(&signature);
-        let mut value = HeaderValue::try_from(proof)
-            .map_err(|_| Error::Configuration("the DPoP proof is not a header value".into()))?;
-        value.set_sensitive(true);
-        Ok(value)
+        Ok(format!(
+            "{}.{}",
+            self.inner.header,
+            URL_SAFE_NO_PAD.encode(claims)
+        ))
     }
 
     /// The nonce last learned from `origin` (`scheme://host[:port]`).
@@ -443,6 +568,63 @@ impl DpopKey {
         let proof = self.proof_for(method, origin, path, Some(token))?;
         Ok(Some(credential.with_dpop_proof(proof)))
     }
+
+    /// [`bind`](Self::bind) with a proof from the remote signer.
+    async fn bind_async(
+        &self,
+        credential: Option<Credential>,
+        method: &Method,
+        at: Result<&(String, String), &Error>,
+    ) -> Result<Option<Credential>, Error> {
+        let Some(credential) = credential else {
+            return Ok(None);
+        };
+        let token = match dpop_token(&credential) {
+            Some(token) => token,
+            None => return Ok(Some(credential)),
+        };
+        let (origin, path) = at.map_err(|e| Error::Configuration(e.to_string()))?;
+        let proof = self
+            .proof_for_async(method, origin, path, Some(token))
+            .await?;
+        Ok(Some(credential.with_dpop_proof(proof)))
+    }
+}
+
+/// A signed proof as a sensitive header value.
+fn proof_value(proof: String) -> Result<HeaderValue, Error> {
+    let mut value = HeaderValue::try_from(proof)
+        .map_err(|_| Error::Configuration("the DPoP proof is not a header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// A DPoP key is a [`Signer`] too: a key in memory signs at once (through a boxed
+/// future, as the trait has it; the crate's own proofs do not go through here), a
+/// remote one asks its signer, under its deadline, and checks the answer.
+impl Signer for DpopKey {
+    fn algorithm(&self) -> Algorithm {
+        self.inner.alg
+    }
+
+    fn public_jwk(&self) -> &serde_json::Value {
+        &self.inner.jwk
+    }
+
+    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
+        Box::pin(async move {
+            match &self.inner.key {
+                ProofKey::Local { key, .. } => {
+                    let signature = jsonwebtoken::crypto::sign(message, key, self.inner.alg)
+                        .map_err(|e| Error::Signer(format!("cannot sign: {e}")))?;
+                    URL_SAFE_NO_PAD
+                        .decode(signature)
+                        .map_err(|_| Error::Signer("not base64url".into()))
+                }
+                ProofKey::Remote(remote) => remote.sign_raw(message).await,
+            }
+        })
+    }
 }
 
 /// PKCS#8 DER as PEM (`BEGIN PRIVATE KEY`), zeroized when dropped.
@@ -494,7 +676,13 @@ impl fmt::Debug for DpopKey {
         f.debug_struct("DpopKey")
             .field("alg", &self.inner.alg)
             .field("jkt", &self.inner.jkt)
-            .field("key", &"[redacted]")
+            .field(
+                "key",
+                match &self.inner.key {
+                    ProofKey::Local { .. } => &"[redacted]",
+                    ProofKey::Remote(_) => &"remote signer",
+                },
+            )
             .finish()
     }
 }
@@ -615,6 +803,13 @@ impl<A: Authorizer> Authorizer for Dpop<A> {
         let fail = Error::Configuration("a DPoP proof needs the request's method and URL".into());
         let key = self.key.clone();
         let method = Method::GET;
+        if key.is_remote() {
+            let inner = self.inner.credential();
+            return CredentialFuture::pending(async move {
+                let c = inner.await?;
+                key.bind_async(c, &method, Err(&fail)).await
+            });
+        }
         map(self.inner.credential(), move |c| {
             key.bind(c, &method, Err(&fail))
         })
@@ -624,6 +819,15 @@ impl<A: Authorizer> Authorizer for Dpop<A> {
         let key = self.key.clone();
         let method = target.method().clone();
         let at = htu_of_target(&target);
+        if key.is_remote() {
+            // A remote signer is awaited: the credential is a pending future (one
+            // allocation per request, on the remote path only).
+            let inner = self.inner.credential_for(target);
+            return CredentialFuture::pending(async move {
+                let c = inner.await?;
+                key.bind_async(c, &method, at.as_ref()).await
+            });
+        }
         map(self.inner.credential_for(target), move |c| {
             key.bind(c, &method, at.as_ref())
         })

@@ -521,7 +521,9 @@ impl TokenEndpoint {
             #[cfg(feature = "jwt")]
             (TokenEndpointAuth::Assertion(a), Some(id), secret) => {
                 let issuer = self.metadata.as_deref().map(|m| m.issuer.as_str());
-                assertion = a.make(id, &self.token_url.to_string(), issuer, secret)?;
+                assertion = a
+                    .make(id, &self.token_url.to_string(), issuer, secret)
+                    .await?;
                 fields.push(("client_id", id));
                 fields.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
                 fields.push(("client_assertion", &assertion));
@@ -562,7 +564,7 @@ impl TokenEndpoint {
         }
         #[cfg(feature = "dpop")]
         if let Some(key) = &self.dpop {
-            let proof = key.proof(&Method::POST, &self.url, None)?;
+            let proof = key.proof_async(&Method::POST, &self.url, None).await?;
             req.headers_mut().insert(super::authorizer::DPOP, proof);
         }
         let res = self.http.send(self.kind, req).await?;

@@ -18,6 +18,8 @@
 //!   authentication (RFC 7523), with an [`AssertionKey`].
 //! - `IdTokenValidator` (feature `jwks`): the OpenID Connect relying party's
 //!   checks of the ID token a login returns, and UserInfo checked against it.
+//! - [`Signer`]: a key kept in a KMS or an HSM, for assertions and DPoP proofs,
+//!   under a deadline ([`DEFAULT_SIGNER_DEADLINE`]).
 //! - [`Revocation`]: RFC 7009 token revocation, for [`Refreshing::logout`].
 //! - [`TokenStore`]: keeps tokens between runs and shares them between processes;
 //!   [`AtRestKey`]: the key [`FileStore`] and `RedisStore` encrypt them with.
@@ -44,6 +46,8 @@ mod registration;
 mod reqwest;
 mod resource;
 mod revoke;
+#[cfg(feature = "jwt")]
+mod signer;
 pub mod source;
 mod step_up;
 mod store;
@@ -92,6 +96,9 @@ pub use registration::{
 };
 pub use resource::discover_from_challenge;
 pub use revoke::{Revocation, TokenTypeHint};
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use signer::{Signer, DEFAULT_SIGNER_DEADLINE};
 pub use source::TokenSource;
 pub use step_up::StepUpChallenge;
 pub use store::{MemoryStore, StoredToken, TokenStore};

@@ -262,6 +262,7 @@ impl JwtBearer {
             exp,
             scope: self.scope.as_deref(),
         })
+        .await
         .map(Zeroizing::new)
     }
 }

@@ -348,7 +348,8 @@ impl AuthorizationCode {
                     &audience,
                     self.request.lifetime,
                     &params,
-                )?;
+                )
+                .await?;
                 params = vec![("client_id".into(), client_id), ("request".into(), request)];
             }
         }
@@ -521,7 +522,7 @@ fn parse_pushed(
 ///
 /// The one place request objects are signed.
 #[cfg(feature = "jwt")]
-pub(crate) fn sign_request_object(
+pub(crate) async fn sign_request_object(
     key: &crate::client::AssertionKey,
     client_id: &str,
     audience: &str,
@@ -554,7 +555,9 @@ pub(crate) fn sign_request_object(
     claims.insert("nbf".into(), iat.into());
     claims.insert("exp".into(), exp.into());
     claims.insert("jti".into(), crate::client::assertion::jti().into());
-    key.sign_typed(REQUEST_OBJECT_TYP, &claims)
+    let mut header = jsonwebtoken::Header::default();
+    header.typ = Some(REQUEST_OBJECT_TYP.to_owned());
+    key.sign_jwt(header, &claims).await
 }
 
 #[cfg(test)]
