@@ -818,3 +818,58 @@ async fn a_signer_that_cannot_be_checked_is_refused() {
     let key = AssertionKey::from_signer(with(Algorithm::ES256, "ec256")).unwrap();
     assert!(format!("{key:?}").contains("remote signer"));
 }
+
+/// An authorizer whose DPoP token is at hand (a `Refreshing` cache hit).
+struct ReadyDpopToken;
+
+impl tower_bearer::client::Authorizer for ReadyDpopToken {
+    fn credential(&self) -> tower_bearer::client::CredentialFuture {
+        let value = http::HeaderValue::from_static("DPoP a-token");
+        tower_bearer::client::CredentialFuture::ready(Ok(Some(
+            tower_bearer::client::Credential::authorization(value),
+        )))
+    }
+}
+
+/// The per-request path: a key in memory gives its proof at once (a ready
+/// `CredentialFuture`, no boxed future), as before the seam; a remote key's proof
+/// comes through the pending future, which the layer awaits.
+#[tokio::test]
+async fn an_in_memory_key_answers_at_once_a_remote_one_through_the_future() {
+    use tower_bearer::client::{Authorizer, Target};
+    let (kms_addr, kms) = start_kms().await;
+    let uri: http::Uri = "https://api.example.com/items".parse().unwrap();
+    let local = Dpop::new(DpopKey::generate().unwrap(), ReadyDpopToken);
+    let future = local.credential_for(Target::new(&Method::GET, &uri));
+    assert!(!future.is_pending(), "a key in memory signs on the spot");
+    let credential = future.await.unwrap().unwrap();
+    assert!(credential.dpop.is_some());
+
+    let remote = Dpop::new(
+        DpopKey::from_signer(KmsSigner::ec(kms_addr)).unwrap(),
+        ReadyDpopToken,
+    );
+    let future = remote.credential_for(Target::new(&Method::GET, &uri));
+    assert!(future.is_pending(), "a remote key is awaited");
+    assert_eq!(
+        kms.requests.load(Ordering::SeqCst),
+        0,
+        "nothing before polled"
+    );
+    let credential = future.await.unwrap().unwrap();
+    let proof = credential.dpop.expect("a proof");
+    assert_eq!(kms.requests.load(Ordering::SeqCst), 1);
+    let verifier = DpopVerifier::new()
+        .external_origin("https://api.example.com")
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("dpop", proof);
+    verifier
+        .check(
+            &Method::GET,
+            &"/items".parse().unwrap(),
+            &headers,
+            "a-token",
+        )
+        .expect("the crate's verifier accepts the remote proof");
+}
