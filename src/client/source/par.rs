@@ -342,14 +342,9 @@ impl AuthorizationCode {
                             .into(),
                     )
                 })?;
-                let request = sign_request_object(
-                    key,
-                    &client_id,
-                    &audience,
-                    self.request.lifetime,
-                    &params,
-                )
-                .await?;
+                let request =
+                    sign_request_object(key, &client_id, &audience, self.request.lifetime, &params)
+                        .await?;
                 params = vec![("client_id".into(), client_id), ("request".into(), request)];
             }
         }
@@ -555,8 +550,10 @@ pub(crate) async fn sign_request_object(
     claims.insert("nbf".into(), iat.into());
     claims.insert("exp".into(), exp.into());
     claims.insert("jti".into(), crate::client::assertion::jti().into());
-    let mut header = jsonwebtoken::Header::default();
-    header.typ = Some(REQUEST_OBJECT_TYP.to_owned());
+    let header = jsonwebtoken::Header {
+        typ: Some(REQUEST_OBJECT_TYP.to_owned()),
+        ..Default::default()
+    };
     key.sign_jwt(header, &claims).await
 }
 
