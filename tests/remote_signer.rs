@@ -6,10 +6,10 @@
 //! signature of the wrong length or by another key) and its concurrency.
 #![cfg(feature = "dpop")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,10 +31,8 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use p256::ecdsa::signature::Signer as _;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_bearer::client::source::JwtBearer;
 use tower_bearer::client::{
     AssertionKey, AuthorizeLayer, ClientAssertion, Dpop, DpopKey, Refreshing, Signer,
     TokenEndpoint, TokenSource,
@@ -314,105 +312,14 @@ async fn start_token_endpoint() -> (String, Arc<TokenCounts>) {
     (url, counts)
 }
 
-// ---------------------------------------------------------------------------------
-// oidc-provider (as tests/interop_oidc_provider.rs starts it).
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
-/// Whether node and the pinned provider are here (after `npm ci`); outside CI a
-/// loud skip when not, under CI a failure.
-fn provider_available() -> bool {
-    let ci = std::env::var_os("CI").is_some();
-    let node = std::process::Command::new("node")
-        .args([
-            "-e",
-            "const [a, b] = process.versions.node.split('.').map(Number); \
-             process.exit(a > 20 || (a === 20 && b >= 18) ? 0 : 1)",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    let present = || {
-        interop_dir()
-            .join("node_modules/oidc-provider/package.json")
-            .exists()
-    };
-    if node && !present() {
-        let _ = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(interop_dir())
-            .stdout(Stdio::null())
-            .status();
-    }
-    if node && present() {
-        return true;
-    }
-    assert!(
-        !ci,
-        "CI: the oidc-provider test must run, but node or the provider is missing"
-    );
-    eprintln!("\n!!! SKIPPED: node 20.18+ or oidc-provider (cd interop && npm ci) missing !!!\n");
-    false
-}
-
-struct Provider {
-    _child: tokio::process::Child,
-    issuer: String,
-}
-
-impl Provider {
-    async fn start() -> Option<Provider> {
-        if !provider_available() {
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = tokio::process::Command::new("node")
-            .arg(interop_dir().join("provider.mjs"))
-            .args(["--port", &port.to_string(), "--ttl", "60"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("cannot run node");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        // A hang guard (loading oidc-provider on a loaded CI machine took over 20 s).
-        let line = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
-            .await
-            .expect("oidc-provider did not start within 90 s")
-            .unwrap()
-            .expect("oidc-provider exited before it was ready");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let issuer = line.split_whitespace().nth(1).unwrap().to_owned();
-        assert!(line.starts_with("ready "), "{line}");
-        Some(Provider {
-            _child: child,
-            issuer,
-        })
-    }
-
-    async fn count(&self, key: &str) -> u64 {
-        let body = reqwest::get(format!("{}/_test/counts", self.issuer))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        let counts: HashMap<String, u64> = serde_json::from_slice(&body).unwrap();
-        counts.get(key).copied().unwrap_or(0)
-    }
-}
-
 /// `private_key_jwt` (ES256) and the JWT-bearer grant (RS256), both signed by the
 /// KMS, accepted by the certified provider; a signature by another key is caught
 /// before it is sent: the provider never sees it.
+#[cfg(feature = "reqwest")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_provider_accepts_assertions_signed_by_the_kms() {
-    let Some(provider) = Provider::start().await else {
+    use tower_bearer::client::source::JwtBearer;
+    let Some(provider) = common::provider::Provider::start().await else {
         return;
     };
     let (kms_addr, kms) = start_kms().await;
