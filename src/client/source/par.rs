@@ -88,7 +88,9 @@ impl AuthorizationCode {
     ///
     /// The login then fails with [`Error::Configuration`] when the provider names
     /// no `pushed_authorization_request_endpoint` (the endpoint must be
-    /// [discovered](TokenEndpoint::discover)).
+    /// [discovered](TokenEndpoint::discover)), or when a `request` or `request_uri`
+    /// parameter was added with [`param`](Self::param) (RFC 9126 §2.1; the same for
+    /// a signed request object, RFC 9101 §4).
     pub fn pushed_authorization_requests(mut self) -> Self {
         self.request.push = true;
         self
@@ -303,6 +305,11 @@ impl AuthorizationCode {
             || metadata.is_some_and(|m| m.require_pushed_authorization_requests);
         #[cfg_attr(not(any(feature = "jwt", feature = "dpop")), allow(unused_mut))]
         let mut params = params;
+        if push {
+            // RFC 9126 §2.1: a pushed request never carries `request_uri`; the
+            // provider answers one.
+            refuse_reference_params(&params, "pushed (RFC 9126 §2.1)")?;
+        }
         #[cfg(feature = "dpop")]
         if let Some(key) = self.token.dpop_key() {
             // RFC 9449 §10: the code is bound to the key the tokens will be bound to.
@@ -318,6 +325,8 @@ impl AuthorizationCode {
                     .then_some(RequestSigner::ClientAssertionKey)
             });
             if let Some(signer) = sign {
+                // RFC 9101 §4: a request object has neither `request` nor `request_uri`.
+                refuse_reference_params(&params, "signed into a request object (RFC 9101 §4)")?;
                 let key = match &signer {
                     RequestSigner::Key(key) => key,
                     RequestSigner::ClientAssertionKey => match self.token.auth() {
@@ -408,6 +417,21 @@ impl AuthorizationCode {
             "authorization request pushed"
         );
         Ok(pushed)
+    }
+}
+
+/// Refuses an extra `request` or `request_uri` parameter (given with
+/// [`AuthorizationCode::param`]) in a request that is `how` itself: the provider
+/// would get two requests, or refuse the push.
+fn refuse_reference_params(params: &[(String, String)], how: &str) -> Result<(), Error> {
+    match params
+        .iter()
+        .find(|(k, _)| k == "request" || k == "request_uri")
+    {
+        Some((name, _)) => Err(Error::Configuration(format!(
+            "the authorization request is {how}: it cannot carry a {name} parameter"
+        ))),
+        None => Ok(()),
     }
 }
 
