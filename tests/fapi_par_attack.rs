@@ -587,17 +587,35 @@ async fn fapi2_refuses_a_1024_bit_rsa_key() {
 #[tokio::test]
 async fn fapi2_refuses_certificate_bound_tokens_without_a_certificate() {
     let p = provider(serde_json::json!({}), pushed_as("urn:x:")).await;
-    let endpoint = TokenEndpoint::discover(&p.issuer)
+    let base = TokenEndpoint::discover(&p.issuer)
         .await
         .unwrap()
         .client_id("fapi-client")
-        .auth_method(ClientAssertion::private_key(es256()).audience_issuer())
-        .certificate_bound_tokens();
-    let result = endpoint.authorization_code().unwrap().fapi2();
-    assert!(
-        matches!(&result, Err(Error::Configuration(m)) if m.contains("certificate")),
-        "{result:?}"
+        .auth_method(ClientAssertion::private_key(es256()).audience_issuer());
+    for endpoint in [
+        base.clone().certificate_bound_tokens(),
+        base.clone().auth_method(TokenEndpointAuth::TlsClientAuth),
+        base.clone()
+            .auth_method(TokenEndpointAuth::SelfSignedTlsClientAuth)
+            .http_client(tower_bearer::HttpClient::new()),
+    ] {
+        let result = endpoint.authorization_code().unwrap().fapi2();
+        assert!(
+            matches!(&result, Err(Error::Configuration(m)) if m.contains("client certificate")),
+            "{result:?}"
+        );
+    }
+    // A client of the caller's own (its TLS unseen) is taken on trust.
+    let opaque = tower_bearer::HttpClient::from_service(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<bytes::Bytes>>(),
     );
+    base.certificate_bound_tokens()
+        .http_client(opaque)
+        .authorization_code()
+        .unwrap()
+        .fapi2()
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------

@@ -162,6 +162,11 @@ impl AuthorizationCode {
     /// - tokens that are not sender-constrained: neither a DPoP key
     ///   ([`TokenEndpoint::dpop`]) nor mTLS (a certificate authenticating the
     ///   client, or [`TokenEndpoint::certificate_bound_tokens`]) (§5.3);
+    /// - mTLS asked for with an [`HttpClient`](crate::HttpClient) that presents no
+    ///   client certificate ([`HttpClient::new`](crate::HttpClient::new), or the
+    ///   builder without one; a client made with
+    ///   [`HttpClient::from_service`](crate::HttpClient::from_service) is taken on
+    ///   trust);
     /// - a provider that names no pushed authorization request endpoint, or whose
     ///   metadata lists PKCE methods without `S256`;
     /// - a `response_type` other than `code`, or a `code_challenge_method` other
@@ -249,6 +254,14 @@ impl AuthorizationCode {
                 "access tokens must be sender-constrained (Security Profile §5.3): give the \
                  token endpoint a DPoP key (TokenEndpoint::dpop) or use mTLS \
                  (a certificate client authentication, or TokenEndpoint::certificate_bound_tokens)",
+            );
+        }
+        if self.token.uses_mtls() && self.token.presents_certificate() == Some(false) {
+            return refuse(
+                "mTLS (tls_client_auth, self_signed_tls_client_auth or \
+                 TokenEndpoint::certificate_bound_tokens) needs an HTTP client that presents \
+                 a client certificate (HttpClient::builder().client_certificate_pem); this \
+                 one presents none, so nothing would be bound to it (Security Profile §5.3)",
             );
         }
         if par_url(&self.token).is_none() {
