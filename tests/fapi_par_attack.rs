@@ -896,3 +896,30 @@ async fn a_par_endpoint_elsewhere_gets_an_assertion_for_the_issuer() {
     let proof = jwt_claims(headers["dpop"].to_str().unwrap());
     assert_eq!(proof["htu"], format!("{}/par", other.issuer));
 }
+
+/// FAPI 2.0 §5.3.3.1: the client uses only the metadata of the provider's own
+/// document. A discovered token endpoint with an authorization endpoint given by
+/// hand (`AuthorizationCode::new`) that is not the one the metadata names is
+/// refused, as a token endpoint that was not discovered is; the metadata's own
+/// passes.
+#[tokio::test]
+async fn fapi2_refuses_an_authorization_endpoint_the_metadata_does_not_name() {
+    let p = provider(serde_json::json!({}), pushed_as("urn:x:")).await;
+    let (endpoint, _) = fapi_endpoint(&p).await;
+    for elsewhere in [
+        "http://127.0.0.1:9/authorize/",
+        "http://127.0.0.1:9/authorize?prompt=none",
+        "http://127.0.0.1:10/authorize",
+    ] {
+        let login = AuthorizationCode::new(endpoint.clone(), elsewhere).unwrap();
+        let result = login.fapi2();
+        assert!(
+            matches!(&result, Err(Error::Configuration(m)) if m.contains("authorization_endpoint")),
+            "{elsewhere}: {result:?}"
+        );
+    }
+    AuthorizationCode::new(endpoint, "http://127.0.0.1:9/authorize")
+        .unwrap()
+        .fapi2()
+        .unwrap();
+}
