@@ -151,7 +151,9 @@ impl AuthorizationCode {
     /// Refused with [`Error::Configuration`] naming the rule, now and again when the
     /// login starts (so that a setting changed after this call is caught too):
     /// - a token endpoint that was not [discovered](TokenEndpoint::discover) (the
-    ///   issuer is what `iss` and the request object's `aud` are checked against);
+    ///   issuer is what `iss` and the request object's `aud` are checked against),
+    ///   or an authorization endpoint other than the one its metadata names (given
+    ///   to [`AuthorizationCode::new`] by hand);
     /// - client authentication other than `private_key_jwt` or mTLS
     ///   (`tls_client_auth`, `self_signed_tls_client_auth`) (§5.3);
     /// - `private_key_jwt` assertions whose `aud` is not the issuer alone
@@ -216,6 +218,13 @@ impl AuthorizationCode {
                  checks the redirect's iss (RFC 9207) and is the request object's audience",
             );
         };
+        if metadata.authorization_endpoint.as_deref() != Some(self.authorize.as_str()) {
+            return refuse(
+                "the authorization endpoint must be the one the provider's metadata names \
+                 (authorization_endpoint; Security Profile §5.3.3.1: metadata only from the \
+                 provider's document): use TokenEndpoint::authorization_code",
+            );
+        }
         match self.token.auth() {
             TokenEndpointAuth::TlsClientAuth | TokenEndpointAuth::SelfSignedTlsClientAuth => {}
             #[cfg(feature = "jwt")]
