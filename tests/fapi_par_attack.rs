@@ -923,3 +923,37 @@ async fn fapi2_refuses_an_authorization_endpoint_the_metadata_does_not_name() {
         .fapi2()
         .unwrap();
 }
+
+/// A PAR answer naming `request_uri` twice (JSON with duplicate members: which one
+/// counts depends on the reader) is refused, or at most one of them reaches the
+/// browser, alone.
+#[tokio::test]
+async fn a_pushed_answer_with_two_request_uris() {
+    let p = provider(
+        serde_json::json!({}),
+        Arc::new(|_| {
+            (
+                StatusCode::CREATED,
+                [("content-type", "application/json")],
+                r#"{"request_uri":"urn:x:a","expires_in":60,"request_uri":"urn:x:b"}"#,
+            )
+                .into_response()
+        }),
+    )
+    .await;
+    match start(plain_pushed(&p).await).await {
+        Start::Ended(result) => assert!(
+            matches!(
+                &result,
+                Err(Error::InvalidResponse(Endpoint::PushedAuthorization, _))
+            ),
+            "{result:?}"
+        ),
+        Start::Shown(running, url) => {
+            running.abort();
+            let query = query_of(&url);
+            assert_eq!(count(&query, "request_uri"), 1, "{url}");
+            assert_eq!(query.len(), 2, "{url}");
+        }
+    }
+}
