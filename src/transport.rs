@@ -29,6 +29,9 @@ pub struct HttpClient {
     inner: Inner,
     timeout: Duration,
     max_body: usize,
+    /// Whether it presents a TLS client certificate: known for the clients this
+    /// crate builds, `None` for a service of the caller's ([`HttpClient::from_service`]).
+    client_certificate: Option<bool>,
 }
 
 impl fmt::Debug for HttpClient {
@@ -67,10 +70,10 @@ impl HttpClient {
             .build();
         #[cfg(not(feature = "rustls"))]
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        Self::with_connector(connector)
+        Self::with_connector(connector, false)
     }
 
-    fn with_connector<C>(connector: C) -> Self
+    fn with_connector<C>(connector: C, client_certificate: bool) -> Self
     where
         C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
     {
@@ -80,7 +83,10 @@ impl HttpClient {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self::from_service(client)
+        HttpClient {
+            client_certificate: Some(client_certificate),
+            ..Self::from_service(client)
+        }
     }
 
     /// A client with TLS settings of its own: a client certificate for the token
@@ -124,7 +130,15 @@ impl HttpClient {
             inner: BoxCloneSyncService::new(inner),
             timeout: DEFAULT_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
+            client_certificate: None,
         }
+    }
+
+    /// Whether this client presents a TLS client certificate: `Some` for the
+    /// clients this crate builds ([`HttpClient::new`]: no; the builder: when one was
+    /// given), `None` (not known) for [`HttpClient::from_service`].
+    pub(crate) fn presents_certificate(&self) -> Option<bool> {
+        self.client_certificate
     }
 
     /// The time allowed for one whole exchange, body included. Default 30 s.
@@ -343,6 +357,7 @@ impl HttpClientBuilder {
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Configuration(format!("TLS configuration: {e}")))?
             .with_root_certificates(roots);
+        let client_certificate = self.identity.is_some();
         let config = match self.identity {
             Some((chain, key)) => config
                 .with_client_auth_cert(chain, key)
@@ -354,7 +369,7 @@ impl HttpClientBuilder {
             .https_or_http()
             .enable_http1()
             .build();
-        Ok(HttpClient::with_connector(connector))
+        Ok(HttpClient::with_connector(connector, client_certificate))
     }
 }
 

@@ -166,6 +166,16 @@ fn token_answer(headers: &HeaderMap) -> Response {
         .into_response()
 }
 
+/// An HTTP client whose TLS the crate cannot see (as one of the caller's with its
+/// own client certificate): `fapi2()` takes its mTLS on trust. The default
+/// `HttpClient` presents no certificate, and `fapi2()` refuses mTLS with it.
+fn opaque_http() -> tower_bearer::HttpClient {
+    tower_bearer::HttpClient::from_service(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Full<bytes::Bytes>>(),
+    )
+}
+
 fn key(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
@@ -562,7 +572,8 @@ async fn mtls_clients_use_the_endpoint_aliases() {
     );
     let tls = plain
         .clone()
-        .auth_method(TokenEndpointAuth::SelfSignedTlsClientAuth);
+        .auth_method(TokenEndpointAuth::SelfSignedTlsClientAuth)
+        .http_client(opaque_http());
     assert_eq!(tls.url().to_string(), format!("{}/mtls/token", p.issuer));
     assert_eq!(
         tls.revocation().unwrap().url().to_string(),
@@ -767,6 +778,7 @@ async fn fapi2_refuses_tokens_that_are_not_sender_constrained() {
     discovered(&p)
         .await
         .certificate_bound_tokens()
+        .http_client(opaque_http())
         .authorization_code()
         .unwrap()
         .fapi2()
@@ -774,6 +786,7 @@ async fn fapi2_refuses_tokens_that_are_not_sender_constrained() {
     discovered(&p)
         .await
         .auth_method(TokenEndpointAuth::TlsClientAuth)
+        .http_client(opaque_http())
         .authorization_code()
         .unwrap()
         .fapi2()

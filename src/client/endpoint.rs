@@ -196,6 +196,12 @@ impl TokenEndpoint {
         self.certificate_bound || self.auth.is_tls()
     }
 
+    /// Whether the HTTP client presents a TLS client certificate (`None`: not known,
+    /// a service of the caller's).
+    pub(crate) fn presents_certificate(&self) -> Option<bool> {
+        self.http.presents_certificate()
+    }
+
     /// The mTLS alias (RFC 8705 §5) the discovered metadata names for one endpoint,
     /// when this client presents a certificate.
     pub(crate) fn mtls_alias(

@@ -88,7 +88,9 @@ impl AuthorizationCode {
     ///
     /// The login then fails with [`Error::Configuration`] when the provider names
     /// no `pushed_authorization_request_endpoint` (the endpoint must be
-    /// [discovered](TokenEndpoint::discover)).
+    /// [discovered](TokenEndpoint::discover)), or when a `request` or `request_uri`
+    /// parameter was added with [`param`](Self::param) (RFC 9126 §2.1; the same for
+    /// a signed request object, RFC 9101 §4).
     pub fn pushed_authorization_requests(mut self) -> Self {
         self.request.push = true;
         self
@@ -149,7 +151,9 @@ impl AuthorizationCode {
     /// Refused with [`Error::Configuration`] naming the rule, now and again when the
     /// login starts (so that a setting changed after this call is caught too):
     /// - a token endpoint that was not [discovered](TokenEndpoint::discover) (the
-    ///   issuer is what `iss` and the request object's `aud` are checked against);
+    ///   issuer is what `iss` and the request object's `aud` are checked against),
+    ///   or an authorization endpoint other than the one its metadata names (given
+    ///   to [`AuthorizationCode::new`] by hand);
     /// - client authentication other than `private_key_jwt` or mTLS
     ///   (`tls_client_auth`, `self_signed_tls_client_auth`) (§5.3);
     /// - `private_key_jwt` assertions whose `aud` is not the issuer alone
@@ -160,6 +164,11 @@ impl AuthorizationCode {
     /// - tokens that are not sender-constrained: neither a DPoP key
     ///   ([`TokenEndpoint::dpop`]) nor mTLS (a certificate authenticating the
     ///   client, or [`TokenEndpoint::certificate_bound_tokens`]) (§5.3);
+    /// - mTLS asked for with an [`HttpClient`](crate::HttpClient) that presents no
+    ///   client certificate ([`HttpClient::new`](crate::HttpClient::new), or the
+    ///   builder without one; a client made with
+    ///   [`HttpClient::from_service`](crate::HttpClient::from_service) is taken on
+    ///   trust);
     /// - a provider that names no pushed authorization request endpoint, or whose
     ///   metadata lists PKCE methods without `S256`;
     /// - a `response_type` other than `code`, or a `code_challenge_method` other
@@ -209,6 +218,13 @@ impl AuthorizationCode {
                  checks the redirect's iss (RFC 9207) and is the request object's audience",
             );
         };
+        if metadata.authorization_endpoint.as_deref() != Some(self.authorize.as_str()) {
+            return refuse(
+                "the authorization endpoint must be the one the provider's metadata names \
+                 (authorization_endpoint; Security Profile §5.3.3.1: metadata only from the \
+                 provider's document): use TokenEndpoint::authorization_code",
+            );
+        }
         match self.token.auth() {
             TokenEndpointAuth::TlsClientAuth | TokenEndpointAuth::SelfSignedTlsClientAuth => {}
             #[cfg(feature = "jwt")]
@@ -247,6 +263,14 @@ impl AuthorizationCode {
                 "access tokens must be sender-constrained (Security Profile §5.3): give the \
                  token endpoint a DPoP key (TokenEndpoint::dpop) or use mTLS \
                  (a certificate client authentication, or TokenEndpoint::certificate_bound_tokens)",
+            );
+        }
+        if self.token.uses_mtls() && self.token.presents_certificate() == Some(false) {
+            return refuse(
+                "mTLS (tls_client_auth, self_signed_tls_client_auth or \
+                 TokenEndpoint::certificate_bound_tokens) needs an HTTP client that presents \
+                 a client certificate (HttpClient::builder().client_certificate_pem); this \
+                 one presents none, so nothing would be bound to it (Security Profile §5.3)",
             );
         }
         if par_url(&self.token).is_none() {
@@ -303,6 +327,11 @@ impl AuthorizationCode {
             || metadata.is_some_and(|m| m.require_pushed_authorization_requests);
         #[cfg_attr(not(any(feature = "jwt", feature = "dpop")), allow(unused_mut))]
         let mut params = params;
+        if push {
+            // RFC 9126 §2.1: a pushed request never carries `request_uri`; the
+            // provider answers one.
+            refuse_reference_params(&params, "pushed (RFC 9126 §2.1)")?;
+        }
         #[cfg(feature = "dpop")]
         if let Some(key) = self.token.dpop_key() {
             // RFC 9449 §10: the code is bound to the key the tokens will be bound to.
@@ -318,6 +347,8 @@ impl AuthorizationCode {
                     .then_some(RequestSigner::ClientAssertionKey)
             });
             if let Some(signer) = sign {
+                // RFC 9101 §4: a request object has neither `request` nor `request_uri`.
+                refuse_reference_params(&params, "signed into a request object (RFC 9101 §4)")?;
                 let key = match &signer {
                     RequestSigner::Key(key) => key,
                     RequestSigner::ClientAssertionKey => match self.token.auth() {
@@ -404,6 +435,21 @@ impl AuthorizationCode {
             "authorization request pushed"
         );
         Ok(pushed)
+    }
+}
+
+/// Refuses an extra `request` or `request_uri` parameter (given with
+/// [`AuthorizationCode::param`]) in a request that is `how` itself: the provider
+/// would get two requests, or refuse the push.
+fn refuse_reference_params(params: &[(String, String)], how: &str) -> Result<(), Error> {
+    match params
+        .iter()
+        .find(|(k, _)| k == "request" || k == "request_uri")
+    {
+        Some((name, _)) => Err(Error::Configuration(format!(
+            "the authorization request is {how}: it cannot carry a {name} parameter"
+        ))),
+        None => Ok(()),
     }
 }
 
