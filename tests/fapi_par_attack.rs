@@ -771,8 +771,9 @@ async fn a_dpop_nonce_on_the_push_is_retried_once() {
 /// A PAR endpoint that refuses the push and echoes the client assertion in its
 /// `error_description`: the assertion (a credential the provider accepts until it
 /// expires, at its PAR and token endpoints) is never repeated whole in the error's
-/// text or Debug: the description is cut at 256 characters, shorter than any
-/// assertion, so its signature never gets through.
+/// text or Debug, nor any part of it: JWT-shaped words of a provider's text are
+/// redacted (before, only the 256-character cut kept the signature out, and the
+/// header and claims were repeated).
 #[tokio::test]
 async fn a_par_endpoint_echoing_the_client_assertion_is_not_repeated_whole() {
     let sent = Arc::new(Mutex::new(String::new()));
@@ -823,6 +824,13 @@ async fn a_par_endpoint_echoing_the_client_assertion_is_not_repeated_whole() {
         !text.contains(signature),
         "its signature is repeated: {text}"
     );
+    // Nor any part of it: a JWT-shaped word in a provider's text is redacted.
+    let payload = assertion.split('.').nth(1).unwrap();
+    assert!(
+        !text.contains(&payload[..16]),
+        "its claims are repeated: {text}"
+    );
+    assert!(text.contains("[redacted]"), "{text}");
 }
 
 /// `Debug` of a login with a request object key and of its endpoint with a secret

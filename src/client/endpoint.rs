@@ -639,7 +639,7 @@ const SECRET_FIELDS: &[&str] = &[
 /// text cut short (ending in `…`) may end in the first part of a secret: that part
 /// is replaced too.
 fn redact(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_owned();
+    let mut text = redact_jwts(text);
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         if text.contains(secret) {
             text = text.replace(secret, "[redacted]");
@@ -655,6 +655,46 @@ fn redact(text: &str, secrets: &[String]) -> String {
         }
     }
     text
+}
+
+/// `text` with every JWT-shaped word (three base64url parts, the first two of 10
+/// characters or more) replaced: a provider echoing a client assertion, a subject
+/// token or a request object it got (made inside the request, so not among the
+/// secrets the caller knows) never has it repeated.
+fn redact_jwts(text: &str) -> String {
+    let b64 = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let is_jwt = |word: &str| {
+        let mut parts = word.split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(p), Some(s), None) => {
+                h.len() >= 10 && p.len() >= 10 && b64(h) && b64(p) && b64(s)
+            }
+            _ => false,
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if is_jwt(word) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// Checks resource indicators (RFC 8707 §2): each "MUST be an absolute URI, as
@@ -985,6 +1025,24 @@ mod tests {
         )
         .unwrap();
         assert!(t.expires_at().is_none() || !t.is_expired());
+    }
+
+    #[test]
+    fn a_jwt_echoed_in_a_description_is_redacted() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJjbGkiLCJqdGkiOiIxIn0.c2lnbmF0dXJl";
+        let text = format!("client_assertion \"{jwt}\" was already used; see a.b.c or v1.2.3");
+        let clean = redact(&text, &[]);
+        assert!(!clean.contains("c2lnbmF0dXJl"), "{clean}");
+        assert!(!clean.contains("eyJpc3Mi"), "{clean}");
+        assert_eq!(
+            clean,
+            "client_assertion \"[redacted]\" was already used; see a.b.c or v1.2.3"
+        );
+        // Cut short after the payload: header.payload stays (no signature, no credential).
+        assert_eq!(
+            redact("x eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJjbGki", &[]),
+            "x eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJjbGki"
+        );
     }
 
     #[test]
