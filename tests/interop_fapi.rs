@@ -117,18 +117,30 @@ async fn fapi2_login_pushed_signed_dpop_bound_refreshed_revoked() {
         "{metadata:?}"
     );
     assert!(metadata.pushed_authorization_request_endpoint.is_some());
+    // The OpenID relying party too: the nonce travels inside the pushed, signed
+    // request, and the ID token must come back with it.
+    let id_tokens = endpoint.id_token_validator().unwrap().build().unwrap();
     let login = endpoint
         .authorization_code()
         .unwrap()
         .scope("openid offline_access read")
         .resource(JWT_API)
         .signed_request_object()
+        .id_token_validator(id_tokens.clone())
         .fapi2()
         .unwrap();
 
     let (token, url, (status, page)) = browser_login(&provider, login.clone()).await;
     let token = token.unwrap();
     assert_eq!(status, 200, "{page}");
+    let who = id_tokens
+        .validate(
+            token.expose_id_token().expect("no ID token"),
+            &tower_bearer::client::ExpectedIdToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(who.sub, "alice");
     let query: Vec<(String, String)> =
         serde_urlencoded::from_str(url.split_once('?').unwrap().1).unwrap();
     let names: Vec<&str> = query.iter().map(|(k, _)| k.as_str()).collect();
