@@ -8,12 +8,14 @@
 //! remote, an enum, never a `dyn Signer` on the local path.
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{json, Value};
@@ -39,7 +41,8 @@ pub const DEFAULT_SIGNER_DEADLINE: Duration = Duration::from_secs(5);
 /// The call is bounded by a deadline ([`DEFAULT_SIGNER_DEADLINE`], or the one given
 /// to `from_signer_with_deadline`): past it the signature fails with
 /// [`Error::SignerTimeout`] and the signer's future is dropped. No lock of the crate
-/// is held while it runs; any number of signatures may be in flight at once.
+/// is held while it runs; any number of signatures may be in flight at once. A panic
+/// in `sign` or its future is caught: that signature fails with [`Error::Signer`].
 ///
 /// ```
 /// use futures_util::future::BoxFuture;
@@ -177,9 +180,13 @@ impl RemoteKey {
     /// [`Error::Signer`] for a signature of the wrong length or one the public key
     /// does not verify. No byte of the signer's answer is quoted.
     pub(crate) async fn sign_b64(&self, message: &[u8]) -> Result<String, Error> {
-        let signature = tokio::time::timeout(self.deadline, self.signer.sign(message))
+        // A panic in the signer (in `sign` or in its future) is the signer's bug: an
+        // error of this signature, not an unwinding through the caller's request.
+        let signing = AssertUnwindSafe(async { self.signer.sign(message).await }).catch_unwind();
+        let signature = tokio::time::timeout(self.deadline, signing)
             .await
-            .map_err(|_| Error::SignerTimeout(self.deadline))??;
+            .map_err(|_| Error::SignerTimeout(self.deadline))?
+            .map_err(|_| Error::Signer("the signer panicked".into()))??;
         if signature.len() != self.signature_len {
             return Err(Error::Signer(format!(
                 "the signer answered {} bytes, not the {} of a {:?} signature",
