@@ -120,7 +120,8 @@ pub(crate) mod keys {
         ed25519_from_pkcs8, p256_from_pkcs8, p256_generate, rsa_from_pkcs8,
     };
     pub(crate) use super::backend::keys::{
-        ed25519_from_seed, p256_from_scalar, p384_from_scalar, rsa_from_components,
+        ec_point_on_curve, ed25519_from_seed, p256_from_scalar, p384_from_scalar,
+        rsa_from_components,
     };
 }
 

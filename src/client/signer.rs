@@ -239,7 +239,7 @@ fn public_members(alg: Algorithm, jwk: &Value) -> Result<(Value, usize), Error> 
                 Error::Configuration(format!("the signer's public JWK's {name} is not base64url"))
             })
     };
-    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+    if ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
         .iter()
         .any(|m| jwk.get(m).is_some())
     {
@@ -257,7 +257,11 @@ fn public_members(alg: Algorithm, jwk: &Value) -> Result<(Value, usize), Error> 
         if kty != "EC" || text("crv")? != crv {
             return Err(wrong());
         }
-        if bytes("x")?.len() != size || bytes("y")?.len() != size {
+        let (x, y) = (bytes("x")?, bytes("y")?);
+        if x.len() != size
+            || y.len() != size
+            || !crate::crypto::keys::ec_point_on_curve(size == 48, &x, &y)
+        {
             return Err(Error::Configuration(format!(
                 "the signer's public JWK is not a {crv} point"
             )));
