@@ -642,3 +642,42 @@ async fn debug_of_remote_keys_shows_nothing_of_the_signer() {
         assert!(!shown.contains("PRIVATE"), "{shown}");
     }
 }
+
+fn rsa_public() -> Value {
+    let kms = Kms::rsa(Algorithm::RS256, Algorithm::RS256);
+    Signer::public_jwk(&kms.key).clone()
+}
+
+fn rsa_with_jwk(jwk: Value) -> Kms {
+    let mut kms = Kms::rsa(Algorithm::RS256, Algorithm::RS256);
+    kms.jwk_override = Some(jwk);
+    kms
+}
+
+/// An RSA JWK the verifier cannot use: an exponent of 1 (or even, or with a leading
+/// zero), or a modulus with a leading zero byte (RFC 7518 §2 "Base64urlUInt": the
+/// shortest form; Java's `BigInteger.toByteArray` adds one). Both were taken when
+/// the key was made, and then every signature failed with "does not verify"; the
+/// modulus with its zero was also a thumbprint no other party computes. Refused
+/// when the key is made, with a message that says why.
+#[tokio::test]
+async fn an_unusable_rsa_jwk_is_refused_when_the_key_is_made() {
+    for e in ["AQ", "Ag", "AAEAAQ"] {
+        let mut jwk = rsa_public();
+        jwk["e"] = e.into();
+        let r = DpopKey::from_signer(rsa_with_jwk(jwk.clone()));
+        assert!(matches!(r, Err(Error::Configuration(_))), "e {e}: {r:?}");
+        let r = AssertionKey::from_signer(rsa_with_jwk(jwk));
+        assert!(matches!(r, Err(Error::Configuration(_))), "e {e}: {r:?}");
+    }
+    let mut zero = rsa_public();
+    let n = URL_SAFE_NO_PAD.decode(zero["n"].as_str().unwrap()).unwrap();
+    zero["n"] = URL_SAFE_NO_PAD.encode([&[0u8][..], &n].concat()).into();
+    match DpopKey::from_signer(rsa_with_jwk(zero)) {
+        Err(Error::Configuration(e)) => assert!(e.contains("leading zero"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // The JWK as it should be still works.
+    let key = DpopKey::from_signer(rsa_with_jwk(rsa_public())).unwrap();
+    verify(proof(&key).await.unwrap(), &[Algorithm::RS256]).unwrap();
+}
