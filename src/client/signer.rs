@@ -297,17 +297,36 @@ fn public_members(alg: Algorithm, jwk: &Value) -> Result<(Value, usize), Error> 
             if kty != "RSA" {
                 return Err(wrong());
             }
+            // Base64urlUInt (RFC 7518 §2): the shortest form, no leading zero byte;
+            // a verifier refuses the key otherwise, and the thumbprint would be one
+            // no other party computes.
             let n = bytes("n")?;
-            let modulus = &n[n.iter().take_while(|b| **b == 0).count()..];
-            if modulus.len() < 256 {
+            if n.first() == Some(&0) {
+                return Err(Error::Configuration(
+                    "the signer's RSA modulus n has a leading zero byte (RFC 7518 §2)".into(),
+                ));
+            }
+            if n.len() < 256 {
                 return Err(Error::Configuration(
                     "the signer's RSA key is under 2048 bits".into(),
                 ));
             }
-            bytes("e")?;
+            let e = bytes("e")?;
+            // RFC 8017 §3.1: an odd exponent of 3 or more.
+            let usable = match e.as_slice() {
+                [] | [0, ..] => false,
+                [only] => *only >= 3 && only % 2 == 1,
+                [.., last] => last % 2 == 1,
+            };
+            if !usable {
+                return Err(Error::Configuration(
+                    "the signer's RSA exponent e is not an odd number of 3 or more in its shortest form"
+                        .into(),
+                ));
+            }
             Ok((
                 json!({ "e": text("e")?, "kty": "RSA", "n": text("n")? }),
-                modulus.len(),
+                n.len(),
             ))
         }
         _ => Err(Error::Configuration(format!(
