@@ -43,6 +43,12 @@ pub const DEFAULT_SIGNER_DEADLINE: Duration = Duration::from_secs(5);
 /// [`Error::SignerTimeout`] and the signer's future is dropped. No lock of the crate
 /// is held while it runs; any number of signatures may be in flight at once. A panic
 /// in `sign` or its future is caught: that signature fails with [`Error::Signer`].
+/// The future must not block its thread: a synchronous HSM or PKCS#11 call goes
+/// through `tokio::task::spawn_blocking` (a blocked thread is beyond any deadline).
+///
+/// The public JWK is read once, when the key is made (DPoP-bound tokens carry its
+/// thumbprint): after the KMS rotates the key, signatures by the new one fail with
+/// [`Error::Signer`]; make the key again (and get new tokens) to use the new one.
 ///
 /// ```
 /// use futures_util::future::BoxFuture;
