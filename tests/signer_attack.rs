@@ -10,6 +10,7 @@
 //! `jsonwebtoken` with the public key.
 #![cfg(feature = "dpop")]
 
+use std::future::Future as _;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -680,4 +681,83 @@ async fn an_unusable_rsa_jwk_is_refused_when_the_key_is_made() {
     // The JWK as it should be still works.
     let key = DpopKey::from_signer(rsa_with_jwk(rsa_public())).unwrap();
     verify(proof(&key).await.unwrap(), &[Algorithm::RS256]).unwrap();
+}
+
+/// A PS256 signer answering through `openssl` (a real process): a signature with the
+/// salt as long as the digest (RFC 7518 §3.5) passes; one with the longest salt (an
+/// HSM's or OpenSSL's default elsewhere) is caught before it is sent, where a peer
+/// holding to RFC 7518 would refuse it.
+struct OpensslPss {
+    salt: &'static str,
+    jwk: Value,
+}
+
+impl Signer for OpensslPss {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::PS256
+    }
+    fn public_jwk(&self) -> &Value {
+        &self.jwk
+    }
+    fn sign<'a>(&'a self, message: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
+        let message = message.to_vec();
+        let salt = self.salt;
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write as _;
+                let key = format!("{}/tests/keys/rsa.key", env!("CARGO_MANIFEST_DIR"));
+                let mut child = std::process::Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign", &key])
+                    .args(["-sigopt", "rsa_padding_mode:pss"])
+                    .args(["-sigopt", &format!("rsa_pss_saltlen:{salt}")])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|_| Error::Signer("no openssl".into()))?;
+                child.stdin.take().unwrap().write_all(&message).unwrap();
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success());
+                Ok(out.stdout)
+            })
+            .await
+            .unwrap()
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_pss_signature_with_a_salt_other_than_the_digests_is_refused() {
+    let digest = DpopKey::from_signer(OpensslPss {
+        salt: "digest",
+        jwk: rsa_public(),
+    })
+    .unwrap();
+    verify(proof(&digest).await.unwrap(), &[Algorithm::PS256]).unwrap();
+    let max = DpopKey::from_signer(OpensslPss {
+        salt: "max",
+        jwk: rsa_public(),
+    })
+    .unwrap();
+    let r = proof(&max).await;
+    assert!(is_signer_error(&r), "{r:?}");
+}
+
+/// Outside a Tokio runtime (another executor driving `proof_async`), a remote
+/// proof is made, not a panic from the deadline's timer: the crate's other waits do
+/// the same (the refresh wait limit applies only inside a runtime). The signer here
+/// answers at once; the future is polled once by hand.
+#[test]
+fn a_remote_proof_outside_a_tokio_runtime_is_made_not_a_panic() {
+    let key = DpopKey::from_signer(Kms::es256()).unwrap();
+    let uri = url();
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut future = std::pin::pin!(key.proof_async(&Method::GET, &uri, Some("t")));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => r.map_err(|e| e.to_string()),
+            std::task::Poll::Pending => Err("pending".into()),
+        }
+    }));
+    let proof = made.expect("no panic outside a runtime").expect("a proof");
+    verify(proof, &[Algorithm::ES256]).unwrap();
 }
