@@ -39,7 +39,8 @@ pub const DEFAULT_SIGNER_DEADLINE: Duration = Duration::from_secs(5);
 /// signature is an [`Error::Signer`], never sent.
 ///
 /// The call is bounded by a deadline ([`DEFAULT_SIGNER_DEADLINE`], or the one given
-/// to `from_signer_with_deadline`): past it the signature fails with
+/// to `from_signer_with_deadline`; inside a Tokio runtime, whose timer it needs,
+/// and unbounded under another executor): past it the signature fails with
 /// [`Error::SignerTimeout`] and the signer's future is dropped. No lock of the crate
 /// is held while it runs; any number of signatures may be in flight at once. A panic
 /// in `sign` or its future is caught: that signature fails with [`Error::Signer`].
@@ -189,10 +190,16 @@ impl RemoteKey {
         // A panic in the signer (in `sign` or in its future) is the signer's bug: an
         // error of this signature, not an unwinding through the caller's request.
         let signing = AssertUnwindSafe(async { self.signer.sign(message).await }).catch_unwind();
-        let signature = tokio::time::timeout(self.deadline, signing)
-            .await
-            .map_err(|_| Error::SignerTimeout(self.deadline))?
-            .map_err(|_| Error::Signer("the signer panicked".into()))??;
+        // The deadline needs Tokio's timer; another executor (no runtime here) awaits
+        // the signer unbounded rather than panic, as the crate's other waits do.
+        let signed = if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::time::timeout(self.deadline, signing)
+                .await
+                .map_err(|_| Error::SignerTimeout(self.deadline))?
+        } else {
+            signing.await
+        };
+        let signature = signed.map_err(|_| Error::Signer("the signer panicked".into()))??;
         if signature.len() != self.signature_len {
             return Err(Error::Signer(format!(
                 "the signer answered {} bytes, not the {} of a {:?} signature",
