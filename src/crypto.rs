@@ -117,12 +117,13 @@ pub(crate) struct RsaComponents {
 /// `None` (or an error) for anything else.
 #[cfg(feature = "jwt")]
 pub(crate) mod keys {
+    pub(crate) use super::backend::keys::{
+        ec_point_on_curve, ed25519_from_seed, p256_from_scalar, p384_from_scalar,
+        rsa_from_components,
+    };
     #[cfg(feature = "dpop")]
     pub(crate) use super::backend::keys::{
         ed25519_from_pkcs8, p256_from_pkcs8, p256_generate, rsa_from_pkcs8,
-    };
-    pub(crate) use super::backend::keys::{
-        ed25519_from_seed, p256_from_scalar, p384_from_scalar, rsa_from_components,
     };
 }
 

@@ -8,12 +8,14 @@
 //! remote, an enum, never a `dyn Signer` on the local path.
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{json, Value};
@@ -37,9 +39,17 @@ pub const DEFAULT_SIGNER_DEADLINE: Duration = Duration::from_secs(5);
 /// signature is an [`Error::Signer`], never sent.
 ///
 /// The call is bounded by a deadline ([`DEFAULT_SIGNER_DEADLINE`], or the one given
-/// to `from_signer_with_deadline`): past it the signature fails with
+/// to `from_signer_with_deadline`; inside a Tokio runtime, whose timer it needs,
+/// and unbounded under another executor): past it the signature fails with
 /// [`Error::SignerTimeout`] and the signer's future is dropped. No lock of the crate
-/// is held while it runs; any number of signatures may be in flight at once.
+/// is held while it runs; any number of signatures may be in flight at once. A panic
+/// in `sign` or its future is caught: that signature fails with [`Error::Signer`].
+/// The future must not block its thread: a synchronous HSM or PKCS#11 call goes
+/// through `tokio::task::spawn_blocking` (a blocked thread is beyond any deadline).
+///
+/// The public JWK is read once, when the key is made (DPoP-bound tokens carry its
+/// thumbprint): after the KMS rotates the key, signatures by the new one fail with
+/// [`Error::Signer`]; make the key again (and get new tokens) to use the new one.
 ///
 /// ```
 /// use futures_util::future::BoxFuture;
@@ -177,9 +187,19 @@ impl RemoteKey {
     /// [`Error::Signer`] for a signature of the wrong length or one the public key
     /// does not verify. No byte of the signer's answer is quoted.
     pub(crate) async fn sign_b64(&self, message: &[u8]) -> Result<String, Error> {
-        let signature = tokio::time::timeout(self.deadline, self.signer.sign(message))
-            .await
-            .map_err(|_| Error::SignerTimeout(self.deadline))??;
+        // A panic in the signer (in `sign` or in its future) is the signer's bug: an
+        // error of this signature, not an unwinding through the caller's request.
+        let signing = AssertUnwindSafe(async { self.signer.sign(message).await }).catch_unwind();
+        // The deadline needs Tokio's timer; another executor (no runtime here) awaits
+        // the signer unbounded rather than panic, as the crate's other waits do.
+        let signed = if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::time::timeout(self.deadline, signing)
+                .await
+                .map_err(|_| Error::SignerTimeout(self.deadline))?
+        } else {
+            signing.await
+        };
+        let signature = signed.map_err(|_| Error::Signer("the signer panicked".into()))??;
         if signature.len() != self.signature_len {
             return Err(Error::Signer(format!(
                 "the signer answered {} bytes, not the {} of a {:?} signature",
@@ -232,7 +252,7 @@ fn public_members(alg: Algorithm, jwk: &Value) -> Result<(Value, usize), Error> 
                 Error::Configuration(format!("the signer's public JWK's {name} is not base64url"))
             })
     };
-    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+    if ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
         .iter()
         .any(|m| jwk.get(m).is_some())
     {
@@ -250,7 +270,11 @@ fn public_members(alg: Algorithm, jwk: &Value) -> Result<(Value, usize), Error> 
         if kty != "EC" || text("crv")? != crv {
             return Err(wrong());
         }
-        if bytes("x")?.len() != size || bytes("y")?.len() != size {
+        let (x, y) = (bytes("x")?, bytes("y")?);
+        if x.len() != size
+            || y.len() != size
+            || !crate::crypto::keys::ec_point_on_curve(size == 48, &x, &y)
+        {
             return Err(Error::Configuration(format!(
                 "the signer's public JWK is not a {crv} point"
             )));
@@ -286,17 +310,36 @@ fn public_members(alg: Algorithm, jwk: &Value) -> Result<(Value, usize), Error> 
             if kty != "RSA" {
                 return Err(wrong());
             }
+            // Base64urlUInt (RFC 7518 §2): the shortest form, no leading zero byte;
+            // a verifier refuses the key otherwise, and the thumbprint would be one
+            // no other party computes.
             let n = bytes("n")?;
-            let modulus = &n[n.iter().take_while(|b| **b == 0).count()..];
-            if modulus.len() < 256 {
+            if n.first() == Some(&0) {
+                return Err(Error::Configuration(
+                    "the signer's RSA modulus n has a leading zero byte (RFC 7518 §2)".into(),
+                ));
+            }
+            if n.len() < 256 {
                 return Err(Error::Configuration(
                     "the signer's RSA key is under 2048 bits".into(),
                 ));
             }
-            bytes("e")?;
+            let e = bytes("e")?;
+            // RFC 8017 §3.1: an odd exponent of 3 or more.
+            let usable = match e.as_slice() {
+                [] | [0, ..] => false,
+                [only] => *only >= 3 && only % 2 == 1,
+                [.., last] => last % 2 == 1,
+            };
+            if !usable {
+                return Err(Error::Configuration(
+                    "the signer's RSA exponent e is not an odd number of 3 or more in its shortest form"
+                        .into(),
+                ));
+            }
             Ok((
                 json!({ "e": text("e")?, "kty": "RSA", "n": text("n")? }),
-                modulus.len(),
+                n.len(),
             ))
         }
         _ => Err(Error::Configuration(format!(

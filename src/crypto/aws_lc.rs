@@ -124,6 +124,21 @@ pub(crate) mod keys {
 
     use super::super::{PrivateKey, PublicKey, RsaComponents};
 
+    /// Whether (`x`, `y`), big-endian, is a point of P-256 (P-384 when `p384`): a
+    /// remote signer's public JWK is checked with it when it is given.
+    pub(crate) fn ec_point_on_curve(p384: bool, x: &[u8], y: &[u8]) -> bool {
+        use aws_lc_rs::signature::{
+            ParsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED,
+        };
+        let point = [&[0x04][..], x, y].concat();
+        let alg = if p384 {
+            &ECDSA_P384_SHA384_FIXED
+        } else {
+            &ECDSA_P256_SHA256_FIXED
+        };
+        ParsedPublicKey::new(alg, point).is_ok()
+    }
+
     fn zeroizing(der: impl AsRef<[u8]>) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(der.as_ref().to_vec())
     }

@@ -125,6 +125,17 @@ pub(crate) mod keys {
 
     use super::super::{PrivateKey, PublicKey, RsaComponents};
 
+    /// Whether (`x`, `y`), big-endian, is a point of P-256 (P-384 when `p384`): a
+    /// remote signer's public JWK is checked with it when it is given.
+    pub(crate) fn ec_point_on_curve(p384: bool, x: &[u8], y: &[u8]) -> bool {
+        let point = [&[0x04][..], x, y].concat();
+        if p384 {
+            p384::PublicKey::from_sec1_bytes(&point).is_ok()
+        } else {
+            p256::PublicKey::from_sec1_bytes(&point).is_ok()
+        }
+    }
+
     fn p256(secret: &p256::SecretKey) -> Option<PrivateKey> {
         let pkcs8 = Zeroizing::new(secret.to_pkcs8_der().ok()?.as_bytes().to_vec());
         let point = secret.public_key().to_encoded_point(false);
