@@ -463,9 +463,13 @@ async fn a_hanging_kms_is_bounded_by_the_deadline_and_holds_up_no_one() {
     grant.fetch(None).await.expect("the next attempt");
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
 
-    // Many signatures of one key at once; the deadline is far (the test releases).
-    let key = DpopKey::from_signer_with_deadline(KmsSigner::ec(kms_addr), Duration::from_secs(600))
-        .unwrap();
+    // Many signatures of one key at once; the deadline is the longest allowed (the
+    // test releases them long before).
+    let key = DpopKey::from_signer_with_deadline(
+        KmsSigner::ec(kms_addr),
+        tower_bearer::client::MAX_SIGNER_DEADLINE,
+    )
+    .unwrap();
     kms.hold(8);
     let waiting: Vec<_> = (0..8)
         .map(|_| {

@@ -473,11 +473,22 @@ async fn a_stuck_kms_under_load_releases_everything_at_the_deadline() {
 #[tokio::test]
 async fn the_largest_deadline_does_not_overflow() {
     let kms = Arc::new(Kms::es256());
-    let key = DpopKey::from_signer_with_deadline(Arc::clone(&kms), Duration::MAX).unwrap();
+    let longest = tower_bearer::client::MAX_SIGNER_DEADLINE;
+    let key = DpopKey::from_signer_with_deadline(Arc::clone(&kms), longest).unwrap();
     verify(proof(&key).await.unwrap(), &[Algorithm::ES256]).unwrap();
-    let assertion =
-        AssertionKey::from_signer_with_deadline(Arc::clone(&kms), Duration::MAX).unwrap();
+    let assertion = AssertionKey::from_signer_with_deadline(Arc::clone(&kms), longest).unwrap();
     assert!(assertion.is_remote());
+    // Longer ones (up to `Duration::MAX`) are refused: a JWT whose iat was set
+    // before a minute-long signature is stale on arrival (the review's "left").
+    for deadline in [longest + Duration::from_millis(1), Duration::MAX] {
+        let err = DpopKey::from_signer_with_deadline(Arc::clone(&kms), deadline).unwrap_err();
+        assert!(
+            matches!(&err, Error::Configuration(m) if m.contains("stale")),
+            "{err}"
+        );
+        let err = AssertionKey::from_signer_with_deadline(Arc::clone(&kms), deadline).unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------

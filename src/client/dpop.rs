@@ -228,7 +228,8 @@ impl DpopKey {
     /// within `deadline` fails with [`Error::SignerTimeout`].
     ///
     /// # Errors
-    /// As [`from_signer`](Self::from_signer); a zero deadline too.
+    /// As [`from_signer`](Self::from_signer); a deadline of zero or over
+    /// [`MAX_SIGNER_DEADLINE`](crate::client::MAX_SIGNER_DEADLINE) too.
     pub fn from_signer_with_deadline(
         signer: impl Signer,
         deadline: Duration,

@@ -98,7 +98,7 @@ pub use resource::discover_from_challenge;
 pub use revoke::{Revocation, TokenTypeHint};
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
-pub use signer::{Signer, DEFAULT_SIGNER_DEADLINE};
+pub use signer::{Signer, DEFAULT_SIGNER_DEADLINE, MAX_SIGNER_DEADLINE};
 pub use source::TokenSource;
 pub use step_up::StepUpChallenge;
 pub use store::{MemoryStore, StoredToken, TokenStore};

@@ -26,6 +26,12 @@ use crate::Error;
 /// with [`Error::SignerTimeout`].
 pub const DEFAULT_SIGNER_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The longest deadline a [`Signer`] may be given: a JWT's `iat` is set before it
+/// is signed, and a client assertion lives 60 s while verifiers take a DPoP proof's
+/// `iat` within about a minute, so a signature later than this would be stale on
+/// arrival.
+pub const MAX_SIGNER_DEADLINE: Duration = Duration::from_secs(30);
+
 /// A private key that signs somewhere else: a cloud KMS, an HSM, a signing service.
 /// Give it to [`AssertionKey::from_signer`](super::AssertionKey::from_signer)
 /// (`private_key_jwt`, the JWT-bearer grant, request objects) or `DpopKey::from_signer`
@@ -143,13 +149,20 @@ pub(crate) struct RemoteKey {
 impl RemoteKey {
     /// # Errors
     /// [`Error::Configuration`] for an HMAC algorithm, a JWK that is not the public
-    /// key of that algorithm, a JWK with private members, or a zero deadline.
+    /// key of that algorithm, a JWK with private members, or a deadline of zero or
+    /// over [`MAX_SIGNER_DEADLINE`].
     pub(crate) fn new(signer: Arc<dyn Signer>, deadline: Duration) -> Result<Self, Error> {
         let alg = signer.algorithm();
         if deadline.is_zero() {
             return Err(Error::Configuration(
                 "the signer's deadline must be above zero".into(),
             ));
+        }
+        if deadline > MAX_SIGNER_DEADLINE {
+            return Err(Error::Configuration(format!(
+                "the signer's deadline must be at most {MAX_SIGNER_DEADLINE:?}: a JWT \
+                 signed later would be stale on arrival (its iat is set before signing)"
+            )));
         }
         let (jwk, signature_len) = public_members(alg, signer.public_jwk())?;
         let parsed: Jwk = serde_json::from_value(jwk.clone())
