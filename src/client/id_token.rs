@@ -366,7 +366,9 @@ impl IdTokenValidator {
     /// [`Error::Configuration`] when the provider has no `userinfo_endpoint` or the
     /// token is DPoP-bound; [`Error::InvalidResponse`] (the UserInfo endpoint) for an
     /// error status or an answer that is not a JSON object; [`Error::IdToken`] when
-    /// its `sub` is not the ID token's; the transport's errors.
+    /// its `sub` is not the ID token's, or (before anything is sent) when `id_token`
+    /// was issued by another provider or for another client than this validator's;
+    /// the transport's errors.
     pub async fn userinfo(
         &self,
         token: &Token,
@@ -412,6 +414,15 @@ impl IdTokenValidator {
         #[cfg(not(feature = "dpop"))] dpop: Option<std::convert::Infallible>,
     ) -> Result<Map<String, Value>, Error> {
         let inner = &*self.inner;
+        // A sub is unique only within its issuer (OIDC Core §2): the claims of
+        // another provider's (or client's) ID token name no one here, whatever the
+        // sub's text. Refused before the access token is sent.
+        if id_token.iss != inner.issuer || !id_token.aud.contains(&inner.client_id) {
+            return Err(Error::IdToken(
+                "the ID token's claims are of another provider or client than this validator's (OIDC Core §5.3.4)"
+                    .into(),
+            ));
+        }
         let url = inner.userinfo.as_deref().ok_or_else(|| {
             Error::Configuration(format!(
                 "the provider {:?} publishes no userinfo_endpoint",

@@ -18,8 +18,9 @@
 //!      and that they can close it;
 //! 4. stop listening: a second redirect finds no one.
 //!
-//! With `openid` in the scope, the authorization request carries a fresh `nonce`
-//! (256 random bits); given an [`IdTokenValidator`](crate::client::IdTokenValidator)
+//! With `openid` in the scope (or an ID token validator given), the authorization
+//! request carries a fresh `nonce` (256 random bits); given an
+//! [`IdTokenValidator`](crate::client::IdTokenValidator)
 //! ([`AuthorizationCode::id_token_validator`], feature `jwks`), the ID token the
 //! code exchange returns is validated (signature, `iss`, `aud`, `azp`, dates, that
 //! `nonce`, `c_hash` and `at_hash` when present, `auth_time` against a
@@ -219,11 +220,29 @@ impl AuthorizationCode {
         Ok((token, claims))
     }
 
-    /// Whether the scope asks for OpenID Connect (`openid`).
+    /// Whether the scope the authorization request sends asks for OpenID Connect
+    /// (`openid`): [`scope`](Self::scope)'s, or else a `scope` given as a
+    /// [`param`](Self::param).
     fn is_openid(&self) -> bool {
         self.scope
             .as_deref()
+            .or_else(|| {
+                self.params
+                    .iter()
+                    .find(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.as_str())
+            })
             .is_some_and(|s| s.split(' ').any(|w| w == "openid"))
+    }
+
+    /// Whether the authorization request carries a `nonce`: for OpenID Connect, and
+    /// always when an ID token validator will check it (whatever the scope says).
+    fn sends_nonce(&self) -> bool {
+        #[cfg(feature = "jwks")]
+        if self.id_tokens.is_some() {
+            return true;
+        }
+        self.is_openid()
     }
 
     /// Listens on this port of 127.0.0.1 (default 0: one the system picks). For
@@ -320,7 +339,7 @@ impl AuthorizationCode {
         let verifier = random_string()?;
         let challenge = URL_SAFE_NO_PAD.encode(crate::crypto::sha256(verifier.as_bytes()));
         // OIDC Core §3.1.2.1: a nonce binds the ID token to this login.
-        let nonce = if self.is_openid() {
+        let nonce = if self.sends_nonce() {
             Some(random_string()?)
         } else {
             None
