@@ -758,3 +758,44 @@ async fn a_refreshed_id_token_of_another_issuer_or_client_is_refused() {
     });
     login.fetch(Some(&previous)).await.unwrap();
 }
+
+/// Tokens of other kinds the provider signs with the same keys are not ID tokens
+/// (RFC 8725 §2.8, §3.11): an RFC 9068 access token (`typ: at+jwt`) for this
+/// client, a back-channel logout token (`typ: logout+jwt`, an `events` claim and
+/// no nonce: OIDC Back-Channel Logout §2.4, §4.1), a security event token
+/// (`events`, RFC 8417 §4.3). Each is refused where no nonce is expected (a device
+/// login, a refresh, `--whoami`); a plain `typ: JWT` passes.
+#[tokio::test]
+async fn tokens_of_other_kinds_are_not_id_tokens() {
+    let p = Provider::start().await;
+    let v = p.validator().await;
+    let payload = p.claims().to_string();
+    for typ in ["at+jwt", "application/at+jwt", "logout+jwt", "Logout+JWT"] {
+        let h = json!({ "alg": "RS256", "kid": "k1", "typ": typ });
+        let t = raw_token(&h, &payload, &rsa1(), Algorithm::RS256);
+        refused(&v, &t, ExpectedIdToken::new(), "").await;
+    }
+    let logout = with(
+        p.claims(),
+        json!({
+            "jti": "j-1",
+            "sid": "s-1",
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        }),
+    );
+    refused(&v, &id_token(&logout), ExpectedIdToken::new(), "").await;
+    let h = json!({ "alg": "RS256", "kid": "k1", "typ": "JWT" });
+    let t = raw_token(&h, &payload, &rsa1(), Algorithm::RS256);
+    v.validate(&t, &ExpectedIdToken::new()).await.unwrap();
+}
+
+/// A header with `crit` names extensions the validator must understand (RFC 7515
+/// §4.1.11): it understands none, so such a token is refused.
+#[tokio::test]
+async fn a_critical_header_extension_is_refused() {
+    let p = Provider::start().await;
+    let v = p.validator().await;
+    let h = json!({ "alg": "RS256", "kid": "k1", "crit": ["b64"], "b64": false });
+    let t = raw_token(&h, &p.claims().to_string(), &rsa1(), Algorithm::RS256);
+    refused(&v, &t, ExpectedIdToken::new(), "").await;
+}
