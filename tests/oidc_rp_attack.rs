@@ -799,3 +799,72 @@ async fn a_critical_header_extension_is_refused() {
     let t = raw_token(&h, &p.claims().to_string(), &rsa1(), Algorithm::RS256);
     refused(&v, &t, ExpectedIdToken::new(), "").await;
 }
+
+// ------------------------------------------------------------------ generate_tokens --whoami
+
+/// Runs `generate_tokens --whoami` with a token file holding `token`.
+async fn whoami(p: &Provider, dir: &std::path::Path, token: &Token) -> std::process::Output {
+    use tower_bearer::client::{FileStore, TokenStore};
+    let file = dir.join("tokens.json");
+    FileStore::at(&file, "alice", format!("{}/token", p.issuer))
+        .save(token)
+        .await
+        .unwrap();
+    tokio::process::Command::new(common::bins::example_binary("generate_tokens"))
+        .args(["-u", "alice", "--issuer", &p.issuer, "--client-id", CLIENT])
+        .args(["--scope", "openid", "--whoami", "--token-file"])
+        .arg(&file)
+        .env("XDG_CONFIG_HOME", dir)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+/// A saved ID token from an earlier login, expired since, is not shown as who is
+/// logged in: `--whoami` fails in one line pointing at `--relogin`, quoting no
+/// token; the control, a current one, names alice.
+#[tokio::test]
+async fn whoami_refuses_an_expired_saved_id_token() {
+    let p = Provider::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-oidc-attack-whoami-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = id_token(&with(
+        p.claims(),
+        json!({ "exp": now_plus(-3600), "iat": now_plus(-7200) }),
+    ));
+    let token = Token::bearer("at-saved-1")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(600))
+        .with_id_token(old.clone());
+    let out = whoami(&p, &dir, &token).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("expired") && stderr.contains("--relogin"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Logged in as"), "{stderr}");
+    for part in old.split('.') {
+        assert!(!stderr.contains(part) && !stdout.contains(part), "{stderr}");
+    }
+    // A newer token (its own lineage) with a current ID token.
+    let token = Token::bearer("at-saved-2")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(600))
+        .with_id_token(id_token(&p.claims()));
+    let out = whoami(&p, &dir, &token).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Logged in as alice at {}", p.issuer)),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
