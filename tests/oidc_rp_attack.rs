@@ -49,6 +49,12 @@ struct Op {
     userinfo_hits: AtomicUsize,
     /// The `Authorization` every request to `/elsewhere` carried.
     elsewhere_auth: Mutex<Vec<Option<String>>>,
+    /// When set, the JWKS answers `503`.
+    jwks_down: std::sync::atomic::AtomicBool,
+    /// When set, refresh tokens rotate: one presented again is `invalid_grant`.
+    rotate: std::sync::atomic::AtomicBool,
+    /// Refresh tokens rotated away.
+    consumed: Mutex<Vec<String>>,
 }
 
 struct Provider {
@@ -137,20 +143,33 @@ async fn discovery(State(op): State<Arc<Op>>) -> Json<Value> {
     }))
 }
 
-async fn jwks(State(op): State<Arc<Op>>) -> Json<Value> {
+async fn jwks(State(op): State<Arc<Op>>) -> Response {
     op.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    Json(op.keys.lock().unwrap().clone())
+    if op.jwks_down.load(Ordering::SeqCst) {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    Json(op.keys.lock().unwrap().clone()).into_response()
 }
 
-async fn token(
-    State(op): State<Arc<Op>>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Json<Value> {
+async fn token(State(op): State<Arc<Op>>, Form(form): Form<HashMap<String, String>>) -> Response {
     let answer = match form.get("grant_type").map(String::as_str) {
-        Some("refresh_token") => op.refresh_answer.lock().unwrap().clone(),
+        Some("refresh_token") => {
+            // Rotation with reuse detection, as oidc-provider does.
+            let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            let mut consumed = op.consumed.lock().unwrap();
+            if op.rotate.load(Ordering::SeqCst) && consumed.contains(&rt) {
+                return (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    Json(json!({ "error": "invalid_grant" })),
+                )
+                    .into_response();
+            }
+            consumed.push(rt);
+            op.refresh_answer.lock().unwrap().clone()
+        }
         _ => op.code_answer.lock().unwrap().clone(),
     };
-    Json(answer)
+    Json(answer).into_response()
 }
 
 async fn userinfo(State(op): State<Arc<Op>>) -> Response {
@@ -867,4 +886,54 @@ async fn whoami_refuses_an_expired_saved_id_token() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A refresh whose new ID token cannot be checked now (the provider's keys are
+/// unreachable: a restarted process, a JWKS blip) still hands over the token the
+/// provider issued, with the login's ID token in place of the unchecked one: with
+/// refresh token rotation the old refresh token is spent, so failing the refresh
+/// would lose the session (the next refresh is `invalid_grant`). A new ID token
+/// that is refused (another `sub`) still fails it.
+#[tokio::test]
+async fn a_refresh_while_the_keys_are_unreachable_keeps_the_rotated_session() {
+    let p = Provider::start().await;
+    let login = p
+        .endpoint()
+        .await
+        .authorization_code()
+        .unwrap()
+        .scope("openid")
+        .id_token_validator(p.validator().await);
+    let login_id = id_token(&p.claims());
+    let previous = Token::bearer("at-0")
+        .unwrap()
+        .with_refresh_token("rt-1")
+        .with_id_token(login_id.clone());
+    let renewed = id_token(&with(p.claims(), json!({ "iat": now_plus(1) })));
+    *p.op.refresh_answer.lock().unwrap() = json!({
+        "access_token": "at-r", "token_type": "Bearer", "expires_in": 600,
+        "refresh_token": "rt-2", "id_token": renewed,
+    });
+    p.op.rotate.store(true, Ordering::SeqCst);
+    p.op.jwks_down.store(true, Ordering::SeqCst);
+    let got = login.fetch(Some(&previous)).await;
+    assert!(p.fetches() >= 1, "the keys were asked for");
+    assert_eq!(*p.op.consumed.lock().unwrap(), ["rt-1"]);
+    let token = got.expect("the rotated session was dropped");
+    assert_eq!(token.expose_refresh_token(), Some("rt-2"));
+    assert_eq!(token.expose_access_token(), "at-r");
+    assert_eq!(
+        token.expose_id_token(),
+        Some(login_id.as_str()),
+        "an unchecked ID token was kept"
+    );
+    // Refused (not unreachable): still an error.
+    p.op.jwks_down.store(false, Ordering::SeqCst);
+    *p.op.refresh_answer.lock().unwrap() = json!({
+        "access_token": "at-r2", "token_type": "Bearer", "expires_in": 600,
+        "refresh_token": "rt-3",
+        "id_token": id_token(&with(p.claims(), json!({ "sub": "mallory" }))),
+    });
+    let err = login.fetch(Some(&token)).await.unwrap_err();
+    assert!(matches!(err, Error::IdToken(_)), "{err:?}");
 }
