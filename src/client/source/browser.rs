@@ -527,24 +527,39 @@ pub(crate) async fn validate_id_token(
 }
 
 /// Validates the ID token a refresh brought (OIDC Core §12.2), when it is a new
-/// one: the rules of every ID token, and the same `sub` as the login's.
+/// one: the rules of every ID token, and the same `sub` as the login's. Returns
+/// the refreshed token.
+///
+/// When the provider's keys cannot be had to check it, the token is returned with
+/// the previous ID token in place of the unchecked one: the refresh token was
+/// spent for it (rotation), and failing would lose the session for a JWKS blip.
 #[cfg(feature = "jwks")]
 pub(crate) async fn validate_refreshed(
     validator: &crate::client::IdTokenValidator,
-    token: &Token,
+    token: Token,
     previous: Option<&Token>,
-) -> Result<(), Error> {
+) -> Result<Token, Error> {
     let (Some(new), old) = (
         token.expose_id_token(),
         previous.and_then(Token::expose_id_token),
     ) else {
-        return Ok(());
+        return Ok(token);
     };
     if old == Some(new) {
-        return Ok(());
+        return Ok(token);
     }
     let expected = crate::client::ExpectedIdToken::new().access_token(token.expose_access_token());
-    let claims = validator.validate(new, &expected).await?;
+    let claims = match validator.validate(new, &expected).await {
+        Ok(claims) => claims,
+        Err(Error::InvalidResponse(Endpoint::Jwks, why)) => {
+            tracing::warn!(
+                %why,
+                "the refreshed ID token cannot be checked now; the previous one is kept"
+            );
+            return Ok(token.with_id_token_of(previous));
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(old) = old.and_then(unverified_sub) {
         if old != claims.sub {
             return Err(Error::IdToken(
@@ -553,7 +568,7 @@ pub(crate) async fn validate_refreshed(
             ));
         }
     }
-    Ok(())
+    Ok(token)
 }
 
 /// The `sub` of an ID token this source validated earlier (read without checking
@@ -752,8 +767,8 @@ impl TokenSource for AuthorizationCode {
         async move {
             if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
                 #[cfg(feature = "jwks")]
-                if let (Some(validator), Ok(token)) = (&self.id_tokens, &refreshed) {
-                    validate_refreshed(validator, token, previous).await?;
+                if let Some(validator) = &self.id_tokens {
+                    return validate_refreshed(validator, refreshed?, previous).await;
                 }
                 return refreshed;
             }

@@ -377,8 +377,9 @@ impl TokenSource for DeviceCode {
         async move {
             if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
                 #[cfg(feature = "jwks")]
-                if let (Some(validator), Ok(token)) = (&self.id_tokens, &refreshed) {
-                    super::browser::validate_refreshed(validator, token, previous).await?;
+                if let Some(validator) = &self.id_tokens {
+                    return super::browser::validate_refreshed(validator, refreshed?, previous)
+                        .await;
                 }
                 return refreshed;
             }
