@@ -937,3 +937,32 @@ async fn a_refresh_while_the_keys_are_unreachable_keeps_the_rotated_session() {
     let err = login.fetch(Some(&token)).await.unwrap_err();
     assert!(matches!(err, Error::IdToken(_)), "{err:?}");
 }
+
+/// `--whoami` prints the provider's `sub` to the terminal: control characters in it
+/// (an escape sequence that retitles the window or rewrites the screen) come out
+/// escaped, not raw.
+#[tokio::test]
+async fn whoami_does_not_print_control_characters_raw() {
+    let p = Provider::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "tower-bearer-oidc-attack-whoami-esc-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sub = "alice\u{1b}]0;owned\u{7}\u{1b}[2J\r\nLogged in as root";
+    let token = Token::bearer("at-saved-esc")
+        .unwrap()
+        .with_expires_in(Duration::from_secs(600))
+        .with_id_token(id_token(&with(p.claims(), json!({ "sub": sub }))));
+    let out = whoami(&p, &dir, &token).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Logged in as alice"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+    assert!(!stderr.contains("\nLogged in as root"), "{stderr:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
