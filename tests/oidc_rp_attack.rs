@@ -35,6 +35,9 @@ const CLIENT: &str = "rp-cli";
 
 // ------------------------------------------------------------------ provider
 
+/// An answer as sent: status, extra headers, body.
+type Answer = (u16, Vec<(String, String)>, String);
+
 #[derive(Default)]
 struct Op {
     issuer: Mutex<String>,
@@ -45,7 +48,7 @@ struct Op {
     code_answer: Mutex<Value>,
     refresh_answer: Mutex<Value>,
     /// UserInfo's answer: status, extra headers, body as sent.
-    userinfo: Mutex<(u16, Vec<(String, String)>, String)>,
+    userinfo: Mutex<Answer>,
     userinfo_hits: AtomicUsize,
     /// The `Authorization` every request to `/elsewhere` carried.
     elsewhere_auth: Mutex<Vec<Option<String>>>,
