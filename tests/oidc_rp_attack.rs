@@ -3,7 +3,10 @@
 //! storm of unknown `kid`s, two providers sharing a key set, UserInfo answers that
 //! redirect, grow or repeat `sub`, claims of another provider handed to UserInfo, a
 //! login whose `openid` scope comes as a parameter, refreshed ID tokens of another
-//! issuer or client. Everything against real providers on 127.0.0.1 (axum).
+//! issuer or client or that cannot be checked (keys unreachable, rotation), access
+//! and logout tokens passed off as ID tokens, `generate_tokens --whoami` with an
+//! expired saved ID token or a `sub` full of terminal escapes. Everything against
+//! real providers on 127.0.0.1 (axum) and the real example binary.
 #![cfg(feature = "jwks")]
 
 mod common;

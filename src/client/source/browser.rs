@@ -189,8 +189,10 @@ impl AuthorizationCode {
     /// Validates the ID token of every login (with the `nonce` it sent, `c_hash`
     /// and `at_hash` when present, `auth_time` against [`max_age`](Self::max_age))
     /// and of every refresh that brings one: a login whose ID token is refused, or
-    /// that brings none, fails with [`Error::IdToken`]. Ask for `openid` in the
-    /// [`scope`](Self::scope).
+    /// that brings none, fails with [`Error::IdToken`], as does a refresh whose new
+    /// ID token is refused (a refresh whose new ID token cannot be checked for want
+    /// of the provider's keys keeps the previous one instead). Every login sends a
+    /// `nonce`. Ask for `openid` in the [`scope`](Self::scope).
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
     pub fn id_token_validator(mut self, validator: crate::client::IdTokenValidator) -> Self {

@@ -204,7 +204,9 @@ impl DeviceCode {
     /// Validates the ID token of every login (no `nonce`: the device flow has
     /// none; `at_hash` when present) and of every refresh that brings one: a login
     /// whose ID token is refused, or that brings none, fails with
-    /// [`Error::IdToken`]. Ask for `openid` in the [`scope`](Self::scope).
+    /// [`Error::IdToken`], as does a refresh whose new ID token is refused (one
+    /// that cannot be checked for want of the provider's keys keeps the previous
+    /// ID token instead). Ask for `openid` in the [`scope`](Self::scope).
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
     pub fn id_token_validator(mut self, validator: crate::client::IdTokenValidator) -> Self {
