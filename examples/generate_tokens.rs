@@ -267,7 +267,12 @@ async fn whoami(endpoint: &TokenEndpoint, token: &Token) -> Result<(), Failure> 
         .validate(id_token, &tower_bearer::client::ExpectedIdToken::new())
         .await
         .map_err(|e| Failure(format!("--whoami: {e} (--relogin gets a fresh one)"), 1))?;
-    eprintln!("Logged in as {} at {}", who.sub, who.iss);
+    // The provider's text goes to a terminal: control characters escaped.
+    eprintln!(
+        "Logged in as {} at {}",
+        who.sub.escape_debug(),
+        who.iss.escape_debug()
+    );
     Ok(())
 }
 

@@ -106,6 +106,16 @@ impl Token {
         self.id_token.as_ref().map(|t| t.expose_secret())
     }
 
+    /// This token with `previous`'s ID token (or none) in place of its own: a
+    /// refreshed ID token that could not be checked is not kept.
+    #[cfg(feature = "jwks")]
+    pub(crate) fn with_id_token_of(mut self, previous: Option<&Token>) -> Self {
+        self.id_token = previous
+            .and_then(|p| p.id_token.as_ref())
+            .map(|t| SecretString::from(t.expose_secret()));
+        self
+    }
+
     /// The ID token of `previous` when this token has none: a refresh answer may
     /// leave it out (OIDC Core §12.2), and the login's ID token still describes the
     /// session.

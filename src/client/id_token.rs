@@ -58,6 +58,8 @@ const MAX_USERINFO: usize = 64 * 1024;
 ///   ([`DEFAULT_ID_TOKEN_ALGORITHMS`] unless [`algorithms`](IdTokenValidatorBuilder::algorithms)
 ///   says otherwise): `none` never, HMAC (`HS256`…) only with the client secret
 ///   ([`client_secret`](IdTokenValidatorBuilder::client_secret)) and when allowed;
+/// - it is not typed as another kind of token (`typ` `at+jwt` or `logout+jwt`) and
+///   has no `events` claim (a logout or other security event token);
 /// - `iss` is exactly the issuer; `aud` is (or contains) the client ID; `azp`, when
 ///   present, is the client ID, and is required when `aud` has several values;
 /// - `exp` is in the future and `iat` is not, each within the leeway (default
@@ -249,6 +251,13 @@ impl IdTokenValidator {
         };
         // Checked by the signature's validator already (iss, aud, exp, iat, sub
         // present); read again into the typed claims.
+        // A security event token (a logout token among them) is told from an ID
+        // token by its events claim (RFC 8417 §4.3; Back-Channel Logout §4.1).
+        if all.contains_key("events") {
+            return Err(refused(
+                "it has an events claim: a security or logout event token, not an ID token",
+            ));
+        }
         let sub = text(&all, "sub")?
             .filter(|s| !s.is_empty())
             .ok_or_else(|| refused("it has no sub claim (OIDC Core §2)"))?;
@@ -366,7 +375,9 @@ impl IdTokenValidator {
     /// [`Error::Configuration`] when the provider has no `userinfo_endpoint` or the
     /// token is DPoP-bound; [`Error::InvalidResponse`] (the UserInfo endpoint) for an
     /// error status or an answer that is not a JSON object; [`Error::IdToken`] when
-    /// its `sub` is not the ID token's; the transport's errors.
+    /// its `sub` is not the ID token's, or (before anything is sent) when `id_token`
+    /// was issued by another provider or for another client than this validator's;
+    /// the transport's errors.
     pub async fn userinfo(
         &self,
         token: &Token,
@@ -412,6 +423,15 @@ impl IdTokenValidator {
         #[cfg(not(feature = "dpop"))] dpop: Option<std::convert::Infallible>,
     ) -> Result<Map<String, Value>, Error> {
         let inner = &*self.inner;
+        // A sub is unique only within its issuer (OIDC Core §2): the claims of
+        // another provider's (or client's) ID token name no one here, whatever the
+        // sub's text. Refused before the access token is sent.
+        if id_token.iss != inner.issuer || !id_token.aud.contains(&inner.client_id) {
+            return Err(Error::IdToken(
+                "the ID token's claims are of another provider or client than this validator's (OIDC Core §5.3.4)"
+                    .into(),
+            ));
+        }
         let url = inner.userinfo.as_deref().ok_or_else(|| {
             Error::Configuration(format!(
                 "the provider {:?} publishes no userinfo_endpoint",
@@ -745,6 +765,8 @@ fn header_alg(token: &str) -> Result<Algorithm, Error> {
     #[derive(Deserialize)]
     struct Header {
         alg: String,
+        #[serde(default)]
+        typ: Option<Value>,
     }
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) =
@@ -761,6 +783,19 @@ fn header_alg(token: &str) -> Result<Algorithm, Error> {
         serde_json::from_slice(&bytes).map_err(|_| refused("its header is not a JOSE header"))?;
     if header.alg.eq_ignore_ascii_case("none") {
         return Err(refused("it is unsigned (alg none)"));
+    }
+    // Explicitly typed tokens of other kinds the provider signs with the same keys
+    // (RFC 8725 §3.11): an access token (RFC 9068), a logout token (OIDC
+    // Back-Channel Logout §2.4). `typ` is a media type: any case, with or without
+    // its `application/` prefix (RFC 7515 §4.1.9).
+    if let Some(Value::String(typ)) = &header.typ {
+        let typ = typ.to_ascii_lowercase();
+        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+        if typ == "at+jwt" || typ == "logout+jwt" {
+            return Err(refused(
+                "it is typed as another kind of token (typ at+jwt or logout+jwt), not an ID token",
+            ));
+        }
     }
     crate::server::jwt::parse_alg(&header.alg).ok_or_else(|| refused("its algorithm is unknown"))
 }

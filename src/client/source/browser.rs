@@ -21,8 +21,9 @@
 //!      and that they can close it;
 //! 4. stop listening: a second redirect finds no one.
 //!
-//! With `openid` in the scope, the authorization request carries a fresh `nonce`
-//! (256 random bits); given an [`IdTokenValidator`](crate::client::IdTokenValidator)
+//! With `openid` in the scope (or an ID token validator given), the authorization
+//! request carries a fresh `nonce` (256 random bits); given an
+//! [`IdTokenValidator`](crate::client::IdTokenValidator)
 //! ([`AuthorizationCode::id_token_validator`], feature `jwks`), the ID token the
 //! code exchange returns is validated (signature, `iss`, `aud`, `azp`, dates, that
 //! `nonce`, `c_hash` and `at_hash` when present, `auth_time` against a
@@ -195,8 +196,10 @@ impl AuthorizationCode {
     /// Validates the ID token of every login (with the `nonce` it sent, `c_hash`
     /// and `at_hash` when present, `auth_time` against [`max_age`](Self::max_age))
     /// and of every refresh that brings one: a login whose ID token is refused, or
-    /// that brings none, fails with [`Error::IdToken`]. Ask for `openid` in the
-    /// [`scope`](Self::scope).
+    /// that brings none, fails with [`Error::IdToken`], as does a refresh whose new
+    /// ID token is refused (a refresh whose new ID token cannot be checked for want
+    /// of the provider's keys keeps the previous one instead). Every login sends a
+    /// `nonce`. Ask for `openid` in the [`scope`](Self::scope).
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
     pub fn id_token_validator(mut self, validator: crate::client::IdTokenValidator) -> Self {
@@ -226,11 +229,29 @@ impl AuthorizationCode {
         Ok((token, claims))
     }
 
-    /// Whether the scope asks for OpenID Connect (`openid`).
+    /// Whether the scope the authorization request sends asks for OpenID Connect
+    /// (`openid`): [`scope`](Self::scope)'s, or else a `scope` given as a
+    /// [`param`](Self::param).
     fn is_openid(&self) -> bool {
         self.scope
             .as_deref()
+            .or_else(|| {
+                self.params
+                    .iter()
+                    .find(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.as_str())
+            })
             .is_some_and(|s| s.split(' ').any(|w| w == "openid"))
+    }
+
+    /// Whether the authorization request carries a `nonce`: for OpenID Connect, and
+    /// always when an ID token validator will check it (whatever the scope says).
+    fn sends_nonce(&self) -> bool {
+        #[cfg(feature = "jwks")]
+        if self.id_tokens.is_some() {
+            return true;
+        }
+        self.is_openid()
     }
 
     /// Listens on this port of 127.0.0.1 (default 0: one the system picks). For
@@ -333,7 +354,7 @@ impl AuthorizationCode {
         let verifier = random_string()?;
         let challenge = URL_SAFE_NO_PAD.encode(crate::crypto::sha256(verifier.as_bytes()));
         // OIDC Core §3.1.2.1: a nonce binds the ID token to this login.
-        let nonce = if self.is_openid() {
+        let nonce = if self.sends_nonce() {
             Some(random_string()?)
         } else {
             None
@@ -523,24 +544,39 @@ pub(crate) async fn validate_id_token(
 }
 
 /// Validates the ID token a refresh brought (OIDC Core §12.2), when it is a new
-/// one: the rules of every ID token, and the same `sub` as the login's.
+/// one: the rules of every ID token, and the same `sub` as the login's. Returns
+/// the refreshed token.
+///
+/// When the provider's keys cannot be had to check it, the token is returned with
+/// the previous ID token in place of the unchecked one: the refresh token was
+/// spent for it (rotation), and failing would lose the session for a JWKS blip.
 #[cfg(feature = "jwks")]
 pub(crate) async fn validate_refreshed(
     validator: &crate::client::IdTokenValidator,
-    token: &Token,
+    token: Token,
     previous: Option<&Token>,
-) -> Result<(), Error> {
+) -> Result<Token, Error> {
     let (Some(new), old) = (
         token.expose_id_token(),
         previous.and_then(Token::expose_id_token),
     ) else {
-        return Ok(());
+        return Ok(token);
     };
     if old == Some(new) {
-        return Ok(());
+        return Ok(token);
     }
     let expected = crate::client::ExpectedIdToken::new().access_token(token.expose_access_token());
-    let claims = validator.validate(new, &expected).await?;
+    let claims = match validator.validate(new, &expected).await {
+        Ok(claims) => claims,
+        Err(Error::InvalidResponse(Endpoint::Jwks, why)) => {
+            tracing::warn!(
+                %why,
+                "the refreshed ID token cannot be checked now; the previous one is kept"
+            );
+            return Ok(token.with_id_token_of(previous));
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(old) = old.and_then(unverified_sub) {
         if old != claims.sub {
             return Err(Error::IdToken(
@@ -549,7 +585,7 @@ pub(crate) async fn validate_refreshed(
             ));
         }
     }
-    Ok(())
+    Ok(token)
 }
 
 /// The `sub` of an ID token this source validated earlier (read without checking
@@ -748,8 +784,8 @@ impl TokenSource for AuthorizationCode {
         async move {
             if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
                 #[cfg(feature = "jwks")]
-                if let (Some(validator), Ok(token)) = (&self.id_tokens, &refreshed) {
-                    validate_refreshed(validator, token, previous).await?;
+                if let Some(validator) = &self.id_tokens {
+                    return validate_refreshed(validator, refreshed?, previous).await;
                 }
                 return refreshed;
             }

@@ -204,7 +204,9 @@ impl DeviceCode {
     /// Validates the ID token of every login (no `nonce`: the device flow has
     /// none; `at_hash` when present) and of every refresh that brings one: a login
     /// whose ID token is refused, or that brings none, fails with
-    /// [`Error::IdToken`]. Ask for `openid` in the [`scope`](Self::scope).
+    /// [`Error::IdToken`], as does a refresh whose new ID token is refused (one
+    /// that cannot be checked for want of the provider's keys keeps the previous
+    /// ID token instead). Ask for `openid` in the [`scope`](Self::scope).
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
     pub fn id_token_validator(mut self, validator: crate::client::IdTokenValidator) -> Self {
@@ -377,8 +379,9 @@ impl TokenSource for DeviceCode {
         async move {
             if let Some(refreshed) = refresh_first(&self.token, &self.resources, previous).await {
                 #[cfg(feature = "jwks")]
-                if let (Some(validator), Ok(token)) = (&self.id_tokens, &refreshed) {
-                    super::browser::validate_refreshed(validator, token, previous).await?;
+                if let Some(validator) = &self.id_tokens {
+                    return super::browser::validate_refreshed(validator, refreshed?, previous)
+                        .await;
                 }
                 return refreshed;
             }
