@@ -4,7 +4,7 @@
 //! validated with the provider's keys and the login's `nonce` (and `auth_time`
 //! for a `max_age`), UserInfo answers for the same `sub`, a refresh keeps (or
 //! renews, validated) the ID token; the device login's ID token is validated too.
-#![cfg(feature = "jwks")]
+#![cfg(all(feature = "jwks", feature = "reqwest"))]
 
 mod common;
 
