@@ -198,10 +198,11 @@ async fn run(args: &Args) -> Result<(), Failure> {
     let Some(store) = store else {
         // Nothing to share without a file: this process logs in alone.
         let token = login.fetch(None).await.map_err(explain_login)?;
-        print_exports(&token, &args.env_prefix);
+        // Who first: a refused ID token prints nothing for the shell to use.
         if args.whoami {
             whoami(&discovered, &token).await?;
         }
+        print_exports(&token, &args.env_prefix);
         return Ok(());
     };
     let wait = Duration::from_secs(args.wait_timeout);
@@ -241,10 +242,10 @@ async fn run(args: &Args) -> Result<(), Failure> {
             store.path().display()
         );
     }
-    print_exports(&token, &args.env_prefix);
     if args.whoami {
         whoami(&discovered, &token).await?;
     }
+    print_exports(&token, &args.env_prefix);
     Ok(())
 }
 

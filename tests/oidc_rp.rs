@@ -849,6 +849,28 @@ async fn browser_login_with_an_old_auth_time_for_max_age_fails() {
     );
 }
 
+/// `max_age` given as a plain parameter is enforced as `.max_age()` is (the review's
+/// left case: it was sent, and the ID token's `auth_time` never checked).
+#[tokio::test]
+async fn max_age_given_as_a_parameter_is_enforced() {
+    let p = Provider::start().await;
+    let claims = p.claims();
+    let login = openid_login(&p).await.param("max_age", "60");
+    let (result, query, _) = browser(&p, login, |q, _, _| {
+        Some(id_token(&with(
+            claims,
+            json!({ "nonce": q["nonce"], "auth_time": now_plus(-3600) }),
+        )))
+    })
+    .await;
+    assert_eq!(query["max_age"], "60", "{query:?}");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(&err, Error::IdToken(why) if why.contains("max_age")),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn browser_login_with_a_validator_and_no_id_token_fails() {
     let p = Provider::start().await;

@@ -876,6 +876,9 @@ async fn whoami_refuses_an_expired_saved_id_token() {
         "{stderr}"
     );
     assert!(!stderr.contains("Logged in as"), "{stderr}");
+    // Nothing printed for the shell to use: the refusal comes first (the review's
+    // left case: the exports were printed, then the exit status said failure).
+    assert!(!stdout.contains("export "), "{stdout}");
     for part in old.split('.') {
         assert!(!stderr.contains(part) && !stdout.contains(part), "{stderr}");
     }
@@ -891,6 +894,8 @@ async fn whoami_refuses_an_expired_saved_id_token() {
         stderr.contains(&format!("Logged in as alice at {}", p.issuer)),
         "{stderr}"
     );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("export "), "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -178,9 +178,18 @@ impl AuthorizationCode {
     }
 
     /// An extra parameter of the authorization request (`prompt`, `login_hint`,
-    /// `acr_values`, …). The parameters this grant sets itself cannot be replaced.
+    /// `acr_values`, …). The parameters this grant sets itself cannot be replaced;
+    /// `max_age` in whole seconds is taken as [`max_age`](Self::max_age).
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.params.push((name.into(), value.into()));
+        let (name, value) = (name.into(), value.into());
+        // `max_age` given this way is the login's own, so that the ID token's
+        // `auth_time` is checked against it as with `max_age()`.
+        if name == "max_age" {
+            if let Ok(seconds) = value.trim().parse::<u64>() {
+                return self.max_age(Duration::from_secs(seconds));
+            }
+        }
+        self.params.push((name, value));
         self
     }
 
